@@ -1,0 +1,60 @@
+//! Numeric constants of `linux/vfio.h` that the engine interprets (C2).
+//!
+//! The engine takes flags as the raw bit sets of the uAPI so that unknown bits are rejected in
+//! exactly the kernel's order; the uAPI crate re-exports these rather than redefining them.
+
+/// `VFIO_API_VERSION`.
+pub const VFIO_API_VERSION: i32 = 0;
+
+/// `VFIO_TYPE1_IOMMU`.
+pub const VFIO_TYPE1_IOMMU: u32 = 1;
+/// `VFIO_SPAPR_TCE_IOMMU`.
+pub const VFIO_SPAPR_TCE_IOMMU: u32 = 2;
+/// `VFIO_TYPE1v2_IOMMU`.
+pub const VFIO_TYPE1V2_IOMMU: u32 = 3;
+/// `VFIO_DMA_CC_IOMMU`: the IOMMU enforces DMA cache coherence.
+pub const VFIO_DMA_CC_IOMMU: u32 = 4;
+/// `VFIO_EEH`.
+pub const VFIO_EEH: u32 = 5;
+/// `VFIO_TYPE1_NESTING_IOMMU` (reserved in NEW).
+pub const VFIO_TYPE1_NESTING_IOMMU: u32 = 6;
+/// `VFIO_SPAPR_TCE_v2_IOMMU`.
+pub const VFIO_SPAPR_TCE_V2_IOMMU: u32 = 7;
+/// `VFIO_NOIOMMU_IOMMU`.
+pub const VFIO_NOIOMMU_IOMMU: u32 = 8;
+/// `VFIO_UNMAP_ALL`.
+pub const VFIO_UNMAP_ALL: u32 = 9;
+/// `VFIO_UPDATE_VADDR`.
+pub const VFIO_UPDATE_VADDR: u32 = 10;
+
+/// `VFIO_DMA_MAP_FLAG_READ`.
+pub const MAP_FLAG_READ: u32 = 1;
+/// `VFIO_DMA_MAP_FLAG_WRITE`.
+pub const MAP_FLAG_WRITE: u32 = 2;
+/// `VFIO_DMA_MAP_FLAG_VADDR`.
+pub const MAP_FLAG_VADDR: u32 = 4;
+
+/// `VFIO_DMA_UNMAP_FLAG_GET_DIRTY_BITMAP`.
+pub const UNMAP_FLAG_GET_DIRTY_BITMAP: u32 = 1;
+/// `VFIO_DMA_UNMAP_FLAG_ALL`.
+pub const UNMAP_FLAG_ALL: u32 = 2;
+/// `VFIO_DMA_UNMAP_FLAG_VADDR`.
+pub const UNMAP_FLAG_VADDR: u32 = 4;
+
+/// `VFIO_IOMMU_DIRTY_PAGES_FLAG_START`.
+pub const DIRTY_FLAG_START: u32 = 1;
+/// `VFIO_IOMMU_DIRTY_PAGES_FLAG_STOP`.
+pub const DIRTY_FLAG_STOP: u32 = 2;
+/// `VFIO_IOMMU_DIRTY_PAGES_FLAG_GET_BITMAP`.
+pub const DIRTY_FLAG_GET_BITMAP: u32 = 4;
+
+/// `VFIO_IOMMU_INFO_PGSIZES`.
+pub const INFO_FLAG_PGSIZES: u32 = 1;
+/// `VFIO_IOMMU_INFO_CAPS`.
+pub const INFO_FLAG_CAPS: u32 = 2;
+/// `VFIO_IOMMU_TYPE1_INFO_CAP_IOVA_RANGE`.
+pub const INFO_CAP_IOVA_RANGE: u16 = 1;
+/// `VFIO_IOMMU_TYPE1_INFO_CAP_MIGRATION`.
+pub const INFO_CAP_MIGRATION: u16 = 2;
+/// `VFIO_IOMMU_TYPE1_INFO_DMA_AVAIL`.
+pub const INFO_CAP_DMA_AVAIL: u16 = 3;

@@ -1,0 +1,134 @@
+//! The container (`/dev/vfio/vfio`, the kernel's `container.c`): groups and backend selection.
+//!
+//! A container collects groups and, after SET_IOMMU, owns one [`Type1`] instance to which every
+//! group is attached (C4 to C8). Which group may join which container (one container per group,
+//! viability) is decided by the caller that owns the group objects: the simulator's `World` or
+//! the uAPI layer.
+
+use crate::{
+    abi::*,
+    platform::Platform,
+    policy::policy_by_name,
+    type1::{Config, Type1},
+    Error, GroupId, Result,
+};
+
+/// A VFIO container.
+#[derive(Debug)]
+pub struct Container {
+    cfg: Config,
+    policy: &'static str,
+    groups: Vec<GroupId>,
+    iommu: Option<Type1>,
+}
+
+impl Container {
+    /// A new, empty container whose instances use the named flush policy.
+    pub fn new(cfg: Config, policy: &str) -> Result<Container> {
+        let p = policy_by_name(policy).ok_or_else(|| Error::inval(format!("unknown flush policy {policy:?}")))?;
+        Ok(Container { cfg, policy: p.name(), groups: Vec::new(), iommu: None })
+    }
+
+    /// GET_API_VERSION (C4).
+    pub fn api_version(&self) -> i32 {
+        VFIO_API_VERSION
+    }
+
+    /// CHECK_EXTENSION (C5 before SET_IOMMU, C6 after).
+    pub fn check_extension(&self, ext: u32) -> u32 {
+        match &self.iommu {
+            None => matches!(ext, VFIO_TYPE1_IOMMU | VFIO_TYPE1V2_IOMMU | VFIO_UNMAP_ALL) as u32,
+            Some(t) => match ext {
+                VFIO_TYPE1_IOMMU | VFIO_TYPE1V2_IOMMU | VFIO_UNMAP_ALL => 1,
+                VFIO_UPDATE_VADDR => !t.has_emulated_groups() as u32,
+                VFIO_DMA_CC_IOMMU => t.dma_cc_iommu() as u32,
+                _ => 0,
+            },
+        }
+    }
+
+    /// Groups in the container, in join order.
+    pub fn groups(&self) -> &[GroupId] {
+        &self.groups
+    }
+
+    /// Whether a backend is set.
+    pub fn is_set(&self) -> bool {
+        self.iommu.is_some()
+    }
+
+    /// The backend instance, or EINVAL before SET_IOMMU (C7).
+    pub fn iommu(&self) -> Result<&Type1> {
+        self.iommu.as_ref().ok_or_else(|| Error::inval("container has no IOMMU backend set"))
+    }
+
+    /// Mutable backend instance, or EINVAL before SET_IOMMU (C7).
+    pub fn iommu_mut(&mut self) -> Result<&mut Type1> {
+        self.iommu.as_mut().ok_or_else(|| Error::inval("container has no IOMMU backend set"))
+    }
+
+    /// A group joins (GROUP_SET_CONTAINER). With a backend set it is attached at once (C8).
+    pub fn add_group<P: Platform + ?Sized>(&mut self, p: &mut P, group: GroupId) -> Result<()> {
+        if self.groups.contains(&group) {
+            return Err(Error::inval(format!("group {group} already in the container")));
+        }
+        if let Some(t) = self.iommu.as_mut() {
+            t.attach_group(p, group)?;
+        }
+        self.groups.push(group);
+        Ok(())
+    }
+
+    /// A group leaves (GROUP_UNSET_CONTAINER). The last group releases the backend (C8, A5).
+    pub fn remove_group<P: Platform + ?Sized>(&mut self, p: &mut P, group: GroupId) -> Result<()> {
+        let Some(i) = self.groups.iter().position(|g| *g == group) else {
+            return Err(Error::inval(format!("group {group} is not in the container")));
+        };
+        self.groups.remove(i);
+        if let Some(t) = self.iommu.as_mut() {
+            if self.groups.is_empty() {
+                t.release(p);
+                self.iommu = None;
+            } else {
+                t.detach_group(p, group);
+            }
+        }
+        Ok(())
+    }
+
+    /// SET_IOMMU (C7): opens an instance and attaches every group, all or nothing.
+    pub fn set_iommu<P: Platform + ?Sized>(&mut self, p: &mut P, iommu_type: u32) -> Result<()> {
+        if self.groups.is_empty() {
+            return Err(Error::inval("container has no group"));
+        }
+        if self.iommu.is_some() {
+            return Err(Error::inval("container already has a backend"));
+        }
+        // Only type1 is registered; it answers CHECK_EXTENSION > 0 for 1, 3 and 9, and its open
+        // accepts only 1 and 3 (so 9 is EINVAL and anything else ENODEV).
+        if !matches!(iommu_type, VFIO_TYPE1_IOMMU | VFIO_TYPE1V2_IOMMU | VFIO_UNMAP_ALL) {
+            return Err(Error::NoDevice(format!("no backend for iommu type {iommu_type}")));
+        }
+        let policy = policy_by_name(self.policy).expect("validated at construction");
+        let mut t = Type1::open(iommu_type, self.cfg, policy)?;
+        for (i, g) in self.groups.iter().enumerate() {
+            if let Err(e) = t.attach_group(p, *g) {
+                for g in self.groups[..i].iter().rev() {
+                    t.detach_group(p, *g);
+                }
+                t.release(p);
+                return Err(e);
+            }
+        }
+        self.iommu = Some(t);
+        Ok(())
+    }
+
+    /// The last close of the container (C8): releases the backend. Never fails.
+    pub fn close<P: Platform + ?Sized>(&mut self, p: &mut P) {
+        if let Some(mut t) = self.iommu.take() {
+            t.release(p);
+        }
+        self.groups.clear();
+    }
+}

@@ -1,0 +1,156 @@
+//! Dirty page tracking (D1 to D6): per-mapping bitmaps and their copy-out to user bitmaps.
+
+use crate::{
+    abi::*,
+    map::verify_bitmap_size,
+    type1::{Dma, Type1},
+    Error, Result,
+};
+
+fn set_bits(bm: &mut [u64], start: u64, n: u64) {
+    for i in start..start + n {
+        bm[(i / 64) as usize] |= 1 << (i % 64);
+    }
+}
+
+impl Dma {
+    fn npages(&self, pgshift: u32) -> u64 {
+        self.size >> pgshift
+    }
+}
+
+impl Type1 {
+    /// Allocates one mapping's bitmap and pre-sets its externally pinned pages (D2).
+    pub(crate) fn dma_bitmap_alloc(&mut self, key: u64, pgshift: u32) -> Result<()> {
+        let dma = self.dmas.get_mut(&key).expect("present");
+        let npages = dma.npages(pgshift);
+        if npages > i32::MAX as u64 {
+            return Err(Error::inval(format!("mapping 0x{key:x} too large for a dirty bitmap")));
+        }
+        // One spare u64 for shifting, like the kernel.
+        let mut bm = vec![0u64; (npages.div_ceil(64) + 1) as usize];
+        for iova in dma.pfn_list.keys() {
+            set_bits(&mut bm, (iova - dma.iova) >> pgshift, 1);
+        }
+        dma.bitmap = Some(bm);
+        Ok(())
+    }
+
+    /// Sets every bit of every bitmap (a non-pinning group left, D6).
+    pub(crate) fn populate_bitmap_full(&mut self) {
+        let pgshift = self.pgsize().trailing_zeros();
+        for d in self.dmas.values_mut() {
+            let n = d.npages(pgshift);
+            if let Some(bm) = d.bitmap.as_mut() {
+                set_bits(bm, 0, n);
+            }
+        }
+    }
+
+    /// D5: ORs a mapping's bits into the user bitmap at `(dma.iova - base) / pgsize`.
+    pub(crate) fn update_user_bitmap(&mut self, user: &mut [u64], key: u64, base: u64, pgsize: u64) -> Result<()> {
+        let pgshift = pgsize.trailing_zeros();
+        let all = self.num_non_pinned_groups > 0;
+        let dma = self.dmas.get_mut(&key).expect("present");
+        let n = dma.npages(pgshift);
+        let Some(bm) = dma.bitmap.as_mut() else { return Ok(()) };
+        if all && dma.iommu_mapped {
+            set_bits(bm, 0, n);
+        }
+        let off = (dma.iova - base) >> pgshift;
+        for i in 0..n {
+            if bm[(i / 64) as usize] >> (i % 64) & 1 == 1 {
+                let bit = off + i;
+                let w = (bit / 64) as usize;
+                let Some(word) = user.get_mut(w) else {
+                    return Err(Error::Fault(format!("user bitmap too small for bit {bit}")));
+                };
+                *word |= 1 << (bit % 64);
+            }
+        }
+        Ok(())
+    }
+
+    /// VFIO_IOMMU_DIRTY_PAGES (D1 to D4).
+    pub fn dirty_pages(&mut self, flags: u32, get: Option<(u64, u64, crate::map::UserBitmap<'_>)>) -> Result<()> {
+        if !self.v2 {
+            return Err(Error::Access("dirty tracking needs type1v2".into()));
+        }
+        let mask = DIRTY_FLAG_START | DIRTY_FLAG_STOP | DIRTY_FLAG_GET_BITMAP;
+        if flags & !mask != 0 {
+            return Err(Error::inval(format!("flags 0x{flags:x} has unknown bits")));
+        }
+        if flags.count_ones() != 1 {
+            return Err(Error::inval(format!("flags 0x{flags:x}: exactly one of START, STOP, GET_BITMAP")));
+        }
+        match flags {
+            DIRTY_FLAG_START => {
+                if self.dirty_page_tracking {
+                    return Ok(());
+                }
+                let pgshift = self.pgsize().trailing_zeros();
+                let keys: Vec<u64> = self.dmas.keys().copied().collect();
+                for (i, k) in keys.iter().enumerate() {
+                    if let Err(e) = self.dma_bitmap_alloc(*k, pgshift) {
+                        for k in &keys[..i] {
+                            self.dmas.get_mut(k).expect("present").bitmap = None;
+                        }
+                        return Err(e);
+                    }
+                }
+                self.dirty_page_tracking = true;
+                Ok(())
+            }
+            DIRTY_FLAG_STOP => {
+                for d in self.dmas.values_mut() {
+                    d.bitmap = None;
+                }
+                self.dirty_page_tracking = false;
+                Ok(())
+            }
+            _ => {
+                let Some((iova, size, bm)) = get else {
+                    return Err(Error::inval("GET_BITMAP without a range"));
+                };
+                if size == 0 {
+                    return Err(Error::inval("size is 0"));
+                }
+                iova.checked_add(size - 1)
+                    .ok_or_else(|| Error::Overflow(format!("iova 0x{iova:x} + size 0x{size:x}")))?;
+                if bm.pgsize == 0 || !bm.pgsize.is_power_of_two() {
+                    return Err(Error::inval(format!("bitmap pgsize 0x{:x}", bm.pgsize)));
+                }
+                verify_bitmap_size(size >> bm.pgsize.trailing_zeros(), bm.size)?;
+                let pg = self.pgsize();
+                if bm.pgsize != pg {
+                    return Err(Error::inval(format!("bitmap pgsize 0x{:x} != 0x{pg:x}", bm.pgsize)));
+                }
+                if iova % pg != 0 || size % pg != 0 {
+                    return Err(Error::inval("iova or size not aligned to the page size"));
+                }
+                if !self.dirty_page_tracking {
+                    return Err(Error::inval("dirty tracking is off"));
+                }
+                let last = iova + (size - 1);
+                if let Some(k) = self.find_dma(iova, 1) {
+                    if k != iova {
+                        return Err(Error::inval(format!("iova 0x{iova:x} bisects mapping 0x{k:x}")));
+                    }
+                }
+                if let Some(k) = self.find_dma(last, 1) {
+                    if self.dmas[&k].last() != last {
+                        return Err(Error::inval(format!("end 0x{last:x} bisects mapping 0x{k:x}")));
+                    }
+                }
+                let keys: Vec<u64> = self.dmas.range(iova..=last).map(|(k, _)| *k).collect();
+                let pgshift = pg.trailing_zeros();
+                for k in keys {
+                    self.update_user_bitmap(bm.data, k, iova, pg)?;
+                    // Re-arm: clear, then re-set the perpetually dirty external pins.
+                    self.dma_bitmap_alloc(k, pgshift)?;
+                }
+                Ok(())
+            }
+        }
+    }
+}

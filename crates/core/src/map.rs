@@ -1,0 +1,522 @@
+//! MAP_DMA, UNMAP_DMA and mapping removal (M1 to M3, U1 to U9, V1, V3, P6).
+//!
+//! Order matters everywhere in this file: each check comes at the position the kernel makes it,
+//! so that the first failing check decides the errno, and no state changes before the last
+//! check that can fail without unwinding.
+
+use std::collections::BTreeMap;
+
+use crate::{
+    abi::*,
+    pin::{flush_run, lock_acct_dma, pin_pages_remote, unpin_remote, Batch},
+    platform::{FlushReason, Platform},
+    trace::Event,
+    type1::{Dma, Type1},
+    Error, IovaRange, Prot, Result, DIRTY_BITMAP_SIZE_MAX, PAGE_SHIFT, PAGE_SIZE,
+};
+
+/// A MAP_DMA request (`struct vfio_iommu_type1_dma_map` without `argsz`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct MapRequest {
+    /// `VFIO_DMA_MAP_FLAG_*`.
+    pub flags: u32,
+    /// User virtual address.
+    pub vaddr: u64,
+    /// IOVA.
+    pub iova: u64,
+    /// Size in bytes.
+    pub size: u64,
+}
+
+/// A user dirty bitmap (`struct vfio_bitmap`), already copied in.
+#[derive(Debug)]
+pub struct UserBitmap<'a> {
+    /// Page size each bit stands for.
+    pub pgsize: u64,
+    /// Size of the user buffer in bytes.
+    pub size: u64,
+    /// The buffer (zeroed by the caller, D5).
+    pub data: &'a mut [u64],
+}
+
+/// An UNMAP_DMA request.
+#[derive(Debug)]
+pub struct UnmapRequest<'a> {
+    /// `VFIO_DMA_UNMAP_FLAG_*`.
+    pub flags: u32,
+    /// IOVA.
+    pub iova: u64,
+    /// Size in bytes.
+    pub size: u64,
+    /// The bitmap, with GET_DIRTY_BITMAP.
+    pub bitmap: Option<UserBitmap<'a>>,
+}
+
+/// `verify_bitmap_size` (U1, D4): the bitmap must hold `npages` bits and be at most 2^28 bytes.
+pub(crate) fn verify_bitmap_size(npages: u64, bitmap_size: u64) -> Result<()> {
+    if npages == 0 || bitmap_size == 0 || bitmap_size > DIRTY_BITMAP_SIZE_MAX {
+        return Err(Error::inval(format!("bitmap size {bitmap_size} for {npages} pages")));
+    }
+    let need = npages.div_ceil(64) * 8;
+    if bitmap_size < need {
+        return Err(Error::inval(format!("bitmap size {bitmap_size} < {need} bytes needed")));
+    }
+    Ok(())
+}
+
+impl Type1 {
+    /// VFIO_IOMMU_MAP_DMA (M1). The caller's task comes from the platform.
+    pub fn map_dma<P: Platform + ?Sized>(&mut self, p: &mut P, req: MapRequest) -> Result<()> {
+        let MapRequest { flags, vaddr, iova, size } = req;
+        // M1.2: unknown flags.
+        if flags & !(MAP_FLAG_READ | MAP_FLAG_WRITE | MAP_FLAG_VADDR) != 0 {
+            return Err(Error::inval(format!("flags 0x{flags:x} has unknown bits")));
+        }
+        // M1.4, M1.5 (NEW): size 0, then wrap of iova or vaddr.
+        if size == 0 {
+            return Err(Error::inval("size is 0"));
+        }
+        if iova.checked_add(size - 1).is_none() {
+            return Err(Error::Overflow(format!("iova 0x{iova:x} + size 0x{size:x}")));
+        }
+        if vaddr.checked_add(size - 1).is_none() {
+            return Err(Error::Overflow(format!("vaddr 0x{vaddr:x} + size 0x{size:x}")));
+        }
+        // M1.6: prot vs VADDR.
+        let prot = Prot { read: flags & MAP_FLAG_READ != 0, write: flags & MAP_FLAG_WRITE != 0 };
+        let set_vaddr = flags & MAP_FLAG_VADDR != 0;
+        let has_prot = prot.read || prot.write;
+        if has_prot == set_vaddr {
+            return Err(Error::inval(if set_vaddr {
+                "VADDR with READ or WRITE".to_string()
+            } else {
+                "neither READ nor WRITE".to_string()
+            }));
+        }
+        // M1.7: alignment to PG.
+        let pg = self.pgsize();
+        if size % pg != 0 || iova % pg != 0 || vaddr % pg != 0 {
+            return Err(Error::inval(format!(
+                "iova 0x{iova:x}, vaddr 0x{vaddr:x} or size 0x{size:x} not aligned to 0x{pg:x}"
+            )));
+        }
+        // M1.9: overlap, or V3.
+        let existing = self.find_dma(iova, size);
+        if set_vaddr {
+            return self.update_vaddr(p, existing, iova, size, vaddr);
+        }
+        if existing.is_some() {
+            return Err(Error::Exists { iova, size });
+        }
+        // M1.10
+        if self.dma_avail == 0 {
+            return Err(Error::NoSpace);
+        }
+        // M1.11: inside one valid range.
+        let range = IovaRange { start: iova, last: iova + (size - 1) };
+        if !self.iova_list.is_empty() && !self.iova_list.iter().any(|r| r.contains(&range)) {
+            return Err(Error::inval(format!(
+                "iova range 0x{:x}..=0x{:x} is not inside one valid range",
+                range.start, range.last
+            )));
+        }
+        let Some(task) = p.current() else {
+            return Err(Error::NoDevice("no user context".into()));
+        };
+        // M1.13: insert at size 0.
+        self.dma_avail -= 1;
+        let mut dma = Dma {
+            iova,
+            vaddr,
+            size: 0,
+            prot,
+            iommu_mapped: false,
+            lock_cap: task.cap_ipc_lock,
+            vaddr_invalid: false,
+            mm: task.mm,
+            locked_vm: 0,
+            pfn_list: BTreeMap::new(),
+            bitmap: None,
+            is_noncoherent: false,
+        };
+        // M1.14
+        if self.domains.is_empty() {
+            dma.size = size;
+            self.dmas.insert(iova, dma);
+        } else {
+            self.dmas.insert(iova, dma);
+            if let Err(e) = self.pin_map_dma(p, iova, size) {
+                self.remove_dma(p, iova);
+                return Err(e);
+            }
+        }
+        // M1.15
+        if self.dirty_page_tracking {
+            let pgshift = pg.trailing_zeros();
+            if let Err(e) = self.dma_bitmap_alloc(iova, pgshift) {
+                self.remove_dma(p, iova);
+                return Err(e);
+            }
+        }
+        let nc = self.noncoherent_domains;
+        let policy = &*self.policy;
+        if let Some(d) = self.dmas.get_mut(&iova) {
+            d.is_noncoherent = policy.flag_after_map(d.is_noncoherent, nc);
+        }
+        Ok(())
+    }
+
+    /// `vfio_pin_map_dma`: pins the mapping chunk by chunk and maps each chunk into every
+    /// domain. On error the caller removes the mapping (which unwinds what was done).
+    fn pin_map_dma<P: Platform + ?Sized>(&mut self, p: &mut P, key: u64, map_size: u64) -> Result<()> {
+        let task = p.current().ok_or_else(|| Error::NoDevice("no user context".into()))?;
+        let limit = task.memlock_limit_pages;
+        let nc = self.noncoherent_domains;
+        let disable_hp = self.cfg.disable_hugepages;
+        let Type1 { dmas, domains, policy, .. } = self;
+        let policy = &**policy;
+        let dma = dmas.get_mut(&key).expect("mapping inserted by caller");
+        // F3: the flag is set before the chunk loop so that every unwind unpin flushes too.
+        dma.is_noncoherent = policy.flag_before_map(nc);
+        let mut batch = Batch::new(disable_hp);
+        let mut remaining = map_size;
+        let mut ret = Ok(());
+        while remaining > 0 {
+            let vaddr = dma.vaddr + dma.size;
+            let iova = dma.iova + dma.size;
+            let chunk = match pin_pages_remote(
+                p,
+                dma,
+                task,
+                vaddr,
+                remaining >> PAGE_SHIFT,
+                limit,
+                &mut batch,
+                disable_hp,
+            ) {
+                Ok(c) => c,
+                Err(e) => {
+                    ret = Err(e);
+                    break;
+                }
+            };
+            if policy.flush_on_map(dma.is_noncoherent, nc) {
+                flush_run(p, policy, FlushReason::Map, iova, chunk.pfn, chunk.npages);
+            }
+            if let Err(e) = iommu_map_all(p, domains, iova, chunk.pfn, chunk.npages, dma.prot) {
+                unpin_remote(p, policy, dma, iova, chunk.pfn, chunk.npages, true);
+                batch.release(p, dma);
+                ret = Err(e);
+                break;
+            }
+            remaining -= chunk.npages << PAGE_SHIFT;
+            dma.size += chunk.npages << PAGE_SHIFT;
+        }
+        batch.release(p, dma);
+        dma.iommu_mapped = true;
+        ret
+    }
+
+    /// V3: re-validate an invalidated vaddr (MAP with the VADDR flag).
+    fn update_vaddr<P: Platform + ?Sized>(
+        &mut self,
+        p: &mut P,
+        existing: Option<u64>,
+        iova: u64,
+        size: u64,
+        vaddr: u64,
+    ) -> Result<()> {
+        let Some(key) = existing else {
+            return Err(Error::NotFound { iova });
+        };
+        let dma = self.dmas.get_mut(&key).expect("found");
+        if !dma.vaddr_invalid || dma.iova != iova || dma.size != size {
+            return Err(Error::inval(format!(
+                "mapping at 0x{:x} is not an invalidated mapping of exactly this range",
+                dma.iova
+            )));
+        }
+        let task = p.current().ok_or_else(|| Error::NoDevice("no user context".into()))?;
+        if task.mm != dma.mm {
+            // vfio_change_dma_owner: charge the new mm first, then uncharge the old one.
+            let npage = dma.locked_vm as i64;
+            if npage > 0 {
+                p.account(task.mm, npage, !task.cap_ipc_lock)?;
+                if p.mm_alive(dma.mm) {
+                    let _ = p.account(dma.mm, -npage, false);
+                }
+            }
+            dma.mm = task.mm;
+            dma.lock_cap = task.cap_ipc_lock;
+        }
+        dma.vaddr = vaddr;
+        dma.vaddr_invalid = false;
+        self.vaddr_invalid_count -= 1;
+        Ok(())
+    }
+
+    /// VFIO_IOMMU_UNMAP_DMA (U1 to U9). Returns the size to write back.
+    pub fn unmap_dma<P: Platform + ?Sized>(&mut self, p: &mut P, mut req: UnmapRequest<'_>) -> Result<u64> {
+        let flags = req.flags;
+        // U1.2, U1.3
+        if flags & !(UNMAP_FLAG_GET_DIRTY_BITMAP | UNMAP_FLAG_ALL | UNMAP_FLAG_VADDR) != 0 {
+            return Err(Error::inval(format!("flags 0x{flags:x} has unknown bits")));
+        }
+        let get_bitmap = flags & UNMAP_FLAG_GET_DIRTY_BITMAP != 0;
+        let unmap_all = flags & UNMAP_FLAG_ALL != 0;
+        let invalidate_vaddr = flags & UNMAP_FLAG_VADDR != 0;
+        if get_bitmap && (unmap_all || invalidate_vaddr) {
+            return Err(Error::inval("GET_DIRTY_BITMAP with ALL or VADDR"));
+        }
+        // U1.4
+        if get_bitmap {
+            let Some(bm) = req.bitmap.as_ref() else {
+                return Err(Error::inval("GET_DIRTY_BITMAP without a bitmap"));
+            };
+            if bm.pgsize == 0 || !bm.pgsize.is_power_of_two() {
+                return Err(Error::inval(format!("bitmap pgsize 0x{:x}", bm.pgsize)));
+            }
+            verify_bitmap_size(req.size >> bm.pgsize.trailing_zeros(), bm.size)?;
+        }
+        // U2
+        if invalidate_vaddr && !self.emulated_groups.is_empty() {
+            return Err(Error::Busy("VADDR with emulated groups attached".into()));
+        }
+        let pg = self.pgsize();
+        let iova = req.iova;
+        let size = req.size;
+        if iova % pg != 0 {
+            return Err(Error::inval(format!("iova 0x{iova:x} not aligned to 0x{pg:x}")));
+        }
+        let last = if unmap_all {
+            if iova != 0 || size != 0 {
+                return Err(Error::inval("ALL with non-zero iova or size"));
+            }
+            u64::MAX
+        } else {
+            if size == 0 || size % pg != 0 {
+                return Err(Error::inval(format!("size 0x{size:x} is 0 or not aligned to 0x{pg:x}")));
+            }
+            iova.checked_add(size - 1)
+                .ok_or_else(|| Error::Overflow(format!("iova 0x{iova:x} + size 0x{size:x}")))?
+        };
+        if get_bitmap {
+            let bm = req.bitmap.as_ref().expect("checked");
+            if !self.dirty_page_tracking {
+                return Err(Error::inval("GET_DIRTY_BITMAP while dirty tracking is off"));
+            }
+            if bm.pgsize != pg {
+                return Err(Error::inval(format!("bitmap pgsize 0x{:x} != 0x{pg:x}", bm.pgsize)));
+            }
+        }
+
+        let mut unmapped: u64 = 0;
+        let mut retry: Option<(u64, u32)> = None;
+        'again: loop {
+            // U3: v2 never bisects a mapping.
+            if self.v2 && !unmap_all {
+                if let Some(k) = self.find_dma(iova, 1) {
+                    if k != iova {
+                        return Err(Error::inval(format!("iova 0x{iova:x} bisects mapping 0x{k:x}")));
+                    }
+                }
+                if let Some(k) = self.find_dma(last, 1) {
+                    if self.dmas[&k].last() != last {
+                        return Err(Error::inval(format!("end 0x{last:x} bisects mapping 0x{k:x}")));
+                    }
+                }
+            }
+            let keys: Vec<u64> = self
+                .dmas
+                .range(..=last)
+                .filter(|(_, d)| d.last() >= iova)
+                .map(|(k, _)| *k)
+                .collect();
+            let mut invalidated: Vec<u64> = Vec::new();
+            for k in keys {
+                let d = &self.dmas[&k];
+                // U4: v1 stops at a mapping that starts before the request.
+                if !self.v2 && iova > d.iova {
+                    break;
+                }
+                if invalidate_vaddr {
+                    // V1
+                    if d.vaddr_invalid {
+                        for r in &invalidated {
+                            self.dmas.get_mut(r).expect("present").vaddr_invalid = false;
+                            self.vaddr_invalid_count -= 1;
+                        }
+                        return Err(Error::inval(format!("mapping 0x{k:x} already invalid")));
+                    }
+                    let d = self.dmas.get_mut(&k).expect("present");
+                    d.vaddr_invalid = true;
+                    self.vaddr_invalid_count += 1;
+                    unmapped += d.size;
+                    invalidated.push(k);
+                    continue;
+                }
+                if !d.pfn_list.is_empty() {
+                    // U5: ask the devices to unpin, then restart from the validation.
+                    let (dsize, diova) = (d.size, d.iova);
+                    let tries = match retry {
+                        Some((rk, n)) if rk == k => n + 1,
+                        _ => 0,
+                    };
+                    if tries > 10 {
+                        return Err(Error::Busy(format!(
+                            "emulated devices keep pages of mapping 0x{k:x} pinned"
+                        )));
+                    }
+                    retry = Some((k, tries));
+                    self.notify_devices(p, diova, dsize);
+                    continue 'again;
+                }
+                let dsize = d.size;
+                if let Some(bm) = req.bitmap.as_mut() {
+                    self.update_user_bitmap(bm.data, k, iova, pg)?;
+                }
+                unmapped += dsize;
+                self.remove_dma(p, k);
+            }
+            break;
+        }
+        Ok(unmapped)
+    }
+
+    /// U5: notifies every registered device and applies the unpins they answer with.
+    pub(crate) fn notify_devices<P: Platform + ?Sized>(&mut self, p: &mut P, iova: u64, size: u64) {
+        for dev in self.devices.clone() {
+            for (run_iova, npages) in p.notify_dma_unmap(dev, iova, size) {
+                self.unpin_pages(p, run_iova, npages);
+            }
+        }
+    }
+
+    /// `vfio_remove_dma` (U7): unmap from every domain, unpin, unaccount, free. Never fails.
+    pub(crate) fn remove_dma<P: Platform + ?Sized>(&mut self, p: &mut P, key: u64) {
+        // Teardown never fails: external pins still held (only possible at release, when the
+        // devices are already gone) are dropped here instead of leaking.
+        self.drop_external_pins(p, key);
+        self.unmap_unpin(p, key, true);
+        let dma = self.dmas.remove(&key).expect("mapping to remove exists");
+        if dma.vaddr_invalid {
+            self.vaddr_invalid_count -= 1;
+        }
+        self.dma_avail += 1;
+    }
+
+    /// `vfio_unmap_unpin` (P6). Returns the pages released when `do_accounting` is false.
+    pub(crate) fn unmap_unpin<P: Platform + ?Sized>(&mut self, p: &mut P, key: u64, do_accounting: bool) -> u64 {
+        let Type1 { dmas, domains, policy, .. } = self;
+        let policy = &**policy;
+        let dma = dmas.get_mut(&key).expect("mapping exists");
+        if dma.size == 0 || domains.is_empty() {
+            return 0;
+        }
+        let head = domains[0].id;
+        for d in &domains[1..] {
+            let n = p.iommu_unmap(d.id, dma.iova, dma.size);
+            p.trace(Event::Unmap { domain: d.id, iova: dma.iova, npages: n >> PAGE_SHIFT });
+            p.iotlb_sync(d.id);
+        }
+        let mut queue: Vec<(u64, u64, u64)> = Vec::new();
+        let mut unlocked = 0;
+        let mut off: u64 = 0;
+        while off < dma.size {
+            let iova = dma.iova + off;
+            let Some(phys) = p.iova_to_phys(head, iova) else {
+                off += PAGE_SIZE;
+                continue;
+            };
+            let mut len = PAGE_SIZE;
+            while off + len < dma.size && p.iova_to_phys(head, iova + len) == Some(phys + len) {
+                len += PAGE_SIZE;
+            }
+            let mut n = p.iommu_unmap(head, iova, len);
+            if n > 0 {
+                p.trace(Event::Unmap { domain: head, iova, npages: n >> PAGE_SHIFT });
+                queue.push((iova, phys, n));
+                if queue.len() >= 512 {
+                    unlocked += sync_unpin(p, policy, dma, head, &mut queue);
+                }
+            } else {
+                // Slow path: a synchronous unmap followed by an immediate unpin.
+                n = p.iommu_unmap(head, iova, len);
+                if n == 0 {
+                    break;
+                }
+                p.iotlb_sync(head);
+                p.trace(Event::Unmap { domain: head, iova, npages: n >> PAGE_SHIFT });
+                unlocked += unpin_remote(p, policy, dma, iova, phys >> PAGE_SHIFT, n >> PAGE_SHIFT, false);
+            }
+            off += n;
+        }
+        dma.iommu_mapped = false;
+        unlocked += sync_unpin(p, policy, dma, head, &mut queue);
+        // F2: all remote pins are gone, the flag may be cleared.
+        dma.is_noncoherent = false;
+        if do_accounting {
+            let _ = lock_acct_dma(p, dma, -(unlocked as i64), true);
+            return 0;
+        }
+        unlocked
+    }
+
+    /// Drops every external pin of a mapping (release path only).
+    fn drop_external_pins<P: Platform + ?Sized>(&mut self, p: &mut P, key: u64) {
+        let acct = self.domains.is_empty();
+        let dma = self.dmas.get_mut(&key).expect("mapping exists");
+        let pins = std::mem::take(&mut dma.pfn_list);
+        for (iova, v) in pins {
+            if !p.pfn_is_reserved(v.pfn) {
+                p.unpin_page(v.pfn, dma.prot.write);
+                p.trace(Event::Unpin { iova, npages: 1, pfn: v.pfn, external: true });
+                if acct {
+                    let _ = lock_acct_dma(p, dma, -1, true);
+                }
+            }
+        }
+    }
+}
+
+/// `vfio_sync_unpin`: syncs the IOTLB, then unpins every queued run (each through F5).
+fn sync_unpin<P: Platform + ?Sized>(
+    p: &mut P,
+    policy: &dyn crate::policy::FlushPolicy,
+    dma: &mut Dma,
+    head: crate::DomainId,
+    queue: &mut Vec<(u64, u64, u64)>,
+) -> u64 {
+    if queue.is_empty() {
+        return 0;
+    }
+    p.iotlb_sync(head);
+    let mut unlocked = 0;
+    for (iova, phys, len) in queue.drain(..) {
+        unlocked += unpin_remote(p, policy, dma, iova, phys >> PAGE_SHIFT, len >> PAGE_SHIFT, false);
+    }
+    unlocked
+}
+
+/// `vfio_iommu_map` (M2): maps a chunk into every domain, unwinding on failure.
+pub(crate) fn iommu_map_all<P: Platform + ?Sized>(
+    p: &mut P,
+    domains: &[crate::type1::Domain],
+    iova: u64,
+    pfn: u64,
+    npages: u64,
+    prot: Prot,
+) -> Result<()> {
+    for (i, d) in domains.iter().enumerate() {
+        if let Err(e) = p.iommu_map(d.id, iova, pfn << PAGE_SHIFT, npages << PAGE_SHIFT, prot) {
+            for prev in domains[..i].iter().rev() {
+                let n = p.iommu_unmap(prev.id, iova, npages << PAGE_SHIFT);
+                p.iotlb_sync(prev.id);
+                p.trace(Event::Unmap { domain: prev.id, iova, npages: n >> PAGE_SHIFT });
+            }
+            return Err(e.into());
+        }
+        p.trace(Event::Map { domain: d.id, iova, npages, pa: pfn << PAGE_SHIFT });
+    }
+    Ok(())
+}

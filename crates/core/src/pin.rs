@@ -1,0 +1,216 @@
+//! Remote pinning, unpinning and the cache-flush points around them (P1 to P6, F3, F5, F9).
+//!
+//! These are free functions over disjoint borrows (the platform, the policy, one mapping) so
+//! that the engine can hold a mapping mutably while it talks to the platform. The only remote
+//! unpin routine is [`unpin_remote`], and it is where F5's flush lives: every path that drops
+//! remote pins (UNMAP, release, detach, MAP unwind, replay unwind) goes through it.
+
+use std::collections::VecDeque;
+
+use crate::{
+    platform::{FlushReason, PinnedPage, Platform, Task},
+    policy::FlushPolicy,
+    trace::Event,
+    type1::Dma,
+    Error, Result, PAGE_SHIFT, PAGE_SIZE, PIN_BATCH,
+};
+
+/// Pages pinned ahead of use (`struct vfio_batch`); leftovers carry to the next chunk.
+#[derive(Debug, Default)]
+pub(crate) struct Batch {
+    pages: VecDeque<PinnedPage>,
+    capacity: usize,
+}
+
+impl Batch {
+    pub fn new(disable_hugepages: bool) -> Batch {
+        Batch { pages: VecDeque::new(), capacity: if disable_hugepages { 1 } else { PIN_BATCH } }
+    }
+
+    /// Releases leftovers that were pinned but never mapped (P5): no flush, no accounting.
+    pub fn release<P: Platform + ?Sized>(&mut self, p: &mut P, dma: &Dma) {
+        while let Some(pg) = self.pages.pop_front() {
+            if !pg.reserved {
+                p.unpin_page(pg.pfn, dma.prot.write);
+            }
+        }
+    }
+}
+
+/// A physically contiguous run of pinned pages of one reserved-ness.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct Chunk {
+    pub pfn: u64,
+    pub npages: u64,
+}
+
+/// Pins the next contiguous chunk of `dma` at `vaddr` (at most `npage` pages) from the caller's
+/// address space, charging the mapping (P1, P2). `limit` is the caller's RLIMIT_MEMLOCK in pages,
+/// read once per MAP or replay. On error nothing of this chunk stays pinned or charged.
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn pin_pages_remote<P: Platform + ?Sized>(
+    p: &mut P,
+    dma: &mut Dma,
+    caller: Task,
+    vaddr: u64,
+    npage: u64,
+    limit: u64,
+    batch: &mut Batch,
+    disable_hugepages: bool,
+) -> Result<Chunk> {
+    let iova0 = dma.iova + (vaddr - dma.vaddr);
+    let mut pinned: u64 = 0;
+    let mut lock_acct: u64 = 0;
+    let mut first: Option<PinnedPage> = None;
+    let result: Result<()> = (|| {
+        while pinned < npage {
+            if batch.pages.is_empty() {
+                let want = (npage - pinned).min(batch.capacity as u64);
+                let got = p.pin_user_pages(caller.mm, vaddr + pinned * PAGE_SIZE, want, dma.prot.write)?;
+                if got.is_empty() {
+                    return Err(Error::Fault(format!("pin of vaddr 0x{:x} returned nothing", vaddr)));
+                }
+                batch.pages.extend(got);
+            }
+            while let Some(&pg) = batch.pages.front() {
+                match first {
+                    None => first = Some(pg),
+                    Some(f) => {
+                        if pg.pfn != f.pfn + pinned || pg.reserved != f.reserved {
+                            return Ok(());
+                        }
+                    }
+                }
+                let iova = iova0 + pinned * PAGE_SIZE;
+                if !pg.reserved && !dma.pfn_list.contains_key(&iova) {
+                    if !dma.lock_cap && p.locked_vm(caller.mm) + lock_acct + 1 > limit {
+                        return Err(Error::NoMemory(format!(
+                            "RLIMIT_MEMLOCK ({limit} pages) exceeded pinning iova 0x{iova:x}"
+                        )));
+                    }
+                    lock_acct += 1;
+                }
+                batch.pages.pop_front();
+                pinned += 1;
+                if pinned == npage {
+                    return Ok(());
+                }
+            }
+            if disable_hugepages {
+                return Ok(());
+            }
+        }
+        Ok(())
+    })();
+    let result = result.and_then(|()| lock_acct_dma(p, dma, lock_acct as i64, false));
+    match (result, first) {
+        (Ok(()), Some(f)) if pinned > 0 => {
+            p.trace(Event::Pin { iova: iova0, npages: pinned, pfn: f.pfn, external: false });
+            Ok(Chunk { pfn: f.pfn, npages: pinned })
+        }
+        (Ok(()), _) => Err(Error::Fault(format!("nothing pinned at vaddr 0x{vaddr:x}"))),
+        (Err(e), first) => {
+            if let Some(f) = first {
+                if !f.reserved {
+                    for i in 0..pinned {
+                        p.unpin_page(f.pfn + i, dma.prot.write);
+                    }
+                }
+            }
+            batch.release(p, dma);
+            Err(e)
+        }
+    }
+}
+
+/// `vfio_lock_acct`: charges (or uncharges) `npage` pages to the mapping's address space, with
+/// the limit enforced unless the mapper had CAP_IPC_LOCK. `async_` mirrors the kernel flag:
+/// when the address space is gone, an async adjustment is silently skipped (P4).
+pub(crate) fn lock_acct_dma<P: Platform + ?Sized>(
+    p: &mut P,
+    dma: &mut Dma,
+    npage: i64,
+    async_: bool,
+) -> Result<()> {
+    if npage == 0 {
+        return Ok(());
+    }
+    if !p.mm_alive(dma.mm) {
+        // ESRCH in the kernel; callers that pass async ignore it, a sync charge cannot happen
+        // without the mm (the caller is the mapper).
+        return if async_ { Ok(()) } else { Err(Error::NoDevice("address space is gone".into())) };
+    }
+    p.account(dma.mm, npage, npage > 0 && !dma.lock_cap)?;
+    dma.locked_vm = dma.locked_vm.wrapping_add_signed(npage);
+    Ok(())
+}
+
+/// Flushes a run of pages for `reason`, classifying each pfn (F9). Emits one `flush` event.
+pub(crate) fn flush_run<P: Platform + ?Sized>(
+    p: &mut P,
+    policy: &dyn FlushPolicy,
+    reason: FlushReason,
+    iova: u64,
+    pfn: u64,
+    npages: u64,
+) {
+    let mut skipped = 0;
+    let mut run: Option<(u64, u64)> = None;
+    for i in 0..npages {
+        let f = pfn + i;
+        let reserved = p.pfn_is_reserved(f);
+        if policy.flush_pfn(reserved, p.pfn_memtype(f)) {
+            run = match run {
+                Some((s, n)) if s + n == f => Some((s, n + 1)),
+                Some((s, n)) => {
+                    p.flush_cache(s << PAGE_SHIFT, n << PAGE_SHIFT);
+                    Some((f, 1))
+                }
+                None => Some((f, 1)),
+            };
+        } else {
+            skipped += 1;
+        }
+    }
+    if let Some((s, n)) = run {
+        p.flush_cache(s << PAGE_SHIFT, n << PAGE_SHIFT);
+    }
+    p.trace(Event::Flush { reason, iova, npages, pa: pfn << PAGE_SHIFT, skipped });
+}
+
+/// `vfio_unpin_pages_remote` (P4) with F5: flush the run first if the policy says so, then
+/// release the pins. Returns the number of normal pages released; with `do_accounting` the
+/// charge is adjusted by (external pins in the run − released).
+pub(crate) fn unpin_remote<P: Platform + ?Sized>(
+    p: &mut P,
+    policy: &dyn FlushPolicy,
+    dma: &mut Dma,
+    iova: u64,
+    pfn: u64,
+    npage: u64,
+    do_accounting: bool,
+) -> u64 {
+    if npage == 0 {
+        return 0;
+    }
+    if policy.flush_on_unpin(dma.is_noncoherent) {
+        flush_run(p, policy, FlushReason::Unpin, iova, pfn, npage);
+    }
+    let mut unlocked = 0;
+    let mut locked = 0;
+    for i in 0..npage {
+        if !p.pfn_is_reserved(pfn + i) {
+            p.unpin_page(pfn + i, dma.prot.write);
+            unlocked += 1;
+            if dma.pfn_list.contains_key(&(iova + i * PAGE_SIZE)) {
+                locked += 1;
+            }
+        }
+    }
+    p.trace(Event::Unpin { iova, npages: npage, pfn, external: false });
+    if do_accounting {
+        // Uncharging never fails; a vanished mm is skipped.
+        let _ = lock_acct_dma(p, dma, locked as i64 - unlocked as i64, true);
+    }
+    unlocked
+}

@@ -1,0 +1,207 @@
+//! The platform seam: everything the engine needs from the machine it runs on.
+//!
+//! The engine ([`crate::Container`]) never touches memory, an IOMMU or a cache directly. It
+//! asks an implementation of [`Platform`] to pin and translate user pages, to keep the
+//! RLIMIT_MEMLOCK books of an address space, to build and tear down IOMMU domains and their
+//! page tables, and to flush CPU cache lines. Two implementations exist: the simulated machine
+//! (`type1-sim`, the default, which checks every call it receives) and the real host
+//! (`type1-host`).
+//!
+//! The contract, stated once for every method below:
+//! * fallible methods either succeed completely or fail with no effect;
+//! * release methods (`unpin_page`, `iommu_unmap`, `detach_group`, `domain_free`) never fail;
+//! * all addresses are bytes; `pa` is a physical address and `pfn` a page frame number;
+//!   sizes are multiples of [`crate::PAGE_SIZE`] unless said otherwise.
+
+use crate::{
+    trace::Event, DeviceId, DomainId, Errno, GroupId, IovaRange, MemType, MmId, Prot, ResvRegion,
+};
+
+/// A failure reported by the platform, with the errno the kernel would propagate.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("{what}: {errno}")]
+pub struct PlatformError {
+    /// The errno to propagate.
+    pub errno: Errno,
+    /// What failed, for messages (`"pin vaddr 0x1000"`).
+    pub what: String,
+}
+
+impl PlatformError {
+    /// A new error.
+    pub fn new(errno: Errno, what: impl Into<String>) -> Self {
+        PlatformError { errno, what: what.into() }
+    }
+}
+
+/// The task on whose behalf the engine is running (the ioctl caller).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Task {
+    /// Its address space.
+    pub mm: MmId,
+    /// `capable(CAP_IPC_LOCK)`: bypasses RLIMIT_MEMLOCK (P2).
+    pub cap_ipc_lock: bool,
+    /// RLIMIT_MEMLOCK of the task, in pages.
+    pub memlock_limit_pages: u64,
+}
+
+/// One page returned by [`Platform::pin_user_pages`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct PinnedPage {
+    /// Its frame.
+    pub pfn: u64,
+    /// A reserved or invalid pfn (MMIO, PFNMAP): not refcounted, never released nor charged.
+    pub reserved: bool,
+}
+
+/// What the platform knows about a group.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct GroupInfo {
+    /// The group has no IOMMU behind it (mdev-style emulated devices, A1 step 3).
+    pub emulated: bool,
+    /// The group's IOMMU reserved regions.
+    pub reserved: Vec<ResvRegion>,
+    /// Whether interrupts of the group are isolated (IRQ remapping, A1 step 10).
+    pub msi_isolated: bool,
+}
+
+/// Static facts of an IOMMU domain.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct DomainInfo {
+    /// Identity of the IOMMU driver ("ops"); only domains with equal ops are shared (A1 step 12).
+    pub ops: u32,
+    /// The aperture (geometry).
+    pub aperture: IovaRange,
+    /// Page sizes the domain supports.
+    pub pgsize_bitmap: u64,
+}
+
+/// Why a flush is issued (trace and policy vocabulary).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum FlushReason {
+    /// Before the first map of a chunk into any domain (F3).
+    Map,
+    /// Before mapping into a newly attached non-coherent domain (F4).
+    Replay,
+    /// Right before an unpin of remote pins (F5).
+    Unpin,
+}
+
+/// The machine the engine runs on. See the module documentation for the common contract.
+pub trait Platform {
+    // ---- the calling task and its address space -------------------------------------------
+
+    /// The task making the current call, or `None` when there is no user context (ENODEV, P1).
+    fn current(&self) -> Option<Task>;
+
+    /// Whether the address space still exists.
+    fn mm_alive(&self, mm: MmId) -> bool;
+
+    /// Pages currently charged to `mm` (`mm->locked_vm`).
+    fn locked_vm(&self, mm: MmId) -> u64;
+
+    /// Adds `delta` pages to `mm`'s locked_vm. When `delta > 0` and `enforce_limit`, fails with
+    /// ENOMEM (changing nothing) if the result would exceed the RLIMIT_MEMLOCK of the process
+    /// owning `mm`. A negative delta never fails.
+    fn account(&mut self, mm: MmId, delta: i64, enforce_limit: bool) -> Result<(), PlatformError>;
+
+    // ---- pinning ------------------------------------------------------------------------------
+
+    /// Pins up to `npages` pages of `mm` starting at `vaddr` (long-term pin, write intent when
+    /// `write`), faulting them in as needed. Returns at least one page on success, possibly
+    /// fewer than asked. EFAULT for an unbacked address or a write pin of read-only memory.
+    fn pin_user_pages(
+        &mut self,
+        mm: MmId,
+        vaddr: u64,
+        npages: u64,
+        write: bool,
+    ) -> Result<Vec<PinnedPage>, PlatformError>;
+
+    /// Drops one pin of a normal page, marking it dirty when `dirty` (P3). Never called for
+    /// reserved pfns.
+    fn unpin_page(&mut self, pfn: u64, dirty: bool);
+
+    /// Whether `pfn` is reserved or invalid (MMIO): such pfns are neither refcounted nor charged.
+    fn pfn_is_reserved(&self, pfn: u64) -> bool;
+
+    /// The host memory type of `pfn` (PAT/MTRR view), used by the flush classifier (F9).
+    fn pfn_memtype(&self, pfn: u64) -> MemType;
+
+    /// CPU copy from `mm` at `vaddr` (dma_rw, P9). EFAULT if unbacked.
+    fn mm_read(&mut self, mm: MmId, vaddr: u64, buf: &mut [u8]) -> Result<(), PlatformError>;
+
+    /// CPU copy into `mm` at `vaddr` (dma_rw, P9). EFAULT if unbacked or read-only.
+    fn mm_write(&mut self, mm: MmId, vaddr: u64, data: &[u8]) -> Result<(), PlatformError>;
+
+    // ---- groups and IOMMU domains ---------------------------------------------------------
+
+    /// Facts about a group. ENODEV if the platform has no such group.
+    fn group_info(&self, group: GroupId) -> Result<GroupInfo, PlatformError>;
+
+    /// Allocates a paging domain suitable for the group's first device.
+    fn domain_alloc(&mut self, group: GroupId) -> Result<DomainId, PlatformError>;
+
+    /// Facts about a live domain.
+    fn domain_info(&self, domain: DomainId) -> DomainInfo;
+
+    /// The domain's `enforce_cache_coherency` operation: tries to make every DMA through the
+    /// domain snoop the CPU caches; returns whether it succeeded (S4).
+    fn domain_enforce_cache_coherency(&mut self, domain: DomainId) -> bool;
+
+    /// Frees a domain with no group attached and no mapping left.
+    fn domain_free(&mut self, domain: DomainId);
+
+    /// Attaches all devices of `group` to `domain`.
+    fn attach_group(&mut self, domain: DomainId, group: GroupId) -> Result<(), PlatformError>;
+
+    /// Detaches the group from the domain.
+    fn detach_group(&mut self, domain: DomainId, group: GroupId);
+
+    /// Maps `[iova, iova + size)` to `[pa, pa + size)` with `prot` (IOMMU_CACHE is implied, M3).
+    /// The range must not be mapped already.
+    fn iommu_map(
+        &mut self,
+        domain: DomainId,
+        iova: u64,
+        pa: u64,
+        size: u64,
+        prot: Prot,
+    ) -> Result<(), PlatformError>;
+
+    /// Unmaps from `iova` on, up to `size` bytes; returns the bytes actually unmapped (it stops
+    /// at the first hole). The IOTLB may still hold the entries until [`Self::iotlb_sync`].
+    fn iommu_unmap(&mut self, domain: DomainId, iova: u64, size: u64) -> u64;
+
+    /// Invalidates the domain's IOTLB: after it returns no device uses an unmapped entry.
+    fn iotlb_sync(&mut self, domain: DomainId);
+
+    /// Reads back the physical address an IOVA translates to in `domain`.
+    fn iova_to_phys(&self, domain: DomainId, iova: u64) -> Option<u64>;
+
+    /// Installs the software-MSI cookie on a domain (A1 step 15).
+    fn install_msi_cookie(&mut self, _domain: DomainId) -> Result<(), PlatformError> {
+        Ok(())
+    }
+
+    // ---- cache maintenance -----------------------------------------------------------------
+
+    /// Writes back and invalidates every CPU cache line of `[pa, pa + len)` (clflushopt with
+    /// fences). Only called for cacheable memory: the engine's classifier decides (F9).
+    fn flush_cache(&mut self, pa: u64, len: u64);
+
+    // ---- emulated devices (external pins) ----------------------------------------------------
+
+    /// Tells an emulated device that `[iova, iova + size)` is going away (U5). The device must
+    /// drop its external pins there; it answers with the `(iova, npages)` runs to unpin,
+    /// which the engine then releases as if the device had called `unpin_pages`.
+    fn notify_dma_unmap(&mut self, _device: DeviceId, _iova: u64, _size: u64) -> Vec<(u64, u64)> {
+        Vec::new()
+    }
+
+    // ---- observation -------------------------------------------------------------------------
+
+    /// Receives every engine event, in order (the trace). The default drops them.
+    fn trace(&mut self, _event: Event) {}
+}

@@ -1,0 +1,132 @@
+//! Trace events: what the engine (and the platform under it) did, in order.
+//!
+//! The engine emits [`Event`]s through [`crate::Platform::trace`]; a platform adds its own
+//! (device DMA, faults, invariant violations) and numbers them. Serialized with `serde` they
+//! are the JSON-lines trace documented in `docs/trace.md`: one object per line, with `seq`
+//! added by the writer and `ev` naming the variant.
+
+use serde::Serialize;
+
+use crate::{DomainId, FlushReason, GroupId};
+
+/// One trace event. Field meanings are in `docs/trace.md`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[serde(tag = "ev", rename_all = "snake_case")]
+pub enum Event {
+    /// A group joined a domain (new or shared).
+    Attach {
+        /// The group.
+        group: GroupId,
+        /// The domain it is attached to.
+        domain: DomainId,
+        /// Whether the domain enforces cache coherency.
+        coherent: bool,
+        /// Whether the domain was newly created (and existing mappings replayed into it).
+        new_domain: bool,
+    },
+    /// A group left its domain.
+    Detach {
+        /// The group.
+        group: GroupId,
+        /// The domain it left.
+        domain: DomainId,
+        /// Whether the domain was freed because it became empty.
+        freed: bool,
+    },
+    /// Pages were mapped into a domain.
+    Map {
+        /// The domain.
+        domain: DomainId,
+        /// First IOVA.
+        iova: u64,
+        /// Number of base pages.
+        npages: u64,
+        /// First physical address.
+        pa: u64,
+    },
+    /// Pages were unmapped from a domain.
+    Unmap {
+        /// The domain.
+        domain: DomainId,
+        /// First IOVA.
+        iova: u64,
+        /// Number of base pages.
+        npages: u64,
+    },
+    /// User pages were pinned for a mapping (remote pin) or for an emulated device (external).
+    Pin {
+        /// IOVA of the first page.
+        iova: u64,
+        /// Number of pages.
+        npages: u64,
+        /// First pfn.
+        pfn: u64,
+        /// External (mdev-style) pin rather than a remote pin.
+        external: bool,
+    },
+    /// Pins were dropped.
+    Unpin {
+        /// IOVA of the first page.
+        iova: u64,
+        /// Number of pages.
+        npages: u64,
+        /// First pfn.
+        pfn: u64,
+        /// External (mdev-style) pin rather than a remote pin.
+        external: bool,
+    },
+    /// CPU caches were flushed for a run of pages (the series' feature).
+    Flush {
+        /// Which flush point.
+        reason: FlushReason,
+        /// IOVA of the first page.
+        iova: u64,
+        /// Number of pages.
+        npages: u64,
+        /// First physical address.
+        pa: u64,
+        /// Pages of the run the classifier skipped (UC/WC MMIO).
+        skipped: u64,
+    },
+    /// A device performed DMA.
+    Dma {
+        /// Device name.
+        device: String,
+        /// IOVA.
+        iova: u64,
+        /// Length in bytes.
+        len: u64,
+        /// `read` (device reads memory) or `write`.
+        dir: &'static str,
+        /// Whether the request snooped the CPU caches (after the domain's enforcement).
+        snoop: bool,
+    },
+    /// A DMA fault, or an injected platform failure.
+    Fault {
+        /// What faulted (`dma`, or an injected fault point such as `pin`).
+        source: String,
+        /// Human-readable detail.
+        detail: String,
+    },
+    /// An invariant was broken (see the simulator's checker).
+    Violation {
+        /// Short kind (`stale_read`, `unflushed_unpin`, `accounting`, ...).
+        kind: String,
+        /// What exactly.
+        detail: String,
+    },
+    /// An operation was issued (container ioctl or machine step), for readers of the trace.
+    Op {
+        /// Operation name.
+        op: String,
+        /// Its arguments, rendered.
+        args: String,
+    },
+    /// An operation completed.
+    Ret {
+        /// Operation name.
+        op: String,
+        /// `0` or an errno name.
+        result: String,
+    },
+}
