@@ -10,7 +10,7 @@ use crate::{
     platform::{FlushReason, Platform},
     trace::Event,
     type1::{Domain, GroupRec, Type1},
-    DomainId, Error, GroupId, IovaRange, ResvKind, ResvRegion, Result, PAGE_MASK_BITMAP,
+    DomainId, Error, GroupId, IovaRange, Result, ResvKind, ResvRegion, PAGE_MASK_BITMAP,
     PAGE_SHIFT, PAGE_SIZE,
 };
 
@@ -37,23 +37,34 @@ fn resv_exclude(list: &mut Vec<IovaRange>, resv: &[ResvRegion]) -> Result<()> {
                 continue;
             }
             if n.start < r.range.start {
-                out.push(IovaRange { start: n.start, last: r.range.start - 1 });
+                out.push(IovaRange {
+                    start: n.start,
+                    last: r.range.start - 1,
+                });
             }
             if n.last > r.range.last {
-                out.push(IovaRange { start: r.range.last + 1, last: n.last });
+                out.push(IovaRange {
+                    start: r.range.last + 1,
+                    last: n.last,
+                });
             }
         }
         *list = out;
     }
     if list.is_empty() {
-        return Err(Error::inval("no valid IOVA range left after reserved regions"));
+        return Err(Error::inval(
+            "no valid IOVA range left after reserved regions",
+        ));
     }
     Ok(())
 }
 
 impl Type1 {
     fn any_dma_in(&self, start: u64, last: u64) -> bool {
-        start <= last && self.find_dma(start, (last - start).saturating_add(1)).is_some()
+        start <= last
+            && self
+                .find_dma(start, (last - start).saturating_add(1))
+                .is_some()
     }
 
     /// `vfio_iommu_aper_conflict` (A1 step 6).
@@ -70,7 +81,11 @@ impl Type1 {
 
     /// `vfio_update_pgsize_bitmap` (S9).
     fn update_pgsize_bitmap(&mut self) {
-        let mut bm = if self.domains.is_empty() { PAGE_MASK_BITMAP } else { u64::MAX };
+        let mut bm = if self.domains.is_empty() {
+            PAGE_MASK_BITMAP
+        } else {
+            u64::MAX
+        };
         for d in &self.domains {
             bm &= d.info.pgsize_bitmap;
         }
@@ -91,8 +106,16 @@ impl Type1 {
         }
         let ginfo = p.group_info(group)?;
         if ginfo.emulated {
-            self.emulated_groups.push(GroupRec { id: group, pinned_page_dirty_scope: true });
-            p.trace(Event::Attach { group, domain: DomainId(u32::MAX), coherent: true, new_domain: false });
+            self.emulated_groups.push(GroupRec {
+                id: group,
+                pinned_page_dirty_scope: true,
+            });
+            p.trace(Event::Attach {
+                group,
+                domain: DomainId(u32::MAX),
+                coherent: true,
+                new_domain: false,
+            });
             return Ok(());
         }
         let dom = p.domain_alloc(group)?;
@@ -123,7 +146,10 @@ impl Type1 {
     ) -> std::result::Result<(), (Error, bool)> {
         let info = p.domain_info(dom);
         if self.aper_conflict(info.aperture) {
-            return Err((Error::inval("domain aperture conflicts with existing mappings"), true));
+            return Err((
+                Error::inval("domain aperture conflicts with existing mappings"),
+                true,
+            ));
         }
         for r in &ginfo.reserved {
             if r.kind != ResvKind::DirectRelaxable && self.any_dma_in(r.range.start, r.range.last) {
@@ -142,7 +168,10 @@ impl Type1 {
         let has_hw_msi = ginfo.reserved.iter().any(|r| r.kind == ResvKind::Msi);
         let sw_msi = !has_hw_msi && ginfo.reserved.iter().any(|r| r.kind == ResvKind::SwMsi);
         if !self.cfg.allow_unsafe_interrupts && !ginfo.msi_isolated {
-            return Err((Error::Perm(format!("group {group} lacks MSI isolation")), true));
+            return Err((
+                Error::Perm(format!("group {group} lacks MSI isolation")),
+                true,
+            ));
         }
         let enforce = p.domain_enforce_cache_coherency(dom);
         // A1 step 12: try to share an existing compatible domain.
@@ -156,8 +185,16 @@ impl Type1 {
             p.detach_group(dom, group);
             if p.attach_group(did, group).is_ok() {
                 p.domain_free(dom);
-                self.domains[i].groups.push(GroupRec { id: group, pinned_page_dirty_scope: false });
-                p.trace(Event::Attach { group, domain: did, coherent: enforce, new_domain: false });
+                self.domains[i].groups.push(GroupRec {
+                    id: group,
+                    pinned_page_dirty_scope: false,
+                });
+                p.trace(Event::Attach {
+                    group,
+                    domain: did,
+                    coherent: enforce,
+                    new_domain: false,
+                });
                 self.iova_list = iova_copy;
                 self.num_non_pinned_groups += 1;
                 return Ok(());
@@ -168,7 +205,12 @@ impl Type1 {
             }
         }
         let _ = still_attached;
-        p.trace(Event::Attach { group, domain: dom, coherent: enforce, new_domain: true });
+        p.trace(Event::Attach {
+            group,
+            domain: dom,
+            coherent: enforce,
+            new_domain: true,
+        });
         self.replay(p, dom, enforce).map_err(|e| (e, true))?;
         if sw_msi {
             if let Err(e) = p.install_msi_cookie(dom) {
@@ -183,7 +225,10 @@ impl Type1 {
             Domain {
                 id: dom,
                 info,
-                groups: vec![GroupRec { id: group, pinned_page_dirty_scope: false }],
+                groups: vec![GroupRec {
+                    id: group,
+                    pinned_page_dirty_scope: false,
+                }],
                 enforce_cache_coherency: enforce,
             },
         );
@@ -198,7 +243,12 @@ impl Type1 {
     }
 
     /// Replay (A2) with F4's flush on first exposure to a non-coherent domain.
-    fn replay<P: Platform + ?Sized>(&mut self, p: &mut P, new: DomainId, coherent: bool) -> Result<()> {
+    fn replay<P: Platform + ?Sized>(
+        &mut self,
+        p: &mut P,
+        new: DomainId,
+        coherent: bool,
+    ) -> Result<()> {
         let task = p.current();
         let head = self.domains.first().map(|d| d.id);
         let disable_hp = self.cfg.disable_hugepages;
@@ -221,10 +271,14 @@ impl Type1 {
                         continue;
                     };
                     let mut len = PAGE_SIZE;
-                    while off + len < dma.size && p.iova_to_phys(h, iova + len) == Some(phys + len) {
+                    while off + len < dma.size && p.iova_to_phys(h, iova + len) == Some(phys + len)
+                    {
                         len += PAGE_SIZE;
                     }
-                    Chunk { pfn: phys >> PAGE_SHIFT, npages: len >> PAGE_SHIFT }
+                    Chunk {
+                        pfn: phys >> PAGE_SHIFT,
+                        npages: len >> PAGE_SHIFT,
+                    }
                 } else {
                     let Some(task) = task else {
                         failed = Some((idx, Error::NoDevice("no user context".into())));
@@ -249,7 +303,14 @@ impl Type1 {
                     }
                 };
                 if decision.flush {
-                    flush_run(p, policy, FlushReason::Replay, iova, chunk.pfn, chunk.npages);
+                    flush_run(
+                        p,
+                        policy,
+                        FlushReason::Replay,
+                        iova,
+                        chunk.pfn,
+                        chunk.npages,
+                    );
                 }
                 let size = chunk.npages << PAGE_SHIFT;
                 if let Err(e) = p.iommu_map(new, iova, chunk.pfn << PAGE_SHIFT, size, dma.prot) {
@@ -260,7 +321,12 @@ impl Type1 {
                     failed = Some((idx, e.into()));
                     break 'outer;
                 }
-                p.trace(Event::Map { domain: new, iova, npages: chunk.npages, pa: chunk.pfn << PAGE_SHIFT });
+                p.trace(Event::Map {
+                    domain: new,
+                    iova,
+                    npages: chunk.npages,
+                    pa: chunk.pfn << PAGE_SHIFT,
+                });
                 off += size;
             }
             batch.release(p, dma);
@@ -286,7 +352,11 @@ impl Type1 {
             // Only N's mapping goes; the flag set by this replay is kept (F5).
             let n = p.iommu_unmap(new, dma.iova, dma.size);
             p.iotlb_sync(new);
-            p.trace(Event::Unmap { domain: new, iova: dma.iova, npages: n >> PAGE_SHIFT });
+            p.trace(Event::Unmap {
+                domain: new,
+                iova: dma.iova,
+                npages: n >> PAGE_SHIFT,
+            });
             return;
         }
         let mut off = 0;
@@ -302,8 +372,20 @@ impl Type1 {
             }
             let n = p.iommu_unmap(new, iova, len);
             p.iotlb_sync(new);
-            p.trace(Event::Unmap { domain: new, iova, npages: n >> PAGE_SHIFT });
-            unpin_remote(p, policy, dma, iova, phys >> PAGE_SHIFT, len >> PAGE_SHIFT, true);
+            p.trace(Event::Unmap {
+                domain: new,
+                iova,
+                npages: n >> PAGE_SHIFT,
+            });
+            unpin_remote(
+                p,
+                policy,
+                dma,
+                iova,
+                phys >> PAGE_SHIFT,
+                len >> PAGE_SHIFT,
+                true,
+            );
             off += len;
         }
         // Cleared only after the pages were unpinned (and flushed), F5.
@@ -328,15 +410,27 @@ impl Type1 {
         if let Some(i) = self.emulated_groups.iter().position(|g| g.id == group) {
             let g = self.emulated_groups.remove(i);
             update_dirty_scope = !g.pinned_page_dirty_scope;
-            p.trace(Event::Detach { group, domain: DomainId(u32::MAX), freed: false });
+            p.trace(Event::Detach {
+                group,
+                domain: DomainId(u32::MAX),
+                freed: false,
+            });
             if self.emulated_groups.is_empty() && self.domains.is_empty() {
                 self.unmap_unpin_all(p);
             }
-        } else if let Some(di) = self.domains.iter().position(|d| d.groups.iter().any(|g| g.id == group)) {
+        } else if let Some(di) = self
+            .domains
+            .iter()
+            .position(|d| d.groups.iter().any(|g| g.id == group))
+        {
             let mut iova_copy = self.iova_list.clone();
             let dom = self.domains[di].id;
             p.detach_group(dom, group);
-            let gi = self.domains[di].groups.iter().position(|g| g.id == group).expect("found");
+            let gi = self.domains[di]
+                .groups
+                .iter()
+                .position(|g| g.id == group)
+                .expect("found");
             let g = self.domains[di].groups.remove(gi);
             update_dirty_scope = !g.pinned_page_dirty_scope;
             let empty = self.domains[di].groups.is_empty();
@@ -357,7 +451,11 @@ impl Type1 {
                 self.aper_expand(&mut iova_copy);
                 self.update_pgsize_bitmap();
             }
-            p.trace(Event::Detach { group, domain: dom, freed: empty });
+            p.trace(Event::Detach {
+                group,
+                domain: dom,
+                freed: empty,
+            });
             if let Ok(list) = self.resv_refresh(p, &iova_copy) {
                 self.iova_list = list;
             }
@@ -386,7 +484,11 @@ impl Type1 {
         copy[n - 1].last = ap.last;
     }
 
-    fn resv_refresh<P: Platform + ?Sized>(&self, p: &P, copy: &[IovaRange]) -> Result<Vec<IovaRange>> {
+    fn resv_refresh<P: Platform + ?Sized>(
+        &self,
+        p: &P,
+        copy: &[IovaRange],
+    ) -> Result<Vec<IovaRange>> {
         let mut resv = Vec::new();
         for d in &self.domains {
             for g in &d.groups {
@@ -396,7 +498,10 @@ impl Type1 {
         let (Some(f), Some(l)) = (copy.first(), copy.last()) else {
             return Err(Error::inval("empty iova list"));
         };
-        let mut list = vec![IovaRange { start: f.start, last: l.last }];
+        let mut list = vec![IovaRange {
+            start: f.start,
+            last: l.last,
+        }];
         resv_exclude(&mut list, &resv)?;
         Ok(list)
     }
@@ -416,7 +521,11 @@ impl Type1 {
         for k in keys {
             let unlocked = self.unmap_unpin(p, k, false);
             let dma = self.dmas.get_mut(&k).expect("present");
-            let locked = dma.pfn_list.values().filter(|v| !p.pfn_is_reserved(v.pfn)).count() as i64;
+            let locked = dma
+                .pfn_list
+                .values()
+                .filter(|v| !p.pfn_is_reserved(v.pfn))
+                .count() as i64;
             let _ = crate::pin::lock_acct_dma(p, dma, locked - unlocked as i64, true);
         }
     }
@@ -428,7 +537,11 @@ impl Type1 {
         while let Some(d) = self.domains.first().cloned() {
             for g in &d.groups {
                 p.detach_group(d.id, g.id);
-                p.trace(Event::Detach { group: g.id, domain: d.id, freed: true });
+                p.trace(Event::Detach {
+                    group: g.id,
+                    domain: d.id,
+                    freed: true,
+                });
             }
             if !d.enforce_cache_coherency {
                 self.noncoherent_domains -= 1;
@@ -438,6 +551,9 @@ impl Type1 {
         }
         self.iova_list.clear();
         self.update_pgsize_bitmap();
-        debug_assert_eq!(self.noncoherent_domains, 0, "F1 counter reaches 0 at release");
+        debug_assert_eq!(
+            self.noncoherent_domains, 0,
+            "F1 counter reaches 0 at release"
+        );
     }
 }

@@ -14,7 +14,7 @@ use crate::{
 };
 
 /// A VFIO container.
-#[derive(Debug)]
+#[derive(Clone, Debug)]
 pub struct Container {
     cfg: Config,
     policy: &'static str,
@@ -25,8 +25,14 @@ pub struct Container {
 impl Container {
     /// A new, empty container whose instances use the named flush policy.
     pub fn new(cfg: Config, policy: &str) -> Result<Container> {
-        let p = policy_by_name(policy).ok_or_else(|| Error::inval(format!("unknown flush policy {policy:?}")))?;
-        Ok(Container { cfg, policy: p.name(), groups: Vec::new(), iommu: None })
+        let p = policy_by_name(policy)
+            .ok_or_else(|| Error::inval(format!("unknown flush policy {policy:?}")))?;
+        Ok(Container {
+            cfg,
+            policy: p.name(),
+            groups: Vec::new(),
+            iommu: None,
+        })
     }
 
     /// GET_API_VERSION (C4).
@@ -59,18 +65,24 @@ impl Container {
 
     /// The backend instance, or EINVAL before SET_IOMMU (C7).
     pub fn iommu(&self) -> Result<&Type1> {
-        self.iommu.as_ref().ok_or_else(|| Error::inval("container has no IOMMU backend set"))
+        self.iommu
+            .as_ref()
+            .ok_or_else(|| Error::inval("container has no IOMMU backend set"))
     }
 
     /// Mutable backend instance, or EINVAL before SET_IOMMU (C7).
     pub fn iommu_mut(&mut self) -> Result<&mut Type1> {
-        self.iommu.as_mut().ok_or_else(|| Error::inval("container has no IOMMU backend set"))
+        self.iommu
+            .as_mut()
+            .ok_or_else(|| Error::inval("container has no IOMMU backend set"))
     }
 
     /// A group joins (GROUP_SET_CONTAINER). With a backend set it is attached at once (C8).
     pub fn add_group<P: Platform + ?Sized>(&mut self, p: &mut P, group: GroupId) -> Result<()> {
         if self.groups.contains(&group) {
-            return Err(Error::inval(format!("group {group} already in the container")));
+            return Err(Error::inval(format!(
+                "group {group} already in the container"
+            )));
         }
         if let Some(t) = self.iommu.as_mut() {
             t.attach_group(p, group)?;
@@ -82,7 +94,9 @@ impl Container {
     /// A group leaves (GROUP_UNSET_CONTAINER). The last group releases the backend (C8, A5).
     pub fn remove_group<P: Platform + ?Sized>(&mut self, p: &mut P, group: GroupId) -> Result<()> {
         let Some(i) = self.groups.iter().position(|g| *g == group) else {
-            return Err(Error::inval(format!("group {group} is not in the container")));
+            return Err(Error::inval(format!(
+                "group {group} is not in the container"
+            )));
         };
         self.groups.remove(i);
         if let Some(t) = self.iommu.as_mut() {
@@ -106,8 +120,13 @@ impl Container {
         }
         // Only type1 is registered; it answers CHECK_EXTENSION > 0 for 1, 3 and 9, and its open
         // accepts only 1 and 3 (so 9 is EINVAL and anything else ENODEV).
-        if !matches!(iommu_type, VFIO_TYPE1_IOMMU | VFIO_TYPE1V2_IOMMU | VFIO_UNMAP_ALL) {
-            return Err(Error::NoDevice(format!("no backend for iommu type {iommu_type}")));
+        if !matches!(
+            iommu_type,
+            VFIO_TYPE1_IOMMU | VFIO_TYPE1V2_IOMMU | VFIO_UNMAP_ALL
+        ) {
+            return Err(Error::NoDevice(format!(
+                "no backend for iommu type {iommu_type}"
+            )));
         }
         let policy = policy_by_name(self.policy).expect("validated at construction");
         let mut t = Type1::open(iommu_type, self.cfg, policy)?;

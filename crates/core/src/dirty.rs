@@ -25,7 +25,9 @@ impl Type1 {
         let dma = self.dmas.get_mut(&key).expect("present");
         let npages = dma.npages(pgshift);
         if npages > i32::MAX as u64 {
-            return Err(Error::inval(format!("mapping 0x{key:x} too large for a dirty bitmap")));
+            return Err(Error::inval(format!(
+                "mapping 0x{key:x} too large for a dirty bitmap"
+            )));
         }
         // One spare u64 for shifting, like the kernel.
         let mut bm = vec![0u64; (npages.div_ceil(64) + 1) as usize];
@@ -48,12 +50,20 @@ impl Type1 {
     }
 
     /// D5: ORs a mapping's bits into the user bitmap at `(dma.iova - base) / pgsize`.
-    pub(crate) fn update_user_bitmap(&mut self, user: &mut [u64], key: u64, base: u64, pgsize: u64) -> Result<()> {
+    pub(crate) fn update_user_bitmap(
+        &mut self,
+        user: &mut [u64],
+        key: u64,
+        base: u64,
+        pgsize: u64,
+    ) -> Result<()> {
         let pgshift = pgsize.trailing_zeros();
         let all = self.num_non_pinned_groups > 0;
         let dma = self.dmas.get_mut(&key).expect("present");
         let n = dma.npages(pgshift);
-        let Some(bm) = dma.bitmap.as_mut() else { return Ok(()) };
+        let Some(bm) = dma.bitmap.as_mut() else {
+            return Ok(());
+        };
         if all && dma.iommu_mapped {
             set_bits(bm, 0, n);
         }
@@ -72,7 +82,11 @@ impl Type1 {
     }
 
     /// VFIO_IOMMU_DIRTY_PAGES (D1 to D4).
-    pub fn dirty_pages(&mut self, flags: u32, get: Option<(u64, u64, crate::map::UserBitmap<'_>)>) -> Result<()> {
+    pub fn dirty_pages(
+        &mut self,
+        flags: u32,
+        get: Option<(u64, u64, crate::map::UserBitmap<'_>)>,
+    ) -> Result<()> {
         if !self.v2 {
             return Err(Error::Access("dirty tracking needs type1v2".into()));
         }
@@ -81,7 +95,9 @@ impl Type1 {
             return Err(Error::inval(format!("flags 0x{flags:x} has unknown bits")));
         }
         if flags.count_ones() != 1 {
-            return Err(Error::inval(format!("flags 0x{flags:x}: exactly one of START, STOP, GET_BITMAP")));
+            return Err(Error::inval(format!(
+                "flags 0x{flags:x}: exactly one of START, STOP, GET_BITMAP"
+            )));
         }
         match flags {
             DIRTY_FLAG_START => {
@@ -123,7 +139,10 @@ impl Type1 {
                 verify_bitmap_size(size >> bm.pgsize.trailing_zeros(), bm.size)?;
                 let pg = self.pgsize();
                 if bm.pgsize != pg {
-                    return Err(Error::inval(format!("bitmap pgsize 0x{:x} != 0x{pg:x}", bm.pgsize)));
+                    return Err(Error::inval(format!(
+                        "bitmap pgsize 0x{:x} != 0x{pg:x}",
+                        bm.pgsize
+                    )));
                 }
                 if iova % pg != 0 || size % pg != 0 {
                     return Err(Error::inval("iova or size not aligned to the page size"));
@@ -134,12 +153,16 @@ impl Type1 {
                 let last = iova + (size - 1);
                 if let Some(k) = self.find_dma(iova, 1) {
                     if k != iova {
-                        return Err(Error::inval(format!("iova 0x{iova:x} bisects mapping 0x{k:x}")));
+                        return Err(Error::inval(format!(
+                            "iova 0x{iova:x} bisects mapping 0x{k:x}"
+                        )));
                     }
                 }
                 if let Some(k) = self.find_dma(last, 1) {
                     if self.dmas[&k].last() != last {
-                        return Err(Error::inval(format!("end 0x{last:x} bisects mapping 0x{k:x}")));
+                        return Err(Error::inval(format!(
+                            "end 0x{last:x} bisects mapping 0x{k:x}"
+                        )));
                     }
                 }
                 let keys: Vec<u64> = self.dmas.range(iova..=last).map(|(k, _)| *k).collect();

@@ -66,7 +66,10 @@ impl Type1 {
             };
             let dma = self.dmas.get_mut(&k).expect("present");
             if !prot.is_subset_of(dma.prot) {
-                err = Some(Error::Perm(format!("prot {prot} exceeds mapping's {}", dma.prot)));
+                err = Some(Error::Perm(format!(
+                    "prot {prot} exceeds mapping's {}",
+                    dma.prot
+                )));
                 break;
             }
             if let Some(v) = dma.pfn_list.get_mut(&pi) {
@@ -91,7 +94,10 @@ impl Type1 {
                 }
             };
             if pg.reserved {
-                err = Some(Error::inval(format!("pfn 0x{:x} is not a valid page", pg.pfn)));
+                err = Some(Error::inval(format!(
+                    "pfn 0x{:x} is not a valid page",
+                    pg.pfn
+                )));
                 break;
             }
             if do_accounting {
@@ -101,8 +107,19 @@ impl Type1 {
                     break;
                 }
             }
-            dma.pfn_list.insert(pi, Vpfn { pfn: pg.pfn, refcount: 1 });
-            p.trace(Event::Pin { iova: pi, npages: 1, pfn: pg.pfn, external: true });
+            dma.pfn_list.insert(
+                pi,
+                Vpfn {
+                    pfn: pg.pfn,
+                    refcount: 1,
+                },
+            );
+            p.trace(Event::Pin {
+                iova: pi,
+                npages: 1,
+                pfn: pg.pfn,
+                external: true,
+            });
             if tracking {
                 let off = (pi - dma.iova) >> pgshift;
                 if let Some(bm) = dma.bitmap.as_mut() {
@@ -139,15 +156,24 @@ impl Type1 {
         let do_accounting = self.domains.is_empty();
         for i in 0..npage {
             let pi = iova + i * PAGE_SIZE;
-            let Some(k) = self.find_dma(pi, PAGE_SIZE) else { break };
+            let Some(k) = self.find_dma(pi, PAGE_SIZE) else {
+                break;
+            };
             let dma = self.dmas.get_mut(&k).expect("present");
-            let Some(v) = dma.pfn_list.get_mut(&pi) else { continue };
+            let Some(v) = dma.pfn_list.get_mut(&pi) else {
+                continue;
+            };
             v.refcount -= 1;
             if v.refcount == 0 {
                 let pfn = v.pfn;
                 dma.pfn_list.remove(&pi);
                 p.unpin_page(pfn, dma.prot.write);
-                p.trace(Event::Unpin { iova: pi, npages: 1, pfn, external: true });
+                p.trace(Event::Unpin {
+                    iova: pi,
+                    npages: 1,
+                    pfn,
+                    external: true,
+                });
                 if do_accounting {
                     let _ = lock_acct_dma(p, dma, -1, true);
                 }
@@ -156,7 +182,13 @@ impl Type1 {
     }
 
     /// `vfio_dma_rw` (P9): CPU copy to or from the mappings at `iova`.
-    pub fn dma_rw<P: Platform + ?Sized>(&mut self, p: &mut P, iova: u64, buf: &mut [u8], write: bool) -> Result<()> {
+    pub fn dma_rw<P: Platform + ?Sized>(
+        &mut self,
+        p: &mut P,
+        iova: u64,
+        buf: &mut [u8],
+        write: bool,
+    ) -> Result<()> {
         if self.vaddr_invalid_count > 0 {
             return Err(Error::Busy("vaddr invalid mappings exist".into()));
         }
@@ -177,7 +209,9 @@ impl Type1 {
                 return Err(Error::Perm("mapping's address space is gone".into()));
             }
             if caller.is_some_and(|m| m != dma.mm) {
-                return Err(Error::Fault("caller's address space differs from the mapper's".into()));
+                return Err(Error::Fault(
+                    "caller's address space differs from the mapper's".into(),
+                ));
             }
             let off = at - dma.iova;
             let n = ((dma.size - off) as usize).min(buf.len() - done);

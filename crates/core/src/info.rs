@@ -55,7 +55,11 @@ impl IommuInfo {
         let n = caps.len();
         for (i, (id, body)) in caps.into_iter().enumerate() {
             let size = align8(8 + body.len());
-            let next = if i + 1 == n { 0 } else { (Self::HEADER_SIZE + out.len() + size) as u32 };
+            let next = if i + 1 == n {
+                0
+            } else {
+                (Self::HEADER_SIZE + out.len() + size) as u32
+            };
             out.extend_from_slice(&id.to_le_bytes());
             out.extend_from_slice(&1u16.to_le_bytes());
             out.extend_from_slice(&next.to_le_bytes());
@@ -89,7 +93,12 @@ mod tests {
             migration_pgsize_bitmap: 0x1000,
             max_dirty_bitmap_size: 1 << 28,
             dma_avail: 65535,
-            iova_ranges: (0..n as u64).map(|i| IovaRange { start: i << 32, last: (i << 32) + 0xfff }).collect(),
+            iova_ranges: (0..n as u64)
+                .map(|i| IovaRange {
+                    start: i << 32,
+                    last: (i << 32) + 0xfff,
+                })
+                .collect(),
         }
     }
 
@@ -103,7 +112,8 @@ mod tests {
     #[test]
     fn chain_offsets_are_absolute_and_last_is_zero() {
         let c = info(1).chain();
-        let next = |off: usize| u32::from_le_bytes(c[off + 4..off + 8].try_into().unwrap()) as usize;
+        let next =
+            |off: usize| u32::from_le_bytes(c[off + 4..off + 8].try_into().unwrap()) as usize;
         let id = |off: usize| u16::from_le_bytes(c[off..off + 2].try_into().unwrap());
         assert_eq!(id(0), INFO_CAP_MIGRATION);
         assert_eq!(next(0), 24 + 32);

@@ -55,11 +55,15 @@ pub struct UnmapRequest<'a> {
 /// `verify_bitmap_size` (U1, D4): the bitmap must hold `npages` bits and be at most 2^28 bytes.
 pub(crate) fn verify_bitmap_size(npages: u64, bitmap_size: u64) -> Result<()> {
     if npages == 0 || bitmap_size == 0 || bitmap_size > DIRTY_BITMAP_SIZE_MAX {
-        return Err(Error::inval(format!("bitmap size {bitmap_size} for {npages} pages")));
+        return Err(Error::inval(format!(
+            "bitmap size {bitmap_size} for {npages} pages"
+        )));
     }
     let need = npages.div_ceil(64) * 8;
     if bitmap_size < need {
-        return Err(Error::inval(format!("bitmap size {bitmap_size} < {need} bytes needed")));
+        return Err(Error::inval(format!(
+            "bitmap size {bitmap_size} < {need} bytes needed"
+        )));
     }
     Ok(())
 }
@@ -67,7 +71,12 @@ pub(crate) fn verify_bitmap_size(npages: u64, bitmap_size: u64) -> Result<()> {
 impl Type1 {
     /// VFIO_IOMMU_MAP_DMA (M1). The caller's task comes from the platform.
     pub fn map_dma<P: Platform + ?Sized>(&mut self, p: &mut P, req: MapRequest) -> Result<()> {
-        let MapRequest { flags, vaddr, iova, size } = req;
+        let MapRequest {
+            flags,
+            vaddr,
+            iova,
+            size,
+        } = req;
         // M1.2: unknown flags.
         if flags & !(MAP_FLAG_READ | MAP_FLAG_WRITE | MAP_FLAG_VADDR) != 0 {
             return Err(Error::inval(format!("flags 0x{flags:x} has unknown bits")));
@@ -77,13 +86,20 @@ impl Type1 {
             return Err(Error::inval("size is 0"));
         }
         if iova.checked_add(size - 1).is_none() {
-            return Err(Error::Overflow(format!("iova 0x{iova:x} + size 0x{size:x}")));
+            return Err(Error::Overflow(format!(
+                "iova 0x{iova:x} + size 0x{size:x}"
+            )));
         }
         if vaddr.checked_add(size - 1).is_none() {
-            return Err(Error::Overflow(format!("vaddr 0x{vaddr:x} + size 0x{size:x}")));
+            return Err(Error::Overflow(format!(
+                "vaddr 0x{vaddr:x} + size 0x{size:x}"
+            )));
         }
         // M1.6: prot vs VADDR.
-        let prot = Prot { read: flags & MAP_FLAG_READ != 0, write: flags & MAP_FLAG_WRITE != 0 };
+        let prot = Prot {
+            read: flags & MAP_FLAG_READ != 0,
+            write: flags & MAP_FLAG_WRITE != 0,
+        };
         let set_vaddr = flags & MAP_FLAG_VADDR != 0;
         let has_prot = prot.read || prot.write;
         if has_prot == set_vaddr {
@@ -113,7 +129,10 @@ impl Type1 {
             return Err(Error::NoSpace);
         }
         // M1.11: inside one valid range.
-        let range = IovaRange { start: iova, last: iova + (size - 1) };
+        let range = IovaRange {
+            start: iova,
+            last: iova + (size - 1),
+        };
         if !self.iova_list.is_empty() && !self.iova_list.iter().any(|r| r.contains(&range)) {
             return Err(Error::inval(format!(
                 "iova range 0x{:x}..=0x{:x} is not inside one valid range",
@@ -168,12 +187,24 @@ impl Type1 {
 
     /// `vfio_pin_map_dma`: pins the mapping chunk by chunk and maps each chunk into every
     /// domain. On error the caller removes the mapping (which unwinds what was done).
-    fn pin_map_dma<P: Platform + ?Sized>(&mut self, p: &mut P, key: u64, map_size: u64) -> Result<()> {
-        let task = p.current().ok_or_else(|| Error::NoDevice("no user context".into()))?;
+    fn pin_map_dma<P: Platform + ?Sized>(
+        &mut self,
+        p: &mut P,
+        key: u64,
+        map_size: u64,
+    ) -> Result<()> {
+        let task = p
+            .current()
+            .ok_or_else(|| Error::NoDevice("no user context".into()))?;
         let limit = task.memlock_limit_pages;
         let nc = self.noncoherent_domains;
         let disable_hp = self.cfg.disable_hugepages;
-        let Type1 { dmas, domains, policy, .. } = self;
+        let Type1 {
+            dmas,
+            domains,
+            policy,
+            ..
+        } = self;
         let policy = &**policy;
         let dma = dmas.get_mut(&key).expect("mapping inserted by caller");
         // F3: the flag is set before the chunk loop so that every unwind unpin flushes too.
@@ -236,7 +267,9 @@ impl Type1 {
                 dma.iova
             )));
         }
-        let task = p.current().ok_or_else(|| Error::NoDevice("no user context".into()))?;
+        let task = p
+            .current()
+            .ok_or_else(|| Error::NoDevice("no user context".into()))?;
         if task.mm != dma.mm {
             // vfio_change_dma_owner: charge the new mm first, then uncharge the old one.
             let npage = dma.locked_vm as i64;
@@ -256,7 +289,11 @@ impl Type1 {
     }
 
     /// VFIO_IOMMU_UNMAP_DMA (U1 to U9). Returns the size to write back.
-    pub fn unmap_dma<P: Platform + ?Sized>(&mut self, p: &mut P, mut req: UnmapRequest<'_>) -> Result<u64> {
+    pub fn unmap_dma<P: Platform + ?Sized>(
+        &mut self,
+        p: &mut P,
+        mut req: UnmapRequest<'_>,
+    ) -> Result<u64> {
         let flags = req.flags;
         // U1.2, U1.3
         if flags & !(UNMAP_FLAG_GET_DIRTY_BITMAP | UNMAP_FLAG_ALL | UNMAP_FLAG_VADDR) != 0 {
@@ -286,7 +323,9 @@ impl Type1 {
         let iova = req.iova;
         let size = req.size;
         if iova % pg != 0 {
-            return Err(Error::inval(format!("iova 0x{iova:x} not aligned to 0x{pg:x}")));
+            return Err(Error::inval(format!(
+                "iova 0x{iova:x} not aligned to 0x{pg:x}"
+            )));
         }
         let last = if unmap_all {
             if iova != 0 || size != 0 {
@@ -295,7 +334,9 @@ impl Type1 {
             u64::MAX
         } else {
             if size == 0 || size % pg != 0 {
-                return Err(Error::inval(format!("size 0x{size:x} is 0 or not aligned to 0x{pg:x}")));
+                return Err(Error::inval(format!(
+                    "size 0x{size:x} is 0 or not aligned to 0x{pg:x}"
+                )));
             }
             iova.checked_add(size - 1)
                 .ok_or_else(|| Error::Overflow(format!("iova 0x{iova:x} + size 0x{size:x}")))?
@@ -306,7 +347,10 @@ impl Type1 {
                 return Err(Error::inval("GET_DIRTY_BITMAP while dirty tracking is off"));
             }
             if bm.pgsize != pg {
-                return Err(Error::inval(format!("bitmap pgsize 0x{:x} != 0x{pg:x}", bm.pgsize)));
+                return Err(Error::inval(format!(
+                    "bitmap pgsize 0x{:x} != 0x{pg:x}",
+                    bm.pgsize
+                )));
             }
         }
 
@@ -317,12 +361,16 @@ impl Type1 {
             if self.v2 && !unmap_all {
                 if let Some(k) = self.find_dma(iova, 1) {
                     if k != iova {
-                        return Err(Error::inval(format!("iova 0x{iova:x} bisects mapping 0x{k:x}")));
+                        return Err(Error::inval(format!(
+                            "iova 0x{iova:x} bisects mapping 0x{k:x}"
+                        )));
                     }
                 }
                 if let Some(k) = self.find_dma(last, 1) {
                     if self.dmas[&k].last() != last {
-                        return Err(Error::inval(format!("end 0x{last:x} bisects mapping 0x{k:x}")));
+                        return Err(Error::inval(format!(
+                            "end 0x{last:x} bisects mapping 0x{k:x}"
+                        )));
                     }
                 }
             }
@@ -406,8 +454,18 @@ impl Type1 {
     }
 
     /// `vfio_unmap_unpin` (P6). Returns the pages released when `do_accounting` is false.
-    pub(crate) fn unmap_unpin<P: Platform + ?Sized>(&mut self, p: &mut P, key: u64, do_accounting: bool) -> u64 {
-        let Type1 { dmas, domains, policy, .. } = self;
+    pub(crate) fn unmap_unpin<P: Platform + ?Sized>(
+        &mut self,
+        p: &mut P,
+        key: u64,
+        do_accounting: bool,
+    ) -> u64 {
+        let Type1 {
+            dmas,
+            domains,
+            policy,
+            ..
+        } = self;
         let policy = &**policy;
         let dma = dmas.get_mut(&key).expect("mapping exists");
         if dma.size == 0 || domains.is_empty() {
@@ -416,7 +474,11 @@ impl Type1 {
         let head = domains[0].id;
         for d in &domains[1..] {
             let n = p.iommu_unmap(d.id, dma.iova, dma.size);
-            p.trace(Event::Unmap { domain: d.id, iova: dma.iova, npages: n >> PAGE_SHIFT });
+            p.trace(Event::Unmap {
+                domain: d.id,
+                iova: dma.iova,
+                npages: n >> PAGE_SHIFT,
+            });
             p.iotlb_sync(d.id);
         }
         let mut queue: Vec<(u64, u64, u64)> = Vec::new();
@@ -434,7 +496,11 @@ impl Type1 {
             }
             let mut n = p.iommu_unmap(head, iova, len);
             if n > 0 {
-                p.trace(Event::Unmap { domain: head, iova, npages: n >> PAGE_SHIFT });
+                p.trace(Event::Unmap {
+                    domain: head,
+                    iova,
+                    npages: n >> PAGE_SHIFT,
+                });
                 queue.push((iova, phys, n));
                 if queue.len() >= 512 {
                     unlocked += sync_unpin(p, policy, dma, head, &mut queue);
@@ -446,8 +512,20 @@ impl Type1 {
                     break;
                 }
                 p.iotlb_sync(head);
-                p.trace(Event::Unmap { domain: head, iova, npages: n >> PAGE_SHIFT });
-                unlocked += unpin_remote(p, policy, dma, iova, phys >> PAGE_SHIFT, n >> PAGE_SHIFT, false);
+                p.trace(Event::Unmap {
+                    domain: head,
+                    iova,
+                    npages: n >> PAGE_SHIFT,
+                });
+                unlocked += unpin_remote(
+                    p,
+                    policy,
+                    dma,
+                    iova,
+                    phys >> PAGE_SHIFT,
+                    n >> PAGE_SHIFT,
+                    false,
+                );
             }
             off += n;
         }
@@ -470,7 +548,12 @@ impl Type1 {
         for (iova, v) in pins {
             if !p.pfn_is_reserved(v.pfn) {
                 p.unpin_page(v.pfn, dma.prot.write);
-                p.trace(Event::Unpin { iova, npages: 1, pfn: v.pfn, external: true });
+                p.trace(Event::Unpin {
+                    iova,
+                    npages: 1,
+                    pfn: v.pfn,
+                    external: true,
+                });
                 if acct {
                     let _ = lock_acct_dma(p, dma, -1, true);
                 }
@@ -493,7 +576,15 @@ fn sync_unpin<P: Platform + ?Sized>(
     p.iotlb_sync(head);
     let mut unlocked = 0;
     for (iova, phys, len) in queue.drain(..) {
-        unlocked += unpin_remote(p, policy, dma, iova, phys >> PAGE_SHIFT, len >> PAGE_SHIFT, false);
+        unlocked += unpin_remote(
+            p,
+            policy,
+            dma,
+            iova,
+            phys >> PAGE_SHIFT,
+            len >> PAGE_SHIFT,
+            false,
+        );
     }
     unlocked
 }
@@ -512,11 +603,20 @@ pub(crate) fn iommu_map_all<P: Platform + ?Sized>(
             for prev in domains[..i].iter().rev() {
                 let n = p.iommu_unmap(prev.id, iova, npages << PAGE_SHIFT);
                 p.iotlb_sync(prev.id);
-                p.trace(Event::Unmap { domain: prev.id, iova, npages: n >> PAGE_SHIFT });
+                p.trace(Event::Unmap {
+                    domain: prev.id,
+                    iova,
+                    npages: n >> PAGE_SHIFT,
+                });
             }
             return Err(e.into());
         }
-        p.trace(Event::Map { domain: d.id, iova, npages, pa: pfn << PAGE_SHIFT });
+        p.trace(Event::Map {
+            domain: d.id,
+            iova,
+            npages,
+            pa: pfn << PAGE_SHIFT,
+        });
     }
     Ok(())
 }

@@ -24,7 +24,10 @@ pub(crate) struct Batch {
 
 impl Batch {
     pub fn new(disable_hugepages: bool) -> Batch {
-        Batch { pages: VecDeque::new(), capacity: if disable_hugepages { 1 } else { PIN_BATCH } }
+        Batch {
+            pages: VecDeque::new(),
+            capacity: if disable_hugepages { 1 } else { PIN_BATCH },
+        }
     }
 
     /// Releases leftovers that were pinned but never mapped (P5): no flush, no accounting.
@@ -66,9 +69,13 @@ pub(crate) fn pin_pages_remote<P: Platform + ?Sized>(
         while pinned < npage {
             if batch.pages.is_empty() {
                 let want = (npage - pinned).min(batch.capacity as u64);
-                let got = p.pin_user_pages(caller.mm, vaddr + pinned * PAGE_SIZE, want, dma.prot.write)?;
+                let got =
+                    p.pin_user_pages(caller.mm, vaddr + pinned * PAGE_SIZE, want, dma.prot.write)?;
                 if got.is_empty() {
-                    return Err(Error::Fault(format!("pin of vaddr 0x{:x} returned nothing", vaddr)));
+                    return Err(Error::Fault(format!(
+                        "pin of vaddr 0x{:x} returned nothing",
+                        vaddr
+                    )));
                 }
                 batch.pages.extend(got);
             }
@@ -105,8 +112,16 @@ pub(crate) fn pin_pages_remote<P: Platform + ?Sized>(
     let result = result.and_then(|()| lock_acct_dma(p, dma, lock_acct as i64, false));
     match (result, first) {
         (Ok(()), Some(f)) if pinned > 0 => {
-            p.trace(Event::Pin { iova: iova0, npages: pinned, pfn: f.pfn, external: false });
-            Ok(Chunk { pfn: f.pfn, npages: pinned })
+            p.trace(Event::Pin {
+                iova: iova0,
+                npages: pinned,
+                pfn: f.pfn,
+                external: false,
+            });
+            Ok(Chunk {
+                pfn: f.pfn,
+                npages: pinned,
+            })
         }
         (Ok(()), _) => Err(Error::Fault(format!("nothing pinned at vaddr 0x{vaddr:x}"))),
         (Err(e), first) => {
@@ -138,7 +153,11 @@ pub(crate) fn lock_acct_dma<P: Platform + ?Sized>(
     if !p.mm_alive(dma.mm) {
         // ESRCH in the kernel; callers that pass async ignore it, a sync charge cannot happen
         // without the mm (the caller is the mapper).
-        return if async_ { Ok(()) } else { Err(Error::NoDevice("address space is gone".into())) };
+        return if async_ {
+            Ok(())
+        } else {
+            Err(Error::NoDevice("address space is gone".into()))
+        };
     }
     p.account(dma.mm, npage, npage > 0 && !dma.lock_cap)?;
     dma.locked_vm = dma.locked_vm.wrapping_add_signed(npage);
@@ -175,7 +194,13 @@ pub(crate) fn flush_run<P: Platform + ?Sized>(
     if let Some((s, n)) = run {
         p.flush_cache(s << PAGE_SHIFT, n << PAGE_SHIFT);
     }
-    p.trace(Event::Flush { reason, iova, npages, pa: pfn << PAGE_SHIFT, skipped });
+    p.trace(Event::Flush {
+        reason,
+        iova,
+        npages,
+        pa: pfn << PAGE_SHIFT,
+        skipped,
+    });
 }
 
 /// `vfio_unpin_pages_remote` (P4) with F5: flush the run first if the policy says so, then
@@ -207,7 +232,12 @@ pub(crate) fn unpin_remote<P: Platform + ?Sized>(
             }
         }
     }
-    p.trace(Event::Unpin { iova, npages: npage, pfn, external: false });
+    p.trace(Event::Unpin {
+        iova,
+        npages: npage,
+        pfn,
+        external: false,
+    });
     if do_accounting {
         // Uncharging never fails; a vanished mm is skipped.
         let _ = lock_acct_dma(p, dma, locked as i64 - unlocked as i64, true);

@@ -30,7 +30,10 @@ pub struct PlatformError {
 impl PlatformError {
     /// A new error.
     pub fn new(errno: Errno, what: impl Into<String>) -> Self {
-        PlatformError { errno, what: what.into() }
+        PlatformError {
+            errno,
+            what: what.into(),
+        }
     }
 }
 

@@ -88,7 +88,10 @@ impl FlushPolicy for Seed {
     fn on_replay(&self, flag: bool, domain_coherent: bool) -> ReplayDecision {
         // F4: set_noncoherent = !enforce && !is_noncoherent; the flag is sticky.
         let set_noncoherent = !domain_coherent && !flag;
-        ReplayDecision { flag: flag || set_noncoherent, flush: set_noncoherent }
+        ReplayDecision {
+            flag: flag || set_noncoherent,
+            flush: set_noncoherent,
+        }
     }
     fn flush_on_unpin(&self, flag: bool) -> bool {
         flag
@@ -110,7 +113,10 @@ impl FlushPolicy for Eager {
         true
     }
     fn on_replay(&self, _: bool, _: bool) -> ReplayDecision {
-        ReplayDecision { flag: true, flush: true }
+        ReplayDecision {
+            flag: true,
+            flush: true,
+        }
     }
     fn flush_on_unpin(&self, _: bool) -> bool {
         true
@@ -133,7 +139,10 @@ impl FlushPolicy for ResetOnReplay {
         flag
     }
     fn on_replay(&self, flag: bool, domain_coherent: bool) -> ReplayDecision {
-        ReplayDecision { flag: !domain_coherent, flush: !domain_coherent && !flag }
+        ReplayDecision {
+            flag: !domain_coherent,
+            flush: !domain_coherent && !flag,
+        }
     }
     fn flush_on_unpin(&self, flag: bool) -> bool {
         flag
@@ -202,7 +211,10 @@ impl FlushPolicy for UnpinOnly {
         false
     }
     fn on_replay(&self, flag: bool, domain_coherent: bool) -> ReplayDecision {
-        ReplayDecision { flush: false, ..Seed.on_replay(flag, domain_coherent) }
+        ReplayDecision {
+            flush: false,
+            ..Seed.on_replay(flag, domain_coherent)
+        }
     }
     fn flush_on_unpin(&self, flag: bool) -> bool {
         flag
@@ -210,8 +222,15 @@ impl FlushPolicy for UnpinOnly {
 }
 
 /// Names of every shipped policy, in the order `type1 check` reports them.
-pub const POLICY_NAMES: &[&str] =
-    &["none", "seed", "eager", "reset-on-replay", "flag-after-map", "map-only", "unpin-only"];
+pub const POLICY_NAMES: &[&str] = &[
+    "none",
+    "seed",
+    "eager",
+    "reset-on-replay",
+    "flag-after-map",
+    "map-only",
+    "unpin-only",
+];
 
 /// Looks a policy up by name.
 pub fn policy_by_name(name: &str) -> Option<Box<dyn FlushPolicy>> {
@@ -235,13 +254,31 @@ mod tests {
     fn seed_replay_flag_is_sticky_across_coherent_domain() {
         // F4: a coherent domain never clears the flag.
         let d = Seed.on_replay(true, true);
-        assert_eq!(d, ReplayDecision { flag: true, flush: false });
+        assert_eq!(
+            d,
+            ReplayDecision {
+                flag: true,
+                flush: false
+            }
+        );
     }
 
     #[test]
     fn seed_replay_flushes_only_on_first_noncoherent_exposure() {
-        assert_eq!(Seed.on_replay(false, false), ReplayDecision { flag: true, flush: true });
-        assert_eq!(Seed.on_replay(true, false), ReplayDecision { flag: true, flush: false });
+        assert_eq!(
+            Seed.on_replay(false, false),
+            ReplayDecision {
+                flag: true,
+                flush: true
+            }
+        );
+        assert_eq!(
+            Seed.on_replay(true, false),
+            ReplayDecision {
+                flag: true,
+                flush: false
+            }
+        );
     }
 
     #[test]
@@ -261,7 +298,10 @@ mod tests {
         ] {
             assert_eq!(Seed.flush_pfn(true, mt), flushed, "{mt:?}");
         }
-        assert!(Seed.flush_pfn(false, MemType::Uc), "normal pages are always flushed");
+        assert!(
+            Seed.flush_pfn(false, MemType::Uc),
+            "normal pages are always flushed"
+        );
     }
 
     #[test]

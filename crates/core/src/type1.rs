@@ -13,8 +13,8 @@
 use std::collections::BTreeMap;
 
 use crate::{
-    policy::FlushPolicy, DomainId, DomainInfo, GroupId, IovaRange, MmId, Prot, DEFAULT_DMA_ENTRY_LIMIT,
-    PAGE_MASK_BITMAP, PAGE_SIZE,
+    policy::FlushPolicy, DomainId, DomainInfo, GroupId, IovaRange, MmId, Prot,
+    DEFAULT_DMA_ENTRY_LIMIT, PAGE_MASK_BITMAP, PAGE_SIZE,
 };
 
 /// Module parameters of type1 (S3), sampled when an instance is opened.
@@ -147,13 +147,44 @@ pub struct Type1 {
     pub(crate) policy: Box<dyn FlushPolicy>,
 }
 
+impl Clone for Type1 {
+    /// A deep copy (used by model checking to branch from a state).
+    fn clone(&self) -> Self {
+        Type1 {
+            cfg: self.cfg,
+            v2: self.v2,
+            domains: self.domains.clone(),
+            iova_list: self.iova_list.clone(),
+            dmas: self.dmas.clone(),
+            emulated_groups: self.emulated_groups.clone(),
+            devices: self.devices.clone(),
+            dma_avail: self.dma_avail,
+            vaddr_invalid_count: self.vaddr_invalid_count,
+            pgsize_bitmap: self.pgsize_bitmap,
+            num_non_pinned_groups: self.num_non_pinned_groups,
+            dirty_page_tracking: self.dirty_page_tracking,
+            noncoherent_domains: self.noncoherent_domains,
+            policy: crate::policy::policy_by_name(self.policy.name())
+                .expect("every policy in use is registered by name"),
+        }
+    }
+}
+
 impl Type1 {
     /// Opens an instance of the given type (S2). Only TYPE1 and TYPE1v2 are accepted.
-    pub fn open(iommu_type: u32, cfg: Config, policy: Box<dyn FlushPolicy>) -> crate::Result<Type1> {
+    pub fn open(
+        iommu_type: u32,
+        cfg: Config,
+        policy: Box<dyn FlushPolicy>,
+    ) -> crate::Result<Type1> {
         let v2 = match iommu_type {
             crate::abi::VFIO_TYPE1_IOMMU => false,
             crate::abi::VFIO_TYPE1V2_IOMMU => true,
-            t => return Err(crate::Error::inval(format!("iommu type {t} is not type1 or type1v2"))),
+            t => {
+                return Err(crate::Error::inval(format!(
+                    "iommu type {t} is not type1 or type1v2"
+                )))
+            }
         };
         Ok(Type1 {
             cfg,
@@ -237,7 +268,11 @@ impl Type1 {
                 vaddr_invalid: d.vaddr_invalid,
                 is_noncoherent: d.is_noncoherent,
                 locked_vm: d.locked_vm,
-                external_pins: d.pfn_list.iter().map(|(i, v)| (*i, v.pfn, v.refcount)).collect(),
+                external_pins: d
+                    .pfn_list
+                    .iter()
+                    .map(|(i, v)| (*i, v.pfn, v.refcount))
+                    .collect(),
             })
             .collect()
     }
@@ -268,7 +303,10 @@ impl Type1 {
     /// Whether the group is attached to this instance.
     pub fn has_group(&self, group: GroupId) -> bool {
         self.emulated_groups.iter().any(|g| g.id == group)
-            || self.domains.iter().any(|d| d.groups.iter().any(|g| g.id == group))
+            || self
+                .domains
+                .iter()
+                .any(|d| d.groups.iter().any(|g| g.id == group))
     }
 
     /// VFIO_DMA_CC_IOMMU (C6, F1): 1 iff no linked domain is non-coherent.
@@ -300,10 +338,16 @@ impl Type1 {
                 invalid += 1;
             }
             if !self.domains.is_empty() && !d.iommu_mapped {
-                return Err(format!("mapping 0x{:x} not iommu_mapped with domains", d.iova));
+                return Err(format!(
+                    "mapping 0x{:x} not iommu_mapped with domains",
+                    d.iova
+                ));
             }
             if self.domains.is_empty() && d.iommu_mapped {
-                return Err(format!("mapping 0x{:x} iommu_mapped without domains", d.iova));
+                return Err(format!(
+                    "mapping 0x{:x} iommu_mapped without domains",
+                    d.iova
+                ));
             }
             if d.iova % PAGE_SIZE != 0 || d.size % PAGE_SIZE != 0 {
                 return Err(format!("mapping 0x{:x} misaligned", d.iova));
@@ -318,7 +362,11 @@ impl Type1 {
         if self.dma_avail as usize + self.dmas.len() != self.cfg.dma_entry_limit as usize {
             return Err("dma_avail + mappings != limit".into());
         }
-        let nc = self.domains.iter().filter(|d| !d.enforce_cache_coherency).count() as u32;
+        let nc = self
+            .domains
+            .iter()
+            .filter(|d| !d.enforce_cache_coherency)
+            .count() as u32;
         if nc != self.noncoherent_domains {
             return Err(format!(
                 "noncoherent_domains {} but {} non-coherent domains linked",

@@ -30,11 +30,20 @@ pub struct Prot {
 
 impl Prot {
     /// Read and write.
-    pub const RW: Prot = Prot { read: true, write: true };
+    pub const RW: Prot = Prot {
+        read: true,
+        write: true,
+    };
     /// Read only.
-    pub const RO: Prot = Prot { read: true, write: false };
+    pub const RO: Prot = Prot {
+        read: true,
+        write: false,
+    };
     /// Write only.
-    pub const WO: Prot = Prot { read: false, write: true };
+    pub const WO: Prot = Prot {
+        read: false,
+        write: true,
+    };
 
     /// True if `self` grants nothing beyond `other`.
     pub fn is_subset_of(self, other: Prot) -> bool {
@@ -129,7 +138,10 @@ pub struct IovaRange {
 
 impl IovaRange {
     /// The full 64-bit space.
-    pub const FULL: IovaRange = IovaRange { start: 0, last: u64::MAX };
+    pub const FULL: IovaRange = IovaRange {
+        start: 0,
+        last: u64::MAX,
+    };
 
     /// A range from `start` and a non-zero `size`; `None` if it wraps past 2^64.
     pub fn from_size(start: u64, size: u64) -> Option<IovaRange> {

@@ -1,0 +1,525 @@
+//! # type1-check: bounded exhaustive checking of cache-flush policies
+//!
+//! Explores every sequence of operations up to a depth bound on a small simulated machine
+//! (by default two IOMMU units, one coherent and one not, three groups, three mappings over
+//! four pages of user memory), breadth first, merging states that are equal. After every step,
+//! and after a container close from every reached state, the simulator's invariant checker
+//! runs. Breadth-first order makes the first violation found a *minimal* counterexample; it is
+//! written out as a scenario (`type1-scenario` format) that `type1 run` replays to the same
+//! violation.
+//!
+//! Built on [`type1_scenario::World`] (engine + simulated machine), which is cloned to branch.
+
+use std::{
+    collections::{hash_map::DefaultHasher, HashSet, VecDeque},
+    hash::{Hash, Hasher},
+};
+
+use serde::Serialize;
+use type1_core::GroupId;
+use type1_scenario::{parse::Op, World};
+use type1_sim::MachineDesc;
+
+/// User virtual address of the checked process's buffer.
+pub const VADDR: u64 = 0x7f00_0000_0000;
+
+/// The scope of a check.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct Bound {
+    /// Maximum number of operations in a sequence.
+    pub depth: usize,
+    /// Groups of the default machine in the alphabet (at most 3: coherent, non-coherent, emulated).
+    pub groups: u32,
+    /// Mappings (from a fixed table, see [`mapping`]).
+    pub mappings: usize,
+    /// Pages of user memory.
+    pub pages: u64,
+    /// Include device DMA through every group (otherwise only the first two).
+    pub dma_all_groups: bool,
+}
+
+impl Default for Bound {
+    fn default() -> Self {
+        Bound {
+            depth: 6,
+            groups: 3,
+            mappings: 3,
+            pages: 4,
+            dma_all_groups: false,
+        }
+    }
+}
+
+/// One abstract operation of the checker's alphabet.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize)]
+pub enum Action {
+    /// Group joins the container (SET_IOMMU v2 follows when the container has no backend).
+    Attach(u32),
+    /// Group leaves.
+    Detach(u32),
+    /// MAP_DMA of mapping i.
+    Map(usize),
+    /// UNMAP_DMA of mapping i.
+    Unmap(usize),
+    /// UNMAP_DMA with ALL.
+    UnmapAll,
+    /// CPU store to page i.
+    CpuWrite(u64),
+    /// CPU load of page i (fills clean lines).
+    CpuRead(u64),
+    /// No-snoop DMA read of mapping m by the device of group g.
+    DmaRead(u32, usize),
+    /// No-snoop DMA write of mapping m by the device of group g.
+    DmaWrite(u32, usize),
+    /// The 2nd IOMMU map call from now fails (exercises MAP and replay unwinds).
+    FailMap2,
+}
+
+/// Mapping i: (iova, vaddr offset in pages, npages).
+pub fn mapping(i: usize) -> (u64, u64, u64) {
+    match i {
+        0 => (0x0, 0, 2),
+        1 => (0x2000, 2, 1),
+        2 => (0x10_0000, 3, 1),
+        n => (0x20_0000 + n as u64 * 0x1000, (n as u64) % 4, 1),
+    }
+}
+
+/// The machine of the check: the default machine (group 0 behind a coherent IOMMU with
+/// `dev0`, group 1 behind one without snoop control with `dev1`, group 2 emulated with `mdev0`),
+/// with little memory so that states are cheap to copy. Frames are handed out in the same
+/// order as on the default machine, so counterexamples replay with `machine default`.
+pub fn machine(_bound: &Bound) -> MachineDesc {
+    MachineDesc {
+        memory_frames: 64,
+        ..MachineDesc::default()
+    }
+}
+
+/// The alphabet for a bound.
+pub fn alphabet(bound: &Bound) -> Vec<Action> {
+    let mut v = Vec::new();
+    for g in 0..bound.groups {
+        v.push(Action::Attach(g));
+        v.push(Action::Detach(g));
+    }
+    for m in 0..bound.mappings {
+        v.push(Action::Map(m));
+        v.push(Action::Unmap(m));
+    }
+    v.push(Action::UnmapAll);
+    for p in 0..bound.pages {
+        v.push(Action::CpuWrite(p));
+    }
+    v.push(Action::CpuRead(0));
+    let dma_groups = if bound.dma_all_groups {
+        bound.groups
+    } else {
+        bound.groups.min(2)
+    };
+    for g in 0..dma_groups {
+        for m in 0..bound.mappings {
+            v.push(Action::DmaRead(g, m));
+            v.push(Action::DmaWrite(g, m));
+        }
+    }
+    v.push(Action::FailMap2);
+    v
+}
+
+fn dev(g: u32) -> String {
+    if g == 2 {
+        "mdev0".into()
+    } else {
+        format!("dev{g}")
+    }
+}
+
+/// The scenario operations an action stands for, given the current world.
+pub fn ops_of(a: Action, w: &World) -> Vec<Op> {
+    let c = || "c".to_string();
+    match a {
+        Action::Attach(g) => {
+            let mut v = vec![Op::Attach {
+                container: c(),
+                group: g,
+            }];
+            if !w.containers.get("c").is_some_and(|c| c.is_set()) {
+                v.push(Op::SetIommu {
+                    container: c(),
+                    kind: 3,
+                });
+            }
+            v
+        }
+        Action::Detach(g) => vec![Op::Detach {
+            container: c(),
+            group: g,
+        }],
+        Action::Map(m) => {
+            let (iova, off, n) = mapping(m);
+            vec![Op::Map {
+                container: c(),
+                iova,
+                vaddr: VADDR + off * 4096,
+                size: n * 4096,
+                flags: 3,
+            }]
+        }
+        Action::Unmap(m) => {
+            let (iova, _, n) = mapping(m);
+            vec![Op::Unmap {
+                container: c(),
+                iova,
+                size: n * 4096,
+                flags: 0,
+            }]
+        }
+        Action::UnmapAll => vec![Op::Unmap {
+            container: c(),
+            iova: 0,
+            size: 0,
+            flags: 2,
+        }],
+        Action::CpuWrite(p) => vec![Op::CpuWrite {
+            vaddr: VADDR + p * 4096,
+            data: vec![0x10 + p as u8; 64],
+        }],
+        Action::CpuRead(p) => vec![Op::CpuRead {
+            vaddr: VADDR + p * 4096,
+            len: 4096,
+        }],
+        Action::DmaRead(g, m) => {
+            let (iova, _, n) = mapping(m);
+            vec![Op::Dma {
+                device: dev(g),
+                write: None,
+                iova,
+                len: n * 4096,
+                no_snoop: true,
+            }]
+        }
+        Action::DmaWrite(g, m) => {
+            let (iova, _, n) = mapping(m);
+            vec![Op::Dma {
+                device: dev(g),
+                write: Some(0xa0 + g as u8),
+                iova,
+                len: n * 4096,
+                no_snoop: true,
+            }]
+        }
+        Action::FailMap2 => vec![Op::Fail {
+            point: "iommu_map".into(),
+            nth: 2,
+        }],
+    }
+}
+
+/// The initial world: process `vmm` with its buffer, an empty container `c`.
+pub fn initial_world(bound: &Bound, policy: &str) -> Result<World, String> {
+    let mut w = World::new(machine(bound), policy)?;
+    w.sim.set_recording(false);
+    let setup = [
+        Op::Process {
+            name: "vmm".into(),
+            limit: None,
+            cap_ipc_lock: false,
+        },
+        Op::Mmap {
+            vaddr: VADDR,
+            len: bound.pages * 4096,
+            writable: true,
+            mmio: None,
+        },
+        Op::Container("c".into()),
+    ];
+    for op in &setup {
+        w.exec(op).map_err(|e| format!("setup {op:?}: {e}"))?;
+    }
+    Ok(w)
+}
+
+/// The lines of the scenario that reproduces a sequence.
+pub fn scenario_text(bound: &Bound, policy: &str, seq: &[Action], finding: &str) -> String {
+    let mut s = String::new();
+    s.push_str(&format!(
+        "# counterexample found by `type1 check --policy {policy}` (depth {})\n",
+        bound.depth
+    ));
+    s.push_str(&format!("# {finding}\n"));
+    s.push_str("machine default\n");
+    s.push_str(&format!("policy {policy}\n"));
+    s.push_str(&format!(
+        "process vmm\nmmap 0x{VADDR:x} {}K\ncontainer c\n",
+        bound.pages * 4
+    ));
+    let mut w = initial_world(bound, policy).expect("initial world");
+    for a in seq {
+        for op in ops_of(*a, &w) {
+            let res = w.exec(&op);
+            let line = op_line(&op);
+            match res {
+                Ok(()) => s.push_str(&format!("{line}\n")),
+                Err(type1_scenario::StepError::Errno { errno, .. }) => {
+                    s.push_str(&format!("{line} => {errno}\n"))
+                }
+                Err(type1_scenario::StepError::Usage(u)) => s.push_str(&format!("# {line}: {u}\n")),
+            }
+        }
+    }
+    s
+}
+
+/// Renders one op as a scenario line.
+pub fn op_line(op: &Op) -> String {
+    match op {
+        Op::Attach { container, group } => format!("attach {container} {group}"),
+        Op::Detach { container, group } => format!("detach {container} {group}"),
+        Op::SetIommu { container, kind } => format!(
+            "set_iommu {container} {}",
+            if *kind == 3 {
+                "v2".into()
+            } else {
+                kind.to_string()
+            }
+        ),
+        Op::Map {
+            container,
+            iova,
+            vaddr,
+            size,
+            flags,
+        } => {
+            format!("map {container} 0x{iova:x} 0x{vaddr:x} 0x{size:x} flags={flags}")
+        }
+        Op::Unmap {
+            container,
+            iova,
+            size,
+            flags,
+        } => format!("unmap {container} 0x{iova:x} 0x{size:x} flags={flags}"),
+        Op::CpuWrite { vaddr, data } => format!(
+            "write 0x{vaddr:x} 0x{:x} {}",
+            data.first().copied().unwrap_or(0),
+            data.len()
+        ),
+        Op::CpuRead { vaddr, len } => format!("read 0x{vaddr:x} {len}"),
+        Op::Dma {
+            device,
+            write: None,
+            iova,
+            len,
+            no_snoop,
+        } => {
+            format!(
+                "dma {device} read 0x{iova:x} {len}{}",
+                if *no_snoop { " nosnoop" } else { "" }
+            )
+        }
+        Op::Dma {
+            device,
+            write: Some(b),
+            iova,
+            len,
+            no_snoop,
+        } => {
+            format!(
+                "dma {device} write 0x{iova:x} {len}{} byte=0x{b:x}",
+                if *no_snoop { " nosnoop" } else { "" }
+            )
+        }
+        Op::Fail { point, nth } => format!("fail {point} {nth}"),
+        other => format!("# unsupported {other:?}"),
+    }
+}
+
+/// A counterexample.
+#[derive(Clone, Debug, Serialize)]
+pub struct Counterexample {
+    /// The action sequence.
+    pub actions: Vec<Action>,
+    /// Whether the violation shows only after closing the container.
+    pub at_close: bool,
+    /// Violation kind.
+    pub kind: String,
+    /// Violation detail.
+    pub detail: String,
+    /// The reproducing scenario.
+    pub scenario: String,
+}
+
+/// The figures of a check.
+#[derive(Clone, Debug, Serialize)]
+pub struct Outcome {
+    /// Policy checked.
+    pub policy: String,
+    /// The bound.
+    pub bound: Bound,
+    /// Distinct states reached.
+    pub states: u64,
+    /// Sequences (transitions) executed.
+    pub sequences: u64,
+    /// Pages flushed over all executed transitions.
+    pub flushed_pages: u64,
+    /// The minimal counterexample, if any.
+    pub counterexample: Option<Counterexample>,
+}
+
+impl Outcome {
+    /// Whether the policy held within the bound.
+    pub fn sound(&self) -> bool {
+        self.counterexample.is_none()
+    }
+}
+
+fn digest(w: &World) -> u64 {
+    let mut h = DefaultHasher::new();
+    for c in w.containers.values() {
+        c.groups().hash(&mut h);
+        if let Ok(t) = c.iommu() {
+            format!(
+                "{:?}{:?}",
+                t.mappings(),
+                t.domains()
+                    .iter()
+                    .map(|d| (&d.groups, d.coherent))
+                    .collect::<Vec<_>>()
+            )
+            .hash(&mut h);
+        }
+    }
+    w.sim.state_digest().hash(&mut h);
+    h.finish()
+}
+
+/// Executes an action; returns the first new violation (kind, detail).
+fn step(w: &mut World, a: Action) -> Option<(String, String)> {
+    for op in ops_of(a, w) {
+        let _ = w.exec(&op);
+    }
+    w.check(0);
+    let v = w
+        .pending
+        .first()
+        .map(|n| (n.v.kind.clone(), n.v.detail.clone()));
+    w.pending.clear();
+    v
+}
+
+fn close_violation(w: &World) -> Option<(String, String)> {
+    let mut t = w.clone();
+    t.teardown(0);
+    t.pending
+        .first()
+        .map(|n| (n.v.kind.clone(), n.v.detail.clone()))
+}
+
+/// Checks one policy. `progress` is called with (depth, states) as the search deepens.
+pub fn check(
+    policy: &str,
+    bound: &Bound,
+    mut progress: impl FnMut(usize, u64),
+) -> Result<Outcome, String> {
+    let w0 = initial_world(bound, policy)?;
+    let alpha = alphabet(bound);
+    let mut seen: HashSet<u64> = HashSet::new();
+    seen.insert(digest(&w0));
+    let mut frontier: VecDeque<(World, Vec<Action>)> = VecDeque::from([(w0, Vec::new())]);
+    let mut sequences = 0u64;
+    let mut flushed = 0u64;
+    let found = |seq: Vec<Action>, at_close: bool, (kind, detail): (String, String)| {
+        let finding = format!(
+            "{}violation {kind}: {detail}",
+            if at_close { "after close: " } else { "" }
+        );
+        let scenario = scenario_text(bound, policy, &seq, &finding);
+        Counterexample {
+            actions: seq,
+            at_close,
+            kind,
+            detail,
+            scenario,
+        }
+    };
+    for depth in 0..bound.depth {
+        progress(depth, seen.len() as u64);
+        let mut next = VecDeque::new();
+        while let Some((w, seq)) = frontier.pop_front() {
+            for &a in &alpha {
+                let mut child = w.clone();
+                let before = child.sim.stats().pages_flushed;
+                sequences += 1;
+                let v = step(&mut child, a);
+                flushed += child.sim.stats().pages_flushed - before;
+                let mut cseq = seq.clone();
+                cseq.push(a);
+                if let Some(v) = v {
+                    let ce = found(cseq, false, v);
+                    return Ok(Outcome {
+                        policy: policy.into(),
+                        bound: bound.clone(),
+                        states: seen.len() as u64,
+                        sequences,
+                        flushed_pages: flushed,
+                        counterexample: Some(ce),
+                    });
+                }
+                if !seen.insert(digest(&child)) {
+                    continue;
+                }
+                if let Some(v) = close_violation(&child) {
+                    let ce = found(cseq, true, v);
+                    return Ok(Outcome {
+                        policy: policy.into(),
+                        bound: bound.clone(),
+                        states: seen.len() as u64,
+                        sequences,
+                        flushed_pages: flushed,
+                        counterexample: Some(ce),
+                    });
+                }
+                next.push_back((child, cseq));
+            }
+        }
+        frontier = next;
+    }
+    progress(bound.depth, seen.len() as u64);
+    Ok(Outcome {
+        policy: policy.into(),
+        bound: bound.clone(),
+        states: seen.len() as u64,
+        sequences,
+        flushed_pages: flushed,
+        counterexample: None,
+    })
+}
+
+/// Flush cost of a policy on a fixed corpus of sequences: deterministic pseudo-random action
+/// sequences of the bound's depth, the same for every policy. Returns (flushes, pages).
+pub fn corpus_cost(policy: &str, bound: &Bound, n: usize) -> Result<(u64, u64), String> {
+    let alpha = alphabet(bound);
+    let mut state = 0x9e37_79b9_7f4a_7c15u64;
+    let mut flushes = 0;
+    let mut pages = 0;
+    for _ in 0..n {
+        let mut w = initial_world(bound, policy)?;
+        for _ in 0..bound.depth {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            let a = alpha[(state % alpha.len() as u64) as usize];
+            let _ = step(&mut w, a);
+        }
+        w.teardown(0);
+        let s = w.sim.stats();
+        flushes += s.flush_calls;
+        pages += s.pages_flushed;
+    }
+    Ok((flushes, pages))
+}
+
+/// A group id helper for callers.
+pub fn group(g: u32) -> GroupId {
+    GroupId(g)
+}

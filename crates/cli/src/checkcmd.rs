@@ -1,0 +1,131 @@
+//! `type1 check`: runs `type1-check` for one or all policies and reports the figures.
+
+use std::{path::Path, process::ExitCode, time::Instant};
+
+use anyhow::{anyhow, Context, Result};
+use indicatif::{ProgressBar, ProgressStyle};
+use type1_check::{check as run_check, corpus_cost, Bound, Outcome};
+use type1_core::policy::POLICY_NAMES;
+
+fn one(policy: &str, bound: &Bound, quiet: bool) -> Result<Outcome> {
+    let pb = if quiet {
+        ProgressBar::hidden()
+    } else {
+        ProgressBar::new(bound.depth as u64)
+    };
+    pb.set_style(
+        ProgressStyle::with_template("{prefix:>16} [{bar:20}] depth {pos}/{len} {msg}")
+            .map_err(|e| anyhow!("{e}"))?
+            .progress_chars("=> "),
+    );
+    pb.set_prefix(policy.to_string());
+    let o = run_check(policy, bound, |d, states| {
+        pb.set_position(d as u64);
+        pb.set_message(format!("{states} states"));
+    })
+    .map_err(|e| anyhow!("{e}"))?;
+    pb.finish_and_clear();
+    Ok(o)
+}
+
+/// `type1 check`.
+pub fn check(
+    policy: &str,
+    all: bool,
+    depth: usize,
+    mappings: usize,
+    out: Option<&Path>,
+    json: bool,
+) -> Result<ExitCode> {
+    if type1_core::policy::policy_by_name(policy).is_none() {
+        return Err(anyhow!(
+            "--policy {policy:?} is not one of: {}",
+            POLICY_NAMES.join(", ")
+        ));
+    }
+    if depth == 0 || depth > 12 {
+        return Err(anyhow!("--depth {depth} must be between 1 and 12"));
+    }
+    let bound = Bound {
+        depth,
+        mappings,
+        ..Bound::default()
+    };
+    let policies: Vec<&str> = if all {
+        POLICY_NAMES.to_vec()
+    } else {
+        vec![policy]
+    };
+    let mut results = Vec::new();
+    for p in &policies {
+        let t = Instant::now();
+        let o = one(p, &bound, json)?;
+        let (flushes, pages) = corpus_cost(p, &bound, 200).map_err(|e| anyhow!("{e}"))?;
+        results.push((o, t.elapsed().as_secs_f64(), flushes, pages));
+    }
+    if json {
+        let v: Vec<_> = results
+            .iter()
+            .map(|(o, secs, f, p)| {
+                serde_json::json!({
+                    "policy": o.policy, "sound": o.sound(), "states": o.states, "sequences": o.sequences,
+                    "depth": o.bound.depth, "seconds": secs, "corpus_flushes": f, "corpus_flushed_pages": p,
+                    "counterexample": o.counterexample.as_ref().map(|c| serde_json::json!({
+                        "length": c.actions.len(), "kind": c.kind, "detail": c.detail, "at_close": c.at_close,
+                        "actions": c.actions, "scenario": c.scenario })),
+                })
+            })
+            .collect();
+        println!(
+            "{}",
+            if all {
+                serde_json::Value::Array(v)
+            } else {
+                v.into_iter().next().unwrap_or_default()
+            }
+        );
+    } else {
+        println!(
+            "bound: depth {}, groups 3 (coherent, non-coherent, emulated), mappings {}, pages {}",
+            bound.depth, bound.mappings, bound.pages
+        );
+        println!(
+            "{:<16} {:>8} {:>10} {:>12} {:>8}  result",
+            "policy", "states", "sequences", "corpus pages", "seconds"
+        );
+        for (o, secs, _, pages) in &results {
+            let r = match &o.counterexample {
+                None => "holds within the bound".to_string(),
+                Some(c) => format!("COUNTEREXAMPLE, {} steps: {}", c.actions.len(), c.kind),
+            };
+            println!(
+                "{:<16} {:>8} {:>10} {:>12} {:>8.1}  {r}",
+                o.policy, o.states, o.sequences, pages, secs
+            );
+        }
+        if !all {
+            if let Some(c) = &results[0].0.counterexample {
+                println!("\n{}", c.scenario);
+            }
+        }
+    }
+    if let Some(out) = out {
+        let ces: Vec<&str> = results
+            .iter()
+            .filter_map(|(o, ..)| o.counterexample.as_ref().map(|c| c.scenario.as_str()))
+            .collect();
+        if let Some(first) = ces.first() {
+            std::fs::write(out, first)
+                .with_context(|| format!("cannot write {}", out.display()))?;
+        }
+    }
+    let target = if all { "seed" } else { policy };
+    let ok = results
+        .iter()
+        .any(|(o, ..)| o.policy == target && o.sound());
+    Ok(if ok {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    })
+}

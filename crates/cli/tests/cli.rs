@@ -1,0 +1,100 @@
+//! End-to-end tests of the `type1` binary, as a user runs it.
+
+use std::process::Command;
+
+fn type1(args: &[&str]) -> std::process::Output {
+    Command::new(env!("CARGO_BIN_EXE_type1"))
+        .args(args)
+        .output()
+        .expect("type1 runs")
+}
+
+fn json(out: &std::process::Output) -> serde_json::Value {
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).expect("one JSON object")
+}
+
+#[test]
+fn attack_leaks_without_the_series_and_not_with_it() {
+    let none = json(&type1(&["attack", "--policy", "none", "--json"]));
+    assert_eq!(none["policy"], "none");
+    assert!(none["leaked_bytes"].as_u64().unwrap() > 0, "{none}");
+    assert!(
+        none["stale_after_unpin_bytes"].as_u64().unwrap() > 0,
+        "{none}"
+    );
+    assert_eq!(none["flushes"], 0);
+    let seed = json(&type1(&["attack", "--policy", "seed", "--json"]));
+    assert_eq!(seed["leaked_bytes"], 0, "{seed}");
+    assert_eq!(seed["stale_after_unpin_bytes"], 0, "{seed}");
+    assert!(seed["flushes"].as_u64().unwrap() >= 2, "{seed}");
+}
+
+#[test]
+fn demo_trace_has_exactly_the_two_flush_episodes() {
+    let dir = std::env::temp_dir().join(format!("type1-demo-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let trace = dir.join("demo.jsonl");
+    let out = type1(&["demo", "--trace", trace.to_str().unwrap()]);
+    assert!(out.status.success());
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("step 2") && text.contains("FLUSH"), "{text}");
+    let lines: Vec<serde_json::Value> = std::fs::read_to_string(&trace)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let mut last = 0;
+    for l in &lines {
+        let s = l["seq"].as_u64().unwrap();
+        assert!(s > last, "seq increases");
+        last = s;
+        assert!(l["ev"].is_string());
+    }
+    let flushes: Vec<&str> = lines
+        .iter()
+        .filter(|l| l["ev"] == "flush")
+        .map(|l| l["reason"].as_str().unwrap())
+        .collect();
+    assert_eq!(flushes, ["replay", "unpin"]);
+    // The replay flush precedes the map into the new domain; the unpin flush follows the unmap.
+    let pos = |pred: &dyn Fn(&serde_json::Value) -> bool| lines.iter().position(pred).unwrap();
+    let replay = pos(&|l| l["ev"] == "flush" && l["reason"] == "replay");
+    let attach_nc = pos(&|l| l["ev"] == "attach" && l["coherent"] == false);
+    let unpin_flush = pos(&|l| l["ev"] == "flush" && l["reason"] == "unpin");
+    let unpin = pos(&|l| l["ev"] == "unpin");
+    assert!(attach_nc < replay && replay < unpin_flush && unpin_flush < unpin);
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+#[test]
+fn run_reports_file_and_line_of_a_failure() {
+    let dir = std::env::temp_dir().join(format!("type1-run-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let f = dir.join("bad.scn");
+    std::fs::write(
+        &f,
+        "process p\ncontainer c\nattach c 0\nset_iommu c v2\nexpect extension c 4 0\n",
+    )
+    .unwrap();
+    let out = type1(&["run", f.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(1));
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("bad.scn:5:"), "{text}");
+    std::fs::write(&f, "process p\nmap c 0x1 zz\n").unwrap();
+    let out = type1(&["run", f.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("bad.scn:2:"));
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+#[test]
+fn unknown_policy_is_a_clear_error() {
+    let out = type1(&["attack", "--policy", "bogus"]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("bogus"));
+}

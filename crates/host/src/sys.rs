@@ -1,0 +1,366 @@
+//! Raw system calls of the host platform.
+//!
+//! Everything here goes through `libc::syscall` rather than the libc wrappers, so that the
+//! LD_PRELOAD library (which interposes `open`, `pread`, `close`, ...) never sees its own
+//! internal I/O and cannot recurse into its hooks or deadlock on its tables.
+
+use type1_core::Errno;
+
+fn errno() -> Errno {
+    Errno(
+        std::io::Error::last_os_error()
+            .raw_os_error()
+            .unwrap_or(libc::EIO),
+    )
+}
+
+fn check(r: libc::c_long) -> Result<libc::c_long, Errno> {
+    if r < 0 {
+        Err(errno())
+    } else {
+        Ok(r)
+    }
+}
+
+/// `openat(AT_FDCWD, path, O_RDONLY|O_CLOEXEC)`.
+pub fn open_ro(path: &std::ffi::CStr) -> Result<i32, Errno> {
+    // SAFETY: `path` is a valid NUL-terminated string for the duration of the call.
+    let r = unsafe {
+        libc::syscall(
+            libc::SYS_openat,
+            libc::AT_FDCWD,
+            path.as_ptr(),
+            libc::O_RDONLY | libc::O_CLOEXEC,
+            0,
+        )
+    };
+    check(r).map(|fd| fd as i32)
+}
+
+/// `openat(AT_FDCWD, path, flags, mode)`.
+pub fn open(path: &std::ffi::CStr, flags: i32, mode: u32) -> Result<i32, Errno> {
+    // SAFETY: `path` is a valid NUL-terminated string for the duration of the call.
+    let r = unsafe { libc::syscall(libc::SYS_openat, libc::AT_FDCWD, path.as_ptr(), flags, mode) };
+    check(r).map(|fd| fd as i32)
+}
+
+/// `close(fd)`.
+pub fn close(fd: i32) {
+    // SAFETY: closing a descriptor has no memory-safety preconditions.
+    unsafe { libc::syscall(libc::SYS_close, fd) };
+}
+
+/// `pread64(fd, buf, off)`; returns the bytes read.
+pub fn pread(fd: i32, buf: &mut [u8], off: u64) -> Result<usize, Errno> {
+    // SAFETY: `buf` is valid for writes of `buf.len()` bytes.
+    let r = unsafe {
+        libc::syscall(
+            libc::SYS_pread64,
+            fd,
+            buf.as_mut_ptr(),
+            buf.len(),
+            off as libc::off_t,
+        )
+    };
+    check(r).map(|n| n as usize)
+}
+
+/// `write(fd, data)`, all of it (retrying short writes).
+pub fn write_all(fd: i32, mut data: &[u8]) -> Result<(), Errno> {
+    while !data.is_empty() {
+        // SAFETY: `data` is valid for reads of `data.len()` bytes.
+        let r = unsafe { libc::syscall(libc::SYS_write, fd, data.as_ptr(), data.len()) };
+        let n = check(r)? as usize;
+        data = &data[n.min(data.len())..];
+    }
+    Ok(())
+}
+
+/// `getpid()`.
+pub fn getpid() -> i32 {
+    // SAFETY: no preconditions.
+    unsafe { libc::syscall(libc::SYS_getpid) as i32 }
+}
+
+/// `madvise(addr, len, advice)` on user addresses; the kernel validates the range.
+pub fn madvise(addr: u64, len: u64, advice: i32) -> Result<(), Errno> {
+    // SAFETY: madvise with POPULATE/HUGEPAGE advice never invalidates memory the program uses;
+    // a bad range is reported as an error by the kernel.
+    let r = unsafe { libc::syscall(libc::SYS_madvise, addr, len, advice) };
+    check(r).map(|_| ())
+}
+
+/// `mlock(addr, len)`.
+pub fn mlock(addr: u64, len: u64) -> Result<(), Errno> {
+    // SAFETY: mlock only changes residency of existing mappings; bad ranges are errors.
+    let r = unsafe { libc::syscall(libc::SYS_mlock, addr, len) };
+    check(r).map(|_| ())
+}
+
+/// `munlock(addr, len)`.
+pub fn munlock(addr: u64, len: u64) {
+    // SAFETY: munlock only changes residency of existing mappings; bad ranges are errors.
+    unsafe { libc::syscall(libc::SYS_munlock, addr, len) };
+}
+
+fn vm_rw(addr: u64, local: *mut libc::c_void, len: usize, write: bool) -> Result<(), Errno> {
+    if len == 0 {
+        return Ok(());
+    }
+    let liov = libc::iovec {
+        iov_base: local,
+        iov_len: len,
+    };
+    let riov = libc::iovec {
+        iov_base: addr as *mut libc::c_void,
+        iov_len: len,
+    };
+    let nr = if write {
+        libc::SYS_process_vm_writev
+    } else {
+        libc::SYS_process_vm_readv
+    };
+    // SAFETY: the local iovec describes a buffer owned by the caller and valid for `len`
+    // bytes; the remote iovec is checked by the kernel, which reports a bad address as EFAULT
+    // instead of faulting.
+    let r = unsafe {
+        libc::syscall(
+            nr,
+            getpid(),
+            &liov as *const libc::iovec,
+            1,
+            &riov as *const libc::iovec,
+            1,
+            0,
+        )
+    };
+    // A partial transfer or any error is a fault of the user range.
+    match check(r) {
+        Ok(n) if n as usize == len => Ok(()),
+        _ => Err(Errno::EFAULT),
+    }
+}
+
+/// `copy_from_user` on this process: EFAULT for any unreadable byte, never a crash.
+pub fn read_user(addr: u64, buf: &mut [u8]) -> Result<(), Errno> {
+    vm_rw(addr, buf.as_mut_ptr().cast(), buf.len(), false)
+}
+
+/// `copy_to_user` on this process: EFAULT for any unwritable byte (including read-only
+/// memory), never a crash.
+pub fn write_user(addr: u64, data: &[u8]) -> Result<(), Errno> {
+    vm_rw(addr, data.as_ptr() as *mut libc::c_void, data.len(), true)
+}
+
+/// `CAP_IPC_LOCK` (linux/capability.h).
+const CAP_IPC_LOCK: u32 = 14;
+
+/// Whether the calling thread has CAP_IPC_LOCK in its effective set (`capget`).
+pub fn has_cap_ipc_lock() -> bool {
+    #[repr(C)]
+    struct Hdr {
+        version: u32,
+        pid: i32,
+    }
+    #[repr(C)]
+    #[derive(Clone, Copy, Default)]
+    struct Data {
+        effective: u32,
+        permitted: u32,
+        inheritable: u32,
+    }
+    let mut hdr = Hdr {
+        version: 0x2008_0522,
+        pid: 0,
+    };
+    let mut data = [Data::default(); 2];
+    // SAFETY: header and a two-element data array as _LINUX_CAPABILITY_VERSION_3 requires.
+    let r = unsafe { libc::syscall(libc::SYS_capget, &mut hdr as *mut Hdr, data.as_mut_ptr()) };
+    r == 0 && data[0].effective & (1 << CAP_IPC_LOCK) != 0
+}
+
+/// RLIMIT_MEMLOCK (soft) in pages; `u64::MAX` for infinity.
+pub fn memlock_limit_pages() -> u64 {
+    let mut rl = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: `rl` is a valid out-parameter.
+    let r = unsafe {
+        libc::syscall(
+            libc::SYS_prlimit64,
+            0,
+            libc::RLIMIT_MEMLOCK,
+            std::ptr::null::<libc::rlimit>(),
+            &mut rl,
+        )
+    };
+    if r != 0 || rl.rlim_cur == libc::RLIM_INFINITY {
+        return u64::MAX;
+    }
+    rl.rlim_cur >> 12
+}
+
+/// Cache-line maintenance instruction chosen by CPUID.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum FlushInsn {
+    /// CLFLUSHOPT (CPUID.7.0:EBX[23]).
+    Clflushopt,
+    /// CLWB (CPUID.7.0:EBX[24]): writes back without necessarily invalidating.
+    Clwb,
+    /// CLFLUSH (CPUID.1:EDX[19]).
+    Clflush,
+    /// None available (not x86-64): flushes are counted but do nothing.
+    None,
+}
+
+/// Detects the best flush instruction and the cache-line size (CPUID.1:EBX[15:8] * 8).
+pub fn detect_flush() -> (FlushInsn, u64) {
+    #[cfg(target_arch = "x86_64")]
+    {
+        use std::arch::x86_64::{__cpuid, __cpuid_count};
+        let l1 = __cpuid(1);
+        let line = (((l1.ebx >> 8) & 0xff) as u64 * 8).max(16);
+        let max = __cpuid(0).eax;
+        let ebx7 = if max >= 7 { __cpuid_count(7, 0).ebx } else { 0 };
+        let insn = if ebx7 & (1 << 23) != 0 {
+            FlushInsn::Clflushopt
+        } else if ebx7 & (1 << 24) != 0 {
+            FlushInsn::Clwb
+        } else if l1.edx & (1 << 19) != 0 {
+            FlushInsn::Clflush
+        } else {
+            FlushInsn::None
+        };
+        (insn, line)
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        (FlushInsn::None, 64)
+    }
+}
+
+/// `clflush_cache_range` of the series: a full fence, one instruction per line of
+/// `[addr, addr + len)`, a full fence. `addr` must be mapped and readable in this process
+/// (the caller takes it from its own pin records, whose pages are mlocked).
+///
+/// # Safety
+/// Every byte of `[addr, addr + len)` must be mapped in this process: a flush of an unmapped
+/// line raises a page fault (SIGSEGV).
+pub unsafe fn flush_range(insn: FlushInsn, line: u64, addr: u64, len: u64) -> u64 {
+    if len == 0 || insn == FlushInsn::None {
+        return 0;
+    }
+    let start = addr & !(line - 1);
+    let end = addr + len;
+    let mut n = 0;
+    #[cfg(target_arch = "x86_64")]
+    {
+        // SAFETY: MFENCE has no memory operands.
+        unsafe { std::arch::x86_64::_mm_mfence() };
+        let mut p = start;
+        while p < end {
+            // SAFETY: `p` lies in `[addr & !(line-1), addr + len)`, mapped per this function's
+            // contract (lines never cross pages); the flush instructions only write back and
+            // invalidate the line and never change its contents.
+            unsafe {
+                match insn {
+                    FlushInsn::Clflushopt => {
+                        std::arch::asm!("clflushopt [{0}]", in(reg) p, options(nostack, preserves_flags))
+                    }
+                    FlushInsn::Clwb => {
+                        std::arch::asm!("clwb [{0}]", in(reg) p, options(nostack, preserves_flags))
+                    }
+                    FlushInsn::Clflush => std::arch::x86_64::_mm_clflush(p as *const u8),
+                    FlushInsn::None => {}
+                }
+            }
+            p += line;
+            n += 1;
+        }
+        // SAFETY: MFENCE has no memory operands.
+        unsafe { std::arch::x86_64::_mm_mfence() };
+    }
+    n
+}
+
+/// An anonymous private mapping owned by this value (unmapped on drop), for tests and DMA
+/// buffers. Its contents are only reachable through [`read_user`]/[`write_user`] or raw
+/// pointers the user takes responsibility for.
+#[derive(Debug)]
+pub struct AnonMap {
+    addr: u64,
+    len: u64,
+}
+
+impl AnonMap {
+    /// Maps `len` bytes (rounded up to pages), readable and writable unless `read_only`.
+    pub fn new(len: u64, read_only: bool) -> Result<AnonMap, Errno> {
+        let len = len.div_ceil(4096) * 4096;
+        let prot = if read_only {
+            libc::PROT_READ
+        } else {
+            libc::PROT_READ | libc::PROT_WRITE
+        };
+        // SAFETY: a fresh anonymous mapping at a kernel-chosen address aliases nothing.
+        let r = unsafe {
+            libc::syscall(
+                libc::SYS_mmap,
+                0usize,
+                len,
+                prot,
+                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
+                -1,
+                0,
+            )
+        };
+        let addr = check(r)? as u64;
+        Ok(AnonMap { addr, len })
+    }
+
+    /// Maps `len` bytes aligned to `align` (a power of two), by over-allocating and trimming.
+    pub fn aligned(len: u64, align: u64) -> Result<AnonMap, Errno> {
+        let big = AnonMap::new(len + align, false)?;
+        let start = (big.addr + align - 1) & !(align - 1);
+        let (head, tail_start) = (start - big.addr, start + len.div_ceil(4096) * 4096);
+        let tail = big.addr + big.len - tail_start;
+        let (base, total) = (big.addr, big.len);
+        std::mem::forget(big);
+        // SAFETY: trimming pieces of the mapping just created, which nothing else uses.
+        unsafe {
+            if head > 0 {
+                libc::syscall(libc::SYS_munmap, base, head);
+            }
+            if tail > 0 {
+                libc::syscall(libc::SYS_munmap, tail_start, tail);
+            }
+        }
+        let _ = total;
+        Ok(AnonMap {
+            addr: start,
+            len: len.div_ceil(4096) * 4096,
+        })
+    }
+
+    /// First address.
+    pub fn addr(&self) -> u64 {
+        self.addr
+    }
+
+    /// Length in bytes.
+    pub fn len(&self) -> u64 {
+        self.len
+    }
+
+    /// Whether the mapping is empty (never).
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+}
+
+impl Drop for AnonMap {
+    fn drop(&mut self) {
+        // SAFETY: the mapping is owned by this value; nobody holds references into it.
+        unsafe { libc::syscall(libc::SYS_munmap, self.addr, self.len) };
+    }
+}

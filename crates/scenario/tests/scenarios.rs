@@ -1,0 +1,138 @@
+//! Runs every shipped scenario (`scenarios/*.scn`) and checks that broken scenarios fail
+//! where and how they should.
+
+use std::path::PathBuf;
+
+use type1_scenario::{run_text, RunOptions};
+
+fn scenarios_dir() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../scenarios")
+}
+
+fn run(text: &str) -> type1_scenario::Report {
+    run_text(
+        text,
+        &RunOptions {
+            policy: None,
+            base_dir: Some(scenarios_dir()),
+        },
+    )
+}
+
+#[test]
+fn every_shipped_scenario_passes() {
+    let mut n = 0;
+    let mut failures = Vec::new();
+    for e in std::fs::read_dir(scenarios_dir()).unwrap() {
+        let p = e.unwrap().path();
+        if p.extension().and_then(|x| x.to_str()) != Some("scn") {
+            continue;
+        }
+        n += 1;
+        let text = std::fs::read_to_string(&p).unwrap();
+        let opts = RunOptions {
+            policy: None,
+            base_dir: p.parent().map(PathBuf::from),
+        };
+        if let Some(f) = run_text(&text, &opts).failure {
+            failures.push(format!("{}:{}: {}", p.display(), f.line, f.msg));
+        }
+    }
+    assert!(n >= 11, "F13 (a) to (k) at least, found {n}");
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
+}
+
+#[test]
+fn f13_scenarios_fail_under_upstream_policy() {
+    // The flush expectations of (b), (c) and (j) cannot hold without the series.
+    for f in [
+        "f13b-noncoherent-map.scn",
+        "f13c-five-steps.scn",
+        "f13j-reaccount.scn",
+    ] {
+        let text = std::fs::read_to_string(scenarios_dir().join(f)).unwrap();
+        let rep = run_text(
+            &text,
+            &RunOptions {
+                policy: Some("none".into()),
+                base_dir: Some(scenarios_dir()),
+            },
+        );
+        assert!(rep.failure.is_some(), "{f} passed under policy none");
+    }
+}
+
+#[test]
+fn wrong_errno_expectation_fails_naming_the_line() {
+    let f = run("process p\nmmap 0x10000 4K\ncontainer c\nattach c 0\nset_iommu c v2\nmap c 0x1000 0x10000 4K rw => EEXIST\n")
+        .failure
+        .expect("must fail");
+    assert_eq!(f.line, 6);
+    assert!(f.msg.contains("EEXIST"), "{}", f.msg);
+}
+
+#[test]
+fn unexpected_errno_fails() {
+    let f = run("process p\ncontainer c\nattach c 0\nset_iommu c v2\nmap c 0x1000 0x10000 4K rw\n")
+        .failure
+        .expect("must fail");
+    assert_eq!(f.line, 5);
+    assert!(f.msg.contains("EFAULT"), "{}", f.msg);
+}
+
+#[test]
+fn garbage_input_is_an_error_not_a_panic() {
+    for text in [
+        "map",
+        "map c",
+        "map c 0x1000 0x2000 4K rw",
+        "expect flushes lots",
+        "write 0x1000 \"unterminated",
+        "mmap 0x1000 4K mmio=0x10 memtype=xx",
+        "dma dev9 read 0 4K",
+        "attach nosuch 1",
+        "process p\nswitch q",
+        "process p\nmmap 0 0xffffffffffffffff",
+        "process p\nwrite 0 0x1ff 4",
+        "machine nosuch.toml",
+        "policy bogus",
+        "fail nowhere 1",
+        "process p\nread 0 18446744073709551615",
+    ] {
+        let rep = run(text);
+        assert!(rep.failure.is_some(), "{text:?} did not fail");
+    }
+}
+
+#[test]
+fn unconsumed_violation_fails_the_scenario() {
+    // Upstream type1 lets the device read a previous owner's data (F0).
+    let text = "policy none
+process victim
+mmap 0x40000000 4K
+write 0x40000000 0x5a 4K
+cache writeback
+exit victim
+process vmm
+mmap 0x7f0000000000 4K
+read 0x7f0000000000 1
+container c
+attach c 1
+set_iommu c v2
+map c 0x100000 0x7f0000000000 4K rw
+dma dev1 read 0x100000 4K nosnoop
+";
+    let f = run(text).failure.expect("the leak must be reported");
+    assert_eq!(f.line, 14, "{}", f.msg);
+    assert!(f.msg.contains("stale_read"), "{}", f.msg);
+    let ok = format!("{text}expect read 0x5a\nexpect violation stale_read\nunmap c 0x100000 4K\nexpect violation unflushed_unpin\n");
+    let rep = run(&ok);
+    assert!(rep.failure.is_none(), "{:?}", rep.failure);
+    let seed = ok.replace("policy none", "policy seed");
+    let f = run(&seed).failure.expect("seed has no leak to expect");
+    assert!(
+        f.msg.contains("0x5a") || f.msg.contains("violation"),
+        "{}",
+        f.msg
+    );
+}

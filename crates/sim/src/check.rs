@@ -1,0 +1,417 @@
+//! The invariant checker: violations the sim detects on its own, and cross-checks of the
+//! engine's views against the machine (page tables, pins, accounting; S7 of the spec).
+//!
+//! Violation kinds:
+//! * `stale_read`: a device read an earlier owner's data without snooping (F0, before exposure);
+//! * `unflushed_unpin`: a frame reachable by a non-coherent domain lost its last pin while cache
+//!   and RAM disagreed (F0, after exposure; F5);
+//! * `unpin_while_mapped`: a frame lost its last pin while a page table or an unsynced IOTLB
+//!   still pointed at it;
+//! * `flush_uncached`: `flush_cache` over UC/WC MMIO (F9);
+//! * `contract`: a platform call broke the seam's contract (double map, pin underflow, ...);
+//! * `page_table`, `coherency`, `pin_leak`, `pin_count`, `accounting`: from
+//!   [`Sim::check_engine`];
+//! * `leak`: from [`Sim::check_closed`].
+
+use std::collections::BTreeMap;
+
+use serde::Serialize;
+use type1_core::{DomainView, Event, MappingView, MmId, Prot, PAGE_SHIFT};
+
+use crate::Sim;
+
+/// A broken invariant.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct Violation {
+    /// Short kind (see the module documentation).
+    pub kind: String,
+    /// What exactly, with addresses.
+    pub detail: String,
+}
+
+impl std::fmt::Display for Violation {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}: {}", self.kind, self.detail)
+    }
+}
+
+/// What the engine of one container shows, for [`Sim::check_engine`].
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct EngineView {
+    /// `Type1::mappings()`.
+    pub mappings: Vec<MappingView>,
+    /// `Type1::domains()`.
+    pub domains: Vec<DomainView>,
+    /// `Type1::has_emulated_groups()`.
+    pub has_emulated_groups: bool,
+}
+
+impl EngineView {
+    /// The view of a backend instance.
+    pub fn of(t: &type1_core::Type1) -> EngineView {
+        EngineView {
+            mappings: t.mappings(),
+            domains: t.domains(),
+            has_emulated_groups: t.has_emulated_groups(),
+        }
+    }
+}
+
+/// Collects findings, at most one detail line per key with a count of the rest.
+#[derive(Default)]
+struct Findings {
+    items: Vec<(String, String, String, u64)>,
+}
+
+impl Findings {
+    fn add(&mut self, kind: &str, key: String, detail: String) {
+        if let Some(e) = self
+            .items
+            .iter_mut()
+            .find(|(k, kk, _, _)| k == kind && *kk == key)
+        {
+            e.3 += 1;
+        } else {
+            self.items.push((kind.to_string(), key, detail, 1));
+        }
+    }
+
+    fn into_violations(self) -> Vec<Violation> {
+        self.items
+            .into_iter()
+            .map(|(kind, _, detail, n)| Violation {
+                kind,
+                detail: if n > 1 {
+                    format!("{detail} (and {} more like it)", n - 1)
+                } else {
+                    detail
+                },
+            })
+            .collect()
+    }
+}
+
+impl Sim {
+    /// Records a violation (and a `violation` trace event).
+    pub(crate) fn violate(&mut self, kind: &str, detail: String) {
+        self.record(Event::Violation {
+            kind: kind.to_string(),
+            detail: detail.clone(),
+        });
+        self.violations.push(Violation {
+            kind: kind.to_string(),
+            detail,
+        });
+    }
+
+    /// Records a violation found by someone else (a scenario runner, the engine's own
+    /// invariant check); it is traced and listed like the sim's own.
+    pub fn record_violation(&mut self, kind: &str, detail: &str) {
+        self.violate(kind, detail.to_string());
+    }
+
+    /// Every violation recorded so far.
+    pub fn violations(&self) -> &[Violation] {
+        &self.violations
+    }
+
+    /// Violations recorded since the previous call.
+    pub fn take_new_violations(&mut self) -> Vec<Violation> {
+        let new = self.violations[self.violations_taken..].to_vec();
+        self.violations_taken = self.violations.len();
+        new
+    }
+
+    fn record_all(&mut self, v: &[Violation]) {
+        for x in v {
+            self.violate(&x.kind, x.detail.clone());
+        }
+    }
+
+    /// A RAM frame no process maps any more (its vaddr was unmapped while pinned): a mapping
+    /// may legitimately keep it although the vaddr now translates elsewhere.
+    fn orphaned(&self, pfn: u64) -> bool {
+        self.is_ram(pfn) && !self.frames[pfn as usize].in_use
+    }
+
+    /// Cross-checks the engine views of every open container against the machine: page tables
+    /// (`page_table`, `coherency`), frame pin counts (`pin_leak`, `pin_count`) and locked_vm
+    /// (`accounting`). The findings are returned and recorded.
+    pub fn check_engine(&mut self, views: &[EngineView]) -> Vec<Violation> {
+        let mut f = Findings::default();
+        let mut want_pins: BTreeMap<u64, u64> = BTreeMap::new();
+        let mut want_locked: BTreeMap<MmId, u64> = BTreeMap::new();
+        for (ci, v) in views.iter().enumerate() {
+            let has_domains = !v.domains.is_empty();
+            // IOVA page -> (pfn if the vaddr still translates, prot).
+            let mut expect: BTreeMap<u64, (Option<u64>, Prot)> = BTreeMap::new();
+            for m in &v.mappings {
+                let mut normal = 0u64;
+                let mut ext_normal = 0u64;
+                for i in 0..m.size >> PAGE_SHIFT {
+                    let page = (m.iova >> PAGE_SHIFT) + i;
+                    let tr = if m.vaddr_invalid {
+                        None
+                    } else {
+                        m.vaddr
+                            .checked_add(i << PAGE_SHIFT)
+                            .and_then(|va| self.translate(m.mm, va))
+                            .map(|t| t.0)
+                    };
+                    // What the engine pinned and mapped: the domains' entry, else the vaddr.
+                    let pfn = v
+                        .domains
+                        .iter()
+                        .find_map(|d| self.domains.get(&d.id)?.pt.get(&page).map(|p| p.pfn))
+                        .or(tr);
+                    let normal_page = pfn.is_none_or(|p| self.is_ram(p));
+                    if normal_page {
+                        normal += 1;
+                    }
+                    if m.iommu_mapped {
+                        expect.insert(page, (tr, m.prot));
+                        if let Some(p) = pfn.filter(|p| self.is_ram(*p)) {
+                            *want_pins.entry(p).or_insert(0) += 1;
+                        }
+                    }
+                }
+                for &(_, pfn, _) in &m.external_pins {
+                    if self.is_ram(pfn) {
+                        *want_pins.entry(pfn).or_insert(0) += 1;
+                        ext_normal += 1;
+                    }
+                }
+                let charge = if has_domains { normal } else { ext_normal };
+                if m.locked_vm != charge {
+                    f.add(
+                        "accounting",
+                        format!("map{ci}:{}", m.iova),
+                        format!(
+                            "container {ci}: mapping iova 0x{:x} charges {} pages, expected {charge}",
+                            m.iova, m.locked_vm
+                        ),
+                    );
+                }
+                if self.mm_alive(m.mm) {
+                    *want_locked.entry(m.mm).or_insert(0) += charge;
+                }
+            }
+            for d in &v.domains {
+                let Some(sd) = self.domains.get(&d.id) else {
+                    f.add(
+                        "page_table",
+                        format!("dead{}", d.id),
+                        format!("container {ci}: domain {} is not live", d.id),
+                    );
+                    continue;
+                };
+                if sd.enforcing != d.coherent {
+                    f.add(
+                        "coherency",
+                        format!("coh{}", d.id),
+                        format!(
+                            "domain {}: engine says coherent={}, machine says {}",
+                            d.id, d.coherent, sd.enforcing
+                        ),
+                    );
+                }
+                let (mut a, mut b) = (sd.groups.clone(), d.groups.clone());
+                a.sort();
+                b.sort();
+                if a != b {
+                    f.add(
+                        "page_table",
+                        format!("groups{}", d.id),
+                        format!(
+                            "domain {}: engine lists groups {b:?}, machine has {a:?}",
+                            d.id
+                        ),
+                    );
+                }
+                for (page, (pfn, prot)) in &expect {
+                    let iova = page << PAGE_SHIFT;
+                    match sd.pt.get(page) {
+                        None => f.add(
+                            "page_table",
+                            format!("missing{}", d.id),
+                            format!("domain {}: iova 0x{iova:x} of a mapped mapping is not mapped", d.id),
+                        ),
+                        Some(pte) if pfn.is_some_and(|p| p != pte.pfn) && !self.orphaned(pte.pfn) => f.add(
+                            "page_table",
+                            format!("pfn{}", d.id),
+                            format!(
+                                "domain {}: iova 0x{iova:x} maps pfn 0x{:x}, the vaddr translates to pfn 0x{:x}",
+                                d.id,
+                                pte.pfn,
+                                pfn.unwrap_or(0)
+                            ),
+                        ),
+                        Some(pte) if pte.prot != *prot => f.add(
+                            "page_table",
+                            format!("prot{}", d.id),
+                            format!("domain {}: iova 0x{iova:x} has prot {}, mapping has {prot}", d.id, pte.prot),
+                        ),
+                        _ => {}
+                    }
+                }
+                for (page, pte) in &sd.pt {
+                    if !expect.contains_key(page) {
+                        f.add(
+                            "page_table",
+                            format!("extra{}", d.id),
+                            format!(
+                                "domain {}: iova 0x{:x} maps pfn 0x{:x} but no mapped mapping covers it",
+                                d.id,
+                                page << PAGE_SHIFT,
+                                pte.pfn
+                            ),
+                        );
+                    }
+                }
+            }
+        }
+        for (pfn, fr) in self.frames.iter().enumerate() {
+            let want = want_pins.get(&(pfn as u64)).copied().unwrap_or(0);
+            let have = fr.pins as u64;
+            if have > want {
+                f.add(
+                    "pin_leak",
+                    String::new(),
+                    format!("pfn 0x{pfn:x} holds {have} pins, the engine accounts for {want}"),
+                );
+            } else if have < want {
+                f.add(
+                    "pin_count",
+                    String::new(),
+                    format!("pfn 0x{pfn:x} holds {have} pins, the engine accounts for {want}"),
+                );
+            }
+        }
+        for (i, p) in self.procs.iter().enumerate() {
+            let mm = MmId(i as u32);
+            let want = want_locked.get(&mm).copied().unwrap_or(0);
+            if p.alive && p.locked_vm != want {
+                f.add(
+                    "accounting",
+                    format!("mm{mm}"),
+                    format!(
+                        "mm {mm} ({}): locked_vm {} pages, mappings account for {want}",
+                        p.name, p.locked_vm
+                    ),
+                );
+            }
+        }
+        let v = f.into_violations();
+        self.record_all(&v);
+        v
+    }
+
+    /// Checks that nothing is left once every container is closed: no pinned frame, no live
+    /// domain (with or without page-table entries), no live address space with locked_vm.
+    /// Findings (kind `leak`) are returned and recorded.
+    pub fn check_closed(&mut self) -> Vec<Violation> {
+        let mut f = Findings::default();
+        for (pfn, fr) in self.frames.iter().enumerate() {
+            if fr.pins > 0 {
+                f.add(
+                    "leak",
+                    "pin".into(),
+                    format!("pfn 0x{pfn:x} still holds {} pins", fr.pins),
+                );
+            }
+        }
+        for (id, d) in &self.domains {
+            f.add(
+                "leak",
+                format!("dom{id}"),
+                format!(
+                    "domain {id} is still live with {} mapped pages and groups {:?}",
+                    d.pt.len(),
+                    d.groups
+                ),
+            );
+        }
+        for (i, p) in self.procs.iter().enumerate() {
+            if p.alive && p.locked_vm > 0 {
+                f.add(
+                    "leak",
+                    format!("mm{i}"),
+                    format!("mm {i} ({}) still has locked_vm {}", p.name, p.locked_vm),
+                );
+            }
+        }
+        let v = f.into_violations();
+        self.record_all(&v);
+        v
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::MachineDesc;
+    use type1_core::{DomainId, GroupId, Platform, PAGE_SIZE};
+
+    #[test]
+    fn check_engine_detects_pin_count_mismatch() {
+        let mut s = Sim::new(MachineDesc::default()).unwrap();
+        let mm = s.create_process("p");
+        s.mmap_anon(mm, 0x10000, 2 * PAGE_SIZE, true).unwrap();
+        let pins = s.pin_user_pages(mm, 0x10000, 2, true).unwrap();
+        s.account(mm, 2, true).unwrap();
+        let d = s.domain_alloc(GroupId(0)).unwrap();
+        s.attach_group(d, GroupId(0)).unwrap();
+        s.domain_enforce_cache_coherency(d);
+        s.iommu_map(d, 0x100000, pins[0].pfn << PAGE_SHIFT, PAGE_SIZE, Prot::RW)
+            .unwrap();
+        s.iommu_map(d, 0x101000, pins[1].pfn << PAGE_SHIFT, PAGE_SIZE, Prot::RW)
+            .unwrap();
+        let view = EngineView {
+            mappings: vec![MappingView {
+                iova: 0x100000,
+                size: 2 * PAGE_SIZE,
+                vaddr: 0x10000,
+                prot: Prot::RW,
+                mm,
+                iommu_mapped: true,
+                vaddr_invalid: false,
+                is_noncoherent: false,
+                locked_vm: 2,
+                external_pins: vec![],
+            }],
+            domains: vec![DomainView {
+                id: d,
+                groups: vec![GroupId(0)],
+                coherent: true,
+            }],
+            has_emulated_groups: false,
+        };
+        assert_eq!(s.check_engine(std::slice::from_ref(&view)), vec![]);
+        // An extra pin the engine does not know about.
+        s.pin_user_pages(mm, 0x10000, 1, true).unwrap();
+        let v = s.check_engine(std::slice::from_ref(&view));
+        assert_eq!(v.len(), 1);
+        assert_eq!(v[0].kind, "pin_leak");
+        // A missing pin.
+        s.unpin_page(pins[0].pfn, true);
+        s.unpin_page(pins[0].pfn, true);
+        let kinds: Vec<String> = s
+            .check_engine(std::slice::from_ref(&view))
+            .into_iter()
+            .map(|v| v.kind)
+            .collect();
+        assert!(kinds.contains(&"pin_count".to_string()), "{kinds:?}");
+        // Page table and accounting mismatches.
+        let mut bad = view.clone();
+        bad.mappings[0].size = PAGE_SIZE;
+        bad.domains.push(DomainView {
+            id: DomainId(99),
+            groups: vec![],
+            coherent: true,
+        });
+        let kinds: Vec<String> = s.check_engine(&[bad]).into_iter().map(|v| v.kind).collect();
+        assert!(kinds.contains(&"page_table".to_string()), "{kinds:?}");
+        assert!(kinds.contains(&"accounting".to_string()), "{kinds:?}");
+        assert!(!s.check_closed().is_empty());
+    }
+}

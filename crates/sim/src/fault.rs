@@ -1,0 +1,176 @@
+//! Fault injection at named points, for failure-path sweeps.
+//!
+//! Fallible platform operations pass through named points; arming a point makes its nth call
+//! (counted from the arming) fail once, with the errno the real operation would return. Release
+//! operations never fail. A typical sweep runs a scenario once, reads
+//! [`crate::Sim::fallible_calls`], then reruns it with `fail_nth_any(n)` for every `n` up to that
+//! count and checks for leaks.
+
+use std::collections::BTreeMap;
+
+use type1_core::{Errno, Event, PlatformError};
+
+use crate::{perr, Sim};
+
+/// The named fault points and the errno each injects:
+/// * `pin`: `pin_user_pages` fails with ENOMEM;
+/// * `translate`: `pin_user_pages` fails with EFAULT (the page-walk step);
+/// * `iommu_map`: ENOMEM;
+/// * `account`: a positive `account` fails with ENOMEM;
+/// * `domain_alloc`: ENOMEM;
+/// * `attach`: `attach_group` fails with ENODEV.
+pub const FAULT_POINTS: &[&str] = &[
+    "pin",
+    "translate",
+    "iommu_map",
+    "account",
+    "domain_alloc",
+    "attach",
+];
+
+fn errno_of(point: &str) -> Errno {
+    match point {
+        "translate" => Errno::EFAULT,
+        "attach" => Errno::ENODEV,
+        _ => Errno::ENOMEM,
+    }
+}
+
+/// Armed faults and call counters.
+#[derive(Clone, Debug, Default)]
+pub(crate) struct Faults {
+    /// Point -> calls left until the failing one (1 = the next call fails).
+    armed: BTreeMap<&'static str, u64>,
+    any: Option<u64>,
+    calls: u64,
+    calls_by_point: BTreeMap<&'static str, u64>,
+    injected: u64,
+}
+
+impl Faults {
+    fn hit(&mut self, point: &'static str) -> bool {
+        self.calls += 1;
+        *self.calls_by_point.entry(point).or_insert(0) += 1;
+        let mut fail = false;
+        if let Some(n) = self.armed.get_mut(point) {
+            *n -= 1;
+            if *n == 0 {
+                self.armed.remove(point);
+                fail = true;
+            }
+        }
+        if let Some(n) = self.any.as_mut() {
+            *n -= 1;
+            if *n == 0 {
+                self.any = None;
+                fail = true;
+            }
+        }
+        if fail {
+            self.injected += 1;
+        }
+        fail
+    }
+}
+
+impl Sim {
+    /// Arms `point` so that its `n`th call from now (1-based) fails, once.
+    pub fn fail_nth(&mut self, point: &str, n: u64) -> Result<(), String> {
+        let Some(p) = FAULT_POINTS.iter().find(|p| **p == point) else {
+            return Err(format!(
+                "unknown fault point {point:?} (known: {})",
+                FAULT_POINTS.join(", ")
+            ));
+        };
+        if n == 0 {
+            return Err(format!(
+                "fault point {point}: n = 0, calls are counted from 1"
+            ));
+        }
+        self.faults.armed.insert(p, n);
+        Ok(())
+    }
+
+    /// Makes the `n`th call (1-based, from now) of any fault point fail, once. `n = 0` disarms.
+    pub fn fail_nth_any(&mut self, n: u64) {
+        self.faults.any = (n > 0).then_some(n);
+    }
+
+    /// Disarms every fault.
+    pub fn clear_faults(&mut self) {
+        self.faults.armed.clear();
+        self.faults.any = None;
+    }
+
+    /// Calls of any fault point since the machine was built.
+    pub fn fallible_calls(&self) -> u64 {
+        self.faults.calls
+    }
+
+    /// Calls of one fault point since the machine was built.
+    pub fn fallible_calls_of(&self, point: &str) -> u64 {
+        self.faults.calls_by_point.get(point).copied().unwrap_or(0)
+    }
+
+    /// Faults injected so far.
+    pub fn faults_injected(&self) -> u64 {
+        self.faults.injected
+    }
+
+    /// Passes fault point `point`: fails (and traces a `fault` event) if it is armed to.
+    pub(crate) fn inject(&mut self, point: &'static str) -> Result<(), PlatformError> {
+        if !self.faults.hit(point) {
+            return Ok(());
+        }
+        let errno = errno_of(point);
+        let detail = format!("injected {errno} at fault point {point}");
+        self.record(Event::Fault {
+            source: point.into(),
+            detail: detail.clone(),
+        });
+        Err(perr(errno, detail))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::MachineDesc;
+    use type1_core::{GroupId, Platform};
+
+    #[test]
+    fn nth_call_fails_exactly_once() {
+        let mut s = Sim::new(MachineDesc::default()).unwrap();
+        assert!(s.fail_nth("bogus", 1).unwrap_err().contains("bogus"));
+        s.fail_nth("domain_alloc", 2).unwrap();
+        assert!(s.domain_alloc(GroupId(0)).is_ok());
+        assert_eq!(s.domain_alloc(GroupId(0)).unwrap_err().errno, Errno::ENOMEM);
+        assert!(s.domain_alloc(GroupId(0)).is_ok());
+        assert!(s.domain_alloc(GroupId(0)).is_ok());
+        assert_eq!(s.faults_injected(), 1);
+        assert_eq!(s.fallible_calls_of("domain_alloc"), 4);
+        let faults: Vec<_> = s
+            .events()
+            .iter()
+            .filter(|(_, e)| matches!(e, Event::Fault { .. }))
+            .collect();
+        assert_eq!(faults.len(), 1);
+
+        let mm = s.create_process("p");
+        s.mmap_anon(mm, 0x1000, 0x1000, true).unwrap();
+        let before = s.fallible_calls();
+        s.fail_nth_any(3);
+        assert!(s.pin_user_pages(mm, 0x1000, 1, true).is_ok()); // pin, translate
+        assert_eq!(
+            s.pin_user_pages(mm, 0x1000, 1, true).unwrap_err().errno,
+            Errno::ENOMEM
+        );
+        assert!(s.pin_user_pages(mm, 0x1000, 1, true).is_ok());
+        assert_eq!(s.fallible_calls() - before, 5);
+        assert_eq!(
+            s.frame_pins(s.translate(mm, 0x1000).unwrap().0),
+            2,
+            "failed pin left nothing"
+        );
+    }
+}

@@ -1,0 +1,530 @@
+//! IOMMU units, groups, domains, their page tables and IOTLBs.
+//!
+//! A domain belongs to the unit of the group it was allocated for; a group can only attach to
+//! a domain of its own unit, even when another unit has the same `ops` (that is how "attaching
+//! to an existing compatible domain fails" happens). Page tables map 4 KiB IOVA pages to pfns.
+//! `iommu_unmap` moves entries to the domain's unsynced IOTLB set until `iotlb_sync`; a frame
+//! whose last pin drops while any page table or unsynced IOTLB still points at it is an
+//! `unpin_while_mapped` violation. Mapping a RAM frame into a domain that does not enforce
+//! coherency marks it *exposed* until its next last unpin.
+
+use std::collections::BTreeMap;
+
+use type1_core::{
+    DomainId, DomainInfo, Errno, GroupId, GroupInfo, IovaRange, PlatformError, Prot, ResvRegion,
+    PAGE_SHIFT, PAGE_SIZE,
+};
+
+use crate::{perr, GroupDesc, Sim, UnitDesc};
+
+/// An IOMMU unit.
+#[derive(Clone, Debug)]
+pub(crate) struct Unit {
+    pub ops: u32,
+    pub snoop_control: bool,
+    pub aperture: IovaRange,
+    pub pgsize_bitmap: u64,
+    pub reserved: Vec<ResvRegion>,
+    pub msi_isolated: bool,
+}
+
+impl Unit {
+    pub(crate) fn from_desc(u: &UnitDesc) -> Unit {
+        Unit {
+            ops: u.ops,
+            snoop_control: u.snoop_control,
+            aperture: u.aperture(),
+            pgsize_bitmap: u.pgsize_bitmap(),
+            reserved: u.reserved_regions(),
+            msi_isolated: u.msi_isolated.unwrap_or(true),
+        }
+    }
+}
+
+/// An IOMMU group.
+#[derive(Clone, Debug)]
+pub(crate) struct Group {
+    pub unit: Option<u32>,
+    pub reserved: Vec<ResvRegion>,
+    pub attached: Option<DomainId>,
+}
+
+impl Group {
+    pub(crate) fn from_desc(g: &GroupDesc) -> Group {
+        Group {
+            unit: g.unit,
+            reserved: g.reserved.iter().map(|r| r.region()).collect(),
+            attached: None,
+        }
+    }
+}
+
+/// A page-table entry.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct Pte {
+    pub pfn: u64,
+    pub prot: Prot,
+}
+
+/// A live domain.
+#[derive(Clone, Debug)]
+pub(crate) struct Domain {
+    pub unit: u32,
+    pub enforcing: bool,
+    pub groups: Vec<GroupId>,
+    /// IOVA page number -> entry.
+    pub pt: BTreeMap<u64, Pte>,
+    /// Unmapped but not yet invalidated: (IOVA page, pfn).
+    pub stale: Vec<(u64, u64)>,
+}
+
+impl Sim {
+    fn iommu_ref(&mut self, pfn: u64, up: bool) {
+        if self.is_ram(pfn) {
+            let f = &mut self.frames[pfn as usize];
+            if up {
+                f.iommu_refs += 1;
+            } else {
+                f.iommu_refs = f.iommu_refs.saturating_sub(1);
+            }
+        }
+    }
+
+    pub(crate) fn do_group_info(&self, group: GroupId) -> Result<GroupInfo, PlatformError> {
+        let g = self
+            .groups
+            .get(&group)
+            .ok_or_else(|| perr(Errno::ENODEV, format!("group {group} does not exist")))?;
+        let Some(u) = g.unit.and_then(|u| self.units.get(&u)) else {
+            return Ok(GroupInfo {
+                emulated: true,
+                reserved: Vec::new(),
+                msi_isolated: true,
+            });
+        };
+        let mut reserved = u.reserved.clone();
+        reserved.extend(g.reserved.iter().copied());
+        Ok(GroupInfo {
+            emulated: false,
+            reserved,
+            msi_isolated: u.msi_isolated,
+        })
+    }
+
+    pub(crate) fn do_domain_alloc(&mut self, group: GroupId) -> Result<DomainId, PlatformError> {
+        let g = self
+            .groups
+            .get(&group)
+            .ok_or_else(|| perr(Errno::ENODEV, format!("group {group} does not exist")))?;
+        let Some(unit) = g.unit else {
+            return Err(perr(
+                Errno::EINVAL,
+                format!("group {group} is emulated and has no IOMMU"),
+            ));
+        };
+        self.inject("domain_alloc")?;
+        let id = DomainId(self.next_domain);
+        self.next_domain += 1;
+        self.domains.insert(
+            id,
+            Domain {
+                unit,
+                enforcing: false,
+                groups: Vec::new(),
+                pt: BTreeMap::new(),
+                stale: Vec::new(),
+            },
+        );
+        Ok(id)
+    }
+
+    pub(crate) fn do_domain_info(&self, domain: DomainId) -> DomainInfo {
+        match self
+            .domains
+            .get(&domain)
+            .and_then(|d| self.units.get(&d.unit))
+        {
+            Some(u) => DomainInfo {
+                ops: u.ops,
+                aperture: u.aperture,
+                pgsize_bitmap: u.pgsize_bitmap,
+            },
+            None => DomainInfo {
+                ops: 0,
+                aperture: IovaRange { start: 0, last: 0 },
+                pgsize_bitmap: PAGE_SIZE,
+            },
+        }
+    }
+
+    pub(crate) fn do_enforce(&mut self, domain: DomainId) -> bool {
+        let Some(d) = self.domains.get_mut(&domain) else {
+            self.violate(
+                "contract",
+                format!("enforce_cache_coherency on dead domain {domain}"),
+            );
+            return false;
+        };
+        let snoop = self.units.get(&d.unit).is_some_and(|u| u.snoop_control);
+        if snoop {
+            d.enforcing = true;
+        }
+        snoop
+    }
+
+    pub(crate) fn do_attach(
+        &mut self,
+        domain: DomainId,
+        group: GroupId,
+    ) -> Result<(), PlatformError> {
+        let Some(d) = self.domains.get(&domain) else {
+            self.violate(
+                "contract",
+                format!("attach of group {group} to dead domain {domain}"),
+            );
+            return Err(perr(
+                Errno::ENODEV,
+                format!("domain {domain} does not exist"),
+            ));
+        };
+        let dunit = d.unit;
+        let g = self
+            .groups
+            .get(&group)
+            .ok_or_else(|| perr(Errno::ENODEV, format!("group {group} does not exist")))?;
+        match g.unit {
+            None => return Err(perr(Errno::EINVAL, format!("group {group} is emulated"))),
+            Some(u) if u != dunit => {
+                return Err(perr(
+                    Errno::EINVAL,
+                    format!(
+                    "group {group} sits behind unit {u}, domain {domain} belongs to unit {dunit}"
+                ),
+                ))
+            }
+            _ => {}
+        }
+        if let Some(other) = g.attached {
+            return Err(perr(
+                Errno::EINVAL,
+                format!("group {group} is already attached to domain {other}"),
+            ));
+        }
+        self.inject("attach")?;
+        self.groups.get_mut(&group).expect("checked").attached = Some(domain);
+        self.domains
+            .get_mut(&domain)
+            .expect("checked")
+            .groups
+            .push(group);
+        Ok(())
+    }
+
+    pub(crate) fn do_detach(&mut self, domain: DomainId, group: GroupId) {
+        let ok = self
+            .groups
+            .get(&group)
+            .is_some_and(|g| g.attached == Some(domain));
+        if !ok {
+            self.violate(
+                "contract",
+                format!("detach of group {group} from domain {domain} it is not attached to"),
+            );
+            return;
+        }
+        self.groups.get_mut(&group).expect("checked").attached = None;
+        if let Some(d) = self.domains.get_mut(&domain) {
+            d.groups.retain(|g| *g != group);
+        }
+    }
+
+    pub(crate) fn do_domain_free(&mut self, domain: DomainId) {
+        let Some(d) = self.domains.remove(&domain) else {
+            self.violate("contract", format!("domain_free of dead domain {domain}"));
+            return;
+        };
+        // Freeing a domain that still maps pages is legal (type1 frees a detached domain
+        // without unmapping it first); freeing one with groups attached is not.
+        if !d.groups.is_empty() {
+            self.violate(
+                "contract",
+                format!(
+                    "domain_free of domain {domain} with {} groups attached",
+                    d.groups.len()
+                ),
+            );
+        }
+        for g in &d.groups {
+            if let Some(g) = self.groups.get_mut(g) {
+                g.attached = None;
+            }
+        }
+        for pte in d.pt.values() {
+            self.iommu_ref(pte.pfn, false);
+        }
+        for (_, pfn) in &d.stale {
+            self.iommu_ref(*pfn, false);
+        }
+    }
+
+    pub(crate) fn do_iommu_map(
+        &mut self,
+        domain: DomainId,
+        iova: u64,
+        pa: u64,
+        size: u64,
+        prot: Prot,
+    ) -> Result<(), PlatformError> {
+        let what = format!("iommu_map domain {domain} iova 0x{iova:x} pa 0x{pa:x} size 0x{size:x}");
+        let Some(d) = self.domains.get(&domain) else {
+            self.violate("contract", format!("{what}: dead domain"));
+            return Err(perr(Errno::ENODEV, what));
+        };
+        if size == 0 || iova % PAGE_SIZE != 0 || pa % PAGE_SIZE != 0 || size % PAGE_SIZE != 0 {
+            self.violate("contract", format!("{what}: zero or unaligned"));
+            return Err(perr(Errno::EINVAL, what));
+        }
+        let Some(range) = IovaRange::from_size(iova, size) else {
+            return Err(perr(Errno::EINVAL, format!("{what}: iova wraps")));
+        };
+        if pa.checked_add(size - 1).is_none() {
+            return Err(perr(Errno::EINVAL, format!("{what}: pa wraps")));
+        }
+        let unit = &self.units[&d.unit];
+        if !unit.aperture.contains(&range) {
+            return Err(perr(
+                Errno::EINVAL,
+                format!(
+                    "{what}: outside aperture 0x{:x}..=0x{:x}",
+                    unit.aperture.start, unit.aperture.last
+                ),
+            ));
+        }
+        let (first, n) = (iova >> PAGE_SHIFT, size >> PAGE_SHIFT);
+        let physical: u64 =
+            self.desc.memory_frames + self.mmio_ranges.iter().map(|r| r.npages).sum::<u64>();
+        if n > physical {
+            return Err(perr(
+                Errno::EINVAL,
+                format!("{what}: more pages than the machine has"),
+            ));
+        }
+        if let Some((p, _)) = d.pt.range(first..first + n).next() {
+            let at = p << PAGE_SHIFT;
+            self.violate(
+                "contract",
+                format!("{what}: iova 0x{at:x} is already mapped"),
+            );
+            return Err(perr(Errno::EEXIST, what));
+        }
+        let enforcing = d.enforcing;
+        self.inject("iommu_map")?;
+        let pfn0 = pa >> PAGE_SHIFT;
+        let d = self.domains.get_mut(&domain).expect("checked");
+        for i in 0..n {
+            d.pt.insert(
+                first + i,
+                Pte {
+                    pfn: pfn0 + i,
+                    prot,
+                },
+            );
+        }
+        for i in 0..n {
+            self.iommu_ref(pfn0 + i, true);
+            if !enforcing && self.is_ram(pfn0 + i) {
+                let f = &mut self.frames[(pfn0 + i) as usize];
+                f.exposed = true;
+                f.needs_unpin_flush = true;
+                if f.pins > 0 && !f.flushed_since_pin {
+                    self.violate(
+                        "missing_map_flush",
+                        format!("pfn 0x{:x} mapped into non-coherent domain {domain} without a cache flush since it was pinned (F3, F4)", pfn0 + i),
+                    );
+                }
+            }
+        }
+        Ok(())
+    }
+
+    pub(crate) fn do_iommu_unmap(&mut self, domain: DomainId, iova: u64, size: u64) -> u64 {
+        let Some(d) = self.domains.get_mut(&domain) else {
+            self.violate("contract", format!("iommu_unmap on dead domain {domain}"));
+            return 0;
+        };
+        if iova % PAGE_SIZE != 0 || size % PAGE_SIZE != 0 {
+            self.violate(
+                "contract",
+                format!("iommu_unmap domain {domain} iova 0x{iova:x} size 0x{size:x} unaligned"),
+            );
+            return 0;
+        }
+        let mut done = 0u64;
+        while done < size {
+            let Some(a) = iova.checked_add(done) else {
+                break;
+            };
+            let Some(pte) = d.pt.remove(&(a >> PAGE_SHIFT)) else {
+                break;
+            };
+            d.stale.push((a >> PAGE_SHIFT, pte.pfn));
+            done += PAGE_SIZE;
+        }
+        done
+    }
+
+    pub(crate) fn do_iotlb_sync(&mut self, domain: DomainId) {
+        let Some(d) = self.domains.get_mut(&domain) else {
+            self.violate("contract", format!("iotlb_sync on dead domain {domain}"));
+            return;
+        };
+        let stale = std::mem::take(&mut d.stale);
+        for (_, pfn) in stale {
+            self.iommu_ref(pfn, false);
+        }
+    }
+
+    pub(crate) fn do_iova_to_phys(&self, domain: DomainId, iova: u64) -> Option<u64> {
+        let d = self.domains.get(&domain)?;
+        d.pt.get(&(iova >> PAGE_SHIFT))
+            .map(|p| (p.pfn << PAGE_SHIFT) | (iova % PAGE_SIZE))
+    }
+
+    // ---- inspection ------------------------------------------------------------------------
+
+    /// Live domains, in id order.
+    pub fn live_domains(&self) -> Vec<DomainId> {
+        self.domains.keys().copied().collect()
+    }
+
+    /// The page table of a domain: `(iova, pfn, prot)` per 4 KiB page, in IOVA order.
+    pub fn domain_entries(&self, domain: DomainId) -> Vec<(u64, u64, Prot)> {
+        self.domains
+            .get(&domain)
+            .map(|d| {
+                d.pt.iter()
+                    .map(|(p, e)| (p << PAGE_SHIFT, e.pfn, e.prot))
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+
+    /// Whether a live domain enforces cache coherency (`None` for a dead domain).
+    pub fn domain_enforces(&self, domain: DomainId) -> Option<bool> {
+        self.domains.get(&domain).map(|d| d.enforcing)
+    }
+
+    /// Groups attached to a live domain.
+    pub fn domain_groups(&self, domain: DomainId) -> Vec<GroupId> {
+        self.domains
+            .get(&domain)
+            .map(|d| d.groups.clone())
+            .unwrap_or_default()
+    }
+
+    /// The domain a group is attached to.
+    pub fn group_domain(&self, group: GroupId) -> Option<DomainId> {
+        self.groups.get(&group).and_then(|g| g.attached)
+    }
+
+    /// Every IOMMU-backed group: `(group id, its unit has snoop control, first device name)`.
+    /// Emulated groups are left out.
+    pub fn iommu_groups(&self) -> Vec<(u32, bool, String)> {
+        self.groups
+            .iter()
+            .filter_map(|(id, g)| {
+                let u = self.units.get(&g.unit?)?;
+                let dev = self
+                    .devices
+                    .iter()
+                    .find(|d| d.group == *id)
+                    .map(|d| d.name.clone())
+                    .unwrap_or_default();
+                Some((id.0, u.snoop_control, dev))
+            })
+            .collect()
+    }
+
+    /// Every group id of the machine.
+    pub fn group_ids(&self) -> Vec<GroupId> {
+        self.groups.keys().copied().collect()
+    }
+
+    /// Whether a frame is marked as reachable by a non-coherent domain since its last pin.
+    pub fn frame_exposed(&self, pfn: u64) -> bool {
+        self.is_ram(pfn) && self.frames[pfn as usize].exposed
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::MachineDesc;
+
+    #[test]
+    fn map_over_existing_entry_is_rejected() {
+        let mut s = Sim::new(MachineDesc::default()).unwrap();
+        let d = s.do_domain_alloc(GroupId(0)).unwrap();
+        s.do_attach(d, GroupId(0)).unwrap();
+        s.do_iommu_map(d, 0x10000, 0x5000, 2 * PAGE_SIZE, Prot::RW)
+            .unwrap();
+        let e = s
+            .do_iommu_map(d, 0x11000, 0x9000, PAGE_SIZE, Prot::RW)
+            .unwrap_err();
+        assert_eq!(e.errno, Errno::EEXIST);
+        assert_eq!(s.violations().last().unwrap().kind, "contract");
+        assert_eq!(
+            s.do_iova_to_phys(d, 0x11008),
+            Some(0x6008),
+            "old entry kept"
+        );
+        // Outside the aperture: EINVAL, no violation.
+        let n = s.violations().len();
+        let e = s
+            .do_iommu_map(d, 1 << 48, 0x5000, PAGE_SIZE, Prot::RW)
+            .unwrap_err();
+        assert_eq!(e.errno, Errno::EINVAL);
+        assert_eq!(s.violations().len(), n);
+        // Unmap stops at the first hole.
+        assert_eq!(s.do_iommu_unmap(d, 0x10000, 4 * PAGE_SIZE), 2 * PAGE_SIZE);
+        s.do_iotlb_sync(d);
+        s.do_detach(d, GroupId(0));
+        s.do_domain_free(d);
+        assert_eq!(s.violations().len(), n);
+    }
+
+    #[test]
+    fn attach_needs_same_unit_and_free_group() {
+        let mut s = Sim::new(MachineDesc::default()).unwrap();
+        let d0 = s.do_domain_alloc(GroupId(0)).unwrap();
+        assert_eq!(
+            s.do_attach(d0, GroupId(1)).unwrap_err().errno,
+            Errno::EINVAL,
+            "other unit, same ops"
+        );
+        s.do_attach(d0, GroupId(0)).unwrap();
+        let d1 = s.do_domain_alloc(GroupId(0)).unwrap();
+        assert_eq!(
+            s.do_attach(d1, GroupId(0)).unwrap_err().errno,
+            Errno::EINVAL,
+            "already attached"
+        );
+        assert_eq!(
+            s.do_domain_alloc(GroupId(2)).unwrap_err().errno,
+            Errno::EINVAL,
+            "emulated"
+        );
+        assert_eq!(
+            s.do_domain_alloc(GroupId(9)).unwrap_err().errno,
+            Errno::ENODEV
+        );
+        assert!(s.do_enforce(d0));
+        let d2 = s.do_domain_alloc(GroupId(1)).unwrap();
+        assert!(!s.do_enforce(d2));
+        assert!(s.do_group_info(GroupId(2)).unwrap().emulated);
+        assert_eq!(
+            s.do_group_info(GroupId(9)).unwrap_err().errno,
+            Errno::ENODEV
+        );
+    }
+}

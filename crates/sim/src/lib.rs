@@ -1,0 +1,260 @@
+//! # type1-sim: a simulated machine that makes non-coherent DMA visible
+//!
+//! [`Sim`] implements [`type1_core::Platform`], the seam the type1 engine
+//! ([`type1_core::Container`]) runs on. It models just enough hardware for the problem Yan
+//! Zhao's series fixes to show up, and checks every call the engine makes:
+//!
+//! * **memory** ([`memory`]): 4 KiB page frames with RAM contents that survive free and
+//!   reallocation, a LIFO free list (a just-freed frame is the next one handed out), pin
+//!   refcounts, and processes with page tables, regions and RLIMIT_MEMLOCK books. A new
+//!   anonymous page is zeroed *through the cache*: its lines become dirty zeros while RAM keeps
+//!   the previous owner's bytes;
+//! * **cache** ([`cache`]): a write-back CPU cache of 64-byte lines, flushed only by
+//!   [`type1_core::Platform::flush_cache`] or the explicit helpers;
+//! * **IOMMU** ([`iommu`]): units (with or without snoop control), groups, domains and their
+//!   page tables and IOTLBs;
+//! * **devices** ([`device`]): DMA through a group's domain, snooped or not. A no-snoop read
+//!   of a line whose current contents still sit dirty in the cache returns stale RAM, and when
+//!   that RAM belongs to an earlier owner of the frame the sim records a `stale_read` leak;
+//! * **fault injection** ([`fault`]), the **trace** recorder ([`trace`]) and the **invariant
+//!   checker** ([`check`]), which compares engine views (`MappingView`, `DomainView`) against
+//!   the machine's page tables, pins and accounting;
+//! * **machine descriptions** ([`machine`]) in TOML.
+//!
+//! The engine never sees any of this: it only calls the `Platform` methods. Scenario runners
+//! drive the CPU and devices through the public methods of [`Sim`].
+
+pub mod cache;
+pub mod check;
+pub mod device;
+pub mod fault;
+pub mod iommu;
+pub mod machine;
+pub mod memory;
+mod platform;
+pub mod trace;
+
+use std::collections::BTreeMap;
+
+use serde::Serialize;
+use type1_core::{DeviceId, DomainId, Errno, GroupId, MmId, PlatformError};
+
+pub use cache::LINE_SIZE;
+pub use check::{EngineView, Violation};
+pub use device::DmaFault;
+pub use fault::FAULT_POINTS;
+pub use machine::{GroupDesc, MachineDesc, MmioDesc, ResvDesc, UnitDesc};
+pub use memory::INITIAL_RAM_BYTE;
+
+/// Counters of what happened on the machine.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct Stats {
+    /// `flush_cache` calls.
+    pub flush_calls: u64,
+    /// Pages covered by `flush_cache` calls.
+    pub pages_flushed: u64,
+    /// Dirty lines written back by `flush_cache`.
+    pub lines_written_back: u64,
+    /// Bytes of an earlier owner's data a device read without snooping (`stale_read`).
+    pub leaked_bytes: u64,
+    /// Bytes where cache and RAM disagreed when an exposed frame lost its last pin.
+    pub stale_after_unpin_bytes: u64,
+    /// Device DMA reads.
+    pub dma_reads: u64,
+    /// Device DMA writes.
+    pub dma_writes: u64,
+    /// Device DMA faults.
+    pub dma_faults: u64,
+    /// Frame allocations.
+    pub frames_allocated: u64,
+}
+
+/// The simulated machine. See the crate documentation.
+///
+/// `Clone` makes an independent copy of the whole machine (for model checking); the copy does
+/// not write to the live trace file.
+#[derive(Clone, Debug)]
+pub struct Sim {
+    pub(crate) desc: MachineDesc,
+    pub(crate) frames: Vec<memory::Frame>,
+    pub(crate) free: Vec<u64>,
+    pub(crate) procs: Vec<memory::Process>,
+    pub(crate) current: Option<MmId>,
+    pub(crate) cache: cache::Cache,
+    pub(crate) mmio_store: BTreeMap<u64, Box<[u8]>>,
+    pub(crate) mmio_ranges: Vec<MmioDesc>,
+    pub(crate) units: BTreeMap<u32, iommu::Unit>,
+    pub(crate) groups: BTreeMap<GroupId, iommu::Group>,
+    pub(crate) devices: Vec<device::Device>,
+    pub(crate) domains: BTreeMap<DomainId, iommu::Domain>,
+    pub(crate) next_domain: u32,
+    pub(crate) ext_pins: BTreeMap<DeviceId, BTreeMap<u64, u32>>,
+    pub(crate) faults: fault::Faults,
+    pub(crate) recorder: trace::Recorder,
+    pub(crate) violations: Vec<Violation>,
+    pub(crate) violations_taken: usize,
+    pub(crate) stats: Stats,
+}
+
+impl Sim {
+    /// Builds a machine from a description, after validating it.
+    pub fn new(desc: MachineDesc) -> Result<Sim, String> {
+        desc.validate()?;
+        let n = desc.memory_frames;
+        let frames = vec![memory::Frame::default(); n as usize + 1];
+        // LIFO: pfn 1 is handed out first.
+        let free: Vec<u64> = (1..=n).rev().collect();
+        let units = desc
+            .units
+            .iter()
+            .map(|u| (u.id, iommu::Unit::from_desc(u)))
+            .collect();
+        let groups = desc
+            .groups
+            .iter()
+            .map(|g| (GroupId(g.id), iommu::Group::from_desc(g)))
+            .collect();
+        let devices = desc
+            .groups
+            .iter()
+            .flat_map(|g| g.devices.iter().map(move |d| (g.id, d)))
+            .enumerate()
+            .map(|(i, (g, d))| device::Device {
+                name: d.clone(),
+                group: GroupId(g),
+                id: DeviceId(i as u32),
+            })
+            .collect();
+        Ok(Sim {
+            mmio_ranges: desc.mmio.clone(),
+            desc,
+            frames,
+            free,
+            procs: Vec::new(),
+            current: None,
+            cache: cache::Cache::default(),
+            mmio_store: BTreeMap::new(),
+            units,
+            groups,
+            devices,
+            domains: BTreeMap::new(),
+            next_domain: 1,
+            ext_pins: BTreeMap::new(),
+            faults: fault::Faults::default(),
+            recorder: trace::Recorder::default(),
+            violations: Vec::new(),
+            violations_taken: 0,
+            stats: Stats::default(),
+        })
+    }
+
+    /// The machine's description.
+    pub fn desc(&self) -> &MachineDesc {
+        &self.desc
+    }
+
+    /// The counters.
+    pub fn stats(&self) -> Stats {
+        self.stats
+    }
+
+    /// Bytes of an earlier owner's data devices read without snooping (`stale_read`).
+    pub fn leaked_bytes(&self) -> u64 {
+        self.stats.leaked_bytes
+    }
+
+    /// Bytes where cache and RAM disagreed when exposed frames lost their last pin.
+    pub fn stale_after_unpin_bytes(&self) -> u64 {
+        self.stats.stale_after_unpin_bytes
+    }
+
+    /// A digest of the whole machine state (memory, cache, IOMMU, processes, external pins),
+    /// for state-space exploration. Equal states give equal digests within one build; the
+    /// trace, violations, statistics and fault counters are not part of the state.
+    pub fn state_digest(&self) -> u64 {
+        use std::hash::{Hash, Hasher};
+        let mut h = std::collections::hash_map::DefaultHasher::new();
+        for (pfn, f) in self.frames.iter().enumerate() {
+            if f.gen == 0 && f.data.is_none() && f.pins == 0 {
+                continue;
+            }
+            (
+                pfn,
+                f.pins,
+                f.gen,
+                f.in_use,
+                f.exposed,
+                f.iommu_refs,
+                f.flushed_since_pin,
+                f.needs_unpin_flush,
+            )
+                .hash(&mut h);
+            if let Some(d) = &f.data {
+                (&d.ram, &d.line_gen).hash(&mut h);
+            }
+        }
+        self.free.hash(&mut h);
+        for (line, l) in &self.cache.lines {
+            (line, &l.data, l.dirty).hash(&mut h);
+        }
+        for p in &self.procs {
+            (
+                &p.name,
+                p.alive,
+                &p.pt,
+                p.locked_vm,
+                p.memlock_limit_pages,
+                p.cap_ipc_lock,
+            )
+                .hash(&mut h);
+            for (s, r) in &p.regions {
+                (s, r.len, r.writable, format!("{:?}", r.kind)).hash(&mut h);
+            }
+        }
+        self.current.hash(&mut h);
+        for (id, d) in &self.domains {
+            (id, d.unit, d.enforcing, &d.groups, &d.stale).hash(&mut h);
+            for (p, e) in &d.pt {
+                (p, e.pfn, e.prot).hash(&mut h);
+            }
+        }
+        for (id, g) in &self.groups {
+            (id, g.attached).hash(&mut h);
+        }
+        self.next_domain.hash(&mut h);
+        self.ext_pins.hash(&mut h);
+        self.mmio_store.hash(&mut h);
+        h.finish()
+    }
+
+    /// Whether `pfn` is a RAM frame (as opposed to MMIO or nothing).
+    pub fn is_ram(&self, pfn: u64) -> bool {
+        self.desc.is_ram(pfn)
+    }
+}
+
+/// Shorthand for a platform error.
+pub(crate) fn perr(errno: Errno, what: impl Into<String>) -> PlatformError {
+    PlatformError::new(errno, what)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn clones_are_independent_and_digest_tracks_state() {
+        let mut a = Sim::new(MachineDesc::default()).unwrap();
+        let mm = a.create_process("p");
+        a.mmap_anon(mm, 0x1000, 0x1000, true).unwrap();
+        let mut b = a.clone();
+        assert_eq!(a.state_digest(), b.state_digest());
+        b.cpu_write(mm, 0x1000, &[1]).unwrap();
+        assert_ne!(a.state_digest(), b.state_digest());
+        assert_eq!(a.translate(mm, 0x1000), None, "the original is untouched");
+        assert_eq!(
+            a.iommu_groups(),
+            vec![(0, true, "dev0".into()), (1, false, "dev1".into())]
+        );
+    }
+}

@@ -1,0 +1,405 @@
+//! Machine descriptions: which IOMMU units, groups, devices and MMIO ranges a [`crate::Sim`]
+//! has, read from TOML (format in `docs/machine.md`, default in `machines/default.toml`).
+//!
+//! Every field is validated by [`MachineDesc::validate`]; errors name the field and the value
+//! (`group 3: unit 7 does not exist`). Parse errors come from the `toml` crate and carry the
+//! line and column.
+
+use std::path::Path;
+
+use serde::{Deserialize, Serialize};
+use type1_core::{IovaRange, MemType, ResvKind, ResvRegion};
+
+/// Default page-size bitmap of a unit: 4 KiB, 2 MiB and 1 GiB.
+pub const DEFAULT_PGSIZES: u64 = (1 << 12) | (1 << 21) | (1 << 30);
+/// Default last byte of a unit's aperture (48-bit IOVA space).
+pub const DEFAULT_APERTURE_LAST: u64 = (1 << 48) - 1;
+/// Default MSI window reserved by every unit (x86 interrupt range).
+pub const MSI_WINDOW: IovaRange = IovaRange {
+    start: 0xfee0_0000,
+    last: 0xfeef_ffff,
+};
+/// Default number of RAM page frames (256 MiB; frame contents are allocated lazily).
+pub const DEFAULT_MEMORY_FRAMES: u64 = 65536;
+/// Largest accepted `memory_frames` (4 GiB of simulated RAM).
+pub const MAX_MEMORY_FRAMES: u64 = 1 << 20;
+/// Highest pfn an MMIO range may reach (52-bit physical addresses).
+pub const MAX_PFN: u64 = 1 << 40;
+
+/// A whole machine.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MachineDesc {
+    /// RAM size in 4 KiB frames; RAM pfns are `1..=memory_frames`.
+    #[serde(default = "default_memory_frames")]
+    pub memory_frames: u64,
+    /// IOMMU units (`[[unit]]`).
+    #[serde(default, rename = "unit", skip_serializing_if = "Vec::is_empty")]
+    pub units: Vec<UnitDesc>,
+    /// IOMMU groups (`[[group]]`).
+    #[serde(default, rename = "group", skip_serializing_if = "Vec::is_empty")]
+    pub groups: Vec<GroupDesc>,
+    /// MMIO ranges outside RAM (`[[mmio]]`), e.g. device BARs.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub mmio: Vec<MmioDesc>,
+}
+
+fn default_memory_frames() -> u64 {
+    DEFAULT_MEMORY_FRAMES
+}
+
+fn is_false(b: &bool) -> bool {
+    !*b
+}
+
+/// One IOMMU unit (a hardware IOMMU instance).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UnitDesc {
+    /// Unit id, unique in the machine.
+    pub id: u32,
+    /// Driver identity ("ops"); units of the same driver share it.
+    pub ops: u32,
+    /// Whether the unit can force snooping (domains on it can enforce cache coherency).
+    pub snoop_control: bool,
+    /// First IOVA of the aperture (default 0).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub aperture_start: Option<u64>,
+    /// Last IOVA of the aperture, inclusive (default 2^48 - 1).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub aperture_last: Option<u64>,
+    /// Page-size bitmap (default 4K | 2M | 1G).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pgsizes: Option<u64>,
+    /// Whether interrupts are isolated (default true).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub msi_isolated: Option<bool>,
+    /// Reserved regions reported for every group of the unit (default: the MSI window as a
+    /// hardware MSI region).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reserved: Option<Vec<ResvDesc>>,
+}
+
+impl UnitDesc {
+    /// The unit's aperture.
+    pub fn aperture(&self) -> IovaRange {
+        IovaRange {
+            start: self.aperture_start.unwrap_or(0),
+            last: self.aperture_last.unwrap_or(DEFAULT_APERTURE_LAST),
+        }
+    }
+
+    /// The unit's page-size bitmap.
+    pub fn pgsize_bitmap(&self) -> u64 {
+        self.pgsizes.unwrap_or(DEFAULT_PGSIZES)
+    }
+
+    /// The unit's reserved regions.
+    pub fn reserved_regions(&self) -> Vec<ResvRegion> {
+        match &self.reserved {
+            Some(v) => v.iter().map(ResvDesc::region).collect(),
+            None => vec![ResvRegion {
+                range: MSI_WINDOW,
+                kind: ResvKind::Msi,
+            }],
+        }
+    }
+}
+
+/// One IOMMU group.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GroupDesc {
+    /// Group id (`/dev/vfio/N`), unique in the machine.
+    pub id: u32,
+    /// The unit the group sits behind; absent for an emulated group.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub unit: Option<u32>,
+    /// The group has no IOMMU (mdev-style emulated devices).
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub emulated: bool,
+    /// Device names, unique in the machine.
+    #[serde(default)]
+    pub devices: Vec<String>,
+    /// Extra reserved regions of this group only.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub reserved: Vec<ResvDesc>,
+}
+
+/// A reserved IOVA region in a description.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ResvDesc {
+    /// First byte.
+    pub start: u64,
+    /// Last byte, inclusive.
+    pub last: u64,
+    /// Kind: `direct`, `direct_relaxable`, `reserved`, `sw_msi` or `msi`.
+    pub kind: ResvKind,
+}
+
+impl ResvDesc {
+    /// As the engine's type.
+    pub fn region(&self) -> ResvRegion {
+        ResvRegion {
+            range: IovaRange {
+                start: self.start,
+                last: self.last,
+            },
+            kind: self.kind,
+        }
+    }
+}
+
+/// An MMIO range (reserved pfns, not RAM).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MmioDesc {
+    /// First pfn; must lie above RAM.
+    pub base_pfn: u64,
+    /// Number of pages.
+    pub npages: u64,
+    /// Host memory type: `wb`, `wt`, `wp`, `uc` or `wc`.
+    pub memtype: MemType,
+}
+
+impl MmioDesc {
+    /// Whether `pfn` lies in the range.
+    pub fn contains(&self, pfn: u64) -> bool {
+        pfn >= self.base_pfn && pfn - self.base_pfn < self.npages
+    }
+}
+
+impl Default for MachineDesc {
+    /// Two units of the same driver, one coherent (snoop control) and one not, a group behind
+    /// each (`dev0`, `dev1`), an emulated group (`mdev0`), an uncached BAR and a WB BAR.
+    fn default() -> Self {
+        let unit = |id, snoop_control| UnitDesc {
+            id,
+            ops: 1,
+            snoop_control,
+            aperture_start: None,
+            aperture_last: None,
+            pgsizes: None,
+            msi_isolated: None,
+            reserved: None,
+        };
+        let group = |id, unit: Option<u32>, dev: &str| GroupDesc {
+            id,
+            unit,
+            emulated: unit.is_none(),
+            devices: vec![dev.to_string()],
+            reserved: Vec::new(),
+        };
+        MachineDesc {
+            memory_frames: DEFAULT_MEMORY_FRAMES,
+            units: vec![unit(0, true), unit(1, false)],
+            groups: vec![
+                group(0, Some(0), "dev0"),
+                group(1, Some(1), "dev1"),
+                group(2, None, "mdev0"),
+            ],
+            mmio: vec![
+                MmioDesc {
+                    base_pfn: 0x10_0000,
+                    npages: 16,
+                    memtype: MemType::Uc,
+                },
+                MmioDesc {
+                    base_pfn: 0x10_0100,
+                    npages: 16,
+                    memtype: MemType::Wb,
+                },
+            ],
+        }
+    }
+}
+
+impl MachineDesc {
+    /// Parses and validates a TOML description.
+    pub fn from_toml_str(s: &str) -> Result<MachineDesc, String> {
+        let d: MachineDesc = toml::from_str(s).map_err(|e| format!("machine description: {e}"))?;
+        d.validate()?;
+        Ok(d)
+    }
+
+    /// Reads, parses and validates a TOML description file.
+    pub fn load(path: impl AsRef<Path>) -> Result<MachineDesc, String> {
+        let path = path.as_ref();
+        let s = std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?;
+        MachineDesc::from_toml_str(&s).map_err(|e| format!("{}: {e}", path.display()))
+    }
+
+    /// Renders the description as TOML.
+    pub fn to_toml_string(&self) -> Result<String, String> {
+        toml::to_string(self).map_err(|e| format!("machine description: {e}"))
+    }
+
+    /// Whether `pfn` is a RAM frame of this machine.
+    pub fn is_ram(&self, pfn: u64) -> bool {
+        pfn >= 1 && pfn <= self.memory_frames
+    }
+
+    /// Checks every cross-field rule; the error names the offending field and value.
+    pub fn validate(&self) -> Result<(), String> {
+        if self.memory_frames == 0 || self.memory_frames > MAX_MEMORY_FRAMES {
+            return Err(format!(
+                "memory_frames = {} is outside 1..={MAX_MEMORY_FRAMES}",
+                self.memory_frames
+            ));
+        }
+        let check_resv = |owner: &str, v: &[ResvDesc]| -> Result<(), String> {
+            for r in v {
+                if r.start > r.last {
+                    return Err(format!(
+                        "{owner}: reserved region start 0x{:x} > last 0x{:x}",
+                        r.start, r.last
+                    ));
+                }
+            }
+            Ok(())
+        };
+        for (i, u) in self.units.iter().enumerate() {
+            if self.units[..i].iter().any(|o| o.id == u.id) {
+                return Err(format!("unit id {} is duplicated", u.id));
+            }
+            let ap = u.aperture();
+            if ap.start > ap.last {
+                return Err(format!(
+                    "unit {}: aperture_start 0x{:x} > aperture_last 0x{:x}",
+                    u.id, ap.start, ap.last
+                ));
+            }
+            if u.pgsize_bitmap() == 0 {
+                return Err(format!("unit {}: pgsizes = 0 has no page size", u.id));
+            }
+            if let Some(r) = &u.reserved {
+                check_resv(&format!("unit {}", u.id), r)?;
+            }
+        }
+        let mut names: Vec<&str> = Vec::new();
+        for (i, g) in self.groups.iter().enumerate() {
+            if self.groups[..i].iter().any(|o| o.id == g.id) {
+                return Err(format!("group id {} is duplicated", g.id));
+            }
+            match (g.unit, g.emulated) {
+                (Some(u), true) => {
+                    return Err(format!(
+                        "group {}: emulated = true but unit = {u} is set",
+                        g.id
+                    ))
+                }
+                (None, false) => {
+                    return Err(format!(
+                        "group {}: unit is missing (set emulated = true for a group without IOMMU)",
+                        g.id
+                    ))
+                }
+                (Some(u), false) if !self.units.iter().any(|x| x.id == u) => {
+                    return Err(format!("group {}: unit = {u} does not exist", g.id));
+                }
+                _ => {}
+            }
+            if g.emulated && !g.reserved.is_empty() {
+                return Err(format!(
+                    "group {}: reserved regions on an emulated group",
+                    g.id
+                ));
+            }
+            check_resv(&format!("group {}", g.id), &g.reserved)?;
+            for d in &g.devices {
+                if d.is_empty() {
+                    return Err(format!("group {}: empty device name", g.id));
+                }
+                if names.contains(&d.as_str()) {
+                    return Err(format!("group {}: device name {d:?} is duplicated", g.id));
+                }
+                names.push(d);
+            }
+        }
+        for (i, m) in self.mmio.iter().enumerate() {
+            if m.npages == 0 {
+                return Err(format!("mmio base_pfn 0x{:x}: npages = 0", m.base_pfn));
+            }
+            if m.base_pfn <= self.memory_frames {
+                return Err(format!(
+                    "mmio base_pfn 0x{:x} lies in RAM (pfns 1..={})",
+                    m.base_pfn, self.memory_frames
+                ));
+            }
+            if m.base_pfn.checked_add(m.npages).is_none_or(|e| e > MAX_PFN) {
+                return Err(format!(
+                    "mmio base_pfn 0x{:x} + npages 0x{:x} exceeds pfn 0x{MAX_PFN:x}",
+                    m.base_pfn, m.npages
+                ));
+            }
+            if let Some(o) = self.mmio[..i]
+                .iter()
+                .find(|o| o.base_pfn < m.base_pfn + m.npages && m.base_pfn < o.base_pfn + o.npages)
+            {
+                return Err(format!(
+                    "mmio base_pfn 0x{:x} overlaps mmio base_pfn 0x{:x}",
+                    m.base_pfn, o.base_pfn
+                ));
+            }
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn default_round_trips_through_toml() {
+        let d = MachineDesc::default();
+        let s = d.to_toml_string().unwrap();
+        assert_eq!(MachineDesc::from_toml_str(&s).unwrap(), d);
+    }
+
+    #[test]
+    fn shipped_default_file_equals_default() {
+        let s = include_str!("../../../machines/default.toml");
+        assert_eq!(
+            MachineDesc::from_toml_str(s).unwrap(),
+            MachineDesc::default()
+        );
+    }
+
+    #[test]
+    fn documented_example_parses() {
+        let doc = include_str!("../../../docs/machine.md");
+        let start = doc.find("```toml\n").unwrap() + 8;
+        let len = doc[start..].find("```").unwrap();
+        let d = MachineDesc::from_toml_str(&doc[start..start + len]).unwrap();
+        assert_eq!(
+            d.units[0].reserved_regions(),
+            vec![ResvRegion {
+                range: MSI_WINDOW,
+                kind: ResvKind::Msi
+            }]
+        );
+        assert!(d.groups[1].emulated);
+    }
+
+    #[test]
+    fn errors_name_the_field() {
+        let e = MachineDesc::from_toml_str("[[group]]\nid = 1\nunit = 9\ndevices = [\"a\"]\n")
+            .unwrap_err();
+        assert!(e.contains("unit = 9"), "{e}");
+        let e = MachineDesc::from_toml_str("memory_frames = -3\n").unwrap_err();
+        assert!(e.contains("memory_frames"), "{e}");
+        let e = MachineDesc::from_toml_str("bogus = 1\n").unwrap_err();
+        assert!(e.contains("bogus"), "{e}");
+        let e =
+            MachineDesc::from_toml_str("[[mmio]]\nbase_pfn = 5\nnpages = 1\nmemtype = \"uc\"\n")
+                .unwrap_err();
+        assert!(e.contains("base_pfn 0x5"), "{e}");
+        let e = MachineDesc::from_toml_str(
+            "[[mmio]]\nbase_pfn = 0x200000\nnpages = 1\nmemtype = \"xx\"\n",
+        )
+        .unwrap_err();
+        assert!(e.contains("memtype") || e.contains("xx"), "{e}");
+    }
+}

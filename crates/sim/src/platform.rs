@@ -1,0 +1,125 @@
+//! `impl Platform for Sim`: the seam, delegating to the modules that model each part.
+
+use type1_core::{
+    DeviceId, DomainId, DomainInfo, Event, GroupId, GroupInfo, MemType, MmId, PinnedPage, Platform,
+    PlatformError, Prot, Task,
+};
+
+use crate::Sim;
+
+impl Platform for Sim {
+    fn current(&self) -> Option<Task> {
+        let mm = self.current?;
+        let p = self.procs.get(mm.0 as usize).filter(|p| p.alive)?;
+        Some(Task {
+            mm,
+            cap_ipc_lock: p.cap_ipc_lock,
+            memlock_limit_pages: p.memlock_limit_pages,
+        })
+    }
+
+    fn mm_alive(&self, mm: MmId) -> bool {
+        Sim::mm_alive(self, mm)
+    }
+
+    fn locked_vm(&self, mm: MmId) -> u64 {
+        Sim::locked_vm(self, mm)
+    }
+
+    fn account(&mut self, mm: MmId, delta: i64, enforce_limit: bool) -> Result<(), PlatformError> {
+        self.do_account(mm, delta, enforce_limit)
+    }
+
+    fn pin_user_pages(
+        &mut self,
+        mm: MmId,
+        vaddr: u64,
+        npages: u64,
+        write: bool,
+    ) -> Result<Vec<PinnedPage>, PlatformError> {
+        self.do_pin(mm, vaddr, npages, write)
+    }
+
+    fn unpin_page(&mut self, pfn: u64, _dirty: bool) {
+        self.do_unpin(pfn)
+    }
+
+    fn pfn_is_reserved(&self, pfn: u64) -> bool {
+        !self.is_ram(pfn)
+    }
+
+    fn pfn_memtype(&self, pfn: u64) -> MemType {
+        self.memtype_of(pfn)
+    }
+
+    fn mm_read(&mut self, mm: MmId, vaddr: u64, buf: &mut [u8]) -> Result<(), PlatformError> {
+        self.cpu_read(mm, vaddr, buf)
+    }
+
+    fn mm_write(&mut self, mm: MmId, vaddr: u64, data: &[u8]) -> Result<(), PlatformError> {
+        self.cpu_write(mm, vaddr, data)
+    }
+
+    fn group_info(&self, group: GroupId) -> Result<GroupInfo, PlatformError> {
+        self.do_group_info(group)
+    }
+
+    fn domain_alloc(&mut self, group: GroupId) -> Result<DomainId, PlatformError> {
+        self.do_domain_alloc(group)
+    }
+
+    fn domain_info(&self, domain: DomainId) -> DomainInfo {
+        self.do_domain_info(domain)
+    }
+
+    fn domain_enforce_cache_coherency(&mut self, domain: DomainId) -> bool {
+        self.do_enforce(domain)
+    }
+
+    fn domain_free(&mut self, domain: DomainId) {
+        self.do_domain_free(domain)
+    }
+
+    fn attach_group(&mut self, domain: DomainId, group: GroupId) -> Result<(), PlatformError> {
+        self.do_attach(domain, group)
+    }
+
+    fn detach_group(&mut self, domain: DomainId, group: GroupId) {
+        self.do_detach(domain, group)
+    }
+
+    fn iommu_map(
+        &mut self,
+        domain: DomainId,
+        iova: u64,
+        pa: u64,
+        size: u64,
+        prot: Prot,
+    ) -> Result<(), PlatformError> {
+        self.do_iommu_map(domain, iova, pa, size, prot)
+    }
+
+    fn iommu_unmap(&mut self, domain: DomainId, iova: u64, size: u64) -> u64 {
+        self.do_iommu_unmap(domain, iova, size)
+    }
+
+    fn iotlb_sync(&mut self, domain: DomainId) {
+        self.do_iotlb_sync(domain)
+    }
+
+    fn iova_to_phys(&self, domain: DomainId, iova: u64) -> Option<u64> {
+        self.do_iova_to_phys(domain, iova)
+    }
+
+    fn flush_cache(&mut self, pa: u64, len: u64) {
+        self.do_flush_cache(pa, len)
+    }
+
+    fn notify_dma_unmap(&mut self, device: DeviceId, iova: u64, size: u64) -> Vec<(u64, u64)> {
+        self.do_notify_dma_unmap(device, iova, size)
+    }
+
+    fn trace(&mut self, event: Event) {
+        self.record(event)
+    }
+}

@@ -1,0 +1,227 @@
+//! The type1 engine (`type1_core::Container`) driven on the simulated machine: the
+//! non-coherent stale-data leak appears under upstream's `none` policy and disappears under the
+//! series' `seed` policy, and teardown leaves nothing behind.
+
+use type1_core::{
+    abi::{MAP_FLAG_READ, MAP_FLAG_WRITE, VFIO_TYPE1V2_IOMMU},
+    Config, Container, GroupId, MapRequest, Platform, UnmapRequest, PAGE_SIZE,
+};
+use type1_sim::{EngineView, MachineDesc, Sim};
+
+const SECRET: u8 = 0x5e;
+const VADDR: u64 = 0x40_0000;
+const IOVA: u64 = 0x10_0000;
+const NPAGES: u64 = 4;
+
+/// A victim process fills pages with a secret, writes it back and exits; the guest process
+/// then maps the same number of pages (which will reuse the victim's frames) into a container
+/// holding `group`.
+fn setup(policy: &str, group: u32) -> (Sim, Container) {
+    let mut sim = Sim::new(MachineDesc::default()).unwrap();
+    let victim = sim.create_process("victim");
+    sim.mmap_anon(victim, 0x1000, NPAGES * PAGE_SIZE, true)
+        .unwrap();
+    sim.cpu_fill(victim, 0x1000, NPAGES * PAGE_SIZE, SECRET)
+        .unwrap();
+    sim.writeback_all();
+    sim.exit_process(victim);
+
+    let vm = sim.create_process("vm");
+    sim.set_current(Some(vm));
+    sim.mmap_anon(vm, VADDR, NPAGES * PAGE_SIZE, true).unwrap();
+    let mut c = Container::new(Config::default(), policy).unwrap();
+    c.add_group(&mut sim, GroupId(group)).unwrap();
+    c.set_iommu(&mut sim, VFIO_TYPE1V2_IOMMU).unwrap();
+    let req = MapRequest {
+        flags: MAP_FLAG_READ | MAP_FLAG_WRITE,
+        vaddr: VADDR,
+        iova: IOVA,
+        size: NPAGES * PAGE_SIZE,
+    };
+    c.iommu_mut().unwrap().map_dma(&mut sim, req).unwrap();
+    assert_eq!(sim.locked_vm(vm), NPAGES);
+    (sim, c)
+}
+
+fn views(c: &Container) -> Vec<EngineView> {
+    c.iommu()
+        .map(|t| vec![EngineView::of(t)])
+        .unwrap_or_default()
+}
+
+fn unmap_and_close(sim: &mut Sim, c: &mut Container) {
+    let req = UnmapRequest {
+        flags: 0,
+        iova: IOVA,
+        size: NPAGES * PAGE_SIZE,
+        bitmap: None,
+    };
+    let n = c.iommu_mut().unwrap().unmap_dma(sim, req).unwrap();
+    assert_eq!(n, NPAGES * PAGE_SIZE);
+    assert_eq!(sim.pinned_frames(), 0, "no pins left after UNMAP");
+    let vm = sim.current().unwrap().mm;
+    assert_eq!(sim.locked_vm(vm), 0);
+    assert_eq!(sim.check_engine(&views(c)), vec![]);
+    c.close(sim);
+    assert_eq!(sim.check_closed(), vec![]);
+}
+
+#[test]
+fn noncoherent_device_reads_secret_without_flush() {
+    let (mut sim, mut c) = setup("none", 1);
+    assert_eq!(sim.check_engine(&views(&c)), vec![]);
+    let data = sim
+        .dma_read("dev1", IOVA, 2 * PAGE_SIZE as usize, true)
+        .unwrap();
+    assert!(
+        data.iter().all(|b| *b == SECRET),
+        "the device sees the previous owner's data"
+    );
+    let v = sim.take_new_violations();
+    assert_eq!(v.len(), 1, "{v:?}");
+    assert_eq!(v[0].kind, "stale_read");
+    assert_eq!(sim.stats().leaked_bytes, 2 * PAGE_SIZE);
+    assert_eq!(sim.stats().flush_calls, 0);
+
+    // Upstream also unpins without a flush: the dirty zeros never reached RAM.
+    let req = UnmapRequest {
+        flags: 0,
+        iova: IOVA,
+        size: NPAGES * PAGE_SIZE,
+        bitmap: None,
+    };
+    c.iommu_mut().unwrap().unmap_dma(&mut sim, req).unwrap();
+    let kinds: Vec<String> = sim
+        .take_new_violations()
+        .into_iter()
+        .map(|v| v.kind)
+        .collect();
+    assert_eq!(kinds, vec!["unflushed_unpin"; NPAGES as usize]);
+    assert_eq!(sim.check_engine(&views(&c)), vec![]);
+    c.close(&mut sim);
+    assert_eq!(sim.check_closed(), vec![]);
+}
+
+#[test]
+fn seed_policy_flushes_before_the_device_can_see_the_pages() {
+    let (mut sim, mut c) = setup("seed", 1);
+    assert!(sim.stats().flush_calls > 0);
+    let data = sim
+        .dma_read("dev1", IOVA, (NPAGES * PAGE_SIZE) as usize, true)
+        .unwrap();
+    assert!(
+        data.iter().all(|b| *b == 0),
+        "the device sees the zeroed pages"
+    );
+    assert_eq!(sim.check_engine(&views(&c)), vec![]);
+    // The device writes with no-snoop while the CPU holds a clean copy; the unpin flush drops it.
+    let vm = sim.current().unwrap().mm;
+    let mut buf = [0u8; 8];
+    sim.cpu_read(vm, VADDR, &mut buf).unwrap();
+    sim.dma_write("dev1", IOVA, &[9; 8], true).unwrap();
+    unmap_and_close(&mut sim, &mut c);
+    assert!(sim.violations().is_empty(), "{:?}", sim.violations());
+    assert_eq!(sim.stats().leaked_bytes, 0);
+    assert_eq!(sim.stats().stale_after_unpin_bytes, 0);
+}
+
+#[test]
+fn coherent_domain_needs_no_flush() {
+    let (mut sim, mut c) = setup("none", 0);
+    let data = sim.dma_read("dev0", IOVA, 64, true).unwrap();
+    assert_eq!(
+        data,
+        vec![0; 64],
+        "an enforcing domain snoops even no-snoop requests"
+    );
+    unmap_and_close(&mut sim, &mut c);
+    assert!(sim.violations().is_empty(), "{:?}", sim.violations());
+}
+
+#[test]
+fn both_groups_in_one_container_and_trace() {
+    let (mut sim, mut c) = setup("seed", 0);
+    c.add_group(&mut sim, GroupId(1)).unwrap();
+    let t = c.iommu().unwrap();
+    assert_eq!(t.domains().len(), 2, "different units: no domain sharing");
+    assert_eq!(sim.check_engine(&views(&c)), vec![]);
+    let data = sim.dma_read("dev1", IOVA, 64, true).unwrap();
+    assert_eq!(
+        data,
+        vec![0; 64],
+        "replay into the non-coherent domain flushed"
+    );
+    unmap_and_close(&mut sim, &mut c);
+    assert!(sim.violations().is_empty(), "{:?}", sim.violations());
+    let mut out = Vec::new();
+    sim.write_jsonl(&mut out).unwrap();
+    let text = String::from_utf8(out).unwrap();
+    assert!(text
+        .lines()
+        .any(|l| l.contains(r#""ev":"flush""#) && l.contains(r#""reason":"replay""#)));
+    for (i, l) in text.lines().enumerate() {
+        assert!(l.starts_with(&format!("{{\"seq\":{},", i + 1)), "{l}");
+    }
+}
+
+#[test]
+fn fault_sweep_leaves_nothing_behind() {
+    // Count the fallible calls of a MAP into both groups, then fail each one in turn.
+    let run = |n: u64| -> (Sim, bool) {
+        let mut sim = Sim::new(MachineDesc::default()).unwrap();
+        let vm = sim.create_process("vm");
+        sim.set_current(Some(vm));
+        sim.mmap_anon(vm, VADDR, NPAGES * PAGE_SIZE, true).unwrap();
+        sim.fail_nth_any(n);
+        let mut c = Container::new(Config::default(), "seed").unwrap();
+        let mut ok =
+            c.add_group(&mut sim, GroupId(0)).is_ok() && c.add_group(&mut sim, GroupId(1)).is_ok();
+        ok = ok && c.set_iommu(&mut sim, VFIO_TYPE1V2_IOMMU).is_ok();
+        if ok {
+            let req = MapRequest {
+                flags: MAP_FLAG_READ | MAP_FLAG_WRITE,
+                vaddr: VADDR,
+                iova: IOVA,
+                size: NPAGES * PAGE_SIZE,
+            };
+            ok = c.iommu_mut().unwrap().map_dma(&mut sim, req).is_ok();
+        }
+        assert_eq!(sim.check_engine(&views(&c)), vec![], "n = {n}");
+        c.close(&mut sim);
+        assert_eq!(sim.check_closed(), vec![], "n = {n}");
+        assert!(
+            sim.violations().is_empty(),
+            "n = {n}: {:?}",
+            sim.violations()
+        );
+        (sim, ok)
+    };
+    let (sim, ok) = run(0);
+    assert!(ok);
+    let total = sim.fallible_calls();
+    assert!(total >= 6, "{total}");
+    for n in 1..=total {
+        let (sim, ok) = run(n);
+        assert!(!ok, "n = {n}: the injected fault must make some step fail");
+        assert_eq!(sim.faults_injected(), 1);
+    }
+}
+
+#[test]
+fn user_remapping_a_pinned_vaddr_is_not_an_engine_violation() {
+    let (mut sim, mut c) = setup("seed", 1);
+    let vm = sim.current().unwrap().mm;
+    let old = sim.translate(vm, VADDR).unwrap().0;
+    sim.munmap(vm, VADDR, NPAGES * PAGE_SIZE).unwrap();
+    sim.mmap_anon(vm, VADDR, NPAGES * PAGE_SIZE, true).unwrap();
+    sim.cpu_fill(vm, VADDR, PAGE_SIZE, 1).unwrap();
+    assert_ne!(sim.translate(vm, VADDR).unwrap().0, old);
+    assert_eq!(
+        sim.frame_pins(old),
+        1,
+        "the mapping still pins the old frame"
+    );
+    assert_eq!(sim.check_engine(&views(&c)), vec![]);
+    unmap_and_close(&mut sim, &mut c);
+    assert!(sim.violations().is_empty(), "{:?}", sim.violations());
+}

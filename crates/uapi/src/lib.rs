@@ -1,0 +1,29 @@
+//! # type1-uapi: the `linux/vfio.h` binary interface over the type1 engine
+//!
+//! This crate is the kernel's ioctl layer (`vfio_main.c`, `group.c`, `container.c` and the
+//! ioctl wrappers of `vfio_iommu_type1.c` and `vfio_pci_core.c`) for the engine in
+//! `type1-core`. It decodes the user's structs from bytes, checks `argsz` and flags in the
+//! kernel's order, calls [`type1_core::Container`]/[`type1_core::Type1`], writes results back
+//! (GET_INFO's two-phase `argsz` and capability chain, UNMAP's `size`), and turns engine
+//! errors into errnos through the one mapping, [`type1_core::Error::errno`].
+//!
+//! Neighbours: below it, any [`type1_core::Platform`] (`type1-sim` or `type1-host`); above it,
+//! `type1-preload`, which owns real file descriptors and implements [`Caller`] over the real
+//! process. Nothing here is `unsafe` or touches memory directly: user memory is reached only
+//! through [`Caller`], so every path is testable with [`FakeCaller`] and [`testing`].
+//!
+//! * [`nr`]: request numbers, derived once from `_IO(';', 100 + n)`;
+//! * [`table`]: one ioctl table per fd kind (container, type1, group, device) and handlers;
+//! * [`Vfio`]: containers, groups and devices, and what closing them does;
+//! * [`device`]: the emulated PCI function behind a device fd.
+
+mod caller;
+pub mod device;
+pub mod nr;
+pub mod table;
+pub mod testing;
+mod vfio;
+
+pub use caller::{Caller, FakeCaller};
+pub use table::{ArgSz, IoctlDef};
+pub use vfio::{GroupSpec, Object, Vfio};

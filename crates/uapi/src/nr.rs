@@ -1,0 +1,147 @@
+//! VFIO ioctl request numbers, derived in this one place (C1).
+//!
+//! Every VFIO request is the size-less `_IO(VFIO_TYPE, VFIO_BASE + n)`: `_IOC(_IOC_NONE, ';',
+//! 100 + n, 0)`, i.e. `0x3B00 | (100 + n)`. The struct size lives in each struct's `argsz`.
+//! Numbers collide across fd kinds (`IOMMU_GET_INFO` and `DEVICE_GET_PCI_HOT_RESET_INFO` are
+//! both `+12`), so dispatch is always by fd kind first (see [`crate::table`]).
+
+/// `VFIO_TYPE` (`';'`), as `vfio-bindings` has it.
+pub const VFIO_TYPE: u64 = vfio_bindings::bindings::vfio::VFIO_TYPE as u64;
+/// `VFIO_BASE`.
+pub const VFIO_BASE: u64 = vfio_bindings::bindings::vfio::VFIO_BASE as u64;
+
+/// `_IO(VFIO_TYPE, VFIO_BASE + n)`: direction `_IOC_NONE` (0), size 0.
+pub const fn vfio_io(n: u64) -> u64 {
+    const IOC_NRSHIFT: u64 = 0;
+    const IOC_TYPESHIFT: u64 = 8;
+    const IOC_SIZESHIFT: u64 = 16;
+    const IOC_DIRSHIFT: u64 = 30;
+    const IOC_NONE: u64 = 0;
+    (IOC_NONE << IOC_DIRSHIFT)
+        | (VFIO_TYPE << IOC_TYPESHIFT)
+        | ((VFIO_BASE + n) << IOC_NRSHIFT)
+        | (0 << IOC_SIZESHIFT)
+}
+
+// ---- container -------------------------------------------------------------------------------
+/// `VFIO_GET_API_VERSION`.
+pub const VFIO_GET_API_VERSION: u64 = vfio_io(0);
+/// `VFIO_CHECK_EXTENSION`.
+pub const VFIO_CHECK_EXTENSION: u64 = vfio_io(1);
+/// `VFIO_SET_IOMMU`.
+pub const VFIO_SET_IOMMU: u64 = vfio_io(2);
+// ---- group -----------------------------------------------------------------------------------
+/// `VFIO_GROUP_GET_STATUS`.
+pub const VFIO_GROUP_GET_STATUS: u64 = vfio_io(3);
+/// `VFIO_GROUP_SET_CONTAINER`.
+pub const VFIO_GROUP_SET_CONTAINER: u64 = vfio_io(4);
+/// `VFIO_GROUP_UNSET_CONTAINER`.
+pub const VFIO_GROUP_UNSET_CONTAINER: u64 = vfio_io(5);
+/// `VFIO_GROUP_GET_DEVICE_FD`.
+pub const VFIO_GROUP_GET_DEVICE_FD: u64 = vfio_io(6);
+// ---- device ----------------------------------------------------------------------------------
+/// `VFIO_DEVICE_GET_INFO`.
+pub const VFIO_DEVICE_GET_INFO: u64 = vfio_io(7);
+/// `VFIO_DEVICE_GET_REGION_INFO`.
+pub const VFIO_DEVICE_GET_REGION_INFO: u64 = vfio_io(8);
+/// `VFIO_DEVICE_GET_IRQ_INFO`.
+pub const VFIO_DEVICE_GET_IRQ_INFO: u64 = vfio_io(9);
+/// `VFIO_DEVICE_SET_IRQS`.
+pub const VFIO_DEVICE_SET_IRQS: u64 = vfio_io(10);
+/// `VFIO_DEVICE_RESET`.
+pub const VFIO_DEVICE_RESET: u64 = vfio_io(11);
+/// `VFIO_DEVICE_GET_PCI_HOT_RESET_INFO` (same number as `VFIO_IOMMU_GET_INFO`).
+pub const VFIO_DEVICE_GET_PCI_HOT_RESET_INFO: u64 = vfio_io(12);
+/// `VFIO_DEVICE_PCI_HOT_RESET` (same number as `VFIO_IOMMU_MAP_DMA`).
+pub const VFIO_DEVICE_PCI_HOT_RESET: u64 = vfio_io(13);
+// ---- type1 (container after SET_IOMMU) -------------------------------------------------------
+/// `VFIO_IOMMU_GET_INFO`.
+pub const VFIO_IOMMU_GET_INFO: u64 = vfio_io(12);
+/// `VFIO_IOMMU_MAP_DMA`.
+pub const VFIO_IOMMU_MAP_DMA: u64 = vfio_io(13);
+/// `VFIO_IOMMU_UNMAP_DMA`.
+pub const VFIO_IOMMU_UNMAP_DMA: u64 = vfio_io(14);
+/// `VFIO_IOMMU_ENABLE` (SPAPR only; type1 answers ENOTTY).
+pub const VFIO_IOMMU_ENABLE: u64 = vfio_io(15);
+/// `VFIO_IOMMU_DISABLE` (SPAPR only; type1 answers ENOTTY).
+pub const VFIO_IOMMU_DISABLE: u64 = vfio_io(16);
+/// `VFIO_IOMMU_DIRTY_PAGES`.
+pub const VFIO_IOMMU_DIRTY_PAGES: u64 = vfio_io(17);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    // Values as `gcc -E` of <linux/vfio.h> computes them (0x3B00 | (100 + n)).
+    #[test]
+    fn get_api_version() {
+        assert_eq!(VFIO_GET_API_VERSION, 0x3B64);
+    }
+    #[test]
+    fn check_extension() {
+        assert_eq!(VFIO_CHECK_EXTENSION, 0x3B65);
+    }
+    #[test]
+    fn set_iommu() {
+        assert_eq!(VFIO_SET_IOMMU, 0x3B66);
+    }
+    #[test]
+    fn group_get_status() {
+        assert_eq!(VFIO_GROUP_GET_STATUS, 0x3B67);
+    }
+    #[test]
+    fn group_set_container() {
+        assert_eq!(VFIO_GROUP_SET_CONTAINER, 0x3B68);
+    }
+    #[test]
+    fn group_unset_container() {
+        assert_eq!(VFIO_GROUP_UNSET_CONTAINER, 0x3B69);
+    }
+    #[test]
+    fn group_get_device_fd() {
+        assert_eq!(VFIO_GROUP_GET_DEVICE_FD, 0x3B6A);
+    }
+    #[test]
+    fn device_get_info() {
+        assert_eq!(VFIO_DEVICE_GET_INFO, 0x3B6B);
+    }
+    #[test]
+    fn device_get_region_info() {
+        assert_eq!(VFIO_DEVICE_GET_REGION_INFO, 0x3B6C);
+    }
+    #[test]
+    fn device_get_irq_info() {
+        assert_eq!(VFIO_DEVICE_GET_IRQ_INFO, 0x3B6D);
+    }
+    #[test]
+    fn device_set_irqs() {
+        assert_eq!(VFIO_DEVICE_SET_IRQS, 0x3B6E);
+    }
+    #[test]
+    fn device_reset() {
+        assert_eq!(VFIO_DEVICE_RESET, 0x3B6F);
+    }
+    #[test]
+    fn iommu_get_info_collides_with_hot_reset_info() {
+        assert_eq!(VFIO_IOMMU_GET_INFO, 0x3B70);
+        assert_eq!(VFIO_DEVICE_GET_PCI_HOT_RESET_INFO, VFIO_IOMMU_GET_INFO);
+    }
+    #[test]
+    fn iommu_map_dma_collides_with_hot_reset() {
+        assert_eq!(VFIO_IOMMU_MAP_DMA, 0x3B71);
+        assert_eq!(VFIO_DEVICE_PCI_HOT_RESET, VFIO_IOMMU_MAP_DMA);
+    }
+    #[test]
+    fn iommu_unmap_dma() {
+        assert_eq!(VFIO_IOMMU_UNMAP_DMA, 0x3B72);
+    }
+    #[test]
+    fn iommu_enable_disable() {
+        assert_eq!(VFIO_IOMMU_ENABLE, 0x3B73);
+        assert_eq!(VFIO_IOMMU_DISABLE, 0x3B74);
+    }
+    #[test]
+    fn iommu_dirty_pages() {
+        assert_eq!(VFIO_IOMMU_DIRTY_PAGES, 0x3B75);
+    }
+}

@@ -1,0 +1,613 @@
+//! The ioctl tables, one per fd kind, and their handlers.
+//!
+//! [`Vfio::ioctl`] dispatches on the fd kind first (request numbers collide across kinds),
+//! then looks the number up in that kind's table. An entry with [`ArgSz::Min`] has its header
+//! copied in (EFAULT on a fault) and `argsz` checked against the minimum (EINVAL) before the
+//! handler runs, which is where the kernel's handlers do it too; an entry with
+//! [`ArgSz::Raw`] takes an integer or a pointer to something without `argsz`, or must check
+//! something before the copy-in (DIRTY_PAGES checks v2 first, D1).
+//!
+//! Engine errors become errnos only through [`type1_core::Error::errno`].
+
+use type1_core::{
+    abi::*, Errno, GroupId, IommuInfo, MapRequest, Platform, UnmapRequest, UserBitmap,
+};
+use vfio_bindings::bindings::vfio as b;
+
+use crate::{
+    caller::{put_u32, put_u64, read_cstr, read_vec, u32_at, u64_at, Caller},
+    nr::*,
+    vfio::{Object, Vfio},
+};
+
+/// How the table treats an entry's argument before its handler.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ArgSz {
+    /// Copy in this many bytes of the struct and require `argsz >= n`.
+    Min(usize),
+    /// The handler reads the argument itself.
+    Raw,
+}
+
+/// What a handler receives.
+pub struct Call<'a> {
+    /// The object's id (container id, group number or device id).
+    pub id: u32,
+    /// The raw ioctl argument (pointer or integer).
+    pub arg: u64,
+    /// The copied-in header for [`ArgSz::Min`] entries, empty otherwise.
+    pub hdr: Vec<u8>,
+    /// The calling process.
+    pub caller: &'a mut dyn Caller,
+}
+
+/// A handler: the ioctl's return value, or an errno.
+pub type Handler<P> = fn(&mut Vfio<P>, Call<'_>) -> Result<i64, Errno>;
+
+/// One ioctl of one fd kind.
+pub struct IoctlDef<P: Platform> {
+    /// Request number.
+    pub nr: u64,
+    /// Name, for the trace.
+    pub name: &'static str,
+    /// Argument handling.
+    pub argsz: ArgSz,
+    /// The handler.
+    pub handler: Handler<P>,
+}
+
+impl<P: Platform> std::fmt::Debug for IoctlDef<P> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("IoctlDef")
+            .field("nr", &self.nr)
+            .field("name", &self.name)
+            .field("argsz", &self.argsz)
+            .finish()
+    }
+}
+
+macro_rules! def {
+    ($nr:ident, $argsz:expr, $h:path) => {
+        IoctlDef {
+            nr: $nr,
+            name: stringify!($nr),
+            argsz: $argsz,
+            handler: $h,
+        }
+    };
+}
+
+// Struct sizes of linux/vfio.h (C3), checked against vfio-bindings.
+const INFO_SZ: usize = 24;
+const MAP_SZ: usize = 32;
+const UNMAP_SZ: usize = 24;
+const BITMAP_SZ: usize = 24;
+const DIRTY_SZ: usize = 8;
+const DIRTY_GET_SZ: usize = 40;
+const _: () = {
+    use std::mem::size_of;
+    assert!(size_of::<b::vfio_iommu_type1_info>() == INFO_SZ);
+    assert!(size_of::<b::vfio_iommu_type1_dma_map>() == MAP_SZ);
+    assert!(size_of::<b::vfio_iommu_type1_dma_unmap>() == UNMAP_SZ);
+    assert!(size_of::<b::vfio_bitmap>() == BITMAP_SZ);
+    assert!(size_of::<b::vfio_iommu_type1_dirty_bitmap>() == DIRTY_SZ);
+    assert!(size_of::<b::vfio_iommu_type1_dirty_bitmap_get>() == DIRTY_GET_SZ);
+    assert!(size_of::<b::vfio_group_status>() == 8);
+    assert!(size_of::<b::vfio_device_info>() == 24);
+    assert!(size_of::<b::vfio_region_info>() == 32);
+    assert!(size_of::<b::vfio_irq_info>() == 16);
+    assert!(size_of::<b::vfio_irq_set>() == 20);
+};
+
+/// `/dev/vfio/vfio` before and after SET_IOMMU (the container's own switch, C4 to C7).
+pub fn container_table<P: Platform>() -> Vec<IoctlDef<P>> {
+    vec![
+        def!(VFIO_GET_API_VERSION, ArgSz::Raw, get_api_version),
+        def!(VFIO_CHECK_EXTENSION, ArgSz::Raw, check_extension),
+        def!(VFIO_SET_IOMMU, ArgSz::Raw, set_iommu),
+    ]
+}
+
+/// The type1 backend's ioctls, reached only once the container has a backend (C7).
+pub fn type1_table<P: Platform>() -> Vec<IoctlDef<P>> {
+    vec![
+        def!(VFIO_IOMMU_GET_INFO, ArgSz::Min(16), iommu_get_info),
+        def!(VFIO_IOMMU_MAP_DMA, ArgSz::Min(MAP_SZ), map_dma),
+        def!(VFIO_IOMMU_UNMAP_DMA, ArgSz::Min(UNMAP_SZ), unmap_dma),
+        def!(VFIO_IOMMU_DIRTY_PAGES, ArgSz::Raw, dirty_pages),
+    ]
+}
+
+/// `/dev/vfio/N`.
+pub fn group_table<P: Platform>() -> Vec<IoctlDef<P>> {
+    vec![
+        def!(VFIO_GROUP_GET_STATUS, ArgSz::Min(8), group_get_status),
+        def!(VFIO_GROUP_SET_CONTAINER, ArgSz::Raw, group_set_container),
+        def!(
+            VFIO_GROUP_UNSET_CONTAINER,
+            ArgSz::Raw,
+            group_unset_container
+        ),
+        def!(VFIO_GROUP_GET_DEVICE_FD, ArgSz::Raw, group_get_device_fd),
+    ]
+}
+
+/// A device fd.
+pub fn device_table<P: Platform>() -> Vec<IoctlDef<P>> {
+    vec![
+        def!(VFIO_DEVICE_GET_INFO, ArgSz::Min(16), device_get_info),
+        def!(
+            VFIO_DEVICE_GET_REGION_INFO,
+            ArgSz::Min(32),
+            device_get_region_info
+        ),
+        def!(
+            VFIO_DEVICE_GET_IRQ_INFO,
+            ArgSz::Min(16),
+            device_get_irq_info
+        ),
+        def!(VFIO_DEVICE_SET_IRQS, ArgSz::Min(20), device_set_irqs),
+        def!(VFIO_DEVICE_RESET, ArgSz::Raw, device_reset),
+    ]
+}
+
+fn eng<T>(r: type1_core::Result<T>) -> Result<T, Errno> {
+    r.map_err(|e| e.errno())
+}
+
+impl<P: Platform> Vfio<P> {
+    /// One ioctl on an emulated object. Returns the ioctl's non-negative result or the errno.
+    pub fn ioctl(
+        &mut self,
+        obj: Object,
+        req: u64,
+        arg: u64,
+        caller: &mut dyn Caller,
+    ) -> Result<i64, Errno> {
+        let (table, id) = match obj {
+            Object::Container(id) => {
+                let Some(c) = self.containers.get(&id) else {
+                    return Err(Errno::EBADF);
+                };
+                let mut t = container_table::<P>();
+                if !t.iter().any(|d| d.nr == req) {
+                    // C7: without a backend everything else is EINVAL; with one, type1 answers
+                    // (ENOTTY for what it does not know).
+                    if !c.c.is_set() {
+                        self.trace_op("IOCTL", format!("container 0x{req:x} before SET_IOMMU"));
+                        let r = Err(Errno::EINVAL);
+                        self.trace_ret("IOCTL", &r);
+                        return r;
+                    }
+                    t = type1_table::<P>();
+                }
+                (t, id)
+            }
+            Object::Group(id) => (group_table::<P>(), id),
+            Object::Device(id) => (device_table::<P>(), id),
+        };
+        let Some(def) = table.iter().find(|d| d.nr == req) else {
+            self.trace_op("IOCTL", format!("{obj:?} unknown request 0x{req:x}"));
+            let r = Err(Errno::ENOTTY);
+            self.trace_ret("IOCTL", &r);
+            return r;
+        };
+        let name = def.name.trim_start_matches("VFIO_");
+        self.trace_op(name, format!("{obj:?} arg 0x{arg:x}"));
+        let r = self.run(def, id, arg, caller);
+        self.trace_ret(name, &r);
+        r
+    }
+
+    fn run(
+        &mut self,
+        def: &IoctlDef<P>,
+        id: u32,
+        arg: u64,
+        caller: &mut dyn Caller,
+    ) -> Result<i64, Errno> {
+        let hdr = match def.argsz {
+            ArgSz::Min(n) => {
+                let hdr = read_vec(caller, arg, n)?;
+                if (u32_at(&hdr, 0) as usize) < n {
+                    return Err(Errno::EINVAL);
+                }
+                hdr
+            }
+            ArgSz::Raw => Vec::new(),
+        };
+        (def.handler)(
+            self,
+            Call {
+                id,
+                arg,
+                hdr,
+                caller,
+            },
+        )
+    }
+
+    fn cont(&mut self, id: u32) -> Result<&mut type1_core::Container, Errno> {
+        self.containers
+            .get_mut(&id)
+            .map(|c| &mut c.c)
+            .ok_or(Errno::EBADF)
+    }
+}
+
+// ---- container ---------------------------------------------------------------------------------
+
+fn get_api_version<P: Platform>(_: &mut Vfio<P>, _: Call<'_>) -> Result<i64, Errno> {
+    Ok(VFIO_API_VERSION as i64)
+}
+
+fn check_extension<P: Platform>(v: &mut Vfio<P>, c: Call<'_>) -> Result<i64, Errno> {
+    // The argument is the extension id itself; the kernel takes it as an unsigned long and
+    // compares against small constants, so anything beyond u32 answers 0.
+    let Ok(ext) = u32::try_from(c.arg) else {
+        return Ok(0);
+    };
+    Ok(v.cont(c.id)?.check_extension(ext) as i64)
+}
+
+fn set_iommu<P: Platform>(v: &mut Vfio<P>, c: Call<'_>) -> Result<i64, Errno> {
+    let st = v.containers.get_mut(&c.id).ok_or(Errno::EBADF)?;
+    let ty = u32::try_from(c.arg).unwrap_or(u32::MAX);
+    eng(st.c.set_iommu(&mut v.platform, ty))?;
+    Ok(0)
+}
+
+// ---- type1 -------------------------------------------------------------------------------------
+
+/// GET_INFO (I1 to I5): header, then the capability chain if it fits, else the grown argsz.
+fn iommu_get_info<P: Platform>(v: &mut Vfio<P>, c: Call<'_>) -> Result<i64, Errno> {
+    let argsz = u32_at(&c.hdr, 0);
+    let info: IommuInfo = v.cont(c.id)?.iommu().map_err(|e| e.errno())?.info();
+    let chain = info.chain();
+    let total = info.total_size();
+    let mut out = [0u8; INFO_SZ];
+    let mut flags = INFO_FLAG_PGSIZES;
+    let mut new_argsz = argsz;
+    let mut cap_offset = 0u32;
+    if !chain.is_empty() {
+        flags |= INFO_FLAG_CAPS;
+        if (argsz as usize) < total {
+            new_argsz = u32::try_from(total).unwrap_or(u32::MAX);
+        } else {
+            c.caller.write(c.arg + INFO_SZ as u64, &chain)?;
+            cap_offset = INFO_SZ as u32;
+        }
+    }
+    put_u32(&mut out, 0, new_argsz);
+    put_u32(&mut out, 4, flags);
+    put_u64(&mut out, 8, info.iova_pgsizes);
+    put_u32(&mut out, 16, cap_offset);
+    // I5: min(argsz as passed in, 24) bytes go back.
+    let n = (argsz as usize).min(INFO_SZ);
+    c.caller.write(c.arg, &out[..n])?;
+    Ok(0)
+}
+
+fn map_dma<P: Platform>(v: &mut Vfio<P>, c: Call<'_>) -> Result<i64, Errno> {
+    let req = MapRequest {
+        flags: u32_at(&c.hdr, 4),
+        vaddr: u64_at(&c.hdr, 8),
+        iova: u64_at(&c.hdr, 16),
+        size: u64_at(&c.hdr, 24),
+    };
+    let st = v.containers.get_mut(&c.id).ok_or(Errno::EBADF)?;
+    let t = eng(st.c.iommu_mut())?;
+    eng(t.map_dma(&mut v.platform, req))?;
+    Ok(0)
+}
+
+/// Highest user address + 1 on x86-64 (`TASK_SIZE_MAX`), for `access_ok`.
+const TASK_SIZE: u64 = (1 << 47) - 4096;
+
+fn access_ok(addr: u64, size: u64) -> bool {
+    addr.checked_add(size).is_some_and(|end| end <= TASK_SIZE)
+}
+
+/// `verify_bitmap_size` ahead of the engine (which checks again) so that the buffer is sized
+/// before it is allocated: npages bits, at most 2^28 bytes.
+fn bitmap_words(size: u64, pgsize: u64, bitmap_size: u64) -> Result<usize, Errno> {
+    if pgsize == 0 || !pgsize.is_power_of_two() {
+        return Err(Errno::EINVAL);
+    }
+    let npages = size >> pgsize.trailing_zeros();
+    if npages == 0 || bitmap_size == 0 || bitmap_size > type1_core::DIRTY_BITMAP_SIZE_MAX {
+        return Err(Errno::EINVAL);
+    }
+    let words = npages.div_ceil(64);
+    if bitmap_size < words * 8 {
+        return Err(Errno::EINVAL);
+    }
+    usize::try_from(words).map_err(|_| Errno::EINVAL)
+}
+
+fn words_to_bytes(w: &[u64]) -> Vec<u8> {
+    w.iter().flat_map(|x| x.to_le_bytes()).collect()
+}
+
+fn bytes_to_words(b: &[u8]) -> Vec<u64> {
+    b.chunks(8).map(|c| u64_at(c, 0)).collect()
+}
+
+/// UNMAP_DMA (U1 to U9): writes the header back with the unmapped size, on success only.
+fn unmap_dma<P: Platform>(v: &mut Vfio<P>, c: Call<'_>) -> Result<i64, Errno> {
+    let argsz = u32_at(&c.hdr, 0) as usize;
+    let flags = u32_at(&c.hdr, 4);
+    let iova = u64_at(&c.hdr, 8);
+    let size = u64_at(&c.hdr, 16);
+    // U1.2, U1.3 here because U1.4 reads more of the argument.
+    if flags & !(UNMAP_FLAG_GET_DIRTY_BITMAP | UNMAP_FLAG_ALL | UNMAP_FLAG_VADDR) != 0 {
+        return Err(Errno::EINVAL);
+    }
+    let get_bitmap = flags & UNMAP_FLAG_GET_DIRTY_BITMAP != 0;
+    if get_bitmap && flags & (UNMAP_FLAG_ALL | UNMAP_FLAG_VADDR) != 0 {
+        return Err(Errno::EINVAL);
+    }
+    let mut user_bm: Option<(u64, u64, u64, Vec<u64>)> = None;
+    if get_bitmap {
+        if argsz < UNMAP_SZ + BITMAP_SZ {
+            return Err(Errno::EINVAL);
+        }
+        let bm = read_vec(c.caller, c.arg + UNMAP_SZ as u64, BITMAP_SZ)?;
+        let (pgsize, bsize, data) = (u64_at(&bm, 0), u64_at(&bm, 8), u64_at(&bm, 16));
+        if !access_ok(data, bsize) {
+            return Err(Errno::EINVAL);
+        }
+        let words = bitmap_words(size, pgsize, bsize)?;
+        // D5: the user's words are ORed into, so start from what the user has.
+        let cur = read_vec(c.caller, data, words * 8)?;
+        user_bm = Some((pgsize, bsize, data, bytes_to_words(&cur)));
+    }
+    let st = v.containers.get_mut(&c.id).ok_or(Errno::EBADF)?;
+    let t = eng(st.c.iommu_mut())?;
+    let bitmap = user_bm
+        .as_mut()
+        .map(|(pgsize, bsize, _, words)| UserBitmap {
+            pgsize: *pgsize,
+            size: *bsize,
+            data: words,
+        });
+    let unmapped = eng(t.unmap_dma(
+        &mut v.platform,
+        UnmapRequest {
+            flags,
+            iova,
+            size,
+            bitmap,
+        },
+    ))?;
+    if let Some((_, _, data, words)) = &user_bm {
+        c.caller.write(*data, &words_to_bytes(words))?;
+    }
+    let mut out = c.hdr.clone();
+    put_u64(&mut out, 16, unmapped);
+    c.caller.write(c.arg, &out)?;
+    Ok(0)
+}
+
+/// DIRTY_PAGES (D1 to D4).
+fn dirty_pages<P: Platform>(v: &mut Vfio<P>, c: Call<'_>) -> Result<i64, Errno> {
+    // D1.1: not v2 → EACCES, before anything is read.
+    let is_v2 = v.cont(c.id)?.iommu().map_err(|e| e.errno())?.is_v2();
+    if !is_v2 {
+        return Err(Errno::EACCES);
+    }
+    let hdr = read_vec(c.caller, c.arg, DIRTY_SZ)?;
+    let argsz = u32_at(&hdr, 0) as usize;
+    let flags = u32_at(&hdr, 4);
+    if argsz < DIRTY_SZ
+        || flags & !(DIRTY_FLAG_START | DIRTY_FLAG_STOP | DIRTY_FLAG_GET_BITMAP) != 0
+    {
+        return Err(Errno::EINVAL);
+    }
+    if flags.count_ones() != 1 {
+        return Err(Errno::EINVAL);
+    }
+    let st = v.containers.get_mut(&c.id).ok_or(Errno::EBADF)?;
+    if flags != DIRTY_FLAG_GET_BITMAP {
+        let t = eng(st.c.iommu_mut())?;
+        eng(t.dirty_pages(flags, None))?;
+        return Ok(0);
+    }
+    // D4
+    let data_size = argsz - DIRTY_SZ;
+    if data_size < DIRTY_GET_SZ {
+        return Err(Errno::EINVAL);
+    }
+    let r = read_vec(c.caller, c.arg + DIRTY_SZ as u64, DIRTY_GET_SZ)?;
+    let (iova, size) = (u64_at(&r, 0), u64_at(&r, 8));
+    let (pgsize, bsize, data) = (u64_at(&r, 16), u64_at(&r, 24), u64_at(&r, 32));
+    if size == 0 {
+        return Err(Errno::EINVAL);
+    }
+    if iova.checked_add(size - 1).is_none() {
+        return Err(Errno::EOVERFLOW);
+    }
+    if !access_ok(data, bsize) {
+        return Err(Errno::EINVAL);
+    }
+    let words = bitmap_words(size, pgsize, bsize)?;
+    let cur = read_vec(c.caller, data, words * 8)?;
+    let mut words = bytes_to_words(&cur);
+    let t = eng(st.c.iommu_mut())?;
+    eng(t.dirty_pages(
+        flags,
+        Some((
+            iova,
+            size,
+            UserBitmap {
+                pgsize,
+                size: bsize,
+                data: &mut words,
+            },
+        )),
+    ))?;
+    c.caller.write(data, &words_to_bytes(&words))?;
+    Ok(0)
+}
+
+// ---- group -------------------------------------------------------------------------------------
+
+fn group_get_status<P: Platform>(v: &mut Vfio<P>, c: Call<'_>) -> Result<i64, Errno> {
+    let g = v.groups.get(&c.id).ok_or(Errno::ENODEV)?;
+    let flags = if g.container.is_some() {
+        b::VFIO_GROUP_FLAGS_VIABLE | b::VFIO_GROUP_FLAGS_CONTAINER_SET
+    } else {
+        b::VFIO_GROUP_FLAGS_VIABLE
+    };
+    let mut out = c.hdr.clone();
+    put_u32(&mut out, 4, flags);
+    c.caller.write(c.arg, &out)?;
+    Ok(0)
+}
+
+/// SET_CONTAINER, in the errata's order: EFAULT, EBADF, EINVAL (already set), EBADFD (not a
+/// container), then the backend's attach error.
+fn group_set_container<P: Platform>(v: &mut Vfio<P>, c: Call<'_>) -> Result<i64, Errno> {
+    let raw = read_vec(c.caller, c.arg, 4)?;
+    let fd = u32_at(&raw, 0) as i32;
+    let obj = c.caller.object_of_fd(fd)?;
+    let g = v.groups.get(&c.id).ok_or(Errno::ENODEV)?;
+    if g.container.is_some() {
+        return Err(Errno::EINVAL);
+    }
+    let Some(Object::Container(cid)) = obj else {
+        return Err(Errno::EBADFD);
+    };
+    let st = v.containers.get_mut(&cid).ok_or(Errno::EBADFD)?;
+    eng(st.c.add_group(&mut v.platform, GroupId(c.id)))?;
+    if let Some(g) = v.groups.get_mut(&c.id) {
+        g.container = Some(cid);
+    }
+    Ok(0)
+}
+
+fn group_unset_container<P: Platform>(v: &mut Vfio<P>, c: Call<'_>) -> Result<i64, Errno> {
+    let g = v.groups.get(&c.id).ok_or(Errno::ENODEV)?;
+    let Some(cid) = g.container else {
+        return Err(Errno::EINVAL);
+    };
+    if g.open_devices > 0 {
+        return Err(Errno::EBUSY);
+    }
+    if let Some(st) = v.containers.get_mut(&cid) {
+        eng(st.c.remove_group(&mut v.platform, GroupId(c.id)))?;
+    }
+    if let Some(g) = v.groups.get_mut(&c.id) {
+        g.container = None;
+    }
+    v.maybe_free_container(cid);
+    Ok(0)
+}
+
+/// GET_DEVICE_FD: the name (EFAULT, EINVAL if longer than a page), ENODEV for an unknown
+/// device, EINVAL without a container with a backend; returns the new fd.
+fn group_get_device_fd<P: Platform>(v: &mut Vfio<P>, c: Call<'_>) -> Result<i64, Errno> {
+    let name = read_cstr(c.caller, c.arg, 4096)?;
+    let name = String::from_utf8_lossy(&name).into_owned();
+    let g = v.groups.get(&c.id).ok_or(Errno::ENODEV)?;
+    if !g.devices.iter().any(|d| *d == name) {
+        return Err(Errno::ENODEV);
+    }
+    let Some(cid) = g.container else {
+        return Err(Errno::EINVAL);
+    };
+    if !v.containers.get(&cid).is_some_and(|st| st.c.is_set()) {
+        return Err(Errno::EINVAL);
+    }
+    let dev = v.new_device(c.id, name);
+    match c.caller.new_fd(Object::Device(dev)) {
+        Ok(fd) => Ok(fd as i64),
+        Err(e) => {
+            v.close(Object::Device(dev));
+            Err(e)
+        }
+    }
+}
+
+// ---- device ------------------------------------------------------------------------------------
+
+fn device_get_info<P: Platform>(v: &mut Vfio<P>, c: Call<'_>) -> Result<i64, Errno> {
+    let d = v.devices.get(&c.id).ok_or(Errno::EBADF)?;
+    let argsz = u32_at(&c.hdr, 0) as usize;
+    let (flags, nreg, nirq) = d.dev.info();
+    let mut out = [0u8; 24];
+    put_u32(&mut out, 0, argsz as u32);
+    put_u32(&mut out, 4, flags);
+    put_u32(&mut out, 8, nreg);
+    put_u32(&mut out, 12, nirq);
+    c.caller.write(c.arg, &out[..argsz.min(24)])?;
+    Ok(0)
+}
+
+fn device_get_region_info<P: Platform>(v: &mut Vfio<P>, c: Call<'_>) -> Result<i64, Errno> {
+    let d = v.devices.get(&c.id).ok_or(Errno::EBADF)?;
+    let (flags, size, offset) = d.dev.region_info(u32_at(&c.hdr, 8))?;
+    let mut out = c.hdr.clone();
+    put_u32(&mut out, 4, flags);
+    put_u32(&mut out, 12, 0); // cap_offset
+    put_u64(&mut out, 16, size);
+    put_u64(&mut out, 24, offset);
+    c.caller.write(c.arg, &out)?;
+    Ok(0)
+}
+
+fn device_get_irq_info<P: Platform>(v: &mut Vfio<P>, c: Call<'_>) -> Result<i64, Errno> {
+    let d = v.devices.get(&c.id).ok_or(Errno::EBADF)?;
+    let (flags, count) = d.dev.irq_info(u32_at(&c.hdr, 8))?;
+    let mut out = c.hdr.clone();
+    put_u32(&mut out, 4, flags);
+    put_u32(&mut out, 12, count);
+    c.caller.write(c.arg, &out)?;
+    Ok(0)
+}
+
+/// SET_IRQS: `vfio_set_irqs_validate_and_prepare`'s checks; accepted requests have no effect
+/// (the device never raises an interrupt).
+fn device_set_irqs<P: Platform>(v: &mut Vfio<P>, c: Call<'_>) -> Result<i64, Errno> {
+    let d = v.devices.get(&c.id).ok_or(Errno::EBADF)?;
+    let argsz = u32_at(&c.hdr, 0) as u64;
+    let flags = u32_at(&c.hdr, 4);
+    let index = u32_at(&c.hdr, 8);
+    let start = u32_at(&c.hdr, 12);
+    let count = u32_at(&c.hdr, 16);
+    if index >= b::VFIO_PCI_NUM_IRQS
+        || count >= u32::MAX - start
+        || flags & !(b::VFIO_IRQ_SET_DATA_TYPE_MASK | b::VFIO_IRQ_SET_ACTION_TYPE_MASK) != 0
+    {
+        return Err(Errno::EINVAL);
+    }
+    let max = d.dev.irq_info(index).map(|(_, n)| n).unwrap_or(0);
+    let size: u64 = match flags & b::VFIO_IRQ_SET_DATA_TYPE_MASK {
+        b::VFIO_IRQ_SET_DATA_NONE => 0,
+        b::VFIO_IRQ_SET_DATA_BOOL => 1,
+        b::VFIO_IRQ_SET_DATA_EVENTFD => 4,
+        _ => return Err(Errno::EINVAL),
+    };
+    if size > 0 {
+        if argsz - 20 < size * count as u64 {
+            return Err(Errno::EINVAL);
+        }
+        // The data must be readable.
+        read_vec(c.caller, c.arg + 20, (size * count as u64) as usize)?;
+    }
+    if count > 0 && (start >= max || start + count > max) {
+        return Err(Errno::EINVAL);
+    }
+    match flags & b::VFIO_IRQ_SET_ACTION_TYPE_MASK {
+        b::VFIO_IRQ_SET_ACTION_MASK
+        | b::VFIO_IRQ_SET_ACTION_UNMASK
+        | b::VFIO_IRQ_SET_ACTION_TRIGGER => Ok(0),
+        _ => Err(Errno::EINVAL),
+    }
+}
+
+fn device_reset<P: Platform>(v: &mut Vfio<P>, c: Call<'_>) -> Result<i64, Errno> {
+    let d = v.devices.get_mut(&c.id).ok_or(Errno::EBADF)?;
+    d.dev.reset();
+    Ok(0)
+}

@@ -1,0 +1,278 @@
+//! A tiny in-memory [`Platform`] for tests of the uAPI layer.
+//!
+//! Group 0 sits behind a unit with snoop control, group 1 behind one without (both of the same
+//! driver), like the preload library's default machine. Pinning succeeds for addresses inside
+//! [`FakePlatform::map_user`] ranges (pfn = vaddr >> 12), EFAULT elsewhere; accounting follows
+//! the task's RLIMIT_MEMLOCK; every flush and event is recorded.
+
+use std::collections::BTreeMap;
+
+use type1_core::{
+    DomainId, DomainInfo, Event, GroupId, GroupInfo, IovaRange, MemType, MmId, PinnedPage,
+    Platform, PlatformError, Prot, Task, PAGE_SHIFT, PAGE_SIZE,
+};
+
+use crate::GroupSpec;
+
+#[derive(Debug)]
+struct Dom {
+    unit: u32,
+    enforce: bool,
+    groups: Vec<GroupId>,
+    ptes: BTreeMap<u64, u64>,
+}
+
+/// The fake machine.
+#[derive(Debug)]
+pub struct FakePlatform {
+    /// The calling task.
+    pub task: Task,
+    /// Pages charged (locked_vm).
+    pub locked: u64,
+    /// User ranges `(start, len)` that can be pinned.
+    pub user: Vec<(u64, u64)>,
+    /// Pin counts by pfn.
+    pub pins: BTreeMap<u64, u32>,
+    /// Every `flush_cache(pa, len)`.
+    pub flushes: Vec<(u64, u64)>,
+    /// Every event.
+    pub events: Vec<Event>,
+    doms: BTreeMap<u32, Dom>,
+    next_dom: u32,
+}
+
+impl Default for FakePlatform {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl FakePlatform {
+    /// A machine with CAP_IPC_LOCK and a 1024-page limit.
+    pub fn new() -> FakePlatform {
+        FakePlatform {
+            task: Task {
+                mm: MmId(1),
+                cap_ipc_lock: true,
+                memlock_limit_pages: 1024,
+            },
+            locked: 0,
+            user: Vec::new(),
+            pins: BTreeMap::new(),
+            flushes: Vec::new(),
+            events: Vec::new(),
+            doms: BTreeMap::new(),
+            next_dom: 0,
+        }
+    }
+
+    /// The groups of this machine, for [`crate::Vfio::new`].
+    pub fn groups() -> Vec<GroupSpec> {
+        vec![
+            GroupSpec {
+                id: 0,
+                devices: vec!["0000:00:04.0".into()],
+            },
+            GroupSpec {
+                id: 1,
+                devices: vec!["0000:00:05.0".into()],
+            },
+        ]
+    }
+
+    /// Makes `[start, start + len)` pinnable.
+    pub fn map_user(&mut self, start: u64, len: u64) {
+        self.user.push((start, len));
+    }
+
+    /// Number of live domains.
+    pub fn domain_count(&self) -> usize {
+        self.doms.len()
+    }
+
+    /// Mapped IOVA pages over all domains.
+    pub fn mapped_pages(&self) -> usize {
+        self.doms.values().map(|d| d.ptes.len()).sum()
+    }
+
+    fn unit_of(group: GroupId) -> Option<u32> {
+        (group.0 <= 1).then_some(group.0)
+    }
+}
+
+fn perr(e: type1_core::Errno, what: impl Into<String>) -> PlatformError {
+    PlatformError::new(e, what)
+}
+
+impl Platform for FakePlatform {
+    fn current(&self) -> Option<Task> {
+        Some(self.task)
+    }
+    fn mm_alive(&self, _mm: MmId) -> bool {
+        true
+    }
+    fn locked_vm(&self, _mm: MmId) -> u64 {
+        self.locked
+    }
+    fn account(&mut self, _mm: MmId, delta: i64, enforce_limit: bool) -> Result<(), PlatformError> {
+        let new = self.locked as i64 + delta;
+        if delta > 0 && enforce_limit && new as u64 > self.task.memlock_limit_pages {
+            return Err(perr(type1_core::Errno::ENOMEM, "RLIMIT_MEMLOCK"));
+        }
+        self.locked = new.max(0) as u64;
+        Ok(())
+    }
+    fn pin_user_pages(
+        &mut self,
+        _mm: MmId,
+        vaddr: u64,
+        npages: u64,
+        _w: bool,
+    ) -> Result<Vec<PinnedPage>, PlatformError> {
+        let ok = |a: u64| self.user.iter().any(|(s, l)| a >= *s && a - s < *l);
+        let mut out = Vec::new();
+        for i in 0..npages.min(512) {
+            let a = vaddr + i * PAGE_SIZE;
+            if !ok(a) {
+                break;
+            }
+            out.push(PinnedPage {
+                pfn: a >> PAGE_SHIFT,
+                reserved: false,
+            });
+        }
+        if out.is_empty() {
+            return Err(perr(
+                type1_core::Errno::EFAULT,
+                format!("vaddr 0x{vaddr:x}"),
+            ));
+        }
+        for p in &out {
+            *self.pins.entry(p.pfn).or_default() += 1;
+        }
+        Ok(out)
+    }
+    fn unpin_page(&mut self, pfn: u64, _dirty: bool) {
+        if let Some(n) = self.pins.get_mut(&pfn) {
+            *n -= 1;
+            if *n == 0 {
+                self.pins.remove(&pfn);
+            }
+        }
+    }
+    fn pfn_is_reserved(&self, _pfn: u64) -> bool {
+        false
+    }
+    fn pfn_memtype(&self, _pfn: u64) -> MemType {
+        MemType::Wb
+    }
+    fn mm_read(&mut self, _mm: MmId, _vaddr: u64, buf: &mut [u8]) -> Result<(), PlatformError> {
+        buf.iter_mut().for_each(|b| *b = 0);
+        Ok(())
+    }
+    fn mm_write(&mut self, _mm: MmId, _vaddr: u64, _data: &[u8]) -> Result<(), PlatformError> {
+        Ok(())
+    }
+    fn group_info(&self, group: GroupId) -> Result<GroupInfo, PlatformError> {
+        Self::unit_of(group)
+            .map(|_| GroupInfo {
+                emulated: false,
+                reserved: Vec::new(),
+                msi_isolated: true,
+            })
+            .ok_or_else(|| perr(type1_core::Errno::ENODEV, format!("group {group}")))
+    }
+    fn domain_alloc(&mut self, group: GroupId) -> Result<DomainId, PlatformError> {
+        let unit = Self::unit_of(group).ok_or_else(|| perr(type1_core::Errno::ENODEV, "group"))?;
+        self.next_dom += 1;
+        self.doms.insert(
+            self.next_dom,
+            Dom {
+                unit,
+                enforce: false,
+                groups: Vec::new(),
+                ptes: BTreeMap::new(),
+            },
+        );
+        Ok(DomainId(self.next_dom))
+    }
+    fn domain_info(&self, _domain: DomainId) -> DomainInfo {
+        DomainInfo {
+            ops: 1,
+            aperture: IovaRange {
+                start: 0,
+                last: (1 << 48) - 1,
+            },
+            pgsize_bitmap: 0x4020_1000,
+        }
+    }
+    fn domain_enforce_cache_coherency(&mut self, domain: DomainId) -> bool {
+        match self.doms.get_mut(&domain.0) {
+            Some(d) if d.unit == 0 => {
+                d.enforce = true;
+                true
+            }
+            _ => false,
+        }
+    }
+    fn domain_free(&mut self, domain: DomainId) {
+        self.doms.remove(&domain.0);
+    }
+    fn attach_group(&mut self, domain: DomainId, group: GroupId) -> Result<(), PlatformError> {
+        let unit = Self::unit_of(group).ok_or_else(|| perr(type1_core::Errno::ENODEV, "group"))?;
+        let d = self
+            .doms
+            .get_mut(&domain.0)
+            .ok_or_else(|| perr(type1_core::Errno::ENODEV, "domain"))?;
+        if d.unit != unit {
+            return Err(perr(type1_core::Errno::EINVAL, "other unit"));
+        }
+        d.groups.push(group);
+        Ok(())
+    }
+    fn detach_group(&mut self, domain: DomainId, group: GroupId) {
+        if let Some(d) = self.doms.get_mut(&domain.0) {
+            d.groups.retain(|g| *g != group);
+        }
+    }
+    fn iommu_map(
+        &mut self,
+        domain: DomainId,
+        iova: u64,
+        pa: u64,
+        size: u64,
+        _prot: Prot,
+    ) -> Result<(), PlatformError> {
+        let d = self
+            .doms
+            .get_mut(&domain.0)
+            .ok_or_else(|| perr(type1_core::Errno::ENODEV, "domain"))?;
+        for i in 0..size / PAGE_SIZE {
+            d.ptes.insert(iova + i * PAGE_SIZE, pa + i * PAGE_SIZE);
+        }
+        Ok(())
+    }
+    fn iommu_unmap(&mut self, domain: DomainId, iova: u64, size: u64) -> u64 {
+        let Some(d) = self.doms.get_mut(&domain.0) else {
+            return 0;
+        };
+        let mut n = 0;
+        while n < size && d.ptes.remove(&(iova + n)).is_some() {
+            n += PAGE_SIZE;
+        }
+        n
+    }
+    fn iotlb_sync(&mut self, _domain: DomainId) {}
+    fn iova_to_phys(&self, domain: DomainId, iova: u64) -> Option<u64> {
+        let d = self.doms.get(&domain.0)?;
+        d.ptes
+            .get(&(iova & !(PAGE_SIZE - 1)))
+            .map(|pa| pa + (iova & (PAGE_SIZE - 1)))
+    }
+    fn flush_cache(&mut self, pa: u64, len: u64) {
+        self.flushes.push((pa, len));
+    }
+    fn trace(&mut self, event: Event) {
+        self.events.push(event);
+    }
+}
