@@ -48,6 +48,11 @@ pub(crate) struct Faults {
 }
 
 impl Faults {
+    /// The armed faults, for state digests.
+    pub(crate) fn armed_digest(&self) -> (Vec<(&'static str, u64)>, Option<u64>) {
+        (self.armed.iter().map(|(k, v)| (*k, *v)).collect(), self.any)
+    }
+
     fn hit(&mut self, point: &'static str) -> bool {
         self.calls += 1;
         *self.calls_by_point.entry(point).or_insert(0) += 1;

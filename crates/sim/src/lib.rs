@@ -170,7 +170,7 @@ impl Sim {
 
     /// A digest of the whole machine state (memory, cache, IOMMU, processes, external pins),
     /// for state-space exploration. Equal states give equal digests within one build; the
-    /// trace, violations, statistics and fault counters are not part of the state.
+    /// trace, violations, statistics and fault counters are not part of the state; armed faults are.
     pub fn state_digest(&self) -> u64 {
         use std::hash::{Hash, Hasher};
         let mut h = std::collections::hash_map::DefaultHasher::new();
@@ -212,6 +212,8 @@ impl Sim {
             }
         }
         self.current.hash(&mut h);
+        // Armed faults change what the next calls do, so they are state; counters are not.
+        self.faults.armed_digest().hash(&mut h);
         for (id, d) in &self.domains {
             (id, d.unit, d.enforcing, &d.groups, &d.stale).hash(&mut h);
             for (p, e) in &d.pt {
