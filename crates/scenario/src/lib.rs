@@ -4,12 +4,14 @@
 //! * [`world`]: [`World`], containers of `type1-core` running on a `type1-sim` machine, with
 //!   the group and device bookkeeping of the VFIO core and the invariant checker run after
 //!   every step;
-//! * [`run`]: the runner that executes a scenario and checks its expectations.
+//! * [`run`]: the runner that executes a scenario and checks its expectations;
+//! * [`sweep`]: fail-nth fault sweeps over a scenario.
 //!
 //! The `type1` CLI (`run`, `demo`, `attack`) and the tests are built on these.
 
 pub mod parse;
 pub mod run;
+pub mod sweep;
 pub mod world;
 
 pub use run::{run_steps, run_text, Failure, Report, RunOptions};

@@ -139,3 +139,44 @@ dma dev1 read 0x100000 4K nosnoop
         f.msg
     );
 }
+
+#[test]
+fn fault_sweep_over_every_scenario_leaves_nothing_behind() {
+    let mut points = 0;
+    let mut problems = Vec::new();
+    for e in std::fs::read_dir(scenarios_dir()).unwrap() {
+        let p = e.unwrap().path();
+        if p.extension().and_then(|x| x.to_str()) != Some("scn") {
+            continue;
+        }
+        let steps = type1_scenario::parse::parse(&std::fs::read_to_string(&p).unwrap()).unwrap();
+        let opts = RunOptions {
+            policy: None,
+            base_dir: p.parent().map(PathBuf::from),
+        };
+        let rep = type1_scenario::sweep::sweep_steps(&steps, &opts, 500).unwrap();
+        points += rep.fault_points;
+        problems.extend(rep.problems.iter().map(|x| format!("{}: {x}", p.display())));
+    }
+    assert!(points > 100, "only {points} fault points exercised");
+    assert!(problems.is_empty(), "{}", problems.join("\n"));
+}
+
+#[test]
+fn fault_sweep_catches_a_policy_without_unpin_flush() {
+    // The sweep's own checks, not the scenario's expectations, must notice the missing flush.
+    let text = std::fs::read_to_string(scenarios_dir().join("f13b-noncoherent-map.scn")).unwrap();
+    let steps = type1_scenario::parse::parse(&text).unwrap();
+    let opts = RunOptions {
+        policy: Some("map-only".into()),
+        base_dir: Some(scenarios_dir()),
+    };
+    let rep = type1_scenario::sweep::sweep_steps(&steps, &opts, 100).unwrap();
+    assert!(
+        rep.problems
+            .iter()
+            .any(|p| p.contains("missing_unpin_flush")),
+        "{:?}",
+        rep.problems
+    );
+}

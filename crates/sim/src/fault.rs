@@ -45,6 +45,7 @@ pub(crate) struct Faults {
     calls: u64,
     calls_by_point: BTreeMap<&'static str, u64>,
     injected: u64,
+    last: Option<(&'static str, Errno)>,
 }
 
 impl Faults {
@@ -117,7 +118,12 @@ impl Sim {
         self.faults.calls_by_point.get(point).copied().unwrap_or(0)
     }
 
-    /// Faults injected so far.
+    /// The point and errno of the last injected fault.
+    pub fn last_injected(&self) -> Option<(&'static str, Errno)> {
+        self.faults.last
+    }
+
+    /// Number of faults injected so far.
     pub fn faults_injected(&self) -> u64 {
         self.faults.injected
     }
@@ -128,6 +134,7 @@ impl Sim {
             return Ok(());
         }
         let errno = errno_of(point);
+        self.faults.last = Some((point, errno));
         let detail = format!("injected {errno} at fault point {point}");
         self.record(Event::Fault {
             source: point.into(),
