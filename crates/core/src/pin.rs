@@ -218,7 +218,7 @@ pub(crate) fn unpin_remote<P: Platform + ?Sized>(
     if npage == 0 {
         return 0;
     }
-    if policy.flush_on_unpin(dma.is_noncoherent) {
+    if policy.flush_on_unpin(dma.is_noncoherent, dma.prot) {
         flush_run(p, policy, FlushReason::Unpin, iova, pfn, npage);
     }
     let mut unlocked = 0;

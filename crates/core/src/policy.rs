@@ -6,7 +6,7 @@
 //! policies are deliberate variations (the review thread's rejected simplifications and
 //! single-point ablations) that the model checker is expected to refute or confirm.
 
-use crate::MemType;
+use crate::{MemType, Prot};
 
 /// What to do with a mapping when a new domain is replayed into (F4).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -38,8 +38,9 @@ pub trait FlushPolicy: std::fmt::Debug + Send + Sync {
     /// replayed into; `flag` is the mapping's current flag.
     fn on_replay(&self, flag: bool, domain_coherent: bool) -> ReplayDecision;
 
-    /// F5: whether a run of remote pins is flushed right before it is unpinned.
-    fn flush_on_unpin(&self, flag: bool) -> bool;
+    /// F5: whether a run of remote pins of a mapping with protection `prot` is flushed right
+    /// before it is unpinned.
+    fn flush_on_unpin(&self, flag: bool, prot: Prot) -> bool;
 
     /// F9: whether a pfn is flushed at all: normal pages always, reserved ones by memory type.
     fn flush_pfn(&self, reserved: bool, memtype: MemType) -> bool {
@@ -64,7 +65,7 @@ impl FlushPolicy for NoFlush {
     fn on_replay(&self, flag: bool, _: bool) -> ReplayDecision {
         ReplayDecision { flag, flush: false }
     }
-    fn flush_on_unpin(&self, _: bool) -> bool {
+    fn flush_on_unpin(&self, _: bool, _: Prot) -> bool {
         false
     }
 }
@@ -93,7 +94,7 @@ impl FlushPolicy for Seed {
             flush: set_noncoherent,
         }
     }
-    fn flush_on_unpin(&self, flag: bool) -> bool {
+    fn flush_on_unpin(&self, flag: bool, _: Prot) -> bool {
         flag
     }
 }
@@ -118,7 +119,7 @@ impl FlushPolicy for Eager {
             flush: true,
         }
     }
-    fn flush_on_unpin(&self, _: bool) -> bool {
+    fn flush_on_unpin(&self, _: bool, _: Prot) -> bool {
         true
     }
 }
@@ -144,7 +145,7 @@ impl FlushPolicy for ResetOnReplay {
             flush: !domain_coherent && !flag,
         }
     }
-    fn flush_on_unpin(&self, flag: bool) -> bool {
+    fn flush_on_unpin(&self, flag: bool, _: Prot) -> bool {
         flag
     }
 }
@@ -169,7 +170,7 @@ impl FlushPolicy for FlagAfterMap {
     fn on_replay(&self, flag: bool, domain_coherent: bool) -> ReplayDecision {
         Seed.on_replay(flag, domain_coherent)
     }
-    fn flush_on_unpin(&self, flag: bool) -> bool {
+    fn flush_on_unpin(&self, flag: bool, _: Prot) -> bool {
         flag
     }
 }
@@ -191,7 +192,7 @@ impl FlushPolicy for MapOnly {
     fn on_replay(&self, flag: bool, domain_coherent: bool) -> ReplayDecision {
         Seed.on_replay(flag, domain_coherent)
     }
-    fn flush_on_unpin(&self, _: bool) -> bool {
+    fn flush_on_unpin(&self, _: bool, _: Prot) -> bool {
         false
     }
 }
@@ -216,8 +217,36 @@ impl FlushPolicy for UnpinOnly {
             ..Seed.on_replay(flag, domain_coherent)
         }
     }
-    fn flush_on_unpin(&self, flag: bool) -> bool {
+    fn flush_on_unpin(&self, flag: bool, _: Prot) -> bool {
         flag
+    }
+}
+
+/// Beyond the series: seed, minus the unpin flush for mappings the device could only read.
+///
+/// The unpin flush exists because a device that wrote a page with no-snoop DMA may have left
+/// cache lines that disagree with RAM (F0, "after exposure"). Through a mapping without
+/// `WRITE` the IOMMU lets no device write, so the CPU's lines stay the newest copy and need no
+/// maintenance before the page returns to the allocator. The map flush stays: a read-only
+/// device can still read stale RAM. Soundness argument: `docs/verification.md`.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct SeedReadOnlySkip;
+
+impl FlushPolicy for SeedReadOnlySkip {
+    fn name(&self) -> &'static str {
+        "seed-ro"
+    }
+    fn flag_before_map(&self, n: u32) -> bool {
+        Seed.flag_before_map(n)
+    }
+    fn flush_on_map(&self, flag: bool, n: u32) -> bool {
+        Seed.flush_on_map(flag, n)
+    }
+    fn on_replay(&self, flag: bool, domain_coherent: bool) -> ReplayDecision {
+        Seed.on_replay(flag, domain_coherent)
+    }
+    fn flush_on_unpin(&self, flag: bool, prot: Prot) -> bool {
+        flag && prot.write
     }
 }
 
@@ -230,6 +259,7 @@ pub const POLICY_NAMES: &[&str] = &[
     "flag-after-map",
     "map-only",
     "unpin-only",
+    "seed-ro",
 ];
 
 /// Looks a policy up by name.
@@ -242,6 +272,7 @@ pub fn policy_by_name(name: &str) -> Option<Box<dyn FlushPolicy>> {
         "flag-after-map" => Box::new(FlagAfterMap),
         "map-only" => Box::new(MapOnly),
         "unpin-only" => Box::new(UnpinOnly),
+        "seed-ro" => Box::new(SeedReadOnlySkip),
         _ => return None,
     })
 }

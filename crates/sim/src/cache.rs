@@ -179,7 +179,7 @@ impl Sim {
             if self.is_ram(pfn) {
                 let f = &mut self.frames[pfn as usize];
                 f.flushed_since_pin = true;
-                if f.iommu_refs == 0 {
+                if f.nc_write_refs == 0 {
                     f.needs_unpin_flush = false;
                 }
             }

@@ -6,7 +6,7 @@
 //! `iommu_unmap` moves entries to the domain's unsynced IOTLB set until `iotlb_sync`; a frame
 //! whose last pin drops while any page table or unsynced IOTLB still points at it is an
 //! `unpin_while_mapped` violation. Mapping a RAM frame into a domain that does not enforce
-//! coherency marks it *exposed* until its next last unpin.
+//! coherency with write access marks it *exposed* until its next last unpin.
 
 use std::collections::BTreeMap;
 
@@ -75,17 +75,22 @@ pub(crate) struct Domain {
     /// IOVA page number -> entry.
     pub pt: BTreeMap<u64, Pte>,
     /// Unmapped but not yet invalidated: (IOVA page, pfn).
-    pub stale: Vec<(u64, u64)>,
+    /// (IOVA page, pfn, whether the entry let a non-snooping device write the frame).
+    pub stale: Vec<(u64, u64, bool)>,
 }
 
 impl Sim {
-    fn iommu_ref(&mut self, pfn: u64, up: bool) {
+    /// Counts an IOMMU entry (or unsynced IOTLB entry) pointing at `pfn`; `nc_write` when it
+    /// lets a device write the frame without snooping.
+    fn iommu_ref(&mut self, pfn: u64, up: bool, nc_write: bool) {
         if self.is_ram(pfn) {
             let f = &mut self.frames[pfn as usize];
             if up {
                 f.iommu_refs += 1;
+                f.nc_write_refs += u32::from(nc_write);
             } else {
                 f.iommu_refs = f.iommu_refs.saturating_sub(1);
+                f.nc_write_refs = f.nc_write_refs.saturating_sub(u32::from(nc_write));
             }
         }
     }
@@ -260,10 +265,10 @@ impl Sim {
             }
         }
         for pte in d.pt.values() {
-            self.iommu_ref(pte.pfn, false);
+            self.iommu_ref(pte.pfn, false, !d.enforcing && pte.prot.write);
         }
-        for (_, pfn) in &d.stale {
-            self.iommu_ref(*pfn, false);
+        for (_, pfn, ncw) in &d.stale {
+            self.iommu_ref(*pfn, false, *ncw);
         }
     }
 
@@ -331,11 +336,15 @@ impl Sim {
             );
         }
         for i in 0..n {
-            self.iommu_ref(pfn0 + i, true);
+            self.iommu_ref(pfn0 + i, true, !enforcing && prot.write);
             if !enforcing && self.is_ram(pfn0 + i) {
                 let f = &mut self.frames[(pfn0 + i) as usize];
-                f.exposed = true;
-                f.needs_unpin_flush = true;
+                // Only a device that can write the frame behind the cache can leave cache and
+                // RAM disagreeing after exposure (F0); reads need the map flush only.
+                if prot.write {
+                    f.exposed = true;
+                    f.needs_unpin_flush = true;
+                }
                 if f.pins > 0 && !f.flushed_since_pin {
                     self.violate(
                         "missing_map_flush",
@@ -367,7 +376,8 @@ impl Sim {
             let Some(pte) = d.pt.remove(&(a >> PAGE_SHIFT)) else {
                 break;
             };
-            d.stale.push((a >> PAGE_SHIFT, pte.pfn));
+            d.stale
+                .push((a >> PAGE_SHIFT, pte.pfn, !d.enforcing && pte.prot.write));
             done += PAGE_SIZE;
         }
         done
@@ -379,8 +389,8 @@ impl Sim {
             return;
         };
         let stale = std::mem::take(&mut d.stale);
-        for (_, pfn) in stale {
-            self.iommu_ref(pfn, false);
+        for (_, pfn, ncw) in stale {
+            self.iommu_ref(pfn, false, ncw);
         }
     }
 

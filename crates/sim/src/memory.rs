@@ -41,10 +41,12 @@ pub(crate) struct Frame {
     pub gen: u64,
     /// Mapped by a process page table.
     pub in_use: bool,
-    /// Reachable by a non-coherent domain since it was last pinned.
+    /// Writable by a non-coherent domain since it was last pinned.
     pub exposed: bool,
     /// Domain page-table entries plus unsynced IOTLB entries pointing at the frame.
     pub iommu_refs: u32,
+    /// IOMMU entries (and unsynced IOTLB entries) of non-coherent domains with write access.
+    pub nc_write_refs: u32,
     /// Flushed at least once since it was last pinned (protocol check `missing_map_flush`).
     pub flushed_since_pin: bool,
     /// Mapped into a non-coherent domain and not flushed since it left every domain
