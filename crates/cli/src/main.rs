@@ -5,6 +5,7 @@
 //! * `demo`: the five-step example of the series (F6), narrated;
 //! * `attack`: the malicious-guest story (F0) under a chosen flush policy;
 //! * `run`: scenario files;
+//! * `exec`: an unmodified VFIO program under the LD_PRELOAD emulation (`type1-preload`);
 //! * `check`: bounded exhaustive checking of flush policies (`type1-check`).
 
 mod checkcmd;
@@ -79,6 +80,22 @@ enum Cmd {
         #[arg(long)]
         json: bool,
     },
+    /// Run an unmodified VFIO program against the emulated /dev/vfio (LD_PRELOAD) and
+    /// summarize its trace. Build the library first: `cargo build --release -p type1-preload`.
+    Exec {
+        /// Write the JSON-lines trace here (a temporary file otherwise).
+        #[arg(long)]
+        trace: Option<PathBuf>,
+        /// Flush policy inside the program: `seed` (default) or `none`.
+        #[arg(long)]
+        policy: Option<String>,
+        /// Path of libtype1_preload.so (found next to this binary otherwise).
+        #[arg(long)]
+        library: Option<PathBuf>,
+        /// The program and its arguments.
+        #[arg(required = true, last = true)]
+        command: Vec<String>,
+    },
     /// Run scenario files (format: docs/scenarios.md). Exits 1 if any fails.
     Run {
         /// Scenario files.
@@ -146,6 +163,57 @@ fn run_files(
     })
 }
 
+fn exec(
+    trace: Option<PathBuf>,
+    policy: Option<String>,
+    library: Option<PathBuf>,
+    command: &[String],
+) -> Result<ExitCode> {
+    use type1_preload::exec::{find_library, run, summarize, ExecOptions};
+    let library = match library.or_else(find_library) {
+        Some(l) if l.exists() => l,
+        Some(l) => anyhow::bail!("--library {} does not exist", l.display()),
+        None => anyhow::bail!(
+            "libtype1_preload.so not found next to this binary; build it with `cargo build --release -p type1-preload` or pass --library"
+        ),
+    };
+    if let Some(p) = &policy {
+        if !matches!(p.as_str(), "seed" | "none") {
+            anyhow::bail!("--policy {p:?} is not seed or none");
+        }
+    }
+    let tmp;
+    let trace_path = match trace {
+        Some(t) => t,
+        None => {
+            tmp = std::env::temp_dir().join(format!("type1-exec-{}.jsonl", std::process::id()));
+            tmp
+        }
+    };
+    let (program, args) = command.split_first().context("no program given")?;
+    let status = run(
+        &ExecOptions {
+            library,
+            trace: Some(trace_path.clone()),
+            policy,
+        },
+        std::path::Path::new(program),
+        args,
+    )
+    .with_context(|| format!("cannot run {program}"))?;
+    let text = std::fs::read_to_string(&trace_path).unwrap_or_default();
+    eprintln!(
+        "type1 exec: {program} exited with {status}; trace {}",
+        trace_path.display()
+    );
+    eprint!("{}", summarize(&text));
+    Ok(match status.code() {
+        Some(0) => ExitCode::SUCCESS,
+        Some(c) => ExitCode::from(u8::try_from(c).unwrap_or(1)),
+        None => ExitCode::FAILURE,
+    })
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let r = match cli.cmd {
@@ -166,6 +234,12 @@ fn main() -> ExitCode {
             trace,
             quiet,
         } => run_files(&files, policy, trace, quiet),
+        Cmd::Exec {
+            trace,
+            policy,
+            library,
+            command,
+        } => exec(trace, policy, library, &command),
         Cmd::Check {
             policy,
             all,

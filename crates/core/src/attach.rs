@@ -59,6 +59,38 @@ fn resv_exclude(list: &mut Vec<IovaRange>, resv: &[ResvRegion]) -> Result<()> {
     Ok(())
 }
 
+/// Flushes, run by run, the pages of `[iova + from, iova + size)` as the head domain maps them.
+fn flush_rest<P: Platform + ?Sized>(
+    p: &mut P,
+    policy: &dyn crate::policy::FlushPolicy,
+    head: DomainId,
+    iova: u64,
+    from: u64,
+    size: u64,
+) {
+    let mut off = from;
+    while off < size {
+        let at = iova + off;
+        let Some(phys) = p.iova_to_phys(head, at) else {
+            off += PAGE_SIZE;
+            continue;
+        };
+        let mut len = PAGE_SIZE;
+        while off + len < size && p.iova_to_phys(head, at + len) == Some(phys + len) {
+            len += PAGE_SIZE;
+        }
+        flush_run(
+            p,
+            policy,
+            FlushReason::Replay,
+            at,
+            phys >> PAGE_SHIFT,
+            len >> PAGE_SHIFT,
+        );
+        off += len;
+    }
+}
+
 impl Type1 {
     fn any_dma_in(&self, start: u64, last: u64) -> bool {
         start <= last
@@ -317,6 +349,13 @@ impl Type1 {
                     if !dma.iommu_mapped {
                         unpin_remote(p, policy, dma, iova, chunk.pfn, chunk.npages, true);
                         batch.release(p, dma);
+                    } else if decision.flush && policy.flush_rest_on_failed_replay() {
+                        // The flag set by this replay survives the unwind (F5), and the next
+                        // replay into a non-coherent domain will skip the flush because of it:
+                        // flush the chunks this replay never reached, so that the flag keeps
+                        // meaning "every page was flushed while pinned".
+                        let h = head.expect("mapped implies a head domain");
+                        flush_rest(p, policy, h, dma.iova, off + size, dma.size);
                     }
                     failed = Some((idx, e.into()));
                     break 'outer;
