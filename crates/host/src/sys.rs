@@ -104,41 +104,44 @@ pub fn munlock(addr: u64, len: u64) {
 }
 
 fn vm_rw(addr: u64, local: *mut libc::c_void, len: usize, write: bool) -> Result<(), Errno> {
-    if len == 0 {
-        return Ok(());
-    }
-    let liov = libc::iovec {
-        iov_base: local,
-        iov_len: len,
-    };
-    let riov = libc::iovec {
-        iov_base: addr as *mut libc::c_void,
-        iov_len: len,
-    };
     let nr = if write {
         libc::SYS_process_vm_writev
     } else {
         libc::SYS_process_vm_readv
     };
-    // SAFETY: the local iovec describes a buffer owned by the caller and valid for `len`
-    // bytes; the remote iovec is checked by the kernel, which reports a bad address as EFAULT
-    // instead of faulting.
-    let r = unsafe {
-        libc::syscall(
-            nr,
-            getpid(),
-            &liov as *const libc::iovec,
-            1,
-            &riov as *const libc::iovec,
-            1,
-            0,
-        )
-    };
-    // A partial transfer or any error is a fault of the user range.
-    match check(r) {
-        Ok(n) if n as usize == len => Ok(()),
-        _ => Err(Errno::EFAULT),
+    let mut done = 0usize;
+    // The kernel may transfer less than asked (it pins the remote pages in batches and can
+    // stop early, e.g. at a page not yet faulted in); go on from where it stopped.
+    while done < len {
+        let liov = libc::iovec {
+            iov_base: local.wrapping_byte_add(done),
+            iov_len: len - done,
+        };
+        let riov = libc::iovec {
+            iov_base: (addr + done as u64) as *mut libc::c_void,
+            iov_len: len - done,
+        };
+        // SAFETY: the local iovec describes the rest of a buffer owned by the caller and valid
+        // for `len` bytes; the remote iovec is checked by the kernel, which reports a bad
+        // address as an error instead of faulting.
+        let r = unsafe {
+            libc::syscall(
+                nr,
+                getpid(),
+                &liov as *const libc::iovec,
+                1usize,
+                &riov as *const libc::iovec,
+                1usize,
+                0usize, // unsigned long flags: pass full width through the variadic call
+            )
+        };
+        match check(r) {
+            Ok(n) if n > 0 => done += n as usize,
+            // Nothing transferred, or an error: a fault of the user range.
+            _ => return Err(Errno::EFAULT),
+        }
     }
+    Ok(())
 }
 
 /// `copy_from_user` on this process: EFAULT for any unreadable byte, never a crash.
@@ -204,17 +207,17 @@ pub fn memlock_limit_pages() -> u64 {
 /// Cache-line maintenance instruction chosen by CPUID.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum FlushInsn {
-    /// CLFLUSHOPT (CPUID.7.0:EBX[23]).
+    /// CLFLUSHOPT (`CPUID.7.0:EBX[23]`).
     Clflushopt,
-    /// CLWB (CPUID.7.0:EBX[24]): writes back without necessarily invalidating.
+    /// CLWB (`CPUID.7.0:EBX[24]`): writes back without necessarily invalidating.
     Clwb,
-    /// CLFLUSH (CPUID.1:EDX[19]).
+    /// CLFLUSH (`CPUID.1:EDX[19]`).
     Clflush,
     /// None available (not x86-64): flushes are counted but do nothing.
     None,
 }
 
-/// Detects the best flush instruction and the cache-line size (CPUID.1:EBX[15:8] * 8).
+/// Detects the best flush instruction and the cache-line size (`CPUID.1:EBX[15:8] * 8`).
 pub fn detect_flush() -> (FlushInsn, u64) {
     #[cfg(target_arch = "x86_64")]
     {
@@ -311,7 +314,7 @@ impl AnonMap {
                 prot,
                 libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
                 -1,
-                0,
+                0i64,
             )
         };
         let addr = check(r)? as u64;

@@ -229,17 +229,13 @@ fn drop_cap_ipc_lock_and_limit(bytes: u64) {
     };
     let mut d = [Data::default(); 2];
     // SAFETY: valid header and two-element data array (capability version 3).
-    assert_eq!(
-        unsafe { libc::syscall(libc::SYS_capget, &mut hdr as *mut Hdr, d.as_mut_ptr()) },
-        0
-    );
+    let r = unsafe { libc::syscall(libc::SYS_capget, &mut hdr as *mut Hdr, d.as_mut_ptr()) };
+    assert_eq!(r, 0);
     d[0].effective &= !(1 << 14);
     d[0].permitted &= !(1 << 14);
     // SAFETY: as above; capset only changes this thread's credentials.
-    assert_eq!(
-        unsafe { libc::syscall(libc::SYS_capset, &mut hdr as *mut Hdr, d.as_ptr()) },
-        0
-    );
+    let r = unsafe { libc::syscall(libc::SYS_capset, &mut hdr as *mut Hdr, d.as_ptr()) };
+    assert_eq!(r, 0);
     let rl = libc::rlimit {
         rlim_cur: bytes,
         rlim_max: bytes,

@@ -1,1 +1,34 @@
-//! placeholder
+//! # type1-preload: `/dev/vfio` emulated inside an unmodified program (LD_PRELOAD)
+//!
+//! Built as `libtype1_preload.so`. Loaded with `LD_PRELOAD`, it interposes the libc entry points
+//! a VFIO user calls (the `open` family, `close`, `ioctl`, `pread`/`pwrite`, `mmap`, the `stat`
+//! family, `readlink`, `realpath`) and answers, in-process, for:
+//!
+//! * `/dev/vfio/vfio` (a container) and `/dev/vfio/N` (group N), and device fds from
+//!   `VFIO_GROUP_GET_DEVICE_FD`. Each is a real fd (`memfd_create`), so numbering, `close`,
+//!   `poll` and `fstat` behave; the emulation keys on the fd number;
+//! * sysfs: `/sys/bus/pci/devices/<bdf>` exists and its `iommu_group` link reads
+//!   `../../../../kernel/iommu_groups/N`.
+//!
+//! These paths are always answered by the emulation, never passed through, even when the host
+//! has real ones. The ioctls are decoded by `type1-uapi` and executed by the `type1-core`
+//! engine on `type1-host`'s platform, so MAP_DMA really pins (mlock, pagemap) the caller's
+//! pages and the non-coherent flushes are real CLFLUSHOPTs. Everything else goes to libc.
+//!
+//! The default machine: group 0 behind a coherent IOMMU with device `0000:00:04.0`, group 1
+//! behind an IOMMU without snoop control with device `0000:00:05.0`.
+//!
+//! Environment: `TYPE1_POLICY=seed|none` (flush policy, default `seed`), `TYPE1_TRACE=FILE`
+//! (JSON lines as in `docs/trace.md`). At process exit a destructor closes every emulated fd
+//! the way the kernel does for an exiting process: groups leave their containers and the last
+//! one releases the backend (unmap, flush, unpin, unaccount), all recorded in the trace.
+//!
+//! Internal I/O uses raw system calls (`type1_host::sys`) and a thread-local re-entrancy guard,
+//! so the library never goes through its own hooks. The [`exec`] module is the library side of
+//! `type1 exec`: run a program with the library preloaded and summarize its trace.
+
+pub mod exec;
+mod hooks;
+mod state;
+
+pub use state::{DEFAULT_DEVICES, SYSFS_PCI};

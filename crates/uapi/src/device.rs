@@ -111,7 +111,7 @@ impl PciDevice {
         }
         let n = buf.len().min(region.len() - off);
         if write {
-            for i in 0..n {
+            for (i, byte) in buf[..n].iter().enumerate() {
                 let at = off + i;
                 // Identity, BARs, ROM and header type are read-only, as QEMU expects.
                 if is_config
@@ -122,7 +122,7 @@ impl PciDevice {
                 {
                     continue;
                 }
-                region[at] = buf[i];
+                region[at] = *byte;
             }
         } else {
             buf[..n].copy_from_slice(&region[off..off + n]);

@@ -510,7 +510,7 @@ fn group_get_device_fd<P: Platform>(v: &mut Vfio<P>, c: Call<'_>) -> Result<i64,
     let name = read_cstr(c.caller, c.arg, 4096)?;
     let name = String::from_utf8_lossy(&name).into_owned();
     let g = v.groups.get(&c.id).ok_or(Errno::ENODEV)?;
-    if !g.devices.iter().any(|d| *d == name) {
+    if !g.devices.contains(&name) {
         return Err(Errno::ENODEV);
     }
     let Some(cid) = g.container else {

@@ -1,0 +1,124 @@
+//! The library side of `type1 exec`: run a program with `libtype1_preload.so` preloaded and
+//! summarize the trace it leaves.
+
+use std::{
+    collections::BTreeMap,
+    path::{Path, PathBuf},
+    process::{Command, ExitStatus},
+};
+
+/// File name of the built library.
+pub const LIBRARY_NAME: &str = "libtype1_preload.so";
+
+/// Finds the built library next to the running executable (`target/<profile>/`, or its parent
+/// when running from `deps/`).
+pub fn find_library() -> Option<PathBuf> {
+    let exe = std::env::current_exe().ok()?;
+    let dir = exe.parent()?;
+    [dir.to_path_buf(), dir.parent()?.to_path_buf()]
+        .into_iter()
+        .map(|d| d.join(LIBRARY_NAME))
+        .find(|p| p.exists())
+}
+
+/// Options of one preloaded run.
+#[derive(Clone, Debug)]
+pub struct ExecOptions {
+    /// Path of `libtype1_preload.so`.
+    pub library: PathBuf,
+    /// `TYPE1_TRACE`: where the trace goes.
+    pub trace: Option<PathBuf>,
+    /// `TYPE1_POLICY` (`seed` or `none`).
+    pub policy: Option<String>,
+}
+
+/// Runs `program args...` with the library preloaded and waits for it.
+pub fn run(opts: &ExecOptions, program: &Path, args: &[String]) -> std::io::Result<ExitStatus> {
+    let mut cmd = Command::new(program);
+    cmd.args(args).env("LD_PRELOAD", &opts.library);
+    if let Some(t) = &opts.trace {
+        cmd.env("TYPE1_TRACE", t);
+    }
+    if let Some(p) = &opts.policy {
+        cmd.env("TYPE1_POLICY", p);
+    }
+    cmd.status()
+}
+
+/// Counts of a trace: events by kind, flushes by reason, failed operations.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct TraceSummary {
+    /// Number of events of each `ev`.
+    pub events: BTreeMap<String, u64>,
+    /// Number of `flush` events per `reason`.
+    pub flushes: BTreeMap<String, u64>,
+    /// `ret` events whose result is an errno name, as `op: ERRNO`.
+    pub errors: Vec<String>,
+    /// Lines that were not JSON objects.
+    pub bad_lines: u64,
+}
+
+impl std::fmt::Display for TraceSummary {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        for (k, v) in &self.events {
+            writeln!(f, "{k:>10} {v}")?;
+        }
+        for (k, v) in &self.flushes {
+            writeln!(f, "flush/{k:<6} {v}")?;
+        }
+        for e in &self.errors {
+            writeln!(f, "error {e}")?;
+        }
+        Ok(())
+    }
+}
+
+/// Summarizes a JSON-lines trace.
+pub fn summarize(trace: &str) -> TraceSummary {
+    let mut s = TraceSummary::default();
+    for line in trace.lines().filter(|l| !l.trim().is_empty()) {
+        let Ok(v) = serde_json::from_str::<serde_json::Value>(line) else {
+            s.bad_lines += 1;
+            continue;
+        };
+        let ev = v
+            .get("ev")
+            .and_then(|e| e.as_str())
+            .unwrap_or("?")
+            .to_string();
+        if ev == "flush" {
+            let r = v
+                .get("reason")
+                .and_then(|e| e.as_str())
+                .unwrap_or("?")
+                .to_string();
+            *s.flushes.entry(r).or_default() += 1;
+        }
+        if ev == "ret" {
+            let r = v.get("result").and_then(|e| e.as_str()).unwrap_or("");
+            if r.starts_with('E') {
+                let op = v.get("op").and_then(|e| e.as_str()).unwrap_or("?");
+                s.errors.push(format!("{op}: {r}"));
+            }
+        }
+        *s.events.entry(ev).or_default() += 1;
+    }
+    s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn summary_counts() {
+        let t = r#"{"seq":1,"ev":"flush","reason":"map","iova":0,"npages":1,"pa":0,"skipped":0}
+{"seq":2,"ev":"ret","op":"IOMMU_MAP_DMA","result":"EEXIST"}
+not json
+"#;
+        let s = summarize(t);
+        assert_eq!(s.flushes["map"], 1);
+        assert_eq!(s.errors, vec!["IOMMU_MAP_DMA: EEXIST".to_string()]);
+        assert_eq!(s.bad_lines, 1);
+    }
+}

@@ -1,0 +1,641 @@
+//! The interposed libc symbols.
+//!
+//! Each hook decides whether its path or fd is emulated; if not (or when called from inside
+//! the emulation, see `state::guarded`), it calls the next definition of the symbol
+//! (`dlsym(RTLD_NEXT)`). Variadic C prototypes (`open`, `ioctl`) are defined with fixed arity,
+//! which the x86-64 SysV calling convention makes equivalent for the argument counts used.
+
+#![allow(clippy::missing_safety_doc)] // Safety contracts are libc's, documented by glibc.
+
+use std::{
+    ffi::{c_char, c_int, c_uint, c_ulong, c_void, CStr},
+    sync::atomic::{AtomicUsize, Ordering},
+};
+
+use type1_core::Errno;
+use type1_uapi::Object;
+
+use crate::state::{self, guarded, ProcessCaller, DEFAULT_DEVICES, SYSFS_PCI};
+
+type OffT = libc::off_t;
+
+fn set_errno(e: Errno) {
+    // SAFETY: __errno_location returns this thread's errno slot.
+    unsafe { *libc::__errno_location() = e.0 };
+}
+
+/// Resolves (once) and returns the next definition of a symbol.
+macro_rules! real {
+    ($name:literal, $ty:ty) => {{
+        static P: AtomicUsize = AtomicUsize::new(0);
+        let mut p = P.load(Ordering::Relaxed);
+        if p == 0 {
+            // SAFETY: dlsym with a NUL-terminated name; RTLD_NEXT finds the definition after ours.
+            p = unsafe { libc::dlsym(libc::RTLD_NEXT, concat!($name, "\0").as_ptr().cast()) }
+                as usize;
+            P.store(p, Ordering::Relaxed);
+        }
+        if p == 0 {
+            None
+        } else {
+            // SAFETY: the symbol named `$name` has the C prototype `$ty` in glibc.
+            Some(unsafe { std::mem::transmute::<usize, $ty>(p) })
+        }
+    }};
+}
+
+/// What a path names.
+#[derive(Clone, Debug, PartialEq, Eq)]
+enum Kind {
+    Container,
+    Group(u32),
+    /// Under an emulated prefix but nothing there: ENOENT.
+    Missing,
+    /// `/sys/bus/pci/devices/<bdf>`.
+    SysDev(String),
+    /// `/sys/bus/pci/devices/<bdf>/iommu_group`.
+    GroupLink(u32),
+    NotOurs,
+}
+
+fn classify(path: &[u8]) -> Kind {
+    let Ok(p) = std::str::from_utf8(path) else {
+        return Kind::NotOurs;
+    };
+    if let Some(rest) = p.strip_prefix("/dev/vfio/") {
+        if rest == "vfio" {
+            return Kind::Container;
+        }
+        if let Ok(n) = rest.parse::<u32>() {
+            if DEFAULT_DEVICES.iter().any(|(g, _)| *g == n) && !rest.starts_with('+') {
+                return Kind::Group(n);
+            }
+        }
+        return Kind::Missing;
+    }
+    if let Some(rest) = p.strip_prefix(SYSFS_PCI) {
+        let rest = rest.trim_end_matches('/');
+        let (bdf, tail) = match rest.split_once('/') {
+            Some((b, t)) => (b, Some(t)),
+            None => (rest, None),
+        };
+        let Some((g, _)) = DEFAULT_DEVICES.iter().find(|(_, d)| *d == bdf) else {
+            return Kind::NotOurs;
+        };
+        return match tail {
+            None => Kind::SysDev(bdf.to_string()),
+            Some("iommu_group") => Kind::GroupLink(*g),
+            Some(_) => Kind::Missing,
+        };
+    }
+    Kind::NotOurs
+}
+
+unsafe fn path_kind(path: *const c_char) -> Kind {
+    if path.is_null() {
+        return Kind::NotOurs;
+    }
+    // SAFETY: a non-null path argument of an open/stat call is a NUL-terminated string.
+    classify(unsafe { CStr::from_ptr(path) }.to_bytes())
+}
+
+/// Opens an emulated object; `None` if `path` is not emulated.
+unsafe fn emulated_open(path: *const c_char, flags: c_int) -> Option<c_int> {
+    // SAFETY: forwarded contract of the caller.
+    let kind = unsafe { path_kind(path) };
+    let r = match kind {
+        Kind::NotOurs => return None,
+        Kind::Container | Kind::Group(_) => guarded(|| -> Result<c_int, Errno> {
+            let mut g = state::lock()?;
+            let s = g.as_mut().ok_or(Errno::EIO)?;
+            let obj = match kind {
+                Kind::Container => s.vfio.open_container(),
+                Kind::Group(n) => s.vfio.open_group(n)?,
+                _ => return Err(Errno::ENOENT),
+            };
+            match state::memfd(c"vfio", flags & libc::O_CLOEXEC != 0) {
+                Ok(fd) => {
+                    s.fds.insert(fd, obj);
+                    Ok(fd)
+                }
+                Err(e) => {
+                    s.vfio.close(obj);
+                    Err(e)
+                }
+            }
+        }),
+        // Sysfs directories and links are not opened by VFIO users.
+        Kind::Missing | Kind::SysDev(_) | Kind::GroupLink(_) => Ok(Err(Errno::ENOENT)),
+    };
+    Some(match r {
+        Ok(Ok(fd)) => fd,
+        Ok(Err(e)) => {
+            set_errno(e);
+            -1
+        }
+        // Re-entered or panicked: never pass an emulated path through.
+        Err(_) => {
+            set_errno(Errno::EIO);
+            -1
+        }
+    })
+}
+
+type OpenFn = unsafe extern "C" fn(*const c_char, c_int, c_uint) -> c_int;
+type Open2Fn = unsafe extern "C" fn(*const c_char, c_int) -> c_int;
+type OpenatFn = unsafe extern "C" fn(c_int, *const c_char, c_int, c_uint) -> c_int;
+
+macro_rules! open_hook {
+    ($name:ident, $lit:literal) => {
+        /// Interposed `open`-family entry point.
+        #[no_mangle]
+        pub unsafe extern "C" fn $name(path: *const c_char, flags: c_int, mode: c_uint) -> c_int {
+            // SAFETY: forwarded contract of the caller.
+            if let Some(r) = unsafe { emulated_open(path, flags) } {
+                return r;
+            }
+            match real!($lit, OpenFn) {
+                // SAFETY: the real function with the caller's arguments.
+                Some(f) => unsafe { f(path, flags, mode) },
+                None => {
+                    set_errno(Errno(libc::ENOSYS));
+                    -1
+                }
+            }
+        }
+    };
+}
+open_hook!(open, "open");
+open_hook!(open64, "open64");
+
+macro_rules! open2_hook {
+    ($name:ident, $lit:literal) => {
+        /// Interposed fortified `open` entry point.
+        #[no_mangle]
+        pub unsafe extern "C" fn $name(path: *const c_char, flags: c_int) -> c_int {
+            // SAFETY: forwarded contract of the caller.
+            if let Some(r) = unsafe { emulated_open(path, flags) } {
+                return r;
+            }
+            match real!($lit, Open2Fn) {
+                // SAFETY: the real function with the caller's arguments.
+                Some(f) => unsafe { f(path, flags) },
+                None => {
+                    set_errno(Errno(libc::ENOSYS));
+                    -1
+                }
+            }
+        }
+    };
+}
+open2_hook!(__open_2, "__open_2");
+open2_hook!(__open64_2, "__open64_2");
+
+macro_rules! openat_hook {
+    ($name:ident, $lit:literal) => {
+        /// Interposed `openat` entry point (absolute paths only are emulated).
+        #[no_mangle]
+        pub unsafe extern "C" fn $name(
+            dirfd: c_int,
+            path: *const c_char,
+            flags: c_int,
+            mode: c_uint,
+        ) -> c_int {
+            // SAFETY: forwarded contract of the caller.
+            if let Some(r) = unsafe { emulated_open(path, flags) } {
+                return r;
+            }
+            match real!($lit, OpenatFn) {
+                // SAFETY: the real function with the caller's arguments.
+                Some(f) => unsafe { f(dirfd, path, flags, mode) },
+                None => {
+                    set_errno(Errno(libc::ENOSYS));
+                    -1
+                }
+            }
+        }
+    };
+}
+openat_hook!(openat, "openat");
+openat_hook!(openat64, "openat64");
+
+/// Interposed `close`: the last close of an emulated object, then the real close.
+#[no_mangle]
+pub unsafe extern "C" fn close(fd: c_int) -> c_int {
+    let _ = guarded(|| {
+        if state::object_of(fd).is_some() {
+            if let Ok(mut g) = state::lock() {
+                if let Some(s) = g.as_mut() {
+                    if let Some(obj) = s.fds.remove(&fd) {
+                        s.vfio.close(obj);
+                    }
+                }
+            }
+        }
+    });
+    match real!("close", unsafe extern "C" fn(c_int) -> c_int) {
+        // SAFETY: the real function with the caller's argument.
+        Some(f) => unsafe { f(fd) },
+        None => {
+            set_errno(Errno(libc::ENOSYS));
+            -1
+        }
+    }
+}
+
+/// Runs an operation on an emulated fd; `None` if `fd` is not emulated (or re-entered).
+fn on_emulated<R>(
+    fd: c_int,
+    f: impl FnOnce(&mut state::State, Object) -> Result<R, Errno>,
+) -> Option<Result<R, Errno>> {
+    let obj = guarded(|| state::object_of(fd)).ok().flatten()?;
+    let r = guarded(|| {
+        let mut g = state::lock()?;
+        let s = g.as_mut().ok_or(Errno::EIO)?;
+        f(s, obj)
+    });
+    Some(r.unwrap_or(Err(Errno::EIO)))
+}
+
+/// Interposed `ioctl` (fixed arity: one pointer-sized argument).
+#[no_mangle]
+pub unsafe extern "C" fn ioctl(fd: c_int, req: c_ulong, arg: *mut c_void) -> c_int {
+    let emulated = on_emulated(fd, |s, obj| {
+        let state::State { vfio, fds } = s;
+        let mut caller = ProcessCaller { fds };
+        // c_ulong is u64 here but u32 on 32-bit targets.
+        #[allow(clippy::useless_conversion)]
+        let req = u64::from(req);
+        vfio.ioctl(obj, req, arg as u64, &mut caller)
+    });
+    match emulated {
+        Some(Ok(v)) => v as c_int,
+        Some(Err(e)) => {
+            set_errno(e);
+            -1
+        }
+        None => match real!(
+            "ioctl",
+            unsafe extern "C" fn(c_int, c_ulong, *mut c_void) -> c_int
+        ) {
+            // SAFETY: the real function with the caller's arguments.
+            Some(f) => unsafe { f(fd, req, arg) },
+            None => {
+                set_errno(Errno(libc::ENOSYS));
+                -1
+            }
+        },
+    }
+}
+
+/// Device region access; EINVAL on a container or group fd (the kernel has no read for them).
+fn emulated_rw(fd: c_int, buf: *mut c_void, count: usize, off: OffT, write: bool) -> Option<isize> {
+    let r = on_emulated(fd, |s, obj| {
+        let Object::Device(dev) = obj else {
+            return Err(Errno::EINVAL);
+        };
+        let pos = u64::try_from(off).map_err(|_| Errno::EINVAL)?;
+        let mut tmp = vec![0u8; count.min(1 << 20)];
+        if write {
+            type1_host::sys::read_user(buf as u64, &mut tmp)?;
+        }
+        let n = s.vfio.device_rw(dev, pos, &mut tmp, write)?;
+        if !write {
+            type1_host::sys::write_user(buf as u64, &tmp[..n])?;
+        }
+        Ok(n as isize)
+    })?;
+    Some(match r {
+        Ok(n) => n,
+        Err(e) => {
+            set_errno(e);
+            -1
+        }
+    })
+}
+
+type PreadFn = unsafe extern "C" fn(c_int, *mut c_void, usize, OffT) -> isize;
+type PwriteFn = unsafe extern "C" fn(c_int, *const c_void, usize, OffT) -> isize;
+
+macro_rules! pread_hook {
+    ($name:ident, $lit:literal) => {
+        /// Interposed `pread`.
+        #[no_mangle]
+        pub unsafe extern "C" fn $name(
+            fd: c_int,
+            buf: *mut c_void,
+            count: usize,
+            off: OffT,
+        ) -> isize {
+            if let Some(r) = emulated_rw(fd, buf, count, off, false) {
+                return r;
+            }
+            match real!($lit, PreadFn) {
+                // SAFETY: the real function with the caller's arguments.
+                Some(f) => unsafe { f(fd, buf, count, off) },
+                None => {
+                    set_errno(Errno(libc::ENOSYS));
+                    -1
+                }
+            }
+        }
+    };
+}
+pread_hook!(pread, "pread");
+pread_hook!(pread64, "pread64");
+
+/// Interposed fortified `pread64`.
+#[no_mangle]
+pub unsafe extern "C" fn __pread64_chk(
+    fd: c_int,
+    buf: *mut c_void,
+    count: usize,
+    off: OffT,
+    buflen: usize,
+) -> isize {
+    if let Some(r) = emulated_rw(fd, buf, count.min(buflen), off, false) {
+        return r;
+    }
+    match real!(
+        "__pread64_chk",
+        unsafe extern "C" fn(c_int, *mut c_void, usize, OffT, usize) -> isize
+    ) {
+        // SAFETY: the real function with the caller's arguments.
+        Some(f) => unsafe { f(fd, buf, count, off, buflen) },
+        None => {
+            set_errno(Errno(libc::ENOSYS));
+            -1
+        }
+    }
+}
+
+macro_rules! pwrite_hook {
+    ($name:ident, $lit:literal) => {
+        /// Interposed `pwrite`.
+        #[no_mangle]
+        pub unsafe extern "C" fn $name(
+            fd: c_int,
+            buf: *const c_void,
+            count: usize,
+            off: OffT,
+        ) -> isize {
+            if let Some(r) = emulated_rw(fd, buf as *mut c_void, count, off, true) {
+                return r;
+            }
+            match real!($lit, PwriteFn) {
+                // SAFETY: the real function with the caller's arguments.
+                Some(f) => unsafe { f(fd, buf, count, off) },
+                None => {
+                    set_errno(Errno(libc::ENOSYS));
+                    -1
+                }
+            }
+        }
+    };
+}
+pwrite_hook!(pwrite, "pwrite");
+pwrite_hook!(pwrite64, "pwrite64");
+
+type MmapFn = unsafe extern "C" fn(*mut c_void, usize, c_int, c_int, c_int, OffT) -> *mut c_void;
+
+macro_rules! mmap_hook {
+    ($name:ident, $lit:literal) => {
+        /// Interposed `mmap`: no emulated region is mappable (no region has the MMAP flag).
+        #[no_mangle]
+        pub unsafe extern "C" fn $name(
+            addr: *mut c_void,
+            len: usize,
+            prot: c_int,
+            flags: c_int,
+            fd: c_int,
+            off: OffT,
+        ) -> *mut c_void {
+            if fd >= 0
+                && flags & libc::MAP_ANONYMOUS == 0
+                && guarded(|| state::object_of(fd)).ok().flatten().is_some()
+            {
+                set_errno(Errno::EINVAL);
+                return libc::MAP_FAILED;
+            }
+            match real!($lit, MmapFn) {
+                // SAFETY: the real function with the caller's arguments.
+                Some(f) => unsafe { f(addr, len, prot, flags, fd, off) },
+                None => {
+                    set_errno(Errno(libc::ENOSYS));
+                    libc::MAP_FAILED
+                }
+            }
+        }
+    };
+}
+mmap_hook!(mmap, "mmap");
+mmap_hook!(mmap64, "mmap64");
+
+/// For the stat family: the real path to stat instead, or the errno; `None` if not emulated.
+fn stat_substitute(kind: &Kind) -> Option<Result<&'static CStr, Errno>> {
+    match kind {
+        Kind::NotOurs => None,
+        Kind::Container | Kind::Group(_) => Some(Ok(c"/dev/null")),
+        Kind::SysDev(_) | Kind::GroupLink(_) => Some(Ok(c"/sys")),
+        Kind::Missing => Some(Err(Errno::ENOENT)),
+    }
+}
+
+type StatFn = unsafe extern "C" fn(*const c_char, *mut libc::stat) -> c_int;
+
+macro_rules! stat_hook {
+    ($name:ident, $lit:literal) => {
+        /// Interposed `stat`-family entry point.
+        #[no_mangle]
+        pub unsafe extern "C" fn $name(path: *const c_char, buf: *mut libc::stat) -> c_int {
+            // SAFETY: forwarded contract of the caller.
+            let kind = unsafe { path_kind(path) };
+            let path = match stat_substitute(&kind) {
+                None => path,
+                Some(Ok(p)) => p.as_ptr(),
+                Some(Err(e)) => {
+                    set_errno(e);
+                    return -1;
+                }
+            };
+            match real!($lit, StatFn) {
+                // SAFETY: the real function, with a valid path and the caller's buffer.
+                Some(f) => unsafe { f(path, buf) },
+                None => {
+                    set_errno(Errno(libc::ENOSYS));
+                    -1
+                }
+            }
+        }
+    };
+}
+stat_hook!(stat, "stat");
+stat_hook!(stat64, "stat64");
+stat_hook!(lstat, "lstat");
+stat_hook!(lstat64, "lstat64");
+
+/// Interposed `statx` (what Rust's `std::fs::metadata` uses).
+#[no_mangle]
+pub unsafe extern "C" fn statx(
+    dirfd: c_int,
+    path: *const c_char,
+    flags: c_int,
+    mask: c_uint,
+    buf: *mut libc::statx,
+) -> c_int {
+    // SAFETY: forwarded contract of the caller.
+    let kind = unsafe { path_kind(path) };
+    let path = match stat_substitute(&kind) {
+        None => path,
+        Some(Ok(p)) => p.as_ptr(),
+        Some(Err(e)) => {
+            set_errno(e);
+            return -1;
+        }
+    };
+    match real!(
+        "statx",
+        unsafe extern "C" fn(c_int, *const c_char, c_int, c_uint, *mut libc::statx) -> c_int
+    ) {
+        // SAFETY: the real function, with a valid path and the caller's buffer.
+        Some(f) => unsafe { f(dirfd, path, flags, mask, buf) },
+        None => {
+            set_errno(Errno(libc::ENOSYS));
+            -1
+        }
+    }
+}
+
+/// Interposed `readlink`: the emulated devices' `iommu_group` links.
+#[no_mangle]
+pub unsafe extern "C" fn readlink(path: *const c_char, buf: *mut c_char, size: usize) -> isize {
+    // SAFETY: forwarded contract of the caller.
+    let kind = unsafe { path_kind(path) };
+    match kind {
+        Kind::NotOurs => {}
+        Kind::GroupLink(n) => {
+            let target = format!("../../../../kernel/iommu_groups/{n}");
+            let len = target.len().min(size);
+            return match type1_host::sys::write_user(buf as u64, &target.as_bytes()[..len]) {
+                Ok(()) => len as isize,
+                Err(e) => {
+                    set_errno(e);
+                    -1
+                }
+            };
+        }
+        Kind::Missing => {
+            set_errno(Errno::ENOENT);
+            return -1;
+        }
+        _ => {
+            set_errno(Errno::EINVAL); // not a link
+            return -1;
+        }
+    }
+    match real!(
+        "readlink",
+        unsafe extern "C" fn(*const c_char, *mut c_char, usize) -> isize
+    ) {
+        // SAFETY: the real function with the caller's arguments.
+        Some(f) => unsafe { f(path, buf, size) },
+        None => {
+            set_errno(Errno(libc::ENOSYS));
+            -1
+        }
+    }
+}
+
+/// Interposed `realpath`: emulated paths resolve to themselves (group links to their
+/// target); paths under an emulated device that do not exist are ENOENT.
+#[no_mangle]
+pub unsafe extern "C" fn realpath(path: *const c_char, resolved: *mut c_char) -> *mut c_char {
+    // SAFETY: forwarded contract of the caller.
+    let kind = unsafe { path_kind(path) };
+    let answer: Option<String> = match &kind {
+        Kind::NotOurs => None,
+        Kind::Missing => {
+            set_errno(Errno::ENOENT);
+            return std::ptr::null_mut();
+        }
+        Kind::SysDev(bdf) => Some(format!("{SYSFS_PCI}{bdf}")),
+        Kind::GroupLink(n) => Some(format!("/sys/kernel/iommu_groups/{n}")),
+        Kind::Container => Some("/dev/vfio/vfio".into()),
+        Kind::Group(n) => Some(format!("/dev/vfio/{n}")),
+    };
+    if let Some(s) = answer {
+        let bytes = s.as_bytes();
+        let out = if resolved.is_null() {
+            // SAFETY: malloc of a small size; the caller frees it, as realpath's contract says.
+            let p = unsafe { libc::malloc(bytes.len() + 1) } as *mut c_char;
+            if p.is_null() {
+                set_errno(Errno::ENOMEM);
+                return p;
+            }
+            p
+        } else {
+            resolved
+        };
+        // SAFETY: `out` holds at least PATH_MAX bytes (caller's buffer) or was just allocated
+        // with room for the string and its NUL; our strings are far shorter than PATH_MAX.
+        unsafe {
+            std::ptr::copy_nonoverlapping(bytes.as_ptr(), out as *mut u8, bytes.len());
+            *out.add(bytes.len()) = 0;
+        }
+        return out;
+    }
+    match real!(
+        "realpath",
+        unsafe extern "C" fn(*const c_char, *mut c_char) -> *mut c_char
+    ) {
+        // SAFETY: the real function with the caller's arguments.
+        Some(f) => unsafe { f(path, resolved) },
+        None => {
+            set_errno(Errno(libc::ENOSYS));
+            std::ptr::null_mut()
+        }
+    }
+}
+
+extern "C" fn at_exit() {
+    state::release_all();
+}
+
+/// Runs at process exit (also after `main` returns without closing anything, as QEMU does).
+#[used]
+#[link_section = ".fini_array"]
+static FINI: extern "C" fn() = at_exit;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn classify_paths() {
+        assert_eq!(classify(b"/dev/vfio/vfio"), Kind::Container);
+        assert_eq!(classify(b"/dev/vfio/1"), Kind::Group(1));
+        assert_eq!(classify(b"/dev/vfio/7"), Kind::Missing);
+        assert_eq!(classify(b"/dev/vfio/devices/x"), Kind::Missing);
+        assert_eq!(classify(b"/dev/null"), Kind::NotOurs);
+        assert_eq!(
+            classify(b"/sys/bus/pci/devices/0000:00:05.0"),
+            Kind::SysDev("0000:00:05.0".into())
+        );
+        assert_eq!(
+            classify(b"/sys/bus/pci/devices/0000:00:05.0/"),
+            Kind::SysDev("0000:00:05.0".into())
+        );
+        assert_eq!(
+            classify(b"/sys/bus/pci/devices/0000:00:04.0/iommu_group"),
+            Kind::GroupLink(0)
+        );
+        assert_eq!(
+            classify(b"/sys/bus/pci/devices/0000:00:04.0/subsystem"),
+            Kind::Missing
+        );
+        assert_eq!(
+            classify(b"/sys/bus/pci/devices/0000:00:09.0"),
+            Kind::NotOurs
+        );
+    }
+}
