@@ -110,6 +110,10 @@ enum Cmd {
         /// Print only failures and the summary.
         #[arg(long, short)]
         quiet: bool,
+        /// Instead of checking expectations, rerun each file failing the 1st, 2nd, ... nth
+        /// fallible platform call (fail-nth sweep) and report leaks, wrong errnos, violations.
+        #[arg(long)]
+        sweep: bool,
     },
 }
 
@@ -120,6 +124,37 @@ fn write_trace(sim: &type1_sim::Sim, path: &PathBuf) -> Result<()> {
     sim.write_jsonl(&mut w)
         .with_context(|| format!("cannot write trace file {}", path.display()))?;
     Ok(())
+}
+
+fn sweep_files(files: &[PathBuf], policy: Option<String>, quiet: bool) -> Result<ExitCode> {
+    let (mut points, mut absorbed, mut bad) = (0, 0, 0);
+    for f in files {
+        let text = std::fs::read_to_string(f).with_context(|| format!("cannot read {}", f.display()))?;
+        let steps = match type1_scenario::parse::parse(&text) {
+            Ok(s) => s,
+            Err(e) => {
+                println!("FAIL {}:{}: {}", f.display(), e.line, e.msg);
+                bad += 1;
+                continue;
+            }
+        };
+        let opts = RunOptions { policy: policy.clone(), base_dir: f.parent().map(PathBuf::from) };
+        let rep = type1_scenario::sweep::sweep_steps(&steps, &opts, 10_000).map_err(|e| anyhow::anyhow!("{}: {e}", f.display()))?;
+        points += rep.fault_points;
+        absorbed += rep.absorbed;
+        if rep.problems.is_empty() {
+            if !quiet {
+                println!("PASS {} ({} fault points, {} absorbed)", f.display(), rep.fault_points, rep.absorbed);
+            }
+        } else {
+            bad += 1;
+            for p in &rep.problems {
+                println!("FAIL {}: {p}", f.display());
+            }
+        }
+    }
+    println!("{points} fault points exercised ({absorbed} absorbed by the kernel path), {bad} files with problems");
+    Ok(if bad == 0 { ExitCode::SUCCESS } else { ExitCode::FAILURE })
 }
 
 fn run_files(
@@ -231,8 +266,16 @@ fn main() -> ExitCode {
         Cmd::Run {
             files,
             policy,
+            quiet,
+            sweep: true,
+            ..
+        } => sweep_files(&files, policy, quiet),
+        Cmd::Run {
+            files,
+            policy,
             trace,
             quiet,
+            sweep: false,
         } => run_files(&files, policy, trace, quiet),
         Cmd::Exec {
             trace,
