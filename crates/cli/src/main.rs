@@ -129,7 +129,8 @@ fn write_trace(sim: &type1_sim::Sim, path: &PathBuf) -> Result<()> {
 fn sweep_files(files: &[PathBuf], policy: Option<String>, quiet: bool) -> Result<ExitCode> {
     let (mut points, mut absorbed, mut bad) = (0, 0, 0);
     for f in files {
-        let text = std::fs::read_to_string(f).with_context(|| format!("cannot read {}", f.display()))?;
+        let text =
+            std::fs::read_to_string(f).with_context(|| format!("cannot read {}", f.display()))?;
         let steps = match type1_scenario::parse::parse(&text) {
             Ok(s) => s,
             Err(e) => {
@@ -138,13 +139,22 @@ fn sweep_files(files: &[PathBuf], policy: Option<String>, quiet: bool) -> Result
                 continue;
             }
         };
-        let opts = RunOptions { policy: policy.clone(), base_dir: f.parent().map(PathBuf::from) };
-        let rep = type1_scenario::sweep::sweep_steps(&steps, &opts, 10_000).map_err(|e| anyhow::anyhow!("{}: {e}", f.display()))?;
+        let opts = RunOptions {
+            policy: policy.clone(),
+            base_dir: f.parent().map(PathBuf::from),
+        };
+        let rep = type1_scenario::sweep::sweep_steps(&steps, &opts, 10_000)
+            .map_err(|e| anyhow::anyhow!("{}: {e}", f.display()))?;
         points += rep.fault_points;
         absorbed += rep.absorbed;
         if rep.problems.is_empty() {
             if !quiet {
-                println!("PASS {} ({} fault points, {} absorbed)", f.display(), rep.fault_points, rep.absorbed);
+                println!(
+                    "PASS {} ({} fault points, {} absorbed)",
+                    f.display(),
+                    rep.fault_points,
+                    rep.absorbed
+                );
             }
         } else {
             bad += 1;
@@ -154,7 +164,11 @@ fn sweep_files(files: &[PathBuf], policy: Option<String>, quiet: bool) -> Result
         }
     }
     println!("{points} fault points exercised ({absorbed} absorbed by the kernel path), {bad} files with problems");
-    Ok(if bad == 0 { ExitCode::SUCCESS } else { ExitCode::FAILURE })
+    Ok(if bad == 0 {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    })
 }
 
 fn run_files(

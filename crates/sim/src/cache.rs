@@ -180,7 +180,10 @@ impl Sim {
                 let f = &mut self.frames[pfn as usize];
                 f.flushed_since_pin = true;
                 if f.nc_write_refs == 0 {
+                    // Flushed after the last non-coherent writer left: no stale line can
+                    // remain, later CPU writes are ordinary coherent ones.
                     f.needs_unpin_flush = false;
+                    f.exposed = false;
                 }
             }
         }
