@@ -151,20 +151,7 @@ impl Type1 {
                     return Err(Error::inval("dirty tracking is off"));
                 }
                 let last = iova + (size - 1);
-                if let Some(k) = self.find_dma(iova, 1) {
-                    if k != iova {
-                        return Err(Error::inval(format!(
-                            "iova 0x{iova:x} bisects mapping 0x{k:x}"
-                        )));
-                    }
-                }
-                if let Some(k) = self.find_dma(last, 1) {
-                    if self.dmas[&k].last() != last {
-                        return Err(Error::inval(format!(
-                            "end 0x{last:x} bisects mapping 0x{k:x}"
-                        )));
-                    }
-                }
+                self.check_no_bisect(iova, last)?;
                 let keys: Vec<u64> = self.dmas.range(iova..=last).map(|(k, _)| *k).collect();
                 let pgshift = pg.trailing_zeros();
                 for k in keys {

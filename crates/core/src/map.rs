@@ -69,6 +69,25 @@ pub(crate) fn verify_bitmap_size(npages: u64, bitmap_size: u64) -> Result<()> {
 }
 
 impl Type1 {
+    /// U3 and D4 step 6: EINVAL if `iova` or `last` falls strictly inside a mapping.
+    pub(crate) fn check_no_bisect(&self, iova: u64, last: u64) -> Result<()> {
+        if let Some(k) = self.find_dma(iova, 1) {
+            if k != iova {
+                return Err(Error::inval(format!(
+                    "iova 0x{iova:x} bisects mapping 0x{k:x}"
+                )));
+            }
+        }
+        if let Some(k) = self.find_dma(last, 1) {
+            if self.dmas[&k].last() != last {
+                return Err(Error::inval(format!(
+                    "end 0x{last:x} bisects mapping 0x{k:x}"
+                )));
+            }
+        }
+        Ok(())
+    }
+
     /// VFIO_IOMMU_MAP_DMA (M1). The caller's task comes from the platform.
     pub fn map_dma<P: Platform + ?Sized>(&mut self, p: &mut P, req: MapRequest) -> Result<()> {
         let MapRequest {
@@ -359,20 +378,7 @@ impl Type1 {
         'again: loop {
             // U3: v2 never bisects a mapping.
             if self.v2 && !unmap_all {
-                if let Some(k) = self.find_dma(iova, 1) {
-                    if k != iova {
-                        return Err(Error::inval(format!(
-                            "iova 0x{iova:x} bisects mapping 0x{k:x}"
-                        )));
-                    }
-                }
-                if let Some(k) = self.find_dma(last, 1) {
-                    if self.dmas[&k].last() != last {
-                        return Err(Error::inval(format!(
-                            "end 0x{last:x} bisects mapping 0x{k:x}"
-                        )));
-                    }
-                }
+                self.check_no_bisect(iova, last)?;
             }
             let keys: Vec<u64> = self
                 .dmas

@@ -131,160 +131,113 @@ impl FlushPolicy for Eager {
     }
 }
 
+/// A variation of [`Seed`]: each knob changes one decision of the series. The review thread's
+/// rejected simplifications and single-point ablations are variants, and so are the two
+/// policies that go past the series (`seed-fixed`, `seed-ro`; see `docs/verification.md`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SeedVariant {
+    /// Command-line name.
+    pub name: &'static str,
+    /// Keep the F3 map flush and the F4 replay flush.
+    pub map_flush: bool,
+    /// Keep the F5 unpin flush.
+    pub unpin_flush: bool,
+    /// Replay assigns `is_noncoherent = !domain.enforce_cache_coherency` (rejected in review).
+    pub reset_on_replay: bool,
+    /// MAP sets the flag only after success, so MAP unwinds unpin unflushed (the review concern).
+    pub flag_after_map: bool,
+    /// Skip the unpin flush of mappings without WRITE (no device could write them).
+    pub skip_readonly_unpin: bool,
+    /// See [`FlushPolicy::flush_rest_on_failed_replay`].
+    pub flush_rest_on_failed_replay: bool,
+}
+
+impl SeedVariant {
+    const SEED: SeedVariant = SeedVariant {
+        name: "seed",
+        map_flush: true,
+        unpin_flush: true,
+        reset_on_replay: false,
+        flag_after_map: false,
+        skip_readonly_unpin: false,
+        flush_rest_on_failed_replay: false,
+    };
+}
+
 /// The rejected simplification `is_noncoherent = !domain.enforce_cache_coherency` on replay
 /// (F4): attaching a coherent domain later clears the flag.
-#[derive(Clone, Copy, Debug, Default)]
-pub struct ResetOnReplay;
+pub const RESET_ON_REPLAY: SeedVariant = SeedVariant {
+    name: "reset-on-replay",
+    reset_on_replay: true,
+    ..SeedVariant::SEED
+};
+/// The flag set only after a fully successful MAP.
+pub const FLAG_AFTER_MAP: SeedVariant = SeedVariant {
+    name: "flag-after-map",
+    flag_after_map: true,
+    ..SeedVariant::SEED
+};
+/// Seed without the unpin flush.
+pub const MAP_ONLY: SeedVariant = SeedVariant {
+    name: "map-only",
+    unpin_flush: false,
+    ..SeedVariant::SEED
+};
+/// Seed without the map and replay flushes.
+pub const UNPIN_ONLY: SeedVariant = SeedVariant {
+    name: "unpin-only",
+    map_flush: false,
+    ..SeedVariant::SEED
+};
+/// Beyond the series: seed with the failed-replay hole closed. `type1 check` finds the hole in
+/// `seed` at depth 7; this policy holds there.
+pub const SEED_FIXED: SeedVariant = SeedVariant {
+    name: "seed-fixed",
+    flush_rest_on_failed_replay: true,
+    ..SeedVariant::SEED
+};
+/// Beyond the series: `seed-fixed` minus the unpin flush for mappings the device could only
+/// read. The unpin flush defends against a device that wrote a page behind the cache (F0,
+/// "after exposure"); through a mapping without WRITE the IOMMU lets no device write. The map
+/// flush stays: a read-only device can still read stale RAM.
+pub const SEED_RO: SeedVariant = SeedVariant {
+    name: "seed-ro",
+    skip_readonly_unpin: true,
+    ..SEED_FIXED
+};
 
-impl FlushPolicy for ResetOnReplay {
+impl FlushPolicy for SeedVariant {
     fn name(&self) -> &'static str {
-        "reset-on-replay"
+        self.name
     }
     fn flag_before_map(&self, n: u32) -> bool {
-        n > 0
-    }
-    fn flush_on_map(&self, flag: bool, _: u32) -> bool {
-        flag
-    }
-    fn on_replay(&self, flag: bool, domain_coherent: bool) -> ReplayDecision {
-        ReplayDecision {
-            flag: !domain_coherent,
-            flush: !domain_coherent && !flag,
-        }
-    }
-    fn flush_on_unpin(&self, flag: bool, _: Prot) -> bool {
-        flag
-    }
-}
-
-/// The flag is set only after a fully successful MAP, so a MAP unwind unpins without a flush.
-#[derive(Clone, Copy, Debug, Default)]
-pub struct FlagAfterMap;
-
-impl FlushPolicy for FlagAfterMap {
-    fn name(&self) -> &'static str {
-        "flag-after-map"
-    }
-    fn flag_before_map(&self, _: u32) -> bool {
-        false
+        !self.flag_after_map && Seed.flag_before_map(n)
     }
     fn flag_after_map(&self, flag: bool, n: u32) -> bool {
-        flag || n > 0
+        flag || (self.flag_after_map && n > 0)
     }
-    fn flush_on_map(&self, _: bool, n: u32) -> bool {
-        n > 0
-    }
-    fn on_replay(&self, flag: bool, domain_coherent: bool) -> ReplayDecision {
-        Seed.on_replay(flag, domain_coherent)
-    }
-    fn flush_on_unpin(&self, flag: bool, _: Prot) -> bool {
-        flag
-    }
-}
-
-/// Seed without the unpin flush (F5 dropped).
-#[derive(Clone, Copy, Debug, Default)]
-pub struct MapOnly;
-
-impl FlushPolicy for MapOnly {
-    fn name(&self) -> &'static str {
-        "map-only"
-    }
-    fn flag_before_map(&self, n: u32) -> bool {
-        n > 0
-    }
-    fn flush_on_map(&self, flag: bool, _: u32) -> bool {
-        flag
+    fn flush_on_map(&self, flag: bool, n: u32) -> bool {
+        self.map_flush && if self.flag_after_map { n > 0 } else { flag }
     }
     fn on_replay(&self, flag: bool, domain_coherent: bool) -> ReplayDecision {
-        Seed.on_replay(flag, domain_coherent)
-    }
-    fn flush_on_unpin(&self, _: bool, _: Prot) -> bool {
-        false
-    }
-}
-
-/// Seed without the map and replay flushes (F3 and F4 dropped).
-#[derive(Clone, Copy, Debug, Default)]
-pub struct UnpinOnly;
-
-impl FlushPolicy for UnpinOnly {
-    fn name(&self) -> &'static str {
-        "unpin-only"
-    }
-    fn flag_before_map(&self, n: u32) -> bool {
-        n > 0
-    }
-    fn flush_on_map(&self, _: bool, _: u32) -> bool {
-        false
-    }
-    fn on_replay(&self, flag: bool, domain_coherent: bool) -> ReplayDecision {
+        let d = if self.reset_on_replay {
+            ReplayDecision {
+                flag: !domain_coherent,
+                flush: !domain_coherent && !flag,
+            }
+        } else {
+            Seed.on_replay(flag, domain_coherent)
+        };
         ReplayDecision {
-            flush: false,
-            ..Seed.on_replay(flag, domain_coherent)
+            flush: d.flush && self.map_flush,
+            ..d
         }
     }
-    fn flush_on_unpin(&self, flag: bool, _: Prot) -> bool {
-        flag
-    }
-}
-
-/// Beyond the series: seed with the failed-replay hole closed (see
-/// [`FlushPolicy::flush_rest_on_failed_replay`]). `type1 check` finds the hole in `seed` at
-/// depth 7; this policy holds there.
-#[derive(Clone, Copy, Debug, Default)]
-pub struct SeedFixed;
-
-impl FlushPolicy for SeedFixed {
-    fn name(&self) -> &'static str {
-        "seed-fixed"
-    }
-    fn flag_before_map(&self, n: u32) -> bool {
-        Seed.flag_before_map(n)
-    }
-    fn flush_on_map(&self, flag: bool, n: u32) -> bool {
-        Seed.flush_on_map(flag, n)
-    }
-    fn on_replay(&self, flag: bool, domain_coherent: bool) -> ReplayDecision {
-        Seed.on_replay(flag, domain_coherent)
-    }
-    fn flush_on_unpin(&self, flag: bool, _: Prot) -> bool {
-        flag
-    }
-    fn flush_rest_on_failed_replay(&self) -> bool {
-        true
-    }
-}
-
-/// Beyond the series: `seed-fixed`, minus the unpin flush for mappings the device could only
-/// read.
-///
-/// The unpin flush exists because a device that wrote a page with no-snoop DMA may have left
-/// cache lines that disagree with RAM (F0, "after exposure"). Through a mapping without
-/// `WRITE` the IOMMU lets no device write, so the CPU's lines stay the newest copy and need no
-/// maintenance before the page returns to the allocator. The map flush stays: a read-only
-/// device can still read stale RAM. Soundness argument: `docs/verification.md`.
-#[derive(Clone, Copy, Debug, Default)]
-pub struct SeedReadOnlySkip;
-
-impl FlushPolicy for SeedReadOnlySkip {
-    fn name(&self) -> &'static str {
-        "seed-ro"
-    }
-    fn flag_before_map(&self, n: u32) -> bool {
-        Seed.flag_before_map(n)
-    }
-    fn flush_on_map(&self, flag: bool, n: u32) -> bool {
-        Seed.flush_on_map(flag, n)
-    }
-    fn on_replay(&self, flag: bool, domain_coherent: bool) -> ReplayDecision {
-        Seed.on_replay(flag, domain_coherent)
-    }
     fn flush_on_unpin(&self, flag: bool, prot: Prot) -> bool {
-        flag && prot.write
+        self.unpin_flush && flag && (prot.write || !self.skip_readonly_unpin)
     }
     fn flush_rest_on_failed_replay(&self) -> bool {
-        true
+        self.flush_rest_on_failed_replay
     }
 }
 
@@ -307,13 +260,19 @@ pub fn policy_by_name(name: &str) -> Option<Box<dyn FlushPolicy>> {
         "none" => Box::new(NoFlush),
         "seed" => Box::new(Seed),
         "eager" => Box::new(Eager),
-        "reset-on-replay" => Box::new(ResetOnReplay),
-        "flag-after-map" => Box::new(FlagAfterMap),
-        "map-only" => Box::new(MapOnly),
-        "unpin-only" => Box::new(UnpinOnly),
-        "seed-fixed" => Box::new(SeedFixed),
-        "seed-ro" => Box::new(SeedReadOnlySkip),
-        _ => return None,
+        _ => {
+            let v = [
+                RESET_ON_REPLAY,
+                FLAG_AFTER_MAP,
+                MAP_ONLY,
+                UNPIN_ONLY,
+                SEED_FIXED,
+                SEED_RO,
+            ]
+            .into_iter()
+            .find(|v| v.name == name)?;
+            Box::new(v)
+        }
     })
 }
 
@@ -354,7 +313,7 @@ mod tests {
 
     #[test]
     fn reset_on_replay_clears_flag_on_coherent_domain() {
-        assert!(!ResetOnReplay.on_replay(true, true).flag);
+        assert!(!RESET_ON_REPLAY.on_replay(true, true).flag);
     }
 
     #[test]
@@ -373,6 +332,31 @@ mod tests {
             Seed.flush_pfn(false, MemType::Uc),
             "normal pages are always flushed"
         );
+    }
+
+    #[test]
+    fn seed_variant_base_behaves_like_seed() {
+        let base = SeedVariant::SEED;
+        for flag in [false, true] {
+            for coh in [false, true] {
+                assert_eq!(base.on_replay(flag, coh), Seed.on_replay(flag, coh));
+            }
+            for n in [0, 1] {
+                assert_eq!(base.flag_before_map(n), Seed.flag_before_map(n));
+                assert_eq!(base.flush_on_map(flag, n), Seed.flush_on_map(flag, n));
+            }
+            assert_eq!(
+                base.flush_on_unpin(flag, Prot::RO),
+                Seed.flush_on_unpin(flag, Prot::RO)
+            );
+        }
+    }
+
+    #[test]
+    fn seed_ro_skips_only_read_only_unpins() {
+        assert!(SEED_RO.flush_on_unpin(true, Prot::RW));
+        assert!(!SEED_RO.flush_on_unpin(true, Prot::RO));
+        assert!(SEED_RO.flush_on_map(true, 1), "the map flush stays");
     }
 
     #[test]
