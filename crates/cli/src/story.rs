@@ -8,7 +8,7 @@ use std::{path::Path, process::ExitCode};
 
 use anyhow::{anyhow, bail, Result};
 use type1_core::{Event, FlushReason};
-use type1_scenario::{parse::Op, World};
+use type1_scenario::{parse::parse, World};
 use type1_sim::MachineDesc;
 
 fn world(policy: &str, machine: Option<&Path>) -> Result<World> {
@@ -36,12 +36,21 @@ struct Narrator {
 }
 
 impl Narrator {
-    fn step(&mut self, w: &mut World, op: Op) -> Result<()> {
-        let r = w.exec(&op);
-        w.check(0);
-        r.map_err(|e| anyhow!("{op:?}: {e}"))?;
+    /// Executes one scenario line (`docs/scenarios.md`) and prints the events it caused.
+    fn line(&mut self, w: &mut World, line: &str) -> Result<()> {
+        let steps = parse(line).map_err(|e| anyhow!("internal scenario line {line:?}: {e}"))?;
+        for s in steps {
+            let r = w.exec(&s.op);
+            w.check(0);
+            r.map_err(|e| anyhow!("{line}: {e}"))?;
+        }
         self.show(w);
         Ok(())
+    }
+
+    /// Executes several lines.
+    fn lines(&mut self, w: &mut World, lines: &[String]) -> Result<()> {
+        lines.iter().try_for_each(|l| self.line(w, l))
     }
 
     fn show(&mut self, w: &World) {
@@ -181,71 +190,30 @@ pub fn demo(policy: &str, machine: Option<&Path>, trace: Option<&Path>) -> Resul
         w.policy()
     );
     println!("A VMM maps one page for DMA. Watch where the CPU cache is flushed.\n");
-    println!("setup: process `vmm` maps a page at vaddr 0x{VADDR:x}; container c0 gets group {coh} (coherent IOMMU)");
-    n.step(
+    println!(
+        "setup: process `vmm` maps a page at vaddr 0x{VADDR:x}; container c0 gets group {coh} (coherent IOMMU)"
+    );
+    n.lines(
         &mut w,
-        Op::Process {
-            name: "vmm".into(),
-            limit: None,
-            cap_ipc_lock: false,
-        },
-    )?;
-    n.step(
-        &mut w,
-        Op::Mmap {
-            vaddr: VADDR,
-            len: 4096,
-            writable: true,
-            mmio: None,
-        },
-    )?;
-    n.step(
-        &mut w,
-        Op::CpuWrite {
-            vaddr: VADDR,
-            data: b"guest RAM page".to_vec(),
-        },
-    )?;
-    n.step(&mut w, Op::Container("c0".into()))?;
-    n.step(
-        &mut w,
-        Op::Attach {
-            container: "c0".into(),
-            group: coh,
-        },
-    )?;
-    n.step(
-        &mut w,
-        Op::SetIommu {
-            container: "c0".into(),
-            kind: 3,
-        },
+        &[
+            "process vmm".into(),
+            format!("mmap 0x{VADDR:x} 4K"),
+            format!("write 0x{VADDR:x} \"guest RAM page\""),
+            "container c0".into(),
+            format!("attach c0 {coh}"),
+            "set_iommu c0 v2".into(),
+        ],
     )?;
 
     println!("\nstep 1: MAP_DMA iova 0x{IOVA:x} while only a coherent domain exists");
-    n.step(
-        &mut w,
-        Op::Map {
-            container: "c0".into(),
-            iova: IOVA,
-            vaddr: VADDR,
-            size: 4096,
-            flags: 3,
-        },
-    )?;
+    n.line(&mut w, &format!("map c0 0x{IOVA:x} 0x{VADDR:x} 4K rw"))?;
     println!(
         "   -> is_noncoherent = {}, no flush needed: the IOMMU forces snooping",
         flag(&w, "c0", IOVA)
     );
 
     println!("\nstep 2: group {nc} (IOMMU without snoop control) joins: a new non-coherent domain, replay");
-    n.step(
-        &mut w,
-        Op::Attach {
-            container: "c0".into(),
-            group: nc,
-        },
-    )?;
+    n.line(&mut w, &format!("attach c0 {nc}"))?;
     println!(
         "   -> is_noncoherent = {}, VFIO_DMA_CC_IOMMU = {}: the page was flushed before the device could bypass the cache",
         flag(&w, "c0", IOVA),
@@ -253,13 +221,7 @@ pub fn demo(policy: &str, machine: Option<&Path>, trace: Option<&Path>) -> Resul
     );
 
     println!("\nstep 3: group {nc} is hot-unplugged: its domain goes away");
-    n.step(
-        &mut w,
-        Op::Detach {
-            container: "c0".into(),
-            group: nc,
-        },
-    )?;
+    n.line(&mut w, &format!("detach c0 {nc}"))?;
     println!(
         "   -> no flush; is_noncoherent = {} (sticky), VFIO_DMA_CC_IOMMU = {}",
         flag(&w, "c0", IOVA),
@@ -267,18 +229,10 @@ pub fn demo(policy: &str, machine: Option<&Path>, trace: Option<&Path>) -> Resul
     );
 
     println!("\nsteps 4 and 5: UNMAP_DMA unmaps from the coherent domain, then unpins");
-    n.step(
-        &mut w,
-        Op::Unmap {
-            container: "c0".into(),
-            iova: IOVA,
-            size: 4096,
-            flags: 0,
-        },
-    )?;
+    n.line(&mut w, &format!("unmap c0 0x{IOVA:x} 4K"))?;
     println!("   -> the page is flushed after the IOTLB sync and before the pin is dropped");
 
-    n.step(&mut w, Op::Close("c0".into()))?;
+    n.line(&mut w, "close c0")?;
     w.teardown(0);
     n.show(&w);
     let (map, _) = w.flushes(Some(FlushReason::Map), Some(IOVA));
@@ -311,7 +265,8 @@ pub fn attack(
             println!("{s}");
         }
     };
-    let secret = b"host secret: root password hunter2, private key 0xDEADBEEF".to_vec();
+    let secret = "host secret: root password hunter2, private key 0xDEADBEEF";
+    let victim = 0x4000_0000u64;
     say(&format!(
         "type1 attack: a malicious guest vs. flush policy `{}`\n",
         w.policy()
@@ -319,100 +274,42 @@ pub fn attack(
     say(
         "1. a host process (the previous owner) writes a secret; it reaches RAM; the process exits",
     );
-    n.step(
+    n.lines(
         &mut w,
-        Op::Process {
-            name: "victim".into(),
-            limit: None,
-            cap_ipc_lock: false,
-        },
+        &[
+            "process victim".into(),
+            format!("mmap 0x{victim:x} 4K"),
+            format!("write 0x{victim:x} \"{secret}\""),
+            "cache writeback".into(),
+            "exit victim".into(),
+        ],
     )?;
-    n.step(
-        &mut w,
-        Op::Mmap {
-            vaddr: 0x4000_0000,
-            len: 4096,
-            writable: true,
-            mmio: None,
-        },
-    )?;
-    n.step(
-        &mut w,
-        Op::CpuWrite {
-            vaddr: 0x4000_0000,
-            data: secret.clone(),
-        },
-    )?;
-    n.step(&mut w, Op::Cache { evict: false })?;
-    n.step(&mut w, Op::Exit("victim".into()))?;
 
     say("2. the VMM allocates guest RAM: the freed frame is reused and zeroed through the cache");
     say("   (the zeros sit dirty in the cache; RAM still holds the secret)");
-    n.step(
+    n.lines(
         &mut w,
-        Op::Process {
-            name: "vmm".into(),
-            limit: None,
-            cap_ipc_lock: false,
-        },
-    )?;
-    n.step(
-        &mut w,
-        Op::Mmap {
-            vaddr: VADDR,
-            len: 4096,
-            writable: true,
-            mmio: None,
-        },
-    )?;
-    n.step(
-        &mut w,
-        Op::CpuRead {
-            vaddr: VADDR,
-            len: 16,
-        },
+        &[
+            "process vmm".into(),
+            format!("mmap 0x{VADDR:x} 4K"),
+            format!("read 0x{VADDR:x} 16"),
+        ],
     )?;
 
     say(&format!("3. the VMM assigns device {dev} (group {nc}, IOMMU without snoop control) and maps the page"));
-    n.step(&mut w, Op::Container("c0".into()))?;
-    n.step(
+    n.lines(
         &mut w,
-        Op::Attach {
-            container: "c0".into(),
-            group: nc,
-        },
-    )?;
-    n.step(
-        &mut w,
-        Op::SetIommu {
-            container: "c0".into(),
-            kind: 3,
-        },
-    )?;
-    n.step(
-        &mut w,
-        Op::Map {
-            container: "c0".into(),
-            iova: IOVA,
-            vaddr: VADDR,
-            size: 4096,
-            flags: 3,
-        },
+        &[
+            "container c0".into(),
+            format!("attach c0 {nc}"),
+            "set_iommu c0 v2".into(),
+            format!("map c0 0x{IOVA:x} 0x{VADDR:x} 4K rw"),
+        ],
     )?;
 
     say("4. the guest programs the device to read the page with no-snoop DMA");
-    n.step(
-        &mut w,
-        Op::Dma {
-            device: dev.clone(),
-            write: None,
-            iova: IOVA,
-            len: 4096,
-            no_snoop: true,
-        },
-    )?;
-    let got = w.last_read.clone();
-    let shown: String = got[..secret.len()]
+    n.line(&mut w, &format!("dma {dev} read 0x{IOVA:x} 4K nosnoop"))?;
+    let shown: String = w.last_read[..secret.len()]
         .iter()
         .map(|b| {
             if b.is_ascii_graphic() || *b == b' ' {
@@ -425,35 +322,19 @@ pub fn attack(
     say(&format!("   the device read: {shown:?}"));
 
     say("5. the host reads the page (lines cached), then the device writes it with no-snoop DMA");
-    n.step(
+    n.lines(
         &mut w,
-        Op::CpuRead {
-            vaddr: VADDR + 2048,
-            len: 2048,
-        },
-    )?;
-    n.step(
-        &mut w,
-        Op::Dma {
-            device: dev.clone(),
-            write: Some(0xaa),
-            iova: IOVA,
-            len: 4096,
-            no_snoop: true,
-        },
+        &[
+            format!("read 0x{:x} 2048", VADDR + 2048),
+            format!("dma {dev} write 0x{IOVA:x} 4K nosnoop byte=0xaa"),
+        ],
     )?;
 
     say("6. the VMM unmaps and the page is unpinned; what does the host see now?");
-    n.step(
+    n.lines(
         &mut w,
-        Op::Unmap {
-            container: "c0".into(),
-            iova: IOVA,
-            size: 4096,
-            flags: 0,
-        },
+        &[format!("unmap c0 0x{IOVA:x} 4K"), "close c0".into()],
     )?;
-    n.step(&mut w, Op::Close("c0".into()))?;
     w.teardown(0);
     n.show(&w);
 
@@ -472,7 +353,9 @@ pub fn attack(
         });
         println!("{o}");
     } else {
-        println!("\nresult: {leaked} bytes of stale host data reached the device; {stale} bytes where cache and RAM disagree after unpin; {flushes} flushes");
+        println!(
+            "\nresult: {leaked} bytes of stale host data reached the device; {stale} bytes where cache and RAM disagree after unpin; {flushes} flushes"
+        );
         if leaked + stale == 0 {
             println!("the flushes closed both windows");
         } else {
