@@ -358,8 +358,14 @@ mod tests {
     use type1_core::{GroupId as G, Prot};
 
     /// A frame last owned by a process that wrote 0x5e to it, now reallocated (zeroed through
-    /// the cache) to a second process, pinned, and mapped into a domain of `group`.
+    /// the cache) to a second process, pinned, and mapped into a domain of `group`. Protocol
+    /// violations of the set-up itself (an unflushed map into a non-coherent domain) are
+    /// drained; `flush` flushes the frame before the map.
     fn reused_frame_mapped(group: u32, enforce: bool) -> (Sim, u64) {
+        reused_frame_mapped_flushed(group, enforce, false)
+    }
+
+    fn reused_frame_mapped_flushed(group: u32, enforce: bool, flush: bool) -> (Sim, u64) {
         let mut s = Sim::new(MachineDesc::default()).unwrap();
         let a = s.create_process("victim");
         s.mmap_anon(a, 0x1000, PAGE_SIZE, true).unwrap();
@@ -374,8 +380,21 @@ mod tests {
         if enforce {
             s.do_enforce(d);
         }
+        if flush {
+            s.do_flush_cache(pfn << PAGE_SHIFT, PAGE_SIZE);
+        }
         s.do_iommu_map(d, 0x100000, pfn << PAGE_SHIFT, PAGE_SIZE, Prot::RW)
             .unwrap();
+        let setup = s.take_new_violations();
+        let expected: &[&str] = if flush || group == 0 {
+            &[]
+        } else {
+            &["missing_map_flush"]
+        };
+        assert_eq!(
+            setup.iter().map(|v| v.kind.as_str()).collect::<Vec<_>>(),
+            expected
+        );
         (s, pfn)
     }
 
@@ -406,8 +425,7 @@ mod tests {
 
     #[test]
     fn flush_before_exposure_prevents_the_leak() {
-        let (mut s, pfn) = reused_frame_mapped(1, false);
-        s.do_flush_cache(pfn << PAGE_SHIFT, PAGE_SIZE);
+        let (mut s, _) = reused_frame_mapped_flushed(1, false, true);
         assert_eq!(s.dma_read("dev1", 0x100000, 64, true).unwrap(), vec![0; 64]);
         assert!(s.violations().is_empty());
     }
@@ -423,7 +441,7 @@ mod tests {
         let v = s.take_new_violations();
         assert_eq!(
             v.iter().map(|v| v.kind.as_str()).collect::<Vec<_>>(),
-            ["unflushed_unpin"]
+            ["missing_unpin_flush", "unflushed_unpin"]
         );
         assert_eq!(s.stats().stale_after_unpin_bytes, PAGE_SIZE);
         assert!(!s.frame_exposed(pfn));
