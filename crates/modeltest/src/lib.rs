@@ -13,11 +13,15 @@
 //!   no-snoop DMA, container close) run against both the model and the engine; after every step
 //!   the errno, the mappings, the pinned frames, `locked_vm` and the simulator's invariant
 //!   checker must agree with the model.
+//! * **uAPI fuzzing** ([`uapi`]): arbitrary ioctl sequences and argument bytes against
+//!   `type1-uapi`; target `uapi` in `fuzz/`, replayed by `tests/fuzz_corpus.rs`.
 //! * **Fuzzing** (`fuzz/`, its own cargo workspace for `cargo fuzz`): the target `ops` turns its
 //!   input into a sequence of [`type1_check::Action`]s with [`decode`] and runs them with
 //!   [`run_actions`], which reports any violation of the simulator's checker (including leaks
 //!   found when the container is finally closed). `tests/fuzz_corpus.rs` replays the committed
 //!   corpus (`fuzz/corpus/ops/`) through the same two functions under plain `cargo test`.
+
+pub mod uapi;
 
 use type1_check::{alphabet, initial_world, ops_of, Action, Bound};
 
