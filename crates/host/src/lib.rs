@@ -19,6 +19,15 @@
 //!   a pfn → vaddr map of its pins) with CLFLUSHOPT, CLWB or CLFLUSH (CPUID), between MFENCEs
 //!   as `clflush_cache_range` does.
 //!
+//! * **device memory (peer-to-peer)**: a device BAR mapped into the process ([`HostPlatform::map_mmio`])
+//!   is PFNMAP memory: pinning it returns *reserved* pfns in a range of its own (from
+//!   [`MMIO_PFN_BASE`]; the host's pagemap has nothing useful to say about such memory), which
+//!   the engine neither refcounts nor charges and flushes only if [`Platform::pfn_memtype`]
+//!   says the memory is cacheable;
+//! * **device DMA**: [`HostPlatform::dma`] translates an IOVA through a domain's page table
+//!   and copies to or from the page it reaches (pinned RAM or mapped device memory), checking
+//!   the mapping's protection.
+//!
 //! Neighbours: `type1-core` defines the seam; `type1-sim` is the simulated twin;
 //! `type1-preload` drives this platform through `type1-uapi`. All system calls are raw
 //! (`sys`), so an interposing library never sees them.
@@ -39,6 +48,27 @@ pub const SELF_MM: MmId = MmId(1);
 
 /// Synthetic PFNs (when pagemap hides real ones) start here, above any real RAM.
 const SYNTH_PFN_BASE: u64 = 1 << 44;
+
+/// Device memory (BAR) pfns start here: above real RAM, below the synthetic RAM pfns.
+pub const MMIO_PFN_BASE: u64 = 1 << 40;
+
+/// Why [`HostPlatform::dma`] could not reach memory.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum DmaError {
+    /// No page-table entry at the IOVA (or no such domain).
+    Unmapped,
+    /// The entry does not allow the access.
+    Permission,
+    /// The entry's page is no longer reachable from this process.
+    Unreachable,
+}
+
+#[derive(Clone, Copy, Debug)]
+struct MmioPage {
+    /// Where the page is mapped now, if anywhere.
+    vaddr: Option<u64>,
+    memtype: MemType,
+}
 
 /// Pages pinned per `pin_user_pages` call at most (the engine asks again for the rest).
 const PIN_CHUNK: u64 = 512;
@@ -122,6 +152,9 @@ pub struct HostPlatform {
     next_synth: u64,
     domains: BTreeMap<u32, Domain>,
     next_domain: u32,
+    /// Device memory mapped in the process: vaddr page → pfn, and every pfn ever mapped.
+    mmio_pages: HashMap<u64, u64>,
+    mmio_pfns: BTreeMap<u64, MmioPage>,
     flush: (FlushInsn, u64),
     stats: HostStats,
     sink: Sink,
@@ -160,6 +193,8 @@ impl HostPlatform {
             next_synth: SYNTH_PFN_BASE,
             domains: BTreeMap::new(),
             next_domain: 0,
+            mmio_pages: HashMap::new(),
+            mmio_pfns: BTreeMap::new(),
             flush: sys::detect_flush(),
             stats: HostStats::default(),
             sink: Sink::None,
@@ -221,9 +256,80 @@ impl HostPlatform {
     /// emulation: `(vaddr, prot)`.
     pub fn iova_to_vaddr(&self, domain: DomainId, iova: u64) -> Option<(u64, Prot)> {
         let d = self.domains.get(&domain.0)?;
-        let (pa, prot) = *d.ptes.get(&(iova >> PAGE_SHIFT))?;
-        let v = self.pins.get(&pa)?.vaddr;
+        let (pfn, prot) = *d.ptes.get(&(iova >> PAGE_SHIFT))?;
+        let v = self.vaddr_of_any_pfn(pfn)?;
         Some((v + (iova & (PAGE_SIZE - 1)), prot))
+    }
+
+    fn vaddr_of_any_pfn(&self, pfn: u64) -> Option<u64> {
+        match self.pins.get(&pfn) {
+            Some(r) => Some(r.vaddr),
+            None => self.mmio_pfns.get(&pfn)?.vaddr,
+        }
+    }
+
+    /// Device DMA of `buf.len()` bytes at `iova` through `domain`, within one page: to memory
+    /// (`to_memory`, needs the mapping's write permission) or from it (needs read).
+    pub fn dma(
+        &mut self,
+        domain: DomainId,
+        iova: u64,
+        buf: &mut [u8],
+        to_memory: bool,
+    ) -> Result<(), DmaError> {
+        debug_assert!(iova % PAGE_SIZE + buf.len() as u64 <= PAGE_SIZE);
+        let d = self.domains.get(&domain.0).ok_or(DmaError::Unmapped)?;
+        let (pfn, prot) = *d
+            .ptes
+            .get(&(iova >> PAGE_SHIFT))
+            .ok_or(DmaError::Unmapped)?;
+        if (to_memory && !prot.write) || (!to_memory && !prot.read) {
+            return Err(DmaError::Permission);
+        }
+        let v = self.vaddr_of_any_pfn(pfn).ok_or(DmaError::Unreachable)? + iova % PAGE_SIZE;
+        let r = if to_memory {
+            sys::write_user(v, buf)
+        } else {
+            sys::read_user(v, buf)
+        };
+        r.map_err(|_| DmaError::Unreachable)
+    }
+
+    /// Records that device memory (a BAR) is mapped at `vaddr` for `npages` pages, with frames
+    /// `first_pfn..` (each at least [`MMIO_PFN_BASE`]) of memory type `memtype`. Pinning those
+    /// pages then returns these reserved pfns.
+    pub fn map_mmio(&mut self, vaddr: u64, npages: u64, first_pfn: u64, memtype: MemType) {
+        for i in 0..npages {
+            let (page, pfn) = (vaddr + i * PAGE_SIZE, first_pfn + i);
+            self.mmio_pages.insert(page, pfn);
+            self.mmio_pfns.insert(
+                pfn,
+                MmioPage {
+                    vaddr: Some(page),
+                    memtype,
+                },
+            );
+        }
+    }
+
+    /// `munmap` of `[vaddr, vaddr + len)`: device memory there is no longer mapped (its pfns
+    /// stay reserved, as the BAR still exists).
+    pub fn unmap_mmio(&mut self, vaddr: u64, len: u64) {
+        if self.mmio_pages.is_empty() {
+            return;
+        }
+        let first = vaddr & !(PAGE_SIZE - 1);
+        let mut page = first;
+        while page < vaddr.saturating_add(len) {
+            if let Some(pfn) = self.mmio_pages.remove(&page) {
+                if let Some(m) = self.mmio_pfns.get_mut(&pfn) {
+                    if m.vaddr == Some(page) {
+                        m.vaddr = None;
+                    }
+                }
+            }
+            page += PAGE_SIZE;
+        }
     }
 
     fn pagemap_fd(&mut self) -> Result<i32, Errno> {
@@ -376,6 +482,21 @@ impl Platform for HostPlatform {
             return Err(perr(Errno::EINVAL, what()));
         }
         let n = npages.min(PIN_CHUNK);
+        // Device memory: reserved pfns, neither faulted in nor locked (follow_fault_pfn).
+        let mmio: Vec<PinnedPage> = (0..n)
+            .map_while(|i| self.mmio_pages.get(&(vaddr + i * PAGE_SIZE)))
+            .map(|&pfn| PinnedPage {
+                pfn,
+                reserved: true,
+            })
+            .collect();
+        if !mmio.is_empty() {
+            return Ok(mmio);
+        }
+        // Ordinary memory up to the next device page.
+        let n = (0..n)
+            .take_while(|i| !self.mmio_pages.contains_key(&(vaddr + i * PAGE_SIZE)))
+            .count() as u64;
         let n = Self::populate(vaddr, n, write);
         if n == 0 {
             return Err(perr(Errno::EFAULT, what()));
@@ -443,12 +564,15 @@ impl Platform for HostPlatform {
         self.unpin_vaddr(vaddr);
     }
 
-    fn pfn_is_reserved(&self, _pfn: u64) -> bool {
-        false
+    fn pfn_is_reserved(&self, pfn: u64) -> bool {
+        self.mmio_pfns.contains_key(&pfn)
     }
 
-    fn pfn_memtype(&self, _pfn: u64) -> MemType {
-        MemType::Wb
+    fn pfn_memtype(&self, pfn: u64) -> MemType {
+        self.mmio_pfns
+            .get(&pfn)
+            .map(|m| m.memtype)
+            .unwrap_or(MemType::Wb)
     }
 
     fn mm_read(&mut self, _mm: MmId, vaddr: u64, buf: &mut [u8]) -> Result<(), PlatformError> {
@@ -609,8 +733,13 @@ impl Platform for HostPlatform {
             let vaddr = self.pins.get(&pfn).map(|r| r.vaddr);
             // The page must still be mapped at the address it was pinned from (the user may
             // have unmapped it since; the kernel's pins do not care, a user-space flush would
-            // fault).
-            let still = vaddr.filter(|v| self.translate(*v, 1).ok().as_deref() == Some(&[pfn][..]));
+            // fault). Device memory: where it is mapped now, if anywhere.
+            let still = match vaddr {
+                Some(v) => {
+                    Some(v).filter(|v| self.translate(*v, 1).ok().as_deref() == Some(&[pfn][..]))
+                }
+                None => self.mmio_pfns.get(&pfn).and_then(|m| m.vaddr),
+            };
             match still {
                 Some(v) => {
                     let v = v + (at & (PAGE_SIZE - 1));

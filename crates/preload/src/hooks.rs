@@ -12,10 +12,13 @@ use std::{
     sync::atomic::{AtomicUsize, Ordering},
 };
 
-use type1_core::Errno;
-use type1_uapi::Object;
+use type1_core::{Errno, MemType, PAGE_SIZE};
+use type1_uapi::{
+    device::{region_offset, BAR2_INDEX, BAR2_SIZE},
+    Object,
+};
 
-use crate::state::{self, guarded, ProcessCaller, DEFAULT_DEVICES, SYSFS_PCI};
+use crate::state::{self, guarded, Machine, ProcessCaller, SYSFS_PCI};
 
 type OffT = libc::off_t;
 
@@ -58,7 +61,7 @@ enum Kind {
     NotOurs,
 }
 
-fn classify(path: &[u8]) -> Kind {
+fn classify(m: &Machine, path: &[u8]) -> Kind {
     let Ok(p) = std::str::from_utf8(path) else {
         return Kind::NotOurs;
     };
@@ -67,7 +70,7 @@ fn classify(path: &[u8]) -> Kind {
             return Kind::Container;
         }
         if let Ok(n) = rest.parse::<u32>() {
-            if DEFAULT_DEVICES.iter().any(|(g, _)| *g == n) && !rest.starts_with('+') {
+            if m.has_group(n) && !rest.starts_with('+') {
                 return Kind::Group(n);
             }
         }
@@ -79,12 +82,12 @@ fn classify(path: &[u8]) -> Kind {
             Some((b, t)) => (b, Some(t)),
             None => (rest, None),
         };
-        let Some((g, _)) = DEFAULT_DEVICES.iter().find(|(_, d)| *d == bdf) else {
+        let Some(g) = m.group_of(bdf) else {
             return Kind::NotOurs;
         };
         return match tail {
             None => Kind::SysDev(bdf.to_string()),
-            Some("iommu_group") => Kind::GroupLink(*g),
+            Some("iommu_group") => Kind::GroupLink(g),
             Some(_) => Kind::Missing,
         };
     }
@@ -96,7 +99,7 @@ unsafe fn path_kind(path: *const c_char) -> Kind {
         return Kind::NotOurs;
     }
     // SAFETY: a non-null path argument of an open/stat call is a NUL-terminated string.
-    classify(unsafe { CStr::from_ptr(path) }.to_bytes())
+    classify(state::machine(), unsafe { CStr::from_ptr(path) }.to_bytes())
 }
 
 /// Opens an emulated object; `None` if `path` is not emulated.
@@ -224,13 +227,7 @@ openat_hook!(openat64, "openat64");
 pub unsafe extern "C" fn close(fd: c_int) -> c_int {
     let _ = guarded(|| {
         if state::object_of(fd).is_some() {
-            if let Ok(mut g) = state::lock() {
-                if let Some(s) = g.as_mut() {
-                    if let Some(obj) = s.fds.remove(&fd) {
-                        s.vfio.close(obj);
-                    }
-                }
-            }
+            state::with_existing(|s| state::drop_fd(s, fd));
         }
     });
     match real!("close", unsafe extern "C" fn(c_int) -> c_int) {
@@ -295,6 +292,9 @@ fn emulated_rw(fd: c_int, buf: *mut c_void, count: usize, off: OffT, write: bool
             return Err(Errno::EINVAL);
         };
         let pos = u64::try_from(off).map_err(|_| Errno::EINVAL)?;
+        if let Some(bar_off) = bar2_offset(pos) {
+            return bar2_rw(fd, buf, count, bar_off, write);
+        }
         let mut tmp = vec![0u8; count.min(1 << 20)];
         if write {
             type1_host::sys::read_user(buf as u64, &mut tmp)?;
@@ -312,6 +312,42 @@ fn emulated_rw(fd: c_int, buf: *mut c_void, count: usize, off: OffT, write: bool
             -1
         }
     })
+}
+
+/// The offset inside BAR2 of device file offset `pos`, if it lies in BAR2's region.
+fn bar2_offset(pos: u64) -> Option<u64> {
+    let base = region_offset(BAR2_INDEX);
+    (pos >= base && pos < region_offset(BAR2_INDEX + 1)).then(|| pos - base)
+}
+
+/// BAR2 `pread`/`pwrite`: the bytes of the device fd's memfd (what an `mmap` of BAR2 shows).
+fn bar2_rw(
+    fd: c_int,
+    buf: *mut c_void,
+    count: usize,
+    off: u64,
+    write: bool,
+) -> Result<isize, Errno> {
+    if off >= BAR2_SIZE {
+        return Ok(0);
+    }
+    let n = count.min((BAR2_SIZE - off) as usize);
+    let nr = if write {
+        libc::SYS_pwrite64
+    } else {
+        libc::SYS_pread64
+    };
+    // SAFETY: the caller's buffer of at least `count >= n` bytes, as pread/pwrite's contract
+    // says; the fd is the device's memfd and `off` is inside it.
+    let r = unsafe { libc::syscall(nr, fd, buf, n, off as libc::off_t) };
+    if r < 0 {
+        return Err(Errno(
+            std::io::Error::last_os_error()
+                .raw_os_error()
+                .unwrap_or(libc::EIO),
+        ));
+    }
+    Ok(r as isize)
 }
 
 type PreadFn = unsafe extern "C" fn(c_int, *mut c_void, usize, OffT) -> isize;
@@ -398,9 +434,56 @@ pwrite_hook!(pwrite64, "pwrite64");
 
 type MmapFn = unsafe extern "C" fn(*mut c_void, usize, c_int, c_int, c_int, OffT) -> *mut c_void;
 
+/// `mmap` of a device fd, as vfio-pci allows it: only BAR2 (the one region with the `MMAP`
+/// flag), `MAP_SHARED`, page-aligned and inside the region. The pages come from the fd's
+/// memfd and are recorded as the device's memory (reserved pfns of type UC) so that they can
+/// be the `vaddr` of a MAP_DMA (peer-to-peer). `Err` is the errno.
+fn device_mmap(
+    real: MmapFn,
+    dev: u32,
+    args: (*mut c_void, usize, c_int, c_int, c_int, OffT),
+) -> Result<*mut c_void, Errno> {
+    let (addr, len, prot, flags, fd, off) = args;
+    let pos = u64::try_from(off).map_err(|_| Errno::EINVAL)?;
+    let bar_off = bar2_offset(pos).ok_or(Errno::EINVAL)?;
+    let len64 = len as u64;
+    if flags & libc::MAP_SHARED == 0
+        || len == 0
+        || bar_off % PAGE_SIZE != 0
+        || bar_off.checked_add(len64).is_none_or(|end| end > BAR2_SIZE)
+    {
+        return Err(Errno::EINVAL);
+    }
+    let mut g = state::lock()?;
+    let s = g.as_mut().ok_or(Errno::EIO)?;
+    let name = s.vfio.device_name(dev).ok_or(Errno::EBADF)?.to_string();
+    let ordinal = s
+        .vfio
+        .device_names()
+        .iter()
+        .position(|d| *d == name)
+        .unwrap_or(0) as u64;
+    // SAFETY: the real mmap with the caller's address, length, protection and flags, on the
+    // device's memfd at an offset inside it.
+    let p = unsafe { real(addr, len, prot, flags, fd, bar_off as OffT) };
+    if p == libc::MAP_FAILED {
+        return Err(Errno(
+            std::io::Error::last_os_error()
+                .raw_os_error()
+                .unwrap_or(libc::ENOMEM),
+        ));
+    }
+    let first_pfn =
+        type1_host::MMIO_PFN_BASE + ordinal * (BAR2_SIZE / PAGE_SIZE) + bar_off / PAGE_SIZE;
+    s.vfio
+        .platform
+        .map_mmio(p as u64, len64.div_ceil(PAGE_SIZE), first_pfn, MemType::Uc);
+    Ok(p)
+}
+
 macro_rules! mmap_hook {
     ($name:ident, $lit:literal) => {
-        /// Interposed `mmap`: no emulated region is mappable (no region has the MMAP flag).
+        /// Interposed `mmap`: BAR2 of an emulated device is mappable, nothing else emulated is.
         #[no_mangle]
         pub unsafe extern "C" fn $name(
             addr: *mut c_void,
@@ -410,26 +493,62 @@ macro_rules! mmap_hook {
             fd: c_int,
             off: OffT,
         ) -> *mut c_void {
-            if fd >= 0
-                && flags & libc::MAP_ANONYMOUS == 0
-                && guarded(|| state::object_of(fd)).ok().flatten().is_some()
-            {
-                set_errno(Errno::EINVAL);
+            let Some(real) = real!($lit, MmapFn) else {
+                set_errno(Errno(libc::ENOSYS));
                 return libc::MAP_FAILED;
+            };
+            let obj = if fd >= 0 && flags & libc::MAP_ANONYMOUS == 0 {
+                guarded(|| state::object_of(fd)).ok().flatten()
+            } else {
+                None
+            };
+            if let Some(obj) = obj {
+                let r = match obj {
+                    Object::Device(dev) => {
+                        guarded(|| device_mmap(real, dev, (addr, len, prot, flags, fd, off)))
+                            .unwrap_or(Err(Errno::EIO))
+                    }
+                    _ => Err(Errno::ENODEV),
+                };
+                return match r {
+                    Ok(p) => p,
+                    Err(e) => {
+                        set_errno(e);
+                        libc::MAP_FAILED
+                    }
+                };
             }
-            match real!($lit, MmapFn) {
-                // SAFETY: the real function with the caller's arguments.
-                Some(f) => unsafe { f(addr, len, prot, flags, fd, off) },
-                None => {
-                    set_errno(Errno(libc::ENOSYS));
-                    libc::MAP_FAILED
-                }
+            // SAFETY: the real function with the caller's arguments.
+            let p = unsafe { real(addr, len, prot, flags, fd, off) };
+            if p != libc::MAP_FAILED && flags & libc::MAP_FIXED != 0 {
+                // Whatever device memory was mapped there is gone.
+                let _ = guarded(|| {
+                    state::with_existing(|s| s.vfio.platform.unmap_mmio(p as u64, len as u64))
+                });
             }
+            p
         }
     };
 }
 mmap_hook!(mmap, "mmap");
 mmap_hook!(mmap64, "mmap64");
+
+/// Interposed `munmap`: device memory mapped there is no longer reachable.
+#[no_mangle]
+pub unsafe extern "C" fn munmap(addr: *mut c_void, len: usize) -> c_int {
+    let Some(real) = real!("munmap", unsafe extern "C" fn(*mut c_void, usize) -> c_int) else {
+        set_errno(Errno(libc::ENOSYS));
+        return -1;
+    };
+    // SAFETY: the real function with the caller's arguments.
+    let r = unsafe { real(addr, len) };
+    if r == 0 {
+        let _ = guarded(|| {
+            state::with_existing(|s| s.vfio.platform.unmap_mmio(addr as u64, len as u64))
+        });
+    }
+    r
+}
 
 /// For the stat family: the real path to stat instead, or the errno; `None` if not emulated.
 fn stat_substitute(kind: &Kind) -> Option<Result<&'static CStr, Errno>> {
@@ -597,6 +716,79 @@ pub unsafe extern "C" fn realpath(path: *const c_char, resolved: *mut c_char) ->
     }
 }
 
+/// After a successful duplication, `newfd` stands for what `oldfd` stands for.
+fn track_dup(oldfd: c_int, newfd: c_int) {
+    if newfd < 0 {
+        return;
+    }
+    let _ = guarded(|| {
+        state::with_existing(|s| state::dup_fd(s, oldfd, newfd));
+    });
+}
+
+/// Interposed `dup`.
+#[no_mangle]
+pub unsafe extern "C" fn dup(oldfd: c_int) -> c_int {
+    let Some(f) = real!("dup", unsafe extern "C" fn(c_int) -> c_int) else {
+        set_errno(Errno(libc::ENOSYS));
+        return -1;
+    };
+    // SAFETY: the real function with the caller's argument.
+    let r = unsafe { f(oldfd) };
+    track_dup(oldfd, r);
+    r
+}
+
+/// Interposed `dup2`: an emulated `newfd` is closed first, as the kernel does.
+#[no_mangle]
+pub unsafe extern "C" fn dup2(oldfd: c_int, newfd: c_int) -> c_int {
+    let Some(f) = real!("dup2", unsafe extern "C" fn(c_int, c_int) -> c_int) else {
+        set_errno(Errno(libc::ENOSYS));
+        return -1;
+    };
+    // SAFETY: the real function with the caller's arguments.
+    let r = unsafe { f(oldfd, newfd) };
+    track_dup(oldfd, r);
+    r
+}
+
+/// Interposed `dup3`.
+#[no_mangle]
+pub unsafe extern "C" fn dup3(oldfd: c_int, newfd: c_int, flags: c_int) -> c_int {
+    let Some(f) = real!("dup3", unsafe extern "C" fn(c_int, c_int, c_int) -> c_int) else {
+        set_errno(Errno(libc::ENOSYS));
+        return -1;
+    };
+    // SAFETY: the real function with the caller's arguments.
+    let r = unsafe { f(oldfd, newfd, flags) };
+    track_dup(oldfd, r);
+    r
+}
+
+type FcntlFn = unsafe extern "C" fn(c_int, c_int, c_ulong) -> c_int;
+
+macro_rules! fcntl_hook {
+    ($name:ident, $lit:literal) => {
+        /// Interposed `fcntl` (fixed arity: one integer or pointer argument): `F_DUPFD` and
+        /// `F_DUPFD_CLOEXEC` of an emulated fd are tracked.
+        #[no_mangle]
+        pub unsafe extern "C" fn $name(fd: c_int, cmd: c_int, arg: c_ulong) -> c_int {
+            let Some(f) = real!($lit, FcntlFn) else {
+                set_errno(Errno(libc::ENOSYS));
+                return -1;
+            };
+            // SAFETY: the real function with the caller's arguments.
+            let r = unsafe { f(fd, cmd, arg) };
+            if cmd == libc::F_DUPFD || cmd == libc::F_DUPFD_CLOEXEC {
+                track_dup(fd, r);
+            }
+            r
+        }
+    };
+}
+fcntl_hook!(fcntl, "fcntl");
+fcntl_hook!(fcntl64, "fcntl64");
+
 extern "C" fn at_exit() {
     state::release_all();
 }
@@ -612,6 +804,28 @@ mod tests {
 
     #[test]
     fn classify_paths() {
+        let m = crate::state::Machine::from_toml(
+            r#"
+[[unit]]
+id = 0
+ops = 1
+snoop_control = true
+[[unit]]
+id = 1
+ops = 1
+snoop_control = false
+[[group]]
+id = 0
+unit = 0
+devices = ["0000:00:04.0"]
+[[group]]
+id = 1
+unit = 1
+devices = ["0000:00:05.0"]
+"#,
+        )
+        .unwrap();
+        let classify = |p: &[u8]| classify(&m, p);
         assert_eq!(classify(b"/dev/vfio/vfio"), Kind::Container);
         assert_eq!(classify(b"/dev/vfio/1"), Kind::Group(1));
         assert_eq!(classify(b"/dev/vfio/7"), Kind::Missing);

@@ -1,12 +1,17 @@
 //! # type1-preload: `/dev/vfio` emulated inside an unmodified program (LD_PRELOAD)
 //!
 //! Built as `libtype1_preload.so`. Loaded with `LD_PRELOAD`, it interposes the libc entry points
-//! a VFIO user calls (the `open` family, `close`, `ioctl`, `pread`/`pwrite`, `mmap`, the `stat`
-//! family, `readlink`, `realpath`) and answers, in-process, for:
+//! a VFIO user calls (the `open` family, `close`, `dup`/`dup2`/`dup3`/`fcntl(F_DUPFD*)`,
+//! `ioctl`, `pread`/`pwrite`, `mmap`/`munmap`, the `stat` family, `readlink`, `realpath`) and
+//! answers, in-process, for:
 //!
 //! * `/dev/vfio/vfio` (a container) and `/dev/vfio/N` (group N), and device fds from
 //!   `VFIO_GROUP_GET_DEVICE_FD`. Each is a real fd (`memfd_create`), so numbering, `close`,
-//!   `poll` and `fstat` behave; the emulation keys on the fd number;
+//!   `poll` and `fstat` behave; the emulation keys on the fd number, follows duplicates, and
+//!   releases an object at the last close of all its fds;
+//! * the emulated DMA device behind each device fd (`docs/device.md`): BAR0 registers through
+//!   `pread`/`pwrite` start DMA through the group's IOMMU domain; BAR2 (device memory, backed
+//!   by the device fd's memfd) can be `mmap`ped and given to MAP_DMA (peer-to-peer);
 //! * sysfs: `/sys/bus/pci/devices/<bdf>` exists and its `iommu_group` link reads
 //!   `../../../../kernel/iommu_groups/N`.
 //!
@@ -16,7 +21,10 @@
 //! pages and the non-coherent flushes are real CLFLUSHOPTs. Everything else goes to libc.
 //!
 //! The default machine: group 0 behind a coherent IOMMU with device `0000:00:04.0`, group 1
-//! behind an IOMMU without snoop control with device `0000:00:05.0`.
+//! behind an IOMMU without snoop control with device `0000:00:05.0`. `TYPE1_MACHINE=FILE`
+//! picks another, in `type1-sim`'s TOML format (`docs/machine.md`; units' `snoop_control` and
+//! groups' `unit` and `devices` are used, device names become sysfs names; emulated groups are
+//! not supported). An invalid file is reported on stderr and leaves a machine without groups.
 //!
 //! Environment: `TYPE1_POLICY=seed|none` (flush policy, default `seed`), `TYPE1_TRACE=FILE`
 //! (JSON lines as in `docs/trace.md`). At process exit a destructor closes every emulated fd

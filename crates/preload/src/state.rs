@@ -2,20 +2,151 @@
 
 use std::{
     cell::Cell,
-    collections::HashMap,
+    collections::{BTreeMap, HashMap},
     ffi::CString,
-    sync::{Mutex, MutexGuard},
+    sync::{Mutex, MutexGuard, OnceLock},
 };
 
-use type1_core::{Config, Errno};
-use type1_host::{sys, HostConfig, HostPlatform};
-use type1_uapi::{Caller, GroupSpec, Object, Vfio};
+use type1_core::{Config, DomainId, Errno};
+use type1_host::{sys, DmaError, HostConfig, HostPlatform, UnitConfig};
+use type1_uapi::{
+    device::{DmaFault, BAR2_SIZE, FAULT_PERMISSION, FAULT_UNMAPPED},
+    Caller, GroupSpec, Object, Vfio,
+};
 
 /// Where emulated PCI devices appear in sysfs.
 pub const SYSFS_PCI: &str = "/sys/bus/pci/devices/";
 
 /// `(group, device)` of the default machine.
 pub const DEFAULT_DEVICES: [(u32, &str); 2] = [(0, "0000:00:04.0"), (1, "0000:00:05.0")];
+
+/// The machine the library emulates: groups with their devices, and the host platform's
+/// IOMMU units.
+#[derive(Clone, Debug)]
+pub(crate) struct Machine {
+    pub groups: Vec<GroupSpec>,
+    pub host: HostConfig,
+}
+
+impl Machine {
+    fn default_machine() -> Machine {
+        Machine {
+            groups: DEFAULT_DEVICES
+                .iter()
+                .map(|(g, d)| GroupSpec {
+                    id: *g,
+                    devices: vec![d.to_string()],
+                })
+                .collect(),
+            host: HostConfig::default(),
+        }
+    }
+
+    /// The machine of a `type1-sim` description (`docs/machine.md`): its units (only
+    /// `snoop_control` matters here) and groups with their device names, which become the
+    /// devices' sysfs names and `VFIO_GROUP_GET_DEVICE_FD` names. Emulated (IOMMU-less)
+    /// groups are not supported by the host platform.
+    pub fn from_toml(text: &str) -> Result<Machine, String> {
+        let desc = type1_sim::machine::MachineDesc::from_toml_str(text)?;
+        desc.validate()?;
+        let index: BTreeMap<u32, usize> = desc
+            .units
+            .iter()
+            .enumerate()
+            .map(|(i, u)| (u.id, i))
+            .collect();
+        let units = desc
+            .units
+            .iter()
+            .map(|u| UnitConfig {
+                snoop_control: u.snoop_control,
+            })
+            .collect();
+        let mut groups = Vec::new();
+        let mut map = BTreeMap::new();
+        for g in &desc.groups {
+            let unit = match g.unit {
+                Some(u) if !g.emulated => u,
+                _ => {
+                    return Err(format!(
+                        "group {}: emulated groups are not supported here",
+                        g.id
+                    ))
+                }
+            };
+            map.insert(g.id, index[&unit]);
+            groups.push(GroupSpec {
+                id: g.id,
+                devices: g.devices.clone(),
+            });
+        }
+        Ok(Machine {
+            groups,
+            host: HostConfig { units, groups: map },
+        })
+    }
+
+    /// The group of device `name`.
+    pub fn group_of(&self, name: &str) -> Option<u32> {
+        self.groups
+            .iter()
+            .find(|g| g.devices.iter().any(|d| d == name))
+            .map(|g| g.id)
+    }
+
+    /// Whether group `id` exists.
+    pub fn has_group(&self, id: u32) -> bool {
+        self.groups.iter().any(|g| g.id == id)
+    }
+}
+
+fn read_file_raw(path: &[u8]) -> Result<String, Errno> {
+    let c = CString::new(path).map_err(|_| Errno::EINVAL)?;
+    let fd = sys::open_ro(&c)?;
+    let mut out = Vec::new();
+    let mut buf = vec![0u8; 1 << 16];
+    let r = loop {
+        match sys::pread(fd, &mut buf, out.len() as u64) {
+            Ok(0) => break Ok(()),
+            Ok(n) => out.extend_from_slice(&buf[..n]),
+            Err(e) => break Err(e),
+        }
+    };
+    sys::close(fd);
+    r?;
+    String::from_utf8(out).map_err(|_| Errno::EINVAL)
+}
+
+static MACHINE: OnceLock<Machine> = OnceLock::new();
+
+/// The machine: `TYPE1_MACHINE=FILE` or the default. The file is read with raw system calls
+/// (no hook runs). An unreadable or invalid file is reported on stderr and leaves a machine
+/// with no groups, so that every group open fails with ENOENT.
+pub(crate) fn machine() -> &'static Machine {
+    MACHINE.get_or_init(|| {
+        use std::os::unix::ffi::OsStrExt;
+        let Some(path) = std::env::var_os("TYPE1_MACHINE") else {
+            return Machine::default_machine();
+        };
+        let r = read_file_raw(path.as_bytes())
+            .map_err(|e| e.to_string())
+            .and_then(|t| Machine::from_toml(&t));
+        r.unwrap_or_else(|e| {
+            let msg = format!(
+                "type1-preload: TYPE1_MACHINE={}: {e}\n",
+                path.to_string_lossy()
+            );
+            let _ = sys::write_all(2, msg.as_bytes());
+            Machine {
+                groups: Vec::new(),
+                host: HostConfig {
+                    units: Vec::new(),
+                    groups: BTreeMap::new(),
+                },
+            }
+        })
+    })
+}
 
 pub(crate) struct State {
     pub vfio: Vfio<HostPlatform>,
@@ -42,7 +173,8 @@ pub(crate) fn guarded<R>(f: impl FnOnce() -> R) -> Result<R, ()> {
 }
 
 fn build() -> Result<State, Errno> {
-    let mut platform = HostPlatform::new(HostConfig::default());
+    let m = machine();
+    let mut platform = HostPlatform::new(m.host.clone());
     if let Some(path) = std::env::var_os("TYPE1_TRACE") {
         use std::os::unix::ffi::OsStrExt;
         if let Ok(c) = CString::new(path.as_bytes()) {
@@ -56,18 +188,35 @@ fn build() -> Result<State, Errno> {
         }
     }
     let policy = std::env::var("TYPE1_POLICY").unwrap_or_else(|_| "seed".to_string());
-    let groups: Vec<GroupSpec> = DEFAULT_DEVICES
-        .iter()
-        .map(|(g, d)| GroupSpec {
-            id: *g,
-            devices: vec![d.to_string()],
-        })
-        .collect();
-    let vfio = Vfio::new(platform, &groups, Config::default(), &policy)?;
+    let mut vfio = Vfio::new(platform, &m.groups, Config::default(), &policy)?;
+    vfio.set_dma_access(host_dma);
     Ok(State {
         vfio,
         fds: HashMap::new(),
     })
+}
+
+/// Device DMA on the host platform, as `type1-uapi` asks for it.
+fn host_dma(
+    p: &mut HostPlatform,
+    domain: DomainId,
+    iova: u64,
+    buf: &mut [u8],
+    to_memory: bool,
+) -> Result<(), DmaFault> {
+    p.dma(domain, iova, buf, to_memory).map_err(|e| DmaFault {
+        iova,
+        reason: match e {
+            DmaError::Permission => FAULT_PERMISSION,
+            DmaError::Unmapped | DmaError::Unreachable => FAULT_UNMAPPED,
+        },
+    })
+}
+
+/// Runs `f` on the state if it has been built (never builds it).
+pub(crate) fn with_existing<R>(f: impl FnOnce(&mut State) -> R) -> Option<R> {
+    let mut g = STATE.lock().unwrap_or_else(|p| p.into_inner());
+    g.as_mut().map(f)
 }
 
 /// The state, built on first use. `Err` if the configuration is invalid (bad policy).
@@ -83,6 +232,28 @@ pub(crate) fn lock() -> Result<MutexGuard<'static, Option<State>>, Errno> {
 pub(crate) fn object_of(fd: i32) -> Option<Object> {
     let g = STATE.lock().unwrap_or_else(|p| p.into_inner());
     g.as_ref().and_then(|s| s.fds.get(&fd).copied())
+}
+
+/// Forgets `fd`; the object's last close (no other fd refers to it, after `dup`s) has the
+/// kernel's consequences.
+pub(crate) fn drop_fd(s: &mut State, fd: i32) {
+    if let Some(obj) = s.fds.remove(&fd) {
+        if !s.fds.values().any(|o| *o == obj) {
+            s.vfio.close(obj);
+        }
+    }
+}
+
+/// `newfd` now refers to what `oldfd` refers to (after a successful `dup*`/`F_DUPFD*`). A
+/// `newfd` that was emulated was closed by the call.
+pub(crate) fn dup_fd(s: &mut State, oldfd: i32, newfd: i32) {
+    if oldfd == newfd {
+        return;
+    }
+    drop_fd(s, newfd);
+    if let Some(obj) = s.fds.get(&oldfd).copied() {
+        s.fds.insert(newfd, obj);
+    }
 }
 
 /// A fresh real fd to stand for an emulated object.
@@ -130,6 +301,13 @@ impl Caller for ProcessCaller<'_> {
 
     fn new_fd(&mut self, obj: Object) -> Result<i32, Errno> {
         let fd = memfd(c"vfio-device", true)?;
+        // The device fd's memfd backs BAR2 (device memory): `mmap` and `pread` of the region
+        // both reach these bytes.
+        // SAFETY: ftruncate on the memfd just created.
+        if unsafe { libc::ftruncate(fd, BAR2_SIZE as libc::off_t) } != 0 {
+            sys::close(fd);
+            return Err(Errno(libc::ENOMEM));
+        }
         self.fds.insert(fd, obj);
         Ok(fd)
     }

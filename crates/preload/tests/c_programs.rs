@@ -12,9 +12,13 @@ fn repo() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
 }
 
-/// Compiles `tests/c/<name>.c`; `None` (test skipped) when gcc is absent.
+/// Compiles `tests/c/<name>.c`; `None` (test skipped) when gcc is absent. Each call writes its
+/// own executable: tests run in parallel, and running a file another test is rewriting fails
+/// with ETXTBSY.
 fn compile(name: &str) -> Option<PathBuf> {
-    let out = Path::new(env!("CARGO_TARGET_TMPDIR")).join(name);
+    static N: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+    let n = N.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let out = Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!("{name}-{n}"));
     let src = repo().join("tests/c").join(format!("{name}.c"));
     let st = Command::new("gcc")
         .args(["-O2", "-D_FORTIFY_SOURCE=2", "-Wall", "-Werror", "-o"])
@@ -140,4 +144,113 @@ fn policy_none_does_not_flush() {
     let s = summarize(&std::fs::read_to_string(&trace).unwrap());
     assert_eq!(s.flushes.values().sum::<u64>(), 0, "{s}");
     assert!(s.events["unpin"] >= 2);
+}
+
+#[test]
+fn dma_device_moves_data_faults_and_reaches_peer_memory() {
+    let Some(exe) = compile("dma") else { return };
+    let (ok, out, trace) = run_preloaded(&exe, "dma.jsonl");
+    assert!(ok, "{out}\n{trace}");
+    assert!(out.contains("dma ok"));
+    let evs: Vec<serde_json::Value> = trace
+        .lines()
+        .filter_map(|l| serde_json::from_str(l).ok())
+        .collect();
+    let dmas: Vec<&serde_json::Value> = evs.iter().filter(|v| v["ev"] == "dma").collect();
+    // Group 1's domain does not enforce coherency: the no-snoop request stays no-snoop.
+    assert!(
+        dmas.iter().any(|v| v["dir"] == "write"
+            && v["iova"] == 0x100000
+            && v["len"] == 4096
+            && v["snoop"] == false
+            && v["device"] == "0000:00:05.0"),
+        "{trace}"
+    );
+    assert!(
+        dmas.iter()
+            .any(|v| v["dir"] == "read" && v["snoop"] == true),
+        "{trace}"
+    );
+    let faults: Vec<&str> = evs
+        .iter()
+        .filter(|v| v["ev"] == "fault" && v["source"] == "dma")
+        .filter_map(|v| v["detail"].as_str())
+        .collect();
+    assert_eq!(faults.len(), 3, "{trace}");
+    assert!(faults[0].contains("unmapped") && faults[0].contains("0x102000"));
+    assert!(faults[1].contains("not writable"));
+    // Peer-to-peer: the BAR2 mapping's pages are UC device memory: mapped, never flushed.
+    let p2p_flushes: Vec<&serde_json::Value> = evs
+        .iter()
+        .filter(|v| v["ev"] == "flush" && v["iova"] == 0x40000000)
+        .collect();
+    assert!(
+        !p2p_flushes.is_empty() && p2p_flushes.iter().all(|v| v["skipped"] == v["npages"]),
+        "BAR2 pages are skipped by the flush classifier\n{trace}"
+    );
+    assert!(
+        evs.iter()
+            .any(|v| v["ev"] == "map" && v["iova"] == 0x40000000 && v["npages"] == 16),
+        "BAR2 is one contiguous run of reserved pfns\n{trace}"
+    );
+}
+
+#[test]
+fn machine_file_and_dup_tracking() {
+    let Some(exe) = compile("dup") else { return };
+    let trace = Path::new(env!("CARGO_TARGET_TMPDIR")).join("dup.jsonl");
+    let out = Command::new(&exe)
+        .env("LD_PRELOAD", lib())
+        .env("TYPE1_TRACE", &trace)
+        .env(
+            "TYPE1_MACHINE",
+            repo().join("tests/machines/preload-dup.toml"),
+        )
+        .output()
+        .expect("run program");
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let trace = std::fs::read_to_string(&trace).unwrap_or_default();
+    assert!(out.status.success(), "{text}\n{trace}");
+    assert!(text.contains("dup ok"));
+    let evs: Vec<serde_json::Value> = trace
+        .lines()
+        .filter_map(|l| serde_json::from_str(l).ok())
+        .collect();
+    assert!(
+        evs.iter()
+            .any(|v| v["ev"] == "attach" && v["group"] == 7 && v["coherent"] == false),
+        "group 7 sits behind the unit without snoop control\n{trace}"
+    );
+    let detaches: Vec<&serde_json::Value> = evs.iter().filter(|v| v["ev"] == "detach").collect();
+    assert_eq!(detaches.len(), 1, "{trace}");
+    // Released at the last close of the group's fds, not at the close of the original fd.
+    let release = evs
+        .iter()
+        .position(|v| v["op"] == "GROUP_RELEASE")
+        .expect("released");
+    let unmap_ok = evs
+        .iter()
+        .position(|v| v["ev"] == "ret" && v["op"] == "IOMMU_UNMAP_DMA" && v["result"] == "0")
+        .expect("unmapped");
+    assert!(unmap_ok < release, "{trace}");
+}
+
+#[test]
+fn bad_machine_file_is_reported() {
+    let Some(exe) = compile("flush") else { return };
+    let bad = Path::new(env!("CARGO_TARGET_TMPDIR")).join("bad-machine.toml");
+    std::fs::write(&bad, "[[group]]\nid = 1\nunit = 9\ndevices = [\"x\"]\n").unwrap();
+    let out = Command::new(&exe)
+        .env("LD_PRELOAD", lib())
+        .env("TYPE1_MACHINE", &bad)
+        .output()
+        .expect("run program");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(err.contains("TYPE1_MACHINE="), "{err}");
+    assert!(err.contains("open /dev/vfio/1"), "{err}");
 }

@@ -1,27 +1,119 @@
-//! The emulated PCI device behind a device fd: device, region and IRQ info, config space and
-//! a BAR0 of plain registers, reachable through `pread`/`pwrite` at the region offsets.
+//! The emulated PCI device behind a device fd: an `edu`-like DMA engine.
 //!
-//! The device answers what `vfio-pci` answers for a conventional PCI function with one 4 KiB
-//! memory BAR and INTx (the smallest device QEMU 7.2's `vfio-pci` accepts, see
-//! `qemu-client.md`): flags `PCI|RESET`, 9 regions, 5 IRQs. Region `i` lives at file offset
-//! `i << 40` (`VFIO_PCI_INDEX_TO_OFFSET`). BAR0 is read-write scratch registers (no DMA engine
-//! yet); it has no `MMAP` flag so every access comes through the emulation.
+//! The device answers what `vfio-pci` answers for a conventional PCI function (see
+//! `qemu-client.md`): flags `PCI|RESET`, 9 regions, 5 IRQs; region `i` lives at file offset
+//! `i << 40` (`VFIO_PCI_INDEX_TO_OFFSET`). Its layout is documented in `docs/device.md`:
+//!
+//! * **BAR0** ([`BAR0_SIZE`], 32-bit memory, no `MMAP` flag): the registers (page 0) and the
+//!   device-internal buffer (page 1). Every access comes through `pread`/`pwrite`, so every
+//!   register write reaches the model. Writing [`CMD_START`] to [`REG_CMD`] asks for a DMA
+//!   transfer, which [`PciDevice::rw`] hands back as a [`DmaRequest`] for the owner
+//!   ([`crate::Vfio`]) to run through the group's IOMMU domain and report with
+//!   [`PciDevice::complete`];
+//! * **BAR2** ([`BAR2_SIZE`], 64-bit prefetchable memory, `MMAP`): device memory, like a GPU
+//!   aperture. This model does not hold its bytes: the owner of the device fd backs it (the
+//!   preload library uses the fd's memfd, so `mmap` and `pread` see the same bytes) and answers
+//!   its `pread`/`pwrite`; [`PciDevice::rw`] answers EINVAL for it;
+//! * **config space** (256 bytes): 1234:11e8, class 00ff00, interrupt pin A.
 
 use type1_core::Errno;
 use vfio_bindings::bindings::vfio as b;
 
 /// Shift of `VFIO_PCI_INDEX_TO_OFFSET`.
 pub const REGION_SHIFT: u32 = 40;
-/// Size of BAR0.
-pub const BAR0_SIZE: u64 = 0x1000;
+/// Size of BAR0: a page of registers and a page of device buffer.
+pub const BAR0_SIZE: u64 = 0x2000;
+/// Region index of the memory BAR.
+pub const BAR2_INDEX: u32 = b::VFIO_PCI_BAR2_REGION_INDEX;
+/// Size of the memory BAR (power of two).
+pub const BAR2_SIZE: u64 = 1 << 20;
 /// Size of the config region.
 pub const CONFIG_SIZE: u64 = 256;
+/// File offset of a region.
+pub const fn region_offset(index: u32) -> u64 {
+    (index as u64) << REGION_SHIFT
+}
+
+/// `ID` (RO, u32): [`DEVICE_ID_VALUE`].
+pub const REG_ID: u64 = 0x00;
+/// Value of [`REG_ID`]: major 1, minor 0, `0xed`.
+pub const DEVICE_ID_VALUE: u32 = 0x0100_00ed;
+/// `LIVENESS` (RW, u32): reads back the bitwise inverse of what was written.
+pub const REG_LIVENESS: u64 = 0x04;
+/// `DMA_SRC` (RW, u64): source IOVA (memory to device) or buffer offset (device to memory).
+pub const REG_DMA_SRC: u64 = 0x08;
+/// `DMA_DST` (RW, u64): buffer offset (memory to device) or destination IOVA (device to memory).
+pub const REG_DMA_DST: u64 = 0x10;
+/// `DMA_LEN` (RW, u64): bytes to transfer, at most [`BUFFER_SIZE`].
+pub const REG_DMA_LEN: u64 = 0x18;
+/// `DMA_CMD` (RW, u32): [`CMD_START`] | [`CMD_TO_MEMORY`] | [`CMD_NO_SNOOP`].
+pub const REG_CMD: u64 = 0x20;
+/// `STATUS` (RO, write 1 to clear DONE and FAULT, u32): [`STATUS_BUSY`], [`STATUS_DONE`],
+/// [`STATUS_FAULT`].
+pub const REG_STATUS: u64 = 0x24;
+/// `FAULT_IOVA` (RO, u64): the first IOVA that faulted.
+pub const REG_FAULT_IOVA: u64 = 0x28;
+/// `FAULT_REASON` (RO, u32): a `FAULT_*` value.
+pub const REG_FAULT_REASON: u64 = 0x30;
+/// `DMA_COUNT` (RO, u32): transfers completed without a fault since reset.
+pub const REG_DMA_COUNT: u64 = 0x34;
+/// Offset of the device-internal buffer in BAR0.
+pub const BUFFER_OFFSET: u64 = 0x1000;
+/// Size of the device-internal buffer.
+pub const BUFFER_SIZE: u64 = 0x1000;
+
+/// `DMA_CMD`: start a transfer (reads back 0 once it is over).
+pub const CMD_START: u32 = 1 << 0;
+/// `DMA_CMD`: direction device to memory (write to the IOVA); clear: memory to device.
+pub const CMD_TO_MEMORY: u32 = 1 << 1;
+/// `DMA_CMD`: request no-snoop (bypass CPU caches unless the domain enforces coherency).
+pub const CMD_NO_SNOOP: u32 = 1 << 2;
+/// `STATUS`: a transfer is running (never seen: transfers complete within the write).
+pub const STATUS_BUSY: u32 = 1 << 0;
+/// `STATUS`: the last transfer completed.
+pub const STATUS_DONE: u32 = 1 << 1;
+/// `STATUS`: the last transfer faulted (see `FAULT_IOVA`, `FAULT_REASON`).
+pub const STATUS_FAULT: u32 = 1 << 2;
+
+/// `FAULT_REASON`: no IOMMU mapping at the IOVA.
+pub const FAULT_UNMAPPED: u32 = 1;
+/// `FAULT_REASON`: the mapping does not allow the access (a write to a read-only IOVA).
+pub const FAULT_PERMISSION: u32 = 2;
+/// `FAULT_REASON`: the device's group is in no IOMMU domain (no container, or no backend).
+pub const FAULT_NO_DOMAIN: u32 = 3;
+/// `FAULT_REASON`: the buffer side of the request is out of the buffer's bounds.
+pub const FAULT_BAD_REQUEST: u32 = 4;
+
+/// A DMA transfer the device asks its owner to perform.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct DmaRequest {
+    /// The IOVA side.
+    pub iova: u64,
+    /// Offset in the device buffer.
+    pub buffer_offset: u64,
+    /// Bytes.
+    pub len: u64,
+    /// Device to memory (write to the IOVA) rather than memory to device.
+    pub to_memory: bool,
+    /// The no-snoop bit of the request.
+    pub no_snoop: bool,
+}
+
+/// Why a transfer stopped: `FAULT_*` reason and the IOVA.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct DmaFault {
+    /// The first IOVA that could not be accessed.
+    pub iova: u64,
+    /// A `FAULT_*` value.
+    pub reason: u32,
+}
 
 /// One emulated PCI function.
 #[derive(Clone, Debug)]
 pub struct PciDevice {
     config: [u8; CONFIG_SIZE as usize],
-    bar0: Vec<u8>,
+    regs: Vec<u8>,
+    buffer: Vec<u8>,
 }
 
 impl Default for PciDevice {
@@ -30,24 +122,47 @@ impl Default for PciDevice {
     }
 }
 
+fn le_u32(b: &[u8], off: u64) -> u32 {
+    let o = off as usize;
+    u32::from_le_bytes(b[o..o + 4].try_into().unwrap_or([0; 4]))
+}
+
+fn le_u64(b: &[u8], off: u64) -> u64 {
+    let o = off as usize;
+    u64::from_le_bytes(b[o..o + 8].try_into().unwrap_or([0; 8]))
+}
+
+fn put(b: &mut [u8], off: u64, v: &[u8]) {
+    let o = off as usize;
+    b[o..o + v.len()].copy_from_slice(v);
+}
+
 impl PciDevice {
-    /// A fresh device: 1234:11e8, class 00ff00, BAR0 32-bit memory, interrupt pin A.
+    /// A fresh device: 1234:11e8, class 00ff00, BAR0 32-bit memory, BAR2 64-bit prefetchable
+    /// memory, interrupt pin A.
     pub fn new() -> PciDevice {
         let mut config = [0u8; CONFIG_SIZE as usize];
         config[0..2].copy_from_slice(&0x1234u16.to_le_bytes());
         config[2..4].copy_from_slice(&0x11e8u16.to_le_bytes());
         config[0x0a] = 0x00; // subclass
         config[0x0b] = 0xff; // class
+        config[0x18] = 0x0c; // BAR2: memory, 64-bit, prefetchable
         config[0x3d] = 1; // interrupt pin INTA
-        PciDevice {
+        let mut d = PciDevice {
             config,
-            bar0: vec![0; BAR0_SIZE as usize],
-        }
+            regs: vec![0; BUFFER_OFFSET as usize],
+            buffer: vec![0; BUFFER_SIZE as usize],
+        };
+        d.reset();
+        d
     }
 
-    /// `VFIO_DEVICE_RESET`: registers back to zero.
+    /// `VFIO_DEVICE_RESET`: registers and buffer back to their reset values.
     pub fn reset(&mut self) {
-        self.bar0.iter_mut().for_each(|b| *b = 0);
+        self.regs.iter_mut().for_each(|b| *b = 0);
+        self.buffer.iter_mut().for_each(|b| *b = 0);
+        put(&mut self.regs, REG_ID, &DEVICE_ID_VALUE.to_le_bytes());
+        put(&mut self.regs, REG_LIVENESS, &u32::MAX.to_le_bytes());
     }
 
     /// `(flags, num_regions, num_irqs)` of `VFIO_DEVICE_GET_INFO`.
@@ -61,10 +176,11 @@ impl PciDevice {
 
     /// `(flags, size, offset)` of region `index`; EINVAL for VGA (absent) and beyond.
     pub fn region_info(&self, index: u32) -> Result<(u32, u64, u64), Errno> {
-        let off = (index as u64) << REGION_SHIFT;
+        let off = region_offset(index);
         let rw = b::VFIO_REGION_INFO_FLAG_READ | b::VFIO_REGION_INFO_FLAG_WRITE;
         match index {
             b::VFIO_PCI_BAR0_REGION_INDEX => Ok((rw, BAR0_SIZE, off)),
+            BAR2_INDEX => Ok((rw | b::VFIO_REGION_INFO_FLAG_MMAP, BAR2_SIZE, off)),
             1..=6 => Ok((0, 0, off)),
             b::VFIO_PCI_CONFIG_REGION_INDEX => Ok((rw, CONFIG_SIZE, off)),
             _ => Err(Errno::EINVAL),
@@ -86,48 +202,157 @@ impl PciDevice {
         }
     }
 
-    fn region_mut(&mut self, index: u64) -> Option<&mut [u8]> {
-        match index {
-            0 => Some(&mut self.bar0),
-            7 => Some(&mut self.config),
-            _ => None,
-        }
+    /// A register, as the device sees it.
+    pub fn reg32(&self, off: u64) -> u32 {
+        le_u32(&self.regs, off)
+    }
+
+    /// A 64-bit register.
+    pub fn reg64(&self, off: u64) -> u64 {
+        le_u64(&self.regs, off)
+    }
+
+    /// The device-internal buffer.
+    pub fn buffer(&self) -> &[u8] {
+        &self.buffer
+    }
+
+    /// The device-internal buffer, for DMA into it.
+    pub fn buffer_mut(&mut self) -> &mut [u8] {
+        &mut self.buffer
     }
 
     /// `pread`/`pwrite` at file offset `pos`: returns the bytes transferred (short at the end of
-    /// a region, 0 past it); EINVAL for a region that cannot be accessed.
-    pub fn rw(&mut self, pos: u64, buf: &mut [u8], write: bool) -> Result<usize, Errno> {
+    /// a region, 0 past it) and, for a register write that started a transfer, the request;
+    /// EINVAL for a region that cannot be accessed here (absent regions, and BAR2, which the
+    /// fd's owner backs).
+    pub fn rw(
+        &mut self,
+        pos: u64,
+        buf: &mut [u8],
+        write: bool,
+    ) -> Result<(usize, Option<DmaRequest>), Errno> {
         let index = pos >> REGION_SHIFT;
         let off = pos & ((1u64 << REGION_SHIFT) - 1);
-        let is_config = index == 7;
-        let Some(region) = self.region_mut(index) else {
-            return Err(Errno::EINVAL);
-        };
-        let Ok(off) = usize::try_from(off) else {
-            return Ok(0);
-        };
-        if off >= region.len() {
-            return Ok(0);
+        match index {
+            0 => Ok(self.bar0_rw(off, buf, write)),
+            7 => Ok((self.config_rw(off, buf, write), None)),
+            _ => Err(Errno::EINVAL),
         }
-        let n = buf.len().min(region.len() - off);
+    }
+
+    fn config_rw(&mut self, off: u64, buf: &mut [u8], write: bool) -> usize {
+        let Ok(off) = usize::try_from(off) else {
+            return 0;
+        };
+        if off >= self.config.len() {
+            return 0;
+        }
+        let n = buf.len().min(self.config.len() - off);
         if write {
             for (i, byte) in buf[..n].iter().enumerate() {
                 let at = off + i;
                 // Identity, BARs, ROM and header type are read-only, as QEMU expects.
-                if is_config
-                    && (at < 0x04
-                        || (0x08..0x0c).contains(&at)
-                        || (0x0e..0x34).contains(&at)
-                        || at == 0x3d)
+                if at < 0x04
+                    || (0x08..0x0c).contains(&at)
+                    || (0x0e..0x34).contains(&at)
+                    || at == 0x3d
                 {
                     continue;
                 }
-                region[at] = *byte;
+                self.config[at] = *byte;
             }
         } else {
-            buf[..n].copy_from_slice(&region[off..off + n]);
+            buf[..n].copy_from_slice(&self.config[off..off + n]);
         }
-        Ok(n)
+        n
+    }
+
+    fn bar0_rw(&mut self, off: u64, buf: &mut [u8], write: bool) -> (usize, Option<DmaRequest>) {
+        if off >= BAR0_SIZE {
+            return (0, None);
+        }
+        let n = buf.len().min((BAR0_SIZE - off) as usize);
+        let mut start = false;
+        for (i, byte) in buf[..n].iter_mut().enumerate() {
+            let at = off + i as u64;
+            if at >= BUFFER_OFFSET {
+                let b = &mut self.buffer[(at - BUFFER_OFFSET) as usize];
+                if write {
+                    *b = *byte;
+                } else {
+                    *byte = *b;
+                }
+                continue;
+            }
+            let slot = &mut self.regs[at as usize];
+            if !write {
+                *byte = *slot;
+                continue;
+            }
+            match at {
+                // LIVENESS stores the inverse.
+                0x04..=0x07 => *slot = !*byte,
+                0x08..=0x23 => {
+                    *slot = *byte;
+                    if at == REG_CMD && *byte as u32 & CMD_START != 0 {
+                        start = true;
+                    }
+                }
+                // STATUS: write 1 to clear DONE and FAULT.
+                0x24 => *slot &= !(*byte & (STATUS_DONE | STATUS_FAULT) as u8),
+                // ID, the rest of STATUS, the fault registers, DMA_COUNT, reserved space.
+                _ => {}
+            }
+        }
+        let req = start.then(|| {
+            let cmd = self.reg32(REG_CMD);
+            let to_memory = cmd & CMD_TO_MEMORY != 0;
+            let (src, dst) = (self.reg64(REG_DMA_SRC), self.reg64(REG_DMA_DST));
+            let status = (self.reg32(REG_STATUS) & !(STATUS_DONE | STATUS_FAULT)) | STATUS_BUSY;
+            put(&mut self.regs, REG_STATUS, &status.to_le_bytes());
+            DmaRequest {
+                iova: if to_memory { dst } else { src },
+                buffer_offset: if to_memory { src } else { dst },
+                len: self.reg64(REG_DMA_LEN),
+                to_memory,
+                no_snoop: cmd & CMD_NO_SNOOP != 0,
+            }
+        });
+        (n, req)
+    }
+
+    /// Checks the buffer side of a request: the byte range of the buffer it covers.
+    pub fn buffer_range(req: &DmaRequest) -> Result<std::ops::Range<usize>, DmaFault> {
+        let bad = DmaFault {
+            iova: req.iova,
+            reason: FAULT_BAD_REQUEST,
+        };
+        let end = req.buffer_offset.checked_add(req.len).ok_or(bad)?;
+        if end > BUFFER_SIZE || req.iova.checked_add(req.len).is_none() {
+            return Err(bad);
+        }
+        Ok(req.buffer_offset as usize..end as usize)
+    }
+
+    /// Ends the transfer started by the last [`DmaRequest`]: `START` clears, `STATUS` shows
+    /// `DONE` or `FAULT` (with `FAULT_IOVA` and `FAULT_REASON`).
+    pub fn complete(&mut self, result: Result<(), DmaFault>) {
+        let cmd = self.reg32(REG_CMD) & !CMD_START;
+        put(&mut self.regs, REG_CMD, &cmd.to_le_bytes());
+        let status = match result {
+            Ok(()) => {
+                let count = self.reg32(REG_DMA_COUNT).wrapping_add(1);
+                put(&mut self.regs, REG_DMA_COUNT, &count.to_le_bytes());
+                STATUS_DONE
+            }
+            Err(f) => {
+                put(&mut self.regs, REG_FAULT_IOVA, &f.iova.to_le_bytes());
+                put(&mut self.regs, REG_FAULT_REASON, &f.reason.to_le_bytes());
+                STATUS_FAULT
+            }
+        };
+        put(&mut self.regs, REG_STATUS, &status.to_le_bytes());
     }
 }
 
@@ -155,16 +380,77 @@ mod tests {
     #[test]
     fn bar0_round_trip_and_bounds() {
         let mut d = PciDevice::new();
-        assert_eq!(d.rw(0x10, &mut [1, 2, 3, 4], true), Ok(4));
+        assert_eq!(d.rw(0x10, &mut [1, 2, 3, 4], true), Ok((4, None)));
         let mut b = [0u8; 4];
-        assert_eq!(d.rw(0x10, &mut b, false), Ok(4));
+        assert_eq!(d.rw(0x10, &mut b, false), Ok((4, None)));
         assert_eq!(b, [1, 2, 3, 4]);
-        assert_eq!(d.rw(BAR0_SIZE - 2, &mut b, false), Ok(2));
-        assert_eq!(d.rw(BAR0_SIZE, &mut b, false), Ok(0));
+        assert_eq!(d.rw(BAR0_SIZE - 2, &mut b, false), Ok((2, None)));
+        assert_eq!(d.rw(BAR0_SIZE, &mut b, false), Ok((0, None)));
         assert_eq!(d.rw(1 << REGION_SHIFT, &mut b, false), Err(Errno::EINVAL));
+        assert_eq!(
+            d.rw(region_offset(BAR2_INDEX), &mut b, false),
+            Err(Errno::EINVAL)
+        );
         d.reset();
         d.rw(0x10, &mut b, false).unwrap();
         assert_eq!(b, [0; 4]);
+        // ID is read-only, LIVENESS inverts.
+        d.rw(REG_ID, &mut [0; 4], true).unwrap();
+        assert_eq!(d.reg32(REG_ID), DEVICE_ID_VALUE);
+        d.rw(REG_LIVENESS, &mut 0x1234_5678u32.to_le_bytes(), true)
+            .unwrap();
+        assert_eq!(d.reg32(REG_LIVENESS), !0x1234_5678u32);
+    }
+
+    #[test]
+    fn start_hands_back_a_request_and_complete_sets_status() {
+        let mut d = PciDevice::new();
+        d.rw(REG_DMA_SRC, &mut 0x40u64.to_le_bytes(), true).unwrap();
+        d.rw(REG_DMA_DST, &mut 0x10_0000u64.to_le_bytes(), true)
+            .unwrap();
+        d.rw(REG_DMA_LEN, &mut 64u64.to_le_bytes(), true).unwrap();
+        let cmd = CMD_START | CMD_TO_MEMORY | CMD_NO_SNOOP;
+        let (_, req) = d.rw(REG_CMD, &mut cmd.to_le_bytes(), true).unwrap();
+        let req = req.unwrap();
+        assert_eq!(
+            req,
+            DmaRequest {
+                iova: 0x10_0000,
+                buffer_offset: 0x40,
+                len: 64,
+                to_memory: true,
+                no_snoop: true
+            }
+        );
+        assert_eq!(PciDevice::buffer_range(&req), Ok(0x40..0x80));
+        assert_eq!(d.reg32(REG_STATUS), STATUS_BUSY);
+        d.complete(Ok(()));
+        assert_eq!(d.reg32(REG_STATUS), STATUS_DONE);
+        assert_eq!(d.reg32(REG_CMD), CMD_TO_MEMORY | CMD_NO_SNOOP);
+        assert_eq!(d.reg32(REG_DMA_COUNT), 1);
+        d.complete(Err(DmaFault {
+            iova: 0x2000,
+            reason: FAULT_UNMAPPED,
+        }));
+        assert_eq!(d.reg32(REG_STATUS), STATUS_FAULT);
+        assert_eq!(d.reg64(REG_FAULT_IOVA), 0x2000);
+        assert_eq!(d.reg32(REG_FAULT_REASON), FAULT_UNMAPPED);
+        // W1C.
+        d.rw(REG_STATUS, &mut STATUS_FAULT.to_le_bytes(), true)
+            .unwrap();
+        assert_eq!(d.reg32(REG_STATUS), 0);
+        // Buffer through BAR0.
+        d.rw(BUFFER_OFFSET + 8, &mut [9, 8, 7], true).unwrap();
+        assert_eq!(&d.buffer()[8..11], &[9, 8, 7]);
+        let bad = DmaRequest {
+            buffer_offset: BUFFER_SIZE - 1,
+            len: 2,
+            ..req
+        };
+        assert_eq!(
+            PciDevice::buffer_range(&bad).unwrap_err().reason,
+            FAULT_BAD_REQUEST
+        );
     }
 
     #[test]
@@ -174,6 +460,17 @@ mod tests {
         assert_eq!(d.region_info(8), Err(Errno::EINVAL));
         assert_eq!(d.region_info(9), Err(Errno::EINVAL));
         assert_eq!(d.region_info(7).unwrap().1, 256);
+        let (flags, size, off) = d.region_info(BAR2_INDEX).unwrap();
+        assert_eq!(
+            flags & b::VFIO_REGION_INFO_FLAG_MMAP,
+            b::VFIO_REGION_INFO_FLAG_MMAP
+        );
+        assert!(size.is_power_of_two());
+        assert_eq!(off, 2 << REGION_SHIFT);
+        assert_eq!(
+            d.region_info(0).unwrap().0 & b::VFIO_REGION_INFO_FLAG_MMAP,
+            0
+        );
         assert_eq!(d.irq_info(3), Err(Errno::EINVAL));
         assert_eq!(d.irq_info(0).unwrap(), (7, 1));
         assert_eq!(d.irq_info(5), Err(Errno::EINVAL));

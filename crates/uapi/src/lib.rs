@@ -26,4 +26,4 @@ mod vfio;
 
 pub use caller::{Caller, FakeCaller};
 pub use table::{ArgSz, IoctlDef};
-pub use vfio::{GroupSpec, Object, Vfio};
+pub use vfio::{DmaAccess, GroupSpec, Object, Vfio};

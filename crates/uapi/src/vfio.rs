@@ -7,9 +7,22 @@
 
 use std::collections::BTreeMap;
 
-use type1_core::{Config, Container, Errno, Event, GroupId, Platform};
+use type1_core::{Config, Container, DomainId, Errno, Event, GroupId, Platform, PAGE_SIZE};
 
-use crate::device::PciDevice;
+use crate::device::{DmaFault, DmaRequest, PciDevice, FAULT_NO_DOMAIN};
+
+/// How a device reaches memory through an IOMMU domain, supplied by whoever knows the
+/// platform's memory (the preload library for `type1-host`): translate `iova` through
+/// `domain`'s page table and copy `buf.len()` bytes (never across a page boundary) to memory
+/// (`to_memory`) or from it. A missing translation is [`crate::device::FAULT_UNMAPPED`], a
+/// mapping without the needed permission [`crate::device::FAULT_PERMISSION`].
+pub type DmaAccess<P> = fn(
+    platform: &mut P,
+    domain: DomainId,
+    iova: u64,
+    buf: &mut [u8],
+    to_memory: bool,
+) -> Result<(), DmaFault>;
 
 /// An emulated open file. Numbers collide across kinds, so every dispatch starts here.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -63,6 +76,7 @@ pub struct Vfio<P: Platform> {
     pub(crate) containers: BTreeMap<u32, ContainerState>,
     pub(crate) devices: BTreeMap<u32, DeviceState>,
     next_id: u32,
+    dma: Option<DmaAccess<P>>,
 }
 
 impl<P: Platform> Vfio<P> {
@@ -97,6 +111,7 @@ impl<P: Platform> Vfio<P> {
             containers: BTreeMap::new(),
             devices: BTreeMap::new(),
             next_id: 0,
+            dma: None,
         })
     }
 
@@ -273,7 +288,24 @@ impl<P: Platform> Vfio<P> {
         self.devices.get(&dev).map(|d| d.name.as_str())
     }
 
-    /// `pread`/`pwrite` on a device fd at file offset `pos`.
+    /// The group an open device belongs to.
+    pub fn device_group(&self, dev: u32) -> Option<u32> {
+        self.devices.get(&dev).map(|d| d.group)
+    }
+
+    /// Lets devices perform DMA: without it every transfer faults with
+    /// [`FAULT_NO_DOMAIN`].
+    pub fn set_dma_access(&mut self, access: DmaAccess<P>) {
+        self.dma = Some(access);
+    }
+
+    /// The device model of an open device (inspection).
+    pub fn device(&self, dev: u32) -> Option<&PciDevice> {
+        self.devices.get(&dev).map(|d| &d.dev)
+    }
+
+    /// `pread`/`pwrite` on a device fd at file offset `pos`. A register write that starts a
+    /// DMA transfer runs it before returning (the engine is synchronous).
     pub fn device_rw(
         &mut self,
         dev: u32,
@@ -282,6 +314,87 @@ impl<P: Platform> Vfio<P> {
         write: bool,
     ) -> Result<usize, Errno> {
         let d = self.devices.get_mut(&dev).ok_or(Errno::EBADF)?;
-        d.dev.rw(pos, buf, write)
+        let (n, req) = d.dev.rw(pos, buf, write)?;
+        if let Some(req) = req {
+            self.run_dma(dev, req);
+        }
+        Ok(n)
+    }
+
+    /// The IOMMU domain the device's group is attached to, and whether it enforces coherency.
+    fn device_domain(&self, group: u32) -> Option<(DomainId, bool)> {
+        let cid = self.groups.get(&group)?.container?;
+        let t = self.containers.get(&cid)?.c.iommu().ok()?;
+        t.domains()
+            .into_iter()
+            .find(|d| d.groups.contains(&GroupId(group)))
+            .map(|d| (d.id, d.coherent))
+    }
+
+    /// Runs one transfer through the group's domain, page by page; bytes before a fault are
+    /// transferred, as on hardware. Traces `dma` on success, `fault` (source `dma`) otherwise.
+    fn run_dma(&mut self, dev: u32, req: DmaRequest) {
+        let Some(d) = self.devices.get(&dev) else {
+            return;
+        };
+        let (group, name) = (d.group, d.name.clone());
+        let result = self.transfer(dev, group, &req);
+        let dir = if req.to_memory { "write" } else { "read" };
+        match result {
+            Ok(coherent) => self.platform.trace(Event::Dma {
+                device: name,
+                iova: req.iova,
+                len: req.len,
+                dir,
+                snoop: coherent || !req.no_snoop,
+            }),
+            Err(f) => {
+                let why = match f.reason {
+                    crate::device::FAULT_UNMAPPED => "unmapped iova",
+                    crate::device::FAULT_PERMISSION if req.to_memory => "iova not writable",
+                    crate::device::FAULT_PERMISSION => "iova not readable",
+                    FAULT_NO_DOMAIN => "group in no iommu domain",
+                    _ => "bad request",
+                };
+                self.platform.trace(Event::Fault {
+                    source: "dma".into(),
+                    detail: format!(
+                        "{name} group {group}: {dir} of {} bytes at iova 0x{:x}: {why} at 0x{:x}",
+                        req.len, req.iova, f.iova
+                    ),
+                });
+            }
+        }
+        if let Some(d) = self.devices.get_mut(&dev) {
+            d.dev.complete(result.map(|_| ()));
+        }
+    }
+
+    fn transfer(&mut self, dev: u32, group: u32, req: &DmaRequest) -> Result<bool, DmaFault> {
+        let range = PciDevice::buffer_range(req)?;
+        let no_domain = DmaFault {
+            iova: req.iova,
+            reason: FAULT_NO_DOMAIN,
+        };
+        let (domain, coherent) = self.device_domain(group).ok_or(no_domain)?;
+        let access = self.dma.ok_or(no_domain)?;
+        let mut done = 0u64;
+        while done < req.len {
+            let iova = req.iova + done;
+            let chunk = (PAGE_SIZE - iova % PAGE_SIZE).min(req.len - done) as usize;
+            let at = range.start + done as usize;
+            let Some(d) = self.devices.get_mut(&dev) else {
+                return Err(no_domain);
+            };
+            let mut tmp = d.dev.buffer()[at..at + chunk].to_vec();
+            access(&mut self.platform, domain, iova, &mut tmp, req.to_memory)?;
+            if !req.to_memory {
+                if let Some(d) = self.devices.get_mut(&dev) {
+                    d.dev.buffer_mut()[at..at + chunk].copy_from_slice(&tmp);
+                }
+            }
+            done += chunk as u64;
+        }
+        Ok(coherent)
     }
 }

@@ -1,0 +1,131 @@
+//! `type1 exec` end to end: an unmodified C program under the LD_PRELOAD emulation.
+//!
+//! Builds nothing with cargo: it needs `libtype1_preload.so` next to the `type1` binary
+//! (`target/<profile>/`), which `cargo test --workspace` and `cargo build` produce because
+//! `type1-preload` is a cdylib member of the workspace; without it (or without gcc for the C
+//! program) the tests say so and pass. `cargo test -p type1-cli` alone rebuilds the library
+//! only under `target/<profile>/deps/` (a dependency's cdylib is not copied up), so the tests
+//! pass that copy explicitly with `--library` when it exists, and one test relies on
+//! `type1 exec` finding the library by itself.
+
+use std::{
+    path::{Path, PathBuf},
+    process::{Command, Output},
+};
+
+fn type1_exe() -> PathBuf {
+    PathBuf::from(env!("CARGO_BIN_EXE_type1"))
+}
+
+/// The library `type1 exec` finds by itself, if it is there, and the freshest copy to pass
+/// with `--library` (the one under `deps/` when it exists).
+fn library() -> Option<(PathBuf, PathBuf)> {
+    let dir = type1_exe().parent()?.to_path_buf();
+    let lib = dir.join("libtype1_preload.so");
+    if !lib.exists() {
+        eprintln!("skipped: {} not built", lib.display());
+        return None;
+    }
+    let fresh = dir.join("deps/libtype1_preload.so");
+    Some((lib.clone(), if fresh.exists() { fresh } else { lib }))
+}
+
+/// Compiles `tests/c/<name>.c` with gcc into the test's temporary directory, as `exec-<as_>`
+/// (tests run in parallel: each needs its own executable).
+fn compile(name: &str, as_: &str) -> Option<PathBuf> {
+    let src = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../../tests/c")
+        .join(format!("{name}.c"));
+    let out = Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!("exec-{as_}"));
+    match Command::new("gcc")
+        .args(["-O2", "-Wall", "-Werror", "-o"])
+        .arg(&out)
+        .arg(&src)
+        .status()
+    {
+        Ok(s) if s.success() => Some(out),
+        Ok(s) => panic!("gcc failed on {}: {s}", src.display()),
+        Err(_) => {
+            eprintln!("skipped: no gcc");
+            None
+        }
+    }
+}
+
+fn exec(args: &[&str], program: &[&str]) -> Output {
+    Command::new(type1_exe())
+        .arg("exec")
+        .args(args)
+        .arg("--")
+        .args(program)
+        .output()
+        .expect("type1 runs")
+}
+
+/// `(flush reason, count)` lines of the summary on stderr.
+fn flush_count(stderr: &str, reason: &str) -> u64 {
+    stderr
+        .lines()
+        .filter_map(|l| l.trim().strip_prefix(&format!("flush/{reason}")))
+        .filter_map(|rest| rest.trim().parse::<u64>().ok())
+        .sum()
+}
+
+#[test]
+fn exec_runs_a_c_program_and_summarizes_its_trace() {
+    let Some(_) = library() else { return };
+    let Some(prog) = compile("flush", "flush-seed") else {
+        return;
+    };
+    let trace = Path::new(env!("CARGO_TARGET_TMPDIR")).join("exec-flush.jsonl");
+    let out = exec(
+        &["--trace", trace.to_str().unwrap()],
+        &[prog.to_str().unwrap()],
+    );
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(0), "{stderr}");
+    assert!(String::from_utf8_lossy(&out.stdout).contains("flush ok"));
+    assert!(stderr.contains("exited with exit status: 0"), "{stderr}");
+    assert!(flush_count(&stderr, "map") > 0, "{stderr}");
+    assert!(flush_count(&stderr, "unpin") > 0, "{stderr}");
+    assert!(!stderr.contains("error "), "no failed operation\n{stderr}");
+    // The summary counts what the trace file holds.
+    let text = std::fs::read_to_string(&trace).expect("trace written");
+    let maps = text
+        .lines()
+        .filter(|l| l.contains(r#""ev":"map""#))
+        .count()
+        .to_string();
+    assert!(
+        stderr
+            .lines()
+            .any(|l| l.split_whitespace().collect::<Vec<_>>() == ["map", maps.as_str()]),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn exec_with_policy_none_does_not_flush() {
+    let Some(_) = library() else { return };
+    let Some(prog) = compile("flush", "flush-none") else {
+        return;
+    };
+    let out = exec(&["--policy", "none"], &[prog.to_str().unwrap()]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(0), "{stderr}");
+    assert_eq!(
+        flush_count(&stderr, "map") + flush_count(&stderr, "unpin"),
+        0,
+        "{stderr}"
+    );
+    assert!(stderr.contains("unpin"), "{stderr}");
+}
+
+#[test]
+fn exec_finds_the_library_and_passes_the_exit_code_through() {
+    let Some(_) = library() else { return };
+    let out = exec(&[], &["/bin/sh", "-c", "exit 3"]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(3), "{stderr}");
+    assert!(stderr.contains("exited with exit status: 3"), "{stderr}");
+}
