@@ -457,22 +457,13 @@ pub fn check(
                 flushed += child.sim.stats().pages_flushed - before;
                 let mut cseq = seq.clone();
                 cseq.push(a);
-                if let Some(v) = v {
-                    let ce = found(cseq, false, v);
-                    return Ok(Outcome {
-                        policy: policy.into(),
-                        bound: bound.clone(),
-                        states: seen.len() as u64,
-                        sequences,
-                        flushed_pages: flushed,
-                        counterexample: Some(ce),
-                    });
-                }
-                if !seen.insert(digest(&child)) {
-                    continue;
-                }
-                if let Some(v) = close_violation(&child) {
-                    let ce = found(cseq, true, v);
+                // A violation during the step, or (for a new state) when closing from it.
+                let ce = match v {
+                    Some(v) => Some(found(cseq.clone(), false, v)),
+                    None if !seen.insert(digest(&child)) => continue,
+                    None => close_violation(&child).map(|v| found(cseq.clone(), true, v)),
+                };
+                if let Some(ce) = ce {
                     return Ok(Outcome {
                         policy: policy.into(),
                         bound: bound.clone(),

@@ -17,6 +17,10 @@ use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
 use type1_scenario::{run_text, RunOptions};
 
+fn policies() -> clap::builder::PossibleValuesParser {
+    clap::builder::PossibleValuesParser::new(type1_core::policy::POLICY_NAMES)
+}
+
 #[derive(Parser)]
 #[command(
     name = "type1",
@@ -33,7 +37,7 @@ enum Cmd {
     /// Narrate the series' five-step example (F6): where the two flushes happen and why.
     Demo {
         /// Flush policy (`seed` is the series, `none` is upstream type1).
-        #[arg(long, default_value = "seed")]
+        #[arg(long, default_value = "seed", value_parser = policies())]
         policy: String,
         /// Write the JSON-lines trace to this file.
         #[arg(long)]
@@ -45,7 +49,7 @@ enum Cmd {
     /// Play the malicious-guest story (F0): stale host data read by no-snoop DMA.
     Attack {
         /// Flush policy: `none` (upstream) or `seed` (the series); any shipped policy works.
-        #[arg(long, default_value = "seed")]
+        #[arg(long, default_value = "seed", value_parser = policies())]
         policy: String,
         /// Print one JSON object instead of the narration.
         #[arg(long)]
@@ -62,7 +66,7 @@ enum Cmd {
     /// Exits 0 when the policy holds within the bound, 1 with a minimal counterexample.
     Check {
         /// Policy to check (see `--all`).
-        #[arg(long, default_value = "seed")]
+        #[arg(long, default_value = "seed", value_parser = policies())]
         policy: String,
         /// Check every shipped policy and print a comparison table (exit 0 iff `seed` holds).
         #[arg(long, conflicts_with = "policy")]
@@ -102,7 +106,7 @@ enum Cmd {
         #[arg(required = true)]
         files: Vec<PathBuf>,
         /// Override the scenarios' flush policy.
-        #[arg(long)]
+        #[arg(long, value_parser = policies())]
         policy: Option<String>,
         /// Write the JSON-lines trace (of the last file) to this file.
         #[arg(long)]

@@ -137,6 +137,17 @@ impl World {
         }
     }
 
+    /// A named container and the machine, borrowed apart (engine calls need both).
+    fn container_and_sim(&mut self, name: &str) -> Result<(&mut Container, &mut Sim), StepError> {
+        let Self {
+            sim, containers, ..
+        } = self;
+        match containers.get_mut(name) {
+            Some(c) => Ok((c, sim)),
+            None => usage(format!("no container named {name:?}")),
+        }
+    }
+
     fn cont(&mut self, name: &str) -> Result<&mut Container, StepError> {
         match self.containers.get_mut(name) {
             Some(c) => Ok(c),
@@ -349,12 +360,7 @@ impl World {
                 Ok(())
             }
             Op::SetIommu { container, kind } => {
-                let Self {
-                    sim, containers, ..
-                } = self;
-                let Some(c) = containers.get_mut(container) else {
-                    return usage(format!("no container named {container:?}"));
-                };
+                let (c, sim) = self.container_and_sim(container)?;
                 c.set_iommu(sim, *kind)?;
                 Ok(())
             }
@@ -365,12 +371,7 @@ impl World {
                 size,
                 flags,
             } => {
-                let Self {
-                    sim, containers, ..
-                } = self;
-                let Some(c) = containers.get_mut(container) else {
-                    return usage(format!("no container named {container:?}"));
-                };
+                let (c, sim) = self.container_and_sim(container)?;
                 c.iommu_mut()?.map_dma(
                     sim,
                     MapRequest {
@@ -388,12 +389,7 @@ impl World {
                 size,
                 flags,
             } => {
-                let Self {
-                    sim, containers, ..
-                } = self;
-                let Some(c) = containers.get_mut(container) else {
-                    return usage(format!("no container named {container:?}"));
-                };
+                let (c, sim) = self.container_and_sim(container)?;
                 let t = c.iommu_mut()?;
                 let pg = t.pgsize();
                 let mut data = Vec::new();
@@ -512,12 +508,7 @@ impl World {
                 let Some(dev) = self.sim.device_id(device) else {
                     return usage(format!("no device named {device:?}"));
                 };
-                let Self {
-                    sim, containers, ..
-                } = self;
-                let Some(c) = containers.get_mut(container) else {
-                    return usage(format!("no container named {container:?}"));
-                };
+                let (c, sim) = self.container_and_sim(container)?;
                 c.iommu_mut()?.unpin_pages(sim, *iova, *npage);
                 sim.forget_external_pins(dev, *iova, *npage);
                 Ok(())
@@ -528,12 +519,7 @@ impl World {
                 write,
                 len,
             } => {
-                let Self {
-                    sim, containers, ..
-                } = self;
-                let Some(c) = containers.get_mut(container) else {
-                    return usage(format!("no container named {container:?}"));
-                };
+                let (c, sim) = self.container_and_sim(container)?;
                 let t = c.iommu_mut()?;
                 let n = usize::try_from(*len).unwrap_or(usize::MAX).min(64 << 20);
                 let mut buf = vec![write.unwrap_or(0); n];
