@@ -333,6 +333,7 @@ pub fn op_line(op: &Op) -> String {
             )
         }
         Op::Fail { point, nth } => format!("fail {point} {nth}"),
+        Op::Allow(k) => format!("allow {k}"),
         other => format!("# unsupported {other:?}"),
     }
 }

@@ -188,6 +188,9 @@ pub enum Op {
     },
     /// `fail POINT N`: the Nth call of a platform fault point fails.
     Fail { point: String, nth: u64 },
+    /// `allow KIND` / `allow all`: violations of that kind no longer fail the scenario (for
+    /// scenarios that demonstrate a broken policy and only count its damage).
+    Allow(String),
     /// `expect ...`.
     Expect(Expect),
 }
@@ -688,6 +691,7 @@ fn parse_op(w: &mut Words<'_>) -> Result<Op, ParseError> {
                 no_snoop,
             }
         }
+        "allow" => Op::Allow(w.name("violation kind or all")?),
         "fail" => Op::Fail {
             point: w.name("fault point")?,
             nth: w.num("n")?,

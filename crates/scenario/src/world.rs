@@ -82,6 +82,8 @@ pub struct World {
     pub last_bitmap: Vec<u64>,
     /// Violations not yet consumed by an `expect violation`.
     pub pending: Vec<Noted>,
+    /// Violation kinds (or `all`) that an `allow` line excused.
+    pub allowed: Vec<String>,
     seen_violations: usize,
 }
 
@@ -107,6 +109,7 @@ impl World {
             last_unmapped: 0,
             last_bitmap: Vec::new(),
             pending: Vec::new(),
+            allowed: Vec::new(),
             seen_violations: 0,
         })
     }
@@ -202,7 +205,9 @@ impl World {
         }
         let all = self.sim.violations();
         for v in &all[self.seen_violations..] {
-            self.pending.push(Noted { at, v: v.clone() });
+            if !self.allowed.iter().any(|k| k == "all" || *k == v.kind) {
+                self.pending.push(Noted { at, v: v.clone() });
+            }
         }
         self.seen_violations = all.len();
     }
@@ -565,6 +570,10 @@ impl World {
                 Ok(())
             }
             Op::Fail { point, nth } => self.sim.fail_nth(point, *nth).map_err(StepError::Usage),
+            Op::Allow(kind) => {
+                self.allowed.push(kind.clone());
+                Ok(())
+            }
             Op::Expect(_) => Ok(()),
         }
     }
