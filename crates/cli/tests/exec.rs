@@ -129,3 +129,86 @@ fn exec_finds_the_library_and_passes_the_exit_code_through() {
     assert_eq!(out.status.code(), Some(3), "{stderr}");
     assert!(stderr.contains("exited with exit status: 3"), "{stderr}");
 }
+
+/// Runs an unmodified QEMU (`qemu-system-x86_64`, Debian's 7.2) with `-device vfio-pci` under
+/// `type1 exec`, paused (`-S`), and quits it from the monitor. QEMU maps guest RAM at start-up
+/// and never unmaps at quit: the process-exit release must unmap, flush and unpin.
+fn qemu(host: &str, trace: &Path) -> Option<Output> {
+    use std::io::Write;
+    library()?;
+    if Command::new("qemu-system-x86_64")
+        .arg("--version")
+        .output()
+        .is_err()
+    {
+        eprintln!("skipped: qemu-system-x86_64 not installed");
+        return None;
+    }
+    let mut child = Command::new(type1_exe())
+        .args(["exec", "--trace", trace.to_str().unwrap(), "--"])
+        .args([
+            "qemu-system-x86_64",
+            "-M",
+            "q35",
+            "-m",
+            "64",
+            "-nodefaults",
+            "-display",
+            "none",
+        ])
+        .args(["-S", "-monitor", "stdio", "-device"])
+        .arg(format!("vfio-pci,host={host}"))
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("type1 runs");
+    child.stdin.take().unwrap().write_all(b"quit\n").unwrap();
+    Some(child.wait_with_output().unwrap())
+}
+
+#[test]
+fn unmodified_qemu_maps_guest_ram_for_the_noncoherent_device() {
+    let trace = Path::new(env!("CARGO_TARGET_TMPDIR")).join("exec-qemu-nc.jsonl");
+    let Some(out) = qemu("0000:00:05.0", &trace) else {
+        return;
+    };
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(0), "{stderr}");
+    assert!(
+        flush_count(&stderr, "map") > 0,
+        "guest RAM flushed before the map\n{stderr}"
+    );
+    assert_eq!(
+        flush_count(&stderr, "map"),
+        flush_count(&stderr, "unpin"),
+        "every run flushed again before its unpin at exit\n{stderr}"
+    );
+    let text = std::fs::read_to_string(&trace).expect("trace written");
+    assert!(
+        text.contains(r#""ev":"attach","group":1"#),
+        "group 1 attached"
+    );
+    assert!(text
+        .lines()
+        .any(|l| l.contains(r#""ev":"attach""#) && l.contains(r#""coherent":false"#)));
+}
+
+#[test]
+fn unmodified_qemu_with_the_coherent_device_needs_no_flush() {
+    let trace = Path::new(env!("CARGO_TARGET_TMPDIR")).join("exec-qemu-c.jsonl");
+    let Some(out) = qemu("0000:00:04.0", &trace) else {
+        return;
+    };
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(0), "{stderr}");
+    assert_eq!(
+        flush_count(&stderr, "map") + flush_count(&stderr, "unpin"),
+        0,
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains("unpin"),
+        "guest RAM released at exit\n{stderr}"
+    );
+}
