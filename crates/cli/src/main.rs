@@ -100,7 +100,7 @@ enum Cmd {
         #[arg(required = true, last = true)]
         command: Vec<String>,
     },
-    /// Run scenario files (format: docs/scenarios.md). Exits 1 if any fails.
+    /// Run scenario files or directories of them (format: docs/scenarios.md). Exits 1 if any fails.
     Run {
         /// Scenario files.
         #[arg(required = true)]
@@ -130,7 +130,27 @@ fn write_trace(sim: &type1_sim::Sim, path: &PathBuf) -> Result<()> {
     Ok(())
 }
 
+/// Expands directories to the `*.scn` files they hold (sorted); files pass through.
+fn expand(files: &[PathBuf]) -> Result<Vec<PathBuf>> {
+    let mut out = Vec::new();
+    for f in files {
+        if f.is_dir() {
+            let mut v: Vec<PathBuf> = std::fs::read_dir(f)
+                .with_context(|| format!("cannot read directory {}", f.display()))?
+                .filter_map(|e| e.ok().map(|e| e.path()))
+                .filter(|p| p.extension().and_then(|x| x.to_str()) == Some("scn"))
+                .collect();
+            v.sort();
+            out.extend(v);
+        } else {
+            out.push(f.clone());
+        }
+    }
+    Ok(out)
+}
+
 fn sweep_files(files: &[PathBuf], policy: Option<String>, quiet: bool) -> Result<ExitCode> {
+    let files = &expand(files)?;
     let (mut points, mut absorbed, mut bad) = (0, 0, 0);
     for f in files {
         let text =
@@ -181,6 +201,7 @@ fn run_files(
     trace: Option<PathBuf>,
     quiet: bool,
 ) -> Result<ExitCode> {
+    let files = &expand(files)?;
     let mut failed = 0;
     let mut passed = 0;
     for f in files {
