@@ -71,9 +71,14 @@ pub fn run_actions(actions: &[Action], policy: &str) -> Result<(), String> {
     Ok(())
 }
 
-/// The fuzz target's body: [`decode`] then [`run_actions`] under policy `seed`.
+/// The policy the fuzz target checks. Not `seed`: the fuzzer rediscovers within a minute the
+/// failed-replay hole that `type1 check` found in the series (`corpus/ops-seed-hole/`,
+/// `docs/verification.md`); `seed-fixed` is the series with that hole closed.
+pub const FUZZ_POLICY: &str = "seed-fixed";
+
+/// The fuzz target's body: [`decode`] then [`run_actions`] under [`FUZZ_POLICY`].
 pub fn run_bytes(bytes: &[u8]) -> Result<(), String> {
-    run_actions(&decode(bytes, MAX_ACTIONS), "seed")
+    run_actions(&decode(bytes, MAX_ACTIONS), FUZZ_POLICY)
 }
 
 #[cfg(test)]
