@@ -35,7 +35,8 @@ pub(crate) struct FrameData {
 /// A RAM page frame.
 #[derive(Clone, Debug, Default)]
 pub(crate) struct Frame {
-    pub data: Option<Box<FrameData>>,
+    /// Shared between clones of the machine until written (model checking branches a lot).
+    pub data: Option<std::rc::Rc<FrameData>>,
     pub pins: u32,
     /// Bumped at every allocation.
     pub gen: u64,
@@ -56,12 +57,13 @@ pub(crate) struct Frame {
 
 impl Frame {
     pub(crate) fn data_mut(&mut self) -> &mut FrameData {
-        self.data.get_or_insert_with(|| {
-            Box::new(FrameData {
+        let d = self.data.get_or_insert_with(|| {
+            std::rc::Rc::new(FrameData {
                 ram: vec![INITIAL_RAM_BYTE; PAGE_SIZE as usize].into_boxed_slice(),
                 line_gen: [0; LINES_PER_PAGE],
             })
-        })
+        });
+        std::rc::Rc::make_mut(d)
     }
 }
 
