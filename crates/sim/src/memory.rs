@@ -386,28 +386,12 @@ impl Sim {
         vaddr: u64,
         write: bool,
     ) -> Result<(u64, bool), PlatformError> {
-        let p = self.proc_ref(mm)?;
-        let unbacked = || {
-            perr(
-                Errno::EFAULT,
-                format!("mm {mm}: vaddr 0x{vaddr:x} is not mapped"),
-            )
-        };
-        let (s, r) = p.regions.range(..=vaddr).next_back().ok_or_else(unbacked)?;
-        if vaddr - s >= r.len {
-            return Err(unbacked());
-        }
-        if write && !r.writable {
-            return Err(perr(
-                Errno::EFAULT,
-                format!("mm {mm}: vaddr 0x{vaddr:x} is read-only"),
-            ));
-        }
-        if let RegionKind::Mmio { base_pfn } = r.kind {
+        let (s, kind) = self.region_at(mm, vaddr, write)?;
+        if let RegionKind::Mmio { base_pfn } = kind {
             return Ok((base_pfn + ((vaddr - s) >> PAGE_SHIFT), true));
         }
         let vpn = vaddr >> PAGE_SHIFT;
-        if let Some(pfn) = p.pt.get(&vpn) {
+        if let Some(pfn) = self.proc_ref(mm)?.pt.get(&vpn) {
             return Ok((*pfn, false));
         }
         let pfn = self
@@ -557,7 +541,7 @@ impl Sim {
         while done < len {
             let va = vaddr + done as u64;
             let n = ((PAGE_SIZE - va % PAGE_SIZE) as usize).min(len - done);
-            self.check_access(mm, va, write)?;
+            self.region_at(mm, va, write)?;
             pages.push((va, done..done + n));
             done += n;
         }
@@ -573,7 +557,14 @@ impl Sim {
         Ok(())
     }
 
-    fn check_access(&self, mm: MmId, vaddr: u64, write: bool) -> Result<(), PlatformError> {
+    /// The region holding `vaddr` (its start and kind). EFAULT if unbacked, or if `write` hits
+    /// a read-only region.
+    fn region_at(
+        &self,
+        mm: MmId,
+        vaddr: u64,
+        write: bool,
+    ) -> Result<(u64, RegionKind), PlatformError> {
         let p = self.proc_ref(mm)?;
         let unbacked = || {
             perr(
@@ -591,7 +582,7 @@ impl Sim {
                 format!("mm {mm}: vaddr 0x{vaddr:x} is read-only"),
             ));
         }
-        Ok(())
+        Ok((*s, r.kind))
     }
 
     /// CPU store into `mm` at `vaddr` (through the cache).
