@@ -158,28 +158,63 @@ pub fn write_user(addr: u64, data: &[u8]) -> Result<(), Errno> {
 /// `CAP_IPC_LOCK` (linux/capability.h).
 const CAP_IPC_LOCK: u32 = 14;
 
-/// Whether the calling thread has CAP_IPC_LOCK in its effective set (`capget`).
-pub fn has_cap_ipc_lock() -> bool {
-    #[repr(C)]
-    struct Hdr {
-        version: u32,
-        pid: i32,
-    }
-    #[repr(C)]
-    #[derive(Clone, Copy, Default)]
-    struct Data {
-        effective: u32,
-        permitted: u32,
-        inheritable: u32,
-    }
-    let mut hdr = Hdr {
-        version: 0x2008_0522,
+/// `struct __user_cap_header_struct`.
+#[repr(C)]
+struct CapHeader {
+    version: u32,
+    pid: i32,
+}
+
+/// `struct __user_cap_data_struct`; version 3 uses two of them (capabilities 0-31, 32-63).
+#[repr(C)]
+#[derive(Clone, Copy, Default)]
+struct CapData {
+    effective: u32,
+    permitted: u32,
+    inheritable: u32,
+}
+
+/// `_LINUX_CAPABILITY_VERSION_3`.
+const CAP_VERSION_3: u32 = 0x2008_0522;
+
+/// The calling thread's capability sets (`capget`), or `None` if the call failed.
+fn capget() -> Option<(CapHeader, [CapData; 2])> {
+    let mut hdr = CapHeader {
+        version: CAP_VERSION_3,
         pid: 0,
     };
-    let mut data = [Data::default(); 2];
-    // SAFETY: header and a two-element data array as _LINUX_CAPABILITY_VERSION_3 requires.
-    let r = unsafe { libc::syscall(libc::SYS_capget, &mut hdr as *mut Hdr, data.as_mut_ptr()) };
-    r == 0 && data[0].effective & (1 << CAP_IPC_LOCK) != 0
+    let mut data = [CapData::default(); 2];
+    // SAFETY: a valid header and the two-element data array _LINUX_CAPABILITY_VERSION_3
+    // requires; the kernel writes only into `data`.
+    let r = unsafe {
+        libc::syscall(
+            libc::SYS_capget,
+            &mut hdr as *mut CapHeader,
+            data.as_mut_ptr(),
+        )
+    };
+    (r == 0).then_some((hdr, data))
+}
+
+/// Whether the calling thread has CAP_IPC_LOCK in its effective set (`capget`).
+pub fn has_cap_ipc_lock() -> bool {
+    capget().is_some_and(|(_, d)| d[0].effective & (1 << CAP_IPC_LOCK) != 0)
+}
+
+/// Drops CAP_IPC_LOCK from the calling thread's effective and permitted sets (`capset`), so that
+/// RLIMIT_MEMLOCK applies to it from now on. Irreversible for the thread.
+pub fn drop_cap_ipc_lock() -> Result<(), Errno> {
+    let (mut hdr, mut data) = capget().ok_or_else(errno)?;
+    data[0].effective &= !(1 << CAP_IPC_LOCK);
+    data[0].permitted &= !(1 << CAP_IPC_LOCK);
+    // SAFETY: the header and data array just filled by capget; capset only changes this
+    // thread's credentials.
+    let r = unsafe { libc::syscall(libc::SYS_capset, &mut hdr as *mut CapHeader, data.as_ptr()) };
+    if r == 0 {
+        Ok(())
+    } else {
+        Err(errno())
+    }
 }
 
 /// RLIMIT_MEMLOCK (soft) in pages; `u64::MAX` for infinity.

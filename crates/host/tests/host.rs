@@ -211,31 +211,7 @@ fn rlimit_child() {
 }
 
 fn drop_cap_ipc_lock_and_limit(bytes: u64) {
-    #[repr(C)]
-    struct Hdr {
-        version: u32,
-        pid: i32,
-    }
-    #[repr(C)]
-    #[derive(Clone, Copy, Default)]
-    struct Data {
-        effective: u32,
-        permitted: u32,
-        inheritable: u32,
-    }
-    let mut hdr = Hdr {
-        version: 0x2008_0522,
-        pid: 0,
-    };
-    let mut d = [Data::default(); 2];
-    // SAFETY: valid header and two-element data array (capability version 3).
-    let r = unsafe { libc::syscall(libc::SYS_capget, &mut hdr as *mut Hdr, d.as_mut_ptr()) };
-    assert_eq!(r, 0);
-    d[0].effective &= !(1 << 14);
-    d[0].permitted &= !(1 << 14);
-    // SAFETY: as above; capset only changes this thread's credentials.
-    let r = unsafe { libc::syscall(libc::SYS_capset, &mut hdr as *mut Hdr, d.as_ptr()) };
-    assert_eq!(r, 0);
+    type1_host::sys::drop_cap_ipc_lock().expect("capset");
     let rl = libc::rlimit {
         rlim_cur: bytes,
         rlim_max: bytes,
