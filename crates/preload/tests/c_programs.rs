@@ -41,10 +41,20 @@ fn lib() -> PathBuf {
 
 /// Runs a compiled program with the library; returns (success, stdout+stderr, trace text).
 fn run_preloaded(exe: &Path, trace_name: &str) -> (bool, String, String) {
+    run_preloaded_env(exe, trace_name, &[])
+}
+
+/// [`run_preloaded`] with extra environment variables (`TYPE1_MACHINE`, ...).
+fn run_preloaded_env(
+    exe: &Path,
+    trace_name: &str,
+    envs: &[(&str, &Path)],
+) -> (bool, String, String) {
     let trace = Path::new(env!("CARGO_TARGET_TMPDIR")).join(trace_name);
     let out = Command::new(exe)
         .env("LD_PRELOAD", lib())
         .env("TYPE1_TRACE", &trace)
+        .envs(envs.iter().copied())
         .output()
         .expect("run program");
     let text = format!(
@@ -198,23 +208,9 @@ fn dma_device_moves_data_faults_and_reaches_peer_memory() {
 #[test]
 fn machine_file_and_dup_tracking() {
     let Some(exe) = compile("dup") else { return };
-    let trace = Path::new(env!("CARGO_TARGET_TMPDIR")).join("dup.jsonl");
-    let out = Command::new(&exe)
-        .env("LD_PRELOAD", lib())
-        .env("TYPE1_TRACE", &trace)
-        .env(
-            "TYPE1_MACHINE",
-            repo().join("tests/machines/preload-dup.toml"),
-        )
-        .output()
-        .expect("run program");
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let trace = std::fs::read_to_string(&trace).unwrap_or_default();
-    assert!(out.status.success(), "{text}\n{trace}");
+    let machine = repo().join("tests/machines/preload-dup.toml");
+    let (ok, text, trace) = run_preloaded_env(&exe, "dup.jsonl", &[("TYPE1_MACHINE", &machine)]);
+    assert!(ok, "{text}\n{trace}");
     assert!(text.contains("dup ok"));
     let evs: Vec<serde_json::Value> = trace
         .lines()
