@@ -6,7 +6,7 @@
 //! F4/F5 flush rules applied to both directions.
 
 use crate::{
-    pin::{flush_run, pin_pages_remote, unpin_remote, Batch, Chunk},
+    pin::{flush_run, phys_run, pin_pages_remote, unpin_remote, Batch, Chunk},
     platform::{FlushReason, Platform},
     trace::Event,
     type1::{Domain, GroupRec, Type1},
@@ -71,14 +71,10 @@ fn flush_rest<P: Platform + ?Sized>(
     let mut off = from;
     while off < size {
         let at = iova + off;
-        let Some(phys) = p.iova_to_phys(head, at) else {
+        let Some((phys, len)) = phys_run(p, head, iova, off, size) else {
             off += PAGE_SIZE;
             continue;
         };
-        let mut len = PAGE_SIZE;
-        while off + len < size && p.iova_to_phys(head, at + len) == Some(phys + len) {
-            len += PAGE_SIZE;
-        }
         flush_run(
             p,
             policy,
@@ -298,15 +294,10 @@ impl Type1 {
                 let iova = dma.iova + off;
                 let chunk = if dma.iommu_mapped {
                     let h = head.expect("mapped implies a head domain");
-                    let Some(phys) = p.iova_to_phys(h, iova) else {
+                    let Some((phys, len)) = phys_run(p, h, dma.iova, off, dma.size) else {
                         off += PAGE_SIZE;
                         continue;
                     };
-                    let mut len = PAGE_SIZE;
-                    while off + len < dma.size && p.iova_to_phys(h, iova + len) == Some(phys + len)
-                    {
-                        len += PAGE_SIZE;
-                    }
                     Chunk {
                         pfn: phys >> PAGE_SHIFT,
                         npages: len >> PAGE_SHIFT,
@@ -401,14 +392,10 @@ impl Type1 {
         let mut off = 0;
         while off < dma.size {
             let iova = dma.iova + off;
-            let Some(phys) = p.iova_to_phys(new, iova) else {
+            let Some((phys, len)) = phys_run(p, new, dma.iova, off, dma.size) else {
                 off += PAGE_SIZE;
                 continue;
             };
-            let mut len = PAGE_SIZE;
-            while off + len < dma.size && p.iova_to_phys(new, iova + len) == Some(phys + len) {
-                len += PAGE_SIZE;
-            }
             let n = p.iommu_unmap(new, iova, len);
             p.iotlb_sync(new);
             p.trace(Event::Unmap {

@@ -8,7 +8,7 @@ use std::collections::BTreeMap;
 
 use crate::{
     abi::*,
-    pin::{flush_run, lock_acct_dma, pin_pages_remote, unpin_remote, Batch},
+    pin::{flush_run, lock_acct_dma, phys_run, pin_pages_remote, unpin_remote, Batch},
     platform::{FlushReason, Platform},
     trace::Event,
     type1::{Dma, Type1},
@@ -492,14 +492,10 @@ impl Type1 {
         let mut off: u64 = 0;
         while off < dma.size {
             let iova = dma.iova + off;
-            let Some(phys) = p.iova_to_phys(head, iova) else {
+            let Some((phys, len)) = phys_run(p, head, dma.iova, off, dma.size) else {
                 off += PAGE_SIZE;
                 continue;
             };
-            let mut len = PAGE_SIZE;
-            while off + len < dma.size && p.iova_to_phys(head, iova + len) == Some(phys + len) {
-                len += PAGE_SIZE;
-            }
             let mut n = p.iommu_unmap(head, iova, len);
             if n > 0 {
                 p.trace(Event::Unmap {

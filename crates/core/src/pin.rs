@@ -138,6 +138,25 @@ pub(crate) fn pin_pages_remote<P: Platform + ?Sized>(
     }
 }
 
+/// The physically contiguous run that `domain` maps at `base + off`, not past `base + size`:
+/// `(phys, len)`, or `None` when that page has no translation (callers then skip one page).
+/// The walk every read-back path shares: unmap (P6), replay and its unwind (A2).
+pub(crate) fn phys_run<P: Platform + ?Sized>(
+    p: &P,
+    domain: crate::DomainId,
+    base: u64,
+    off: u64,
+    size: u64,
+) -> Option<(u64, u64)> {
+    let iova = base + off;
+    let phys = p.iova_to_phys(domain, iova)?;
+    let mut len = PAGE_SIZE;
+    while off + len < size && p.iova_to_phys(domain, iova + len) == Some(phys + len) {
+        len += PAGE_SIZE;
+    }
+    Some((phys, len))
+}
+
 /// `vfio_lock_acct`: charges (or uncharges) `npage` pages to the mapping's address space, with
 /// the limit enforced unless the mapper had CAP_IPC_LOCK. `async_` mirrors the kernel flag:
 /// when the address space is gone, an async adjustment is silently skipped (P4).

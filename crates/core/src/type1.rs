@@ -84,6 +84,26 @@ pub(crate) struct Dma {
 }
 
 impl Dma {
+    /// The public view of this mapping.
+    pub fn view(&self) -> MappingView {
+        MappingView {
+            iova: self.iova,
+            size: self.size,
+            vaddr: self.vaddr,
+            prot: self.prot,
+            mm: self.mm,
+            iommu_mapped: self.iommu_mapped,
+            vaddr_invalid: self.vaddr_invalid,
+            is_noncoherent: self.is_noncoherent,
+            locked_vm: self.locked_vm,
+            external_pins: self
+                .pfn_list
+                .iter()
+                .map(|(i, v)| (*i, v.pfn, v.refcount))
+                .collect(),
+        }
+    }
+
     /// Last byte (inclusive). Mappings have a non-zero size once inserted, except transiently.
     pub fn last(&self) -> u64 {
         self.iova.wrapping_add(self.size.max(1) - 1)
@@ -256,31 +276,13 @@ impl Type1 {
 
     /// Every mapping, in IOVA order.
     pub fn mappings(&self) -> Vec<MappingView> {
-        self.dmas
-            .values()
-            .map(|d| MappingView {
-                iova: d.iova,
-                size: d.size,
-                vaddr: d.vaddr,
-                prot: d.prot,
-                mm: d.mm,
-                iommu_mapped: d.iommu_mapped,
-                vaddr_invalid: d.vaddr_invalid,
-                is_noncoherent: d.is_noncoherent,
-                locked_vm: d.locked_vm,
-                external_pins: d
-                    .pfn_list
-                    .iter()
-                    .map(|(i, v)| (*i, v.pfn, v.refcount))
-                    .collect(),
-            })
-            .collect()
+        self.dmas.values().map(Dma::view).collect()
     }
 
     /// The mapping containing `iova`, if any.
     pub fn mapping_at(&self, iova: u64) -> Option<MappingView> {
-        let d = self.find_dma(iova, 1)?;
-        self.mappings().into_iter().find(|m| m.iova == d)
+        let key = self.find_dma(iova, 1)?;
+        Some(self.dmas[&key].view())
     }
 
     /// Linked domains, head first.
