@@ -148,13 +148,7 @@ pub(crate) fn phys_run<P: Platform + ?Sized>(
     off: u64,
     size: u64,
 ) -> Option<(u64, u64)> {
-    let iova = base + off;
-    let phys = p.iova_to_phys(domain, iova)?;
-    let mut len = PAGE_SIZE;
-    while off + len < size && p.iova_to_phys(domain, iova + len) == Some(phys + len) {
-        len += PAGE_SIZE;
-    }
-    Some((phys, len))
+    p.iova_to_phys_run(domain, base + off, (size - off).max(PAGE_SIZE))
 }
 
 /// `vfio_lock_acct`: charges (or uncharges) `npage` pages to the mapping's address space, with
@@ -242,14 +236,24 @@ pub(crate) fn unpin_remote<P: Platform + ?Sized>(
     }
     let mut unlocked = 0;
     let mut locked = 0;
+    // Normal pages are released by maximal runs (one platform call each).
+    let mut run: Option<(u64, u64)> = None;
     for i in 0..npage {
         if !p.pfn_is_reserved(pfn + i) {
-            p.unpin_page(pfn + i, dma.prot.write);
+            run = match run {
+                Some((s, n)) => Some((s, n + 1)),
+                None => Some((pfn + i, 1)),
+            };
             unlocked += 1;
-            if dma.pfn_list.contains_key(&(iova + i * PAGE_SIZE)) {
+            if !dma.pfn_list.is_empty() && dma.pfn_list.contains_key(&(iova + i * PAGE_SIZE)) {
                 locked += 1;
             }
+        } else if let Some((s, n)) = run.take() {
+            p.unpin_pages(s, n, dma.prot.write);
         }
+    }
+    if let Some((s, n)) = run {
+        p.unpin_pages(s, n, dma.prot.write);
     }
     p.trace(Event::Unpin {
         iova,

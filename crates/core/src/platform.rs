@@ -126,6 +126,14 @@ pub trait Platform {
     /// reserved pfns.
     fn unpin_page(&mut self, pfn: u64, dirty: bool);
 
+    /// Drops one pin of each of the `npages` normal pages from `pfn` on: the same as
+    /// [`Self::unpin_page`] for each, in one call (platforms that keep pins by run override it).
+    fn unpin_pages(&mut self, pfn: u64, npages: u64, dirty: bool) {
+        for i in 0..npages {
+            self.unpin_page(pfn + i, dirty);
+        }
+    }
+
     /// Whether `pfn` is reserved or invalid (MMIO): such pfns are neither refcounted nor charged.
     fn pfn_is_reserved(&self, pfn: u64) -> bool;
 
@@ -182,6 +190,19 @@ pub trait Platform {
 
     /// Reads back the physical address an IOVA translates to in `domain`.
     fn iova_to_phys(&self, domain: DomainId, iova: u64) -> Option<u64>;
+
+    /// The physically contiguous run `domain` maps from the page-aligned `iova` on, at most
+    /// `max` bytes (at least one page): `(pa, len)`, or `None` when `iova` has no translation.
+    /// The default reads back page by page; a platform whose page table knows its runs answers
+    /// in one lookup.
+    fn iova_to_phys_run(&self, domain: DomainId, iova: u64, max: u64) -> Option<(u64, u64)> {
+        let phys = self.iova_to_phys(domain, iova)?;
+        let mut len = crate::PAGE_SIZE;
+        while len < max && self.iova_to_phys(domain, iova + len) == Some(phys + len) {
+            len += crate::PAGE_SIZE;
+        }
+        Some((phys, len))
+    }
 
     /// Installs the software-MSI cookie on a domain (A1 step 15).
     fn install_msi_cookie(&mut self, _domain: DomainId) -> Result<(), PlatformError> {

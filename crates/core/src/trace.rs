@@ -88,6 +88,18 @@ pub enum Event {
         /// Pages of the run the classifier skipped (UC/WC MMIO).
         skipped: u64,
     },
+    /// The host platform wrote back and invalidated the CPU cache lines of pinned pages (the
+    /// work behind a `flush`, or a flush of its own when the pages' last CPU mapping went).
+    CpuFlush {
+        /// First physical address.
+        pa: u64,
+        /// Number of pages.
+        npages: u64,
+        /// How the lines were reached: `mapping` (through the CPU mapping the pages have now),
+        /// `unmap` (flushed through their mapping right before it went away: nothing can have
+        /// written them since), `unreachable` (no CPU mapping and no earlier flush: not flushed).
+        via: &'static str,
+    },
     /// A device performed DMA.
     Dma {
         /// Device name.

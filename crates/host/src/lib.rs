@@ -4,44 +4,59 @@
 //! LD_PRELOAD library runs the engine inside the client, as the kernel runs it on behalf of
 //! the ioctl caller):
 //!
-//! * **pinning**: pages are faulted in (`MADV_POPULATE_READ`/`WRITE`), locked (`mlock`) and
-//!   translated through `/proc/self/pagemap`. An unbacked address, or a write pin of
-//!   read-only memory, is EFAULT. PFNs are real when the process may read them (root);
-//!   otherwise pagemap reads zeros and the platform hands out stable synthetic PFNs instead.
-//!   Transparent huge pages show up as runs of contiguous PFNs, which the engine coalesces;
+//! * **pinning** holds pages the way VFIO does (`pin_user_pages(FOLL_LONGTERM)`): each pin call
+//!   registers the range as an io_uring fixed buffer ([`uring`]). A pinned page stays the
+//!   device's until unpin whatever the program does to its mappings (`munmap`, `mremap`,
+//!   `MADV_DONTNEED`, `ftruncate`, fork, VADDR update); `VM_LOCKED` and the program's own
+//!   `mlock`s are never touched and no memory region is split. Writable long-term pins of
+//!   shared regular-file mappings are refused (EFAULT) as in Linux 6.5+. PFNs come from
+//!   `/proc/self/pagemap` (one read per call) when the process may read them, synthetic ones
+//!   otherwise. Where io_uring cannot hold a page (io_uring disabled, `TYPE1_PIN=track`, or a
+//!   read-only pin of memory that cannot be registered writable), the pin is *tracked* by
+//!   address only, and every later use checks that the program still maps the page there:
+//!   if not, the device faults and a notice says why, once;
 //! * **accounting**: `locked_vm` of the engine's charges checked against RLIMIT_MEMLOCK
 //!   (`prlimit64`), bypassed by CAP_IPC_LOCK (`capget`), as the kernel does. The process's own
 //!   `mlock()`s are not counted (the kernel would count them too);
-//! * **IOMMU**: software domains with page tables in a `BTreeMap`, one unit per configured
-//!   IOMMU, with or without snoop control;
-//! * **cache maintenance**: `flush_cache(pa, len)` flushes the lines of the user virtual
-//!   addresses that map `pa` (user space cannot address physical memory, so the platform keeps
-//!   a pfn → vaddr map of its pins) with CLFLUSHOPT, CLWB or CLFLUSH (CPUID), between MFENCEs
-//!   as `clflush_cache_range` does.
-//!
+//! * **IOMMU**: software domains, one [`type1_core::IoPageTable`] each (2 MiB and 1 GiB leaves
+//!   where IOVA and physical alignment allow), one unit per configured IOMMU, with or without
+//!   snoop control;
+//! * **cache maintenance**: `flush_cache(pa, len)` finds the pinned run holding `pa`, checks
+//!   with one pagemap read that the CPU still maps it where the records say, and flushes those
+//!   lines with CLFLUSHOPT, CLWB or CLFLUSH (CPUID) between MFENCEs, as `clflush_cache_range`
+//!   does. A pinned page whose last CPU mapping goes away is flushed right then
+//!   ([`HostPlatform::cpu_unmap_prepare`], called by the preload library's `munmap`, `mremap`,
+//!   `madvise` and `ftruncate` hooks): no CPU can dirty it afterwards, so the series' unpin
+//!   flush has already happened. The trace's `cpu_flush` events say which way each went;
 //! * **device memory (peer-to-peer)**: a device BAR mapped into the process ([`HostPlatform::map_mmio`])
 //!   is PFNMAP memory: pinning it returns *reserved* pfns in a range of its own (from
-//!   [`MMIO_PFN_BASE`]; the host's pagemap has nothing useful to say about such memory), which
-//!   the engine neither refcounts nor charges and flushes only if [`Platform::pfn_memtype`]
-//!   says the memory is cacheable;
-//! * **device DMA**: [`HostPlatform::dma`] translates an IOVA through a domain's page table
-//!   and copies to or from the page it reaches (pinned RAM or mapped device memory), checking
-//!   the mapping's protection.
+//!   [`MMIO_PFN_BASE`]), which the engine neither refcounts nor charges and flushes only if
+//!   [`Platform::pfn_memtype`] says the memory is cacheable. The records follow `mremap` and
+//!   `munmap` of the BAR mapping;
+//! * **device DMA**: [`HostPlatform::dma`] translates an IOVA through a domain's page table and
+//!   copies to or from the page it reaches: a pinned page through its io_uring buffer
+//!   (`READ_FIXED`/`WRITE_FIXED`), device memory through the BAR's backing
+//!   ([`HostPlatform::set_bar_backing`]), checking the mapping's protection.
 //!
 //! Neighbours: `type1-core` defines the seam; `type1-sim` is the simulated twin;
 //! `type1-preload` drives this platform through `type1-uapi`. All system calls are raw
 //! (`sys`), so an interposing library never sees them.
 
+pub mod pins;
 pub mod sys;
+pub mod uring;
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 
 use type1_core::{
-    DomainId, DomainInfo, Errno, Event, GroupId, GroupInfo, IovaRange, MemType, MmId, PinnedPage,
-    Platform, PlatformError, Prot, ResvKind, ResvRegion, Task, PAGE_SHIFT, PAGE_SIZE,
+    iopt::TableStats, DomainId, DomainInfo, Errno, Event, GroupId, GroupInfo, IoPageTable,
+    IovaRange, MemType, MmId, PinnedPage, Platform, PlatformError, Prot, ResvKind, ResvRegion,
+    Task, PAGE_SHIFT, PAGE_SIZE,
 };
 
+use pins::{Holder, PinStore};
 pub use sys::FlushInsn;
+use uring::Ring;
 
 /// The one address space of the host platform: the calling process.
 pub const SELF_MM: MmId = MmId(1);
@@ -52,6 +67,9 @@ const SYNTH_PFN_BASE: u64 = 1 << 44;
 /// Device memory (BAR) pfns start here: above real RAM, below the synthetic RAM pfns.
 pub const MMIO_PFN_BASE: u64 = 1 << 40;
 
+/// Page sizes of the host's software IOMMU domains.
+const PGSIZES: u64 = (1 << 12) | (1 << 21) | (1 << 30);
+
 /// Why [`HostPlatform::dma`] could not reach memory.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum DmaError {
@@ -59,8 +77,19 @@ pub enum DmaError {
     Unmapped,
     /// The entry does not allow the access.
     Permission,
-    /// The entry's page is no longer reachable from this process.
+    /// The entry's page cannot be reached: a tracked pin whose page the program no longer maps,
+    /// or a pin held by the parent of this (forked) process.
     Unreachable,
+}
+
+/// How pins hold pages.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum PinMode {
+    /// io_uring fixed buffers (the default; falls back to `Track` if io_uring is unusable).
+    Uring,
+    /// Addresses only (`TYPE1_PIN=track`): right only while the program leaves pinned
+    /// mappings alone.
+    Track,
 }
 
 #[derive(Clone, Copy, Debug)]
@@ -71,8 +100,7 @@ struct MmioPage {
 }
 
 /// Pages pinned per `pin_user_pages` call at most (the engine asks again for the rest).
-const PIN_CHUNK: u64 = 512;
-
+const PIN_CHUNK: u64 = pins::MAX_RUN;
 /// An IOMMU unit of the host machine.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct UnitConfig {
@@ -111,14 +139,7 @@ struct Domain {
     unit: usize,
     enforcing: bool,
     groups: Vec<GroupId>,
-    /// iova page → (pa page, prot).
-    ptes: BTreeMap<u64, (u64, Prot)>,
-}
-
-#[derive(Clone, Copy, Debug)]
-struct PinRec {
-    vaddr: u64,
-    count: u64,
+    table: IoPageTable,
 }
 
 /// Counters of what the platform did.
@@ -128,10 +149,30 @@ pub struct HostStats {
     pub flush_calls: u64,
     /// Cache lines flushed.
     pub lines_flushed: u64,
-    /// Pages asked to be flushed that had no known user mapping (not flushed).
+    /// Pages a flush could not reach: no CPU mapping and no flush when the last one went
+    /// (a route the preload hooks do not see), or a pfn never pinned.
     pub pages_unresolved: u64,
+    /// Pages whose flush had already happened when their last CPU mapping went away.
+    pub pages_flushed_at_unmap: u64,
     /// Pages pinned (calls × pages).
     pub pages_pinned: u64,
+    /// Pages pinned by address only ([`PinMode::Track`]).
+    pub pages_tracked: u64,
+    /// Unpins of pages that were not pinned (an engine bug; always 0).
+    pub stray_unpins: u64,
+}
+
+/// What the platform's bookkeeping costs, for the benchmarks.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct MemoryStats {
+    /// Live pin registrations (io_uring buffers or tracked ranges).
+    pub registrations: usize,
+    /// Pages pinned.
+    pub pinned_pages: u64,
+    /// Estimated heap bytes of the pin records.
+    pub pin_heap_bytes: u64,
+    /// Leaves of every domain's page table, summed.
+    pub tables: TableStats,
 }
 
 /// Where trace events go.
@@ -146,19 +187,24 @@ pub struct HostPlatform {
     cfg: HostConfig,
     locked_vm: u64,
     pagemap: Option<(i32, i32)>, // (pid, fd)
-    pins: HashMap<u64, PinRec>,
-    vpins: HashMap<u64, u64>,
-    synth: HashMap<u64, u64>, // vaddr page → synthetic pfn
+    /// Whether pagemap shows real PFNs (`None` until first read).
+    real_pfns: Option<bool>,
+    pins: PinStore,
+    mode: PinMode,
+    rings: Vec<Ring>,
     next_synth: u64,
     domains: BTreeMap<u32, Domain>,
     next_domain: u32,
     /// Device memory mapped in the process: vaddr page → pfn, and every pfn ever mapped.
-    mmio_pages: HashMap<u64, u64>,
+    mmio_pages: BTreeMap<u64, u64>,
     mmio_pfns: BTreeMap<u64, MmioPage>,
+    /// BAR memory reachable without the program's mappings: first pfn → (pages, vaddr).
+    bars: BTreeMap<u64, (u64, u64)>,
     flush: (FlushInsn, u64),
     stats: HostStats,
     sink: Sink,
     seq: u64,
+    notices: Vec<&'static str>,
     /// Overrides of the task's credentials (tests).
     task_override: Option<Task>,
 }
@@ -168,7 +214,8 @@ impl std::fmt::Debug for HostPlatform {
         f.debug_struct("HostPlatform")
             .field("cfg", &self.cfg)
             .field("locked_vm", &self.locked_vm)
-            .field("pinned_pfns", &self.pins.len())
+            .field("mode", &self.mode)
+            .field("pins", &self.pins.counts())
             .field("domains", &self.domains.len())
             .field("flush", &self.flush)
             .field("stats", &self.stats)
@@ -187,20 +234,33 @@ impl HostPlatform {
             cfg,
             locked_vm: 0,
             pagemap: None,
-            pins: HashMap::new(),
-            vpins: HashMap::new(),
-            synth: HashMap::new(),
+            real_pfns: None,
+            pins: PinStore::default(),
+            mode: PinMode::Uring,
+            rings: Vec::new(),
             next_synth: SYNTH_PFN_BASE,
             domains: BTreeMap::new(),
             next_domain: 0,
-            mmio_pages: HashMap::new(),
+            mmio_pages: BTreeMap::new(),
             mmio_pfns: BTreeMap::new(),
+            bars: BTreeMap::new(),
             flush: sys::detect_flush(),
             stats: HostStats::default(),
             sink: Sink::None,
             seq: 0,
+            notices: Vec::new(),
             task_override: None,
         }
+    }
+
+    /// Chooses how pins hold pages (before the first pin).
+    pub fn set_pin_mode(&mut self, mode: PinMode) {
+        self.mode = mode;
+    }
+
+    /// How pins hold pages now ([`PinMode::Track`] after io_uring turned out unusable).
+    pub fn pin_mode(&self) -> PinMode {
+        self.mode
     }
 
     /// Writes the trace as JSON lines (`{"seq":N,"ev":...}`, `docs/trace.md`) to `fd`, which
@@ -237,9 +297,29 @@ impl HostPlatform {
         self.stats
     }
 
-    /// Number of distinct pinned frames.
+    /// What the bookkeeping costs now.
+    pub fn memory(&self) -> MemoryStats {
+        let (registrations, pinned_pages) = self.pins.counts();
+        let mut tables = TableStats::default();
+        for d in self.domains.values() {
+            let t = d.table.stats();
+            tables.leaves_4k += t.leaves_4k;
+            tables.leaves_2m += t.leaves_2m;
+            tables.leaves_1g += t.leaves_1g;
+            tables.mapped += t.mapped;
+            tables.heap_bytes += t.heap_bytes;
+        }
+        MemoryStats {
+            registrations,
+            pinned_pages,
+            pin_heap_bytes: self.pins.heap_bytes(),
+            tables,
+        }
+    }
+
+    /// Number of pinned pages (counting a page pinned twice twice).
     pub fn pinned_frames(&self) -> usize {
-        self.pins.len()
+        self.pins.counts().1 as usize
     }
 
     /// Number of live domains.
@@ -247,24 +327,17 @@ impl HostPlatform {
         self.domains.len()
     }
 
-    /// The user virtual address a pinned pfn is mapped at.
+    /// The user virtual address the CPU maps a pinned pfn at, if the records know one.
     pub fn vaddr_of_pfn(&self, pfn: u64) -> Option<u64> {
-        self.pins.get(&pfn).map(|r| r.vaddr)
+        let (id, i) = self.pins.find(pfn)?;
+        self.pins.run(id)?.cpu.map(|v| v + i * PAGE_SIZE)
     }
 
-    /// Translates `iova` through `domain` and on to this process's virtual address, for DMA
-    /// emulation: `(vaddr, prot)`.
-    pub fn iova_to_vaddr(&self, domain: DomainId, iova: u64) -> Option<(u64, Prot)> {
-        let d = self.domains.get(&domain.0)?;
-        let (pfn, prot) = *d.ptes.get(&(iova >> PAGE_SHIFT))?;
-        let v = self.vaddr_of_any_pfn(pfn)?;
-        Some((v + (iova & (PAGE_SIZE - 1)), prot))
-    }
-
-    fn vaddr_of_any_pfn(&self, pfn: u64) -> Option<u64> {
-        match self.pins.get(&pfn) {
-            Some(r) => Some(r.vaddr),
-            None => self.mmio_pfns.get(&pfn)?.vaddr,
+    /// Says `msg` on stderr, once per `key` in the life of the platform.
+    fn notice(&mut self, key: &'static str, msg: &str) {
+        if !self.notices.contains(&key) {
+            self.notices.push(key);
+            let _ = sys::write_all(2, format!("type1: {msg}\n").as_bytes());
         }
     }
 
@@ -279,20 +352,81 @@ impl HostPlatform {
     ) -> Result<(), DmaError> {
         debug_assert!(iova % PAGE_SIZE + buf.len() as u64 <= PAGE_SIZE);
         let d = self.domains.get(&domain.0).ok_or(DmaError::Unmapped)?;
-        let (pfn, prot) = *d
-            .ptes
-            .get(&(iova >> PAGE_SHIFT))
-            .ok_or(DmaError::Unmapped)?;
+        let (pa, prot) = d.table.translate(iova).ok_or(DmaError::Unmapped)?;
         if (to_memory && !prot.write) || (!to_memory && !prot.read) {
             return Err(DmaError::Permission);
         }
-        let v = self.vaddr_of_any_pfn(pfn).ok_or(DmaError::Unreachable)? + iova % PAGE_SIZE;
+        let (pfn, off) = (pa >> PAGE_SHIFT, pa % PAGE_SIZE);
+        if let Some(m) = self.mmio_pfns.get(&pfn).copied() {
+            let v = self
+                .bar_vaddr(pfn)
+                .or(m.vaddr)
+                .ok_or(DmaError::Unreachable)?;
+            return Self::copy_user(v + off, buf, to_memory);
+        }
+        let (id, i) = self.pins.find(pfn).ok_or(DmaError::Unreachable)?;
+        let run = self.pins.run(id).cloned().ok_or(DmaError::Unreachable)?;
+        match self.pins.holder(id) {
+            Some(Holder::Ring { ring, slot, base }) => {
+                let addr = base + (run.reg_page + i) * PAGE_SIZE + off;
+                let dir = if to_memory {
+                    uring::Dir::ToPage
+                } else {
+                    uring::Dir::FromPage
+                };
+                let r = self
+                    .rings
+                    .get_mut(ring)
+                    .ok_or(DmaError::Unreachable)
+                    .and_then(|r| r.transfer(slot, addr, buf, dir).map_err(|_| DmaError::Unreachable));
+                if r.is_err() && self.rings.get(ring).is_some_and(|r| !r.owned()) {
+                    self.notice(
+                        "fork",
+                        "a forked child's device reached for pages its parent pinned; the \
+                         emulation holds them in the parent only, so the device faults",
+                    );
+                }
+                r
+            }
+            Some(Holder::Track) => {
+                let v = run.cpu.map(|v| v + i * PAGE_SIZE);
+                match v.filter(|v| self.maps_pfns(*v, pfn, 1)) {
+                    Some(v) => Self::copy_user(v + off, buf, to_memory),
+                    None => {
+                        self.notice(
+                            "track-lost",
+                            "a page pinned by address only is no longer mapped where it was \
+                             pinned; the kernel would still reach it, this emulation cannot \
+                             (io_uring unavailable, TYPE1_PIN=track, or a read-only pin of \
+                             memory io_uring cannot register): the device faults instead",
+                        );
+                        Err(DmaError::Unreachable)
+                    }
+                }
+            }
+            None => Err(DmaError::Unreachable),
+        }
+    }
+
+    fn copy_user(v: u64, buf: &mut [u8], to_memory: bool) -> Result<(), DmaError> {
         let r = if to_memory {
             sys::write_user(v, buf)
         } else {
             sys::read_user(v, buf)
         };
         r.map_err(|_| DmaError::Unreachable)
+    }
+
+    fn bar_vaddr(&self, pfn: u64) -> Option<u64> {
+        let (&first, &(n, v)) = self.bars.range(..=pfn).next_back()?;
+        (pfn - first < n).then_some(v + (pfn - first) * PAGE_SIZE)
+    }
+
+    /// Device memory with frames `first_pfn..first_pfn + npages` can always be reached at
+    /// `vaddr` (the emulation's own mapping of the BAR), whatever the program maps: DMA to
+    /// those frames goes there.
+    pub fn set_bar_backing(&mut self, first_pfn: u64, npages: u64, vaddr: u64) {
+        self.bars.insert(first_pfn, (npages, vaddr));
     }
 
     /// Records that device memory (a BAR) is mapped at `vaddr` for `npages` pages, with frames
@@ -315,20 +449,101 @@ impl HostPlatform {
     /// `munmap` of `[vaddr, vaddr + len)`: device memory there is no longer mapped (its pfns
     /// stay reserved, as the BAR still exists).
     pub fn unmap_mmio(&mut self, vaddr: u64, len: u64) {
-        if self.mmio_pages.is_empty() {
-            return;
-        }
-        let first = vaddr & !(PAGE_SIZE - 1);
-        let mut page = first;
-        while page < vaddr.saturating_add(len) {
-            if let Some(pfn) = self.mmio_pages.remove(&page) {
-                if let Some(m) = self.mmio_pfns.get_mut(&pfn) {
-                    if m.vaddr == Some(page) {
-                        m.vaddr = None;
-                    }
+        let (first, end) = (vaddr & !(PAGE_SIZE - 1), vaddr.saturating_add(len));
+        let gone: Vec<(u64, u64)> = self
+            .mmio_pages
+            .range(first..end)
+            .map(|(v, p)| (*v, *p))
+            .collect();
+        for (page, pfn) in gone {
+            self.mmio_pages.remove(&page);
+            if let Some(m) = self.mmio_pfns.get_mut(&pfn) {
+                if m.vaddr == Some(page) {
+                    m.vaddr = None;
                 }
             }
-            page += PAGE_SIZE;
+        }
+    }
+
+    /// Whether the CPU maps pfns `pfn..pfn + n` at `vaddr..` now: the pages are present and,
+    /// where pagemap shows real PFNs, they are these ones. One pagemap read.
+    fn maps_pfns(&mut self, vaddr: u64, pfn: u64, n: u64) -> bool {
+        let Ok(fd) = self.pagemap_fd() else {
+            return false;
+        };
+        let mut raw = vec![0u8; (n * 8) as usize];
+        match sys::pread(fd, &mut raw, (vaddr >> PAGE_SHIFT) * 8) {
+            Ok(got) if got == raw.len() => {}
+            _ => return false,
+        }
+        let real = pfn < MMIO_PFN_BASE;
+        raw.chunks_exact(8).enumerate().all(|(i, c)| {
+            let e = u64::from_le_bytes(c.try_into().unwrap_or([0; 8]));
+            e >> 63 == 1 && (!real || e & ((1 << 55) - 1) == pfn + i as u64)
+        })
+    }
+
+    /// Flushes the pinned pages the CPU maps in `[addr, addr + len)`, right before that
+    /// mapping goes away (`munmap`, `MAP_FIXED` over it, `MADV_DONTNEED`, the shrunk tail of an
+    /// `mremap`, a truncated file): afterwards no CPU can write them, so this is their unpin
+    /// flush (F5) come early. Call [`Self::cpu_unmapped`] once the mapping is really gone.
+    pub fn cpu_unmap_prepare(&mut self, addr: u64, len: u64) {
+        for id in self.pins.cpu_runs(addr, len) {
+            let Some(run) = self.pins.run(id).cloned() else {
+                continue;
+            };
+            let Some(v) = run.cpu else { continue };
+            if self.maps_pfns(v, run.first_pfn, run.npages) {
+                self.flush_lines(v, run.npages * PAGE_SIZE);
+                self.stats.pages_flushed_at_unmap += run.npages;
+                self.cpu_flush_event(run.first_pfn, run.npages, "unmap");
+            }
+        }
+    }
+
+    /// The CPU no longer maps `[addr, addr + len)` (after a successful `munmap` and the like).
+    pub fn cpu_unmapped(&mut self, addr: u64, len: u64) {
+        for id in self.pins.cpu_runs(addr, len) {
+            self.pins.set_cpu(id, None);
+        }
+        self.unmap_mmio(addr, len);
+    }
+
+    /// After a successful `mremap(old, old_len, new_len, .., new)`: what was mapped at
+    /// `[old, old + min(old_len, new_len))` is now at `new` (the tail of a shrink was handed to
+    /// [`Self::cpu_unmap_prepare`] and [`Self::cpu_unmapped`] by the caller).
+    pub fn cpu_moved(&mut self, old: u64, len: u64, new: u64) {
+        if old == new {
+            return;
+        }
+        let moving = self.pins.cpu_runs(old, len);
+        let targets: Vec<u64> = moving
+            .iter()
+            .filter_map(|id| self.pins.run(*id).and_then(|r| r.cpu))
+            .map(|v| new + (v - old))
+            .collect();
+        // Whatever the CPU mapped at the destination was replaced.
+        for id in self.pins.cpu_runs(new, len) {
+            if !moving.contains(&id) {
+                self.pins.set_cpu(id, None);
+            }
+        }
+        for (id, v) in moving.into_iter().zip(targets) {
+            self.pins.set_cpu(id, Some(v));
+        }
+        let pages: Vec<(u64, u64)> = self
+            .mmio_pages
+            .range(old..old.saturating_add(len))
+            .map(|(v, p)| (*v, *p))
+            .collect();
+        self.unmap_mmio(new, len);
+        for (v, pfn) in pages {
+            self.mmio_pages.remove(&v);
+            let page = new + (v - old);
+            self.mmio_pages.insert(page, pfn);
+            if let Some(m) = self.mmio_pfns.get_mut(&pfn) {
+                m.vaddr = Some(page);
+            }
         }
     }
 
@@ -340,7 +555,7 @@ impl HostPlatform {
                 if let Some((_, fd)) = other {
                     sys::close(fd); // inherited across fork: it describes the parent
                 }
-                let fd = sys::open_ro(c"/proc/self/pagemap")?;
+                let fd = uring::move_high(sys::open_ro(c"/proc/self/pagemap")?);
                 self.pagemap = Some((pid, fd));
                 Ok(fd)
             }
@@ -363,44 +578,145 @@ impl HostPlatform {
             .count() as u64
     }
 
+    /// The frames of `n` present pages at `vaddr` (fewer if a page is not present). Real PFNs
+    /// when pagemap shows them; otherwise a fresh synthetic range, congruent to `vaddr` modulo
+    /// 2 MiB so that alignment-based IOMMU leaves behave as with real huge pages.
     fn translate(&mut self, vaddr: u64, n: u64) -> Result<Vec<u64>, Errno> {
         let fd = self.pagemap_fd()?;
         let mut raw = vec![0u8; (n * 8) as usize];
         let got = sys::pread(fd, &mut raw, (vaddr >> PAGE_SHIFT) * 8)?;
-        let mut out = Vec::new();
-        for i in 0..(got / 8) as u64 {
-            let e = u64::from_le_bytes(
-                raw[(i * 8) as usize..(i * 8 + 8) as usize]
-                    .try_into()
-                    .unwrap_or([0; 8]),
-            );
+        let mut out = Vec::with_capacity(n as usize);
+        for c in raw[..got - got % 8].chunks_exact(8) {
+            let e = u64::from_le_bytes(c.try_into().unwrap_or([0; 8]));
             if e >> 63 == 0 {
                 break; // not present
             }
-            let pfn = e & ((1 << 55) - 1);
-            let page = vaddr + i * PAGE_SIZE;
-            if pfn == 0 {
-                // No CAP_SYS_ADMIN: pagemap hides PFNs. Hand out a stable synthetic one.
-                let next = &mut self.next_synth;
-                let s = *self.synth.entry(page).or_insert_with(|| {
-                    *next += 1;
-                    *next
-                });
-                out.push(s);
-            } else {
-                out.push(pfn);
+            out.push(e & ((1 << 55) - 1));
+        }
+        let real = *self
+            .real_pfns
+            .get_or_insert_with(|| out.first().is_some_and(|p| *p != 0));
+        if !real {
+            let vpn = vaddr >> PAGE_SHIFT;
+            let base = (self.next_synth.div_ceil(512) * 512) + vpn % 512;
+            for (i, p) in out.iter_mut().enumerate() {
+                *p = base + i as u64;
             }
+            self.next_synth = base + n + 1;
         }
         Ok(out)
     }
 
-    fn unpin_vaddr(&mut self, vaddr: u64) {
-        if let Some(c) = self.vpins.get_mut(&vaddr) {
-            *c -= 1;
-            if *c == 0 {
-                self.vpins.remove(&vaddr);
-                sys::munlock(vaddr, PAGE_SIZE);
+    /// Registers `[vaddr, vaddr + n pages)` in a ring with a free slot (creating one if
+    /// needed): the holder.
+    fn ring_pin(&mut self, vaddr: u64, n: u64) -> Result<Holder, Errno> {
+        let idx = match self
+            .rings
+            .iter()
+            .position(|r| r.owned() && r.free_slots() > 0)
+        {
+            Some(i) => i,
+            None => {
+                self.rings.push(Ring::new()?);
+                self.rings.len() - 1
             }
+        };
+        let slot = self.rings[idx].pin(vaddr, n * PAGE_SIZE)?;
+        Ok(Holder::Ring {
+            ring: idx,
+            slot,
+            base: vaddr,
+        })
+    }
+
+    /// Pins `n` ordinary pages at `vaddr` (at least the first): the holder and pages held.
+    fn hold(&mut self, vaddr: u64, n: u64, write: bool) -> Result<(Holder, u64), Errno> {
+        if self.mode == PinMode::Uring {
+            match self.ring_pin(vaddr, n) {
+                Ok(h) => return Ok((h, n)),
+                Err(Errno::EFAULT) => {
+                    // Part of the range may be pinnable: as many leading pages as fault in.
+                    let lead = Self::populate(vaddr, n, true);
+                    if lead > 0 && lead < n {
+                        if let Ok(h) = self.ring_pin(vaddr, lead) {
+                            return Ok((h, lead));
+                        }
+                    }
+                    if write {
+                        return Err(Errno::EFAULT);
+                    }
+                    // A read-only pin of memory io_uring cannot register (it pins for write):
+                    // tracked, and checked at every use.
+                }
+                Err(Errno::ENOMEM) => return Err(Errno::ENOMEM),
+                Err(e) => {
+                    self.mode = PinMode::Track;
+                    self.notice(
+                        "no-uring",
+                        &format!(
+                            "io_uring is unusable here ({e}); pinned pages are tracked by \
+                             address only: a device can no longer reach a page the program \
+                             unmaps, moves or forks away, and faults instead"
+                        ),
+                    );
+                }
+            }
+        }
+        let n = Self::populate(vaddr, n, write);
+        if n == 0 {
+            return Err(Errno::EFAULT);
+        }
+        self.stats.pages_tracked += n;
+        Ok((Holder::Track, n))
+    }
+
+    fn release(&mut self, holder: Holder) {
+        if let Holder::Ring { ring, slot, .. } = holder {
+            if let Some(r) = self.rings.get_mut(ring) {
+                r.unpin(slot);
+            }
+        }
+    }
+
+    fn flush_lines(&mut self, v: u64, len: u64) {
+        let (insn, line) = self.flush;
+        // SAFETY: the caller checked with pagemap that every page of `[v, v + len)` is
+        // present in this process; the flush only writes back and invalidates lines.
+        self.stats.lines_flushed += unsafe { sys::flush_range(insn, line, v, len) };
+    }
+
+    fn cpu_flush_event(&mut self, pfn: u64, npages: u64, via: &'static str) {
+        self.trace(Event::CpuFlush {
+            pa: pfn << PAGE_SHIFT,
+            npages,
+            via,
+        });
+    }
+
+    /// Flushes pinned pages `pfn..pfn + n` of one run (`id`, from page `i`).
+    fn flush_pinned(&mut self, id: pins::RunId, i: u64, n: u64) {
+        let Some(run) = self.pins.run(id).cloned() else {
+            return;
+        };
+        let pfn = run.first_pfn + i;
+        let now = run.cpu.map(|v| v + i * PAGE_SIZE);
+        if let Some(v) = now.filter(|v| self.maps_pfns(*v, pfn, n)) {
+            self.flush_lines(v, n * PAGE_SIZE);
+            self.cpu_flush_event(pfn, n, "mapping");
+            return;
+        }
+        // The mapping went away. Where real PFNs show, it may have come back (a shared page
+        // mapped again at the same place): flush through it.
+        let again = run.last_cpu + i * PAGE_SIZE;
+        if now.is_none() && pfn < SYNTH_PFN_BASE && self.maps_pfns(again, pfn, n) {
+            self.flush_lines(again, n * PAGE_SIZE);
+            self.cpu_flush_event(pfn, n, "mapping");
+        } else if now.is_none() {
+            self.stats.pages_flushed_at_unmap += n;
+            self.cpu_flush_event(pfn, n, "unmap");
+        } else {
+            self.stats.pages_unresolved += n;
+            self.cpu_flush_event(pfn, n, "unreachable");
         }
     }
 
@@ -421,6 +737,10 @@ impl HostPlatform {
 
 impl Drop for HostPlatform {
     fn drop(&mut self) {
+        for h in self.pins.drain() {
+            self.release(h);
+        }
+        self.rings.clear();
         if let Some((_, fd)) = self.pagemap.take() {
             sys::close(fd);
         }
@@ -482,93 +802,70 @@ impl Platform for HostPlatform {
             return Err(perr(Errno::EINVAL, what()));
         }
         let n = npages.min(PIN_CHUNK);
-        // Device memory: reserved pfns, neither faulted in nor locked (follow_fault_pfn).
-        let mmio: Vec<PinnedPage> = (0..n)
-            .map_while(|i| self.mmio_pages.get(&(vaddr + i * PAGE_SIZE)))
-            .map(|&pfn| PinnedPage {
+        let end = vaddr.saturating_add(n * PAGE_SIZE);
+        // Device memory: reserved pfns, neither faulted in nor held (follow_fault_pfn).
+        let mut mmio = Vec::new();
+        for (&page, &pfn) in self.mmio_pages.range(vaddr..end) {
+            if page != vaddr + mmio.len() as u64 * PAGE_SIZE {
+                break;
+            }
+            mmio.push(PinnedPage {
                 pfn,
                 reserved: true,
-            })
-            .collect();
+            });
+        }
         if !mmio.is_empty() {
             return Ok(mmio);
         }
         // Ordinary memory up to the next device page.
-        let n = (0..n)
-            .take_while(|i| !self.mmio_pages.contains_key(&(vaddr + i * PAGE_SIZE)))
-            .count() as u64;
-        let n = Self::populate(vaddr, n, write);
-        if n == 0 {
+        let n = match self.mmio_pages.range(vaddr..end).next() {
+            Some((&page, _)) => (page - vaddr) / PAGE_SIZE,
+            None => n,
+        };
+        let (holder, n) = self.hold(vaddr, n, write).map_err(|e| perr(e, what()))?;
+        let pfns = match self.translate(vaddr, n) {
+            Ok(p) if !p.is_empty() => p,
+            r => {
+                self.release(holder);
+                return Err(perr(r.err().unwrap_or(Errno::EFAULT), what()));
+            }
+        };
+        if (pfns.len() as u64) < n {
+            // Gone between the pin and the read-back (another thread unmapped it).
+            self.release(holder);
             return Err(perr(Errno::EFAULT, what()));
         }
-        // Lock what is not locked by an earlier pin of ours.
-        for i in 0..n {
-            let page = vaddr + i * PAGE_SIZE;
-            if !self.vpins.contains_key(&page) {
-                if let Err(e) = sys::mlock(page, PAGE_SIZE) {
-                    // Undo the locks of this call.
-                    for j in 0..i {
-                        let p = vaddr + j * PAGE_SIZE;
-                        if !self.vpins.contains_key(&p) {
-                            sys::munlock(p, PAGE_SIZE);
-                        }
-                    }
-                    let errno = if e == Errno::EPERM || e == Errno::EAGAIN {
-                        Errno::ENOMEM
-                    } else {
-                        e
-                    };
-                    return Err(perr(errno, format!("mlock 0x{page:x}")));
-                }
-            }
-        }
-        let pfns = self.translate(vaddr, n).map_err(|e| perr(e, what()))?;
-        let got = pfns.len() as u64;
-        // Unlock pages locked above that are not being returned.
-        for i in got..n {
-            let p = vaddr + i * PAGE_SIZE;
-            if !self.vpins.contains_key(&p) {
-                sys::munlock(p, PAGE_SIZE);
-            }
-        }
-        if pfns.is_empty() {
-            return Err(perr(Errno::EFAULT, what()));
-        }
-        let mut out = Vec::with_capacity(pfns.len());
-        for (i, pfn) in pfns.into_iter().enumerate() {
-            let page = vaddr + i as u64 * PAGE_SIZE;
-            *self.vpins.entry(page).or_default() += 1;
-            let rec = self.pins.entry(pfn).or_insert(PinRec {
-                vaddr: page,
-                count: 0,
-            });
-            rec.count += 1;
-            out.push(PinnedPage {
+        self.pins.add(holder, vaddr, &pfns);
+        self.stats.pages_pinned += n;
+        Ok(pfns
+            .into_iter()
+            .map(|pfn| PinnedPage {
                 pfn,
                 reserved: false,
-            });
-        }
-        self.stats.pages_pinned += got;
-        Ok(out)
+            })
+            .collect())
     }
 
-    fn unpin_page(&mut self, pfn: u64, _dirty: bool) {
-        let Some(rec) = self.pins.get_mut(&pfn) else {
-            return;
-        };
-        rec.count -= 1;
-        let vaddr = rec.vaddr;
-        if rec.count == 0 {
-            self.pins.remove(&pfn);
+    fn unpin_page(&mut self, pfn: u64, dirty: bool) {
+        self.unpin_pages(pfn, 1, dirty);
+    }
+
+    fn unpin_pages(&mut self, pfn: u64, npages: u64, _dirty: bool) {
+        let (released, stray) = self.pins.unpin(pfn, npages);
+        self.stats.stray_unpins += stray;
+        for h in released {
+            self.release(h);
         }
-        self.unpin_vaddr(vaddr);
     }
 
     fn pfn_is_reserved(&self, pfn: u64) -> bool {
-        self.mmio_pfns.contains_key(&pfn)
+        !self.mmio_pfns.is_empty() && self.mmio_pfns.contains_key(&pfn)
     }
 
     fn pfn_memtype(&self, pfn: u64) -> MemType {
+        if self.mmio_pfns.is_empty() {
+            return MemType::Wb;
+        }
         self.mmio_pfns
             .get(&pfn)
             .map(|m| m.memtype)
@@ -613,7 +910,7 @@ impl Platform for HostPlatform {
                 unit,
                 enforcing: false,
                 groups: Vec::new(),
-                ptes: BTreeMap::new(),
+                table: IoPageTable::new(PGSIZES),
             },
         );
         Ok(DomainId(self.next_domain))
@@ -626,7 +923,7 @@ impl Platform for HostPlatform {
                 start: 0,
                 last: (1 << 48) - 1,
             },
-            pgsize_bitmap: (1 << 12) | (1 << 21) | (1 << 30),
+            pgsize_bitmap: PGSIZES,
         }
     }
 
@@ -689,68 +986,56 @@ impl Platform for HostPlatform {
             .domains
             .get_mut(&domain.0)
             .ok_or_else(|| perr(Errno::ENODEV, format!("domain {domain}")))?;
-        let (ip, pp, n) = (iova >> PAGE_SHIFT, pa >> PAGE_SHIFT, size >> PAGE_SHIFT);
-        if (0..n).any(|i| d.ptes.contains_key(&(ip + i))) {
-            return Err(perr(
-                Errno::EEXIST,
-                format!("iova 0x{iova:x} already mapped"),
-            ));
-        }
-        for i in 0..n {
-            d.ptes.insert(ip + i, (pp + i, prot));
-        }
-        Ok(())
+        d.table
+            .map(iova, pa, size, prot)
+            .map_err(|e| perr(e, format!("iommu_map iova 0x{iova:x} size 0x{size:x}")))
     }
 
     fn iommu_unmap(&mut self, domain: DomainId, iova: u64, size: u64) -> u64 {
-        let Some(d) = self.domains.get_mut(&domain.0) else {
-            return 0;
-        };
-        let mut done = 0;
-        while done < size && d.ptes.remove(&((iova + done) >> PAGE_SHIFT)).is_some() {
-            done += PAGE_SIZE;
-        }
-        done
+        self.domains
+            .get_mut(&domain.0)
+            .map_or(0, |d| d.table.unmap(iova, size))
     }
 
     fn iotlb_sync(&mut self, _domain: DomainId) {}
 
     fn iova_to_phys(&self, domain: DomainId, iova: u64) -> Option<u64> {
-        let d = self.domains.get(&domain.0)?;
-        d.ptes
-            .get(&(iova >> PAGE_SHIFT))
-            .map(|(pp, _)| (pp << PAGE_SHIFT) | (iova & (PAGE_SIZE - 1)))
+        self.domains.get(&domain.0)?.table.translate(iova).map(|x| x.0)
+    }
+
+    fn iova_to_phys_run(&self, domain: DomainId, iova: u64, max: u64) -> Option<(u64, u64)> {
+        self.domains.get(&domain.0)?.table.run(iova, max)
     }
 
     fn flush_cache(&mut self, pa: u64, len: u64) {
         self.stats.flush_calls += 1;
-        let (insn, line) = self.flush;
         let end = pa.saturating_add(len);
-        let mut at = pa;
+        let mut at = pa & !(PAGE_SIZE - 1);
         while at < end {
             let pfn = at >> PAGE_SHIFT;
-            let page_end = ((pfn + 1) << PAGE_SHIFT).min(end);
-            let vaddr = self.pins.get(&pfn).map(|r| r.vaddr);
-            // The page must still be mapped at the address it was pinned from (the user may
-            // have unmapped it since; the kernel's pins do not care, a user-space flush would
-            // fault). Device memory: where it is mapped now, if anywhere.
-            let still = match vaddr {
-                Some(v) => {
-                    Some(v).filter(|v| self.translate(*v, 1).ok().as_deref() == Some(&[pfn][..]))
+            if let Some(m) = self.mmio_pfns.get(&pfn).copied() {
+                // Cacheable device memory: through the program's mapping of it, if any.
+                match m.vaddr.filter(|v| self.maps_pfns(*v, pfn, 1)) {
+                    Some(v) => self.flush_lines(v, PAGE_SIZE),
+                    None => self.stats.pages_unresolved += 1,
                 }
-                None => self.mmio_pfns.get(&pfn).and_then(|m| m.vaddr),
-            };
-            match still {
-                Some(v) => {
-                    let v = v + (at & (PAGE_SIZE - 1));
-                    // SAFETY: pagemap just showed the page present at `v`'s page, and
-                    // `[at, page_end)` stays inside that page.
-                    self.stats.lines_flushed +=
-                        unsafe { sys::flush_range(insn, line, v, page_end - at) };
-                }
-                None => self.stats.pages_unresolved += 1,
+                at += PAGE_SIZE;
+                continue;
             }
-            at = page_end;
+            let Some((id, i)) = self.pins.find(pfn) else {
+                self.stats.pages_unresolved += 1;
+                self.cpu_flush_event(pfn, 1, "unreachable");
+                at += PAGE_SIZE;
+                continue;
+            };
+            let left = (end - at).div_ceil(PAGE_SIZE);
+            let n = self
+                .pins
+                .run(id)
+                .map_or(1, |r| (r.npages - i).min(left))
+                .max(1);
+            self.flush_pinned(id, i, n);
+            at += n * PAGE_SIZE;
         }
     }
 

@@ -402,3 +402,68 @@ impl Drop for AnonMap {
         unsafe { libc::syscall(libc::SYS_munmap, self.addr, self.len) };
     }
 }
+
+/// `pwrite64(fd, data, off)`; returns the bytes written.
+pub fn pwrite(fd: i32, data: &[u8], off: u64) -> Result<usize, Errno> {
+    // SAFETY: `data` is valid for reads of `data.len()` bytes.
+    let r = unsafe {
+        libc::syscall(
+            libc::SYS_pwrite64,
+            fd,
+            data.as_ptr(),
+            data.len(),
+            off as libc::off_t,
+        )
+    };
+    check(r).map(|n| n as usize)
+}
+
+/// `memfd_create(name, MFD_CLOEXEC)`.
+pub fn memfd(name: &std::ffi::CStr) -> Result<i32, Errno> {
+    // SAFETY: `name` is a valid NUL-terminated string.
+    let r = unsafe { libc::syscall(libc::SYS_memfd_create, name.as_ptr(), libc::MFD_CLOEXEC) };
+    check(r).map(|fd| fd as i32)
+}
+
+/// A `kB` field of `/proc/self/status` (`VmLck`, `VmPin`, `VmRSS`, ...).
+pub fn status_kb(field: &str) -> Option<u64> {
+    let fd = open_ro(c"/proc/self/status").ok()?;
+    let mut buf = vec![0u8; 16384];
+    let n = pread(fd, &mut buf, 0).unwrap_or(0);
+    close(fd);
+    let text = String::from_utf8_lossy(&buf[..n]);
+    text.lines()
+        .find_map(|l| l.strip_prefix(field)?.strip_prefix(':'))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+}
+
+/// `munmap(addr, len)`.
+///
+/// # Safety
+/// Nothing may use the range afterwards (the caller owns it).
+pub unsafe fn munmap(addr: u64, len: u64) -> Result<(), Errno> {
+    // SAFETY: per this function's contract.
+    let r = unsafe { libc::syscall(libc::SYS_munmap, addr, len) };
+    check(r).map(|_| ())
+}
+
+/// `mmap(addr, len, PROT_READ|PROT_WRITE, flags, fd, off)`: a new mapping; with `MAP_FIXED`
+/// in `flags` it replaces what was at `addr`.
+///
+/// # Safety
+/// With `MAP_FIXED`, nothing may use what was mapped at `[addr, addr + len)` before.
+pub unsafe fn mmap_rw(addr: u64, len: u64, flags: i32, fd: i32, off: u64) -> Result<u64, Errno> {
+    // SAFETY: per this function's contract.
+    let r = unsafe {
+        libc::syscall(
+            libc::SYS_mmap,
+            addr,
+            len,
+            libc::PROT_READ | libc::PROT_WRITE,
+            flags,
+            fd,
+            off,
+        )
+    };
+    check(r).map(|a| a as u64)
+}

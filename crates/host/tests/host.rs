@@ -33,12 +33,12 @@ fn pin_is_stable_and_unpin_releases() {
     assert_eq!(pfns.len(), 16);
     sys::write_user(buf.addr(), &[0x5a; 4096 * 2]).expect("write_user");
     let b = p.pin_user_pages(SELF_MM, buf.addr(), 16, true).unwrap();
-    assert_eq!(a, b, "pfns are stable while pinned");
-    assert_eq!(p.pinned_frames(), 16);
-    assert_eq!(p.vaddr_of_pfn(a[3].pfn), Some(buf.addr() + 3 * 4096));
     if pagemap_shows_pfns() {
+        assert_eq!(a, b, "pfns are stable while pinned");
         assert!(a[0].pfn < 1 << 40, "a real pfn");
     }
+    assert_eq!(p.pinned_frames(), 32, "each page pinned twice");
+    assert_eq!(p.vaddr_of_pfn(a[3].pfn), Some(buf.addr() + 3 * 4096));
     for x in a.iter().chain(b.iter()) {
         p.unpin_page(x.pfn, true);
     }
@@ -262,4 +262,212 @@ fn thp_memory_pins_as_contiguous_frames() {
     for x in pins {
         p.unpin_page(x.pfn, true);
     }
+}
+
+/// A domain of the non-coherent group with `npages` pinned at `vaddr` mapped from `iova` on,
+/// page by page: the platform, the domain and the pins.
+fn pinned_domain(
+    vaddr: u64,
+    npages: u64,
+    iova: u64,
+) -> (HostPlatform, type1_core::DomainId, Vec<u64>) {
+    let mut p = HostPlatform::new(HostConfig::default());
+    p.trace_to_memory();
+    let d = p.domain_alloc(GroupId(1)).unwrap();
+    let pins = p.pin_user_pages(SELF_MM, vaddr, npages, true).unwrap();
+    assert_eq!(pins.len() as u64, npages);
+    let rw = type1_core::Prot {
+        read: true,
+        write: true,
+    };
+    for (i, x) in pins.iter().enumerate() {
+        p.iommu_map(d, iova + i as u64 * 4096, x.pfn << 12, 4096, rw)
+            .unwrap();
+    }
+    (p, d, pins.iter().map(|x| x.pfn).collect())
+}
+
+fn dma_write(p: &mut HostPlatform, d: type1_core::DomainId, iova: u64, data: &[u8]) {
+    let mut b = data.to_vec();
+    p.dma(d, iova, &mut b, true).expect("device write");
+}
+
+fn dma_read(p: &mut HostPlatform, d: type1_core::DomainId, iova: u64, n: usize) -> Vec<u8> {
+    let mut b = vec![0u8; n];
+    p.dma(d, iova, &mut b, false).expect("device read");
+    b
+}
+
+#[test]
+fn pinned_page_outlives_munmap_and_a_new_mapping_at_its_address() {
+    let buf = AnonMap::new(2 * 4096, false).unwrap();
+    let addr = buf.addr();
+    sys::write_user(addr, &[0x11; 8192]).unwrap();
+    let (mut p, d, _) = pinned_domain(addr, 2, 0x10_0000);
+    std::mem::forget(buf);
+    // SAFETY: the test owns the range and replaces it with fresh anonymous memory.
+    unsafe {
+        sys::munmap(addr, 8192).unwrap();
+        let again = sys::mmap_rw(
+            addr,
+            8192,
+            libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_FIXED,
+            -1,
+            0,
+        )
+        .unwrap();
+        assert_eq!(again, addr);
+    }
+    sys::write_user(addr, &[0x99; 8192]).unwrap();
+    // The device still reaches the pinned pages: their old bytes, then its own write.
+    assert_eq!(dma_read(&mut p, d, 0x10_0000, 16), vec![0x11; 16]);
+    dma_write(&mut p, d, 0x10_1000, b"device");
+    assert_eq!(dma_read(&mut p, d, 0x10_1000, 6), b"device");
+    let mut now = vec![0u8; 8192];
+    sys::read_user(addr, &mut now).unwrap();
+    assert!(now.iter().all(|b| *b == 0x99), "the new mapping is untouched");
+    // SAFETY: the test's own mapping.
+    unsafe { sys::munmap(addr, 8192).unwrap() };
+}
+
+#[test]
+fn pinned_memfd_page_takes_device_writes_after_its_mapping_moves() {
+    let fd = sys::memfd(c"pin-test").unwrap();
+    // SAFETY: ftruncate of our own memfd; two fresh shared mappings of it.
+    let (a, b) = unsafe {
+        assert_eq!(libc::ftruncate(fd, 4096), 0);
+        let a = sys::mmap_rw(0, 4096, libc::MAP_SHARED, fd, 0).unwrap();
+        let b = sys::mmap_rw(0, 4096, libc::MAP_SHARED, fd, 0).unwrap();
+        (a, b)
+    };
+    let (mut p, d, _) = pinned_domain(a, 1, 0x20_0000);
+    // SAFETY: the first mapping is ours and unused from here on.
+    unsafe { sys::munmap(a, 4096).unwrap() };
+    dma_write(&mut p, d, 0x20_0010, b"live update");
+    let mut seen = [0u8; 11];
+    sys::read_user(b + 0x10, &mut seen).unwrap();
+    assert_eq!(&seen, b"live update", "the memfd page got the device's write");
+    // Truncating the file drops the page from it; the device keeps its pinned page.
+    // SAFETY: our memfd.
+    assert_eq!(unsafe { libc::ftruncate(fd, 0) }, 0);
+    dma_write(&mut p, d, 0x20_0000, b"after");
+    assert_eq!(dma_read(&mut p, d, 0x20_0000, 5), b"after");
+    // SAFETY: the second mapping and the fd are ours.
+    unsafe {
+        sys::munmap(b, 4096).unwrap();
+    }
+    sys::close(fd);
+}
+
+/// Runs test `name` again alone in a child process (re-executed test binary), for checks of
+/// process-wide counters that other tests' threads would disturb. Returns `true` in the child.
+fn in_own_process(name: &str) -> bool {
+    if std::env::var("TYPE1_HOST_CHILD").as_deref() == Ok(name) {
+        return true;
+    }
+    let exe = std::env::current_exe().unwrap();
+    let out = std::process::Command::new(exe)
+        .args(["--exact", name, "--nocapture", "--test-threads=1"])
+        .env("TYPE1_HOST_CHILD", name)
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success() && stdout.contains("1 passed"),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    false
+}
+
+#[test]
+fn pins_leave_vm_locked_alone_and_show_in_vmpin() {
+    if !in_own_process("pins_leave_vm_locked_alone_and_show_in_vmpin") {
+        return;
+    }
+    let buf = AnonMap::new(64 * 4096, false).unwrap();
+    sys::mlock(buf.addr(), 16 * 4096).unwrap();
+    let lck = sys::status_kb("VmLck").unwrap();
+    let pin0 = sys::status_kb("VmPin").unwrap();
+    let mut p = HostPlatform::new(HostConfig::default());
+    let pins = p.pin_user_pages(SELF_MM, buf.addr(), 64, true).unwrap();
+    assert_eq!(sys::status_kb("VmLck"), Some(lck), "no VM_LOCKED from a pin");
+    assert_eq!(sys::status_kb("VmPin"), Some(pin0 + 256), "64 pages pinned");
+    p.unpin_pages(pins[0].pfn, 1, true);
+    for x in &pins[1..] {
+        p.unpin_page(x.pfn, true);
+    }
+    assert_eq!(sys::status_kb("VmLck"), Some(lck), "the program's own mlock stays");
+    assert_eq!(sys::status_kb("VmPin"), Some(pin0), "unpinned");
+    assert_eq!(p.stats().stray_unpins, 0);
+    sys::munlock(buf.addr(), 16 * 4096);
+}
+
+#[test]
+fn tracked_pins_fault_the_device_once_the_page_is_gone() {
+    let buf = AnonMap::new(4096, false).unwrap();
+    let addr = buf.addr();
+    let mut p = HostPlatform::new(HostConfig::default());
+    p.set_pin_mode(type1_host::PinMode::Track);
+    let d = p.domain_alloc(GroupId(1)).unwrap();
+    let pin = p.pin_user_pages(SELF_MM, addr, 1, true).unwrap()[0];
+    let rw = type1_core::Prot {
+        read: true,
+        write: true,
+    };
+    p.iommu_map(d, 0x1000, pin.pfn << 12, 4096, rw).unwrap();
+    dma_write(&mut p, d, 0x1000, b"ok");
+    assert_eq!(p.stats().pages_tracked, 1);
+    p.cpu_unmap_prepare(addr, 4096);
+    drop(buf);
+    p.cpu_unmapped(addr, 4096);
+    let mut b = [0u8; 2];
+    assert_eq!(
+        p.dma(d, 0x1000, &mut b, true),
+        Err(type1_host::DmaError::Unreachable),
+        "never a write into whatever is there now"
+    );
+    p.unpin_page(pin.pfn, true);
+}
+
+#[test]
+fn last_mapping_going_away_is_the_unpin_flush() {
+    let buf = AnonMap::new(4 * 4096, false).unwrap();
+    let addr = buf.addr();
+    let (mut p, _d, pfns) = pinned_domain(addr, 4, 0x40_0000);
+    sys::write_user(addr, &[3u8; 4 * 4096]).unwrap();
+    // Pages 1 and 2 lose their mapping: flushed right then.
+    p.cpu_unmap_prepare(addr + 4096, 2 * 4096);
+    // SAFETY: the middle of the test's own mapping, unused afterwards.
+    unsafe { sys::munmap(addr + 4096, 2 * 4096).unwrap() };
+    p.cpu_unmapped(addr + 4096, 2 * 4096);
+    assert_eq!(p.stats().pages_flushed_at_unmap, 2);
+    // The unpin flush of all four: two through the mapping, two done already.
+    let before = p.events().len();
+    for &pfn in &pfns {
+        p.flush_cache(pfn << 12, 4096);
+    }
+    let pages_via = |evs: &[type1_core::Event], want: &str| -> u64 {
+        evs.iter()
+            .map(|e| match e {
+                type1_core::Event::CpuFlush { via, npages, .. } if *via == want => *npages,
+                _ => 0,
+            })
+            .sum()
+    };
+    let (at_unmap, at_unpin) = p.events().split_at(before);
+    assert_eq!(pages_via(at_unmap, "unmap"), 2, "flushed as the mapping went");
+    assert_eq!(pages_via(at_unpin, "mapping"), 2, "still mapped: flushed now");
+    assert_eq!(pages_via(at_unpin, "unmap"), 2, "no mapping: flushed already");
+    assert_eq!(pages_via(p.events(), "unreachable"), 0);
+    assert_eq!(p.stats().pages_unresolved, 0);
+    for pfn in pfns {
+        p.unpin_page(pfn, true);
+    }
+    // SAFETY: the rest of the test's own mapping.
+    unsafe {
+        sys::munmap(addr, 4096).unwrap();
+        sys::munmap(addr + 3 * 4096, 4096).unwrap();
+    }
+    std::mem::forget(buf);
 }

@@ -1,0 +1,463 @@
+//! Long-term page pins from user space: io_uring registered buffers.
+//!
+//! Linux gives an unprivileged process one way to hold pages the way VFIO does
+//! (`pin_user_pages(FOLL_LONGTERM)`): registering them as io_uring *fixed buffers*. A
+//! registered page stays the buffer's page whatever the process does to its mappings
+//! (`munmap`, `mremap`, `MADV_DONTNEED`, `ftruncate` of a memfd), and at `fork` the kernel copies
+//! pinned anonymous pages for the child so that the parent keeps the pinned one. The pins show
+//! up in `VmPin` of `/proc/PID/status`, never in `VmLck`, and never set `VM_LOCKED` or split a
+//! memory region.
+//!
+//! [`Ring`] wraps one ring with a sparse table of [`SLOTS`] buffer slots. A slot is filled with
+//! `IORING_REGISTER_BUFFERS_UPDATE` (the pin) and emptied the same way (the unpin). Device DMA
+//! reaches a pinned page with `IORING_OP_READ_FIXED` (file → page: the device writes memory)
+//! and `IORING_OP_WRITE_FIXED` (page → file: the device reads memory) against a private bounce
+//! memfd; the address in the request only selects the offset inside the registered buffer,
+//! so it is the address the page had *when it was pinned*.
+//!
+//! Everything is a raw system call (no libc wrapper an LD_PRELOAD library could interpose).
+//! The ring and bounce fds are moved above [`FD_FLOOR`] with `O_CLOEXEC`, and the ring's
+//! mappings are `MADV_DONTFORK`: a forked child inherits the fds (as it inherits VFIO's) but
+//! cannot submit on its parent's ring.
+
+use type1_core::{Errno, PAGE_SIZE};
+
+/// Buffer slots per ring (`IORING_MAX_REG_BUFFERS`).
+pub const SLOTS: u32 = 1 << 14;
+
+/// Largest buffer one slot may hold (the kernel's `SZ_1G`).
+pub const MAX_BUFFER: u64 = 1 << 30;
+
+/// Internal fds are moved to this number or above, away from the program's own.
+pub const FD_FLOOR: i32 = 900;
+
+const IORING_OFF_SQ_RING: i64 = 0;
+const IORING_OFF_CQ_RING: i64 = 0x800_0000;
+const IORING_OFF_SQES: i64 = 0x1000_0000;
+const IORING_ENTER_GETEVENTS: u32 = 1;
+const IORING_OP_READ_FIXED: u8 = 4;
+const IORING_OP_WRITE_FIXED: u8 = 5;
+const IORING_REGISTER_BUFFERS2: u32 = 15;
+const IORING_REGISTER_BUFFERS_UPDATE: u32 = 16;
+const IORING_RSRC_REGISTER_SPARSE: u32 = 1;
+const ENTRIES: u32 = 4;
+
+#[repr(C)]
+#[derive(Default)]
+struct SqOffsets {
+    head: u32,
+    tail: u32,
+    ring_mask: u32,
+    ring_entries: u32,
+    flags: u32,
+    dropped: u32,
+    array: u32,
+    resv1: u32,
+    user_addr: u64,
+}
+
+#[repr(C)]
+#[derive(Default)]
+struct CqOffsets {
+    head: u32,
+    tail: u32,
+    ring_mask: u32,
+    ring_entries: u32,
+    overflow: u32,
+    cqes: u32,
+    flags: u32,
+    resv1: u32,
+    user_addr: u64,
+}
+
+#[repr(C)]
+#[derive(Default)]
+struct Params {
+    sq_entries: u32,
+    cq_entries: u32,
+    flags: u32,
+    sq_thread_cpu: u32,
+    sq_thread_idle: u32,
+    features: u32,
+    wq_fd: u32,
+    resv: [u32; 3],
+    sq_off: SqOffsets,
+    cq_off: CqOffsets,
+}
+
+#[repr(C)]
+#[derive(Default, Clone, Copy)]
+struct Sqe {
+    opcode: u8,
+    flags: u8,
+    ioprio: u16,
+    fd: i32,
+    off: u64,
+    addr: u64,
+    len: u32,
+    rw_flags: u32,
+    user_data: u64,
+    buf_index: u16,
+    personality: u16,
+    splice_fd_in: i32,
+    addr3: u64,
+    pad: u64,
+}
+
+#[repr(C)]
+#[derive(Clone, Copy)]
+struct Cqe {
+    user_data: u64,
+    res: i32,
+    flags: u32,
+}
+
+#[repr(C)]
+struct RsrcRegister {
+    nr: u32,
+    flags: u32,
+    resv2: u64,
+    data: u64,
+    tags: u64,
+}
+
+#[repr(C)]
+struct RsrcUpdate2 {
+    offset: u32,
+    resv: u32,
+    data: u64,
+    tags: u64,
+    nr: u32,
+    resv2: u32,
+}
+
+const _: () = assert!(std::mem::size_of::<Params>() == 120);
+const _: () = assert!(std::mem::size_of::<Sqe>() == 64);
+const _: () = assert!(std::mem::size_of::<Cqe>() == 16);
+const _: () = assert!(std::mem::size_of::<RsrcRegister>() == 32);
+const _: () = assert!(std::mem::size_of::<RsrcUpdate2>() == 32);
+
+fn last_errno() -> Errno {
+    Errno(
+        std::io::Error::last_os_error()
+            .raw_os_error()
+            .unwrap_or(libc::EIO),
+    )
+}
+
+fn check(r: libc::c_long) -> Result<libc::c_long, Errno> {
+    if r < 0 {
+        Err(last_errno())
+    } else {
+        Ok(r)
+    }
+}
+
+/// Moves `fd` to a number at or above [`FD_FLOOR`] with close-on-exec, closing the original.
+/// Keeps `fd` where it is if no such number is free.
+pub fn move_high(fd: i32) -> i32 {
+    // SAFETY: F_DUPFD_CLOEXEC only creates a descriptor.
+    let r = unsafe { libc::syscall(libc::SYS_fcntl, fd, libc::F_DUPFD_CLOEXEC, FD_FLOOR) };
+    if r < 0 {
+        return fd;
+    }
+    crate::sys::close(fd);
+    r as i32
+}
+
+/// A mapping of the ring made by the kernel, unmapped on drop.
+#[derive(Debug)]
+struct KMap {
+    addr: u64,
+    len: u64,
+}
+
+impl KMap {
+    fn new(fd: i32, len: u64, off: i64) -> Result<KMap, Errno> {
+        // SAFETY: a fresh shared mapping of the ring fd at a kernel-chosen address.
+        let r = unsafe {
+            libc::syscall(
+                libc::SYS_mmap,
+                0usize,
+                len,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_SHARED | libc::MAP_POPULATE,
+                fd,
+                off,
+            )
+        };
+        let addr = check(r)? as u64;
+        // The child of a fork must not share (and race on) this ring.
+        let _ = crate::sys::madvise(addr, len, libc::MADV_DONTFORK);
+        Ok(KMap { addr, len })
+    }
+
+    fn at<T>(&self, off: u32) -> *mut T {
+        (self.addr + off as u64) as *mut T
+    }
+}
+
+impl Drop for KMap {
+    fn drop(&mut self) {
+        // SAFETY: the mapping belongs to this value and nothing points into it any more.
+        unsafe { libc::syscall(libc::SYS_munmap, self.addr, self.len) };
+    }
+}
+
+/// Which way a fixed-buffer transfer goes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Dir {
+    /// Into the pinned page (a device write to memory).
+    ToPage,
+    /// Out of the pinned page (a device read of memory).
+    FromPage,
+}
+
+/// One io_uring with a sparse fixed-buffer table and a bounce file. See the module docs.
+#[derive(Debug)]
+pub struct Ring {
+    fd: i32,
+    pid: i32,
+    bounce: i32,
+    sq: std::mem::ManuallyDrop<KMap>,
+    cq: std::mem::ManuallyDrop<Option<KMap>>,
+    sqes: std::mem::ManuallyDrop<KMap>,
+    sq_off: (u32, u32, u32, u32),
+    cq_off: (u32, u32, u32, u32),
+    /// Free slots (a stack).
+    free: Vec<u32>,
+}
+
+impl Ring {
+    /// A new ring with [`SLOTS`] empty buffer slots. The errno says why io_uring is unusable
+    /// (ENOSYS: no io_uring; EPERM: `kernel.io_uring_disabled` or a seccomp filter).
+    pub fn new() -> Result<Ring, Errno> {
+        let mut p = Params::default();
+        // SAFETY: `p` is a valid io_uring_params the kernel fills in.
+        let r = unsafe {
+            libc::syscall(
+                libc::SYS_io_uring_setup,
+                ENTRIES,
+                &mut p as *mut Params,
+            )
+        };
+        let fd = move_high(check(r)? as i32);
+        let close_on_err = |e: Errno| {
+            crate::sys::close(fd);
+            e
+        };
+        let single = p.features & 1 != 0; // IORING_FEAT_SINGLE_MMAP
+        let sq_len = p.sq_off.array as u64 + p.sq_entries as u64 * 4;
+        let cq_len = p.cq_off.cqes as u64 + p.cq_entries as u64 * 16;
+        let sq = KMap::new(
+            fd,
+            if single { sq_len.max(cq_len) } else { sq_len },
+            IORING_OFF_SQ_RING,
+        )
+        .map_err(close_on_err)?;
+        let cq = if single {
+            None
+        } else {
+            Some(KMap::new(fd, cq_len, IORING_OFF_CQ_RING).map_err(close_on_err)?)
+        };
+        let sqes = KMap::new(fd, p.sq_entries as u64 * 64, IORING_OFF_SQES).map_err(close_on_err)?;
+        let reg = RsrcRegister {
+            nr: SLOTS,
+            flags: IORING_RSRC_REGISTER_SPARSE,
+            resv2: 0,
+            data: 0,
+            tags: 0,
+        };
+        // SAFETY: a valid io_uring_rsrc_register of its own size.
+        let r = unsafe {
+            libc::syscall(
+                libc::SYS_io_uring_register,
+                fd,
+                IORING_REGISTER_BUFFERS2,
+                &reg as *const RsrcRegister,
+                std::mem::size_of::<RsrcRegister>(),
+            )
+        };
+        check(r).map_err(close_on_err)?;
+        let bounce = crate::sys::memfd(c"type1-dma-bounce").map_err(close_on_err)?;
+        let bounce = move_high(bounce);
+        Ok(Ring {
+            fd,
+            pid: crate::sys::getpid(),
+            bounce,
+            sq: std::mem::ManuallyDrop::new(sq),
+            cq: std::mem::ManuallyDrop::new(cq),
+            sqes: std::mem::ManuallyDrop::new(sqes),
+            sq_off: (p.sq_off.head, p.sq_off.tail, p.sq_off.ring_mask, p.sq_off.array),
+            cq_off: (p.cq_off.head, p.cq_off.tail, p.cq_off.ring_mask, p.cq_off.cqes),
+            free: (0..SLOTS).rev().collect(),
+        })
+    }
+
+    /// Whether this process created the ring (false in a forked child, which must not touch
+    /// its parent's pins).
+    pub fn owned(&self) -> bool {
+        self.pid == crate::sys::getpid()
+    }
+
+    /// Free slots left.
+    pub fn free_slots(&self) -> usize {
+        self.free.len()
+    }
+
+    fn update(&self, slot: u32, addr: u64, len: u64) -> Result<(), Errno> {
+        let iov = libc::iovec {
+            iov_base: addr as *mut libc::c_void,
+            iov_len: len as usize,
+        };
+        let upd = RsrcUpdate2 {
+            offset: slot,
+            resv: 0,
+            data: &iov as *const libc::iovec as u64,
+            tags: 0,
+            nr: 1,
+            resv2: 0,
+        };
+        // SAFETY: a valid io_uring_rsrc_update2 naming one iovec that lives across the call;
+        // the kernel pins (or, for an empty iovec, releases) the slot's pages.
+        let r = unsafe {
+            libc::syscall(
+                libc::SYS_io_uring_register,
+                self.fd,
+                IORING_REGISTER_BUFFERS_UPDATE,
+                &upd as *const RsrcUpdate2,
+                std::mem::size_of::<RsrcUpdate2>(),
+            )
+        };
+        match check(r)? {
+            1 => Ok(()),
+            _ => Err(Errno::EIO),
+        }
+    }
+
+    /// Pins `[addr, addr + len)` (whole pages, at most [`MAX_BUFFER`]) into a free slot, with
+    /// write intent: EFAULT for unbacked or non-writable memory and, as for VFIO, for a shared
+    /// mapping of a regular file; ENOMEM past the user's RLIMIT_MEMLOCK when the process lacks
+    /// CAP_IPC_LOCK; ENOSPC when the ring has no free slot.
+    pub fn pin(&mut self, addr: u64, len: u64) -> Result<u32, Errno> {
+        debug_assert!(addr % PAGE_SIZE == 0 && len % PAGE_SIZE == 0 && len <= MAX_BUFFER);
+        let slot = self.free.pop().ok_or(Errno::ENOSPC)?;
+        match self.update(slot, addr, len) {
+            Ok(()) => Ok(slot),
+            Err(e) => {
+                self.free.push(slot);
+                Err(e)
+            }
+        }
+    }
+
+    /// Releases a slot's pins. Never fails (a failure to empty the slot, which the kernel only
+    /// reports for an invalid table, leaks the slot rather than reusing it).
+    pub fn unpin(&mut self, slot: u32) {
+        if !self.owned() {
+            return; // the parent's pin, not ours to drop
+        }
+        if self.update(slot, 0, 0).is_ok() {
+            self.free.push(slot);
+        }
+    }
+
+    /// Copies between `buf` and the pinned buffer in `slot`, at `addr` (an address inside the
+    /// buffer as it was registered). `buf` must not cross a page of the buffer.
+    pub fn transfer(&mut self, slot: u32, addr: u64, buf: &mut [u8], dir: Dir) -> Result<(), Errno> {
+        if !self.owned() {
+            return Err(Errno::EPERM);
+        }
+        let len = buf.len();
+        if dir == Dir::ToPage {
+            crate::sys::pwrite(self.bounce, buf, 0)?;
+        }
+        let sqe = Sqe {
+            opcode: match dir {
+                Dir::ToPage => IORING_OP_READ_FIXED,
+                Dir::FromPage => IORING_OP_WRITE_FIXED,
+            },
+            fd: self.bounce,
+            off: 0,
+            addr,
+            len: len as u32,
+            user_data: 0x7479_7065_31,
+            buf_index: slot as u16,
+            ..Sqe::default()
+        };
+        let res = self.submit_one(sqe)?;
+        if res < 0 {
+            return Err(Errno(-res));
+        }
+        if res as usize != len {
+            return Err(Errno::EIO);
+        }
+        if dir == Dir::FromPage {
+            let got = crate::sys::pread(self.bounce, buf, 0)?;
+            if got != len {
+                return Err(Errno::EIO);
+            }
+        }
+        Ok(())
+    }
+
+    /// Submits one request and waits for its completion; returns its `res`.
+    fn submit_one(&mut self, sqe: Sqe) -> Result<i32, Errno> {
+        use std::sync::atomic::{AtomicU32, Ordering};
+        let (h, t, m, a) = self.sq_off;
+        // SAFETY: the offsets come from io_uring_setup and lie inside the SQ ring mapping; the
+        // head and tail are shared with the kernel and accessed atomically, the SQE slot and
+        // array entry are ours until the tail is published.
+        let res = unsafe {
+            let tail = &*self.sq.at::<AtomicU32>(t);
+            let mask = *self.sq.at::<u32>(m);
+            let _head = &*self.sq.at::<AtomicU32>(h);
+            let cur = tail.load(Ordering::Relaxed);
+            let idx = cur & mask;
+            *self.sqes.at::<Sqe>(idx * 64) = sqe;
+            *self.sq.at::<u32>(a + idx * 4) = idx;
+            tail.store(cur.wrapping_add(1), Ordering::Release);
+            let r = libc::syscall(
+                libc::SYS_io_uring_enter,
+                self.fd,
+                1u32,
+                1u32,
+                IORING_ENTER_GETEVENTS,
+                std::ptr::null::<libc::c_void>(),
+                0usize,
+            );
+            check(r)?;
+            let cq = (*self.cq).as_ref().unwrap_or(&self.sq);
+            let (ch, ct, cm, cqes) = self.cq_off;
+            let chead = &*cq.at::<AtomicU32>(ch);
+            let ctail = &*cq.at::<AtomicU32>(ct);
+            let cmask = *cq.at::<u32>(cm);
+            let head = chead.load(Ordering::Relaxed);
+            if ctail.load(Ordering::Acquire) == head {
+                return Err(Errno::EIO);
+            }
+            let cqe = *cq.at::<Cqe>(cqes + (head & cmask) * 16);
+            chead.store(head.wrapping_add(1), Ordering::Release);
+            cqe.res
+        };
+        Ok(res)
+    }
+}
+
+impl Drop for Ring {
+    fn drop(&mut self) {
+        // In the owner, closing the ring releases every pin it holds. In a forked child the
+        // fds are the child's own references: closing them leaves the parent's pins alone,
+        // and the ring's mappings (MADV_DONTFORK) do not exist there.
+        if self.owned() {
+            // SAFETY: each mapping is dropped once, here, and nothing uses them afterwards.
+            unsafe {
+                std::mem::ManuallyDrop::drop(&mut self.sq);
+                std::mem::ManuallyDrop::drop(&mut self.cq);
+                std::mem::ManuallyDrop::drop(&mut self.sqes);
+            }
+        }
+        crate::sys::close(self.bounce);
+        crate::sys::close(self.fd);
+    }
+}
