@@ -1,4 +1,5 @@
 /* Shared helpers of the C test programs (run under LD_PRELOAD=libtype1_preload.so). */
+#pragma once
 #include <errno.h>
 #include <fcntl.h>
 #include <stdint.h>
@@ -17,14 +18,14 @@
 #define EXPECT_ERRNO(want, call) do { errno = 0; int r_ = (call); \
     CHECK(r_ == -1 && errno == (want), "%s: want errno %d got r=%d", #call, (want), r_); } while (0)
 
-static void *map_anon(size_t len) {
+static inline void *map_anon(size_t len) {
     void *p = mmap(NULL, len, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
     CHECK(p != MAP_FAILED, "mmap");
     memset(p, 0xab, len);
     return p;
 }
 
-static int open_group(int n) {
+static inline int open_group(int n) {
     char path[32];
     snprintf(path, sizeof path, "/dev/vfio/%d", n);
     int g = open(path, O_RDWR);
@@ -35,13 +36,13 @@ static int open_group(int n) {
     return g;
 }
 
-static int dma_map(int c, void *vaddr, uint64_t iova, uint64_t size) {
+static inline int dma_map(int c, void *vaddr, uint64_t iova, uint64_t size) {
     struct vfio_iommu_type1_dma_map m = { .argsz = sizeof m, .flags = VFIO_DMA_MAP_FLAG_READ | VFIO_DMA_MAP_FLAG_WRITE,
         .vaddr = (uintptr_t)vaddr, .iova = iova, .size = size };
     return ioctl(c, VFIO_IOMMU_MAP_DMA, &m);
 }
 
-static int dma_unmap(int c, uint64_t iova, uint64_t size, uint64_t *unmapped) {
+static inline int dma_unmap(int c, uint64_t iova, uint64_t size, uint64_t *unmapped) {
     struct vfio_iommu_type1_dma_unmap u = { .argsz = sizeof u, .iova = iova, .size = size };
     int r = ioctl(c, VFIO_IOMMU_UNMAP_DMA, &u);
     if (unmapped) *unmapped = u.size;

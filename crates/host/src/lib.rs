@@ -200,6 +200,8 @@ pub struct HostPlatform {
     mmio_pfns: BTreeMap<u64, MmioPage>,
     /// BAR memory reachable without the program's mappings: first pfn → (pages, vaddr).
     bars: BTreeMap<u64, (u64, u64)>,
+    /// Which file backs each BAR backing (first pfn → inode), to replace stale ones.
+    bar_files: BTreeMap<u64, u64>,
     flush: (FlushInsn, u64),
     stats: HostStats,
     sink: Sink,
@@ -244,6 +246,7 @@ impl HostPlatform {
             mmio_pages: BTreeMap::new(),
             mmio_pfns: BTreeMap::new(),
             bars: BTreeMap::new(),
+            bar_files: BTreeMap::new(),
             flush: sys::detect_flush(),
             stats: HostStats::default(),
             sink: Sink::None,
@@ -422,11 +425,22 @@ impl HostPlatform {
         (pfn - first < n).then_some(v + (pfn - first) * PAGE_SIZE)
     }
 
-    /// Device memory with frames `first_pfn..first_pfn + npages` can always be reached at
-    /// `vaddr` (the emulation's own mapping of the BAR), whatever the program maps: DMA to
-    /// those frames goes there.
-    pub fn set_bar_backing(&mut self, first_pfn: u64, npages: u64, vaddr: u64) {
-        self.bars.insert(first_pfn, (npages, vaddr));
+    /// Device memory with frames `first_pfn..first_pfn + npages` lives in the file `fd` (from
+    /// offset 0): the platform maps it once, privately, so that DMA to those frames reaches it
+    /// whatever the program maps or unmaps. A new file for the same frames replaces the old.
+    pub fn set_bar_backing(&mut self, first_pfn: u64, npages: u64, fd: i32) -> Result<(), Errno> {
+        let (_, ino, _) = sys::fstat_id(fd)?;
+        if self.bar_files.get(&first_pfn) == Some(&ino) {
+            return Ok(());
+        }
+        // SAFETY: a fresh shared mapping at a kernel-chosen address.
+        let v = unsafe { sys::mmap_rw(0, npages * PAGE_SIZE, libc::MAP_SHARED, fd, 0)? };
+        if let Some((n, old)) = self.bars.insert(first_pfn, (npages, v)) {
+            // SAFETY: the platform's own earlier backing mapping, unused from now on.
+            let _ = unsafe { sys::munmap(old, n * PAGE_SIZE) };
+        }
+        self.bar_files.insert(first_pfn, ino);
+        Ok(())
     }
 
     /// Records that device memory (a BAR) is mapped at `vaddr` for `npages` pages, with frames

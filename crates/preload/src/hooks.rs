@@ -473,8 +473,13 @@ fn device_mmap(
                 .unwrap_or(libc::ENOMEM),
         ));
     }
-    let first_pfn =
-        type1_host::MMIO_PFN_BASE + ordinal * (BAR2_SIZE / PAGE_SIZE) + bar_off / PAGE_SIZE;
+    let bar_pfn = type1_host::MMIO_PFN_BASE + ordinal * (BAR2_SIZE / PAGE_SIZE);
+    let first_pfn = bar_pfn + bar_off / PAGE_SIZE;
+    // Peer-to-peer DMA reaches the BAR through the emulation's own mapping of it, so that it
+    // follows the device, not whatever the program maps at the address later.
+    s.vfio
+        .platform
+        .set_bar_backing(bar_pfn, BAR2_SIZE / PAGE_SIZE, fd)?;
     s.vfio
         .platform
         .map_mmio(p as u64, len64.div_ceil(PAGE_SIZE), first_pfn, MemType::Uc);
@@ -518,12 +523,17 @@ macro_rules! mmap_hook {
                     }
                 };
             }
+            let fixed = flags & libc::MAP_FIXED != 0;
+            if fixed {
+                with_platform(|p| p.cpu_unmap_prepare(addr as u64, len as u64));
+            }
             // SAFETY: the real function with the caller's arguments.
             let p = unsafe { real(addr, len, prot, flags, fd, off) };
-            if p != libc::MAP_FAILED && flags & libc::MAP_FIXED != 0 {
-                // Whatever device memory was mapped there is gone.
-                let _ = guarded(|| {
-                    state::with_existing(|s| s.vfio.platform.unmap_mmio(p as u64, len as u64))
+            if p != libc::MAP_FAILED && fixed {
+                // Whatever was mapped there (pinned pages, device memory) is gone.
+                with_platform(|pl| {
+                    pl.cpu_unmapped(p as u64, len as u64);
+                    pl.unmap_mmio(p as u64, len as u64);
                 });
             }
             p
@@ -533,22 +543,185 @@ macro_rules! mmap_hook {
 mmap_hook!(mmap, "mmap");
 mmap_hook!(mmap64, "mmap64");
 
-/// Interposed `munmap`: device memory mapped there is no longer reachable.
+/// Runs `f` on the host platform, if the emulation has state (before that nothing can be
+/// pinned and the memory hooks pass straight through). Never builds the state.
+fn with_platform(f: impl FnOnce(&mut type1_host::HostPlatform)) {
+    if !state::MEMORY_WATCHED.load(Ordering::Acquire) {
+        return;
+    }
+    let _ = guarded(|| state::with_existing(|s| f(&mut s.vfio.platform)));
+}
+
+/// Interposed `munmap`: pinned pages mapped there get their unpin flush now (no CPU can reach
+/// them afterwards) and stay the device's; device memory there is no longer reachable.
 #[no_mangle]
 pub unsafe extern "C" fn munmap(addr: *mut c_void, len: usize) -> c_int {
     let Some(real) = real!("munmap", unsafe extern "C" fn(*mut c_void, usize) -> c_int) else {
         set_errno(Errno(libc::ENOSYS));
         return -1;
     };
+    with_platform(|p| p.cpu_unmap_prepare(addr as u64, len as u64));
     // SAFETY: the real function with the caller's arguments.
     let r = unsafe { real(addr, len) };
     if r == 0 {
-        let _ = guarded(|| {
-            state::with_existing(|s| s.vfio.platform.unmap_mmio(addr as u64, len as u64))
+        with_platform(|p| {
+            p.cpu_unmapped(addr as u64, len as u64);
+            p.unmap_mmio(addr as u64, len as u64);
         });
     }
     r
 }
+
+/// Interposed `mremap` (fixed arity: the optional new address is always passed): pinned pages
+/// and device memory follow the move; a shrunk tail, or whatever `MREMAP_FIXED` replaces, is
+/// unmapped as by `munmap`.
+#[no_mangle]
+pub unsafe extern "C" fn mremap(
+    old: *mut c_void,
+    old_len: usize,
+    new_len: usize,
+    flags: c_int,
+    new_addr: *mut c_void,
+) -> *mut c_void {
+    let Some(real) = real!(
+        "mremap",
+        unsafe extern "C" fn(*mut c_void, usize, usize, c_int, *mut c_void) -> *mut c_void
+    ) else {
+        set_errno(Errno(libc::ENOSYS));
+        return libc::MAP_FAILED;
+    };
+    let (o, ol, nl) = (old as u64, old_len as u64, new_len as u64);
+    let fixed = flags & libc::MREMAP_FIXED != 0;
+    with_platform(|p| {
+        if nl < ol {
+            p.cpu_unmap_prepare(o + nl, ol - nl);
+        }
+        if fixed {
+            p.cpu_unmap_prepare(new_addr as u64, nl);
+        }
+    });
+    // SAFETY: the real function with the caller's arguments.
+    let r = unsafe { real(old, old_len, new_len, flags, new_addr) };
+    if r != libc::MAP_FAILED {
+        with_platform(|p| {
+            if nl < ol {
+                p.cpu_unmapped(o + nl, ol - nl);
+                p.unmap_mmio(o + nl, ol - nl);
+            }
+            p.cpu_moved(o, ol.min(nl), r as u64);
+        });
+    }
+    r
+}
+
+/// Interposed `madvise`: advice that drops a range's pages from the page tables
+/// (`MADV_DONTNEED`, `MADV_DONTNEED_LOCKED`, `MADV_REMOVE`) leaves pinned pages held by the
+/// device and unreachable by the CPU, so they get their unpin flush now. Other advice, such as
+/// `MADV_FREE` (a pinned page is never freed), passes through.
+#[no_mangle]
+pub unsafe extern "C" fn madvise(addr: *mut c_void, len: usize, advice: c_int) -> c_int {
+    let Some(real) = real!("madvise", unsafe extern "C" fn(*mut c_void, usize, c_int) -> c_int)
+    else {
+        set_errno(Errno(libc::ENOSYS));
+        return -1;
+    };
+    const MADV_DONTNEED_LOCKED: c_int = 24;
+    let zaps = matches!(
+        advice,
+        libc::MADV_DONTNEED | libc::MADV_REMOVE | MADV_DONTNEED_LOCKED
+    );
+    if zaps {
+        with_platform(|p| p.cpu_unmap_prepare(addr as u64, len as u64));
+    }
+    // SAFETY: the real function with the caller's arguments.
+    let r = unsafe { real(addr, len, advice) };
+    if r == 0 && zaps {
+        with_platform(|p| p.cpu_unmapped(addr as u64, len as u64));
+    }
+    r
+}
+
+/// Bytes `[from, to)` of `fd`'s file are about to leave it: pinned pages the process maps from
+/// there get their unpin flush now. Returns the ranges to forget once the call succeeded.
+fn file_shrinking(fd: c_int, from: u64, to: u64) -> Vec<(u64, u64)> {
+    let mut ranges = Vec::new();
+    with_platform(|p| {
+        ranges = type1_host::sys::file_mappings(fd, from, to);
+        for &(v, l) in &ranges {
+            p.cpu_unmap_prepare(v, l);
+        }
+    });
+    ranges
+}
+
+fn file_shrunk(ranges: &[(u64, u64)]) {
+    with_platform(|p| {
+        for &(v, l) in ranges {
+            p.cpu_unmapped(v, l);
+        }
+    });
+}
+
+macro_rules! ftruncate_hook {
+    ($name:ident, $lit:literal) => {
+        /// Interposed `ftruncate`: pages cut off a file are no longer mapped by the process;
+        /// pinned ones stay the device's and get their unpin flush now.
+        #[no_mangle]
+        pub unsafe extern "C" fn $name(fd: c_int, len: OffT) -> c_int {
+            let Some(real) = real!($lit, unsafe extern "C" fn(c_int, OffT) -> c_int) else {
+                set_errno(Errno(libc::ENOSYS));
+                return -1;
+            };
+            let ranges = match (
+                u64::try_from(len),
+                state::MEMORY_WATCHED.load(Ordering::Acquire),
+            ) {
+                (Ok(l), true) => match type1_host::sys::fstat_id(fd) {
+                    Ok((_, _, size)) if l < size => file_shrinking(fd, l.div_ceil(4096) * 4096, size),
+                    _ => Vec::new(),
+                },
+                _ => Vec::new(),
+            };
+            // SAFETY: the real function with the caller's arguments.
+            let r = unsafe { real(fd, len) };
+            if r == 0 {
+                file_shrunk(&ranges);
+            }
+            r
+        }
+    };
+}
+ftruncate_hook!(ftruncate, "ftruncate");
+ftruncate_hook!(ftruncate64, "ftruncate64");
+
+macro_rules! fallocate_hook {
+    ($name:ident, $lit:literal) => {
+        /// Interposed `fallocate`: a punched hole is handled as a truncation of that range.
+        #[no_mangle]
+        pub unsafe extern "C" fn $name(fd: c_int, mode: c_int, off: OffT, len: OffT) -> c_int {
+            let Some(real) = real!($lit, unsafe extern "C" fn(c_int, c_int, OffT, OffT) -> c_int)
+            else {
+                set_errno(Errno(libc::ENOSYS));
+                return -1;
+            };
+            let ranges = match (u64::try_from(off), u64::try_from(len)) {
+                (Ok(o), Ok(l)) if mode & libc::FALLOC_FL_PUNCH_HOLE != 0 => {
+                    // Only whole pages leave the file.
+                    file_shrinking(fd, o.div_ceil(4096) * 4096, (o.saturating_add(l)) & !4095)
+                }
+                _ => Vec::new(),
+            };
+            // SAFETY: the real function with the caller's arguments.
+            let r = unsafe { real(fd, mode, off, len) };
+            if r == 0 {
+                file_shrunk(&ranges);
+            }
+            r
+        }
+    };
+}
+fallocate_hook!(fallocate, "fallocate");
+fallocate_hook!(fallocate64, "fallocate64");
 
 /// For the stat family: the real path to stat instead, or the errno; `None` if not emulated.
 fn stat_substitute(kind: &Kind) -> Option<Result<&'static CStr, Errno>> {

@@ -8,7 +8,7 @@ use std::{
 };
 
 use type1_core::{Config, DomainId, Errno};
-use type1_host::{sys, DmaError, HostConfig, HostPlatform, UnitConfig};
+use type1_host::{sys, DmaError, HostConfig, HostPlatform, PinMode, UnitConfig};
 use type1_uapi::{
     device::{DmaFault, BAR2_SIZE, FAULT_PERMISSION, FAULT_UNMAPPED},
     Caller, GroupSpec, Object, Vfio,
@@ -172,9 +172,24 @@ pub(crate) fn guarded<R>(f: impl FnOnce() -> R) -> Result<R, ()> {
     r.map_err(|_| ())
 }
 
+/// Set once the emulation has state: from then on the memory hooks (`munmap`, `mremap`,
+/// `madvise`, `ftruncate`, ...) consult the pin records. Before, they pass straight through.
+pub(crate) static MEMORY_WATCHED: std::sync::atomic::AtomicBool =
+    std::sync::atomic::AtomicBool::new(false);
+
 fn build() -> Result<State, Errno> {
     let m = machine();
     let mut platform = HostPlatform::new(m.host.clone());
+    match std::env::var("TYPE1_PIN").as_deref() {
+        Ok("track") => platform.set_pin_mode(PinMode::Track),
+        Ok("uring") | Err(_) => {}
+        Ok(other) => {
+            let msg = format!("type1-preload: TYPE1_PIN={other}: expected uring or track\n");
+            let _ = sys::write_all(2, msg.as_bytes());
+            return Err(Errno::EINVAL);
+        }
+    }
+    MEMORY_WATCHED.store(true, std::sync::atomic::Ordering::Release);
     if let Some(path) = std::env::var_os("TYPE1_TRACE") {
         use std::os::unix::ffi::OsStrExt;
         if let Ok(c) = CString::new(path.as_bytes()) {

@@ -1,0 +1,63 @@
+/* The emulated DMA device (docs/device.md): register layout and helpers shared by the C
+ * programs that drive it. Include after common.h. */
+#pragma once
+#include "common.h"
+
+/* BAR0 registers (docs/device.md). */
+#define REG_ID 0x00
+#define REG_LIVENESS 0x04
+#define REG_DMA_SRC 0x08
+#define REG_DMA_DST 0x10
+#define REG_DMA_LEN 0x18
+#define REG_CMD 0x20
+#define REG_STATUS 0x24
+#define REG_FAULT_IOVA 0x28
+#define REG_FAULT_REASON 0x30
+#define REG_DMA_COUNT 0x34
+#define BUFFER 0x1000
+#define CMD_START 1u
+#define CMD_TO_MEMORY 2u
+#define CMD_NO_SNOOP 4u
+#define STATUS_DONE 2u
+#define STATUS_FAULT 4u
+#define FAULT_UNMAPPED 1u
+#define FAULT_PERMISSION 2u
+
+static int dev;
+static uint64_t bar0;
+
+static inline uint32_t rd32(uint64_t reg) {
+    uint32_t v = 0;
+    CHECK(pread(dev, &v, 4, bar0 + reg) == 4, "pread reg 0x%llx", (unsigned long long)reg);
+    return v;
+}
+static inline uint64_t rd64(uint64_t reg) {
+    uint64_t v = 0;
+    CHECK(pread(dev, &v, 8, bar0 + reg) == 8, "pread reg 0x%llx", (unsigned long long)reg);
+    return v;
+}
+static inline void wr32(uint64_t reg, uint32_t v) {
+    CHECK(pwrite(dev, &v, 4, bar0 + reg) == 4, "pwrite reg 0x%llx", (unsigned long long)reg);
+}
+static inline void wr64(uint64_t reg, uint64_t v) {
+    CHECK(pwrite(dev, &v, 8, bar0 + reg) == 8, "pwrite reg 0x%llx", (unsigned long long)reg);
+}
+
+/* One transfer; returns STATUS. */
+static inline uint32_t dma(uint64_t src, uint64_t dst, uint64_t len, uint32_t cmd) {
+    wr32(REG_STATUS, STATUS_DONE | STATUS_FAULT);
+    wr64(REG_DMA_SRC, src);
+    wr64(REG_DMA_DST, dst);
+    wr64(REG_DMA_LEN, len);
+    wr32(REG_CMD, cmd | CMD_START);
+    CHECK((rd32(REG_CMD) & CMD_START) == 0, "START clears");
+    return rd32(REG_STATUS);
+}
+
+static inline void region(uint32_t index, struct vfio_region_info *r) {
+    memset(r, 0, sizeof *r);
+    r->argsz = sizeof *r;
+    r->index = index;
+    CHECK(ioctl(dev, VFIO_DEVICE_GET_REGION_INFO, r) == 0, "REGION_INFO %u", index);
+}
+
