@@ -61,8 +61,16 @@ use uring::Ring;
 /// The one address space of the host platform: the calling process.
 pub const SELF_MM: MmId = MmId(1);
 
-/// Synthetic PFNs (when pagemap hides real ones) start here, above any real RAM.
-const SYNTH_PFN_BASE: u64 = 1 << 44;
+/// The emulated IOMMU's bus frames for pinned RAM start here, above any real RAM. Each pin call
+/// gets a contiguous range of them, congruent to its virtual address modulo 1 GiB, and the
+/// next call continues the range when it continues the virtual range: the engine then sees a
+/// whole mapping as one contiguous run, and the page tables use 2 MiB and 1 GiB leaves where
+/// the IOVA allows. The real frames (when pagemap shows them) are kept only to check that a
+/// mapping still holds the pinned page; they never reach the engine or the trace.
+const BUS_PFN_BASE: u64 = 1 << 44;
+
+/// Bus frames per 1 GiB: the congruence modulus of a fresh range.
+const GIB_PAGES: u64 = 1 << 18;
 
 /// Device memory (BAR) pfns start here: above real RAM, below the synthetic RAM pfns.
 pub const MMIO_PFN_BASE: u64 = 1 << 40;
@@ -189,6 +197,10 @@ pub struct HostPlatform {
     pagemap: Option<(i32, i32)>, // (pid, fd)
     /// Whether pagemap shows real PFNs (`None` until first read).
     real_pfns: Option<bool>,
+    /// The bounce file of device DMA through io_uring (created on first use).
+    bounce: Option<i32>,
+    /// Where the last pin call's virtual range and bus range ended.
+    last_end: Option<(u64, u64)>,
     pins: PinStore,
     mode: PinMode,
     rings: Vec<Ring>,
@@ -237,10 +249,12 @@ impl HostPlatform {
             locked_vm: 0,
             pagemap: None,
             real_pfns: None,
+            bounce: None,
+            last_end: None,
             pins: PinStore::default(),
             mode: PinMode::Uring,
             rings: Vec::new(),
-            next_synth: SYNTH_PFN_BASE,
+            next_synth: BUS_PFN_BASE,
             domains: BTreeMap::new(),
             next_domain: 0,
             mmio_pages: BTreeMap::new(),
@@ -377,11 +391,15 @@ impl HostPlatform {
                 } else {
                     uring::Dir::FromPage
                 };
+                let bounce = self.bounce_fd().map_err(|_| DmaError::Unreachable)?;
                 let r = self
                     .rings
                     .get_mut(ring)
                     .ok_or(DmaError::Unreachable)
-                    .and_then(|r| r.transfer(slot, addr, buf, dir).map_err(|_| DmaError::Unreachable));
+                    .and_then(|r| {
+                        r.transfer(slot, addr, buf, dir, bounce)
+                            .map_err(|_| DmaError::Unreachable)
+                    });
                 if r.is_err() && self.rings.get(ring).is_some_and(|r| !r.owned()) {
                     self.notice(
                         "fork",
@@ -393,7 +411,8 @@ impl HostPlatform {
             }
             Some(Holder::Track) => {
                 let v = run.cpu.map(|v| v + i * PAGE_SIZE);
-                match v.filter(|v| self.maps_pfns(*v, pfn, 1)) {
+                let real = self.pins.real_pfns(id, i, 1).map(<[u64]>::to_vec);
+                match v.filter(|v| self.maps(*v, 1, real.as_deref())) {
                     Some(v) => Self::copy_user(v + off, buf, to_memory),
                     None => {
                         self.notice(
@@ -479,22 +498,23 @@ impl HostPlatform {
         }
     }
 
-    /// Whether the CPU maps pfns `pfn..pfn + n` at `vaddr..` now: the pages are present and,
-    /// where pagemap shows real PFNs, they are these ones. One pagemap read.
-    fn maps_pfns(&mut self, vaddr: u64, pfn: u64, n: u64) -> bool {
-        let Ok(fd) = self.pagemap_fd() else {
-            return false;
-        };
-        let mut raw = vec![0u8; (n * 8) as usize];
-        match sys::pread(fd, &mut raw, (vaddr >> PAGE_SHIFT) * 8) {
-            Ok(got) if got == raw.len() => {}
-            _ => return false,
+    /// Whether the CPU maps `n` present pages at `vaddr..` now and, where the real frames are
+    /// known (`real`), exactly those. One pagemap read.
+    fn maps(&mut self, vaddr: u64, n: u64, real: Option<&[u64]>) -> bool {
+        match self.pagemap(vaddr, n) {
+            Ok(e) if e.len() as u64 == n => real.is_none_or(|r| r == e.as_slice()),
+            _ => false,
         }
-        let real = pfn < MMIO_PFN_BASE;
-        raw.chunks_exact(8).enumerate().all(|(i, c)| {
-            let e = u64::from_le_bytes(c.try_into().unwrap_or([0; 8]));
-            e >> 63 == 1 && (!real || e & ((1 << 55) - 1) == pfn + i as u64)
-        })
+    }
+
+    /// The bounce file of io_uring device DMA.
+    fn bounce_fd(&mut self) -> Result<i32, Errno> {
+        if let Some(fd) = self.bounce {
+            return Ok(fd);
+        }
+        let fd = uring::move_high(sys::memfd(c"type1-dma-bounce")?);
+        self.bounce = Some(fd);
+        Ok(fd)
     }
 
     /// Flushes the pinned pages the CPU maps in `[addr, addr + len)`, right before that
@@ -507,7 +527,8 @@ impl HostPlatform {
                 continue;
             };
             let Some(v) = run.cpu else { continue };
-            if self.maps_pfns(v, run.first_pfn, run.npages) {
+            let real = self.pins.real_pfns(id, 0, run.npages).map(<[u64]>::to_vec);
+            if self.maps(v, run.npages, real.as_deref()) {
                 self.flush_lines(v, run.npages * PAGE_SIZE);
                 self.stats.pages_flushed_at_unmap += run.npages;
                 self.cpu_flush_event(run.first_pfn, run.npages, "unmap");
@@ -592,10 +613,9 @@ impl HostPlatform {
             .count() as u64
     }
 
-    /// The frames of `n` present pages at `vaddr` (fewer if a page is not present). Real PFNs
-    /// when pagemap shows them; otherwise a fresh synthetic range, congruent to `vaddr` modulo
-    /// 2 MiB so that alignment-based IOMMU leaves behave as with real huge pages.
-    fn translate(&mut self, vaddr: u64, n: u64) -> Result<Vec<u64>, Errno> {
+    /// The frames of the present pages at `vaddr..` (at most `n`, stopping at the first page
+    /// that is not present), as pagemap shows them: 0 when it hides them. One read.
+    fn pagemap(&mut self, vaddr: u64, n: u64) -> Result<Vec<u64>, Errno> {
         let fd = self.pagemap_fd()?;
         let mut raw = vec![0u8; (n * 8) as usize];
         let got = sys::pread(fd, &mut raw, (vaddr >> PAGE_SHIFT) * 8)?;
@@ -607,18 +627,20 @@ impl HostPlatform {
             }
             out.push(e & ((1 << 55) - 1));
         }
-        let real = *self
-            .real_pfns
-            .get_or_insert_with(|| out.first().is_some_and(|p| *p != 0));
-        if !real {
-            let vpn = vaddr >> PAGE_SHIFT;
-            let base = (self.next_synth.div_ceil(512) * 512) + vpn % 512;
-            for (i, p) in out.iter_mut().enumerate() {
-                *p = base + i as u64;
-            }
-            self.next_synth = base + n + 1;
-        }
         Ok(out)
+    }
+
+    /// Bus frames for `n` pages pinned at `vaddr`: the continuation of the last range if the
+    /// pin continues its virtual range, otherwise a fresh range congruent to `vaddr` modulo
+    /// 1 GiB.
+    fn bus_frames(&mut self, vaddr: u64, n: u64) -> u64 {
+        let base = match self.last_end {
+            Some((v, p)) if v == vaddr && p == self.next_synth => p,
+            _ => self.next_synth.div_ceil(GIB_PAGES) * GIB_PAGES + (vaddr >> PAGE_SHIFT) % GIB_PAGES,
+        };
+        self.next_synth = base + n;
+        self.last_end = Some((vaddr + n * PAGE_SIZE, base + n));
+        base
     }
 
     /// Registers `[vaddr, vaddr + n pages)` in a ring with a free slot (creating one if
@@ -631,7 +653,7 @@ impl HostPlatform {
         {
             Some(i) => i,
             None => {
-                self.rings.push(Ring::new()?);
+                self.rings.push(Ring::new(uring::slots_for(self.rings.len()))?);
                 self.rings.len() - 1
             }
         };
@@ -713,16 +735,17 @@ impl HostPlatform {
             return;
         };
         let pfn = run.first_pfn + i;
+        let real = self.pins.real_pfns(id, i, n).map(<[u64]>::to_vec);
         let now = run.cpu.map(|v| v + i * PAGE_SIZE);
-        if let Some(v) = now.filter(|v| self.maps_pfns(*v, pfn, n)) {
+        if let Some(v) = now.filter(|v| self.maps(*v, n, real.as_deref())) {
             self.flush_lines(v, n * PAGE_SIZE);
             self.cpu_flush_event(pfn, n, "mapping");
             return;
         }
-        // The mapping went away. Where real PFNs show, it may have come back (a shared page
-        // mapped again at the same place): flush through it.
+        // The mapping went away. Where the real frames are known, it may have come back (a
+        // shared page mapped again at the same place): flush through it.
         let again = run.last_cpu + i * PAGE_SIZE;
-        if now.is_none() && pfn < SYNTH_PFN_BASE && self.maps_pfns(again, pfn, n) {
+        if now.is_none() && real.is_some() && self.maps(again, n, real.as_deref()) {
             self.flush_lines(again, n * PAGE_SIZE);
             self.cpu_flush_event(pfn, n, "mapping");
         } else if now.is_none() {
@@ -755,6 +778,9 @@ impl Drop for HostPlatform {
             self.release(h);
         }
         self.rings.clear();
+        if let Some(fd) = self.bounce.take() {
+            sys::close(fd);
+        }
         if let Some((_, fd)) = self.pagemap.take() {
             sys::close(fd);
         }
@@ -837,22 +863,22 @@ impl Platform for HostPlatform {
             None => n,
         };
         let (holder, n) = self.hold(vaddr, n, write).map_err(|e| perr(e, what()))?;
-        let pfns = match self.translate(vaddr, n) {
-            Ok(p) if !p.is_empty() => p,
+        let frames = match self.pagemap(vaddr, n) {
+            Ok(f) if f.len() as u64 == n => f,
             r => {
+                // Gone between the pin and the read-back (another thread unmapped it).
                 self.release(holder);
                 return Err(perr(r.err().unwrap_or(Errno::EFAULT), what()));
             }
         };
-        if (pfns.len() as u64) < n {
-            // Gone between the pin and the read-back (another thread unmapped it).
-            self.release(holder);
-            return Err(perr(Errno::EFAULT, what()));
-        }
-        self.pins.add(holder, vaddr, &pfns);
+        let visible = *self
+            .real_pfns
+            .get_or_insert_with(|| frames.first().is_some_and(|p| *p != 0));
+        let first = self.bus_frames(vaddr, n);
+        self.pins
+            .add(holder, vaddr, first, n, visible.then_some(frames));
         self.stats.pages_pinned += n;
-        Ok(pfns
-            .into_iter()
+        Ok((first..first + n)
             .map(|pfn| PinnedPage {
                 pfn,
                 reserved: false,
@@ -1029,7 +1055,7 @@ impl Platform for HostPlatform {
             let pfn = at >> PAGE_SHIFT;
             if let Some(m) = self.mmio_pfns.get(&pfn).copied() {
                 // Cacheable device memory: through the program's mapping of it, if any.
-                match m.vaddr.filter(|v| self.maps_pfns(*v, pfn, 1)) {
+                match m.vaddr.filter(|v| self.maps(*v, 1, None)) {
                     Some(v) => self.flush_lines(v, PAGE_SIZE),
                     None => self.stats.pages_unresolved += 1,
                 }

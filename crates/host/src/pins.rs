@@ -1,8 +1,10 @@
 //! The host platform's pin records: which pages are held, by what, and where the CPU maps them.
 //!
 //! One `pin_user_pages` call makes one *registration* (an io_uring buffer slot, or an
-//! address-only record when io_uring cannot hold the pages), cut into *runs* of physically
-//! contiguous pages. A run is what everything else works on:
+//! address-only record when io_uring cannot hold the pages) of virtually contiguous pages,
+//! which the platform gives a contiguous range of frame numbers (see the crate docs: the
+//! emulated IOMMU's bus frames). A registration starts as one *run*; runs are split only where
+//! the program unmaps or moves part of one. A run is what everything else works on:
 //! * the engine unpins by pfn: [`PinStore::unpin`] clears the pages' bits in their runs and
 //!   hands back a registration once none of its pages is pinned any more (the kernel drops the
 //!   slot's pins then);
@@ -44,6 +46,8 @@ pub enum Holder {
 struct Reg {
     holder: Holder,
     live: u64,
+    /// The pages' real frames, when pagemap shows them (to check a mapping still holds them).
+    real: Option<Vec<u64>>,
 }
 
 /// A physically contiguous run of one registration's pages.
@@ -140,40 +144,49 @@ impl PinStore {
         Some(run)
     }
 
-    /// Records a registration of `pfns.len()` pages mapped from `vaddr` on, held by `holder`.
-    pub fn add(&mut self, holder: Holder, vaddr: u64, pfns: &[u64]) {
+    /// Records a registration of `npages` pages mapped from `vaddr` on, held by `holder`, with
+    /// frames `first_pfn..` and, if known, the pages' real frames.
+    pub fn add(
+        &mut self,
+        holder: Holder,
+        vaddr: u64,
+        first_pfn: u64,
+        npages: u64,
+        real: Option<Vec<u64>>,
+    ) {
         let reg = self.fresh();
         self.regs.insert(
             reg,
             Reg {
                 holder,
-                live: pfns.len() as u64,
+                live: npages,
+                real,
             },
         );
-        let mut i = 0;
-        while i < pfns.len() {
-            let mut n = 1;
-            while i + n < pfns.len() && pfns[i + n] == pfns[i] + n as u64 {
-                n += 1;
+        let mut live = vec![u64::MAX; npages.div_ceil(64) as usize];
+        if npages % 64 != 0 {
+            if let Some(last) = live.last_mut() {
+                *last = (1u64 << (npages % 64)) - 1;
             }
-            let n64 = n as u64;
-            let mut live = vec![u64::MAX; n64.div_ceil(64) as usize];
-            if n64 % 64 != 0 {
-                *live.last_mut().unwrap_or(&mut 0) = (1u64 << (n64 % 64)) - 1;
-            }
-            let at = vaddr + i as u64 * PAGE_SIZE;
-            self.insert_run(Run {
-                first_pfn: pfns[i],
-                npages: n64,
-                reg,
-                reg_page: i as u64,
-                cpu: Some(at),
-                last_cpu: at,
-                live,
-                nlive: n64,
-            });
-            i += n;
         }
+        self.insert_run(Run {
+            first_pfn,
+            npages,
+            reg,
+            reg_page: 0,
+            cpu: Some(vaddr),
+            last_cpu: vaddr,
+            live,
+            nlive: npages,
+        });
+    }
+
+    /// The real frames of pages `i..i + n` of run `id`, if pagemap showed them at pin time.
+    pub fn real_pfns(&self, id: RunId, i: u64, n: u64) -> Option<&[u64]> {
+        let r = self.runs.get(&id)?;
+        let real = self.regs.get(&r.reg)?.real.as_deref()?;
+        let from = (r.reg_page + i) as usize;
+        real.get(from..from + n as usize)
     }
 
     /// A run holding `pfn` (with that page still pinned): `(id, page index in the run)`.
@@ -331,9 +344,15 @@ impl PinStore {
     pub fn heap_bytes(&self) -> u64 {
         let run = std::mem::size_of::<Run>() as u64 + 8 + 48;
         let live: u64 = self.runs.values().map(|r| r.live.len() as u64 * 8).sum();
+        let real: u64 = self
+            .regs
+            .values()
+            .map(|r| r.real.as_ref().map_or(0, |v| v.capacity() as u64 * 8))
+            .sum();
         self.regs.len() as u64 * (std::mem::size_of::<Reg>() as u64 + 16)
             + self.runs.len() as u64 * run
             + live
+            + real
     }
 }
 
@@ -344,27 +363,28 @@ mod tests {
     const P: u64 = PAGE_SIZE;
 
     #[test]
-    fn runs_follow_contiguity_and_release_at_last_unpin() {
+    fn registration_is_one_run_released_at_its_last_unpin() {
         let mut s = PinStore::default();
-        s.add(Holder::Track, 0x10000, &[100, 101, 102, 200, 201]);
+        s.add(Holder::Track, 0x10000, 100, 5, Some(vec![7, 9, 8, 3, 4]));
         assert_eq!(s.counts(), (1, 5));
-        assert_eq!(s.find(101).map(|(_, i)| i), Some(1));
-        assert_eq!(s.find(200).map(|(_, i)| i), Some(0));
-        assert_eq!(s.find(103), None);
+        let (id, i) = s.find(101).unwrap();
+        assert_eq!(i, 1);
+        assert_eq!(s.real_pfns(id, 1, 2), Some(&[9, 8][..]));
+        assert_eq!(s.find(105), None);
         let (rel, stray) = s.unpin(100, 3);
         assert!(rel.is_empty() && stray == 0);
         assert_eq!(s.find(101), None, "unpinned pages are gone");
-        let (rel, stray) = s.unpin(200, 2);
+        let (rel, stray) = s.unpin(103, 2);
         assert_eq!((rel, stray), (vec![Holder::Track], 0));
         assert_eq!(s.counts(), (0, 0));
-        assert_eq!(s.unpin(200, 1).1, 1, "a stray unpin is reported");
+        assert_eq!(s.unpin(103, 1).1, 1, "a stray unpin is reported");
     }
 
     #[test]
-    fn page_pinned_twice_needs_two_unpins() {
+    fn overlapping_frames_need_one_unpin_each() {
         let mut s = PinStore::default();
-        s.add(Holder::Track, 0x10000, &[7]);
-        s.add(Holder::Track, 0x10000, &[7]);
+        s.add(Holder::Track, 0x10000, 7, 1, None);
+        s.add(Holder::Track, 0x10000, 7, 1, None);
         assert_eq!(s.unpin(7, 1).0.len(), 1);
         assert!(s.find(7).is_some());
         assert_eq!(s.unpin(7, 1).0.len(), 1);
@@ -374,7 +394,7 @@ mod tests {
     #[test]
     fn cpu_ranges_split_runs_at_their_edges() {
         let mut s = PinStore::default();
-        s.add(Holder::Track, 0x100000, &[10, 11, 12, 13, 14, 15]);
+        s.add(Holder::Track, 0x100000, 10, 6, None);
         // Unmap pages 2 and 3 of the run.
         let ids = s.cpu_runs(0x100000 + 2 * P, 2 * P);
         assert_eq!(ids.len(), 1);

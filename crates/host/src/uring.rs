@@ -8,7 +8,7 @@
 //! up in `VmPin` of `/proc/PID/status`, never in `VmLck`, and never set `VM_LOCKED` or split a
 //! memory region.
 //!
-//! [`Ring`] wraps one ring with a sparse table of [`SLOTS`] buffer slots. A slot is filled with
+//! [`Ring`] wraps one ring with a sparse table of buffer slots. A slot is filled with
 //! `IORING_REGISTER_BUFFERS_UPDATE` (the pin) and emptied the same way (the unpin). Device DMA
 //! reaches a pinned page with `IORING_OP_READ_FIXED` (file → page: the device writes memory)
 //! and `IORING_OP_WRITE_FIXED` (page → file: the device reads memory) against a private bounce
@@ -16,14 +16,29 @@
 //! so it is the address the page had *when it was pinned*.
 //!
 //! Everything is a raw system call (no libc wrapper an LD_PRELOAD library could interpose).
+//! Registering a huge-page-backed buffer costs time in proportion to the table's size (the
+//! kernel checks every slot for a head page it has already accounted), so tables are kept
+//! small: [`slots_for`] grows them geometrically, from [`FIRST_SLOTS`] up to [`MAX_SLOTS`], one
+//! ring after another.
+//!
 //! The ring and bounce fds are moved above [`FD_FLOOR`] with `O_CLOEXEC`, and the ring's
 //! mappings are `MADV_DONTFORK`: a forked child inherits the fds (as it inherits VFIO's) but
 //! cannot submit on its parent's ring.
 
 use type1_core::{Errno, PAGE_SIZE};
 
-/// Buffer slots per ring (`IORING_MAX_REG_BUFFERS`).
-pub const SLOTS: u32 = 1 << 14;
+/// Buffer slots of the first ring.
+pub const FIRST_SLOTS: u32 = 1 << 6;
+
+/// Buffer slots of one ring at most (`IORING_MAX_REG_BUFFERS`).
+pub const MAX_SLOTS: u32 = 1 << 14;
+
+/// Slots of the `n`-th ring (from 0): 64, 256, 1024, 4096, then 16384 each.
+pub fn slots_for(n: usize) -> u32 {
+    FIRST_SLOTS
+        .saturating_mul(1 << (2 * n.min(4)))
+        .min(MAX_SLOTS)
+}
 
 /// Largest buffer one slot may hold (the kernel's `SZ_1G`).
 pub const MAX_BUFFER: u64 = 1 << 30;
@@ -218,7 +233,6 @@ pub enum Dir {
 pub struct Ring {
     fd: i32,
     pid: i32,
-    bounce: i32,
     sq: std::mem::ManuallyDrop<KMap>,
     cq: std::mem::ManuallyDrop<Option<KMap>>,
     sqes: std::mem::ManuallyDrop<KMap>,
@@ -229,9 +243,9 @@ pub struct Ring {
 }
 
 impl Ring {
-    /// A new ring with [`SLOTS`] empty buffer slots. The errno says why io_uring is unusable
+    /// A new ring with `slots` empty buffer slots. The errno says why io_uring is unusable
     /// (ENOSYS: no io_uring; EPERM: `kernel.io_uring_disabled` or a seccomp filter).
-    pub fn new() -> Result<Ring, Errno> {
+    pub fn new(slots: u32) -> Result<Ring, Errno> {
         let mut p = Params::default();
         // SAFETY: `p` is a valid io_uring_params the kernel fills in.
         let r = unsafe {
@@ -262,7 +276,7 @@ impl Ring {
         };
         let sqes = KMap::new(fd, p.sq_entries as u64 * 64, IORING_OFF_SQES).map_err(close_on_err)?;
         let reg = RsrcRegister {
-            nr: SLOTS,
+            nr: slots,
             flags: IORING_RSRC_REGISTER_SPARSE,
             resv2: 0,
             data: 0,
@@ -279,18 +293,15 @@ impl Ring {
             )
         };
         check(r).map_err(close_on_err)?;
-        let bounce = crate::sys::memfd(c"type1-dma-bounce").map_err(close_on_err)?;
-        let bounce = move_high(bounce);
         Ok(Ring {
             fd,
             pid: crate::sys::getpid(),
-            bounce,
             sq: std::mem::ManuallyDrop::new(sq),
             cq: std::mem::ManuallyDrop::new(cq),
             sqes: std::mem::ManuallyDrop::new(sqes),
             sq_off: (p.sq_off.head, p.sq_off.tail, p.sq_off.ring_mask, p.sq_off.array),
             cq_off: (p.cq_off.head, p.cq_off.tail, p.cq_off.ring_mask, p.cq_off.cqes),
-            free: (0..SLOTS).rev().collect(),
+            free: (0..slots).rev().collect(),
         })
     }
 
@@ -363,25 +374,33 @@ impl Ring {
     }
 
     /// Copies between `buf` and the pinned buffer in `slot`, at `addr` (an address inside the
-    /// buffer as it was registered). `buf` must not cross a page of the buffer.
-    pub fn transfer(&mut self, slot: u32, addr: u64, buf: &mut [u8], dir: Dir) -> Result<(), Errno> {
+    /// buffer as it was registered), through the file `bounce` (offset 0 on). `buf` must not
+    /// cross a page of the buffer.
+    pub fn transfer(
+        &mut self,
+        slot: u32,
+        addr: u64,
+        buf: &mut [u8],
+        dir: Dir,
+        bounce: i32,
+    ) -> Result<(), Errno> {
         if !self.owned() {
             return Err(Errno::EPERM);
         }
         let len = buf.len();
         if dir == Dir::ToPage {
-            crate::sys::pwrite(self.bounce, buf, 0)?;
+            crate::sys::pwrite(bounce, buf, 0)?;
         }
         let sqe = Sqe {
             opcode: match dir {
                 Dir::ToPage => IORING_OP_READ_FIXED,
                 Dir::FromPage => IORING_OP_WRITE_FIXED,
             },
-            fd: self.bounce,
+            fd: bounce,
             off: 0,
             addr,
             len: len as u32,
-            user_data: 0x7479_7065_31,
+            user_data: 1,
             buf_index: slot as u16,
             ..Sqe::default()
         };
@@ -393,7 +412,7 @@ impl Ring {
             return Err(Errno::EIO);
         }
         if dir == Dir::FromPage {
-            let got = crate::sys::pread(self.bounce, buf, 0)?;
+            let got = crate::sys::pread(bounce, buf, 0)?;
             if got != len {
                 return Err(Errno::EIO);
             }
@@ -457,7 +476,6 @@ impl Drop for Ring {
                 std::mem::ManuallyDrop::drop(&mut self.sqes);
             }
         }
-        crate::sys::close(self.bounce);
         crate::sys::close(self.fd);
     }
 }
