@@ -149,7 +149,11 @@ fn map_unmap(policy: &str, addr: u64, len: u64) -> (f64, f64, f64) {
         .expect("UNMAP_DMA");
     let unmap = t.elapsed().as_secs_f64();
     assert_eq!(n, len);
-    assert_eq!(p.stats().pages_unresolved, 0, "every flush reached its pages");
+    assert_eq!(
+        p.stats().pages_unresolved,
+        0,
+        "every flush reached its pages"
+    );
     c.close(&mut p);
     (map, unmap, per_page)
 }
@@ -168,7 +172,8 @@ fn main() {
     let t = Instant::now();
     sys::madvise(buf.addr(), len, libc::MADV_POPULATE_WRITE).expect("prefault");
     let populate = t.elapsed().as_secs_f64();
-    let (mut clean, mut dirty, mut fill, mut pinf, mut pmf) = (vec![], vec![], vec![], vec![], vec![]);
+    let (mut clean, mut dirty, mut fill, mut pinf, mut pmf) =
+        (vec![], vec![], vec![], vec![], vec![]);
     let mut rows: Vec<(&str, Vec<f64>, Vec<f64>, f64)> = vec![];
     for policy in ["none", "seed"] {
         rows.push((policy, vec![], vec![], 0.0));

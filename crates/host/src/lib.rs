@@ -9,9 +9,11 @@
 //!   device's until unpin whatever the program does to its mappings (`munmap`, `mremap`,
 //!   `MADV_DONTNEED`, `ftruncate`, fork, VADDR update); `VM_LOCKED` and the program's own
 //!   `mlock`s are never touched and no memory region is split. Writable long-term pins of
-//!   shared regular-file mappings are refused (EFAULT) as in Linux 6.5+. PFNs come from
-//!   `/proc/self/pagemap` (one read per call) when the process may read them, synthetic ones
-//!   otherwise. Where io_uring cannot hold a page (io_uring disabled, `TYPE1_PIN=track`, or a
+//!   shared regular-file mappings are refused (EFAULT) as in Linux 6.5+. The frames handed to
+//!   the engine are the emulated IOMMU's *bus frames*, one contiguous range per pin call (see
+//!   `BUS_PFN_BASE`), never host physical addresses; the real frames, read from
+//!   `/proc/self/pagemap` (one read per call) when the process may see them, only serve to
+//!   check later that a mapping still holds the pinned page. Where io_uring cannot hold a page (io_uring disabled, `TYPE1_PIN=track`, or a
 //!   read-only pin of memory that cannot be registered writable), the pin is *tracked* by
 //!   address only, and every later use checks that the program still maps the page there:
 //!   if not, the device faults and a notice says why, once;
@@ -411,8 +413,8 @@ impl HostPlatform {
             }
             Some(Holder::Track) => {
                 let v = run.cpu.map(|v| v + i * PAGE_SIZE);
-                let real = self.pins.real_pfns(id, i, 1).map(<[u64]>::to_vec);
-                match v.filter(|v| self.maps(*v, 1, real.as_deref())) {
+                let edges = self.pins.edges(id, i, 1);
+                match v.filter(|v| self.maps(*v, 1, edges)) {
                     Some(v) => Self::copy_user(v + off, buf, to_memory),
                     None => {
                         self.notice(
@@ -498,13 +500,23 @@ impl HostPlatform {
         }
     }
 
-    /// Whether the CPU maps `n` present pages at `vaddr..` now and, where the real frames are
-    /// known (`real`), exactly those. One pagemap read.
-    fn maps(&mut self, vaddr: u64, n: u64, real: Option<&[u64]>) -> bool {
-        match self.pagemap(vaddr, n) {
-            Ok(e) if e.len() as u64 == n => real.is_none_or(|r| r == e.as_slice()),
-            _ => false,
+    /// Whether the CPU maps the `n` pages at `vaddr..` now, checked the cheap way (one
+    /// translation per run): every page lies in a mapping (`mincore`, so that a flush cannot
+    /// fault), and the first and last pages are present and, where their real frames are known
+    /// (`edges`), exactly those.
+    fn maps(&mut self, vaddr: u64, n: u64, edges: (Option<u64>, Option<u64>)) -> bool {
+        if !sys::mapped(vaddr, n * PAGE_SIZE) {
+            return false;
         }
+        let ends = if n > 1 {
+            [(vaddr, edges.0), (vaddr + (n - 1) * PAGE_SIZE, edges.1)].to_vec()
+        } else {
+            [(vaddr, edges.0.or(edges.1))].to_vec()
+        };
+        ends.into_iter().all(|(v, want)| match self.pagemap(v, 1) {
+            Ok(e) if e.len() == 1 => want.is_none_or(|w| w == e[0]),
+            _ => false,
+        })
     }
 
     /// The bounce file of io_uring device DMA.
@@ -527,8 +539,8 @@ impl HostPlatform {
                 continue;
             };
             let Some(v) = run.cpu else { continue };
-            let real = self.pins.real_pfns(id, 0, run.npages).map(<[u64]>::to_vec);
-            if self.maps(v, run.npages, real.as_deref()) {
+            let edges = self.pins.edges(id, 0, run.npages);
+            if self.maps(v, run.npages, edges) {
                 self.flush_lines(v, run.npages * PAGE_SIZE);
                 self.stats.pages_flushed_at_unmap += run.npages;
                 self.cpu_flush_event(run.first_pfn, run.npages, "unmap");
@@ -636,7 +648,9 @@ impl HostPlatform {
     fn bus_frames(&mut self, vaddr: u64, n: u64) -> u64 {
         let base = match self.last_end {
             Some((v, p)) if v == vaddr && p == self.next_synth => p,
-            _ => self.next_synth.div_ceil(GIB_PAGES) * GIB_PAGES + (vaddr >> PAGE_SHIFT) % GIB_PAGES,
+            _ => {
+                self.next_synth.div_ceil(GIB_PAGES) * GIB_PAGES + (vaddr >> PAGE_SHIFT) % GIB_PAGES
+            }
         };
         self.next_synth = base + n;
         self.last_end = Some((vaddr + n * PAGE_SIZE, base + n));
@@ -653,7 +667,8 @@ impl HostPlatform {
         {
             Some(i) => i,
             None => {
-                self.rings.push(Ring::new(uring::slots_for(self.rings.len()))?);
+                self.rings
+                    .push(Ring::new(uring::slots_for(self.rings.len()))?);
                 self.rings.len() - 1
             }
         };
@@ -735,9 +750,10 @@ impl HostPlatform {
             return;
         };
         let pfn = run.first_pfn + i;
-        let real = self.pins.real_pfns(id, i, n).map(<[u64]>::to_vec);
+        let edges = self.pins.edges(id, i, n);
+        let known = edges.0.is_some() || edges.1.is_some();
         let now = run.cpu.map(|v| v + i * PAGE_SIZE);
-        if let Some(v) = now.filter(|v| self.maps(*v, n, real.as_deref())) {
+        if let Some(v) = now.filter(|v| self.maps(*v, n, edges)) {
             self.flush_lines(v, n * PAGE_SIZE);
             self.cpu_flush_event(pfn, n, "mapping");
             return;
@@ -745,7 +761,7 @@ impl HostPlatform {
         // The mapping went away. Where the real frames are known, it may have come back (a
         // shared page mapped again at the same place): flush through it.
         let again = run.last_cpu + i * PAGE_SIZE;
-        if now.is_none() && real.is_some() && self.maps(again, n, real.as_deref()) {
+        if now.is_none() && known && self.maps(again, n, edges) {
             self.flush_lines(again, n * PAGE_SIZE);
             self.cpu_flush_event(pfn, n, "mapping");
         } else if now.is_none() {
@@ -863,20 +879,28 @@ impl Platform for HostPlatform {
             None => n,
         };
         let (holder, n) = self.hold(vaddr, n, write).map_err(|e| perr(e, what()))?;
-        let frames = match self.pagemap(vaddr, n) {
-            Ok(f) if f.len() as u64 == n => f,
-            r => {
+        // The real frames of the first and last page (to check mappings later), which also
+        // shows the pages are there.
+        let last = vaddr + (n - 1) * PAGE_SIZE;
+        let ends = (self.pagemap(vaddr, 1), self.pagemap(last, 1));
+        let (first_real, last_real) = match ends {
+            (Ok(a), Ok(b)) if a.len() == 1 && b.len() == 1 => (a[0], b[0]),
+            (a, b) => {
                 // Gone between the pin and the read-back (another thread unmapped it).
                 self.release(holder);
-                return Err(perr(r.err().unwrap_or(Errno::EFAULT), what()));
+                let e = a.err().or(b.err()).unwrap_or(Errno::EFAULT);
+                return Err(perr(e, what()));
             }
         };
-        let visible = *self
-            .real_pfns
-            .get_or_insert_with(|| frames.first().is_some_and(|p| *p != 0));
+        let visible = *self.real_pfns.get_or_insert(first_real != 0);
         let first = self.bus_frames(vaddr, n);
-        self.pins
-            .add(holder, vaddr, first, n, visible.then_some(frames));
+        self.pins.add(
+            holder,
+            vaddr,
+            first,
+            n,
+            visible.then_some((first_real, last_real)),
+        );
         self.stats.pages_pinned += n;
         Ok((first..first + n)
             .map(|pfn| PinnedPage {
@@ -1040,7 +1064,11 @@ impl Platform for HostPlatform {
     fn iotlb_sync(&mut self, _domain: DomainId) {}
 
     fn iova_to_phys(&self, domain: DomainId, iova: u64) -> Option<u64> {
-        self.domains.get(&domain.0)?.table.translate(iova).map(|x| x.0)
+        self.domains
+            .get(&domain.0)?
+            .table
+            .translate(iova)
+            .map(|x| x.0)
     }
 
     fn iova_to_phys_run(&self, domain: DomainId, iova: u64, max: u64) -> Option<(u64, u64)> {
@@ -1055,7 +1083,7 @@ impl Platform for HostPlatform {
             let pfn = at >> PAGE_SHIFT;
             if let Some(m) = self.mmio_pfns.get(&pfn).copied() {
                 // Cacheable device memory: through the program's mapping of it, if any.
-                match m.vaddr.filter(|v| self.maps(*v, 1, None)) {
+                match m.vaddr.filter(|v| self.maps(*v, 1, (None, None))) {
                     Some(v) => self.flush_lines(v, PAGE_SIZE),
                     None => self.stats.pages_unresolved += 1,
                 }

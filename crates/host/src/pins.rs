@@ -46,8 +46,10 @@ pub enum Holder {
 struct Reg {
     holder: Holder,
     live: u64,
-    /// The pages' real frames, when pagemap shows them (to check a mapping still holds them).
-    real: Option<Vec<u64>>,
+    npages: u64,
+    /// The real frames of the first and the last page, when pagemap shows them (to check that
+    /// a mapping still holds the pinned pages).
+    real: Option<(u64, u64)>,
 }
 
 /// A physically contiguous run of one registration's pages.
@@ -145,14 +147,14 @@ impl PinStore {
     }
 
     /// Records a registration of `npages` pages mapped from `vaddr` on, held by `holder`, with
-    /// frames `first_pfn..` and, if known, the pages' real frames.
+    /// frames `first_pfn..` and, if known, the real frames of its first and last page.
     pub fn add(
         &mut self,
         holder: Holder,
         vaddr: u64,
         first_pfn: u64,
         npages: u64,
-        real: Option<Vec<u64>>,
+        real: Option<(u64, u64)>,
     ) {
         let reg = self.fresh();
         self.regs.insert(
@@ -160,6 +162,7 @@ impl PinStore {
             Reg {
                 holder,
                 live: npages,
+                npages,
                 real,
             },
         );
@@ -181,12 +184,25 @@ impl PinStore {
         });
     }
 
-    /// The real frames of pages `i..i + n` of run `id`, if pagemap showed them at pin time.
-    pub fn real_pfns(&self, id: RunId, i: u64, n: u64) -> Option<&[u64]> {
-        let r = self.runs.get(&id)?;
-        let real = self.regs.get(&r.reg)?.real.as_deref()?;
-        let from = (r.reg_page + i) as usize;
-        real.get(from..from + n as usize)
+    /// The real frames of page `i` and page `i + n - 1` of run `id`, each where known: pagemap
+    /// showed it at pin time and the page is the first or last of its registration.
+    pub fn edges(&self, id: RunId, i: u64, n: u64) -> (Option<u64>, Option<u64>) {
+        let Some(r) = self.runs.get(&id) else {
+            return (None, None);
+        };
+        let Some(reg) = self.regs.get(&r.reg) else {
+            return (None, None);
+        };
+        let Some((first, last)) = reg.real else {
+            return (None, None);
+        };
+        let reg_pages = reg.npages;
+        let at = |p: u64| match p {
+            0 => Some(first),
+            p if p + 1 == reg_pages => Some(last),
+            _ => None,
+        };
+        (at(r.reg_page + i), at(r.reg_page + i + n - 1))
     }
 
     /// A run holding `pfn` (with that page still pinned): `(id, page index in the run)`.
@@ -344,15 +360,9 @@ impl PinStore {
     pub fn heap_bytes(&self) -> u64 {
         let run = std::mem::size_of::<Run>() as u64 + 8 + 48;
         let live: u64 = self.runs.values().map(|r| r.live.len() as u64 * 8).sum();
-        let real: u64 = self
-            .regs
-            .values()
-            .map(|r| r.real.as_ref().map_or(0, |v| v.capacity() as u64 * 8))
-            .sum();
         self.regs.len() as u64 * (std::mem::size_of::<Reg>() as u64 + 16)
             + self.runs.len() as u64 * run
             + live
-            + real
     }
 }
 
@@ -365,11 +375,12 @@ mod tests {
     #[test]
     fn registration_is_one_run_released_at_its_last_unpin() {
         let mut s = PinStore::default();
-        s.add(Holder::Track, 0x10000, 100, 5, Some(vec![7, 9, 8, 3, 4]));
+        s.add(Holder::Track, 0x10000, 100, 5, Some((7, 4)));
         assert_eq!(s.counts(), (1, 5));
         let (id, i) = s.find(101).unwrap();
         assert_eq!(i, 1);
-        assert_eq!(s.real_pfns(id, 1, 2), Some(&[9, 8][..]));
+        assert_eq!(s.edges(id, 0, 5), (Some(7), Some(4)));
+        assert_eq!(s.edges(id, 1, 2), (None, None), "only the edges are known");
         assert_eq!(s.find(105), None);
         let (rel, stray) = s.unpin(100, 3);
         assert!(rel.is_empty() && stray == 0);

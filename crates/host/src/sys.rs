@@ -511,9 +511,12 @@ pub fn file_mappings(fd: i32, from: u64, to: u64) -> Vec<(u64, u64)> {
         };
         let hex = |s: &str| u64::from_str_radix(s, 16).ok();
         let (Some((s, e)), Some(off), Some((ma, mi)), Ok(i)) = (
-            range.split_once('-').and_then(|(a, b)| Some((hex(a)?, hex(b)?))),
+            range
+                .split_once('-')
+                .and_then(|(a, b)| Some((hex(a)?, hex(b)?))),
             hex(off),
-            devs.split_once(':').and_then(|(a, b)| Some((hex(a)?, hex(b)?))),
+            devs.split_once(':')
+                .and_then(|(a, b)| Some((hex(a)?, hex(b)?))),
             inode.parse::<u64>(),
         ) else {
             continue;
@@ -528,4 +531,14 @@ pub fn file_mappings(fd: i32, from: u64, to: u64) -> Vec<(u64, u64)> {
         }
     }
     out
+}
+
+/// Whether every page of `[addr, addr + len)` lies in a mapping of this process (`mincore`
+/// fails with ENOMEM on a hole), so that touching or flushing it cannot raise SIGSEGV.
+pub fn mapped(addr: u64, len: u64) -> bool {
+    let mut vec = vec![0u8; len.div_ceil(4096) as usize];
+    // SAFETY: `vec` has one byte per page of the range, as mincore requires; the kernel checks
+    // the range itself.
+    let r = unsafe { libc::syscall(libc::SYS_mincore, addr, len, vec.as_mut_ptr()) };
+    r == 0
 }

@@ -248,13 +248,7 @@ impl Ring {
     pub fn new(slots: u32) -> Result<Ring, Errno> {
         let mut p = Params::default();
         // SAFETY: `p` is a valid io_uring_params the kernel fills in.
-        let r = unsafe {
-            libc::syscall(
-                libc::SYS_io_uring_setup,
-                ENTRIES,
-                &mut p as *mut Params,
-            )
-        };
+        let r = unsafe { libc::syscall(libc::SYS_io_uring_setup, ENTRIES, &mut p as *mut Params) };
         let fd = move_high(check(r)? as i32);
         let close_on_err = |e: Errno| {
             crate::sys::close(fd);
@@ -274,7 +268,8 @@ impl Ring {
         } else {
             Some(KMap::new(fd, cq_len, IORING_OFF_CQ_RING).map_err(close_on_err)?)
         };
-        let sqes = KMap::new(fd, p.sq_entries as u64 * 64, IORING_OFF_SQES).map_err(close_on_err)?;
+        let sqes =
+            KMap::new(fd, p.sq_entries as u64 * 64, IORING_OFF_SQES).map_err(close_on_err)?;
         let reg = RsrcRegister {
             nr: slots,
             flags: IORING_RSRC_REGISTER_SPARSE,
@@ -299,8 +294,18 @@ impl Ring {
             sq: std::mem::ManuallyDrop::new(sq),
             cq: std::mem::ManuallyDrop::new(cq),
             sqes: std::mem::ManuallyDrop::new(sqes),
-            sq_off: (p.sq_off.head, p.sq_off.tail, p.sq_off.ring_mask, p.sq_off.array),
-            cq_off: (p.cq_off.head, p.cq_off.tail, p.cq_off.ring_mask, p.cq_off.cqes),
+            sq_off: (
+                p.sq_off.head,
+                p.sq_off.tail,
+                p.sq_off.ring_mask,
+                p.sq_off.array,
+            ),
+            cq_off: (
+                p.cq_off.head,
+                p.cq_off.tail,
+                p.cq_off.ring_mask,
+                p.cq_off.cqes,
+            ),
             free: (0..slots).rev().collect(),
         })
     }

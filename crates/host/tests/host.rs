@@ -22,7 +22,10 @@ fn pin_is_stable_and_unpin_releases() {
     let b = p.pin_user_pages(SELF_MM, buf.addr(), 16, true).unwrap();
     // Frames are the emulated IOMMU's bus frames: contiguous per pin call, never real ones.
     assert!(a.windows(2).all(|w| w[1].pfn == w[0].pfn + 1));
-    assert!(a[0].pfn >= 1 << 44, "a bus frame, not a host physical address");
+    assert!(
+        a[0].pfn >= 1 << 44,
+        "a bus frame, not a host physical address"
+    );
     assert!(b.iter().all(|x| !a.contains(x)), "two pins, two bus ranges");
     assert_eq!(p.pinned_frames(), 32, "each page pinned twice");
     assert_eq!(p.vaddr_of_pfn(a[3].pfn), Some(buf.addr() + 3 * 4096));
@@ -334,7 +337,10 @@ fn pinned_page_outlives_munmap_and_a_new_mapping_at_its_address() {
     assert_eq!(dma_read(&mut p, d, 0x10_1000, 6), b"device");
     let mut now = vec![0u8; 8192];
     sys::read_user(addr, &mut now).unwrap();
-    assert!(now.iter().all(|b| *b == 0x99), "the new mapping is untouched");
+    assert!(
+        now.iter().all(|b| *b == 0x99),
+        "the new mapping is untouched"
+    );
     // SAFETY: the test's own mapping.
     unsafe { sys::munmap(addr, 8192).unwrap() };
 }
@@ -355,7 +361,10 @@ fn pinned_memfd_page_takes_device_writes_after_its_mapping_moves() {
     dma_write(&mut p, d, 0x20_0010, b"live update");
     let mut seen = [0u8; 11];
     sys::read_user(b + 0x10, &mut seen).unwrap();
-    assert_eq!(&seen, b"live update", "the memfd page got the device's write");
+    assert_eq!(
+        &seen, b"live update",
+        "the memfd page got the device's write"
+    );
     // Truncating the file drops the page from it; the device keeps its pinned page.
     // SAFETY: our memfd.
     assert_eq!(unsafe { libc::ftruncate(fd, 0) }, 0);
@@ -400,13 +409,21 @@ fn pins_leave_vm_locked_alone_and_show_in_vmpin() {
     let pin0 = sys::status_kb("VmPin").unwrap();
     let mut p = HostPlatform::new(HostConfig::default());
     let pins = p.pin_user_pages(SELF_MM, buf.addr(), 64, true).unwrap();
-    assert_eq!(sys::status_kb("VmLck"), Some(lck), "no VM_LOCKED from a pin");
+    assert_eq!(
+        sys::status_kb("VmLck"),
+        Some(lck),
+        "no VM_LOCKED from a pin"
+    );
     assert_eq!(sys::status_kb("VmPin"), Some(pin0 + 256), "64 pages pinned");
     p.unpin_pages(pins[0].pfn, 1, true);
     for x in &pins[1..] {
         p.unpin_page(x.pfn, true);
     }
-    assert_eq!(sys::status_kb("VmLck"), Some(lck), "the program's own mlock stays");
+    assert_eq!(
+        sys::status_kb("VmLck"),
+        Some(lck),
+        "the program's own mlock stays"
+    );
     assert_eq!(sys::status_kb("VmPin"), Some(pin0), "unpinned");
     assert_eq!(p.stats().stray_unpins, 0);
     sys::munlock(buf.addr(), 16 * 4096);
@@ -465,9 +482,21 @@ fn last_mapping_going_away_is_the_unpin_flush() {
             .sum()
     };
     let (at_unmap, at_unpin) = p.events().split_at(before);
-    assert_eq!(pages_via(at_unmap, "unmap"), 2, "flushed as the mapping went");
-    assert_eq!(pages_via(at_unpin, "mapping"), 2, "still mapped: flushed now");
-    assert_eq!(pages_via(at_unpin, "unmap"), 2, "no mapping: flushed already");
+    assert_eq!(
+        pages_via(at_unmap, "unmap"),
+        2,
+        "flushed as the mapping went"
+    );
+    assert_eq!(
+        pages_via(at_unpin, "mapping"),
+        2,
+        "still mapped: flushed now"
+    );
+    assert_eq!(
+        pages_via(at_unpin, "unmap"),
+        2,
+        "no mapping: flushed already"
+    );
     assert_eq!(pages_via(p.events(), "unreachable"), 0);
     assert_eq!(p.stats().pages_unresolved, 0);
     for pfn in pfns {

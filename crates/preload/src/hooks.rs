@@ -620,8 +620,10 @@ pub unsafe extern "C" fn mremap(
 /// `MADV_FREE` (a pinned page is never freed), passes through.
 #[no_mangle]
 pub unsafe extern "C" fn madvise(addr: *mut c_void, len: usize, advice: c_int) -> c_int {
-    let Some(real) = real!("madvise", unsafe extern "C" fn(*mut c_void, usize, c_int) -> c_int)
-    else {
+    let Some(real) = real!(
+        "madvise",
+        unsafe extern "C" fn(*mut c_void, usize, c_int) -> c_int
+    ) else {
         set_errno(Errno(libc::ENOSYS));
         return -1;
     };
@@ -677,7 +679,9 @@ macro_rules! ftruncate_hook {
                 state::MEMORY_WATCHED.load(Ordering::Acquire),
             ) {
                 (Ok(l), true) => match type1_host::sys::fstat_id(fd) {
-                    Ok((_, _, size)) if l < size => file_shrinking(fd, l.div_ceil(4096) * 4096, size),
+                    Ok((_, _, size)) if l < size => {
+                        file_shrinking(fd, l.div_ceil(4096) * 4096, size)
+                    }
                     _ => Vec::new(),
                 },
                 _ => Vec::new(),
@@ -699,8 +703,10 @@ macro_rules! fallocate_hook {
         /// Interposed `fallocate`: a punched hole is handled as a truncation of that range.
         #[no_mangle]
         pub unsafe extern "C" fn $name(fd: c_int, mode: c_int, off: OffT, len: OffT) -> c_int {
-            let Some(real) = real!($lit, unsafe extern "C" fn(c_int, c_int, OffT, OffT) -> c_int)
-            else {
+            let Some(real) = real!(
+                $lit,
+                unsafe extern "C" fn(c_int, c_int, OffT, OffT) -> c_int
+            ) else {
                 set_errno(Errno(libc::ENOSYS));
                 return -1;
             };

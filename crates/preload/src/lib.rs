@@ -2,8 +2,8 @@
 //!
 //! Built as `libtype1_preload.so`. Loaded with `LD_PRELOAD`, it interposes the libc entry points
 //! a VFIO user calls (the `open` family, `close`, `dup`/`dup2`/`dup3`/`fcntl(F_DUPFD*)`,
-//! `ioctl`, `pread`/`pwrite`, `mmap`/`munmap`, the `stat` family, `readlink`, `realpath`) and
-//! answers, in-process, for:
+//! `ioctl`, `pread`/`pwrite`, `mmap`/`munmap`/`mremap`/`madvise`, `ftruncate`/`fallocate`,
+//! the `stat` family, `readlink`, `realpath`) and answers, in-process, for:
 //!
 //! * `/dev/vfio/vfio` (a container) and `/dev/vfio/N` (group N), and device fds from
 //!   `VFIO_GROUP_GET_DEVICE_FD`. Each is a real fd (`memfd_create`), so numbering, `close`,
@@ -17,8 +17,11 @@
 //!
 //! These paths are always answered by the emulation, never passed through, even when the host
 //! has real ones. The ioctls are decoded by `type1-uapi` and executed by the `type1-core`
-//! engine on `type1-host`'s platform, so MAP_DMA really pins (mlock, pagemap) the caller's
-//! pages and the non-coherent flushes are real CLFLUSHOPTs. Everything else goes to libc.
+//! engine on `type1-host`'s platform, so MAP_DMA really pins the caller's pages (io_uring fixed
+//! buffers: long-term pins, as VFIO's) and the non-coherent flushes are real CLFLUSHOPTs. The
+//! memory hooks keep the pin records true when the program unmaps, moves or truncates pinned
+//! memory (the pages stay the device's; their unpin flush happens as their last mapping goes);
+//! `docs/pins.md` says what this can and cannot emulate. Everything else goes to libc.
 //!
 //! The default machine: group 0 behind a coherent IOMMU with device `0000:00:04.0`, group 1
 //! behind an IOMMU without snoop control with device `0000:00:05.0`. `TYPE1_MACHINE=FILE`
@@ -26,7 +29,9 @@
 //! groups' `unit` and `devices` are used, device names become sysfs names; emulated groups are
 //! not supported). An invalid file is reported on stderr and leaves a machine without groups.
 //!
-//! Environment: `TYPE1_POLICY=seed|none` (flush policy, default `seed`), `TYPE1_TRACE=FILE`
+//! Environment: `TYPE1_POLICY=seed|none` (flush policy, default `seed`), `TYPE1_PIN=uring|track`
+//! (how pins hold pages, default `uring`; `track` is the fallback without io_uring),
+//! `TYPE1_TRACE=FILE`
 //! (JSON lines as in `docs/trace.md`). At process exit a destructor closes every emulated fd
 //! the way the kernel does for an exiting process: groups leave their containers and the last
 //! one releases the backend (unmap, flush, unpin, unaccount), all recorded in the trace.

@@ -289,12 +289,25 @@ fn pins_hold_pages_whatever_the_program_does() {
     };
     assert!(ok, "{out}");
     for what in [
-        "remap", "live-update", "truncate-mremap", "madvise", "fork", "mlock", "error-path",
-        "bar-mremap", "file",
+        "remap",
+        "live-update",
+        "truncate-mremap",
+        "madvise",
+        "fork",
+        "mlock",
+        "error-path",
+        "bar-mremap",
+        "file",
     ] {
-        assert!(out.contains(&format!("{what} ok")), "{what} did not run:\n{out}");
+        assert!(
+            out.contains(&format!("{what} ok")),
+            "{what} did not run:\n{out}"
+        );
     }
-    assert!(!out.contains("type1:"), "no emulation notice expected:\n{out}");
+    assert!(
+        !out.contains("type1:"),
+        "no emulation notice expected:\n{out}"
+    );
     // Pages unmapped by munmap/madvise/ftruncate while pinned were flushed as their mapping
     // went; none was unreachable.
     let via = |v: &str| trace.matches(&format!("\"via\":\"{v}\"")).count();
@@ -315,13 +328,15 @@ fn scattered_maps_do_not_hit_max_map_count() {
 /// faults (never a write into unrelated memory) and a notice says why.
 #[test]
 fn tracked_pins_fail_clearly() {
-    let Some((ok, out, _)) = run_pins(&["remap"], &[("TYPE1_PIN", "track")], "track.jsonl")
-    else {
+    let Some((ok, out, _)) = run_pins(&["remap"], &[("TYPE1_PIN", "track")], "track.jsonl") else {
         return;
     };
     assert!(!ok, "{out}");
     assert!(out.contains("device read after munmap"), "{out}");
-    assert!(out.contains("type1: a page pinned by address only"), "{out}");
+    assert!(
+        out.contains("type1: a page pinned by address only"),
+        "{out}"
+    );
     let Some((ok, out, _)) = run_pins(&["fork"], &[("TYPE1_PIN", "bogus")], "bogus.jsonl") else {
         return;
     };

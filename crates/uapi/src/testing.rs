@@ -8,8 +8,8 @@
 use std::collections::BTreeMap;
 
 use type1_core::{
-    DomainId, DomainInfo, Event, GroupId, GroupInfo, IoPageTable, IovaRange, MemType, MmId, PinnedPage,
-    Platform, PlatformError, Prot, Task, PAGE_SHIFT, PAGE_SIZE,
+    DomainId, DomainInfo, Event, GroupId, GroupInfo, IoPageTable, IovaRange, MemType, MmId,
+    PinnedPage, Platform, PlatformError, Prot, Task, PAGE_SHIFT, PAGE_SIZE,
 };
 
 use crate::GroupSpec;
