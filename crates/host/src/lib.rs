@@ -109,6 +109,53 @@ struct MmioPage {
     memtype: MemType,
 }
 
+/// The span of virtual addresses the platform's records may care about (pinned pages and
+/// mapped device memory), readable without whatever lock guards the platform: memory hooks
+/// of the preload library check it first and let calls on other memory pass without waiting
+/// for an engine call in progress. Conservative: it grows with every pin and BAR mapping, and
+/// empties only when no record is left.
+#[derive(Debug)]
+pub struct CpuWatch {
+    lo: std::sync::atomic::AtomicU64,
+    hi: std::sync::atomic::AtomicU64,
+}
+
+impl Default for CpuWatch {
+    fn default() -> Self {
+        CpuWatch {
+            lo: std::sync::atomic::AtomicU64::new(u64::MAX),
+            hi: std::sync::atomic::AtomicU64::new(0),
+        }
+    }
+}
+
+impl CpuWatch {
+    /// Whether `[addr, addr + len)` may hold pinned pages or device memory.
+    pub fn intersects(&self, addr: u64, len: u64) -> bool {
+        use std::sync::atomic::Ordering::Acquire;
+        let (lo, hi) = (self.lo.load(Acquire), self.hi.load(Acquire));
+        lo < hi && addr < hi && addr.saturating_add(len.max(1)) > lo
+    }
+
+    /// Whether no record exists.
+    pub fn is_empty(&self) -> bool {
+        use std::sync::atomic::Ordering::Acquire;
+        self.lo.load(Acquire) >= self.hi.load(Acquire)
+    }
+
+    fn widen(&self, addr: u64, len: u64) {
+        use std::sync::atomic::Ordering::AcqRel;
+        self.lo.fetch_min(addr, AcqRel);
+        self.hi.fetch_max(addr.saturating_add(len), AcqRel);
+    }
+
+    fn clear(&self) {
+        use std::sync::atomic::Ordering::Release;
+        self.hi.store(0, Release);
+        self.lo.store(u64::MAX, Release);
+    }
+}
+
 /// Pages pinned per `pin_user_pages` call at most (the engine asks again for the rest).
 const PIN_CHUNK: u64 = pins::MAX_RUN;
 /// An IOMMU unit of the host machine.
@@ -221,6 +268,7 @@ pub struct HostPlatform {
     sink: Sink,
     seq: u64,
     notices: Vec<&'static str>,
+    watch: std::sync::Arc<CpuWatch>,
     /// Overrides of the task's credentials (tests).
     task_override: Option<Task>,
 }
@@ -268,7 +316,21 @@ impl HostPlatform {
             sink: Sink::None,
             seq: 0,
             notices: Vec::new(),
+            watch: std::sync::Arc::default(),
             task_override: None,
+        }
+    }
+
+    /// The span of addresses the records care about, shared with whoever needs it without
+    /// holding the platform.
+    pub fn cpu_watch(&self) -> std::sync::Arc<CpuWatch> {
+        self.watch.clone()
+    }
+
+    /// Empties the watch once nothing is pinned and no device memory is mapped.
+    fn maybe_unwatch(&self) {
+        if self.pins.counts().0 == 0 && self.mmio_pages.is_empty() {
+            self.watch.clear();
         }
     }
 
@@ -468,6 +530,7 @@ impl HostPlatform {
     /// `first_pfn..` (each at least [`MMIO_PFN_BASE`]) of memory type `memtype`. Pinning those
     /// pages then returns these reserved pfns.
     pub fn map_mmio(&mut self, vaddr: u64, npages: u64, first_pfn: u64, memtype: MemType) {
+        self.watch.widen(vaddr, npages * PAGE_SIZE);
         for i in 0..npages {
             let (page, pfn) = (vaddr + i * PAGE_SIZE, first_pfn + i);
             self.mmio_pages.insert(page, pfn);
@@ -498,6 +561,7 @@ impl HostPlatform {
                 }
             }
         }
+        self.maybe_unwatch();
     }
 
     /// Whether the CPU maps the `n` pages at `vaddr..` now, checked the cheap way (one
@@ -562,6 +626,9 @@ impl HostPlatform {
     pub fn cpu_moved(&mut self, old: u64, len: u64, new: u64) {
         if old == new {
             return;
+        }
+        if self.watch.intersects(old, len) {
+            self.watch.widen(new, len);
         }
         let moving = self.pins.cpu_runs(old, len);
         let targets: Vec<u64> = moving
@@ -878,6 +945,9 @@ impl Platform for HostPlatform {
             Some((&page, _)) => (page - vaddr) / PAGE_SIZE,
             None => n,
         };
+        // Seen by the memory hooks before the pages are held (a concurrent munmap of them
+        // waits for this call instead of slipping past the records).
+        self.watch.widen(vaddr, n * PAGE_SIZE);
         let (holder, n) = self.hold(vaddr, n, write).map_err(|e| perr(e, what()))?;
         // The real frames of the first and last page (to check mappings later), which also
         // shows the pages are there.
@@ -917,8 +987,12 @@ impl Platform for HostPlatform {
     fn unpin_pages(&mut self, pfn: u64, npages: u64, _dirty: bool) {
         let (released, stray) = self.pins.unpin(pfn, npages);
         self.stats.stray_unpins += stray;
+        let any = !released.is_empty();
         for h in released {
             self.release(h);
+        }
+        if any {
+            self.maybe_unwatch();
         }
     }
 

@@ -525,13 +525,15 @@ macro_rules! mmap_hook {
             }
             let fixed = flags & libc::MAP_FIXED != 0;
             if fixed {
-                with_platform(|p| p.cpu_unmap_prepare(addr as u64, len as u64));
+                with_platform(addr as u64, len as u64, |p| {
+                    p.cpu_unmap_prepare(addr as u64, len as u64)
+                });
             }
             // SAFETY: the real function with the caller's arguments.
             let p = unsafe { real(addr, len, prot, flags, fd, off) };
             if p != libc::MAP_FAILED && fixed {
                 // Whatever was mapped there (pinned pages, device memory) is gone.
-                with_platform(|pl| {
+                with_platform(p as u64, len as u64, |pl| {
                     pl.cpu_unmapped(p as u64, len as u64);
                     pl.unmap_mmio(p as u64, len as u64);
                 });
@@ -543,13 +545,23 @@ macro_rules! mmap_hook {
 mmap_hook!(mmap, "mmap");
 mmap_hook!(mmap64, "mmap64");
 
-/// Runs `f` on the host platform, if the emulation has state (before that nothing can be
-/// pinned and the memory hooks pass straight through). Never builds the state.
-fn with_platform(f: impl FnOnce(&mut type1_host::HostPlatform)) {
-    if !state::MEMORY_WATCHED.load(Ordering::Acquire) {
-        return;
+/// Runs `f` on the host platform if `[addr, addr + len)` may hold pinned pages or device
+/// memory (the platform's watch); otherwise, and before the emulation has state, does nothing
+/// and takes no lock. Never builds the state.
+fn with_platform(addr: u64, len: u64, f: impl FnOnce(&mut type1_host::HostPlatform)) {
+    if watched(addr, len) {
+        let _ = guarded(|| state::with_existing(|s| f(&mut s.vfio.platform)));
     }
-    let _ = guarded(|| state::with_existing(|s| f(&mut s.vfio.platform)));
+}
+
+/// Whether `[addr, addr + len)` may hold pinned pages or device memory.
+fn watched(addr: u64, len: u64) -> bool {
+    state::WATCH.get().is_some_and(|w| w.intersects(addr, len))
+}
+
+/// Whether anything is pinned or mapped from a device at all.
+fn watching() -> bool {
+    state::WATCH.get().is_some_and(|w| !w.is_empty())
 }
 
 /// Interposed `munmap`: pinned pages mapped there get their unpin flush now (no CPU can reach
@@ -560,11 +572,12 @@ pub unsafe extern "C" fn munmap(addr: *mut c_void, len: usize) -> c_int {
         set_errno(Errno(libc::ENOSYS));
         return -1;
     };
-    with_platform(|p| p.cpu_unmap_prepare(addr as u64, len as u64));
+    let (a, l) = (addr as u64, len as u64);
+    with_platform(a, l, |p| p.cpu_unmap_prepare(a, l));
     // SAFETY: the real function with the caller's arguments.
     let r = unsafe { real(addr, len) };
     if r == 0 {
-        with_platform(|p| {
+        with_platform(a, l, |p| {
             p.cpu_unmapped(addr as u64, len as u64);
             p.unmap_mmio(addr as u64, len as u64);
         });
@@ -592,7 +605,14 @@ pub unsafe extern "C" fn mremap(
     };
     let (o, ol, nl) = (old as u64, old_len as u64, new_len as u64);
     let fixed = flags & libc::MREMAP_FIXED != 0;
-    with_platform(|p| {
+    // The old range, or the target `MREMAP_FIXED` replaces, may hold records.
+    let hit = watched(o, ol) || (fixed && watched(new_addr as u64, nl));
+    let on_platform = |f: &mut dyn FnMut(&mut type1_host::HostPlatform)| {
+        if hit {
+            let _ = guarded(|| state::with_existing(|s| f(&mut s.vfio.platform)));
+        }
+    };
+    on_platform(&mut |p| {
         if nl < ol {
             p.cpu_unmap_prepare(o + nl, ol - nl);
         }
@@ -603,7 +623,7 @@ pub unsafe extern "C" fn mremap(
     // SAFETY: the real function with the caller's arguments.
     let r = unsafe { real(old, old_len, new_len, flags, new_addr) };
     if r != libc::MAP_FAILED {
-        with_platform(|p| {
+        on_platform(&mut |p| {
             if nl < ol {
                 p.cpu_unmapped(o + nl, ol - nl);
                 p.unmap_mmio(o + nl, ol - nl);
@@ -632,13 +652,14 @@ pub unsafe extern "C" fn madvise(addr: *mut c_void, len: usize, advice: c_int) -
         advice,
         libc::MADV_DONTNEED | libc::MADV_REMOVE | MADV_DONTNEED_LOCKED
     );
+    let (a, l) = (addr as u64, len as u64);
     if zaps {
-        with_platform(|p| p.cpu_unmap_prepare(addr as u64, len as u64));
+        with_platform(a, l, |p| p.cpu_unmap_prepare(a, l));
     }
     // SAFETY: the real function with the caller's arguments.
     let r = unsafe { real(addr, len, advice) };
     if r == 0 && zaps {
-        with_platform(|p| p.cpu_unmapped(addr as u64, len as u64));
+        with_platform(a, l, |p| p.cpu_unmapped(a, l));
     }
     r
 }
@@ -646,22 +667,20 @@ pub unsafe extern "C" fn madvise(addr: *mut c_void, len: usize, advice: c_int) -
 /// Bytes `[from, to)` of `fd`'s file are about to leave it: pinned pages the process maps from
 /// there get their unpin flush now. Returns the ranges to forget once the call succeeded.
 fn file_shrinking(fd: c_int, from: u64, to: u64) -> Vec<(u64, u64)> {
-    let mut ranges = Vec::new();
-    with_platform(|p| {
-        ranges = type1_host::sys::file_mappings(fd, from, to);
-        for &(v, l) in &ranges {
-            p.cpu_unmap_prepare(v, l);
-        }
-    });
+    if !watching() || from >= to {
+        return Vec::new();
+    }
+    let ranges = type1_host::sys::file_mappings(fd, from, to);
+    for &(v, l) in &ranges {
+        with_platform(v, l, |p| p.cpu_unmap_prepare(v, l));
+    }
     ranges
 }
 
 fn file_shrunk(ranges: &[(u64, u64)]) {
-    with_platform(|p| {
-        for &(v, l) in ranges {
-            p.cpu_unmapped(v, l);
-        }
-    });
+    for &(v, l) in ranges {
+        with_platform(v, l, |p| p.cpu_unmapped(v, l));
+    }
 }
 
 macro_rules! ftruncate_hook {
@@ -674,10 +693,7 @@ macro_rules! ftruncate_hook {
                 set_errno(Errno(libc::ENOSYS));
                 return -1;
             };
-            let ranges = match (
-                u64::try_from(len),
-                state::MEMORY_WATCHED.load(Ordering::Acquire),
-            ) {
+            let ranges = match (u64::try_from(len), watching()) {
                 (Ok(l), true) => match type1_host::sys::fstat_id(fd) {
                     Ok((_, _, size)) if l < size => {
                         file_shrinking(fd, l.div_ceil(4096) * 4096, size)
@@ -897,7 +913,8 @@ pub unsafe extern "C" fn realpath(path: *const c_char, resolved: *mut c_char) ->
 
 /// After a successful duplication, `newfd` stands for what `oldfd` stands for.
 fn track_dup(oldfd: c_int, newfd: c_int) {
-    if newfd < 0 {
+    // Neither fd emulated (the common case): nothing to track, and no lock to wait for.
+    if newfd < 0 || !(state::maybe_emulated(oldfd) || state::maybe_emulated(newfd)) {
         return;
     }
     let _ = guarded(|| {

@@ -150,7 +150,66 @@ pub(crate) fn machine() -> &'static Machine {
 
 pub(crate) struct State {
     pub vfio: Vfio<HostPlatform>,
-    pub fds: HashMap<i32, Object>,
+    pub fds: FdTable,
+}
+
+/// Fd numbers below this are tracked in [`EMULATED_FDS`].
+const FD_BITS: usize = 1 << 16;
+
+/// One bit per fd number: set while the fd is in the table. Lets every hook on a file that
+/// is not ours (the common case) pass through without waiting for the state lock, which a
+/// long MAP_DMA in another thread may hold.
+static EMULATED_FDS: [std::sync::atomic::AtomicU64; FD_BITS / 64] =
+    [const { std::sync::atomic::AtomicU64::new(0) }; FD_BITS / 64];
+
+fn fd_bit(fd: i32) -> Option<(usize, u64)> {
+    let f = usize::try_from(fd).ok().filter(|f| *f < FD_BITS)?;
+    Some((f / 64, 1 << (f % 64)))
+}
+
+/// Whether `fd` may be emulated, without taking the state lock: `false` is certain.
+pub(crate) fn maybe_emulated(fd: i32) -> bool {
+    use std::sync::atomic::Ordering;
+    match fd_bit(fd) {
+        Some((w, b)) => EMULATED_FDS[w].load(Ordering::Acquire) & b != 0,
+        None => fd >= 0, // beyond the bitmap: ask the table
+    }
+}
+
+/// The fd → object table, mirrored in [`EMULATED_FDS`].
+#[derive(Debug, Default)]
+pub(crate) struct FdTable {
+    map: HashMap<i32, Object>,
+}
+
+impl FdTable {
+    pub fn get(&self, fd: &i32) -> Option<&Object> {
+        self.map.get(fd)
+    }
+
+    pub fn insert(&mut self, fd: i32, obj: Object) {
+        if let Some((w, b)) = fd_bit(fd) {
+            EMULATED_FDS[w].fetch_or(b, std::sync::atomic::Ordering::Release);
+        }
+        self.map.insert(fd, obj);
+    }
+
+    pub fn remove(&mut self, fd: &i32) -> Option<Object> {
+        if let Some((w, b)) = fd_bit(*fd) {
+            EMULATED_FDS[w].fetch_and(!b, std::sync::atomic::Ordering::Release);
+        }
+        self.map.remove(fd)
+    }
+
+    pub fn refers_to(&self, obj: Object) -> bool {
+        self.map.values().any(|o| *o == obj)
+    }
+
+    pub fn clear(&mut self) {
+        for fd in self.map.keys().copied().collect::<Vec<_>>() {
+            self.remove(&fd);
+        }
+    }
 }
 
 static STATE: Mutex<Option<State>> = Mutex::new(None);
@@ -172,10 +231,10 @@ pub(crate) fn guarded<R>(f: impl FnOnce() -> R) -> Result<R, ()> {
     r.map_err(|_| ())
 }
 
-/// Set once the emulation has state: from then on the memory hooks (`munmap`, `mremap`,
-/// `madvise`, `ftruncate`, ...) consult the pin records. Before, they pass straight through.
-pub(crate) static MEMORY_WATCHED: std::sync::atomic::AtomicBool =
-    std::sync::atomic::AtomicBool::new(false);
+/// The platform's watch (set when the state is built): the memory hooks (`munmap`, `mremap`,
+/// `madvise`, `ftruncate`, ...) consult the pin records only for ranges it covers, and pass
+/// everything else straight through without waiting for the state lock.
+pub(crate) static WATCH: OnceLock<std::sync::Arc<type1_host::CpuWatch>> = OnceLock::new();
 
 fn build() -> Result<State, Errno> {
     let m = machine();
@@ -189,7 +248,7 @@ fn build() -> Result<State, Errno> {
             return Err(Errno::EINVAL);
         }
     }
-    MEMORY_WATCHED.store(true, std::sync::atomic::Ordering::Release);
+    let _ = WATCH.set(platform.cpu_watch());
     if let Some(path) = std::env::var_os("TYPE1_TRACE") {
         use std::os::unix::ffi::OsStrExt;
         if let Ok(c) = CString::new(path.as_bytes()) {
@@ -207,7 +266,7 @@ fn build() -> Result<State, Errno> {
     vfio.set_dma_access(host_dma);
     Ok(State {
         vfio,
-        fds: HashMap::new(),
+        fds: FdTable::default(),
     })
 }
 
@@ -245,6 +304,9 @@ pub(crate) fn lock() -> Result<MutexGuard<'static, Option<State>>, Errno> {
 
 /// Whether `fd` is emulated (without building the state).
 pub(crate) fn object_of(fd: i32) -> Option<Object> {
+    if !maybe_emulated(fd) {
+        return None;
+    }
     let g = STATE.lock().unwrap_or_else(|p| p.into_inner());
     g.as_ref().and_then(|s| s.fds.get(&fd).copied())
 }
@@ -253,7 +315,7 @@ pub(crate) fn object_of(fd: i32) -> Option<Object> {
 /// kernel's consequences.
 pub(crate) fn drop_fd(s: &mut State, fd: i32) {
     if let Some(obj) = s.fds.remove(&fd) {
-        if !s.fds.values().any(|o| *o == obj) {
+        if !s.fds.refers_to(obj) {
             s.vfio.close(obj);
         }
     }
@@ -289,7 +351,7 @@ pub(crate) fn memfd(name: &std::ffi::CStr, cloexec: bool) -> Result<i32, Errno> 
 
 /// The calling process for the uAPI layer.
 pub(crate) struct ProcessCaller<'a> {
-    pub fds: &'a mut HashMap<i32, Object>,
+    pub fds: &'a mut FdTable,
 }
 
 impl Caller for ProcessCaller<'_> {

@@ -1,0 +1,66 @@
+/* A long MAP_DMA in one thread never stalls unrelated calls of another: while the main thread
+ * pins 1 GiB of memory that still has to be faulted in (seconds here), a second thread opens,
+ * dups, ioctls and closes /dev/null and maps and unmaps anonymous memory, a thousand times. It
+ * waits until the MAP is visibly under way (VmPin rising) and must finish before the MAP does.
+ * Ordering, not timing: under a global lock the second thread would finish after the MAP. */
+#define _GNU_SOURCE
+#include "common.h"
+#include <pthread.h>
+#include <stdatomic.h>
+
+static atomic_int map_done;
+static atomic_int unrelated_done_first = -1;
+
+static long vmpin(void) {
+    FILE *f = fopen("/proc/self/status", "r");
+    CHECK(f, "status");
+    char line[256];
+    long v = -1;
+    while (fgets(line, sizeof line, f))
+        if (!strncmp(line, "VmPin:", 6)) v = atol(line + 6);
+    fclose(f);
+    return v;
+}
+
+static void *unrelated(void *arg) {
+    long base = *(long *)arg;
+    while (vmpin() <= base + 4096) /* the MAP is under way (past its first chunks) */
+        if (atomic_load(&map_done)) {
+            atomic_store(&unrelated_done_first, 2); /* inconclusive: MAP too fast */
+            return NULL;
+        }
+    for (int i = 0; i < 1000; i++) {
+        int fd = open("/dev/null", O_RDWR);
+        CHECK(fd >= 0, "open /dev/null");
+        int d = dup(fd);
+        int nb = 1;
+        CHECK(d >= 0 && ioctl(d, FIONBIO, &nb) == 0, "dup + ioctl");
+        CHECK(close(d) == 0 && close(fd) == 0, "close");
+        void *p = mmap(NULL, 8192, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+        CHECK(p != MAP_FAILED && munmap(p, 8192) == 0, "mmap/munmap");
+    }
+    atomic_store(&unrelated_done_first, !atomic_load(&map_done));
+    return NULL;
+}
+
+int main(void) {
+    int c = open("/dev/vfio/vfio", O_RDWR);
+    CHECK(c >= 0, "open container");
+    int g = open_group(1);
+    CHECK(ioctl(g, VFIO_GROUP_SET_CONTAINER, &c) == 0, "SET_CONTAINER");
+    CHECK(ioctl(c, VFIO_SET_IOMMU, VFIO_TYPE1v2_IOMMU) == 0, "SET_IOMMU");
+    size_t len = 1ul << 30;
+    void *mem = mmap(NULL, len, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+    CHECK(mem != MAP_FAILED, "mmap 1 GiB");
+    CHECK(madvise(mem, len, MADV_NOHUGEPAGE) == 0, "no THP: the pins fault in 4 KiB pages");
+    long base = vmpin();
+    pthread_t t;
+    CHECK(pthread_create(&t, NULL, unrelated, &base) == 0, "thread");
+    CHECK(dma_map(c, mem, 0x100000000ull, len) == 0, "MAP_DMA 1 GiB");
+    atomic_store(&map_done, 1);
+    pthread_join(t, NULL);
+    int r = atomic_load(&unrelated_done_first);
+    CHECK(r != 0, "the unrelated calls waited for the MAP_DMA");
+    printf(r == 2 ? "stall inconclusive\n" : "stall ok\n");
+    return 0;
+}
