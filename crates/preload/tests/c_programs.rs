@@ -357,8 +357,5 @@ fn long_map_does_not_stall_unrelated_calls() {
     let Some(exe) = compile("stall") else { return };
     let (ok, out, _) = run_preloaded(&exe, "stall.jsonl");
     assert!(ok, "{out}");
-    assert!(
-        out.contains("stall ok") || out.contains("stall inconclusive"),
-        "{out}"
-    );
+    assert!(out.contains("stall ok"), "{out}");
 }
