@@ -331,6 +331,18 @@ fn scattered_maps_do_not_hit_max_map_count() {
     assert!(ok && out.contains("scattered ok"), "{out}");
 }
 
+/// Without io_uring (a seccomp filter refuses it) pins are tracked: DMA works while the memory
+/// stays mapped, faults once it is gone, and one notice names the cause.
+#[test]
+fn without_io_uring_pins_fall_back_and_say_so_once() {
+    let Some((ok, out, _)) = run_pins(&["no-uring"], &[], "no-uring.jsonl") else {
+        return;
+    };
+    assert!(ok && out.contains("no-uring ok"), "{out}");
+    assert_eq!(out.matches("type1: io_uring is unusable here").count(), 1, "{out}");
+    assert_eq!(out.matches("type1: a page pinned by address only").count(), 1, "{out}");
+}
+
 /// Without io_uring (`TYPE1_PIN=track`) the emulation cannot hold an unmapped page: the device
 /// faults (never a write into unrelated memory) and a notice says why.
 #[test]
