@@ -8,8 +8,9 @@
 //! EEXIST, and every call checks its arguments, so a caller that breaks the
 //! [`crate::Platform`] contract is told so instead of silently corrupting the table.
 //!
-//! `type1-host` keeps its domains in it and `type1-uapi`'s test double does too; the simulator
-//! (`type1-sim`) keeps a per-page table because it tracks IOTLB state per entry.
+//! It is the one software page table of the project: `type1-host` keeps its domains in it,
+//! `type1-uapi`'s test double does too, and the simulator (`type1-sim`) uses it with 4 KiB
+//! leaves only, since its checker and IOTLB model reason page by page.
 
 use std::collections::BTreeMap;
 
@@ -148,6 +149,18 @@ impl IoPageTable {
         at - iova
     }
 
+    /// The first mapped address in `[iova, iova + size)`, if any (page-aligned start).
+    pub fn first_mapped(&self, iova: u64, size: u64) -> Option<u64> {
+        if size == 0 {
+            return None;
+        }
+        if self.leaf_at(iova).is_some() {
+            return Some(iova);
+        }
+        let last = iova.saturating_add(size - 1);
+        self.leaves.range(iova..=last).next().map(|(i, _)| *i)
+    }
+
     /// The translation of `iova`: `(pa, prot)`.
     pub fn translate(&self, iova: u64) -> Option<(u64, Prot)> {
         self.leaf_at(iova)
@@ -241,6 +254,9 @@ mod tests {
         assert_eq!(t.map(0x100, 0x0, 0x1000, RW), Err(Errno::EINVAL));
         assert_eq!(t.stats().mapped, 0x4000);
         assert_eq!(t.translate(0xf000), None);
+        assert_eq!(t.first_mapped(0x0, 0x11000), Some(0x10000));
+        assert_eq!(t.first_mapped(0x12000, 0x100), Some(0x12000));
+        assert_eq!(t.first_mapped(0x14000, 0x10000), None);
     }
 
     #[test]

@@ -339,8 +339,16 @@ fn without_io_uring_pins_fall_back_and_say_so_once() {
         return;
     };
     assert!(ok && out.contains("no-uring ok"), "{out}");
-    assert_eq!(out.matches("type1: io_uring is unusable here").count(), 1, "{out}");
-    assert_eq!(out.matches("type1: a page pinned by address only").count(), 1, "{out}");
+    assert_eq!(
+        out.matches("type1: io_uring is unusable here").count(),
+        1,
+        "{out}"
+    );
+    assert_eq!(
+        out.matches("type1: a page pinned by address only").count(),
+        1,
+        "{out}"
+    );
 }
 
 /// Without io_uring (`TYPE1_PIN=track`) the emulation cannot hold an unmapped page: the device

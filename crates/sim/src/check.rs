@@ -254,8 +254,8 @@ impl Sim {
                         _ => {}
                     }
                 }
-                for (page, pte) in &sd.pt {
-                    if !expect.contains_key(page) {
+                for (page, pte) in sd.pt.iter() {
+                    if !expect.contains_key(&page) {
                         f.add(
                             "page_table",
                             format!("extra{}", d.id),

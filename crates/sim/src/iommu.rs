@@ -8,11 +8,9 @@
 //! `unpin_while_mapped` violation. Mapping a RAM frame into a domain that does not enforce
 //! coherency with write access marks it *exposed* until its next last unpin.
 
-use std::collections::BTreeMap;
-
 use type1_core::{
-    DomainId, DomainInfo, Errno, GroupId, GroupInfo, IovaRange, PlatformError, Prot, ResvRegion,
-    PAGE_SHIFT, PAGE_SIZE,
+    DomainId, DomainInfo, Errno, GroupId, GroupInfo, IoPageTable, IovaRange, PlatformError, Prot,
+    ResvRegion, PAGE_SHIFT, PAGE_SIZE,
 };
 
 use crate::{perr, GroupDesc, Sim, UnitDesc};
@@ -66,6 +64,72 @@ pub(crate) struct Pte {
     pub prot: Prot,
 }
 
+/// A domain's page table: the shared software IOMMU table of `type1-core`
+/// ([`IoPageTable`]), kept at 4 KiB leaves so that every entry is one page (the checker and
+/// the IOTLB model reason per page), seen through page-number accessors.
+#[derive(Clone, Debug)]
+pub(crate) struct PageTable(IoPageTable);
+
+impl Default for PageTable {
+    fn default() -> Self {
+        PageTable(IoPageTable::new(PAGE_SIZE))
+    }
+}
+
+impl PageTable {
+    /// The entry of IOVA page `page`.
+    pub fn get(&self, page: &u64) -> Option<Pte> {
+        let (pa, prot) = self.0.translate(page << PAGE_SHIFT)?;
+        Some(Pte {
+            pfn: pa >> PAGE_SHIFT,
+            prot,
+        })
+    }
+
+    /// Maps `n` pages from IOVA page `first` to frames from `pfn` (the caller checked that
+    /// none is mapped).
+    fn map(&mut self, first: u64, n: u64, pfn: u64, prot: Prot) {
+        let _ = self.0.map(
+            first << PAGE_SHIFT,
+            pfn << PAGE_SHIFT,
+            n << PAGE_SHIFT,
+            prot,
+        );
+    }
+
+    /// Unmaps IOVA page `page`: its entry, if it had one.
+    pub fn remove(&mut self, page: &u64) -> Option<Pte> {
+        let e = self.get(page)?;
+        self.0.unmap(page << PAGE_SHIFT, PAGE_SIZE);
+        Some(e)
+    }
+
+    /// The first mapped page in `[first, first + n)`.
+    fn first_in(&self, first: u64, n: u64) -> Option<u64> {
+        self.0
+            .first_mapped(first << PAGE_SHIFT, n << PAGE_SHIFT)
+            .map(|a| a >> PAGE_SHIFT)
+    }
+
+    /// Every entry, in IOVA order: `(page, entry)`.
+    pub fn iter(&self) -> impl Iterator<Item = (u64, Pte)> + '_ {
+        self.0.leaves().map(|(iova, l)| {
+            (
+                iova >> PAGE_SHIFT,
+                Pte {
+                    pfn: l.pa >> PAGE_SHIFT,
+                    prot: l.prot,
+                },
+            )
+        })
+    }
+
+    /// Mapped pages.
+    pub fn len(&self) -> u64 {
+        self.0.stats().mapped >> PAGE_SHIFT
+    }
+}
+
 /// A live domain.
 #[derive(Clone, Debug)]
 pub(crate) struct Domain {
@@ -73,7 +137,7 @@ pub(crate) struct Domain {
     pub enforcing: bool,
     pub groups: Vec<GroupId>,
     /// IOVA page number -> entry.
-    pub pt: BTreeMap<u64, Pte>,
+    pub pt: PageTable,
     /// Unmapped but not yet invalidated: (IOVA page, pfn).
     /// (IOVA page, pfn, whether the entry let a non-snooping device write the frame).
     pub stale: Vec<(u64, u64, bool)>,
@@ -136,7 +200,7 @@ impl Sim {
                 unit,
                 enforcing: false,
                 groups: Vec::new(),
-                pt: BTreeMap::new(),
+                pt: PageTable::default(),
                 stale: Vec::new(),
             },
         );
@@ -264,7 +328,7 @@ impl Sim {
                 g.attached = None;
             }
         }
-        for pte in d.pt.values() {
+        for (_, pte) in d.pt.iter() {
             self.iommu_ref(pte.pfn, false, !d.enforcing && pte.prot.write);
         }
         for (_, pfn, ncw) in &d.stale {
@@ -314,7 +378,7 @@ impl Sim {
                 format!("{what}: more pages than the machine has"),
             ));
         }
-        if let Some((p, _)) = d.pt.range(first..first + n).next() {
+        if let Some(p) = d.pt.first_in(first, n) {
             let at = p << PAGE_SHIFT;
             self.violate(
                 "contract",
@@ -326,15 +390,7 @@ impl Sim {
         self.inject("iommu_map")?;
         let pfn0 = pa >> PAGE_SHIFT;
         let d = self.domains.get_mut(&domain).expect("checked");
-        for i in 0..n {
-            d.pt.insert(
-                first + i,
-                Pte {
-                    pfn: pfn0 + i,
-                    prot,
-                },
-            );
-        }
+        d.pt.map(first, n, pfn0, prot);
         for i in 0..n {
             self.iommu_ref(pfn0 + i, true, !enforcing && prot.write);
             if !enforcing && self.is_ram(pfn0 + i) {

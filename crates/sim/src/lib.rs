@@ -216,7 +216,7 @@ impl Sim {
         self.faults.armed_digest().hash(&mut h);
         for (id, d) in &self.domains {
             (id, d.unit, d.enforcing, &d.groups, &d.stale).hash(&mut h);
-            for (p, e) in &d.pt {
+            for (p, e) in d.pt.iter() {
                 (p, e.pfn, e.prot).hash(&mut h);
             }
         }
