@@ -7,10 +7,12 @@
  * argv[2], for "file", is a directory on a disk file system. */
 #define _GNU_SOURCE
 #include "device.h"
+#include <linux/capability.h>
 #include <linux/filter.h>
 #include <linux/seccomp.h>
 #include <stddef.h>
 #include <sys/prctl.h>
+#include <sys/resource.h>
 #include <sys/syscall.h>
 #include <sys/wait.h>
 
@@ -320,10 +322,41 @@ static void check_no_uring(void) {
     printf("no-uring ok\n");
 }
 
+/* RLIMIT_MEMLOCK without CAP_IPC_LOCK: a failed MAP leaves nothing charged, so a MAP of exactly
+ * the limit succeeds and one page past it is ENOMEM, as in the kernel. */
+static void drop_ipc_lock(long limit) {
+    struct __user_cap_header_struct h = { .version = _LINUX_CAPABILITY_VERSION_3 };
+    struct __user_cap_data_struct d[2];
+    CHECK(syscall(SYS_capget, &h, d) == 0, "capget");
+    d[0].effective &= ~(1u << CAP_IPC_LOCK);
+    d[0].permitted &= ~(1u << CAP_IPC_LOCK);
+    CHECK(syscall(SYS_capset, &h, d) == 0, "capset");
+    struct rlimit rl = { limit, limit };
+    CHECK(setrlimit(RLIMIT_MEMLOCK, &rl) == 0, "setrlimit");
+}
+
+static void check_rlimit(void) {
+    unsigned char *ro = mmap(NULL, 4 * 4096, PROT_READ, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+    CHECK(ro != MAP_FAILED, "mmap");
+    errno = 0;
+    CHECK(dma_map(c, ro, 0xd00000, 4 * 4096) == -1 && errno == EFAULT, "EFAULT first");
+    unsigned char *p = map_anon(17 * 4096);
+    CHECK(dma_map(c, p, 0xe00000, 16 * 4096) == 0, "MAP of exactly RLIMIT_MEMLOCK");
+    unmap_all();
+    errno = 0;
+    CHECK(dma_map(c, p, 0xe00000, 17 * 4096) == -1 && errno == ENOMEM, "one page past it");
+    CHECK(dma_map(c, p, 0xe00000, 16 * 4096) == 0, "the limit again after the failure");
+    unmap_all();
+    munmap(p, 17 * 4096);
+    munmap(ro, 4 * 4096);
+    printf("rlimit ok\n");
+}
+
 int main(int argc, char **argv) {
     const char *what = argc > 1 ? argv[1] : "all";
     int all = !strcmp(what, "all");
     if (!strcmp(what, "no-uring")) block_io_uring();
+    if (!strcmp(what, "rlimit")) drop_ipc_lock(16 * 4096);
     setup();
     if (all || !strcmp(what, "remap")) check_remap();
     if (all || !strcmp(what, "live-update")) check_live_update();
@@ -336,6 +369,7 @@ int main(int argc, char **argv) {
     if (all || !strcmp(what, "file")) check_file(argc > 2 ? argv[2] : ".");
     if (!strcmp(what, "scattered")) check_scattered();
     if (!strcmp(what, "no-uring")) check_no_uring();
+    if (!strcmp(what, "rlimit")) check_rlimit();
     close(dev);
     close(g);
     close(c);

@@ -334,6 +334,18 @@ impl HostPlatform {
         }
     }
 
+    /// Makes the first io_uring now (pins take it later), so that a process that drops
+    /// CAP_IPC_LOCK after opening VFIO keeps rings that io_uring does not charge to its
+    /// RLIMIT_MEMLOCK (VFIO's limit is the engine's to apply). Failure is not an error here:
+    /// the first pin tries again and says why.
+    pub fn prepare(&mut self) {
+        if self.mode == PinMode::Uring && self.rings.is_empty() {
+            if let Ok(r) = Ring::new(uring::slots_for(0)) {
+                self.rings.push(r);
+            }
+        }
+    }
+
     /// Chooses how pins hold pages (before the first pin).
     pub fn set_pin_mode(&mut self, mode: PinMode) {
         self.mode = mode;
@@ -766,7 +778,17 @@ impl HostPlatform {
                     // A read-only pin of memory io_uring cannot register (it pins for write):
                     // tracked, and checked at every use.
                 }
-                Err(Errno::ENOMEM) => return Err(Errno::ENOMEM),
+                Err(Errno::ENOMEM) => {
+                    // io_uring's own RLIMIT_MEMLOCK books (kept per user, with the ring's
+                    // memory in them, when the ring was made without CAP_IPC_LOCK) are not
+                    // VFIO's: the engine applies VFIO's limit exactly, so this pin is tracked.
+                    self.notice(
+                        "uring-memlock",
+                        "io_uring refused to hold more pages under this user's RLIMIT_MEMLOCK \
+                         (the process lacks CAP_IPC_LOCK); VFIO's own limit still applies \
+                         exactly, but pages beyond io_uring's are tracked by address only",
+                    );
+                }
                 Err(e) => {
                     self.mode = PinMode::Track;
                     self.notice(

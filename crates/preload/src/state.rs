@@ -248,6 +248,7 @@ fn build() -> Result<State, Errno> {
             return Err(Errno::EINVAL);
         }
     }
+    platform.prepare();
     let _ = WATCH.set(platform.cpu_watch());
     if let Some(path) = std::env::var_os("TYPE1_TRACE") {
         use std::os::unix::ffi::OsStrExt;

@@ -331,6 +331,16 @@ fn scattered_maps_do_not_hit_max_map_count() {
     assert!(ok && out.contains("scattered ok"), "{out}");
 }
 
+/// Without CAP_IPC_LOCK, RLIMIT_MEMLOCK bounds MAP_DMA exactly, and a failed MAP (EFAULT)
+/// leaves nothing charged (the program runs as root here and drops the capability itself).
+#[test]
+fn rlimit_is_exact_after_a_failed_map() {
+    let Some((ok, out, _)) = run_pins(&["rlimit"], &[], "rlimit.jsonl") else {
+        return;
+    };
+    assert!(ok && out.contains("rlimit ok"), "{out}");
+}
+
 /// Without io_uring (a seccomp filter refuses it) pins are tracked: DMA works while the memory
 /// stays mapped, faults once it is gone, and one notice names the cause.
 #[test]
