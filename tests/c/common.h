@@ -36,6 +36,17 @@ static inline int open_group(int n) {
     return g;
 }
 
+/* A type1v2 container with group `n` in it; the group's fd goes to *group. */
+static inline int open_container(int n, int *group) {
+    int c = open("/dev/vfio/vfio", O_RDWR);
+    CHECK(c >= 0, "open container");
+    int g = open_group(n);
+    CHECK(ioctl(g, VFIO_GROUP_SET_CONTAINER, &c) == 0, "SET_CONTAINER");
+    CHECK(ioctl(c, VFIO_SET_IOMMU, VFIO_TYPE1v2_IOMMU) == 0, "SET_IOMMU");
+    *group = g;
+    return c;
+}
+
 static inline int dma_map(int c, void *vaddr, uint64_t iova, uint64_t size) {
     struct vfio_iommu_type1_dma_map m = { .argsz = sizeof m, .flags = VFIO_DMA_MAP_FLAG_READ | VFIO_DMA_MAP_FLAG_WRITE,
         .vaddr = (uintptr_t)vaddr, .iova = iova, .size = size };

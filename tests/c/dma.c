@@ -6,11 +6,8 @@
 #include "device.h"
 
 int main(void) {
-    int c = open("/dev/vfio/vfio", O_RDWR);
-    CHECK(c >= 0, "open container");
-    int g = open_group(1);
-    CHECK(ioctl(g, VFIO_GROUP_SET_CONTAINER, &c) == 0, "SET_CONTAINER");
-    CHECK(ioctl(c, VFIO_SET_IOMMU, VFIO_TYPE1v2_IOMMU) == 0, "SET_IOMMU");
+    int g;
+    int c = open_container(1, &g);
     dev = ioctl(g, VFIO_GROUP_GET_DEVICE_FD, "0000:00:05.0");
     CHECK(dev >= 0, "GET_DEVICE_FD");
 

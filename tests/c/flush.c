@@ -4,11 +4,8 @@
 #include "common.h"
 
 int main(void) {
-    int c = open("/dev/vfio/vfio", O_RDWR);
-    CHECK(c >= 0, "open container");
-    int g = open_group(1);
-    CHECK(ioctl(g, VFIO_GROUP_SET_CONTAINER, &c) == 0, "SET_CONTAINER");
-    CHECK(ioctl(c, VFIO_SET_IOMMU, VFIO_TYPE1v2_IOMMU) == 0, "SET_IOMMU");
+    int g;
+    int c = open_container(1, &g);
     size_t len = 16 << 12;
     void *buf = map_anon(len);
     CHECK(dma_map(c, buf, 0x200000, len) == 0, "MAP");

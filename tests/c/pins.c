@@ -31,11 +31,7 @@ static long status_kb(const char *field) {
 }
 
 static void setup(void) {
-    c = open("/dev/vfio/vfio", O_RDWR);
-    CHECK(c >= 0, "open container");
-    g = open_group(1);
-    CHECK(ioctl(g, VFIO_GROUP_SET_CONTAINER, &c) == 0, "SET_CONTAINER");
-    CHECK(ioctl(c, VFIO_SET_IOMMU, VFIO_TYPE1v2_IOMMU) == 0, "SET_IOMMU");
+    c = open_container(1, &g);
     dev = ioctl(g, VFIO_GROUP_GET_DEVICE_FD, "0000:00:05.0");
     CHECK(dev >= 0, "GET_DEVICE_FD");
     struct vfio_region_info r0;

@@ -44,11 +44,8 @@ static void *unrelated(void *arg) {
 }
 
 int main(void) {
-    int c = open("/dev/vfio/vfio", O_RDWR);
-    CHECK(c >= 0, "open container");
-    int g = open_group(1);
-    CHECK(ioctl(g, VFIO_GROUP_SET_CONTAINER, &c) == 0, "SET_CONTAINER");
-    CHECK(ioctl(c, VFIO_SET_IOMMU, VFIO_TYPE1v2_IOMMU) == 0, "SET_IOMMU");
+    int g;
+    int c = open_container(1, &g);
     size_t len = 1ul << 30;
     void *mem = mmap(NULL, len, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
     CHECK(mem != MAP_FAILED, "mmap 1 GiB");

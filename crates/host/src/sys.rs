@@ -6,7 +6,8 @@
 
 use type1_core::Errno;
 
-fn errno() -> Errno {
+/// The calling thread's errno after a failed system call.
+pub(crate) fn errno() -> Errno {
     Errno(
         std::io::Error::last_os_error()
             .raw_os_error()
@@ -14,7 +15,8 @@ fn errno() -> Errno {
     )
 }
 
-fn check(r: libc::c_long) -> Result<libc::c_long, Errno> {
+/// A raw system call's result: the value, or the errno when negative.
+pub(crate) fn check(r: libc::c_long) -> Result<libc::c_long, Errno> {
     if r < 0 {
         Err(errno())
     } else {

@@ -27,6 +27,8 @@
 
 use type1_core::{Errno, PAGE_SIZE};
 
+use crate::sys::check;
+
 /// Buffer slots of the first ring.
 pub const FIRST_SLOTS: u32 = 1 << 6;
 
@@ -151,22 +153,6 @@ const _: () = assert!(std::mem::size_of::<Sqe>() == 64);
 const _: () = assert!(std::mem::size_of::<Cqe>() == 16);
 const _: () = assert!(std::mem::size_of::<RsrcRegister>() == 32);
 const _: () = assert!(std::mem::size_of::<RsrcUpdate2>() == 32);
-
-fn last_errno() -> Errno {
-    Errno(
-        std::io::Error::last_os_error()
-            .raw_os_error()
-            .unwrap_or(libc::EIO),
-    )
-}
-
-fn check(r: libc::c_long) -> Result<libc::c_long, Errno> {
-    if r < 0 {
-        Err(last_errno())
-    } else {
-        Ok(r)
-    }
-}
 
 /// Moves `fd` to a number at or above [`FD_FLOOR`] with close-on-exec, closing the original.
 /// Keeps `fd` where it is if no such number is free.

@@ -62,11 +62,22 @@ fn run_preloaded_env(
     trace_name: &str,
     envs: &[(&str, &Path)],
 ) -> (bool, String, String) {
+    run_with(exe, &[], trace_name, envs)
+}
+
+/// Runs `exe` with `args` under the library and `envs`: (success, stdout+stderr, trace text).
+fn run_with<V: AsRef<std::ffi::OsStr>>(
+    exe: &Path,
+    args: &[&str],
+    trace_name: &str,
+    envs: &[(&str, V)],
+) -> (bool, String, String) {
     let trace = Path::new(env!("CARGO_TARGET_TMPDIR")).join(trace_name);
     let out = Command::new(exe)
+        .args(args)
         .env("LD_PRELOAD", lib())
         .env("TYPE1_TRACE", &trace)
-        .envs(envs.iter().copied())
+        .envs(envs.iter().map(|(k, v)| (k, v.as_ref())))
         .output()
         .expect("run program");
     let text = format!(
@@ -266,24 +277,7 @@ fn bad_machine_file_is_reported() {
 /// Runs `tests/c/pins.c` with `args` under the library (and `envs`): (success, output, trace).
 fn run_pins(args: &[&str], envs: &[(&str, &str)], trace: &str) -> Option<(bool, String, String)> {
     let exe = compile("pins")?;
-    let trace = Path::new(env!("CARGO_TARGET_TMPDIR")).join(trace);
-    let out = Command::new(&exe)
-        .args(args)
-        .env("LD_PRELOAD", lib())
-        .env("TYPE1_TRACE", &trace)
-        .envs(envs.iter().copied())
-        .output()
-        .expect("run pins");
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    Some((
-        out.status.success(),
-        text,
-        std::fs::read_to_string(&trace).unwrap_or_default(),
-    ))
+    Some(run_with(&exe, args, trace, envs))
 }
 
 /// Issue 8, item 1: every memory game on pinned memory ends as in the kernel (see the checks
