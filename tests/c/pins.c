@@ -154,6 +154,14 @@ static void check_madvise(void) {
     CHECK(dev_read(0x500000, in, 16) == STATUS_DONE && all_bytes(in, 16, 0x44), "device: old page");
     CHECK(dev_write(0x501000, 0x55, 16) == STATUS_DONE, "device write");
     CHECK(all_bytes(p + 4096, 16, 0x55), "MADV_FREE left the pinned page mapped");
+    /* An unreadable pinned page: the device keeps it, and nothing (no flush) touches it. */
+    CHECK(mprotect(p + 4096, 4096, PROT_NONE) == 0, "mprotect PROT_NONE");
+    CHECK(dev_read(0x501000, in, 16) == STATUS_DONE && all_bytes(in, 16, 0x55), "device reads it");
+    unmap_all();
+    CHECK(mprotect(p + 4096, 4096, PROT_READ | PROT_WRITE) == 0, "mprotect back");
+    CHECK(dma_map(c, p, 0x500000, 2 * 4096) == 0, "MAP_DMA again");
+    CHECK(mprotect(p, 2 * 4096, PROT_READ) == 0 && mprotect(p, 2 * 4096, PROT_NONE) == 0, "hide");
+    CHECK(mprotect(p, 2 * 4096, PROT_READ | PROT_WRITE) == 0, "and show again");
     unmap_all();
     munmap(p, 2 * 4096);
     printf("madvise ok\n");

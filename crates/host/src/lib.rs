@@ -578,10 +578,16 @@ impl HostPlatform {
 
     /// Whether the CPU maps the `n` pages at `vaddr..` now, checked the cheap way (one
     /// translation per run): every page lies in a mapping (`mincore`, so that a flush cannot
-    /// fault), and the first and last pages are present and, where their real frames are known
-    /// (`edges`), exactly those.
+    /// fault), the first and last pages can be read (`mprotect` through a route the hooks do
+    /// not see), and they are present and, where their real frames are known (`edges`),
+    /// exactly those.
     fn maps(&mut self, vaddr: u64, n: u64, edges: (Option<u64>, Option<u64>)) -> bool {
-        if !sys::mapped(vaddr, n * PAGE_SIZE) {
+        // Mapped throughout, and readable at both ends (a flush needs read permission).
+        let last = vaddr + (n - 1) * PAGE_SIZE;
+        if !sys::mapped(vaddr, n * PAGE_SIZE)
+            || sys::read_user(vaddr, &mut [0u8]).is_err()
+            || sys::read_user(last, &mut [0u8]).is_err()
+        {
             return false;
         }
         let ends = if n > 1 {
@@ -630,6 +636,24 @@ impl HostPlatform {
             self.pins.set_cpu(id, None);
         }
         self.unmap_mmio(addr, len);
+    }
+
+    /// After a successful `mprotect` that removed read access from `[addr, addr + len)`: the
+    /// pinned pages there cannot be flushed through it (a flush would fault), so they were
+    /// flushed by [`Self::cpu_unmap_prepare`] and are hidden until [`Self::cpu_revealed`].
+    pub fn cpu_hidden(&mut self, addr: u64, len: u64) {
+        for id in self.pins.cpu_runs(addr, len) {
+            self.pins.hide(id);
+        }
+    }
+
+    /// After a successful `mprotect` that gave read access to `[addr, addr + len)` (back):
+    /// hidden pinned pages there are reachable again.
+    pub fn cpu_revealed(&mut self, addr: u64, len: u64) {
+        for id in self.pins.hidden_in(addr, len) {
+            let v = self.pins.run(id).map(|r| r.last_cpu);
+            self.pins.set_cpu(id, v);
+        }
     }
 
     /// After a successful `mremap(old, old_len, new_len, .., new)`: what was mapped at
@@ -820,8 +844,9 @@ impl HostPlatform {
 
     fn flush_lines(&mut self, v: u64, len: u64) {
         let (insn, line) = self.flush;
-        // SAFETY: the caller checked with pagemap that every page of `[v, v + len)` is
-        // present in this process; the flush only writes back and invalidates lines.
+        // SAFETY: the caller checked (`maps`, `sys::mapped`) that every page of `[v, v + len)`
+        // lies in a mapping of this process, so no line faults; the flush only writes back and
+        // invalidates lines.
         self.stats.lines_flushed += unsafe { sys::flush_range(insn, line, v, len) };
     }
 
@@ -850,7 +875,7 @@ impl HostPlatform {
         // The mapping went away. Where the real frames are known, it may have come back (a
         // shared page mapped again at the same place): flush through it.
         let again = run.last_cpu + i * PAGE_SIZE;
-        if now.is_none() && known && self.maps(again, n, edges) {
+        if now.is_none() && known && !run.hidden && self.maps(again, n, edges) {
             self.flush_lines(again, n * PAGE_SIZE);
             self.cpu_flush_event(pfn, n, "mapping");
         } else if now.is_none() {

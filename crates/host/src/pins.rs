@@ -66,6 +66,8 @@ pub struct Run {
     pub cpu: Option<u64>,
     /// Where the CPU mapped the first page last (for a re-check after `None`).
     pub last_cpu: u64,
+    /// The CPU mapping still exists but cannot be read (`mprotect`); it may come back.
+    pub hidden: bool,
     live: Vec<u64>,
     nlive: u64,
 }
@@ -102,6 +104,7 @@ impl Run {
             reg_page: self.reg_page + from,
             cpu: self.cpu.map(|v| v + from * PAGE_SIZE),
             last_cpu: self.last_cpu + from * PAGE_SIZE,
+            hidden: self.hidden,
             live,
             nlive,
         }
@@ -179,6 +182,7 @@ impl PinStore {
             reg_page: 0,
             cpu: Some(vaddr),
             last_cpu: vaddr,
+            hidden: false,
             live,
             nlive: npages,
         });
@@ -337,10 +341,31 @@ impl PinStore {
             self.by_cpu.remove(&(v, id));
         }
         r.cpu = cpu;
+        r.hidden = false;
         if let Some(v) = cpu {
             r.last_cpu = v;
             self.by_cpu.insert((v, id));
         }
+    }
+
+    /// Records that run `id`'s mapping can no longer be read (it still exists).
+    pub fn hide(&mut self, id: RunId) {
+        self.set_cpu(id, None);
+        if let Some(r) = self.runs.get_mut(&id) {
+            r.hidden = true;
+        }
+    }
+
+    /// Hidden runs whose mapping lies wholly inside `[addr, addr + len)`.
+    pub fn hidden_in(&self, addr: u64, len: u64) -> Vec<RunId> {
+        let end = addr.saturating_add(len);
+        self.runs
+            .iter()
+            .filter(|(_, r)| {
+                r.hidden && r.last_cpu >= addr && r.last_cpu + r.npages * PAGE_SIZE <= end
+            })
+            .map(|(id, _)| *id)
+            .collect()
     }
 
     /// Registrations alive, and pages still pinned in them.

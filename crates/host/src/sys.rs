@@ -282,7 +282,7 @@ pub fn detect_flush() -> (FlushInsn, u64) {
 
 /// `clflush_cache_range` of the series: a full fence, one instruction per line of
 /// `[addr, addr + len)`, a full fence. `addr` must be mapped and readable in this process
-/// (the caller takes it from its own pin records, whose pages are mlocked).
+/// (the caller checks that with [`mapped`] right before).
 ///
 /// # Safety
 /// Every byte of `[addr, addr + len)` must be mapped in this process: a flush of an unmapped

@@ -634,6 +634,37 @@ pub unsafe extern "C" fn mremap(
     r
 }
 
+/// Interposed `mprotect`: pinned pages whose mapping loses read access get their unpin flush
+/// now (no flush instruction may touch them while they stay unreadable) and are flushed
+/// through the mapping again once it is readable.
+#[no_mangle]
+pub unsafe extern "C" fn mprotect(addr: *mut c_void, len: usize, prot: c_int) -> c_int {
+    let Some(real) = real!(
+        "mprotect",
+        unsafe extern "C" fn(*mut c_void, usize, c_int) -> c_int
+    ) else {
+        set_errno(Errno(libc::ENOSYS));
+        return -1;
+    };
+    let (a, l) = (addr as u64, len as u64);
+    let hides = prot & libc::PROT_READ == 0;
+    if hides {
+        with_platform(a, l, |p| p.cpu_unmap_prepare(a, l));
+    }
+    // SAFETY: the real function with the caller's arguments.
+    let r = unsafe { real(addr, len, prot) };
+    if r == 0 {
+        with_platform(a, l, |p| {
+            if hides {
+                p.cpu_hidden(a, l)
+            } else {
+                p.cpu_revealed(a, l)
+            }
+        });
+    }
+    r
+}
+
 /// Interposed `madvise`: advice that drops a range's pages from the page tables
 /// (`MADV_DONTNEED`, `MADV_DONTNEED_LOCKED`, `MADV_REMOVE`) leaves pinned pages held by the
 /// device and unreachable by the CPU, so they get their unpin flush now. Other advice, such as
