@@ -257,6 +257,11 @@ fn on_emulated<R>(
 /// Interposed `ioctl` (fixed arity: one pointer-sized argument).
 #[no_mangle]
 pub unsafe extern "C" fn ioctl(fd: c_int, req: c_ulong, arg: *mut c_void) -> c_int {
+    // c_ulong is u64 here but u32 on 32-bit targets.
+    #[allow(clippy::useless_conversion)]
+    if u64::from(req) == type1_uapi::nr::VFIO_IOMMU_MAP_DMA {
+        let _ = guarded(|| prefault_map(fd, arg as u64));
+    }
     let emulated = on_emulated(fd, |s, obj| {
         let state::State { vfio, fds } = s;
         let mut caller = ProcessCaller { fds };
@@ -283,6 +288,38 @@ pub unsafe extern "C" fn ioctl(fd: c_int, req: c_ulong, arg: *mut c_void) -> c_i
             }
         },
     }
+}
+
+/// Faults in the memory a container's MAP_DMA is about to pin, before the ioctl takes the
+/// state lock: the slow part of a large map (the first touch of every page) then holds up no
+/// other thread's VFIO calls. The kernel would fault the pages in during the pin anyway; a MAP
+/// that then fails leaves them faulted in, as a failed kernel MAP can. Nothing is pinned here.
+fn prefault_map(fd: c_int, arg: u64) {
+    if !matches!(state::object_of(fd), Some(Object::Container(_))) {
+        return;
+    }
+    let mut raw = [0u8; 32];
+    if type1_host::sys::read_user(arg, &mut raw).is_err() {
+        return;
+    }
+    let word = |i: usize| u64::from_le_bytes(raw[i..i + 8].try_into().unwrap_or([0; 8]));
+    let (argsz, flags) = (word(0) as u32, (word(0) >> 32) as u32);
+    let (vaddr, size) = (word(8), word(24));
+    const READ: u32 = 1;
+    const WRITE: u32 = 2;
+    const VADDR: u32 = 4;
+    if argsz < 32 || flags & VADDR != 0 || flags & (READ | WRITE) == 0 || size == 0 {
+        return;
+    }
+    if vaddr % PAGE_SIZE != 0 || size % PAGE_SIZE != 0 || vaddr.checked_add(size).is_none() {
+        return;
+    }
+    let advice = if flags & WRITE != 0 {
+        libc::MADV_POPULATE_WRITE
+    } else {
+        libc::MADV_POPULATE_READ
+    };
+    let _ = type1_host::sys::madvise(vaddr, size, advice);
 }
 
 /// Device region access; EINVAL on a container or group fd (the kernel has no read for them).
