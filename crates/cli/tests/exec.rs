@@ -1,12 +1,10 @@
 //! `type1 exec` end to end: an unmodified C program under the LD_PRELOAD emulation.
 //!
-//! Builds nothing with cargo: it needs `libtype1_preload.so` next to the `type1` binary
-//! (`target/<profile>/`), which `cargo test --workspace` and `cargo build` produce because
-//! `type1-preload` is a cdylib member of the workspace; without it (or without gcc for the C
-//! program) the tests say so and pass. `cargo test -p type1-cli` alone rebuilds the library
-//! only under `target/<profile>/deps/` (a dependency's cdylib is not copied up), so the tests
-//! pass that copy explicitly with `--library` when it exists, and one test relies on
-//! `type1 exec` finding the library by itself.
+//! Builds nothing with cargo: it needs `libtype1_preload.so`, which `cargo test --workspace`
+//! leaves under `target/<profile>/deps/` (a cdylib member of the workspace) and `cargo build`
+//! next to the `type1` binary; `type1 exec` finds either by itself. Without the library, gcc
+//! (for the C programs) or `qemu-system-x86_64` (for the QEMU tests) a test says so and passes,
+//! except under `CI=true`, where it fails and names what to install.
 
 use std::{
     path::{Path, PathBuf},
@@ -17,17 +15,32 @@ fn type1_exe() -> PathBuf {
     PathBuf::from(env!("CARGO_BIN_EXE_type1"))
 }
 
-/// The library `type1 exec` finds by itself, if it is there, and the freshest copy to pass
-/// with `--library` (the one under `deps/` when it exists).
-fn library() -> Option<(PathBuf, PathBuf)> {
+/// Passes (skips) a test that cannot run for want of `what`, saying so; under `CI=true` fails
+/// it instead, naming what to install.
+fn missing(what: &str, install: &str) {
+    assert!(
+        std::env::var("CI").as_deref() != Ok("true"),
+        "{what} is required under CI=true: {install}"
+    );
+    eprintln!("skipped: {what} not available ({install})");
+}
+
+/// The library `type1 exec` will use: the freshest copy next to the binary or under `deps/`.
+fn library() -> Option<PathBuf> {
     let dir = type1_exe().parent()?.to_path_buf();
-    let lib = dir.join("libtype1_preload.so");
-    if !lib.exists() {
-        eprintln!("skipped: {} not built", lib.display());
-        return None;
+    let lib = [dir.join("deps"), dir.clone()]
+        .into_iter()
+        .map(|d| d.join("libtype1_preload.so"))
+        .filter_map(|p| Some((std::fs::metadata(&p).ok()?.modified().ok()?, p)))
+        .max_by_key(|(t, _)| *t)
+        .map(|(_, p)| p);
+    if lib.is_none() {
+        missing(
+            "libtype1_preload.so",
+            "cargo test --workspace or cargo build builds it",
+        );
     }
-    let fresh = dir.join("deps/libtype1_preload.so");
-    Some((lib.clone(), if fresh.exists() { fresh } else { lib }))
+    lib
 }
 
 /// Compiles `tests/c/<name>.c` with gcc into the test's temporary directory, as `exec-<as_>`
@@ -46,7 +59,7 @@ fn compile(name: &str, as_: &str) -> Option<PathBuf> {
         Ok(s) if s.success() => Some(out),
         Ok(s) => panic!("gcc failed on {}: {s}", src.display()),
         Err(_) => {
-            eprintln!("skipped: no gcc");
+            missing("gcc", "apt-get install gcc");
             None
         }
     }
@@ -141,7 +154,7 @@ fn qemu(host: &str, trace: &Path) -> Option<Output> {
         .output()
         .is_err()
     {
-        eprintln!("skipped: qemu-system-x86_64 not installed");
+        missing("qemu-system-x86_64", "apt-get install qemu-system-x86");
         return None;
     }
     let mut child = Command::new(type1_exe())

@@ -15,10 +15,18 @@ pub const LIBRARY_NAME: &str = "libtype1_preload.so";
 pub fn find_library() -> Option<PathBuf> {
     let exe = std::env::current_exe().ok()?;
     let dir = exe.parent()?;
-    [dir.to_path_buf(), dir.parent()?.to_path_buf()]
-        .into_iter()
-        .map(|d| d.join(LIBRARY_NAME))
-        .find(|p| p.exists())
+    // Next to the binary, or one level up (a test binary under `deps/`); `cargo test` leaves
+    // the workspace's own copy under `deps/` only. The freshest copy wins.
+    [
+        dir.to_path_buf(),
+        dir.join("deps"),
+        dir.parent()?.to_path_buf(),
+    ]
+    .into_iter()
+    .map(|d| d.join(LIBRARY_NAME))
+    .filter_map(|p| Some((std::fs::metadata(&p).ok()?.modified().ok()?, p)))
+    .max_by_key(|(t, _)| *t)
+    .map(|(_, p)| p)
 }
 
 /// Options of one preloaded run.
