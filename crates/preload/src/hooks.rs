@@ -1057,6 +1057,11 @@ extern "C" fn at_exit() {
     state::release_all();
 }
 
+/// Runs when the library is loaded: the fork handlers (no lock is held across `fork`).
+#[used]
+#[link_section = ".init_array"]
+static INIT: extern "C" fn() = state::register_fork_handlers;
+
 /// Runs at process exit (also after `main` returns without closing anything, as QEMU does).
 #[used]
 #[link_section = ".fini_array"]

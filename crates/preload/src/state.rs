@@ -391,6 +391,36 @@ impl Caller for ProcessCaller<'_> {
     }
 }
 
+thread_local! {
+    /// The state lock, held by the forking thread from `fork`'s prepare handler to its parent
+    /// or child handler.
+    static FORK_GUARD: std::cell::RefCell<Option<MutexGuard<'static, Option<State>>>> =
+        const { std::cell::RefCell::new(None) };
+}
+
+extern "C" fn fork_prepare() {
+    // No other thread is inside the emulation when fork copies the process, so the child
+    // never starts with the lock held by a thread it does not have. Not when this thread is
+    // inside it itself (a fork from a signal handler that interrupted an emulated call).
+    if IN_HOOK.try_with(|g| g.get()).unwrap_or(true) {
+        return;
+    }
+    let g = STATE.lock().unwrap_or_else(|p| p.into_inner());
+    let _ = FORK_GUARD.try_with(|f| *f.borrow_mut() = Some(g));
+}
+
+extern "C" fn fork_release() {
+    let _ = FORK_GUARD.try_with(|f| f.borrow_mut().take());
+}
+
+/// Registers the fork handlers (`pthread_atfork`), once, when the library is loaded.
+pub(crate) extern "C" fn register_fork_handlers() {
+    // SAFETY: three `extern "C" fn()` handlers that live as long as the library.
+    unsafe {
+        libc::pthread_atfork(Some(fork_prepare), Some(fork_release), Some(fork_release));
+    }
+}
+
 /// Process exit: release everything as the kernel does when the process's fds are closed.
 pub(crate) fn release_all() {
     let _ = guarded(|| {

@@ -383,3 +383,14 @@ fn long_map_does_not_stall_unrelated_calls() {
     assert!(ok, "{out}");
     assert!(out.contains("stall ok"), "{out}");
 }
+
+/// A fork while another thread is inside an emulated call (pinning 1 GiB) gives a child that
+/// can still use the emulation and exit: no lock is held across fork.
+#[test]
+fn fork_during_an_emulated_call_does_not_hang_the_child() {
+    let Some(exe) = compile("forklock") else {
+        return;
+    };
+    let (ok, out, _) = run_preloaded(&exe, "forklock.jsonl");
+    assert!(ok && out.contains("forklock ok"), "{out}");
+}
