@@ -241,10 +241,16 @@ pub unsafe extern "C" fn close(fd: c_int) -> c_int {
 }
 
 /// Runs an operation on an emulated fd; `None` if `fd` is not emulated (or re-entered).
+/// A call on an emulated fd from a signal handler that interrupted an emulated call on the
+/// same thread cannot run (the state is mid-change) and must not reach the real file behind
+/// the fd (its bytes are not the device's): it fails with EDEADLK.
 fn on_emulated<R>(
     fd: c_int,
     f: impl FnOnce(&mut state::State, Object) -> Result<R, Errno>,
 ) -> Option<Result<R, Errno>> {
+    if state::in_hook() {
+        return state::maybe_emulated(fd).then_some(Err(Errno(libc::EDEADLK)));
+    }
     let obj = guarded(|| state::object_of(fd)).ok().flatten()?;
     let r = guarded(|| {
         let mut g = state::lock()?;
@@ -539,6 +545,10 @@ macro_rules! mmap_hook {
                 set_errno(Errno(libc::ENOSYS));
                 return libc::MAP_FAILED;
             };
+            if fd >= 0 && state::in_hook() && state::maybe_emulated(fd) {
+                set_errno(Errno(libc::EDEADLK)); // see `on_emulated`
+                return libc::MAP_FAILED;
+            }
             let obj = if fd >= 0 && flags & libc::MAP_ANONYMOUS == 0 {
                 guarded(|| state::object_of(fd)).ok().flatten()
             } else {

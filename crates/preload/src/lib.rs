@@ -37,7 +37,11 @@
 //! one releases the backend (unmap, flush, unpin, unaccount), all recorded in the trace.
 //!
 //! Internal I/O uses raw system calls (`type1_host::sys`) and a thread-local re-entrancy guard,
-//! so the library never goes through its own hooks. The [`exec`] module is the library side of
+//! so the library never goes through its own hooks. Calls on files and memory that are not
+//! the emulation's never take its lock (a lock-free fd bitmap and the host platform's address
+//! watch decide); `pthread_atfork` handlers make sure no lock is held across `fork`; an
+//! emulated call from a signal handler that interrupted one on the same thread fails with
+//! EDEADLK rather than reaching the real file behind the fd. The [`exec`] module is the library side of
 //! `type1 exec`: run a program with the library preloaded and summarize its trace.
 
 pub mod exec;

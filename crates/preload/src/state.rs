@@ -218,6 +218,12 @@ thread_local! {
     static IN_HOOK: Cell<bool> = const { Cell::new(false) };
 }
 
+/// Whether this thread is inside the emulation already (a hook called from the emulation's
+/// own code, or from a signal handler that interrupted an emulated call).
+pub(crate) fn in_hook() -> bool {
+    IN_HOOK.try_with(|g| g.get()).unwrap_or(true)
+}
+
 /// Runs `f` with the re-entrancy guard set. `Err(())` when the guard was already set (the
 /// call comes from inside the emulation and must go straight to libc) or `f` panicked (a bug;
 /// the caller answers EIO rather than unwinding into C).
@@ -402,7 +408,7 @@ extern "C" fn fork_prepare() {
     // No other thread is inside the emulation when fork copies the process, so the child
     // never starts with the lock held by a thread it does not have. Not when this thread is
     // inside it itself (a fork from a signal handler that interrupted an emulated call).
-    if IN_HOOK.try_with(|g| g.get()).unwrap_or(true) {
+    if in_hook() {
         return;
     }
     let g = STATE.lock().unwrap_or_else(|p| p.into_inner());

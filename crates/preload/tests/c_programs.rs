@@ -394,3 +394,14 @@ fn fork_during_an_emulated_call_does_not_hang_the_child() {
     let (ok, out, _) = run_preloaded(&exe, "forklock.jsonl");
     assert!(ok && out.contains("forklock ok"), "{out}");
 }
+
+/// Emulated calls from a signal handler that interrupts emulated calls work or fail with
+/// EDEADLK; they never return the bytes of the file behind the fd.
+#[test]
+fn signal_handler_calls_never_return_wrong_data() {
+    let Some(exe) = compile("signals") else {
+        return;
+    };
+    let (ok, out, _) = run_preloaded(&exe, "signals.jsonl");
+    assert!(ok && out.contains("signals ok"), "{out}");
+}
