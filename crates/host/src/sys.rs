@@ -46,10 +46,54 @@ pub fn open(path: &std::ffi::CStr, flags: i32, mode: u32) -> Result<i32, Errno> 
     check(r).map(|fd| fd as i32)
 }
 
-/// `close(fd)`.
+/// `close(fd)` (and `fd` is no longer [`internal`]).
 pub fn close(fd: i32) {
+    set_internal(fd, false);
     // SAFETY: closing a descriptor has no memory-safety preconditions.
     unsafe { libc::syscall(libc::SYS_close, fd) };
+}
+
+/// Fd numbers below this are tracked by [`internal`].
+const INTERNAL_BITS: usize = 1 << 16;
+
+/// One bit per fd the emulation holds for itself (io_uring rings, the bounce file, pagemap,
+/// the trace): the program never opened them, so its close routes must not close them.
+static INTERNAL: [std::sync::atomic::AtomicU64; INTERNAL_BITS / 64] =
+    [const { std::sync::atomic::AtomicU64::new(0) }; INTERNAL_BITS / 64];
+
+/// Marks (or unmarks) `fd` as one of the emulation's own.
+pub fn set_internal(fd: i32, on: bool) {
+    use std::sync::atomic::Ordering;
+    let Some(f) = usize::try_from(fd).ok().filter(|f| *f < INTERNAL_BITS) else {
+        return;
+    };
+    let (w, b) = (f / 64, 1u64 << (f % 64));
+    if on {
+        INTERNAL[w].fetch_or(b, Ordering::AcqRel);
+    } else {
+        INTERNAL[w].fetch_and(!b, Ordering::AcqRel);
+    }
+}
+
+/// The emulation's own fds in `[first, last]`, ascending.
+pub fn internal_in(first: u32, last: u32) -> Vec<u32> {
+    let hi = (last as usize).min(INTERNAL_BITS - 1);
+    (first as usize..=hi)
+        .filter(|f| {
+            INTERNAL[f / 64].load(std::sync::atomic::Ordering::Acquire) & (1 << (f % 64)) != 0
+        })
+        .map(|f| f as u32)
+        .collect()
+}
+
+/// Whether `fd` is one of the emulation's own fds (see [`set_internal`]).
+pub fn internal(fd: i32) -> bool {
+    usize::try_from(fd)
+        .ok()
+        .filter(|f| *f < INTERNAL_BITS)
+        .is_some_and(|f| {
+            INTERNAL[f / 64].load(std::sync::atomic::Ordering::Acquire) & (1 << (f % 64)) != 0
+        })
 }
 
 /// `pread64(fd, buf, off)`; returns the bytes read.

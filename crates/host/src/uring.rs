@@ -154,16 +154,20 @@ const _: () = assert!(std::mem::size_of::<Cqe>() == 16);
 const _: () = assert!(std::mem::size_of::<RsrcRegister>() == 32);
 const _: () = assert!(std::mem::size_of::<RsrcUpdate2>() == 32);
 
-/// Moves `fd` to a number at or above [`FD_FLOOR`] with close-on-exec, closing the original.
-/// Keeps `fd` where it is if no such number is free.
+/// Moves `fd` to a number at or above [`FD_FLOOR`] with close-on-exec, closing the original,
+/// and marks it as the emulation's own (`sys::internal`). Keeps `fd` where it is if no such
+/// number is free.
 pub fn move_high(fd: i32) -> i32 {
     // SAFETY: F_DUPFD_CLOEXEC only creates a descriptor.
     let r = unsafe { libc::syscall(libc::SYS_fcntl, fd, libc::F_DUPFD_CLOEXEC, FD_FLOOR) };
-    if r < 0 {
-        return fd;
-    }
-    crate::sys::close(fd);
-    r as i32
+    let fd = if r < 0 {
+        fd
+    } else {
+        crate::sys::close(fd);
+        r as i32
+    };
+    crate::sys::set_internal(fd, true);
+    fd
 }
 
 /// A mapping of the ring made by the kernel, unmapped on drop.

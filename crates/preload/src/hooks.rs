@@ -111,6 +111,9 @@ unsafe fn emulated_open(path: *const c_char, flags: c_int) -> Option<c_int> {
         Kind::Container | Kind::Group(_) => guarded(|| -> Result<c_int, Errno> {
             let mut g = state::lock()?;
             let s = g.as_mut().ok_or(Errno::EIO)?;
+            // A group closed by a route no hook saw is not open any more (EBUSY is decided
+            // on what is really open).
+            state::collect_stale(s);
             let obj = match kind {
                 Kind::Container => s.vfio.open_container(),
                 Kind::Group(n) => s.vfio.open_group(n)?,
@@ -222,9 +225,14 @@ macro_rules! openat_hook {
 openat_hook!(openat, "openat");
 openat_hook!(openat64, "openat64");
 
-/// Interposed `close`: the last close of an emulated object, then the real close.
+/// Interposed `close`: the last close of an emulated object, then the real close. The
+/// emulation's own fds are not the program's to close: EBADF, as for an fd it never opened.
 #[no_mangle]
 pub unsafe extern "C" fn close(fd: c_int) -> c_int {
+    if type1_host::sys::internal(fd) {
+        set_errno(Errno::EBADF);
+        return -1;
+    }
     let _ = guarded(|| {
         if state::object_of(fd).is_some() {
             state::with_existing(|s| state::drop_fd(s, fd));
@@ -238,6 +246,97 @@ pub unsafe extern "C" fn close(fd: c_int) -> c_int {
             -1
         }
     }
+}
+
+/// `close_range(first, last, flags)` that leaves the emulation's own fds open, then the last
+/// close of every emulated object that loses its last fd there.
+fn close_range_keeping_internal(first: u32, last: u32, flags: u32) -> Result<(), Errno> {
+    let sys_close_range = |a: u32, b: u32| -> Result<(), Errno> {
+        // SAFETY: close_range only closes (or marks close-on-exec) descriptors.
+        let r = unsafe { libc::syscall(libc::SYS_close_range, a, b, flags) };
+        if r < 0 {
+            Err(Errno(
+                std::io::Error::last_os_error()
+                    .raw_os_error()
+                    .unwrap_or(libc::EINVAL),
+            ))
+        } else {
+            Ok(())
+        }
+    };
+    if first > last {
+        return Err(Errno::EINVAL);
+    }
+    if flags & libc::CLOSE_RANGE_CLOEXEC != 0 {
+        // Nothing closes now; the emulation's fds are close-on-exec already.
+        return sys_close_range(first, last);
+    }
+    // Forget the emulated fds first, as `close` does (a number closed below may be reused
+    // at once by another thread).
+    let hi = i32::try_from(last).unwrap_or(i32::MAX);
+    let lo = i32::try_from(first).unwrap_or(i32::MAX);
+    let _ = guarded(|| {
+        state::with_existing(|s| {
+            for fd in s.fds.in_range(lo, hi) {
+                state::drop_fd(s, fd);
+            }
+        })
+    });
+    let mut from = u64::from(first);
+    for fd in type1_host::sys::internal_in(first, last) {
+        if u64::from(fd) > from {
+            sys_close_range(from as u32, fd - 1)?;
+        }
+        from = u64::from(fd) + 1;
+    }
+    if from <= u64::from(last) {
+        sys_close_range(from as u32, last)?;
+    }
+    Ok(())
+}
+
+/// Interposed `close_range`: see `close_range_keeping_internal`.
+#[no_mangle]
+pub unsafe extern "C" fn close_range(first: c_uint, last: c_uint, flags: c_int) -> c_int {
+    match close_range_keeping_internal(first, last, flags as u32) {
+        Ok(()) => 0,
+        Err(e) => {
+            set_errno(e);
+            -1
+        }
+    }
+}
+
+/// Interposed `closefrom`: `close_range(lowfd, ~0U, 0)`, keeping the emulation's own fds.
+#[no_mangle]
+pub unsafe extern "C" fn closefrom(lowfd: c_int) {
+    let _ = close_range_keeping_internal(lowfd.max(0) as u32, u32::MAX, 0);
+}
+
+/// Interposed `fclose`: a stream over an emulated fd (`fdopen`) closes it, with the
+/// consequences of a close.
+#[no_mangle]
+pub unsafe extern "C" fn fclose(stream: *mut libc::FILE) -> c_int {
+    let Some(real) = real!("fclose", unsafe extern "C" fn(*mut libc::FILE) -> c_int) else {
+        set_errno(Errno(libc::ENOSYS));
+        return libc::EOF;
+    };
+    let fd = if stream.is_null() {
+        -1
+    } else {
+        // SAFETY: `stream` is the caller's open stream (fclose's own precondition).
+        unsafe { libc::fileno(stream) }
+    };
+    // The fd is closed whatever fclose returns: forget it first, as `close` does.
+    if fd >= 0 && state::maybe_emulated(fd) {
+        let _ = guarded(|| {
+            if state::object_of(fd).is_some() {
+                state::with_existing(|s| state::drop_fd(s, fd));
+            }
+        });
+    }
+    // SAFETY: the real function with the caller's argument.
+    unsafe { real(stream) }
 }
 
 /// Runs an operation on an emulated fd; `None` if `fd` is not emulated (or re-entered).

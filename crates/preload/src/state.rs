@@ -176,33 +176,65 @@ pub(crate) fn maybe_emulated(fd: i32) -> bool {
     }
 }
 
-/// The fd → object table, mirrored in [`EMULATED_FDS`].
+/// The fd → object table, mirrored in [`EMULATED_FDS`]. Each entry remembers the identity
+/// (device, inode) of the memfd that stands for the object, so that an fd number closed by a
+/// route no hook saw (`syscall(SYS_close)`, ...) and reused for a real file is never answered
+/// by the emulation.
 #[derive(Debug, Default)]
 pub(crate) struct FdTable {
-    map: HashMap<i32, Object>,
+    map: HashMap<i32, (Object, (u64, u64))>,
+}
+
+/// The identity of the file `fd` refers to now.
+fn identity(fd: i32) -> Option<(u64, u64)> {
+    sys::fstat_id(fd).ok().map(|(dev, ino, _)| (dev, ino))
 }
 
 impl FdTable {
+    /// The object `fd` stands for, if the fd still refers to its file.
     pub fn get(&self, fd: &i32) -> Option<&Object> {
-        self.map.get(fd)
+        let (obj, id) = self.map.get(fd)?;
+        (identity(*fd) == Some(*id)).then_some(obj)
     }
 
+    /// Records that `fd` (open now) stands for `obj`.
     pub fn insert(&mut self, fd: i32, obj: Object) {
+        let Some(id) = identity(fd) else {
+            return;
+        };
         if let Some((w, b)) = fd_bit(fd) {
             EMULATED_FDS[w].fetch_or(b, std::sync::atomic::Ordering::Release);
         }
-        self.map.insert(fd, obj);
+        self.map.insert(fd, (obj, id));
     }
 
     pub fn remove(&mut self, fd: &i32) -> Option<Object> {
         if let Some((w, b)) = fd_bit(*fd) {
             EMULATED_FDS[w].fetch_and(!b, std::sync::atomic::Ordering::Release);
         }
-        self.map.remove(fd)
+        self.map.remove(fd).map(|(o, _)| o)
     }
 
     pub fn refers_to(&self, obj: Object) -> bool {
-        self.map.values().any(|o| *o == obj)
+        self.map.values().any(|(o, _)| *o == obj)
+    }
+
+    /// Entries whose fd no longer refers to their file (closed by a route no hook saw).
+    pub fn stale(&self) -> Vec<i32> {
+        self.map
+            .iter()
+            .filter(|(fd, (_, id))| identity(**fd) != Some(*id))
+            .map(|(fd, _)| *fd)
+            .collect()
+    }
+
+    /// Emulated fds in `[first, last]`.
+    pub fn in_range(&self, first: i32, last: i32) -> Vec<i32> {
+        self.map
+            .keys()
+            .copied()
+            .filter(|fd| (first..=last).contains(fd))
+            .collect()
     }
 
     pub fn clear(&mut self) {
@@ -264,7 +296,7 @@ fn build() -> Result<State, Errno> {
                 libc::O_WRONLY | libc::O_CREAT | libc::O_TRUNC | libc::O_CLOEXEC,
                 0o644,
             ) {
-                platform.trace_to_fd(fd);
+                platform.trace_to_fd(type1_host::uring::move_high(fd));
             }
         }
     }
@@ -314,8 +346,24 @@ pub(crate) fn object_of(fd: i32) -> Option<Object> {
     if !maybe_emulated(fd) {
         return None;
     }
-    let g = STATE.lock().unwrap_or_else(|p| p.into_inner());
-    g.as_ref().and_then(|s| s.fds.get(&fd).copied())
+    let mut g = STATE.lock().unwrap_or_else(|p| p.into_inner());
+    let s = g.as_mut()?;
+    match s.fds.get(&fd).copied() {
+        Some(o) => Some(o),
+        None => {
+            // Closed by a route no hook saw, and maybe reused: that close happened.
+            drop_fd(s, fd);
+            None
+        }
+    }
+}
+
+/// Forgets every fd that no longer refers to its file (closed by a route no hook saw), with
+/// the consequences of a last close; run before decisions that depend on what is open.
+pub(crate) fn collect_stale(s: &mut State) {
+    for fd in s.fds.stale() {
+        drop_fd(s, fd);
+    }
 }
 
 /// Forgets `fd`; the object's last close (no other fd refers to it, after `dup`s) has the

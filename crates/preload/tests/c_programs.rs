@@ -405,3 +405,18 @@ fn signal_handler_calls_never_return_wrong_data() {
     let (ok, out, _) = run_preloaded(&exe, "signals.jsonl");
     assert!(ok && out.contains("signals ok"), "{out}");
 }
+
+/// Issue 9, item 1: every close route releases the emulated object (the group opens again),
+/// a real file that reuses the number gets the kernel's answers, and `closefrom` leaves the
+/// emulation's own fds alone.
+#[test]
+fn every_close_route_releases_and_real_files_are_never_answered() {
+    let Some(exe) = compile("closeroutes") else {
+        return;
+    };
+    let (ok, out, _) = run_preloaded(&exe, "closeroutes.jsonl");
+    assert!(ok, "{out}");
+    for route in ["close_range", "syscall", "fclose", "closefrom"] {
+        assert!(out.contains(&format!("{route} ok")), "{route}:\n{out}");
+    }
+}
