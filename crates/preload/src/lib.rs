@@ -1,14 +1,17 @@
 //! # type1-preload: `/dev/vfio` emulated inside an unmodified program (LD_PRELOAD)
 //!
 //! Built as `libtype1_preload.so`. Loaded with `LD_PRELOAD`, it interposes the libc entry points
-//! a VFIO user calls (the `open` family, `close`, `dup`/`dup2`/`dup3`/`fcntl(F_DUPFD*)`,
-//! `ioctl`, `pread`/`pwrite`, `mmap`/`munmap`/`mremap`/`madvise`, `ftruncate`/`fallocate`,
+//! a VFIO user calls (the `open` family, `close`/`close_range`/`closefrom`/`fclose`,
+//! `dup`/`dup2`/`dup3`/`fcntl(F_DUPFD*)`, `ioctl`, `pread`/`pwrite`,
+//! `mmap`/`munmap`/`mremap`/`madvise`/`mprotect`, `ftruncate`/`fallocate`,
 //! the `stat` family, `readlink`, `realpath`) and answers, in-process, for:
 //!
 //! * `/dev/vfio/vfio` (a container) and `/dev/vfio/N` (group N), and device fds from
 //!   `VFIO_GROUP_GET_DEVICE_FD`. Each is a real fd (`memfd_create`), so numbering, `close`,
-//!   `poll` and `fstat` behave; the emulation keys on the fd number, follows duplicates, and
-//!   releases an object at the last close of all its fds;
+//!   `poll` and `fstat` behave; the emulation keys on the fd number *and* the identity of
+//!   that memfd (so a number closed by a route no hook sees, such as `syscall(SYS_close)`, and
+//!   reused for a real file is never answered), follows duplicates, and releases an object at
+//!   the last close of all its fds;
 //! * the emulated DMA device behind each device fd (`docs/device.md`): BAR0 registers through
 //!   `pread`/`pwrite` start DMA through the group's IOMMU domain; BAR2 (device memory, backed
 //!   by the device fd's memfd) can be `mmap`ped and given to MAP_DMA (peer-to-peer);
