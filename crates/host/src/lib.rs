@@ -46,6 +46,7 @@
 
 pub mod pins;
 pub mod sys;
+pub mod tracefile;
 pub mod uring;
 
 use std::collections::BTreeMap;
@@ -235,7 +236,7 @@ pub struct MemoryStats {
 /// Where trace events go.
 enum Sink {
     None,
-    Fd(i32),
+    File(tracefile::TraceFile),
     Memory(Vec<Event>),
 }
 
@@ -266,7 +267,6 @@ pub struct HostPlatform {
     flush: (FlushInsn, u64),
     stats: HostStats,
     sink: Sink,
-    seq: u64,
     notices: Vec<&'static str>,
     watch: std::sync::Arc<CpuWatch>,
     /// Overrides of the task's credentials (tests).
@@ -314,7 +314,6 @@ impl HostPlatform {
             flush: sys::detect_flush(),
             stats: HostStats::default(),
             sink: Sink::None,
-            seq: 0,
             notices: Vec::new(),
             watch: std::sync::Arc::default(),
             task_override: None,
@@ -356,10 +355,11 @@ impl HostPlatform {
         self.mode
     }
 
-    /// Writes the trace as JSON lines (`{"seq":N,"ev":...}`, `docs/trace.md`) to `fd`, which
-    /// the platform then owns.
-    pub fn trace_to_fd(&mut self, fd: i32) {
-        self.sink = Sink::Fd(fd);
+    /// Writes the trace as JSON lines (`{"seq":N,"pid":P,"ev":...}`, `docs/trace.md`) to the
+    /// run's trace `TYPE1_TRACE=base`: this process's own file of it ([`tracefile`]).
+    pub fn trace_to_path(&mut self, base: std::ffi::OsString) -> Result<(), Errno> {
+        self.sink = Sink::File(tracefile::TraceFile::open(base)?);
+        Ok(())
     }
 
     /// Keeps trace events in memory (see [`Self::events`]).
@@ -888,15 +888,9 @@ impl HostPlatform {
     }
 
     fn emit(&mut self, event: &Event) {
-        if let Sink::Fd(fd) = self.sink {
-            self.seq += 1;
+        if let Sink::File(f) = &mut self.sink {
             if let Ok(json) = serde_json::to_string(event) {
-                let line = format!(
-                    "{{\"seq\":{},{}\n",
-                    self.seq,
-                    json.strip_prefix('{').unwrap_or(&json)
-                );
-                let _ = sys::write_all(fd, line.as_bytes());
+                f.write(&json);
             }
         }
     }
@@ -914,9 +908,7 @@ impl Drop for HostPlatform {
         if let Some((_, fd)) = self.pagemap.take() {
             sys::close(fd);
         }
-        if let Sink::Fd(fd) = self.sink {
-            sys::close(fd);
-        }
+        // The trace file closes itself.
     }
 }
 

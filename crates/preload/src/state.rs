@@ -289,15 +289,12 @@ fn build() -> Result<State, Errno> {
     platform.prepare();
     let _ = WATCH.set(platform.cpu_watch());
     if let Some(path) = std::env::var_os("TYPE1_TRACE") {
-        use std::os::unix::ffi::OsStrExt;
-        if let Ok(c) = CString::new(path.as_bytes()) {
-            if let Ok(fd) = sys::open(
-                &c,
-                libc::O_WRONLY | libc::O_CREAT | libc::O_TRUNC | libc::O_CLOEXEC,
-                0o644,
-            ) {
-                platform.trace_to_fd(type1_host::uring::move_high(fd));
-            }
+        if let Err(e) = platform.trace_to_path(path.clone()) {
+            let msg = format!(
+                "type1-preload: TYPE1_TRACE={}: {e}; no trace\n",
+                path.to_string_lossy()
+            );
+            let _ = sys::write_all(2, msg.as_bytes());
         }
     }
     let policy = std::env::var("TYPE1_POLICY").unwrap_or_else(|_| "seed".to_string());

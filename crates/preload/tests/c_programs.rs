@@ -420,3 +420,70 @@ fn every_close_route_releases_and_real_files_are_never_answered() {
         assert!(out.contains(&format!("{route} ok")), "{route}:\n{out}");
     }
 }
+
+/// Issue 9, item 6: the trace stays valid across fork and exec: one file per process, every
+/// line JSON with its writer's pid, `seq` 1, 2, 3, ... in each file, and nothing truncated
+/// (the parent's events from before it exec'd itself are still there).
+#[test]
+fn trace_stays_valid_across_fork_and_exec() {
+    let Some(exe) = compile("tracefork") else {
+        return;
+    };
+    let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join("tracefork");
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let base = dir.join("t.jsonl");
+    let out = Command::new(&exe)
+        .env("LD_PRELOAD", lib())
+        .env("TYPE1_TRACE", &base)
+        .output()
+        .expect("run");
+    let text = String::from_utf8_lossy(&out.stdout).to_string();
+    assert!(out.status.success(), "{text}");
+    let pid_of = |what: &str| -> u64 {
+        text.lines()
+            .find_map(|l| l.strip_prefix(&format!("tracefork {what} ")))
+            .and_then(|p| p.trim().parse().ok())
+            .unwrap_or_else(|| panic!("no {what} line in {text}"))
+    };
+    let (parent, child) = (pid_of("parent"), pid_of("child"));
+    assert_eq!(pid_of("again"), parent, "exec keeps the pid");
+    let check = |path: &Path, pid: u64| -> Vec<serde_json::Value> {
+        let t = std::fs::read_to_string(path).unwrap_or_else(|e| panic!("{path:?}: {e}"));
+        let evs: Vec<serde_json::Value> = t
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{e}: {l:?}")))
+            .collect();
+        for (i, e) in evs.iter().enumerate() {
+            assert_eq!(
+                e["seq"].as_u64(),
+                Some(i as u64 + 1),
+                "{path:?} line {}",
+                i + 1
+            );
+            assert_eq!(e["pid"].as_u64(), Some(pid), "{path:?} line {}", i + 1);
+        }
+        evs
+    };
+    let main = check(&base, parent);
+    let kid = check(&dir.join(format!("t.jsonl.{child}")), child);
+    let maps_at = |evs: &[serde_json::Value], iova: u64| {
+        evs.iter()
+            .filter(|e| e["ev"] == "map" && e["iova"].as_u64() == Some(iova))
+            .count()
+    };
+    assert!(
+        maps_at(&main, 0x100000) > 0,
+        "the parent's events before exec"
+    );
+    assert!(
+        maps_at(&main, 0x300000) > 0,
+        "and after it, in the same file"
+    );
+    assert!(
+        kid.iter().any(|e| e["ev"] == "unmap"),
+        "the child's own UNMAP in its own file"
+    );
+    let files = std::fs::read_dir(&dir).unwrap().count();
+    assert_eq!(files, 2, "one file per process");
+}
