@@ -219,6 +219,14 @@ impl FdTable {
         self.map.values().any(|(o, _)| *o == obj)
     }
 
+    /// An fd that stands for `obj` now, if any.
+    pub fn fd_of(&self, obj: Object) -> Option<i32> {
+        self.map
+            .iter()
+            .find(|(fd, (o, id))| *o == obj && identity(**fd) == Some(*id))
+            .map(|(fd, _)| *fd)
+    }
+
     /// Entries whose fd no longer refers to their file (closed by a route no hook saw).
     pub fn stale(&self) -> Vec<i32> {
         self.map
@@ -429,6 +437,16 @@ impl Caller for ProcessCaller<'_> {
     }
 
     fn new_fd(&mut self, obj: Object) -> Result<i32, Errno> {
+        // A device already open: the new fd shares its file (one BAR2 memory, one device).
+        if let Some(old) = self.fds.fd_of(obj) {
+            // SAFETY: F_DUPFD_CLOEXEC only creates a descriptor.
+            let r = unsafe { libc::syscall(libc::SYS_fcntl, old, libc::F_DUPFD_CLOEXEC, 0) };
+            if r < 0 {
+                return Err(Errno(libc::EMFILE));
+            }
+            self.fds.insert(r as i32, obj);
+            return Ok(r as i32);
+        }
         let fd = memfd(c"vfio-device", true)?;
         // The device fd's memfd backs BAR2 (device memory): `mmap` and `pread` of the region
         // both reach these bytes.

@@ -487,3 +487,13 @@ fn trace_stays_valid_across_fork_and_exec() {
     let files = std::fs::read_dir(&dir).unwrap().count();
     assert_eq!(files, 2, "one file per process");
 }
+
+/// Issue 9, item 5: two fds on one function are one device (registers, buffer, BAR2).
+#[test]
+fn two_fds_on_one_function_are_one_device() {
+    let Some(exe) = compile("onedevice") else {
+        return;
+    };
+    let (ok, out, _) = run_preloaded(&exe, "onedevice.jsonl");
+    assert!(ok && out.contains("onedevice ok"), "{out}");
+}

@@ -165,7 +165,12 @@ impl<P: Platform> Vfio<P> {
         Ok(Object::Group(id))
     }
 
+    /// The device object for `name`: the one already open if there is one (a function is one
+    /// device however many fds are opened on it, as in the kernel), else a new one.
     pub(crate) fn new_device(&mut self, group: u32, name: String) -> u32 {
+        if let Some((id, _)) = self.devices.iter().find(|(_, d)| d.name == name) {
+            return *id;
+        }
         let id = self.fresh_id();
         self.devices.insert(
             id,
