@@ -243,7 +243,7 @@ fn exec(
     library: Option<PathBuf>,
     command: &[String],
 ) -> Result<ExitCode> {
-    use type1_preload::exec::{find_library, run, summarize, ExecOptions};
+    use type1_exec::{find_library, run, summarize, ExecOptions};
     let library = match library.or_else(find_library) {
         Some(l) if l.exists() => l,
         Some(l) => anyhow::bail!("--library {} does not exist", l.display()),

@@ -98,3 +98,17 @@ fn unknown_policy_is_a_clear_error() {
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("bogus"));
 }
+
+/// The `type1` binary is not itself interposed: its own reads of `/dev/vfio/*` go to the real
+/// file system (where there is no such file here), never to the emulation.
+#[test]
+fn the_cli_does_its_own_io_for_real() {
+    if std::path::Path::new("/dev/vfio/0").exists() {
+        return; // a real VFIO host: nothing to show
+    }
+    let out = type1(&["run", "/dev/vfio/0"]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(stderr.contains("cannot read /dev/vfio/0"), "{stderr}");
+    assert!(!String::from_utf8_lossy(&out.stdout).contains("PASS"));
+}

@@ -44,10 +44,10 @@
 //! the emulation's never take its lock (a lock-free fd bitmap and the host platform's address
 //! watch decide); `pthread_atfork` handlers make sure no lock is held across `fork`; an
 //! emulated call from a signal handler that interrupted one on the same thread fails with
-//! EDEADLK rather than reaching the real file behind the fd. The [`exec`] module is the library side of
-//! `type1 exec`: run a program with the library preloaded and summarize its trace.
+//! EDEADLK rather than reaching the real file behind the fd. Running a program under the library
+//! (`type1 exec`) and reading its trace is `type1-exec`'s job, a crate that links none of these
+//! symbols.
 
-pub mod exec;
 mod hooks;
 mod state;
 

@@ -6,7 +6,7 @@ use std::{
     process::Command,
 };
 
-use type1_preload::exec::{find_library, run, summarize, ExecOptions};
+use type1_exec::{find_library, run, summarize, ExecOptions};
 
 fn repo() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")

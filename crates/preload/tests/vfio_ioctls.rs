@@ -110,7 +110,7 @@ fn client(sysfs: &Path) {
 // ---- driver role ----------------------------------------------------------------------------
 
 fn lib() -> Result<PathBuf, String> {
-    type1_preload::exec::find_library()
+    type1_exec::find_library()
         .ok_or_else(|| "libtype1_preload.so not found next to the test binary".to_string())
 }
 

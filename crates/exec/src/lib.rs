@@ -1,5 +1,9 @@
-//! The library side of `type1 exec`: run a program with `libtype1_preload.so` preloaded and
-//! summarize the trace it leaves.
+//! # type1-exec: run a program under the emulation, and summarize its trace
+//!
+//! The other side of `libtype1_preload.so` (crate `type1-preload`): find the library, run a
+//! program with it preloaded (`type1 exec`), and summarize the JSON-lines trace it leaves
+//! (`docs/trace.md`). This crate links none of the library's interposed symbols, so the
+//! `type1` binary and the tests that use it do their own file I/O for real.
 
 use std::{
     collections::BTreeMap,
