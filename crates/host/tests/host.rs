@@ -188,11 +188,11 @@ fn engine_over_host_flushes_for_noncoherent_group() {
     assert_eq!(p.domain_count(), 0);
 }
 
-/// Runs in a child process (re-executed test binary) that drops CAP_IPC_LOCK and lowers
-/// RLIMIT_MEMLOCK, so that the real credential and limit reads are exercised.
+/// Runs in a child process of its own (re-executed test binary) that drops CAP_IPC_LOCK and
+/// lowers RLIMIT_MEMLOCK, so that the real credential and limit reads are exercised.
 #[test]
-fn rlimit_child() {
-    if std::env::var_os("TYPE1_HOST_RLIMIT_CHILD").is_none() {
+fn rlimit_enforced_without_cap_ipc_lock() {
+    if !in_own_process("rlimit_enforced_without_cap_ipc_lock") {
         return;
     }
     drop_cap_ipc_lock_and_limit(64 * 1024);
@@ -208,7 +208,6 @@ fn rlimit_child() {
     assert_eq!(engine_map(&mut p, 1, &big, 0), Err(Errno::ENOMEM));
     assert_eq!(p.locked_vm(SELF_MM), 0);
     assert_eq!(p.pinned_frames(), 0);
-    println!("RLIMIT-CHILD-OK");
 }
 
 fn drop_cap_ipc_lock_and_limit(bytes: u64) {
@@ -221,27 +220,6 @@ fn drop_cap_ipc_lock_and_limit(bytes: u64) {
     assert_eq!(unsafe { libc::setrlimit(libc::RLIMIT_MEMLOCK, &rl) }, 0);
 }
 
-#[test]
-fn rlimit_enforced_without_cap_ipc_lock() {
-    if std::env::var_os("TYPE1_HOST_RLIMIT_CHILD").is_some() {
-        return;
-    }
-    let exe = std::env::current_exe().unwrap();
-    let out = std::process::Command::new(exe)
-        .args(["--exact", "rlimit_child", "--nocapture", "--test-threads=1"])
-        .env("TYPE1_HOST_RLIMIT_CHILD", "1")
-        .output()
-        .unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success() && stdout.contains("RLIMIT-CHILD-OK"),
-        "{stdout}\n{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
-
-/// Issue 8, item 3: a mapping is one run of bus frames, and the domain holds it in 2 MiB
-/// leaves where IOVA and virtual alignment allow (whatever the physical pages are).
 #[test]
 fn aligned_mapping_takes_2m_leaves_and_one_flush_per_run() {
     let huge = 2u64 << 20;
