@@ -1,7 +1,8 @@
 /* A long MAP_DMA in one thread never stalls unrelated calls of another: while the main thread
- * pins 1 GiB of memory that still has to be faulted in (seconds here), a second thread opens,
- * dups, ioctls and closes /dev/null and maps and unmaps anonymous memory, 200 times. It
- * waits until the MAP is visibly under way (VmPin rising) and must finish before the MAP does.
+ * pins 1 GiB of memory that still has to be faulted in (seconds here) into container 1, a
+ * second thread opens, dups, ioctls and closes /dev/null and maps and unmaps anonymous memory,
+ * 200 times, and maps and unmaps memory in container 2 (the other group's), 20 times. It waits
+ * until the MAP is visibly under way (VmPin rising) and must finish before the MAP does.
  * Ordering, not timing: under a global lock the second thread would finish after the MAP. */
 #define _GNU_SOURCE
 #include "common.h"
@@ -9,6 +10,7 @@
 #include <stdatomic.h>
 
 static atomic_int map_done;
+static int c2;
 static atomic_int unrelated_done_first = -1;
 
 static long vmpin(void) {
@@ -39,13 +41,21 @@ static void *unrelated(void *arg) {
         void *p = mmap(NULL, 8192, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
         CHECK(p != MAP_FAILED && munmap(p, 8192) == 0, "mmap/munmap");
     }
+    void *buf = map_anon(4 * 4096);
+    for (int i = 0; i < 20; i++) {
+        CHECK(ioctl(c2, VFIO_CHECK_EXTENSION, VFIO_TYPE1v2_IOMMU) == 1, "another container");
+        CHECK(dma_map(c2, buf, 0x10000, 4 * 4096) == 0, "MAP_DMA on another container");
+        uint64_t un = 0;
+        CHECK(dma_unmap(c2, 0x10000, 4 * 4096, &un) == 0 && un == 4 * 4096, "UNMAP there");
+    }
     atomic_store(&unrelated_done_first, !atomic_load(&map_done));
     return NULL;
 }
 
 int main(void) {
-    int g;
+    int g, g0;
     int c = open_container(1, &g);
+    c2 = open_container(0, &g0);
     size_t len = 1ul << 30;
     void *mem = mmap(NULL, len, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
     CHECK(mem != MAP_FAILED, "mmap 1 GiB");

@@ -352,7 +352,11 @@ fn on_emulated<R>(
     }
     let obj = guarded(|| state::object_of(fd)).ok().flatten()?;
     let r = guarded(|| {
-        let mut g = state::lock()?;
+        // A container's own calls wait only for that container; the rest for all of them.
+        let mut g = match obj {
+            Object::Container(id) => state::lock_container(id)?,
+            _ => state::lock()?,
+        };
         let s = g.as_mut().ok_or(Errno::EIO)?;
         f(s, obj)
     });
@@ -367,14 +371,33 @@ pub unsafe extern "C" fn ioctl(fd: c_int, req: c_ulong, arg: *mut c_void) -> c_i
     if u64::from(req) == type1_uapi::nr::VFIO_IOMMU_MAP_DMA {
         let _ = guarded(|| prefault_map(fd, arg as u64));
     }
-    let emulated = on_emulated(fd, |s, obj| {
-        let state::State { vfio, fds } = s;
-        let mut caller = ProcessCaller { fds };
-        // c_ulong is u64 here but u32 on 32-bit targets.
-        #[allow(clippy::useless_conversion)]
-        let req = u64::from(req);
-        vfio.ioctl(obj, req, arg as u64, &mut caller)
-    });
+    // c_ulong is u64 here but u32 on 32-bit targets.
+    #[allow(clippy::useless_conversion)]
+    let req64 = u64::from(req);
+    let long = req64 == type1_uapi::nr::VFIO_IOMMU_MAP_DMA
+        || req64 == type1_uapi::nr::VFIO_IOMMU_UNMAP_DMA;
+    let container = if long && !state::in_hook() {
+        match guarded(|| state::object_of(fd)).ok().flatten() {
+            Some(Object::Container(id)) => Some(id),
+            _ => None,
+        }
+    } else {
+        None
+    };
+    let emulated = match container {
+        // MAP_DMA and UNMAP_DMA run with their container checked out of the state.
+        Some(id) => Some(
+            guarded(|| {
+                state::container_ioctl_unlocked(id, req64, arg as u64, &mut state::MemoryCaller)
+            })
+            .unwrap_or(Err(Errno::EIO)),
+        ),
+        None => on_emulated(fd, |s, obj| {
+            let state::State { vfio, fds, .. } = s;
+            let mut caller = ProcessCaller { fds };
+            vfio.ioctl(obj, req64, arg as u64, &mut caller)
+        }),
+    };
     match emulated {
         Some(Ok(v)) => v as c_int,
         Some(Err(e)) => {
@@ -619,12 +642,9 @@ fn device_mmap(
     let first_pfn = bar_pfn + bar_off / PAGE_SIZE;
     // Peer-to-peer DMA reaches the BAR through the emulation's own mapping of it, so that it
     // follows the device, not whatever the program maps at the address later.
-    s.vfio
-        .platform
-        .set_bar_backing(bar_pfn, BAR2_SIZE / PAGE_SIZE, fd)?;
-    s.vfio
-        .platform
-        .map_mmio(p as u64, len64.div_ceil(PAGE_SIZE), first_pfn, MemType::Uc);
+    let mut host = s.vfio.platform.lock();
+    host.set_bar_backing(bar_pfn, BAR2_SIZE / PAGE_SIZE, fd)?;
+    host.map_mmio(p as u64, len64.div_ceil(PAGE_SIZE), first_pfn, MemType::Uc);
     Ok(p)
 }
 
@@ -696,8 +716,18 @@ mmap_hook!(mmap64, "mmap64");
 /// and takes no lock. Never builds the state.
 fn with_platform(addr: u64, len: u64, f: impl FnOnce(&mut type1_host::HostPlatform)) {
     if watched(addr, len) {
-        let _ = guarded(|| state::with_existing(|s| f(&mut s.vfio.platform)));
+        on_platform(f);
     }
+}
+
+/// Runs `f` on the host platform (its own lock only: a MAP_DMA in progress holds it only
+/// between two of its platform calls), if the emulation has state.
+fn on_platform(f: impl FnOnce(&mut type1_host::HostPlatform)) {
+    let _ = guarded(|| {
+        if let Some(p) = state::PLATFORM.get() {
+            f(&mut p.lock());
+        }
+    });
 }
 
 /// Whether `[addr, addr + len)` may hold pinned pages or device memory.
@@ -755,7 +785,7 @@ pub unsafe extern "C" fn mremap(
     let hit = watched(o, ol) || (fixed && watched(new_addr as u64, nl));
     let on_platform = |f: &mut dyn FnMut(&mut type1_host::HostPlatform)| {
         if hit {
-            let _ = guarded(|| state::with_existing(|s| f(&mut s.vfio.platform)));
+            on_platform(|p| f(p));
         }
     };
     on_platform(&mut |p| {

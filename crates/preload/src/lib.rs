@@ -49,6 +49,7 @@
 //! symbols.
 
 mod hooks;
+mod shared;
 mod state;
 
 pub use state::{DEFAULT_DEVICES, SYSFS_PCI};

@@ -2,11 +2,12 @@
 
 use std::{
     cell::Cell,
-    collections::{BTreeMap, HashMap},
+    collections::{BTreeMap, BTreeSet, HashMap},
     ffi::CString,
-    sync::{Mutex, MutexGuard, OnceLock},
+    sync::{Condvar, Mutex, MutexGuard, OnceLock},
 };
 
+use crate::shared::SharedHost;
 use type1_core::{Config, DomainId, Errno};
 use type1_host::{sys, DmaError, HostConfig, HostPlatform, PinMode, UnitConfig};
 use type1_uapi::{
@@ -149,9 +150,18 @@ pub(crate) fn machine() -> &'static Machine {
 }
 
 pub(crate) struct State {
-    pub vfio: Vfio<HostPlatform>,
+    pub vfio: Vfio<SharedHost>,
     pub fds: FdTable,
+    /// Containers checked out for a MAP_DMA or UNMAP_DMA running without the state lock.
+    pub busy: BTreeSet<u32>,
 }
+
+/// Signalled whenever a checked-out container comes back.
+static RETURNED: Condvar = Condvar::new();
+
+/// The host platform, shared (set when the state is built). The memory hooks use it without
+/// the state lock.
+pub(crate) static PLATFORM: OnceLock<SharedHost> = OnceLock::new();
 
 /// Fd numbers below this are tracked in [`EMULATED_FDS`].
 const FD_BITS: usize = 1 << 16;
@@ -306,44 +316,104 @@ fn build() -> Result<State, Errno> {
         }
     }
     let policy = std::env::var("TYPE1_POLICY").unwrap_or_else(|_| "seed".to_string());
-    let mut vfio = Vfio::new(platform, &m.groups, Config::default(), &policy)?;
+    let shared = SharedHost::new(platform);
+    let mut vfio = Vfio::new(shared.clone(), &m.groups, Config::default(), &policy)?;
+    let _ = PLATFORM.set(shared);
     vfio.set_dma_access(host_dma);
     Ok(State {
         vfio,
         fds: FdTable::default(),
+        busy: BTreeSet::new(),
     })
 }
 
 /// Device DMA on the host platform, as `type1-uapi` asks for it.
 fn host_dma(
-    p: &mut HostPlatform,
+    p: &mut SharedHost,
     domain: DomainId,
     iova: u64,
     buf: &mut [u8],
     to_memory: bool,
 ) -> Result<(), DmaFault> {
-    p.dma(domain, iova, buf, to_memory).map_err(|e| DmaFault {
-        iova,
-        reason: match e {
-            DmaError::Permission => FAULT_PERMISSION,
-            DmaError::Unmapped | DmaError::Unreachable => FAULT_UNMAPPED,
-        },
-    })
+    p.lock()
+        .dma(domain, iova, buf, to_memory)
+        .map_err(|e| DmaFault {
+            iova,
+            reason: match e {
+                DmaError::Permission => FAULT_PERMISSION,
+                DmaError::Unmapped | DmaError::Unreachable => FAULT_UNMAPPED,
+            },
+        })
 }
 
-/// Runs `f` on the state if it has been built (never builds it).
+/// Waits (releasing the lock) until `done` says the state may be used.
+fn wait_until(
+    mut g: MutexGuard<'static, Option<State>>,
+    done: impl Fn(&State) -> bool,
+) -> MutexGuard<'static, Option<State>> {
+    while g.as_ref().is_some_and(|s| !done(s)) {
+        g = RETURNED.wait(g).unwrap_or_else(|p| p.into_inner());
+    }
+    g
+}
+
+/// Runs `f` on the state if it has been built (never builds it), once no container is
+/// checked out.
 pub(crate) fn with_existing<R>(f: impl FnOnce(&mut State) -> R) -> Option<R> {
-    let mut g = STATE.lock().unwrap_or_else(|p| p.into_inner());
+    let g = STATE.lock().unwrap_or_else(|p| p.into_inner());
+    let mut g = wait_until(g, |s| s.busy.is_empty());
     g.as_mut().map(f)
 }
 
-/// The state, built on first use. `Err` if the configuration is invalid (bad policy).
+/// The state, built on first use, once no container is checked out. `Err` if the
+/// configuration is invalid (bad policy).
 pub(crate) fn lock() -> Result<MutexGuard<'static, Option<State>>, Errno> {
     let mut g = STATE.lock().unwrap_or_else(|p| p.into_inner());
     if g.is_none() {
         *g = Some(build()?);
     }
-    Ok(g)
+    Ok(wait_until(g, |s| s.busy.is_empty()))
+}
+
+/// The state, once container `id` is not checked out (others may be: an ioctl on one
+/// container does not wait for a MAP_DMA on another).
+pub(crate) fn lock_container(id: u32) -> Result<MutexGuard<'static, Option<State>>, Errno> {
+    let mut g = STATE.lock().unwrap_or_else(|p| p.into_inner());
+    if g.is_none() {
+        *g = Some(build()?);
+    }
+    Ok(wait_until(g, |s| !s.busy.contains(&id)))
+}
+
+/// Runs MAP_DMA or UNMAP_DMA (`req`) on container `id` with the container checked out of the
+/// state: the state lock is held only to take it out and put it back, so other containers,
+/// groups, devices and memory calls go on meanwhile; calls that need this container wait.
+pub(crate) fn container_ioctl_unlocked(
+    id: u32,
+    req: u64,
+    arg: u64,
+    caller: &mut dyn Caller,
+) -> Result<i64, Errno> {
+    let detached = {
+        let mut g = lock_container(id)?;
+        let s = g.as_mut().ok_or(Errno::EIO)?;
+        let d = s.vfio.detach_container(id).ok_or(Errno::EBADF)?;
+        s.busy.insert(id);
+        d
+    };
+    let mut detached = detached;
+    let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        detached.ioctl(Object::Container(id), req, arg, caller)
+    }));
+    {
+        let mut g = STATE.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(s) = g.as_mut() {
+            s.vfio.reattach(detached);
+            s.busy.remove(&id);
+        }
+    }
+    RETURNED.notify_all();
+    r.unwrap_or(Err(Errno::EIO))
 }
 
 /// Whether `fd` is emulated (without building the state).
@@ -351,16 +421,10 @@ pub(crate) fn object_of(fd: i32) -> Option<Object> {
     if !maybe_emulated(fd) {
         return None;
     }
-    let mut g = STATE.lock().unwrap_or_else(|p| p.into_inner());
-    let s = g.as_mut()?;
-    match s.fds.get(&fd).copied() {
-        Some(o) => Some(o),
-        None => {
-            // Closed by a route no hook saw, and maybe reused: that close happened.
-            drop_fd(s, fd);
-            None
-        }
-    }
+    // Only the fd table is read: no need to wait for checked-out containers. An fd closed by
+    // a route no hook saw (and maybe reused) answers `None`; `collect_stale` forgets it.
+    let g = STATE.lock().unwrap_or_else(|p| p.into_inner());
+    g.as_ref().and_then(|s| s.fds.get(&fd).copied())
 }
 
 /// Forgets every fd that no longer refers to its file (closed by a route no hook saw), with
@@ -406,6 +470,28 @@ pub(crate) fn memfd(name: &std::ffi::CStr, cloexec: bool) -> Result<i32, Errno> 
         ))
     } else {
         Ok(r as i32)
+    }
+}
+
+/// The calling process for a container's MAP_DMA and UNMAP_DMA, which only copy from and to
+/// user memory (they never look up or install an fd).
+pub(crate) struct MemoryCaller;
+
+impl Caller for MemoryCaller {
+    fn read(&mut self, addr: u64, buf: &mut [u8]) -> Result<(), Errno> {
+        sys::read_user(addr, buf)
+    }
+
+    fn write(&mut self, addr: u64, data: &[u8]) -> Result<(), Errno> {
+        sys::write_user(addr, data)
+    }
+
+    fn object_of_fd(&self, _fd: i32) -> Result<Option<Object>, Errno> {
+        Err(Errno::EBADF)
+    }
+
+    fn new_fd(&mut self, _obj: Object) -> Result<i32, Errno> {
+        Err(Errno::EINVAL)
     }
 }
 
@@ -461,25 +547,37 @@ impl Caller for ProcessCaller<'_> {
 }
 
 thread_local! {
-    /// The state lock, held by the forking thread from `fork`'s prepare handler to its parent
-    /// or child handler.
-    static FORK_GUARD: std::cell::RefCell<Option<MutexGuard<'static, Option<State>>>> =
-        const { std::cell::RefCell::new(None) };
+    /// The state lock and the platform's, held by the forking thread from `fork`'s prepare
+    /// handler to its parent or child handler.
+    static FORK_GUARD: std::cell::RefCell<
+        Option<(MutexGuard<'static, Option<State>>, Option<MutexGuard<'static, HostPlatform>>)>,
+    > = const { std::cell::RefCell::new(None) };
 }
 
 extern "C" fn fork_prepare() {
-    // No other thread is inside the emulation when fork copies the process, so the child
-    // never starts with the lock held by a thread it does not have. Not when this thread is
-    // inside it itself (a fork from a signal handler that interrupted an emulated call).
+    // No other thread is inside the emulation when fork copies the process (no container is
+    // checked out, nobody holds the platform), so the child never starts with a lock held by
+    // a thread it does not have. Not when this thread is inside it itself (a fork from a
+    // signal handler that interrupted an emulated call).
     if in_hook() {
         return;
     }
     let g = STATE.lock().unwrap_or_else(|p| p.into_inner());
-    let _ = FORK_GUARD.try_with(|f| *f.borrow_mut() = Some(g));
+    let g = wait_until(g, |s| s.busy.is_empty());
+    let p = PLATFORM
+        .get()
+        .map(|p| p.mutex().lock().unwrap_or_else(|e| e.into_inner()));
+    let _ = FORK_GUARD.try_with(|f| *f.borrow_mut() = Some((g, p)));
 }
 
 extern "C" fn fork_release() {
-    let _ = FORK_GUARD.try_with(|f| f.borrow_mut().take());
+    // The platform's lock first (taken last).
+    let _ = FORK_GUARD.try_with(|f| {
+        if let Some((g, p)) = f.borrow_mut().take() {
+            drop(p);
+            drop(g);
+        }
+    });
 }
 
 /// Registers the fork handlers (`pthread_atfork`), once, when the library is loaded.
@@ -493,7 +591,8 @@ pub(crate) extern "C" fn register_fork_handlers() {
 /// Process exit: release everything as the kernel does when the process's fds are closed.
 pub(crate) fn release_all() {
     let _ = guarded(|| {
-        let mut g = STATE.lock().unwrap_or_else(|p| p.into_inner());
+        let g = STATE.lock().unwrap_or_else(|p| p.into_inner());
+        let mut g = wait_until(g, |s| s.busy.is_empty());
         if let Some(s) = g.as_mut() {
             s.vfio.release_all();
             s.fds.clear();

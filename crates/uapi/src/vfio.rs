@@ -79,6 +79,31 @@ pub struct Vfio<P: Platform> {
     dma: Option<DmaAccess<P>>,
 }
 
+impl<P: Platform + Clone> Vfio<P> {
+    /// Takes container `id` out into a subsystem of its own (the same platform handle, module
+    /// parameters and policy, no group or device), so that a long container ioctl (MAP_DMA,
+    /// UNMAP_DMA) can run on it while this one goes on serving every other object. `None` if
+    /// there is no such container. Give it back with [`Self::reattach`].
+    pub fn detach_container(&mut self, id: u32) -> Option<Vfio<P>> {
+        let cs = self.containers.remove(&id)?;
+        Some(Vfio {
+            platform: self.platform.clone(),
+            cfg: self.cfg,
+            policy: self.policy.clone(),
+            groups: BTreeMap::new(),
+            containers: [(id, cs)].into_iter().collect(),
+            devices: BTreeMap::new(),
+            next_id: 0,
+            dma: None,
+        })
+    }
+
+    /// Puts back the container(s) [`Self::detach_container`] took out.
+    pub fn reattach(&mut self, mut detached: Vfio<P>) {
+        self.containers.append(&mut detached.containers);
+    }
+}
+
 impl<P: Platform> Vfio<P> {
     /// A subsystem with the given groups, type1 module parameters and flush policy
     /// (`"seed"` or `"none"`). EINVAL for an unknown policy.
