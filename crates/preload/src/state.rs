@@ -546,12 +546,17 @@ impl Caller for ProcessCaller<'_> {
     }
 }
 
+/// The state lock and the platform's, as the forking thread holds them.
+type ForkLocks = (
+    MutexGuard<'static, Option<State>>,
+    Option<MutexGuard<'static, HostPlatform>>,
+);
+
 thread_local! {
-    /// The state lock and the platform's, held by the forking thread from `fork`'s prepare
-    /// handler to its parent or child handler.
-    static FORK_GUARD: std::cell::RefCell<
-        Option<(MutexGuard<'static, Option<State>>, Option<MutexGuard<'static, HostPlatform>>)>,
-    > = const { std::cell::RefCell::new(None) };
+    /// The locks held by the forking thread from `fork`'s prepare handler to its parent or
+    /// child handler.
+    static FORK_GUARD: std::cell::RefCell<Option<ForkLocks>> =
+        const { std::cell::RefCell::new(None) };
 }
 
 extern "C" fn fork_prepare() {
