@@ -858,6 +858,43 @@ impl HostPlatform {
         });
     }
 
+    /// Pages a span may cover at most (one check, one pass of flush instructions).
+    const SPAN_PAGES: u64 = 1 << 15;
+
+    /// Flushes the span that starts with pages `i..i + n` of run `id` and goes on through the
+    /// runs that continue it both in frames and in CPU addresses (at most `left` pages), if
+    /// that is more than this one run and the CPU maps all of it: the pages flushed.
+    /// `None` leaves the work to [`Self::flush_pinned`], run by run.
+    fn flush_span(&mut self, id: pins::RunId, i: u64, n: u64, left: u64) -> Option<u64> {
+        let first = self.pins.run(id)?.clone();
+        let v0 = first.cpu? + i * PAGE_SIZE;
+        let pfn0 = first.first_pfn + i;
+        let (edge0, _) = self.pins.edges(id, i, n);
+        let (mut total, mut last) = (n, (id, i, n));
+        while total < left.min(Self::SPAN_PAGES) {
+            let Some((next, 0)) = self.pins.find(pfn0 + total) else {
+                break;
+            };
+            let r = self.pins.run(next)?;
+            if r.cpu != Some(v0 + total * PAGE_SIZE) {
+                break;
+            }
+            let m = r.npages.min(left - total);
+            last = (next, 0, m);
+            total += m;
+        }
+        if total == n {
+            return None;
+        }
+        let (_, edge1) = self.pins.edges(last.0, last.1, last.2);
+        if !self.maps(v0, total, (edge0, edge1)) {
+            return None;
+        }
+        self.flush_lines(v0, total * PAGE_SIZE);
+        self.cpu_flush_event(pfn0, total, "mapping");
+        Some(total)
+    }
+
     /// Flushes pinned pages `pfn..pfn + n` of one run (`id`, from page `i`).
     fn flush_pinned(&mut self, id: pins::RunId, i: u64, n: u64) {
         let Some(run) = self.pins.run(id).cloned() else {
@@ -1215,6 +1252,12 @@ impl Platform for HostPlatform {
                 .run(id)
                 .map_or(1, |r| (r.npages - i).min(left))
                 .max(1);
+            // Runs that continue this one in frames and in CPU addresses are flushed with it:
+            // one check and one pass over the whole span.
+            if let Some(total) = self.flush_span(id, i, n, left) {
+                at += total * PAGE_SIZE;
+                continue;
+            }
             self.flush_pinned(id, i, n);
             at += n * PAGE_SIZE;
         }
