@@ -32,9 +32,11 @@ for _ in $(seq "$reps"); do
   done
 done
 median() { tr ' ' '\n' <<<"$1" | grep . | sort -g | awk '{ v[NR] = $1 } END { print v[int((NR + 1) / 2)] }'; }
+range() { tr ' ' '\n' <<<"$1" | grep . | sort -g | awk 'NR == 1 { lo = $1 } { hi = $1 } END { printf "%.2f-%.2f", lo, hi }'; }
 plain=$(median "${times[plain]}")
-printf '%-28s %6.2f s\n' "plain -mem-prealloc" "$plain"
+printf '%-28s %6.2f s  (runs %s s)\n' "plain -mem-prealloc" "$plain" "$(range "${times[plain]}")"
 for policy in none seed; do
   m=$(median "${times[$policy]}")
-  printf '%-28s %6.2f s  %.2fx plain\n' "vfio-pci, policy $policy" "$m" "$(echo "$m / $plain" | bc -l)"
+  printf '%-28s %6.2f s  %.2fx plain  (runs %s s)\n' "vfio-pci, policy $policy" "$m" \
+    "$(echo "$m / $plain" | bc -l)" "$(range "${times[$policy]}")"
 done
