@@ -60,11 +60,7 @@ int main(void) {
     CHECK(again >= 0, "closefrom: the group opens again");
     close(again);
     c = open_container(1, &g);
-    dev = ioctl(g, VFIO_GROUP_GET_DEVICE_FD, "0000:00:05.0");
-    CHECK(dev >= 0, "GET_DEVICE_FD");
-    struct vfio_region_info r0;
-    region(VFIO_PCI_BAR0_REGION_INDEX, &r0);
-    bar0 = r0.offset;
+    open_device(g);
     unsigned char *p = map_anon(4096);
     CHECK(dma_map(c, p, 0x100000, 4096) == 0, "MAP_DMA after closefrom");
     CHECK(dma(0x100000, 0, 64, 0) == STATUS_DONE, "DMA after closefrom");

@@ -36,6 +36,19 @@ static inline int open_group(int n) {
     return g;
 }
 
+/* A "kB" field of /proc/self/status (VmLck, VmPin, ...), -1 if absent. */
+static inline long status_kb(const char *field) {
+    FILE *f = fopen("/proc/self/status", "r");
+    CHECK(f, "open status");
+    char line[256];
+    long v = -1;
+    size_t n = strlen(field);
+    while (fgets(line, sizeof line, f))
+        if (!strncmp(line, field, n) && line[n] == ':') v = atol(line + n + 1);
+    fclose(f);
+    return v;
+}
+
 /* A type1v2 container with group `n` in it; the group's fd goes to *group. */
 static inline int open_container(int n, int *group) {
     int c = open("/dev/vfio/vfio", O_RDWR);

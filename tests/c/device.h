@@ -61,3 +61,12 @@ static inline void region(uint32_t index, struct vfio_region_info *r) {
     CHECK(ioctl(dev, VFIO_DEVICE_GET_REGION_INFO, r) == 0, "REGION_INFO %u", index);
 }
 
+
+/* The non-coherent group's device (0000:00:05.0) as `dev`, with `bar0` set. */
+static inline void open_device(int group) {
+    dev = ioctl(group, VFIO_GROUP_GET_DEVICE_FD, "0000:00:05.0");
+    CHECK(dev >= 0, "GET_DEVICE_FD");
+    struct vfio_region_info r0;
+    region(VFIO_PCI_BAR0_REGION_INDEX, &r0);
+    bar0 = r0.offset;
+}

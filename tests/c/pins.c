@@ -18,25 +18,9 @@
 
 static int c, g;
 
-static long status_kb(const char *field) {
-    FILE *f = fopen("/proc/self/status", "r");
-    CHECK(f, "open status");
-    char line[256];
-    long v = -1;
-    size_t n = strlen(field);
-    while (fgets(line, sizeof line, f))
-        if (!strncmp(line, field, n) && line[n] == ':') v = atol(line + n + 1);
-    fclose(f);
-    return v;
-}
-
 static void setup(void) {
     c = open_container(1, &g);
-    dev = ioctl(g, VFIO_GROUP_GET_DEVICE_FD, "0000:00:05.0");
-    CHECK(dev >= 0, "GET_DEVICE_FD");
-    struct vfio_region_info r0;
-    region(VFIO_PCI_BAR0_REGION_INDEX, &r0);
-    bar0 = r0.offset;
+    open_device(g);
 }
 
 /* The device writes `n` bytes of `byte` to `iova` (from its buffer). */

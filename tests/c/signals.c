@@ -27,11 +27,7 @@ static void on_alarm(int sig) {
 int main(void) {
     int g;
     int c = open_container(1, &g);
-    dev = ioctl(g, VFIO_GROUP_GET_DEVICE_FD, "0000:00:05.0");
-    CHECK(dev >= 0, "GET_DEVICE_FD");
-    struct vfio_region_info r0;
-    region(VFIO_PCI_BAR0_REGION_INDEX, &r0);
-    bar0 = r0.offset;
+    open_device(g);
     struct sigaction sa = { .sa_handler = on_alarm, .sa_flags = SA_RESTART };
     CHECK(sigaction(SIGALRM, &sa, NULL) == 0, "sigaction");
     struct itimerval it = { .it_interval = { 0, 200 }, .it_value = { 0, 200 } };

@@ -13,16 +13,7 @@ static atomic_int map_done;
 static int c2;
 static atomic_int unrelated_done_first = -1;
 
-static long vmpin(void) {
-    FILE *f = fopen("/proc/self/status", "r");
-    CHECK(f, "status");
-    char line[256];
-    long v = -1;
-    while (fgets(line, sizeof line, f))
-        if (!strncmp(line, "VmPin:", 6)) v = atol(line + 6);
-    fclose(f);
-    return v;
-}
+static long vmpin(void) { return status_kb("VmPin"); }
 
 static void *unrelated(void *arg) {
     long base = *(long *)arg;
