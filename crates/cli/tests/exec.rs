@@ -25,15 +25,9 @@ fn missing(what: &str, install: &str) {
     eprintln!("skipped: {what} not available ({install})");
 }
 
-/// The library `type1 exec` will use: the freshest copy next to the binary or under `deps/`.
+/// The library `type1 exec` will use (found as it finds it).
 fn library() -> Option<PathBuf> {
-    let dir = type1_exe().parent()?.to_path_buf();
-    let lib = [dir.join("deps"), dir.clone()]
-        .into_iter()
-        .map(|d| d.join("libtype1_preload.so"))
-        .filter_map(|p| Some((std::fs::metadata(&p).ok()?.modified().ok()?, p)))
-        .max_by_key(|(t, _)| *t)
-        .map(|(_, p)| p);
+    let lib = type1_exec::find_library_near(&type1_exe());
     if lib.is_none() {
         missing(
             "libtype1_preload.so",

@@ -14,13 +14,16 @@ use std::{
 /// File name of the built library.
 pub const LIBRARY_NAME: &str = "libtype1_preload.so";
 
-/// Finds the built library next to the running executable (`target/<profile>/`, or its parent
-/// when running from `deps/`).
+/// The library the running executable would use ([`find_library_near`]).
 pub fn find_library() -> Option<PathBuf> {
-    let exe = std::env::current_exe().ok()?;
+    find_library_near(&std::env::current_exe().ok()?)
+}
+
+/// The library a binary at `exe` would use: the freshest copy next to it, under `deps/` there
+/// (where `cargo test` leaves the workspace's own copy), or one level up (a binary under
+/// `deps/`).
+pub fn find_library_near(exe: &Path) -> Option<PathBuf> {
     let dir = exe.parent()?;
-    // Next to the binary, or one level up (a test binary under `deps/`); `cargo test` leaves
-    // the workspace's own copy under `deps/` only. The freshest copy wins.
     [
         dir.to_path_buf(),
         dir.join("deps"),

@@ -13,9 +13,9 @@
 //!   the engine are the emulated IOMMU's *bus frames*, one contiguous range per pin call (see
 //!   `BUS_PFN_BASE`), never host physical addresses; the real frames, read from
 //!   `/proc/self/pagemap` (one read per call) when the process may see them, only serve to
-//!   check later that a mapping still holds the pinned page. Where io_uring cannot hold a page (io_uring disabled, `TYPE1_PIN=track`, or a
-//!   read-only pin of memory that cannot be registered writable), the pin is *tracked* by
-//!   address only, and every later use checks that the program still maps the page there:
+//!   check later that a mapping still holds the pinned page. Where io_uring cannot hold a
+//!   page (io_uring disabled, `TYPE1_PIN=track`, or a read-only pin of memory that cannot be
+//!   registered writable), the pin is *tracked* by address only, and every later use checks that the program still maps the page there:
 //!   if not, the device faults and a notice says why, once;
 //! * **accounting**: `locked_vm` of the engine's charges checked against RLIMIT_MEMLOCK
 //!   (`prlimit64`), bypassed by CAP_IPC_LOCK (`capget`), as the kernel does. The process's own
@@ -23,8 +23,8 @@
 //! * **IOMMU**: software domains, one [`type1_core::IoPageTable`] each (2 MiB and 1 GiB leaves
 //!   where IOVA and physical alignment allow), one unit per configured IOMMU, with or without
 //!   snoop control;
-//! * **cache maintenance**: `flush_cache(pa, len)` finds the pinned run holding `pa`, checks
-//!   with one pagemap read that the CPU still maps it where the records say, and flushes those
+//! * **cache maintenance**: `flush_cache(pa, len)` finds the pinned runs holding `pa..`, checks
+//!   once per span of runs that the CPU still maps them where the records say, and flushes those
 //!   lines with CLFLUSHOPT, CLWB or CLFLUSH (CPUID) between MFENCEs, as `clflush_cache_range`
 //!   does. A pinned page whose last CPU mapping goes away is flushed right then
 //!   ([`HostPlatform::cpu_unmap_prepare`], called by the preload library's `munmap`, `mremap`,
@@ -328,7 +328,7 @@ impl HostPlatform {
 
     /// Empties the watch once nothing is pinned and no device memory is mapped.
     fn maybe_unwatch(&self) {
-        if self.pins.counts().0 == 0 && self.mmio_pages.is_empty() {
+        if self.pins.is_empty() && self.mmio_pages.is_empty() {
             self.watch.clear();
         }
     }
@@ -458,7 +458,7 @@ impl HostPlatform {
             return Self::copy_user(v + off, buf, to_memory);
         }
         let (id, i) = self.pins.find(pfn).ok_or(DmaError::Unreachable)?;
-        let run = self.pins.run(id).cloned().ok_or(DmaError::Unreachable)?;
+        let run = self.pins.run(id).ok_or(DmaError::Unreachable)?;
         match self.pins.holder(id) {
             Some(Holder::Ring { ring, slot, base }) => {
                 let addr = base + (run.reg_page + i) * PAGE_SIZE + off;
@@ -590,12 +590,12 @@ impl HostPlatform {
         {
             return false;
         }
-        let ends = if n > 1 {
-            [(vaddr, edges.0), (vaddr + (n - 1) * PAGE_SIZE, edges.1)].to_vec()
+        let ends: &[(u64, Option<u64>)] = if n > 1 {
+            &[(vaddr, edges.0), (last, edges.1)]
         } else {
-            [(vaddr, edges.0.or(edges.1))].to_vec()
+            &[(vaddr, edges.0.or(edges.1))]
         };
-        ends.into_iter().all(|(v, want)| match self.pagemap(v, 1) {
+        ends.iter().all(|&(v, want)| match self.pagemap(v, 1) {
             Ok(e) if e.len() == 1 => want.is_none_or(|w| w == e[0]),
             _ => false,
         })
@@ -606,7 +606,7 @@ impl HostPlatform {
         if let Some(fd) = self.bounce {
             return Ok(fd);
         }
-        let fd = uring::move_high(sys::memfd(c"type1-dma-bounce")?);
+        let fd = uring::move_high(sys::memfd(c"type1-dma-bounce", true)?);
         self.bounce = Some(fd);
         Ok(fd)
     }
@@ -617,7 +617,7 @@ impl HostPlatform {
     /// flush (F5) come early. Call [`Self::cpu_unmapped`] once the mapping is really gone.
     pub fn cpu_unmap_prepare(&mut self, addr: u64, len: u64) {
         for id in self.pins.cpu_runs(addr, len) {
-            let Some(run) = self.pins.run(id).cloned() else {
+            let Some(run) = self.pins.run(id) else {
                 continue;
             };
             let Some(v) = run.cpu else { continue };
@@ -866,7 +866,7 @@ impl HostPlatform {
     /// that is more than this one run and the CPU maps all of it: the pages flushed.
     /// `None` leaves the work to [`Self::flush_pinned`], run by run.
     fn flush_span(&mut self, id: pins::RunId, i: u64, n: u64, left: u64) -> Option<u64> {
-        let first = self.pins.run(id)?.clone();
+        let first = self.pins.run(id)?;
         let v0 = first.cpu? + i * PAGE_SIZE;
         let pfn0 = first.first_pfn + i;
         let (edge0, _) = self.pins.edges(id, i, n);
@@ -897,7 +897,7 @@ impl HostPlatform {
 
     /// Flushes pinned pages `pfn..pfn + n` of one run (`id`, from page `i`).
     fn flush_pinned(&mut self, id: pins::RunId, i: u64, n: u64) {
-        let Some(run) = self.pins.run(id).cloned() else {
+        let Some(run) = self.pins.run(id) else {
             return;
         };
         let pfn = run.first_pfn + i;

@@ -52,9 +52,26 @@ struct Reg {
     real: Option<(u64, u64)>,
 }
 
-/// A physically contiguous run of one registration's pages.
+/// What a run is, without its liveness bitmap: a copy callers can keep while they call on.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct RunInfo {
+    /// First pfn.
+    pub first_pfn: u64,
+    /// Pages.
+    pub npages: u64,
+    /// Page offset of the run's first page in its registration.
+    pub reg_page: u64,
+    /// Where the CPU maps the first page now; `None` once that mapping went away.
+    pub cpu: Option<u64>,
+    /// Where the CPU mapped the first page last (for a re-check after `None`).
+    pub last_cpu: u64,
+    /// The CPU mapping still exists but cannot be read (`mprotect`); it may come back.
+    pub hidden: bool,
+}
+
+/// A contiguous run of one registration's pages.
 #[derive(Clone, Debug)]
-pub struct Run {
+struct Run {
     /// First pfn.
     pub first_pfn: u64,
     /// Pages.
@@ -73,6 +90,17 @@ pub struct Run {
 }
 
 impl Run {
+    fn info(&self) -> RunInfo {
+        RunInfo {
+            first_pfn: self.first_pfn,
+            npages: self.npages,
+            reg_page: self.reg_page,
+            cpu: self.cpu,
+            last_cpu: self.last_cpu,
+            hidden: self.hidden,
+        }
+    }
+
     fn is_live(&self, i: u64) -> bool {
         self.live[(i / 64) as usize] & (1 << (i % 64)) != 0
     }
@@ -227,8 +255,8 @@ impl PinStore {
     }
 
     /// The run `id`.
-    pub fn run(&self, id: RunId) -> Option<&Run> {
-        self.runs.get(&id)
+    pub fn run(&self, id: RunId) -> Option<RunInfo> {
+        self.runs.get(&id).map(Run::info)
     }
 
     /// What holds run `id`'s pages.
@@ -368,6 +396,11 @@ impl PinStore {
             .collect()
     }
 
+    /// Whether nothing is pinned.
+    pub fn is_empty(&self) -> bool {
+        self.regs.is_empty()
+    }
+
     /// Registrations alive, and pages still pinned in them.
     pub fn counts(&self) -> (usize, u64) {
         (self.regs.len(), self.regs.values().map(|r| r.live).sum())
@@ -434,7 +467,7 @@ mod tests {
         // Unmap pages 2 and 3 of the run.
         let ids = s.cpu_runs(0x100000 + 2 * P, 2 * P);
         assert_eq!(ids.len(), 1);
-        let r = s.run(ids[0]).cloned().expect("run");
+        let r = s.run(ids[0]).expect("run");
         assert_eq!((r.first_pfn, r.npages, r.cpu), (12, 2, Some(0x102000)));
         s.set_cpu(ids[0], None);
         assert_eq!(s.run(s.find(12).unwrap().0).unwrap().cpu, None);

@@ -325,7 +325,7 @@ fn pinned_page_outlives_munmap_and_a_new_mapping_at_its_address() {
 
 #[test]
 fn pinned_memfd_page_takes_device_writes_after_its_mapping_moves() {
-    let fd = sys::memfd(c"pin-test").unwrap();
+    let fd = sys::memfd(c"pin-test", true).unwrap();
     // SAFETY: ftruncate of our own memfd; two fresh shared mappings of it.
     let (a, b) = unsafe {
         assert_eq!(libc::ftruncate(fd, 4096), 0);

@@ -119,7 +119,7 @@ unsafe fn emulated_open(path: *const c_char, flags: c_int) -> Option<c_int> {
                 Kind::Group(n) => s.vfio.open_group(n)?,
                 _ => return Err(Errno::ENOENT),
             };
-            match state::memfd(c"vfio", flags & libc::O_CLOEXEC != 0) {
+            match type1_host::sys::memfd(c"vfio", flags & libc::O_CLOEXEC != 0) {
                 Ok(fd) => {
                     s.fds.insert(fd, obj);
                     Ok(fd)
@@ -368,14 +368,9 @@ fn on_emulated<R>(
 pub unsafe extern "C" fn ioctl(fd: c_int, req: c_ulong, arg: *mut c_void) -> c_int {
     // c_ulong is u64 here but u32 on 32-bit targets.
     #[allow(clippy::useless_conversion)]
-    if u64::from(req) == type1_uapi::nr::VFIO_IOMMU_MAP_DMA {
-        let _ = guarded(|| prefault_map(fd, arg as u64));
-    }
-    // c_ulong is u64 here but u32 on 32-bit targets.
-    #[allow(clippy::useless_conversion)]
     let req64 = u64::from(req);
-    let long = req64 == type1_uapi::nr::VFIO_IOMMU_MAP_DMA
-        || req64 == type1_uapi::nr::VFIO_IOMMU_UNMAP_DMA;
+    let map = req64 == type1_uapi::nr::VFIO_IOMMU_MAP_DMA;
+    let long = map || req64 == type1_uapi::nr::VFIO_IOMMU_UNMAP_DMA;
     let container = if long && !state::in_hook() {
         match guarded(|| state::object_of(fd)).ok().flatten() {
             Some(Object::Container(id)) => Some(id),
@@ -384,6 +379,9 @@ pub unsafe extern "C" fn ioctl(fd: c_int, req: c_ulong, arg: *mut c_void) -> c_i
     } else {
         None
     };
+    if map && container.is_some() {
+        let _ = guarded(|| prefault_map(arg as u64));
+    }
     let emulated = match container {
         // MAP_DMA and UNMAP_DMA run with their container checked out of the state.
         Some(id) => Some(
@@ -418,14 +416,12 @@ pub unsafe extern "C" fn ioctl(fd: c_int, req: c_ulong, arg: *mut c_void) -> c_i
     }
 }
 
-/// Faults in the memory a container's MAP_DMA is about to pin, before the ioctl takes the
-/// state lock: the slow part of a large map (the first touch of every page) then holds up no
+/// Faults in the memory a container's MAP_DMA (`arg`) is about to pin, before the ioctl takes
+/// the state lock: the slow part of a large map (the first touch of every page) then holds up no
 /// other thread's VFIO calls. The kernel would fault the pages in during the pin anyway; a MAP
 /// that then fails leaves them faulted in, as a failed kernel MAP can. Nothing is pinned here.
-fn prefault_map(fd: c_int, arg: u64) {
-    if !matches!(state::object_of(fd), Some(Object::Container(_))) {
-        return;
-    }
+fn prefault_map(arg: u64) {
+    use type1_core::abi::{MAP_FLAG_READ, MAP_FLAG_VADDR, MAP_FLAG_WRITE};
     let mut raw = [0u8; 32];
     if type1_host::sys::read_user(arg, &mut raw).is_err() {
         return;
@@ -433,16 +429,17 @@ fn prefault_map(fd: c_int, arg: u64) {
     let word = |i: usize| u64::from_le_bytes(raw[i..i + 8].try_into().unwrap_or([0; 8]));
     let (argsz, flags) = (word(0) as u32, (word(0) >> 32) as u32);
     let (vaddr, size) = (word(8), word(24));
-    const READ: u32 = 1;
-    const WRITE: u32 = 2;
-    const VADDR: u32 = 4;
-    if argsz < 32 || flags & VADDR != 0 || flags & (READ | WRITE) == 0 || size == 0 {
+    if argsz < 32
+        || flags & MAP_FLAG_VADDR != 0
+        || flags & (MAP_FLAG_READ | MAP_FLAG_WRITE) == 0
+        || size == 0
+    {
         return;
     }
     if vaddr % PAGE_SIZE != 0 || size % PAGE_SIZE != 0 || vaddr.checked_add(size).is_none() {
         return;
     }
-    let advice = if flags & WRITE != 0 {
+    let advice = if flags & MAP_FLAG_WRITE != 0 {
         libc::MADV_POPULATE_WRITE
     } else {
         libc::MADV_POPULATE_READ

@@ -163,26 +163,16 @@ static RETURNED: Condvar = Condvar::new();
 /// the state lock.
 pub(crate) static PLATFORM: OnceLock<SharedHost> = OnceLock::new();
 
-/// Fd numbers below this are tracked in [`EMULATED_FDS`].
-const FD_BITS: usize = 1 << 16;
-
-/// One bit per fd number: set while the fd is in the table. Lets every hook on a file that
-/// is not ours (the common case) pass through without waiting for the state lock, which a
-/// long MAP_DMA in another thread may hold.
-static EMULATED_FDS: [std::sync::atomic::AtomicU64; FD_BITS / 64] =
-    [const { std::sync::atomic::AtomicU64::new(0) }; FD_BITS / 64];
-
-fn fd_bit(fd: i32) -> Option<(usize, u64)> {
-    let f = usize::try_from(fd).ok().filter(|f| *f < FD_BITS)?;
-    Some((f / 64, 1 << (f % 64)))
-}
+/// The fds in the table. Lets every hook on a file that is not ours (the common case) pass
+/// through without waiting for the state lock, which a long MAP_DMA in another thread may hold.
+static EMULATED_FDS: sys::FdSet = sys::FdSet::new();
 
 /// Whether `fd` may be emulated, without taking the state lock: `false` is certain.
 pub(crate) fn maybe_emulated(fd: i32) -> bool {
-    use std::sync::atomic::Ordering;
-    match fd_bit(fd) {
-        Some((w, b)) => EMULATED_FDS[w].load(Ordering::Acquire) & b != 0,
-        None => fd >= 0, // beyond the bitmap: ask the table
+    if sys::FdSet::covers(fd) {
+        EMULATED_FDS.contains(fd)
+    } else {
+        fd >= 0 // beyond the set: ask the table
     }
 }
 
@@ -212,16 +202,12 @@ impl FdTable {
         let Some(id) = identity(fd) else {
             return;
         };
-        if let Some((w, b)) = fd_bit(fd) {
-            EMULATED_FDS[w].fetch_or(b, std::sync::atomic::Ordering::Release);
-        }
+        EMULATED_FDS.set(fd, true);
         self.map.insert(fd, (obj, id));
     }
 
     pub fn remove(&mut self, fd: &i32) -> Option<Object> {
-        if let Some((w, b)) = fd_bit(*fd) {
-            EMULATED_FDS[w].fetch_and(!b, std::sync::atomic::Ordering::Release);
-        }
+        EMULATED_FDS.set(*fd, false);
         self.map.remove(fd).map(|(o, _)| o)
     }
 
@@ -457,22 +443,6 @@ pub(crate) fn dup_fd(s: &mut State, oldfd: i32, newfd: i32) {
     }
 }
 
-/// A fresh real fd to stand for an emulated object.
-pub(crate) fn memfd(name: &std::ffi::CStr, cloexec: bool) -> Result<i32, Errno> {
-    let flags = if cloexec { libc::MFD_CLOEXEC } else { 0 };
-    // SAFETY: `name` is a valid NUL-terminated string.
-    let r = unsafe { libc::syscall(libc::SYS_memfd_create, name.as_ptr(), flags) };
-    if r < 0 {
-        Err(Errno(
-            std::io::Error::last_os_error()
-                .raw_os_error()
-                .unwrap_or(libc::EMFILE),
-        ))
-    } else {
-        Ok(r as i32)
-    }
-}
-
 /// The calling process for a container's MAP_DMA and UNMAP_DMA, which only copy from and to
 /// user memory (they never look up or install an fd).
 pub(crate) struct MemoryCaller;
@@ -533,7 +503,7 @@ impl Caller for ProcessCaller<'_> {
             self.fds.insert(r as i32, obj);
             return Ok(r as i32);
         }
-        let fd = memfd(c"vfio-device", true)?;
+        let fd = sys::memfd(c"vfio-device", true)?;
         // The device fd's memfd backs BAR2 (device memory): `mmap` and `pread` of the region
         // both reach these bytes.
         // SAFETY: ftruncate on the memfd just created.
