@@ -295,9 +295,10 @@ fn pinned_page_outlives_munmap_and_a_new_mapping_at_its_address() {
     sys::write_user(addr, &[0x11; 8192]).unwrap();
     let (mut p, d, _) = pinned_domain(addr, 2, 0x10_0000);
     std::mem::forget(buf);
-    // SAFETY: the test owns the range and replaces it with fresh anonymous memory.
+    // SAFETY: the test owns the range and replaces it with fresh anonymous memory. One
+    // MAP_FIXED mmap unmaps the old pages and maps new ones at once: a munmap first would let
+    // another test thread map something into the gap, which MAP_FIXED would then destroy.
     unsafe {
-        sys::munmap(addr, 8192).unwrap();
         let again = sys::mmap_rw(
             addr,
             8192,
