@@ -47,10 +47,25 @@ pub struct ExecOptions {
     pub policy: Option<String>,
 }
 
-/// Runs `program args...` with the library preloaded and waits for it.
+/// A broker name of its own for one run (`TYPE1_BROKER`): every run is one emulated machine,
+/// shared by the processes of that run only.
+pub fn fresh_broker_name() -> String {
+    static N: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let n = N.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let t = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos());
+    format!("run-{}-{n}-{t:x}", std::process::id())
+}
+
+/// Runs `program args...` with the library preloaded and waits for it. Unless the
+/// environment names a broker already (`TYPE1_BROKER`), the run gets a machine of its own.
 pub fn run(opts: &ExecOptions, program: &Path, args: &[String]) -> std::io::Result<ExitStatus> {
     let mut cmd = Command::new(program);
     cmd.args(args).env("LD_PRELOAD", &opts.library);
+    if std::env::var_os("TYPE1_BROKER").is_none() {
+        cmd.env("TYPE1_BROKER", fresh_broker_name());
+    }
     if let Some(t) = &opts.trace {
         cmd.env("TYPE1_TRACE", t);
     }

@@ -45,6 +45,7 @@
 //! (`sys`), so an interposing library never sees them.
 
 pub mod pins;
+pub mod sock;
 pub mod sys;
 pub mod tracefile;
 pub mod uring;
@@ -444,11 +445,25 @@ impl HostPlatform {
         to_memory: bool,
     ) -> Result<(), DmaError> {
         debug_assert!(iova % PAGE_SIZE + buf.len() as u64 <= PAGE_SIZE);
+        let pa = self.translate(domain, iova, to_memory)?;
+        self.dma_frame(pa, buf, to_memory)
+    }
+
+    /// The bus address `iova` translates to in `domain`, if the mapping allows the access (a
+    /// write to memory when `to_memory`, a read otherwise).
+    pub fn translate(&self, domain: DomainId, iova: u64, to_memory: bool) -> Result<u64, DmaError> {
         let d = self.domains.get(&domain.0).ok_or(DmaError::Unmapped)?;
         let (pa, prot) = d.table.translate(iova).ok_or(DmaError::Unmapped)?;
         if (to_memory && !prot.write) || (!to_memory && !prot.read) {
             return Err(DmaError::Permission);
         }
+        Ok(pa)
+    }
+
+    /// Device DMA of `buf.len()` bytes at bus address `pa` (within one page), which this
+    /// platform pinned or maps as device memory: the IOMMU's part is done (the broker
+    /// translates for devices shared between processes).
+    pub fn dma_frame(&mut self, pa: u64, buf: &mut [u8], to_memory: bool) -> Result<(), DmaError> {
         let (pfn, off) = (pa >> PAGE_SHIFT, pa % PAGE_SIZE);
         if let Some(m) = self.mmio_pfns.get(&pfn).copied() {
             let v = self
@@ -921,6 +936,14 @@ impl HostPlatform {
         } else {
             self.stats.pages_unresolved += n;
             self.cpu_flush_event(pfn, n, "unreachable");
+        }
+    }
+
+    /// Writes one trace line made elsewhere (a JSON object without `seq` and `pid`, which the
+    /// trace file adds): the broker's engine events for this process.
+    pub fn trace_json(&mut self, json_object: &str) {
+        if let Sink::File(f) = &mut self.sink {
+            f.write(json_object);
         }
     }
 

@@ -155,7 +155,13 @@ pub fn write_all(fd: i32, mut data: &[u8]) -> Result<(), Errno> {
     Ok(())
 }
 
-/// `getpid()`.
+/// The calling process's real user id.
+pub fn getuid() -> u32 {
+    // SAFETY: getuid has no preconditions.
+    unsafe { libc::getuid() }
+}
+
+/// The calling process's id.
 pub fn getpid() -> i32 {
     // SAFETY: no preconditions.
     unsafe { libc::syscall(libc::SYS_getpid) as i32 }
@@ -620,5 +626,57 @@ pub fn mapped(addr: u64, len: u64) -> bool {
     // SAFETY: `vec` has one byte per page of the range, as mincore requires; the kernel checks
     // the range itself.
     let r = unsafe { libc::syscall(libc::SYS_mincore, addr, len, vec.as_mut_ptr()) };
+    r == 0
+}
+
+/// `ftruncate(fd, len)`.
+pub fn ftruncate(fd: i32, len: u64) -> Result<(), Errno> {
+    // SAFETY: ftruncate has no memory-safety preconditions.
+    let r = unsafe { libc::syscall(libc::SYS_ftruncate, fd, len as libc::off_t) };
+    check(r).map(|_| ())
+}
+
+/// `fcntl(fd, F_DUPFD_CLOEXEC, 0)`: a close-on-exec duplicate.
+pub fn dup_cloexec(fd: i32) -> Result<i32, Errno> {
+    // SAFETY: F_DUPFD_CLOEXEC only creates a descriptor.
+    let r = unsafe { libc::syscall(libc::SYS_fcntl, fd, libc::F_DUPFD_CLOEXEC, 0) };
+    check(r).map(|fd| fd as i32)
+}
+
+/// Closes every descriptor from `first` on (`close_range`).
+pub fn close_from(first: u32) {
+    // SAFETY: close_range only closes descriptors.
+    unsafe { libc::syscall(libc::SYS_close_range, first, u32::MAX, 0) };
+}
+
+/// Becomes a daemon: forks, the parent exits at once (so that whoever spawned it can reap it
+/// right away), the child leaves the session. Call before any thread is started.
+pub fn daemonize() -> Result<(), Errno> {
+    // SAFETY: the process is single-threaded here (this function's contract), so the child
+    // may go on running ordinary code.
+    let pid = unsafe { libc::fork() };
+    if pid < 0 {
+        return Err(errno());
+    }
+    if pid > 0 {
+        // SAFETY: _exit ends the process without running anything else.
+        unsafe { libc::_exit(0) };
+    }
+    // SAFETY: setsid has no memory-safety preconditions.
+    unsafe { libc::setsid() };
+    Ok(())
+}
+
+/// Whether `path` names an executable file (`faccessat(X_OK)`).
+pub fn executable(path: &std::ffi::CStr) -> bool {
+    // SAFETY: `path` is a valid NUL-terminated string.
+    let r = unsafe {
+        libc::syscall(
+            libc::SYS_faccessat,
+            libc::AT_FDCWD,
+            path.as_ptr(),
+            libc::X_OK,
+        )
+    };
     r == 0
 }

@@ -18,7 +18,10 @@ use type1_uapi::{
     Object,
 };
 
-use crate::state::{self, guarded, Machine, ProcessCaller, SYSFS_PCI};
+use crate::client;
+use crate::state::{self, guarded, SYSFS_PCI};
+use type1_broker::machine::Machine;
+use type1_broker::wire::{Msg, Obj, Request};
 
 type OffT = libc::off_t;
 
@@ -109,26 +112,23 @@ unsafe fn emulated_open(path: *const c_char, flags: c_int) -> Option<c_int> {
     let r = match kind {
         Kind::NotOurs => return None,
         Kind::Container | Kind::Group(_) => guarded(|| -> Result<c_int, Errno> {
-            let mut g = state::lock()?;
-            let s = g.as_mut().ok_or(Errno::EIO)?;
-            // A group closed by a route no hook saw is not open any more (EBUSY is decided
-            // on what is really open).
-            state::collect_stale(s);
-            let obj = match kind {
-                Kind::Container => s.vfio.open_container(),
-                Kind::Group(n) => s.vfio.open_group(n)?,
-                _ => return Err(Errno::ENOENT),
+            state::check_config()?;
+            let group = match kind {
+                Kind::Group(n) => Some(n),
+                _ => None,
             };
-            match type1_host::sys::memfd(c"vfio", flags & libc::O_CLOEXEC != 0) {
-                Ok(fd) => {
-                    s.fds.insert(fd, obj);
-                    Ok(fd)
+            let r = client::request(Request::Open(group), &[], &[])?;
+            let (Msg::Opened(obj), Some(&fd)) = (r.msg, r.fds.first()) else {
+                for f in r.fds {
+                    type1_host::sys::close(f);
                 }
-                Err(e) => {
-                    s.vfio.close(obj);
-                    Err(e)
-                }
+                return Err(Errno::EIO);
+            };
+            if flags & libc::O_CLOEXEC == 0 {
+                let _ = type1_host::sock::set_cloexec(fd, false);
             }
+            state::track(fd, obj.into());
+            Ok(fd)
         }),
         // Sysfs directories and links are not opened by VFIO users.
         Kind::Missing | Kind::SysDev(_) | Kind::GroupLink(_) => Ok(Err(Errno::ENOENT)),
@@ -233,19 +233,30 @@ pub unsafe extern "C" fn close(fd: c_int) -> c_int {
         set_errno(Errno::EBADF);
         return -1;
     }
-    let _ = guarded(|| {
-        if state::object_of(fd).is_some() {
-            state::with_existing(|s| state::drop_fd(s, fd));
-        }
-    });
-    match real!("close", unsafe extern "C" fn(c_int) -> c_int) {
+    let ours = state::maybe_emulated(fd) && guarded(|| state::forget(fd)).unwrap_or(false);
+    let r = match real!("close", unsafe extern "C" fn(c_int) -> c_int) {
         // SAFETY: the real function with the caller's argument.
         Some(f) => unsafe { f(fd) },
         None => {
             set_errno(Errno(libc::ENOSYS));
             -1
         }
+    };
+    if ours {
+        synced_after_close();
     }
+    r
+}
+
+/// After the close of an emulated file: the broker has given it its last-close consequences
+/// (if it was the last reference) before the close returns, as the kernel's release does.
+/// Keeps the caller's errno.
+fn synced_after_close() {
+    // SAFETY: __errno_location returns this thread's errno slot.
+    let saved = unsafe { *libc::__errno_location() };
+    let _ = guarded(state::sync);
+    // SAFETY: as above.
+    unsafe { *libc::__errno_location() = saved };
 }
 
 /// `close_range(first, last, flags)` that leaves the emulation's own fds open, then the last
@@ -275,13 +286,7 @@ fn close_range_keeping_internal(first: u32, last: u32, flags: u32) -> Result<(),
     // at once by another thread).
     let hi = i32::try_from(last).unwrap_or(i32::MAX);
     let lo = i32::try_from(first).unwrap_or(i32::MAX);
-    let _ = guarded(|| {
-        state::with_existing(|s| {
-            for fd in s.fds.in_range(lo, hi) {
-                state::drop_fd(s, fd);
-            }
-        })
-    });
+    let ours = guarded(|| state::forget_range(lo, hi)).unwrap_or(false);
     let mut from = u64::from(first);
     for fd in type1_host::sys::internal_in(first, last) {
         if u64::from(fd) > from {
@@ -289,10 +294,15 @@ fn close_range_keeping_internal(first: u32, last: u32, flags: u32) -> Result<(),
         }
         from = u64::from(fd) + 1;
     }
-    if from <= u64::from(last) {
-        sys_close_range(from as u32, last)?;
+    let r = if from <= u64::from(last) {
+        sys_close_range(from as u32, last)
+    } else {
+        Ok(())
+    };
+    if ours {
+        synced_after_close();
     }
-    Ok(())
+    r
 }
 
 /// Interposed `close_range`: see `close_range_keeping_internal`.
@@ -328,40 +338,40 @@ pub unsafe extern "C" fn fclose(stream: *mut libc::FILE) -> c_int {
         unsafe { libc::fileno(stream) }
     };
     // The fd is closed whatever fclose returns: forget it first, as `close` does.
-    if fd >= 0 && state::maybe_emulated(fd) {
-        let _ = guarded(|| {
-            if state::object_of(fd).is_some() {
-                state::with_existing(|s| state::drop_fd(s, fd));
-            }
-        });
-    }
+    let ours =
+        fd >= 0 && state::maybe_emulated(fd) && guarded(|| state::forget(fd)).unwrap_or(false);
     // SAFETY: the real function with the caller's argument.
-    unsafe { real(stream) }
+    let r = unsafe { real(stream) };
+    if ours {
+        synced_after_close();
+    }
+    r
 }
 
 /// Runs an operation on an emulated fd; `None` if `fd` is not emulated (or re-entered).
-/// A call on an emulated fd from a signal handler that interrupted an emulated call on the
-/// same thread cannot run (the state is mid-change) and must not reach the real file behind
-/// the fd (its bytes are not the device's): it fails with EDEADLK.
+/// `unknown`: also ask the broker about a socket this process has not seen (an fd inherited
+/// across exec or received over `SCM_RIGHTS`). A call on an emulated fd from a signal handler
+/// that interrupted an emulated call on the same thread cannot run (this thread's connection
+/// to the broker is mid-request) and must not reach the real file behind the fd: it fails
+/// with EDEADLK.
 fn on_emulated<R>(
     fd: c_int,
-    f: impl FnOnce(&mut state::State, Object) -> Result<R, Errno>,
+    unknown: bool,
+    f: impl FnOnce(Object) -> Result<R, Errno>,
 ) -> Option<Result<R, Errno>> {
     if state::in_hook() {
         return state::maybe_emulated(fd).then_some(Err(Errno(libc::EDEADLK)));
     }
-    let obj = guarded(|| state::object_of(fd)).ok().flatten()?;
-    let r = guarded(|| {
-        // A container's own calls wait only for that container; the rest for all of them.
-        let mut g = match obj {
-            Object::Container(id) => state::lock_container(id)?,
-            _ => state::lock()?,
-        };
-        let s = g.as_mut().ok_or(Errno::EIO)?;
-        f(s, obj)
-    });
-    Some(r.unwrap_or(Err(Errno::EIO)))
+    let obj = if unknown {
+        guarded(|| state::object_of_unknown(fd)).ok().flatten()?
+    } else {
+        guarded(|| state::object_of(fd)).ok().flatten()?
+    };
+    Some(guarded(|| f(obj)).unwrap_or(Err(Errno::EIO)))
 }
+
+/// The ioctl type of every VFIO request (`VFIO_TYPE`, `';'`).
+const VFIO_TYPE: u64 = b';' as u64;
 
 /// Interposed `ioctl` (fixed arity: one pointer-sized argument).
 #[no_mangle]
@@ -369,33 +379,26 @@ pub unsafe extern "C" fn ioctl(fd: c_int, req: c_ulong, arg: *mut c_void) -> c_i
     // c_ulong is u64 here but u32 on 32-bit targets.
     #[allow(clippy::useless_conversion)]
     let req64 = u64::from(req);
-    let map = req64 == type1_uapi::nr::VFIO_IOMMU_MAP_DMA;
-    let long = map || req64 == type1_uapi::nr::VFIO_IOMMU_UNMAP_DMA;
-    let container = if long && !state::in_hook() {
-        match guarded(|| state::object_of(fd)).ok().flatten() {
-            Some(Object::Container(id)) => Some(id),
-            _ => None,
+    // Only a VFIO request makes an fd this process has not seen worth asking about.
+    let vfio = (req64 >> 8) & 0xff == VFIO_TYPE;
+    let emulated = on_emulated(fd, vfio, |obj| {
+        if req64 == type1_uapi::nr::VFIO_IOMMU_MAP_DMA && matches!(obj, Object::Container(_)) {
+            prefault_map(arg as u64);
         }
-    } else {
-        None
-    };
-    if map && container.is_some() {
-        let _ = guarded(|| prefault_map(arg as u64));
-    }
-    let emulated = match container {
-        // MAP_DMA and UNMAP_DMA run with their container checked out of the state.
-        Some(id) => Some(
-            guarded(|| {
-                state::container_ioctl_unlocked(id, req64, arg as u64, &mut state::MemoryCaller)
-            })
-            .unwrap_or(Err(Errno::EIO)),
-        ),
-        None => on_emulated(fd, |s, obj| {
-            let state::State { vfio, fds, .. } = s;
-            let mut caller = ProcessCaller { fds };
-            vfio.ioctl(obj, req64, arg as u64, &mut caller)
-        }),
-    };
+        let r = client::request(
+            Request::Ioctl {
+                obj: Obj::from(obj),
+                req: req64,
+                arg: arg as u64,
+            },
+            &[],
+            &[],
+        )?;
+        match r.msg {
+            Msg::Value(v) => Ok(v),
+            _ => Err(Errno::EIO),
+        }
+    });
     match emulated {
         Some(Ok(v)) => v as c_int,
         Some(Err(e)) => {
@@ -449,23 +452,35 @@ fn prefault_map(arg: u64) {
 
 /// Device region access; EINVAL on a container or group fd (the kernel has no read for them).
 fn emulated_rw(fd: c_int, buf: *mut c_void, count: usize, off: OffT, write: bool) -> Option<isize> {
-    let r = on_emulated(fd, |s, obj| {
+    let r = on_emulated(fd, false, |obj| {
         let Object::Device(dev) = obj else {
             return Err(Errno::EINVAL);
         };
         let pos = u64::try_from(off).map_err(|_| Errno::EINVAL)?;
         if let Some(bar_off) = bar2_offset(pos) {
-            return bar2_rw(fd, buf, count, bar_off, write);
+            let (_, _, bar) = state::device_info(dev)?;
+            return bar2_rw(bar, buf, count, bar_off, write);
         }
-        let mut tmp = vec![0u8; count.min(1 << 20)];
+        let len = count.min(type1_broker::wire::MAX_COPY);
+        let mut tmp = vec![0u8; if write { len } else { 0 }];
         if write {
             type1_host::sys::read_user(buf as u64, &mut tmp)?;
         }
-        let n = s.vfio.device_rw(dev, pos, &mut tmp, write)?;
-        if !write {
-            type1_host::sys::write_user(buf as u64, &tmp[..n])?;
+        let req = Request::DeviceRw {
+            dev,
+            pos,
+            len: len as u32,
+            write,
+        };
+        let r = client::request(req, &tmp, &[])?;
+        match r.msg {
+            Msg::Value(n) if write => Ok(n as isize),
+            Msg::Data if !write => {
+                type1_host::sys::write_user(buf as u64, &r.payload)?;
+                Ok(r.payload.len() as isize)
+            }
+            _ => Err(Errno::EIO),
         }
-        Ok(n as isize)
     })?;
     Some(match r {
         Ok(n) => n,
@@ -482,7 +497,8 @@ fn bar2_offset(pos: u64) -> Option<u64> {
     (pos >= base && pos < region_offset(BAR2_INDEX + 1)).then(|| pos - base)
 }
 
-/// BAR2 `pread`/`pwrite`: the bytes of the device fd's memfd (what an `mmap` of BAR2 shows).
+/// BAR2 `pread`/`pwrite`: the bytes of the device's memory file (what an `mmap` of BAR2
+/// shows), `fd`.
 fn bar2_rw(
     fd: c_int,
     buf: *mut c_void,
@@ -616,18 +632,12 @@ fn device_mmap(
     {
         return Err(Errno::EINVAL);
     }
-    let mut g = state::lock()?;
-    let s = g.as_mut().ok_or(Errno::EIO)?;
-    let name = s.vfio.device_name(dev).ok_or(Errno::EBADF)?.to_string();
-    let ordinal = s
-        .vfio
-        .device_names()
-        .iter()
-        .position(|d| *d == name)
-        .unwrap_or(0) as u64;
+    let _ = fd;
+    let (_, ordinal, bar) = state::device_info(dev)?;
+    let ordinal = u64::from(ordinal);
     // SAFETY: the real mmap with the caller's address, length, protection and flags, on the
-    // device's memfd at an offset inside it.
-    let p = unsafe { real(addr, len, prot, flags, fd, bar_off as OffT) };
+    // device's memory file at an offset inside it.
+    let p = unsafe { real(addr, len, prot, flags, bar, bar_off as OffT) };
     if p == libc::MAP_FAILED {
         return Err(Errno(
             std::io::Error::last_os_error()
@@ -639,8 +649,9 @@ fn device_mmap(
     let first_pfn = bar_pfn + bar_off / PAGE_SIZE;
     // Peer-to-peer DMA reaches the BAR through the emulation's own mapping of it, so that it
     // follows the device, not whatever the program maps at the address later.
-    let mut host = s.vfio.platform.lock();
-    host.set_bar_backing(bar_pfn, BAR2_SIZE / PAGE_SIZE, fd)?;
+    let host = state::host()?;
+    let mut host = host.lock();
+    host.set_bar_backing(bar_pfn, BAR2_SIZE / PAGE_SIZE, bar)?;
     host.map_mmio(p as u64, len64.div_ceil(PAGE_SIZE), first_pfn, MemType::Uc);
     Ok(p)
 }
@@ -721,7 +732,7 @@ fn with_platform(addr: u64, len: u64, f: impl FnOnce(&mut type1_host::HostPlatfo
 /// between two of its platform calls), if the emulation has state.
 fn on_platform(f: impl FnOnce(&mut type1_host::HostPlatform)) {
     let _ = guarded(|| {
-        if let Some(p) = state::PLATFORM.get() {
+        if let Some(p) = state::existing_host() {
             f(&mut p.lock());
         }
     });
@@ -729,12 +740,12 @@ fn on_platform(f: impl FnOnce(&mut type1_host::HostPlatform)) {
 
 /// Whether `[addr, addr + len)` may hold pinned pages or device memory.
 fn watched(addr: u64, len: u64) -> bool {
-    state::WATCH.get().is_some_and(|w| w.intersects(addr, len))
+    state::watch().is_some_and(|w| w.intersects(addr, len))
 }
 
 /// Whether anything is pinned or mapped from a device at all.
 fn watching() -> bool {
-    state::WATCH.get().is_some_and(|w| !w.is_empty())
+    state::watch().is_some_and(|w| !w.is_empty())
 }
 
 /// Interposed `munmap`: pinned pages mapped there get their unpin flush now (no CPU can reach
@@ -1121,9 +1132,9 @@ fn track_dup(oldfd: c_int, newfd: c_int) {
     if newfd < 0 || !(state::maybe_emulated(oldfd) || state::maybe_emulated(newfd)) {
         return;
     }
-    let _ = guarded(|| {
-        state::with_existing(|s| state::dup_fd(s, oldfd, newfd));
-    });
+    if guarded(|| state::dup_fd(oldfd, newfd)).unwrap_or(false) {
+        synced_after_close();
+    }
 }
 
 /// Interposed `dup`.
@@ -1189,6 +1200,92 @@ macro_rules! fcntl_hook {
 fcntl_hook!(fcntl, "fcntl");
 fcntl_hook!(fcntl64, "fcntl64");
 
+/// After a `wait` family call reaped a child: the files only that child held are closed (the
+/// kernel closes them in `exit`, before the parent wakes), so their last-close consequences
+/// happen before the call returns, as in the kernel. Only for processes that use the broker.
+fn after_wait(r: libc::pid_t) {
+    if r > 0 && !state::in_hook() && client::connected() {
+        synced_after_close();
+    }
+}
+
+/// Interposed `waitpid`.
+#[no_mangle]
+pub unsafe extern "C" fn waitpid(
+    pid: libc::pid_t,
+    status: *mut c_int,
+    options: c_int,
+) -> libc::pid_t {
+    let Some(f) = real!(
+        "waitpid",
+        unsafe extern "C" fn(libc::pid_t, *mut c_int, c_int) -> libc::pid_t
+    ) else {
+        set_errno(Errno(libc::ENOSYS));
+        return -1;
+    };
+    // SAFETY: the real function with the caller's arguments.
+    let r = unsafe { f(pid, status, options) };
+    after_wait(r);
+    r
+}
+
+/// Interposed `wait`.
+#[no_mangle]
+pub unsafe extern "C" fn wait(status: *mut c_int) -> libc::pid_t {
+    let Some(f) = real!("wait", unsafe extern "C" fn(*mut c_int) -> libc::pid_t) else {
+        set_errno(Errno(libc::ENOSYS));
+        return -1;
+    };
+    // SAFETY: the real function with the caller's argument.
+    let r = unsafe { f(status) };
+    after_wait(r);
+    r
+}
+
+/// Interposed `wait4`.
+#[no_mangle]
+pub unsafe extern "C" fn wait4(
+    pid: libc::pid_t,
+    status: *mut c_int,
+    options: c_int,
+    ru: *mut libc::rusage,
+) -> libc::pid_t {
+    let Some(f) = real!(
+        "wait4",
+        unsafe extern "C" fn(libc::pid_t, *mut c_int, c_int, *mut libc::rusage) -> libc::pid_t
+    ) else {
+        set_errno(Errno(libc::ENOSYS));
+        return -1;
+    };
+    // SAFETY: the real function with the caller's arguments.
+    let r = unsafe { f(pid, status, options, ru) };
+    after_wait(r);
+    r
+}
+
+/// Interposed `waitid`.
+#[no_mangle]
+pub unsafe extern "C" fn waitid(
+    idtype: libc::idtype_t,
+    id: libc::id_t,
+    info: *mut libc::siginfo_t,
+    options: c_int,
+) -> c_int {
+    let Some(f) = real!(
+        "waitid",
+        unsafe extern "C" fn(libc::idtype_t, libc::id_t, *mut libc::siginfo_t, c_int) -> c_int
+    ) else {
+        set_errno(Errno(libc::ENOSYS));
+        return -1;
+    };
+    // SAFETY: the real function with the caller's arguments.
+    let r = unsafe { f(idtype, id, info, options) };
+    if r == 0 && options & libc::WNOWAIT == 0 {
+        after_wait(1);
+    }
+    r
+}
+
 extern "C" fn at_exit() {
     state::release_all();
 }
@@ -1209,7 +1306,7 @@ mod tests {
 
     #[test]
     fn classify_paths() {
-        let m = crate::state::Machine::from_toml(
+        let m = Machine::from_toml(
             r#"
 [[unit]]
 id = 0

@@ -48,6 +48,7 @@
 //! (`type1 exec`) and reading its trace is `type1-exec`'s job, a crate that links none of these
 //! symbols.
 
+mod client;
 mod hooks;
 mod shared;
 mod state;

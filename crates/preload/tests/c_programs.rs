@@ -77,6 +77,7 @@ fn run_with<V: AsRef<std::ffi::OsStr>>(
         .args(args)
         .env("LD_PRELOAD", lib())
         .env("TYPE1_TRACE", &trace)
+        .env("TYPE1_BROKER", type1_exec::fresh_broker_name())
         .envs(envs.iter().map(|(k, v)| (k, v.as_ref())))
         .output()
         .expect("run program");
@@ -436,6 +437,7 @@ fn trace_stays_valid_across_fork_and_exec() {
     let out = Command::new(&exe)
         .env("LD_PRELOAD", lib())
         .env("TYPE1_TRACE", &base)
+        .env("TYPE1_BROKER", type1_exec::fresh_broker_name())
         .output()
         .expect("run");
     let text = String::from_utf8_lossy(&out.stdout).to_string();
@@ -496,4 +498,18 @@ fn two_fds_on_one_function_are_one_device() {
     };
     let (ok, out, _) = run_preloaded(&exe, "onedevice.jsonl");
     assert!(ok && out.contains("onedevice ok"), "{out}");
+}
+
+/// Issue 9 item 2: one object per file across processes, as in the kernel. `tests/c/share.c`
+/// forks, passes fds over SCM_RIGHTS and across exec, and checks the kernel's answers: a
+/// child's MAP is the parent's EEXIST, group exclusivity (EBUSY) holds across processes and
+/// ends with the holder's exit, DMA reaches the pages of the process that mapped them, and the
+/// last close anywhere releases everything.
+#[test]
+fn objects_are_shared_across_fork_exec_and_scm_rights() {
+    let Some(exe) = compile("share") else { return };
+    let (ok, out, trace) = run_preloaded(&exe, "share.jsonl");
+    assert!(ok, "{out}\n{trace}");
+    assert!(out.contains("exec-child ok"), "{out}");
+    assert!(out.contains("share ok"), "{out}");
 }

@@ -126,6 +126,7 @@ fn run_client(sysfs: &Path, trace_name: &str) -> Result<String, String> {
     let out = Command::new(exe)
         .env(ROLE, sysfs)
         .env("LD_PRELOAD", lib()?)
+        .env("TYPE1_BROKER", type1_exec::fresh_broker_name())
         .env("TYPE1_TRACE", &trace)
         .output()
         .map_err(|e| e.to_string())?;

@@ -1,0 +1,602 @@
+//! [`Hub`]: the broker's view of the processes it serves, and [`BrokerPlatform`], the
+//! `type1_core::Platform` the engine runs on inside the broker.
+//!
+//! The IOMMU (domains, page tables) is the broker's own: a `type1_host::HostPlatform` that
+//! never pins anything. Everything about memory happens in the process that owns it, through
+//! callbacks (`wire::Callback`): pinning, unpinning, flushing, locked-memory accounting, copies
+//! to and from user memory, and device DMA. A callback for the process whose request the
+//! broker thread is serving goes over that request's connection (the requesting thread answers
+//! it); one for another process goes over that process's service connection.
+//!
+//! Frames: each process numbers the frames it pins itself. The broker gives every pinned run
+//! a range of its own bus frames (congruent to the process's modulo 1 GiB, so that large
+//! IOMMU pages stay possible) and remembers whose frames they are.
+
+use std::cell::RefCell;
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use type1_core::{
+    DeviceId, DomainId, DomainInfo, Errno, Event, GroupId, GroupInfo, MemType, MmId, PinnedPage,
+    Platform, PlatformError, Prot, Task, PAGE_SIZE,
+};
+use type1_host::{DmaError, HostConfig, HostPlatform};
+
+use crate::wire::{self, Callback, Frame, Msg, Received, TaskCreds};
+
+const PAGE_SHIFT: u32 = 12;
+/// The broker's first bus frame.
+const GLOBAL_PFN_BASE: u64 = 1 << 44;
+/// Congruence kept between a process's frames and the broker's (1 GiB of frames).
+const ALIGN_PFNS: u64 = 1 << 18;
+
+/// A process's service connection.
+#[derive(Debug)]
+pub struct Client {
+    /// Process id (as it was when it connected).
+    pub pid: i32,
+    /// The connection; `None` once the process is gone.
+    fd: Mutex<Option<i32>>,
+}
+
+/// A run of the broker's frames that stands for a process's frames.
+#[derive(Clone, Copy, Debug)]
+struct Run {
+    npages: u64,
+    client: u32,
+    local: u64,
+    reserved: bool,
+    memtype: MemType,
+    /// Pinned frames of the run not unpinned yet.
+    live: u64,
+}
+
+#[derive(Debug, Default)]
+struct Frames {
+    runs: BTreeMap<u64, Run>,
+    next: u64,
+}
+
+impl Frames {
+    fn find(&self, pfn: u64) -> Option<(u64, Run)> {
+        let (&first, &r) = self.runs.range(..=pfn).next_back()?;
+        (pfn - first < r.npages).then_some((first, r))
+    }
+
+    fn add(&mut self, client: u32, frames: &[Frame]) -> Vec<PinnedPage> {
+        let mut out = Vec::with_capacity(frames.len());
+        let mut i = 0;
+        while i < frames.len() {
+            let f = frames[i];
+            let mut n = 1;
+            while i + n < frames.len() {
+                let g = frames[i + n];
+                if g.pfn != f.pfn + n as u64 || g.reserved != f.reserved || g.memtype != f.memtype {
+                    break;
+                }
+                n += 1;
+            }
+            let next = self.next.max(GLOBAL_PFN_BASE);
+            let mut first = next - next % ALIGN_PFNS + f.pfn % ALIGN_PFNS;
+            if first < next {
+                first += ALIGN_PFNS;
+            }
+            self.next = first + n as u64;
+            self.runs.insert(
+                first,
+                Run {
+                    npages: n as u64,
+                    client,
+                    local: f.pfn,
+                    reserved: f.reserved,
+                    memtype: f.memtype,
+                    live: if f.reserved { 0 } else { n as u64 },
+                },
+            );
+            out.extend((0..n as u64).map(|k| PinnedPage {
+                pfn: first + k,
+                reserved: f.reserved,
+            }));
+            i += n;
+        }
+        out
+    }
+
+    /// The pieces of `[pfn, pfn + npages)`: `(broker first, run start, pages, run)`.
+    fn pieces(&self, pfn: u64, npages: u64) -> Vec<(u64, u64, u64, Run)> {
+        let mut out = Vec::new();
+        let (mut at, end) = (pfn, pfn.saturating_add(npages));
+        while at < end {
+            match self.find(at) {
+                Some((first, r)) => {
+                    let n = (first + r.npages - at).min(end - at);
+                    out.push((at, first, n, r));
+                    at += n;
+                }
+                None => {
+                    // Not ours: skip to the next run.
+                    at = self
+                        .runs
+                        .range(at..)
+                        .next()
+                        .map_or(end, |(f, _)| *f)
+                        .min(end);
+                }
+            }
+        }
+        out
+    }
+}
+
+/// The request a broker thread is serving.
+#[derive(Clone, Copy, Debug)]
+struct Current {
+    client: u32,
+    fd: i32,
+    creds: TaskCreds,
+}
+
+thread_local! {
+    static CURRENT: RefCell<Option<Current>> = const { RefCell::new(None) };
+    /// Where trace lines go when no request is being served (a release caused by a last close
+    /// that no request waited for): the client that opened the file.
+    static TRACE_TO: RefCell<Option<u32>> = const { RefCell::new(None) };
+}
+
+/// The processes served and the machine's IOMMU.
+#[derive(Debug)]
+pub struct Hub {
+    iommu: Mutex<HostPlatform>,
+    clients: Mutex<BTreeMap<u32, Arc<Client>>>,
+    frames: Mutex<Frames>,
+    next_client: Mutex<u32>,
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+impl Hub {
+    /// A hub for a machine with `cfg`'s IOMMU units and groups.
+    pub fn new(cfg: HostConfig) -> Hub {
+        Hub {
+            iommu: Mutex::new(HostPlatform::new(cfg)),
+            clients: Mutex::new(BTreeMap::new()),
+            frames: Mutex::new(Frames::default()),
+            next_client: Mutex::new(0),
+        }
+    }
+
+    /// Registers a process's service connection; its client id.
+    pub fn add_client(&self, pid: i32, fd: i32) -> u32 {
+        let id = {
+            let mut n = lock(&self.next_client);
+            *n += 1;
+            *n
+        };
+        lock(&self.clients).insert(
+            id,
+            Arc::new(Client {
+                pid,
+                fd: Mutex::new(Some(fd)),
+            }),
+        );
+        id
+    }
+
+    /// The service connections (for the reaper to watch).
+    pub fn service_fds(&self) -> Vec<(u32, i32)> {
+        lock(&self.clients)
+            .iter()
+            .filter_map(|(id, c)| lock(&c.fd).map(|fd| (*id, fd)))
+            .collect()
+    }
+
+    /// A process's service connection closed: it has exited (or exec'd). Its frames stay in
+    /// the engine's mappings until they are unmapped, but nothing reaches them any more.
+    pub fn client_gone(&self, id: u32) {
+        let c = lock(&self.clients).remove(&id);
+        if let Some(c) = c {
+            if let Some(fd) = lock(&c.fd).take() {
+                type1_host::sys::close(fd);
+            }
+        }
+    }
+
+    /// Whether client `id` is connected.
+    pub fn alive(&self, id: u32) -> bool {
+        lock(&self.clients).contains_key(&id)
+    }
+
+    /// Serves a request of `client` on connection `fd` with credentials `creds`: callbacks
+    /// for that client go over `fd` while `f` runs.
+    pub fn serving<R>(&self, client: u32, fd: i32, creds: TaskCreds, f: impl FnOnce() -> R) -> R {
+        let old = CURRENT.with(|c| c.replace(Some(Current { client, fd, creds })));
+        let r = f();
+        CURRENT.with(|c| *c.borrow_mut() = old);
+        r
+    }
+
+    /// Runs `f` with trace lines going to `client` when no request is being served.
+    pub fn tracing_to<R>(&self, client: u32, f: impl FnOnce() -> R) -> R {
+        let old = TRACE_TO.with(|c| c.replace(Some(client)));
+        let r = f();
+        TRACE_TO.with(|c| *c.borrow_mut() = old);
+        r
+    }
+
+    fn current() -> Option<Current> {
+        CURRENT.with(|c| *c.borrow())
+    }
+
+    /// Sends `cb` to `client` and waits for the answer. ESRCH if the process is gone.
+    pub fn call(
+        &self,
+        client: u32,
+        cb: Callback,
+        payload: &[u8],
+        fds: &[i32],
+    ) -> Result<Received, Errno> {
+        let msg = Msg::Cb(cb);
+        if let Some(cur) = Self::current().filter(|c| c.client == client) {
+            wire::send(cur.fd, &msg, payload, fds)?;
+            return wire::recv(cur.fd);
+        }
+        let c = lock(&self.clients)
+            .get(&client)
+            .cloned()
+            .ok_or(Errno(libc::ESRCH))?;
+        let g = lock(&c.fd);
+        let fd = g.ok_or(Errno(libc::ESRCH))?;
+        wire::send(fd, &msg, payload, fds)?;
+        wire::recv(fd)
+    }
+
+    fn trace_line(&self, json: String) {
+        let msg = Msg::Trace(json);
+        if let Some(cur) = Self::current() {
+            let _ = wire::send(cur.fd, &msg, &[], &[]);
+            return;
+        }
+        let Some(to) = TRACE_TO.with(|c| *c.borrow()) else {
+            return;
+        };
+        let c = lock(&self.clients).get(&to).cloned();
+        if let Some(c) = c {
+            if let Some(fd) = *lock(&c.fd) {
+                let _ = wire::send(fd, &msg, &[], &[]);
+            }
+        }
+    }
+
+    /// Device DMA at `iova` through `domain` (within one page).
+    pub fn dma(
+        &self,
+        domain: DomainId,
+        iova: u64,
+        buf: &mut [u8],
+        to_memory: bool,
+    ) -> Result<(), DmaError> {
+        let pa = lock(&self.iommu).translate(domain, iova, to_memory)?;
+        let (first, run) = lock(&self.frames)
+            .find(pa >> PAGE_SHIFT)
+            .ok_or(DmaError::Unreachable)?;
+        let local = ((run.local + ((pa >> PAGE_SHIFT) - first)) << PAGE_SHIFT) | (pa % PAGE_SIZE);
+        let cb = Callback::Dma {
+            pa: local,
+            len: buf.len() as u32,
+            to_memory,
+        };
+        let payload: &[u8] = if to_memory { buf } else { &[] };
+        let r = self
+            .call(run.client, cb, payload, &[])
+            .map_err(|_| DmaError::Unreachable)?;
+        for f in &r.fds {
+            type1_host::sys::close(*f);
+        }
+        match r.msg {
+            Msg::Data if !to_memory && r.payload.len() == buf.len() => {
+                buf.copy_from_slice(&r.payload);
+                Ok(())
+            }
+            Msg::Value(_) if to_memory => Ok(()),
+            Msg::DmaFault(2) => Err(DmaError::Permission),
+            Msg::DmaFault(1) => Err(DmaError::Unmapped),
+            _ => Err(DmaError::Unreachable),
+        }
+    }
+
+    fn simple(&self, client: u32, cb: Callback) -> Result<Msg, PlatformError> {
+        let r = self
+            .call(client, cb, &[], &[])
+            .map_err(|e| PlatformError::new(e, "process gone"))?;
+        for f in r.fds {
+            type1_host::sys::close(f);
+        }
+        match r.msg {
+            Msg::Failed(e, what) => Err(PlatformError::new(Errno(e), what)),
+            Msg::Err(e) => Err(PlatformError::new(Errno(e), "callback")),
+            m => Ok(m),
+        }
+    }
+}
+
+/// The engine's platform inside the broker (see the module documentation).
+#[derive(Clone, Debug)]
+pub struct BrokerPlatform(pub Arc<Hub>);
+
+impl BrokerPlatform {
+    fn iommu(&self) -> MutexGuard<'_, HostPlatform> {
+        lock(&self.0.iommu)
+    }
+}
+
+fn client_of(mm: MmId) -> u32 {
+    mm.0
+}
+
+impl Platform for BrokerPlatform {
+    fn current(&self) -> Option<Task> {
+        Hub::current().map(|c| Task {
+            mm: MmId(c.client),
+            cap_ipc_lock: c.creds.cap_ipc_lock,
+            memlock_limit_pages: c.creds.memlock_limit_pages,
+        })
+    }
+
+    fn mm_alive(&self, mm: MmId) -> bool {
+        self.0.alive(client_of(mm))
+    }
+
+    fn locked_vm(&self, mm: MmId) -> u64 {
+        match self.0.simple(client_of(mm), Callback::LockedVm) {
+            Ok(Msg::Value(v)) => v.max(0) as u64,
+            _ => 0,
+        }
+    }
+
+    fn account(&mut self, mm: MmId, delta: i64, enforce_limit: bool) -> Result<(), PlatformError> {
+        let cb = Callback::Account {
+            delta,
+            enforce: enforce_limit,
+        };
+        match self.0.simple(client_of(mm), cb) {
+            Ok(_) => Ok(()),
+            // A process that is gone has no locked memory left to uncharge.
+            Err(e) if e.what == "process gone" && delta <= 0 => Ok(()),
+            Err(e) => Err(e),
+        }
+    }
+
+    fn pin_user_pages(
+        &mut self,
+        mm: MmId,
+        vaddr: u64,
+        npages: u64,
+        write: bool,
+    ) -> Result<Vec<PinnedPage>, PlatformError> {
+        let client = client_of(mm);
+        let cb = Callback::Pin {
+            vaddr,
+            npages,
+            write,
+        };
+        match self.0.simple(client, cb)? {
+            Msg::Pages(frames) if !frames.is_empty() => {
+                Ok(lock(&self.0.frames).add(client, &frames))
+            }
+            _ => Err(PlatformError::new(
+                Errno::EFAULT,
+                format!("pin vaddr 0x{vaddr:x}"),
+            )),
+        }
+    }
+
+    fn unpin_page(&mut self, pfn: u64, dirty: bool) {
+        self.unpin_pages(pfn, 1, dirty);
+    }
+
+    fn unpin_pages(&mut self, pfn: u64, npages: u64, _dirty: bool) {
+        let pieces = {
+            let mut f = lock(&self.0.frames);
+            let pieces = f.pieces(pfn, npages);
+            for (_, first, n, r) in &pieces {
+                if r.reserved {
+                    continue;
+                }
+                let gone = match f.runs.get_mut(first) {
+                    Some(run) => {
+                        run.live = run.live.saturating_sub(*n);
+                        run.live == 0
+                    }
+                    None => false,
+                };
+                if gone {
+                    f.runs.remove(first);
+                }
+            }
+            pieces
+        };
+        for (at, first, n, r) in pieces {
+            if r.reserved {
+                continue;
+            }
+            let cb = Callback::Unpin {
+                pfn: r.local + (at - first),
+                npages: n,
+            };
+            // A process that is gone held nothing any more.
+            let _ = self.0.simple(r.client, cb);
+        }
+    }
+
+    fn pfn_is_reserved(&self, pfn: u64) -> bool {
+        lock(&self.0.frames)
+            .find(pfn)
+            .is_some_and(|(_, r)| r.reserved)
+    }
+
+    fn pfn_memtype(&self, pfn: u64) -> MemType {
+        lock(&self.0.frames)
+            .find(pfn)
+            .map_or(MemType::Wb, |(_, r)| r.memtype)
+    }
+
+    fn mm_read(&mut self, mm: MmId, vaddr: u64, buf: &mut [u8]) -> Result<(), PlatformError> {
+        let mut done = 0;
+        while done < buf.len() {
+            let n = (buf.len() - done).min(wire::MAX_COPY);
+            let cb = Callback::Read {
+                addr: vaddr + done as u64,
+                len: n as u32,
+            };
+            let r = self
+                .0
+                .call(client_of(mm), cb, &[], &[])
+                .map_err(|e| PlatformError::new(e, "process gone"))?;
+            match r.msg {
+                Msg::Data if r.payload.len() == n => {
+                    buf[done..done + n].copy_from_slice(&r.payload)
+                }
+                m => {
+                    let e = m.ok().err().unwrap_or(Errno::EFAULT);
+                    return Err(PlatformError::new(e, format!("read 0x{vaddr:x}")));
+                }
+            }
+            done += n;
+        }
+        Ok(())
+    }
+
+    fn mm_write(&mut self, mm: MmId, vaddr: u64, data: &[u8]) -> Result<(), PlatformError> {
+        for (i, chunk) in data.chunks(wire::MAX_COPY).enumerate() {
+            let addr = vaddr + (i * wire::MAX_COPY) as u64;
+            let r = self
+                .0
+                .call(client_of(mm), Callback::Write { addr }, chunk, &[])
+                .map_err(|e| PlatformError::new(e, "process gone"))?;
+            if let Err(e) = r.msg.ok() {
+                return Err(PlatformError::new(e, format!("write 0x{vaddr:x}")));
+            }
+        }
+        Ok(())
+    }
+
+    fn group_info(&self, group: GroupId) -> Result<GroupInfo, PlatformError> {
+        self.iommu().group_info(group)
+    }
+
+    fn domain_alloc(&mut self, group: GroupId) -> Result<DomainId, PlatformError> {
+        self.iommu().domain_alloc(group)
+    }
+
+    fn domain_info(&self, domain: DomainId) -> DomainInfo {
+        self.iommu().domain_info(domain)
+    }
+
+    fn domain_enforce_cache_coherency(&mut self, domain: DomainId) -> bool {
+        self.iommu().domain_enforce_cache_coherency(domain)
+    }
+
+    fn domain_free(&mut self, domain: DomainId) {
+        self.iommu().domain_free(domain)
+    }
+
+    fn attach_group(&mut self, domain: DomainId, group: GroupId) -> Result<(), PlatformError> {
+        self.iommu().attach_group(domain, group)
+    }
+
+    fn detach_group(&mut self, domain: DomainId, group: GroupId) {
+        self.iommu().detach_group(domain, group)
+    }
+
+    fn iommu_map(
+        &mut self,
+        domain: DomainId,
+        iova: u64,
+        pa: u64,
+        size: u64,
+        prot: Prot,
+    ) -> Result<(), PlatformError> {
+        self.iommu().iommu_map(domain, iova, pa, size, prot)
+    }
+
+    fn iommu_unmap(&mut self, domain: DomainId, iova: u64, size: u64) -> u64 {
+        self.iommu().iommu_unmap(domain, iova, size)
+    }
+
+    fn iotlb_sync(&mut self, domain: DomainId) {
+        self.iommu().iotlb_sync(domain)
+    }
+
+    fn iova_to_phys(&self, domain: DomainId, iova: u64) -> Option<u64> {
+        self.iommu().iova_to_phys(domain, iova)
+    }
+
+    fn iova_to_phys_run(&self, domain: DomainId, iova: u64, max: u64) -> Option<(u64, u64)> {
+        self.iommu().iova_to_phys_run(domain, iova, max)
+    }
+
+    fn install_msi_cookie(&mut self, domain: DomainId) -> Result<(), PlatformError> {
+        self.iommu().install_msi_cookie(domain)
+    }
+
+    fn flush_cache(&mut self, pa: u64, len: u64) {
+        let first = pa >> PAGE_SHIFT;
+        let n = (pa % PAGE_SIZE + len).div_ceil(PAGE_SIZE);
+        let pieces = lock(&self.0.frames).pieces(first, n);
+        for (at, run_first, k, r) in pieces {
+            let local = r.local + (at - run_first);
+            let cb = Callback::Flush {
+                pa: local << PAGE_SHIFT,
+                len: k * PAGE_SIZE,
+            };
+            let _ = self.0.simple(r.client, cb);
+        }
+    }
+
+    fn notify_dma_unmap(&mut self, device: DeviceId, iova: u64, size: u64) -> Vec<(u64, u64)> {
+        self.iommu().notify_dma_unmap(device, iova, size)
+    }
+
+    fn trace(&mut self, event: Event) {
+        if let Ok(json) = serde_json::to_string(&event) {
+            self.0.trace_line(json);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn frame(pfn: u64) -> Frame {
+        Frame {
+            pfn,
+            reserved: false,
+            memtype: MemType::Wb,
+        }
+    }
+
+    #[test]
+    fn runs_keep_congruence_and_split_where_frames_do() {
+        let mut f = Frames::default();
+        let local = (1u64 << 44) + 5;
+        let pages = f.add(7, &[frame(local), frame(local + 1), frame(local + 9)]);
+        assert_eq!(pages.len(), 3);
+        assert_eq!(pages[0].pfn % ALIGN_PFNS, local % ALIGN_PFNS);
+        assert_eq!(pages[1].pfn, pages[0].pfn + 1);
+        assert_eq!(pages[2].pfn % ALIGN_PFNS, (local + 9) % ALIGN_PFNS);
+        assert_eq!(
+            f.runs.len(),
+            2,
+            "a gap in the process's frames starts a new run"
+        );
+        let (first, run) = f.find(pages[1].pfn).unwrap();
+        assert_eq!((first, run.client, run.local), (pages[0].pfn, 7, local));
+        let p = f.pieces(pages[0].pfn, 2);
+        assert_eq!(p.len(), 1);
+        assert_eq!(p[0].2, 2);
+        assert!(f.find(pages[2].pfn + 1).is_none());
+    }
+}

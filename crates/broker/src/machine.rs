@@ -1,0 +1,142 @@
+//! [`Machine`]: what the emulation emulates (groups, devices, IOMMU units), from
+//! `TYPE1_MACHINE` or the default. The broker builds its engine from it; the preload library
+//! uses it to decide which paths are emulated (`/dev/vfio/N`, sysfs).
+
+use std::collections::BTreeMap;
+use std::ffi::CString;
+
+use type1_core::Errno;
+use type1_host::{sys, HostConfig, UnitConfig};
+use type1_uapi::GroupSpec;
+
+/// Where emulated PCI devices appear in sysfs.
+pub const SYSFS_PCI: &str = "/sys/bus/pci/devices/";
+
+/// `(group, device)` of the default machine.
+pub const DEFAULT_DEVICES: [(u32, &str); 2] = [(0, "0000:00:04.0"), (1, "0000:00:05.0")];
+
+/// The machine the library emulates: groups with their devices, and the host platform's
+/// IOMMU units.
+#[derive(Clone, Debug)]
+pub struct Machine {
+    /// Groups and their devices.
+    pub groups: Vec<GroupSpec>,
+    /// IOMMU units and the group → unit map.
+    pub host: HostConfig,
+}
+
+impl Machine {
+    /// The default machine: group 0 (coherent) with `0000:00:04.0`, group 1 (no snoop
+    /// control) with `0000:00:05.0`.
+    pub fn default_machine() -> Machine {
+        Machine {
+            groups: DEFAULT_DEVICES
+                .iter()
+                .map(|(g, d)| GroupSpec {
+                    id: *g,
+                    devices: vec![d.to_string()],
+                })
+                .collect(),
+            host: HostConfig::default(),
+        }
+    }
+
+    /// The machine of a `type1-sim` description (`docs/machine.md`): its units (only
+    /// `snoop_control` matters here) and groups with their device names, which become the
+    /// devices' sysfs names and `VFIO_GROUP_GET_DEVICE_FD` names. Emulated (IOMMU-less)
+    /// groups are not supported by the host platform.
+    pub fn from_toml(text: &str) -> Result<Machine, String> {
+        let desc = type1_sim::machine::MachineDesc::from_toml_str(text)?;
+        desc.validate()?;
+        let index: BTreeMap<u32, usize> = desc
+            .units
+            .iter()
+            .enumerate()
+            .map(|(i, u)| (u.id, i))
+            .collect();
+        let units = desc
+            .units
+            .iter()
+            .map(|u| UnitConfig {
+                snoop_control: u.snoop_control,
+            })
+            .collect();
+        let mut groups = Vec::new();
+        let mut map = BTreeMap::new();
+        for g in &desc.groups {
+            let unit = match g.unit {
+                Some(u) if !g.emulated => u,
+                _ => {
+                    return Err(format!(
+                        "group {}: emulated groups are not supported here",
+                        g.id
+                    ))
+                }
+            };
+            map.insert(g.id, index[&unit]);
+            groups.push(GroupSpec {
+                id: g.id,
+                devices: g.devices.clone(),
+            });
+        }
+        Ok(Machine {
+            groups,
+            host: HostConfig { units, groups: map },
+        })
+    }
+
+    /// The group of device `name`.
+    pub fn group_of(&self, name: &str) -> Option<u32> {
+        self.groups
+            .iter()
+            .find(|g| g.devices.iter().any(|d| d == name))
+            .map(|g| g.id)
+    }
+
+    /// Whether group `id` exists.
+    pub fn has_group(&self, id: u32) -> bool {
+        self.groups.iter().any(|g| g.id == id)
+    }
+}
+
+/// The contents of the file at `path`, read with raw system calls.
+pub fn read_file_raw(path: &[u8]) -> Result<String, Errno> {
+    let c = CString::new(path).map_err(|_| Errno::EINVAL)?;
+    let fd = sys::open_ro(&c)?;
+    let mut out = Vec::new();
+    let mut buf = vec![0u8; 1 << 16];
+    let r = loop {
+        match sys::pread(fd, &mut buf, out.len() as u64) {
+            Ok(0) => break Ok(()),
+            Ok(n) => out.extend_from_slice(&buf[..n]),
+            Err(e) => break Err(e),
+        }
+    };
+    sys::close(fd);
+    r?;
+    String::from_utf8(out).map_err(|_| Errno::EINVAL)
+}
+
+/// The machine named by `TYPE1_MACHINE` (read with raw system calls), or the default. `Err`
+/// says what is wrong with the file.
+pub fn from_env() -> Result<Machine, String> {
+    use std::os::unix::ffi::OsStrExt;
+    let Some(path) = std::env::var_os("TYPE1_MACHINE") else {
+        return Ok(Machine::default_machine());
+    };
+    read_file_raw(path.as_bytes())
+        .map_err(|e| e.to_string())
+        .and_then(|t| Machine::from_toml(&t))
+        .map_err(|e| format!("TYPE1_MACHINE={}: {e}", path.to_string_lossy()))
+}
+
+/// A machine without groups (every group open is ENOENT).
+pub fn empty() -> Machine {
+    Machine {
+        groups: Vec::new(),
+        host: HostConfig {
+            units: Vec::new(),
+            groups: BTreeMap::new(),
+        },
+    }
+}

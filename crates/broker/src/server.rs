@@ -1,0 +1,502 @@
+//! The broker's server: accepts connections, serves requests with the one [`Vfio`] of the
+//! emulated machine, and gives every object its last-close consequences when the last
+//! reference to its file goes, in whatever process and by whatever route.
+//!
+//! Files: every emulated open file is one end of a socket pair whose other end (the *peer*)
+//! the broker keeps. The kernel reports `POLLHUP` on the peer once the last descriptor for the
+//! file is closed anywhere (close, exit, exec of a close-on-exec fd, a file in flight that is
+//! never received), which is exactly when VFIO's release runs. A reaper thread watches the
+//! peers; every request first collects the hang-ups already visible, so that a request sent
+//! after a `close` returned sees its consequences, as the kernel's synchronous release gives.
+//!
+//! Threads: one per connection. A container's MAP_DMA and UNMAP_DMA run with the container
+//! checked out of the shared state (as the in-process emulation did before the broker), so a
+//! long pin in one container does not hold up requests on others.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+
+use type1_core::{Config, Errno};
+use type1_host::{sock, sys, DmaError};
+use type1_uapi::{
+    device::{DmaFault, BAR2_SIZE, FAULT_PERMISSION, FAULT_UNMAPPED},
+    Caller, GroupSpec, Object, Vfio,
+};
+
+use crate::hub::{BrokerPlatform, Hub};
+use crate::wire::{self, Callback, Msg, Obj, Request, TaskCreds};
+
+/// What the broker emulates.
+#[derive(Clone, Debug)]
+pub struct BrokerConfig {
+    /// Groups and their devices.
+    pub groups: Vec<GroupSpec>,
+    /// IOMMU units and the group → unit map.
+    pub host: type1_host::HostConfig,
+    /// Flush policy (`seed`, `none`).
+    pub policy: String,
+}
+
+struct State {
+    vfio: Vfio<BrokerPlatform>,
+    busy: BTreeSet<u32>,
+    /// BAR2 memory of open devices.
+    bars: BTreeMap<u32, i32>,
+}
+
+/// One emulated open file.
+#[derive(Clone, Copy, Debug)]
+struct File {
+    peer: i32,
+    obj: Object,
+    /// Inode of the process's end.
+    ino: u64,
+    /// Client that opened it (trace lines of its release go there).
+    opener: u32,
+}
+
+/// The broker.
+pub struct Server {
+    hub: Arc<Hub>,
+    state: Mutex<State>,
+    returned: Condvar,
+    files: Mutex<Vec<File>>,
+    /// Connections open, for the decision to exit.
+    conns: Mutex<usize>,
+    /// Wakes the reaper when the set of files or clients changed.
+    wake: (i32, i32),
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+fn host_dma(
+    p: &mut BrokerPlatform,
+    domain: type1_core::DomainId,
+    iova: u64,
+    buf: &mut [u8],
+    to_memory: bool,
+) -> Result<(), DmaFault> {
+    p.0.dma(domain, iova, buf, to_memory).map_err(|e| DmaFault {
+        iova,
+        reason: match e {
+            DmaError::Permission => FAULT_PERMISSION,
+            DmaError::Unmapped | DmaError::Unreachable => FAULT_UNMAPPED,
+        },
+    })
+}
+
+/// The requesting process, as `type1-uapi` sees it: its memory and fds through callbacks on
+/// the request's connection.
+struct RemoteCaller<'a> {
+    server: &'a Server,
+    client: u32,
+}
+
+impl Caller for RemoteCaller<'_> {
+    fn read(&mut self, addr: u64, buf: &mut [u8]) -> Result<(), Errno> {
+        let mut p = BrokerPlatform(self.server.hub.clone());
+        type1_core::Platform::mm_read(&mut p, type1_core::MmId(self.client), addr, buf)
+            .map_err(|_| Errno::EFAULT)
+    }
+
+    fn write(&mut self, addr: u64, data: &[u8]) -> Result<(), Errno> {
+        let mut p = BrokerPlatform(self.server.hub.clone());
+        type1_core::Platform::mm_write(&mut p, type1_core::MmId(self.client), addr, data)
+            .map_err(|_| Errno::EFAULT)
+    }
+
+    fn object_of_fd(&self, fd: i32) -> Result<Option<Object>, Errno> {
+        let r = self
+            .server
+            .hub
+            .call(self.client, Callback::FdObject(fd), &[], &[])?;
+        // A file the process could not name is sent along: recognised by its inode.
+        let by_inode = r.fds.first().and_then(|f| {
+            let ino = sock::socket_inode(*f)?;
+            lock(&self.server.files)
+                .iter()
+                .find(|x| x.ino == ino)
+                .map(|x| x.obj)
+        });
+        for f in &r.fds {
+            sys::close(*f);
+        }
+        match r.msg.ok()? {
+            Msg::Object(Some(o)) => Ok(Some(Object::from(o))),
+            Msg::Object(None) => Ok(by_inode),
+            _ => Err(Errno::EBADF),
+        }
+    }
+
+    fn new_fd(&mut self, obj: Object) -> Result<i32, Errno> {
+        let end = self.server.new_file(obj, self.client)?;
+        let r = self
+            .server
+            .hub
+            .call(self.client, Callback::NewFd(obj.into()), &[], &[end]);
+        sys::close(end);
+        match r?.msg.ok()? {
+            Msg::Value(fd) => Ok(fd as i32),
+            _ => Err(Errno::EIO),
+        }
+    }
+}
+
+impl Server {
+    /// A broker for `cfg`.
+    pub fn new(cfg: &BrokerConfig) -> Result<Server, Errno> {
+        let hub = Arc::new(Hub::new(cfg.host.clone()));
+        let mut vfio = Vfio::new(
+            BrokerPlatform(hub.clone()),
+            &cfg.groups,
+            Config::default(),
+            &cfg.policy,
+        )?;
+        vfio.set_dma_access(host_dma);
+        let wake = sock::seqpacket_pair()?;
+        Ok(Server {
+            hub,
+            state: Mutex::new(State {
+                vfio,
+                busy: BTreeSet::new(),
+                bars: BTreeMap::new(),
+            }),
+            returned: Condvar::new(),
+            files: Mutex::new(Vec::new()),
+            conns: Mutex::new(0),
+            wake,
+        })
+    }
+
+    fn poke(&self) {
+        let _ = sock::send(self.wake.0, b"w", &[]);
+    }
+
+    /// The state once `ok` says it may be used (no container it needs is checked out).
+    fn state_when(&self, ok: impl Fn(&State) -> bool) -> MutexGuard<'_, State> {
+        let mut g = lock(&self.state);
+        while !ok(&g) {
+            g = self.returned.wait(g).unwrap_or_else(|p| p.into_inner());
+        }
+        g
+    }
+
+    /// A new file for `obj`: the process's end (to send; the caller closes its copy).
+    fn new_file(&self, obj: Object, opener: u32) -> Result<i32, Errno> {
+        let (peer, end) = sock::seqpacket_pair()?;
+        let ino = sock::socket_inode(end).ok_or(Errno::EIO)?;
+        let peer = type1_host::uring::move_high(peer);
+        lock(&self.files).push(File {
+            peer,
+            obj,
+            ino,
+            opener,
+        });
+        self.poke();
+        Ok(end)
+    }
+
+    /// Gives every file whose last reference has gone its last-close consequences.
+    /// `blocking`: wait for a checked-out container to come back (requests); the reaper
+    /// only collects what needs no container that is out.
+    fn collect(&self) {
+        let polls: Vec<(i32, i16)> = lock(&self.files).iter().map(|f| (f.peer, 0)).collect();
+        if polls.is_empty() {
+            return;
+        }
+        let Ok(rev) = sock::poll(&polls, 0) else {
+            return;
+        };
+        let hung: Vec<i32> = polls
+            .iter()
+            .zip(rev)
+            .filter(|(_, r)| r & (libc::POLLHUP | libc::POLLERR) != 0)
+            .map(|(p, _)| p.0)
+            .collect();
+        for peer in hung {
+            self.file_closed(peer);
+        }
+    }
+
+    fn file_closed(&self, peer: i32) {
+        let mut st = self.state_when(|s| s.busy.is_empty());
+        let (file, last) = {
+            let mut files = lock(&self.files);
+            let Some(i) = files.iter().position(|f| f.peer == peer) else {
+                return;
+            };
+            let f = files.swap_remove(i);
+            let last = !files.iter().any(|g| g.obj == f.obj);
+            (f, last)
+        };
+        sys::close(file.peer);
+        if last {
+            self.hub.tracing_to(file.opener, || st.vfio.close(file.obj));
+            if let Object::Device(d) = file.obj {
+                if let Some(fd) = st.bars.remove(&d) {
+                    sys::close(fd);
+                }
+            }
+        }
+    }
+
+    /// Serves one connection until it closes.
+    pub fn serve(self: &Arc<Self>, fd: i32) {
+        *lock(&self.conns) += 1;
+        let service = self.serve_conn(fd);
+        if !service {
+            sys::close(fd);
+        }
+        *lock(&self.conns) -= 1;
+        self.poke();
+    }
+
+    /// Returns whether the connection became a service connection (kept by the hub).
+    fn serve_conn(self: &Arc<Self>, fd: i32) -> bool {
+        let Ok(hello) = wire::recv(fd) else {
+            return false;
+        };
+        let client = match hello.msg {
+            Msg::Hello { pid, client: None } => {
+                let id = self.hub.add_client(pid, fd);
+                let _ = wire::send(fd, &Msg::Welcome(id), &[], &[]);
+                self.poke();
+                // The service connection now belongs to the hub; the reaper sees it close.
+                *lock(&self.conns) += 1;
+                return true;
+            }
+            Msg::Hello {
+                client: Some(id), ..
+            } => id,
+            _ => return false,
+        };
+        if wire::send(fd, &Msg::Welcome(client), &[], &[]).is_err() {
+            return false;
+        }
+        loop {
+            let Ok(r) = wire::recv(fd) else {
+                return false;
+            };
+            let Msg::Req(creds, req) = r.msg else {
+                for f in r.fds {
+                    sys::close(f);
+                }
+                continue;
+            };
+            let (reply, payload, fds) = self.hub.serving(client, fd, creds, || {
+                self.request(client, creds, req, &r.payload, &r.fds)
+            });
+            for f in r.fds {
+                sys::close(f);
+            }
+            let _ = wire::send(fd, &reply, &payload, &fds);
+            for f in fds {
+                sys::close(f);
+            }
+        }
+    }
+
+    fn request(
+        &self,
+        client: u32,
+        _creds: TaskCreds,
+        req: Request,
+        payload: &[u8],
+        fds: &[i32],
+    ) -> (Msg, Vec<u8>, Vec<i32>) {
+        self.collect();
+        let err = |e: Errno| (Msg::Err(e.0), Vec::new(), Vec::new());
+        match req {
+            Request::Sync => {
+                // A release the reaper started holds the state until it is over.
+                drop(self.state_when(|s| s.busy.is_empty()));
+                (Msg::Value(0), Vec::new(), Vec::new())
+            }
+            Request::Open(group) => {
+                let mut st = self.state_when(|s| s.busy.is_empty());
+                let obj = match group {
+                    None => st.vfio.open_container(),
+                    Some(n) => match st.vfio.open_group(n) {
+                        Ok(o) => o,
+                        Err(e) => return err(e),
+                    },
+                };
+                match self.new_file(obj, client) {
+                    Ok(end) => (Msg::Opened(obj.into()), Vec::new(), vec![end]),
+                    Err(e) => {
+                        st.vfio.close(obj);
+                        err(e)
+                    }
+                }
+            }
+            Request::Identify => {
+                let found = fds.first().and_then(|fd| {
+                    let ino = sock::socket_inode(*fd)?;
+                    lock(&self.files)
+                        .iter()
+                        .find(|f| f.ino == ino)
+                        .map(|f| f.obj)
+                });
+                (Msg::Object(found.map(Obj::from)), Vec::new(), Vec::new())
+            }
+            Request::Ioctl { obj, req, arg } => {
+                let obj = Object::from(obj);
+                let mut caller = RemoteCaller {
+                    server: self,
+                    client,
+                };
+                let long = req == type1_uapi::nr::VFIO_IOMMU_MAP_DMA
+                    || req == type1_uapi::nr::VFIO_IOMMU_UNMAP_DMA;
+                let r = match obj {
+                    Object::Container(id) if long => {
+                        self.container_unlocked(id, req, arg, &mut caller)
+                    }
+                    Object::Container(id) => {
+                        let mut st = self.state_when(|s| !s.busy.contains(&id));
+                        st.vfio.ioctl(obj, req, arg, &mut caller)
+                    }
+                    _ => {
+                        let mut st = self.state_when(|s| s.busy.is_empty());
+                        st.vfio.ioctl(obj, req, arg, &mut caller)
+                    }
+                };
+                match r {
+                    Ok(v) => (Msg::Value(v), Vec::new(), Vec::new()),
+                    Err(e) => err(e),
+                }
+            }
+            Request::DeviceRw {
+                dev,
+                pos,
+                len,
+                write,
+            } => {
+                let mut st = self.state_when(|s| s.busy.is_empty());
+                let mut buf = if write {
+                    payload.to_vec()
+                } else {
+                    vec![0u8; (len as usize).min(wire::MAX_COPY)]
+                };
+                match st.vfio.device_rw(dev, pos, &mut buf, write) {
+                    Ok(n) if write => (Msg::Value(n as i64), Vec::new(), Vec::new()),
+                    Ok(n) => {
+                        buf.truncate(n);
+                        (Msg::Data, buf, Vec::new())
+                    }
+                    Err(e) => err(e),
+                }
+            }
+            Request::DeviceInfo(dev) => {
+                let mut st = self.state_when(|s| s.busy.is_empty());
+                let Some(name) = st.vfio.device_name(dev).map(str::to_string) else {
+                    return err(Errno::EBADF);
+                };
+                let ordinal = st
+                    .vfio
+                    .device_names()
+                    .iter()
+                    .position(|d| *d == name)
+                    .unwrap_or(0) as u32;
+                let bar = match st.bars.get(&dev) {
+                    Some(fd) => *fd,
+                    None => match bar_memory() {
+                        Ok(fd) => {
+                            st.bars.insert(dev, fd);
+                            fd
+                        }
+                        Err(e) => return err(e),
+                    },
+                };
+                // Sent as a duplicate the reply's sender may close.
+                match dup(bar) {
+                    Ok(d) => (Msg::Device { name, ordinal }, Vec::new(), vec![d]),
+                    Err(e) => err(e),
+                }
+            }
+        }
+    }
+
+    /// MAP_DMA or UNMAP_DMA with container `id` checked out of the state.
+    fn container_unlocked(
+        &self,
+        id: u32,
+        req: u64,
+        arg: u64,
+        caller: &mut dyn Caller,
+    ) -> Result<i64, Errno> {
+        let mut detached = {
+            let mut st = self.state_when(|s| !s.busy.contains(&id));
+            let d = st.vfio.detach_container(id).ok_or(Errno::EBADF)?;
+            st.busy.insert(id);
+            d
+        };
+        let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            detached.ioctl(Object::Container(id), req, arg, caller)
+        }));
+        {
+            let mut st = lock(&self.state);
+            st.vfio.reattach(detached);
+            st.busy.remove(&id);
+        }
+        self.returned.notify_all();
+        r.unwrap_or(Err(Errno::EIO))
+    }
+
+    /// The reaper: collects hang-ups of files and of service connections, and decides when
+    /// the broker exits (no connection and no file left for `linger_ms`).
+    pub fn reap(self: &Arc<Self>, linger_ms: i32) -> ! {
+        let mut idle_since: Option<std::time::Instant> = None;
+        loop {
+            let services = self.hub.service_fds();
+            let mut polls: Vec<(i32, i16)> = vec![(self.wake.1, libc::POLLIN)];
+            polls.extend(services.iter().map(|(_, fd)| (*fd, libc::POLLRDHUP)));
+            let files: Vec<i32> = lock(&self.files).iter().map(|f| f.peer).collect();
+            polls.extend(files.iter().map(|p| (*p, 0)));
+            let idle = *lock(&self.conns) == 0 && files.is_empty();
+            let timeout = if idle { linger_ms.max(1) } else { -1 };
+            let rev = sock::poll(&polls, timeout).unwrap_or_default();
+            if rev.first().is_some_and(|r| r & libc::POLLIN != 0) {
+                let mut b = [0u8; 64];
+                let _ = sock::recv(self.wake.1, &mut b);
+            }
+            for (i, (client, _)) in services.iter().enumerate() {
+                let r = rev.get(1 + i).copied().unwrap_or(0);
+                if r & (libc::POLLHUP | libc::POLLRDHUP | libc::POLLERR) != 0 {
+                    self.hub.client_gone(*client);
+                    *lock(&self.conns) -= 1;
+                }
+            }
+            let base = 1 + services.len();
+            for (i, peer) in files.iter().enumerate() {
+                let r = rev.get(base + i).copied().unwrap_or(0);
+                if r & (libc::POLLHUP | libc::POLLERR) != 0 {
+                    self.file_closed(*peer);
+                }
+            }
+            let idle = *lock(&self.conns) == 0 && lock(&self.files).is_empty();
+            match (idle, idle_since) {
+                (false, _) => idle_since = None,
+                (true, None) => idle_since = Some(std::time::Instant::now()),
+                (true, Some(t)) if t.elapsed().as_millis() as i32 >= linger_ms => {
+                    std::process::exit(0)
+                }
+                _ => {}
+            }
+        }
+    }
+}
+
+fn bar_memory() -> Result<i32, Errno> {
+    let fd = sys::memfd(c"vfio-bar2", true)?;
+    if let Err(e) = sys::ftruncate(fd, BAR2_SIZE) {
+        sys::close(fd);
+        return Err(e);
+    }
+    Ok(type1_host::uring::move_high(fd))
+}
+
+fn dup(fd: i32) -> Result<i32, Errno> {
+    sys::dup_cloexec(fd)
+}

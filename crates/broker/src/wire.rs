@@ -1,0 +1,350 @@
+//! The messages between the broker and the processes that use it (`type1-preload`).
+//!
+//! Every connection is an `AF_UNIX` `SOCK_SEQPACKET` socket: one datagram is one [`Msg`],
+//! encoded as a little-endian `u32` length, that many bytes of JSON, and then the raw
+//! payload (memory contents, never JSON-encoded). File descriptors ride along as
+//! `SCM_RIGHTS`. A connection is either a process's *service* connection (the broker calls
+//! the process back on it: pin, unpin, flush, DMA, for work another process caused) or one
+//! of its threads' *request* connections (requests, and the callbacks that request needs,
+//! which the requesting thread answers itself).
+
+use serde::{Deserialize, Serialize};
+use type1_core::{Errno, MemType};
+use type1_host::sock;
+use type1_uapi::Object;
+
+/// Room for one datagram: the largest payload is a 64 KiB memory copy.
+pub const MAX_MSG: usize = 96 * 1024;
+/// The largest memory copy one callback moves; longer copies are split.
+pub const MAX_COPY: usize = 64 * 1024;
+
+/// An emulated object on the wire.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Obj {
+    /// A container, by id.
+    Container(u32),
+    /// A group, by number.
+    Group(u32),
+    /// A device, by id.
+    Device(u32),
+}
+
+impl From<Object> for Obj {
+    fn from(o: Object) -> Obj {
+        match o {
+            Object::Container(i) => Obj::Container(i),
+            Object::Group(i) => Obj::Group(i),
+            Object::Device(i) => Obj::Device(i),
+        }
+    }
+}
+
+impl From<Obj> for Object {
+    fn from(o: Obj) -> Object {
+        match o {
+            Obj::Container(i) => Object::Container(i),
+            Obj::Group(i) => Object::Group(i),
+            Obj::Device(i) => Object::Device(i),
+        }
+    }
+}
+
+/// The calling task's credentials, sent with every request (what `current` would be).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TaskCreds {
+    /// `capable(CAP_IPC_LOCK)`.
+    pub cap_ipc_lock: bool,
+    /// RLIMIT_MEMLOCK in pages.
+    pub memlock_limit_pages: u64,
+}
+
+/// What a request asks for.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Request {
+    /// `open("/dev/vfio/vfio")` (`None`) or `open("/dev/vfio/N")`: answered by
+    /// [`Msg::Opened`] with the new file attached.
+    Open(Option<u32>),
+    /// An ioctl on an object; the argument is read and written through callbacks.
+    Ioctl {
+        /// The object.
+        obj: Obj,
+        /// Request number.
+        req: u64,
+        /// Raw argument.
+        arg: u64,
+    },
+    /// `pread` (`len` bytes) or `pwrite` (the payload) of a device region at file offset
+    /// `pos`, except BAR2, which the process reaches through the device's memory file.
+    DeviceRw {
+        /// Device id.
+        dev: u32,
+        /// File offset.
+        pos: u64,
+        /// Bytes to read (ignored for a write).
+        len: u32,
+        /// Write the payload.
+        write: bool,
+    },
+    /// A device's name, its index among the machine's devices and its BAR2 memory file
+    /// (attached to the [`Msg::Device`] answer).
+    DeviceInfo(u32),
+    /// Which object the attached file is, if it is one of the broker's.
+    Identify,
+    /// Nothing: answered once every file closed before it was sent has had its last-close
+    /// consequences (a `close` waits for this, as the kernel's release runs within `close`).
+    Sync,
+}
+
+/// What the broker asks a process to do in its own address space.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Callback {
+    /// `copy_from_user`: answer [`Msg::Data`].
+    Read {
+        /// User address.
+        addr: u64,
+        /// Bytes.
+        len: u32,
+    },
+    /// `copy_to_user` of the payload.
+    Write {
+        /// User address.
+        addr: u64,
+    },
+    /// What the process's fd is: [`Msg::Object`], or an error (EBADF: not open).
+    FdObject(i32),
+    /// Install the attached file as a new fd (close-on-exec) standing for `obj`:
+    /// answer [`Msg::Value`] with the fd.
+    NewFd(Obj),
+    /// Pin pages of the process: [`Msg::Pages`] or [`Msg::Failed`].
+    Pin {
+        /// First page's address.
+        vaddr: u64,
+        /// At most this many pages.
+        npages: u64,
+        /// For write.
+        write: bool,
+    },
+    /// Drop pins of the process's frames.
+    Unpin {
+        /// First frame (the process's numbering).
+        pfn: u64,
+        /// Frames.
+        npages: u64,
+    },
+    /// Write back and invalidate the CPU caches for bus addresses `[pa, pa + len)`.
+    Flush {
+        /// Bus address (the process's numbering).
+        pa: u64,
+        /// Bytes.
+        len: u64,
+    },
+    /// Charge (`delta > 0`) or uncharge the process's locked memory.
+    Account {
+        /// Pages.
+        delta: i64,
+        /// Enforce RLIMIT_MEMLOCK.
+        enforce: bool,
+    },
+    /// The process's locked memory in pages: [`Msg::Value`].
+    LockedVm,
+    /// Device DMA at bus address `pa` (within a page): to memory (the payload), or from it
+    /// (`len` bytes, answered by [`Msg::Data`]); [`Msg::DmaFault`] if unreachable.
+    Dma {
+        /// Bus address (the process's numbering).
+        pa: u64,
+        /// Bytes to read (from memory).
+        len: u32,
+        /// Direction.
+        to_memory: bool,
+    },
+}
+
+/// One pinned frame of a [`Msg::Pages`] answer.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Frame {
+    /// The process's frame number.
+    pub pfn: u64,
+    /// Reserved (device memory): neither refcounted nor charged.
+    pub reserved: bool,
+    /// Memory type.
+    pub memtype: MemType,
+}
+
+/// One datagram.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Msg {
+    /// First message of a connection: the process (and, for a request connection, the client
+    /// id its service connection got).
+    Hello {
+        /// Process id.
+        pid: i32,
+        /// `None`: this is the service connection of a new client.
+        client: Option<u32>,
+    },
+    /// Answer to [`Msg::Hello`]: the client id.
+    Welcome(u32),
+    /// A request with the caller's credentials.
+    Req(TaskCreds, Request),
+    /// A callback.
+    Cb(Callback),
+    /// A trace line for the process's trace file (JSON object without `seq`/`pid`).
+    Trace(String),
+    /// Success with a value (ioctl return, fd number, locked pages).
+    Value(i64),
+    /// Failure with an errno.
+    Err(i32),
+    /// A platform failure with its description.
+    Failed(i32, String),
+    /// Success with the payload as data.
+    Data,
+    /// An open file for `obj` is attached.
+    Opened(Obj),
+    /// Device information (its BAR2 file attached).
+    Device {
+        /// Name (`0000:00:05.0`).
+        name: String,
+        /// Index among the machine's devices.
+        ordinal: u32,
+    },
+    /// The object a file is, if any.
+    Object(Option<Obj>),
+    /// Pinned frames.
+    Pages(Vec<Frame>),
+    /// A DMA that could not reach memory: 1 unmapped, 2 permission, 3 unreachable.
+    DmaFault(u8),
+}
+
+impl Msg {
+    /// The errno of an error answer, `Ok` otherwise.
+    pub fn ok(self) -> Result<Msg, Errno> {
+        match self {
+            Msg::Err(e) | Msg::Failed(e, _) => Err(Errno(e)),
+            m => Ok(m),
+        }
+    }
+}
+
+/// Sends `msg` with `payload` and `fds` on `fd`.
+pub fn send(fd: i32, msg: &Msg, payload: &[u8], fds: &[i32]) -> Result<(), Errno> {
+    let json = serde_json::to_vec(msg).map_err(|_| Errno::EINVAL)?;
+    let mut buf = Vec::with_capacity(4 + json.len() + payload.len());
+    buf.extend_from_slice(&(json.len() as u32).to_le_bytes());
+    buf.extend_from_slice(&json);
+    buf.extend_from_slice(payload);
+    if buf.len() > MAX_MSG {
+        return Err(Errno(libc::EMSGSIZE));
+    }
+    sock::send(fd, &buf, fds)
+}
+
+/// A received datagram: the message, its payload and the files it carried.
+#[derive(Debug)]
+pub struct Received {
+    /// The message.
+    pub msg: Msg,
+    /// Raw payload.
+    pub payload: Vec<u8>,
+    /// Attached files (close-on-exec), owned by the receiver.
+    pub fds: Vec<i32>,
+}
+
+/// Receives one datagram. EPIPE at end of stream; EPROTO for a malformed one (its files are
+/// closed).
+pub fn recv(fd: i32) -> Result<Received, Errno> {
+    let mut buf = vec![0u8; MAX_MSG];
+    let (n, fds) = sock::recv(fd, &mut buf)?;
+    if n == 0 && fds.is_empty() {
+        return Err(Errno(libc::EPIPE));
+    }
+    let parsed = (|| {
+        let len = u32::from_le_bytes(buf.get(..4)?.try_into().ok()?) as usize;
+        let json = buf.get(4..4 + len)?;
+        let msg: Msg = serde_json::from_slice(json).ok()?;
+        Some((msg, buf[4 + len..n].to_vec()))
+    })()
+    .filter(|_| n >= 4);
+    match parsed {
+        Some((msg, payload)) => Ok(Received { msg, payload, fds }),
+        None => {
+            for f in fds {
+                type1_host::sys::close(f);
+            }
+            Err(Errno(libc::EPROTO))
+        }
+    }
+}
+
+/// The broker's abstract socket name for `TYPE1_BROKER=name`, or, without it, the one for
+/// this user and configuration (machine file, policy): processes that agree on these share
+/// one emulated machine, as processes on one host share its devices.
+pub fn socket_name(broker: Option<&str>, uid: u32, config: &str) -> String {
+    match broker {
+        Some(b) => format!("type1-broker/{uid}/{b}"),
+        None => {
+            // FNV-1a: a stable short digest of the configuration.
+            let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+            for b in config.as_bytes() {
+                h ^= u64::from(*b);
+                h = h.wrapping_mul(0x100_0000_01b3);
+            }
+            format!("type1-broker/{uid}/default-{h:016x}")
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn messages_round_trip_with_payload_and_files() {
+        let (a, b) = sock::seqpacket_pair().unwrap();
+        let (x, y) = sock::seqpacket_pair().unwrap();
+        let m = Msg::Req(
+            TaskCreds {
+                cap_ipc_lock: false,
+                memlock_limit_pages: 16,
+            },
+            Request::Ioctl {
+                obj: Obj::Container(3),
+                req: 0x3b71,
+                arg: 0x7fff_0000,
+            },
+        );
+        send(a, &m, &[1, 2, 3], &[x]).unwrap();
+        let r = recv(b).unwrap();
+        assert_eq!(r.msg, m);
+        assert_eq!(r.payload, vec![1, 2, 3]);
+        assert_eq!(r.fds.len(), 1);
+        // The received file is `x`'s: what is sent on `y` arrives there.
+        sock::send(y, b"ping", &[]).unwrap();
+        let mut buf = [0u8; 8];
+        assert_eq!(sock::recv(r.fds[0], &mut buf).unwrap().0, 4);
+        for fd in [a, x, y, r.fds[0]] {
+            type1_host::sys::close(fd);
+        }
+        assert_eq!(recv(b).unwrap_err(), Errno(libc::EPIPE), "peer closed");
+        type1_host::sys::close(b);
+    }
+
+    #[test]
+    fn oversized_messages_are_refused_before_sending() {
+        let (a, b) = sock::seqpacket_pair().unwrap();
+        let big = vec![0u8; MAX_MSG];
+        assert_eq!(
+            send(a, &Msg::Data, &big, &[]).unwrap_err(),
+            Errno(libc::EMSGSIZE)
+        );
+        type1_host::sys::close(a);
+        type1_host::sys::close(b);
+    }
+
+    #[test]
+    fn names_depend_on_user_and_configuration() {
+        assert_eq!(socket_name(Some("t"), 5, "x"), "type1-broker/5/t");
+        let a = socket_name(None, 5, "policy=seed");
+        assert_ne!(a, socket_name(None, 5, "policy=none"));
+        assert_ne!(a, socket_name(None, 6, "policy=seed"));
+        assert_eq!(a, socket_name(None, 5, "policy=seed"));
+    }
+}

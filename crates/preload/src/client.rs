@@ -1,0 +1,468 @@
+//! The process's side of the broker (`type1-broker`): connections, requests, and the
+//! callbacks through which the broker has this process pin, unpin, flush, account, copy its
+//! memory and perform device DMA on pages it pinned.
+//!
+//! Each process has one *service* connection, answered by a service thread (callbacks caused
+//! by other processes, or by a last close no request waited for), and each thread that makes
+//! requests has a connection of its own, on which it answers the callbacks of its own
+//! requests. All of them are the emulation's internal fds (above the program's, EBADF to its
+//! `close`, close-on-exec). A forked child starts with none: it connects again, as a new
+//! client, and its pins are its own.
+//!
+//! The first process that needs the broker starts it: `type1-broker` next to
+//! `libtype1_preload.so` (or `TYPE1_BROKER_BIN`), serving `@type1-broker/<uid>/<name>`, where
+//! the name is `TYPE1_BROKER` or a digest of the configuration (`TYPE1_MACHINE`,
+//! `TYPE1_POLICY`).
+
+use std::cell::RefCell;
+use std::ffi::CString;
+use std::sync::{Mutex, MutexGuard};
+
+use type1_broker::wire::{self, Callback, Frame, Msg, Received, Request, TaskCreds};
+use type1_core::{Errno, Platform};
+use type1_host::{sock, sys, DmaError, SELF_MM};
+
+use crate::state;
+
+/// The service connection of this process: `(pid, client id, fd)`.
+static SERVICE: Mutex<Option<(i32, u32, i32)>> = Mutex::new(None);
+
+/// This thread's request connection: `(pid, fd)`, closed when the thread exits.
+struct ReqConn(Option<(i32, i32)>);
+
+impl Drop for ReqConn {
+    fn drop(&mut self) {
+        if let Some((pid, fd)) = self.0.take() {
+            if pid == sys::getpid() {
+                sys::close(fd);
+            }
+        }
+    }
+}
+
+thread_local! {
+    static REQ: RefCell<ReqConn> = const { RefCell::new(ReqConn(None)) };
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// The broker's socket name for this process's configuration.
+pub(crate) fn broker_name() -> String {
+    let var = |k: &str| std::env::var(k).unwrap_or_default();
+    let config = format!(
+        "machine={}\npolicy={}",
+        var("TYPE1_MACHINE"),
+        var("TYPE1_POLICY")
+    );
+    wire::socket_name(
+        std::env::var("TYPE1_BROKER").ok().as_deref(),
+        sys::getuid(),
+        &config,
+    )
+}
+
+/// The broker executable: `TYPE1_BROKER_BIN`, or `type1-broker` in this library's directory
+/// (or its parent, for cargo's `deps/`).
+fn broker_exe() -> Option<CString> {
+    if let Some(p) = std::env::var_os("TYPE1_BROKER_BIN") {
+        use std::os::unix::ffi::OsStringExt;
+        return CString::new(p.into_vec()).ok();
+    }
+    // SAFETY: an all-zero Dl_info is a valid value of this plain C struct.
+    let mut info: libc::Dl_info = unsafe { std::mem::zeroed() };
+    let here = broker_exe as *const libc::c_void;
+    // SAFETY: `here` is an address inside this library; `info` is a valid out-parameter.
+    if unsafe { libc::dladdr(here, &mut info) } == 0 || info.dli_fname.is_null() {
+        return None;
+    }
+    // SAFETY: dladdr filled `dli_fname` with a NUL-terminated path that lives as long as the
+    // library.
+    let lib = unsafe { std::ffi::CStr::from_ptr(info.dli_fname) }.to_bytes();
+    let dir = match lib.iter().rposition(|b| *b == b'/') {
+        Some(i) => &lib[..i],
+        None => b".".as_slice(),
+    };
+    // Next to the library, or one level up when the library is cargo's copy in `deps/`.
+    [b"/type1-broker".as_slice(), b"/../type1-broker".as_slice()]
+        .iter()
+        .filter_map(|tail| CString::new([dir, tail].concat()).ok())
+        .find(|p| sys::executable(p))
+}
+
+fn report(msg: &str) {
+    let _ = sys::write_all(2, format!("type1-preload: {msg}\n").as_bytes());
+}
+
+/// Starts the broker for `name` and waits until it listens (it detaches itself).
+fn spawn_broker(name: &str) -> Result<(), Errno> {
+    let Some(exe) = broker_exe() else {
+        report("cannot locate type1-broker (set TYPE1_BROKER_BIN)");
+        return Err(Errno(libc::ENODEV));
+    };
+    let arg0 = c"type1-broker";
+    let arg1 = CString::new(name).map_err(|_| Errno::EINVAL)?;
+    let argv = [arg0.as_ptr(), arg1.as_ptr(), std::ptr::null()];
+    // The broker inherits the configuration, never the preload library.
+    let env: Vec<CString> = std::env::vars_os()
+        .filter(|(k, _)| k != "LD_PRELOAD")
+        .filter_map(|(k, v)| {
+            use std::os::unix::ffi::OsStrExt;
+            let mut e = k.as_bytes().to_vec();
+            e.push(b'=');
+            e.extend_from_slice(v.as_bytes());
+            CString::new(e).ok()
+        })
+        .collect();
+    let mut envp: Vec<*const libc::c_char> = env.iter().map(|e| e.as_ptr()).collect();
+    envp.push(std::ptr::null());
+    // SAFETY: an all-zero posix_spawn_file_actions_t is what init expects to initialise.
+    let mut fa: libc::posix_spawn_file_actions_t = unsafe { std::mem::zeroed() };
+    let mut pid: libc::pid_t = 0;
+    // SAFETY: `fa` is initialised before use and destroyed after; every string is
+    // NUL-terminated and outlives the call; argv and envp are NULL-terminated arrays.
+    let r = unsafe {
+        libc::posix_spawn_file_actions_init(&mut fa);
+        for fd in 0..3 {
+            let mode = if fd == 0 {
+                libc::O_RDONLY
+            } else {
+                libc::O_WRONLY
+            };
+            libc::posix_spawn_file_actions_addopen(&mut fa, fd, c"/dev/null".as_ptr(), mode, 0);
+        }
+        let r = libc::posix_spawn(
+            &mut pid,
+            exe.as_ptr(),
+            &fa,
+            std::ptr::null(),
+            argv.as_ptr() as *const *mut libc::c_char,
+            envp.as_ptr() as *const *mut libc::c_char,
+        );
+        libc::posix_spawn_file_actions_destroy(&mut fa);
+        r
+    };
+    if r != 0 {
+        report(&format!(
+            "cannot start {}: {}",
+            exe.to_string_lossy(),
+            Errno(r)
+        ));
+        return Err(Errno(libc::ENODEV));
+    }
+    // It exits as soon as it listens (its detached child serves).
+    let mut status = 0;
+    // SAFETY: wait4 on our own child with a valid status out-parameter.
+    unsafe {
+        libc::syscall(
+            libc::SYS_wait4,
+            pid,
+            &mut status as *mut i32,
+            0,
+            std::ptr::null_mut::<libc::rusage>(),
+        )
+    };
+    Ok(())
+}
+
+/// A connection that said hello (`client`: `None` for the service connection) and the id
+/// the broker answered with.
+fn connect(client: Option<u32>) -> Result<(i32, u32), Errno> {
+    let name = broker_name();
+    let mut last = Errno(libc::ECONNREFUSED);
+    for _ in 0..4 {
+        let fd = match sock::connect_abstract(&name) {
+            Ok(fd) => fd,
+            Err(e) if e.0 == libc::ECONNREFUSED => {
+                last = e;
+                spawn_broker(&name)?;
+                continue;
+            }
+            Err(e) => return Err(e),
+        };
+        let fd = type1_host::uring::move_high(fd);
+        let hello = Msg::Hello {
+            pid: sys::getpid(),
+            client,
+        };
+        // A broker that was exiting as we connected drops us: try again.
+        let r = wire::send(fd, &hello, &[], &[]).and_then(|_| wire::recv(fd));
+        match r {
+            Ok(Received {
+                msg: Msg::Welcome(id),
+                ..
+            }) => return Ok((fd, id)),
+            Ok(_) => {
+                sys::close(fd);
+                return Err(Errno::EIO);
+            }
+            Err(e) => {
+                last = e;
+                sys::close(fd);
+            }
+        }
+    }
+    report(&format!("cannot reach the broker @{name}: {last}"));
+    Err(Errno::EIO)
+}
+
+/// This process's client id, connecting (and starting the service thread) on first use.
+pub(crate) fn client_id() -> Result<u32, Errno> {
+    let pid = sys::getpid();
+    let mut g = lock(&SERVICE);
+    if let Some((p, id, _)) = *g {
+        if p == pid {
+            return Ok(id);
+        }
+    }
+    let (fd, id) = connect(None)?;
+    *g = Some((pid, id, fd));
+    drop(g);
+    let spawned = std::thread::Builder::new()
+        .name("type1-service".into())
+        .spawn(move || service(fd));
+    if spawned.is_err() {
+        report("cannot start the service thread");
+        return Err(Errno(libc::EAGAIN));
+    }
+    Ok(id)
+}
+
+/// The service thread: answers the broker's callbacks until the connection closes.
+fn service(fd: i32) {
+    state::enter_for_good();
+    // SAFETY: an all-ones signal set blocks every signal this thread could take; the program's
+    // handlers then run on its own threads only.
+    unsafe {
+        let mut set: libc::sigset_t = std::mem::zeroed();
+        libc::sigfillset(&mut set);
+        libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut());
+    }
+    while let Ok(r) = wire::recv(fd) {
+        match r.msg {
+            Msg::Cb(cb) => {
+                let (m, p, f) = answer(cb, r.payload, r.fds);
+                let _ = wire::send(fd, &m, &p, &f);
+            }
+            Msg::Trace(j) => trace(&j),
+            _ => {
+                for f in r.fds {
+                    sys::close(f);
+                }
+            }
+        }
+    }
+}
+
+fn trace(json: &str) {
+    if let Ok(h) = state::host() {
+        h.lock().trace_json(json);
+    }
+}
+
+fn creds() -> TaskCreds {
+    TaskCreds {
+        cap_ipc_lock: sys::has_cap_ipc_lock(),
+        memlock_limit_pages: sys::memlock_limit_pages(),
+    }
+}
+
+/// This thread's request connection; `Ok(None)` when the thread can no longer keep one (its
+/// thread-locals are gone: process exit).
+fn req_conn() -> Result<Option<i32>, Errno> {
+    let id = client_id()?;
+    let pid = sys::getpid();
+    let r = REQ.try_with(|r| {
+        let mut r = r.borrow_mut();
+        if let Some((p, fd)) = r.0 {
+            if p == pid {
+                return Ok(fd);
+            }
+            // Inherited across fork: the number is not ours to close any more.
+            r.0 = None;
+        }
+        let (fd, _) = connect(Some(id))?;
+        r.0 = Some((pid, fd));
+        Ok(fd)
+    });
+    match r {
+        Ok(r) => r.map(Some),
+        Err(_) => Ok(None),
+    }
+}
+
+fn drop_req_conn() {
+    let _ = REQ.try_with(|r| {
+        if let Some((_, fd)) = r.borrow_mut().0.take() {
+            sys::close(fd);
+        }
+    });
+}
+
+/// Sends a request and answers its callbacks until the reply comes; the reply (its errno for
+/// an error answer).
+pub(crate) fn request(req: Request, payload: &[u8], fds: &[i32]) -> Result<Received, Errno> {
+    let (fd, once) = match req_conn()? {
+        Some(fd) => (fd, false),
+        None => (connect(Some(client_id()?))?.0, true),
+    };
+    let r = exchange(fd, req, payload, fds);
+    if once {
+        sys::close(fd);
+    } else if r.is_err() {
+        // The broker is gone (or spoke nonsense): this connection is of no use.
+        drop_req_conn();
+    }
+    let r = r.map_err(|_| Errno::EIO)?;
+    match r.msg {
+        Msg::Err(e) | Msg::Failed(e, _) => {
+            for f in r.fds {
+                sys::close(f);
+            }
+            Err(Errno(e))
+        }
+        _ => Ok(r),
+    }
+}
+
+/// Sends a request and answers its callbacks until the reply comes. `Err`: the connection
+/// failed.
+fn exchange(fd: i32, req: Request, payload: &[u8], fds: &[i32]) -> Result<Received, Errno> {
+    wire::send(fd, &Msg::Req(creds(), req), payload, fds)?;
+    loop {
+        let r = wire::recv(fd)?;
+        match r.msg {
+            Msg::Cb(cb) => {
+                let (m, p, f) = answer(cb, r.payload, r.fds);
+                wire::send(fd, &m, &p, &f)?;
+            }
+            Msg::Trace(j) => trace(&j),
+            _ => return Ok(r),
+        }
+    }
+}
+
+fn plain(m: Msg) -> (Msg, Vec<u8>, Vec<i32>) {
+    (m, Vec::new(), Vec::new())
+}
+
+/// The answer to one callback.
+fn answer(cb: Callback, payload: Vec<u8>, fds: Vec<i32>) -> (Msg, Vec<u8>, Vec<i32>) {
+    let err = |e: Errno| (Msg::Err(e.0), Vec::new(), Vec::new());
+    match cb {
+        Callback::Read { addr, len } => {
+            let mut buf = vec![0u8; len as usize];
+            match sys::read_user(addr, &mut buf) {
+                Ok(()) => (Msg::Data, buf, Vec::new()),
+                Err(e) => err(e),
+            }
+        }
+        Callback::Write { addr } => match sys::write_user(addr, &payload) {
+            Ok(()) => plain(Msg::Value(0)),
+            Err(e) => err(e),
+        },
+        Callback::FdObject(fd) => match state::object_of_fd(fd) {
+            Ok(Some(o)) => plain(Msg::Object(Some(o.into()))),
+            // Maybe one of the broker's files that came by a route no hook saw: the broker
+            // recognises it by its inode.
+            Ok(None) if sock::socket_inode(fd).is_some() => {
+                (Msg::Object(None), Vec::new(), vec![fd])
+            }
+            Ok(None) => plain(Msg::Object(None)),
+            Err(e) => err(e),
+        },
+        Callback::NewFd(obj) => match fds.first() {
+            Some(&fd) => {
+                state::track(fd, obj.into());
+                plain(Msg::Value(i64::from(fd)))
+            }
+            None => err(Errno::EIO),
+        },
+        Callback::Pin {
+            vaddr,
+            npages,
+            write,
+        } => {
+            let Ok(h) = state::host() else {
+                return err(Errno::EIO);
+            };
+            let mut h = h.lock();
+            match h.pin_user_pages(SELF_MM, vaddr, npages, write) {
+                Ok(pages) => {
+                    let frames = pages
+                        .iter()
+                        .map(|p| Frame {
+                            pfn: p.pfn,
+                            reserved: p.reserved,
+                            memtype: h.pfn_memtype(p.pfn),
+                        })
+                        .collect();
+                    plain(Msg::Pages(frames))
+                }
+                Err(e) => plain(Msg::Failed(e.errno.0, e.what)),
+            }
+        }
+        Callback::Unpin { pfn, npages } => {
+            if let Some(h) = state::existing_host() {
+                h.lock().unpin_pages(pfn, npages, true);
+            }
+            plain(Msg::Value(0))
+        }
+        Callback::Flush { pa, len } => {
+            if let Some(h) = state::existing_host() {
+                h.lock().flush_cache(pa, len);
+            }
+            plain(Msg::Value(0))
+        }
+        Callback::Account { delta, enforce } => {
+            let Ok(h) = state::host() else {
+                return err(Errno::EIO);
+            };
+            let r = h.lock().account(SELF_MM, delta, enforce);
+            match r {
+                Ok(()) => plain(Msg::Value(0)),
+                Err(e) => plain(Msg::Failed(e.errno.0, e.what)),
+            }
+        }
+        Callback::LockedVm => {
+            let v = state::existing_host().map_or(0, |h| h.lock().locked_vm(SELF_MM));
+            plain(Msg::Value(v as i64))
+        }
+        Callback::Dma { pa, len, to_memory } => {
+            let Some(h) = state::existing_host() else {
+                return plain(Msg::DmaFault(3));
+            };
+            let mut buf = if to_memory {
+                payload
+            } else {
+                vec![0u8; len as usize]
+            };
+            let r = h.lock().dma_frame(pa, &mut buf, to_memory);
+            match r {
+                Ok(()) if to_memory => plain(Msg::Value(0)),
+                Ok(()) => (Msg::Data, buf, Vec::new()),
+                Err(DmaError::Unmapped) => plain(Msg::DmaFault(1)),
+                Err(DmaError::Permission) => plain(Msg::DmaFault(2)),
+                Err(DmaError::Unreachable) => plain(Msg::DmaFault(3)),
+            }
+        }
+    }
+}
+
+/// A forked child: the connections it inherited are its parent's (their numbers are closed
+/// with the rest of the emulation's internal fds); it connects again when it needs to.
+pub(crate) fn forget_after_fork() {
+    let _ = REQ.try_with(|r| r.borrow_mut().0 = None);
+}
+
+/// The service connection's lock (held across `fork`; the child empties it).
+pub(crate) fn service_lock() -> MutexGuard<'static, Option<(i32, u32, i32)>> {
+    lock(&SERVICE)
+}
+
+/// Whether this process has connected to the broker.
+pub(crate) fn connected() -> bool {
+    let pid = sys::getpid();
+    lock(&SERVICE).is_some_and(|(p, _, _)| p == pid)
+}
