@@ -53,6 +53,8 @@ struct File {
     ino: u64,
     /// Client that opened it (trace lines of its release go there).
     opener: u32,
+    /// The file position (`read`/`write` on a device fd use and advance it).
+    pos: u64,
 }
 
 /// The broker.
@@ -193,6 +195,7 @@ impl Server {
             obj,
             ino,
             opener,
+            pos: 0,
         });
         self.poke();
         Ok(end)
@@ -370,16 +373,36 @@ impl Server {
             Request::DeviceRw {
                 dev,
                 pos,
+                file,
                 len,
                 write,
             } => {
                 let mut st = self.state_when(|s| s.busy.is_empty());
+                let at = match pos {
+                    Some(p) => p,
+                    None => match lock(&self.files).iter().find(|f| f.ino == file) {
+                        Some(f) => f.pos,
+                        None => return err(Errno::EBADF),
+                    },
+                };
                 let mut buf = if write {
                     payload.to_vec()
                 } else {
                     vec![0u8; (len as usize).min(wire::MAX_COPY)]
                 };
-                match st.vfio.device_rw(dev, pos, &mut buf, write) {
+                let r = match bar2_offset(at) {
+                    Some(off) => match bar_of(&mut st, dev) {
+                        Ok(fd) => bar2_rw(fd, &mut buf, off, write),
+                        Err(e) => Err(e),
+                    },
+                    None => st.vfio.device_rw(dev, at, &mut buf, write),
+                };
+                if let (Ok(n), None) = (&r, pos) {
+                    if let Some(f) = lock(&self.files).iter_mut().find(|f| f.ino == file) {
+                        f.pos = at + *n as u64;
+                    }
+                }
+                match r {
                     Ok(n) if write => (Msg::Value(n as i64), Vec::new(), Vec::new()),
                     Ok(n) => {
                         buf.truncate(n);
@@ -399,15 +422,9 @@ impl Server {
                     .iter()
                     .position(|d| *d == name)
                     .unwrap_or(0) as u32;
-                let bar = match st.bars.get(&dev) {
-                    Some(fd) => *fd,
-                    None => match bar_memory() {
-                        Ok(fd) => {
-                            st.bars.insert(dev, fd);
-                            fd
-                        }
-                        Err(e) => return err(e),
-                    },
+                let bar = match bar_of(&mut st, dev) {
+                    Ok(fd) => fd,
+                    Err(e) => return err(e),
                 };
                 // Sent as a duplicate the reply's sender may close.
                 match dup(bar) {
@@ -485,6 +502,39 @@ impl Server {
                 _ => {}
             }
         }
+    }
+}
+
+/// The BAR2 memory file of device `dev`, made on first use.
+fn bar_of(st: &mut State, dev: u32) -> Result<i32, Errno> {
+    if let Some(fd) = st.bars.get(&dev) {
+        return Ok(*fd);
+    }
+    let fd = bar_memory()?;
+    st.bars.insert(dev, fd);
+    Ok(fd)
+}
+
+/// The offset inside BAR2 of device file offset `pos`, if it lies in BAR2's region.
+pub fn bar2_offset(pos: u64) -> Option<u64> {
+    use type1_uapi::device::{region_offset, BAR2_INDEX};
+    let base = region_offset(BAR2_INDEX);
+    (pos >= base && pos < region_offset(BAR2_INDEX + 1)).then(|| pos - base)
+}
+
+/// BAR2 bytes at `off`: the device's memory file, which `mmap` of the region shows too.
+/// Nothing past the BAR's end (0 bytes).
+fn bar2_rw(fd: i32, buf: &mut Vec<u8>, off: u64, write: bool) -> Result<usize, Errno> {
+    if off >= BAR2_SIZE {
+        buf.clear();
+        return Ok(0);
+    }
+    let n = buf.len().min((BAR2_SIZE - off) as usize);
+    buf.truncate(n);
+    if write {
+        sys::pwrite(fd, buf, off)
+    } else {
+        sys::pread(fd, buf, off)
     }
 }
 

@@ -73,13 +73,16 @@ pub enum Request {
         /// Raw argument.
         arg: u64,
     },
-    /// `pread` (`len` bytes) or `pwrite` (the payload) of a device region at file offset
-    /// `pos`, except BAR2, which the process reaches through the device's memory file.
+    /// `pread`/`read` (`len` bytes) or `pwrite`/`write` (the payload) of a device region:
+    /// at file offset `pos`, or (`None`) at the file's own position, which then advances
+    /// (the file is the one whose process end has inode `file`).
     DeviceRw {
         /// Device id.
         dev: u32,
-        /// File offset.
-        pos: u64,
+        /// File offset (`pread`), or the file's position (`read`).
+        pos: Option<u64>,
+        /// Inode of the process's end of the file.
+        file: u64,
         /// Bytes to read (ignored for a write).
         len: u32,
         /// Write the payload.

@@ -680,3 +680,38 @@ pub fn executable(path: &std::ffi::CStr) -> bool {
     };
     r == 0
 }
+
+/// `mkdirat(AT_FDCWD, path, mode)`.
+pub fn mkdir(path: &std::ffi::CStr, mode: u32) -> Result<(), Errno> {
+    // SAFETY: `path` is a valid NUL-terminated string.
+    let r = unsafe { libc::syscall(libc::SYS_mkdirat, libc::AT_FDCWD, path.as_ptr(), mode) };
+    check(r).map(|_| ())
+}
+
+/// The path an open fd refers to (`/proc/self/fd/N`).
+pub fn fd_path(fd: i32) -> Option<String> {
+    let link = std::ffi::CString::new(format!("/proc/self/fd/{fd}")).ok()?;
+    let mut buf = vec![0u8; 4096];
+    // SAFETY: `buf` is writable for its length; `link` is NUL-terminated.
+    let r = unsafe {
+        libc::syscall(
+            libc::SYS_readlinkat,
+            libc::AT_FDCWD,
+            link.as_ptr(),
+            buf.as_mut_ptr(),
+            buf.len(),
+        )
+    };
+    let n = check(r).ok()? as usize;
+    String::from_utf8(buf[..n].to_vec()).ok()
+}
+
+/// The working directory.
+pub fn cwd() -> Option<String> {
+    let mut buf = vec![0u8; 4096];
+    // SAFETY: `buf` is writable for its length.
+    let r = unsafe { libc::syscall(libc::SYS_getcwd, buf.as_mut_ptr(), buf.len()) };
+    let n = check(r).ok()? as usize;
+    let s = &buf[..n.saturating_sub(1)]; // without the NUL
+    String::from_utf8(s.to_vec()).ok()
+}

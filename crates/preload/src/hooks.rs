@@ -7,16 +7,14 @@
 
 #![allow(clippy::missing_safety_doc)] // Safety contracts are libc's, documented by glibc.
 
+use crate::files::Looks;
 use std::{
-    ffi::{c_char, c_int, c_uint, c_ulong, c_void, CStr},
+    ffi::{c_char, c_int, c_uint, c_ulong, c_void, CStr, CString},
     sync::atomic::{AtomicUsize, Ordering},
 };
 
 use type1_core::{Errno, MemType, PAGE_SIZE};
-use type1_uapi::{
-    device::{region_offset, BAR2_INDEX, BAR2_SIZE},
-    Object,
-};
+use type1_uapi::{device::BAR2_SIZE, Object};
 
 use crate::client;
 use crate::state::{self, guarded, SYSFS_PCI};
@@ -24,6 +22,12 @@ use type1_broker::machine::Machine;
 use type1_broker::wire::{Msg, Obj, Request};
 
 type OffT = libc::off_t;
+
+/// This thread's errno.
+fn errno() -> Errno {
+    // SAFETY: __errno_location returns this thread's errno slot.
+    Errno(unsafe { *libc::__errno_location() })
+}
 
 fn set_errno(e: Errno) {
     // SAFETY: __errno_location returns this thread's errno slot.
@@ -61,23 +65,41 @@ enum Kind {
     SysDev(String),
     /// `/sys/bus/pci/devices/<bdf>/iommu_group`.
     GroupLink(u32),
+    /// `/dev/vfio` itself.
+    Dir,
+    /// An emulated character device named with a trailing slash: ENOTDIR.
+    NotDir,
     NotOurs,
 }
 
+/// Whether a path may name something emulated at all (cheap; most paths do not).
+fn may_be_ours(path: &[u8]) -> bool {
+    path.windows(4)
+        .any(|w| w == b"vfio" || w == b"/sys" || w == b"sys/")
+}
+
 fn classify(m: &Machine, path: &[u8]) -> Kind {
+    if !may_be_ours(path) || path.first() != Some(&b'/') {
+        return Kind::NotOurs;
+    }
     let Ok(p) = std::str::from_utf8(path) else {
         return Kind::NotOurs;
     };
+    let (norm, trailing) = crate::files::normalise(p);
+    let p = norm.as_str();
+    if p == "/dev/vfio" {
+        return Kind::Dir;
+    }
     if let Some(rest) = p.strip_prefix("/dev/vfio/") {
-        if rest == "vfio" {
-            return Kind::Container;
-        }
-        if let Ok(n) = rest.parse::<u32>() {
-            if m.has_group(n) && !rest.starts_with('+') {
-                return Kind::Group(n);
+        let k = if rest == "vfio" {
+            Kind::Container
+        } else {
+            match rest.parse::<u32>() {
+                Ok(n) if m.has_group(n) && !rest.starts_with('+') => Kind::Group(n),
+                _ => return Kind::Missing,
             }
-        }
-        return Kind::Missing;
+        };
+        return if trailing { Kind::NotDir } else { k };
     }
     if let Some(rest) = p.strip_prefix(SYSFS_PCI) {
         let rest = rest.trim_end_matches('/');
@@ -97,18 +119,61 @@ fn classify(m: &Machine, path: &[u8]) -> Kind {
     Kind::NotOurs
 }
 
-unsafe fn path_kind(path: *const c_char) -> Kind {
+/// What `path` names relative to `dirfd` (`AT_FDCWD`: the working directory), as `openat`
+/// resolves it.
+unsafe fn path_kind_at(dirfd: c_int, path: *const c_char) -> Kind {
     if path.is_null() {
         return Kind::NotOurs;
     }
     // SAFETY: a non-null path argument of an open/stat call is a NUL-terminated string.
-    classify(state::machine(), unsafe { CStr::from_ptr(path) }.to_bytes())
+    let p = unsafe { CStr::from_ptr(path) }.to_bytes();
+    if p.first() == Some(&b'/') || p.is_empty() {
+        return classify(state::machine(), p);
+    }
+    // A relative path: worth resolving only if it, or the directory, may be ours.
+    let in_standin = dirfd >= 0
+        && crate::files::have_standins()
+        && crate::files::standin_of(dirfd) == Some(crate::files::Standin::Dir);
+    if !in_standin && !may_be_ours(p) {
+        return Kind::NotOurs;
+    }
+    let base = if in_standin {
+        Some("/dev/vfio".to_string())
+    } else if dirfd == libc::AT_FDCWD {
+        type1_host::sys::cwd()
+    } else {
+        type1_host::sys::fd_path(dirfd)
+    };
+    let Some(base) = base else {
+        return Kind::NotOurs;
+    };
+    let Ok(rel) = std::str::from_utf8(p) else {
+        return Kind::NotOurs;
+    };
+    classify(state::machine(), format!("{base}/{rel}").as_bytes())
 }
 
-/// Opens an emulated object; `None` if `path` is not emulated.
-unsafe fn emulated_open(path: *const c_char, flags: c_int) -> Option<c_int> {
+unsafe fn path_kind(path: *const c_char) -> Kind {
     // SAFETY: forwarded contract of the caller.
-    let kind = unsafe { path_kind(path) };
+    unsafe { path_kind_at(libc::AT_FDCWD, path) }
+}
+
+/// Opens an emulated object; `None` if `path` (relative to `dirfd`) is not emulated.
+unsafe fn emulated_open(dirfd: c_int, path: *const c_char, flags: c_int) -> Option<c_int> {
+    // SAFETY: forwarded contract of the caller.
+    let kind = unsafe { path_kind_at(dirfd, path) };
+    // The directory, and `O_PATH` handles (the driver's `open` never runs for them): the
+    // stand-in files.
+    let standin = match kind {
+        Kind::Dir => Some(None),
+        Kind::Container if flags & libc::O_PATH != 0 => Some(Some("vfio".to_string())),
+        Kind::Group(n) if flags & libc::O_PATH != 0 => Some(Some(n.to_string())),
+        _ => None,
+    };
+    if let Some(name) = standin {
+        return Some(open_standin(name.as_deref(), flags));
+    }
+    let saved = errno();
     let r = match kind {
         Kind::NotOurs => return None,
         Kind::Container | Kind::Group(_) => guarded(|| -> Result<c_int, Errno> {
@@ -130,11 +195,15 @@ unsafe fn emulated_open(path: *const c_char, flags: c_int) -> Option<c_int> {
             state::track(fd, obj.into());
             Ok(fd)
         }),
+        Kind::NotDir => Ok(Err(Errno(libc::ENOTDIR))),
         // Sysfs directories and links are not opened by VFIO users.
-        Kind::Missing | Kind::SysDev(_) | Kind::GroupLink(_) => Ok(Err(Errno::ENOENT)),
+        Kind::Missing | Kind::SysDev(_) | Kind::GroupLink(_) | Kind::Dir => Ok(Err(Errno::ENOENT)),
     };
     Some(match r {
-        Ok(Ok(fd)) => fd,
+        Ok(Ok(fd)) => {
+            set_errno(saved);
+            fd
+        }
         Ok(Err(e)) => {
             set_errno(e);
             -1
@@ -147,6 +216,37 @@ unsafe fn emulated_open(path: *const c_char, flags: c_int) -> Option<c_int> {
     })
 }
 
+/// The groups of the machine (the stand-in directory's entries).
+fn group_numbers() -> Vec<u32> {
+    state::machine().groups.iter().map(|g| g.id).collect()
+}
+
+/// Opens the stand-in of `/dev/vfio` (`name` `None`) or of a file in it, with `flags`.
+fn open_standin(name: Option<&str>, flags: c_int) -> c_int {
+    let r = guarded(|| -> Result<c_int, Errno> {
+        let dir = crate::files::standin_dir(&group_numbers())?;
+        let path = match name {
+            None => dir,
+            Some(n) => format!("{dir}/{n}"),
+        };
+        let c = std::ffi::CString::new(path).map_err(|_| Errno::EINVAL)?;
+        // Never creates or truncates: the stand-ins stay empty.
+        let flags = flags & !(libc::O_CREAT | libc::O_TRUNC | libc::O_EXCL);
+        type1_host::sys::open(&c, flags, 0)
+    });
+    match r {
+        Ok(Ok(fd)) => fd,
+        Ok(Err(e)) => {
+            set_errno(e);
+            -1
+        }
+        Err(_) => {
+            set_errno(Errno::EIO);
+            -1
+        }
+    }
+}
+
 type OpenFn = unsafe extern "C" fn(*const c_char, c_int, c_uint) -> c_int;
 type Open2Fn = unsafe extern "C" fn(*const c_char, c_int) -> c_int;
 type OpenatFn = unsafe extern "C" fn(c_int, *const c_char, c_int, c_uint) -> c_int;
@@ -157,7 +257,7 @@ macro_rules! open_hook {
         #[no_mangle]
         pub unsafe extern "C" fn $name(path: *const c_char, flags: c_int, mode: c_uint) -> c_int {
             // SAFETY: forwarded contract of the caller.
-            if let Some(r) = unsafe { emulated_open(path, flags) } {
+            if let Some(r) = unsafe { emulated_open(libc::AT_FDCWD, path, flags) } {
                 return r;
             }
             match real!($lit, OpenFn) {
@@ -180,7 +280,7 @@ macro_rules! open2_hook {
         #[no_mangle]
         pub unsafe extern "C" fn $name(path: *const c_char, flags: c_int) -> c_int {
             // SAFETY: forwarded contract of the caller.
-            if let Some(r) = unsafe { emulated_open(path, flags) } {
+            if let Some(r) = unsafe { emulated_open(libc::AT_FDCWD, path, flags) } {
                 return r;
             }
             match real!($lit, Open2Fn) {
@@ -199,7 +299,8 @@ open2_hook!(__open64_2, "__open64_2");
 
 macro_rules! openat_hook {
     ($name:ident, $lit:literal) => {
-        /// Interposed `openat` entry point (absolute paths only are emulated).
+        /// Interposed `openat` entry point (paths relative to `dirfd` resolved as the kernel
+        /// would, `/dev/vfio` directory fds included).
         #[no_mangle]
         pub unsafe extern "C" fn $name(
             dirfd: c_int,
@@ -208,7 +309,7 @@ macro_rules! openat_hook {
             mode: c_uint,
         ) -> c_int {
             // SAFETY: forwarded contract of the caller.
-            if let Some(r) = unsafe { emulated_open(path, flags) } {
+            if let Some(r) = unsafe { emulated_open(dirfd, path, flags) } {
                 return r;
             }
             match real!($lit, OpenatFn) {
@@ -252,11 +353,9 @@ pub unsafe extern "C" fn close(fd: c_int) -> c_int {
 /// (if it was the last reference) before the close returns, as the kernel's release does.
 /// Keeps the caller's errno.
 fn synced_after_close() {
-    // SAFETY: __errno_location returns this thread's errno slot.
-    let saved = unsafe { *libc::__errno_location() };
+    let saved = errno();
     let _ = guarded(state::sync);
-    // SAFETY: as above.
-    unsafe { *libc::__errno_location() = saved };
+    set_errno(saved);
 }
 
 /// `close_range(first, last, flags)` that leaves the emulation's own fds open, then the last
@@ -362,12 +461,16 @@ fn on_emulated<R>(
     if state::in_hook() {
         return state::maybe_emulated(fd).then_some(Err(Errno(libc::EDEADLK)));
     }
+    let saved = errno();
     let obj = if unknown {
         guarded(|| state::object_of_unknown(fd)).ok().flatten()?
     } else {
         guarded(|| state::object_of(fd)).ok().flatten()?
     };
-    Some(guarded(|| f(obj)).unwrap_or(Err(Errno::EIO)))
+    let r = guarded(|| f(obj)).unwrap_or(Err(Errno::EIO));
+    // A call that succeeds leaves errno alone, whatever the emulation's own calls did to it.
+    set_errno(saved);
+    Some(r)
 }
 
 /// The ioctl type of every VFIO request (`VFIO_TYPE`, `';'`).
@@ -452,35 +555,48 @@ fn prefault_map(arg: u64) {
 
 /// Device region access; EINVAL on a container or group fd (the kernel has no read for them).
 fn emulated_rw(fd: c_int, buf: *mut c_void, count: usize, off: OffT, write: bool) -> Option<isize> {
+    emulated_io(fd, &[(buf as u64, count)], Some(off), write)
+}
+
+/// `read`/`write` and their vector and positioned forms on an emulated fd (`None`: not
+/// emulated): EINVAL on a container or group (their files have no read or write); on a device
+/// the region the offset falls in answers, at `off` or (`None`) at the file's position, which
+/// then advances. Segments are done in order and a short transfer ends the call, as the kernel
+/// does for a file without vector operations.
+fn emulated_io(fd: c_int, segs: &[(u64, usize)], off: Option<OffT>, write: bool) -> Option<isize> {
     let r = on_emulated(fd, false, |obj| {
         let Object::Device(dev) = obj else {
             return Err(Errno::EINVAL);
         };
-        let pos = u64::try_from(off).map_err(|_| Errno::EINVAL)?;
-        if let Some(bar_off) = bar2_offset(pos) {
-            let (_, _, bar) = state::device_info(dev)?;
-            return bar2_rw(bar, buf, count, bar_off, write);
-        }
-        let len = count.min(type1_broker::wire::MAX_COPY);
-        let mut tmp = vec![0u8; if write { len } else { 0 }];
-        if write {
-            type1_host::sys::read_user(buf as u64, &mut tmp)?;
-        }
-        let req = Request::DeviceRw {
-            dev,
-            pos,
-            len: len as u32,
-            write,
+        let mut pos = match off {
+            Some(o) => Some(u64::try_from(o).map_err(|_| Errno::EINVAL)?),
+            None => None,
         };
-        let r = client::request(req, &tmp, &[])?;
-        match r.msg {
-            Msg::Value(n) if write => Ok(n as isize),
-            Msg::Data if !write => {
-                type1_host::sys::write_user(buf as u64, &r.payload)?;
-                Ok(r.payload.len() as isize)
+        let file = match pos {
+            Some(_) => 0,
+            None => type1_host::sock::socket_inode(fd).ok_or(Errno::EBADF)?,
+        };
+        let mut done = 0usize;
+        for &(buf, len) in segs {
+            let mut at = 0usize;
+            while at < len {
+                let want = (len - at).min(type1_broker::wire::MAX_COPY);
+                let n = match device_chunk(dev, file, pos, buf + at as u64, want, write) {
+                    Ok(n) => n,
+                    Err(e) if done == 0 => return Err(e),
+                    Err(_) => return Ok(done as isize),
+                };
+                done += n;
+                at += n;
+                if let Some(p) = pos.as_mut() {
+                    *p += n as u64;
+                }
+                if n < want {
+                    return Ok(done as isize);
+                }
             }
-            _ => Err(Errno::EIO),
         }
+        Ok(done as isize)
     })?;
     Some(match r {
         Ok(n) => n,
@@ -491,10 +607,219 @@ fn emulated_rw(fd: c_int, buf: *mut c_void, count: usize, off: OffT, write: bool
     })
 }
 
+/// One transfer of at most `MAX_COPY` bytes with device `dev`: BAR2 at an explicit offset
+/// straight through the device's memory file, everything else by the broker.
+fn device_chunk(
+    dev: u32,
+    file: u64,
+    pos: Option<u64>,
+    buf: u64,
+    len: usize,
+    write: bool,
+) -> Result<usize, Errno> {
+    if let Some(bar_off) = pos.and_then(bar2_offset) {
+        let (_, _, bar) = state::device_info(dev)?;
+        return bar2_rw(bar, buf as *mut c_void, len, bar_off, write).map(|n| n as usize);
+    }
+    let mut tmp = vec![0u8; if write { len } else { 0 }];
+    if write {
+        type1_host::sys::read_user(buf, &mut tmp)?;
+    }
+    let req = Request::DeviceRw {
+        dev,
+        pos,
+        file,
+        len: len as u32,
+        write,
+    };
+    let r = client::request(req, &tmp, &[])?;
+    match r.msg {
+        Msg::Value(n) if write => Ok(n as usize),
+        Msg::Data if !write => {
+            type1_host::sys::write_user(buf, &r.payload)?;
+            Ok(r.payload.len())
+        }
+        _ => Err(Errno::EIO),
+    }
+}
+
+/// The segments of an `iovec` array (`None` if `iovcnt` is out of range: EINVAL).
+unsafe fn segments(iov: *const libc::iovec, iovcnt: c_int) -> Option<Vec<(u64, usize)>> {
+    if !(0..=libc::UIO_MAXIOV).contains(&iovcnt) || (iov.is_null() && iovcnt > 0) {
+        return None;
+    }
+    // SAFETY: the caller's array of `iovcnt` iovecs (readv's contract).
+    let v = unsafe { std::slice::from_raw_parts(iov, iovcnt as usize) };
+    Some(v.iter().map(|i| (i.iov_base as u64, i.iov_len)).collect())
+}
+
+/// Vector I/O on an emulated fd; `None` if not emulated.
+unsafe fn emulated_iov(
+    fd: c_int,
+    iov: *const libc::iovec,
+    iovcnt: c_int,
+    off: Option<OffT>,
+    write: bool,
+) -> Option<isize> {
+    if !state::maybe_emulated(fd) {
+        return None;
+    }
+    // SAFETY: forwarded contract of the caller.
+    match unsafe { segments(iov, iovcnt) } {
+        Some(segs) => emulated_io(fd, &segs, off, write),
+        None => state::object_of(fd).map(|_| {
+            set_errno(Errno::EINVAL);
+            -1
+        }),
+    }
+}
+
+macro_rules! rw_hook {
+    ($name:ident, $lit:literal, $buf:ty, $write:expr) => {
+        /// Interposed `read`/`write`: emulated fds answer as vfio's files do.
+        #[no_mangle]
+        pub unsafe extern "C" fn $name(fd: c_int, buf: $buf, count: usize) -> isize {
+            if state::maybe_emulated(fd) {
+                if let Some(r) = emulated_io(fd, &[(buf as u64, count)], None, $write) {
+                    return r;
+                }
+            }
+            match real!($lit, unsafe extern "C" fn(c_int, $buf, usize) -> isize) {
+                // SAFETY: the real function with the caller's arguments.
+                Some(f) => unsafe { f(fd, buf, count) },
+                None => {
+                    set_errno(Errno(libc::ENOSYS));
+                    -1
+                }
+            }
+        }
+    };
+}
+rw_hook!(read, "read", *mut c_void, false);
+rw_hook!(write, "write", *const c_void, true);
+
+/// Interposed fortified `read`.
+#[no_mangle]
+pub unsafe extern "C" fn __read_chk(
+    fd: c_int,
+    buf: *mut c_void,
+    count: usize,
+    buflen: usize,
+) -> isize {
+    if state::maybe_emulated(fd) {
+        if let Some(r) = emulated_io(fd, &[(buf as u64, count.min(buflen))], None, false) {
+            return r;
+        }
+    }
+    match real!(
+        "__read_chk",
+        unsafe extern "C" fn(c_int, *mut c_void, usize, usize) -> isize
+    ) {
+        // SAFETY: the real function with the caller's arguments.
+        Some(f) => unsafe { f(fd, buf, count, buflen) },
+        None => {
+            set_errno(Errno(libc::ENOSYS));
+            -1
+        }
+    }
+}
+
+macro_rules! iov_hook {
+    ($name:ident, $lit:literal, $write:expr) => {
+        /// Interposed `readv`/`writev`.
+        #[no_mangle]
+        pub unsafe extern "C" fn $name(fd: c_int, iov: *const libc::iovec, iovcnt: c_int) -> isize {
+            // SAFETY: forwarded contract of the caller.
+            if let Some(r) = unsafe { emulated_iov(fd, iov, iovcnt, None, $write) } {
+                return r;
+            }
+            match real!(
+                $lit,
+                unsafe extern "C" fn(c_int, *const libc::iovec, c_int) -> isize
+            ) {
+                // SAFETY: the real function with the caller's arguments.
+                Some(f) => unsafe { f(fd, iov, iovcnt) },
+                None => {
+                    set_errno(Errno(libc::ENOSYS));
+                    -1
+                }
+            }
+        }
+    };
+}
+iov_hook!(readv, "readv", false);
+iov_hook!(writev, "writev", true);
+
+macro_rules! piov_hook {
+    ($name:ident, $lit:literal, $write:expr) => {
+        /// Interposed `preadv`/`pwritev`.
+        #[no_mangle]
+        pub unsafe extern "C" fn $name(
+            fd: c_int,
+            iov: *const libc::iovec,
+            iovcnt: c_int,
+            off: OffT,
+        ) -> isize {
+            // SAFETY: forwarded contract of the caller.
+            if let Some(r) = unsafe { emulated_iov(fd, iov, iovcnt, Some(off), $write) } {
+                return r;
+            }
+            match real!(
+                $lit,
+                unsafe extern "C" fn(c_int, *const libc::iovec, c_int, OffT) -> isize
+            ) {
+                // SAFETY: the real function with the caller's arguments.
+                Some(f) => unsafe { f(fd, iov, iovcnt, off) },
+                None => {
+                    set_errno(Errno(libc::ENOSYS));
+                    -1
+                }
+            }
+        }
+    };
+}
+piov_hook!(preadv, "preadv", false);
+piov_hook!(preadv64, "preadv64", false);
+piov_hook!(pwritev, "pwritev", true);
+piov_hook!(pwritev64, "pwritev64", true);
+
+macro_rules! piov2_hook {
+    ($name:ident, $lit:literal, $write:expr) => {
+        /// Interposed `preadv2`/`pwritev2` (offset -1: the file position; flags ignored, as
+        /// vfio's files have no vector operations to take them).
+        #[no_mangle]
+        pub unsafe extern "C" fn $name(
+            fd: c_int,
+            iov: *const libc::iovec,
+            iovcnt: c_int,
+            off: OffT,
+            flags: c_int,
+        ) -> isize {
+            let at = (off != -1).then_some(off);
+            // SAFETY: forwarded contract of the caller.
+            if let Some(r) = unsafe { emulated_iov(fd, iov, iovcnt, at, $write) } {
+                return r;
+            }
+            match real!(
+                $lit,
+                unsafe extern "C" fn(c_int, *const libc::iovec, c_int, OffT, c_int) -> isize
+            ) {
+                // SAFETY: the real function with the caller's arguments.
+                Some(f) => unsafe { f(fd, iov, iovcnt, off, flags) },
+                None => {
+                    set_errno(Errno(libc::ENOSYS));
+                    -1
+                }
+            }
+        }
+    };
+}
+piov2_hook!(preadv2, "preadv2", false);
+piov2_hook!(pwritev2, "pwritev2", true);
+
 /// The offset inside BAR2 of device file offset `pos`, if it lies in BAR2's region.
 fn bar2_offset(pos: u64) -> Option<u64> {
-    let base = region_offset(BAR2_INDEX);
-    (pos >= base && pos < region_offset(BAR2_INDEX + 1)).then(|| pos - base)
+    type1_broker::server::bar2_offset(pos)
 }
 
 /// BAR2 `pread`/`pwrite`: the bytes of the device's memory file (what an `mmap` of BAR2
@@ -960,14 +1285,49 @@ macro_rules! fallocate_hook {
 fallocate_hook!(fallocate, "fallocate");
 fallocate_hook!(fallocate64, "fallocate64");
 
-/// For the stat family: the real path to stat instead, or the errno; `None` if not emulated.
-fn stat_substitute(kind: &Kind) -> Option<Result<&'static CStr, Errno>> {
+/// For the stat family: the real path to stat instead and how to present it, or the errno;
+/// `None` if not emulated.
+fn stat_substitute(kind: &Kind) -> Option<Result<(CString, Option<Looks>), Errno>> {
+    let standin = |name: Option<String>, looks: Looks| {
+        guarded(|| {
+            let dir = crate::files::standin_dir(&group_numbers())?;
+            let p = match name {
+                None => dir,
+                Some(n) => format!("{dir}/{n}"),
+            };
+            CString::new(p)
+                .map(|c| (c, Some(looks)))
+                .map_err(|_| Errno::EINVAL)
+        })
+        .unwrap_or(Err(Errno::EIO))
+    };
     match kind {
         Kind::NotOurs => None,
-        Kind::Container | Kind::Group(_) => Some(Ok(c"/dev/null")),
-        Kind::SysDev(_) | Kind::GroupLink(_) => Some(Ok(c"/sys")),
+        Kind::Dir => Some(standin(None, Looks::Dir)),
+        Kind::Container => Some(standin(Some("vfio".into()), Looks::Container)),
+        Kind::Group(n) => Some(standin(Some(n.to_string()), Looks::Group(*n))),
+        Kind::SysDev(_) | Kind::GroupLink(_) => Some(Ok((c"/sys".into(), None))),
         Kind::Missing => Some(Err(Errno::ENOENT)),
+        Kind::NotDir => Some(Err(Errno(libc::ENOTDIR))),
     }
+}
+
+/// How an open fd must be presented by `fstat`: an emulated object or a stand-in.
+fn fd_looks(fd: c_int) -> Option<Looks> {
+    if state::in_hook() {
+        return None;
+    }
+    guarded(|| {
+        if let Some(o) = state::object_of(fd) {
+            return Some(Looks::from(o));
+        }
+        if crate::files::have_standins() {
+            return crate::files::standin_of(fd).map(Looks::from);
+        }
+        None
+    })
+    .ok()
+    .flatten()
 }
 
 type StatFn = unsafe extern "C" fn(*const c_char, *mut libc::stat) -> c_int;
@@ -979,22 +1339,26 @@ macro_rules! stat_hook {
         pub unsafe extern "C" fn $name(path: *const c_char, buf: *mut libc::stat) -> c_int {
             // SAFETY: forwarded contract of the caller.
             let kind = unsafe { path_kind(path) };
-            let path = match stat_substitute(&kind) {
-                None => path,
-                Some(Ok(p)) => p.as_ptr(),
+            let (sub, looks) = match stat_substitute(&kind) {
+                None => (None, None),
+                Some(Ok((p, l))) => (Some(p), l),
                 Some(Err(e)) => {
                     set_errno(e);
                     return -1;
                 }
             };
-            match real!($lit, StatFn) {
-                // SAFETY: the real function, with a valid path and the caller's buffer.
-                Some(f) => unsafe { f(path, buf) },
-                None => {
-                    set_errno(Errno(libc::ENOSYS));
-                    -1
-                }
+            let path = sub.as_ref().map_or(path, |p| p.as_ptr());
+            let Some(f) = real!($lit, StatFn) else {
+                set_errno(Errno(libc::ENOSYS));
+                return -1;
+            };
+            // SAFETY: the real function, with a valid path and the caller's buffer.
+            let r = unsafe { f(path, buf) };
+            if let (0, Some(l), false) = (r, looks, buf.is_null()) {
+                // SAFETY: the call filled the caller's buffer.
+                crate::files::patch_stat(unsafe { &mut *buf }, l);
             }
+            r
         }
     };
 }
@@ -1002,6 +1366,79 @@ stat_hook!(stat, "stat");
 stat_hook!(stat64, "stat64");
 stat_hook!(lstat, "lstat");
 stat_hook!(lstat64, "lstat64");
+
+type FstatFn = unsafe extern "C" fn(c_int, *mut libc::stat) -> c_int;
+
+macro_rules! fstat_hook {
+    ($name:ident, $lit:literal) => {
+        /// Interposed `fstat`: an emulated fd is the character device (or anonymous inode) it
+        /// stands for, not the socket behind it.
+        #[no_mangle]
+        pub unsafe extern "C" fn $name(fd: c_int, buf: *mut libc::stat) -> c_int {
+            let Some(f) = real!($lit, FstatFn) else {
+                set_errno(Errno(libc::ENOSYS));
+                return -1;
+            };
+            // SAFETY: the real function with the caller's arguments.
+            let r = unsafe { f(fd, buf) };
+            if r == 0 && !buf.is_null() {
+                if let Some(l) = fd_looks(fd) {
+                    // SAFETY: the call filled the caller's buffer.
+                    crate::files::patch_stat(unsafe { &mut *buf }, l);
+                }
+            }
+            r
+        }
+    };
+}
+fstat_hook!(fstat, "fstat");
+fstat_hook!(fstat64, "fstat64");
+
+type FstatatFn = unsafe extern "C" fn(c_int, *const c_char, *mut libc::stat, c_int) -> c_int;
+
+macro_rules! fstatat_hook {
+    ($name:ident, $lit:literal) => {
+        /// Interposed `fstatat`: `AT_EMPTY_PATH` on an emulated fd as `fstat`; paths as
+        /// `stat`, relative to `dirfd`.
+        #[no_mangle]
+        pub unsafe extern "C" fn $name(
+            dirfd: c_int,
+            path: *const c_char,
+            buf: *mut libc::stat,
+            flags: c_int,
+        ) -> c_int {
+            let Some(f) = real!($lit, FstatatFn) else {
+                set_errno(Errno(libc::ENOSYS));
+                return -1;
+            };
+            // SAFETY: a non-null path is NUL-terminated (fstatat's contract).
+            let empty = !path.is_null() && unsafe { *path } == 0;
+            let (sub, looks) = if empty && flags & libc::AT_EMPTY_PATH != 0 {
+                (None, fd_looks(dirfd))
+            } else {
+                // SAFETY: forwarded contract of the caller.
+                match stat_substitute(&unsafe { path_kind_at(dirfd, path) }) {
+                    None => (None, None),
+                    Some(Ok((p, l))) => (Some(p), l),
+                    Some(Err(e)) => {
+                        set_errno(e);
+                        return -1;
+                    }
+                }
+            };
+            let path = sub.as_ref().map_or(path, |p| p.as_ptr());
+            // SAFETY: the real function, with a valid path and the caller's buffer.
+            let r = unsafe { f(dirfd, path, buf, flags) };
+            if let (0, Some(l), false) = (r, looks, buf.is_null()) {
+                // SAFETY: the call filled the caller's buffer.
+                crate::files::patch_stat(unsafe { &mut *buf }, l);
+            }
+            r
+        }
+    };
+}
+fstatat_hook!(fstatat, "fstatat");
+fstatat_hook!(fstatat64, "fstatat64");
 
 /// Interposed `statx` (what Rust's `std::fs::metadata` uses).
 #[no_mangle]
@@ -1012,27 +1449,65 @@ pub unsafe extern "C" fn statx(
     mask: c_uint,
     buf: *mut libc::statx,
 ) -> c_int {
-    // SAFETY: forwarded contract of the caller.
-    let kind = unsafe { path_kind(path) };
-    let path = match stat_substitute(&kind) {
-        None => path,
-        Some(Ok(p)) => p.as_ptr(),
-        Some(Err(e)) => {
-            set_errno(e);
-            return -1;
+    // SAFETY: a non-null path is NUL-terminated (statx's contract).
+    let empty = !path.is_null() && unsafe { *path } == 0;
+    let (sub, looks) = if empty && flags & libc::AT_EMPTY_PATH != 0 {
+        (None, fd_looks(dirfd))
+    } else {
+        // SAFETY: forwarded contract of the caller.
+        match stat_substitute(&unsafe { path_kind_at(dirfd, path) }) {
+            None => (None, None),
+            Some(Ok((p, l))) => (Some(p), l),
+            Some(Err(e)) => {
+                set_errno(e);
+                return -1;
+            }
         }
     };
-    match real!(
+    let path = sub.as_ref().map_or(path, |p| p.as_ptr());
+    let Some(f) = real!(
         "statx",
         unsafe extern "C" fn(c_int, *const c_char, c_int, c_uint, *mut libc::statx) -> c_int
-    ) {
-        // SAFETY: the real function, with a valid path and the caller's buffer.
-        Some(f) => unsafe { f(dirfd, path, flags, mask, buf) },
-        None => {
-            set_errno(Errno(libc::ENOSYS));
-            -1
-        }
+    ) else {
+        set_errno(Errno(libc::ENOSYS));
+        return -1;
+    };
+    // SAFETY: the real function, with a valid path and the caller's buffer.
+    let r = unsafe { f(dirfd, path, flags, mask, buf) };
+    if let (0, Some(l), false) = (r, looks, buf.is_null()) {
+        // SAFETY: the call filled the caller's buffer.
+        crate::files::patch_statx(unsafe { &mut *buf }, l);
     }
+    r
+}
+
+/// Interposed `opendir`: `/dev/vfio` lists the container and the groups.
+#[no_mangle]
+pub unsafe extern "C" fn opendir(path: *const c_char) -> *mut libc::DIR {
+    let Some(f) = real!(
+        "opendir",
+        unsafe extern "C" fn(*const c_char) -> *mut libc::DIR
+    ) else {
+        set_errno(Errno(libc::ENOSYS));
+        return std::ptr::null_mut();
+    };
+    // SAFETY: forwarded contract of the caller.
+    let kind = unsafe { path_kind(path) };
+    let sub = match stat_substitute(&kind) {
+        Some(Ok((p, Some(Looks::Dir)))) => Some(p),
+        Some(Ok(_)) | None => None,
+        Some(Err(e)) => {
+            set_errno(e);
+            return std::ptr::null_mut();
+        }
+    };
+    if matches!(kind, Kind::Container | Kind::Group(_)) {
+        set_errno(Errno(libc::ENOTDIR));
+        return std::ptr::null_mut();
+    }
+    let path = sub.as_ref().map_or(path, |p| p.as_ptr());
+    // SAFETY: the real function with a valid path.
+    unsafe { f(path) }
 }
 
 /// Interposed `readlink`: the emulated devices' `iommu_group` links.
@@ -1042,6 +1517,11 @@ pub unsafe extern "C" fn readlink(path: *const c_char, buf: *mut c_char, size: u
     let kind = unsafe { path_kind(path) };
     match kind {
         Kind::NotOurs => {}
+        // The kernel checks the size before it looks the path up.
+        _ if size == 0 => {
+            set_errno(Errno::EINVAL);
+            return -1;
+        }
         Kind::GroupLink(n) => {
             let target = format!("../../../../kernel/iommu_groups/{n}");
             let len = target.len().min(size);
@@ -1091,6 +1571,11 @@ pub unsafe extern "C" fn realpath(path: *const c_char, resolved: *mut c_char) ->
         Kind::GroupLink(n) => Some(format!("/sys/kernel/iommu_groups/{n}")),
         Kind::Container => Some("/dev/vfio/vfio".into()),
         Kind::Group(n) => Some(format!("/dev/vfio/{n}")),
+        Kind::Dir => Some("/dev/vfio".into()),
+        Kind::NotDir => {
+            set_errno(Errno(libc::ENOTDIR));
+            return std::ptr::null_mut();
+        }
     };
     if let Some(s) = answer {
         let bytes = s.as_bytes();
@@ -1288,6 +1773,7 @@ pub unsafe extern "C" fn waitid(
 
 extern "C" fn at_exit() {
     state::release_all();
+    let _ = guarded(crate::files::remove_standins);
 }
 
 /// Runs when the library is loaded: the fork handlers (no lock is held across `fork`).

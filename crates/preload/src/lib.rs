@@ -49,6 +49,7 @@
 //! symbols.
 
 mod client;
+mod files;
 mod hooks;
 mod shared;
 mod state;

@@ -335,6 +335,7 @@ type ForkLocks = (
     MutexGuard<'static, Option<FdTable>>,
     MutexGuard<'static, Option<SharedHost>>,
     MutexGuard<'static, Option<(i32, u32, i32)>>,
+    Box<dyn std::any::Any>,
 );
 
 thread_local! {
@@ -354,6 +355,7 @@ extern "C" fn fork_prepare() {
         table(),
         HOST.lock().unwrap_or_else(|p| p.into_inner()),
         crate::client::service_lock(),
+        Box::new(crate::files::fork_lock()) as Box<dyn std::any::Any>,
     );
     let _ = FORK_GUARD.try_with(|f| *f.borrow_mut() = Some(locks));
 }
@@ -364,7 +366,7 @@ extern "C" fn fork_parent() {
 
 extern "C" fn fork_child() {
     let _ = FORK_GUARD.try_with(|f| {
-        if let Some((t, mut host, mut service)) = f.borrow_mut().take() {
+        if let Some((t, mut host, mut service, standins)) = f.borrow_mut().take() {
             // The parent's platform describes the parent's pins, held through rings the
             // parent shares with this child: never released from here (that would unpin the
             // parent's pages). Its internal fds are closed below; the child builds its own
@@ -379,7 +381,7 @@ extern "C" fn fork_child() {
                 // Closed below with the other internal fds.
                 t.bars.clear();
             }
-            drop((t, host, service));
+            drop((t, host, service, standins));
         }
     });
     crate::client::forget_after_fork();

@@ -513,3 +513,15 @@ fn objects_are_shared_across_fork_exec_and_scm_rights() {
     assert!(out.contains("exec-child ok"), "{out}");
     assert!(out.contains("share ok"), "{out}");
 }
+
+/// Issue 9 item 4: `tests/c/files.c` checks read/write/readv/preadv/pwritev as vfio's files
+/// answer them (EINVAL for containers and groups, the region by offset or file position for
+/// devices), fstat/stat as character devices, the `/dev/vfio` directory with `openat` relative
+/// to it, path spellings, `O_PATH` handles, `readlink` with size 0, and errno after success.
+#[test]
+fn emulated_files_look_like_the_kernels() {
+    let Some(exe) = compile("files") else { return };
+    let (ok, out, trace) = run_preloaded(&exe, "files.jsonl");
+    assert!(ok, "{out}\n{trace}");
+    assert!(out.contains("files ok"), "{out}");
+}
