@@ -37,6 +37,12 @@ pub struct Client {
     pub pid: i32,
     /// The connection; `None` once the process is gone.
     fd: Mutex<Option<i32>>,
+    /// Whether it wants trace lines.
+    trace: bool,
+    /// Pages charged to its locked memory (the kernel's `mm->locked_vm` for VFIO's pins).
+    locked_vm: Mutex<u64>,
+    /// Its credentials as of its latest request.
+    creds: Mutex<TaskCreds>,
 }
 
 /// A run of the broker's frames that stands for a process's frames.
@@ -168,7 +174,7 @@ impl Hub {
     }
 
     /// Registers a process's service connection; its client id.
-    pub fn add_client(&self, pid: i32, fd: i32) -> u32 {
+    pub fn add_client(&self, pid: i32, fd: i32, trace: bool) -> u32 {
         let id = {
             let mut n = lock(&self.next_client);
             *n += 1;
@@ -179,6 +185,12 @@ impl Hub {
             Arc::new(Client {
                 pid,
                 fd: Mutex::new(Some(fd)),
+                trace,
+                locked_vm: Mutex::new(0),
+                creds: Mutex::new(TaskCreds {
+                    cap_ipc_lock: false,
+                    memlock_limit_pages: u64::MAX,
+                }),
             }),
         );
         id
@@ -203,6 +215,10 @@ impl Hub {
         }
     }
 
+    fn client(&self, id: u32) -> Option<Arc<Client>> {
+        lock(&self.clients).get(&id).cloned()
+    }
+
     /// Whether client `id` is connected.
     pub fn alive(&self, id: u32) -> bool {
         lock(&self.clients).contains_key(&id)
@@ -211,6 +227,9 @@ impl Hub {
     /// Serves a request of `client` on connection `fd` with credentials `creds`: callbacks
     /// for that client go over `fd` while `f` runs.
     pub fn serving<R>(&self, client: u32, fd: i32, creds: TaskCreds, f: impl FnOnce() -> R) -> R {
+        if let Some(c) = self.client(client) {
+            *lock(&c.creds) = creds;
+        }
         let old = CURRENT.with(|c| c.replace(Some(Current { client, fd, creds })));
         let r = f();
         CURRENT.with(|c| *c.borrow_mut() = old);
@@ -252,16 +271,34 @@ impl Hub {
         wire::recv(fd)
     }
 
-    fn trace_line(&self, json: String) {
-        let msg = Msg::Trace(json);
-        if let Some(cur) = Self::current() {
-            let _ = wire::send(cur.fd, &msg, &[], &[]);
+    /// The client trace lines go to now (the request's, else the release's), if it wants them.
+    fn trace_target(&self) -> Option<(u32, Option<i32>)> {
+        let (client, fd) = match Self::current() {
+            Some(cur) => (cur.client, Some(cur.fd)),
+            None => (TRACE_TO.with(|c| *c.borrow())?, None),
+        };
+        let c = lock(&self.clients).get(&client).cloned()?;
+        c.trace.then_some((client, fd))
+    }
+
+    /// Has `client` do `cb`, which returns nothing: without waiting when `client` is the one
+    /// being served (its thread performs it before it reads the answer, in order), else as
+    /// [`Hub::call`] does (so that it is done when the broker goes on).
+    pub fn tell(&self, client: u32, cb: Callback) {
+        if let Some(cur) = Self::current().filter(|c| c.client == client) {
+            let _ = wire::send(cur.fd, &Msg::Note(cb), &[], &[]);
             return;
         }
-        let Some(to) = TRACE_TO.with(|c| *c.borrow()) else {
+        let _ = self.simple(client, cb);
+    }
+
+    fn trace_line(&self, target: (u32, Option<i32>), json: String) {
+        let msg = Msg::Trace(json);
+        if let Some(fd) = target.1 {
+            let _ = wire::send(fd, &msg, &[], &[]);
             return;
-        };
-        let c = lock(&self.clients).get(&to).cloned();
+        }
+        let c = lock(&self.clients).get(&target.0).cloned();
         if let Some(c) = c {
             if let Some(fd) = *lock(&c.fd) {
                 let _ = wire::send(fd, &msg, &[], &[]);
@@ -349,23 +386,35 @@ impl Platform for BrokerPlatform {
     }
 
     fn locked_vm(&self, mm: MmId) -> u64 {
-        match self.0.simple(client_of(mm), Callback::LockedVm) {
-            Ok(Msg::Value(v)) => v.max(0) as u64,
-            _ => 0,
-        }
+        self.0
+            .client(client_of(mm))
+            .map_or(0, |c| *lock(&c.locked_vm))
     }
 
+    /// The charge is kept here, per process, with the limit its latest request carried
+    /// (RLIMIT_MEMLOCK and CAP_IPC_LOCK of the task, as the kernel reads them at pin time).
     fn account(&mut self, mm: MmId, delta: i64, enforce_limit: bool) -> Result<(), PlatformError> {
-        let cb = Callback::Account {
-            delta,
-            enforce: enforce_limit,
-        };
-        match self.0.simple(client_of(mm), cb) {
-            Ok(_) => Ok(()),
+        let Some(c) = self.0.client(client_of(mm)) else {
             // A process that is gone has no locked memory left to uncharge.
-            Err(e) if e.what == "process gone" && delta <= 0 => Ok(()),
-            Err(e) => Err(e),
+            return if delta <= 0 {
+                Ok(())
+            } else {
+                Err(PlatformError::new(Errno(libc::ESRCH), "process gone"))
+            };
+        };
+        let limit = lock(&c.creds).memlock_limit_pages;
+        let mut locked = lock(&c.locked_vm);
+        if delta > 0 && enforce_limit && locked.saturating_add(delta as u64) > limit {
+            return Err(PlatformError::new(
+                Errno::ENOMEM,
+                format!(
+                    "locked_vm {} + {delta} pages exceeds RLIMIT_MEMLOCK {limit}",
+                    *locked
+                ),
+            ));
         }
+        *locked = locked.saturating_add_signed(delta);
+        Ok(())
     }
 
     fn pin_user_pages(
@@ -426,7 +475,7 @@ impl Platform for BrokerPlatform {
                 npages: n,
             };
             // A process that is gone held nothing any more.
-            let _ = self.0.simple(r.client, cb);
+            self.0.tell(r.client, cb);
         }
     }
 
@@ -551,7 +600,7 @@ impl Platform for BrokerPlatform {
                 pa: local << PAGE_SHIFT,
                 len: k * PAGE_SIZE,
             };
-            let _ = self.0.simple(r.client, cb);
+            self.0.tell(r.client, cb);
         }
     }
 
@@ -560,8 +609,12 @@ impl Platform for BrokerPlatform {
     }
 
     fn trace(&mut self, event: Event) {
+        // Nothing is formatted or sent for a process that writes no trace.
+        let Some(target) = self.0.trace_target() else {
+            return;
+        };
         if let Ok(json) = serde_json::to_string(&event) {
-            self.0.trace_line(json);
+            self.0.trace_line(target, json);
         }
     }
 }

@@ -90,23 +90,73 @@ fn host_dma(
 }
 
 /// The requesting process, as `type1-uapi` sees it: its memory and fds through callbacks on
-/// the request's connection.
+/// the request's connection. Reads inside the read-ahead copy of the argument need no
+/// callback; writes are held and go back with the answer (or before a read that needs a
+/// callback, so that the process's memory is always as the ioctl left it).
 struct RemoteCaller<'a> {
     server: &'a Server,
     client: u32,
+    pre_addr: u64,
+    pre: Vec<u8>,
+    writes: Vec<(u64, Vec<u8>)>,
+}
+
+/// Held writes beyond this many bytes are sent at once.
+const MAX_HELD: usize = 32 * 1024;
+
+impl RemoteCaller<'_> {
+    fn platform(&self) -> BrokerPlatform {
+        BrokerPlatform(self.server.hub.clone())
+    }
+
+    fn inside_pre(&self, addr: u64, len: usize) -> Option<usize> {
+        let off = addr.checked_sub(self.pre_addr)? as usize;
+        (off.checked_add(len)? <= self.pre.len()).then_some(off)
+    }
+
+    fn send_writes(&mut self) -> Result<(), Errno> {
+        let mut p = self.platform();
+        for (addr, data) in std::mem::take(&mut self.writes) {
+            type1_core::Platform::mm_write(&mut p, type1_core::MmId(self.client), addr, &data)
+                .map_err(|_| Errno::EFAULT)?;
+        }
+        Ok(())
+    }
+
+    /// The held writes, as the answer carries them.
+    fn take_writes(&mut self) -> (Vec<(u64, u32)>, Vec<u8>) {
+        let mut list = Vec::new();
+        let mut bytes = Vec::new();
+        for (addr, data) in std::mem::take(&mut self.writes) {
+            list.push((addr, data.len() as u32));
+            bytes.extend_from_slice(&data);
+        }
+        (list, bytes)
+    }
 }
 
 impl Caller for RemoteCaller<'_> {
     fn read(&mut self, addr: u64, buf: &mut [u8]) -> Result<(), Errno> {
-        let mut p = BrokerPlatform(self.server.hub.clone());
+        if let Some(off) = self.inside_pre(addr, buf.len()) {
+            buf.copy_from_slice(&self.pre[off..off + buf.len()]);
+            return Ok(());
+        }
+        self.send_writes()?;
+        let mut p = self.platform();
         type1_core::Platform::mm_read(&mut p, type1_core::MmId(self.client), addr, buf)
             .map_err(|_| Errno::EFAULT)
     }
 
     fn write(&mut self, addr: u64, data: &[u8]) -> Result<(), Errno> {
-        let mut p = BrokerPlatform(self.server.hub.clone());
-        type1_core::Platform::mm_write(&mut p, type1_core::MmId(self.client), addr, data)
-            .map_err(|_| Errno::EFAULT)
+        if let Some(off) = self.inside_pre(addr, data.len()) {
+            self.pre[off..off + data.len()].copy_from_slice(data);
+        }
+        self.writes.push((addr, data.to_vec()));
+        let held: usize = self.writes.iter().map(|(_, d)| d.len()).sum();
+        if held > MAX_HELD {
+            self.send_writes()?;
+        }
+        Ok(())
     }
 
     fn object_of_fd(&self, fd: i32) -> Result<Option<Object>, Errno> {
@@ -262,8 +312,12 @@ impl Server {
             return false;
         };
         let client = match hello.msg {
-            Msg::Hello { pid, client: None } => {
-                let id = self.hub.add_client(pid, fd);
+            Msg::Hello {
+                pid,
+                client: None,
+                trace,
+            } => {
+                let id = self.hub.add_client(pid, fd, trace);
                 let _ = wire::send(fd, &Msg::Welcome(id), &[], &[]);
                 self.poke();
                 // The service connection now belongs to the hub; the reaper sees it close.
@@ -344,11 +398,14 @@ impl Server {
                 });
                 (Msg::Object(found.map(Obj::from)), Vec::new(), Vec::new())
             }
-            Request::Ioctl { obj, req, arg } => {
+            Request::Ioctl { obj, req, arg, pre } => {
                 let obj = Object::from(obj);
                 let mut caller = RemoteCaller {
                     server: self,
                     client,
+                    pre_addr: pre,
+                    pre: payload.to_vec(),
+                    writes: Vec::new(),
                 };
                 let long = req == type1_uapi::nr::VFIO_IOMMU_MAP_DMA
                     || req == type1_uapi::nr::VFIO_IOMMU_UNMAP_DMA;
@@ -365,10 +422,12 @@ impl Server {
                         st.vfio.ioctl(obj, req, arg, &mut caller)
                     }
                 };
-                match r {
-                    Ok(v) => (Msg::Value(v), Vec::new(), Vec::new()),
-                    Err(e) => err(e),
-                }
+                let (writes, bytes) = caller.take_writes();
+                let v = match r {
+                    Ok(v) => v,
+                    Err(e) => -i64::from(e.0),
+                };
+                (Msg::Done(v, writes), bytes, Vec::new())
             }
             Request::DeviceRw {
                 dev,

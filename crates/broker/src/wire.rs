@@ -64,7 +64,9 @@ pub enum Request {
     /// `open("/dev/vfio/vfio")` (`None`) or `open("/dev/vfio/N")`: answered by
     /// [`Msg::Opened`] with the new file attached.
     Open(Option<u32>),
-    /// An ioctl on an object; the argument is read and written through callbacks.
+    /// An ioctl on an object. The payload is a copy of the caller's memory at `pre` (the
+    /// argument struct, read ahead); whatever else the ioctl reads comes by callbacks, and
+    /// what it writes back comes with the [`Msg::Done`] answer.
     Ioctl {
         /// The object.
         obj: Obj,
@@ -72,6 +74,8 @@ pub enum Request {
         req: u64,
         /// Raw argument.
         arg: u64,
+        /// Where the payload was read from (nothing read ahead if the payload is empty).
+        pre: u64,
     },
     /// `pread`/`read` (`len` bytes) or `pwrite`/`write` (the payload) of a device region:
     /// at file offset `pos`, or (`None`) at the file's own position, which then advances
@@ -141,15 +145,6 @@ pub enum Callback {
         /// Bytes.
         len: u64,
     },
-    /// Charge (`delta > 0`) or uncharge the process's locked memory.
-    Account {
-        /// Pages.
-        delta: i64,
-        /// Enforce RLIMIT_MEMLOCK.
-        enforce: bool,
-    },
-    /// The process's locked memory in pages: [`Msg::Value`].
-    LockedVm,
     /// Device DMA at bus address `pa` (within a page): to memory (the payload), or from it
     /// (`len` bytes, answered by [`Msg::Data`]); [`Msg::DmaFault`] if unreachable.
     Dma {
@@ -183,6 +178,8 @@ pub enum Msg {
         pid: i32,
         /// `None`: this is the service connection of a new client.
         client: Option<u32>,
+        /// Whether the process writes a trace (the broker sends trace lines only then).
+        trace: bool,
     },
     /// Answer to [`Msg::Hello`]: the client id.
     Welcome(u32),
@@ -190,10 +187,18 @@ pub enum Msg {
     Req(TaskCreds, Request),
     /// A callback.
     Cb(Callback),
+    /// A callback that needs no answer (flush, unpin): sent on a request's own connection,
+    /// where the requesting thread performs it before it reads the answer to its request.
+    Note(Callback),
     /// A trace line for the process's trace file (JSON object without `seq`/`pid`).
     Trace(String),
-    /// Success with a value (ioctl return, fd number, locked pages).
+    /// Success with a value (fd number, bytes transferred).
     Value(i64),
+    /// An ioctl's result (its value, or an errno as a negative number) and the copies to the
+    /// caller's memory it made, in order: `(address, length)`, their bytes in the payload.
+    /// The caller applies them before it returns (EFAULT if one fails, as a failed
+    /// `copy_to_user` would be).
+    Done(i64, Vec<(u64, u32)>),
     /// Failure with an errno.
     Err(i32),
     /// A platform failure with its description.
@@ -312,6 +317,7 @@ mod tests {
                 obj: Obj::Container(3),
                 req: 0x3b71,
                 arg: 0x7fff_0000,
+                pre: 0x7fff_0000,
             },
         );
         send(a, &m, &[1, 2, 3], &[x]).unwrap();

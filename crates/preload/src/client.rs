@@ -185,6 +185,7 @@ fn connect(client: Option<u32>) -> Result<(i32, u32), Errno> {
         let hello = Msg::Hello {
             pid: sys::getpid(),
             client,
+            trace: std::env::var_os("TYPE1_TRACE").is_some(),
         };
         // A broker that was exiting as we connected drops us: try again.
         let r = wire::send(fd, &hello, &[], &[]).and_then(|_| wire::recv(fd));
@@ -244,6 +245,9 @@ fn service(fd: i32) {
             Msg::Cb(cb) => {
                 let (m, p, f) = answer(cb, r.payload, r.fds);
                 let _ = wire::send(fd, &m, &p, &f);
+            }
+            Msg::Note(cb) => {
+                let _ = answer(cb, r.payload, r.fds);
             }
             Msg::Trace(j) => trace(&j),
             _ => {
@@ -337,6 +341,9 @@ fn exchange(fd: i32, req: Request, payload: &[u8], fds: &[i32]) -> Result<Receiv
                 let (m, p, f) = answer(cb, r.payload, r.fds);
                 wire::send(fd, &m, &p, &f)?;
             }
+            Msg::Note(cb) => {
+                let _ = answer(cb, r.payload, r.fds);
+            }
             Msg::Trace(j) => trace(&j),
             _ => return Ok(r),
         }
@@ -414,20 +421,6 @@ fn answer(cb: Callback, payload: Vec<u8>, fds: Vec<i32>) -> (Msg, Vec<u8>, Vec<i
                 h.lock().flush_cache(pa, len);
             }
             plain(Msg::Value(0))
-        }
-        Callback::Account { delta, enforce } => {
-            let Ok(h) = state::host() else {
-                return err(Errno::EIO);
-            };
-            let r = h.lock().account(SELF_MM, delta, enforce);
-            match r {
-                Ok(()) => plain(Msg::Value(0)),
-                Err(e) => plain(Msg::Failed(e.errno.0, e.what)),
-            }
-        }
-        Callback::LockedVm => {
-            let v = state::existing_host().map_or(0, |h| h.lock().locked_vm(SELF_MM));
-            plain(Msg::Value(v as i64))
         }
         Callback::Dma { pa, len, to_memory } => {
             let Some(h) = state::existing_host() else {

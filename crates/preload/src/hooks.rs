@@ -473,6 +473,27 @@ fn on_emulated<R>(
     Some(r)
 }
 
+/// A copy of the memory an ioctl argument points to, for the broker to read the argument
+/// without calling back: the `argsz` the struct starts with (at most a page), never past the
+/// end of the page `arg` is in (which is readable if its first bytes are). Nothing for an
+/// integer argument or unreadable memory; the broker then asks for what it needs.
+fn read_ahead(arg: u64) -> Vec<u8> {
+    if arg < PAGE_SIZE {
+        return Vec::new();
+    }
+    let mut head = [0u8; 4];
+    if type1_host::sys::read_user(arg, &mut head).is_err() {
+        return Vec::new();
+    }
+    let argsz = u64::from(u32::from_le_bytes(head)).clamp(4, PAGE_SIZE);
+    let n = argsz.min(PAGE_SIZE - arg % PAGE_SIZE) as usize;
+    let mut v = vec![0u8; n];
+    match type1_host::sys::read_user(arg, &mut v) {
+        Ok(()) => v,
+        Err(_) => head.to_vec(),
+    }
+}
+
 /// The ioctl type of every VFIO request (`VFIO_TYPE`, `';'`).
 const VFIO_TYPE: u64 = b';' as u64;
 
@@ -488,18 +509,28 @@ pub unsafe extern "C" fn ioctl(fd: c_int, req: c_ulong, arg: *mut c_void) -> c_i
         if req64 == type1_uapi::nr::VFIO_IOMMU_MAP_DMA && matches!(obj, Object::Container(_)) {
             prefault_map(arg as u64);
         }
-        let r = client::request(
-            Request::Ioctl {
-                obj: Obj::from(obj),
-                req: req64,
-                arg: arg as u64,
-            },
-            &[],
-            &[],
-        )?;
-        match r.msg {
-            Msg::Value(v) => Ok(v),
-            _ => Err(Errno::EIO),
+        let pre = read_ahead(arg as u64);
+        let req = Request::Ioctl {
+            obj: Obj::from(obj),
+            req: req64,
+            arg: arg as u64,
+            pre: arg as u64,
+        };
+        let r = client::request(req, &pre, &[])?;
+        let Msg::Done(v, writes) = r.msg else {
+            return Err(Errno::EIO);
+        };
+        // The ioctl's copies to user memory, in order.
+        let mut at = 0usize;
+        for (addr, len) in writes {
+            let data = r.payload.get(at..at + len as usize).ok_or(Errno::EIO)?;
+            type1_host::sys::write_user(addr, data).map_err(|_| Errno::EFAULT)?;
+            at += len as usize;
+        }
+        if v < 0 {
+            Err(Errno(-v as i32))
+        } else {
+            Ok(v)
         }
     });
     match emulated {
