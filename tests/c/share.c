@@ -15,10 +15,15 @@
  *            unmaps through it) and the group held by the parent is EBUSY in the new image.
  *   dma      a child drives the device (inherited fd) to read the parent's mapped pages (not
  *            the child's own, different, copy) and to write into them.
+ *   outlive  a child that maps its page and exits (the parent still holds the container) leaves
+ *            that page pinned: the device still reads and writes it, and the parent's UNMAP
+ *            removes it. The same across exec ("cpr-child" mode, QEMU's live update): the
+ *            pages mapped before exec stay the device's after it.
  *   release  the parent's pins (VmPin) stay while a child still holds the container and group,
  *            and are back to their start once that child, the last holder, exits.
  * Prints "<case> ok" per case and "share ok" at the end. Every wait has an alarm.
- * argv: none, or "exec-child FD" (the exec'd side of the exec case). */
+ * argv: none, "exec-child FD" (the exec'd side of the exec case) or "cpr-child C DEV" (of the
+ * outlive case). */
 #define _GNU_SOURCE
 #include "common.h"
 #include "device.h"
@@ -281,7 +286,78 @@ static void case_dma(int c, int g, long base) {
     printf("dma ok\n");
 }
 
-/* 6. The last close, in whatever process, releases: VmPin back to where it started. */
+/* Reads one page at `iova` through the device into `got`. */
+static void device_read(uint64_t iova, unsigned char *got) {
+    uint32_t st = dma(iova, 0, PG, 0);
+    CHECK(st == STATUS_DONE, "device read of iova 0x%llx: status 0x%x", (unsigned long long)iova, st);
+    CHECK(pread(dev, got, PG, bar0 + BUFFER) == PG, "read the device buffer");
+}
+
+static long first_other(const unsigned char *p, size_t n, unsigned char v) {
+    for (size_t i = 0; i < n; i++)
+        if (p[i] != v) return (long)i;
+    return -1;
+}
+
+/* 6. Pins outlive the process that made them while the container lives: after its exit, and
+ * across its exec. */
+static void case_outlive(const char *self, int c) {
+    unsigned char got[PG];
+    pid_t pid = spawn();
+    if (pid == 0) {
+        unsigned char *p = map_anon(PG);
+        memset(p, 0x77, PG);
+        CHECK(dma_map(c, p, 0x400000, PG) == 0, "child MAP_DMA");
+        exit(0); /* without UNMAP: the parent still holds the container */
+    }
+    reap(pid, "outlive");
+    device_read(0x400000, got);
+    long i = first_other(got, PG, 0x77);
+    CHECK(i < 0, "the exited child's page, read by the device: byte %ld = 0x%x, want 0x77", i, got[i]);
+    memset(got, 0xe1, PG);
+    CHECK(pwrite(dev, got, PG, bar0 + BUFFER) == PG, "fill the device buffer");
+    CHECK(dma(0, 0x400000, PG, CMD_TO_MEMORY) == STATUS_DONE, "device write to the exited child's page");
+    memset(got, 0, PG);
+    device_read(0x400000, got);
+    CHECK(first_other(got, PG, 0xe1) < 0, "the device's write stayed in the exited child's page");
+    uint64_t un = 0;
+    CHECK(dma_unmap(c, 0x400000, PG, &un) == 0 && un == PG, "the parent unmaps the child's page");
+
+    /* exec: QEMU's CPR keeps the container and device fds and the guest's pinned memory. */
+    pid = spawn();
+    if (pid == 0) {
+        unsigned char *p = map_anon(PG);
+        memset(p, 0x3c, PG);
+        CHECK(dma_map(c, p, 0x500000, PG) == 0, "MAP_DMA before exec");
+        CHECK(fcntl(c, F_SETFD, 0) == 0 && fcntl(dev, F_SETFD, 0) == 0, "keep fds across exec");
+        char cs[16], ds[16];
+        snprintf(cs, sizeof cs, "%d", c);
+        snprintf(ds, sizeof ds, "%d", dev);
+        execl("/proc/self/exe", self, "cpr-child", cs, ds, (char *)NULL);
+        CHECK(0, "exec /proc/self/exe");
+    }
+    reap(pid, "cpr");
+    printf("outlive ok\n");
+}
+
+static int cpr_child(const char *cs, const char *ds) {
+    alarm(30);
+    int c = atoi(cs);
+    dev = atoi(ds);
+    struct vfio_region_info r0;
+    region(VFIO_PCI_BAR0_REGION_INDEX, &r0);
+    bar0 = r0.offset;
+    unsigned char got[PG];
+    device_read(0x500000, got);
+    long i = first_other(got, PG, 0x3c);
+    CHECK(i < 0, "after exec, the device reads the page mapped before it: byte %ld = 0x%x", i, got[i]);
+    uint64_t un = 0;
+    CHECK(dma_unmap(c, 0x500000, PG, &un) == 0 && un == PG, "UNMAP after exec");
+    printf("cpr-child ok\n");
+    return 0;
+}
+
+/* 7. The last close, in whatever process, releases: VmPin back to where it started. */
 static void case_release(int c, int g, long base) {
     pid_t pid = spawn();
     if (pid == 0) {
@@ -305,7 +381,8 @@ static void case_release(int c, int g, long base) {
 
 int main(int argc, char **argv) {
     if (argc == 3 && !strcmp(argv[1], "exec-child")) return exec_child(argv[2]);
-    CHECK(argc == 1, "usage: share [exec-child FD]");
+    if (argc == 4 && !strcmp(argv[1], "cpr-child")) return cpr_child(argv[2], argv[3]);
+    CHECK(argc == 1, "usage: share [exec-child FD | cpr-child C DEV]");
     alarm(60);
     signal(SIGPIPE, SIG_IGN); /* a dead peer is a failed write, reported */
     long base = status_kb("VmPin");
@@ -321,6 +398,7 @@ int main(int argc, char **argv) {
     case_scm(c, g);
     case_exec(argv[0], c, g);
     case_dma(c, g, base);
+    case_outlive(argv[0], c);
     case_release(c, g, base); /* closes c, g and the device */
     printf("share ok\n");
     return 0;

@@ -20,15 +20,44 @@ use type1_core::{
     DeviceId, DomainId, DomainInfo, Errno, Event, GroupId, GroupInfo, MemType, MmId, PinnedPage,
     Platform, PlatformError, Prot, Task, PAGE_SIZE,
 };
-use type1_host::{DmaError, HostConfig, HostPlatform};
+use type1_host::uring::{Dir, Ring};
+use type1_host::{sys, DmaError, HostConfig, HostPlatform};
 
-use crate::wire::{self, Callback, Frame, Msg, Received, TaskCreds};
+use crate::wire::{self, Callback, Frame, Msg, Received, RingRef, TaskCreds};
 
 const PAGE_SHIFT: u32 = 12;
 /// The broker's first bus frame.
 const GLOBAL_PFN_BASE: u64 = 1 << 44;
 /// Congruence kept between a process's frames and the broker's (1 GiB of frames).
 const ALIGN_PFNS: u64 = 1 << 18;
+
+/// A ring of a process, held by the broker too (a `pidfd_getfd` duplicate): the pages it
+/// pins then outlive the process, as VFIO's pins outlive the mm that made them (exit, or
+/// `exec` as in QEMU's live update), until their mapping is unmapped.
+#[derive(Debug)]
+pub struct HeldRing {
+    fd: i32,
+    /// The ring mapped here, once its process is gone and the broker reaches the pages itself.
+    taken: Mutex<Option<Ring>>,
+}
+
+impl HeldRing {
+    fn with_ring<R>(&self, f: impl FnOnce(&mut Ring) -> R) -> Option<R> {
+        let mut g = lock(&self.taken);
+        if g.is_none() {
+            let dup = sys::dup_cloexec(self.fd).ok()?;
+            *g = Ring::adopt(dup).ok();
+        }
+        g.as_mut().map(f)
+    }
+}
+
+impl Drop for HeldRing {
+    fn drop(&mut self) {
+        // The mapped ring (if any) closes its own duplicate.
+        sys::close(self.fd);
+    }
+}
 
 /// A process's service connection.
 #[derive(Debug)]
@@ -43,10 +72,15 @@ pub struct Client {
     locked_vm: Mutex<u64>,
     /// Its credentials as of its latest request.
     creds: Mutex<TaskCreds>,
+    /// A pidfd on it (to take its rings), if it could be opened.
+    pidfd: Option<i32>,
+    /// Its rings the broker holds, by the process's fd number (a process never closes a ring
+    /// while it lives, so numbers are not reused).
+    rings: Mutex<BTreeMap<i32, Arc<HeldRing>>>,
 }
 
 /// A run of the broker's frames that stands for a process's frames.
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Debug)]
 struct Run {
     npages: u64,
     client: u32,
@@ -55,6 +89,9 @@ struct Run {
     memtype: MemType,
     /// Pinned frames of the run not unpinned yet.
     live: u64,
+    /// The ring buffer holding the run: the ring, its slot, the first page's registered
+    /// address.
+    held: Option<(Arc<HeldRing>, u32, u64)>,
 }
 
 #[derive(Debug, Default)]
@@ -65,11 +102,17 @@ struct Frames {
 
 impl Frames {
     fn find(&self, pfn: u64) -> Option<(u64, Run)> {
-        let (&first, &r) = self.runs.range(..=pfn).next_back()?;
-        (pfn - first < r.npages).then_some((first, r))
+        let (&first, r) = self.runs.range(..=pfn).next_back()?;
+        (pfn - first < r.npages).then(|| (first, r.clone()))
     }
 
-    fn add(&mut self, client: u32, frames: &[Frame]) -> Vec<PinnedPage> {
+    /// Runs of the broker's frames for `frames`; the first run is the one `held` holds.
+    fn add(
+        &mut self,
+        client: u32,
+        frames: &[Frame],
+        mut held: Option<(Arc<HeldRing>, u32, u64)>,
+    ) -> Vec<PinnedPage> {
         let mut out = Vec::with_capacity(frames.len());
         let mut i = 0;
         while i < frames.len() {
@@ -97,6 +140,7 @@ impl Frames {
                     reserved: f.reserved,
                     memtype: f.memtype,
                     live: if f.reserved { 0 } else { n as u64 },
+                    held: held.take(),
                 },
             );
             out.extend((0..n as u64).map(|k| PinnedPage {
@@ -156,6 +200,7 @@ pub struct Hub {
     clients: Mutex<BTreeMap<u32, Arc<Client>>>,
     frames: Mutex<Frames>,
     next_client: Mutex<u32>,
+    bounce: Mutex<Option<i32>>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -170,11 +215,15 @@ impl Hub {
             clients: Mutex::new(BTreeMap::new()),
             frames: Mutex::new(Frames::default()),
             next_client: Mutex::new(0),
+            bounce: Mutex::new(None),
         }
     }
 
     /// Registers a process's service connection; its client id.
     pub fn add_client(&self, pid: i32, fd: i32, trace: bool) -> u32 {
+        // The kernel's word for who is at the other end, not the process's.
+        let pid = type1_host::sock::peer_cred(fd).map_or(pid, |(p, _)| p);
+        let pidfd = sys::pidfd_open(pid).ok();
         let id = {
             let mut n = lock(&self.next_client);
             *n += 1;
@@ -191,6 +240,8 @@ impl Hub {
                     cap_ipc_lock: false,
                     memlock_limit_pages: u64::MAX,
                 }),
+                pidfd,
+                rings: Mutex::new(BTreeMap::new()),
             }),
         );
         id
@@ -212,7 +263,40 @@ impl Hub {
             if let Some(fd) = lock(&c.fd).take() {
                 type1_host::sys::close(fd);
             }
+            if let Some(p) = c.pidfd {
+                sys::close(p);
+            }
         }
+    }
+
+    /// The broker's hold on the ring `r` names in `client`, taken on first sight.
+    fn hold_ring(&self, client: u32, r: RingRef) -> Option<(Arc<HeldRing>, u32, u64)> {
+        let c = self.client(client)?;
+        let mut rings = lock(&c.rings);
+        let ring = match rings.get(&r.fd) {
+            Some(h) => h.clone(),
+            None => {
+                let fd = sys::pidfd_getfd(c.pidfd?, r.fd).ok()?;
+                let h = Arc::new(HeldRing {
+                    fd,
+                    taken: Mutex::new(None),
+                });
+                rings.insert(r.fd, h.clone());
+                h
+            }
+        };
+        Some((ring, r.slot, r.addr))
+    }
+
+    /// A bounce file for the broker's own transfers through held rings.
+    fn bounce(&self) -> Option<i32> {
+        let mut b = lock(&self.bounce);
+        if b.is_none() {
+            let fd = sys::memfd(c"type1-broker-bounce", true).ok()?;
+            sys::ftruncate(fd, PAGE_SIZE).ok()?;
+            *b = Some(fd);
+        }
+        *b
     }
 
     fn client(&self, id: u32) -> Option<Arc<Client>> {
@@ -318,16 +402,19 @@ impl Hub {
         let (first, run) = lock(&self.frames)
             .find(pa >> PAGE_SHIFT)
             .ok_or(DmaError::Unreachable)?;
-        let local = ((run.local + ((pa >> PAGE_SHIFT) - first)) << PAGE_SHIFT) | (pa % PAGE_SIZE);
+        let page = (pa >> PAGE_SHIFT) - first;
+        let local = ((run.local + page) << PAGE_SHIFT) | (pa % PAGE_SIZE);
         let cb = Callback::Dma {
             pa: local,
             len: buf.len() as u32,
             to_memory,
         };
         let payload: &[u8] = if to_memory { buf } else { &[] };
-        let r = self
-            .call(run.client, cb, payload, &[])
-            .map_err(|_| DmaError::Unreachable)?;
+        let r = match self.call(run.client, cb, payload, &[]) {
+            Ok(r) => r,
+            // The process is gone: its pages are still held, through its ring.
+            Err(_) => return self.dma_held(&run, page, pa % PAGE_SIZE, buf, to_memory),
+        };
         for f in &r.fds {
             type1_host::sys::close(*f);
         }
@@ -341,6 +428,27 @@ impl Hub {
             Msg::DmaFault(1) => Err(DmaError::Unmapped),
             _ => Err(DmaError::Unreachable),
         }
+    }
+
+    /// Device DMA through the broker's hold on a run's ring (its process is gone).
+    fn dma_held(
+        &self,
+        run: &Run,
+        page: u64,
+        off: u64,
+        buf: &mut [u8],
+        to_memory: bool,
+    ) -> Result<(), DmaError> {
+        let (ring, slot, addr) = run.held.as_ref().ok_or(DmaError::Unreachable)?;
+        let bounce = self.bounce().ok_or(DmaError::Unreachable)?;
+        let dir = if to_memory {
+            Dir::ToPage
+        } else {
+            Dir::FromPage
+        };
+        ring.with_ring(|r| r.transfer(*slot, addr + page * PAGE_SIZE + off, buf, dir, bounce))
+            .ok_or(DmaError::Unreachable)?
+            .map_err(|_| DmaError::Unreachable)
     }
 
     fn simple(&self, client: u32, cb: Callback) -> Result<Msg, PlatformError> {
@@ -431,8 +539,9 @@ impl Platform for BrokerPlatform {
             write,
         };
         match self.0.simple(client, cb)? {
-            Msg::Pages(frames) if !frames.is_empty() => {
-                Ok(lock(&self.0.frames).add(client, &frames))
+            Msg::Pages(frames, held) if !frames.is_empty() => {
+                let held = held.and_then(|r| self.0.hold_ring(client, r));
+                Ok(lock(&self.0.frames).add(client, &frames, held))
             }
             _ => Err(PlatformError::new(
                 Errno::EFAULT,
@@ -446,9 +555,12 @@ impl Platform for BrokerPlatform {
     }
 
     fn unpin_pages(&mut self, pfn: u64, npages: u64, _dirty: bool) {
-        let pieces = {
+        // Runs whose last pinned frame goes here leave the table (and, for a process that is
+        // gone, their ring slot is emptied by the broker).
+        let (pieces, ended) = {
             let mut f = lock(&self.0.frames);
             let pieces = f.pieces(pfn, npages);
+            let mut ended = Vec::new();
             for (_, first, n, r) in &pieces {
                 if r.reserved {
                     continue;
@@ -461,21 +573,29 @@ impl Platform for BrokerPlatform {
                     None => false,
                 };
                 if gone {
-                    f.runs.remove(first);
+                    ended.extend(f.runs.remove(first));
                 }
             }
-            pieces
+            (pieces, ended)
         };
         for (at, first, n, r) in pieces {
             if r.reserved {
                 continue;
             }
-            let cb = Callback::Unpin {
-                pfn: r.local + (at - first),
-                npages: n,
-            };
-            // A process that is gone held nothing any more.
-            self.0.tell(r.client, cb);
+            if self.0.alive(r.client) {
+                let cb = Callback::Unpin {
+                    pfn: r.local + (at - first),
+                    npages: n,
+                };
+                self.0.tell(r.client, cb);
+            }
+        }
+        for run in ended {
+            if !self.0.alive(run.client) {
+                if let Some((ring, slot, _)) = &run.held {
+                    ring.with_ring(|r| r.unpin(*slot));
+                }
+            }
         }
     }
 
@@ -595,6 +715,15 @@ impl Platform for BrokerPlatform {
         let n = (pa % PAGE_SIZE + len).div_ceil(PAGE_SIZE);
         let pieces = lock(&self.0.frames).pieces(first, n);
         for (at, run_first, k, r) in pieces {
+            if !self.0.alive(r.client) {
+                // No mapping of the page is left anywhere to flush it through.
+                self.trace(Event::CpuFlush {
+                    pa: at << PAGE_SHIFT,
+                    npages: k,
+                    via: "unreachable",
+                });
+                continue;
+            }
             let local = r.local + (at - run_first);
             let cb = Callback::Flush {
                 pa: local << PAGE_SHIFT,

@@ -168,6 +168,17 @@ pub struct Frame {
     pub memtype: MemType,
 }
 
+/// Where a pin call's pages are held in the process: an io_uring fixed buffer.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RingRef {
+    /// The ring's fd in the process.
+    pub fd: i32,
+    /// The buffer slot.
+    pub slot: u32,
+    /// Registered address of the first pinned page.
+    pub addr: u64,
+}
+
 /// One datagram.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Msg {
@@ -216,8 +227,9 @@ pub enum Msg {
     },
     /// The object a file is, if any.
     Object(Option<Obj>),
-    /// Pinned frames.
-    Pages(Vec<Frame>),
+    /// Pinned frames, and what holds them (the ring the broker takes over should the process
+    /// go while they are still mapped).
+    Pages(Vec<Frame>, Option<RingRef>),
     /// A DMA that could not reach memory: 1 unmapped, 2 permission, 3 unreachable.
     DmaFault(u8),
 }

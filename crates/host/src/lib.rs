@@ -535,6 +535,22 @@ impl HostPlatform {
         (pfn - first < n).then_some(v + (pfn - first) * PAGE_SIZE)
     }
 
+    /// What holds pinned frame `pfn`, for a process that may need to reach it without this
+    /// platform: the ring's fd, the buffer slot, and the address of the page inside the
+    /// buffer as it was registered. `None` for frames held otherwise (tracked pins, device
+    /// memory).
+    pub fn pin_ref(&self, pfn: u64) -> Option<(i32, u32, u64)> {
+        let (id, i) = self.pins.find(pfn)?;
+        let run = self.pins.run(id)?;
+        match self.pins.holder(id)? {
+            Holder::Ring { ring, slot, base } => {
+                let fd = self.rings.get(ring)?.fd();
+                Some((fd, slot, base + (run.reg_page + i) * PAGE_SIZE))
+            }
+            Holder::Track => None,
+        }
+    }
+
     /// Device memory with frames `first_pfn..first_pfn + npages` lives in the file `fd` (from
     /// offset 0): the platform maps it once, privately, so that DMA to those frames reaches it
     /// whatever the program maps or unmaps. A new file for the same frames replaces the old.

@@ -715,3 +715,19 @@ pub fn cwd() -> Option<String> {
     let s = &buf[..n.saturating_sub(1)]; // without the NUL
     String::from_utf8(s.to_vec()).ok()
 }
+
+/// `pidfd_open(pid, 0)`: a handle on a process that stays valid (and names no other process)
+/// after it exits.
+pub fn pidfd_open(pid: i32) -> Result<i32, Errno> {
+    // SAFETY: pidfd_open has no memory-safety preconditions.
+    let r = unsafe { libc::syscall(libc::SYS_pidfd_open, pid, 0) };
+    check(r).map(|fd| fd as i32)
+}
+
+/// `pidfd_getfd(pidfd, fd, 0)`: a duplicate of another process's fd (close-on-exec). Needs
+/// the right to ptrace it (same user, not made undumpable, no stricter Yama policy).
+pub fn pidfd_getfd(pidfd: i32, fd: i32) -> Result<i32, Errno> {
+    // SAFETY: pidfd_getfd only creates a descriptor.
+    let r = unsafe { libc::syscall(libc::SYS_pidfd_getfd, pidfd, fd, 0) };
+    check(r).map(|fd| fd as i32)
+}

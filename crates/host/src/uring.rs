@@ -240,6 +240,54 @@ impl Ring {
         // SAFETY: `p` is a valid io_uring_params the kernel fills in.
         let r = unsafe { libc::syscall(libc::SYS_io_uring_setup, ENTRIES, &mut p as *mut Params) };
         let fd = move_high(check(r)? as i32);
+        let mut ring = Self::map(fd, &p)?;
+        let reg = RsrcRegister {
+            nr: slots,
+            flags: IORING_RSRC_REGISTER_SPARSE,
+            resv2: 0,
+            data: 0,
+            tags: 0,
+        };
+        // SAFETY: a valid io_uring_rsrc_register of its own size.
+        let r = unsafe {
+            libc::syscall(
+                libc::SYS_io_uring_register,
+                fd,
+                IORING_REGISTER_BUFFERS2,
+                &reg as *const RsrcRegister,
+                std::mem::size_of::<RsrcRegister>(),
+            )
+        };
+        check(r)?; // on error `ring` drops, closing the fd
+        ring.free = (0..slots).rev().collect();
+        Ok(ring)
+    }
+
+    /// Takes over a ring another process made (its fd, obtained with `pidfd_getfd`; io_uring
+    /// fds cannot travel over `SCM_RIGHTS`), to reach and release the pages it holds after
+    /// that process is gone. The ring was made by [`Ring::new`] on this kernel, so its layout
+    /// is that of a fresh ring of the same size. Owns `fd` (closed on error and on drop).
+    pub fn adopt(fd: i32) -> Result<Ring, Errno> {
+        let mut p = Params::default();
+        // SAFETY: `p` is a valid io_uring_params the kernel fills in.
+        let r = unsafe { libc::syscall(libc::SYS_io_uring_setup, ENTRIES, &mut p as *mut Params) };
+        match check(r) {
+            Ok(probe) => crate::sys::close(probe as i32),
+            Err(e) => {
+                crate::sys::close(fd);
+                return Err(e);
+            }
+        }
+        Self::map(fd, &p)
+    }
+
+    /// The ring's fd (as this process numbers it).
+    pub fn fd(&self) -> i32 {
+        self.fd
+    }
+
+    /// Maps the rings of `fd`, laid out as `p` says; closes `fd` on error.
+    fn map(fd: i32, p: &Params) -> Result<Ring, Errno> {
         let close_on_err = |e: Errno| {
             crate::sys::close(fd);
             e
@@ -260,24 +308,6 @@ impl Ring {
         };
         let sqes =
             KMap::new(fd, p.sq_entries as u64 * 64, IORING_OFF_SQES).map_err(close_on_err)?;
-        let reg = RsrcRegister {
-            nr: slots,
-            flags: IORING_RSRC_REGISTER_SPARSE,
-            resv2: 0,
-            data: 0,
-            tags: 0,
-        };
-        // SAFETY: a valid io_uring_rsrc_register of its own size.
-        let r = unsafe {
-            libc::syscall(
-                libc::SYS_io_uring_register,
-                fd,
-                IORING_REGISTER_BUFFERS2,
-                &reg as *const RsrcRegister,
-                std::mem::size_of::<RsrcRegister>(),
-            )
-        };
-        check(r).map_err(close_on_err)?;
         Ok(Ring {
             fd,
             pid: crate::sys::getpid(),
@@ -296,7 +326,7 @@ impl Ring {
                 p.cq_off.ring_mask,
                 p.cq_off.cqes,
             ),
-            free: (0..slots).rev().collect(),
+            free: Vec::new(),
         })
     }
 

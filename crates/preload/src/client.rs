@@ -18,7 +18,7 @@ use std::cell::RefCell;
 use std::ffi::CString;
 use std::sync::{Mutex, MutexGuard};
 
-use type1_broker::wire::{self, Callback, Frame, Msg, Received, Request, TaskCreds};
+use type1_broker::wire::{self, Callback, Frame, Msg, Received, Request, RingRef, TaskCreds};
 use type1_core::{Errno, Platform};
 use type1_host::{sock, sys, DmaError, SELF_MM};
 
@@ -405,7 +405,12 @@ fn answer(cb: Callback, payload: Vec<u8>, fds: Vec<i32>) -> (Msg, Vec<u8>, Vec<i
                             memtype: h.pfn_memtype(p.pfn),
                         })
                         .collect();
-                    plain(Msg::Pages(frames))
+                    let held = pages
+                        .first()
+                        .filter(|p| !p.reserved)
+                        .and_then(|p| h.pin_ref(p.pfn))
+                        .map(|(fd, slot, addr)| RingRef { fd, slot, addr });
+                    plain(Msg::Pages(frames, held))
                 }
                 Err(e) => plain(Msg::Failed(e.errno.0, e.what)),
             }
