@@ -764,7 +764,7 @@ mod tests {
     fn runs_keep_congruence_and_split_where_frames_do() {
         let mut f = Frames::default();
         let local = (1u64 << 44) + 5;
-        let pages = f.add(7, &[frame(local), frame(local + 1), frame(local + 9)]);
+        let pages = f.add(7, &[frame(local), frame(local + 1), frame(local + 9)], None);
         assert_eq!(pages.len(), 3);
         assert_eq!(pages[0].pfn % ALIGN_PFNS, local % ALIGN_PFNS);
         assert_eq!(pages[1].pfn, pages[0].pfn + 1);
