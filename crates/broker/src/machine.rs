@@ -120,8 +120,13 @@ pub fn read_file_raw(path: &[u8]) -> Result<String, Errno> {
 /// The machine named by `TYPE1_MACHINE` (read with raw system calls), or the default. `Err`
 /// says what is wrong with the file.
 pub fn from_env() -> Result<Machine, String> {
+    from_path(std::env::var_os("TYPE1_MACHINE"))
+}
+
+/// The machine in the file at `path` (`TYPE1_MACHINE`), or the default without one.
+pub fn from_path(path: Option<std::ffi::OsString>) -> Result<Machine, String> {
     use std::os::unix::ffi::OsStrExt;
-    let Some(path) = std::env::var_os("TYPE1_MACHINE") else {
+    let Some(path) = path else {
         return Ok(Machine::default_machine());
     };
     read_file_raw(path.as_bytes())

@@ -260,7 +260,11 @@ fn exec(
     let trace_path = match trace {
         Some(t) => t,
         None => {
-            tmp = std::env::temp_dir().join(format!("type1-exec-{}.jsonl", std::process::id()));
+            // A private directory: a predictable name in a shared one would let another user
+            // plant a link there.
+            let dir = type1_exec::private_dir(&std::env::temp_dir())
+                .context("cannot create a private directory for the trace")?;
+            tmp = dir.join("trace.jsonl");
             tmp
         }
     };

@@ -126,6 +126,25 @@ fn exec_with_policy_none_does_not_flush() {
         "{stderr}"
     );
     assert!(stderr.contains("unpin"), "{stderr}");
+    // Issue 14: the default trace is in a fresh private directory, itself private, so that no
+    // other user can plant a link at its name or read the trace.
+    let path = stderr
+        .lines()
+        .find_map(|l| l.split("; trace ").nth(1))
+        .map(PathBuf::from)
+        .expect("the trace path is printed");
+    use std::os::unix::fs::PermissionsExt;
+    let dir = path.parent().unwrap();
+    let mode = |p: &Path| std::fs::symlink_metadata(p).unwrap().permissions().mode() & 0o7777;
+    assert!(std::fs::symlink_metadata(dir).unwrap().is_dir());
+    assert_eq!(mode(dir), 0o700, "{}", dir.display());
+    assert_eq!(mode(&path), 0o600, "{}", path.display());
+    assert!(
+        dir.file_name().unwrap().to_string_lossy().len() > "type1-exec-".len() + 8,
+        "an unpredictable name: {}",
+        dir.display()
+    );
+    let _ = std::fs::remove_dir_all(dir);
 }
 
 #[test]

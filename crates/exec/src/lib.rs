@@ -47,6 +47,29 @@ pub struct ExecOptions {
     pub policy: Option<String>,
 }
 
+/// A new private directory (mode 0700, a name nobody could have planted) under `base`, for
+/// a run's default trace: `mkdir` fails rather than follow anything already there.
+pub fn private_dir(base: &Path) -> std::io::Result<PathBuf> {
+    use std::os::unix::fs::DirBuilderExt;
+    let mut last = None;
+    for attempt in 0..64u32 {
+        let t = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos());
+        let p = base.join(format!(
+            "type1-exec-{}-{:x}",
+            std::process::id(),
+            t.wrapping_mul(0x9e37_79b9_7f4a_7c15)
+                .wrapping_add(u128::from(attempt))
+        ));
+        match std::fs::DirBuilder::new().mode(0o700).create(&p) {
+            Ok(()) => return Ok(p),
+            Err(e) => last = Some(e),
+        }
+    }
+    Err(last.unwrap_or_else(|| std::io::Error::other("no private directory")))
+}
+
 /// A broker name of its own for one run (`TYPE1_BROKER`): every run is one emulated machine,
 /// shared by the processes of that run only.
 pub fn fresh_broker_name() -> String {

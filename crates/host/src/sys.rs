@@ -731,3 +731,18 @@ pub fn pidfd_getfd(pidfd: i32, fd: i32) -> Result<i32, Errno> {
     let r = unsafe { libc::syscall(libc::SYS_pidfd_getfd, pidfd, fd, 0) };
     check(r).map(|fd| fd as i32)
 }
+
+/// Whether the process runs in secure-execution mode (`getauxval(AT_SECURE)`: setuid, setgid
+/// or file capabilities), in which its environment is not to be trusted.
+pub fn secure_execution() -> bool {
+    // SAFETY: getauxval only reads the auxiliary vector.
+    unsafe { libc::getauxval(libc::AT_SECURE) != 0 }
+}
+
+/// `secure_getenv`: an environment variable, or nothing in secure-execution mode.
+pub fn secure_var(name: &str) -> Option<std::ffi::OsString> {
+    if secure_execution() {
+        return None;
+    }
+    std::env::var_os(name)
+}

@@ -50,14 +50,20 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 
 /// The broker's socket name for this process's configuration.
 pub(crate) fn broker_name() -> String {
-    let var = |k: &str| std::env::var(k).unwrap_or_default();
+    let var = |k: &str| {
+        sys::secure_var(k)
+            .map(|v| v.to_string_lossy().into_owned())
+            .unwrap_or_default()
+    };
     let config = format!(
         "machine={}\npolicy={}",
         var("TYPE1_MACHINE"),
         var("TYPE1_POLICY")
     );
     wire::socket_name(
-        std::env::var("TYPE1_BROKER").ok().as_deref(),
+        sys::secure_var("TYPE1_BROKER")
+            .map(|v| v.to_string_lossy().into_owned())
+            .as_deref(),
         sys::getuid(),
         &config,
     )
@@ -66,7 +72,7 @@ pub(crate) fn broker_name() -> String {
 /// The broker executable: `TYPE1_BROKER_BIN`, or `type1-broker` in this library's directory
 /// (or its parent, for cargo's `deps/`).
 fn broker_exe() -> Option<CString> {
-    if let Some(p) = std::env::var_os("TYPE1_BROKER_BIN") {
+    if let Some(p) = sys::secure_var("TYPE1_BROKER_BIN") {
         use std::os::unix::ffi::OsStringExt;
         return CString::new(p.into_vec()).ok();
     }
@@ -104,9 +110,12 @@ fn spawn_broker(name: &str) -> Result<(), Errno> {
     let arg0 = c"type1-broker";
     let arg1 = CString::new(name).map_err(|_| Errno::EINVAL)?;
     let argv = [arg0.as_ptr(), arg1.as_ptr(), std::ptr::null()];
-    // The broker inherits the configuration, never the preload library.
+    // The broker inherits the configuration, never the preload library; in secure-execution
+    // mode not even the configuration.
+    let secure = sys::secure_execution();
     let env: Vec<CString> = std::env::vars_os()
         .filter(|(k, _)| k != "LD_PRELOAD")
+        .filter(|(k, _)| !(secure && k.to_string_lossy().starts_with("TYPE1_")))
         .filter_map(|(k, v)| {
             use std::os::unix::ffi::OsStrExt;
             let mut e = k.as_bytes().to_vec();
@@ -182,10 +191,22 @@ fn connect(client: Option<u32>) -> Result<(i32, u32), Errno> {
             Err(e) => return Err(e),
         };
         let fd = type1_host::uring::move_high(fd);
+        // Abstract names belong to nobody: whoever listens there must be this user.
+        match sock::peer_cred(fd) {
+            Ok((_, uid)) if uid == sys::getuid() => {}
+            other => {
+                sys::close(fd);
+                let who = other.map_or_else(|e| e.to_string(), |(_, u)| format!("uid {u}"));
+                report(&format!(
+                    "@{name} is served by {who}, not by this user: refusing it (set TYPE1_BROKER)"
+                ));
+                return Err(Errno(libc::EACCES));
+            }
+        }
         let hello = Msg::Hello {
             pid: sys::getpid(),
             client,
-            trace: std::env::var_os("TYPE1_TRACE").is_some(),
+            trace: sys::secure_var("TYPE1_TRACE").is_some(),
         };
         // A broker that was exiting as we connected drops us: try again.
         let r = wire::send(fd, &hello, &[], &[]).and_then(|_| wire::recv(fd));

@@ -71,8 +71,8 @@ fn id_of_path(p: &CStr) -> Option<(u64, u64)> {
 }
 
 fn make_dir(groups: &[u32]) -> Result<Dir, Errno> {
-    let base = std::env::var("XDG_RUNTIME_DIR")
-        .ok()
+    let base = sys::secure_var("XDG_RUNTIME_DIR")
+        .map(|v| v.to_string_lossy().into_owned())
         .filter(|d| d.starts_with('/'))
         .unwrap_or_else(|| "/tmp".to_string());
     let pid = sys::getpid();

@@ -31,7 +31,7 @@ static MACHINE: OnceLock<Machine> = OnceLock::new();
 /// with no groups, so that every group open fails with ENOENT.
 pub(crate) fn machine() -> &'static Machine {
     MACHINE.get_or_init(|| {
-        machine::from_env().unwrap_or_else(|e| {
+        machine::from_path(sys::secure_var("TYPE1_MACHINE")).unwrap_or_else(|e| {
             let _ = sys::write_all(2, format!("type1-preload: {e}\n").as_bytes());
             machine::empty()
         })
@@ -263,17 +263,18 @@ static WATCH: AtomicPtr<CpuWatch> = AtomicPtr::new(std::ptr::null_mut());
 
 fn build_host() -> Result<SharedHost, Errno> {
     let mut platform = HostPlatform::new(machine().host.clone());
-    match std::env::var("TYPE1_PIN").as_deref() {
-        Ok("track") => platform.set_pin_mode(PinMode::Track),
-        Ok("uring") | Err(_) => {}
-        Ok(other) => {
+    let pin = sys::secure_var("TYPE1_PIN").map(|v| v.to_string_lossy().into_owned());
+    match pin.as_deref() {
+        Some("track") => platform.set_pin_mode(PinMode::Track),
+        Some("uring") | None => {}
+        Some(other) => {
             let msg = format!("type1-preload: TYPE1_PIN={other}: expected uring or track\n");
             let _ = sys::write_all(2, msg.as_bytes());
             return Err(Errno::EINVAL);
         }
     }
     platform.prepare();
-    if let Some(path) = std::env::var_os("TYPE1_TRACE") {
+    if let Some(path) = sys::secure_var("TYPE1_TRACE") {
         if let Err(e) = platform.trace_to_path(path.clone()) {
             let msg = format!(
                 "type1-preload: TYPE1_TRACE={}: {e}; no trace\n",
@@ -313,7 +314,9 @@ pub(crate) fn watch() -> Option<&'static CpuWatch> {
 /// The configuration errors the broker would find, reported here (on stderr, and as EINVAL
 /// for the open that needs the broker) rather than in a detached process.
 pub(crate) fn check_config() -> Result<(), Errno> {
-    let policy = std::env::var("TYPE1_POLICY").unwrap_or_else(|_| "seed".to_string());
+    let policy = sys::secure_var("TYPE1_POLICY")
+        .map(|v| v.to_string_lossy().into_owned())
+        .unwrap_or_else(|| "seed".to_string());
     if type1_core::Container::new(type1_core::Config::default(), &policy).is_err() {
         let msg = format!("type1-preload: TYPE1_POLICY={policy}: expected seed or none\n");
         let _ = sys::write_all(2, msg.as_bytes());

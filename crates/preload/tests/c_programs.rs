@@ -525,3 +525,47 @@ fn emulated_files_look_like_the_kernels() {
     assert!(ok, "{out}\n{trace}");
     assert!(out.contains("files ok"), "{out}");
 }
+
+/// Issue 14: abstract socket names belong to nobody, so another local user can listen at the
+/// broker's name first. The library checks who serves it (`SO_PEERCRED`) and refuses a
+/// broker of another user with a clear message, rather than handing it the program's ioctls.
+#[test]
+fn a_broker_of_another_user_is_refused() {
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        assert!(
+            std::env::var("CI").as_deref() != Ok("true"),
+            "this test needs root (to run the squatter as another user) under CI=true"
+        );
+        eprintln!("skipped: not root");
+        return;
+    }
+    let (Some(squat), Some(flow)) = (compile("squat"), compile("flow")) else {
+        return;
+    };
+    let name = type1_exec::fresh_broker_name();
+    let mut squatter = Command::new(&squat)
+        .args(["0", &name])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("run squatter");
+    let mut ready = String::new();
+    use std::io::BufRead;
+    std::io::BufReader::new(squatter.stdout.take().unwrap())
+        .read_line(&mut ready)
+        .unwrap();
+    assert_eq!(ready.trim(), "ready");
+    let out = Command::new(&flow)
+        .env("LD_PRELOAD", lib())
+        .env("TYPE1_BROKER", &name)
+        .output()
+        .expect("run program");
+    let _ = squatter.kill();
+    let _ = squatter.wait();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{err}");
+    assert!(
+        err.contains("is served by uid 65534, not by this user"),
+        "{err}"
+    );
+}
