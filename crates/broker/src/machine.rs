@@ -99,7 +99,10 @@ impl Machine {
     }
 }
 
-/// The contents of the file at `path`, read with raw system calls.
+/// Largest machine file read (a description is a few hundred bytes; `/dev/zero` is endless).
+pub const MAX_FILE: usize = 1 << 20;
+
+/// The contents of the file at `path`, read with raw system calls; EFBIG past [`MAX_FILE`].
 pub fn read_file_raw(path: &[u8]) -> Result<String, Errno> {
     let c = CString::new(path).map_err(|_| Errno::EINVAL)?;
     let fd = sys::open_ro(&c)?;
@@ -108,6 +111,7 @@ pub fn read_file_raw(path: &[u8]) -> Result<String, Errno> {
     let r = loop {
         match sys::pread(fd, &mut buf, out.len() as u64) {
             Ok(0) => break Ok(()),
+            Ok(_) if out.len() >= MAX_FILE => break Err(Errno(libc::EFBIG)),
             Ok(n) => out.extend_from_slice(&buf[..n]),
             Err(e) => break Err(e),
         }
@@ -143,5 +147,37 @@ pub fn empty() -> Machine {
             units: Vec::new(),
             groups: BTreeMap::new(),
         },
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn endless_and_huge_machine_files_get_a_clear_error() {
+        let e = from_path(Some("/dev/zero".into())).unwrap_err();
+        assert!(e.contains("TYPE1_MACHINE=/dev/zero"), "{e}");
+        assert!(e.contains(&Errno(libc::EFBIG).to_string()), "{e}");
+        let mut text = String::from("[[unit]]\nid = 0\nops = 1\nsnoop_control = true\n");
+        for g in 0..5000 {
+            text.push_str(&format!(
+                "[[group]]\nid = {g}\nunit = 0\ndevices = [\"d{g}\"]\n"
+            ));
+        }
+        let e = Machine::from_toml(&text).unwrap_err();
+        assert!(e.contains("5000 groups: at most 1024"), "{e}");
+        let long = format!(
+            "[[unit]]\nid = 0\nops = 1\nsnoop_control = true\n[[group]]\nid = 1\nunit = 0\ndevices = [\"{}\"]\n",
+            "x".repeat(100)
+        );
+        assert!(Machine::from_toml(&long)
+            .unwrap_err()
+            .contains("at most 64"));
+        let deep = format!("a = {}{}", "[".repeat(100_000), "]".repeat(100_000));
+        assert!(
+            Machine::from_toml(&deep).is_err(),
+            "deep nesting is an error, not a crash"
+        );
     }
 }

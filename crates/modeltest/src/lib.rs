@@ -21,6 +21,7 @@
 //!   found when the container is finally closed). `tests/fuzz_corpus.rs` replays the committed
 //!   corpus (`fuzz/corpus/ops/`) through the same two functions under plain `cargo test`.
 
+pub mod device;
 pub mod uapi;
 
 use type1_check::{alphabet, initial_world, ops_of, Action, Bound};

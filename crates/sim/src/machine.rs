@@ -23,6 +23,12 @@ pub const MSI_WINDOW: IovaRange = IovaRange {
 pub const DEFAULT_MEMORY_FRAMES: u64 = 65536;
 /// Largest accepted `memory_frames` (4 GiB of simulated RAM).
 pub const MAX_MEMORY_FRAMES: u64 = 1 << 20;
+/// Most IOMMU units, groups, devices (in all), MMIO ranges and reserved regions (per owner) a
+/// machine may have: a description is configuration, and one from a hostile file must get a
+/// clear error, not a run out of memory or time.
+pub const MAX_ITEMS: usize = 1024;
+/// Longest device name.
+pub const MAX_NAME: usize = 64;
 /// Highest pfn an MMIO range may reach (52-bit physical addresses).
 pub const MAX_PFN: u64 = 1 << 40;
 
@@ -248,7 +254,24 @@ impl MachineDesc {
                 self.memory_frames
             ));
         }
+        let devices: usize = self.groups.iter().map(|g| g.devices.len()).sum();
+        for (what, n) in [
+            ("units", self.units.len()),
+            ("groups", self.groups.len()),
+            ("devices", devices),
+            ("mmio ranges", self.mmio.len()),
+        ] {
+            if n > MAX_ITEMS {
+                return Err(format!("{n} {what}: at most {MAX_ITEMS}"));
+            }
+        }
         let check_resv = |owner: &str, v: &[ResvDesc]| -> Result<(), String> {
+            if v.len() > MAX_ITEMS {
+                return Err(format!(
+                    "{owner}: {} reserved regions: at most {MAX_ITEMS}",
+                    v.len()
+                ));
+            }
             for r in v {
                 if r.start > r.last {
                     return Err(format!(
@@ -310,6 +333,13 @@ impl MachineDesc {
             for d in &g.devices {
                 if d.is_empty() {
                     return Err(format!("group {}: empty device name", g.id));
+                }
+                if d.len() > MAX_NAME {
+                    return Err(format!(
+                        "group {}: device name of {} bytes: at most {MAX_NAME}",
+                        g.id,
+                        d.len()
+                    ));
                 }
                 if names.contains(&d.as_str()) {
                     return Err(format!("group {}: device name {d:?} is duplicated", g.id));
