@@ -743,6 +743,9 @@ impl Platform for BrokerPlatform {
             return;
         };
         if let Ok(json) = serde_json::to_string(&event) {
+            // Stamped now, when it happens, not when the process writes it down.
+            let body = json.strip_prefix('{').unwrap_or(&json);
+            let json = format!("{{\"ns\":{},{body}", sys::monotonic_ns());
             self.0.trace_line(target, json);
         }
     }

@@ -84,6 +84,14 @@ enum Cmd {
         #[arg(long)]
         json: bool,
     },
+    /// Summarize a JSON-lines trace, or convert it into a Perfetto timeline.
+    Trace {
+        /// The trace (JSON lines, docs/trace.md).
+        file: PathBuf,
+        /// Write Chrome trace-event JSON here (open it in ui.perfetto.dev).
+        #[arg(long)]
+        perfetto: Option<PathBuf>,
+    },
     /// Run an unmodified VFIO program against the emulated /dev/vfio (LD_PRELOAD) and
     /// summarize its trace. Build the library first: `cargo build --release -p type1-preload`.
     Exec {
@@ -292,6 +300,39 @@ fn exec(
     })
 }
 
+fn trace_cmd(file: &std::path::Path, perfetto: Option<&std::path::Path>) -> Result<ExitCode> {
+    let text = std::fs::read_to_string(file)
+        .with_context(|| format!("cannot read the trace {}", file.display()))?;
+    match perfetto {
+        Some(out) => {
+            let v = type1_exec::timeline::perfetto(&text);
+            let n = v["traceEvents"].as_array().map_or(0, Vec::len);
+            std::fs::write(out, serde_json::to_vec(&v)?)
+                .with_context(|| format!("cannot write {}", out.display()))?;
+            eprintln!(
+                "type1 trace: {n} trace events in {} (open it in ui.perfetto.dev)",
+                out.display()
+            );
+        }
+        None => {
+            print!("{}", type1_exec::summarize(&text));
+            let p = type1_exec::timeline::phases(&text);
+            if p != Default::default() {
+                println!(
+                    "time: map {:.3} ms ({} pages), unmap {:.3} ms ({} pages), teardown {:.3} ms ({} pages)",
+                    p.map_ns as f64 / 1e6,
+                    p.map_pages,
+                    p.unmap_ns as f64 / 1e6,
+                    p.unmap_pages,
+                    p.teardown_ns as f64 / 1e6,
+                    p.teardown_pages
+                );
+            }
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let r = match cli.cmd {
@@ -326,6 +367,7 @@ fn main() -> ExitCode {
             library,
             command,
         } => exec(trace, policy, library, &command),
+        Cmd::Trace { file, perfetto } => trace_cmd(&file, perfetto.as_deref()),
         Cmd::Check {
             policy,
             all,

@@ -5,6 +5,8 @@
 //! (`docs/trace.md`). This crate links none of the library's interposed symbols, so the
 //! `type1` binary and the tests that use it do their own file I/O for real.
 
+pub mod timeline;
+
 use std::{
     collections::BTreeMap,
     path::{Path, PathBuf},

@@ -99,7 +99,7 @@ impl TraceFile {
         p
     }
 
-    /// Writes one event line (`{"seq":N,"pid":P,...}`), switching to this process's own file
+    /// Writes one event line (`{"seq":N,"pid":P,"ns":T,...}`), switching to this process's own file
     /// first if it is a forked child of the writer.
     pub fn write(&mut self, json_object: &str) {
         let pid = sys::getpid();
@@ -122,12 +122,19 @@ impl TraceFile {
             return;
         }
         self.seq += 1;
-        let line = format!(
-            "{{\"seq\":{},\"pid\":{},{}\n",
-            self.seq,
-            pid,
-            json_object.strip_prefix('{').unwrap_or(json_object)
-        );
+        let body = json_object.strip_prefix('{').unwrap_or(json_object);
+        // `ns`: when it happened, on the machine's monotonic clock; set by whoever made the
+        // event (the broker), or now.
+        let line = if body.starts_with("\"ns\":") {
+            format!("{{\"seq\":{},\"pid\":{},{body}\n", self.seq, pid)
+        } else {
+            format!(
+                "{{\"seq\":{},\"pid\":{},\"ns\":{},{body}\n",
+                self.seq,
+                pid,
+                sys::monotonic_ns()
+            )
+        };
         let _ = sys::write_all(self.fd, line.as_bytes());
     }
 }
