@@ -8,7 +8,9 @@
 //! * `exec`: an unmodified VFIO program under the LD_PRELOAD emulation (`type1-preload`);
 //! * `check`: bounded exhaustive checking of flush policies (`type1-check`).
 
+mod bench;
 mod checkcmd;
+mod plot;
 mod story;
 
 use std::{path::PathBuf, process::ExitCode};
@@ -83,6 +85,42 @@ enum Cmd {
         /// Print the figures as JSON.
         #[arg(long)]
         json: bool,
+    },
+    /// Measure map, unmap and teardown with and without the flush (the series' cost table)
+    /// against this machine's floors: real pins and CLFLUSHOPT (host), the simulator (sim),
+    /// and an unmodified QEMU booting Linux under the emulation (qemu).
+    Bench {
+        /// Guest RAM of the host workload (like 4G or 512M).
+        #[arg(long, default_value = "4G", value_parser = bench::parse_size)]
+        guest_size: u64,
+        /// Aperture (a GPU BAR's worth of memory) mapped after the guest, then unmapped.
+        #[arg(long, default_value = "1G", value_parser = bench::parse_size)]
+        aperture: u64,
+        /// Total size of the sim workload (the host workload's shape, scaled).
+        #[arg(long, default_value = "256M", value_parser = bench::parse_size)]
+        sim_size: u64,
+        /// Guest RAM of the qemu workload.
+        #[arg(long, default_value = "1G", value_parser = bench::parse_size)]
+        qemu_mem: u64,
+        /// Flush policies, comma-separated.
+        #[arg(
+            long,
+            default_value = "none,seed,seed-fixed,seed-ro",
+            value_delimiter = ','
+        )]
+        policies: Vec<String>,
+        /// Workloads, comma-separated: host, sim, qemu.
+        #[arg(long, default_value = "host,sim,qemu", value_delimiter = ',')]
+        workloads: Vec<String>,
+        /// Write the floors and rows as JSON.
+        #[arg(long)]
+        json: Option<PathBuf>,
+        /// Draw ns per page per phase and policy as SVG.
+        #[arg(long)]
+        plot: Option<PathBuf>,
+        /// Rounds of the host workload (the table shows medians).
+        #[arg(long, default_value_t = 3)]
+        reps: usize,
     },
     /// Summarize a JSON-lines trace, or convert it into a Perfetto timeline.
     Trace {
@@ -368,6 +406,28 @@ fn main() -> ExitCode {
             command,
         } => exec(trace, policy, library, &command),
         Cmd::Trace { file, perfetto } => trace_cmd(&file, perfetto.as_deref()),
+        Cmd::Bench {
+            guest_size,
+            aperture,
+            sim_size,
+            qemu_mem,
+            policies,
+            workloads,
+            json,
+            plot,
+            reps,
+        } => bench::run(&bench::BenchOpts {
+            guest: guest_size,
+            aperture,
+            sim_size,
+            qemu_mem,
+            policies,
+            workloads,
+            json,
+            plot,
+            reps,
+        })
+        .map(|()| ExitCode::SUCCESS),
         Cmd::Check {
             policy,
             all,

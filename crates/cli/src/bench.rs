@@ -1,0 +1,711 @@
+//! `type1 bench`: the series' cost table (spec F11: map, unmap, teardown, with and without the
+//! flush) from three workloads, against the machine's floors measured in the same run.
+//!
+//! * **host**: a guest of `--guest-size` in the region sizes QEMU's q35 uses (640 KiB, the rest
+//!   of the low 2 GiB, and everything above 4 GiB) plus an `--aperture` (a GPU BAR's worth of
+//!   memory), mapped into the non-coherent group's domain with real pins (io_uring) and real
+//!   CLFLUSHOPT; then the aperture unmapped; then teardown by detaching the last group. The
+//!   memory is faulted in once, before (its cost is the `fault-in` floor), and written before
+//!   every run so that each starts with dirty lines; `--reps` rounds, medians.
+//! * **sim**: the same phases on the simulator, at a size it holds (`--sim-size`, scaled).
+//! * **qemu**: an unmodified QEMU boots a small Linux guest (`scripts/guest.sh`) with the
+//!   non-coherent device under the emulation and quits; map, unmap and teardown times come
+//!   from the trace's `ns` stamps. Also the same boot without the device, with
+//!   `-mem-prealloc`, for the boot-time target.
+//!
+//! Floors over the host workload's own first buffer: faulting in, `memset`, CLFLUSHOPT with
+//! the lines clean and dirty. Output: a table, `--json FILE`, `--plot FILE.svg`.
+
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use anyhow::{anyhow, bail, Context, Result};
+use serde::Serialize;
+use type1_core::{Config, Container, GroupId, MapRequest, Platform, UnmapRequest, PAGE_SIZE};
+use type1_host::{floor, sys, HostConfig, HostPlatform};
+
+/// The cover letter's ratios (with flush / without), spec F11.
+const COVER: [(&str, f64); 3] = [("map", 1.85), ("unmap", 4.36), ("teardown", 3.40)];
+
+/// What to run.
+#[derive(Clone, Debug)]
+pub struct BenchOpts {
+    /// Guest RAM of the host workload, bytes.
+    pub guest: u64,
+    /// Aperture, bytes.
+    pub aperture: u64,
+    /// Total size of the sim workload, bytes.
+    pub sim_size: u64,
+    /// Guest RAM of the qemu workload, bytes.
+    pub qemu_mem: u64,
+    /// Policies.
+    pub policies: Vec<String>,
+    /// Workloads (`host`, `sim`, `qemu`).
+    pub workloads: Vec<String>,
+    /// `--json FILE`.
+    pub json: Option<PathBuf>,
+    /// `--plot FILE.svg`.
+    pub plot: Option<PathBuf>,
+    /// Rounds of the host workload (medians).
+    pub reps: usize,
+}
+
+/// Parses a size: `4G`, `512M`, `64K`, or bytes.
+pub fn parse_size(s: &str) -> Result<u64, String> {
+    let t = s.trim();
+    let (num, mul) = match t.char_indices().last() {
+        Some((i, c)) if c.is_ascii_alphabetic() => {
+            let m = match c.to_ascii_uppercase() {
+                'K' => 1u64 << 10,
+                'M' => 1 << 20,
+                'G' => 1 << 30,
+                'T' => 1 << 40,
+                _ => return Err(format!("{s:?}: unknown unit {c:?} (K, M, G or T)")),
+            };
+            (&t[..i], m)
+        }
+        _ => (t, 1),
+    };
+    let n: u64 = num
+        .parse()
+        .map_err(|_| format!("{s:?} is not a size (like 4G or 512M)"))?;
+    n.checked_mul(mul)
+        .filter(|v| *v > 0 && v % PAGE_SIZE == 0)
+        .ok_or_else(|| format!("{s:?}: a size must be a positive multiple of 4K"))
+}
+
+/// One measured phase.
+#[derive(Clone, Debug, Serialize)]
+pub struct Row {
+    /// `host`, `sim` or `qemu`.
+    pub platform: String,
+    /// What ran (`guest 4G + aperture 1G`).
+    pub workload: String,
+    /// `map`, `unmap` or `teardown`.
+    pub phase: String,
+    /// Flush policy.
+    pub policy: String,
+    /// 4 KiB pages the phase moved.
+    pub pages: u64,
+    /// Nanoseconds.
+    pub ns: u64,
+    /// Nanoseconds per page.
+    pub ns_per_page: f64,
+}
+
+/// The floors, ns per 4 KiB page.
+#[derive(Clone, Copy, Debug, Default, Serialize)]
+pub struct Floors {
+    /// CLFLUSHOPT (or what CPUID offers) of every line, none cached.
+    pub flush_ns_per_page_clean: f64,
+    /// The same with every line dirty.
+    pub flush_ns_per_page_dirty: f64,
+    /// `memset`.
+    pub memset_ns_per_page: f64,
+    /// Faulting fresh anonymous memory in (`MADV_POPULATE_WRITE`).
+    pub populate_ns_per_page: f64,
+    /// CPU clock, Hz (0 if unknown).
+    pub cpu_hz: f64,
+}
+
+#[derive(Serialize)]
+struct Report<'a> {
+    floor: Floors,
+    rows: &'a [Row],
+    qemu_boot: Option<QemuBoot>,
+}
+
+/// Wall time of the qemu workload's boots.
+#[derive(Clone, Copy, Debug, Serialize)]
+pub struct QemuBoot {
+    /// Without the device, with `-mem-prealloc`, ns.
+    pub baseline_ns: u64,
+    /// With the device under the emulation, policy `seed`, ns.
+    pub seed_ns: u64,
+}
+
+fn row(platform: &str, workload: &str, phase: &str, policy: &str, pages: u64, ns: u64) -> Row {
+    Row {
+        platform: platform.into(),
+        workload: workload.into(),
+        phase: phase.into(),
+        policy: policy.into(),
+        pages,
+        ns,
+        ns_per_page: if pages == 0 {
+            0.0
+        } else {
+            ns as f64 / pages as f64
+        },
+    }
+}
+
+fn gib(b: u64) -> String {
+    if b % (1 << 30) == 0 {
+        format!("{}G", b >> 30)
+    } else {
+        format!("{}M", b >> 20)
+    }
+}
+
+/// The regions QEMU's q35 machine maps for `guest` bytes of RAM: `(iova, offset in the
+/// buffer, size)`.
+fn qemu_regions(guest: u64) -> Vec<(u64, u64, u64)> {
+    let low = guest.min(2 << 30);
+    let mut v = vec![(0, 0, (640 << 10).min(low))];
+    if low > 0xc_0000 {
+        v.push((0xc_0000, 0xc_0000, low - 0xc_0000));
+    }
+    if guest > low {
+        v.push((4 << 30, low, guest - low));
+    }
+    v
+}
+
+/// Where the aperture sits in the IOVA space (above any guest RAM here).
+const APERTURE_IOVA: u64 = 1 << 40;
+
+/// Map, unmap (the aperture) and teardown of one policy on `p`, over memory at `base` (guest)
+/// and `ap` (aperture): nanoseconds of each phase.
+fn phases<P: Platform>(
+    p: &mut P,
+    policy: &str,
+    guest: u64,
+    base: u64,
+    aperture: u64,
+    ap: u64,
+) -> Result<[u64; 3]> {
+    let mut c = Container::new(Config::default(), policy).map_err(|e| anyhow!("{e}"))?;
+    c.add_group(p, GroupId(1))
+        .map_err(|e| anyhow!("group 1: {e}"))?;
+    c.set_iommu(p, 3).map_err(|e| anyhow!("SET_IOMMU: {e}"))?;
+    let t1 = c.iommu_mut().map_err(|e| anyhow!("{e}"))?;
+    let mut regions: Vec<(u64, u64, u64)> = qemu_regions(guest)
+        .into_iter()
+        .map(|(iova, off, size)| (iova, base + off, size))
+        .collect();
+    regions.push((APERTURE_IOVA, ap, aperture));
+    let t = Instant::now();
+    for (iova, vaddr, size) in &regions {
+        let r = MapRequest {
+            flags: 3,
+            vaddr: *vaddr,
+            iova: *iova,
+            size: *size,
+        };
+        t1.map_dma(p, r)
+            .map_err(|e| anyhow!("MAP_DMA iova 0x{iova:x} size 0x{size:x}: {e}"))?;
+    }
+    let map = t.elapsed().as_nanos() as u64;
+    let t = Instant::now();
+    let un = UnmapRequest {
+        flags: 0,
+        iova: APERTURE_IOVA,
+        size: aperture,
+        bitmap: None,
+    };
+    t1.unmap_dma(p, un)
+        .map_err(|e| anyhow!("UNMAP_DMA of the aperture: {e}"))?;
+    let unmap = t.elapsed().as_nanos() as u64;
+    let t = Instant::now();
+    c.remove_group(p, GroupId(1))
+        .map_err(|e| anyhow!("detach: {e}"))?;
+    let teardown = t.elapsed().as_nanos() as u64;
+    c.close(p);
+    Ok([map, unmap, teardown])
+}
+
+/// A size that does not fit: a clear error before anything is pinned.
+fn check_fits(what: &str, bytes: u64) -> Result<()> {
+    let avail = floor::mem_available().unwrap_or(u64::MAX);
+    // Room for the floors' second buffer and the rest of the machine.
+    if bytes.saturating_add(bytes / 8) > avail {
+        bail!(
+            "{what} needs {} MiB of memory to pin; this machine has {} MiB available \
+             (try a smaller --guest-size / --aperture)",
+            bytes >> 20,
+            avail >> 20
+        );
+    }
+    if !sys::has_cap_ipc_lock() {
+        let limit = sys::memlock_limit_pages().saturating_mul(PAGE_SIZE);
+        if bytes > limit {
+            bail!(
+                "{what} pins {} MiB but RLIMIT_MEMLOCK is {} MiB without CAP_IPC_LOCK \
+                 (raise it with `ulimit -l` or run as root)",
+                bytes >> 20,
+                limit >> 20
+            );
+        }
+    }
+    Ok(())
+}
+
+fn median(mut v: Vec<u64>) -> u64 {
+    v.sort_unstable();
+    v.get(v.len() / 2).copied().unwrap_or(0)
+}
+
+fn host(o: &BenchOpts, bar: &indicatif::ProgressBar, rows: &mut Vec<Row>) -> Result<Floors> {
+    let total = o.guest + o.aperture;
+    check_fits(
+        &format!(
+            "the host workload (guest {} + aperture {})",
+            gib(o.guest),
+            gib(o.aperture)
+        ),
+        total,
+    )?;
+    let pages = |b: u64| b / PAGE_SIZE;
+    let g = sys::AnonMap::aligned(o.guest, 1 << 30).map_err(|e| anyhow!("mmap: {e}"))?;
+    let a = sys::AnonMap::aligned(o.aperture, 1 << 30).map_err(|e| anyhow!("mmap: {e}"))?;
+    for m in [&g, &a] {
+        let _ = sys::madvise(m.addr(), m.len(), libc::MADV_NOHUGEPAGE);
+    }
+    // Floors over the guest's own bytes. Faulting in is measured once and kept out of the
+    // runs (it is the kernel's page zeroing, the same with or without the flush, and the
+    // noisiest part of a MAP on a virtual machine): the memory stays faulted in from here on,
+    // as a guest's RAM is with -mem-prealloc.
+    let fb = floor::Buffer::of(&g);
+    bar.set_message("floors");
+    let populate = fb.populate();
+    floor::Buffer::of(&a).populate();
+    let fill = fb.fill();
+    let clean = fb.flush_clean();
+    let dirty = fb.flush_dirty();
+    let n = pages(o.guest) as f64;
+    let floors = Floors {
+        flush_ns_per_page_clean: clean * 1e9 / n,
+        flush_ns_per_page_dirty: dirty * 1e9 / n,
+        memset_ns_per_page: fill * 1e9 / n,
+        populate_ns_per_page: populate * 1e9 / n,
+        cpu_hz: floor::cpu_hz().unwrap_or(0.0),
+    };
+    bar.inc(1);
+    let workload = format!("guest {} + aperture {}", gib(o.guest), gib(o.aperture));
+    // One unrecorded run first (a first io_uring, first page-table allocations), then `reps`
+    // rounds over the policies, interleaved so that drift in the machine spreads over all.
+    let mut times: Vec<Vec<[u64; 3]>> = vec![Vec::new(); o.policies.len()];
+    let mut order: Vec<(usize, bool)> = vec![(0, false)];
+    for _ in 0..o.reps.max(1) {
+        order.extend((0..o.policies.len()).map(|i| (i, true)));
+    }
+    for (i, record) in order {
+        let policy = &o.policies[i];
+        bar.set_message(format!(
+            "host {policy}{}",
+            if record { "" } else { " (warm-up)" }
+        ));
+        // Every run starts from the same state: every line written (dirty), as freshly zeroed
+        // guest memory is.
+        floor::Buffer::of(&g).fill();
+        floor::Buffer::of(&a).fill();
+        let mut p = HostPlatform::new(HostConfig::default());
+        let t = phases(&mut p, policy, o.guest, g.addr(), o.aperture, a.addr())?;
+        if record {
+            times[i].push(t);
+            if times[i].len() == o.reps.max(1) {
+                bar.inc(1);
+            }
+        }
+    }
+    for (policy, t) in o.policies.iter().zip(times) {
+        let m = |k: usize| median(t.iter().map(|x| x[k]).collect());
+        rows.push(row("host", &workload, "map", policy, pages(total), m(0)));
+        rows.push(row(
+            "host",
+            &workload,
+            "unmap",
+            policy,
+            pages(o.aperture),
+            m(1),
+        ));
+        rows.push(row(
+            "host",
+            &workload,
+            "teardown",
+            policy,
+            pages(o.guest),
+            m(2),
+        ));
+    }
+    Ok(floors)
+}
+
+fn sim(o: &BenchOpts, bar: &indicatif::ProgressBar, rows: &mut Vec<Row>) -> Result<()> {
+    // The host workload's shape, scaled to `sim_size`.
+    let total = o.guest + o.aperture;
+    let scale =
+        |b: u64| ((b as u128 * o.sim_size as u128 / total as u128) as u64) & !(PAGE_SIZE - 1);
+    let (guest, aperture) = (
+        scale(o.guest).max(1 << 20),
+        scale(o.aperture).max(PAGE_SIZE),
+    );
+    let frames = (guest + aperture) / PAGE_SIZE + 4096;
+    if frames >= 0x10_0000 {
+        bail!(
+            "--sim-size {}: the simulator holds less than 4 GiB",
+            gib(o.sim_size)
+        );
+    }
+    let workload = format!("guest {} + aperture {} (scaled)", gib(guest), gib(aperture));
+    for policy in &o.policies {
+        bar.set_message(format!("sim {policy}"));
+        let desc = type1_sim::MachineDesc {
+            memory_frames: frames,
+            ..Default::default()
+        };
+        let mut s = type1_sim::Sim::new(desc).map_err(|e| anyhow!("simulator: {e}"))?;
+        let mm = s.create_process("bench");
+        s.set_current(Some(mm));
+        let (base, ap) = (1u64 << 32, 1u64 << 36);
+        s.mmap_anon(mm, base, guest, true)
+            .map_err(|e| anyhow!("sim mmap: {e}"))?;
+        s.mmap_anon(mm, ap, aperture, true)
+            .map_err(|e| anyhow!("sim mmap: {e}"))?;
+        let [m, u, t] = phases(&mut s, policy, guest, base, aperture, ap)?;
+        let pages = |b: u64| b / PAGE_SIZE;
+        rows.push(row(
+            "sim",
+            &workload,
+            "map",
+            policy,
+            pages(guest + aperture),
+            m,
+        ));
+        rows.push(row("sim", &workload, "unmap", policy, pages(aperture), u));
+        rows.push(row("sim", &workload, "teardown", policy, pages(guest), t));
+        bar.inc(1);
+    }
+    Ok(())
+}
+
+/// The guest of `scripts/guest.sh` (source tree only): `(kernel, initrd)`.
+fn guest_image() -> Result<(String, String)> {
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../scripts/guest.sh");
+    if !script.exists() {
+        bail!("the qemu workload needs scripts/guest.sh (run type1 bench from the source tree)");
+    }
+    let out = std::process::Command::new("bash")
+        .arg(&script)
+        .output()
+        .context("cannot run scripts/guest.sh")?;
+    if !out.status.success() {
+        bail!(
+            "scripts/guest.sh failed (it needs apt-get and the Debian archive): {}",
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+    }
+    let text = String::from_utf8_lossy(&out.stdout).trim().to_string();
+    let (k, i) = text
+        .split_once(' ')
+        .ok_or_else(|| anyhow!("scripts/guest.sh printed {text:?}"))?;
+    Ok((k.to_string(), i.to_string()))
+}
+
+fn qemu_args(kernel: &str, initrd: &str, mem: u64, device: bool) -> Vec<String> {
+    let mut a: Vec<String> = [
+        "-machine",
+        "q35",
+        "-accel",
+        "tcg",
+        "-m",
+        &format!("{}M", mem >> 20),
+        "-nodefaults",
+        "-display",
+        "none",
+        "-serial",
+        "null",
+        "-no-reboot",
+        "-kernel",
+        kernel,
+        "-initrd",
+        initrd,
+        "-append",
+        "console=ttyS0 panic=-1 quiet",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    if device {
+        a.extend(["-device".into(), "vfio-pci,host=0000:00:05.0".into()]);
+    } else {
+        a.push("-mem-prealloc".into());
+    }
+    a
+}
+
+fn qemu(
+    o: &BenchOpts,
+    bar: &indicatif::ProgressBar,
+    rows: &mut Vec<Row>,
+) -> Result<Option<QemuBoot>> {
+    check_fits(
+        &format!("the qemu workload (-m {})", gib(o.qemu_mem)),
+        o.qemu_mem,
+    )?;
+    let library = type1_exec::find_library()
+        .ok_or_else(|| anyhow!("the qemu workload needs libtype1_preload.so next to type1"))?;
+    let (kernel, initrd) = guest_image()?;
+    let dir = type1_exec::private_dir(&std::env::temp_dir())?;
+    let workload = format!("linux boot, -m {}", gib(o.qemu_mem));
+    bar.set_message("qemu baseline (-mem-prealloc, no device)");
+    let t = Instant::now();
+    let st = std::process::Command::new("qemu-system-x86_64")
+        .args(qemu_args(&kernel, &initrd, o.qemu_mem, false))
+        .stdin(std::process::Stdio::null())
+        .status()
+        .context("cannot run qemu-system-x86_64 (apt-get install qemu-system-x86)")?;
+    if !st.success() {
+        bail!("qemu without the device exited with {st}");
+    }
+    let baseline_ns = t.elapsed().as_nanos() as u64;
+    bar.inc(1);
+    let mut seed_ns = 0;
+    for policy in &o.policies {
+        bar.set_message(format!("qemu {policy}"));
+        let trace = dir.join(format!("qemu-{policy}.jsonl"));
+        let opts = type1_exec::ExecOptions {
+            library: library.clone(),
+            trace: Some(trace.clone()),
+            policy: Some(policy.clone()),
+        };
+        let t = Instant::now();
+        let st = type1_exec::run(
+            &opts,
+            Path::new("qemu-system-x86_64"),
+            &qemu_args(&kernel, &initrd, o.qemu_mem, true),
+        )
+        .context("cannot run qemu-system-x86_64 (apt-get install qemu-system-x86)")?;
+        if !st.success() {
+            bail!("qemu with the device ({policy}) exited with {st}");
+        }
+        let wall = t.elapsed().as_nanos() as u64;
+        if policy == "seed" {
+            seed_ns = wall;
+        }
+        let text = std::fs::read_to_string(&trace).unwrap_or_default();
+        let ph = type1_exec::timeline::phases(&text);
+        rows.push(row(
+            "qemu",
+            &workload,
+            "map",
+            policy,
+            ph.map_pages,
+            ph.map_ns,
+        ));
+        rows.push(row(
+            "qemu",
+            &workload,
+            "unmap",
+            policy,
+            ph.unmap_pages,
+            ph.unmap_ns,
+        ));
+        rows.push(row(
+            "qemu",
+            &workload,
+            "teardown",
+            policy,
+            ph.teardown_pages,
+            ph.teardown_ns,
+        ));
+        bar.inc(1);
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+    Ok(Some(QemuBoot {
+        baseline_ns,
+        seed_ns,
+    }))
+}
+
+/// Runs the benchmark and prints its table.
+pub fn run(o: &BenchOpts) -> Result<()> {
+    for p in &o.policies {
+        Container::new(Config::default(), p).map_err(|e| anyhow!("--policies {p:?}: {e}"))?;
+    }
+    for w in &o.workloads {
+        if !matches!(w.as_str(), "host" | "sim" | "qemu") {
+            bail!("--workloads {w:?}: expected host, sim or qemu");
+        }
+    }
+    let has = |w: &str| o.workloads.iter().any(|x| x == w);
+    let steps = o.policies.len() as u64 * o.workloads.len() as u64
+        + u64::from(has("host"))
+        + u64::from(has("qemu"));
+    let bar = indicatif::ProgressBar::new(steps);
+    bar.set_style(
+        indicatif::ProgressStyle::with_template("{bar:30} {pos}/{len} {msg} [{elapsed}]")
+            .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+    );
+    let mut rows = Vec::new();
+    let mut floors = Floors::default();
+    if has("host") {
+        floors = host(o, &bar, &mut rows)?;
+    }
+    if has("sim") {
+        sim(o, &bar, &mut rows)?;
+    }
+    let boot = if has("qemu") {
+        qemu(o, &bar, &mut rows)?
+    } else {
+        None
+    };
+    bar.finish_and_clear();
+    print!("{}", table(&floors, &rows, boot.as_ref()));
+    if let Some(path) = &o.json {
+        let r = Report {
+            floor: floors,
+            rows: &rows,
+            qemu_boot: boot,
+        };
+        std::fs::write(path, serde_json::to_vec_pretty(&r)?)
+            .with_context(|| format!("cannot write {}", path.display()))?;
+    }
+    if let Some(path) = &o.plot {
+        crate::plot::bars(path, &floors, &rows)
+            .with_context(|| format!("cannot draw {}", path.display()))?;
+    }
+    Ok(())
+}
+
+/// The table: per platform, phase and policy, total time, ns and cycles per page, the ratio
+/// to `none` next to the cover letter's, and the flush added per page against the floor.
+pub fn table(f: &Floors, rows: &[Row], boot: Option<&QemuBoot>) -> String {
+    use std::fmt::Write;
+    let mut s = String::new();
+    if f.flush_ns_per_page_clean > 0.0 {
+        let _ = writeln!(
+            s,
+            "floors (ns per 4 KiB page): flush clean {:.0}, flush dirty {:.0}, memset {:.0}, fault-in {:.0}{}",
+            f.flush_ns_per_page_clean,
+            f.flush_ns_per_page_dirty,
+            f.memset_ns_per_page,
+            f.populate_ns_per_page,
+            if f.cpu_hz > 0.0 {
+                format!("; CPU {:.0} MHz", f.cpu_hz / 1e6)
+            } else {
+                String::new()
+            }
+        );
+    }
+    let _ = writeln!(
+        s,
+        "{:8} {:9} {:11} {:>9} {:>11} {:>9} {:>10} {:>7} {:>7} {:>12}",
+        "platform",
+        "phase",
+        "policy",
+        "pages",
+        "total ms",
+        "ns/page",
+        "cyc/page",
+        "x none",
+        "cover",
+        "added/floor"
+    );
+    for r in rows {
+        let none = rows
+            .iter()
+            .find(|x| x.platform == r.platform && x.phase == r.phase && x.policy == "none");
+        let ratio = none
+            .filter(|n| n.ns > 0)
+            .map(|n| format!("{:.2}", r.ns as f64 / n.ns as f64))
+            .unwrap_or_else(|| "-".into());
+        let cover = COVER
+            .iter()
+            .find(|(p, _)| *p == r.phase)
+            .map(|(_, c)| format!("{c:.2}"))
+            .unwrap_or_default();
+        // The flush added per page, as a multiple of the dirty-line floor.
+        let added = match none {
+            Some(n) if r.policy != "none" && f.flush_ns_per_page_dirty > 0.0 && r.pages > 0 => {
+                format!(
+                    "{:.2}",
+                    (r.ns_per_page - n.ns_per_page) / f.flush_ns_per_page_dirty
+                )
+            }
+            _ => "-".into(),
+        };
+        let cyc = if f.cpu_hz > 0.0 {
+            format!("{:.0}", r.ns_per_page * f.cpu_hz / 1e9)
+        } else {
+            "-".into()
+        };
+        let _ = writeln!(
+            s,
+            "{:8} {:9} {:11} {:>9} {:>11.2} {:>9.0} {:>10} {:>7} {:>7} {:>12}",
+            r.platform,
+            r.phase,
+            r.policy,
+            r.pages,
+            r.ns as f64 / 1e6,
+            r.ns_per_page,
+            cyc,
+            ratio,
+            cover,
+            added
+        );
+    }
+    if let Some(b) = boot {
+        if b.baseline_ns > 0 && b.seed_ns > 0 {
+            let _ = writeln!(
+                s,
+                "qemu boot: {:.2} s with the device (seed) vs {:.2} s without it, -mem-prealloc: {:.2}x",
+                b.seed_ns as f64 / 1e9,
+                b.baseline_ns as f64 / 1e9,
+                b.seed_ns as f64 / b.baseline_ns as f64
+            );
+        }
+    }
+    s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sizes_parse_with_units_and_refuse_nonsense() {
+        assert_eq!(parse_size("4G"), Ok(4 << 30));
+        assert_eq!(parse_size("512M"), Ok(512 << 20));
+        assert_eq!(parse_size("8192"), Ok(8192));
+        assert!(parse_size("1x").unwrap_err().contains("unknown unit"));
+        assert!(parse_size("3").unwrap_err().contains("multiple of 4K"));
+        assert!(parse_size("big").unwrap_err().contains("not a size"));
+    }
+
+    #[test]
+    fn qemu_regions_cover_the_guest_like_q35() {
+        let r = qemu_regions(4 << 30);
+        assert_eq!(r[0], (0, 0, 640 << 10));
+        assert_eq!(r[1], (0xc_0000, 0xc_0000, (2 << 30) - 0xc_0000));
+        assert_eq!(r[2], (4 << 30, 2 << 30, 2 << 30));
+        let covered: u64 = r.iter().map(|x| x.2).sum();
+        assert_eq!(
+            covered,
+            (4 << 30) - (0xc_0000 - (640 << 10)),
+            "all but the VGA hole"
+        );
+    }
+
+    #[test]
+    fn the_sim_workload_runs_every_phase() {
+        let o = BenchOpts {
+            guest: 8 << 20,
+            aperture: 2 << 20,
+            sim_size: 4 << 20,
+            qemu_mem: 256 << 20,
+            policies: vec!["none".into(), "seed".into()],
+            workloads: vec!["sim".into()],
+            json: None,
+            plot: None,
+            reps: 1,
+        };
+        let mut rows = Vec::new();
+        sim(&o, &indicatif::ProgressBar::hidden(), &mut rows).unwrap();
+        assert_eq!(rows.len(), 6);
+        assert!(rows.iter().all(|r| r.pages > 0 && r.ns > 0), "{rows:?}");
+        let t = table(&Floors::default(), &rows, None);
+        assert!(t.contains("teardown"), "{t}");
+    }
+}
