@@ -238,6 +238,9 @@ impl Server {
     /// A new file for `obj`: the process's end (to send; the caller closes its copy).
     fn new_file(&self, obj: Object, opener: u32) -> Result<i32, Errno> {
         let (peer, end) = sock::seqpacket_pair()?;
+        // Nothing is ever sent to the process's end: a raw `read` of it (a program that
+        // bypasses the library) gets end-of-file, not a wait forever.
+        let _ = sock::shutdown_write(peer);
         let ino = sock::socket_inode(end).ok_or(Errno::EIO)?;
         let peer = type1_host::uring::move_high(peer);
         lock(&self.files).push(File {

@@ -315,6 +315,13 @@ fn exec(
         }
     };
     let (program, args) = command.split_first().context("no program given")?;
+    let path = type1_exec::resolve_program(std::path::Path::new(program));
+    if let Some(true) = path.as_deref().and_then(type1_exec::statically_linked) {
+        eprintln!(
+            "type1 exec: {program} is statically linked: LD_PRELOAD has no effect on it and \
+             /dev/vfio is not emulated for it (docs/raw-syscalls.md)"
+        );
+    }
     let status = run(
         &ExecOptions {
             library,

@@ -324,3 +324,44 @@ fn unmodified_qemu_boots_a_linux_guest_with_the_device() {
         "every unpin flush reached its pages"
     );
 }
+
+/// Issue 9 item 7: a statically linked program never loads the library; `type1 exec` says so
+/// before it runs, rather than letting the program fail on a missing /dev/vfio unexplained.
+#[test]
+fn exec_says_when_a_program_is_statically_linked() {
+    let Some(_) = library() else { return };
+    let src = Path::new(env!("CARGO_TARGET_TMPDIR")).join("static-hello.c");
+    std::fs::write(
+        &src,
+        "#include <stdio.h>\nint main(void){puts(\"hi\");return 0;}\n",
+    )
+    .unwrap();
+    let out = Path::new(env!("CARGO_TARGET_TMPDIR")).join("static-hello");
+    match Command::new("gcc")
+        .arg("-static")
+        .arg("-o")
+        .arg(&out)
+        .arg(&src)
+        .status()
+    {
+        Ok(s) if s.success() => {}
+        Ok(_) => {
+            missing("a static C library", "apt-get install libc6-dev");
+            return;
+        }
+        Err(_) => {
+            missing("gcc", "apt-get install gcc");
+            return;
+        }
+    }
+    let r = exec(&[], &[out.to_str().unwrap()]);
+    let stderr = String::from_utf8_lossy(&r.stderr);
+    assert_eq!(r.status.code(), Some(0), "{stderr}");
+    assert!(
+        stderr.contains("is statically linked: LD_PRELOAD has no effect"),
+        "{stderr}"
+    );
+    let dynamic = compile("flow", "flow-dynamic").expect("gcc works");
+    let r = exec(&[], &[dynamic.to_str().unwrap()]);
+    assert!(!String::from_utf8_lossy(&r.stderr).contains("statically linked"));
+}

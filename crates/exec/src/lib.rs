@@ -49,6 +49,45 @@ pub struct ExecOptions {
     pub policy: Option<String>,
 }
 
+/// The file `program` names, as `execvp` would find it (`PATH` unless it contains a slash).
+pub fn resolve_program(program: &Path) -> Option<PathBuf> {
+    if program.components().count() > 1 || program.is_absolute() {
+        return program.is_file().then(|| program.to_path_buf());
+    }
+    let path = std::env::var_os("PATH")?;
+    std::env::split_paths(&path)
+        .map(|d| d.join(program))
+        .find(|p| p.is_file())
+}
+
+/// Whether the ELF executable at `path` is statically linked (no `PT_INTERP`: no dynamic
+/// loader, so `LD_PRELOAD` is never read and `/dev/vfio` is not emulated for it). `None` if
+/// it is not a 64-bit little-endian ELF file (a script, say) or cannot be read.
+pub fn statically_linked(path: &Path) -> Option<bool> {
+    use std::io::Read;
+    let mut f = std::fs::File::open(path).ok()?;
+    let mut h = [0u8; 64];
+    f.read_exact(&mut h).ok()?;
+    if &h[..4] != b"\x7fELF" || h[4] != 2 || h[5] != 1 {
+        return None;
+    }
+    let u16_at = |b: &[u8], o: usize| u16::from_le_bytes([b[o], b[o + 1]]);
+    let phoff = u64::from_le_bytes(h[32..40].try_into().ok()?);
+    let (phentsize, phnum) = (u16_at(&h, 54) as usize, u16_at(&h, 56) as usize);
+    if phentsize < 4 || phnum > 4096 {
+        return None;
+    }
+    let mut ph = vec![0u8; phentsize * phnum];
+    use std::io::Seek;
+    f.seek(std::io::SeekFrom::Start(phoff)).ok()?;
+    f.read_exact(&mut ph).ok()?;
+    const PT_INTERP: u32 = 3;
+    let interp = ph
+        .chunks(phentsize)
+        .any(|e| u32::from_le_bytes([e[0], e[1], e[2], e[3]]) == PT_INTERP);
+    Some(!interp)
+}
+
 /// A new private directory (mode 0700, a name nobody could have planted) under `base`, for
 /// a run's default trace: `mkdir` fails rather than follow anything already there.
 pub fn private_dir(base: &Path) -> std::io::Result<PathBuf> {
@@ -164,6 +203,14 @@ pub fn summarize(trace: &str) -> TraceSummary {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn static_programs_are_told_apart_from_dynamic_ones() {
+        let sh = resolve_program(Path::new("sh")).expect("sh on PATH");
+        assert_eq!(statically_linked(&sh), Some(false), "{}", sh.display());
+        assert_eq!(statically_linked(Path::new("/etc/passwd")), None);
+        assert!(resolve_program(Path::new("no-such-program-here")).is_none());
+    }
 
     #[test]
     fn summary_counts() {

@@ -296,3 +296,11 @@ pub fn socket_inode(fd: i32) -> Option<u64> {
     let r = unsafe { libc::syscall(libc::SYS_fstat, fd, &mut st as *mut libc::stat) };
     (r == 0 && st.st_mode & libc::S_IFMT == libc::S_IFSOCK).then_some(st.st_ino)
 }
+
+/// `shutdown(fd, SHUT_WR)`: the other end reads end-of-file at once, and still sees this
+/// end's hang-up only when it is closed.
+pub fn shutdown_write(fd: i32) -> Result<(), Errno> {
+    // SAFETY: shutdown has no memory-safety preconditions.
+    let r = unsafe { libc::syscall(libc::SYS_shutdown, fd, libc::SHUT_WR) };
+    check(r).map(|_| ())
+}
