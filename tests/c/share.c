@@ -29,6 +29,7 @@
 #include "device.h"
 #include <signal.h>
 #include <sys/socket.h>
+#include <sys/stat.h>
 #include <sys/wait.h>
 
 #define PG 4096
@@ -344,6 +345,11 @@ static int cpr_child(const char *cs, const char *ds) {
     alarm(30);
     int c = atoi(cs);
     dev = atoi(ds);
+    /* Before any ioctl names them, the inherited fds are the emulated files already. */
+    uint32_t id = 0;
+    CHECK(pread(dev, &id, 4, 0) == 4 && id == 0x010000ed, "pread of BAR0's ID before any ioctl after exec: 0x%x", id);
+    struct stat st;
+    CHECK(fstat(c, &st) == 0 && S_ISCHR(st.st_mode), "fstat of the inherited container before any ioctl");
     struct vfio_region_info r0;
     region(VFIO_PCI_BAR0_REGION_INDEX, &r0);
     bar0 = r0.offset;

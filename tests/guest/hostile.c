@@ -406,6 +406,40 @@ static void round_trip(const char *when) {
           rd32(REG_FAULT_REASON), rd64(REG_FAULT_IOVA));
     for (unsigned i = 0; i < PAGE; i++) got[i] = bar2[PAGE + i];
     CHECK(memcmp(got, want, PAGE) == 0, "%s: BAR2 does not hold the buffer", when);
+
+    /* Transfers running off the end of BAR2 into unmapped space (never RAM): the bytes before
+     * the faulting page arrive, FAULT_IOVA is where the unmapped page starts. */
+    uint64_t end = bar2_gpa + BAR2_SIZE;
+    CHECK(!in_ram(end, PAGE) && !window(end, 1), "%s: what follows BAR2 is mapped", when);
+    for (unsigned i = 0; i < 100; i++) bar2[BAR2_SIZE - 100 + i] = (uint8_t)(i + 1);
+    for (unsigned i = 0; i < 200; i += 4) wr32(BUFFER + i, 0xeeeeeeee);
+    __sync_synchronize();
+    st = dma(end - 100, 0, 200, 0);
+    CHECK(st == STATUS_FAULT && rd32(REG_FAULT_REASON) == FAULT_UNMAPPED &&
+              rd64(REG_FAULT_IOVA) == end,
+          "%s: read across the end of BAR2: STATUS 0x%x reason %u at 0x%" PRIx64, when, st,
+          rd32(REG_FAULT_REASON), rd64(REG_FAULT_IOVA));
+    buf_read(0, got, 200);
+    for (unsigned i = 0; i < 200; i++)
+        CHECK(got[i] == (i < 100 ? (uint8_t)(i + 1) : 0xee),
+              "%s: read across the end of BAR2: buffer byte %u is 0x%x", when, i, got[i]);
+    for (unsigned i = 0; i < 200; i += 4) wr32(BUFFER + i, 0x44332211u + i);
+    for (unsigned i = 0; i < 100; i++) bar2[BAR2_SIZE - 100 + i] = 0;
+    __sync_synchronize();
+    wr64(REG_DMA_SRC, 0);
+    wr64(REG_DMA_DST, end - 100);
+    wr64(REG_DMA_LEN, 200);
+    wr_raw(REG_CMD, 4, CMD_START | CMD_TO_MEMORY); /* past BAR2: not RAM, checked above */
+    st = rd32(REG_STATUS);
+    CHECK(st == STATUS_FAULT && rd32(REG_FAULT_REASON) == FAULT_UNMAPPED &&
+              rd64(REG_FAULT_IOVA) == end,
+          "%s: write across the end of BAR2: STATUS 0x%x reason %u at 0x%" PRIx64, when, st,
+          rd32(REG_FAULT_REASON), rd64(REG_FAULT_IOVA));
+    buf_read(0, got, 100);
+    for (unsigned i = 0; i < 100; i++)
+        CHECK(bar2[BAR2_SIZE - 100 + i] == got[i],
+              "%s: write across the end of BAR2: byte %u not written", when, i);
+    wr32(REG_STATUS, STATUS_FAULT);
     printf("hostile: %s: DMA round trip ok (own page and peer to peer)\n", when);
 }
 

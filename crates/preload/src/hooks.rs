@@ -1807,10 +1807,11 @@ extern "C" fn at_exit() {
     let _ = guarded(crate::files::remove_standins);
 }
 
-/// Runs when the library is loaded: the fork handlers (no lock is held across `fork`).
+/// Runs when the library is loaded: the fork handlers (no lock is held across `fork`) and
+/// the emulated files inherited across exec.
 #[used]
 #[link_section = ".init_array"]
-static INIT: extern "C" fn() = state::register_fork_handlers;
+static INIT: extern "C" fn() = state::at_load;
 
 /// Runs at process exit (also after `main` returns without closing anything, as QEMU does).
 #[used]

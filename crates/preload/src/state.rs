@@ -149,6 +149,7 @@ pub(crate) fn object_of_fd(fd: i32) -> Result<Option<Object>, Errno> {
 
 /// Records that `fd` (open now) stands for `obj`.
 pub(crate) fn track(fd: i32, obj: Object) {
+    note_emulated_files();
     table().get_or_insert_with(FdTable::default).insert(fd, obj);
 }
 
@@ -394,12 +395,51 @@ extern "C" fn fork_child() {
     }
 }
 
-/// Registers the fork handlers (`pthread_atfork`), once, when the library is loaded.
-pub(crate) extern "C" fn register_fork_handlers() {
+/// Set in the environment once a process of the run has had an emulated file, so that an
+/// image it execs (QEMU's live update keeps its VFIO fds) looks for inherited ones at load.
+const INHERIT: &str = "TYPE1_INHERIT";
+
+/// Notes in the environment that this process has emulated files (see [`INHERIT`]).
+pub(crate) fn note_emulated_files() {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| {
+        if std::env::var_os(INHERIT).is_none() {
+            // SAFETY: valid NUL-terminated strings. Set once per process, when its first
+            // emulated file opens; a program thread reading the environment at that moment
+            // is the one race left, as with any setenv.
+            unsafe { libc::setenv(c"TYPE1_INHERIT".as_ptr(), c"1".as_ptr(), 1) };
+        }
+    });
+}
+
+/// At load, in an image exec'd by a process that had emulated files: the sockets it
+/// inherited that are the broker's files are known from the start, so that `pread`, `mmap`
+/// and `read` on them work before any VFIO ioctl names them.
+fn adopt_inherited() {
+    if sys::secure_var(INHERIT).is_none() {
+        return;
+    }
+    let Ok(dir) = std::fs::read_dir("/proc/self/fd") else {
+        return;
+    };
+    let fds: Vec<i32> = dir
+        .filter_map(|e| e.ok()?.file_name().to_str()?.parse().ok())
+        .filter(|fd: &i32| !sys::internal(*fd))
+        .filter(|fd| type1_host::sock::socket_inode(*fd).is_some())
+        .collect();
+    for fd in fds {
+        let _ = object_of_unknown(fd);
+    }
+}
+
+/// Runs once when the library is loaded: the fork handlers (no lock is held across `fork`),
+/// and the emulated files inherited across exec.
+pub(crate) extern "C" fn at_load() {
     // SAFETY: three `extern "C" fn()` handlers that live as long as the library.
     unsafe {
         libc::pthread_atfork(Some(fork_prepare), Some(fork_parent), Some(fork_child));
     }
+    let _ = guarded(adopt_inherited);
 }
 
 /// Process exit: every emulated fd is closed, as the kernel does for an exiting process, and

@@ -1,0 +1,291 @@
+//! A hostile driver inside a Linux guest (issue 14, SECURITY.md "The guest"): an unmodified
+//! QEMU under `type1 exec` boots the guest of `scripts/guest.sh` with the emulated device
+//! assigned, and the guest's `/init` runs `tests/guest/hostile.c`, which drives the device
+//! through sysfs: a correct DMA round trip, then random register, DMA and config-space abuse,
+//! then a reset through sysfs after which the device must work again. QEMU must stay up and
+//! exit 0.
+//!
+//! The test initramfs is the cached one of `scripts/guest.sh` with a `newc` cpio archive
+//! appended (Linux unpacks concatenated archives in order, a later file replacing an earlier
+//! one): a new `/init` and the statically linked `/hostile`.
+//!
+//! Needs the preload library, gcc with a static libc, `qemu-system-x86_64` and the guest; a
+//! test without one of them says so and passes, except under `CI=true`, where it fails and
+//! names what to install. `TYPE1_HOSTILE_SEED=N` repeats a run (the guest prints its seed).
+
+use std::{
+    path::{Path, PathBuf},
+    process::{Command, Output},
+};
+
+fn type1_exe() -> PathBuf {
+    PathBuf::from(env!("CARGO_BIN_EXE_type1"))
+}
+
+fn tmp(name: &str) -> PathBuf {
+    Path::new(env!("CARGO_TARGET_TMPDIR")).join(name)
+}
+
+/// Passes (skips) a test that cannot run for want of `what`, saying so; under `CI=true` fails
+/// it instead, naming what to install.
+fn missing(what: &str, install: &str) {
+    assert!(
+        std::env::var("CI").as_deref() != Ok("true"),
+        "{what} is required under CI=true: {install}"
+    );
+    eprintln!("skipped: {what} not available ({install})");
+}
+
+/// The library `type1 exec` will use (found as it finds it).
+fn library() -> Option<PathBuf> {
+    let lib = type1_exec::find_library_near(&type1_exe());
+    if lib.is_none() {
+        missing(
+            "libtype1_preload.so",
+            "cargo test --workspace or cargo build builds it",
+        );
+    }
+    lib
+}
+
+/// `(flush reason, count)` lines of the summary on stderr.
+fn flush_count(stderr: &str, reason: &str) -> u64 {
+    stderr
+        .lines()
+        .filter_map(|l| l.trim().strip_prefix(&format!("flush/{reason}")))
+        .filter_map(|rest| rest.trim().parse::<u64>().ok())
+        .sum()
+}
+
+/// Runs `cmd` to completion or kills it after `secs` seconds: its output, or `None` on timeout.
+fn output_within(mut cmd: Command, secs: u64) -> Option<Output> {
+    let mut child = cmd
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("spawn");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(secs);
+    loop {
+        if child.try_wait().expect("wait").is_some() {
+            return Some(child.wait_with_output().expect("output"));
+        }
+        if std::time::Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            return None;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+}
+
+/// Compiles `tests/guest/hostile.c` statically (the guest has no libc) into the test's
+/// temporary directory.
+fn compile_hostile() -> Option<PathBuf> {
+    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/guest/hostile.c");
+    let out = tmp("guest-hostile");
+    // gcc answers the bare name when it has no such file.
+    match Command::new("gcc").arg("-print-file-name=libc.a").output() {
+        Err(_) => {
+            missing("gcc", "apt-get install gcc");
+            return None;
+        }
+        Ok(o) if !Path::new(String::from_utf8_lossy(&o.stdout).trim()).is_absolute() => {
+            missing(
+                "a static C library (libc.a) for gcc -static",
+                "apt-get install libc6-dev",
+            );
+            return None;
+        }
+        Ok(_) => {}
+    }
+    let o = Command::new("gcc")
+        .args(["-static", "-O2", "-Wall", "-Werror", "-o"])
+        .arg(&out)
+        .arg(&src)
+        .output()
+        .expect("gcc runs");
+    assert!(
+        o.status.success(),
+        "gcc -static failed on {}: {}",
+        src.display(),
+        String::from_utf8_lossy(&o.stderr)
+    );
+    Some(out)
+}
+
+/// Pads `out` with NULs to a multiple of 4 bytes.
+fn pad4(out: &mut Vec<u8>) {
+    out.resize(out.len().next_multiple_of(4), 0);
+}
+
+/// Appends one entry to a `newc` cpio archive (`out` starts the archive, so offsets in it
+/// are offsets in the archive): the "070701" header of 13 hexadecimal fields (inode, mode,
+/// uid, gid, nlink, mtime, file size, dev major and minor, rdev major and minor, name size
+/// with its NUL, check), the NUL-terminated name padded to 4 bytes, the data padded to 4.
+fn cpio_entry(out: &mut Vec<u8>, ino: u32, name: &str, mode: u32, data: &[u8]) {
+    let size = u32::try_from(data.len()).expect("a file under 4 GiB");
+    let namesize = u32::try_from(name.len() + 1).expect("a short name");
+    let fields = [ino, mode, 0, 0, 1, 0, size, 0, 0, 0, 0, namesize, 0];
+    out.extend_from_slice(b"070701");
+    for f in fields {
+        out.extend_from_slice(format!("{f:08X}").as_bytes());
+    }
+    out.extend_from_slice(name.as_bytes());
+    out.push(0);
+    pad4(out);
+    out.extend_from_slice(data);
+    pad4(out);
+}
+
+/// A `newc` cpio archive of regular files `(name, mode, data)`, with its trailer.
+fn cpio(files: &[(&str, u32, &[u8])]) -> Vec<u8> {
+    let mut out = Vec::new();
+    for (i, (name, mode, data)) in files.iter().enumerate() {
+        let ino = u32::try_from(i + 1).expect("few files");
+        cpio_entry(&mut out, ino, name, 0o100_000 | mode, data);
+    }
+    cpio_entry(&mut out, 0, "TRAILER!!!", 0, &[]);
+    out
+}
+
+/// The guest's `/init`: mounts what `hostile` reads, runs it and powers off.
+const INIT: &str = "#!/bin/sh
+mount -t proc proc /proc
+mount -t sysfs sys /sys
+/hostile
+echo \"hostile exited $?\"
+poweroff -f
+";
+
+/// The initramfs of `scripts/guest.sh`, padded to 4 bytes, with an archive of `/init` and
+/// `/hostile` appended: Linux unpacks one archive after the other, the new `/init` replacing
+/// the old.
+fn hostile_initrd(initrd: &Path, hostile: &Path) -> PathBuf {
+    let mut img = std::fs::read(initrd).expect("read the guest initramfs");
+    pad4(&mut img);
+    let prog = std::fs::read(hostile).expect("read hostile");
+    img.extend_from_slice(&cpio(&[
+        ("init", 0o755, INIT.as_bytes()),
+        ("hostile", 0o755, &prog),
+    ]));
+    let out = tmp("guest-hostile-initrd.img");
+    std::fs::write(&out, img).expect("write the initramfs");
+    out
+}
+
+#[test]
+fn cpio_entries_are_newc_and_aligned() {
+    let a = cpio(&[("init", 0o755, b"abcde")]);
+    assert_eq!(&a[..6], b"070701");
+    let field = |i: usize| {
+        u32::from_str_radix(std::str::from_utf8(&a[6 + 8 * i..14 + 8 * i]).unwrap(), 16).unwrap()
+    };
+    assert_eq!(field(1), 0o100_755, "mode");
+    assert_eq!(field(4), 1, "nlink");
+    assert_eq!(field(6), 5, "size");
+    assert_eq!(field(11), 5, "name size with its NUL");
+    // 110 header bytes + "init\0", padded to 116; 5 data bytes, padded to 124.
+    assert_eq!(&a[110..115], b"init\0");
+    assert_eq!(&a[116..121], b"abcde");
+    assert_eq!(&a[124..130], b"070701");
+    assert_eq!(&a[234..245], b"TRAILER!!!\0");
+    assert_eq!(a.len() % 4, 0);
+}
+
+/// The guest drives the non-coherent device as a hostile driver would, behind a PCIe root port
+/// (on the root bus Linux finds no way to reset a function without FLR or PM capability, and
+/// `reset` is absent from sysfs; behind a bridge it uses a secondary bus reset, which QEMU
+/// turns into `VFIO_DEVICE_RESET`).
+#[test]
+fn a_hostile_guest_driver_neither_crashes_qemu_nor_breaks_the_device() {
+    let Some(lib) = library() else { return };
+    if Command::new("qemu-system-x86_64")
+        .arg("--version")
+        .output()
+        .is_err()
+    {
+        missing("qemu-system-x86_64", "apt-get install qemu-system-x86");
+        return;
+    }
+    let Some(hostile) = compile_hostile() else {
+        return;
+    };
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../scripts/guest.sh");
+    let guest = Command::new("bash").arg(&script).output();
+    let paths = match guest {
+        Ok(o) if o.status.success() => String::from_utf8_lossy(&o.stdout).trim().to_string(),
+        other => {
+            missing(
+                "a guest kernel from Debian packages",
+                &format!("scripts/guest.sh failed: {other:?}"),
+            );
+            return;
+        }
+    };
+    let (kernel, initrd) = paths.split_once(' ').expect("two paths");
+    let initrd = hostile_initrd(Path::new(initrd), &hostile);
+    let trace = tmp("guest-hostile.jsonl");
+    let mut append = String::from("console=ttyS0 panic=-1 quiet");
+    if let Ok(seed) = std::env::var("TYPE1_HOSTILE_SEED") {
+        append.push_str(&format!(" hostile_seed={seed}"));
+    }
+    let mut cmd = Command::new(type1_exe());
+    cmd.args(["exec", "--library", lib.to_str().unwrap()])
+        .args(["--trace", trace.to_str().unwrap(), "--"])
+        .args(["qemu-system-x86_64", "-machine", "q35", "-accel", "tcg"])
+        .args([
+            "-m",
+            "256",
+            "-nodefaults",
+            "-display",
+            "none",
+            "-serial",
+            "stdio",
+        ])
+        .args(["-no-reboot", "-kernel", kernel, "-initrd"])
+        .arg(&initrd)
+        .args(["-append", &append])
+        .args(["-device", "pcie-root-port,id=rp0,chassis=1"])
+        .args(["-device", "vfio-pci,host=0000:00:05.0,bus=rp0"]);
+    let started = std::time::Instant::now();
+    let out = output_within(cmd, 300).expect("the guest runs hostile and powers off within 300 s");
+    let (stdout, stderr) = (
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr),
+    );
+    eprintln!(
+        "guest run: {:.1} s\n{stdout}",
+        started.elapsed().as_secs_f64()
+    );
+    assert!(!stderr.contains("panicked"), "{stderr}");
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "QEMU stays up\n{stdout}\n{stderr}"
+    );
+    assert!(!stdout.contains("hostile FAIL"), "{stdout}\n{stderr}");
+    assert!(stdout.contains("hostile ok"), "{stdout}\n{stderr}");
+    assert_eq!(
+        flush_count(&stderr, "map"),
+        flush_count(&stderr, "unpin"),
+        "{stderr}"
+    );
+    let text = std::fs::read_to_string(&trace).expect("trace written");
+    let faults = text
+        .lines()
+        .filter(|l| l.contains(r#""ev":"fault""#) && l.contains(r#""source":"dma""#))
+        .count();
+    assert!(faults > 0, "the hostile transfers faulted\n{stderr}");
+    // The guest's reset reached the device: a VFIO_DEVICE_RESET after its first transfer.
+    let first_dma = text
+        .lines()
+        .position(|l| l.contains(r#""ev":"dma""#))
+        .expect("the guest's transfers are traced");
+    assert!(
+        text.lines()
+            .skip(first_dma)
+            .any(|l| l.contains(r#""ev":"op""#) && l.contains(r#""op":"DEVICE_RESET""#)),
+        "the guest's reset reached the device\n{stderr}"
+    );
+}
