@@ -201,6 +201,8 @@ pub struct Hub {
     frames: Mutex<Frames>,
     next_client: Mutex<u32>,
     bounce: Mutex<Option<i32>>,
+    /// Clients sent trace lines on their service connection since the last drain.
+    traced: Mutex<std::collections::BTreeSet<u32>>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -216,6 +218,7 @@ impl Hub {
             frames: Mutex::new(Frames::default()),
             next_client: Mutex::new(0),
             bounce: Mutex::new(None),
+            traced: Mutex::new(std::collections::BTreeSet::new()),
         }
     }
 
@@ -376,6 +379,27 @@ impl Hub {
         let _ = self.simple(client, cb);
     }
 
+    /// Waits until every service thread that was sent trace lines (of a release the reaper
+    /// ran) has written them: a `close` or `wait` that returns has its trace complete.
+    pub fn drain_service(&self) {
+        let pending = std::mem::take(&mut *lock(&self.traced));
+        for client in pending {
+            let Some(c) = self.client(client) else {
+                continue;
+            };
+            let g = lock(&c.fd);
+            if let Some(fd) = *g {
+                if wire::send(fd, &Msg::Cb(Callback::Ping), &[], &[]).is_ok() {
+                    if let Ok(r) = wire::recv(fd) {
+                        for f in r.fds {
+                            sys::close(f);
+                        }
+                    }
+                }
+            }
+        }
+    }
+
     fn trace_line(&self, target: (u32, Option<i32>), json: String) {
         let msg = Msg::Trace(json);
         if let Some(fd) = target.1 {
@@ -386,6 +410,7 @@ impl Hub {
         if let Some(c) = c {
             if let Some(fd) = *lock(&c.fd) {
                 let _ = wire::send(fd, &msg, &[], &[]);
+                lock(&self.traced).insert(target.0);
             }
         }
     }

@@ -370,8 +370,10 @@ impl Server {
         let err = |e: Errno| (Msg::Err(e.0), Vec::new(), Vec::new());
         match req {
             Request::Sync => {
-                // A release the reaper started holds the state until it is over.
+                // A release the reaper started holds the state until it is over; its trace
+                // lines went to the service connection, written by the time this returns.
                 drop(self.state_when(|s| s.busy.is_empty()));
+                self.hub.drain_service();
                 (Msg::Value(0), Vec::new(), Vec::new())
             }
             Request::Open(group) => {

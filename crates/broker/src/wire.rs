@@ -145,6 +145,9 @@ pub enum Callback {
         /// Bytes.
         len: u64,
     },
+    /// Nothing: answered once everything sent before it on the same connection is done
+    /// (trace lines written).
+    Ping,
     /// Device DMA at bus address `pa` (within a page): to memory (the payload), or from it
     /// (`len` bytes, answered by [`Msg::Data`]); [`Msg::DmaFault`] if unreachable.
     Dma {

@@ -448,6 +448,7 @@ fn answer(cb: Callback, payload: Vec<u8>, fds: Vec<i32>) -> (Msg, Vec<u8>, Vec<i
             }
             plain(Msg::Value(0))
         }
+        Callback::Ping => plain(Msg::Value(0)),
         Callback::Dma { pa, len, to_memory } => {
             let Some(h) = state::existing_host() else {
                 return plain(Msg::DmaFault(3));
