@@ -62,11 +62,23 @@ static inline void region(uint32_t index, struct vfio_region_info *r) {
 }
 
 
-/* The non-coherent group's device (0000:00:05.0) as `dev`, with `bar0` set. */
+/* COMMAND.BME (bus master enable) of `dev` on or off, through the config region. */
+static inline void set_bus_master(int on) {
+    struct vfio_region_info cfg;
+    region(VFIO_PCI_CONFIG_REGION_INDEX, &cfg);
+    uint16_t cmd = 0;
+    CHECK(pread(dev, &cmd, 2, cfg.offset + 4) == 2, "read COMMAND");
+    cmd = on ? (cmd | 4) : (cmd & ~4);
+    CHECK(pwrite(dev, &cmd, 2, cfg.offset + 4) == 2, "write COMMAND");
+}
+
+/* The non-coherent group's device (0000:00:05.0) as `dev`, with `bar0` set and bus mastering
+ * on. */
 static inline void open_device(int group) {
     dev = ioctl(group, VFIO_GROUP_GET_DEVICE_FD, "0000:00:05.0");
     CHECK(dev >= 0, "GET_DEVICE_FD");
     struct vfio_region_info r0;
     region(VFIO_PCI_BAR0_REGION_INDEX, &r0);
     bar0 = r0.offset;
+    set_bus_master(1); /* as a driver does before the device may DMA */
 }

@@ -79,6 +79,12 @@ int main(void) {
     CHECK(dma_unmap(c, 0x40000000, plen, &un) == 0 && un == plen, "UNMAP BAR2");
     CHECK(munmap(bar2, plen) == 0, "munmap BAR2");
 
+    /* Bus mastering off: the device moves nothing and says why (FAULT_REASON 5). */
+    set_bus_master(0);
+    CHECK(dma(0x100000, 0, 64, 0) == STATUS_FAULT && rd32(REG_FAULT_REASON) == 5, "no DMA without BME");
+    set_bus_master(1);
+    CHECK(dma(0x100000, 0, 64, 0) == STATUS_DONE, "DMA again with BME");
+
     /* After UNMAP the device faults, and RESET clears everything. */
     CHECK(dma_unmap(c, 0x100000, len, &un) == 0 && un == len, "UNMAP");
     CHECK(dma(0, 0x100000, 64, CMD_TO_MEMORY) == STATUS_FAULT, "fault after unmap");

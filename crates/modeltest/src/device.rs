@@ -152,6 +152,10 @@ pub fn run_device_bytes(data: &[u8]) -> Result<usize, String> {
     let Some(Object::Device(dev)) = c.fd_object(dfd as i32) else {
         return Err("GET_DEVICE_FD made no device".into());
     };
+    // Bus mastering on, as a driver sets it (records may turn it off again).
+    let cmd_at = region_offset(7) + 4;
+    v.device_rw(dev, cmd_at, &mut [4, 0], true)
+        .map_err(|e| format!("COMMAND: {e}"))?;
     let mut ok = 0;
     for rec in data.chunks(RECORD).take(256) {
         if rec.len() < RECORD {

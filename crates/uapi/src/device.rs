@@ -83,6 +83,13 @@ pub const FAULT_PERMISSION: u32 = 2;
 pub const FAULT_NO_DOMAIN: u32 = 3;
 /// `FAULT_REASON`: the buffer side of the request is out of the buffer's bounds.
 pub const FAULT_BAD_REQUEST: u32 = 4;
+/// `FAULT_REASON`: bus mastering is off (`COMMAND.BME` clear in config space): the device may
+/// not issue memory requests, as on hardware; nothing is transferred.
+pub const FAULT_NO_BUS_MASTER: u32 = 5;
+/// Config space `COMMAND` register offset.
+pub const PCI_COMMAND: usize = 0x04;
+/// `COMMAND.BME`: bus master enable.
+pub const PCI_COMMAND_MASTER: u16 = 1 << 2;
 
 /// A DMA transfer the device asks its owner to perform.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -157,8 +164,11 @@ impl PciDevice {
         d
     }
 
-    /// `VFIO_DEVICE_RESET`: registers and buffer back to their reset values.
+    /// `VFIO_DEVICE_RESET`: registers and buffer back to their reset values, and `COMMAND`
+    /// cleared (a function reset turns bus mastering off).
     pub fn reset(&mut self) {
+        self.config[PCI_COMMAND] = 0;
+        self.config[PCI_COMMAND + 1] = 0;
         self.regs.iter_mut().for_each(|b| *b = 0);
         self.buffer.iter_mut().for_each(|b| *b = 0);
         put(&mut self.regs, REG_ID, &DEVICE_ID_VALUE.to_le_bytes());
@@ -200,6 +210,13 @@ impl PciDevice {
             b::VFIO_PCI_REQ_IRQ_INDEX => Ok((ev | b::VFIO_IRQ_INFO_NORESIZE, 1)),
             _ => Err(Errno::EINVAL),
         }
+    }
+
+    /// Whether bus mastering is on (`COMMAND.BME`): the device may reach memory.
+    pub fn bus_master(&self) -> bool {
+        u16::from_le_bytes([self.config[PCI_COMMAND], self.config[PCI_COMMAND + 1]])
+            & PCI_COMMAND_MASTER
+            != 0
     }
 
     /// A register, as the device sees it.

@@ -384,6 +384,7 @@ impl<P: Platform> Vfio<P> {
                     crate::device::FAULT_PERMISSION if req.to_memory => "iova not writable",
                     crate::device::FAULT_PERMISSION => "iova not readable",
                     FAULT_NO_DOMAIN => "group in no iommu domain",
+                    crate::device::FAULT_NO_BUS_MASTER => "bus mastering off",
                     _ => "bad request",
                 };
                 self.platform.trace(Event::Fault {
@@ -402,6 +403,12 @@ impl<P: Platform> Vfio<P> {
 
     fn transfer(&mut self, dev: u32, group: u32, req: &DmaRequest) -> Result<bool, DmaFault> {
         let range = PciDevice::buffer_range(req)?;
+        if !self.devices.get(&dev).is_some_and(|d| d.dev.bus_master()) {
+            return Err(DmaFault {
+                iova: req.iova,
+                reason: crate::device::FAULT_NO_BUS_MASTER,
+            });
+        }
         let no_domain = DmaFault {
             iova: req.iova,
             reason: FAULT_NO_DOMAIN,
