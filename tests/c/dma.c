@@ -18,6 +18,7 @@ int main(void) {
     CHECK(r2.flags & VFIO_REGION_INFO_FLAG_MMAP, "BAR2 is mmap-able");
     CHECK(r2.size && (r2.size & (r2.size - 1)) == 0, "BAR2 size %llu", (unsigned long long)r2.size);
     bar0 = r0.offset;
+    set_bus_master(1); /* a driver's first step before DMA */
     errno = 0;
     CHECK(mmap(NULL, 4096, PROT_READ | PROT_WRITE, MAP_SHARED, dev, r0.offset) == MAP_FAILED &&
           errno == EINVAL, "mmap of BAR0 refused");

@@ -210,9 +210,13 @@ fn dma_device_moves_data_faults_and_reaches_peer_memory() {
         .filter(|v| v["ev"] == "fault" && v["source"] == "dma")
         .filter_map(|v| v["detail"].as_str())
         .collect();
-    assert_eq!(faults.len(), 3, "{trace}");
+    assert_eq!(faults.len(), 4, "{trace}");
     assert!(faults[0].contains("unmapped") && faults[0].contains("0x102000"));
     assert!(faults[1].contains("not writable"));
+    assert!(
+        faults.iter().any(|f| f.contains("bus mastering off")),
+        "{trace}"
+    );
     // Peer-to-peer: the BAR2 mapping's pages are UC device memory: mapped, never flushed.
     let p2p_flushes: Vec<&serde_json::Value> = evs
         .iter()
