@@ -84,6 +84,11 @@ fn client(sysfs: &Path) {
     // The device DMAs its buffer into the mapping, driven through vfio-ioctls' own region
     // accessors (pread/pwrite at BAR0's offset; docs/device.md).
     use type1_uapi::device::*;
+    // Bus mastering on first, as a driver does (COMMAND.BME in config space).
+    let mut command = [0u8; 2];
+    device.region_read(7, &mut command, PCI_COMMAND as u64);
+    command[0] |= PCI_COMMAND_MASTER as u8;
+    device.region_write(7, &command, PCI_COMMAND as u64);
     let pattern: Vec<u8> = (0..256u32).map(|i| (i * 5 + 1) as u8).collect();
     device.region_write(0, &pattern, BUFFER_OFFSET);
     device.region_write(0, &0u64.to_le_bytes(), REG_DMA_SRC);
