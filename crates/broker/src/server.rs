@@ -182,6 +182,20 @@ impl Caller for RemoteCaller<'_> {
         }
     }
 
+    fn event_fd(&mut self, fd: i32) -> Result<std::fs::File, Errno> {
+        let r = self
+            .server
+            .hub
+            .call(self.client, Callback::SendFd(fd), &[], &[])?;
+        let got = r.fds.first().copied();
+        for f in r.fds.iter().skip(1) {
+            sys::close(*f);
+        }
+        r.msg.ok()?;
+        let f = got.ok_or(Errno::EBADF)?;
+        Ok(sys::own(f))
+    }
+
     fn new_fd(&mut self, obj: Object) -> Result<i32, Errno> {
         let end = self.server.new_file(obj, self.client)?;
         let r = self

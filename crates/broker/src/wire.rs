@@ -145,6 +145,9 @@ pub enum Callback {
         /// Bytes.
         len: u64,
     },
+    /// Send the file behind the process's fd (an eventfd for SET_IRQS): [`Msg::Value`] with
+    /// it attached, or EBADF.
+    SendFd(i32),
     /// Nothing: answered once everything sent before it on the same connection is done
     /// (trace lines written).
     Ping,

@@ -141,7 +141,10 @@ impl Narrator {
                 ),
                 Event::Violation { kind, detail } => format!("!!! VIOLATION {kind}: {detail}"),
                 Event::Fault { source, detail } => format!("fault {source}: {detail}"),
-                Event::Op { .. } | Event::Ret { .. } | Event::CpuFlush { .. } => continue,
+                Event::Op { .. }
+                | Event::Ret { .. }
+                | Event::CpuFlush { .. }
+                | Event::Irq { .. } => continue,
             };
             println!("      {line}");
         }

@@ -113,6 +113,16 @@ pub enum Event {
         /// Whether the request snooped the CPU caches (after the domain's enforcement).
         snoop: bool,
     },
+    /// A device signalled an interrupt through the eventfd its owner registered
+    /// (`VFIO_DEVICE_SET_IRQS`).
+    Irq {
+        /// Device name.
+        device: String,
+        /// `intx` or `msi`.
+        kind: &'static str,
+        /// Vector (0 for INTx).
+        vector: u32,
+    },
     /// A DMA fault, or an injected platform failure.
     Fault {
         /// What faulted (`dma`, or an injected fault point such as `pin`).

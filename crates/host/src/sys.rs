@@ -758,3 +758,11 @@ pub fn monotonic_ns() -> u64 {
     unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
     ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
 }
+
+/// Takes ownership of `fd` (just received, referred to by nothing else) as a `File`, closed
+/// when dropped.
+pub fn own(fd: i32) -> std::fs::File {
+    use std::os::fd::FromRawFd;
+    // SAFETY: the caller hands over an open descriptor that nothing else owns or closes.
+    unsafe { std::fs::File::from_raw_fd(fd) }
+}

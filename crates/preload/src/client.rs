@@ -449,6 +449,11 @@ fn answer(cb: Callback, payload: Vec<u8>, fds: Vec<i32>) -> (Msg, Vec<u8>, Vec<i
             plain(Msg::Value(0))
         }
         Callback::Ping => plain(Msg::Value(0)),
+        Callback::SendFd(fd) => match state::object_of_fd(fd) {
+            // An fd that is open (and not one of the emulation's own): sent as it is.
+            Ok(_) if !sys::internal(fd) => (Msg::Value(0), Vec::new(), vec![fd]),
+            _ => plain(Msg::Err(libc::EBADF)),
+        },
         Callback::Dma { pa, len, to_memory } => {
             let Some(h) = state::existing_host() else {
                 return plain(Msg::DmaFault(3));

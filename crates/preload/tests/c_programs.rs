@@ -573,3 +573,16 @@ fn a_broker_of_another_user_is_refused() {
         "{err}"
     );
 }
+
+/// Issue 11 item 3: `tests/c/irq.c` registers eventfds with SET_IRQS and sees INTx fire,
+/// automask, fire again on unmask while asserted, and MSI fire once per transfer; a transfer a
+/// forked child starts signals the parent's eventfd (the broker holds it, as the kernel does).
+#[test]
+fn interrupts_reach_the_registered_eventfds() {
+    let Some(exe) = compile("irq") else { return };
+    let (ok, out, trace) = run_preloaded(&exe, "irq.jsonl");
+    assert!(ok, "{out}\n{trace}");
+    assert!(out.contains("irq ok"), "{out}");
+    let irqs = lines_with(&trace, |v| v["ev"] == "irq");
+    assert!(irqs.len() >= 5, "{trace}");
+}

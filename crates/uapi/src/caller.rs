@@ -23,6 +23,13 @@ pub trait Caller {
     fn object_of_fd(&self, fd: i32) -> Result<Option<Object>, Errno>;
     /// Installs a new fd (close-on-exec, as the kernel's `O_CLOEXEC`) for `obj` and returns it.
     fn new_fd(&mut self, obj: Object) -> Result<i32, Errno>;
+    /// The file behind the caller's `fd` (an eventfd for `SET_IRQS`), held from now on as
+    /// the kernel's `eventfd_ctx_fdget` holds it; EBADF if `fd` is not open. Callers that
+    /// cannot hand files over answer EINVAL.
+    fn event_fd(&mut self, fd: i32) -> Result<std::fs::File, Errno> {
+        let _ = fd;
+        Err(Errno::EINVAL)
+    }
 }
 
 /// Little-endian field readers over a copied-in struct.
@@ -91,9 +98,18 @@ pub struct FakeCaller {
     regions: BTreeMap<u64, (Vec<u8>, bool)>,
     fds: BTreeMap<i32, Option<Object>>,
     next_fd: i32,
+    files: BTreeMap<i32, std::fs::File>,
 }
 
 impl FakeCaller {
+    /// Opens a new fd for `file` (what `event_fd` hands over; a pipe's writing end
+    /// stands for an eventfd in tests). Returns the fd number.
+    pub fn add_file(&mut self, file: std::fs::File) -> i32 {
+        let fd = self.add_fd(None);
+        self.files.insert(fd, file);
+        fd
+    }
+
     /// An empty process (fds 0 to 2 open, not emulated).
     pub fn new() -> FakeCaller {
         let mut c = FakeCaller {
@@ -181,5 +197,10 @@ impl Caller for FakeCaller {
 
     fn new_fd(&mut self, obj: Object) -> Result<i32, Errno> {
         Ok(self.add_fd(Some(obj)))
+    }
+
+    fn event_fd(&mut self, fd: i32) -> Result<std::fs::File, Errno> {
+        let f = self.files.get(&fd).ok_or(Errno::EBADF)?;
+        f.try_clone().map_err(|_| Errno::EBADF)
     }
 }

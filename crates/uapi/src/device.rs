@@ -68,6 +68,9 @@ pub const CMD_START: u32 = 1 << 0;
 pub const CMD_TO_MEMORY: u32 = 1 << 1;
 /// `DMA_CMD`: request no-snoop (bypass CPU caches unless the domain enforces coherency).
 pub const CMD_NO_SNOOP: u32 = 1 << 2;
+/// `DMA_CMD`: raise an interrupt when the transfer ends (MSI if the owner enabled it, else
+/// INTx, which stays asserted until `STATUS` is cleared).
+pub const CMD_IRQ: u32 = 1 << 3;
 /// `STATUS`: a transfer is running (never seen: transfers complete within the write).
 pub const STATUS_BUSY: u32 = 1 << 0;
 /// `STATUS`: the last transfer completed.
@@ -90,6 +93,16 @@ pub const FAULT_NO_BUS_MASTER: u32 = 5;
 pub const PCI_COMMAND: usize = 0x04;
 /// `COMMAND.BME`: bus master enable.
 pub const PCI_COMMAND_MASTER: u16 = 1 << 2;
+/// `COMMAND.INTX_DISABLE`: the function may not assert INTx.
+pub const PCI_COMMAND_INTX_DISABLE: u16 = 1 << 10;
+/// Config space `STATUS` register offset.
+pub const PCI_STATUS: usize = 0x06;
+/// `STATUS.INTERRUPT`: INTx is asserted (whatever `INTX_DISABLE` says).
+pub const PCI_STATUS_INTERRUPT: u16 = 1 << 3;
+/// `STATUS.CAP_LIST`: a capability list starts at `CAPABILITY_LIST`.
+pub const PCI_STATUS_CAP_LIST: u16 = 1 << 4;
+/// Offset of the MSI capability (the only one): one vector, 64-bit addresses.
+pub const MSI_CAP: usize = 0x50;
 
 /// A DMA transfer the device asks its owner to perform.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -121,6 +134,8 @@ pub struct PciDevice {
     config: [u8; CONFIG_SIZE as usize],
     regs: Vec<u8>,
     buffer: Vec<u8>,
+    /// The interrupt the last transfer requested is pending (until `STATUS` is cleared).
+    irq_line: bool,
 }
 
 impl Default for PciDevice {
@@ -155,10 +170,16 @@ impl PciDevice {
         config[0x0b] = 0xff; // class
         config[0x18] = 0x0c; // BAR2: memory, 64-bit, prefetchable
         config[0x3d] = 1; // interrupt pin INTA
+        config[PCI_STATUS..PCI_STATUS + 2].copy_from_slice(&PCI_STATUS_CAP_LIST.to_le_bytes());
+        config[0x34] = MSI_CAP as u8; // capability list
+        config[MSI_CAP] = 0x05; // MSI
+        config[MSI_CAP + 1] = 0; // last capability
+        config[MSI_CAP + 2] = 0x80; // message control: 64-bit, one vector, disabled
         let mut d = PciDevice {
             config,
             regs: vec![0; BUFFER_OFFSET as usize],
             buffer: vec![0; BUFFER_SIZE as usize],
+            irq_line: false,
         };
         d.reset();
         d
@@ -169,6 +190,8 @@ impl PciDevice {
     pub fn reset(&mut self) {
         self.config[PCI_COMMAND] = 0;
         self.config[PCI_COMMAND + 1] = 0;
+        self.config[MSI_CAP + 2] &= !1;
+        self.irq_line = false;
         self.regs.iter_mut().for_each(|b| *b = 0);
         self.buffer.iter_mut().for_each(|b| *b = 0);
         put(&mut self.regs, REG_ID, &DEVICE_ID_VALUE.to_le_bytes());
@@ -205,18 +228,31 @@ impl PciDevice {
                 ev | b::VFIO_IRQ_INFO_MASKABLE | b::VFIO_IRQ_INFO_AUTOMASKED,
                 1,
             )),
-            b::VFIO_PCI_MSI_IRQ_INDEX => Ok((ev | b::VFIO_IRQ_INFO_NORESIZE, 0)),
+            b::VFIO_PCI_MSI_IRQ_INDEX => Ok((ev | b::VFIO_IRQ_INFO_NORESIZE, 1)),
             b::VFIO_PCI_MSIX_IRQ_INDEX => Ok((ev | b::VFIO_IRQ_INFO_NORESIZE, 0)),
             b::VFIO_PCI_REQ_IRQ_INDEX => Ok((ev | b::VFIO_IRQ_INFO_NORESIZE, 1)),
             _ => Err(Errno::EINVAL),
         }
     }
 
+    fn command(&self) -> u16 {
+        u16::from_le_bytes([self.config[PCI_COMMAND], self.config[PCI_COMMAND + 1]])
+    }
+
     /// Whether bus mastering is on (`COMMAND.BME`): the device may reach memory.
     pub fn bus_master(&self) -> bool {
-        u16::from_le_bytes([self.config[PCI_COMMAND], self.config[PCI_COMMAND + 1]])
-            & PCI_COMMAND_MASTER
-            != 0
+        self.command() & PCI_COMMAND_MASTER != 0
+    }
+
+    /// Whether the device asks for an interrupt: a transfer that requested one ended and its
+    /// `STATUS` has not been cleared yet (a level, as INTx is).
+    pub fn irq_asserted(&self) -> bool {
+        self.irq_line
+    }
+
+    /// Whether INTx may be signalled (`COMMAND.INTX_DISABLE` clear).
+    pub fn intx_enabled(&self) -> bool {
+        self.command() & PCI_COMMAND_INTX_DISABLE == 0
     }
 
     /// A register, as the device sees it.
@@ -269,18 +305,31 @@ impl PciDevice {
         if write {
             for (i, byte) in buf[..n].iter().enumerate() {
                 let at = off + i;
-                // Identity, BARs, ROM and header type are read-only, as QEMU expects.
+                // Identity, status, BARs, ROM, header type, the capability pointer and the
+                // MSI capability's header are read-only, as QEMU expects; of MSI's message
+                // control only the enable bit is writable.
                 if at < 0x04
-                    || (0x08..0x0c).contains(&at)
-                    || (0x0e..0x34).contains(&at)
+                    || (0x06..0x0c).contains(&at)
+                    || (0x0e..0x35).contains(&at)
                     || at == 0x3d
+                    || at == MSI_CAP
+                    || at == MSI_CAP + 1
+                    || at == MSI_CAP + 3
                 {
+                    continue;
+                }
+                if at == MSI_CAP + 2 {
+                    self.config[at] = (self.config[at] & !1) | (*byte & 1);
                     continue;
                 }
                 self.config[at] = *byte;
             }
         } else {
-            buf[..n].copy_from_slice(&self.config[off..off + n]);
+            let mut view = self.config;
+            if self.irq_line {
+                view[PCI_STATUS] |= PCI_STATUS_INTERRUPT as u8;
+            }
+            buf[..n].copy_from_slice(&view[off..off + n]);
         }
         n
     }
@@ -316,8 +365,14 @@ impl PciDevice {
                         start = true;
                     }
                 }
-                // STATUS: write 1 to clear DONE and FAULT.
-                0x24 => *slot &= !(*byte & (STATUS_DONE | STATUS_FAULT) as u8),
+                // STATUS: write 1 to clear DONE and FAULT; clearing both deasserts the
+                // interrupt the transfer raised.
+                0x24 => {
+                    *slot &= !(*byte & (STATUS_DONE | STATUS_FAULT) as u8);
+                    if *slot & (STATUS_DONE | STATUS_FAULT) as u8 == 0 {
+                        self.irq_line = false;
+                    }
+                }
                 // ID, the rest of STATUS, the fault registers, DMA_COUNT, reserved space.
                 _ => {}
             }
@@ -355,6 +410,9 @@ impl PciDevice {
     /// Ends the transfer started by the last [`DmaRequest`]: `START` clears, `STATUS` shows
     /// `DONE` or `FAULT` (with `FAULT_IOVA` and `FAULT_REASON`).
     pub fn complete(&mut self, result: Result<(), DmaFault>) {
+        if self.reg32(REG_CMD) & CMD_IRQ != 0 {
+            self.irq_line = true;
+        }
         let cmd = self.reg32(REG_CMD) & !CMD_START;
         put(&mut self.regs, REG_CMD, &cmd.to_le_bytes());
         let status = match result {

@@ -566,8 +566,11 @@ fn device_get_irq_info<P: Platform>(v: &mut Vfio<P>, c: Call<'_>) -> Result<i64,
     Ok(0)
 }
 
-/// SET_IRQS: `vfio_set_irqs_validate_and_prepare`'s checks; accepted requests have no effect
-/// (the device never raises an interrupt).
+/// SET_IRQS: `vfio_set_irqs_validate_and_prepare`'s checks, then vfio-pci's actions: INTx
+/// trigger (an eventfd, or -1 to drop it), mask and unmask (an unmask of a still-asserted
+/// INTx fires it again); MSI's one vector (an eventfd or -1; mask and unmask are ENOTTY, as
+/// vfio-pci has none); the request eventfd (kept, never signalled). `DATA_NONE` with count 0
+/// tears a trigger down; `DATA_NONE` or a true `DATA_BOOL` with count 1 fires it (loopback).
 fn device_set_irqs<P: Platform>(v: &mut Vfio<P>, c: Call<'_>) -> Result<i64, Errno> {
     let d = v.devices.get(&c.id).ok_or(Errno::EBADF)?;
     let argsz = u32_at(&c.hdr, 0) as u64;
@@ -582,28 +585,89 @@ fn device_set_irqs<P: Platform>(v: &mut Vfio<P>, c: Call<'_>) -> Result<i64, Err
         return Err(Errno::EINVAL);
     }
     let max = d.dev.irq_info(index).map(|(_, n)| n).unwrap_or(0);
-    let size: u64 = match flags & b::VFIO_IRQ_SET_DATA_TYPE_MASK {
+    let data_type = flags & b::VFIO_IRQ_SET_DATA_TYPE_MASK;
+    let size: u64 = match data_type {
         b::VFIO_IRQ_SET_DATA_NONE => 0,
         b::VFIO_IRQ_SET_DATA_BOOL => 1,
         b::VFIO_IRQ_SET_DATA_EVENTFD => 4,
         _ => return Err(Errno::EINVAL),
     };
+    let mut data = Vec::new();
     if size > 0 {
         if argsz - 20 < size * count as u64 {
             return Err(Errno::EINVAL);
         }
-        // The data must be readable.
-        read_vec(c.caller, c.arg + 20, (size * count as u64) as usize)?;
+        data = read_vec(c.caller, c.arg + 20, (size * count as u64) as usize)?;
     }
     if count > 0 && (start >= max || start + count > max) {
         return Err(Errno::EINVAL);
     }
-    match flags & b::VFIO_IRQ_SET_ACTION_TYPE_MASK {
+    let action = flags & b::VFIO_IRQ_SET_ACTION_TYPE_MASK;
+    if !matches!(
+        action,
         b::VFIO_IRQ_SET_ACTION_MASK
-        | b::VFIO_IRQ_SET_ACTION_UNMASK
-        | b::VFIO_IRQ_SET_ACTION_TRIGGER => Ok(0),
-        _ => Err(Errno::EINVAL),
+            | b::VFIO_IRQ_SET_ACTION_UNMASK
+            | b::VFIO_IRQ_SET_ACTION_TRIGGER
+    ) {
+        return Err(Errno::EINVAL);
     }
+    // What the one datum says: an eventfd number, or "act" (DATA_NONE, or a true bool).
+    let fd =
+        (data_type == b::VFIO_IRQ_SET_DATA_EVENTFD && count == 1).then(|| u32_at(&data, 0) as i32);
+    let act = count == 1
+        && (data_type == b::VFIO_IRQ_SET_DATA_NONE
+            || (data_type == b::VFIO_IRQ_SET_DATA_BOOL && data.first() == Some(&1)));
+    let file = match fd {
+        Some(n) if n >= 0 => Some(c.caller.event_fd(n)?),
+        _ => None,
+    };
+    let dev = c.id;
+    let d = v.devices.get_mut(&dev).ok_or(Errno::EBADF)?;
+    let teardown = count == 0 && data_type == b::VFIO_IRQ_SET_DATA_NONE;
+    match (index, action) {
+        (b::VFIO_PCI_INTX_IRQ_INDEX, b::VFIO_IRQ_SET_ACTION_TRIGGER) => {
+            if fd.is_some() || teardown {
+                d.irqs.intx = file;
+                d.irqs.intx_masked = false;
+            } else if act {
+                if let Some(f) = &d.irqs.intx {
+                    crate::vfio::signal(f);
+                }
+            }
+        }
+        (b::VFIO_PCI_INTX_IRQ_INDEX, b::VFIO_IRQ_SET_ACTION_MASK) => {
+            if act {
+                d.irqs.intx_masked = true;
+            }
+        }
+        (b::VFIO_PCI_INTX_IRQ_INDEX, b::VFIO_IRQ_SET_ACTION_UNMASK) => {
+            // An unmask eventfd (KVM's resampler) is accepted but not watched here.
+            if act {
+                d.irqs.intx_masked = false;
+                if d.irqs.msi.is_none() {
+                    v.raise_irq(dev);
+                }
+            }
+        }
+        (b::VFIO_PCI_MSI_IRQ_INDEX, b::VFIO_IRQ_SET_ACTION_TRIGGER) => {
+            if fd.is_some() || teardown {
+                d.irqs.msi = file;
+            } else if act {
+                if let Some(f) = &d.irqs.msi {
+                    crate::vfio::signal(f);
+                }
+            }
+        }
+        (b::VFIO_PCI_REQ_IRQ_INDEX, b::VFIO_IRQ_SET_ACTION_TRIGGER) => {
+            if fd.is_some() || teardown {
+                d.irqs.req = file;
+            }
+        }
+        (b::VFIO_PCI_MSIX_IRQ_INDEX, b::VFIO_IRQ_SET_ACTION_TRIGGER) => {}
+        // MSI, MSI-X and the request interrupt have no mask in vfio-pci.
+        _ => return Err(Errno::ENOTTY),
+    }
+    Ok(0)
 }
 
 fn device_reset<P: Platform>(v: &mut Vfio<P>, c: Call<'_>) -> Result<i64, Errno> {

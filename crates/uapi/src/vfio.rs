@@ -63,6 +63,25 @@ pub(crate) struct DeviceState {
     pub group: u32,
     pub name: String,
     pub dev: PciDevice,
+    pub irqs: Irqs,
+}
+
+/// The interrupt eventfds the owner registered with `VFIO_DEVICE_SET_IRQS`, as vfio-pci
+/// keeps them: INTx with its automask state, one MSI vector, and the request eventfd (which
+/// this device never signals).
+#[derive(Debug, Default)]
+pub(crate) struct Irqs {
+    pub intx: Option<std::fs::File>,
+    pub intx_masked: bool,
+    pub msi: Option<std::fs::File>,
+    pub req: Option<std::fs::File>,
+}
+
+/// Signals an eventfd: adds 1 to its counter.
+pub(crate) fn signal(f: &std::fs::File) {
+    use std::io::Write;
+    let mut w: &std::fs::File = f;
+    let _ = w.write_all(&1u64.to_ne_bytes());
 }
 
 /// The emulated VFIO subsystem of one process, over platform `P`.
@@ -203,6 +222,7 @@ impl<P: Platform> Vfio<P> {
                 group,
                 name,
                 dev: PciDevice::new(),
+                irqs: Irqs::default(),
             },
         );
         if let Some(g) = self.groups.get_mut(&group) {
@@ -396,9 +416,45 @@ impl<P: Platform> Vfio<P> {
                 });
             }
         }
+        let mut wants_irq = false;
         if let Some(d) = self.devices.get_mut(&dev) {
+            wants_irq = d.dev.reg32(crate::device::REG_CMD) & crate::device::CMD_IRQ != 0;
             d.dev.complete(result.map(|_| ()));
         }
+        if wants_irq {
+            self.raise_irq(dev);
+        }
+    }
+
+    /// The device's interrupt, if it asserts one: its MSI vector when the owner enabled MSI
+    /// (an edge: once per transfer that asked for it), else INTx when enabled, unmasked and
+    /// registered, which then masks itself (`VFIO_IRQ_INFO_AUTOMASKED`) until the owner
+    /// unmasks it (and fires again then if the device still asserts it: INTx is a level).
+    pub(crate) fn raise_irq(&mut self, dev: u32) {
+        let Some(d) = self.devices.get_mut(&dev) else {
+            return;
+        };
+        if !d.dev.irq_asserted() {
+            return;
+        }
+        let kind = if let Some(f) = &d.irqs.msi {
+            signal(f);
+            "msi"
+        } else if let (Some(f), false, true) =
+            (&d.irqs.intx, d.irqs.intx_masked, d.dev.intx_enabled())
+        {
+            signal(f);
+            d.irqs.intx_masked = true;
+            "intx"
+        } else {
+            return;
+        };
+        let device = d.name.clone();
+        self.platform.trace(Event::Irq {
+            device,
+            kind,
+            vector: 0,
+        });
     }
 
     fn transfer(&mut self, dev: u32, group: u32, req: &DmaRequest) -> Result<bool, DmaFault> {

@@ -206,12 +206,16 @@ fn device_ioctls() {
         h.ioctl(d, VFIO_DEVICE_GET_IRQ_INFO, ARG),
         Err(Errno::EINVAL)
     );
-    // SET_IRQS INTx trigger with an eventfd.
+    // SET_IRQS INTx trigger with an eventfd: an fd that is not open is EBADF.
     let mut s = Vec::new();
     for x in [24u32, 0x24, 0, 0, 1, 42] {
         s.extend_from_slice(&x.to_le_bytes());
     }
     h.c.poke(ARG, &s);
+    assert_eq!(h.ioctl(d, VFIO_DEVICE_SET_IRQS, ARG), Err(Errno::EBADF));
+    let (_, ev) = counter("device-ioctls");
+    let efd = h.c.add_file(ev);
+    h.c.poke(ARG + 20, &le32(efd as u32));
     assert_eq!(h.ioctl(d, VFIO_DEVICE_SET_IRQS, ARG), Ok(0));
     h.c.poke(ARG, &le32(20));
     assert_eq!(h.ioctl(d, VFIO_DEVICE_SET_IRQS, ARG), Err(Errno::EINVAL));
@@ -461,4 +465,154 @@ fn fake_caller_faults() {
     assert_eq!(c.read(0x100c, &mut b), Ok(()));
     assert_eq!(c.read(0x100e, &mut b), Err(Errno::EFAULT));
     assert_eq!(c.write(0x1000, &b), Err(Errno::EFAULT));
+}
+
+/// A file that counts the signals written to it (8 bytes each), standing for an eventfd.
+fn counter(name: &str) -> (std::path::PathBuf, std::fs::File) {
+    let p = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!("irq-{name}"));
+    let f = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(true)
+        .write(true)
+        .open(&p)
+        .unwrap();
+    (p, f)
+}
+
+fn signals(p: &std::path::Path) -> u64 {
+    std::fs::metadata(p).unwrap().len() / 8
+}
+
+/// SET_IRQS as vfio-pci answers it, and the device's interrupts: INTx automasks, fires again
+/// on unmask while still asserted (a level), stops when STATUS is cleared and when
+/// COMMAND.INTX_DISABLE is set; MSI's one vector fires once per transfer that asks and takes
+/// over from INTx; MSI has no mask (ENOTTY).
+#[test]
+fn interrupts_as_vfio_pci_delivers_them() {
+    use type1_uapi::device::*;
+    // linux/vfio.h's SET_IRQS flags.
+    const VFIO_IRQ_SET_DATA_NONE: u32 = 1 << 0;
+    const VFIO_IRQ_SET_DATA_EVENTFD: u32 = 1 << 2;
+    const VFIO_IRQ_SET_ACTION_UNMASK: u32 = 1 << 4;
+    const VFIO_IRQ_SET_ACTION_TRIGGER: u32 = 1 << 5;
+    let (mut h, g) = H::ready(&[1]);
+    h.c.poke(ARG, b"0000:00:05.0\0");
+    let d = h.ioctl(g[0], VFIO_GROUP_GET_DEVICE_FD, ARG).unwrap() as i32;
+    let Object::Device(dev) = h.obj(d) else {
+        panic!("device")
+    };
+    let set_irqs = |h: &mut H, index: u32, flags: u32, count: u32, data: &[u8]| {
+        let mut s = Vec::new();
+        for x in [20 + data.len() as u32, flags, index, 0, count] {
+            s.extend_from_slice(&x.to_le_bytes());
+        }
+        s.extend_from_slice(data);
+        h.c.poke(ARG, &s);
+        h.ioctl(d, VFIO_DEVICE_SET_IRQS, ARG)
+    };
+    let trigger_efd = VFIO_IRQ_SET_DATA_EVENTFD | VFIO_IRQ_SET_ACTION_TRIGGER;
+    // The device's transfer: 64 bytes from the buffer nowhere mapped; it faults, and the
+    // interrupt it asked for comes all the same.
+    let transfer = |h: &mut H| {
+        let mut regs = vec![
+            (REG_DMA_SRC, 0u64),
+            (REG_DMA_DST, 0x9000_0000),
+            (REG_DMA_LEN, 64),
+        ];
+        regs.push((REG_CMD, u64::from(CMD_START | CMD_TO_MEMORY | CMD_IRQ)));
+        for (reg, val) in regs {
+            let mut b = val.to_le_bytes();
+            let n = if reg == REG_CMD { 4 } else { 8 };
+            h.v.device_rw(dev, reg, &mut b[..n], true).unwrap();
+        }
+    };
+    let clear_status = |h: &mut H| {
+        h.v.device_rw(dev, REG_STATUS, &mut [6, 0, 0, 0], true)
+            .unwrap();
+    };
+    let config = region_offset(7);
+    let status_intx = |h: &mut H| {
+        let mut b = [0u8; 2];
+        h.v.device_rw(dev, config + PCI_STATUS as u64, &mut b, false)
+            .unwrap();
+        u16::from_le_bytes(b) & PCI_STATUS_INTERRUPT != 0
+    };
+    // MSI: one vector, and the capability list shows it.
+    h.c.poke(ARG, &[16, 0, 0, 0, 0, 0, 0, 0, 1, 0, 0, 0, 0, 0, 0, 0]);
+    h.ioctl(d, VFIO_DEVICE_GET_IRQ_INFO, ARG).unwrap();
+    assert_eq!(h.c.peek(ARG + 12, 4), le32(1));
+    let mut cap = [0u8; 1];
+    h.v.device_rw(dev, config + 0x34, &mut cap, false).unwrap();
+    let mut id = [0u8; 1];
+    h.v.device_rw(dev, config + u64::from(cap[0]), &mut id, false)
+        .unwrap();
+    assert_eq!((cap[0], id[0]), (MSI_CAP as u8, 0x05));
+
+    let (intx_path, intx) = counter("intx");
+    let efd = h.c.add_file(intx);
+    assert_eq!(
+        set_irqs(&mut h, 0, trigger_efd, 1, &le32(efd as u32)),
+        Ok(0)
+    );
+    transfer(&mut h);
+    assert_eq!(signals(&intx_path), 1, "INTx fired");
+    assert!(status_intx(&mut h), "config STATUS shows INTx asserted");
+    transfer(&mut h);
+    assert_eq!(signals(&intx_path), 1, "automasked: no second signal");
+    let unmask = VFIO_IRQ_SET_DATA_NONE | VFIO_IRQ_SET_ACTION_UNMASK;
+    assert_eq!(set_irqs(&mut h, 0, unmask, 1, &[]), Ok(0));
+    assert_eq!(
+        signals(&intx_path),
+        2,
+        "unmasked while asserted: fires again"
+    );
+    clear_status(&mut h);
+    assert!(!status_intx(&mut h), "cleared STATUS deasserts");
+    assert_eq!(set_irqs(&mut h, 0, unmask, 1, &[]), Ok(0));
+    assert_eq!(signals(&intx_path), 2, "nothing asserted: nothing fires");
+    // INTX_DISABLE in COMMAND keeps the line quiet.
+    let mut cmd = [0u8; 2];
+    h.v.device_rw(dev, config + PCI_COMMAND as u64, &mut cmd, false)
+        .unwrap();
+    let quiet = u16::from_le_bytes(cmd) | PCI_COMMAND_INTX_DISABLE;
+    h.v.device_rw(
+        dev,
+        config + PCI_COMMAND as u64,
+        &mut quiet.to_le_bytes(),
+        true,
+    )
+    .unwrap();
+    transfer(&mut h);
+    assert_eq!(signals(&intx_path), 2, "INTX_DISABLE");
+    clear_status(&mut h);
+    h.v.device_rw(dev, config + PCI_COMMAND as u64, &mut cmd, true)
+        .unwrap();
+
+    // MSI takes over; INTx stays quiet.
+    let (msi_path, msi) = counter("msi");
+    let mfd = h.c.add_file(msi);
+    assert_eq!(
+        set_irqs(&mut h, 1, trigger_efd, 1, &le32(mfd as u32)),
+        Ok(0)
+    );
+    transfer(&mut h);
+    transfer(&mut h);
+    assert_eq!(signals(&msi_path), 2, "one MSI per transfer");
+    assert_eq!(signals(&intx_path), 2);
+    assert_eq!(set_irqs(&mut h, 1, unmask, 1, &[]), Err(Errno::ENOTTY));
+    // Loopback trigger, then teardown (DATA_NONE, count 0).
+    let fire = VFIO_IRQ_SET_DATA_NONE | VFIO_IRQ_SET_ACTION_TRIGGER;
+    assert_eq!(set_irqs(&mut h, 1, fire, 1, &[]), Ok(0));
+    assert_eq!(signals(&msi_path), 3, "loopback");
+    assert_eq!(set_irqs(&mut h, 1, fire, 0, &[]), Ok(0));
+    transfer(&mut h);
+    assert_eq!(signals(&msi_path), 3, "MSI torn down");
+    let events = &h.v.platform.events;
+    assert_eq!(
+        events
+            .iter()
+            .filter(|e| matches!(e, Event::Irq { kind: "msi", .. }))
+            .count(),
+        2
+    );
 }
