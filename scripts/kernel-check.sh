@@ -91,7 +91,7 @@ fi
 for f in "$series_patch" "$fix_patch"; do
     [ -f "$f" ] || { echo "kernel-check: missing $f" >&2; exit 2; }
 done
-echo "   gcc: $(gcc -dumpfullversion), make: $(make --version | head -1)"
+echo "   gcc: $(gcc -dumpfullversion), $(make --version | sed -n 1p)"
 done_stage
 
 # ---------------------------------------------------------------- source
@@ -135,9 +135,11 @@ else
     cp -al "$pristine/linux-source-6.1" "$src"
 fi
 unlink_touched() {
+    # Break the hard link (keeping the current content, which may carry an earlier patch).
     grep '^+++ b/' "$1" | sed 's#^+++ b/##; s#\t.*##' | while read -r f; do
-        if [ -e "$pristine/linux-source-6.1/$f" ]; then
-            cp --remove-destination "$pristine/linux-source-6.1/$f" "$src/$f"
+        if [ -e "$src/$f" ] && [ "$(stat -c %h "$src/$f")" -gt 1 ]; then
+            cp -p "$src/$f" "$src/$f.unlink"
+            mv -f "$src/$f.unlink" "$src/$f"
         fi
     done
 }
@@ -208,6 +210,8 @@ else
     touch "$work/.fix-applied"
 fi
 grep -q 'vfio_flush_dma_tail(d, dma, iova + size);' "$src/drivers/vfio/vfio_iommu_type1.c"
+# ... and the series is still there underneath it.
+grep -q 'cache_flush_required = !domain->enforce_cache_coherency' "$src/drivers/vfio/vfio_iommu_type1.c"
 build_object fixed
 if ! grep -q 'vfio_flush_dma_tail' <<<"$(nm "$build/$target")"; then
     echo "   (vfio_flush_dma_tail was inlined into vfio_iommu_replay)"
