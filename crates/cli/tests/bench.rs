@@ -1,12 +1,11 @@
 //! `type1 bench` as a user runs it (issue 12): a small host and sim run writes the table, the
 //! JSON and the plot; a size that does not fit fails before anything is pinned.
 
-use std::path::{Path, PathBuf};
-use std::process::Command;
+mod common;
+use common::*;
 
-fn type1_exe() -> PathBuf {
-    PathBuf::from(env!("CARGO_BIN_EXE_type1"))
-}
+use std::path::Path;
+use std::process::Command;
 
 #[test]
 fn bench_writes_table_json_and_plot() {

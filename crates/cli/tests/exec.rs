@@ -6,36 +6,13 @@
 //! (for the C programs) or `qemu-system-x86_64` (for the QEMU tests) a test says so and passes,
 //! except under `CI=true`, where it fails and names what to install.
 
+mod common;
+use common::*;
+
 use std::{
     path::{Path, PathBuf},
     process::{Command, Output},
 };
-
-fn type1_exe() -> PathBuf {
-    PathBuf::from(env!("CARGO_BIN_EXE_type1"))
-}
-
-/// Passes (skips) a test that cannot run for want of `what`, saying so; under `CI=true` fails
-/// it instead, naming what to install.
-fn missing(what: &str, install: &str) {
-    assert!(
-        std::env::var("CI").as_deref() != Ok("true"),
-        "{what} is required under CI=true: {install}"
-    );
-    eprintln!("skipped: {what} not available ({install})");
-}
-
-/// The library `type1 exec` will use (found as it finds it).
-fn library() -> Option<PathBuf> {
-    let lib = type1_exec::find_library_near(&type1_exe());
-    if lib.is_none() {
-        missing(
-            "libtype1_preload.so",
-            "cargo test --workspace or cargo build builds it",
-        );
-    }
-    lib
-}
 
 /// Compiles `tests/c/<name>.c` with gcc into the test's temporary directory, as `exec-<as_>`
 /// (tests run in parallel: each needs its own executable).
@@ -67,15 +44,6 @@ fn exec(args: &[&str], program: &[&str]) -> Output {
         .args(program)
         .output()
         .expect("type1 runs")
-}
-
-/// `(flush reason, count)` lines of the summary on stderr.
-fn flush_count(stderr: &str, reason: &str) -> u64 {
-    stderr
-        .lines()
-        .filter_map(|l| l.trim().strip_prefix(&format!("flush/{reason}")))
-        .filter_map(|rest| rest.trim().parse::<u64>().ok())
-        .sum()
 }
 
 #[test]
@@ -237,28 +205,6 @@ fn unmodified_qemu_with_the_coherent_device_needs_no_flush() {
         stderr.contains("unpin"),
         "guest RAM released at exit\n{stderr}"
     );
-}
-
-/// Runs `cmd` to completion or kills it after `secs` seconds: its output, or `None` on timeout.
-fn output_within(mut cmd: Command, secs: u64) -> Option<Output> {
-    let mut child = cmd
-        .stdin(std::process::Stdio::null())
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .expect("spawn");
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(secs);
-    loop {
-        if child.try_wait().expect("wait").is_some() {
-            return Some(child.wait_with_output().expect("output"));
-        }
-        if std::time::Instant::now() > deadline {
-            let _ = child.kill();
-            let _ = child.wait();
-            return None;
-        }
-        std::thread::sleep(std::time::Duration::from_millis(100));
-    }
 }
 
 /// An unmodified QEMU boots a real Linux guest (Debian's cloud kernel, a busybox initramfs

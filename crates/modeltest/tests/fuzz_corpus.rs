@@ -70,19 +70,7 @@ fn uapi_inputs_never_panic_or_leak() {
                 .collect()
         })
         .unwrap_or_default();
-    let mut x = 0x9e37_79b9_7f4a_7c15u64;
-    for _ in 0..3000 {
-        let len = (x % 400) as usize;
-        let v: Vec<u8> = (0..len)
-            .map(|_| {
-                x ^= x << 13;
-                x ^= x >> 7;
-                x ^= x << 17;
-                x as u8
-            })
-            .collect();
-        inputs.push(v);
-    }
+    inputs.extend(generated(0x9e37_79b9_7f4a_7c15, 3000, 400));
     for input in &inputs {
         if let Err(e) = type1_modeltest::uapi::run_uapi_bytes(input) {
             panic!("{e} for input {input:02x?}");
@@ -108,19 +96,7 @@ fn device_inputs_never_panic_or_escape() {
         "device corpus has {} inputs",
         inputs.len()
     );
-    let mut x = 0x2545_f491_4f6c_dd1du64;
-    for _ in 0..2000 {
-        let len = (x % 1200) as usize;
-        let v: Vec<u8> = (0..len)
-            .map(|_| {
-                x ^= x << 13;
-                x ^= x >> 7;
-                x ^= x << 17;
-                x as u8
-            })
-            .collect();
-        inputs.push(v);
-    }
+    inputs.extend(generated(0x2545_f491_4f6c_dd1d, 2000, 1200));
     let mut dmas = 0;
     for (i, input) in inputs.iter().enumerate() {
         match std::panic::catch_unwind(|| type1_modeltest::device::run_device_bytes(input)) {
@@ -133,4 +109,23 @@ fn device_inputs_never_panic_or_escape() {
         dmas > 1000,
         "the inputs reach the device ({dmas} accesses succeeded)"
     );
+}
+
+/// `n` pseudo-random inputs of fewer than `max_len` bytes (xorshift from `seed`), the same in
+/// every run.
+fn generated(seed: u64, n: usize, max_len: u64) -> Vec<Vec<u8>> {
+    let mut x = seed;
+    (0..n)
+        .map(|_| {
+            let len = (x % max_len) as usize;
+            (0..len)
+                .map(|_| {
+                    x ^= x << 13;
+                    x ^= x >> 7;
+                    x ^= x << 17;
+                    x as u8
+                })
+                .collect()
+        })
+        .collect()
 }

@@ -1425,6 +1425,27 @@ macro_rules! fstat_hook {
 fstat_hook!(fstat, "fstat");
 fstat_hook!(fstat64, "fstat64");
 
+/// What a `*at` stat call must stat instead (if anything) and how to present its result:
+/// `AT_EMPTY_PATH` on an emulated fd as `fstat`, paths relative to `dirfd` as `stat`; the
+/// errno for a path that fails.
+unsafe fn stat_at_target(
+    dirfd: c_int,
+    path: *const c_char,
+    flags: c_int,
+) -> Result<(Option<CString>, Option<Looks>), Errno> {
+    // SAFETY: a non-null path is NUL-terminated (the *at calls' contract).
+    let empty = !path.is_null() && unsafe { *path } == 0;
+    if empty && flags & libc::AT_EMPTY_PATH != 0 {
+        return Ok((None, fd_looks(dirfd)));
+    }
+    // SAFETY: forwarded contract of the caller.
+    match stat_substitute(&unsafe { path_kind_at(dirfd, path) }) {
+        None => Ok((None, None)),
+        Some(Ok((p, l))) => Ok((Some(p), l)),
+        Some(Err(e)) => Err(e),
+    }
+}
+
 type FstatatFn = unsafe extern "C" fn(c_int, *const c_char, *mut libc::stat, c_int) -> c_int;
 
 macro_rules! fstatat_hook {
@@ -1442,19 +1463,12 @@ macro_rules! fstatat_hook {
                 set_errno(Errno(libc::ENOSYS));
                 return -1;
             };
-            // SAFETY: a non-null path is NUL-terminated (fstatat's contract).
-            let empty = !path.is_null() && unsafe { *path } == 0;
-            let (sub, looks) = if empty && flags & libc::AT_EMPTY_PATH != 0 {
-                (None, fd_looks(dirfd))
-            } else {
-                // SAFETY: forwarded contract of the caller.
-                match stat_substitute(&unsafe { path_kind_at(dirfd, path) }) {
-                    None => (None, None),
-                    Some(Ok((p, l))) => (Some(p), l),
-                    Some(Err(e)) => {
-                        set_errno(e);
-                        return -1;
-                    }
+            // SAFETY: forwarded contract of the caller.
+            let (sub, looks) = match unsafe { stat_at_target(dirfd, path, flags) } {
+                Ok(t) => t,
+                Err(e) => {
+                    set_errno(e);
+                    return -1;
                 }
             };
             let path = sub.as_ref().map_or(path, |p| p.as_ptr());
@@ -1480,19 +1494,12 @@ pub unsafe extern "C" fn statx(
     mask: c_uint,
     buf: *mut libc::statx,
 ) -> c_int {
-    // SAFETY: a non-null path is NUL-terminated (statx's contract).
-    let empty = !path.is_null() && unsafe { *path } == 0;
-    let (sub, looks) = if empty && flags & libc::AT_EMPTY_PATH != 0 {
-        (None, fd_looks(dirfd))
-    } else {
-        // SAFETY: forwarded contract of the caller.
-        match stat_substitute(&unsafe { path_kind_at(dirfd, path) }) {
-            None => (None, None),
-            Some(Ok((p, l))) => (Some(p), l),
-            Some(Err(e)) => {
-                set_errno(e);
-                return -1;
-            }
+    // SAFETY: forwarded contract of the caller.
+    let (sub, looks) = match unsafe { stat_at_target(dirfd, path, flags) } {
+        Ok(t) => t,
+        Err(e) => {
+            set_errno(e);
+            return -1;
         }
     };
     let path = sub.as_ref().map_or(path, |p| p.as_ptr());
