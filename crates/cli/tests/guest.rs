@@ -60,6 +60,33 @@ fn compile_hostile() -> Option<PathBuf> {
     Some(out)
 }
 
+/// QEMU is there, and the guest of `scripts/guest.sh` (built or cached): `(kernel, initrd)`.
+fn guest_image() -> Option<(String, String)> {
+    if Command::new("qemu-system-x86_64")
+        .arg("--version")
+        .output()
+        .is_err()
+    {
+        missing("qemu-system-x86_64", "apt-get install qemu-system-x86");
+        return None;
+    }
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../scripts/guest.sh");
+    match Command::new("bash").arg(&script).output() {
+        Ok(o) if o.status.success() => {
+            let paths = String::from_utf8_lossy(&o.stdout).trim().to_string();
+            let (k, i) = paths.split_once(' ').expect("two paths");
+            Some((k.to_string(), i.to_string()))
+        }
+        other => {
+            missing(
+                "a guest kernel from Debian packages",
+                &format!("scripts/guest.sh failed: {other:?}"),
+            );
+            None
+        }
+    }
+}
+
 /// Pads `out` with NULs to a multiple of 4 bytes.
 fn pad4(out: &mut Vec<u8>) {
     out.resize(out.len().next_multiple_of(4), 0);
@@ -146,31 +173,14 @@ fn cpio_entries_are_newc_and_aligned() {
 #[test]
 fn a_hostile_guest_driver_neither_crashes_qemu_nor_breaks_the_device() {
     let Some(lib) = library() else { return };
-    if Command::new("qemu-system-x86_64")
-        .arg("--version")
-        .output()
-        .is_err()
-    {
-        missing("qemu-system-x86_64", "apt-get install qemu-system-x86");
-        return;
-    }
     let Some(hostile) = compile_hostile() else {
         return;
     };
-    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../scripts/guest.sh");
-    let guest = Command::new("bash").arg(&script).output();
-    let paths = match guest {
-        Ok(o) if o.status.success() => String::from_utf8_lossy(&o.stdout).trim().to_string(),
-        other => {
-            missing(
-                "a guest kernel from Debian packages",
-                &format!("scripts/guest.sh failed: {other:?}"),
-            );
-            return;
-        }
+    let Some((kernel, initrd)) = guest_image() else {
+        return;
     };
-    let (kernel, initrd) = paths.split_once(' ').expect("two paths");
-    let initrd = hostile_initrd(Path::new(initrd), &hostile);
+    let kernel = kernel.as_str();
+    let initrd = hostile_initrd(Path::new(&initrd), &hostile);
     let trace = tmp("guest-hostile.jsonl");
     let mut append = String::from("console=ttyS0 panic=-1 quiet");
     if let Ok(seed) = std::env::var("TYPE1_HOSTILE_SEED") {
@@ -233,5 +243,187 @@ fn a_hostile_guest_driver_neither_crashes_qemu_nor_breaks_the_device() {
             .skip(first_dma)
             .any(|l| l.contains(r#""ev":"op""#) && l.contains(r#""op":"DEVICE_RESET""#)),
         "the guest's reset reached the device\n{stderr}"
+    );
+}
+
+/// Waits up to `secs` seconds for `done`, checking every 200 ms.
+fn wait_for(secs: u64, mut done: impl FnMut() -> bool) -> bool {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(secs);
+    while std::time::Instant::now() < deadline {
+        if done() {
+            return true;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    }
+    done()
+}
+
+/// The parsed lines of a trace file, as they are now.
+fn events(trace: &Path) -> Vec<serde_json::Value> {
+    std::fs::read_to_string(trace)
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|l| serde_json::from_str(l).ok())
+        .collect()
+}
+
+fn is_attach_of(v: &serde_json::Value, group: u64) -> bool {
+    v["ev"] == "attach" && v["group"] == group
+}
+
+/// Issue 11 item 5: hot-unplug and replug of the non-coherent device from QEMU's monitor tell
+/// the series' five-step story from a real VMM. The coherent device (group 0) keeps the
+/// container and its mappings; the non-coherent one (group 1, behind a PCIe root port) joins at
+/// boot: its attach replays the mappings with a flush (`replay`); `device_del` detaches it and
+/// the mappings keep their flag; `device_add` attaches it again and replays without a flush (the
+/// flag is sticky); QEMU's exit unpins with a flush. The guest survives and sees the device
+/// again.
+#[test]
+fn hot_unplug_and_replug_from_the_monitor_tell_the_series_story() {
+    use std::io::Write;
+    let Some(lib) = library() else { return };
+    let Some((kernel, initrd)) = guest_image() else {
+        return;
+    };
+    let dir = tmp("hotplug");
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let init = "#!/bin/sh\nmount -t proc proc /proc\nmount -t sysfs sys /sys\n\
+                echo type1-guest-up\nwhile true; do sleep 1; done\n";
+    let mut img = std::fs::read(&initrd).expect("read the guest initramfs");
+    pad4(&mut img);
+    img.extend_from_slice(&cpio(&[("init", 0o755, init.as_bytes())]));
+    let img_path = dir.join("initrd.img");
+    std::fs::write(&img_path, img).unwrap();
+    let (mon, serial, trace) = (
+        dir.join("monitor.sock"),
+        dir.join("serial.txt"),
+        dir.join("trace.jsonl"),
+    );
+    let mut qemu = Command::new(type1_exe())
+        .args(["exec", "--library", lib.to_str().unwrap()])
+        .args(["--trace", trace.to_str().unwrap(), "--"])
+        .args([
+            "qemu-system-x86_64",
+            "-machine",
+            "q35",
+            "-accel",
+            "tcg",
+            "-m",
+            "256",
+        ])
+        .args(["-nodefaults", "-display", "none", "-no-reboot"])
+        .arg("-serial")
+        .arg(format!("file:{}", serial.display()))
+        .arg("-monitor")
+        .arg(format!("unix:{},server,nowait", mon.display()))
+        .args(["-kernel", &kernel, "-initrd"])
+        .arg(&img_path)
+        .args(["-append", "console=ttyS0 panic=-1"])
+        .args(["-device", "vfio-pci,host=0000:00:04.0,id=d0"])
+        .args(["-device", "pcie-root-port,id=rp1,chassis=1"])
+        .args(["-device", "vfio-pci,host=0000:00:05.0,bus=rp1,id=d1"])
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("type1 exec runs");
+    let serial_text = || std::fs::read_to_string(&serial).unwrap_or_default();
+    let mut step = |what: &str, ok: bool| {
+        if !ok {
+            let _ = qemu.kill();
+            panic!(
+                "{what}\nserial:\n{}\ntrace tail: {:?}",
+                serial_text(),
+                events(&trace).last()
+            );
+        }
+    };
+    step(
+        "the guest boots",
+        wait_for(180, || serial_text().contains("type1-guest-up")),
+    );
+    let mut monitor = None;
+    step(
+        "the monitor listens",
+        wait_for(30, || {
+            monitor = std::os::unix::net::UnixStream::connect(&mon).ok();
+            monitor.is_some()
+        }),
+    );
+    let mut monitor = monitor.unwrap();
+    let attaches_of_1 = || events(&trace).iter().filter(|v| is_attach_of(v, 1)).count();
+    monitor.write_all(b"device_del d1\n").unwrap();
+    step(
+        "device_del detaches group 1",
+        wait_for(120, || {
+            events(&trace)
+                .iter()
+                .any(|v| v["ev"] == "detach" && v["group"] == 1)
+        }),
+    );
+    monitor
+        .write_all(b"device_add vfio-pci,host=0000:00:05.0,bus=rp1,id=d2\n")
+        .unwrap();
+    step(
+        "device_add attaches group 1 again",
+        wait_for(120, || attaches_of_1() == 2),
+    );
+    step(
+        "the guest sees the device again",
+        wait_for(120, || serial_text().matches("[1234:11e8]").count() >= 3),
+    );
+    monitor.write_all(b"quit\n").unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    while qemu.try_wait().unwrap().is_none() && std::time::Instant::now() < deadline {
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    }
+    let out = match qemu.try_wait().unwrap() {
+        Some(_) => qemu.wait_with_output().unwrap(),
+        None => {
+            let _ = qemu.kill();
+            panic!("QEMU did not quit");
+        }
+    };
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(0), "{stderr}");
+    assert!(!stderr.contains("panicked"), "{stderr}");
+
+    // The story, in the trace's order.
+    let evs = events(&trace);
+    let flush = |v: &serde_json::Value, reason: &str| v["ev"] == "flush" && v["reason"] == reason;
+    let ret_after = |from: usize| {
+        (from..evs.len())
+            .find(|i| evs[*i]["ev"] == "ret" && evs[*i]["op"] == "GROUP_SET_CONTAINER")
+            .expect("SET_CONTAINER returns")
+    };
+    let first = evs.iter().position(|v| is_attach_of(v, 1)).unwrap();
+    assert_eq!(evs[first]["coherent"], false);
+    let end1 = ret_after(first);
+    assert!(
+        evs[first..end1].iter().any(|v| flush(v, "replay")),
+        "step 2: the first non-coherent attach replays with a flush"
+    );
+    let detach = (end1..evs.len())
+        .find(|i| evs[*i]["ev"] == "detach" && evs[*i]["group"] == 1)
+        .expect("step 3: detach at device_del");
+    let second = (detach..evs.len())
+        .find(|i| is_attach_of(&evs[*i], 1))
+        .expect("step 4: attach at device_add");
+    let end2 = ret_after(second);
+    let domain = evs[second]["domain"].clone();
+    assert!(
+        evs[second..end2]
+            .iter()
+            .any(|v| v["ev"] == "map" && v["domain"] == domain),
+        "the replug replays the mappings into the new domain"
+    );
+    assert!(
+        !evs[second..end2].iter().any(|v| v["ev"] == "flush"),
+        "step 4: the flag is sticky, the replug replays without a flush"
+    );
+    assert!(
+        evs[end2..].iter().any(|v| flush(v, "unpin")),
+        "step 5: the unpin at QEMU's exit flushes"
     );
 }
