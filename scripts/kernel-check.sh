@@ -7,11 +7,11 @@
 # x86_64 defconfig, and builds drivers/vfio/vfio_iommu_type1.o twice: with the series alone,
 # then with the fix. Any compiler warning in that file counts as a failure.
 #
-# Not part of CI: it downloads about 140 MB and compiles for several minutes.
+# Not part of CI: it downloads about 140 MB and takes about 1.5 minutes from an empty cache on
+# 2 cores (about 25 s with the cache), most of it unpacking the source.
 #
-# Usage: scripts/kernel-check.sh [--install] [--keep]
+# Usage: scripts/kernel-check.sh [--install]
 #   --install  apt-get install the missing build dependencies first (as root)
-#   --keep     keep the source tree from the previous run instead of laying it anew
 # Environment:
 #   TYPE1_KERNEL_CACHE  cache directory (default ~/.cache/type1/kernel)
 #   JOBS                make -j value (default: number of CPUs)
@@ -19,12 +19,10 @@
 set -Eeuo pipefail
 
 install=0
-keep=0
 for arg in "$@"; do
     case "$arg" in
         --install) install=1 ;;
-        --keep) keep=1 ;;
-        -h|--help) sed -n '2,20p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+        -h|--help) sed -n '2,/^set -/p' "$0" | sed '$d' | sed 's/^# \{0,1\}//'; exit 0 ;;
         *) echo "kernel-check: unknown argument '$arg' (see --help)" >&2; exit 2 ;;
     esac
 done
@@ -60,7 +58,7 @@ done_stage() {
 # ---------------------------------------------------------------- dependencies
 begin "checking build dependencies"
 missing=()
-for cmd in gcc make flex bison bc patch perl xz dpkg-deb apt-get; do
+for cmd in gcc make flex bison bc patch perl xz nm dpkg-deb apt-get; do
     command -v "$cmd" >/dev/null 2>&1 || missing+=("$cmd")
 done
 for dev in libelf-dev libssl-dev; do
@@ -73,6 +71,7 @@ if [ "${#missing[@]}" -gt 0 ]; then
     for m in "${missing[@]}"; do
         case "$m" in
             xz) pkgs+=(xz-utils) ;;
+            nm) pkgs+=(binutils) ;;
             dpkg-deb|apt-get) pkgs+=(dpkg apt) ;;
             *) pkgs+=("$m") ;;
         esac
@@ -127,13 +126,9 @@ work="$cache/work"
 src="$work/linux-source-6.1"
 build="$work/build"
 begin "laying out the work tree and applying the series' flush hunks"
-if [ "$keep" = 1 ] && [ -d "$src" ]; then
-    echo "   --keep: reusing $src"
-else
-    rm -rf "$work"
-    mkdir -p "$work"
-    cp -al "$pristine/linux-source-6.1" "$src"
-fi
+rm -rf "$work"
+mkdir -p "$work"
+cp -al "$pristine/linux-source-6.1" "$src"
 unlink_touched() {
     # Break the hard link (keeping the current content, which may carry an earlier patch).
     grep '^+++ b/' "$1" | sed 's#^+++ b/##; s#\t.*##' | while read -r f; do
@@ -147,13 +142,7 @@ apply() {
     unlink_touched "$1"
     (cd "$src" && patch -p1 --forward --fuzz=0 --no-backup-if-mismatch -s < "$1")
 }
-if [ "$keep" = 1 ] && [ -f "$work/.series-applied" ]; then
-    echo "   already applied"
-else
-    apply "$series_patch"
-    touch "$work/.series-applied"
-    rm -f "$work/.fix-applied"
-fi
+apply "$series_patch"
 grep -q 'cache_flush_required = !domain->enforce_cache_coherency' "$src/drivers/vfio/vfio_iommu_type1.c"
 done_stage
 
@@ -203,12 +192,7 @@ build_object series
 done_stage
 
 begin "applying our fix and rebuilding $target"
-if [ "$keep" = 1 ] && [ -f "$work/.fix-applied" ]; then
-    echo "   already applied"
-else
-    apply "$fix_patch"
-    touch "$work/.fix-applied"
-fi
+apply "$fix_patch"
 grep -q 'vfio_flush_dma_tail(d, dma, iova + size);' "$src/drivers/vfio/vfio_iommu_type1.c"
 # ... and the series is still there underneath it.
 grep -q 'cache_flush_required = !domain->enforce_cache_coherency' "$src/drivers/vfio/vfio_iommu_type1.c"

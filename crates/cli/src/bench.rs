@@ -357,6 +357,9 @@ fn sim(o: &BenchOpts, bar: &indicatif::ProgressBar, rows: &mut Vec<Row>) -> Resu
         };
         let mut s = type1_sim::Sim::new(desc).map_err(|e| anyhow!("simulator: {e}"))?;
         let mm = s.create_process("bench");
+        // A VMM with CAP_IPC_LOCK, as the host workload runs (the simulator's default limit
+        // is a small RLIMIT_MEMLOCK).
+        s.set_cap_ipc_lock(mm, true);
         s.set_current(Some(mm));
         let (base, ap) = (1u64 << 32, 1u64 << 36);
         s.mmap_anon(mm, base, guest, true)
