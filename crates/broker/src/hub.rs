@@ -201,7 +201,7 @@ pub struct Hub {
     frames: Mutex<Frames>,
     next_client: Mutex<u32>,
     bounce: Mutex<Option<i32>>,
-    /// Clients sent trace lines on their service connection since the last drain.
+    /// Clients sent notes or trace lines on their service connection since the last drain.
     traced: Mutex<std::collections::BTreeSet<u32>>,
 }
 
@@ -368,19 +368,29 @@ impl Hub {
         c.trace.then_some((client, fd))
     }
 
-    /// Has `client` do `cb`, which returns nothing: without waiting when `client` is the one
-    /// being served (its thread performs it before it reads the answer, in order), else as
-    /// [`Hub::call`] does (so that it is done when the broker goes on).
+    /// Has `client` do `cb`, which returns nothing, without waiting: on the request's own
+    /// connection when `client` is the one being served (its thread performs it before it
+    /// reads the answer, in order), else on its service connection, which its service thread
+    /// works through in order (a `Sync` waits until it has: [`Hub::drain_service`]).
     pub fn tell(&self, client: u32, cb: Callback) {
         if let Some(cur) = Self::current().filter(|c| c.client == client) {
             let _ = wire::send(cur.fd, &Msg::Note(cb), &[], &[]);
             return;
         }
-        let _ = self.simple(client, cb);
+        let Some(c) = self.client(client) else {
+            return;
+        };
+        let g = lock(&c.fd);
+        if let Some(fd) = *g {
+            if wire::send(fd, &Msg::Note(cb), &[], &[]).is_ok() {
+                lock(&self.traced).insert(client);
+            }
+        }
     }
 
-    /// Waits until every service thread that was sent trace lines (of a release the reaper
-    /// ran) has written them: a `close` or `wait` that returns has its trace complete.
+    /// Waits until every service thread that was sent notes or trace lines (of a release the
+    /// reaper ran) has worked through them: a `close` or `wait` that returns finds the pages
+    /// unpinned and the trace complete.
     pub fn drain_service(&self) {
         let pending = std::mem::take(&mut *lock(&self.traced));
         for client in pending {
