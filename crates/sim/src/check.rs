@@ -168,8 +168,13 @@ impl Sim {
                     if normal_page {
                         normal += 1;
                     }
+                    // Every domain must map the page the engine pinned: the one a domain
+                    // already maps, else the mapper's. Not necessarily the mapper's: a replay
+                    // pins through the attaching task's address space (spec errata on A2/P1),
+                    // which may map other memory at the vaddr. That the page is pinned at all
+                    // is the pin checks' business.
                     if m.iommu_mapped {
-                        expect.insert(page, (tr, m.prot));
+                        expect.insert(page, (pfn, m.prot));
                         if let Some(p) = pfn.filter(|p| self.is_ram(*p)) {
                             *want_pins.entry(p).or_insert(0) += 1;
                         }
@@ -240,7 +245,7 @@ impl Sim {
                             "page_table",
                             format!("pfn{}", d.id),
                             format!(
-                                "domain {}: iova 0x{iova:x} maps pfn 0x{:x}, the vaddr translates to pfn 0x{:x}",
+                                "domain {}: iova 0x{iova:x} maps pfn 0x{:x}, the mapping's pinned page is pfn 0x{:x}",
                                 d.id,
                                 pte.pfn,
                                 pfn.unwrap_or(0)
