@@ -30,6 +30,9 @@ pub enum Outcome {
 #[allow(missing_docs)]
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Expect {
+    /// `expect order A B ...`: in the last operation's events, each label first occurs after
+    /// the one before it (labels: an event kind, `flush:REASON` for a flush).
+    Order(Vec<String>),
     /// `expect flushes N [reason=R] [iova=X]`: number of flush events so far.
     Flushes {
         n: u64,
@@ -98,6 +101,14 @@ pub enum Op {
     Machine(String),
     /// `policy NAME`: flush policy for containers opened after it.
     Policy(String),
+    /// `param NAME VALUE`: a type1 module parameter (`dma_entry_limit`, `disable_hugepages`,
+    /// `allow_unsafe_interrupts`) for containers opened after it.
+    Param {
+        /// Parameter name.
+        name: String,
+        /// Its value (a number, or `true`/`false`).
+        value: u64,
+    },
     /// `process NAME [limit=PAGES] [cap_ipc_lock]`: create and switch to.
     Process {
         name: String,
@@ -451,6 +462,13 @@ fn parse_expect(w: &mut Words<'_>) -> Result<Expect, ParseError> {
             }
             Expect::Bitmap(v)
         }
+        "order" => {
+            let labels: Vec<String> = w.rest().iter().map(|s| s.to_string()).collect();
+            if labels.len() < 2 {
+                return w.err("expect order needs two event labels or more");
+            }
+            Expect::Order(labels)
+        }
         other => return w.err(format!("unknown expectation {other:?}")),
     })
 }
@@ -459,6 +477,26 @@ fn parse_op(w: &mut Words<'_>) -> Result<Op, ParseError> {
     Ok(match w.verb {
         "machine" => Op::Machine(w.name("machine")?),
         "policy" => Op::Policy(w.name("policy")?),
+        "param" => {
+            let name = w.name("parameter")?;
+            let value = match name.as_str() {
+                "dma_entry_limit" => {
+                    let n = w.num("value")?;
+                    if n > u64::from(u32::MAX) {
+                        return w.err(format!("dma_entry_limit {n} does not fit 32 bits"));
+                    }
+                    n
+                }
+                "disable_hugepages" | "allow_unsafe_interrupts" => u64::from(w.bool("value")?),
+                other => {
+                    return w.err(format!(
+                        "unknown parameter {other:?} (dma_entry_limit, disable_hugepages, \
+                         allow_unsafe_interrupts)"
+                    ))
+                }
+            };
+            Op::Param { name, value }
+        }
         "process" => {
             let name = w.name("name")?;
             let cap = w.flag("cap_ipc_lock");
@@ -520,10 +558,25 @@ fn parse_op(w: &mut Words<'_>) -> Result<Op, ParseError> {
             container: w.name("container")?,
             group: group_num(w)?,
         },
-        "detach" => Op::Detach {
-            container: w.name("container")?,
-            group: group_num(w)?,
-        },
+        // `detach GROUP` as the real call is made (on the group), or `detach C GROUP`.
+        "detach" => {
+            let first = w.word("group")?;
+            match w.rest().as_slice() {
+                [] => Op::Detach {
+                    container: String::new(),
+                    group: parse_num(first)
+                        .and_then(|g| u32::try_from(g).ok())
+                        .map_or_else(|| w.err(format!("group {first:?}")), Ok)?,
+                },
+                [g] => Op::Detach {
+                    container: first.to_string(),
+                    group: parse_num(g)
+                        .and_then(|g| u32::try_from(g).ok())
+                        .map_or_else(|| w.err(format!("group {g:?}")), Ok)?,
+                },
+                _ => return w.err("detach GROUP, or detach C GROUP"),
+            }
+        }
         "set_iommu" => {
             let c = w.name("container")?;
             let k = w.word("type")?;

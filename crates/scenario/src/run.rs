@@ -78,6 +78,33 @@ fn check_expect(w: &mut World, e: &Expect, line: usize) -> Result<(), Failure> {
             }
         };
     match e {
+        Expect::Order(labels) => {
+            let evs = &w.sim.events()[w.op_events_start().min(w.sim.events().len())..];
+            let label = |e: &type1_core::Event| {
+                let v = serde_json::to_value(e).unwrap_or_default();
+                let ev = v["ev"].as_str().unwrap_or("").to_string();
+                match v["reason"].as_str() {
+                    Some(r) => format!("{ev}:{r}"),
+                    None => ev,
+                }
+            };
+            let names: Vec<String> = evs.iter().map(|(_, e)| label(e)).collect();
+            let mut from = 0;
+            for l in labels {
+                let matches = |n: &String| n == l || n.split(':').next() == Some(l.as_str());
+                match names[from..].iter().position(matches) {
+                    Some(i) => from += i + 1,
+                    None => return fail(
+                        line,
+                        format!(
+                            "no {l} after the earlier labels in the last operation's events: {}",
+                            names.join(" ")
+                        ),
+                    ),
+                }
+            }
+            Ok(())
+        }
         Expect::Flushes { n, reason: r, iova } => {
             let (got, _) = w.flushes(reason(r, line)?, *iova);
             mismatch("flushes", n.to_string(), got.to_string())
@@ -303,6 +330,7 @@ pub fn run_steps(steps: &[Step], opts: &RunOptions) -> Report {
                 check_expect(&mut w, e, s.line)
             }
             op => {
+                w.mark_op_start();
                 let res = w.exec(op);
                 w.check(s.line);
                 match (res, s.outcome) {

@@ -73,6 +73,8 @@ pub struct World {
     current: Option<String>,
     policy: String,
     config: Config,
+    /// Events before the operation being run (see [`World::mark_op_start`]).
+    op_start: usize,
     opened: Vec<(String, String)>,
     /// Bytes of the last CPU, DMA or `dma_rw` read.
     pub last_read: Vec<u8>,
@@ -104,6 +106,7 @@ impl World {
             current: None,
             policy: policy.to_string(),
             config: Config::default(),
+            op_start: 0,
             opened: Vec::new(),
             last_read: Vec::new(),
             last_unmapped: 0,
@@ -112,6 +115,16 @@ impl World {
             allowed: Vec::new(),
             seen_violations: 0,
         })
+    }
+
+    /// Notes that an operation starts: `expect order` looks at the events from here on.
+    pub fn mark_op_start(&mut self) {
+        self.op_start = self.sim.events().len();
+    }
+
+    /// Index of the last operation's first event.
+    pub fn op_events_start(&self) -> usize {
+        self.op_start
     }
 
     /// The policy new containers get.
@@ -228,6 +241,15 @@ impl World {
         match op {
             Op::Machine(_) => usage("`machine` must be the first operation"),
             Op::Policy(p) => self.set_policy(p).map_err(StepError::Usage),
+            Op::Param { name, value } => {
+                match name.as_str() {
+                    "dma_entry_limit" => self.config.dma_entry_limit = *value as u32,
+                    "disable_hugepages" => self.config.disable_hugepages = *value != 0,
+                    "allow_unsafe_interrupts" => self.config.allow_unsafe_interrupts = *value != 0,
+                    other => return usage(format!("unknown parameter {other:?}")),
+                }
+                Ok(())
+            }
             Op::Process {
                 name,
                 limit,
@@ -340,6 +362,17 @@ impl World {
                 Ok(())
             }
             Op::Detach { container, group } => {
+                // `detach GROUP`: the container the group is in (EINVAL if none, as
+                // UNSET_CONTAINER on a group in no container).
+                let owner;
+                let container = if container.is_empty() {
+                    owner = self.group_owner.get(group).cloned().ok_or_else(|| {
+                        errno(Errno::EINVAL, format!("group {group} is in no container"))
+                    })?;
+                    &owner
+                } else {
+                    container
+                };
                 if self.group_owner.get(group) != Some(container) {
                     return Err(errno(
                         Errno::EINVAL,
