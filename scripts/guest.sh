@@ -2,23 +2,87 @@
 # Builds, once, a small Linux guest from Debian packages and prints "KERNEL INITRD":
 # - the kernel of linux-image-cloud-amd64's dependency (linux-image-6.1.0-*-cloud-amd64),
 # - an initramfs of busybox-static whose /init mounts /proc and /sys, prints
-#   "type1-guest-up" and powers the machine off.
+#   "type1-guest-up" and powers the machine off,
+# - next to them, in `$(dirname KERNEL)/modules/`, the kernel package's uio.ko and
+#   uio_pci_generic.ko (uncompressed, for busybox insmod; not in the initramfs: a test that
+#   wants them appends them).
 # Packages are fetched with `apt-get download` and unpacked with `dpkg-deb -x` (nothing is
 # installed); busybox packs the initramfs. Cached in $TYPE1_GUEST_CACHE (default
-# ~/.cache/type1/guest). Used by scripts/boot-bench.sh; see docs/performance.md.
+# ~/.cache/type1/guest). A cache that has the kernel and initramfs but not the modules is
+# completed from the package of the cached kernel's release. Used by scripts/boot-bench.sh
+# (see docs/performance.md) and crates/cli/tests/guest.rs.
 set -euo pipefail
 cache=${TYPE1_GUEST_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/type1/guest}
-if [ -s "$cache/vmlinuz" ] && [ -s "$cache/initrd.img" ]; then
+modules=(uio uio_pci_generic)
+have_modules() {
+  local m
+  for m in "${modules[@]}"; do [ -s "$cache/modules/$m.ko" ] || return 1; done
+}
+if [ -s "$cache/vmlinuz" ] && [ -s "$cache/initrd.img" ] && have_modules; then
   echo "$cache/vmlinuz $cache/initrd.img"
   exit 0
 fi
-for tool in apt-get apt-cache dpkg-deb gzip; do
+for tool in apt-get apt-cache dpkg-deb gzip od dd; do
   command -v "$tool" >/dev/null || { echo "guest.sh: $tool is required (Debian)" >&2; exit 1; }
 done
 mkdir -p "$cache"
 work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
 cd "$work"
+
+# The release of a bzImage ("6.1.0-48-cloud-amd64"): the boot header's kernel_version field
+# (u16 at 0x20e) points at the version string, 0x200 bytes further on.
+release_of() {
+  local at
+  at=$(od -An -tu2 -j $((0x20e)) -N2 "$1" | tr -d ' ')
+  [ -n "$at" ] && [ "$at" -gt 0 ] || return 1
+  dd if="$1" bs=1 skip=$((at + 0x200)) count=128 2>/dev/null | tr '\0' '\n' | head -n1 |
+    cut -d' ' -f1
+}
+
+# Copies the modules out of the kernel package unpacked in ./kernel into $cache/modules,
+# checking they were built for release $1 (their vermagic). Compressed modules (.ko.xz,
+# .ko.zst: newer Debian kernels) are decompressed, busybox insmod loads plain ones only.
+keep_modules() {
+  local dir m f
+  dir=kernel/lib/modules/$1/kernel/drivers/uio
+  rm -rf "$cache/modules.tmp"
+  mkdir -p "$cache/modules.tmp"
+  for m in "${modules[@]}"; do
+    if [ -f "$dir/$m.ko" ]; then
+      cp "$dir/$m.ko" "$cache/modules.tmp/$m.ko"
+    elif [ -f "$dir/$m.ko.xz" ]; then
+      xz -dc "$dir/$m.ko.xz" > "$cache/modules.tmp/$m.ko"
+    elif [ -f "$dir/$m.ko.zst" ]; then
+      zstd -qdc "$dir/$m.ko.zst" > "$cache/modules.tmp/$m.ko"
+    else
+      echo "guest.sh: no $m.ko in the package of $1" >&2
+      return 1
+    fi
+    f=$cache/modules.tmp/$m.ko
+    tr '\0' '\n' < "$f" | grep -q "^vermagic=$1 " ||
+      { echo "guest.sh: $m.ko is not built for $1" >&2; return 1; }
+  done
+  rm -rf "$cache/modules"
+  mv "$cache/modules.tmp" "$cache/modules"
+}
+
+# Kernel and initramfs cached, modules not: take them from the cached kernel's package, if the
+# archive still has it; otherwise build everything again.
+if [ -s "$cache/vmlinuz" ] && [ -s "$cache/initrd.img" ]; then
+  release=$(release_of "$cache/vmlinuz" || true)
+  if [ -n "$release" ] &&
+    { apt-get download "linux-image-$release" >/dev/null 2>&1 ||
+      { apt-get update -qq >/dev/null 2>&1 &&
+        apt-get download "linux-image-$release" >/dev/null 2>&1; }; } &&
+    dpkg-deb -x "linux-image-${release}"_*.deb kernel && keep_modules "$release"; then
+    echo "$cache/vmlinuz $cache/initrd.img"
+    exit 0
+  fi
+  echo "guest.sh: no modules for the cached kernel ${release:-?}; building the guest again" >&2
+  rm -rf kernel ./*.deb
+fi
+
 kpkg=$(apt-cache depends linux-image-cloud-amd64 2>/dev/null |
   awk '/Depends: linux-image-[0-9]/ { print $2; exit }')
 if [ -z "$kpkg" ] || ! apt-get download "$kpkg" busybox-static >/dev/null 2>&1; then
@@ -41,6 +105,7 @@ poweroff -f
 INIT
 chmod +x root/init
 (cd root && find . | ./bin/busybox cpio -o -H newc 2>/dev/null) | gzip -1 > initrd.img
+keep_modules "${kpkg#linux-image-}"
 cp kernel/boot/vmlinuz-* "$cache/vmlinuz.tmp"
 mv initrd.img "$cache/initrd.img"
 mv "$cache/vmlinuz.tmp" "$cache/vmlinuz"

@@ -94,13 +94,15 @@ fn check_expect(w: &mut World, e: &Expect, line: usize) -> Result<(), Failure> {
                 let matches = |n: &String| n == l || n.split(':').next() == Some(l.as_str());
                 match names[from..].iter().position(matches) {
                     Some(i) => from += i + 1,
-                    None => return fail(
-                        line,
-                        format!(
+                    None => {
+                        return fail(
+                            line,
+                            format!(
                             "no {l} after the earlier labels in the last operation's events: {}",
                             names.join(" ")
                         ),
-                    ),
+                        )
+                    }
                 }
             }
             Ok(())

@@ -58,6 +58,63 @@ fn is_false(b: &bool) -> bool {
     !*b
 }
 
+/// 64-bit addresses in TOML, whose integers stop at 2^63 - 1: an integer, or a string in
+/// decimal or `0x` hex for anything (`"0xffffffffffffffff"`, an aperture that ends at the top).
+/// Written back as an integer when it fits, else as a hex string.
+mod wide {
+    use serde::{de::Error, Deserialize, Deserializer, Serializer};
+
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Wide {
+        Int(i64),
+        Text(String),
+    }
+
+    fn parse<E: Error>(w: Wide) -> Result<u64, E> {
+        match w {
+            Wide::Int(i) => u64::try_from(i).map_err(|_| E::custom(format!("{i} is negative"))),
+            Wide::Text(t) => {
+                let t = t.trim().replace('_', "");
+                let r = match t.strip_prefix("0x").or_else(|| t.strip_prefix("0X")) {
+                    Some(h) => u64::from_str_radix(h, 16),
+                    None => t.parse(),
+                };
+                r.map_err(|_| E::custom(format!("{t:?} is not a 64-bit number")))
+            }
+        }
+    }
+
+    pub fn serialize<S: Serializer>(v: &u64, s: S) -> Result<S::Ok, S::Error> {
+        match i64::try_from(*v) {
+            Ok(i) => s.serialize_i64(i),
+            Err(_) => s.serialize_str(&format!("0x{v:x}")),
+        }
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<u64, D::Error> {
+        parse(Wide::deserialize(d)?)
+    }
+
+    /// The same for an optional field.
+    pub mod opt {
+        use serde::{Deserialize, Deserializer, Serializer};
+
+        pub fn serialize<S: Serializer>(v: &Option<u64>, s: S) -> Result<S::Ok, S::Error> {
+            match v {
+                Some(v) => super::serialize(v, s),
+                None => s.serialize_none(),
+            }
+        }
+
+        pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<u64>, D::Error> {
+            Option::<super::Wide>::deserialize(d)?
+                .map(super::parse)
+                .transpose()
+        }
+    }
+}
+
 /// One IOMMU unit (a hardware IOMMU instance).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -69,13 +126,14 @@ pub struct UnitDesc {
     /// Whether the unit can force snooping (domains on it can enforce cache coherency).
     pub snoop_control: bool,
     /// First IOVA of the aperture (default 0).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(default, skip_serializing_if = "Option::is_none", with = "wide::opt")]
     pub aperture_start: Option<u64>,
-    /// Last IOVA of the aperture, inclusive (default 2^48 - 1).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    /// Last IOVA of the aperture, inclusive (default 2^48 - 1; up to 2^64 - 1, written as a
+    /// string past 2^63 - 1).
+    #[serde(default, skip_serializing_if = "Option::is_none", with = "wide::opt")]
     pub aperture_last: Option<u64>,
     /// Page-size bitmap (default 4K | 2M | 1G).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(default, skip_serializing_if = "Option::is_none", with = "wide::opt")]
     pub pgsizes: Option<u64>,
     /// Whether interrupts are isolated (default true).
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -137,8 +195,10 @@ pub struct GroupDesc {
 #[serde(deny_unknown_fields)]
 pub struct ResvDesc {
     /// First byte.
+    #[serde(with = "wide")]
     pub start: u64,
     /// Last byte, inclusive.
+    #[serde(with = "wide")]
     pub last: u64,
     /// Kind: `direct`, `direct_relaxable`, `reserved`, `sw_msi` or `msi`.
     pub kind: ResvKind,
@@ -379,6 +439,27 @@ impl MachineDesc {
 
 #[cfg(test)]
 mod tests {
+
+    #[test]
+    fn apertures_reach_the_top_of_the_64_bit_space() {
+        let text = "[[unit]]\nid = 0\nops = 1\nsnoop_control = false\n\
+                    aperture_start = \"0x1000\"\naperture_last = \"0xffffffffffffffff\"\n\
+                    [[group]]\nid = 1\nunit = 0\ndevices = [\"d\"]\n\
+                    reserved = [{ start = \"0xfee00000\", last = 4277141503, kind = \"msi\" }]\n";
+        let m = MachineDesc::from_toml_str(text).unwrap();
+        assert_eq!(m.units[0].aperture().last, u64::MAX);
+        assert_eq!(m.units[0].aperture().start, 0x1000);
+        assert_eq!(m.groups[0].reserved[0].start, 0xfee0_0000);
+        assert!(m.validate().is_ok());
+        // Written back and read again, the top value survives (as a hex string).
+        let again = MachineDesc::from_toml_str(&toml::to_string(&m).unwrap()).unwrap();
+        assert_eq!(again, m);
+        let bad = text.replace("0xffffffffffffffff", "0x1ffffffffffffffff");
+        assert!(MachineDesc::from_toml_str(&bad)
+            .unwrap_err()
+            .contains("is not a 64-bit number"));
+    }
+
     use super::*;
 
     #[test]
