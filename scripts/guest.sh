@@ -18,7 +18,10 @@ have_modules() {
   local m
   for m in "${modules[@]}"; do [ -s "$cache/modules/$m.ko" ] || return 1; done
 }
-if [ -s "$cache/vmlinuz" ] && [ -s "$cache/initrd.img" ] && have_modules; then
+cached() {
+  [ -s "$cache/vmlinuz" ] && [ -s "$cache/initrd.img" ] && have_modules
+}
+if cached; then
   echo "$cache/vmlinuz $cache/initrd.img"
   exit 0
 fi
@@ -26,8 +29,17 @@ for tool in apt-get apt-cache dpkg-deb gzip od dd; do
   command -v "$tool" >/dev/null || { echo "guest.sh: $tool is required (Debian)" >&2; exit 1; }
 done
 mkdir -p "$cache"
+# One build at a time (tests call this in parallel); a waiter finds the cache complete.
+if command -v flock >/dev/null; then
+  exec 9>"$cache/.lock"
+  flock 9
+  if cached; then
+    echo "$cache/vmlinuz $cache/initrd.img"
+    exit 0
+  fi
+fi
 work=$(mktemp -d)
-trap 'rm -rf "$work"' EXIT
+trap 'rm -rf "$work" "$cache/modules.tmp.$$"' EXIT
 cd "$work"
 
 # The release of a bzImage ("6.1.0-48-cloud-amd64"): the boot header's kernel_version field
@@ -46,25 +58,26 @@ release_of() {
 keep_modules() {
   local dir m f
   dir=kernel/lib/modules/$1/kernel/drivers/uio
-  rm -rf "$cache/modules.tmp"
-  mkdir -p "$cache/modules.tmp"
+  local tmp=$cache/modules.tmp.$$
+  rm -rf "$tmp"
+  mkdir -p "$tmp"
   for m in "${modules[@]}"; do
     if [ -f "$dir/$m.ko" ]; then
-      cp "$dir/$m.ko" "$cache/modules.tmp/$m.ko"
+      cp "$dir/$m.ko" "$tmp/$m.ko"
     elif [ -f "$dir/$m.ko.xz" ]; then
-      xz -dc "$dir/$m.ko.xz" > "$cache/modules.tmp/$m.ko"
+      xz -dc "$dir/$m.ko.xz" > "$tmp/$m.ko"
     elif [ -f "$dir/$m.ko.zst" ]; then
-      zstd -qdc "$dir/$m.ko.zst" > "$cache/modules.tmp/$m.ko"
+      zstd -qdc "$dir/$m.ko.zst" > "$tmp/$m.ko"
     else
       echo "guest.sh: no $m.ko in the package of $1" >&2
       return 1
     fi
-    f=$cache/modules.tmp/$m.ko
-    tr '\0' '\n' < "$f" | grep -q "^vermagic=$1 " ||
+    f=$tmp/$m.ko
+    grep -qaF "vermagic=$1 " "$f" ||
       { echo "guest.sh: $m.ko is not built for $1" >&2; return 1; }
   done
   rm -rf "$cache/modules"
-  mv "$cache/modules.tmp" "$cache/modules"
+  mv "$tmp" "$cache/modules"
 }
 
 # Kernel and initramfs cached, modules not: take them from the cached kernel's package, if the
@@ -105,8 +118,9 @@ poweroff -f
 INIT
 chmod +x root/init
 (cd root && find . | ./bin/busybox cpio -o -H newc 2>/dev/null) | gzip -1 > initrd.img
-keep_modules "${kpkg#linux-image-}"
 cp kernel/boot/vmlinuz-* "$cache/vmlinuz.tmp"
+rm -rf "$cache/modules" # those of another kernel, if any
 mv initrd.img "$cache/initrd.img"
 mv "$cache/vmlinuz.tmp" "$cache/vmlinuz"
+keep_modules "${kpkg#linux-image-}"
 echo "$cache/vmlinuz $cache/initrd.img"

@@ -47,6 +47,9 @@ struct State {
 /// One emulated open file.
 #[derive(Clone, Copy, Debug)]
 struct File {
+    /// Unique for the broker's life: a peer's fd number is reused once it is closed, so a
+    /// hang-up seen by one thread is matched to its file by this, never by the number.
+    id: u64,
     peer: i32,
     obj: Object,
     /// Inode of the process's end.
@@ -63,6 +66,7 @@ pub struct Server {
     state: Mutex<State>,
     returned: Condvar,
     files: Mutex<Vec<File>>,
+    next_file: Mutex<u64>,
     /// Connections open, for the decision to exit.
     conns: Mutex<usize>,
     /// Wakes the reaper when the set of files or clients changed.
@@ -231,6 +235,7 @@ impl Server {
             }),
             returned: Condvar::new(),
             files: Mutex::new(Vec::new()),
+            next_file: Mutex::new(0),
             conns: Mutex::new(0),
             wake,
         })
@@ -257,7 +262,13 @@ impl Server {
         let _ = sock::shutdown_write(peer);
         let ino = sock::socket_inode(end).ok_or(Errno::EIO)?;
         let peer = type1_host::uring::move_high(peer);
+        let id = {
+            let mut n = lock(&self.next_file);
+            *n += 1;
+            *n
+        };
         lock(&self.files).push(File {
+            id,
             peer,
             obj,
             ino,
@@ -272,29 +283,32 @@ impl Server {
     /// `blocking`: wait for a checked-out container to come back (requests); the reaper
     /// only collects what needs no container that is out.
     fn collect(&self) {
-        let polls: Vec<(i32, i16)> = lock(&self.files).iter().map(|f| (f.peer, 0)).collect();
-        if polls.is_empty() {
+        let files: Vec<(u64, i32)> = lock(&self.files).iter().map(|f| (f.id, f.peer)).collect();
+        if files.is_empty() {
             return;
         }
+        let polls: Vec<(i32, i16)> = files.iter().map(|(_, p)| (*p, 0)).collect();
         let Ok(rev) = sock::poll(&polls, 0) else {
             return;
         };
-        let hung: Vec<i32> = polls
+        let hung: Vec<u64> = files
             .iter()
             .zip(rev)
             .filter(|(_, r)| r & (libc::POLLHUP | libc::POLLERR) != 0)
-            .map(|(p, _)| p.0)
+            .map(|((id, _), _)| *id)
             .collect();
-        for peer in hung {
-            self.file_closed(peer);
+        for id in hung {
+            self.file_closed(id);
         }
     }
 
-    fn file_closed(&self, peer: i32) {
+    fn file_closed(&self, id: u64) {
         let mut st = self.state_when(|s| s.busy.is_empty());
         let (file, last) = {
             let mut files = lock(&self.files);
-            let Some(i) = files.iter().position(|f| f.peer == peer) else {
+            // Another thread may have handled it already (and its peer's number may now
+            // belong to a new file).
+            let Some(i) = files.iter().position(|f| f.id == id) else {
                 return;
             };
             let f = files.swap_remove(i);
@@ -547,8 +561,8 @@ impl Server {
             let services = self.hub.service_fds();
             let mut polls: Vec<(i32, i16)> = vec![(self.wake.1, libc::POLLIN)];
             polls.extend(services.iter().map(|(_, fd)| (*fd, libc::POLLRDHUP)));
-            let files: Vec<i32> = lock(&self.files).iter().map(|f| f.peer).collect();
-            polls.extend(files.iter().map(|p| (*p, 0)));
+            let files: Vec<(u64, i32)> = lock(&self.files).iter().map(|f| (f.id, f.peer)).collect();
+            polls.extend(files.iter().map(|(_, p)| (*p, 0)));
             let idle = *lock(&self.conns) == 0 && files.is_empty();
             let timeout = if idle { linger_ms.max(1) } else { -1 };
             let rev = sock::poll(&polls, timeout).unwrap_or_default();
@@ -564,10 +578,10 @@ impl Server {
                 }
             }
             let base = 1 + services.len();
-            for (i, peer) in files.iter().enumerate() {
+            for (i, (id, _)) in files.iter().enumerate() {
                 let r = rev.get(base + i).copied().unwrap_or(0);
                 if r & (libc::POLLHUP | libc::POLLERR) != 0 {
-                    self.file_closed(*peer);
+                    self.file_closed(*id);
                 }
             }
             let idle = *lock(&self.conns) == 0 && lock(&self.files).is_empty();

@@ -355,6 +355,9 @@ extern "C" fn fork_prepare() {
     if in_hook() {
         return;
     }
+    // A one-time initialisation another thread is running would never finish in the child:
+    // wait for it here.
+    let _ = guarded(machine);
     let locks = (
         table(),
         HOST.lock().unwrap_or_else(|p| p.into_inner()),
@@ -439,6 +442,8 @@ pub(crate) extern "C" fn at_load() {
     unsafe {
         libc::pthread_atfork(Some(fork_prepare), Some(fork_parent), Some(fork_child));
     }
+    // The machine is known from the start (before any thread could be reading it at a fork).
+    let _ = guarded(machine);
     let _ = guarded(adopt_inherited);
 }
 

@@ -586,3 +586,14 @@ fn interrupts_reach_the_registered_eventfds() {
     let irqs = lines_with(&trace, |v| v["ev"] == "irq");
     assert!(irqs.len() >= 5, "{trace}");
 }
+
+/// Issue 9 item 8: `tests/c/threads.c`, threads and forks at once; no wrong answer, no hang.
+#[test]
+fn threads_and_forks_at_once_get_the_kernels_answers() {
+    let Some(exe) = compile("threads") else {
+        return;
+    };
+    let (ok, out, _) = run_preloaded(&exe, "threads.jsonl");
+    assert!(ok, "{out}");
+    assert!(out.contains("stress ok"), "{out}");
+}
