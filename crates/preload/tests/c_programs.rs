@@ -597,3 +597,12 @@ fn threads_and_forks_at_once_get_the_kernels_answers() {
     assert!(ok, "{out}");
     assert!(out.contains("stress ok"), "{out}");
 }
+
+/// Issue 9 item 8: `tests/c/mproc.c`, processes and threads sharing one container and device.
+#[test]
+fn processes_and_threads_share_one_container() {
+    let Some(exe) = compile("mproc") else { return };
+    let (ok, out, _) = run_preloaded(&exe, "mproc.jsonl");
+    assert!(ok, "{out}");
+    assert!(out.contains("mp ok"), "{out}");
+}
