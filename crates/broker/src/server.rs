@@ -405,7 +405,9 @@ impl Server {
                 (Msg::Value(0), Vec::new(), Vec::new())
             }
             Request::Open(group) => {
-                let mut st = self.state_when(|s| s.busy.is_empty());
+                // A new container, or a group's open flag: nothing a checked-out container
+                // holds, so a long MAP_DMA elsewhere does not hold up an open.
+                let mut st = lock(&self.state);
                 let obj = match group {
                     None => st.vfio.open_container(),
                     Some(n) => match st.vfio.open_group(n) {
