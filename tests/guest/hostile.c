@@ -38,6 +38,7 @@
 #include <sys/mman.h>
 #include <time.h>
 #include <unistd.h>
+#include "guest.h"
 
 #define BAR0_SIZE 0x2000u
 #define REG_ID 0x00
@@ -196,37 +197,11 @@ static void wr32(uint32_t off, uint32_t v) { wr(off, 4, v); }
 static void wr64(uint32_t off, uint64_t v) { wr(off, 8, v); }
 
 /* ---- sysfs ---- */
-static int read_file(const char *path, char *buf, size_t n) {
-    int fd = open(path, O_RDONLY);
-    if (fd < 0) return -1;
-    ssize_t r = read(fd, buf, n - 1);
-    close(fd);
-    if (r < 0) return -1;
-    buf[r] = 0;
-    return (int)r;
-}
 
 static void find_device(void) {
-    DIR *d = opendir("/sys/bus/pci/devices");
-    CHECK(d, "opendir /sys/bus/pci/devices: %s", strerror(errno));
-    struct dirent *e;
-    while ((e = readdir(d))) {
-        if (e->d_name[0] == '.') continue;
-        char p[512], v[32], dv[32];
-        snprintf(p, sizeof p, "/sys/bus/pci/devices/%s/vendor", e->d_name);
-        if (read_file(p, v, sizeof v) < 0) continue;
-        snprintf(p, sizeof p, "/sys/bus/pci/devices/%s/device", e->d_name);
-        if (read_file(p, dv, sizeof dv) < 0) continue;
-        if (strtoul(v, NULL, 16) == 0x1234 && strtoul(dv, NULL, 16) == 0x11e8) {
-            snprintf(bdf, sizeof bdf, "%s", e->d_name);
-            snprintf(sysdir, sizeof sysdir, "/sys/bus/pci/devices/%s", e->d_name);
-            closedir(d);
-            printf("hostile: device %s\n", bdf);
-            return;
-        }
-    }
-    closedir(d);
-    fail("no PCI device 1234:11e8 in /sys/bus/pci/devices");
+    if (find_emulated_device(bdf, sizeof bdf, sysdir, sizeof sysdir) != 0)
+        fail("no PCI device 1234:11e8 in /sys/bus/pci/devices");
+    printf("hostile: device %s\n", bdf);
 }
 
 static void enable_device(void) {

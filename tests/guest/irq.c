@@ -34,6 +34,7 @@
 #include <sys/mman.h>
 #include <time.h>
 #include <unistd.h>
+#include "guest.h"
 
 #define BAR0_SIZE 0x2000u
 #define REG_ID 0x00
@@ -99,15 +100,6 @@ static int64_t now_ms(void) {
     return (int64_t)t.tv_sec * 1000 + t.tv_nsec / 1000000;
 }
 
-static int read_file(const char *path, char *buf, size_t n) {
-    int fd = open(path, O_RDONLY);
-    if (fd < 0) return -1;
-    ssize_t r = read(fd, buf, n - 1);
-    close(fd);
-    if (r < 0) return -1;
-    buf[r] = 0;
-    return (int)r;
-}
 
 static int write_file(const char *path, const char *text) {
     int fd = open(path, O_WRONLY);
@@ -133,29 +125,12 @@ static void cfg16_set(unsigned off, uint16_t v) {
 }
 
 static void find_device(void) {
-    DIR *d = opendir("/sys/bus/pci/devices");
-    CHECK(d, "opendir /sys/bus/pci/devices: %s", strerror(errno));
-    struct dirent *e;
-    while ((e = readdir(d))) {
-        if (e->d_name[0] == '.') continue;
-        char p[512], v[32], dv[32];
-        snprintf(p, sizeof p, "/sys/bus/pci/devices/%s/vendor", e->d_name);
-        if (read_file(p, v, sizeof v) < 0) continue;
-        snprintf(p, sizeof p, "/sys/bus/pci/devices/%s/device", e->d_name);
-        if (read_file(p, dv, sizeof dv) < 0) continue;
-        if (strtoul(v, NULL, 16) == 0x1234 && strtoul(dv, NULL, 16) == 0x11e8) {
-            snprintf(bdf, sizeof bdf, "%.60s", e->d_name);
-            snprintf(sysdir, sizeof sysdir, "/sys/bus/pci/devices/%.60s", e->d_name);
-            closedir(d);
-            char irq[32] = "?";
-            snprintf(p, sizeof p, "%s/irq", sysdir);
-            if (read_file(p, irq, sizeof irq) > 0) irq[strcspn(irq, "\n")] = 0;
-            printf("irq: device %s, irq %s\n", bdf, irq);
-            return;
-        }
-    }
-    closedir(d);
-    fail("no PCI device 1234:11e8 in /sys/bus/pci/devices");
+    if (find_emulated_device(bdf, sizeof bdf, sysdir, sizeof sysdir) != 0)
+        fail("no PCI device 1234:11e8 in /sys/bus/pci/devices");
+    char p[512], irq[32] = "?";
+    snprintf(p, sizeof p, "%s/irq", sysdir);
+    if (read_file(p, irq, sizeof irq) > 0) irq[strcspn(irq, "\n")] = 0;
+    printf("irq: device %s, irq %s\n", bdf, irq);
 }
 
 /* Binds the device to uio_pci_generic and finds its uio node. */
