@@ -93,6 +93,55 @@ fn guest_image() -> Option<(String, String)> {
     }
 }
 
+/// Boots the guest (`kernel`, `initrd`, kernel command line `append`) under `type1 exec` with
+/// the non-coherent device behind a PCIe root port, serial on stdout, trace in `trace`, and
+/// waits up to 300 s for it to power off: its stdout and `type1 exec`'s stderr, once QEMU has
+/// exited 0 without a panic in the emulation.
+fn run_guest(
+    lib: &Path,
+    kernel: &str,
+    initrd: &Path,
+    append: &str,
+    trace: &Path,
+    what: &str,
+) -> (String, String) {
+    let mut cmd = Command::new(type1_exe());
+    cmd.args(["exec", "--library", lib.to_str().unwrap()])
+        .args(["--trace", trace.to_str().unwrap(), "--"])
+        .args(["qemu-system-x86_64", "-machine", "q35", "-accel", "tcg"])
+        .args(["-m", "256", "-nodefaults", "-display", "none"])
+        .args([
+            "-serial",
+            "stdio",
+            "-no-reboot",
+            "-kernel",
+            kernel,
+            "-initrd",
+        ])
+        .arg(initrd)
+        .args(["-append", append])
+        .args(["-device", "pcie-root-port,id=rp0,chassis=1"])
+        .args(["-device", "vfio-pci,host=0000:00:05.0,bus=rp0"]);
+    let started = std::time::Instant::now();
+    let out = output_within(cmd, 300)
+        .unwrap_or_else(|| panic!("the guest runs {what} and powers off within 300 s"));
+    let (stdout, stderr) = (
+        String::from_utf8_lossy(&out.stdout).to_string(),
+        String::from_utf8_lossy(&out.stderr).to_string(),
+    );
+    eprintln!(
+        "guest run: {:.1} s\n{stdout}",
+        started.elapsed().as_secs_f64()
+    );
+    assert!(!stderr.contains("panicked"), "{stderr}");
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "QEMU stays up and exits 0\n{stdout}\n{stderr}"
+    );
+    (stdout, stderr)
+}
+
 /// Pads `out` with NULs to a multiple of 4 bytes.
 fn pad4(out: &mut Vec<u8>) {
     out.resize(out.len().next_multiple_of(4), 0);
@@ -192,40 +241,7 @@ fn a_hostile_guest_driver_neither_crashes_qemu_nor_breaks_the_device() {
     if let Ok(seed) = std::env::var("TYPE1_HOSTILE_SEED") {
         append.push_str(&format!(" hostile_seed={seed}"));
     }
-    let mut cmd = Command::new(type1_exe());
-    cmd.args(["exec", "--library", lib.to_str().unwrap()])
-        .args(["--trace", trace.to_str().unwrap(), "--"])
-        .args(["qemu-system-x86_64", "-machine", "q35", "-accel", "tcg"])
-        .args([
-            "-m",
-            "256",
-            "-nodefaults",
-            "-display",
-            "none",
-            "-serial",
-            "stdio",
-        ])
-        .args(["-no-reboot", "-kernel", kernel, "-initrd"])
-        .arg(&initrd)
-        .args(["-append", &append])
-        .args(["-device", "pcie-root-port,id=rp0,chassis=1"])
-        .args(["-device", "vfio-pci,host=0000:00:05.0,bus=rp0"]);
-    let started = std::time::Instant::now();
-    let out = output_within(cmd, 300).expect("the guest runs hostile and powers off within 300 s");
-    let (stdout, stderr) = (
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr),
-    );
-    eprintln!(
-        "guest run: {:.1} s\n{stdout}",
-        started.elapsed().as_secs_f64()
-    );
-    assert!(!stderr.contains("panicked"), "{stderr}");
-    assert_eq!(
-        out.status.code(),
-        Some(0),
-        "QEMU stays up\n{stdout}\n{stderr}"
-    );
+    let (stdout, stderr) = run_guest(&lib, kernel, &initrd, &append, &trace, "hostile");
     assert!(!stdout.contains("hostile FAIL"), "{stdout}\n{stderr}");
     assert!(stdout.contains("hostile ok"), "{stdout}\n{stderr}");
     assert_eq!(
@@ -483,33 +499,8 @@ fn a_guest_driver_takes_the_device_interrupts() {
     let img_path = tmp("guest-irq-initrd.img");
     std::fs::write(&img_path, img).expect("write the initramfs");
     let trace = tmp("guest-irq.jsonl");
-    let mut cmd = Command::new(type1_exe());
-    cmd.args(["exec", "--library", lib.to_str().unwrap()])
-        .args(["--trace", trace.to_str().unwrap(), "--"])
-        .args(["qemu-system-x86_64", "-machine", "q35", "-accel", "tcg"])
-        .args(["-m", "256", "-nodefaults", "-display", "none"])
-        .args(["-serial", "stdio", "-no-reboot"])
-        .args(["-kernel", &kernel, "-initrd"])
-        .arg(&img_path)
-        .args(["-append", "console=ttyS0 panic=-1 quiet"])
-        .args(["-device", "pcie-root-port,id=rp0,chassis=1"])
-        .args(["-device", "vfio-pci,host=0000:00:05.0,bus=rp0"]);
-    let started = std::time::Instant::now();
-    let out = output_within(cmd, 300).expect("the guest runs irq and powers off within 300 s");
-    let (stdout, stderr) = (
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr),
-    );
-    eprintln!(
-        "guest run: {:.1} s\n{stdout}",
-        started.elapsed().as_secs_f64()
-    );
-    assert!(!stderr.contains("panicked"), "{stderr}");
-    assert_eq!(
-        out.status.code(),
-        Some(0),
-        "QEMU exits 0\n{stdout}\n{stderr}"
-    );
+    let append = "console=ttyS0 panic=-1 quiet";
+    let (stdout, stderr) = run_guest(&lib, &kernel, &img_path, append, &trace, "irq");
     assert!(!stdout.contains("irq FAIL"), "{stdout}\n{stderr}");
     assert!(stdout.contains("irq ok"), "{stdout}\n{stderr}");
     let evs = events(&trace);
