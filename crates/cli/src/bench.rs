@@ -48,6 +48,8 @@ pub struct BenchOpts {
     pub plot: Option<PathBuf>,
     /// Rounds of the host workload (medians).
     pub reps: usize,
+    /// `--scale` instead of the workloads.
+    pub scale: bool,
 }
 
 /// Parses a size: `4G`, `512M`, `64K`, or bytes.
@@ -522,8 +524,351 @@ fn qemu(
     }))
 }
 
+/// The least platform the engine runs on: pins are frame numbers and nothing else, the IOMMU
+/// a software page table (`IoPageTable`), a flush does nothing. What the heap grows by while
+/// mappings exist on it is the engine's own memory (and those page tables').
+#[derive(Default)]
+struct Lean {
+    tables: std::collections::BTreeMap<u32, type1_core::IoPageTable>,
+    next: u32,
+    locked: u64,
+}
+
+impl Platform for Lean {
+    fn current(&self) -> Option<type1_core::Task> {
+        Some(type1_core::Task {
+            mm: type1_core::MmId(1),
+            cap_ipc_lock: true,
+            memlock_limit_pages: u64::MAX,
+        })
+    }
+    fn mm_alive(&self, _mm: type1_core::MmId) -> bool {
+        true
+    }
+    fn locked_vm(&self, _mm: type1_core::MmId) -> u64 {
+        self.locked
+    }
+    fn account(
+        &mut self,
+        _mm: type1_core::MmId,
+        delta: i64,
+        _enforce: bool,
+    ) -> Result<(), type1_core::PlatformError> {
+        self.locked = self.locked.saturating_add_signed(delta);
+        Ok(())
+    }
+    fn pin_user_pages(
+        &mut self,
+        _mm: type1_core::MmId,
+        vaddr: u64,
+        npages: u64,
+        _write: bool,
+    ) -> Result<Vec<type1_core::PinnedPage>, type1_core::PlatformError> {
+        Ok((0..npages.min(512))
+            .map(|i| type1_core::PinnedPage {
+                pfn: (vaddr >> 12) + i,
+                reserved: false,
+            })
+            .collect())
+    }
+    fn unpin_page(&mut self, _pfn: u64, _dirty: bool) {}
+    fn pfn_is_reserved(&self, _pfn: u64) -> bool {
+        false
+    }
+    fn pfn_memtype(&self, _pfn: u64) -> type1_core::MemType {
+        type1_core::MemType::Wb
+    }
+    fn mm_read(
+        &mut self,
+        _mm: type1_core::MmId,
+        _vaddr: u64,
+        buf: &mut [u8],
+    ) -> Result<(), type1_core::PlatformError> {
+        buf.fill(0);
+        Ok(())
+    }
+    fn mm_write(
+        &mut self,
+        _mm: type1_core::MmId,
+        _vaddr: u64,
+        _data: &[u8],
+    ) -> Result<(), type1_core::PlatformError> {
+        Ok(())
+    }
+    fn group_info(
+        &self,
+        _group: GroupId,
+    ) -> Result<type1_core::GroupInfo, type1_core::PlatformError> {
+        Ok(type1_core::GroupInfo {
+            emulated: false,
+            reserved: Vec::new(),
+            msi_isolated: true,
+        })
+    }
+    fn domain_alloc(
+        &mut self,
+        _group: GroupId,
+    ) -> Result<type1_core::DomainId, type1_core::PlatformError> {
+        self.next += 1;
+        self.tables
+            .insert(self.next, type1_core::IoPageTable::new(0x4020_1000));
+        Ok(type1_core::DomainId(self.next))
+    }
+    fn domain_info(&self, _domain: type1_core::DomainId) -> type1_core::DomainInfo {
+        type1_core::DomainInfo {
+            ops: 1,
+            aperture: type1_core::IovaRange {
+                start: 0,
+                last: (1 << 48) - 1,
+            },
+            pgsize_bitmap: 0x4020_1000,
+        }
+    }
+    fn domain_enforce_cache_coherency(&mut self, _domain: type1_core::DomainId) -> bool {
+        false
+    }
+    fn domain_free(&mut self, domain: type1_core::DomainId) {
+        self.tables.remove(&domain.0);
+    }
+    fn attach_group(
+        &mut self,
+        _domain: type1_core::DomainId,
+        _group: GroupId,
+    ) -> Result<(), type1_core::PlatformError> {
+        Ok(())
+    }
+    fn detach_group(&mut self, _domain: type1_core::DomainId, _group: GroupId) {}
+    fn iommu_map(
+        &mut self,
+        domain: type1_core::DomainId,
+        iova: u64,
+        pa: u64,
+        size: u64,
+        prot: type1_core::Prot,
+    ) -> Result<(), type1_core::PlatformError> {
+        let t = self.tables.get_mut(&domain.0).ok_or_else(|| {
+            type1_core::PlatformError::new(type1_core::Errno::ENODEV, "no domain")
+        })?;
+        t.map(iova, pa, size, prot)
+            .map_err(|e| type1_core::PlatformError::new(e, "iommu_map"))
+    }
+    fn iommu_unmap(&mut self, domain: type1_core::DomainId, iova: u64, size: u64) -> u64 {
+        self.tables
+            .get_mut(&domain.0)
+            .map_or(0, |t| t.unmap(iova, size))
+    }
+    fn iotlb_sync(&mut self, _domain: type1_core::DomainId) {}
+    fn iova_to_phys(&self, domain: type1_core::DomainId, iova: u64) -> Option<u64> {
+        self.tables.get(&domain.0)?.translate(iova).map(|x| x.0)
+    }
+    fn iova_to_phys_run(
+        &self,
+        domain: type1_core::DomainId,
+        iova: u64,
+        max: u64,
+    ) -> Option<(u64, u64)> {
+        self.tables.get(&domain.0)?.run(iova, max)
+    }
+    fn flush_cache(&mut self, _pa: u64, _len: u64) {}
+}
+
+/// Heap bytes the engine keeps for `n` mappings of `pages_each` pages (laid out as
+/// [`scale`] lays them out), on [`Lean`].
+fn engine_bytes(n: u64, pages_each: u64) -> Result<f64> {
+    let mut p = Lean::default();
+    let config = Config {
+        dma_entry_limit: u32::MAX,
+        ..Config::default()
+    };
+    let mut c = Container::new(config, "seed").map_err(|e| anyhow!("{e}"))?;
+    c.add_group(&mut p, GroupId(1))
+        .map_err(|e| anyhow!("group 1: {e}"))?;
+    c.set_iommu(&mut p, 3)
+        .map_err(|e| anyhow!("SET_IOMMU: {e}"))?;
+    let t1 = c.iommu_mut().map_err(|e| anyhow!("{e}"))?;
+    let before = type1_host::alloc_count::live_bytes();
+    let stride = if n > 1 { 2 * PAGE_SIZE } else { 0 };
+    for i in 0..n {
+        let r = MapRequest {
+            flags: 3,
+            vaddr: (1u64 << 32) + i * stride,
+            iova: i * pages_each * PAGE_SIZE,
+            size: pages_each * PAGE_SIZE,
+        };
+        t1.map_dma(&mut p, r)
+            .map_err(|e| anyhow!("MAP_DMA {i}: {e}"))?;
+    }
+    let bytes = type1_host::alloc_count::live_bytes().saturating_sub(before) as f64;
+    c.close(&mut p);
+    Ok(bytes)
+}
+
+/// One point of `--scale`: the engine on the simulator with `n` mappings of `pages` pages.
+#[derive(Clone, Debug, Serialize)]
+pub struct ScaleRow {
+    /// `mappings` (n one-page mappings) or `pages` (one mapping of n pages).
+    pub axis: String,
+    /// Mappings.
+    pub mappings: u64,
+    /// Pages in all.
+    pub pages: u64,
+    /// Nanoseconds per MAP_DMA'd page (map phase).
+    pub map_ns_per_page: f64,
+    /// Nanoseconds per mapping of the map phase.
+    pub map_ns_per_mapping: f64,
+    /// Nanoseconds per page of the unmap phase (UNMAP_DMA of everything).
+    pub unmap_ns_per_page: f64,
+    /// Heap bytes the engine and the simulator keep while everything is mapped, per mapping.
+    pub bytes_per_mapping: f64,
+    /// The same per page.
+    pub bytes_per_page: f64,
+    /// Heap bytes of the engine alone (on a platform that keeps nothing per page but its
+    /// IOMMU page table), per mapping.
+    pub engine_bytes_per_mapping: f64,
+    /// The same per page.
+    pub engine_bytes_per_page: f64,
+}
+
+/// `--scale`: how time and memory grow with the number of mappings (one page each, 1 Ki to
+/// 64 Ki - 1) and with the pages of one mapping (16 Mi to 2 GiB), on the simulator with the
+/// `seed` policy and a non-coherent domain. Memory is the heap the process keeps (the binary
+/// counts its allocations), so it covers the engine and the simulator's own records.
+pub fn scale() -> Result<Vec<ScaleRow>> {
+    let mut rows = Vec::new();
+    let points: Vec<(&str, u64, u64)> = [1024u64, 4096, 16384, 65535]
+        .iter()
+        .map(|n| ("mappings", *n, 1u64))
+        .chain(
+            [4096u64, 65536, 262144, 524288]
+                .iter()
+                .map(|p| ("pages", 1, *p)),
+        )
+        .collect();
+    for (axis, n, pages_each) in points {
+        let total = n * pages_each;
+        // Frames for the pages, and room: every other page of the process is mapped on the
+        // mappings axis so that no two mappings are adjacent.
+        let frames = total * if n > 1 { 2 } else { 1 } + 1024;
+        let desc = type1_sim::MachineDesc {
+            memory_frames: frames,
+            ..Default::default()
+        };
+        let mut s = type1_sim::Sim::new(desc).map_err(|e| anyhow!("simulator: {e}"))?;
+        let mm = s.create_process("scale");
+        s.set_cap_ipc_lock(mm, true);
+        s.set_current(Some(mm));
+        let base = 1u64 << 32;
+        let span = if n > 1 {
+            2 * n * PAGE_SIZE
+        } else {
+            total * PAGE_SIZE
+        };
+        s.mmap_anon(mm, base, span, true)
+            .map_err(|e| anyhow!("sim mmap: {e}"))?;
+        let config = Config {
+            dma_entry_limit: u32::MAX,
+            ..Config::default()
+        };
+        let mut c = Container::new(config, "seed").map_err(|e| anyhow!("{e}"))?;
+        c.add_group(&mut s, GroupId(1))
+            .map_err(|e| anyhow!("group 1: {e}"))?;
+        c.set_iommu(&mut s, 3)
+            .map_err(|e| anyhow!("SET_IOMMU: {e}"))?;
+        let t1 = c.iommu_mut().map_err(|e| anyhow!("{e}"))?;
+        let before = type1_host::alloc_count::live_bytes();
+        let t = Instant::now();
+        for i in 0..n {
+            let stride = if n > 1 { 2 * PAGE_SIZE } else { 0 };
+            let r = MapRequest {
+                flags: 3,
+                vaddr: base + i * stride,
+                iova: i * pages_each * PAGE_SIZE,
+                size: pages_each * PAGE_SIZE,
+            };
+            t1.map_dma(&mut s, r)
+                .map_err(|e| anyhow!("MAP_DMA {i}: {e}"))?;
+        }
+        let map_ns = t.elapsed().as_nanos() as f64;
+        let bytes = type1_host::alloc_count::live_bytes().saturating_sub(before) as f64;
+        let t = Instant::now();
+        let un = UnmapRequest {
+            flags: type1_core::abi::UNMAP_FLAG_ALL,
+            iova: 0,
+            size: 0,
+            bitmap: None,
+        };
+        t1.unmap_dma(&mut s, un)
+            .map_err(|e| anyhow!("UNMAP_DMA all: {e}"))?;
+        let unmap_ns = t.elapsed().as_nanos() as f64;
+        c.close(&mut s);
+        let engine = engine_bytes(n, pages_each)?;
+        rows.push(ScaleRow {
+            axis: axis.to_string(),
+            mappings: n,
+            pages: total,
+            map_ns_per_page: map_ns / total as f64,
+            map_ns_per_mapping: map_ns / n as f64,
+            unmap_ns_per_page: unmap_ns / total as f64,
+            bytes_per_mapping: bytes / n as f64,
+            bytes_per_page: bytes / total as f64,
+            engine_bytes_per_mapping: engine / n as f64,
+            engine_bytes_per_page: engine / total as f64,
+        });
+    }
+    Ok(rows)
+}
+
+/// The `--scale` table.
+pub fn scale_table(rows: &[ScaleRow]) -> String {
+    use std::fmt::Write;
+    let mut s = String::new();
+    let _ = writeln!(
+        s,
+        "{:9} {:>9} {:>9} {:>12} {:>14} {:>14} {:>10} {:>8} {:>16} {:>13}",
+        "axis",
+        "mappings",
+        "pages",
+        "map ns/page",
+        "map ns/mapping",
+        "unmap ns/page",
+        "B/mapping",
+        "B/page",
+        "engine B/mapping",
+        "engine B/page"
+    );
+    for r in rows {
+        let _ = writeln!(
+            s,
+            "{:9} {:>9} {:>9} {:>12.0} {:>14.0} {:>14.0} {:>10.0} {:>8.1} {:>16.1} {:>13.3}",
+            r.axis,
+            r.mappings,
+            r.pages,
+            r.map_ns_per_page,
+            r.map_ns_per_mapping,
+            r.unmap_ns_per_page,
+            r.bytes_per_mapping,
+            r.bytes_per_page,
+            r.engine_bytes_per_mapping,
+            r.engine_bytes_per_page
+        );
+    }
+    s
+}
+
 /// Runs the benchmark and prints its table.
 pub fn run(o: &BenchOpts) -> Result<()> {
+    if o.scale {
+        let rows = scale()?;
+        print!("{}", scale_table(&rows));
+        if let Some(path) = &o.json {
+            std::fs::write(
+                path,
+                serde_json::to_vec_pretty(&serde_json::json!({ "scale": rows }))?,
+            )
+            .with_context(|| format!("cannot write {}", path.display()))?;
+        }
+        return Ok(());
+    }
     for p in &o.policies {
         Container::new(Config::default(), p).map_err(|e| anyhow!("--policies {p:?}: {e}"))?;
     }
@@ -691,8 +1036,25 @@ mod tests {
         );
     }
 
+    /// The heap counter is the process's: tests that allocate much, or measure it, take turns.
+    static HEAP: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+    #[test]
+    fn the_engine_keeps_a_bounded_record_per_mapping_and_almost_nothing_per_page() {
+        let _turn = HEAP.lock().unwrap_or_else(|p| p.into_inner());
+        // The binary's counting allocator is installed in this test binary too.
+        let per_mapping = engine_bytes(256, 1).unwrap() / 256.0;
+        assert!(
+            per_mapping > 0.0 && per_mapping < 1024.0,
+            "{per_mapping} B per mapping"
+        );
+        let per_page = engine_bytes(1, 65536).unwrap() / 65536.0;
+        assert!(per_page < 1.0, "{per_page} B per page of one large mapping");
+    }
+
     #[test]
     fn the_sim_workload_runs_every_phase() {
+        let _turn = HEAP.lock().unwrap_or_else(|p| p.into_inner());
         let o = BenchOpts {
             guest: 8 << 20,
             aperture: 2 << 20,
@@ -703,6 +1065,7 @@ mod tests {
             json: None,
             plot: None,
             reps: 1,
+            scale: false,
         };
         let mut rows = Vec::new();
         sim(&o, &indicatif::ProgressBar::hidden(), &mut rows).unwrap();

@@ -121,6 +121,9 @@ enum Cmd {
         /// Rounds of the host workload (the table shows medians).
         #[arg(long, default_value_t = 3)]
         reps: usize,
+        /// Instead: how the engine's time and memory grow with mappings and pages (simulator).
+        #[arg(long)]
+        scale: bool,
     },
     /// Summarize a JSON-lines trace, or convert it into a Perfetto timeline.
     Trace {
@@ -378,6 +381,10 @@ fn trace_cmd(file: &std::path::Path, perfetto: Option<&std::path::Path>) -> Resu
     Ok(ExitCode::SUCCESS)
 }
 
+/// Heap bytes are counted, for `type1 bench --scale`'s memory per mapping and per page.
+#[global_allocator]
+static ALLOC: type1_host::alloc_count::Counting = type1_host::alloc_count::Counting;
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let r = match cli.cmd {
@@ -423,6 +430,7 @@ fn main() -> ExitCode {
             json,
             plot,
             reps,
+            scale,
         } => bench::run(&bench::BenchOpts {
             guest: guest_size,
             aperture,
@@ -433,6 +441,7 @@ fn main() -> ExitCode {
             json,
             plot,
             reps,
+            scale,
         })
         .map(|()| ExitCode::SUCCESS),
         Cmd::Check {

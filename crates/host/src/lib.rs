@@ -44,6 +44,7 @@
 //! `type1-preload` drives this platform through `type1-uapi`. All system calls are raw
 //! (`sys`), so an interposing library never sees them.
 
+pub mod alloc_count;
 pub mod floor;
 pub mod pins;
 pub mod sock;
