@@ -6,7 +6,8 @@
  * 1. Finds the device (1234:11e8), enables memory space and bus mastering, maps BAR0
  *    (resource0) and checks ID and LIVENESS.
  * 2. A correct DMA round trip with one of its own pages (mlock'ed, its guest physical address
- *    from /proc/self/pagemap: IOVA = GPA, QEMU maps guest RAM at its GPA), a fault, and
+ *    from /proc/self/pagemap: IOVA = GPA, QEMU maps guest RAM at its GPA), a fault, a read of
+ *    the BIOS ROM and a refused write to it (QEMU maps ROM read-only: a permission fault), and
  *    peer-to-peer DMA with its own BAR2 (QEMU maps the BAR for the device at its bus address).
  * 3. Hostile phase, bounded in time and actions: random reads and writes of every width at
  *    random (also unaligned) BAR0 offsets, DMA programmed with edge-case addresses and
@@ -67,6 +68,8 @@
 #define PAGE 4096u
 /* Nothing of the guest lives at or above this (QEMU's TCG CPUs have 40 physical address bits). */
 #define FAR (1ull << 40)
+#define ROM 0xffff0000ull /* in the BIOS ROM (q35: the last 256 KiB below 4 GiB) */
+#define FAULT_PERMISSION 2u
 
 /* Budget of the hostile phase (hostile_secs=N, hostile_actions=N on the kernel command line). */
 static int64_t budget_ns = 3000000000ll;
@@ -159,6 +162,7 @@ static volatile uint8_t *window(uint64_t a, uint64_t len) {
 static int to_memory_safe(uint64_t dst, uint64_t len) {
     if (len == 0) return 1;
     if (dst >= FAR) return 1; /* above RAM; past 2^64 it must be refused, not wrapped */
+    if (dst >= ROM && dst + len <= ROM + PAGE) return 1; /* read-only: must be refused */
     return window(dst, len) != NULL;
 }
 
@@ -369,6 +373,18 @@ static void round_trip(const char *when) {
           rd64(REG_FAULT_IOVA));
     wr32(REG_STATUS, STATUS_FAULT);
     CHECK(rd32(REG_STATUS) == 0, "%s: STATUS 0x%x after W1C", when, rd32(REG_STATUS));
+
+    /* QEMU maps the BIOS ROM read-only (at the top of 4 GiB on q35): the device reads it, and
+     * a write to it is a permission fault, nothing written. */
+    st = dma(ROM, 0, 16, 0);
+    CHECK(st == STATUS_DONE, "%s: read of the BIOS ROM: STATUS 0x%x (reason %u)", when, st,
+          rd32(REG_FAULT_REASON));
+    st = dma(0, ROM, 16, CMD_TO_MEMORY);
+    CHECK(st == STATUS_FAULT && rd32(REG_FAULT_REASON) == FAULT_PERMISSION &&
+              rd64(REG_FAULT_IOVA) == ROM,
+          "%s: write to the read-only ROM: STATUS 0x%x reason %u at 0x%" PRIx64, when, st,
+          rd32(REG_FAULT_REASON), rd64(REG_FAULT_IOVA));
+    wr32(REG_STATUS, STATUS_DONE | STATUS_FAULT);
 
     /* peer to peer: BAR2 page 0 -> buffer, buffer -> BAR2 page 1 */
     for (unsigned i = 0; i < PAGE; i++) bar2[i] = want[i] = (uint8_t)(i * 5 + when[0]);
