@@ -115,6 +115,8 @@ struct Report<'a> {
     floor: Floors,
     rows: &'a [Row],
     qemu_boot: Option<QemuBoot>,
+    /// Why a workload did not run, if one did not.
+    skipped: Option<String>,
 }
 
 /// Wall time of the qemu workload's boots.
@@ -894,18 +896,33 @@ pub fn run(o: &BenchOpts) -> Result<()> {
     if has("sim") {
         sim(o, &bar, &mut rows)?;
     }
+    // The qemu workload needs QEMU, the guest and the library; by default (all workloads)
+    // a machine without them still gets the host and sim rows, and is told what is missing.
+    let mut skipped = None;
     let boot = if has("qemu") {
-        qemu(o, &bar, &mut rows)?
+        let asked_alone = o.workloads.iter().all(|w| w == "qemu");
+        match qemu(o, &bar, &mut rows) {
+            Ok(b) => b,
+            Err(e) if !asked_alone => {
+                skipped = Some(format!("qemu workload skipped: {e:#}"));
+                None
+            }
+            Err(e) => return Err(e),
+        }
     } else {
         None
     };
     bar.finish_and_clear();
     print!("{}", table(&floors, &rows, boot.as_ref()));
+    if let Some(why) = &skipped {
+        eprintln!("type1 bench: {why}");
+    }
     if let Some(path) = &o.json {
         let r = Report {
             floor: floors,
             rows: &rows,
             qemu_boot: boot,
+            skipped,
         };
         std::fs::write(path, serde_json::to_vec_pretty(&r)?)
             .with_context(|| format!("cannot write {}", path.display()))?;
