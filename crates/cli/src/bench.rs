@@ -396,7 +396,7 @@ fn guest_image() -> Result<(String, String)> {
     let out = std::process::Command::new("bash")
         .arg(&script)
         .output()
-        .context("cannot run scripts/guest.sh")?;
+        .context("cannot run scripts/guest.sh with bash")?;
     if !out.status.success() {
         bail!(
             "scripts/guest.sh failed (it needs apt-get and the Debian archive): {}",
@@ -451,6 +451,13 @@ fn qemu(
         &format!("the qemu workload (-m {})", gib(o.qemu_mem)),
         o.qemu_mem,
     )?;
+    let has_qemu = std::process::Command::new("qemu-system-x86_64")
+        .arg("--version")
+        .output()
+        .is_ok_and(|o| o.status.success());
+    if !has_qemu {
+        bail!("qemu-system-x86_64 is not installed (apt-get install qemu-system-x86)");
+    }
     let library = type1_exec::find_library()
         .ok_or_else(|| anyhow!("the qemu workload needs libtype1_preload.so next to type1"))?;
     let (kernel, initrd) = guest_image()?;
