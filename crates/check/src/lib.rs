@@ -36,7 +36,19 @@ pub struct Bound {
     pub pages: u64,
     /// Include device DMA through every group (otherwise only the first two).
     pub dma_all_groups: bool,
+    /// Also explore accesses in the middle of an operation ([`Action::Inside`]): the
+    /// non-coherent group's device reads or writes a mapping, or another thread loads or
+    /// stores it, right after a pin, flush or IOMMU map. The kernel holds `iommu->lock`
+    /// during an ioctl; devices and vCPUs act whenever they like.
+    pub dma_inside: bool,
+    /// Count only what data shows (a stale read, an unflushed unpin), not the protocol checks
+    /// on the order of flushes (`missing_map_flush`, `missing_unpin_flush`): with
+    /// `dma_inside`, a policy that flushes too late must be caught by its consequences.
+    pub content_only: bool,
 }
+
+/// The protocol checks `content_only` leaves out.
+pub const PROTOCOL_KINDS: [&str; 2] = ["missing_map_flush", "missing_unpin_flush"];
 
 impl Default for Bound {
     fn default() -> Self {
@@ -46,6 +58,8 @@ impl Default for Bound {
             mappings: 3,
             pages: 4,
             dma_all_groups: false,
+            dma_inside: false,
+            content_only: false,
         }
     }
 }
@@ -73,6 +87,39 @@ pub enum Action {
     DmaWrite(u32, usize),
     /// The 2nd IOMMU map call from now fails (exercises MAP and replay unwinds).
     FailMap2,
+    /// Inside the next operation, right after its first call of platform point p (an index of
+    /// [`INSIDE_POINTS`]) returns, an access to mapping m happens (`dma_after`, `cpu_after`).
+    Inside(u8, Inside, usize),
+}
+
+/// How many [`Action::Inside`] accesses one operation can hold.
+pub const MAX_INSIDE: usize = 2;
+
+/// The platform points of [`Action::Inside`]: every call a MAP, a replay or an unwind makes
+/// before the IOMMU can reach a page or before it lets go of one.
+pub const INSIDE_POINTS: [&str; 3] = ["pin", "flush", "iommu_map"];
+
+/// What happens inside an operation ([`Action::Inside`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize)]
+pub enum Inside {
+    /// The device of group 1 (no snoop control) reads the mapping without snooping.
+    DeviceRead,
+    /// The device of group 1 writes the mapping without snooping.
+    DeviceWrite,
+    /// Another thread (or a speculative prefetch) loads the mapping's first page: clean lines.
+    CpuRead,
+    /// Another thread stores to the mapping's first line: a dirty line.
+    CpuWrite,
+}
+
+impl Inside {
+    /// Every kind, in alphabet order.
+    pub const ALL: [Inside; 4] = [
+        Inside::DeviceRead,
+        Inside::DeviceWrite,
+        Inside::CpuRead,
+        Inside::CpuWrite,
+    ];
 }
 
 /// Mapping i: (iova, vaddr offset in pages, npages). Mapping 1 is read-only.
@@ -124,6 +171,15 @@ pub fn alphabet(bound: &Bound) -> Vec<Action> {
         }
     }
     v.push(Action::FailMap2);
+    if bound.dma_inside {
+        for p in 0..INSIDE_POINTS.len() as u8 {
+            for k in Inside::ALL {
+                for m in 0..bound.mappings {
+                    v.push(Action::Inside(p, k, m));
+                }
+            }
+        }
+    }
     v
 }
 
@@ -216,6 +272,29 @@ pub fn ops_of(a: Action, w: &World) -> Vec<Op> {
             point: "iommu_map".into(),
             nth: 2,
         }],
+        // At most MAX_INSIDE accesses wait at once, which keeps the state space finite.
+        Action::Inside(..) if w.sim.accesses_armed() >= MAX_INSIDE => vec![],
+        Action::Inside(p, k, m) => {
+            let (iova, off, n) = mapping(m);
+            let point = INSIDE_POINTS[p as usize].to_string();
+            vec![match k {
+                Inside::DeviceRead | Inside::DeviceWrite => Op::DmaAfter {
+                    point,
+                    nth: 1,
+                    device: dev(1),
+                    write: k == Inside::DeviceWrite,
+                    iova,
+                    len: n * 4096,
+                },
+                Inside::CpuRead | Inside::CpuWrite => Op::CpuAfter {
+                    point,
+                    nth: 1,
+                    write: k == Inside::CpuWrite,
+                    vaddr: VADDR + off * 4096,
+                    len: if k == Inside::CpuWrite { 64 } else { 4096 },
+                },
+            }]
+        }
     }
 }
 
@@ -246,13 +325,32 @@ pub fn initial_world(bound: &Bound, policy: &str) -> Result<World, String> {
 /// The lines of the scenario that reproduces a sequence.
 pub fn scenario_text(bound: &Bound, policy: &str, seq: &[Action], finding: &str) -> String {
     let mut s = String::new();
+    let flags = format!(
+        "{}{}",
+        if bound.dma_inside {
+            " --dma-inside"
+        } else {
+            ""
+        },
+        if bound.content_only {
+            " --content-only"
+        } else {
+            ""
+        }
+    );
     s.push_str(&format!(
-        "# counterexample found by `type1 check --policy {policy}` (depth {})\n",
+        "# counterexample found by `type1 check --policy {policy}{flags}` (depth {})\n",
         bound.depth
     ));
     s.push_str(&format!("# {finding}\n"));
     s.push_str("machine default\n");
     s.push_str(&format!("policy {policy}\n"));
+    if bound.content_only {
+        // The replay fails on what the data shows, as the search did.
+        for k in PROTOCOL_KINDS {
+            s.push_str(&format!("allow {k}\n"));
+        }
+    }
     s.push_str(&format!(
         "process vmm\nmmap 0x{VADDR:x} {}K\ncontainer c\n",
         bound.pages * 4
@@ -333,6 +431,27 @@ pub fn op_line(op: &Op) -> String {
             )
         }
         Op::Fail { point, nth } => format!("fail {point} {nth}"),
+        Op::DmaAfter {
+            point,
+            nth,
+            device,
+            write,
+            iova,
+            len,
+        } => format!(
+            "dma_after {point} {nth} {device} {} 0x{iova:x} {len}",
+            if *write { "write" } else { "read" }
+        ),
+        Op::CpuAfter {
+            point,
+            nth,
+            write,
+            vaddr,
+            len,
+        } => format!(
+            "cpu_after {point} {nth} {} 0x{vaddr:x} {len}",
+            if *write { "write" } else { "read" }
+        ),
         Op::Allow(k) => format!("allow {k}"),
         other => format!("# unsupported {other:?}"),
     }
@@ -397,26 +516,32 @@ fn digest(w: &World) -> u64 {
     h.finish()
 }
 
+/// The first violation of `pending` that counts (all, or only content with `content_only`).
+fn counted(
+    pending: &[type1_scenario::world::Noted],
+    content_only: bool,
+) -> Option<(String, String)> {
+    pending
+        .iter()
+        .find(|n| !(content_only && PROTOCOL_KINDS.contains(&n.v.kind.as_str())))
+        .map(|n| (n.v.kind.clone(), n.v.detail.clone()))
+}
+
 /// Executes an action; returns the first new violation (kind, detail).
-fn step(w: &mut World, a: Action) -> Option<(String, String)> {
+fn step(w: &mut World, a: Action, content_only: bool) -> Option<(String, String)> {
     for op in ops_of(a, w) {
         let _ = w.exec(&op);
     }
     w.check(0);
-    let v = w
-        .pending
-        .first()
-        .map(|n| (n.v.kind.clone(), n.v.detail.clone()));
+    let v = counted(&w.pending, content_only);
     w.pending.clear();
     v
 }
 
-fn close_violation(w: &World) -> Option<(String, String)> {
+fn close_violation(w: &World, content_only: bool) -> Option<(String, String)> {
     let mut t = w.clone();
     t.teardown(0);
-    t.pending
-        .first()
-        .map(|n| (n.v.kind.clone(), n.v.detail.clone()))
+    counted(&t.pending, content_only)
 }
 
 /// Checks one policy. `progress` is called with (depth, states) as the search deepens.
@@ -454,7 +579,7 @@ pub fn check(
                 let mut child = w.clone();
                 let before = child.sim.stats().pages_flushed;
                 sequences += 1;
-                let v = step(&mut child, a);
+                let v = step(&mut child, a, bound.content_only);
                 flushed += child.sim.stats().pages_flushed - before;
                 let mut cseq = seq.clone();
                 cseq.push(a);
@@ -462,7 +587,8 @@ pub fn check(
                 let ce = match v {
                     Some(v) => Some(found(cseq.clone(), false, v)),
                     None if !seen.insert(digest(&child)) => continue,
-                    None => close_violation(&child).map(|v| found(cseq.clone(), true, v)),
+                    None => close_violation(&child, bound.content_only)
+                        .map(|v| found(cseq.clone(), true, v)),
                 };
                 if let Some(ce) = ce {
                     return Ok(Outcome {
@@ -504,16 +630,16 @@ pub fn corpus_cost(policy: &str, bound: &Bound, n: usize) -> Result<(u64, u64), 
         // Start from a useful state (a group attached, every mapping mapped) so that the random
         // tail exercises flush points rather than errors.
         let g = if i % 2 == 0 { 1 } else { 0 };
-        let _ = step(&mut w, Action::Attach(g));
+        let _ = step(&mut w, Action::Attach(g), false);
         for m in 0..bound.mappings {
-            let _ = step(&mut w, Action::Map(m));
+            let _ = step(&mut w, Action::Map(m), false);
         }
         for _ in 0..bound.depth {
             state ^= state << 13;
             state ^= state >> 7;
             state ^= state << 17;
             let a = alpha[(state % alpha.len() as u64) as usize];
-            let _ = step(&mut w, a);
+            let _ = step(&mut w, a, false);
         }
         w.teardown(0);
         let s = w.sim.stats();

@@ -1,7 +1,7 @@
 //! The model checker against every shipped policy: the sound ones hold within a small bound,
 //! the others produce a minimal counterexample that the scenario runner reproduces.
 
-use type1_check::{check, corpus_cost, Bound};
+use type1_check::{check, corpus_cost, Action, Bound};
 use type1_scenario::{run_text, RunOptions};
 
 fn bound(depth: usize) -> Bound {
@@ -91,4 +91,85 @@ fn fault_sweep_over_a_generated_corpus() {
         assert!(rep.problems.is_empty(), "{:?}\n{text}", rep.problems);
     }
     assert!(points > 100, "only {points} fault points");
+}
+
+#[test]
+fn accesses_inside_an_operation_refute_flag_after_map_by_content() {
+    // flag-after-map flushes every page before its IOMMU map; what it misses is the unpin
+    // flush when a MAP fails and unwinds. Between operations the cache is always clean there,
+    // so a content check alone sees nothing...
+    let content = Bound {
+        depth: 5,
+        mappings: 1,
+        content_only: true,
+        ..Bound::default()
+    };
+    let o = check("flag-after-map", &content, |_, _| {}).unwrap();
+    assert!(o.sound(), "{:?}", o.counterexample.map(|c| c.scenario));
+    // ...until another thread or the device acts inside the failing MAP.
+    let inside = Bound {
+        depth: 6,
+        dma_inside: true,
+        ..content
+    };
+    let ce = check("flag-after-map", &inside, |_, _| {})
+        .unwrap()
+        .counterexample
+        .expect("flag-after-map holds with accesses inside an operation");
+    assert!(
+        ["stale_read", "unflushed_unpin"].contains(&ce.kind.as_str()),
+        "a protocol kind counted: {}",
+        ce.kind
+    );
+    assert!(
+        ce.actions.iter().any(|a| matches!(a, Action::Inside(..))),
+        "{:?}",
+        ce.actions
+    );
+    // The counterexample replays to the same content violation (protocol kinds allowed).
+    let rep = run_text(&ce.scenario, &RunOptions::default());
+    let f = rep.failure.expect("replays without failing");
+    assert!(f.msg.contains(&ce.kind), "{}\n{}", f.msg, ce.scenario);
+    // seed holds under the same accesses, by content and by protocol.
+    for content_only in [true, false] {
+        let b = Bound {
+            depth: 4,
+            content_only,
+            ..inside
+        };
+        let o = check("seed", &b, |_, _| {}).unwrap();
+        assert!(o.sound(), "{:?}", o.counterexample.map(|c| c.scenario));
+    }
+}
+
+#[test]
+fn an_access_armed_inside_runs_after_its_call_and_only_in_the_next_operation() {
+    // The device reads right after the pin of the MAP: nothing maps the page yet, so the read
+    // faults; right after the IOMMU map it reaches the page (flushed: no stale read).
+    let base = "machine default\npolicy seed\nprocess vmm\nmmap 0x7f0000000000 16K\n\
+                container c\nattach c 1\nset_iommu c v2\n";
+    for (point, faults) in [("pin", 1), ("iommu_map", 0)] {
+        let text = format!(
+            "{base}dma_after {point} 1 dev1 read 0x0 4096\n\
+             map c 0x0 0x7f0000000000 0x1000 flags=3\n"
+        );
+        let rep = run_text(&text, &RunOptions::default());
+        assert!(rep.failure.is_none(), "{point}: {:?}", rep.failure);
+        let stats = rep.world.as_ref().unwrap().sim.stats();
+        assert_eq!(
+            stats.dma_reads + stats.dma_faults,
+            1,
+            "{point}: the read did not run once"
+        );
+        assert_eq!(stats.dma_faults, faults, "{point}");
+    }
+    // An access the next operation never reaches is disarmed: it does not run in a later one.
+    let text = format!(
+        "{base}dma_after flush 1 dev1 read 0x0 4096\nwrite 0x7f0000000000 0x1 64\n\
+         map c 0x0 0x7f0000000000 0x1000 flags=3\n"
+    );
+    let rep = run_text(&text, &RunOptions::default());
+    assert!(rep.failure.is_none(), "{:?}", rep.failure);
+    let stats = rep.world.as_ref().unwrap().sim.stats();
+    assert_eq!(stats.dma_reads + stats.dma_faults, 0);
 }

@@ -28,15 +28,15 @@ fn one(policy: &str, bound: &Bound, quiet: bool) -> Result<Outcome> {
     Ok(o)
 }
 
-/// `type1 check`.
+/// `type1 check` within `bound` (its depth is checked here).
 pub fn check(
     policy: &str,
     all: bool,
-    depth: usize,
-    mappings: usize,
+    bound: Bound,
     out: Option<&Path>,
     json: bool,
 ) -> Result<ExitCode> {
+    let depth = bound.depth;
     if type1_core::policy::policy_by_name(policy).is_none() {
         return Err(anyhow!(
             "--policy {policy:?} is not one of: {}",
@@ -46,11 +46,6 @@ pub fn check(
     if depth == 0 || depth > 12 {
         return Err(anyhow!("--depth {depth} must be between 1 and 12"));
     }
-    let bound = Bound {
-        depth,
-        mappings,
-        ..Bound::default()
-    };
     let policies: Vec<&str> = if all {
         POLICY_NAMES.to_vec()
     } else {

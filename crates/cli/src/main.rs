@@ -85,6 +85,15 @@ enum Cmd {
         /// Print the figures as JSON.
         #[arg(long)]
         json: bool,
+        /// Also explore accesses in the middle of an operation: right after a pin, flush or
+        /// IOMMU map, the non-coherent device reads or writes a mapping, or another thread
+        /// loads or stores it.
+        #[arg(long)]
+        dma_inside: bool,
+        /// Count only what the data shows (stale_read, unflushed_unpin), not the protocol
+        /// checks on flush order (missing_map_flush, missing_unpin_flush).
+        #[arg(long)]
+        content_only: bool,
     },
     /// Measure map, unmap and teardown with and without the flush (the series' cost table)
     /// against this machine's floors: real pins and CLFLUSHOPT (host), the simulator (sim),
@@ -451,7 +460,21 @@ fn main() -> ExitCode {
             mappings,
             out,
             json,
-        } => checkcmd::check(&policy, all, depth, mappings as usize, out.as_deref(), json),
+            dma_inside,
+            content_only,
+        } => checkcmd::check(
+            &policy,
+            all,
+            type1_check::Bound {
+                depth,
+                mappings: mappings as usize,
+                dma_inside,
+                content_only,
+                ..type1_check::Bound::default()
+            },
+            out.as_deref(),
+            json,
+        ),
     };
     match r {
         Ok(c) => c,

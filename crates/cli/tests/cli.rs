@@ -112,3 +112,32 @@ fn the_cli_does_its_own_io_for_real() {
     assert!(stderr.contains("cannot read /dev/vfio/0"), "{stderr}");
     assert!(!String::from_utf8_lossy(&out.stdout).contains("PASS"));
 }
+
+#[test]
+fn check_inside_an_operation_writes_a_content_counterexample_that_replays() {
+    let dir = std::env::temp_dir().join(format!("type1-check-inside-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let scn = dir.join("ce.scn");
+    let out = type1(&[
+        "check",
+        "--policy",
+        "flag-after-map",
+        "--dma-inside",
+        "--content-only",
+        "--mappings",
+        "1",
+        "--out",
+        scn.to_str().unwrap(),
+    ]);
+    assert_eq!(out.status.code(), Some(1), "{out:?}");
+    let text = std::fs::read_to_string(&scn).unwrap();
+    assert!(text.contains("--dma-inside --content-only"), "{text}");
+    assert!(text.contains("_after "), "no access inside: {text}");
+    let run = type1(&["run", scn.to_str().unwrap()]);
+    let stdout = String::from_utf8_lossy(&run.stdout);
+    assert!(
+        !run.status.success() && stdout.contains("unflushed_unpin"),
+        "{stdout}"
+    );
+    std::fs::remove_dir_all(&dir).unwrap();
+}

@@ -199,6 +199,38 @@ pub enum Op {
     },
     /// `fail POINT N`: the Nth call of a platform fault point fails.
     Fail { point: String, nth: u64 },
+    /// `dma_after POINT N DEVICE read|write IOVA LEN`: right after the Nth call of platform
+    /// point POINT returns (inside whatever operation makes it), the device does a no-snoop
+    /// DMA.
+    DmaAfter {
+        /// `pin`, `flush`, `iommu_map`, `iommu_unmap` or `unpin`.
+        point: String,
+        /// Which call, from 1.
+        nth: u64,
+        /// Device name.
+        device: String,
+        /// Device to memory.
+        write: bool,
+        /// IOVA.
+        iova: u64,
+        /// Bytes.
+        len: u64,
+    },
+    /// `cpu_after POINT N read|write VADDR LEN`: right after the Nth call of POINT returns,
+    /// another thread of the current process loads (or a prefetch fills lines) or stores
+    /// `0xc5` bytes.
+    CpuAfter {
+        /// As for `dma_after`.
+        point: String,
+        /// Which call, from 1.
+        nth: u64,
+        /// Store rather than load.
+        write: bool,
+        /// Virtual address.
+        vaddr: u64,
+        /// Bytes.
+        len: u64,
+    },
     /// `allow KIND` / `allow all`: violations of that kind no longer fail the scenario (for
     /// scenarios that demonstrate a broken policy and only count its damage).
     Allow(String),
@@ -471,6 +503,15 @@ fn parse_expect(w: &mut Words<'_>) -> Result<Expect, ParseError> {
         }
         other => return w.err(format!("unknown expectation {other:?}")),
     })
+}
+
+/// `read` or `write` (true).
+fn read_or_write(w: &mut Words<'_>) -> Result<bool, ParseError> {
+    match w.word("read or write")? {
+        "read" => Ok(false),
+        "write" => Ok(true),
+        x => w.err(format!("{x:?} is not read or write")),
+    }
 }
 
 fn parse_op(w: &mut Words<'_>) -> Result<Op, ParseError> {
@@ -748,6 +789,27 @@ fn parse_op(w: &mut Words<'_>) -> Result<Op, ParseError> {
         "fail" => Op::Fail {
             point: w.name("fault point")?,
             nth: w.num("n")?,
+        },
+        "dma_after" => {
+            let point = w.name("point")?;
+            let nth = w.num("n")?;
+            let device = w.name("device")?;
+            let write = read_or_write(w)?;
+            Op::DmaAfter {
+                point,
+                nth,
+                device,
+                write,
+                iova: w.num("iova")?,
+                len: w.num("len")?,
+            }
+        }
+        "cpu_after" => Op::CpuAfter {
+            point: w.name("point")?,
+            nth: w.num("n")?,
+            write: read_or_write(w)?,
+            vaddr: w.num("vaddr")?,
+            len: w.num("len")?,
         },
         "expect" => Op::Expect(parse_expect(w)?),
         v => {

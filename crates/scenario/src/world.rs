@@ -12,7 +12,7 @@ use type1_core::{
     abi, Config, Container, Errno, Event, FlushReason, GroupId, MapRequest, MmId, UnmapRequest,
     UserBitmap,
 };
-use type1_sim::{EngineView, MachineDesc, Sim, Violation};
+use type1_sim::{Access, EngineView, MachineDesc, Sim, Violation};
 
 use crate::parse::Op;
 
@@ -238,6 +238,26 @@ impl World {
 
     /// Executes one operation (expectations are handled by the runner).
     pub fn exec(&mut self, op: &Op) -> Result<(), StepError> {
+        let r = self.exec_inner(op);
+        // `dma_after` and `cpu_after` arm accesses inside the next line that acts on the
+        // machine; whatever that line did not reach is disarmed after it.
+        if !matches!(
+            op,
+            Op::Policy(_)
+                | Op::Param { .. }
+                | Op::Switch(_)
+                | Op::Fail { .. }
+                | Op::DmaAfter { .. }
+                | Op::CpuAfter { .. }
+                | Op::Allow(_)
+                | Op::Expect(_)
+        ) {
+            self.sim.clear_accesses();
+        }
+        r
+    }
+
+    fn exec_inner(&mut self, op: &Op) -> Result<(), StepError> {
         match op {
             Op::Machine(_) => usage("`machine` must be the first operation"),
             Op::Policy(p) => self.set_policy(p).map_err(StepError::Usage),
@@ -603,6 +623,44 @@ impl World {
                 Ok(())
             }
             Op::Fail { point, nth } => self.sim.fail_nth(point, *nth).map_err(StepError::Usage),
+            Op::DmaAfter {
+                point,
+                nth,
+                device,
+                write,
+                iova,
+                len,
+            } => {
+                if self.sim.device_group(device).is_none() {
+                    return usage(format!("no device named {device:?}"));
+                }
+                let access = Access::Dma {
+                    device: device.clone(),
+                    iova: *iova,
+                    len: usize::try_from(*len).unwrap_or(usize::MAX).min(64 << 20),
+                    write: *write,
+                };
+                self.sim
+                    .access_after(point, *nth, access)
+                    .map_err(StepError::Usage)
+            }
+            Op::CpuAfter {
+                point,
+                nth,
+                write,
+                vaddr,
+                len,
+            } => {
+                let access = Access::Cpu {
+                    mm: self.cur_mm()?,
+                    vaddr: *vaddr,
+                    len: usize::try_from(*len).unwrap_or(usize::MAX).min(64 << 20),
+                    write: *write,
+                };
+                self.sim
+                    .access_after(point, *nth, access)
+                    .map_err(StepError::Usage)
+            }
             Op::Allow(kind) => {
                 self.allowed.push(kind.clone());
                 Ok(())

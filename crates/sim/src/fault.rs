@@ -5,10 +5,15 @@
 //! operations never fail. A typical sweep runs a scenario once, reads
 //! [`crate::Sim::fallible_calls`], then reruns it with `fail_nth_any(n)` for every `n` up to that
 //! count and checks for leaks.
+//!
+//! The same counters place accesses *inside* an operation: a device DMA or another thread's
+//! load or store armed to run right after the nth call of a platform point (pin, flush,
+//! iommu_map, ...), which is how `type1 check --dma-inside` explores what hardware may do while
+//! the kernel holds `iommu->lock`.
 
 use std::collections::BTreeMap;
 
-use type1_core::{Errno, Event, PlatformError};
+use type1_core::{Errno, Event, MmId, PlatformError};
 
 use crate::{perr, Sim};
 
@@ -36,9 +41,52 @@ fn errno_of(point: &str) -> Errno {
     }
 }
 
+/// Points after which an access can be armed ([`Sim::access_after`]): the platform calls an
+/// operation is made of, so that a device or another CPU thread can act between any two of
+/// them, as they do on real hardware while the kernel holds `iommu->lock`.
+pub const ACCESS_POINTS: &[&str] = &["pin", "flush", "iommu_map", "iommu_unmap", "unpin"];
+
+/// An access that runs in the middle of an operation ([`Sim::access_after`]).
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub enum Access {
+    /// A no-snoop DMA by a device: it reads, or writes `0xd5` bytes with `write`.
+    Dma {
+        /// Device name.
+        device: String,
+        /// First IOVA.
+        iova: u64,
+        /// Bytes.
+        len: usize,
+        /// Device to memory.
+        write: bool,
+    },
+    /// A load (also what a speculative prefetch does) or a store of `0xc5` bytes by another
+    /// thread of the address space `mm`.
+    Cpu {
+        /// Address space.
+        mm: MmId,
+        /// First virtual address.
+        vaddr: u64,
+        /// Bytes.
+        len: usize,
+        /// Store rather than load.
+        write: bool,
+    },
+}
+
+/// An access waiting for the `left`th call of `point` to end.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub(crate) struct Armed {
+    point: &'static str,
+    left: u64,
+    access: Access,
+}
+
 /// Armed faults and call counters.
 #[derive(Clone, Debug, Default)]
 pub(crate) struct Faults {
+    /// Accesses to run right after platform calls (see [`ACCESS_POINTS`]), in arming order.
+    inside: Vec<Armed>,
     /// Point -> calls left until the failing one (1 = the next call fails).
     armed: BTreeMap<&'static str, u64>,
     any: Option<u64>,
@@ -49,9 +97,13 @@ pub(crate) struct Faults {
 }
 
 impl Faults {
-    /// The armed faults, for state digests.
-    pub(crate) fn armed_digest(&self) -> (Vec<(&'static str, u64)>, Option<u64>) {
-        (self.armed.iter().map(|(k, v)| (*k, *v)).collect(), self.any)
+    /// The armed faults and accesses, for state digests.
+    pub(crate) fn armed_digest(&self) -> (Vec<(&'static str, u64)>, Option<u64>, Vec<Armed>) {
+        (
+            self.armed.iter().map(|(k, v)| (*k, *v)).collect(),
+            self.any,
+            self.inside.clone(),
+        )
     }
 
     fn hit(&mut self, point: &'static str) -> bool {
@@ -102,10 +154,91 @@ impl Sim {
         self.faults.any = (n > 0).then_some(n);
     }
 
-    /// Disarms every fault.
+    /// Disarms every fault and armed access.
     pub fn clear_faults(&mut self) {
         self.faults.armed.clear();
         self.faults.any = None;
+        self.faults.inside.clear();
+    }
+
+    /// Arms `access` to run right after the `n`th call (1-based, from now) of `point` returns:
+    /// in the middle of whatever operation makes that call. Several accesses may be armed;
+    /// those due after the same call run in the order they were armed.
+    pub fn access_after(&mut self, point: &str, n: u64, access: Access) -> Result<(), String> {
+        let Some(p) = ACCESS_POINTS.iter().find(|p| **p == point) else {
+            return Err(format!(
+                "unknown point {point:?} (known: {})",
+                ACCESS_POINTS.join(", ")
+            ));
+        };
+        if n == 0 {
+            return Err(format!("point {point}: n = 0, calls are counted from 1"));
+        }
+        self.faults.inside.push(Armed {
+            point: p,
+            left: n,
+            access,
+        });
+        Ok(())
+    }
+
+    /// Disarms the accesses that have not run yet (faults stay armed).
+    pub fn clear_accesses(&mut self) {
+        self.faults.inside.clear();
+    }
+
+    /// How many armed accesses have not run yet.
+    pub fn accesses_armed(&self) -> usize {
+        self.faults.inside.len()
+    }
+
+    /// A platform call of `point` returned: runs the accesses armed for this call.
+    pub(crate) fn after(&mut self, point: &'static str) {
+        if self.faults.inside.is_empty() {
+            return;
+        }
+        let mut due = Vec::new();
+        self.faults.inside.retain_mut(|a| {
+            if a.point != point {
+                return true;
+            }
+            a.left -= 1;
+            if a.left == 0 {
+                due.push(a.access.clone());
+                return false;
+            }
+            true
+        });
+        for access in due {
+            // Faults, stale reads and incoherence are recorded by the accesses themselves; an
+            // access that cannot reach its target (no IOMMU entry, no page) does nothing.
+            match access {
+                Access::Dma {
+                    device,
+                    iova,
+                    len,
+                    write: true,
+                } => {
+                    let _ = self.dma_write(&device, iova, &vec![0xd5; len], true);
+                }
+                Access::Dma {
+                    device, iova, len, ..
+                } => {
+                    let _ = self.dma_read(&device, iova, len, true);
+                }
+                Access::Cpu {
+                    mm,
+                    vaddr,
+                    len,
+                    write: true,
+                } => {
+                    let _ = self.cpu_write(mm, vaddr, &vec![0xc5; len]);
+                }
+                Access::Cpu { mm, vaddr, len, .. } => {
+                    let _ = self.cpu_read(mm, vaddr, &mut vec![0; len]);
+                }
+            }
+        }
     }
 
     /// Calls of any fault point since the machine was built.

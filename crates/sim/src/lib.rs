@@ -42,7 +42,7 @@ use type1_core::{DeviceId, DomainId, Errno, GroupId, MmId, PlatformError};
 pub use cache::LINE_SIZE;
 pub use check::{EngineView, Violation};
 pub use device::DmaFault;
-pub use fault::FAULT_POINTS;
+pub use fault::{Access, ACCESS_POINTS, FAULT_POINTS};
 pub use machine::{GroupDesc, MachineDesc, MmioDesc, ResvDesc, UnitDesc};
 pub use memory::INITIAL_RAM_BYTE;
 

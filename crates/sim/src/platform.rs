@@ -37,11 +37,16 @@ impl Platform for Sim {
         npages: u64,
         write: bool,
     ) -> Result<Vec<PinnedPage>, PlatformError> {
-        self.do_pin(mm, vaddr, npages, write)
+        let r = self.do_pin(mm, vaddr, npages, write);
+        if r.is_ok() {
+            self.after("pin");
+        }
+        r
     }
 
     fn unpin_page(&mut self, pfn: u64, _dirty: bool) {
-        self.do_unpin(pfn)
+        self.do_unpin(pfn);
+        self.after("unpin");
     }
 
     fn pfn_is_reserved(&self, pfn: u64) -> bool {
@@ -96,11 +101,17 @@ impl Platform for Sim {
         size: u64,
         prot: Prot,
     ) -> Result<(), PlatformError> {
-        self.do_iommu_map(domain, iova, pa, size, prot)
+        let r = self.do_iommu_map(domain, iova, pa, size, prot);
+        if r.is_ok() {
+            self.after("iommu_map");
+        }
+        r
     }
 
     fn iommu_unmap(&mut self, domain: DomainId, iova: u64, size: u64) -> u64 {
-        self.do_iommu_unmap(domain, iova, size)
+        let n = self.do_iommu_unmap(domain, iova, size);
+        self.after("iommu_unmap");
+        n
     }
 
     fn iotlb_sync(&mut self, domain: DomainId) {
@@ -112,7 +123,8 @@ impl Platform for Sim {
     }
 
     fn flush_cache(&mut self, pa: u64, len: u64) {
-        self.do_flush_cache(pa, len)
+        self.do_flush_cache(pa, len);
+        self.after("flush");
     }
 
     fn notify_dma_unmap(&mut self, device: DeviceId, iova: u64, size: u64) -> Vec<(u64, u64)> {
