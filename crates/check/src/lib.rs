@@ -11,7 +11,7 @@
 //! Built on [`type1_scenario::World`] (engine + simulated machine), which is cloned to branch.
 
 use std::{
-    collections::{hash_map::DefaultHasher, HashSet, VecDeque},
+    collections::HashSet,
     hash::{Hash, Hasher},
 };
 
@@ -497,19 +497,14 @@ impl Outcome {
 }
 
 fn digest(w: &World) -> u64 {
-    let mut h = DefaultHasher::new();
+    let mut h = type1_sim::StateHasher::default();
     for c in w.containers.values() {
         c.groups().hash(&mut h);
         if let Ok(t) = c.iommu() {
-            format!(
-                "{:?}{:?}",
-                t.mappings(),
-                t.domains()
-                    .iter()
-                    .map(|d| (&d.groups, d.coherent))
-                    .collect::<Vec<_>>()
-            )
-            .hash(&mut h);
+            t.mappings().hash(&mut h);
+            for d in t.domains() {
+                (d.groups, d.coherent).hash(&mut h);
+            }
         }
     }
     w.sim.state_digest().hash(&mut h);
@@ -544,76 +539,173 @@ fn close_violation(w: &World, content_only: bool) -> Option<(String, String)> {
     counted(&t.pending, content_only)
 }
 
-/// Checks one policy. `progress` is called with (depth, states) as the search deepens.
+/// Checks one policy on every core. `progress` is called with (depth, states) as the search
+/// deepens.
 pub fn check(
     policy: &str,
     bound: &Bound,
+    progress: impl FnMut(usize, u64),
+) -> Result<Outcome, String> {
+    check_with(policy, bound, 0, progress)
+}
+
+/// Parents expanded together: their children are computed in parallel, then merged in order.
+const CHUNK: usize = 256;
+
+/// One expanded transition.
+struct Child {
+    /// None when the state was reached before this chunk (dropped by the worker).
+    world: Option<World>,
+    seq: Vec<Action>,
+    /// A violation during the step.
+    violation: Option<(String, String)>,
+    /// State digest (only without a violation).
+    digest: u64,
+    flushed: u64,
+}
+
+/// Maps `f` over `items` on up to `threads` threads, keeping the order.
+fn par_map<T: Sync, R: Send>(items: &[T], threads: usize, f: impl Fn(&T) -> R + Sync) -> Vec<R> {
+    if threads <= 1 || items.len() < 2 {
+        return items.iter().map(f).collect();
+    }
+    let per = items.len().div_ceil(threads);
+    std::thread::scope(|s| {
+        let handles: Vec<_> = items
+            .chunks(per)
+            .map(|part| s.spawn(|| part.iter().map(&f).collect::<Vec<R>>()))
+            .collect();
+        handles
+            .into_iter()
+            .flat_map(|h| h.join().expect("a checker thread panicked"))
+            .collect()
+    })
+}
+
+/// [`check`] on `threads` threads (0: one per core). The result does not depend on the number
+/// of threads: children are computed in parallel, a chunk of parents at a time, then merged in
+/// breadth-first order, so the states, the sequences and the counterexample are those of a
+/// sequential search.
+pub fn check_with(
+    policy: &str,
+    bound: &Bound,
+    threads: usize,
     mut progress: impl FnMut(usize, u64),
 ) -> Result<Outcome, String> {
+    let threads = if threads == 0 {
+        std::thread::available_parallelism().map_or(1, |n| n.get())
+    } else {
+        threads
+    };
     let w0 = initial_world(bound, policy)?;
     let alpha = alphabet(bound);
     let mut seen: HashSet<u64> = HashSet::new();
     seen.insert(digest(&w0));
-    let mut frontier: VecDeque<(World, Vec<Action>)> = VecDeque::from([(w0, Vec::new())]);
+    let mut frontier: Vec<(World, Vec<Action>)> = vec![(w0, Vec::new())];
     let mut sequences = 0u64;
     let mut flushed = 0u64;
-    let found = |seq: Vec<Action>, at_close: bool, (kind, detail): (String, String)| {
+    let outcome =
+        |states: usize, sequences: u64, flushed: u64, ce: Option<Counterexample>| Outcome {
+            policy: policy.into(),
+            bound: bound.clone(),
+            states: states as u64,
+            sequences,
+            flushed_pages: flushed,
+            counterexample: ce,
+        };
+    let found = |c: &Child, at_close: bool, (kind, detail): (String, String)| {
         let finding = format!(
             "{}violation {kind}: {detail}",
             if at_close { "after close: " } else { "" }
         );
-        let scenario = scenario_text(bound, policy, &seq, &finding);
         Counterexample {
-            actions: seq,
+            actions: c.seq.clone(),
             at_close,
             kind,
             detail,
-            scenario,
+            scenario: scenario_text(bound, policy, &c.seq, &finding),
         }
     };
     for depth in 0..bound.depth {
         progress(depth, seen.len() as u64);
-        let mut next = VecDeque::new();
-        while let Some((w, seq)) = frontier.pop_front() {
-            for &a in &alpha {
-                let mut child = w.clone();
-                let before = child.sim.stats().pages_flushed;
-                sequences += 1;
-                let v = step(&mut child, a, bound.content_only);
-                flushed += child.sim.stats().pages_flushed - before;
-                let mut cseq = seq.clone();
-                cseq.push(a);
-                // A violation during the step, or (for a new state) when closing from it.
-                let ce = match v {
-                    Some(v) => Some(found(cseq.clone(), false, v)),
-                    None if !seen.insert(digest(&child)) => continue,
-                    None => close_violation(&child, bound.content_only)
-                        .map(|v| found(cseq.clone(), true, v)),
+        // The last level's states are checked (step and close) but not kept.
+        let last = depth + 1 == bound.depth;
+        let mut next = Vec::new();
+        for parents in frontier.chunks(CHUNK) {
+            let pairs: Vec<(usize, Action)> = (0..parents.len())
+                .flat_map(|p| alpha.iter().map(move |a| (p, *a)))
+                .collect();
+            let known = &seen;
+            let children = par_map(&pairs, threads, |&(p, a)| {
+                let (w, seq) = &parents[p];
+                let mut world = w.clone();
+                let before = world.sim.stats().pages_flushed;
+                let violation = step(&mut world, a, bound.content_only);
+                let digest = if violation.is_none() {
+                    digest(&world)
+                } else {
+                    0
                 };
-                if let Some(ce) = ce {
-                    return Ok(Outcome {
-                        policy: policy.into(),
-                        bound: bound.clone(),
-                        states: seen.len() as u64,
-                        sequences,
-                        flushed_pages: flushed,
-                        counterexample: Some(ce),
-                    });
+                let flushed = world.sim.stats().pages_flushed - before;
+                let mut seq = seq.clone();
+                seq.push(a);
+                // Known before this chunk: the merge below would drop it, so drop it here, on
+                // this thread (freeing a machine is a good part of the work).
+                let old = violation.is_none() && known.contains(&digest);
+                Child {
+                    flushed,
+                    world: (!old).then_some(world),
+                    seq,
+                    violation,
+                    digest,
                 }
-                next.push_back((child, cseq));
+            });
+            // In order: the first step violation ends the search; new states are kept with
+            // the figures a sequential search would report at them.
+            let mut fresh = Vec::new();
+            let mut stop = None;
+            for (i, c) in children.iter().enumerate() {
+                sequences += 1;
+                flushed += c.flushed;
+                if let Some(v) = &c.violation {
+                    stop = Some((i, v.clone()));
+                    break;
+                }
+                if c.world.is_some() && seen.insert(c.digest) {
+                    fresh.push((i, seen.len(), sequences, flushed));
+                }
+            }
+            let closes = par_map(&fresh, threads, |&(i, ..)| {
+                children[i]
+                    .world
+                    .as_ref()
+                    .and_then(|w| close_violation(w, bound.content_only))
+            });
+            for (&(i, states, seqs, fl), v) in fresh.iter().zip(closes) {
+                if let Some(v) = v {
+                    let ce = found(&children[i], true, v);
+                    return Ok(outcome(states, seqs, fl, Some(ce)));
+                }
+            }
+            if let Some((i, v)) = stop {
+                let ce = found(&children[i], false, v);
+                return Ok(outcome(seen.len(), sequences, flushed, Some(ce)));
+            }
+            if !last {
+                let keep: HashSet<usize> = fresh.iter().map(|f| f.0).collect();
+                next.extend(
+                    children
+                        .into_iter()
+                        .enumerate()
+                        .filter(|(i, _)| keep.contains(i))
+                        .filter_map(|(_, c)| Some((c.world?, c.seq))),
+                );
             }
         }
         frontier = next;
     }
     progress(bound.depth, seen.len() as u64);
-    Ok(Outcome {
-        policy: policy.into(),
-        bound: bound.clone(),
-        states: seen.len() as u64,
-        sequences,
-        flushed_pages: flushed,
-        counterexample: None,
-    })
+    Ok(outcome(seen.len(), sequences, flushed, None))
 }
 
 /// Flush cost of a policy on a fixed corpus of sequences: deterministic pseudo-random action

@@ -173,3 +173,22 @@ fn an_access_armed_inside_runs_after_its_call_and_only_in_the_next_operation() {
     let stats = rep.world.as_ref().unwrap().sim.stats();
     assert_eq!(stats.dma_reads + stats.dma_faults, 0);
 }
+
+#[test]
+fn results_do_not_depend_on_the_number_of_threads() {
+    for (p, depth) in [("seed", 4), ("flag-after-map", 5), ("reset-on-replay", 5)] {
+        let b = bound(depth);
+        let one = type1_check::check_with(p, &b, 1, |_, _| {}).unwrap();
+        let two = type1_check::check_with(p, &b, 2, |_, _| {}).unwrap();
+        assert_eq!(
+            (one.states, one.sequences, one.flushed_pages),
+            (two.states, two.sequences, two.flushed_pages),
+            "{p}"
+        );
+        assert_eq!(
+            one.counterexample.map(|c| c.scenario),
+            two.counterexample.map(|c| c.scenario),
+            "{p}"
+        );
+    }
+}

@@ -4,10 +4,10 @@ use std::{path::Path, process::ExitCode, time::Instant};
 
 use anyhow::{anyhow, Context, Result};
 use indicatif::{ProgressBar, ProgressStyle};
-use type1_check::{check as run_check, corpus_cost, Bound, Outcome};
+use type1_check::{check_with, corpus_cost, Bound, Outcome};
 use type1_core::policy::POLICY_NAMES;
 
-fn one(policy: &str, bound: &Bound, quiet: bool) -> Result<Outcome> {
+fn one(policy: &str, bound: &Bound, threads: usize, quiet: bool) -> Result<Outcome> {
     let pb = if quiet {
         ProgressBar::hidden()
     } else {
@@ -19,7 +19,7 @@ fn one(policy: &str, bound: &Bound, quiet: bool) -> Result<Outcome> {
             .progress_chars("=> "),
     );
     pb.set_prefix(policy.to_string());
-    let o = run_check(policy, bound, |d, states| {
+    let o = check_with(policy, bound, threads, |d, states| {
         pb.set_position(d as u64);
         pb.set_message(format!("{states} states"));
     })
@@ -33,6 +33,7 @@ pub fn check(
     policy: &str,
     all: bool,
     bound: Bound,
+    threads: usize,
     out: Option<&Path>,
     json: bool,
 ) -> Result<ExitCode> {
@@ -54,7 +55,7 @@ pub fn check(
     let mut results = Vec::new();
     for p in &policies {
         let t = Instant::now();
-        let o = one(p, &bound, json)?;
+        let o = one(p, &bound, threads, json)?;
         let (flushes, pages) = corpus_cost(p, &bound, 200).map_err(|e| anyhow!("{e}"))?;
         results.push((o, t.elapsed().as_secs_f64(), flushes, pages));
     }

@@ -94,6 +94,9 @@ enum Cmd {
         /// checks on flush order (missing_map_flush, missing_unpin_flush).
         #[arg(long)]
         content_only: bool,
+        /// Threads to explore with (0: one per core); the results do not depend on it.
+        #[arg(long, default_value_t = 0)]
+        threads: usize,
     },
     /// Measure map, unmap and teardown with and without the flush (the series' cost table)
     /// against this machine's floors: real pins and CLFLUSHOPT (host), the simulator (sim),
@@ -462,6 +465,7 @@ fn main() -> ExitCode {
             json,
             dma_inside,
             content_only,
+            threads,
         } => checkcmd::check(
             &policy,
             all,
@@ -472,6 +476,7 @@ fn main() -> ExitCode {
                 content_only,
                 ..type1_check::Bound::default()
             },
+            threads,
             out.as_deref(),
             json,
         ),

@@ -111,7 +111,7 @@ impl Dma {
 }
 
 /// Public, read-only view of a mapping, for inspection and invariant checking.
-#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Hash, serde::Serialize)]
 pub struct MappingView {
     /// First IOVA.
     pub iova: u64,
@@ -136,7 +136,7 @@ pub struct MappingView {
 }
 
 /// Public view of a domain.
-#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Hash, serde::Serialize)]
 pub struct DomainView {
     /// Platform handle.
     pub id: DomainId,

@@ -1,11 +1,41 @@
 //! [`Counting`]: the system allocator, counting the bytes live on the heap, so that a
 //! benchmark can report what the engine keeps per mapping and per page (`type1 bench --scale`).
 //! A binary opts in with `#[global_allocator]`; nothing else changes.
+//!
+//! Each thread counts in a local cell and adds to the shared total only every 64 KiB, so that
+//! threads allocating at once (`type1 check` explores on every core) do not fight over one
+//! cache line. [`live_bytes`] adds the calling thread's pending count first, so a
+//! single-threaded measurement is exact; another running thread may be up to 64 KiB behind.
 
 use std::alloc::{GlobalAlloc, Layout, System};
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::cell::Cell;
+use std::sync::atomic::{AtomicIsize, Ordering};
 
-static LIVE: AtomicUsize = AtomicUsize::new(0);
+static LIVE: AtomicIsize = AtomicIsize::new(0);
+
+/// Bytes a thread counts locally before it adds them to [`LIVE`].
+const BATCH: isize = 64 << 10;
+
+thread_local! {
+    // Const-initialised, no destructor: safe to touch from inside the allocator.
+    static PENDING: Cell<isize> = const { Cell::new(0) };
+}
+
+fn note(delta: isize) {
+    let local = PENDING.try_with(|p| {
+        let v = p.get().wrapping_add(delta);
+        if v.unsigned_abs() >= BATCH as usize {
+            LIVE.fetch_add(v, Ordering::Relaxed);
+            p.set(0);
+        } else {
+            p.set(v);
+        }
+    });
+    if local.is_err() {
+        // The thread is being torn down: count directly.
+        LIVE.fetch_add(delta, Ordering::Relaxed);
+    }
+}
 
 /// The system allocator with a count of live heap bytes.
 #[derive(Debug, Default, Clone, Copy)]
@@ -18,7 +48,7 @@ unsafe impl GlobalAlloc for Counting {
         // SAFETY: the caller's contract for `alloc`, forwarded.
         let p = unsafe { System.alloc(layout) };
         if !p.is_null() {
-            LIVE.fetch_add(layout.size(), Ordering::Relaxed);
+            note(layout.size() as isize);
         }
         p
     }
@@ -26,14 +56,14 @@ unsafe impl GlobalAlloc for Counting {
     unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
         // SAFETY: the caller's contract for `dealloc`, forwarded.
         unsafe { System.dealloc(ptr, layout) };
-        LIVE.fetch_sub(layout.size(), Ordering::Relaxed);
+        note(-(layout.size() as isize));
     }
 
     unsafe fn alloc_zeroed(&self, layout: Layout) -> *mut u8 {
         // SAFETY: the caller's contract for `alloc_zeroed`, forwarded.
         let p = unsafe { System.alloc_zeroed(layout) };
         if !p.is_null() {
-            LIVE.fetch_add(layout.size(), Ordering::Relaxed);
+            note(layout.size() as isize);
         }
         p
     }
@@ -42,14 +72,15 @@ unsafe impl GlobalAlloc for Counting {
         // SAFETY: the caller's contract for `realloc`, forwarded.
         let p = unsafe { System.realloc(ptr, layout, new_size) };
         if !p.is_null() {
-            LIVE.fetch_sub(layout.size(), Ordering::Relaxed);
-            LIVE.fetch_add(new_size, Ordering::Relaxed);
+            note((new_size as isize).wrapping_sub(layout.size() as isize));
         }
         p
     }
 }
 
-/// Heap bytes live now (0 unless the binary installed [`Counting`]).
+/// Heap bytes live now (0 unless the binary installed [`Counting`]), exact for the calling
+/// thread's allocations.
 pub fn live_bytes() -> usize {
-    LIVE.load(Ordering::Relaxed)
+    let _ = PENDING.try_with(|p| LIVE.fetch_add(p.replace(0), Ordering::Relaxed));
+    LIVE.load(Ordering::Relaxed).max(0) as usize
 }

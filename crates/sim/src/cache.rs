@@ -6,6 +6,7 @@
 //! its own. The *coherent view* of a byte is its cache line if present, else RAM.
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 
 use type1_core::PAGE_SHIFT;
 
@@ -23,10 +24,128 @@ pub(crate) struct Line {
     pub dirty: bool,
 }
 
-/// The cache: present lines keyed by line number (`pa >> 6`).
+/// The lines of one page frame (copy-on-write between clones of the machine).
+#[derive(Clone, Debug)]
+struct Block {
+    lines: [Option<Line>; LINES_PER_PAGE],
+}
+
+/// The cache: present lines, grouped by page frame, with a digest kept up to date as lines
+/// change (a sum of per-line hashes). Blocks are shared between clones of the machine until
+/// written, and a state digest does not rehash every line: both matter when the model checker
+/// branches millions of times.
 #[derive(Clone, Debug, Default)]
 pub(crate) struct Cache {
-    pub lines: BTreeMap<u64, Line>,
+    blocks: BTreeMap<u64, Arc<Block>>,
+    present: usize,
+    sum: u64,
+}
+
+fn line_hash(line: u64, l: &Line) -> u64 {
+    use std::hash::{Hash, Hasher};
+    let mut h = crate::StateHasher::default();
+    (line, &l.data, l.dirty).hash(&mut h);
+    h.finish()
+}
+
+fn split(line: u64) -> (u64, usize) {
+    (
+        line / LINES_PER_PAGE as u64,
+        (line % LINES_PER_PAGE as u64) as usize,
+    )
+}
+
+impl Cache {
+    pub(crate) fn get(&self, line: u64) -> Option<&Line> {
+        let (pfn, i) = split(line);
+        self.blocks.get(&pfn)?.lines[i].as_ref()
+    }
+
+    /// The slot of `line`, for writing (its block is unshared first).
+    fn slot(&mut self, line: u64) -> &mut Option<Line> {
+        let (pfn, i) = split(line);
+        let b = self.blocks.entry(pfn).or_insert_with(|| {
+            Arc::new(Block {
+                lines: [None; LINES_PER_PAGE],
+            })
+        });
+        &mut Arc::make_mut(b).lines[i]
+    }
+
+    pub(crate) fn insert(&mut self, line: u64, l: Line) {
+        let mut sum = self.sum.wrapping_add(line_hash(line, &l));
+        let slot = self.slot(line);
+        match slot.replace(l) {
+            Some(old) => sum = sum.wrapping_sub(line_hash(line, &old)),
+            None => self.present += 1,
+        }
+        self.sum = sum;
+    }
+
+    pub(crate) fn remove(&mut self, line: u64) -> Option<Line> {
+        self.get(line)?;
+        let (pfn, _) = split(line);
+        let old = self.slot(line).take()?;
+        self.present -= 1;
+        self.sum = self.sum.wrapping_sub(line_hash(line, &old));
+        if self.blocks[&pfn].lines.iter().all(Option::is_none) {
+            self.blocks.remove(&pfn);
+        }
+        Some(old)
+    }
+
+    /// Changes a present line; false when absent.
+    pub(crate) fn modify(&mut self, line: u64, f: impl FnOnce(&mut Line)) -> bool {
+        let Some(&before) = self.get(line) else {
+            return false;
+        };
+        let mut l = before;
+        f(&mut l);
+        self.sum = self
+            .sum
+            .wrapping_sub(line_hash(line, &before))
+            .wrapping_add(line_hash(line, &l));
+        *self.slot(line) = Some(l);
+        true
+    }
+
+    pub(crate) fn clear(&mut self) {
+        self.blocks.clear();
+        self.present = 0;
+        self.sum = 0;
+    }
+
+    /// Present lines numbered `first..=last`, in order, with their dirty bit.
+    pub(crate) fn present_in(&self, first: u64, last: u64) -> Vec<(u64, bool)> {
+        let mut v = Vec::new();
+        for (pfn, b) in self
+            .blocks
+            .range(first / LINES_PER_PAGE as u64..=last / LINES_PER_PAGE as u64)
+        {
+            for (i, l) in b.lines.iter().enumerate() {
+                let line = pfn * LINES_PER_PAGE as u64 + i as u64;
+                if let (Some(l), true) = (l, (first..=last).contains(&line)) {
+                    v.push((line, l.dirty));
+                }
+            }
+        }
+        v
+    }
+
+    /// Every present line with its dirty bit.
+    pub(crate) fn present(&self) -> Vec<(u64, bool)> {
+        self.present_in(0, u64::MAX)
+    }
+
+    /// Present lines.
+    pub(crate) fn len(&self) -> usize {
+        self.present
+    }
+
+    /// Equal for equal sets of lines.
+    pub(crate) fn digest(&self) -> (u64, usize) {
+        (self.sum, self.present)
+    }
 }
 
 impl Sim {
@@ -59,48 +178,43 @@ impl Sim {
     /// Writes a line back if it is dirty (it stays present and becomes clean). Returns whether
     /// anything was written.
     pub(crate) fn writeback_line(&mut self, line: u64) -> bool {
-        let Some(l) = self.cache.lines.get_mut(&line) else {
-            return false;
+        let data = match self.cache.get(line) {
+            Some(l) if l.dirty => l.data,
+            _ => return false,
         };
-        if !l.dirty {
-            return false;
-        }
-        l.dirty = false;
-        let data = l.data;
+        self.cache.modify(line, |l| l.dirty = false);
         self.ram_write(line, 0, &data);
         true
     }
 
     /// CPU read of part of one line (fills it Clean when absent).
     pub(crate) fn cpu_read_line(&mut self, line: u64, off: usize, buf: &mut [u8]) {
-        if !self.cache.lines.contains_key(&line) {
-            let data = self.ram_line(line);
-            self.cache.lines.insert(line, Line { data, dirty: false });
+        if let Some(l) = self.cache.get(line) {
+            buf.copy_from_slice(&l.data[off..off + buf.len()]);
+            return;
         }
-        let l = &self.cache.lines[&line];
-        buf.copy_from_slice(&l.data[off..off + buf.len()]);
+        let data = self.ram_line(line);
+        buf.copy_from_slice(&data[off..off + buf.len()]);
+        self.cache.insert(line, Line { data, dirty: false });
     }
 
     /// CPU write of part of one line (fills it when absent, then marks it Dirty).
     pub(crate) fn cpu_write_line(&mut self, line: u64, off: usize, data: &[u8]) {
-        if !self.cache.lines.contains_key(&line) {
-            let d = self.ram_line(line);
-            self.cache.lines.insert(
-                line,
-                Line {
-                    data: d,
-                    dirty: false,
-                },
-            );
-        }
-        let l = self.cache.lines.get_mut(&line).expect("just filled");
+        let mut l = match self.cache.get(line) {
+            Some(l) => *l,
+            None => Line {
+                data: self.ram_line(line),
+                dirty: false,
+            },
+        };
         l.data[off..off + data.len()].copy_from_slice(data);
         l.dirty = true;
+        self.cache.insert(line, l);
     }
 
     /// Coherent view of part of a line, without filling the cache.
     pub(crate) fn coherent_line(&self, line: u64) -> [u8; LINE_SIZE as usize] {
-        match self.cache.lines.get(&line) {
+        match self.cache.get(line) {
             Some(l) => l.data,
             None => self.ram_line(line),
         }
@@ -110,10 +224,10 @@ impl Sim {
     pub fn writeback_all(&mut self) {
         let dirty: Vec<u64> = self
             .cache
-            .lines
-            .iter()
-            .filter(|(_, l)| l.dirty)
-            .map(|(k, _)| *k)
+            .present()
+            .into_iter()
+            .filter(|(_, dirty)| *dirty)
+            .map(|(k, _)| k)
             .collect();
         for line in dirty {
             self.writeback_line(line);
@@ -123,20 +237,20 @@ impl Sim {
     /// Writes back every dirty line, then drops every line.
     pub fn evict_all(&mut self) {
         self.writeback_all();
-        self.cache.lines.clear();
+        self.cache.clear();
     }
 
     /// Number of present lines, and how many of them are dirty.
     pub fn cache_lines(&self) -> (usize, usize) {
         (
-            self.cache.lines.len(),
-            self.cache.lines.values().filter(|l| l.dirty).count(),
+            self.cache.len(),
+            self.cache.present().iter().filter(|(_, d)| *d).count(),
         )
     }
 
     /// Whether the line holding `pa` is present, and dirty: `None` if absent.
     pub fn line_state(&self, pa: u64) -> Option<bool> {
-        self.cache.lines.get(&(pa >> LINE_SHIFT)).map(|l| l.dirty)
+        self.cache.get(pa >> LINE_SHIFT).map(|l| l.dirty)
     }
 
     /// Bytes of frame `pfn` where a present cache line differs from RAM.
@@ -146,10 +260,11 @@ impl Sim {
         }
         let first = pfn * LINES_PER_PAGE as u64;
         self.cache
-            .lines
-            .range(first..first + LINES_PER_PAGE as u64)
+            .present_in(first, first + LINES_PER_PAGE as u64 - 1)
+            .into_iter()
+            .filter_map(|(k, _)| Some((k, self.cache.get(k)?)))
             .map(|(k, l)| {
-                let ram = self.ram_line(*k);
+                let ram = self.ram_line(k);
                 l.data
                     .iter()
                     .zip(ram.iter())
@@ -197,15 +312,15 @@ impl Sim {
         }
         let lines: Vec<u64> = self
             .cache
-            .lines
-            .range(pa >> LINE_SHIFT..=last >> LINE_SHIFT)
-            .map(|(k, _)| *k)
+            .present_in(pa >> LINE_SHIFT, last >> LINE_SHIFT)
+            .into_iter()
+            .map(|(k, _)| k)
             .collect();
         for line in lines {
             if self.writeback_line(line) {
                 self.stats.lines_written_back += 1;
             }
-            self.cache.lines.remove(&line);
+            self.cache.remove(line);
         }
     }
 
@@ -225,5 +340,52 @@ impl Sim {
                 _ => return Some(p),
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn line(b: u8, dirty: bool) -> Line {
+        Line {
+            data: [b; LINE_SIZE as usize],
+            dirty,
+        }
+    }
+
+    #[test]
+    fn the_digest_depends_on_the_lines_not_on_how_they_got_there() {
+        let mut a = Cache::default();
+        a.insert(5, line(1, true));
+        a.insert(70, line(2, false));
+        let mut b = Cache::default();
+        b.insert(70, line(9, true));
+        b.insert(3, line(3, false));
+        b.insert(5, line(1, false));
+        b.remove(3);
+        assert!(b.modify(70, |l| *l = line(2, false)));
+        assert_ne!(a.digest(), b.digest(), "line 5 differs in its dirty bit");
+        assert!(b.modify(5, |l| l.dirty = true));
+        assert_eq!(a.digest(), b.digest());
+        assert_eq!(a.present(), vec![(5, true), (70, false)]);
+        assert_eq!(b.present(), a.present());
+        assert!(!b.modify(6, |l| l.dirty = false), "absent line");
+        assert_eq!(b.remove(6), None);
+        b.clear();
+        assert_eq!(b.digest(), Cache::default().digest());
+    }
+
+    #[test]
+    fn clones_share_blocks_until_written() {
+        let mut a = Cache::default();
+        a.insert(1, line(1, true));
+        let mut b = a.clone();
+        b.insert(2, line(2, true));
+        b.remove(1);
+        assert_eq!(a.present(), vec![(1, true)]);
+        assert_eq!(b.present(), vec![(2, true)]);
+        assert_eq!(a.present_in(0, 0), vec![]);
+        assert_eq!(a.len(), 1);
     }
 }

@@ -210,7 +210,7 @@ impl Sim {
         for (i, b) in ram.iter().enumerate() {
             let a = pa + i as u64;
             let line = a / LINE_SIZE;
-            let Some(l) = self.cache.lines.get(&line) else {
+            let Some(l) = self.cache.get(line) else {
                 continue;
             };
             let li = (line % LINES_PER_PAGE as u64) as usize;
@@ -256,7 +256,7 @@ impl Sim {
                     let line = a / LINE_SIZE;
                     if snoop {
                         self.writeback_line(line);
-                        self.cache.lines.remove(&line);
+                        self.cache.remove(line);
                     }
                     self.ram_write(line, off, &src[k..k + m]);
                     k += m;

@@ -27,6 +27,7 @@
 pub mod cache;
 pub mod check;
 pub mod device;
+pub mod digest;
 pub mod fault;
 pub mod iommu;
 pub mod machine;
@@ -42,6 +43,7 @@ use type1_core::{DeviceId, DomainId, Errno, GroupId, MmId, PlatformError};
 pub use cache::LINE_SIZE;
 pub use check::{EngineView, Violation};
 pub use device::DmaFault;
+pub use digest::StateHasher;
 pub use fault::{Access, ACCESS_POINTS, FAULT_POINTS};
 pub use machine::{GroupDesc, MachineDesc, MmioDesc, ResvDesc, UnitDesc};
 pub use memory::INITIAL_RAM_BYTE;
@@ -173,7 +175,7 @@ impl Sim {
     /// trace, violations, statistics and fault counters are not part of the state; armed faults are.
     pub fn state_digest(&self) -> u64 {
         use std::hash::{Hash, Hasher};
-        let mut h = std::collections::hash_map::DefaultHasher::new();
+        let mut h = StateHasher::default();
         for (pfn, f) in self.frames.iter().enumerate() {
             if f.gen == 0 && f.data.is_none() && f.pins == 0 {
                 continue;
@@ -190,13 +192,11 @@ impl Sim {
             )
                 .hash(&mut h);
             if let Some(d) = &f.data {
-                (&d.ram, &d.line_gen).hash(&mut h);
+                d.content_hash().hash(&mut h);
             }
         }
         self.free.hash(&mut h);
-        for (line, l) in &self.cache.lines {
-            (line, &l.data, l.dirty).hash(&mut h);
-        }
+        self.cache.digest().hash(&mut h);
         for p in &self.procs {
             (
                 &p.name,

@@ -30,13 +30,28 @@ pub(crate) struct FrameData {
     pub ram: Box<[u8]>,
     /// Generation of the frame when each line's RAM was last written.
     pub line_gen: [u64; LINES_PER_PAGE],
+    /// Hash of `ram` and `line_gen` for state digests, computed once per content: clones of
+    /// the machine share the data, so the model checker hashes each page version once.
+    hash: std::sync::OnceLock<u64>,
+}
+
+impl FrameData {
+    /// The content hash (see [`crate::Sim::state_digest`]).
+    pub(crate) fn content_hash(&self) -> u64 {
+        *self.hash.get_or_init(|| {
+            use std::hash::{Hash, Hasher};
+            let mut h = crate::StateHasher::default();
+            (&self.ram, &self.line_gen).hash(&mut h);
+            h.finish()
+        })
+    }
 }
 
 /// A RAM page frame.
 #[derive(Clone, Debug, Default)]
 pub(crate) struct Frame {
     /// Shared between clones of the machine until written (model checking branches a lot).
-    pub data: Option<std::rc::Rc<FrameData>>,
+    pub data: Option<std::sync::Arc<FrameData>>,
     pub pins: u32,
     /// Bumped at every allocation.
     pub gen: u64,
@@ -58,12 +73,16 @@ pub(crate) struct Frame {
 impl Frame {
     pub(crate) fn data_mut(&mut self) -> &mut FrameData {
         let d = self.data.get_or_insert_with(|| {
-            std::rc::Rc::new(FrameData {
+            std::sync::Arc::new(FrameData {
                 ram: vec![INITIAL_RAM_BYTE; PAGE_SIZE as usize].into_boxed_slice(),
                 line_gen: [0; LINES_PER_PAGE],
+                hash: std::sync::OnceLock::new(),
             })
         });
-        std::rc::Rc::make_mut(d)
+        let d = std::sync::Arc::make_mut(d);
+        // The caller is about to change the content.
+        d.hash = std::sync::OnceLock::new();
+        d
     }
 }
 
@@ -414,7 +433,7 @@ impl Sim {
         self.stats.frames_allocated += 1;
         let first = pfn * LINES_PER_PAGE as u64;
         for line in first..first + LINES_PER_PAGE as u64 {
-            self.cache.lines.insert(
+            self.cache.insert(
                 line,
                 crate::cache::Line {
                     data: [0; LINE_SIZE as usize],
