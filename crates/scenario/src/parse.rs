@@ -85,6 +85,8 @@ pub enum Expect {
     Leaked(u64),
     /// `expect stale_after_unpin N`.
     StaleAfterUnpin(u64),
+    /// `expect notifications N`: `dma_unmap` notifications delivered so far (U5).
+    Notifications(u64),
     /// `expect iova_ranges C N`: number of valid IOVA ranges.
     IovaRanges { container: String, n: u64 },
     /// `expect pgsizes C BITMAP`.
@@ -231,6 +233,9 @@ pub enum Op {
         /// Bytes.
         len: u64,
     },
+    /// `refuse_unpin DEVICE N`: the emulated device ignores its next N `dma_unmap`
+    /// notifications (U5's retry path).
+    RefuseUnpin { device: String, n: u32 },
     /// `allow KIND` / `allow all`: violations of that kind no longer fail the scenario (for
     /// scenarios that demonstrate a broken policy and only count its damage).
     Allow(String),
@@ -478,6 +483,7 @@ fn parse_expect(w: &mut Words<'_>) -> Result<Expect, ParseError> {
         "no_violation" => Expect::NoViolation,
         "leaked" => Expect::Leaked(w.num("bytes")?),
         "stale_after_unpin" => Expect::StaleAfterUnpin(w.num("bytes")?),
+        "notifications" => Expect::Notifications(w.num("n")?),
         "iova_ranges" => Expect::IovaRanges {
             container: w.name("container")?,
             n: w.num("count")?,
@@ -804,6 +810,13 @@ fn parse_op(w: &mut Words<'_>) -> Result<Op, ParseError> {
                 len: w.num("len")?,
             }
         }
+        "refuse_unpin" => Op::RefuseUnpin {
+            device: w.name("device")?,
+            n: {
+                let n = w.num("n")?;
+                u32::try_from(n).or_else(|_| w.err(format!("n = {n} is too large")))?
+            },
+        },
         "cpu_after" => Op::CpuAfter {
             point: w.name("point")?,
             nth: w.num("n")?,

@@ -268,6 +268,11 @@ fn check_expect(w: &mut World, e: &Expect, line: usize) -> Result<(), Failure> {
             n.to_string(),
             w.sim.stale_after_unpin_bytes().to_string(),
         ),
+        Expect::Notifications(n) => mismatch(
+            "dma_unmap notifications",
+            n.to_string(),
+            w.sim.stats().dma_unmap_notifications.to_string(),
+        ),
     }
 }
 

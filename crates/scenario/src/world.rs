@@ -249,6 +249,7 @@ impl World {
                 | Op::Fail { .. }
                 | Op::DmaAfter { .. }
                 | Op::CpuAfter { .. }
+                | Op::RefuseUnpin { .. }
                 | Op::Allow(_)
                 | Op::Expect(_)
         ) {
@@ -660,6 +661,13 @@ impl World {
                 self.sim
                     .access_after(point, *nth, access)
                     .map_err(StepError::Usage)
+            }
+            Op::RefuseUnpin { device, n } => {
+                let Some(dev) = self.sim.device_id(device) else {
+                    return usage(format!("no device named {device:?}"));
+                };
+                self.sim.refuse_unpin(dev, *n);
+                Ok(())
             }
             Op::Allow(kind) => {
                 self.allowed.push(kind.clone());

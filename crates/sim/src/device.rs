@@ -316,6 +316,15 @@ impl Sim {
         iova: u64,
         size: u64,
     ) -> Vec<(u64, u64)> {
+        self.stats.dma_unmap_notifications += 1;
+        if self.faults.refuses_unpin(device) {
+            let name = self.device_name(device).unwrap_or("?").to_string();
+            self.record(Event::Fault {
+                source: "dma_unmap".into(),
+                detail: format!("{name} ignores dma_unmap 0x{iova:x}+0x{size:x}"),
+            });
+            return Vec::new();
+        }
         let Some(m) = self.ext_pins.get_mut(&device) else {
             return Vec::new();
         };

@@ -13,7 +13,7 @@
 
 use std::collections::BTreeMap;
 
-use type1_core::{Errno, Event, MmId, PlatformError};
+use type1_core::{DeviceId, Errno, Event, MmId, PlatformError};
 
 use crate::{perr, Sim};
 
@@ -87,6 +87,8 @@ pub(crate) struct Armed {
 pub(crate) struct Faults {
     /// Accesses to run right after platform calls (see [`ACCESS_POINTS`]), in arming order.
     inside: Vec<Armed>,
+    /// Device -> `dma_unmap` notifications it will still ignore (U5's retry path).
+    refuse_unpin: BTreeMap<DeviceId, u32>,
     /// Point -> calls left until the failing one (1 = the next call fails).
     armed: BTreeMap<&'static str, u64>,
     any: Option<u64>,
@@ -98,12 +100,32 @@ pub(crate) struct Faults {
 
 impl Faults {
     /// The armed faults and accesses, for state digests.
-    pub(crate) fn armed_digest(&self) -> (Vec<(&'static str, u64)>, Option<u64>, Vec<Armed>) {
+    #[allow(clippy::type_complexity)]
+    pub(crate) fn armed_digest(
+        &self,
+    ) -> (
+        Vec<(&'static str, u64)>,
+        Option<u64>,
+        Vec<Armed>,
+        &BTreeMap<DeviceId, u32>,
+    ) {
         (
             self.armed.iter().map(|(k, v)| (*k, *v)).collect(),
             self.any,
             self.inside.clone(),
+            &self.refuse_unpin,
         )
+    }
+
+    /// Whether `device` ignores this `dma_unmap` notification (counting it down).
+    pub(crate) fn refuses_unpin(&mut self, device: DeviceId) -> bool {
+        match self.refuse_unpin.get_mut(&device) {
+            Some(n) if *n > 0 => {
+                *n -= 1;
+                true
+            }
+            _ => false,
+        }
     }
 
     fn hit(&mut self, point: &'static str) -> bool {
@@ -159,6 +181,7 @@ impl Sim {
         self.faults.armed.clear();
         self.faults.any = None;
         self.faults.inside.clear();
+        self.faults.refuse_unpin.clear();
     }
 
     /// Arms `access` to run right after the `n`th call (1-based, from now) of `point` returns:
@@ -180,6 +203,13 @@ impl Sim {
             access,
         });
         Ok(())
+    }
+
+    /// Makes the emulated `device` ignore its next `n` `dma_unmap` notifications: it answers
+    /// without unpinning anything, as a broken vendor driver would (U5: the engine notifies
+    /// again, and gives up with EBUSY after 10 restarts on the same mapping). 0 disarms.
+    pub fn refuse_unpin(&mut self, device: DeviceId, n: u32) {
+        self.faults.refuse_unpin.insert(device, n);
     }
 
     /// Disarms the accesses that have not run yet (faults stay armed).

@@ -67,6 +67,8 @@ pub struct Stats {
     pub dma_writes: u64,
     /// Device DMA faults.
     pub dma_faults: u64,
+    /// `dma_unmap` notifications delivered to emulated devices (U5), refused ones included.
+    pub dma_unmap_notifications: u64,
     /// Frame allocations.
     pub frames_allocated: u64,
 }
