@@ -10,6 +10,7 @@
 //! The `type1` CLI (`run`, `demo`, `attack`) and the tests are built on these.
 
 pub mod parse;
+pub mod raw;
 pub mod run;
 pub mod sweep;
 pub mod world;

@@ -87,6 +87,17 @@ pub enum Expect {
     StaleAfterUnpin(u64),
     /// `expect notifications N`: `dma_unmap` notifications delivered so far (U5).
     Notifications(u64),
+    /// `expect ret V`: what the last successful raw ioctl returned.
+    Ret(u64),
+    /// `expect arg OFFSET u8|u16|u32|u64 V`: the raw ioctl argument buffer after the call.
+    Arg { offset: u64, bytes: u8, value: u64 },
+    /// `expect buf LABEL OFFSET u8|u16|u32|u64 V`: a `ptr` buffer after the call.
+    Buf {
+        label: String,
+        offset: u64,
+        bytes: u8,
+        value: u64,
+    },
     /// `expect iova_ranges C N`: number of valid IOVA ranges.
     IovaRanges { container: String, n: u64 },
     /// `expect pgsizes C BITMAP`.
@@ -236,6 +247,19 @@ pub enum Op {
     /// `refuse_unpin DEVICE N`: the emulated device ignores its next N `dma_unmap`
     /// notifications (U5's retry path).
     RefuseUnpin { device: String, n: u32 },
+    /// `uapi_open NAME container` / `uapi_open NAME group N`: opens `/dev/vfio/vfio` or
+    /// `/dev/vfio/N` through the uAPI layer (see [`crate::raw`]).
+    RawOpen { name: String, group: Option<u32> },
+    /// `uapi_close NAME`: closes a file opened by `uapi_open` or returned by an ioctl.
+    RawClose(String),
+    /// `ioctl FILE REQUEST [int V | at ADDR | ITEM...] [as NAME]`: one ioctl through the uAPI
+    /// layer; `as NAME` names the fd it returns.
+    RawIoctl {
+        file: String,
+        request: u64,
+        arg: crate::raw::Arg,
+        bind: Option<String>,
+    },
     /// `allow KIND` / `allow all`: violations of that kind no longer fail the scenario (for
     /// scenarios that demonstrate a broken policy and only count its damage).
     Allow(String),
@@ -484,6 +508,27 @@ fn parse_expect(w: &mut Words<'_>) -> Result<Expect, ParseError> {
         "leaked" => Expect::Leaked(w.num("bytes")?),
         "stale_after_unpin" => Expect::StaleAfterUnpin(w.num("bytes")?),
         "notifications" => Expect::Notifications(w.num("n")?),
+        "ret" => Expect::Ret(w.num("value")?),
+        "arg" => {
+            let offset = w.num("offset")?;
+            let bytes = int_width(w)?;
+            Expect::Arg {
+                offset,
+                bytes,
+                value: w.num("value")?,
+            }
+        }
+        "buf" => {
+            let label = w.name("buffer")?;
+            let offset = w.num("offset")?;
+            let bytes = int_width(w)?;
+            Expect::Buf {
+                label,
+                offset,
+                bytes,
+                value: w.num("value")?,
+            }
+        }
         "iova_ranges" => Expect::IovaRanges {
             container: w.name("container")?,
             n: w.num("count")?,
@@ -509,6 +554,68 @@ fn parse_expect(w: &mut Words<'_>) -> Result<Expect, ParseError> {
         }
         other => return w.err(format!("unknown expectation {other:?}")),
     })
+}
+
+/// `u8`, `u16`, `u32` or `u64`: the width in bytes.
+fn int_width(w: &mut Words<'_>) -> Result<u8, ParseError> {
+    match w.word("u8, u16, u32 or u64")? {
+        "u8" => Ok(1),
+        "u16" => Ok(2),
+        "u32" => Ok(4),
+        "u64" => Ok(8),
+        x => w.err(format!("{x:?} is not u8, u16, u32 or u64")),
+    }
+}
+
+/// The argument and `as NAME` of an `ioctl` line.
+fn parse_ioctl_arg(w: &mut Words<'_>) -> Result<(crate::raw::Arg, Option<String>), ParseError> {
+    use crate::raw::{Arg, Item};
+    let mut items = Vec::new();
+    let mut arg = None;
+    let mut bind = None;
+    while w.next < w.pos.len() {
+        let kind = w.word("argument item")?;
+        match kind {
+            "as" => bind = Some(w.name("name")?),
+            "int" | "at" if !items.is_empty() || arg.is_some() => {
+                return w.err(format!("{kind} is the whole argument: no other item"))
+            }
+            "int" => arg = Some(Arg::Int(w.num("value")?)),
+            "at" => arg = Some(Arg::At(w.num("address")?)),
+            _ if arg.is_some() => return w.err(format!("{kind:?} after int/at")),
+            "u8" | "u16" | "u32" | "u64" => {
+                let bytes = match kind {
+                    "u8" => 1,
+                    "u16" => 2,
+                    "u32" => 4,
+                    _ => 8,
+                };
+                let value = w.num("value")?;
+                if bytes < 8 && value >> (bytes * 8) != 0 {
+                    return w.err(format!("{value:#x} does not fit in {kind}"));
+                }
+                items.push(Item::Int { bytes, value });
+            }
+            "fd" => items.push(Item::Fd(w.name("file")?)),
+            "str" => {
+                let s = w.word("string")?;
+                items.push(Item::Str(s.strip_prefix('"').unwrap_or(s).to_string()));
+            }
+            "ptr" => items.push(Item::Ptr(w.name("buffer label")?)),
+            "zero" => items.push(Item::Zero(w.num("bytes")?.min(crate::raw::ARG_MAX + 1))),
+            x => {
+                return w.err(format!(
+                    "{x:?} is not an argument item (int, at, u8, u16, u32, u64, fd, str, ptr, zero, as)"
+                ))
+            }
+        }
+    }
+    let arg = arg.unwrap_or(if items.is_empty() {
+        Arg::None
+    } else {
+        Arg::Buf(items)
+    });
+    Ok((arg, bind))
 }
 
 /// `read` or `write` (true).
@@ -810,6 +917,33 @@ fn parse_op(w: &mut Words<'_>) -> Result<Op, ParseError> {
                 len: w.num("len")?,
             }
         }
+        "uapi_open" => {
+            let name = w.name("name")?;
+            match w.word("container or group")? {
+                "container" => Op::RawOpen { name, group: None },
+                "group" => Op::RawOpen {
+                    name,
+                    group: Some(w.num("group")? as u32),
+                },
+                x => return w.err(format!("{x:?} is not container or group")),
+            }
+        }
+        "uapi_close" => Op::RawClose(w.name("name")?),
+        "ioctl" => {
+            let file = w.name("file")?;
+            let req = w.word("request")?;
+            let request = match type1_uapi::nr::by_name(req).or_else(|| parse_num(req)) {
+                Some(r) => r,
+                None => return w.err(format!("{req:?} is not a VFIO request name or number")),
+            };
+            let (arg, bind) = parse_ioctl_arg(w)?;
+            Op::RawIoctl {
+                file,
+                request,
+                arg,
+                bind,
+            }
+        }
         "refuse_unpin" => Op::RefuseUnpin {
             device: w.name("device")?,
             n: {
@@ -937,6 +1071,39 @@ mod tests {
             }
         );
         assert_eq!(s[0].outcome, Outcome::Err(Errno::EEXIST));
+    }
+
+    #[test]
+    fn raw_ioctl_lines_parse_and_bad_ones_say_why() {
+        let steps = parse(
+            "ioctl c IOMMU_MAP_DMA u32 32 u32 3 u64 0x1000 fd g str abc ptr bm zero 4 as x\n",
+        )
+        .unwrap();
+        match &steps[0].op {
+            Op::RawIoctl {
+                request,
+                arg: crate::raw::Arg::Buf(items),
+                bind,
+                ..
+            } => {
+                assert_eq!(*request, type1_uapi::nr::VFIO_IOMMU_MAP_DMA);
+                assert_eq!(items.len(), 7);
+                assert_eq!(bind.as_deref(), Some("x"));
+            }
+            other => panic!("{other:?}"),
+        }
+        for (line, why) in [
+            ("ioctl c NOPE", "not a VFIO request"),
+            ("ioctl c SET_IOMMU int 3 u32 1", "after int/at"),
+            ("ioctl c SET_IOMMU u32 1 int 3", "whole argument"),
+            ("ioctl c GROUP_GET_STATUS u8 256", "does not fit in u8"),
+            ("ioctl c GROUP_GET_STATUS u48 1", "not an argument item"),
+            ("uapi_open g socket", "not container or group"),
+            ("expect arg 0 u12 1", "not u8, u16, u32 or u64"),
+        ] {
+            let e = parse(line).unwrap_err();
+            assert!(e.msg.contains(why), "{line}: {}", e.msg);
+        }
     }
 
     #[test]

@@ -268,6 +268,49 @@ fn check_expect(w: &mut World, e: &Expect, line: usize) -> Result<(), Failure> {
             n.to_string(),
             w.sim.stale_after_unpin_bytes().to_string(),
         ),
+        Expect::Ret(v) => mismatch(
+            "ioctl return value",
+            v.to_string(),
+            w.raw.as_ref().map_or(0, |r| r.last_ret).to_string(),
+        ),
+        Expect::Arg {
+            offset,
+            bytes,
+            value,
+        } => {
+            let got = w.raw.as_ref().map_or(0, |r| {
+                r.read_int(crate::raw::ARG_BASE.saturating_add(*offset), *bytes)
+            });
+            mismatch(
+                &format!("argument bytes at offset {offset}"),
+                format!("{value:#x}"),
+                format!("{got:#x}"),
+            )
+        }
+        Expect::Buf {
+            label,
+            offset,
+            bytes,
+            value,
+        } => {
+            let Some(base) = w
+                .raw
+                .as_ref()
+                .and_then(|r| r.labels.get(label))
+                .map(|k| crate::raw::BUF_BASE + k * crate::raw::BUF_STRIDE)
+            else {
+                return fail(line, format!("no buffer named {label:?}"));
+            };
+            let got = w
+                .raw
+                .as_ref()
+                .map_or(0, |r| r.read_int(base.saturating_add(*offset), *bytes));
+            mismatch(
+                &format!("buffer {label} at offset {offset}"),
+                format!("{value:#x}"),
+                format!("{got:#x}"),
+            )
+        }
         Expect::Notifications(n) => mismatch(
             "dma_unmap notifications",
             n.to_string(),

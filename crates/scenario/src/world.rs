@@ -15,6 +15,7 @@ use type1_core::{
 use type1_sim::{Access, EngineView, MachineDesc, Sim, Violation};
 
 use crate::parse::Op;
+use crate::raw::{Arg, Raw};
 
 /// Why an operation did not succeed.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
@@ -87,6 +88,8 @@ pub struct World {
     /// Violation kinds (or `all`) that an `allow` line excused.
     pub allowed: Vec<String>,
     seen_violations: usize,
+    /// The uAPI layer of raw steps, made at the first one ([`crate::raw`]).
+    pub raw: Option<Box<Raw>>,
 }
 
 impl World {
@@ -114,6 +117,7 @@ impl World {
             pending: Vec::new(),
             allowed: Vec::new(),
             seen_violations: 0,
+            raw: None,
         })
     }
 
@@ -154,6 +158,75 @@ impl World {
     }
 
     /// A named container and the machine, borrowed apart (engine calls need both).
+    fn raw_open(&mut self, name: &str, group: Option<u32>) -> Result<(), StepError> {
+        if let Some(g) = group {
+            if self.group_owner.contains_key(&g) {
+                return Err(errno(
+                    Errno::EBUSY,
+                    format!("group {g} is in use by typed lines (attach)"),
+                ));
+            }
+        }
+        let r = self.with_raw(|r| {
+            if r.files.contains_key(name) {
+                return Err(StepError::Usage(format!("file {name:?} is already open")));
+            }
+            let obj = match group {
+                None => r.vfio.open_container(),
+                Some(g) => r
+                    .vfio
+                    .open_group(g)
+                    .map_err(|e| errno(e, format!("open /dev/vfio/{g}")))?,
+            };
+            let fd = type1_uapi::Caller::new_fd(&mut r.caller, obj)
+                .map_err(|e| errno(e, "no fd".to_string()))?;
+            r.files.insert(name.to_string(), fd);
+            Ok(())
+        })?;
+        r
+    }
+
+    fn raw_ioctl(
+        &mut self,
+        file: &str,
+        request: u64,
+        arg: &Arg,
+        bind: Option<&str>,
+    ) -> Result<(), StepError> {
+        let r = self.with_raw(|r| {
+            let Some(&fd) = r.files.get(file) else {
+                return Err(StepError::Usage(format!("no open file named {file:?}")));
+            };
+            let Some(obj) = r.caller.object(fd) else {
+                return Err(StepError::Usage(format!(
+                    "{file:?} is not an emulated file"
+                )));
+            };
+            let a = match arg {
+                Arg::None => 0,
+                Arg::Int(v) | Arg::At(v) => *v,
+                Arg::Buf(items) => r.build(items).map_err(StepError::Usage)?,
+            };
+            let name = type1_uapi::nr::NAMES
+                .iter()
+                .find(|(_, n)| *n == request)
+                .map_or_else(|| format!("0x{request:x}"), |(n, _)| n.to_string());
+            let ret = r
+                .vfio
+                .ioctl(obj, request, a, &mut r.caller)
+                .map_err(|e| errno(e, format!("{name} on {file}")))?;
+            r.last_ret = ret;
+            if let Some(b) = bind {
+                let fd = i32::try_from(ret).map_err(|_| {
+                    StepError::Usage(format!("{name} returned {ret}, not an fd to name {b:?}"))
+                })?;
+                r.files.insert(b.to_string(), fd);
+            }
+            Ok(())
+        })?;
+        r
+    }
+
     fn container_and_sim(&mut self, name: &str) -> Result<(&mut Container, &mut Sim), StepError> {
         let Self {
             sim, containers, ..
@@ -194,10 +267,40 @@ impl World {
         (n, pages)
     }
 
+    /// Every container's engine: typed lines' and raw lines' (the uAPI layer's).
+    pub fn engines(&self) -> Vec<&Container> {
+        let raw = self
+            .raw
+            .iter()
+            .flat_map(|r| r.vfio.containers().map(|(_, c)| c));
+        self.containers.values().chain(raw).collect()
+    }
+
+    /// Runs `f` on the uAPI layer of raw steps (made on first use), with this world's machine
+    /// as its platform for the duration.
+    pub fn with_raw<R>(&mut self, f: impl FnOnce(&mut Raw) -> R) -> Result<R, StepError> {
+        if self.raw.is_none() {
+            let r =
+                Raw::new(self.sim.desc(), self.config, &self.policy).map_err(StepError::Usage)?;
+            self.raw = Some(Box::new(r));
+        }
+        let raw = self.raw.as_mut().expect("made above");
+        std::mem::swap(&mut self.sim, &mut raw.vfio.platform);
+        let r = f(raw);
+        std::mem::swap(&mut self.sim, &mut raw.vfio.platform);
+        Ok(r)
+    }
+
+    fn raw_group_open(&self, group: u32) -> bool {
+        self.raw
+            .as_ref()
+            .is_some_and(|r| r.vfio.group_is_open(group))
+    }
+
     /// Engine views of every container, for the checker.
     pub fn views(&self) -> Vec<EngineView> {
-        self.containers
-            .values()
+        self.engines()
+            .into_iter()
             .filter_map(|c| c.iommu().ok())
             .map(|t| EngineView {
                 mappings: t.mappings(),
@@ -211,10 +314,14 @@ impl World {
     pub fn check(&mut self, at: usize) {
         let views = self.views();
         self.sim.check_engine(&views);
-        for t in self.containers.values().filter_map(|c| c.iommu().ok()) {
-            if let Err(e) = t.check_invariants() {
-                self.sim.record_violation("engine_invariant", &e);
-            }
+        let broken: Vec<String> = self
+            .engines()
+            .into_iter()
+            .filter_map(|c| c.iommu().ok())
+            .filter_map(|t| t.check_invariants().err())
+            .collect();
+        for e in broken {
+            self.sim.record_violation("engine_invariant", &e);
         }
         let all = self.sim.violations();
         for v in &all[self.seen_violations..] {
@@ -231,6 +338,9 @@ impl World {
         let names: Vec<String> = self.containers.keys().cloned().collect();
         for n in names {
             let _ = self.exec(&Op::Close(n));
+        }
+        if self.raw.is_some() {
+            let _ = self.with_raw(|r| r.vfio.release_all());
         }
         self.sim.check_closed();
         self.check(at);
@@ -361,6 +471,12 @@ impl World {
             Op::Attach { container, group } => {
                 if !self.containers.contains_key(container) {
                     return usage(format!("no container named {container:?}"));
+                }
+                if self.raw_group_open(*group) {
+                    return Err(errno(
+                        Errno::EBUSY,
+                        format!("group {group} is open through raw uapi lines"),
+                    ));
                 }
                 // Group-file checks of VFIO_GROUP_SET_CONTAINER (spec errata).
                 if self.group_owner.contains_key(group) {
@@ -662,6 +778,24 @@ impl World {
                     .access_after(point, *nth, access)
                     .map_err(StepError::Usage)
             }
+            Op::RawOpen { name, group } => self.raw_open(name, *group),
+            Op::RawClose(name) => {
+                let closed = self.with_raw(|r| {
+                    let fd = r.files.remove(name)?;
+                    let obj = r.caller.forget(fd);
+                    if let Some(obj) = obj {
+                        r.vfio.close(obj);
+                    }
+                    Some(())
+                })?;
+                closed.map_or_else(|| usage(format!("no open file named {name:?}")), Ok)
+            }
+            Op::RawIoctl {
+                file,
+                request,
+                arg,
+                bind,
+            } => self.raw_ioctl(file, *request, arg, bind.as_deref()),
             Op::RefuseUnpin { device, n } => {
                 let Some(dev) = self.sim.device_id(device) else {
                     return usage(format!("no device named {device:?}"));

@@ -68,6 +68,43 @@ pub const VFIO_IOMMU_DISABLE: u64 = vfio_io(16);
 /// `VFIO_IOMMU_DIRTY_PAGES`.
 pub const VFIO_IOMMU_DIRTY_PAGES: u64 = vfio_io(17);
 
+/// Every request by its `linux/vfio.h` name (scenarios and diagnostics name requests).
+pub const NAMES: &[(&str, u64)] = &[
+    ("VFIO_GET_API_VERSION", VFIO_GET_API_VERSION),
+    ("VFIO_CHECK_EXTENSION", VFIO_CHECK_EXTENSION),
+    ("VFIO_SET_IOMMU", VFIO_SET_IOMMU),
+    ("VFIO_GROUP_GET_STATUS", VFIO_GROUP_GET_STATUS),
+    ("VFIO_GROUP_SET_CONTAINER", VFIO_GROUP_SET_CONTAINER),
+    ("VFIO_GROUP_UNSET_CONTAINER", VFIO_GROUP_UNSET_CONTAINER),
+    ("VFIO_GROUP_GET_DEVICE_FD", VFIO_GROUP_GET_DEVICE_FD),
+    ("VFIO_DEVICE_GET_INFO", VFIO_DEVICE_GET_INFO),
+    ("VFIO_DEVICE_GET_REGION_INFO", VFIO_DEVICE_GET_REGION_INFO),
+    ("VFIO_DEVICE_GET_IRQ_INFO", VFIO_DEVICE_GET_IRQ_INFO),
+    ("VFIO_DEVICE_SET_IRQS", VFIO_DEVICE_SET_IRQS),
+    ("VFIO_DEVICE_RESET", VFIO_DEVICE_RESET),
+    (
+        "VFIO_DEVICE_GET_PCI_HOT_RESET_INFO",
+        VFIO_DEVICE_GET_PCI_HOT_RESET_INFO,
+    ),
+    ("VFIO_DEVICE_PCI_HOT_RESET", VFIO_DEVICE_PCI_HOT_RESET),
+    ("VFIO_IOMMU_GET_INFO", VFIO_IOMMU_GET_INFO),
+    ("VFIO_IOMMU_MAP_DMA", VFIO_IOMMU_MAP_DMA),
+    ("VFIO_IOMMU_UNMAP_DMA", VFIO_IOMMU_UNMAP_DMA),
+    ("VFIO_IOMMU_ENABLE", VFIO_IOMMU_ENABLE),
+    ("VFIO_IOMMU_DISABLE", VFIO_IOMMU_DISABLE),
+    ("VFIO_IOMMU_DIRTY_PAGES", VFIO_IOMMU_DIRTY_PAGES),
+];
+
+/// The number of a request name (`VFIO_IOMMU_MAP_DMA`; the `VFIO_` prefix may be left out).
+pub fn by_name(name: &str) -> Option<u64> {
+    let full = if name.starts_with("VFIO_") {
+        name.to_string()
+    } else {
+        format!("VFIO_{name}")
+    };
+    NAMES.iter().find(|(n, _)| *n == full).map(|(_, v)| *v)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -44,7 +44,7 @@ pub struct GroupSpec {
     pub devices: Vec<String>,
 }
 
-#[derive(Debug)]
+#[derive(Clone, Debug)]
 pub(crate) struct GroupState {
     pub devices: Vec<String>,
     pub open: bool,
@@ -52,13 +52,13 @@ pub(crate) struct GroupState {
     pub open_devices: u32,
 }
 
-#[derive(Debug)]
+#[derive(Clone, Debug)]
 pub(crate) struct ContainerState {
     pub c: Container,
     pub fd_open: bool,
 }
 
-#[derive(Debug)]
+#[derive(Clone, Debug)]
 pub(crate) struct DeviceState {
     pub group: u32,
     pub name: String,
@@ -77,6 +77,20 @@ pub(crate) struct Irqs {
     pub req: Option<std::fs::File>,
 }
 
+/// A copy holds duplicates of the eventfds (`dup`), as a forked process would; one that
+/// cannot be duplicated is left out of the copy.
+impl Clone for Irqs {
+    fn clone(&self) -> Self {
+        let dup = |f: &Option<std::fs::File>| f.as_ref().and_then(|f| f.try_clone().ok());
+        Irqs {
+            intx: dup(&self.intx),
+            intx_masked: self.intx_masked,
+            msi: dup(&self.msi),
+            req: dup(&self.req),
+        }
+    }
+}
+
 /// Signals an eventfd: adds 1 to its counter.
 pub(crate) fn signal(f: &std::fs::File) {
     use std::io::Write;
@@ -84,8 +98,9 @@ pub(crate) fn signal(f: &std::fs::File) {
     let _ = w.write_all(&1u64.to_ne_bytes());
 }
 
-/// The emulated VFIO subsystem of one process, over platform `P`.
-#[derive(Debug)]
+/// The emulated VFIO subsystem of one process, over platform `P`. A clone is an independent
+/// copy (the model checker and the scenario runner branch whole worlds).
+#[derive(Clone, Debug)]
 pub struct Vfio<P: Platform> {
     /// The platform the engine runs on.
     pub platform: P,
@@ -175,6 +190,16 @@ impl<P: Platform> Vfio<P> {
     /// Whether group `id` exists.
     pub fn has_group(&self, id: u32) -> bool {
         self.groups.contains_key(&id)
+    }
+
+    /// Whether group `id`'s file is open.
+    pub fn group_is_open(&self, id: u32) -> bool {
+        self.groups.get(&id).is_some_and(|g| g.open)
+    }
+
+    /// Every container's engine, with its id (for invariant checks).
+    pub fn containers(&self) -> impl Iterator<Item = (u32, &Container)> {
+        self.containers.iter().map(|(id, c)| (*id, &c.c))
     }
 
     /// Every device name of the machine.
