@@ -50,6 +50,8 @@ pub struct BenchOpts {
     pub reps: usize,
     /// `--scale` instead of the workloads.
     pub scale: bool,
+    /// Cores for the extra `seed@Ncpu` host rows (1: none).
+    pub flush_threads: usize,
 }
 
 /// Parses a size: `4G`, `512M`, `64K`, or bytes.
@@ -289,15 +291,25 @@ fn host(o: &BenchOpts, bar: &indicatif::ProgressBar, rows: &mut Vec<Row>) -> Res
     let workload = format!("guest {} + aperture {}", gib(o.guest), gib(o.aperture));
     // One unrecorded run first (a first io_uring, first page-table allocations), then `reps`
     // rounds over the policies, interleaved so that drift in the machine spreads over all.
-    let mut times: Vec<Vec<[u64; 3]>> = vec![Vec::new(); o.policies.len()];
+    // (row label, policy, flush threads): every policy on one core, and `seed` on more.
+    let mut variants: Vec<(String, String, usize)> = o
+        .policies
+        .iter()
+        .map(|p| (p.clone(), p.clone(), 1))
+        .collect();
+    if o.flush_threads > 1 && o.policies.iter().any(|p| p == "seed") {
+        let n = o.flush_threads;
+        variants.push((format!("seed@{n}cpu"), "seed".into(), n));
+    }
+    let mut times: Vec<Vec<[u64; 3]>> = vec![Vec::new(); variants.len()];
     let mut order: Vec<(usize, bool)> = vec![(0, false)];
     for _ in 0..o.reps.max(1) {
-        order.extend((0..o.policies.len()).map(|i| (i, true)));
+        order.extend((0..variants.len()).map(|i| (i, true)));
     }
     for (i, record) in order {
-        let policy = &o.policies[i];
+        let (label, policy, threads) = &variants[i];
         bar.set_message(format!(
-            "host {policy}{}",
+            "host {label}{}",
             if record { "" } else { " (warm-up)" }
         ));
         // Every run starts from the same state: every line written (dirty), as freshly zeroed
@@ -305,6 +317,7 @@ fn host(o: &BenchOpts, bar: &indicatif::ProgressBar, rows: &mut Vec<Row>) -> Res
         floor::Buffer::of(&g).fill();
         floor::Buffer::of(&a).fill();
         let mut p = HostPlatform::new(HostConfig::default());
+        p.set_flush_threads(*threads);
         let t = phases(&mut p, policy, o.guest, g.addr(), o.aperture, a.addr())?;
         if record {
             times[i].push(t);
@@ -313,7 +326,7 @@ fn host(o: &BenchOpts, bar: &indicatif::ProgressBar, rows: &mut Vec<Row>) -> Res
             }
         }
     }
-    for (policy, t) in o.policies.iter().zip(times) {
+    for ((policy, ..), t) in variants.iter().zip(times) {
         let m = |k: usize| median(t.iter().map(|x| x[k]).collect());
         rows.push(row("host", &workload, "map", policy, pages(total), m(0)));
         rows.push(row(
@@ -887,8 +900,9 @@ pub fn run(o: &BenchOpts) -> Result<()> {
         }
     }
     let has = |w: &str| o.workloads.iter().any(|x| x == w);
+    let multi = o.flush_threads > 1 && o.policies.iter().any(|p| p == "seed");
     let steps = o.policies.len() as u64 * o.workloads.len() as u64
-        + u64::from(has("host"))
+        + u64::from(has("host")) * (1 + u64::from(multi))
         + u64::from(has("qemu"));
     let bar = indicatif::ProgressBar::new(steps);
     bar.set_style(
@@ -1090,6 +1104,7 @@ mod tests {
             plot: None,
             reps: 1,
             scale: false,
+            flush_threads: 1,
         };
         let mut rows = Vec::new();
         sim(&o, &indicatif::ProgressBar::hidden(), &mut rows).unwrap();

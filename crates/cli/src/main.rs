@@ -136,6 +136,10 @@ enum Cmd {
         /// Instead: how the engine's time and memory grow with mappings and pages (simulator).
         #[arg(long)]
         scale: bool,
+        /// Also run `seed` on the host with its flushes spread over this many cores (rows
+        /// `seed@Ncpu`); 1 leaves them out. Default: this machine's cores, at most 4.
+        #[arg(long)]
+        flush_threads: Option<usize>,
     },
     /// Summarize a JSON-lines trace, or convert it into a Perfetto timeline.
     Trace {
@@ -443,6 +447,7 @@ fn main() -> ExitCode {
             plot,
             reps,
             scale,
+            flush_threads,
         } => bench::run(&bench::BenchOpts {
             guest: guest_size,
             aperture,
@@ -454,6 +459,9 @@ fn main() -> ExitCode {
             plot,
             reps,
             scale,
+            flush_threads: flush_threads.unwrap_or_else(|| {
+                std::thread::available_parallelism().map_or(1, |n| n.get().min(4))
+            }),
         })
         .map(|()| ExitCode::SUCCESS),
         Cmd::Check {

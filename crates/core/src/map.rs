@@ -576,17 +576,18 @@ fn sync_unpin<P: Platform + ?Sized>(
         return 0;
     }
     p.iotlb_sync(head);
+    let runs: Vec<(u64, u64, u64)> = queue
+        .drain(..)
+        .map(|(iova, phys, len)| (iova, phys >> PAGE_SHIFT, len >> PAGE_SHIFT))
+        .collect();
+    // F5: every run of the batch is flushed (one platform batch, which may use several
+    // cores) before any of them is unpinned.
+    if policy.flush_on_unpin(dma.is_noncoherent, dma.prot) {
+        crate::pin::flush_runs_for_unpin(p, policy, &runs);
+    }
     let mut unlocked = 0;
-    for (iova, phys, len) in queue.drain(..) {
-        unlocked += unpin_remote(
-            p,
-            policy,
-            dma,
-            iova,
-            phys >> PAGE_SHIFT,
-            len >> PAGE_SHIFT,
-            false,
-        );
+    for (iova, pfn, npages) in runs {
+        unlocked += crate::pin::release_remote(p, dma, iova, pfn, npages, false);
     }
     unlocked
 }

@@ -177,15 +177,15 @@ pub(crate) fn lock_acct_dma<P: Platform + ?Sized>(
     Ok(())
 }
 
-/// Flushes a run of pages for `reason`, classifying each pfn (F9). Emits one `flush` event.
-pub(crate) fn flush_run<P: Platform + ?Sized>(
-    p: &mut P,
+/// The byte ranges of a run of pages that the policy's classifier (F9) says to flush, and
+/// how many pages it skips.
+fn flush_ranges<P: Platform + ?Sized>(
+    p: &P,
     policy: &dyn FlushPolicy,
-    reason: FlushReason,
-    iova: u64,
     pfn: u64,
     npages: u64,
-) {
+    out: &mut Vec<(u64, u64)>,
+) -> u64 {
     let mut skipped = 0;
     let mut run: Option<(u64, u64)> = None;
     for i in 0..npages {
@@ -195,7 +195,7 @@ pub(crate) fn flush_run<P: Platform + ?Sized>(
             run = match run {
                 Some((s, n)) if s + n == f => Some((s, n + 1)),
                 Some((s, n)) => {
-                    p.flush_cache(s << PAGE_SHIFT, n << PAGE_SHIFT);
+                    out.push((s << PAGE_SHIFT, n << PAGE_SHIFT));
                     Some((f, 1))
                 }
                 None => Some((f, 1)),
@@ -205,7 +205,24 @@ pub(crate) fn flush_run<P: Platform + ?Sized>(
         }
     }
     if let Some((s, n)) = run {
-        p.flush_cache(s << PAGE_SHIFT, n << PAGE_SHIFT);
+        out.push((s << PAGE_SHIFT, n << PAGE_SHIFT));
+    }
+    skipped
+}
+
+/// Flushes a run of pages for `reason`, classifying each pfn (F9). Emits one `flush` event.
+pub(crate) fn flush_run<P: Platform + ?Sized>(
+    p: &mut P,
+    policy: &dyn FlushPolicy,
+    reason: FlushReason,
+    iova: u64,
+    pfn: u64,
+    npages: u64,
+) {
+    let mut ranges = Vec::new();
+    let skipped = flush_ranges(p, policy, pfn, npages, &mut ranges);
+    for (pa, len) in ranges {
+        p.flush_cache(pa, len);
     }
     p.trace(Event::Flush {
         reason,
@@ -214,6 +231,30 @@ pub(crate) fn flush_run<P: Platform + ?Sized>(
         pa: pfn << PAGE_SHIFT,
         skipped,
     });
+}
+
+/// F5 for a batch of runs `(iova, pfn, npages)` about to be unpinned: one platform batch (which
+/// may spread over cores), then one `flush` event per run, as [`flush_run`] emits.
+pub(crate) fn flush_runs_for_unpin<P: Platform + ?Sized>(
+    p: &mut P,
+    policy: &dyn FlushPolicy,
+    runs: &[(u64, u64, u64)],
+) {
+    let mut ranges = Vec::new();
+    let skipped: Vec<u64> = runs
+        .iter()
+        .map(|&(_, pfn, n)| flush_ranges(p, policy, pfn, n, &mut ranges))
+        .collect();
+    p.flush_cache_batch(&ranges);
+    for (&(iova, pfn, npages), skipped) in runs.iter().zip(skipped) {
+        p.trace(Event::Flush {
+            reason: FlushReason::Unpin,
+            iova,
+            npages,
+            pa: pfn << PAGE_SHIFT,
+            skipped,
+        });
+    }
 }
 
 /// `vfio_unpin_pages_remote` (P4) with F5: flush the run first if the policy says so, then
@@ -233,6 +274,22 @@ pub(crate) fn unpin_remote<P: Platform + ?Sized>(
     }
     if policy.flush_on_unpin(dma.is_noncoherent, dma.prot) {
         flush_run(p, policy, FlushReason::Unpin, iova, pfn, npage);
+    }
+    release_remote(p, dma, iova, pfn, npage, do_accounting)
+}
+
+/// [`unpin_remote`] without the flush: for runs whose F5 flush the caller has just done
+/// ([`flush_runs_for_unpin`]).
+pub(crate) fn release_remote<P: Platform + ?Sized>(
+    p: &mut P,
+    dma: &mut Dma,
+    iova: u64,
+    pfn: u64,
+    npage: u64,
+    do_accounting: bool,
+) -> u64 {
+    if npage == 0 {
+        return 0;
     }
     let mut unlocked = 0;
     let mut locked = 0;
