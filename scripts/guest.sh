@@ -5,7 +5,10 @@
 #   "type1-guest-up" and powers the machine off,
 # - next to them, in `$(dirname KERNEL)/modules/`, the kernel package's uio.ko and
 #   uio_pci_generic.ko (uncompressed, for busybox insmod; not in the initramfs: a test that
-#   wants them appends them).
+#   wants them appends them),
+# - in `$(dirname KERNEL)/headers/`, the kernel's headers and kbuild (linux-headers-RELEASE,
+#   its -common package and linux-kbuild-X.Y, unpacked), for guest modules built by
+#   scripts/guest-kmod.sh.
 # Packages are fetched with `apt-get download` and unpacked with `dpkg-deb -x` (nothing is
 # installed); busybox packs the initramfs. Cached in $TYPE1_GUEST_CACHE (default
 # ~/.cache/type1/guest). A cache that has the kernel and initramfs but not the modules is
@@ -18,8 +21,11 @@ have_modules() {
   local m
   for m in "${modules[@]}"; do [ -s "$cache/modules/$m.ko" ] || return 1; done
 }
+have_headers() {
+  compgen -G "$cache/headers/usr/src/linux-headers-*/Makefile" >/dev/null
+}
 cached() {
-  [ -s "$cache/vmlinuz" ] && [ -s "$cache/initrd.img" ] && have_modules
+  [ -s "$cache/vmlinuz" ] && [ -s "$cache/initrd.img" ] && have_modules && have_headers
 }
 if cached; then
   echo "$cache/vmlinuz $cache/initrd.img"
@@ -39,7 +45,7 @@ if command -v flock >/dev/null; then
   fi
 fi
 work=$(mktemp -d)
-trap 'rm -rf "$work" "$cache/modules.tmp.$$"' EXIT
+trap 'rm -rf "$work" "$cache/modules.tmp.$$" "$cache/headers.tmp.$$"' EXIT
 cd "$work"
 
 # The release of a bzImage ("6.1.0-48-cloud-amd64"): the boot header's kernel_version field
@@ -80,20 +86,43 @@ keep_modules() {
   mv "$tmp" "$cache/modules"
 }
 
-# Kernel and initramfs cached, modules not: take them from the cached kernel's package, if the
-# archive still has it; otherwise build everything again.
+# Unpacks the headers of release $1 (downloaded here: linux-headers-$1 and the headers and
+# kbuild packages it depends on) into $cache/headers. The flavour's Makefile includes the
+# common one by absolute path under /usr/src: it is made relative, the tree lives elsewhere.
+keep_headers() {
+  local deps tmp=$cache/headers.tmp.$$
+  deps=$(apt-cache depends "linux-headers-$1" 2>/dev/null |
+    awk '/Depends: linux-(headers|kbuild)-/ { print $2 }')
+  [ -n "$deps" ] || return 1
+  mkdir -p hdeb
+  (cd hdeb && apt-get download "linux-headers-$1" $deps >/dev/null 2>&1) || return 1
+  rm -rf "$tmp"
+  mkdir -p "$tmp"
+  local d
+  for d in hdeb/*.deb; do dpkg-deb -x "$d" "$tmp"; done
+  sed -i 's|^include /usr/src/|include $(abspath $(dir $(lastword $(MAKEFILE_LIST))))/../|' \
+    "$tmp/usr/src/linux-headers-$1/Makefile"
+  rm -rf "$cache/headers"
+  mv "$tmp" "$cache/headers"
+}
+
+# Kernel and initramfs cached, modules or headers not: take them from the cached kernel's
+# packages, if the archive still has them; otherwise build everything again.
 if [ -s "$cache/vmlinuz" ] && [ -s "$cache/initrd.img" ]; then
   release=$(release_of "$cache/vmlinuz" || true)
   if [ -n "$release" ] &&
-    { apt-get download "linux-image-$release" >/dev/null 2>&1 ||
-      { apt-get update -qq >/dev/null 2>&1 &&
-        apt-get download "linux-image-$release" >/dev/null 2>&1; }; } &&
-    dpkg-deb -x "linux-image-${release}"_*.deb kernel && keep_modules "$release"; then
+    { have_modules ||
+      { { apt-get download "linux-image-$release" >/dev/null 2>&1 ||
+          { apt-get update -qq >/dev/null 2>&1 &&
+            apt-get download "linux-image-$release" >/dev/null 2>&1; }; } &&
+        dpkg-deb -x "linux-image-${release}"_*.deb kernel && keep_modules "$release"; }; } &&
+    { have_headers || keep_headers "$release" ||
+      { apt-get update -qq >/dev/null 2>&1 && keep_headers "$release"; }; }; then
     echo "$cache/vmlinuz $cache/initrd.img"
     exit 0
   fi
-  echo "guest.sh: no modules for the cached kernel ${release:-?}; building the guest again" >&2
-  rm -rf kernel ./*.deb
+  echo "guest.sh: no modules or headers for the cached kernel ${release:-?}; building the guest again" >&2
+  rm -rf kernel hdeb ./*.deb
 fi
 
 kpkg=$(apt-cache depends linux-image-cloud-amd64 2>/dev/null |
@@ -123,4 +152,6 @@ rm -rf "$cache/modules" # those of another kernel, if any
 mv initrd.img "$cache/initrd.img"
 mv "$cache/vmlinuz.tmp" "$cache/vmlinuz"
 keep_modules "${kpkg#linux-image-}"
+keep_headers "${kpkg#linux-image-}" ||
+  { echo "guest.sh: cannot download the headers of ${kpkg#linux-image-}" >&2; exit 1; }
 echo "$cache/vmlinuz $cache/initrd.img"
