@@ -57,6 +57,9 @@ pub const REG_FAULT_IOVA: u64 = 0x28;
 pub const REG_FAULT_REASON: u64 = 0x30;
 /// `DMA_COUNT` (RO, u32): transfers completed without a fault since reset.
 pub const REG_DMA_COUNT: u64 = 0x34;
+/// `IRQ_VECTOR` (RW u32): the MSI-X vector a `CMD_IRQ` transfer signals (taken modulo
+/// [`MSIX_VECTORS`]; MSI and INTx have one).
+pub const REG_IRQ_VECTOR: u64 = 0x38;
 /// Offset of the device-internal buffer in BAR0.
 pub const BUFFER_OFFSET: u64 = 0x1000;
 /// Size of the device-internal buffer.
@@ -101,8 +104,17 @@ pub const PCI_STATUS: usize = 0x06;
 pub const PCI_STATUS_INTERRUPT: u16 = 1 << 3;
 /// `STATUS.CAP_LIST`: a capability list starts at `CAPABILITY_LIST`.
 pub const PCI_STATUS_CAP_LIST: u16 = 1 << 4;
-/// Offset of the MSI capability (the only one): one vector, 64-bit addresses.
+/// Offset of the MSI capability (the first): one vector, 64-bit addresses.
 pub const MSI_CAP: usize = 0x50;
+/// Offset of the MSI-X capability (after MSI): [`MSIX_VECTORS`] vectors, table and PBA in
+/// BAR0.
+pub const MSIX_CAP: usize = 0x70;
+/// MSI-X vectors.
+pub const MSIX_VECTORS: u32 = 4;
+/// Offset of the MSI-X table in BAR0 (16 bytes per vector; its owner, the VMM, emulates it).
+pub const MSIX_TABLE: u32 = 0x800;
+/// Offset of the MSI-X pending-bit array in BAR0.
+pub const MSIX_PBA: u32 = 0xc00;
 
 /// A DMA transfer the device asks its owner to perform.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -173,8 +185,16 @@ impl PciDevice {
         config[PCI_STATUS..PCI_STATUS + 2].copy_from_slice(&PCI_STATUS_CAP_LIST.to_le_bytes());
         config[0x34] = MSI_CAP as u8; // capability list
         config[MSI_CAP] = 0x05; // MSI
-        config[MSI_CAP + 1] = 0; // last capability
+        config[MSI_CAP + 1] = MSIX_CAP as u8; // next: MSI-X
         config[MSI_CAP + 2] = 0x80; // message control: 64-bit, one vector, disabled
+        config[MSIX_CAP] = 0x11; // MSI-X
+        config[MSIX_CAP + 1] = 0; // last capability
+                                  // Message control: table size - 1; function mask and enable clear.
+        config[MSIX_CAP + 2..MSIX_CAP + 4]
+            .copy_from_slice(&(MSIX_VECTORS as u16 - 1).to_le_bytes());
+        // Table and PBA offsets, BIR 0 (BAR0).
+        config[MSIX_CAP + 4..MSIX_CAP + 8].copy_from_slice(&MSIX_TABLE.to_le_bytes());
+        config[MSIX_CAP + 8..MSIX_CAP + 12].copy_from_slice(&MSIX_PBA.to_le_bytes());
         let mut d = PciDevice {
             config,
             regs: vec![0; BUFFER_OFFSET as usize],
@@ -191,6 +211,7 @@ impl PciDevice {
         self.config[PCI_COMMAND] = 0;
         self.config[PCI_COMMAND + 1] = 0;
         self.config[MSI_CAP + 2] &= !1;
+        self.config[MSIX_CAP + 3] &= !0xc0;
         self.irq_line = false;
         self.regs.iter_mut().for_each(|b| *b = 0);
         self.buffer.iter_mut().for_each(|b| *b = 0);
@@ -229,7 +250,7 @@ impl PciDevice {
                 1,
             )),
             b::VFIO_PCI_MSI_IRQ_INDEX => Ok((ev | b::VFIO_IRQ_INFO_NORESIZE, 1)),
-            b::VFIO_PCI_MSIX_IRQ_INDEX => Ok((ev | b::VFIO_IRQ_INFO_NORESIZE, 0)),
+            b::VFIO_PCI_MSIX_IRQ_INDEX => Ok((ev | b::VFIO_IRQ_INFO_NORESIZE, MSIX_VECTORS)),
             b::VFIO_PCI_REQ_IRQ_INDEX => Ok((ev | b::VFIO_IRQ_INFO_NORESIZE, 1)),
             _ => Err(Errno::EINVAL),
         }
@@ -306,8 +327,9 @@ impl PciDevice {
             for (i, byte) in buf[..n].iter().enumerate() {
                 let at = off + i;
                 // Identity, status, BARs, ROM, header type, the capability pointer and the
-                // MSI capability's header are read-only, as QEMU expects; of MSI's message
-                // control only the enable bit is writable.
+                // capabilities' headers are read-only, as QEMU expects; of MSI's message
+                // control only the enable bit is writable, of MSI-X's the function mask and
+                // enable bits; MSI-X's table and PBA locations are read-only.
                 if at < 0x04
                     || (0x06..0x0c).contains(&at)
                     || (0x0e..0x35).contains(&at)
@@ -315,11 +337,17 @@ impl PciDevice {
                     || at == MSI_CAP
                     || at == MSI_CAP + 1
                     || at == MSI_CAP + 3
+                    || (MSIX_CAP..MSIX_CAP + 3).contains(&at)
+                    || (MSIX_CAP + 4..MSIX_CAP + 12).contains(&at)
                 {
                     continue;
                 }
                 if at == MSI_CAP + 2 {
                     self.config[at] = (self.config[at] & !1) | (*byte & 1);
+                    continue;
+                }
+                if at == MSIX_CAP + 3 {
+                    self.config[at] = (self.config[at] & !0xc0) | (*byte & 0xc0);
                     continue;
                 }
                 self.config[at] = *byte;
@@ -365,6 +393,7 @@ impl PciDevice {
                         start = true;
                     }
                 }
+                0x38..=0x3b => *slot = *byte,
                 // STATUS: write 1 to clear DONE and FAULT; clearing both deasserts the
                 // interrupt the transfer raised.
                 0x24 => {

@@ -566,11 +566,17 @@ fn device_get_irq_info<P: Platform>(v: &mut Vfio<P>, c: Call<'_>) -> Result<i64,
     Ok(0)
 }
 
-/// SET_IRQS: `vfio_set_irqs_validate_and_prepare`'s checks, then vfio-pci's actions: INTx
-/// trigger (an eventfd, or -1 to drop it), mask and unmask (an unmask of a still-asserted
-/// INTx fires it again); MSI's one vector (an eventfd or -1; mask and unmask are ENOTTY, as
-/// vfio-pci has none); the request eventfd (kept, never signalled). `DATA_NONE` with count 0
-/// tears a trigger down; `DATA_NONE` or a true `DATA_BOOL` with count 1 fires it (loopback).
+/// SET_IRQS: `vfio_set_irqs_validate_and_prepare`'s checks, then vfio-pci's actions.
+///
+/// One index is enabled at a time (vfio-pci's `irq_type`): enabling INTx, MSI or MSI-X while
+/// another is on is EINVAL; `DATA_NONE` with count 0 turns the enabled one off. INTx: a
+/// trigger eventfd (or -1 to drop it) enables it; mask and unmask (an unmask of a
+/// still-asserted INTx fires it again); both EINVAL unless INTx is on. MSI (one vector) and
+/// MSI-X ([`crate::device::MSIX_VECTORS`]): eventfds for vectors `start..start + count`
+/// enable the index with `start + count` vectors, or set them when it is on (EINVAL past the
+/// vectors enabled); -1 drops a vector's trigger; mask and unmask are ENOTTY, as vfio-pci has
+/// none. The request eventfd is kept, never signalled. `DATA_NONE`, or a true `DATA_BOOL`,
+/// fires the triggers (loopback).
 fn device_set_irqs<P: Platform>(v: &mut Vfio<P>, c: Call<'_>) -> Result<i64, Errno> {
     let d = v.devices.get(&c.id).ok_or(Errno::EBADF)?;
     let argsz = u32_at(&c.hdr, 0) as u64;
@@ -611,59 +617,154 @@ fn device_set_irqs<P: Platform>(v: &mut Vfio<P>, c: Call<'_>) -> Result<i64, Err
     ) {
         return Err(Errno::EINVAL);
     }
-    // What the one datum says: an eventfd number, or "act" (DATA_NONE, or a true bool).
-    let fd =
-        (data_type == b::VFIO_IRQ_SET_DATA_EVENTFD && count == 1).then(|| u32_at(&data, 0) as i32);
-    let act = count == 1
-        && (data_type == b::VFIO_IRQ_SET_DATA_NONE
-            || (data_type == b::VFIO_IRQ_SET_DATA_BOOL && data.first() == Some(&1)));
-    let file = match fd {
-        Some(n) if n >= 0 => Some(c.caller.event_fd(n)?),
-        _ => None,
+    let eventfds = data_type == b::VFIO_IRQ_SET_DATA_EVENTFD;
+    let fds: Vec<i32> = if eventfds {
+        (0..count as usize)
+            .map(|i| u32_at(&data, 4 * i) as i32)
+            .collect()
+    } else {
+        Vec::new()
     };
-    let dev = c.id;
-    let d = v.devices.get_mut(&dev).ok_or(Errno::EBADF)?;
+    // Whether datum i says "act": DATA_NONE, or a true bool.
+    let act = |i: usize| {
+        data_type == b::VFIO_IRQ_SET_DATA_NONE
+            || (data_type == b::VFIO_IRQ_SET_DATA_BOOL && data.get(i) == Some(&1))
+    };
     let teardown = count == 0 && data_type == b::VFIO_IRQ_SET_DATA_NONE;
+    let kind = d.irqs.kind;
+    let dev = c.id;
     match (index, action) {
         (b::VFIO_PCI_INTX_IRQ_INDEX, b::VFIO_IRQ_SET_ACTION_TRIGGER) => {
-            if fd.is_some() || teardown {
-                d.irqs.intx = file;
-                d.irqs.intx_masked = false;
-            } else if act {
-                if let Some(f) = &d.irqs.intx {
+            if kind == Some(index) && teardown {
+                let d = v.devices.get_mut(&dev).ok_or(Errno::EBADF)?;
+                (d.irqs.intx, d.irqs.intx_masked, d.irqs.kind) = (None, false, None);
+                return Ok(0);
+            }
+            if !(kind == Some(index) || kind.is_none()) || start != 0 || count != 1 {
+                return Err(Errno::EINVAL);
+            }
+            if eventfds {
+                let file = match fds[0] {
+                    n if n >= 0 => Some(c.caller.event_fd(n)?),
+                    _ => None,
+                };
+                let d = v.devices.get_mut(&dev).ok_or(Errno::EBADF)?;
+                if kind.is_none() {
+                    d.irqs.intx_masked = false;
+                }
+                (d.irqs.intx, d.irqs.kind) = (file, Some(index));
+                return Ok(0);
+            }
+            if kind != Some(index) {
+                return Err(Errno::EINVAL);
+            }
+            if act(0) {
+                if let Some(f) = &v.devices.get(&dev).ok_or(Errno::EBADF)?.irqs.intx {
                     crate::vfio::signal(f);
                 }
             }
         }
-        (b::VFIO_PCI_INTX_IRQ_INDEX, b::VFIO_IRQ_SET_ACTION_MASK) => {
-            if act {
-                d.irqs.intx_masked = true;
+        (b::VFIO_PCI_INTX_IRQ_INDEX, _) => {
+            if kind != Some(index) || start != 0 || count != 1 {
+                return Err(Errno::EINVAL);
             }
-        }
-        (b::VFIO_PCI_INTX_IRQ_INDEX, b::VFIO_IRQ_SET_ACTION_UNMASK) => {
             // An unmask eventfd (KVM's resampler) is accepted but not watched here.
-            if act {
-                d.irqs.intx_masked = false;
-                if d.irqs.msi.is_none() {
+            if !eventfds && act(0) {
+                let unmask = action == b::VFIO_IRQ_SET_ACTION_UNMASK;
+                v.devices
+                    .get_mut(&dev)
+                    .ok_or(Errno::EBADF)?
+                    .irqs
+                    .intx_masked = !unmask;
+                if unmask {
                     v.raise_irq(dev);
                 }
             }
         }
-        (b::VFIO_PCI_MSI_IRQ_INDEX, b::VFIO_IRQ_SET_ACTION_TRIGGER) => {
-            if fd.is_some() || teardown {
-                d.irqs.msi = file;
-            } else if act {
-                if let Some(f) = &d.irqs.msi {
+        (
+            b::VFIO_PCI_MSI_IRQ_INDEX | b::VFIO_PCI_MSIX_IRQ_INDEX,
+            b::VFIO_IRQ_SET_ACTION_TRIGGER,
+        ) => {
+            let msix = index == b::VFIO_PCI_MSIX_IRQ_INDEX;
+            if kind == Some(index) && teardown {
+                let d = v.devices.get_mut(&dev).ok_or(Errno::EBADF)?;
+                (d.irqs.msi, d.irqs.kind) = (None, None);
+                d.irqs.msix.clear();
+                return Ok(0);
+            }
+            if !(kind == Some(index) || kind.is_none()) {
+                return Err(Errno::EINVAL);
+            }
+            let enabled = |d: &crate::vfio::DeviceState| {
+                if msix {
+                    d.irqs.msix.len() as u32
+                } else {
+                    u32::from(d.irqs.kind == Some(index))
+                }
+            };
+            if eventfds {
+                let d = v.devices.get(&dev).ok_or(Errno::EBADF)?;
+                // Turning the index on enables `start + count` vectors; once on, the vectors
+                // set must be among those.
+                let vectors = if kind == Some(index) {
+                    enabled(d)
+                } else {
+                    start + count
+                };
+                if start + count > vectors {
+                    return Err(Errno::EINVAL);
+                }
+                let mut files = Vec::with_capacity(fds.len());
+                for &n in &fds {
+                    files.push(if n >= 0 {
+                        Some(c.caller.event_fd(n)?)
+                    } else {
+                        None
+                    });
+                }
+                let d = v.devices.get_mut(&dev).ok_or(Errno::EBADF)?;
+                if kind.is_none() {
+                    d.irqs.kind = Some(index);
+                    if msix {
+                        d.irqs.msix = (0..vectors).map(|_| None).collect();
+                    }
+                }
+                for (i, f) in files.into_iter().enumerate() {
+                    if msix {
+                        d.irqs.msix[start as usize + i] = f;
+                    } else {
+                        d.irqs.msi = f;
+                    }
+                }
+                return Ok(0);
+            }
+            let d = v.devices.get(&dev).ok_or(Errno::EBADF)?;
+            if kind != Some(index) || start + count > enabled(d) {
+                return Err(Errno::EINVAL);
+            }
+            for i in 0..count as usize {
+                let f = if msix {
+                    d.irqs.msix[start as usize + i].as_ref()
+                } else {
+                    d.irqs.msi.as_ref()
+                };
+                if let (Some(f), true) = (f, act(i)) {
                     crate::vfio::signal(f);
                 }
             }
         }
         (b::VFIO_PCI_REQ_IRQ_INDEX, b::VFIO_IRQ_SET_ACTION_TRIGGER) => {
-            if fd.is_some() || teardown {
-                d.irqs.req = file;
+            if count > 1 {
+                return Err(Errno::EINVAL);
+            }
+            if eventfds || teardown {
+                let file = match fds.first() {
+                    Some(&n) if n >= 0 => Some(c.caller.event_fd(n)?),
+                    _ => None,
+                };
+                v.devices.get_mut(&dev).ok_or(Errno::EBADF)?.irqs.req = file;
             }
         }
-        (b::VFIO_PCI_MSIX_IRQ_INDEX, b::VFIO_IRQ_SET_ACTION_TRIGGER) => {}
         // MSI, MSI-X and the request interrupt have no mask in vfio-pci.
         _ => return Err(Errno::ENOTTY),
     }

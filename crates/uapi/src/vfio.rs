@@ -8,6 +8,7 @@
 use std::collections::BTreeMap;
 
 use type1_core::{Config, Container, DomainId, Errno, Event, GroupId, Platform, PAGE_SIZE};
+use vfio_bindings::bindings::vfio as b;
 
 use crate::device::{DmaFault, DmaRequest, PciDevice, FAULT_NO_DOMAIN};
 
@@ -74,7 +75,11 @@ pub(crate) struct Irqs {
     pub intx: Option<std::fs::File>,
     pub intx_masked: bool,
     pub msi: Option<std::fs::File>,
+    /// MSI-X triggers by vector (empty: MSI-X off).
+    pub msix: Vec<Option<std::fs::File>>,
     pub req: Option<std::fs::File>,
+    /// vfio-pci's `irq_type`: the one index (INTx, MSI or MSI-X) enabled, if any.
+    pub kind: Option<u32>,
 }
 
 /// A copy holds duplicates of the eventfds (`dup`), as a forked process would; one that
@@ -86,7 +91,9 @@ impl Clone for Irqs {
             intx: dup(&self.intx),
             intx_masked: self.intx_masked,
             msi: dup(&self.msi),
+            msix: self.msix.iter().map(dup).collect(),
             req: dup(&self.req),
+            kind: self.kind,
         }
     }
 }
@@ -462,23 +469,39 @@ impl<P: Platform> Vfio<P> {
         if !d.dev.irq_asserted() {
             return;
         }
-        let kind = if let Some(f) = &d.irqs.msi {
-            signal(f);
-            "msi"
-        } else if let (Some(f), false, true) =
-            (&d.irqs.intx, d.irqs.intx_masked, d.dev.intx_enabled())
-        {
-            signal(f);
-            d.irqs.intx_masked = true;
-            "intx"
-        } else {
-            return;
+        let msix = crate::device::MSIX_VECTORS;
+        let vector = d.dev.reg32(crate::device::REG_IRQ_VECTOR) % msix;
+        let kind = match d.irqs.kind {
+            Some(b::VFIO_PCI_MSIX_IRQ_INDEX) => match d.irqs.msix.get(vector as usize) {
+                Some(Some(f)) => {
+                    signal(f);
+                    "msix"
+                }
+                _ => return,
+            },
+            Some(b::VFIO_PCI_MSI_IRQ_INDEX) => match &d.irqs.msi {
+                Some(f) => {
+                    signal(f);
+                    "msi"
+                }
+                None => return,
+            },
+            Some(b::VFIO_PCI_INTX_IRQ_INDEX) => match (&d.irqs.intx, d.irqs.intx_masked) {
+                (Some(f), false) if d.dev.intx_enabled() => {
+                    signal(f);
+                    d.irqs.intx_masked = true;
+                    "intx"
+                }
+                _ => return,
+            },
+            _ => return,
         };
+        let vector = if kind == "msix" { vector } else { 0 };
         let device = d.name.clone();
         self.platform.trace(Event::Irq {
             device,
             kind,
-            vector: 0,
+            vector,
         });
     }
 

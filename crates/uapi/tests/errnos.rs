@@ -588,9 +588,17 @@ fn interrupts_as_vfio_pci_delivers_them() {
     h.v.device_rw(dev, config + PCI_COMMAND as u64, &mut cmd, true)
         .unwrap();
 
-    // MSI takes over; INTx stays quiet.
+    // One index at a time (vfio-pci's irq_type): MSI is EINVAL while INTx is on; once INTx is
+    // off, its mask and unmask are EINVAL and MSI takes over.
     let (msi_path, msi) = counter("msi");
     let mfd = h.c.add_file(msi);
+    assert_eq!(
+        set_irqs(&mut h, 1, trigger_efd, 1, &le32(mfd as u32)),
+        Err(Errno::EINVAL)
+    );
+    let off = VFIO_IRQ_SET_DATA_NONE | VFIO_IRQ_SET_ACTION_TRIGGER;
+    assert_eq!(set_irqs(&mut h, 0, off, 0, &[]), Ok(0));
+    assert_eq!(set_irqs(&mut h, 0, unmask, 1, &[]), Err(Errno::EINVAL));
     assert_eq!(
         set_irqs(&mut h, 1, trigger_efd, 1, &le32(mfd as u32)),
         Ok(0)

@@ -14,6 +14,11 @@
  * interrupt. The result is one kernel log line, "type1_msi: ok <n> irqs" or
  * "type1_msi: FAIL <why>", and /proc/interrupts shows the handler's count on its PCI-MSI
  * vector.
+ *
+ * With msix=1 it takes all four MSI-X vectors instead (QEMU emulates the table the capability
+ * places in BAR0 and registers one eventfd per vector), and round r asks for vector
+ * (r - 1) % 4 through the device's IRQ_VECTOR register: each interrupt must arrive on the
+ * vector asked for. The log line is then "type1_msi: ok msix <n> irqs".
  */
 #include <linux/completion.h>
 #include <linux/dma-mapping.h>
@@ -28,6 +33,7 @@
 #define REG_DMA_LEN 0x18
 #define REG_CMD 0x20
 #define REG_STATUS 0x24
+#define REG_IRQ_VECTOR 0x38
 #define BUFFER 0x1000
 #define CMD_START 0x1
 #define CMD_TO_MEMORY 0x2
@@ -36,18 +42,35 @@
 #define STATUS_FAULT 0x4
 #define ID_VALUE 0x010000ed
 #define ROUNDS 5
+#define VECTORS 4
+
+static bool msix;
+module_param(msix, bool, 0444);
+MODULE_PARM_DESC(msix, "take the four MSI-X vectors instead of MSI");
+
+struct t1;
+
+struct t1_vector {
+	struct t1 *t;
+	int index;
+};
 
 struct t1 {
 	void __iomem *bar;
 	struct completion done;
 	atomic_t irqs;
 	u32 status;
+	int vector;	/* the vector of the last interrupt */
+	int nvec;
+	struct t1_vector vectors[VECTORS];
 };
 
 static irqreturn_t t1_irq(int irq, void *data)
 {
-	struct t1 *t = data;
+	struct t1_vector *v = data;
+	struct t1 *t = v->t;
 
+	t->vector = v->index;
 	t->status = ioread32(t->bar + REG_STATUS);
 	iowrite32(STATUS_DONE | STATUS_FAULT, t->bar + REG_STATUS);
 	atomic_inc(&t->irqs);
@@ -80,8 +103,12 @@ static int t1_run(struct pci_dev *pdev, struct t1 *t)
 		return -ENOMEM;
 	}
 	for (round = 1; round <= ROUNDS && !err; round++) {
+		int want = (round - 1) % t->nvec;
+
 		memset(page, 0, PAGE_SIZE);
 		before = atomic_read(&t->irqs);
+		t->vector = -1;
+		iowrite32(want, t->bar + REG_IRQ_VECTOR);
 		t1_transfer(t, dma, 0x40 + round, CMD_IRQ);
 		if (!wait_for_completion_timeout(&t->done, HZ)) {
 			pr_info("type1_msi: FAIL round %d: no interrupt in 1 s (STATUS 0x%x)\n",
@@ -90,6 +117,10 @@ static int t1_run(struct pci_dev *pdev, struct t1 *t)
 		} else if (atomic_read(&t->irqs) != before + 1 || t->status != STATUS_DONE) {
 			pr_info("type1_msi: FAIL round %d: %d interrupts, STATUS 0x%x\n", round,
 				atomic_read(&t->irqs) - before, t->status);
+			err = -EIO;
+		} else if (t->vector != want) {
+			pr_info("type1_msi: FAIL round %d: interrupt on vector %d, not %d\n", round,
+				t->vector, want);
 			err = -EIO;
 		}
 		for (i = 0; i < PAGE_SIZE && !err; i++) {
@@ -112,7 +143,7 @@ static int t1_run(struct pci_dev *pdev, struct t1 *t)
 		iowrite32(STATUS_DONE | STATUS_FAULT, t->bar + REG_STATUS);
 	}
 	if (!err)
-		pr_info("type1_msi: ok %d irqs\n", atomic_read(&t->irqs));
+		pr_info("type1_msi: ok %s%d irqs\n", msix ? "msix " : "", atomic_read(&t->irqs));
 	dma_free_coherent(&pdev->dev, PAGE_SIZE, page, dma);
 	return err;
 }
@@ -120,7 +151,7 @@ static int t1_run(struct pci_dev *pdev, struct t1 *t)
 static int t1_probe(struct pci_dev *pdev, const struct pci_device_id *id)
 {
 	struct t1 *t;
-	int err, irq;
+	int err, i;
 
 	t = devm_kzalloc(&pdev->dev, sizeof(*t), GFP_KERNEL);
 	if (!t)
@@ -142,19 +173,26 @@ static int t1_probe(struct pci_dev *pdev, const struct pci_device_id *id)
 		return -ENODEV;
 	}
 	pci_set_master(pdev);
-	err = pci_alloc_irq_vectors(pdev, 1, 1, PCI_IRQ_MSI);
+	t->nvec = msix ? VECTORS : 1;
+	err = pci_alloc_irq_vectors(pdev, t->nvec, t->nvec, msix ? PCI_IRQ_MSIX : PCI_IRQ_MSI);
 	if (err < 0) {
-		pr_info("type1_msi: FAIL no MSI vector: %d\n", err);
+		pr_info("type1_msi: FAIL no %s vectors: %d\n", msix ? "MSI-X" : "MSI", err);
 		return err;
 	}
-	irq = pci_irq_vector(pdev, 0);
-	err = request_irq(irq, t1_irq, 0, "type1_msi", t);
-	if (err) {
-		pr_info("type1_msi: FAIL request_irq: %d\n", err);
-		pci_free_irq_vectors(pdev);
-		return err;
+	for (i = 0; i < t->nvec; i++) {
+		t->vectors[i].t = t;
+		t->vectors[i].index = i;
+		err = request_irq(pci_irq_vector(pdev, i), t1_irq, 0, "type1_msi", &t->vectors[i]);
+		if (err) {
+			pr_info("type1_msi: FAIL request_irq %d: %d\n", i, err);
+			while (i--)
+				free_irq(pci_irq_vector(pdev, i), &t->vectors[i]);
+			pci_free_irq_vectors(pdev);
+			return err;
+		}
 	}
-	pr_info("type1_msi: MSI vector %d (irq %d)\n", 0, irq);
+	pr_info("type1_msi: %d %s vector(s) from irq %d\n", t->nvec, msix ? "MSI-X" : "MSI",
+		pci_irq_vector(pdev, 0));
 	pci_set_drvdata(pdev, t);
 	t1_run(pdev, t);
 	/* The IRQ stays registered until remove, so /proc/interrupts shows its count. */
@@ -164,8 +202,10 @@ static int t1_probe(struct pci_dev *pdev, const struct pci_device_id *id)
 static void t1_remove(struct pci_dev *pdev)
 {
 	struct t1 *t = pci_get_drvdata(pdev);
+	int i;
 
-	free_irq(pci_irq_vector(pdev, 0), t);
+	for (i = 0; i < t->nvec; i++)
+		free_irq(pci_irq_vector(pdev, i), &t->vectors[i]);
 	pci_free_irq_vectors(pdev);
 }
 
@@ -183,5 +223,5 @@ static struct pci_driver t1_driver = {
 };
 module_pci_driver(t1_driver);
 
-MODULE_DESCRIPTION("Takes type1's emulated device interrupt as MSI (test driver)");
+MODULE_DESCRIPTION("Takes type1's emulated device interrupt as MSI or MSI-X (test driver)");
 MODULE_LICENSE("GPL");
