@@ -12,8 +12,10 @@
  * 3. Hostile phase, bounded in time and actions: random reads and writes of every width at
  *    random (also unaligned) BAR0 offsets, DMA programmed with edge-case addresses and
  *    lengths and random command bits, random STATUS writes, random bytes in config space
- *    0x60..0xff (past the MSI capability at 0x50: an MSI enabled with a random address would
- *    have QEMU write the guest's own memory, as on hardware; proves nothing). Never a device-to-memory transfer that could land in guest RAM outside its
+ *    0x7c..0xff (past the MSI capability at 0x50 and the MSI-X one at 0x70: an MSI enabled
+ *    with a random address would have QEMU write the guest's own memory, as on hardware;
+ *    proves nothing; for the same reason BAR0's MSI-X table and PBA, 0x800..0x83f and
+ *    0xc00..0xc07, which QEMU emulates, are left alone). Never a device-to-memory transfer that could land in guest RAM outside its
  *    own page (the guest corrupting itself proves nothing): only the own page, BAR2 and
  *    addresses from 2^40 up (beyond the guest's physical address space) are written; any
  *    other such request loses TO_MEMORY and becomes a read. Where the outcome is known (own
@@ -52,7 +54,10 @@
 #define REG_FAULT_IOVA 0x28
 #define REG_FAULT_REASON 0x30
 #define REG_DMA_COUNT 0x34
-#define REG_RESERVED 0x38
+#define REG_IRQ_VECTOR 0x38
+#define REG_RESERVED 0x3c
+#define MSIX_TABLE 0x800u
+#define MSIX_END 0xc08u /* the table (4 x 16 bytes) at 0x800 and the PBA at 0xc00 */
 #define BUFFER 0x1000u
 #define BUFFER_SIZE 0x1000u
 #define CMD_START 1u
@@ -464,6 +469,8 @@ static uint32_t random_offset(int size) {
     default: off = (uint32_t)(below(0x40) & ~(uint64_t)(size - 1)); /* aligned registers */
     }
     if (off > BAR0_SIZE - size) off = BAR0_SIZE - size;
+    /* Not the MSI-X table and PBA (QEMU's; see the top). */
+    if (off + size > MSIX_TABLE && off < MSIX_END) off = MSIX_END;
     return off;
 }
 
@@ -510,6 +517,9 @@ static void hostile_write(void) {
     } else if (off == REG_LIVENESS && size == 4) {
         if (rd32(REG_LIVENESS) != (uint32_t)~v) mismatch("LIVENESS");
         n_checked++;
+    } else if (off == REG_IRQ_VECTOR && size == 4) {
+        if (rd32(REG_IRQ_VECTOR) != (uint32_t)v) mismatch("IRQ_VECTOR wrote 0x%x", (uint32_t)v);
+        n_checked++;
     }
 }
 
@@ -526,7 +536,7 @@ static void hostile_status(void) {
 
 static void hostile_config(void) {
     int size = sizes[below(3)];
-    uint32_t off = 0x60 + (uint32_t)below(0xa0);
+    uint32_t off = 0x7c + (uint32_t)below(0x84);
     if (off + size > 0x100) off = 0x100 - size;
     uint32_t v = (uint32_t)rnd();
     if (below(2)) {
