@@ -65,11 +65,49 @@ enum Kind {
     SysDev(String),
     /// `/sys/bus/pci/devices/<bdf>/iommu_group`.
     GroupLink(u32),
+    /// A read-only attribute of `/sys/bus/pci/devices/<bdf>`: `vendor`, `device`, `class`,
+    /// `revision`, `config` (see [`sys_attr`]).
+    SysAttr(String, &'static str),
     /// `/dev/vfio` itself.
     Dir,
     /// An emulated character device named with a trailing slash: ENOTDIR.
     NotDir,
     NotOurs,
+}
+
+/// The sysfs attributes of an emulated device that can be read.
+const SYS_ATTRS: [&str; 5] = ["vendor", "device", "class", "revision", "config"];
+
+/// The contents of sysfs attribute `attr` of an emulated device, as the kernel prints them:
+/// the IDs in hexadecimal with a newline, `config` the 256 bytes of a function's configuration
+/// space. Every emulated device is the same function (docs/device.md), and these are its
+/// values at reset: the `config` file is a copy of the reset state, not a live view of one
+/// device's registers (COMMAND, the MSI enable bits), which only its owner's device fd gives.
+fn sys_attr(attr: &str) -> Vec<u8> {
+    let c = type1_uapi::device::PciDevice::new().config_space();
+    let u16_at = |o: usize| u16::from_le_bytes([c[o], c[o + 1]]);
+    match attr {
+        "vendor" => format!("0x{:04x}\n", u16_at(0)).into_bytes(),
+        "device" => format!("0x{:04x}\n", u16_at(2)).into_bytes(),
+        "class" => format!("0x{:02x}{:02x}{:02x}\n", c[0x0b], c[0x0a], c[0x09]).into_bytes(),
+        "revision" => format!("0x{:02x}\n", c[0x08]).into_bytes(),
+        _ => c[..256.min(c.len())].to_vec(),
+    }
+}
+
+/// Opens a sysfs attribute: a sealed-size memfd holding its contents, read-only (EACCES for
+/// writing: none of these is writable to a user here).
+fn open_sys_attr(attr: &str, flags: c_int) -> Result<c_int, Errno> {
+    if flags & libc::O_ACCMODE != libc::O_RDONLY {
+        return Err(Errno(libc::EACCES));
+    }
+    let fd = type1_host::sys::memfd(c"type1-sysfs", flags & libc::O_CLOEXEC != 0)?;
+    let data = sys_attr(attr);
+    if let Err(e) = type1_host::sys::pwrite(fd, &data, 0) {
+        type1_host::sys::close(fd);
+        return Err(e);
+    }
+    Ok(fd)
 }
 
 /// Whether a path may name something emulated at all (cheap; most paths do not).
@@ -113,7 +151,10 @@ fn classify(m: &Machine, path: &[u8]) -> Kind {
         return match tail {
             None => Kind::SysDev(bdf.to_string()),
             Some("iommu_group") => Kind::GroupLink(g),
-            Some(_) => Kind::Missing,
+            Some(t) => match SYS_ATTRS.iter().find(|a| **a == t) {
+                Some(a) => Kind::SysAttr(bdf.to_string(), a),
+                None => Kind::Missing,
+            },
         };
     }
     Kind::NotOurs
@@ -196,6 +237,7 @@ unsafe fn emulated_open(dirfd: c_int, path: *const c_char, flags: c_int) -> Opti
             Ok(fd)
         }),
         Kind::NotDir => Ok(Err(Errno(libc::ENOTDIR))),
+        Kind::SysAttr(_, a) => Ok(open_sys_attr(a, flags)),
         // Sysfs directories and links are not opened by VFIO users.
         Kind::Missing | Kind::SysDev(_) | Kind::GroupLink(_) | Kind::Dir => Ok(Err(Errno::ENOENT)),
     };
@@ -1338,6 +1380,8 @@ fn stat_substitute(kind: &Kind) -> Option<Result<(CString, Option<Looks>), Errno
         Kind::Container => Some(standin(Some("vfio".into()), Looks::Container)),
         Kind::Group(n) => Some(standin(Some(n.to_string()), Looks::Group(*n))),
         Kind::SysDev(_) | Kind::GroupLink(_) => Some(Ok((c"/sys".into(), None))),
+        // A regular sysfs file every Linux has (sysfs reports a page as the size of all).
+        Kind::SysAttr(..) => Some(Ok((c"/sys/kernel/uevent_seqnum".into(), None))),
         Kind::Missing => Some(Err(Errno::ENOENT)),
         Kind::NotDir => Some(Err(Errno(libc::ENOTDIR))),
     }
@@ -1606,6 +1650,7 @@ pub unsafe extern "C" fn realpath(path: *const c_char, resolved: *mut c_char) ->
             return std::ptr::null_mut();
         }
         Kind::SysDev(bdf) => Some(format!("{SYSFS_PCI}{bdf}")),
+        Kind::SysAttr(bdf, a) => Some(format!("{SYSFS_PCI}{bdf}/{a}")),
         Kind::GroupLink(n) => Some(format!("/sys/kernel/iommu_groups/{n}")),
         Kind::Container => Some("/dev/vfio/vfio".into()),
         Kind::Group(n) => Some(format!("/dev/vfio/{n}")),
@@ -1873,6 +1918,18 @@ devices = ["0000:00:05.0"]
         assert_eq!(
             classify(b"/sys/bus/pci/devices/0000:00:04.0/subsystem"),
             Kind::Missing
+        );
+        assert_eq!(
+            classify(b"/sys/bus/pci/devices/0000:00:05.0/vendor"),
+            Kind::SysAttr("0000:00:05.0".into(), "vendor")
+        );
+        assert_eq!(sys_attr("vendor"), b"0x1234\n");
+        assert_eq!(sys_attr("device"), b"0x11e8\n");
+        assert_eq!(sys_attr("class"), b"0xff0000\n");
+        let config = sys_attr("config");
+        assert_eq!(
+            (config.len(), &config[..4]),
+            (256, &[0x34, 0x12, 0xe8, 0x11][..])
         );
         assert_eq!(
             classify(b"/sys/bus/pci/devices/0000:00:09.0"),

@@ -18,7 +18,9 @@
 //!   memory, a memory file the broker keeps) can be `mmap`ped and given to MAP_DMA
 //!   (peer-to-peer);
 //! * sysfs: `/sys/bus/pci/devices/<bdf>` exists and its `iommu_group` link reads
-//!   `../../../../kernel/iommu_groups/N`.
+//!   `../../../../kernel/iommu_groups/N`; its `vendor`, `device`, `class` and `revision` read
+//!   as the kernel prints them, and `config` holds the function's configuration space at reset
+//!   (not a live view: the device fd's config region is), all read-only.
 //!
 //! These paths are always answered by the emulation, never passed through, even when the host
 //! has real ones. The ioctls are decoded by `type1-uapi` and executed by the `type1-core`

@@ -219,6 +219,14 @@ impl PciDevice {
         put(&mut self.regs, REG_LIVENESS, &u32::MAX.to_le_bytes());
     }
 
+    /// The configuration space as it is now (what a read of the config region returns).
+    pub fn config_space(&self) -> Vec<u8> {
+        let mut b = vec![0u8; CONFIG_SIZE as usize];
+        let n = self.clone().config_rw(0, &mut b, false);
+        b.truncate(n);
+        b
+    }
+
     /// `(flags, num_regions, num_irqs)` of `VFIO_DEVICE_GET_INFO`.
     pub fn info(&self) -> (u32, u32, u32) {
         (
