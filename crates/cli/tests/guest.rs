@@ -298,8 +298,10 @@ fn is_attach_of(v: &serde_json::Value, group: u64) -> bool {
 /// container and its mappings; the non-coherent one (group 1, behind a PCIe root port) joins at
 /// boot: its attach replays the mappings with a flush (`replay`); `device_del` detaches it and
 /// the mappings keep their flag; `device_add` attaches it again and replays without a flush (the
-/// flag is sticky); QEMU's exit unpins with a flush. The guest survives and sees the device
-/// again.
+/// flag is sticky); QEMU's exit unpins with a flush. The guest survives, and its driver
+/// (`tests/guest/kmod/type1_msi.c`, loaded at boot: it probes each device it sees) moves data
+/// by DMA and takes MSIs from both devices at boot, and from the non-coherent one again after
+/// the replug.
 #[test]
 fn hot_unplug_and_replug_from_the_monitor_tell_the_series_story() {
     use std::io::Write;
@@ -307,14 +309,22 @@ fn hot_unplug_and_replug_from_the_monitor_tell_the_series_story() {
     let Some((kernel, initrd)) = guest_image() else {
         return;
     };
+    let Some(ko) = guest_module("type1_msi") else {
+        return;
+    };
     let dir = tmp("hotplug");
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).unwrap();
     let init = "#!/bin/sh\nmount -t proc proc /proc\nmount -t sysfs sys /sys\n\
+                /bin/busybox insmod /type1_msi.ko\n\
                 echo type1-guest-up\nwhile true; do sleep 1; done\n";
     let mut img = std::fs::read(&initrd).expect("read the guest initramfs");
     pad4(&mut img);
-    img.extend_from_slice(&cpio(&[("init", 0o755, init.as_bytes())]));
+    let module = std::fs::read(&ko).expect("read the guest driver");
+    img.extend_from_slice(&cpio(&[
+        ("init", 0o755, init.as_bytes()),
+        ("type1_msi.ko", 0o644, &module),
+    ]));
     let img_path = dir.join("initrd.img");
     std::fs::write(&img_path, img).unwrap();
     let (mon, serial, trace) = (
@@ -365,6 +375,11 @@ fn hot_unplug_and_replug_from_the_monitor_tell_the_series_story() {
         "the guest boots",
         wait_for(180, || serial_text().contains("type1-guest-up")),
     );
+    let driver_ok = || serial_text().matches("type1_msi: ok 5 irqs").count();
+    step(
+        "the guest's driver moves data and takes MSIs at boot, on both devices",
+        wait_for(60, || driver_ok() == 2) && !serial_text().contains("type1_msi: FAIL"),
+    );
     let mut monitor = None;
     step(
         "the monitor listens",
@@ -394,6 +409,10 @@ fn hot_unplug_and_replug_from_the_monitor_tell_the_series_story() {
     step(
         "the guest sees the device again",
         wait_for(120, || serial_text().matches("[1234:11e8]").count() >= 3),
+    );
+    step(
+        "after the replug the guest's driver moves data and takes MSIs again",
+        wait_for(120, || driver_ok() == 3) && !serial_text().contains("type1_msi: FAIL"),
     );
     monitor.write_all(b"quit\n").unwrap();
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
