@@ -37,7 +37,7 @@
 //! groups' `unit` and `devices` are used, device names become sysfs names; emulated groups are
 //! not supported). An invalid file is reported on stderr and leaves a machine without groups.
 //!
-//! Environment: `TYPE1_POLICY=seed|none` (flush policy, default `seed`), `TYPE1_PIN=uring|track`
+//! Environment: `TYPE1_POLICY=NAME` (any shipped flush policy, default `seed`), `TYPE1_PIN=uring|track`
 //! (how pins hold pages, default `uring`; `track` is the fallback without io_uring),
 //! `TYPE1_TRACE=FILE` (JSON lines as in `docs/trace.md`), `TYPE1_BROKER=NAME` (which emulated
 //! machine: processes with the same name share one; `type1 exec` gives each run its own),
