@@ -401,7 +401,27 @@ fn trace_cmd(file: &std::path::Path, perfetto: Option<&std::path::Path>) -> Resu
 #[global_allocator]
 static ALLOC: type1_host::alloc_count::Counting = type1_host::alloc_count::Counting;
 
+/// A reader that stops reading (`type1 check --all | head`) closes the pipe: the next print
+/// fails with EPIPE, which `println!` turns into a panic. End quietly instead, with the status
+/// a shell reports for SIGPIPE (128 + 13), as a C tool would; any other panic keeps its report.
+fn quiet_on_broken_pipe() {
+    let report = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        let msg = info
+            .payload()
+            .downcast_ref::<String>()
+            .map(String::as_str)
+            .or_else(|| info.payload().downcast_ref::<&str>().copied())
+            .unwrap_or("");
+        if msg.starts_with("failed printing to std") && msg.contains("Broken pipe") {
+            std::process::exit(141);
+        }
+        report(info);
+    }));
+}
+
 fn main() -> ExitCode {
+    quiet_on_broken_pipe();
     let cli = Cli::parse();
     let r = match cli.cmd {
         Cmd::Demo {
