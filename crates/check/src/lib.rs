@@ -18,7 +18,7 @@ use std::{
 use serde::Serialize;
 use type1_core::GroupId;
 use type1_scenario::{parse::Op, World};
-use type1_sim::MachineDesc;
+use type1_sim::{Kind, MachineDesc};
 
 /// User virtual address of the checked process's buffer.
 pub const VADDR: u64 = 0x7f00_0000_0000;
@@ -48,7 +48,7 @@ pub struct Bound {
 }
 
 /// The protocol checks `content_only` leaves out.
-pub const PROTOCOL_KINDS: [&str; 2] = ["missing_map_flush", "missing_unpin_flush"];
+pub const PROTOCOL_KINDS: [Kind; 2] = [Kind::MissingMapFlush, Kind::MissingUnpinFlush];
 
 impl Default for Bound {
     fn default() -> Self {
@@ -452,7 +452,7 @@ pub fn op_line(op: &Op) -> String {
             "cpu_after {point} {nth} {} 0x{vaddr:x} {len}",
             if *write { "write" } else { "read" }
         ),
-        Op::Allow(k) => format!("allow {k}"),
+        Op::Allow(k) => format!("allow {}", k.map_or("all", |k| k.as_str())),
         other => format!("# unsupported {other:?}"),
     }
 }
@@ -518,8 +518,8 @@ fn counted(
 ) -> Option<(String, String)> {
     pending
         .iter()
-        .find(|n| !(content_only && PROTOCOL_KINDS.contains(&n.v.kind.as_str())))
-        .map(|n| (n.v.kind.clone(), n.v.detail.clone()))
+        .find(|n| !(content_only && PROTOCOL_KINDS.contains(&n.v.kind)))
+        .map(|n| (n.v.kind.as_str().to_string(), n.v.detail.clone()))
 }
 
 /// Executes an action; returns the first new violation (kind, detail).

@@ -344,7 +344,7 @@ pub fn attack(
     let leaked = w.sim.leaked_bytes();
     let stale = w.sim.stale_after_unpin_bytes();
     let (flushes, flushed_pages) = w.flushes(None, None);
-    let violations: Vec<String> = w.pending().iter().map(|v| v.v.kind.clone()).collect();
+    let violations: Vec<String> = w.pending().iter().map(|v| v.v.kind.to_string()).collect();
     if json {
         let o = serde_json::json!({
             "policy": w.policy(),

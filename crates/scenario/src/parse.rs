@@ -78,7 +78,7 @@ pub enum Expect {
     /// `expect dma_avail C N`.
     DmaAvail { container: String, n: u64 },
     /// `expect violation KIND`: at least one unconsumed violation of this kind happened.
-    Violation(String),
+    Violation(type1_sim::Kind),
     /// `expect no_violation`.
     NoViolation,
     /// `expect leaked N`: bytes of stale host data read by devices so far.
@@ -262,7 +262,7 @@ pub enum Op {
     },
     /// `allow KIND` / `allow all`: violations of that kind no longer fail the scenario (for
     /// scenarios that demonstrate a broken policy and only count its damage).
-    Allow(String),
+    Allow(Option<type1_sim::Kind>),
     /// `expect ...`.
     Expect(Expect),
 }
@@ -503,7 +503,7 @@ fn parse_expect(w: &mut Words<'_>) -> Result<Expect, ParseError> {
             container: w.name("container")?,
             n: w.num("count")?,
         },
-        "violation" => Expect::Violation(w.name("kind")?),
+        "violation" => Expect::Violation(violation_kind(w)?),
         "no_violation" => Expect::NoViolation,
         "leaked" => Expect::Leaked(w.num("bytes")?),
         "stale_after_unpin" => Expect::StaleAfterUnpin(w.num("bytes")?),
@@ -554,6 +554,19 @@ fn parse_expect(w: &mut Words<'_>) -> Result<Expect, ParseError> {
         }
         other => return w.err(format!("unknown expectation {other:?}")),
     })
+}
+
+/// A violation kind by name (`docs/verification.md`); an unknown one is an error naming the
+/// known ones.
+fn violation_kind(w: &mut Words<'_>) -> Result<type1_sim::Kind, ParseError> {
+    let name = w.word("violation kind")?;
+    match type1_sim::Kind::from_name(name) {
+        Some(k) => Ok(k),
+        None => w.err(format!(
+            "unknown violation kind {name:?} (known: {})",
+            type1_sim::Kind::ALL.map(|k| k.as_str()).join(", ")
+        )),
+    }
 }
 
 /// `u8`, `u16`, `u32` or `u64`: the width in bytes.
@@ -898,7 +911,13 @@ fn parse_op(w: &mut Words<'_>) -> Result<Op, ParseError> {
                 no_snoop,
             }
         }
-        "allow" => Op::Allow(w.name("violation kind or all")?),
+        "allow" => Op::Allow(match w.word("violation kind or all")? {
+            "all" => None,
+            _ => {
+                w.next -= 1;
+                Some(violation_kind(w)?)
+            }
+        }),
         "fail" => Op::Fail {
             point: w.name("fault point")?,
             nth: w.num("n")?,
@@ -1100,6 +1119,8 @@ mod tests {
             ("ioctl c GROUP_GET_STATUS u48 1", "not an argument item"),
             ("uapi_open g socket", "not container or group"),
             ("expect arg 0 u12 1", "not u8, u16, u32 or u64"),
+            ("allow stale", "unknown violation kind \"stale\" (known: stale_read"),
+            ("expect violation nope", "unknown violation kind"),
         ] {
             let e = parse(line).unwrap_err();
             assert!(e.msg.contains(why), "{line}: {}", e.msg);

@@ -245,7 +245,7 @@ fn check_expect(w: &mut World, e: &Expect, line: usize) -> Result<(), Failure> {
         }
         Expect::Violation(kind) => {
             let before = w.pending.len();
-            w.pending.retain(|n| &n.v.kind != kind);
+            w.pending.retain(|n| n.v.kind != *kind);
             if w.pending.len() == before {
                 return fail(line, format!("expected a {kind} violation, none happened"));
             }

@@ -77,10 +77,10 @@ pub fn sweep_steps(steps: &[Step], opts: &RunOptions, max: u64) -> Result<SweepR
         .take_while(|s| matches!(s.op, Op::Machine(_) | Op::Policy(_)))
         .count();
     // Violations the scenario itself announces (it demonstrates a broken policy) are allowed.
-    let expected: Vec<&str> = steps
+    let expected: Vec<type1_sim::Kind> = steps
         .iter()
         .filter_map(|s| match &s.op {
-            Op::Expect(crate::parse::Expect::Violation(k)) => Some(k.as_str()),
+            Op::Expect(crate::parse::Expect::Violation(k)) => Some(*k),
             _ => None,
         })
         .collect();
@@ -129,7 +129,7 @@ pub fn sweep_steps(steps: &[Step], opts: &RunOptions, max: u64) -> Result<SweepR
                     Err(StepError::Usage(_)) => {}
                 }
             }
-            w.pending.retain(|v| !expected.contains(&v.v.kind.as_str()));
+            w.pending.retain(|v| !expected.contains(&v.v.kind));
             if let Some(v) = w.pending.first() {
                 rep.problems.push(format!(
                     "fault {n} at line {}: violation {}: {}",
@@ -140,7 +140,7 @@ pub fn sweep_steps(steps: &[Step], opts: &RunOptions, max: u64) -> Result<SweepR
         }
         let last = steps.last().map_or(0, |s| s.line);
         w.teardown(last);
-        w.pending.retain(|v| !expected.contains(&v.v.kind.as_str()));
+        w.pending.retain(|v| !expected.contains(&v.v.kind));
         if let Some(v) = w.pending.first() {
             rep.problems.push(format!(
                 "fault {n}: after close: violation {}: {}",

@@ -12,7 +12,7 @@ use type1_core::{
     abi, Config, Container, Errno, Event, FlushReason, GroupId, MapRequest, MmId, UnmapRequest,
     UserBitmap,
 };
-use type1_sim::{Access, EngineView, MachineDesc, Sim, Violation};
+use type1_sim::{Access, EngineView, Kind, MachineDesc, Sim, Violation};
 
 use crate::parse::Op;
 use crate::raw::{Arg, Raw};
@@ -86,7 +86,7 @@ pub struct World {
     /// Violations not yet consumed by an `expect violation`.
     pub pending: Vec<Noted>,
     /// Violation kinds (or `all`) that an `allow` line excused.
-    pub allowed: Vec<String>,
+    pub allowed: Vec<Option<Kind>>,
     seen_violations: usize,
     /// The uAPI layer of raw steps, made at the first one ([`crate::raw`]).
     pub raw: Option<Box<Raw>>,
@@ -321,11 +321,11 @@ impl World {
             .filter_map(|t| t.check_invariants().err())
             .collect();
         for e in broken {
-            self.sim.record_violation("engine_invariant", &e);
+            self.sim.record_violation(Kind::EngineInvariant, &e);
         }
         let all = self.sim.violations();
         for v in &all[self.seen_violations..] {
-            if !self.allowed.iter().any(|k| k == "all" || *k == v.kind) {
+            if !self.allowed.iter().any(|k| k.is_none_or(|k| k == v.kind)) {
                 self.pending.push(Noted { at, v: v.clone() });
             }
         }
@@ -804,7 +804,7 @@ impl World {
                 Ok(())
             }
             Op::Allow(kind) => {
-                self.allowed.push(kind.clone());
+                self.allowed.push(*kind);
                 Ok(())
             }
             Op::Expect(_) => Ok(()),

@@ -10,7 +10,7 @@ use std::sync::Arc;
 
 use type1_core::PAGE_SHIFT;
 
-use crate::{memory::LINES_PER_PAGE, Sim};
+use crate::{memory::LINES_PER_PAGE, Kind, Sim};
 
 /// Cache line size in bytes.
 pub const LINE_SIZE: u64 = 64;
@@ -283,7 +283,7 @@ impl Sim {
         }
         let Some(last) = pa.checked_add(len - 1) else {
             self.violate(
-                "contract",
+                Kind::Contract,
                 format!("flush_cache pa 0x{pa:x} len 0x{len:x} wraps"),
             );
             return;
@@ -306,7 +306,7 @@ impl Sim {
         if let Some(pfn) = self.first_uncached_pfn(first_pfn, last_pfn) {
             let mt = self.memtype_of(pfn);
             self.violate(
-                "flush_uncached",
+                Kind::FlushUncached,
                 format!("flush_cache of {mt:?} pfn 0x{pfn:x} (machine check on real hardware)"),
             );
         }

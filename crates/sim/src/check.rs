@@ -20,13 +20,117 @@ use type1_core::{DomainView, Event, MappingView, MmId, Prot, PAGE_SHIFT};
 
 use crate::Sim;
 
+/// The kind of a broken invariant (see the module documentation); its name is the one
+/// traces, scenarios (`expect violation KIND`, `allow KIND`) and JSON use.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Kind {
+    /// `stale_read`.
+    StaleRead,
+    /// `unflushed_unpin`.
+    UnflushedUnpin,
+    /// `missing_map_flush`.
+    MissingMapFlush,
+    /// `missing_unpin_flush`.
+    MissingUnpinFlush,
+    /// `unpin_while_mapped`.
+    UnpinWhileMapped,
+    /// `flush_uncached`.
+    FlushUncached,
+    /// `contract`.
+    Contract,
+    /// `page_table`.
+    PageTable,
+    /// `coherency`.
+    Coherency,
+    /// `pin_leak`.
+    PinLeak,
+    /// `pin_count`.
+    PinCount,
+    /// `accounting`.
+    Accounting,
+    /// `leak`.
+    Leak,
+    /// `engine_invariant`.
+    EngineInvariant,
+}
+
+impl Kind {
+    /// Every kind.
+    pub const ALL: [Kind; 14] = [
+        Kind::StaleRead,
+        Kind::UnflushedUnpin,
+        Kind::MissingMapFlush,
+        Kind::MissingUnpinFlush,
+        Kind::UnpinWhileMapped,
+        Kind::FlushUncached,
+        Kind::Contract,
+        Kind::PageTable,
+        Kind::Coherency,
+        Kind::PinLeak,
+        Kind::PinCount,
+        Kind::Accounting,
+        Kind::Leak,
+        Kind::EngineInvariant,
+    ];
+
+    /// The kind's name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Kind::StaleRead => "stale_read",
+            Kind::UnflushedUnpin => "unflushed_unpin",
+            Kind::MissingMapFlush => "missing_map_flush",
+            Kind::MissingUnpinFlush => "missing_unpin_flush",
+            Kind::UnpinWhileMapped => "unpin_while_mapped",
+            Kind::FlushUncached => "flush_uncached",
+            Kind::Contract => "contract",
+            Kind::PageTable => "page_table",
+            Kind::Coherency => "coherency",
+            Kind::PinLeak => "pin_leak",
+            Kind::PinCount => "pin_count",
+            Kind::Accounting => "accounting",
+            Kind::Leak => "leak",
+            Kind::EngineInvariant => "engine_invariant",
+        }
+    }
+
+    /// The kind of a name, if there is one.
+    pub fn from_name(name: &str) -> Option<Kind> {
+        Kind::ALL.into_iter().find(|k| k.as_str() == name)
+    }
+}
+
+/// A kind equals its name (`v.kind == "stale_read"`).
+impl PartialEq<&str> for Kind {
+    fn eq(&self, name: &&str) -> bool {
+        self.as_str() == *name
+    }
+}
+
+impl std::fmt::Display for Kind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl Serialize for Kind {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(self.as_str())
+    }
+}
+
 /// A broken invariant.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 pub struct Violation {
-    /// Short kind (see the module documentation).
-    pub kind: String,
+    /// What broke.
+    pub kind: Kind,
     /// What exactly, with addresses.
     pub detail: String,
+    /// The page frame concerned, when there is one.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub pfn: Option<u64>,
+    /// The IOVA concerned, when there is one.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub iova: Option<u64>,
 }
 
 impl std::fmt::Display for Violation {
@@ -60,19 +164,19 @@ impl EngineView {
 /// Collects findings, at most one detail line per key with a count of the rest.
 #[derive(Default)]
 struct Findings {
-    items: Vec<(String, String, String, u64)>,
+    items: Vec<(Kind, String, String, u64)>,
 }
 
 impl Findings {
-    fn add(&mut self, kind: &str, key: String, detail: String) {
+    fn add(&mut self, kind: Kind, key: String, detail: String) {
         if let Some(e) = self
             .items
             .iter_mut()
-            .find(|(k, kk, _, _)| k == kind && *kk == key)
+            .find(|(k, kk, _, _)| *k == kind && *kk == key)
         {
             e.3 += 1;
         } else {
-            self.items.push((kind.to_string(), key, detail, 1));
+            self.items.push((kind, key, detail, 1));
         }
     }
 
@@ -86,6 +190,8 @@ impl Findings {
                 } else {
                     detail
                 },
+                pfn: None,
+                iova: None,
             })
             .collect()
     }
@@ -93,20 +199,33 @@ impl Findings {
 
 impl Sim {
     /// Records a violation (and a `violation` trace event).
-    pub(crate) fn violate(&mut self, kind: &str, detail: String) {
+    pub(crate) fn violate(&mut self, kind: Kind, detail: String) {
+        self.violate_at(kind, None, None, detail);
+    }
+
+    /// Records a violation about page frame `pfn` and/or IOVA `iova`.
+    pub(crate) fn violate_at(
+        &mut self,
+        kind: Kind,
+        pfn: Option<u64>,
+        iova: Option<u64>,
+        detail: String,
+    ) {
         self.record(Event::Violation {
-            kind: kind.to_string(),
+            kind: kind.as_str().to_string(),
             detail: detail.clone(),
         });
         self.violations.push(Violation {
-            kind: kind.to_string(),
+            kind,
             detail,
+            pfn,
+            iova,
         });
     }
 
     /// Records a violation found by someone else (a scenario runner, the engine's own
     /// invariant check); it is traced and listed like the sim's own.
-    pub fn record_violation(&mut self, kind: &str, detail: &str) {
+    pub fn record_violation(&mut self, kind: Kind, detail: &str) {
         self.violate(kind, detail.to_string());
     }
 
@@ -124,7 +243,7 @@ impl Sim {
 
     fn record_all(&mut self, v: &[Violation]) {
         for x in v {
-            self.violate(&x.kind, x.detail.clone());
+            self.violate_at(x.kind, x.pfn, x.iova, x.detail.clone());
         }
     }
 
@@ -189,7 +308,7 @@ impl Sim {
                 let charge = if has_domains { normal } else { ext_normal };
                 if m.locked_vm != charge {
                     f.add(
-                        "accounting",
+                        Kind::Accounting,
                         format!("map{ci}:{}", m.iova),
                         format!(
                             "container {ci}: mapping iova 0x{:x} charges {} pages, expected {charge}",
@@ -204,7 +323,7 @@ impl Sim {
             for d in &v.domains {
                 let Some(sd) = self.domains.get(&d.id) else {
                     f.add(
-                        "page_table",
+                        Kind::PageTable,
                         format!("dead{}", d.id),
                         format!("container {ci}: domain {} is not live", d.id),
                     );
@@ -212,7 +331,7 @@ impl Sim {
                 };
                 if sd.enforcing != d.coherent {
                     f.add(
-                        "coherency",
+                        Kind::Coherency,
                         format!("coh{}", d.id),
                         format!(
                             "domain {}: engine says coherent={}, machine says {}",
@@ -225,7 +344,7 @@ impl Sim {
                 b.sort();
                 if a != b {
                     f.add(
-                        "page_table",
+                        Kind::PageTable,
                         format!("groups{}", d.id),
                         format!(
                             "domain {}: engine lists groups {b:?}, machine has {a:?}",
@@ -237,12 +356,12 @@ impl Sim {
                     let iova = page << PAGE_SHIFT;
                     match sd.pt.get(page) {
                         None => f.add(
-                            "page_table",
+                            Kind::PageTable,
                             format!("missing{}", d.id),
                             format!("domain {}: iova 0x{iova:x} of a mapped mapping is not mapped", d.id),
                         ),
                         Some(pte) if pfn.is_some_and(|p| p != pte.pfn) && !self.orphaned(pte.pfn) => f.add(
-                            "page_table",
+                            Kind::PageTable,
                             format!("pfn{}", d.id),
                             format!(
                                 "domain {}: iova 0x{iova:x} maps pfn 0x{:x}, the mapping's pinned page is pfn 0x{:x}",
@@ -252,7 +371,7 @@ impl Sim {
                             ),
                         ),
                         Some(pte) if pte.prot != *prot => f.add(
-                            "page_table",
+                            Kind::PageTable,
                             format!("prot{}", d.id),
                             format!("domain {}: iova 0x{iova:x} has prot {}, mapping has {prot}", d.id, pte.prot),
                         ),
@@ -262,7 +381,7 @@ impl Sim {
                 for (page, pte) in sd.pt.iter() {
                     if !expect.contains_key(&page) {
                         f.add(
-                            "page_table",
+                            Kind::PageTable,
                             format!("extra{}", d.id),
                             format!(
                                 "domain {}: iova 0x{:x} maps pfn 0x{:x} but no mapped mapping covers it",
@@ -280,13 +399,13 @@ impl Sim {
             let have = fr.pins as u64;
             if have > want {
                 f.add(
-                    "pin_leak",
+                    Kind::PinLeak,
                     String::new(),
                     format!("pfn 0x{pfn:x} holds {have} pins, the engine accounts for {want}"),
                 );
             } else if have < want {
                 f.add(
-                    "pin_count",
+                    Kind::PinCount,
                     String::new(),
                     format!("pfn 0x{pfn:x} holds {have} pins, the engine accounts for {want}"),
                 );
@@ -297,7 +416,7 @@ impl Sim {
             let want = want_locked.get(&mm).copied().unwrap_or(0);
             if p.alive && p.locked_vm != want {
                 f.add(
-                    "accounting",
+                    Kind::Accounting,
                     format!("mm{mm}"),
                     format!(
                         "mm {mm} ({}): locked_vm {} pages, mappings account for {want}",
@@ -319,7 +438,7 @@ impl Sim {
         for (pfn, fr) in self.frames.iter().enumerate() {
             if fr.pins > 0 {
                 f.add(
-                    "leak",
+                    Kind::Leak,
                     "pin".into(),
                     format!("pfn 0x{pfn:x} still holds {} pins", fr.pins),
                 );
@@ -327,7 +446,7 @@ impl Sim {
         }
         for (id, d) in &self.domains {
             f.add(
-                "leak",
+                Kind::Leak,
                 format!("dom{id}"),
                 format!(
                     "domain {id} is still live with {} mapped pages and groups {:?}",
@@ -339,7 +458,7 @@ impl Sim {
         for (i, p) in self.procs.iter().enumerate() {
             if p.alive && p.locked_vm > 0 {
                 f.add(
-                    "leak",
+                    Kind::Leak,
                     format!("mm{i}"),
                     format!("mm {i} ({}) still has locked_vm {}", p.name, p.locked_vm),
                 );
@@ -400,12 +519,12 @@ mod tests {
         // A missing pin.
         s.unpin_page(pins[0].pfn, true);
         s.unpin_page(pins[0].pfn, true);
-        let kinds: Vec<String> = s
+        let kinds: Vec<Kind> = s
             .check_engine(std::slice::from_ref(&view))
             .into_iter()
             .map(|v| v.kind)
             .collect();
-        assert!(kinds.contains(&"pin_count".to_string()), "{kinds:?}");
+        assert!(kinds.contains(&Kind::PinCount), "{kinds:?}");
         // Page table and accounting mismatches.
         let mut bad = view.clone();
         bad.mappings[0].size = PAGE_SIZE;
@@ -414,9 +533,9 @@ mod tests {
             groups: vec![],
             coherent: true,
         });
-        let kinds: Vec<String> = s.check_engine(&[bad]).into_iter().map(|v| v.kind).collect();
-        assert!(kinds.contains(&"page_table".to_string()), "{kinds:?}");
-        assert!(kinds.contains(&"accounting".to_string()), "{kinds:?}");
+        let kinds: Vec<Kind> = s.check_engine(&[bad]).into_iter().map(|v| v.kind).collect();
+        assert!(kinds.contains(&Kind::PageTable), "{kinds:?}");
+        assert!(kinds.contains(&Kind::Accounting), "{kinds:?}");
         assert!(!s.check_closed().is_empty());
     }
 }

@@ -15,7 +15,7 @@ use std::collections::BTreeMap;
 
 use type1_core::{DeviceId, Event, GroupId, PAGE_SHIFT, PAGE_SIZE};
 
-use crate::{cache::LINE_SIZE, memory::LINES_PER_PAGE, Sim};
+use crate::{cache::LINE_SIZE, memory::LINES_PER_PAGE, Kind, Sim};
 
 /// A device of the machine.
 #[derive(Clone, Debug)]
@@ -193,8 +193,10 @@ impl Sim {
         }
         if stale > 0 {
             self.stats.leaked_bytes += stale;
-            self.violate(
-                "stale_read",
+            self.violate_at(
+                Kind::StaleRead,
+                None,
+                Some(iova),
                 format!("device {device} read {stale} bytes of stale host data at iova 0x{iova:x} (no-snoop read of {len} bytes)"),
             );
         }

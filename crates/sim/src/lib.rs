@@ -41,7 +41,7 @@ use serde::Serialize;
 use type1_core::{DeviceId, DomainId, Errno, GroupId, MmId, PlatformError};
 
 pub use cache::LINE_SIZE;
-pub use check::{EngineView, Violation};
+pub use check::{EngineView, Kind, Violation};
 pub use device::DmaFault;
 pub use digest::StateHasher;
 pub use fault::{Access, ACCESS_POINTS, FAULT_POINTS};

@@ -15,7 +15,7 @@ use std::collections::BTreeMap;
 
 use type1_core::{Errno, MemType, MmId, PinnedPage, PlatformError, PAGE_SHIFT, PAGE_SIZE};
 
-use crate::{cache::LINE_SIZE, perr, Sim};
+use crate::{cache::LINE_SIZE, perr, Kind, Sim};
 
 /// The byte every RAM frame holds before anything writes it (boot-time garbage).
 pub const INITIAL_RAM_BYTE: u8 = 0xa5;
@@ -687,7 +687,7 @@ impl Sim {
         self.inject("translate")?;
         if npages == 0 || vaddr % PAGE_SIZE != 0 {
             self.violate(
-                "contract",
+                Kind::Contract,
                 format!("pin_user_pages vaddr 0x{vaddr:x} npages {npages}"),
             );
             return Err(perr(
@@ -721,16 +721,20 @@ impl Sim {
 
     pub(crate) fn do_unpin(&mut self, pfn: u64) {
         if !self.is_ram(pfn) {
-            self.violate(
-                "contract",
+            self.violate_at(
+                Kind::Contract,
+                Some(pfn),
+                None,
                 format!("unpin_page of reserved or invalid pfn 0x{pfn:x}"),
             );
             return;
         }
         let f = &mut self.frames[pfn as usize];
         if f.pins == 0 {
-            self.violate(
-                "contract",
+            self.violate_at(
+                Kind::Contract,
+                Some(pfn),
+                None,
                 format!("unpin_page of pfn 0x{pfn:x} with no pin (underflow)"),
             );
             return;
@@ -744,14 +748,18 @@ impl Sim {
         f.exposed = false;
         f.needs_unpin_flush = false;
         if needs_flush {
-            self.violate(
-                "missing_unpin_flush",
+            self.violate_at(
+                Kind::MissingUnpinFlush,
+                Some(pfn),
+                None,
                 format!("pfn 0x{pfn:x} lost its last pin without a cache flush after it left the non-coherent domain (F5)"),
             );
         }
         if refs > 0 {
-            self.violate(
-                "unpin_while_mapped",
+            self.violate_at(
+                Kind::UnpinWhileMapped,
+                Some(pfn),
+                None,
                 format!("pfn 0x{pfn:x} lost its last pin while {refs} IOMMU entries (mapped or unsynced) still point at it"),
             );
         }
@@ -759,8 +767,10 @@ impl Sim {
             let bad = self.incoherent_bytes(pfn);
             if bad > 0 {
                 self.stats.stale_after_unpin_bytes += bad;
-                self.violate(
-                    "unflushed_unpin",
+                self.violate_at(
+                    Kind::UnflushedUnpin,
+                Some(pfn),
+                None,
                     format!("pfn 0x{pfn:x} was reachable by a non-coherent domain and lost its last pin with {bad} bytes where cache and RAM differ"),
                 );
             }
@@ -802,7 +812,7 @@ impl Sim {
                 let have = p.locked_vm;
                 p.locked_vm = 0;
                 self.violate(
-                    "accounting",
+                    Kind::Accounting,
                     format!("mm {mm}: locked_vm {have} uncharged by {d} (underflow)"),
                 );
             } else {

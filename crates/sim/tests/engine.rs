@@ -95,10 +95,10 @@ fn noncoherent_device_reads_secret_without_flush() {
         bitmap: None,
     };
     c.iommu_mut().unwrap().unmap_dma(&mut sim, req).unwrap();
-    let kinds: Vec<String> = sim
+    let kinds: Vec<&str> = sim
         .take_new_violations()
         .into_iter()
-        .map(|v| v.kind)
+        .map(|v| v.kind.as_str())
         .collect();
     assert_eq!(
         kinds,
