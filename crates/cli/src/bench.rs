@@ -194,7 +194,7 @@ fn phases<P: Platform>(
     let t = Instant::now();
     for (iova, vaddr, size) in &regions {
         let r = MapRequest {
-            flags: 3,
+            flags: type1_core::MapFlags::RW,
             vaddr: *vaddr,
             iova: *iova,
             size: *size,
@@ -205,7 +205,7 @@ fn phases<P: Platform>(
     let map = t.elapsed().as_nanos() as u64;
     let t = Instant::now();
     let un = UnmapRequest {
-        flags: 0,
+        flags: type1_core::UnmapFlags::default(),
         iova: APERTURE_IOVA,
         size: aperture,
         bitmap: None,
@@ -712,7 +712,7 @@ fn engine_bytes(n: u64, pages_each: u64) -> Result<f64> {
     let stride = if n > 1 { 2 * PAGE_SIZE } else { 0 };
     for i in 0..n {
         let r = MapRequest {
-            flags: 3,
+            flags: type1_core::MapFlags::RW,
             vaddr: (1u64 << 32) + i * stride,
             iova: i * pages_each * PAGE_SIZE,
             size: pages_each * PAGE_SIZE,
@@ -802,7 +802,7 @@ pub fn scale() -> Result<Vec<ScaleRow>> {
         for i in 0..n {
             let stride = if n > 1 { 2 * PAGE_SIZE } else { 0 };
             let r = MapRequest {
-                flags: 3,
+                flags: type1_core::MapFlags::RW,
                 vaddr: base + i * stride,
                 iova: i * pages_each * PAGE_SIZE,
                 size: pages_each * PAGE_SIZE,
@@ -814,7 +814,10 @@ pub fn scale() -> Result<Vec<ScaleRow>> {
         let bytes = type1_host::alloc_count::live_bytes().saturating_sub(before) as f64;
         let t = Instant::now();
         let un = UnmapRequest {
-            flags: type1_core::abi::UNMAP_FLAG_ALL,
+            flags: type1_core::UnmapFlags {
+                all: true,
+                ..Default::default()
+            },
             iova: 0,
             size: 0,
             bitmap: None,

@@ -39,7 +39,7 @@ pub use errno::Errno;
 pub use error::{Error, Result};
 pub use info::IommuInfo;
 pub use iopt::IoPageTable;
-pub use map::{MapRequest, UnmapRequest, UserBitmap};
+pub use map::{MapFlags, MapRequest, UnmapFlags, UnmapRequest, UserBitmap};
 pub use platform::{DomainInfo, FlushReason, GroupInfo, PinnedPage, Platform, PlatformError, Task};
 pub use trace::Event;
 pub use type1::{Config, DomainView, MappingView, Type1};

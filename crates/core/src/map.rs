@@ -15,11 +15,47 @@ use crate::{
     Error, IovaRange, Prot, Result, DIRTY_BITMAP_SIZE_MAX, PAGE_SHIFT, PAGE_SIZE,
 };
 
-/// A MAP_DMA request (`struct vfio_iommu_type1_dma_map` without `argsz`).
+/// What a MAP_DMA asks for (M1): new mappings with these permissions, or (`vaddr`, V2) a new
+/// user address for mappings that exist. Both set, or neither, is EINVAL in the engine.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct MapFlags {
+    /// `VFIO_DMA_MAP_FLAG_READ` and `_WRITE`.
+    pub prot: Prot,
+    /// `VFIO_DMA_MAP_FLAG_VADDR`.
+    pub vaddr: bool,
+}
+
+impl MapFlags {
+    /// Read and write: what a VMM maps guest RAM with.
+    pub const RW: MapFlags = MapFlags {
+        prot: Prot {
+            read: true,
+            write: true,
+        },
+        vaddr: false,
+    };
+
+    /// The flags word of `struct vfio_iommu_type1_dma_map`: EINVAL for unknown bits (M1.2, the
+    /// ioctl's first check).
+    pub fn decode(flags: u32) -> Result<MapFlags> {
+        if flags & !(MAP_FLAG_READ | MAP_FLAG_WRITE | MAP_FLAG_VADDR) != 0 {
+            return Err(Error::inval(format!("flags 0x{flags:x} has unknown bits")));
+        }
+        Ok(MapFlags {
+            prot: Prot {
+                read: flags & MAP_FLAG_READ != 0,
+                write: flags & MAP_FLAG_WRITE != 0,
+            },
+            vaddr: flags & MAP_FLAG_VADDR != 0,
+        })
+    }
+}
+
+/// A MAP_DMA request (`struct vfio_iommu_type1_dma_map` without `argsz`, flags decoded).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct MapRequest {
-    /// `VFIO_DMA_MAP_FLAG_*`.
-    pub flags: u32,
+    /// What is asked.
+    pub flags: MapFlags,
     /// User virtual address.
     pub vaddr: u64,
     /// IOVA.
@@ -39,11 +75,41 @@ pub struct UserBitmap<'a> {
     pub data: &'a mut [u64],
 }
 
+/// How an UNMAP_DMA unmaps (U1).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct UnmapFlags {
+    /// `VFIO_DMA_UNMAP_FLAG_GET_DIRTY_BITMAP`: the request carries a bitmap.
+    pub get_dirty_bitmap: bool,
+    /// `VFIO_DMA_UNMAP_FLAG_ALL`: every mapping (iova and size must be 0).
+    pub all: bool,
+    /// `VFIO_DMA_UNMAP_FLAG_VADDR`: invalidate the user addresses only (V1).
+    pub vaddr: bool,
+}
+
+impl UnmapFlags {
+    /// The flags word of `struct vfio_iommu_type1_dma_unmap`: EINVAL for unknown bits, and for
+    /// GET_DIRTY_BITMAP with ALL or VADDR (U1.2, U1.3, the ioctl's first checks).
+    pub fn decode(flags: u32) -> Result<UnmapFlags> {
+        if flags & !(UNMAP_FLAG_GET_DIRTY_BITMAP | UNMAP_FLAG_ALL | UNMAP_FLAG_VADDR) != 0 {
+            return Err(Error::inval(format!("flags 0x{flags:x} has unknown bits")));
+        }
+        let f = UnmapFlags {
+            get_dirty_bitmap: flags & UNMAP_FLAG_GET_DIRTY_BITMAP != 0,
+            all: flags & UNMAP_FLAG_ALL != 0,
+            vaddr: flags & UNMAP_FLAG_VADDR != 0,
+        };
+        if f.get_dirty_bitmap && (f.all || f.vaddr) {
+            return Err(Error::inval("GET_DIRTY_BITMAP with ALL or VADDR"));
+        }
+        Ok(f)
+    }
+}
+
 /// An UNMAP_DMA request.
 #[derive(Debug)]
 pub struct UnmapRequest<'a> {
-    /// `VFIO_DMA_UNMAP_FLAG_*`.
-    pub flags: u32,
+    /// How.
+    pub flags: UnmapFlags,
     /// IOVA.
     pub iova: u64,
     /// Size in bytes.
@@ -96,10 +162,7 @@ impl Type1 {
             iova,
             size,
         } = req;
-        // M1.2: unknown flags.
-        if flags & !(MAP_FLAG_READ | MAP_FLAG_WRITE | MAP_FLAG_VADDR) != 0 {
-            return Err(Error::inval(format!("flags 0x{flags:x} has unknown bits")));
-        }
+        // M1.2 (unknown flags) is `MapFlags::decode`'s, at the edge.
         // M1.4, M1.5 (NEW): size 0, then wrap of iova or vaddr.
         if size == 0 {
             return Err(Error::inval("size is 0"));
@@ -115,11 +178,10 @@ impl Type1 {
             )));
         }
         // M1.6: prot vs VADDR.
-        let prot = Prot {
-            read: flags & MAP_FLAG_READ != 0,
-            write: flags & MAP_FLAG_WRITE != 0,
-        };
-        let set_vaddr = flags & MAP_FLAG_VADDR != 0;
+        let MapFlags {
+            prot,
+            vaddr: set_vaddr,
+        } = flags;
         let has_prot = prot.read || prot.write;
         if has_prot == set_vaddr {
             return Err(Error::inval(if set_vaddr {
@@ -313,17 +375,12 @@ impl Type1 {
         p: &mut P,
         mut req: UnmapRequest<'_>,
     ) -> Result<u64> {
-        let flags = req.flags;
-        // U1.2, U1.3
-        if flags & !(UNMAP_FLAG_GET_DIRTY_BITMAP | UNMAP_FLAG_ALL | UNMAP_FLAG_VADDR) != 0 {
-            return Err(Error::inval(format!("flags 0x{flags:x} has unknown bits")));
-        }
-        let get_bitmap = flags & UNMAP_FLAG_GET_DIRTY_BITMAP != 0;
-        let unmap_all = flags & UNMAP_FLAG_ALL != 0;
-        let invalidate_vaddr = flags & UNMAP_FLAG_VADDR != 0;
-        if get_bitmap && (unmap_all || invalidate_vaddr) {
-            return Err(Error::inval("GET_DIRTY_BITMAP with ALL or VADDR"));
-        }
+        // U1.2, U1.3 (unknown flags, bad combinations) are `UnmapFlags::decode`'s.
+        let UnmapFlags {
+            get_dirty_bitmap: get_bitmap,
+            all: unmap_all,
+            vaddr: invalidate_vaddr,
+        } = req.flags;
         // U1.4
         if get_bitmap {
             let Some(bm) = req.bitmap.as_ref() else {

@@ -125,7 +125,7 @@ fn map_unmap(policy: &str, addr: u64, len: u64) -> (f64, f64, f64) {
     t1.map_dma(
         &mut p,
         MapRequest {
-            flags: 3,
+            flags: type1_core::MapFlags::RW,
             vaddr: addr,
             iova: 1 << 32,
             size: len,
@@ -140,7 +140,7 @@ fn map_unmap(policy: &str, addr: u64, len: u64) -> (f64, f64, f64) {
         .unmap_dma(
             &mut p,
             UnmapRequest {
-                flags: 0,
+                flags: type1_core::UnmapFlags::default(),
                 iova: 1 << 32,
                 size: len,
                 bitmap: None,
@@ -172,7 +172,7 @@ fn scattered(addr: u64, len: u64, n: u64) -> (f64, f64) {
         t1.map_dma(
             &mut p,
             MapRequest {
-                flags: 3,
+                flags: type1_core::MapFlags::RW,
                 vaddr: addr + 2 * i * PAGE_SIZE,
                 iova: (1 << 32) + i * PAGE_SIZE,
                 size: PAGE_SIZE,

@@ -191,7 +191,7 @@ fn engine_map(p: &mut HostPlatform, group: u32, buf: &AnonMap, iova: u64) -> Res
         .map_dma(
             p,
             MapRequest {
-                flags: 3,
+                flags: type1_core::MapFlags::RW,
                 vaddr: buf.addr(),
                 iova,
                 size: buf.len(),
@@ -203,7 +203,7 @@ fn engine_map(p: &mut HostPlatform, group: u32, buf: &AnonMap, iova: u64) -> Res
             .unmap_dma(
                 p,
                 UnmapRequest {
-                    flags: 0,
+                    flags: type1_core::UnmapFlags::default(),
                     iova,
                     size: buf.len(),
                     bitmap: None,
@@ -278,7 +278,7 @@ fn aligned_mapping_takes_2m_leaves_and_one_flush_per_run() {
     c.set_iommu(&mut p, 3).unwrap();
     let t = c.iommu_mut().unwrap();
     let req = MapRequest {
-        flags: 3,
+        flags: type1_core::MapFlags::RW,
         vaddr: buf.addr(),
         iova: 1 << 30,
         size: 2 * huge,

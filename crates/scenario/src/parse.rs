@@ -1119,7 +1119,10 @@ mod tests {
             ("ioctl c GROUP_GET_STATUS u48 1", "not an argument item"),
             ("uapi_open g socket", "not container or group"),
             ("expect arg 0 u12 1", "not u8, u16, u32 or u64"),
-            ("allow stale", "unknown violation kind \"stale\" (known: stale_read"),
+            (
+                "allow stale",
+                "unknown violation kind \"stale\" (known: stale_read",
+            ),
             ("expect violation nope", "unknown violation kind"),
         ] {
             let e = parse(line).unwrap_err();

@@ -9,8 +9,8 @@
 use std::collections::{BTreeMap, HashMap};
 
 use type1_core::{
-    abi, Config, Container, Errno, Event, FlushReason, GroupId, MapRequest, MmId, UnmapRequest,
-    UserBitmap,
+    Config, Container, Errno, Event, FlushReason, GroupId, MapFlags, MapRequest, MmId, UnmapFlags,
+    UnmapRequest, UserBitmap,
 };
 use type1_sim::{Access, EngineView, Kind, MachineDesc, Sim, Violation};
 
@@ -547,10 +547,11 @@ impl World {
                 flags,
             } => {
                 let (c, sim) = self.container_and_sim(container)?;
-                c.iommu_mut()?.map_dma(
+                let t = c.iommu_mut()?;
+                t.map_dma(
                     sim,
                     MapRequest {
-                        flags: *flags,
+                        flags: MapFlags::decode(*flags)?,
                         vaddr: *vaddr,
                         iova: *iova,
                         size: *size,
@@ -566,9 +567,10 @@ impl World {
             } => {
                 let (c, sim) = self.container_and_sim(container)?;
                 let t = c.iommu_mut()?;
+                let decoded = UnmapFlags::decode(*flags)?;
                 let pg = t.pgsize();
                 let mut data = Vec::new();
-                let bitmap = if flags & abi::UNMAP_FLAG_GET_DIRTY_BITMAP != 0 {
+                let bitmap = if decoded.get_dirty_bitmap {
                     let npages = (size / pg).max(1);
                     let words = npages.div_ceil(64).min(1 << 22);
                     data = vec![0u64; words as usize];
@@ -583,14 +585,14 @@ impl World {
                 let n = t.unmap_dma(
                     sim,
                     UnmapRequest {
-                        flags: *flags,
+                        flags: decoded,
                         iova: *iova,
                         size: *size,
                         bitmap,
                     },
                 )?;
                 self.last_unmapped = n;
-                if flags & abi::UNMAP_FLAG_GET_DIRTY_BITMAP != 0 {
+                if decoded.get_dirty_bitmap {
                     self.last_bitmap = data;
                 }
                 Ok(())

@@ -3,8 +3,8 @@
 //! series' `seed` policy, and teardown leaves nothing behind.
 
 use type1_core::{
-    abi::{MAP_FLAG_READ, MAP_FLAG_WRITE, VFIO_TYPE1V2_IOMMU},
-    Config, Container, GroupId, MapRequest, Platform, UnmapRequest, PAGE_SIZE,
+    abi::VFIO_TYPE1V2_IOMMU, Config, Container, GroupId, MapRequest, Platform, UnmapRequest,
+    PAGE_SIZE,
 };
 use type1_sim::{EngineView, MachineDesc, Sim};
 
@@ -33,7 +33,7 @@ fn setup(policy: &str, group: u32) -> (Sim, Container) {
     c.add_group(&mut sim, GroupId(group)).unwrap();
     c.set_iommu(&mut sim, VFIO_TYPE1V2_IOMMU).unwrap();
     let req = MapRequest {
-        flags: MAP_FLAG_READ | MAP_FLAG_WRITE,
+        flags: type1_core::MapFlags::RW,
         vaddr: VADDR,
         iova: IOVA,
         size: NPAGES * PAGE_SIZE,
@@ -51,7 +51,7 @@ fn views(c: &Container) -> Vec<EngineView> {
 
 fn unmap_and_close(sim: &mut Sim, c: &mut Container) {
     let req = UnmapRequest {
-        flags: 0,
+        flags: type1_core::UnmapFlags::default(),
         iova: IOVA,
         size: NPAGES * PAGE_SIZE,
         bitmap: None,
@@ -89,7 +89,7 @@ fn noncoherent_device_reads_secret_without_flush() {
 
     // Upstream also unpins without a flush: the dirty zeros never reached RAM.
     let req = UnmapRequest {
-        flags: 0,
+        flags: type1_core::UnmapFlags::default(),
         iova: IOVA,
         size: NPAGES * PAGE_SIZE,
         bitmap: None,
@@ -186,7 +186,7 @@ fn fault_sweep_leaves_nothing_behind() {
         ok = ok && c.set_iommu(&mut sim, VFIO_TYPE1V2_IOMMU).is_ok();
         if ok {
             let req = MapRequest {
-                flags: MAP_FLAG_READ | MAP_FLAG_WRITE,
+                flags: type1_core::MapFlags::RW,
                 vaddr: VADDR,
                 iova: IOVA,
                 size: NPAGES * PAGE_SIZE,

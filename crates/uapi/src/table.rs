@@ -290,7 +290,7 @@ fn iommu_get_info<P: Platform>(v: &mut Vfio<P>, c: Call<'_>) -> Result<i64, Errn
 
 fn map_dma<P: Platform>(v: &mut Vfio<P>, c: Call<'_>) -> Result<i64, Errno> {
     let req = MapRequest {
-        flags: u32_at(&c.hdr, 4),
+        flags: eng(type1_core::MapFlags::decode(u32_at(&c.hdr, 4)))?,
         vaddr: u64_at(&c.hdr, 8),
         iova: u64_at(&c.hdr, 16),
         size: u64_at(&c.hdr, 24),
@@ -339,14 +339,9 @@ fn unmap_dma<P: Platform>(v: &mut Vfio<P>, c: Call<'_>) -> Result<i64, Errno> {
     let flags = u32_at(&c.hdr, 4);
     let iova = u64_at(&c.hdr, 8);
     let size = u64_at(&c.hdr, 16);
-    // U1.2, U1.3 here because U1.4 reads more of the argument.
-    if flags & !(UNMAP_FLAG_GET_DIRTY_BITMAP | UNMAP_FLAG_ALL | UNMAP_FLAG_VADDR) != 0 {
-        return Err(Errno::EINVAL);
-    }
-    let get_bitmap = flags & UNMAP_FLAG_GET_DIRTY_BITMAP != 0;
-    if get_bitmap && flags & (UNMAP_FLAG_ALL | UNMAP_FLAG_VADDR) != 0 {
-        return Err(Errno::EINVAL);
-    }
+    // U1.2, U1.3 first: U1.4 reads more of the argument.
+    let flags = eng(type1_core::UnmapFlags::decode(flags))?;
+    let get_bitmap = flags.get_dirty_bitmap;
     let mut user_bm: Option<(u64, u64, u64, Vec<u64>)> = None;
     if get_bitmap {
         if argsz < UNMAP_SZ + BITMAP_SZ {
