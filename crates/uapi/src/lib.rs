@@ -15,10 +15,12 @@
 //! * [`nr`]: request numbers, derived once from `_IO(';', 100 + n)`;
 //! * [`table`]: one ioctl table per fd kind (container, type1, group, device) and handlers;
 //! * [`Vfio`]: containers, groups and devices, and what closing them does;
-//! * [`device`]: the emulated PCI function behind a device fd.
+//! * [`device`]: the emulated PCI function behind a device fd;
+//! * [`info`]: GET_INFO's header and capability chain as bytes.
 
 mod caller;
 pub mod device;
+pub mod info;
 pub mod nr;
 pub mod table;
 pub mod testing;

@@ -78,7 +78,7 @@ macro_rules! def {
 }
 
 // Struct sizes of linux/vfio.h (C3), checked against vfio-bindings.
-const INFO_SZ: usize = 24;
+use crate::info::HEADER_SIZE;
 const MAP_SZ: usize = 32;
 const UNMAP_SZ: usize = 24;
 const BITMAP_SZ: usize = 24;
@@ -86,7 +86,7 @@ const DIRTY_SZ: usize = 8;
 const DIRTY_GET_SZ: usize = 40;
 const _: () = {
     use std::mem::size_of;
-    assert!(size_of::<b::vfio_iommu_type1_info>() == INFO_SZ);
+    assert!(size_of::<b::vfio_iommu_type1_info>() == HEADER_SIZE);
     assert!(size_of::<b::vfio_iommu_type1_dma_map>() == MAP_SZ);
     assert!(size_of::<b::vfio_iommu_type1_dma_unmap>() == UNMAP_SZ);
     assert!(size_of::<b::vfio_bitmap>() == BITMAP_SZ);
@@ -263,19 +263,19 @@ fn set_iommu<P: Platform>(v: &mut Vfio<P>, c: Call<'_>) -> Result<i64, Errno> {
 fn iommu_get_info<P: Platform>(v: &mut Vfio<P>, c: Call<'_>) -> Result<i64, Errno> {
     let argsz = u32_at(&c.hdr, 0);
     let info: IommuInfo = v.cont(c.id)?.iommu().map_err(|e| e.errno())?.info();
-    let chain = info.chain();
-    let total = info.total_size();
-    let mut out = [0u8; INFO_SZ];
-    let mut flags = INFO_FLAG_PGSIZES;
+    let chain = crate::info::chain(&info);
+    let total = HEADER_SIZE + chain.len();
+    let mut out = [0u8; HEADER_SIZE];
+    let mut flags = b::VFIO_IOMMU_INFO_PGSIZES;
     let mut new_argsz = argsz;
     let mut cap_offset = 0u32;
     if !chain.is_empty() {
-        flags |= INFO_FLAG_CAPS;
+        flags |= b::VFIO_IOMMU_INFO_CAPS;
         if (argsz as usize) < total {
             new_argsz = u32::try_from(total).unwrap_or(u32::MAX);
         } else {
-            c.caller.write(c.arg + INFO_SZ as u64, &chain)?;
-            cap_offset = INFO_SZ as u32;
+            c.caller.write(c.arg + HEADER_SIZE as u64, &chain)?;
+            cap_offset = HEADER_SIZE as u32;
         }
     }
     put_u32(&mut out, 0, new_argsz);
@@ -283,7 +283,7 @@ fn iommu_get_info<P: Platform>(v: &mut Vfio<P>, c: Call<'_>) -> Result<i64, Errn
     put_u64(&mut out, 8, info.iova_pgsizes);
     put_u32(&mut out, 16, cap_offset);
     // I5: min(argsz as passed in, 24) bytes go back.
-    let n = (argsz as usize).min(INFO_SZ);
+    let n = (argsz as usize).min(HEADER_SIZE);
     c.caller.write(c.arg, &out[..n])?;
     Ok(0)
 }
