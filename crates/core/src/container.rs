@@ -17,7 +17,7 @@ use crate::{
 #[derive(Clone, Debug)]
 pub struct Container {
     cfg: Config,
-    policy: &'static str,
+    policy: &'static dyn crate::policy::FlushPolicy,
     groups: Vec<GroupId>,
     iommu: Option<Type1>,
 }
@@ -29,7 +29,7 @@ impl Container {
             .ok_or_else(|| Error::inval(format!("unknown flush policy {policy:?}")))?;
         Ok(Container {
             cfg,
-            policy: p.name(),
+            policy: p,
             groups: Vec::new(),
             iommu: None,
         })
@@ -128,8 +128,7 @@ impl Container {
                 "no backend for iommu type {iommu_type}"
             )));
         }
-        let policy = policy_by_name(self.policy).expect("validated at construction");
-        let mut t = Type1::open(iommu_type, self.cfg, policy)?;
+        let mut t = Type1::open(iommu_type, self.cfg, self.policy)?;
         for (i, g) in self.groups.iter().enumerate() {
             if let Err(e) = t.attach_group(p, *g) {
                 for g in self.groups[..i].iter().rev() {

@@ -259,7 +259,7 @@ impl Type1 {
             }
         }
         let nc = self.noncoherent_domains;
-        let policy = &*self.policy;
+        let policy = self.policy;
         if let Some(d) = self.dmas.get_mut(&iova) {
             d.is_noncoherent = policy.flag_after_map(d.is_noncoherent, nc);
         }

@@ -254,25 +254,21 @@ pub const POLICY_NAMES: &[&str] = &[
     "seed-ro",
 ];
 
-/// Looks a policy up by name.
-pub fn policy_by_name(name: &str) -> Option<Box<dyn FlushPolicy>> {
+/// Looks a policy up by name. Policies are stateless values: one static instance each.
+pub fn policy_by_name(name: &str) -> Option<&'static dyn FlushPolicy> {
+    static VARIANTS: [SeedVariant; 6] = [
+        RESET_ON_REPLAY,
+        FLAG_AFTER_MAP,
+        MAP_ONLY,
+        UNPIN_ONLY,
+        SEED_FIXED,
+        SEED_RO,
+    ];
     Some(match name {
-        "none" => Box::new(NoFlush),
-        "seed" => Box::new(Seed),
-        "eager" => Box::new(Eager),
-        _ => {
-            let v = [
-                RESET_ON_REPLAY,
-                FLAG_AFTER_MAP,
-                MAP_ONLY,
-                UNPIN_ONLY,
-                SEED_FIXED,
-                SEED_RO,
-            ]
-            .into_iter()
-            .find(|v| v.name == name)?;
-            Box::new(v)
-        }
+        "none" => &NoFlush,
+        "seed" => &Seed,
+        "eager" => &Eager,
+        _ => VARIANTS.iter().find(|v| v.name == name)?,
     })
 }
 

@@ -147,7 +147,8 @@ pub struct DomainView {
 }
 
 /// The type1 backend instance. See the module documentation.
-#[derive(Debug)]
+/// A clone is a deep copy (model checking branches from a state).
+#[derive(Clone, Debug)]
 pub struct Type1 {
     pub(crate) cfg: Config,
     pub(crate) v2: bool,
@@ -164,30 +165,7 @@ pub struct Type1 {
     pub(crate) dirty_page_tracking: bool,
     /// F1: number of linked domains that do not enforce coherency.
     pub(crate) noncoherent_domains: u32,
-    pub(crate) policy: Box<dyn FlushPolicy>,
-}
-
-impl Clone for Type1 {
-    /// A deep copy (used by model checking to branch from a state).
-    fn clone(&self) -> Self {
-        Type1 {
-            cfg: self.cfg,
-            v2: self.v2,
-            domains: self.domains.clone(),
-            iova_list: self.iova_list.clone(),
-            dmas: self.dmas.clone(),
-            emulated_groups: self.emulated_groups.clone(),
-            devices: self.devices.clone(),
-            dma_avail: self.dma_avail,
-            vaddr_invalid_count: self.vaddr_invalid_count,
-            pgsize_bitmap: self.pgsize_bitmap,
-            num_non_pinned_groups: self.num_non_pinned_groups,
-            dirty_page_tracking: self.dirty_page_tracking,
-            noncoherent_domains: self.noncoherent_domains,
-            policy: crate::policy::policy_by_name(self.policy.name())
-                .expect("every policy in use is registered by name"),
-        }
-    }
+    pub(crate) policy: &'static dyn FlushPolicy,
 }
 
 impl Type1 {
@@ -195,7 +173,7 @@ impl Type1 {
     pub fn open(
         iommu_type: u32,
         cfg: Config,
-        policy: Box<dyn FlushPolicy>,
+        policy: &'static dyn FlushPolicy,
     ) -> crate::Result<Type1> {
         let v2 = match iommu_type {
             crate::abi::VFIO_TYPE1_IOMMU => false,
