@@ -32,7 +32,9 @@ pub mod fault;
 pub mod iommu;
 pub mod machine;
 pub mod memory;
+mod pin;
 mod platform;
+mod process;
 pub mod trace;
 
 use std::collections::BTreeMap;
@@ -82,7 +84,7 @@ pub struct Sim {
     pub(crate) desc: MachineDesc,
     pub(crate) frames: Vec<memory::Frame>,
     pub(crate) free: Vec<u64>,
-    pub(crate) procs: Vec<memory::Process>,
+    pub(crate) procs: Vec<process::Process>,
     pub(crate) current: Option<MmId>,
     pub(crate) cache: cache::Cache,
     pub(crate) mmio_store: BTreeMap<u64, Box<[u8]>>,
