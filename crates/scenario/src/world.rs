@@ -370,6 +370,42 @@ impl World {
 
     fn exec_inner(&mut self, op: &Op) -> Result<(), StepError> {
         match op {
+            Op::Machine(_) | Op::Policy(_) | Op::Param { .. } | Op::Allow(_) | Op::Expect(_) => {
+                self.exec_setup(op)
+            }
+            Op::Process { .. }
+            | Op::Switch(_)
+            | Op::Exit(_)
+            | Op::Mmap { .. }
+            | Op::Munmap { .. }
+            | Op::CpuWrite { .. }
+            | Op::CpuRead { .. }
+            | Op::Cache { .. } => self.exec_memory(op),
+            Op::Container(_)
+            | Op::Attach { .. }
+            | Op::Detach { .. }
+            | Op::SetIommu { .. }
+            | Op::Map { .. }
+            | Op::Unmap { .. }
+            | Op::Dirty { .. }
+            | Op::Close(_) => self.exec_container(op),
+            Op::OpenDevice { .. }
+            | Op::Pin { .. }
+            | Op::Unpin { .. }
+            | Op::DmaRw { .. }
+            | Op::Dma { .. } => self.exec_device(op),
+            Op::Fail { .. }
+            | Op::DmaAfter { .. }
+            | Op::CpuAfter { .. }
+            | Op::RefuseUnpin { .. } => self.exec_fault(op),
+            Op::RawOpen { .. } | Op::RawClose(_) | Op::RawIoctl { .. } => self.exec_raw(op),
+        }
+    }
+
+    /// Executes an operation on the scenario's own settings: policy, module parameters,
+    /// allowed violations.
+    fn exec_setup(&mut self, op: &Op) -> Result<(), StepError> {
+        match op {
             Op::Machine(_) => usage("`machine` must be the first operation"),
             Op::Policy(p) => self.set_policy(p).map_err(StepError::Usage),
             Op::Param { name, value } => {
@@ -381,6 +417,18 @@ impl World {
                 }
                 Ok(())
             }
+            Op::Allow(kind) => {
+                self.allowed.push(*kind);
+                Ok(())
+            }
+            Op::Expect(_) => Ok(()),
+            other => usage(format!("internal: {other:?} is not for exec_setup")),
+        }
+    }
+
+    /// Executes an operation on processes, their memory and the CPU.
+    fn exec_memory(&mut self, op: &Op) -> Result<(), StepError> {
+        match op {
             Op::Process {
                 name,
                 limit,
@@ -460,6 +508,13 @@ impl World {
                 }
                 Ok(())
             }
+            other => usage(format!("internal: {other:?} is not for exec_memory")),
+        }
+    }
+
+    /// Executes an operation on the container and its type1 backend, through the engine.
+    fn exec_container(&mut self, op: &Op) -> Result<(), StepError> {
+        match op {
             Op::Container(n) => {
                 if self.containers.contains_key(n) {
                     return usage(format!("container {n:?} already open"));
@@ -624,6 +679,25 @@ impl World {
                 }
                 Ok(())
             }
+            Op::Close(n) => {
+                let Some(mut c) = self.containers.remove(n) else {
+                    return usage(format!("no container named {n:?}"));
+                };
+                self.opened.retain(|(cn, _)| cn != n);
+                // Closing the container fd: the groups keep it alive in the kernel; here the
+                // scenario's `close` stands for closing everything (groups, devices, container).
+                c.close(&mut self.sim);
+                self.group_owner.retain(|_, cn| cn != n);
+                Ok(())
+            }
+            other => usage(format!("internal: {other:?} is not for exec_container")),
+        }
+    }
+
+    /// Executes an operation on devices: emulated devices' pins and `dma_rw`, DMA by physical
+    /// devices.
+    fn exec_device(&mut self, op: &Op) -> Result<(), StepError> {
+        match op {
             Op::OpenDevice { container, device } => {
                 let Some(dev) = self.sim.device_id(device) else {
                     return usage(format!("no device named {device:?}"));
@@ -706,17 +780,6 @@ impl World {
                 }
                 Ok(())
             }
-            Op::Close(n) => {
-                let Some(mut c) = self.containers.remove(n) else {
-                    return usage(format!("no container named {n:?}"));
-                };
-                self.opened.retain(|(cn, _)| cn != n);
-                // Closing the container fd: the groups keep it alive in the kernel; here the
-                // scenario's `close` stands for closing everything (groups, devices, container).
-                c.close(&mut self.sim);
-                self.group_owner.retain(|_, cn| cn != n);
-                Ok(())
-            }
             Op::Dma {
                 device,
                 write,
@@ -741,6 +804,13 @@ impl World {
                 }
                 Ok(())
             }
+            other => usage(format!("internal: {other:?} is not for exec_device")),
+        }
+    }
+
+    /// Executes an operation on faults and accesses armed inside the next operation.
+    fn exec_fault(&mut self, op: &Op) -> Result<(), StepError> {
+        match op {
             Op::Fail { point, nth } => self.sim.fail_nth(point, *nth).map_err(StepError::Usage),
             Op::DmaAfter {
                 point,
@@ -780,6 +850,20 @@ impl World {
                     .access_after(point, *nth, access)
                     .map_err(StepError::Usage)
             }
+            Op::RefuseUnpin { device, n } => {
+                let Some(dev) = self.sim.device_id(device) else {
+                    return usage(format!("no device named {device:?}"));
+                };
+                self.sim.refuse_unpin(dev, *n);
+                Ok(())
+            }
+            other => usage(format!("internal: {other:?} is not for exec_fault")),
+        }
+    }
+
+    /// Executes an operation on raw uAPI lines (`crate::raw`).
+    fn exec_raw(&mut self, op: &Op) -> Result<(), StepError> {
+        match op {
             Op::RawOpen { name, group } => self.raw_open(name, *group),
             Op::RawClose(name) => {
                 let closed = self.with_raw(|r| {
@@ -798,18 +882,7 @@ impl World {
                 arg,
                 bind,
             } => self.raw_ioctl(file, *request, arg, bind.as_deref()),
-            Op::RefuseUnpin { device, n } => {
-                let Some(dev) = self.sim.device_id(device) else {
-                    return usage(format!("no device named {device:?}"));
-                };
-                self.sim.refuse_unpin(dev, *n);
-                Ok(())
-            }
-            Op::Allow(kind) => {
-                self.allowed.push(*kind);
-                Ok(())
-            }
-            Op::Expect(_) => Ok(()),
+            other => usage(format!("internal: {other:?} is not for exec_raw")),
         }
     }
 
