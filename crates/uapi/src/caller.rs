@@ -4,8 +4,9 @@
 //! asks a [`Caller`] to copy bytes in and out, exactly like the kernel's `copy_from_user` and
 //! `copy_to_user`, which fail with EFAULT rather than crash. The LD_PRELOAD library implements
 //! this trait over `process_vm_readv`/`process_vm_writev` on its own process; tests use
-//! [`FakeCaller`], a sparse byte store.
+//! `FakeCaller` (feature `testing`), a sparse byte store.
 
+#[cfg(any(test, feature = "testing"))]
 use std::collections::BTreeMap;
 
 use type1_core::Errno;
@@ -91,6 +92,7 @@ pub(crate) fn read_cstr(c: &mut dyn Caller, addr: u64, max: usize) -> Result<Vec
     Err(Errno::EINVAL)
 }
 
+#[cfg(any(test, feature = "testing"))]
 /// A fake process for tests: byte regions at chosen addresses (anything else faults), a
 /// table of fds, and fd allocation from 3 upwards.
 #[derive(Debug, Default)]
@@ -101,6 +103,7 @@ pub struct FakeCaller {
     files: BTreeMap<i32, std::fs::File>,
 }
 
+#[cfg(any(test, feature = "testing"))]
 impl FakeCaller {
     /// Opens a new fd for `file` (what `event_fd` hands over; a pipe's writing end
     /// stands for an eventfd in tests). Returns the fd number.
@@ -173,6 +176,7 @@ impl FakeCaller {
     }
 }
 
+#[cfg(any(test, feature = "testing"))]
 impl Caller for FakeCaller {
     fn read(&mut self, addr: u64, buf: &mut [u8]) -> Result<(), Errno> {
         let (base, r) = self.region_mut(addr, buf.len()).ok_or(Errno::EFAULT)?;

@@ -10,7 +10,8 @@
 //! Neighbours: below it, any [`type1_core::Platform`] (`type1-sim` or `type1-host`); above it,
 //! `type1-preload`, which owns real file descriptors and implements [`Caller`] over the real
 //! process. Nothing here is `unsafe` or touches memory directly: user memory is reached only
-//! through [`Caller`], so every path is testable with [`FakeCaller`] and [`testing`].
+//! through [`Caller`], so every path is testable with the test doubles of the `testing` feature
+//! (`FakeCaller`, `testing::FakePlatform`), which are not part of the API otherwise.
 //!
 //! * [`nr`]: request numbers, derived once from `_IO(';', 100 + n)`;
 //! * [`table`]: one ioctl table per fd kind (container, type1, group, device) and handlers;
@@ -23,9 +24,12 @@ pub mod device;
 pub mod info;
 pub mod nr;
 pub mod table;
+#[cfg(any(test, feature = "testing"))]
 pub mod testing;
 mod vfio;
 
-pub use caller::{Caller, FakeCaller};
+pub use caller::Caller;
+#[cfg(any(test, feature = "testing"))]
+pub use caller::FakeCaller;
 pub use table::{ArgSz, IoctlDef};
 pub use vfio::{DmaAccess, GroupSpec, Object, Vfio};
