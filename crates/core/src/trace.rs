@@ -152,3 +152,43 @@ pub enum Event {
         result: String,
     },
 }
+
+/// One trace line's object: the writer's numeric fields (`seq`, and `pid`, `ns` where the
+/// writer has them) first, then the fields of `object`, a serialized JSON object such as an
+/// [`Event`]. The one place both trace writers (the simulator's and the host's per-process
+/// files) shape their lines. Without the final newline.
+pub fn json_line(fields: &[(&str, u64)], object: &str) -> String {
+    let mut out = String::with_capacity(object.len() + 16 * fields.len() + 2);
+    out.push('{');
+    for (i, (name, value)) in fields.iter().enumerate() {
+        if i > 0 {
+            out.push(',');
+        }
+        out.push_str(&format!("\"{name}\":{value}"));
+    }
+    let rest = object.trim().strip_prefix('{').unwrap_or("}");
+    if rest.trim_start() != "}" {
+        if !fields.is_empty() {
+            out.push(',');
+        }
+        out.push_str(rest);
+    } else {
+        out.push('}');
+    }
+    out
+}
+
+#[cfg(test)]
+mod line_tests {
+    use super::json_line;
+
+    #[test]
+    fn writer_fields_come_first_and_empty_objects_stay_valid() {
+        assert_eq!(
+            json_line(&[("seq", 3), ("pid", 7)], r#"{"ev":"pin","n":1}"#),
+            r#"{"seq":3,"pid":7,"ev":"pin","n":1}"#
+        );
+        assert_eq!(json_line(&[("seq", 1)], "{}"), r#"{"seq":1}"#);
+        assert_eq!(json_line(&[], r#"{"a":1}"#), r#"{"a":1}"#);
+    }
+}

@@ -122,19 +122,16 @@ impl TraceFile {
             return;
         }
         self.seq += 1;
-        let body = json_object.strip_prefix('{').unwrap_or(json_object);
         // `ns`: when it happened, on the machine's monotonic clock; set by whoever made the
         // event (the broker), or now.
-        let line = if body.starts_with("\"ns\":") {
-            format!("{{\"seq\":{},\"pid\":{},{body}\n", self.seq, pid)
+        let head = [("seq", self.seq), ("pid", pid as u64)];
+        let mut line = if json_object.trim_start().starts_with("{\"ns\":") {
+            type1_core::trace::json_line(&head, json_object)
         } else {
-            format!(
-                "{{\"seq\":{},\"pid\":{},\"ns\":{},{body}\n",
-                self.seq,
-                pid,
-                sys::monotonic_ns()
-            )
+            let head = [head[0], head[1], ("ns", sys::monotonic_ns())];
+            type1_core::trace::json_line(&head, json_object)
         };
+        line.push('\n');
         let _ = sys::write_all(self.fd, line.as_bytes());
     }
 }

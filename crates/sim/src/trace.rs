@@ -55,10 +55,7 @@ pub fn event_line(seq: u64, ev: &Event) -> String {
             e.to_string()
         )
     });
-    match body.strip_prefix('{') {
-        Some(rest) if rest != "}" => format!("{{\"seq\":{seq},{rest}"),
-        _ => format!("{{\"seq\":{seq}}}"),
-    }
+    type1_core::trace::json_line(&[("seq", seq)], &body)
 }
 
 impl Sim {
