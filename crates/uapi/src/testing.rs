@@ -37,6 +37,8 @@ pub struct FakePlatform {
     pub flushes: Vec<(u64, u64)>,
     /// Every event.
     pub events: Vec<Event>,
+    /// Bytes written into user memory (`mm_write`; unwritten bytes read as 0).
+    mem: BTreeMap<u64, u8>,
     doms: BTreeMap<u32, Dom>,
     next_dom: u32,
 }
@@ -61,6 +63,7 @@ impl FakePlatform {
             pins: BTreeMap::new(),
             flushes: Vec::new(),
             events: Vec::new(),
+            mem: BTreeMap::new(),
             doms: BTreeMap::new(),
             next_dom: 0,
         }
@@ -83,6 +86,24 @@ impl FakePlatform {
     /// Makes `[start, start + len)` pinnable.
     pub fn map_user(&mut self, start: u64, len: u64) {
         self.user.push((start, len));
+    }
+
+    /// EFAULT unless `[vaddr, vaddr + len)` lies in one user range.
+    fn check_user(&self, vaddr: u64, len: u64) -> Result<(), PlatformError> {
+        let inside = self.user.iter().any(|&(s, l)| {
+            vaddr >= s
+                && vaddr
+                    .checked_add(len)
+                    .is_some_and(|e| e <= s.saturating_add(l))
+        });
+        if inside {
+            Ok(())
+        } else {
+            Err(perr(
+                type1_core::Errno::EFAULT,
+                format!("user 0x{vaddr:x}+0x{len:x} is not mapped"),
+            ))
+        }
     }
 
     /// Number of live domains.
@@ -169,11 +190,18 @@ impl Platform for FakePlatform {
     fn pfn_memtype(&self, _pfn: u64) -> MemType {
         MemType::Wb
     }
-    fn mm_read(&mut self, _mm: MmId, _vaddr: u64, buf: &mut [u8]) -> Result<(), PlatformError> {
-        buf.iter_mut().for_each(|b| *b = 0);
+    fn mm_read(&mut self, _mm: MmId, vaddr: u64, buf: &mut [u8]) -> Result<(), PlatformError> {
+        self.check_user(vaddr, buf.len() as u64)?;
+        for (i, b) in buf.iter_mut().enumerate() {
+            *b = self.mem.get(&(vaddr + i as u64)).copied().unwrap_or(0);
+        }
         Ok(())
     }
-    fn mm_write(&mut self, _mm: MmId, _vaddr: u64, _data: &[u8]) -> Result<(), PlatformError> {
+    fn mm_write(&mut self, _mm: MmId, vaddr: u64, data: &[u8]) -> Result<(), PlatformError> {
+        self.check_user(vaddr, data.len() as u64)?;
+        for (i, b) in data.iter().enumerate() {
+            self.mem.insert(vaddr + i as u64, *b);
+        }
         Ok(())
     }
     fn group_info(&self, group: GroupId) -> Result<GroupInfo, PlatformError> {

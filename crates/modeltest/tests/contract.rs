@@ -1,0 +1,208 @@
+//! One contract for every implementation of the platform seam (`type1_core::Platform`): the
+//! simulator, the host platform (real pins, real flushes) and the uAPI layer's test double. The
+//! engine is written against the trait's documented behaviour; this suite checks that each
+//! platform gives it, with the same calls and the same expectations, so that a test passing on
+//! one platform means something on the others.
+
+use type1_core::{Errno, GroupId, MmId, PinnedPage, Platform, Prot, PAGE_SIZE};
+
+const IOVA: u64 = 0x10_0000;
+const PAGES: u64 = 8;
+
+/// A platform under test, with `PAGES` pages of writable user memory at `buf` in the calling
+/// task's address space.
+struct Subject<P: Platform> {
+    name: &'static str,
+    p: P,
+    buf: u64,
+    /// Frames the platform holds pinned, when it can tell.
+    pinned: fn(&P) -> Option<u64>,
+}
+
+/// Pins all of `[vaddr, vaddr + n pages)`: the platform may return a head of the range.
+fn pin_all<P: Platform>(p: &mut P, mm: MmId, vaddr: u64, n: u64) -> Vec<PinnedPage> {
+    let mut got = Vec::new();
+    while (got.len() as u64) < n {
+        let at = vaddr + got.len() as u64 * PAGE_SIZE;
+        let more = p
+            .pin_user_pages(mm, at, n - got.len() as u64, true)
+            .expect("pin of mapped, writable user memory");
+        assert!(
+            !more.is_empty(),
+            "a successful pin returns at least one page"
+        );
+        got.extend(more);
+    }
+    got
+}
+
+fn contract<P: Platform>(mut s: Subject<P>) {
+    let name = s.name;
+    let p = &mut s.p;
+    // The task and its books.
+    let task = p.current().expect("a calling task");
+    let mm = task.mm;
+    assert!(p.mm_alive(mm), "{name}");
+    let locked = p.locked_vm(mm);
+    p.account(mm, PAGES as i64, false).unwrap();
+    assert_eq!(p.locked_vm(mm), locked + PAGES, "{name}: account adds");
+    p.account(mm, -(PAGES as i64), true).unwrap();
+    assert_eq!(
+        p.locked_vm(mm),
+        locked,
+        "{name}: a negative delta subtracts"
+    );
+
+    // Groups: 0 behind a unit with snoop control, 1 behind one without; no group 99.
+    assert!(!p.group_info(GroupId(0)).unwrap().emulated, "{name}");
+    assert!(!p.group_info(GroupId(1)).unwrap().emulated, "{name}");
+    assert_eq!(
+        p.group_info(GroupId(99)).map_err(|e| e.errno),
+        Err(Errno::ENODEV),
+        "{name}: an unknown group is ENODEV"
+    );
+    let d0 = p.domain_alloc(GroupId(0)).unwrap();
+    p.attach_group(d0, GroupId(0)).unwrap();
+    assert!(
+        p.domain_enforce_cache_coherency(d0),
+        "{name}: snoop control"
+    );
+    let d = p.domain_alloc(GroupId(1)).unwrap();
+    p.attach_group(d, GroupId(1)).unwrap();
+    assert!(
+        !p.domain_enforce_cache_coherency(d),
+        "{name}: no snoop control"
+    );
+    assert_ne!(
+        p.domain_info(d).pgsize_bitmap & PAGE_SIZE,
+        0,
+        "{name}: 4 KiB pages"
+    );
+
+    // Pins: normal pages, and the bytes of user memory through mm_read/mm_write.
+    let pins = pin_all(p, mm, s.buf, PAGES);
+    assert_eq!(pins.len() as u64, PAGES, "{name}");
+    assert!(
+        pins.iter()
+            .all(|x| !x.reserved && !p.pfn_is_reserved(x.pfn)),
+        "{name}"
+    );
+    if let Some(n) = (s.pinned)(p) {
+        assert!(n >= PAGES, "{name}: {n} frames pinned");
+    }
+    p.mm_write(mm, s.buf + 8, b"contract").unwrap();
+    let mut back = [0u8; 8];
+    p.mm_read(mm, s.buf + 8, &mut back).unwrap();
+    assert_eq!(&back, b"contract", "{name}: mm_write then mm_read");
+
+    // The IOMMU: a map reads back, the same range cannot be mapped twice, an unmap stops at
+    // the first hole and reports what it unmapped, and the translation is gone after it.
+    let pa = pins[0].pfn * PAGE_SIZE;
+    let rw = Prot {
+        read: true,
+        write: true,
+    };
+    p.iommu_map(d, IOVA, pa, PAGE_SIZE, rw).unwrap();
+    assert_eq!(p.iova_to_phys(d, IOVA + 0x10), Some(pa + 0x10), "{name}");
+    assert_eq!(
+        p.iova_to_phys_run(d, IOVA, 4 * PAGE_SIZE),
+        Some((pa, PAGE_SIZE)),
+        "{name}: the run ends where the mapping does"
+    );
+    assert!(
+        p.iommu_map(d, IOVA, pa, PAGE_SIZE, rw).is_err(),
+        "{name}: a range already mapped cannot be mapped again"
+    );
+    assert_eq!(p.iova_to_phys(d, IOVA + PAGE_SIZE), None, "{name}");
+    assert_eq!(
+        p.iova_to_phys(d0, IOVA),
+        None,
+        "{name}: domains are separate"
+    );
+    assert_eq!(
+        p.iommu_unmap(d, IOVA, 2 * PAGE_SIZE),
+        PAGE_SIZE,
+        "{name}: unmap stops at the first hole"
+    );
+    p.iotlb_sync(d);
+    assert_eq!(p.iova_to_phys(d, IOVA), None, "{name}: unmapped");
+    assert_eq!(p.iommu_unmap(d, IOVA, PAGE_SIZE), 0, "{name}: nothing left");
+
+    // A flush of pinned memory, one by one and in a batch; then every pin dropped.
+    p.flush_cache(pa, PAGE_SIZE);
+    let ranges: Vec<(u64, u64)> = pins
+        .iter()
+        .map(|x| (x.pfn * PAGE_SIZE, PAGE_SIZE))
+        .collect();
+    p.flush_cache_batch(&ranges);
+    for x in &pins {
+        p.unpin_page(x.pfn, true);
+    }
+    if let Some(n) = (s.pinned)(p) {
+        assert_eq!(n, 0, "{name}: every pin dropped");
+    }
+    p.detach_group(d, GroupId(1));
+    p.domain_free(d);
+    p.detach_group(d0, GroupId(0));
+    p.domain_free(d0);
+}
+
+#[test]
+fn the_simulator_keeps_the_contract() {
+    let mut sim = type1_sim::Sim::new(type1_sim::MachineDesc::default()).unwrap();
+    let mm = sim.create_process("vmm");
+    sim.set_current(Some(mm));
+    let buf = 0x7f00_0000_0000;
+    sim.mmap_anon(mm, buf, PAGES * PAGE_SIZE, true).unwrap();
+    let s = Subject {
+        name: "sim",
+        p: sim,
+        buf,
+        pinned: |s: &type1_sim::Sim| Some(s.pinned_frames()),
+    };
+    contract(s);
+}
+
+#[test]
+fn the_simulator_reports_a_broken_contract() {
+    // The assertive side: the simulator records a caller that breaks the seam's rules.
+    let mut sim = type1_sim::Sim::new(type1_sim::MachineDesc::default()).unwrap();
+    let d = sim.domain_alloc(GroupId(1)).unwrap();
+    let rw = Prot {
+        read: true,
+        write: true,
+    };
+    sim.iommu_map(d, IOVA, 0x1000, PAGE_SIZE, rw).ok();
+    let _ = sim.iommu_map(d, IOVA, 0x1000, PAGE_SIZE, rw);
+    sim.unpin_page(3, false);
+    let kinds: Vec<_> = sim.violations().iter().map(|v| v.kind.as_str()).collect();
+    assert!(kinds.contains(&"contract"), "{kinds:?}");
+}
+
+#[test]
+fn the_host_platform_keeps_the_contract() {
+    let buf = type1_host::sys::AnonMap::new(PAGES * PAGE_SIZE, false).unwrap();
+    let s = Subject {
+        name: "host",
+        p: type1_host::HostPlatform::new(type1_host::HostConfig::default()),
+        buf: buf.addr(),
+        pinned: |h: &type1_host::HostPlatform| Some(h.pinned_frames() as u64),
+    };
+    contract(s);
+}
+
+#[test]
+fn the_uapi_test_double_keeps_the_contract() {
+    let mut fake = type1_uapi::testing::FakePlatform::new();
+    let buf = 0x7f00_0000_0000;
+    fake.map_user(buf, PAGES * PAGE_SIZE);
+    let s = Subject {
+        name: "uapi FakePlatform",
+        p: fake,
+        buf,
+        pinned: |f: &type1_uapi::testing::FakePlatform| {
+            Some(f.pins.values().filter(|n| **n > 0).count() as u64)
+        },
+    };
+    contract(s);
+}
