@@ -16,9 +16,10 @@ use std::cell::RefCell;
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex, MutexGuard};
 
+use type1_core::{CacheMaintenance, EmulatedDevices, Iommu, TaskMemory, Tracing};
 use type1_core::{
     DeviceId, DomainId, DomainInfo, Errno, Event, GroupId, GroupInfo, MemType, MmId, PinnedPage,
-    Platform, PlatformError, Prot, Task, PAGE_SIZE,
+    PlatformError, Prot, Task, PAGE_SIZE,
 };
 use type1_host::uring::{Dir, Ring};
 use type1_host::{sys, DmaError, HostConfig, HostPlatform};
@@ -515,7 +516,7 @@ fn client_of(mm: MmId) -> u32 {
     mm.0
 }
 
-impl Platform for BrokerPlatform {
+impl TaskMemory for BrokerPlatform {
     fn current(&self) -> Option<Task> {
         Hub::current().map(|c| Task {
             mm: MmId(c.client),
@@ -685,7 +686,9 @@ impl Platform for BrokerPlatform {
         }
         Ok(())
     }
+}
 
+impl Iommu for BrokerPlatform {
     fn group_info(&self, group: GroupId) -> Result<GroupInfo, PlatformError> {
         self.iommu().group_info(group)
     }
@@ -744,7 +747,9 @@ impl Platform for BrokerPlatform {
     fn install_msi_cookie(&mut self, domain: DomainId) -> Result<(), PlatformError> {
         self.iommu().install_msi_cookie(domain)
     }
+}
 
+impl CacheMaintenance for BrokerPlatform {
     fn flush_cache(&mut self, pa: u64, len: u64) {
         let first = pa >> PAGE_SHIFT;
         let n = (pa % PAGE_SIZE + len).div_ceil(PAGE_SIZE);
@@ -767,11 +772,15 @@ impl Platform for BrokerPlatform {
             self.0.tell(r.client, cb);
         }
     }
+}
 
+impl EmulatedDevices for BrokerPlatform {
     fn notify_dma_unmap(&mut self, device: DeviceId, iova: u64, size: u64) -> Vec<(u64, u64)> {
         self.iommu().notify_dma_unmap(device, iova, size)
     }
+}
 
+impl Tracing for BrokerPlatform {
     fn trace(&mut self, event: Event) {
         // Nothing is formatted or sent for a process that writes no trace.
         let Some(target) = self.0.trace_target() else {

@@ -121,7 +121,7 @@ impl RemoteCaller<'_> {
     fn send_writes(&mut self) -> Result<(), Errno> {
         let mut p = self.platform();
         for (addr, data) in std::mem::take(&mut self.writes) {
-            type1_core::Platform::mm_write(&mut p, type1_core::MmId(self.client), addr, &data)
+            type1_core::TaskMemory::mm_write(&mut p, type1_core::MmId(self.client), addr, &data)
                 .map_err(|_| Errno::EFAULT)?;
         }
         Ok(())
@@ -147,7 +147,7 @@ impl Caller for RemoteCaller<'_> {
         }
         self.send_writes()?;
         let mut p = self.platform();
-        type1_core::Platform::mm_read(&mut p, type1_core::MmId(self.client), addr, buf)
+        type1_core::TaskMemory::mm_read(&mut p, type1_core::MmId(self.client), addr, buf)
             .map_err(|_| Errno::EFAULT)
     }
 

@@ -21,6 +21,7 @@ use std::time::Instant;
 
 use anyhow::{anyhow, bail, Context, Result};
 use serde::Serialize;
+use type1_core::{CacheMaintenance, EmulatedDevices, Iommu, TaskMemory, Tracing};
 use type1_core::{Config, Container, GroupId, MapRequest, Platform, UnmapRequest, PAGE_SIZE};
 use type1_host::{floor, sys, HostConfig, HostPlatform};
 
@@ -556,7 +557,7 @@ struct Lean {
     locked: u64,
 }
 
-impl Platform for Lean {
+impl TaskMemory for Lean {
     fn current(&self) -> Option<type1_core::Task> {
         Some(type1_core::Task {
             mm: type1_core::MmId(1),
@@ -564,12 +565,15 @@ impl Platform for Lean {
             memlock_limit_pages: u64::MAX,
         })
     }
+
     fn mm_alive(&self, _mm: type1_core::MmId) -> bool {
         true
     }
+
     fn locked_vm(&self, _mm: type1_core::MmId) -> u64 {
         self.locked
     }
+
     fn account(
         &mut self,
         _mm: type1_core::MmId,
@@ -579,6 +583,7 @@ impl Platform for Lean {
         self.locked = self.locked.saturating_add_signed(delta);
         Ok(())
     }
+
     fn pin_user_pages(
         &mut self,
         _mm: type1_core::MmId,
@@ -593,13 +598,17 @@ impl Platform for Lean {
             })
             .collect())
     }
+
     fn unpin_page(&mut self, _pfn: u64, _dirty: bool) {}
+
     fn pfn_is_reserved(&self, _pfn: u64) -> bool {
         false
     }
+
     fn pfn_memtype(&self, _pfn: u64) -> type1_core::MemType {
         type1_core::MemType::Wb
     }
+
     fn mm_read(
         &mut self,
         _mm: type1_core::MmId,
@@ -609,6 +618,7 @@ impl Platform for Lean {
         buf.fill(0);
         Ok(())
     }
+
     fn mm_write(
         &mut self,
         _mm: type1_core::MmId,
@@ -617,6 +627,9 @@ impl Platform for Lean {
     ) -> Result<(), type1_core::PlatformError> {
         Ok(())
     }
+}
+
+impl Iommu for Lean {
     fn group_info(
         &self,
         _group: GroupId,
@@ -627,6 +640,7 @@ impl Platform for Lean {
             msi_isolated: true,
         })
     }
+
     fn domain_alloc(
         &mut self,
         _group: GroupId,
@@ -636,6 +650,7 @@ impl Platform for Lean {
             .insert(self.next, type1_core::IoPageTable::new(0x4020_1000));
         Ok(type1_core::DomainId(self.next))
     }
+
     fn domain_info(&self, _domain: type1_core::DomainId) -> type1_core::DomainInfo {
         type1_core::DomainInfo {
             ops: 1,
@@ -646,12 +661,15 @@ impl Platform for Lean {
             pgsize_bitmap: 0x4020_1000,
         }
     }
+
     fn domain_enforce_cache_coherency(&mut self, _domain: type1_core::DomainId) -> bool {
         false
     }
+
     fn domain_free(&mut self, domain: type1_core::DomainId) {
         self.tables.remove(&domain.0);
     }
+
     fn attach_group(
         &mut self,
         _domain: type1_core::DomainId,
@@ -659,7 +677,9 @@ impl Platform for Lean {
     ) -> Result<(), type1_core::PlatformError> {
         Ok(())
     }
+
     fn detach_group(&mut self, _domain: type1_core::DomainId, _group: GroupId) {}
+
     fn iommu_map(
         &mut self,
         domain: type1_core::DomainId,
@@ -674,15 +694,19 @@ impl Platform for Lean {
         t.map(iova, pa, size, prot)
             .map_err(|e| type1_core::PlatformError::new(e, "iommu_map"))
     }
+
     fn iommu_unmap(&mut self, domain: type1_core::DomainId, iova: u64, size: u64) -> u64 {
         self.tables
             .get_mut(&domain.0)
             .map_or(0, |t| t.unmap(iova, size))
     }
+
     fn iotlb_sync(&mut self, _domain: type1_core::DomainId) {}
+
     fn iova_to_phys(&self, domain: type1_core::DomainId, iova: u64) -> Option<u64> {
         self.tables.get(&domain.0)?.translate(iova).map(|x| x.0)
     }
+
     fn iova_to_phys_run(
         &self,
         domain: type1_core::DomainId,
@@ -691,8 +715,15 @@ impl Platform for Lean {
     ) -> Option<(u64, u64)> {
         self.tables.get(&domain.0)?.run(iova, max)
     }
+}
+
+impl CacheMaintenance for Lean {
     fn flush_cache(&mut self, _pa: u64, _len: u64) {}
 }
+
+impl EmulatedDevices for Lean {}
+
+impl Tracing for Lean {}
 
 /// Heap bytes the engine keeps for `n` mappings of `pages_each` pages (laid out as
 /// [`scale`] lays them out), on [`Lean`].

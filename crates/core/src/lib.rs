@@ -40,7 +40,10 @@ pub use error::{Error, Result};
 pub use info::IommuInfo;
 pub use iopt::IoPageTable;
 pub use map::{MapFlags, MapRequest, UnmapFlags, UnmapRequest, UserBitmap};
-pub use platform::{DomainInfo, FlushReason, GroupInfo, PinnedPage, Platform, PlatformError, Task};
+pub use platform::{
+    CacheMaintenance, DomainInfo, EmulatedDevices, FlushReason, GroupInfo, Iommu, PinnedPage,
+    Platform, PlatformError, Task, TaskMemory, Tracing,
+};
 pub use trace::Event;
 pub use type1::{Config, DomainView, MappingView, Type1};
 pub use types::*;

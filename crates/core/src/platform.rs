@@ -5,7 +5,14 @@
 //! RLIMIT_MEMLOCK books of an address space, to build and tear down IOMMU domains and their
 //! page tables, and to flush CPU cache lines. Two implementations exist: the simulated machine
 //! (`type1-sim`, the default, which checks every call it receives) and the real host
-//! (`type1-host`).
+//! (`type1-host`), plus the broker's (`type1-broker`), which keeps the IOMMU and calls memory
+//! work back into the owning process.
+//!
+//! The seam is split by concern, so that an implementation (or a reader) takes one part at a
+//! time: [`TaskMemory`] (the caller, its pins, books and user copies), [`Iommu`] (groups,
+//! domains, page tables), [`CacheMaintenance`] (the series' flushes), [`EmulatedDevices`]
+//! (mdev-style pinners and U5) and [`Tracing`]. [`Platform`] is all five together and is what
+//! the engine takes.
 //!
 //! The contract, stated once for every method below:
 //! * fallible methods either succeed completely or fail with no effect;
@@ -48,7 +55,7 @@ pub struct Task {
     pub memlock_limit_pages: u64,
 }
 
-/// One page returned by [`Platform::pin_user_pages`].
+/// One page returned by [`TaskMemory::pin_user_pages`].
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct PinnedPage {
     /// Its frame.
@@ -91,8 +98,9 @@ pub enum FlushReason {
     Unpin,
 }
 
-/// The machine the engine runs on. See the module documentation for the common contract.
-pub trait Platform {
+/// The calling task, its address space and its books: who calls, pinning and unpinning its
+/// pages, RLIMIT_MEMLOCK accounting, and CPU copies to and from its memory.
+pub trait TaskMemory {
     // ---- the calling task and its address space -------------------------------------------
 
     /// The task making the current call, or `None` when there is no user context (ENODEV, P1).
@@ -145,7 +153,10 @@ pub trait Platform {
 
     /// CPU copy into `mm` at `vaddr` (dma_rw, P9). EFAULT if unbacked or read-only.
     fn mm_write(&mut self, mm: MmId, vaddr: u64, data: &[u8]) -> Result<(), PlatformError>;
+}
 
+/// Groups and IOMMU domains: allocation, attachment, snoop control, page tables and the IOTLB.
+pub trait Iommu {
     // ---- groups and IOMMU domains ---------------------------------------------------------
 
     /// Facts about a group. ENODEV if the platform has no such group.
@@ -208,7 +219,10 @@ pub trait Platform {
     fn install_msi_cookie(&mut self, _domain: DomainId) -> Result<(), PlatformError> {
         Ok(())
     }
+}
 
+/// CPU cache maintenance (the series' flushes).
+pub trait CacheMaintenance {
     // ---- cache maintenance -----------------------------------------------------------------
 
     /// Writes back and invalidates every CPU cache line of `[pa, pa + len)` (clflushopt with
@@ -223,7 +237,10 @@ pub trait Platform {
             self.flush_cache(pa, len);
         }
     }
+}
 
+/// Emulated (mdev-style) devices, which pin pages themselves and must give them up (U5).
+pub trait EmulatedDevices {
     // ---- emulated devices (external pins) ----------------------------------------------------
 
     /// Tells an emulated device that `[iova, iova + size)` is going away (U5). The device must
@@ -232,9 +249,19 @@ pub trait Platform {
     fn notify_dma_unmap(&mut self, _device: DeviceId, _iova: u64, _size: u64) -> Vec<(u64, u64)> {
         Vec::new()
     }
+}
 
+/// Observation: the engine's events, in order.
+pub trait Tracing {
     // ---- observation -------------------------------------------------------------------------
 
     /// Receives every engine event, in order (the trace). The default drops them.
     fn trace(&mut self, _event: Event) {}
 }
+
+/// The machine the engine runs on: every concern of the seam. See the module documentation
+/// for the common contract; `crates/modeltest/tests/contract.rs` checks it for each
+/// implementation. Implement the five parts; this trait comes with them.
+pub trait Platform: TaskMemory + Iommu + CacheMaintenance + EmulatedDevices + Tracing {}
+
+impl<T: TaskMemory + Iommu + CacheMaintenance + EmulatedDevices + Tracing + ?Sized> Platform for T {}

@@ -1,6 +1,6 @@
 //! Trace events: what the engine (and the platform under it) did, in order.
 //!
-//! The engine emits [`Event`]s through [`crate::Platform::trace`]; a platform adds its own
+//! The engine emits [`Event`]s through [`crate::Tracing::trace`]; a platform adds its own
 //! (device DMA, faults, invariant violations) and numbers them. Serialized with `serde` they
 //! are the JSON-lines trace documented in `docs/trace.md`: one object per line, with `seq`
 //! added by the writer and `ev` naming the variant.

@@ -33,7 +33,7 @@
 //! * **device memory (peer-to-peer)**: a device BAR mapped into the process ([`HostPlatform::map_mmio`])
 //!   is PFNMAP memory: pinning it returns *reserved* pfns in a range of its own (from
 //!   [`MMIO_PFN_BASE`]), which the engine neither refcounts nor charges and flushes only if
-//!   [`Platform::pfn_memtype`] says the memory is cacheable. The records follow `mremap` and
+//!   [`TaskMemory::pfn_memtype`] says the memory is cacheable. The records follow `mremap` and
 //!   `munmap` of the BAR mapping;
 //! * **device DMA**: [`HostPlatform::dma`] translates an IOVA through a domain's page table and
 //!   copies to or from the page it reaches: a pinned page through its io_uring buffer
@@ -59,9 +59,10 @@ use std::collections::BTreeMap;
 
 use type1_core::{
     iopt::TableStats, DomainId, DomainInfo, Errno, Event, GroupId, GroupInfo, IoPageTable,
-    IovaRange, MemType, MmId, PinnedPage, Platform, PlatformError, Prot, ResvKind, ResvRegion,
-    Task, PAGE_SHIFT, PAGE_SIZE,
+    IovaRange, MemType, MmId, PinnedPage, PlatformError, Prot, ResvKind, ResvRegion, Task,
+    PAGE_SHIFT, PAGE_SIZE,
 };
+use type1_core::{CacheMaintenance, EmulatedDevices, Iommu, TaskMemory, Tracing};
 
 use pins::{Holder, PinStore};
 pub use sys::FlushInsn;
@@ -273,7 +274,7 @@ pub struct HostPlatform {
     flush: (FlushInsn, u64),
     /// Threads a large flush is spread over (1: the series' single-core flush).
     flush_threads: usize,
-    /// While a [`Platform::flush_cache_batch`] resolves its ranges: the CPU spans to flush.
+    /// While a [`CacheMaintenance::flush_cache_batch`] resolves its ranges: the CPU spans to flush.
     deferred: Option<Vec<(u64, u64)>>,
     stats: HostStats,
     sink: Sink,
@@ -387,7 +388,7 @@ impl HostPlatform {
         }
     }
 
-    /// Replaces what [`Platform::current`] reports (tests of the accounting rules).
+    /// Replaces what [`TaskMemory::current`] reports (tests of the accounting rules).
     pub fn set_task_override(&mut self, task: Option<Task>) {
         self.task_override = task;
     }
@@ -479,7 +480,7 @@ impl Drop for HostPlatform {
     }
 }
 
-impl Platform for HostPlatform {
+impl TaskMemory for HostPlatform {
     fn current(&self) -> Option<Task> {
         if let Some(t) = self.task_override {
             return Some(t);
@@ -623,7 +624,9 @@ impl Platform for HostPlatform {
     fn mm_write(&mut self, _mm: MmId, vaddr: u64, data: &[u8]) -> Result<(), PlatformError> {
         sys::write_user(vaddr, data).map_err(|e| perr(e, format!("write 0x{vaddr:x}")))
     }
+}
 
+impl Iommu for HostPlatform {
     fn group_info(&self, group: GroupId) -> Result<GroupInfo, PlatformError> {
         if !self.cfg.groups.contains_key(&group.0) {
             return Err(perr(Errno::ENODEV, format!("group {group} does not exist")));
@@ -754,7 +757,9 @@ impl Platform for HostPlatform {
     fn iova_to_phys_run(&self, domain: DomainId, iova: u64, max: u64) -> Option<(u64, u64)> {
         self.domains.get(&domain.0)?.table.run(iova, max)
     }
+}
 
+impl CacheMaintenance for HostPlatform {
     fn flush_cache(&mut self, pa: u64, len: u64) {
         self.do_flush_cache(pa, len);
     }
@@ -762,7 +767,11 @@ impl Platform for HostPlatform {
     fn flush_cache_batch(&mut self, ranges: &[(u64, u64)]) {
         self.do_flush_cache_batch(ranges);
     }
+}
 
+impl EmulatedDevices for HostPlatform {}
+
+impl Tracing for HostPlatform {
     fn trace(&mut self, event: Event) {
         self.emit(&event);
         if let Sink::Memory(v) = &mut self.sink {

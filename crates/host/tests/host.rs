@@ -1,6 +1,9 @@
 //! The host platform on this machine: real pins, pagemap, RLIMIT_MEMLOCK and cache flushes.
 
-use type1_core::{Config, Container, Errno, GroupId, MapRequest, Platform, Task, UnmapRequest};
+use type1_core::CacheMaintenance;
+use type1_core::Iommu;
+use type1_core::TaskMemory;
+use type1_core::{Config, Container, Errno, GroupId, MapRequest, Task, UnmapRequest};
 use type1_host::{
     sys::{self, AnonMap},
     FlushInsn, HostConfig, HostPlatform, SELF_MM,

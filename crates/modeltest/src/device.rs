@@ -13,8 +13,9 @@
 //! mapping's permission). Closing everything must leave nothing mapped.
 
 use std::cell::RefCell;
+use type1_core::Iommu;
 
-use type1_core::{DomainId, Platform, PAGE_SIZE};
+use type1_core::{DomainId, PAGE_SIZE};
 use type1_uapi::{
     device::{
         region_offset, DmaFault, BAR0_SIZE, FAULT_PERMISSION, FAULT_UNMAPPED, REG_CMD, REG_DMA_DST,

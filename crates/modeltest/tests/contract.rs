@@ -4,6 +4,8 @@
 //! platform gives it, with the same calls and the same expectations, so that a test passing on
 //! one platform means something on the others.
 
+use type1_core::Iommu;
+use type1_core::TaskMemory;
 use type1_core::{Errno, GroupId, MmId, PinnedPage, Platform, Prot, PAGE_SIZE};
 
 const IOVA: u64 = 0x10_0000;

@@ -15,7 +15,7 @@ use proptest::strategy::Union;
 use proptest::test_runner::FileFailurePersistence;
 use proptest_state_machine::{prop_state_machine, ReferenceStateMachine, StateMachineTest};
 use type1_check::VADDR;
-use type1_core::{abi, Errno, MmId, Platform, Prot};
+use type1_core::{abi, Errno, MmId, Prot};
 use type1_scenario::{parse::Op, StepError, World};
 
 /// Page size.
@@ -1074,7 +1074,7 @@ impl<const V2: bool> StateMachineTest for Machine<V2> {
             "pinned frames"
         );
         assert_eq!(
-            Platform::locked_vm(&w.sim, sut.mm),
+            type1_core::TaskMemory::locked_vm(&w.sim, sut.mm),
             model.locked_vm(),
             "locked_vm"
         );
@@ -1088,7 +1088,7 @@ impl<const V2: bool> StateMachineTest for Machine<V2> {
         assert!(v.is_empty(), "violations at teardown: {v:?}");
         assert_eq!(sut.w.sim.pinned_frames(), 0, "pinned after teardown");
         assert_eq!(
-            Platform::locked_vm(&sut.w.sim, sut.mm),
+            type1_core::TaskMemory::locked_vm(&sut.w.sim, sut.mm),
             0,
             "locked after teardown"
         );

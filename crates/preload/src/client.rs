@@ -17,9 +17,11 @@
 use std::cell::RefCell;
 use std::ffi::CString;
 use std::sync::{Mutex, MutexGuard};
+use type1_core::CacheMaintenance;
+use type1_core::TaskMemory;
 
 use type1_broker::wire::{self, Callback, Frame, Msg, Received, Request, RingRef, TaskCreds};
-use type1_core::{Errno, Platform};
+use type1_core::Errno;
 use type1_host::{sock, sys, DmaError, SELF_MM};
 
 use crate::state;

@@ -197,7 +197,7 @@ fn check_expect(w: &mut World, e: &Expect, line: usize) -> Result<(), Failure> {
             let Some(mm) = w.mm(process) else {
                 return fail(line, format!("no process {process:?}"));
             };
-            let got = type1_core::Platform::locked_vm(&w.sim, mm);
+            let got = type1_core::TaskMemory::locked_vm(&w.sim, mm);
             mismatch("locked_vm", n.to_string(), got.to_string())
         }
         Expect::DmaAvail { container, n } => {

@@ -540,7 +540,7 @@ impl World {
                         format!("group {group} already has a container"),
                     ));
                 }
-                let gi = type1_core::Platform::group_info(&self.sim, GroupId(*group))
+                let gi = type1_core::Iommu::group_info(&self.sim, GroupId(*group))
                     .map_err(|e| errno(e.errno, e.to_string()))?;
                 let _ = gi;
                 let Self {
@@ -711,7 +711,7 @@ impl World {
                         format!("group {g} of {device} is not in container {container}"),
                     ));
                 }
-                let emulated = type1_core::Platform::group_info(&self.sim, g)
+                let emulated = type1_core::Iommu::group_info(&self.sim, g)
                     .map(|i| i.emulated)
                     .unwrap_or(false);
                 let t = self.cont(container)?.iommu_mut()?;

@@ -474,7 +474,7 @@ impl Sim {
 mod tests {
     use super::*;
     use crate::MachineDesc;
-    use type1_core::{DomainId, GroupId, Platform, PAGE_SIZE};
+    use type1_core::{DomainId, GroupId, Iommu, TaskMemory, PAGE_SIZE};
 
     #[test]
     fn check_engine_detects_pin_count_mismatch() {

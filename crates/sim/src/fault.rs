@@ -311,7 +311,7 @@ impl Sim {
 mod tests {
     use super::*;
     use crate::MachineDesc;
-    use type1_core::{GroupId, Platform};
+    use type1_core::{GroupId, Iommu, TaskMemory};
 
     #[test]
     fn nth_call_fails_exactly_once() {

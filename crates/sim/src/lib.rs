@@ -10,7 +10,7 @@
 //!   anonymous page is zeroed *through the cache*: its lines become dirty zeros while RAM keeps
 //!   the previous owner's bytes;
 //! * **cache** ([`cache`]): a write-back CPU cache of 64-byte lines, flushed only by
-//!   [`type1_core::Platform::flush_cache`] or the explicit helpers;
+//!   [`type1_core::CacheMaintenance::flush_cache`] or the explicit helpers;
 //! * **IOMMU** ([`iommu`]): units (with or without snoop control), groups, domains and their
 //!   page tables and IOTLBs;
 //! * **devices** ([`device`]): DMA through a group's domain, snooped or not. A no-snoop read

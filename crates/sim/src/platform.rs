@@ -1,13 +1,14 @@
 //! `impl Platform for Sim`: the seam, delegating to the modules that model each part.
 
+use type1_core::{CacheMaintenance, EmulatedDevices, Iommu, TaskMemory, Tracing};
 use type1_core::{
-    DeviceId, DomainId, DomainInfo, Event, GroupId, GroupInfo, MemType, MmId, PinnedPage, Platform,
+    DeviceId, DomainId, DomainInfo, Event, GroupId, GroupInfo, MemType, MmId, PinnedPage,
     PlatformError, Prot, Task,
 };
 
 use crate::Sim;
 
-impl Platform for Sim {
+impl TaskMemory for Sim {
     fn current(&self) -> Option<Task> {
         let mm = self.current?;
         let p = self.procs.get(mm.0 as usize).filter(|p| p.alive)?;
@@ -64,7 +65,9 @@ impl Platform for Sim {
     fn mm_write(&mut self, mm: MmId, vaddr: u64, data: &[u8]) -> Result<(), PlatformError> {
         self.cpu_write(mm, vaddr, data)
     }
+}
 
+impl Iommu for Sim {
     fn group_info(&self, group: GroupId) -> Result<GroupInfo, PlatformError> {
         self.do_group_info(group)
     }
@@ -121,16 +124,22 @@ impl Platform for Sim {
     fn iova_to_phys(&self, domain: DomainId, iova: u64) -> Option<u64> {
         self.do_iova_to_phys(domain, iova)
     }
+}
 
+impl CacheMaintenance for Sim {
     fn flush_cache(&mut self, pa: u64, len: u64) {
         self.do_flush_cache(pa, len);
         self.after("flush");
     }
+}
 
+impl EmulatedDevices for Sim {
     fn notify_dma_unmap(&mut self, device: DeviceId, iova: u64, size: u64) -> Vec<(u64, u64)> {
         self.do_notify_dma_unmap(device, iova, size)
     }
+}
 
+impl Tracing for Sim {
     fn trace(&mut self, event: Event) {
         self.record(event)
     }

@@ -123,7 +123,7 @@ impl Sim {
 mod tests {
     use super::*;
     use crate::MachineDesc;
-    use type1_core::Platform;
+    use type1_core::Tracing;
 
     #[test]
     fn jsonl_has_seq_first_and_event_fields() {

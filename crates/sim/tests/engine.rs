@@ -2,9 +2,9 @@
 //! non-coherent stale-data leak appears under upstream's `none` policy and disappears under the
 //! series' `seed` policy, and teardown leaves nothing behind.
 
+use type1_core::TaskMemory;
 use type1_core::{
-    abi::VFIO_TYPE1V2_IOMMU, Config, Container, GroupId, MapRequest, Platform, UnmapRequest,
-    PAGE_SIZE,
+    abi::VFIO_TYPE1V2_IOMMU, Config, Container, GroupId, MapRequest, UnmapRequest, PAGE_SIZE,
 };
 use type1_sim::{EngineView, MachineDesc, Sim};
 

@@ -1,4 +1,4 @@
-//! A tiny in-memory [`Platform`] for tests of the uAPI layer.
+//! A tiny in-memory [`type1_core::Platform`] for tests of the uAPI layer.
 //!
 //! Group 0 sits behind a unit with snoop control, group 1 behind one without (both of the same
 //! driver), like the preload library's default machine. Pinning succeeds for addresses inside
@@ -7,9 +7,10 @@
 
 use std::collections::BTreeMap;
 
+use type1_core::{CacheMaintenance, EmulatedDevices, Iommu, TaskMemory, Tracing};
 use type1_core::{
     DomainId, DomainInfo, Event, GroupId, GroupInfo, IoPageTable, IovaRange, MemType, MmId,
-    PinnedPage, Platform, PlatformError, Prot, Task, PAGE_SHIFT, PAGE_SIZE,
+    PinnedPage, PlatformError, Prot, Task, PAGE_SHIFT, PAGE_SIZE,
 };
 
 use crate::GroupSpec;
@@ -128,16 +129,19 @@ fn perr(e: type1_core::Errno, what: impl Into<String>) -> PlatformError {
     PlatformError::new(e, what)
 }
 
-impl Platform for FakePlatform {
+impl TaskMemory for FakePlatform {
     fn current(&self) -> Option<Task> {
         Some(self.task)
     }
+
     fn mm_alive(&self, _mm: MmId) -> bool {
         true
     }
+
     fn locked_vm(&self, _mm: MmId) -> u64 {
         self.locked
     }
+
     fn account(&mut self, _mm: MmId, delta: i64, enforce_limit: bool) -> Result<(), PlatformError> {
         let new = self.locked as i64 + delta;
         if delta > 0 && enforce_limit && new as u64 > self.task.memlock_limit_pages {
@@ -146,6 +150,7 @@ impl Platform for FakePlatform {
         self.locked = new.max(0) as u64;
         Ok(())
     }
+
     fn pin_user_pages(
         &mut self,
         _mm: MmId,
@@ -176,6 +181,7 @@ impl Platform for FakePlatform {
         }
         Ok(out)
     }
+
     fn unpin_page(&mut self, pfn: u64, _dirty: bool) {
         if let Some(n) = self.pins.get_mut(&pfn) {
             *n -= 1;
@@ -184,12 +190,15 @@ impl Platform for FakePlatform {
             }
         }
     }
+
     fn pfn_is_reserved(&self, _pfn: u64) -> bool {
         false
     }
+
     fn pfn_memtype(&self, _pfn: u64) -> MemType {
         MemType::Wb
     }
+
     fn mm_read(&mut self, _mm: MmId, vaddr: u64, buf: &mut [u8]) -> Result<(), PlatformError> {
         self.check_user(vaddr, buf.len() as u64)?;
         for (i, b) in buf.iter_mut().enumerate() {
@@ -197,6 +206,7 @@ impl Platform for FakePlatform {
         }
         Ok(())
     }
+
     fn mm_write(&mut self, _mm: MmId, vaddr: u64, data: &[u8]) -> Result<(), PlatformError> {
         self.check_user(vaddr, data.len() as u64)?;
         for (i, b) in data.iter().enumerate() {
@@ -204,6 +214,9 @@ impl Platform for FakePlatform {
         }
         Ok(())
     }
+}
+
+impl Iommu for FakePlatform {
     fn group_info(&self, group: GroupId) -> Result<GroupInfo, PlatformError> {
         Self::unit_of(group)
             .map(|_| GroupInfo {
@@ -213,6 +226,7 @@ impl Platform for FakePlatform {
             })
             .ok_or_else(|| perr(type1_core::Errno::ENODEV, format!("group {group}")))
     }
+
     fn domain_alloc(&mut self, group: GroupId) -> Result<DomainId, PlatformError> {
         let unit = Self::unit_of(group).ok_or_else(|| perr(type1_core::Errno::ENODEV, "group"))?;
         self.next_dom += 1;
@@ -227,6 +241,7 @@ impl Platform for FakePlatform {
         );
         Ok(DomainId(self.next_dom))
     }
+
     fn domain_info(&self, _domain: DomainId) -> DomainInfo {
         DomainInfo {
             ops: 1,
@@ -237,6 +252,7 @@ impl Platform for FakePlatform {
             pgsize_bitmap: 0x4020_1000,
         }
     }
+
     fn domain_enforce_cache_coherency(&mut self, domain: DomainId) -> bool {
         match self.doms.get_mut(&domain.0) {
             Some(d) if d.unit == 0 => {
@@ -246,9 +262,11 @@ impl Platform for FakePlatform {
             _ => false,
         }
     }
+
     fn domain_free(&mut self, domain: DomainId) {
         self.doms.remove(&domain.0);
     }
+
     fn attach_group(&mut self, domain: DomainId, group: GroupId) -> Result<(), PlatformError> {
         let unit = Self::unit_of(group).ok_or_else(|| perr(type1_core::Errno::ENODEV, "group"))?;
         let d = self
@@ -261,11 +279,13 @@ impl Platform for FakePlatform {
         d.groups.push(group);
         Ok(())
     }
+
     fn detach_group(&mut self, domain: DomainId, group: GroupId) {
         if let Some(d) = self.doms.get_mut(&domain.0) {
             d.groups.retain(|g| *g != group);
         }
     }
+
     fn iommu_map(
         &mut self,
         domain: DomainId,
@@ -284,21 +304,33 @@ impl Platform for FakePlatform {
             .map(iova, pa, size, prot)
             .map_err(|e| perr(e, "iommu_map"))
     }
+
     fn iommu_unmap(&mut self, domain: DomainId, iova: u64, size: u64) -> u64 {
         self.doms
             .get_mut(&domain.0)
             .map_or(0, |d| d.table.unmap(iova, size))
     }
+
     fn iotlb_sync(&mut self, _domain: DomainId) {}
+
     fn iova_to_phys(&self, domain: DomainId, iova: u64) -> Option<u64> {
         self.doms.get(&domain.0)?.table.translate(iova).map(|x| x.0)
     }
+
     fn iova_to_phys_run(&self, domain: DomainId, iova: u64, max: u64) -> Option<(u64, u64)> {
         self.doms.get(&domain.0)?.table.run(iova, max)
     }
+}
+
+impl CacheMaintenance for FakePlatform {
     fn flush_cache(&mut self, pa: u64, len: u64) {
         self.flushes.push((pa, len));
     }
+}
+
+impl EmulatedDevices for FakePlatform {}
+
+impl Tracing for FakePlatform {
     fn trace(&mut self, event: Event) {
         self.events.push(event);
     }
