@@ -35,6 +35,7 @@ impl Machine {
                 .map(|(g, d)| GroupSpec {
                     id: *g,
                     devices: vec![d.to_string()],
+                    emulated: Vec::new(),
                 })
                 .collect(),
             host: HostConfig::default(),
@@ -77,6 +78,7 @@ impl Machine {
             groups.push(GroupSpec {
                 id: g.id,
                 devices: g.devices.clone(),
+                emulated: Vec::new(),
             });
         }
         Ok(Machine {

@@ -200,7 +200,7 @@ pub fn ops_of(a: Action, w: &World) -> Vec<Op> {
                 container: c(),
                 group: g,
             }];
-            if !w.containers.get("c").is_some_and(|c| c.is_set()) {
+            if !w.container("c").is_some_and(|c| c.is_set()) {
                 v.push(Op::SetIommu {
                     container: c(),
                     kind: 3,
@@ -273,7 +273,7 @@ pub fn ops_of(a: Action, w: &World) -> Vec<Op> {
             nth: 2,
         }],
         // At most MAX_INSIDE accesses wait at once, which keeps the state space finite.
-        Action::Inside(..) if w.sim.accesses_armed() >= MAX_INSIDE => vec![],
+        Action::Inside(..) if w.sim().accesses_armed() >= MAX_INSIDE => vec![],
         Action::Inside(p, k, m) => {
             let (iova, off, n) = mapping(m);
             let point = INSIDE_POINTS[p as usize].to_string();
@@ -301,7 +301,7 @@ pub fn ops_of(a: Action, w: &World) -> Vec<Op> {
 /// The initial world: process `vmm` with its buffer, an empty container `c`.
 pub fn initial_world(bound: &Bound, policy: &str) -> Result<World, String> {
     let mut w = World::new(machine(bound), policy)?;
-    w.sim.set_recording(false);
+    w.sim_mut().set_recording(false);
     let setup = [
         Op::Process {
             name: "vmm".into(),
@@ -498,7 +498,7 @@ impl Outcome {
 
 fn digest(w: &World) -> u64 {
     let mut h = type1_sim::StateHasher::default();
-    for c in w.containers.values() {
+    for c in w.engines() {
         c.groups().hash(&mut h);
         if let Ok(t) = c.iommu() {
             t.mappings().hash(&mut h);
@@ -507,7 +507,8 @@ fn digest(w: &World) -> u64 {
             }
         }
     }
-    w.sim.state_digest().hash(&mut h);
+    w.vfio.group_states().hash(&mut h);
+    w.sim().state_digest().hash(&mut h);
     h.finish()
 }
 
@@ -639,14 +640,14 @@ pub fn check_with(
             let children = par_map(&pairs, threads, |&(p, a)| {
                 let (w, seq) = &parents[p];
                 let mut world = w.clone();
-                let before = world.sim.stats().pages_flushed;
+                let before = world.sim().stats().pages_flushed;
                 let violation = step(&mut world, a, bound.content_only);
                 let digest = if violation.is_none() {
                     digest(&world)
                 } else {
                     0
                 };
-                let flushed = world.sim.stats().pages_flushed - before;
+                let flushed = world.sim().stats().pages_flushed - before;
                 let mut seq = seq.clone();
                 seq.push(a);
                 // Known before this chunk: the merge below would drop it, so drop it here, on
@@ -734,7 +735,7 @@ pub fn corpus_cost(policy: &str, bound: &Bound, n: usize) -> Result<(u64, u64), 
             let _ = step(&mut w, a, false);
         }
         w.teardown(0);
-        let s = w.sim.stats();
+        let s = w.sim().stats();
         flushes += s.flush_calls;
         pages += s.pages_flushed;
     }

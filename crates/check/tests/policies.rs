@@ -155,7 +155,7 @@ fn an_access_armed_inside_runs_after_its_call_and_only_in_the_next_operation() {
         );
         let rep = run_text(&text, &RunOptions::default());
         assert!(rep.failure.is_none(), "{point}: {:?}", rep.failure);
-        let stats = rep.world.as_ref().unwrap().sim.stats();
+        let stats = rep.world.as_ref().unwrap().sim().stats();
         assert_eq!(
             stats.dma_reads + stats.dma_faults,
             1,
@@ -170,7 +170,7 @@ fn an_access_armed_inside_runs_after_its_call_and_only_in_the_next_operation() {
     );
     let rep = run_text(&text, &RunOptions::default());
     assert!(rep.failure.is_none(), "{:?}", rep.failure);
-    let stats = rep.world.as_ref().unwrap().sim.stats();
+    let stats = rep.world.as_ref().unwrap().sim().stats();
     assert_eq!(stats.dma_reads + stats.dma_faults, 0);
 }
 

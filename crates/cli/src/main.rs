@@ -278,7 +278,7 @@ fn run_files(
         };
         let rep = run_text(&text, &opts);
         if let (Some(t), Some(w)) = (&trace, &rep.world) {
-            write_trace(&w.sim, t)?;
+            write_trace(w.sim(), t)?;
         }
         match rep.failure {
             None => {

@@ -21,7 +21,7 @@ fn world(policy: &str, machine: Option<&Path>) -> Result<World> {
 
 /// The coherent and non-coherent groups of the machine (first of each kind).
 fn pick_groups(w: &World) -> Result<(u32, u32, String)> {
-    let gs = w.sim.iommu_groups();
+    let gs = w.sim().iommu_groups();
     let coh = gs.iter().find(|g| g.1).map(|g| g.0);
     let nc = gs.iter().find(|g| !g.1);
     match (coh, nc) {
@@ -54,7 +54,7 @@ impl Narrator {
     }
 
     fn show(&mut self, w: &World) {
-        let evs = w.sim.events();
+        let evs = w.sim().events();
         for (_, e) in &evs[self.seen..] {
             if self.quiet {
                 continue;
@@ -153,16 +153,14 @@ impl Narrator {
 }
 
 fn flag(w: &World, c: &str, iova: u64) -> String {
-    w.containers
-        .get(c)
+    w.container(c)
         .and_then(|c| c.iommu().ok())
         .and_then(|t| t.mapping_at(iova))
         .map_or("(no mapping)".into(), |m| m.is_noncoherent.to_string())
 }
 
 fn cc(w: &World, c: &str) -> u32 {
-    w.containers
-        .get(c)
+    w.container(c)
         .map_or(0, |c| c.check_extension(type1_core::abi::VFIO_DMA_CC_IOMMU))
 }
 
@@ -170,7 +168,7 @@ fn save_trace(w: &World, trace: Option<&Path>) -> Result<()> {
     if let Some(t) = trace {
         let f = std::fs::File::create(t)
             .map_err(|e| anyhow!("cannot create trace file {}: {e}", t.display()))?;
-        w.sim
+        w.sim()
             .write_jsonl(std::io::BufWriter::new(f))
             .map_err(|e| anyhow!("cannot write {}: {e}", t.display()))?;
     }
@@ -341,8 +339,8 @@ pub fn attack(
     w.teardown(0);
     n.show(&w);
 
-    let leaked = w.sim.leaked_bytes();
-    let stale = w.sim.stale_after_unpin_bytes();
+    let leaked = w.sim().leaked_bytes();
+    let stale = w.sim().stale_after_unpin_bytes();
     let (flushes, flushed_pages) = w.flushes(None, None);
     let violations: Vec<String> = w.pending().iter().map(|v| v.v.kind.to_string()).collect();
     if json {

@@ -813,7 +813,7 @@ fn ops_of(t: &T, w: &World, v2: bool) -> Vec<Op> {
                 container: c(),
                 group,
             }];
-            if !w.containers.get(C).is_some_and(|c| c.is_set()) {
+            if !w.container(C).is_some_and(|c| c.is_set()) {
                 v.push(Op::SetIommu {
                     container: c(),
                     kind: if v2 {
@@ -931,7 +931,7 @@ impl<const V2: bool> StateMachineTest for Machine<V2> {
     fn init_test(model: &Model) -> Sut {
         let mut w = World::new(type1_check::machine(&type1_check::Bound::default()), "seed")
             .expect("world");
-        w.sim.set_recording(false);
+        w.sim_mut().set_recording(false);
         for op in [
             Op::Process {
                 name: "vmm".into(),
@@ -1016,7 +1016,7 @@ impl<const V2: bool> StateMachineTest for Machine<V2> {
     fn check_invariants(sut: &Sut, model: &Model) {
         let w = &sut.w;
         // Mappings, as the engine sees them.
-        let got: Vec<_> = match w.containers.get(C).map(|c| c.iommu()) {
+        let got: Vec<_> = match w.container(C).map(|c| c.iommu()) {
             Some(Ok(t)) => t
                 .mappings()
                 .into_iter()
@@ -1062,19 +1062,19 @@ impl<const V2: bool> StateMachineTest for Machine<V2> {
             got, want,
             "mappings (iova, size, vaddr, prot, noncoherent, invalid, mapped, locked, pins)"
         );
-        if let Some(Ok(t)) = w.containers.get(C).map(|c| c.iommu()) {
+        if let Some(Ok(t)) = w.container(C).map(|c| c.iommu()) {
             assert_eq!(t.dirty_tracking(), model.tracking, "dirty tracking");
             assert_eq!(t.noncoherent_domains(), model.noncoherent() as u32);
         } else {
             assert!(!model.set(), "engine has no backend, the model has groups");
         }
         assert_eq!(
-            w.sim.pinned_frames(),
+            w.sim().pinned_frames(),
             model.pinned_frames(),
             "pinned frames"
         );
         assert_eq!(
-            type1_core::TaskMemory::locked_vm(&w.sim, sut.mm),
+            type1_core::TaskMemory::locked_vm(w.sim(), sut.mm),
             model.locked_vm(),
             "locked_vm"
         );
@@ -1086,9 +1086,9 @@ impl<const V2: bool> StateMachineTest for Machine<V2> {
         model.update_unsafe();
         let v = unexplained(&sut.w, sut.mm, &model);
         assert!(v.is_empty(), "violations at teardown: {v:?}");
-        assert_eq!(sut.w.sim.pinned_frames(), 0, "pinned after teardown");
+        assert_eq!(sut.w.sim().pinned_frames(), 0, "pinned after teardown");
         assert_eq!(
-            type1_core::TaskMemory::locked_vm(&sut.w.sim, sut.mm),
+            type1_core::TaskMemory::locked_vm(sut.w.sim(), sut.mm),
             0,
             "locked after teardown"
         );

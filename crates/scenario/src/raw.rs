@@ -19,15 +19,14 @@
 //! items and passed by address; `int V` passes an integer instead, `at ADDR` a bare address
 //! (EFAULT tests). Buffers named by `ptr LABEL` live in the same scratch memory and are read
 //! back with `expect buf`. Addresses that DMA maps (`vaddr` of MAP_DMA) are the simulated
-//! process's memory, as in a real program. The uAPI layer keeps its own containers and groups
-//! ([`type1_uapi::Vfio`]); a group is used either by typed lines or by raw ones, and opening
-//! it from the other side is EBUSY, as a second open of a group file is.
+//! process's memory, as in a real program. Typed and raw lines share one object model, the
+//! world's [`type1_uapi::Vfio`]: a group file opened by one side is EBUSY to the other, as a
+//! second open of a group file is.
 
 use std::collections::BTreeMap;
 
-use type1_core::{Config, Errno};
-use type1_sim::{MachineDesc, Sim};
-use type1_uapi::{Caller, GroupSpec, Object, Vfio};
+use type1_core::Errno;
+use type1_uapi::{Caller, Object};
 
 /// Where the argument buffer of every ioctl is built.
 pub const ARG_BASE: u64 = 0x10_0000_0000;
@@ -163,12 +162,10 @@ impl Caller for RawCaller {
     }
 }
 
-/// The uAPI side of a world: the layer's objects, the caller, names of open files.
+/// The calling process of raw lines: its scratch memory and fds, the names of its open files.
+/// The objects behind the fds are the world's ([`crate::World::vfio`]).
 #[derive(Clone, Debug)]
 pub struct Raw {
-    /// The uAPI layer. Its `platform` is a placeholder except while a raw step runs, when the
-    /// world's machine is moved in (see [`crate::World`]).
-    pub vfio: Vfio<Sim>,
     /// Scratch memory and fds.
     pub caller: RawCaller,
     /// File name -> fd.
@@ -181,32 +178,22 @@ pub struct Raw {
     arg_len: usize,
 }
 
+impl Default for Raw {
+    fn default() -> Self {
+        Raw::new()
+    }
+}
+
 impl Raw {
-    /// The uAPI layer over `desc`'s groups, with the world's parameters and policy. The
-    /// placeholder platform is a one-frame machine.
-    pub fn new(desc: &MachineDesc, cfg: Config, policy: &str) -> Result<Raw, String> {
-        let groups: Vec<GroupSpec> = desc
-            .groups
-            .iter()
-            .map(|g| GroupSpec {
-                id: g.id,
-                devices: g.devices.clone(),
-            })
-            .collect();
-        let placeholder = Sim::new(MachineDesc {
-            memory_frames: 1,
-            ..desc.clone()
-        })?;
-        let vfio = Vfio::new(placeholder, &groups, cfg, policy)
-            .map_err(|e| format!("the uAPI layer refuses policy {policy:?}: {e}"))?;
-        Ok(Raw {
-            vfio,
+    /// A caller with no file open.
+    pub fn new() -> Raw {
+        Raw {
             caller: RawCaller::new(),
             files: BTreeMap::new(),
             labels: BTreeMap::new(),
             last_ret: 0,
             arg_len: 0,
-        })
+        }
     }
 
     /// Address of buffer `label` (allocated on first use); None past 64 labels.

@@ -69,7 +69,7 @@ fn check_expect(w: &mut World, e: &Expect, line: usize) -> Result<(), Failure> {
     };
     let mapping =
         |w: &World, c: &str, iova: u64| -> Result<Option<type1_core::MappingView>, Failure> {
-            let Some(cont) = w.containers.get(c) else {
+            let Some(cont) = w.container(c) else {
                 return fail(line, format!("no container named {c:?}"));
             };
             match cont.iommu() {
@@ -79,7 +79,7 @@ fn check_expect(w: &mut World, e: &Expect, line: usize) -> Result<(), Failure> {
         };
     match e {
         Expect::Order(labels) => {
-            let evs = &w.sim.events()[w.op_events_start().min(w.sim.events().len())..];
+            let evs = &w.sim().events()[w.op_events_start().min(w.sim().events().len())..];
             let label = |e: &type1_core::Event| {
                 let v = serde_json::to_value(e).unwrap_or_default();
                 let ev = v["ev"].as_str().unwrap_or("").to_string();
@@ -136,14 +136,14 @@ fn check_expect(w: &mut World, e: &Expect, line: usize) -> Result<(), Failure> {
             mismatch("mapped", value.to_string(), got.to_string())
         }
         Expect::Mappings { container, n } => {
-            let Some(c) = w.containers.get(container) else {
+            let Some(c) = w.container(container) else {
                 return fail(line, format!("no container {container:?}"));
             };
             let got = c.iommu().map(|t| t.mappings().len()).unwrap_or(0);
             mismatch("mappings", n.to_string(), got.to_string())
         }
         Expect::Domains { container, n } => {
-            let Some(c) = w.containers.get(container) else {
+            let Some(c) = w.container(container) else {
                 return fail(line, format!("no container {container:?}"));
             };
             let got = c.iommu().map(|t| t.domains().len()).unwrap_or(0);
@@ -154,7 +154,7 @@ fn check_expect(w: &mut World, e: &Expect, line: usize) -> Result<(), Failure> {
             ext,
             value,
         } => {
-            let Some(c) = w.containers.get(container) else {
+            let Some(c) = w.container(container) else {
                 return fail(line, format!("no container {container:?}"));
             };
             mismatch(
@@ -191,17 +191,17 @@ fn check_expect(w: &mut World, e: &Expect, line: usize) -> Result<(), Failure> {
         Expect::Pinned(n) => mismatch(
             "pinned frames",
             n.to_string(),
-            w.sim.pinned_frames().to_string(),
+            w.sim().pinned_frames().to_string(),
         ),
         Expect::LockedVm { process, n } => {
             let Some(mm) = w.mm(process) else {
                 return fail(line, format!("no process {process:?}"));
             };
-            let got = type1_core::TaskMemory::locked_vm(&w.sim, mm);
+            let got = type1_core::TaskMemory::locked_vm(w.sim(), mm);
             mismatch("locked_vm", n.to_string(), got.to_string())
         }
         Expect::DmaAvail { container, n } => {
-            let Some(c) = w.containers.get(container) else {
+            let Some(c) = w.container(container) else {
                 return fail(line, format!("no container {container:?}"));
             };
             let got = c
@@ -214,7 +214,7 @@ fn check_expect(w: &mut World, e: &Expect, line: usize) -> Result<(), Failure> {
             mismatch("dma_avail", n.to_string(), got.to_string())
         }
         Expect::IovaRanges { container, n } => {
-            let Some(c) = w.containers.get(container) else {
+            let Some(c) = w.container(container) else {
                 return fail(line, format!("no container {container:?}"));
             };
             let got = c
@@ -227,7 +227,7 @@ fn check_expect(w: &mut World, e: &Expect, line: usize) -> Result<(), Failure> {
             mismatch("valid IOVA ranges", n.to_string(), got.to_string())
         }
         Expect::PgSizes { container, bitmap } => {
-            let Some(c) = w.containers.get(container) else {
+            let Some(c) = w.container(container) else {
                 return fail(line, format!("no container {container:?}"));
             };
             let got = c.iommu().map(|t| t.pgsize_bitmap()).map_err(|e| Failure {
@@ -261,26 +261,26 @@ fn check_expect(w: &mut World, e: &Expect, line: usize) -> Result<(), Failure> {
         Expect::Leaked(n) => mismatch(
             "leaked bytes",
             n.to_string(),
-            w.sim.leaked_bytes().to_string(),
+            w.sim().leaked_bytes().to_string(),
         ),
         Expect::StaleAfterUnpin(n) => mismatch(
             "stale-after-unpin bytes",
             n.to_string(),
-            w.sim.stale_after_unpin_bytes().to_string(),
+            w.sim().stale_after_unpin_bytes().to_string(),
         ),
         Expect::Ret(v) => mismatch(
             "ioctl return value",
             v.to_string(),
-            w.raw.as_ref().map_or(0, |r| r.last_ret).to_string(),
+            w.raw.last_ret.to_string(),
         ),
         Expect::Arg {
             offset,
             bytes,
             value,
         } => {
-            let got = w.raw.as_ref().map_or(0, |r| {
-                r.read_int(crate::raw::ARG_BASE.saturating_add(*offset), *bytes)
-            });
+            let got = w
+                .raw
+                .read_int(crate::raw::ARG_BASE.saturating_add(*offset), *bytes);
             mismatch(
                 &format!("argument bytes at offset {offset}"),
                 format!("{value:#x}"),
@@ -295,16 +295,13 @@ fn check_expect(w: &mut World, e: &Expect, line: usize) -> Result<(), Failure> {
         } => {
             let Some(base) = w
                 .raw
-                .as_ref()
-                .and_then(|r| r.labels.get(label))
+                .labels
+                .get(label)
                 .map(|k| crate::raw::BUF_BASE + k * crate::raw::BUF_STRIDE)
             else {
                 return fail(line, format!("no buffer named {label:?}"));
             };
-            let got = w
-                .raw
-                .as_ref()
-                .map_or(0, |r| r.read_int(base.saturating_add(*offset), *bytes));
+            let got = w.raw.read_int(base.saturating_add(*offset), *bytes);
             mismatch(
                 &format!("buffer {label} at offset {offset}"),
                 format!("{value:#x}"),
@@ -314,7 +311,7 @@ fn check_expect(w: &mut World, e: &Expect, line: usize) -> Result<(), Failure> {
         Expect::Notifications(n) => mismatch(
             "dma_unmap notifications",
             n.to_string(),
-            w.sim.stats().dma_unmap_notifications.to_string(),
+            w.sim().stats().dma_unmap_notifications.to_string(),
         ),
     }
 }

@@ -19,7 +19,7 @@ use crate::{
 /// over-approximate), so the flag is compared separately by [`flags`].
 fn residue(w: &World) -> String {
     let mut s = String::new();
-    for (n, c) in &w.containers {
+    for (n, c) in w.named_containers() {
         s.push_str(&format!("{n}:{:?}", c.groups()));
         if let Ok(t) = c.iommu() {
             let maps: Vec<_> = t
@@ -33,12 +33,13 @@ fn residue(w: &World) -> String {
             s.push_str(&format!("{maps:?}{:?}{}", t.domains(), t.dma_avail()));
         }
     }
-    s.push_str(&format!("{:?}", w.sim.pinned_frame_list()));
-    for d in w.sim.live_domains() {
-        s.push_str(&format!("{d}:{:?}", w.sim.domain_entries(d)));
+    s.push_str(&format!("{:?}", w.vfio.group_states()));
+    s.push_str(&format!("{:?}", w.sim().pinned_frame_list()));
+    for d in w.sim().live_domains() {
+        s.push_str(&format!("{d}:{:?}", w.sim().domain_entries(d)));
     }
-    for mm in w.sim.processes() {
-        s.push_str(&format!("{}", w.sim.locked_vm(mm)));
+    for mm in w.sim().processes() {
+        s.push_str(&format!("{}", w.sim().locked_vm(mm)));
     }
     s
 }
@@ -46,13 +47,13 @@ fn residue(w: &World) -> String {
 /// Mappings whose pages are pinned for IOMMU use and flagged non-coherent.
 fn flags(w: &World) -> Vec<(String, u64)> {
     let mut v = Vec::new();
-    for (n, c) in &w.containers {
+    for (n, c) in w.named_containers() {
         if let Ok(t) = c.iommu() {
             v.extend(
                 t.mappings()
                     .into_iter()
                     .filter(|m| m.is_noncoherent && m.iommu_mapped)
-                    .map(|m| (n.clone(), m.iova)),
+                    .map(|m| (n.to_string(), m.iova)),
             );
         }
     }
@@ -87,8 +88,8 @@ pub fn sweep_steps(steps: &[Step], opts: &RunOptions, max: u64) -> Result<SweepR
     let mut rep = SweepReport::default();
     for n in 1..=max {
         let mut w = world_for(steps, opts).map_err(|f| format!("line {}: {}", f.line, f.msg))?;
-        w.sim.set_recording(false);
-        w.sim.fail_nth_any(n);
+        w.sim_mut().set_recording(false);
+        w.sim_mut().fail_nth_any(n);
         let mut fired = false;
         for s in &steps[lead..] {
             if matches!(s.op, Op::Expect(_) | Op::Fail { .. } | Op::Policy(_)) {
@@ -96,13 +97,13 @@ pub fn sweep_steps(steps: &[Step], opts: &RunOptions, max: u64) -> Result<SweepR
             }
             let before = (!fired).then(|| residue(&w));
             let flags_before = if fired { Vec::new() } else { flags(&w) };
-            let injected_before = w.sim.faults_injected();
+            let injected_before = w.sim().faults_injected();
             let res = w.exec(&s.op);
             w.check(s.line);
-            if !fired && w.sim.faults_injected() > injected_before {
+            if !fired && w.sim().faults_injected() > injected_before {
                 fired = true;
                 rep.fault_points += 1;
-                let (point, errno) = w.sim.last_injected().expect("a fault fired");
+                let (point, errno) = w.sim().last_injected().expect("a fault fired");
                 match res {
                     Ok(()) => rep.absorbed += 1,
                     Err(StepError::Errno { errno: got, msg }) => {

@@ -1,18 +1,23 @@
-//! The world: containers of the type1 engine running on one simulated machine.
+//! The world: the VFIO objects and the type1 engine running on one simulated machine.
 //!
-//! [`World`] owns a [`Sim`] (the platform) and the containers, processes and group ownership
-//! that the kernel's VFIO core would track (which container a group is in, which emulated
-//! devices are open). It executes one [`Op`] at a time and, after each, runs the simulator's
-//! invariant checker over the engine's state. The scenario runner, `type1 demo` and
-//! `type1 attack` all drive the engine through it.
+//! [`World`] owns a [`type1_uapi::Vfio`] over a [`Sim`]: the same object model (containers,
+//! group files, device objects, what each close releases) that the preload library's broker
+//! runs for unmodified programs. Typed lines (`container`, `attach`, `open`, `map`, ...) drive it
+//! through its typed calls; raw lines (`uapi_open`, `ioctl`: [`crate::raw`]) through its ioctl
+//! table, on the same objects, so a group opened by one is EBUSY to the other as a second open
+//! of a group file is. The world adds what a scenario names: containers and processes by name.
+//! It executes one [`Op`] at a time and, after each, runs the simulator's invariant checker
+//! over the engine's state. The scenario runner, the model checker, the fault sweeps,
+//! `type1 demo` and `type1 attack` all drive the engine through it.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 use type1_core::{
-    Config, Container, Errno, Event, FlushReason, GroupId, MapFlags, MapRequest, MmId, UnmapFlags,
+    Config, Container, Errno, Event, FlushReason, MapFlags, MapRequest, MmId, UnmapFlags,
     UnmapRequest, UserBitmap,
 };
 use type1_sim::{Access, EngineView, Kind, MachineDesc, Sim, Violation};
+use type1_uapi::{GroupSpec, Object, Vfio, VfioError};
 
 use crate::parse::Op;
 use crate::raw::{Arg, Raw};
@@ -31,6 +36,15 @@ pub enum StepError {
     /// The scenario itself is wrong (unknown name, no current process, ...).
     #[error("{0}")]
     Usage(String),
+}
+
+impl From<VfioError> for StepError {
+    fn from(e: VfioError) -> Self {
+        StepError::Errno {
+            errno: e.errno(),
+            msg: e.to_string(),
+        }
+    }
 }
 
 impl From<type1_core::Error> for StepError {
@@ -65,18 +79,18 @@ pub struct Noted {
 /// See the module documentation.
 #[derive(Clone)]
 pub struct World {
-    /// The simulated machine.
-    pub sim: Sim,
-    /// Open containers by name.
-    pub containers: BTreeMap<String, Container>,
-    group_owner: HashMap<u32, String>,
+    /// The VFIO objects over the simulated machine (`vfio.platform`).
+    pub vfio: Vfio<Sim>,
+    /// Containers opened by typed lines: name -> container object.
+    containers: BTreeMap<String, u32>,
+    /// Group files opened by typed `attach` lines.
+    group_files: BTreeSet<u32>,
+    /// Device objects opened by typed `open` lines: (container, device name, object).
+    devices: Vec<(String, String, u32)>,
     processes: HashMap<String, MmId>,
     current: Option<String>,
-    policy: String,
-    config: Config,
     /// Events before the operation being run (see [`World::mark_op_start`]).
     op_start: usize,
-    opened: Vec<(String, String)>,
     /// Bytes of the last CPU, DMA or `dma_rw` read.
     pub last_read: Vec<u8>,
     /// Size reported by the last successful UNMAP.
@@ -88,8 +102,8 @@ pub struct World {
     /// Violation kinds (or `all`) that an `allow` line excused.
     pub allowed: Vec<Option<Kind>>,
     seen_violations: usize,
-    /// The uAPI layer of raw steps, made at the first one ([`crate::raw`]).
-    pub raw: Option<Box<Raw>>,
+    /// The calling process of raw lines: scratch memory, fds, file names ([`crate::raw`]).
+    pub raw: Raw,
 }
 
 impl World {
@@ -101,29 +115,70 @@ impl World {
                 type1_core::policy::POLICY_NAMES.join(", ")
             ));
         }
+        let sim = Sim::new(desc)?;
+        let groups: Vec<GroupSpec> = sim
+            .desc()
+            .groups
+            .iter()
+            .map(|g| GroupSpec {
+                id: g.id,
+                devices: g.devices.clone(),
+                emulated: if g.emulated {
+                    g.devices
+                        .iter()
+                        .filter_map(|d| Some((d.clone(), sim.device_id(d)?)))
+                        .collect()
+                } else {
+                    Vec::new()
+                },
+            })
+            .collect();
+        let vfio = Vfio::new(sim, &groups, Config::default(), policy)
+            .map_err(|e| format!("policy {policy:?}: {e}"))?;
         Ok(World {
-            sim: Sim::new(desc)?,
+            vfio,
             containers: BTreeMap::new(),
-            group_owner: HashMap::new(),
+            group_files: BTreeSet::new(),
+            devices: Vec::new(),
             processes: HashMap::new(),
             current: None,
-            policy: policy.to_string(),
-            config: Config::default(),
             op_start: 0,
-            opened: Vec::new(),
             last_read: Vec::new(),
             last_unmapped: 0,
             last_bitmap: Vec::new(),
             pending: Vec::new(),
             allowed: Vec::new(),
             seen_violations: 0,
-            raw: None,
+            raw: Raw::new(),
         })
+    }
+
+    /// The simulated machine.
+    pub fn sim(&self) -> &Sim {
+        &self.vfio.platform
+    }
+
+    /// The simulated machine, to act on it.
+    pub fn sim_mut(&mut self) -> &mut Sim {
+        &mut self.vfio.platform
+    }
+
+    /// The engine of a container opened by typed lines.
+    pub fn container(&self, name: &str) -> Option<&Container> {
+        self.vfio.container(*self.containers.get(name)?)
+    }
+
+    /// Containers opened by typed lines, by name.
+    pub fn named_containers(&self) -> Vec<(&str, &Container)> {
+        self.containers
+            .iter()
+            .filter_map(|(n, id)| Some((n.as_str(), self.vfio.container(*id)?)))
+            .collect()
     }
 
     /// Notes that an operation starts: `expect order` looks at the events from here on.
     pub fn mark_op_start(&mut self) {
-        self.op_start = self.sim.events().len();
+        self.op_start = self.vfio.platform.events().len();
     }
 
     /// Index of the last operation's first event.
@@ -133,7 +188,7 @@ impl World {
 
     /// The policy new containers get.
     pub fn policy(&self) -> &str {
-        &self.policy
+        self.vfio.policy()
     }
 
     /// Sets the policy for containers opened from now on.
@@ -141,8 +196,9 @@ impl World {
         if type1_core::policy::policy_by_name(policy).is_none() {
             return Err(format!("unknown policy {policy:?}"));
         }
-        self.policy = policy.to_string();
-        Ok(())
+        self.vfio
+            .set_policy(policy)
+            .map_err(|e| format!("policy {policy:?}: {e}"))
     }
 
     /// Address space of a named process.
@@ -157,33 +213,22 @@ impl World {
         }
     }
 
-    /// A named container and the machine, borrowed apart (engine calls need both).
     fn raw_open(&mut self, name: &str, group: Option<u32>) -> Result<(), StepError> {
-        if let Some(g) = group {
-            if self.group_owner.contains_key(&g) {
-                return Err(errno(
-                    Errno::EBUSY,
-                    format!("group {g} is in use by typed lines (attach)"),
-                ));
-            }
+        let r = &mut self.raw;
+        if r.files.contains_key(name) {
+            return usage(format!("file {name:?} is already open"));
         }
-        let r = self.with_raw(|r| {
-            if r.files.contains_key(name) {
-                return Err(StepError::Usage(format!("file {name:?} is already open")));
-            }
-            let obj = match group {
-                None => r.vfio.open_container(),
-                Some(g) => r
-                    .vfio
-                    .open_group(g)
-                    .map_err(|e| errno(e, format!("open /dev/vfio/{g}")))?,
-            };
-            let fd = type1_uapi::Caller::new_fd(&mut r.caller, obj)
-                .map_err(|e| errno(e, "no fd".to_string()))?;
-            r.files.insert(name.to_string(), fd);
-            Ok(())
-        })?;
-        r
+        let obj = match group {
+            None => self.vfio.open_container(),
+            Some(g) => self
+                .vfio
+                .open_group(g)
+                .map_err(|e| errno(e, format!("open /dev/vfio/{g}")))?,
+        };
+        let fd = type1_uapi::Caller::new_fd(&mut r.caller, obj)
+            .map_err(|e| errno(e, "no fd".to_string()))?;
+        r.files.insert(name.to_string(), fd);
+        Ok(())
     }
 
     fn raw_ioctl(
@@ -193,62 +238,59 @@ impl World {
         arg: &Arg,
         bind: Option<&str>,
     ) -> Result<(), StepError> {
-        let r = self.with_raw(|r| {
-            let Some(&fd) = r.files.get(file) else {
-                return Err(StepError::Usage(format!("no open file named {file:?}")));
-            };
-            let Some(obj) = r.caller.object(fd) else {
-                return Err(StepError::Usage(format!(
-                    "{file:?} is not an emulated file"
-                )));
-            };
-            let a = match arg {
-                Arg::None => 0,
-                Arg::Int(v) | Arg::At(v) => *v,
-                Arg::Buf(items) => r.build(items).map_err(StepError::Usage)?,
-            };
-            let name = type1_uapi::nr::NAMES
-                .iter()
-                .find(|(_, n)| *n == request)
-                .map_or_else(|| format!("0x{request:x}"), |(n, _)| n.to_string());
-            let ret = r
-                .vfio
-                .ioctl(obj, request, a, &mut r.caller)
-                .map_err(|e| errno(e, format!("{name} on {file}")))?;
-            r.last_ret = ret;
-            if let Some(b) = bind {
-                let fd = i32::try_from(ret).map_err(|_| {
-                    StepError::Usage(format!("{name} returned {ret}, not an fd to name {b:?}"))
-                })?;
-                r.files.insert(b.to_string(), fd);
-            }
-            Ok(())
-        })?;
-        r
+        let r = &mut self.raw;
+        let Some(&fd) = r.files.get(file) else {
+            return usage(format!("no open file named {file:?}"));
+        };
+        let Some(obj) = r.caller.object(fd) else {
+            return usage(format!("{file:?} is not an emulated file"));
+        };
+        let a = match arg {
+            Arg::None => 0,
+            Arg::Int(v) | Arg::At(v) => *v,
+            Arg::Buf(items) => r.build(items).map_err(StepError::Usage)?,
+        };
+        let name = type1_uapi::nr::NAMES
+            .iter()
+            .find(|(_, n)| *n == request)
+            .map_or_else(|| format!("0x{request:x}"), |(n, _)| n.to_string());
+        let ret = self
+            .vfio
+            .ioctl(obj, request, a, &mut r.caller)
+            .map_err(|e| errno(e, format!("{name} on {file}")))?;
+        r.last_ret = ret;
+        if let Some(b) = bind {
+            let fd = i32::try_from(ret).map_err(|_| {
+                StepError::Usage(format!("{name} returned {ret}, not an fd to name {b:?}"))
+            })?;
+            r.files.insert(b.to_string(), fd);
+        }
+        Ok(())
     }
 
-    fn container_and_sim(&mut self, name: &str) -> Result<(&mut Container, &mut Sim), StepError> {
-        let Self {
-            sim, containers, ..
-        } = self;
-        match containers.get_mut(name) {
-            Some(c) => Ok((c, sim)),
+    /// The container object of a typed name.
+    fn cid(&self, name: &str) -> Result<u32, StepError> {
+        match self.containers.get(name) {
+            Some(id) => Ok(*id),
             None => usage(format!("no container named {name:?}")),
         }
+    }
+
+    /// A named container's engine and the machine, borrowed apart (engine calls need both).
+    fn container_and_sim(&mut self, name: &str) -> Result<(&mut Container, &mut Sim), StepError> {
+        let id = self.cid(name)?;
+        Ok(self.vfio.engine(id)?)
     }
 
     fn cont(&mut self, name: &str) -> Result<&mut Container, StepError> {
-        match self.containers.get_mut(name) {
-            Some(c) => Ok(c),
-            None => usage(format!("no container named {name:?}")),
-        }
+        Ok(self.container_and_sim(name)?.0)
     }
 
     /// Count of `flush` events so far, optionally filtered.
     pub fn flushes(&self, reason: Option<FlushReason>, iova: Option<u64>) -> (u64, u64) {
         let mut n = 0;
         let mut pages = 0;
-        for (_, e) in self.sim.events() {
+        for (_, e) in self.vfio.platform.events() {
             if let Event::Flush {
                 reason: r,
                 iova: i,
@@ -267,34 +309,9 @@ impl World {
         (n, pages)
     }
 
-    /// Every container's engine: typed lines' and raw lines' (the uAPI layer's).
+    /// Every container's engine: typed lines' and raw lines' (one object model).
     pub fn engines(&self) -> Vec<&Container> {
-        let raw = self
-            .raw
-            .iter()
-            .flat_map(|r| r.vfio.containers().map(|(_, c)| c));
-        self.containers.values().chain(raw).collect()
-    }
-
-    /// Runs `f` on the uAPI layer of raw steps (made on first use), with this world's machine
-    /// as its platform for the duration.
-    pub fn with_raw<R>(&mut self, f: impl FnOnce(&mut Raw) -> R) -> Result<R, StepError> {
-        if self.raw.is_none() {
-            let r =
-                Raw::new(self.sim.desc(), self.config, &self.policy).map_err(StepError::Usage)?;
-            self.raw = Some(Box::new(r));
-        }
-        let raw = self.raw.as_mut().expect("made above");
-        std::mem::swap(&mut self.sim, &mut raw.vfio.platform);
-        let r = f(raw);
-        std::mem::swap(&mut self.sim, &mut raw.vfio.platform);
-        Ok(r)
-    }
-
-    fn raw_group_open(&self, group: u32) -> bool {
-        self.raw
-            .as_ref()
-            .is_some_and(|r| r.vfio.group_is_open(group))
+        self.vfio.containers().map(|(_, c)| c).collect()
     }
 
     /// Engine views of every container, for the checker.
@@ -313,7 +330,7 @@ impl World {
     /// Runs the checker and moves new violations to `pending`, tagged with `at`.
     pub fn check(&mut self, at: usize) {
         let views = self.views();
-        self.sim.check_engine(&views);
+        self.vfio.platform.check_engine(&views);
         let broken: Vec<String> = self
             .engines()
             .into_iter()
@@ -321,9 +338,11 @@ impl World {
             .filter_map(|t| t.check_invariants().err())
             .collect();
         for e in broken {
-            self.sim.record_violation(Kind::EngineInvariant, &e);
+            self.vfio
+                .platform
+                .record_violation(Kind::EngineInvariant, &e);
         }
-        let all = self.sim.violations();
+        let all = self.vfio.platform.violations();
         for v in &all[self.seen_violations..] {
             if !self.allowed.iter().any(|k| k.is_none_or(|k| k == v.kind)) {
                 self.pending.push(Noted { at, v: v.clone() });
@@ -339,10 +358,8 @@ impl World {
         for n in names {
             let _ = self.exec(&Op::Close(n));
         }
-        if self.raw.is_some() {
-            let _ = self.with_raw(|r| r.vfio.release_all());
-        }
-        self.sim.check_closed();
+        self.vfio.release_all();
+        self.vfio.platform.check_closed();
         self.check(at);
     }
 
@@ -363,7 +380,7 @@ impl World {
                 | Op::Allow(_)
                 | Op::Expect(_)
         ) {
-            self.sim.clear_accesses();
+            self.vfio.platform.clear_accesses();
         }
         r
     }
@@ -409,12 +426,14 @@ impl World {
             Op::Machine(_) => usage("`machine` must be the first operation"),
             Op::Policy(p) => self.set_policy(p).map_err(StepError::Usage),
             Op::Param { name, value } => {
+                let mut config = self.vfio.config();
                 match name.as_str() {
-                    "dma_entry_limit" => self.config.dma_entry_limit = *value as u32,
-                    "disable_hugepages" => self.config.disable_hugepages = *value != 0,
-                    "allow_unsafe_interrupts" => self.config.allow_unsafe_interrupts = *value != 0,
+                    "dma_entry_limit" => config.dma_entry_limit = *value as u32,
+                    "disable_hugepages" => config.disable_hugepages = *value != 0,
+                    "allow_unsafe_interrupts" => config.allow_unsafe_interrupts = *value != 0,
                     other => return usage(format!("unknown parameter {other:?}")),
                 }
+                self.vfio.set_config(config);
                 Ok(())
             }
             Op::Allow(kind) => {
@@ -437,14 +456,14 @@ impl World {
                 if self.processes.contains_key(name) {
                     return usage(format!("process {name:?} exists"));
                 }
-                let mm = self.sim.create_process(name);
+                let mm = self.vfio.platform.create_process(name);
                 if let Some(l) = limit {
-                    self.sim.set_memlock_limit(mm, *l);
+                    self.vfio.platform.set_memlock_limit(mm, *l);
                 }
-                self.sim.set_cap_ipc_lock(mm, *cap_ipc_lock);
+                self.vfio.platform.set_cap_ipc_lock(mm, *cap_ipc_lock);
                 self.processes.insert(name.clone(), mm);
                 self.current = Some(name.clone());
-                self.sim.set_current(Some(mm));
+                self.vfio.platform.set_current(Some(mm));
                 Ok(())
             }
             Op::Switch(n) => {
@@ -452,17 +471,17 @@ impl World {
                     return usage(format!("no process {n:?}"));
                 };
                 self.current = Some(n.clone());
-                self.sim.set_current(Some(mm));
+                self.vfio.platform.set_current(Some(mm));
                 Ok(())
             }
             Op::Exit(n) => {
                 let Some(mm) = self.mm(n) else {
                     return usage(format!("no process {n:?}"));
                 };
-                self.sim.exit_process(mm);
+                self.vfio.platform.exit_process(mm);
                 if self.current.as_deref() == Some(n) {
                     self.current = None;
-                    self.sim.set_current(None);
+                    self.vfio.platform.set_current(None);
                 }
                 Ok(())
             }
@@ -474,27 +493,33 @@ impl World {
             } => {
                 let mm = self.cur_mm()?;
                 let r = match mmio {
-                    None => self.sim.mmap_anon(mm, *vaddr, *len, *writable),
-                    Some((pfn, mt)) => self.sim.mmap_mmio(mm, *vaddr, *len, *pfn, *mt, *writable),
+                    None => self.vfio.platform.mmap_anon(mm, *vaddr, *len, *writable),
+                    Some((pfn, mt)) => self
+                        .vfio
+                        .platform
+                        .mmap_mmio(mm, *vaddr, *len, *pfn, *mt, *writable),
                 };
                 r.map_err(|e| errno(Errno::EINVAL, e.to_string()))
             }
             Op::Munmap { vaddr, len } => {
                 let mm = self.cur_mm()?;
-                self.sim
+                self.vfio
+                    .platform
                     .munmap(mm, *vaddr, *len)
                     .map_err(|e| errno(Errno::EINVAL, e.to_string()))
             }
             Op::CpuWrite { vaddr, data } => {
                 let mm = self.cur_mm()?;
-                self.sim
+                self.vfio
+                    .platform
                     .cpu_write(mm, *vaddr, data)
                     .map_err(|e| errno(Errno::EFAULT, e.to_string()))
             }
             Op::CpuRead { vaddr, len } => {
                 let mm = self.cur_mm()?;
                 let mut buf = vec![0; usize::try_from(*len).unwrap_or(usize::MAX).min(64 << 20)];
-                self.sim
+                self.vfio
+                    .platform
                     .cpu_read(mm, *vaddr, &mut buf)
                     .map_err(|e| errno(Errno::EFAULT, e.to_string()))?;
                 self.last_read = buf;
@@ -502,9 +527,9 @@ impl World {
             }
             Op::Cache { evict } => {
                 if *evict {
-                    self.sim.evict_all();
+                    self.vfio.platform.evict_all();
                 } else {
-                    self.sim.writeback_all();
+                    self.vfio.platform.writeback_all();
                 }
                 Ok(())
             }
@@ -519,74 +544,61 @@ impl World {
                 if self.containers.contains_key(n) {
                     return usage(format!("container {n:?} already open"));
                 }
-                let c = Container::new(self.config, &self.policy)?;
-                self.containers.insert(n.clone(), c);
+                let Object::Container(id) = self.vfio.open_container() else {
+                    unreachable!("open_container returns a container");
+                };
+                self.containers.insert(n.clone(), id);
                 Ok(())
             }
             Op::Attach { container, group } => {
-                if !self.containers.contains_key(container) {
-                    return usage(format!("no container named {container:?}"));
+                // Open /dev/vfio/GROUP (ENOENT, EBUSY if raw lines hold it) and
+                // VFIO_GROUP_SET_CONTAINER; a failure closes what this line opened.
+                let cid = self.cid(container)?;
+                let fresh = !self.group_files.contains(group);
+                if fresh {
+                    self.vfio
+                        .open_group(*group)
+                        .map_err(|e| errno(e, format!("open /dev/vfio/{group}")))?;
                 }
-                if self.raw_group_open(*group) {
-                    return Err(errno(
-                        Errno::EBUSY,
-                        format!("group {group} is open through raw uapi lines"),
-                    ));
+                match self
+                    .vfio
+                    .set_container(*group, Some(Object::Container(cid)))
+                {
+                    Ok(()) => {
+                        self.group_files.insert(*group);
+                        Ok(())
+                    }
+                    Err(e) => {
+                        if fresh {
+                            self.vfio.close(Object::Group(*group));
+                        }
+                        Err(e.into())
+                    }
                 }
-                // Group-file checks of VFIO_GROUP_SET_CONTAINER (spec errata).
-                if self.group_owner.contains_key(group) {
-                    return Err(errno(
-                        Errno::EINVAL,
-                        format!("group {group} already has a container"),
-                    ));
-                }
-                let gi = type1_core::Iommu::group_info(&self.sim, GroupId(*group))
-                    .map_err(|e| errno(e.errno, e.to_string()))?;
-                let _ = gi;
-                let Self {
-                    sim, containers, ..
-                } = self;
-                containers
-                    .get_mut(container)
-                    .expect("checked")
-                    .add_group(sim, GroupId(*group))?;
-                self.group_owner.insert(*group, container.clone());
-                Ok(())
             }
             Op::Detach { container, group } => {
-                // `detach GROUP`: the container the group is in (EINVAL if none, as
-                // UNSET_CONTAINER on a group in no container).
-                let owner;
-                let container = if container.is_empty() {
-                    owner = self.group_owner.get(group).cloned().ok_or_else(|| {
-                        errno(Errno::EINVAL, format!("group {group} is in no container"))
-                    })?;
-                    &owner
-                } else {
-                    container
-                };
-                if self.group_owner.get(group) != Some(container) {
-                    return Err(errno(
-                        Errno::EINVAL,
-                        format!("group {group} is not in container {container}"),
-                    ));
+                // `detach GROUP` is VFIO_GROUP_UNSET_CONTAINER (EINVAL in no container, EBUSY
+                // with open devices), then the group file is closed. Naming a container
+                // also checks the group is in that one.
+                if !container.is_empty() {
+                    let cid = self.cid(container)?;
+                    if self.vfio.group_container(*group) != Some(cid) {
+                        return Err(errno(
+                            Errno::EINVAL,
+                            format!("group {group} is not in container {container}"),
+                        ));
+                    }
                 }
-                if self.opened.iter().any(|(c, d)| {
-                    c == container && self.sim.device_group(d) == Some(GroupId(*group))
-                }) {
+                if !self.group_files.contains(group) && self.vfio.group_is_open(*group) {
                     return Err(errno(
                         Errno::EBUSY,
-                        format!("group {group} has open devices"),
+                        format!("group {group} is held by raw uapi lines"),
                     ));
                 }
-                let Self {
-                    sim, containers, ..
-                } = self;
-                containers
-                    .get_mut(container)
-                    .expect("owner exists")
-                    .remove_group(sim, GroupId(*group))?;
-                self.group_owner.remove(group);
+                self.vfio.unset_container(*group)?;
+                if self.group_files.remove(group) {
+                    self.vfio.close(Object::Group(*group));
+                }
                 Ok(())
             }
             Op::SetIommu { container, kind } => {
@@ -680,14 +692,30 @@ impl World {
                 Ok(())
             }
             Op::Close(n) => {
-                let Some(mut c) = self.containers.remove(n) else {
+                // The scenario's `close` stands for closing everything the container holds:
+                // its devices' fds, its groups' files (the last one releases the backend:
+                // unmap, unpin, unaccount, detach), then the container's file.
+                let Some(cid) = self.containers.remove(n) else {
                     return usage(format!("no container named {n:?}"));
                 };
-                self.opened.retain(|(cn, _)| cn != n);
-                // Closing the container fd: the groups keep it alive in the kernel; here the
-                // scenario's `close` stands for closing everything (groups, devices, container).
-                c.close(&mut self.sim);
-                self.group_owner.retain(|_, cn| cn != n);
+                let (mine, rest): (Vec<_>, Vec<_>) = std::mem::take(&mut self.devices)
+                    .into_iter()
+                    .partition(|(c, _, _)| c == n);
+                self.devices = rest;
+                for (_, _, id) in mine {
+                    self.vfio.close(Object::Device(id));
+                }
+                let groups: Vec<u32> = self
+                    .group_files
+                    .iter()
+                    .copied()
+                    .filter(|g| self.vfio.group_container(*g) == Some(cid))
+                    .collect();
+                for g in groups {
+                    self.group_files.remove(&g);
+                    self.vfio.close(Object::Group(g));
+                }
+                self.vfio.close(Object::Container(cid));
                 Ok(())
             }
             other => usage(format!("internal: {other:?} is not for exec_container")),
@@ -699,26 +727,18 @@ impl World {
     fn exec_device(&mut self, op: &Op) -> Result<(), StepError> {
         match op {
             Op::OpenDevice { container, device } => {
-                let Some(dev) = self.sim.device_id(device) else {
+                let cid = self.cid(container)?;
+                let Some(g) = self.sim().device_group(device) else {
                     return usage(format!("no device named {device:?}"));
                 };
-                let Some(g) = self.sim.device_group(device) else {
-                    return usage(format!("device {device:?} has no group"));
-                };
-                if self.group_owner.get(&g.0) != Some(container) {
+                if self.vfio.group_container(g.0) != Some(cid) {
                     return Err(errno(
                         Errno::EINVAL,
                         format!("group {g} of {device} is not in container {container}"),
                     ));
                 }
-                let emulated = type1_core::Iommu::group_info(&self.sim, g)
-                    .map(|i| i.emulated)
-                    .unwrap_or(false);
-                let t = self.cont(container)?.iommu_mut()?;
-                if emulated {
-                    t.register_device(dev);
-                }
-                self.opened.push((container.clone(), device.clone()));
+                let id = self.vfio.open_device(g.0, device)?;
+                self.devices.push((container.clone(), device.clone(), id));
                 Ok(())
             }
             Op::Pin {
@@ -728,25 +748,19 @@ impl World {
                 npage,
                 prot,
             } => {
-                let Some(dev) = self.sim.device_id(device) else {
+                let Some(dev) = self.sim().device_id(device) else {
                     return usage(format!("no device named {device:?}"));
                 };
                 if !self
-                    .opened
+                    .devices
                     .iter()
-                    .any(|(c, d)| c == container && d == device)
+                    .any(|(c, d, _)| c == container && d == device)
                 {
                     return Err(errno(Errno::EINVAL, format!("device {device} is not open")));
                 }
-                let group = self.sim.device_group(device).expect("device has a group");
-                let Self {
-                    sim, containers, ..
-                } = self;
-                let t = containers
-                    .get_mut(container)
-                    .expect("open device's container")
-                    .iommu_mut()?;
-                t.pin_pages(sim, group, *iova, *npage, *prot)?;
+                let group = self.sim().device_group(device).expect("device has a group");
+                let (c, sim) = self.container_and_sim(container)?;
+                c.iommu_mut()?.pin_pages(sim, group, *iova, *npage, *prot)?;
                 sim.record_external_pin(dev, *iova, *npage);
                 Ok(())
             }
@@ -756,7 +770,7 @@ impl World {
                 iova,
                 npage,
             } => {
-                let Some(dev) = self.sim.device_id(device) else {
+                let Some(dev) = self.vfio.platform.device_id(device) else {
                     return usage(format!("no device named {device:?}"));
                 };
                 let (c, sim) = self.container_and_sim(container)?;
@@ -791,13 +805,15 @@ impl World {
                 match write {
                     None => {
                         let data = self
-                            .sim
+                            .vfio
+                            .platform
                             .dma_read(device, *iova, n, *no_snoop)
                             .map_err(|e| errno(Errno::EFAULT, e.to_string()))?;
                         self.last_read = data;
                     }
                     Some(b) => {
-                        self.sim
+                        self.vfio
+                            .platform
                             .dma_write(device, *iova, &vec![*b; n], *no_snoop)
                             .map_err(|e| errno(Errno::EFAULT, e.to_string()))?;
                     }
@@ -811,7 +827,11 @@ impl World {
     /// Executes an operation on faults and accesses armed inside the next operation.
     fn exec_fault(&mut self, op: &Op) -> Result<(), StepError> {
         match op {
-            Op::Fail { point, nth } => self.sim.fail_nth(point, *nth).map_err(StepError::Usage),
+            Op::Fail { point, nth } => self
+                .vfio
+                .platform
+                .fail_nth(point, *nth)
+                .map_err(StepError::Usage),
             Op::DmaAfter {
                 point,
                 nth,
@@ -820,7 +840,7 @@ impl World {
                 iova,
                 len,
             } => {
-                if self.sim.device_group(device).is_none() {
+                if self.vfio.platform.device_group(device).is_none() {
                     return usage(format!("no device named {device:?}"));
                 }
                 let access = Access::Dma {
@@ -829,7 +849,8 @@ impl World {
                     len: usize::try_from(*len).unwrap_or(usize::MAX).min(64 << 20),
                     write: *write,
                 };
-                self.sim
+                self.vfio
+                    .platform
                     .access_after(point, *nth, access)
                     .map_err(StepError::Usage)
             }
@@ -846,15 +867,16 @@ impl World {
                     len: usize::try_from(*len).unwrap_or(usize::MAX).min(64 << 20),
                     write: *write,
                 };
-                self.sim
+                self.vfio
+                    .platform
                     .access_after(point, *nth, access)
                     .map_err(StepError::Usage)
             }
             Op::RefuseUnpin { device, n } => {
-                let Some(dev) = self.sim.device_id(device) else {
+                let Some(dev) = self.vfio.platform.device_id(device) else {
                     return usage(format!("no device named {device:?}"));
                 };
-                self.sim.refuse_unpin(dev, *n);
+                self.vfio.platform.refuse_unpin(dev, *n);
                 Ok(())
             }
             other => usage(format!("internal: {other:?} is not for exec_fault")),
@@ -866,15 +888,13 @@ impl World {
         match op {
             Op::RawOpen { name, group } => self.raw_open(name, *group),
             Op::RawClose(name) => {
-                let closed = self.with_raw(|r| {
-                    let fd = r.files.remove(name)?;
-                    let obj = r.caller.forget(fd);
-                    if let Some(obj) = obj {
-                        r.vfio.close(obj);
-                    }
-                    Some(())
-                })?;
-                closed.map_or_else(|| usage(format!("no open file named {name:?}")), Ok)
+                let Some(fd) = self.raw.files.remove(name) else {
+                    return usage(format!("no open file named {name:?}"));
+                };
+                if let Some(obj) = self.raw.caller.forget(fd) {
+                    self.vfio.close(obj);
+                }
+                Ok(())
             }
             Op::RawIoctl {
                 file,

@@ -32,4 +32,4 @@ pub use caller::Caller;
 #[cfg(any(test, feature = "testing"))]
 pub use caller::FakeCaller;
 pub use table::{ArgSz, IoctlDef};
-pub use vfio::{DmaAccess, GroupSpec, Object, Vfio};
+pub use vfio::{DmaAccess, GroupSpec, Object, Vfio, VfioError};

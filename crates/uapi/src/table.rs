@@ -9,9 +9,7 @@
 //!
 //! Engine errors become errnos only through [`type1_core::Error::errno`].
 
-use type1_core::{
-    abi::*, Errno, GroupId, IommuInfo, MapRequest, Platform, UnmapRequest, UserBitmap,
-};
+use type1_core::{abi::*, Errno, IommuInfo, MapRequest, Platform, UnmapRequest, UserBitmap};
 use vfio_bindings::bindings::vfio as b;
 
 use crate::{
@@ -460,61 +458,27 @@ fn group_get_status<P: Platform>(v: &mut Vfio<P>, c: Call<'_>) -> Result<i64, Er
     Ok(0)
 }
 
-/// SET_CONTAINER, in the errata's order: EFAULT, EBADF, EINVAL (already set), EBADFD (not a
-/// container), then the backend's attach error.
+/// SET_CONTAINER, in the errata's order: EFAULT, EBADF, then [`Vfio::set_container`]'s
+/// (EINVAL already set, EBADFD not a container, the backend's attach error).
 fn group_set_container<P: Platform>(v: &mut Vfio<P>, c: Call<'_>) -> Result<i64, Errno> {
     let raw = read_vec(c.caller, c.arg, 4)?;
     let fd = u32_at(&raw, 0) as i32;
     let obj = c.caller.object_of_fd(fd)?;
-    let g = v.groups.get(&c.id).ok_or(Errno::ENODEV)?;
-    if g.container.is_some() {
-        return Err(Errno::EINVAL);
-    }
-    let Some(Object::Container(cid)) = obj else {
-        return Err(Errno::EBADFD);
-    };
-    let st = v.containers.get_mut(&cid).ok_or(Errno::EBADFD)?;
-    eng(st.c.add_group(&mut v.platform, GroupId(c.id)))?;
-    if let Some(g) = v.groups.get_mut(&c.id) {
-        g.container = Some(cid);
-    }
+    v.set_container(c.id, obj)?;
     Ok(0)
 }
 
 fn group_unset_container<P: Platform>(v: &mut Vfio<P>, c: Call<'_>) -> Result<i64, Errno> {
-    let g = v.groups.get(&c.id).ok_or(Errno::ENODEV)?;
-    let Some(cid) = g.container else {
-        return Err(Errno::EINVAL);
-    };
-    if g.open_devices > 0 {
-        return Err(Errno::EBUSY);
-    }
-    if let Some(st) = v.containers.get_mut(&cid) {
-        eng(st.c.remove_group(&mut v.platform, GroupId(c.id)))?;
-    }
-    if let Some(g) = v.groups.get_mut(&c.id) {
-        g.container = None;
-    }
-    v.maybe_free_container(cid);
+    v.unset_container(c.id)?;
     Ok(0)
 }
 
-/// GET_DEVICE_FD: the name (EFAULT, EINVAL if longer than a page), ENODEV for an unknown
-/// device, EINVAL without a container with a backend; returns the new fd.
+/// GET_DEVICE_FD: the name (EFAULT, EINVAL if longer than a page), then
+/// [`Vfio::open_device`]'s checks; returns the new fd.
 fn group_get_device_fd<P: Platform>(v: &mut Vfio<P>, c: Call<'_>) -> Result<i64, Errno> {
     let name = read_cstr(c.caller, c.arg, 4096)?;
     let name = String::from_utf8_lossy(&name).into_owned();
-    let g = v.groups.get(&c.id).ok_or(Errno::ENODEV)?;
-    if !g.devices.contains(&name) {
-        return Err(Errno::ENODEV);
-    }
-    let Some(cid) = g.container else {
-        return Err(Errno::EINVAL);
-    };
-    if !v.containers.get(&cid).is_some_and(|st| st.c.is_set()) {
-        return Err(Errno::EINVAL);
-    }
-    let dev = v.new_device(c.id, name);
+    let dev = v.open_device(c.id, &name)?;
     match c.caller.new_fd(Object::Device(dev)) {
         Ok(fd) => Ok(fd as i64),
         Err(e) => {

@@ -76,10 +76,12 @@ impl FakePlatform {
             GroupSpec {
                 id: 0,
                 devices: vec!["0000:00:04.0".into()],
+                emulated: Vec::new(),
             },
             GroupSpec {
                 id: 1,
                 devices: vec!["0000:00:05.0".into()],
+                emulated: Vec::new(),
             },
         ]
     }

@@ -7,7 +7,9 @@
 
 use std::collections::BTreeMap;
 
-use type1_core::{Config, Container, DomainId, Errno, Event, GroupId, Platform, PAGE_SIZE};
+use type1_core::{
+    Config, Container, DeviceId, DomainId, Errno, Event, GroupId, Platform, PAGE_SIZE,
+};
 use vfio_bindings::bindings::vfio as b;
 
 use crate::device::{DmaFault, DmaRequest, PciDevice, FAULT_NO_DOMAIN};
@@ -43,11 +45,78 @@ pub struct GroupSpec {
     pub id: u32,
     /// Device names, as `VFIO_GROUP_GET_DEVICE_FD` expects them.
     pub devices: Vec<String>,
+    /// The platform's ids of the group's emulated (mdev-style) devices: opening one registers
+    /// it with its container's backend for `dma_unmap` notifications (P10, U5), closing it
+    /// unregisters it. Empty for a group of physical functions.
+    pub emulated: Vec<(String, DeviceId)>,
+}
+
+/// Why an object-level call failed: the cause, typed, and the errno the kernel returns for it.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum VfioError {
+    /// No such group (ENODEV from a group ioctl).
+    #[error("group {0} does not exist")]
+    NoGroup(u32),
+    /// The group's file is not open (EBADF: there is no fd to call on).
+    #[error("group {0} is not open")]
+    GroupNotOpen(u32),
+    /// SET_CONTAINER on a group already in a container (EINVAL).
+    #[error("group {0} already has a container")]
+    AlreadySet(u32),
+    /// UNSET_CONTAINER or GET_DEVICE_FD on a group in no container (EINVAL).
+    #[error("group {0} is in no container")]
+    NotSet(u32),
+    /// UNSET_CONTAINER while device fds are open (EBUSY).
+    #[error("group {0} has open devices")]
+    DevicesOpen(u32),
+    /// SET_CONTAINER with an fd that is not a container (EBADFD).
+    #[error("the fd given is not a VFIO container")]
+    NotAContainer,
+    /// No such container object (EBADF).
+    #[error("container {0} is not open")]
+    NoContainer(u32),
+    /// GET_DEVICE_FD for a name the group does not have (ENODEV).
+    #[error("group {group} has no device {name:?}")]
+    NoDevice {
+        /// The group asked.
+        group: u32,
+        /// The name asked for.
+        name: String,
+    },
+    /// GET_DEVICE_FD before the container has an IOMMU backend (EINVAL).
+    #[error("container {0} has no IOMMU backend yet (VFIO_SET_IOMMU)")]
+    NoBackend(u32),
+    /// The backend refused (its own typed error and errno).
+    #[error(transparent)]
+    Engine(#[from] type1_core::Error),
+}
+
+impl VfioError {
+    /// The errno the kernel returns for this failure.
+    pub fn errno(&self) -> Errno {
+        match self {
+            VfioError::NoGroup(_) | VfioError::NoDevice { .. } => Errno::ENODEV,
+            VfioError::GroupNotOpen(_) | VfioError::NoContainer(_) => Errno::EBADF,
+            VfioError::AlreadySet(_) | VfioError::NotSet(_) | VfioError::NoBackend(_) => {
+                Errno::EINVAL
+            }
+            VfioError::DevicesOpen(_) => Errno::EBUSY,
+            VfioError::NotAContainer => Errno::EBADFD,
+            VfioError::Engine(e) => e.errno(),
+        }
+    }
+}
+
+impl From<VfioError> for Errno {
+    fn from(e: VfioError) -> Errno {
+        e.errno()
+    }
 }
 
 #[derive(Clone, Debug)]
 pub(crate) struct GroupState {
     pub devices: Vec<String>,
+    pub emulated: Vec<(String, DeviceId)>,
     pub open: bool,
     pub container: Option<u32>,
     pub open_devices: u32,
@@ -162,6 +231,7 @@ impl<P: Platform> Vfio<P> {
                     g.id,
                     GroupState {
                         devices: g.devices.clone(),
+                        emulated: g.emulated.clone(),
                         open: false,
                         container: None,
                         open_devices: 0,
@@ -179,6 +249,29 @@ impl<P: Platform> Vfio<P> {
             next_id: 0,
             dma: None,
         })
+    }
+
+    /// The flush policy containers opened from now on get.
+    pub fn policy(&self) -> &str {
+        &self.policy
+    }
+
+    /// Sets the flush policy of containers opened from now on (EINVAL for an unknown name).
+    pub fn set_policy(&mut self, policy: &str) -> Result<(), Errno> {
+        Container::new(self.cfg, policy).map_err(|e| e.errno())?;
+        self.policy = policy.to_string();
+        Ok(())
+    }
+
+    /// The type1 module parameters containers opened from now on get.
+    pub fn config(&self) -> Config {
+        self.cfg
+    }
+
+    /// Sets the module parameters of containers opened from now on, as writing
+    /// `/sys/module/vfio_iommu_type1/parameters/*` does.
+    pub fn set_config(&mut self, cfg: Config) {
+        self.cfg = cfg;
     }
 
     fn fresh_id(&mut self) -> u32 {
@@ -241,12 +334,98 @@ impl<P: Platform> Vfio<P> {
         Ok(Object::Group(id))
     }
 
+    /// `VFIO_GROUP_SET_CONTAINER` (spec errata order): the group must exist (ENODEV) and be in
+    /// no container (EINVAL); `target` is the object behind the fd given, `None` for an fd
+    /// that is no VFIO file, and must be a container (EBADFD); then the backend attaches the
+    /// group ([`Container::add_group`]) and the group records its container.
+    pub fn set_container(&mut self, group: u32, target: Option<Object>) -> Result<(), VfioError> {
+        let g = self.groups.get(&group).ok_or(VfioError::NoGroup(group))?;
+        if g.container.is_some() {
+            return Err(VfioError::AlreadySet(group));
+        }
+        let Some(Object::Container(cid)) = target else {
+            return Err(VfioError::NotAContainer);
+        };
+        let st = self
+            .containers
+            .get_mut(&cid)
+            .ok_or(VfioError::NotAContainer)?;
+        st.c.add_group(&mut self.platform, GroupId(group))?;
+        if let Some(g) = self.groups.get_mut(&group) {
+            g.container = Some(cid);
+        }
+        Ok(())
+    }
+
+    /// `VFIO_GROUP_UNSET_CONTAINER`: EINVAL for a group in no container, EBUSY while it has
+    /// open devices; the backend detaches it, and a container left with no group and no open
+    /// file is released.
+    pub fn unset_container(&mut self, group: u32) -> Result<(), VfioError> {
+        let g = self.groups.get(&group).ok_or(VfioError::NoGroup(group))?;
+        let cid = g.container.ok_or(VfioError::NotSet(group))?;
+        if g.open_devices > 0 {
+            return Err(VfioError::DevicesOpen(group));
+        }
+        if let Some(st) = self.containers.get_mut(&cid) {
+            st.c.remove_group(&mut self.platform, GroupId(group))?;
+        }
+        if let Some(g) = self.groups.get_mut(&group) {
+            g.container = None;
+        }
+        self.maybe_free_container(cid);
+        Ok(())
+    }
+
+    /// `VFIO_GROUP_GET_DEVICE_FD` without the fd: ENODEV for a name the group does not have,
+    /// EINVAL without a container that has a backend. Returns the device object's id; an
+    /// emulated device is registered with the backend for `dma_unmap` (P10).
+    pub fn open_device(&mut self, group: u32, name: &str) -> Result<u32, VfioError> {
+        let g = self.groups.get(&group).ok_or(VfioError::NoGroup(group))?;
+        if !g.devices.iter().any(|d| d == name) {
+            return Err(VfioError::NoDevice {
+                group,
+                name: name.to_string(),
+            });
+        }
+        let cid = g.container.ok_or(VfioError::NotSet(group))?;
+        if !self.containers.get(&cid).is_some_and(|st| st.c.is_set()) {
+            return Err(VfioError::NoBackend(cid));
+        }
+        Ok(self.new_device(group, name.to_string()))
+    }
+
+    /// The container a group is in.
+    pub fn group_container(&self, group: u32) -> Option<u32> {
+        self.groups.get(&group)?.container
+    }
+
+    /// The groups of the machine with their object state: `(id, file open, container, open
+    /// device objects)`. Failure checks compare it before and after.
+    pub fn group_states(&self) -> Vec<(u32, bool, Option<u32>, u32)> {
+        self.groups
+            .iter()
+            .map(|(id, g)| (*id, g.open, g.container, g.open_devices))
+            .collect()
+    }
+
+    /// A container's backend and the platform, borrowed apart, for typed engine calls
+    /// (MAP_DMA, UNMAP_DMA, DIRTY_PAGES, external pins): the same objects the ioctl table
+    /// reaches.
+    pub fn engine(&mut self, id: u32) -> Result<(&mut Container, &mut P), VfioError> {
+        let st = self
+            .containers
+            .get_mut(&id)
+            .ok_or(VfioError::NoContainer(id))?;
+        Ok((&mut st.c, &mut self.platform))
+    }
+
     /// The device object for `name`: the one already open if there is one (a function is one
     /// device however many fds are opened on it, as in the kernel), else a new one.
     pub(crate) fn new_device(&mut self, group: u32, name: String) -> u32 {
         if let Some((id, _)) = self.devices.iter().find(|(_, d)| d.name == name) {
             return *id;
         }
+        self.register_emulated(group, &name, true);
         let id = self.fresh_id();
         self.devices.insert(
             id,
@@ -282,11 +461,33 @@ impl<P: Platform> Vfio<P> {
             }
             Object::Device(id) => {
                 if let Some(d) = self.devices.remove(&id) {
+                    self.register_emulated(d.group, &d.name, false);
                     if let Some(g) = self.groups.get_mut(&d.group) {
                         g.open_devices = g.open_devices.saturating_sub(1);
                     }
                     self.maybe_release_group(d.group);
                 }
+            }
+        }
+    }
+
+    /// Registers (or unregisters) an emulated device of `group` with its container's
+    /// backend, as `vfio_device_container_register` does at the device's first open.
+    fn register_emulated(&mut self, group: u32, name: &str, on: bool) {
+        let Some(g) = self.groups.get(&group) else {
+            return;
+        };
+        let Some(&(_, dev)) = g.emulated.iter().find(|(n, _)| n == name) else {
+            return;
+        };
+        let Some(st) = g.container.and_then(|c| self.containers.get_mut(&c)) else {
+            return;
+        };
+        if let Ok(t) = st.c.iommu_mut() {
+            if on {
+                t.register_device(dev);
+            } else {
+                t.unregister_device(dev);
             }
         }
     }
