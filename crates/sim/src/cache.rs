@@ -154,7 +154,12 @@ impl Sim {
         let pfn = line / LINES_PER_PAGE as u64;
         let l = (line % LINES_PER_PAGE as u64) as usize;
         let mut out = [crate::memory::INITIAL_RAM_BYTE; LINE_SIZE as usize];
-        if let Some(d) = self.frames.get(pfn as usize).and_then(|f| f.data.as_ref()) {
+        if let Some(d) = self
+            .mem
+            .frames
+            .get(pfn as usize)
+            .and_then(|f| f.data.as_ref())
+        {
             let o = l * LINE_SIZE as usize;
             out.copy_from_slice(&d.ram[o..o + LINE_SIZE as usize]);
         }
@@ -165,7 +170,7 @@ impl Sim {
     pub(crate) fn ram_write(&mut self, line: u64, off: usize, bytes: &[u8]) {
         let pfn = line / LINES_PER_PAGE as u64;
         let l = (line % LINES_PER_PAGE as u64) as usize;
-        let Some(f) = self.frames.get_mut(pfn as usize) else {
+        let Some(f) = self.mem.frames.get_mut(pfn as usize) else {
             return;
         };
         let gen = f.gen;
@@ -277,7 +282,7 @@ impl Sim {
     /// The `flush_cache` platform operation: writes back and drops every line overlapping
     /// `[pa, pa + len)`. Flushing uncached MMIO is recorded as a `flush_uncached` violation.
     pub(crate) fn do_flush_cache(&mut self, pa: u64, len: u64) {
-        self.stats.flush_calls += 1;
+        self.obs.stats.flush_calls += 1;
         if len == 0 {
             return;
         }
@@ -289,10 +294,10 @@ impl Sim {
             return;
         };
         let (first_pfn, last_pfn) = (pa >> PAGE_SHIFT, last >> PAGE_SHIFT);
-        self.stats.pages_flushed += last_pfn - first_pfn + 1;
+        self.obs.stats.pages_flushed += last_pfn - first_pfn + 1;
         for pfn in first_pfn..=last_pfn {
             if self.is_ram(pfn) {
-                let f = &mut self.frames[pfn as usize];
+                let f = &mut self.mem.frames[pfn as usize];
                 f.flushed_since_pin = true;
                 if f.nc_write_refs == 0 {
                     // Flushed after the last non-coherent writer left: no stale line can
@@ -318,7 +323,7 @@ impl Sim {
             .collect();
         for line in lines {
             if self.writeback_line(line) {
-                self.stats.lines_written_back += 1;
+                self.obs.stats.lines_written_back += 1;
             }
             self.cache.remove(line);
         }
@@ -335,7 +340,7 @@ impl Sim {
                 p = self.desc.memory_frames + 1;
                 continue;
             }
-            match self.mmio_ranges.iter().find(|r| r.contains(p)) {
+            match self.mem.mmio_ranges.iter().find(|r| r.contains(p)) {
                 Some(r) if r.memtype.is_cacheable() => p = r.base_pfn + r.npages,
                 _ => return Some(p),
             }

@@ -52,11 +52,13 @@ pub enum Kind {
     Leak,
     /// `engine_invariant`.
     EngineInvariant,
+    /// `sim_invariant`: a part of the simulator broke its own invariant (a simulator bug).
+    SimInvariant,
 }
 
 impl Kind {
     /// Every kind.
-    pub const ALL: [Kind; 14] = [
+    pub const ALL: [Kind; 15] = [
         Kind::StaleRead,
         Kind::UnflushedUnpin,
         Kind::MissingMapFlush,
@@ -71,6 +73,7 @@ impl Kind {
         Kind::Accounting,
         Kind::Leak,
         Kind::EngineInvariant,
+        Kind::SimInvariant,
     ];
 
     /// The kind's name.
@@ -90,6 +93,7 @@ impl Kind {
             Kind::Accounting => "accounting",
             Kind::Leak => "leak",
             Kind::EngineInvariant => "engine_invariant",
+            Kind::SimInvariant => "sim_invariant",
         }
     }
 
@@ -215,7 +219,7 @@ impl Sim {
             kind: kind.as_str().to_string(),
             detail: detail.clone(),
         });
-        self.violations.push(Violation {
+        self.obs.violations.push(Violation {
             kind,
             detail,
             pfn,
@@ -231,13 +235,13 @@ impl Sim {
 
     /// Every violation recorded so far.
     pub fn violations(&self) -> &[Violation] {
-        &self.violations
+        &self.obs.violations
     }
 
     /// Violations recorded since the previous call.
     pub fn take_new_violations(&mut self) -> Vec<Violation> {
-        let new = self.violations[self.violations_taken..].to_vec();
-        self.violations_taken = self.violations.len();
+        let new = self.obs.violations[self.obs.violations_taken..].to_vec();
+        self.obs.violations_taken = self.obs.violations.len();
         new
     }
 
@@ -250,7 +254,7 @@ impl Sim {
     /// A RAM frame no process maps any more (its vaddr was unmapped while pinned): a mapping
     /// may legitimately keep it although the vaddr now translates elsewhere.
     fn orphaned(&self, pfn: u64) -> bool {
-        self.is_ram(pfn) && !self.frames[pfn as usize].in_use
+        self.is_ram(pfn) && !self.mem.frames[pfn as usize].in_use
     }
 
     /// Cross-checks the engine views of every open container against the machine: page tables
@@ -258,6 +262,16 @@ impl Sim {
     /// (`accounting`). The findings are returned and recorded.
     pub fn check_engine(&mut self, views: &[EngineView]) -> Vec<Violation> {
         let mut f = Findings::default();
+        // Each part of the machine first answers for itself.
+        let parts = self
+            .mem
+            .invariant_errors()
+            .into_iter()
+            .chain(self.tasks.invariant_errors())
+            .chain(self.hw.invariant_errors());
+        for e in parts {
+            f.add(Kind::SimInvariant, e.clone(), e);
+        }
         let mut want_pins: BTreeMap<u64, u64> = BTreeMap::new();
         let mut want_locked: BTreeMap<MmId, u64> = BTreeMap::new();
         for (ci, v) in views.iter().enumerate() {
@@ -281,7 +295,7 @@ impl Sim {
                     let pfn = v
                         .domains
                         .iter()
-                        .find_map(|d| self.domains.get(&d.id)?.pt.get(&page).map(|p| p.pfn))
+                        .find_map(|d| self.hw.domains.get(&d.id)?.pt.get(&page).map(|p| p.pfn))
                         .or(tr);
                     let normal_page = pfn.is_none_or(|p| self.is_ram(p));
                     if normal_page {
@@ -321,7 +335,7 @@ impl Sim {
                 }
             }
             for d in &v.domains {
-                let Some(sd) = self.domains.get(&d.id) else {
+                let Some(sd) = self.hw.domains.get(&d.id) else {
                     f.add(
                         Kind::PageTable,
                         format!("dead{}", d.id),
@@ -394,7 +408,7 @@ impl Sim {
                 }
             }
         }
-        for (pfn, fr) in self.frames.iter().enumerate() {
+        for (pfn, fr) in self.mem.frames.iter().enumerate() {
             let want = want_pins.get(&(pfn as u64)).copied().unwrap_or(0);
             let have = fr.pins as u64;
             if have > want {
@@ -411,7 +425,7 @@ impl Sim {
                 );
             }
         }
-        for (i, p) in self.procs.iter().enumerate() {
+        for (i, p) in self.tasks.procs.iter().enumerate() {
             let mm = MmId(i as u32);
             let want = want_locked.get(&mm).copied().unwrap_or(0);
             if p.alive && p.locked_vm != want {
@@ -435,7 +449,7 @@ impl Sim {
     /// Findings (kind `leak`) are returned and recorded.
     pub fn check_closed(&mut self) -> Vec<Violation> {
         let mut f = Findings::default();
-        for (pfn, fr) in self.frames.iter().enumerate() {
+        for (pfn, fr) in self.mem.frames.iter().enumerate() {
             if fr.pins > 0 {
                 f.add(
                     Kind::Leak,
@@ -444,7 +458,7 @@ impl Sim {
                 );
             }
         }
-        for (id, d) in &self.domains {
+        for (id, d) in &self.hw.domains {
             f.add(
                 Kind::Leak,
                 format!("dom{id}"),
@@ -455,7 +469,7 @@ impl Sim {
                 ),
             );
         }
-        for (i, p) in self.procs.iter().enumerate() {
+        for (i, p) in self.tasks.procs.iter().enumerate() {
             if p.alive && p.locked_vm > 0 {
                 f.add(
                     Kind::Leak,
@@ -475,6 +489,34 @@ mod tests {
     use super::*;
     use crate::MachineDesc;
     use type1_core::{DomainId, GroupId, Iommu, TaskMemory, PAGE_SIZE};
+
+    /// Each part of the machine answers for its own invariants, and the checker reports a
+    /// broken one as `sim_invariant`: a frame freed twice, a domain and a group that disagree
+    /// about their attachment, a current process that does not exist.
+    #[test]
+    fn a_part_that_breaks_its_own_invariant_is_reported() {
+        let fresh = || Sim::new(MachineDesc::default()).unwrap();
+        let kinds = |s: &mut Sim| -> Vec<Kind> {
+            s.check_engine(&[]).into_iter().map(|v| v.kind).collect()
+        };
+        let mut s = fresh();
+        assert!(kinds(&mut s).is_empty(), "a fresh machine is consistent");
+
+        let pfn = *s.mem.free.last().unwrap();
+        s.mem.free.push(pfn);
+        assert_eq!(kinds(&mut s), vec![Kind::SimInvariant]);
+
+        let mut s = fresh();
+        let d = s.domain_alloc(GroupId(1)).unwrap();
+        s.attach_group(d, GroupId(1)).unwrap();
+        assert!(kinds(&mut s).is_empty());
+        s.hw.groups.get_mut(&GroupId(1)).unwrap().attached = None;
+        assert_eq!(kinds(&mut s), vec![Kind::SimInvariant]);
+
+        let mut s = fresh();
+        s.tasks.current = Some(MmId(7));
+        assert_eq!(kinds(&mut s), vec![Kind::SimInvariant]);
+    }
 
     #[test]
     fn check_engine_detects_pin_count_mismatch() {

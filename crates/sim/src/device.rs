@@ -68,12 +68,17 @@ impl Sim {
     /// The id of a device, by name (every device has one; emulated devices use it with the
     /// engine's `register_device`).
     pub fn device_id(&self, name: &str) -> Option<DeviceId> {
-        self.devices.iter().find(|d| d.name == name).map(|d| d.id)
+        self.hw
+            .devices
+            .iter()
+            .find(|d| d.name == name)
+            .map(|d| d.id)
     }
 
     /// The name of a device id.
     pub fn device_name(&self, id: DeviceId) -> Option<&str> {
-        self.devices
+        self.hw
+            .devices
             .iter()
             .find(|d| d.id == id)
             .map(|d| d.name.as_str())
@@ -81,7 +86,8 @@ impl Sim {
 
     /// The group of a device.
     pub fn device_group(&self, name: &str) -> Option<GroupId> {
-        self.devices
+        self.hw
+            .devices
             .iter()
             .find(|d| d.name == name)
             .map(|d| d.group)
@@ -96,16 +102,19 @@ impl Sim {
         write: bool,
     ) -> Result<(Vec<(u64, usize)>, bool), DmaFault> {
         let dev = self
+            .hw
             .devices
             .iter()
             .find(|d| d.name == device)
             .ok_or_else(|| DmaFault::NoDevice(device.into()))?;
         let dom_id = self
+            .hw
             .groups
             .get(&dev.group)
             .and_then(|g| g.attached)
             .ok_or_else(|| DmaFault::NotAttached(device.into()))?;
         let dom = self
+            .hw
             .domains
             .get(&dom_id)
             .ok_or_else(|| DmaFault::NotAttached(device.into()))?;
@@ -146,7 +155,7 @@ impl Sim {
     }
 
     fn dma_fault(&mut self, f: DmaFault) -> DmaFault {
-        self.stats.dma_faults += 1;
+        self.obs.stats.dma_faults += 1;
         self.record(Event::Fault {
             source: "dma".into(),
             detail: f.to_string(),
@@ -173,7 +182,7 @@ impl Sim {
             snoop,
         });
         let (segs, _) = t.map_err(|f| self.dma_fault(f))?;
-        self.stats.dma_reads += 1;
+        self.obs.stats.dma_reads += 1;
         let mut out = vec![0u8; len];
         let mut stale = 0u64;
         let mut done = 0usize;
@@ -192,7 +201,7 @@ impl Sim {
             done += n;
         }
         if stale > 0 {
-            self.stats.leaked_bytes += stale;
+            self.obs.stats.leaked_bytes += stale;
             self.violate_at(
                 Kind::StaleRead,
                 None,
@@ -207,7 +216,7 @@ impl Sim {
     /// cache line while RAM predates the frame's current allocation.
     fn stale_bytes(&self, pa: u64, ram: &[u8]) -> u64 {
         let pfn = pa >> PAGE_SHIFT;
-        let f = &self.frames[pfn as usize];
+        let f = &self.mem.frames[pfn as usize];
         let mut n = 0;
         for (i, b) in ram.iter().enumerate() {
             let a = pa + i as u64;
@@ -242,7 +251,7 @@ impl Sim {
             snoop,
         });
         let (segs, _) = t.map_err(|f| self.dma_fault(f))?;
-        self.stats.dma_writes += 1;
+        self.obs.stats.dma_writes += 1;
         let mut done = 0usize;
         for (pa, n) in segs {
             let src = &data[done..done + n];
@@ -274,7 +283,7 @@ impl Sim {
     /// Tells the sim that `device` holds one more external pin on each of `npages` pages from
     /// `iova` (after a successful engine `pin_pages`).
     pub fn record_external_pin(&mut self, device: DeviceId, iova: u64, npages: u64) {
-        let m = self.ext_pins.entry(device).or_default();
+        let m = self.hw.ext_pins.entry(device).or_default();
         for i in 0..npages {
             let Some(a) = iova.checked_add(i << PAGE_SHIFT) else {
                 break;
@@ -285,7 +294,7 @@ impl Sim {
 
     /// Tells the sim that `device` dropped one external pin on each of `npages` pages.
     pub fn forget_external_pins(&mut self, device: DeviceId, iova: u64, npages: u64) {
-        let Some(m) = self.ext_pins.get_mut(&device) else {
+        let Some(m) = self.hw.ext_pins.get_mut(&device) else {
             return;
         };
         for i in 0..npages {
@@ -304,7 +313,8 @@ impl Sim {
 
     /// External pins a device holds: `(iova, count)`.
     pub fn external_pins(&self, device: DeviceId) -> Vec<(u64, u32)> {
-        self.ext_pins
+        self.hw
+            .ext_pins
             .get(&device)
             .map(|m| m.iter().map(|(a, c)| (*a, *c)).collect())
             .unwrap_or_default()
@@ -318,7 +328,7 @@ impl Sim {
         iova: u64,
         size: u64,
     ) -> Vec<(u64, u64)> {
-        self.stats.dma_unmap_notifications += 1;
+        self.obs.stats.dma_unmap_notifications += 1;
         if self.faults.refuses_unpin(device) {
             let name = self.device_name(device).unwrap_or("?").to_string();
             self.record(Event::Fault {
@@ -327,7 +337,7 @@ impl Sim {
             });
             return Vec::new();
         }
-        let Some(m) = self.ext_pins.get_mut(&device) else {
+        let Some(m) = self.hw.ext_pins.get_mut(&device) else {
             return Vec::new();
         };
         let last = if size == 0 {

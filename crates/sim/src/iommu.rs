@@ -143,12 +143,77 @@ pub(crate) struct Domain {
     pub stale: Vec<(u64, u64, bool)>,
 }
 
+/// The I/O side of the machine. Invariants (checked by `Sim::check_hardware`): every group
+/// names a unit that exists; a domain's groups are attached groups whose unit is the domain's,
+/// and each attached group is in exactly the domain it names; every device's group exists;
+/// `next_domain` is above every live domain id.
+#[derive(Clone, Debug)]
+pub(crate) struct Hardware {
+    pub units: std::collections::BTreeMap<u32, Unit>,
+    pub groups: std::collections::BTreeMap<GroupId, Group>,
+    pub devices: Vec<crate::device::Device>,
+    pub domains: std::collections::BTreeMap<DomainId, Domain>,
+    pub next_domain: u32,
+    /// Emulated devices' external pins: device -> IOVA -> count.
+    pub ext_pins:
+        std::collections::BTreeMap<type1_core::DeviceId, std::collections::BTreeMap<u64, u32>>,
+}
+
+impl Hardware {
+    /// Broken invariants of this part (see the type), one line each.
+    pub(crate) fn invariant_errors(&self) -> Vec<String> {
+        let mut errs = Vec::new();
+        for (id, g) in &self.groups {
+            if let Some(u) = g.unit.filter(|u| !self.units.contains_key(u)) {
+                errs.push(format!("group {id} names unit {u}, which does not exist"));
+            }
+            if let Some(d) = g.attached {
+                if !self
+                    .domains
+                    .get(&d)
+                    .is_some_and(|dom| dom.groups.contains(id))
+                {
+                    errs.push(format!(
+                        "group {id} says domain {d}, which does not list it"
+                    ));
+                }
+            }
+        }
+        for (d, dom) in &self.domains {
+            if d.0 >= self.next_domain {
+                errs.push(format!(
+                    "domain {d} is not below next_domain {}",
+                    self.next_domain
+                ));
+            }
+            for g in &dom.groups {
+                match self.groups.get(g) {
+                    Some(gr) if gr.attached == Some(*d) && gr.unit == Some(dom.unit) => {}
+                    _ => errs.push(format!(
+                        "domain {d} lists group {g}, not attached to it behind unit {}",
+                        dom.unit
+                    )),
+                }
+            }
+        }
+        for dev in &self.devices {
+            if !self.groups.contains_key(&dev.group) {
+                errs.push(format!(
+                    "device {} is in group {}, which does not exist",
+                    dev.name, dev.group
+                ));
+            }
+        }
+        errs
+    }
+}
+
 impl Sim {
     /// Counts an IOMMU entry (or unsynced IOTLB entry) pointing at `pfn`; `nc_write` when it
     /// lets a device write the frame without snooping.
     fn iommu_ref(&mut self, pfn: u64, up: bool, nc_write: bool) {
         if self.is_ram(pfn) {
-            let f = &mut self.frames[pfn as usize];
+            let f = &mut self.mem.frames[pfn as usize];
             if up {
                 f.iommu_refs += 1;
                 f.nc_write_refs += u32::from(nc_write);
@@ -161,10 +226,11 @@ impl Sim {
 
     pub(crate) fn do_group_info(&self, group: GroupId) -> Result<GroupInfo, PlatformError> {
         let g = self
+            .hw
             .groups
             .get(&group)
             .ok_or_else(|| perr(Errno::ENODEV, format!("group {group} does not exist")))?;
-        let Some(u) = g.unit.and_then(|u| self.units.get(&u)) else {
+        let Some(u) = g.unit.and_then(|u| self.hw.units.get(&u)) else {
             return Ok(GroupInfo {
                 emulated: true,
                 reserved: Vec::new(),
@@ -182,6 +248,7 @@ impl Sim {
 
     pub(crate) fn do_domain_alloc(&mut self, group: GroupId) -> Result<DomainId, PlatformError> {
         let g = self
+            .hw
             .groups
             .get(&group)
             .ok_or_else(|| perr(Errno::ENODEV, format!("group {group} does not exist")))?;
@@ -192,9 +259,9 @@ impl Sim {
             ));
         };
         self.inject("domain_alloc")?;
-        let id = DomainId(self.next_domain);
-        self.next_domain += 1;
-        self.domains.insert(
+        let id = DomainId(self.hw.next_domain);
+        self.hw.next_domain += 1;
+        self.hw.domains.insert(
             id,
             Domain {
                 unit,
@@ -209,9 +276,10 @@ impl Sim {
 
     pub(crate) fn do_domain_info(&self, domain: DomainId) -> DomainInfo {
         match self
+            .hw
             .domains
             .get(&domain)
-            .and_then(|d| self.units.get(&d.unit))
+            .and_then(|d| self.hw.units.get(&d.unit))
         {
             Some(u) => DomainInfo {
                 ops: u.ops,
@@ -227,14 +295,14 @@ impl Sim {
     }
 
     pub(crate) fn do_enforce(&mut self, domain: DomainId) -> bool {
-        let Some(d) = self.domains.get_mut(&domain) else {
+        let Some(d) = self.hw.domains.get_mut(&domain) else {
             self.violate(
                 Kind::Contract,
                 format!("enforce_cache_coherency on dead domain {domain}"),
             );
             return false;
         };
-        let snoop = self.units.get(&d.unit).is_some_and(|u| u.snoop_control);
+        let snoop = self.hw.units.get(&d.unit).is_some_and(|u| u.snoop_control);
         if snoop {
             d.enforcing = true;
         }
@@ -246,7 +314,7 @@ impl Sim {
         domain: DomainId,
         group: GroupId,
     ) -> Result<(), PlatformError> {
-        let Some(d) = self.domains.get(&domain) else {
+        let Some(d) = self.hw.domains.get(&domain) else {
             self.violate(
                 Kind::Contract,
                 format!("attach of group {group} to dead domain {domain}"),
@@ -258,6 +326,7 @@ impl Sim {
         };
         let dunit = d.unit;
         let g = self
+            .hw
             .groups
             .get(&group)
             .ok_or_else(|| perr(Errno::ENODEV, format!("group {group} does not exist")))?;
@@ -280,8 +349,9 @@ impl Sim {
             ));
         }
         self.inject("attach")?;
-        self.groups.get_mut(&group).expect("checked").attached = Some(domain);
-        self.domains
+        self.hw.groups.get_mut(&group).expect("checked").attached = Some(domain);
+        self.hw
+            .domains
             .get_mut(&domain)
             .expect("checked")
             .groups
@@ -291,6 +361,7 @@ impl Sim {
 
     pub(crate) fn do_detach(&mut self, domain: DomainId, group: GroupId) {
         let ok = self
+            .hw
             .groups
             .get(&group)
             .is_some_and(|g| g.attached == Some(domain));
@@ -301,14 +372,14 @@ impl Sim {
             );
             return;
         }
-        self.groups.get_mut(&group).expect("checked").attached = None;
-        if let Some(d) = self.domains.get_mut(&domain) {
+        self.hw.groups.get_mut(&group).expect("checked").attached = None;
+        if let Some(d) = self.hw.domains.get_mut(&domain) {
             d.groups.retain(|g| *g != group);
         }
     }
 
     pub(crate) fn do_domain_free(&mut self, domain: DomainId) {
-        let Some(d) = self.domains.remove(&domain) else {
+        let Some(d) = self.hw.domains.remove(&domain) else {
             self.violate(
                 Kind::Contract,
                 format!("domain_free of dead domain {domain}"),
@@ -327,7 +398,7 @@ impl Sim {
             );
         }
         for g in &d.groups {
-            if let Some(g) = self.groups.get_mut(g) {
+            if let Some(g) = self.hw.groups.get_mut(g) {
                 g.attached = None;
             }
         }
@@ -348,7 +419,7 @@ impl Sim {
         prot: Prot,
     ) -> Result<(), PlatformError> {
         let what = format!("iommu_map domain {domain} iova 0x{iova:x} pa 0x{pa:x} size 0x{size:x}");
-        let Some(d) = self.domains.get(&domain) else {
+        let Some(d) = self.hw.domains.get(&domain) else {
             self.violate(Kind::Contract, format!("{what}: dead domain"));
             return Err(perr(Errno::ENODEV, what));
         };
@@ -362,7 +433,7 @@ impl Sim {
         if pa.checked_add(size - 1).is_none() {
             return Err(perr(Errno::EINVAL, format!("{what}: pa wraps")));
         }
-        let unit = &self.units[&d.unit];
+        let unit = &self.hw.units[&d.unit];
         if !unit.aperture.contains(&range) {
             return Err(perr(
                 Errno::EINVAL,
@@ -374,7 +445,7 @@ impl Sim {
         }
         let (first, n) = (iova >> PAGE_SHIFT, size >> PAGE_SHIFT);
         let physical: u64 =
-            self.desc.memory_frames + self.mmio_ranges.iter().map(|r| r.npages).sum::<u64>();
+            self.desc.memory_frames + self.mem.mmio_ranges.iter().map(|r| r.npages).sum::<u64>();
         if n > physical {
             return Err(perr(
                 Errno::EINVAL,
@@ -392,12 +463,12 @@ impl Sim {
         let enforcing = d.enforcing;
         self.inject("iommu_map")?;
         let pfn0 = pa >> PAGE_SHIFT;
-        let d = self.domains.get_mut(&domain).expect("checked");
+        let d = self.hw.domains.get_mut(&domain).expect("checked");
         d.pt.map(first, n, pfn0, prot);
         for i in 0..n {
             self.iommu_ref(pfn0 + i, true, !enforcing && prot.write);
             if !enforcing && self.is_ram(pfn0 + i) {
-                let f = &mut self.frames[(pfn0 + i) as usize];
+                let f = &mut self.mem.frames[(pfn0 + i) as usize];
                 // Only a device that can write the frame behind the cache can leave cache and
                 // RAM disagreeing after exposure (F0); reads need the map flush only.
                 if prot.write {
@@ -416,7 +487,7 @@ impl Sim {
     }
 
     pub(crate) fn do_iommu_unmap(&mut self, domain: DomainId, iova: u64, size: u64) -> u64 {
-        let Some(d) = self.domains.get_mut(&domain) else {
+        let Some(d) = self.hw.domains.get_mut(&domain) else {
             self.violate(
                 Kind::Contract,
                 format!("iommu_unmap on dead domain {domain}"),
@@ -446,7 +517,7 @@ impl Sim {
     }
 
     pub(crate) fn do_iotlb_sync(&mut self, domain: DomainId) {
-        let Some(d) = self.domains.get_mut(&domain) else {
+        let Some(d) = self.hw.domains.get_mut(&domain) else {
             self.violate(
                 Kind::Contract,
                 format!("iotlb_sync on dead domain {domain}"),
@@ -460,7 +531,7 @@ impl Sim {
     }
 
     pub(crate) fn do_iova_to_phys(&self, domain: DomainId, iova: u64) -> Option<u64> {
-        let d = self.domains.get(&domain)?;
+        let d = self.hw.domains.get(&domain)?;
         d.pt.get(&(iova >> PAGE_SHIFT))
             .map(|p| (p.pfn << PAGE_SHIFT) | (iova % PAGE_SIZE))
     }
@@ -469,12 +540,13 @@ impl Sim {
 
     /// Live domains, in id order.
     pub fn live_domains(&self) -> Vec<DomainId> {
-        self.domains.keys().copied().collect()
+        self.hw.domains.keys().copied().collect()
     }
 
     /// The page table of a domain: `(iova, pfn, prot)` per 4 KiB page, in IOVA order.
     pub fn domain_entries(&self, domain: DomainId) -> Vec<(u64, u64, Prot)> {
-        self.domains
+        self.hw
+            .domains
             .get(&domain)
             .map(|d| {
                 d.pt.iter()
@@ -486,12 +558,13 @@ impl Sim {
 
     /// Whether a live domain enforces cache coherency (`None` for a dead domain).
     pub fn domain_enforces(&self, domain: DomainId) -> Option<bool> {
-        self.domains.get(&domain).map(|d| d.enforcing)
+        self.hw.domains.get(&domain).map(|d| d.enforcing)
     }
 
     /// Groups attached to a live domain.
     pub fn domain_groups(&self, domain: DomainId) -> Vec<GroupId> {
-        self.domains
+        self.hw
+            .domains
             .get(&domain)
             .map(|d| d.groups.clone())
             .unwrap_or_default()
@@ -499,17 +572,19 @@ impl Sim {
 
     /// The domain a group is attached to.
     pub fn group_domain(&self, group: GroupId) -> Option<DomainId> {
-        self.groups.get(&group).and_then(|g| g.attached)
+        self.hw.groups.get(&group).and_then(|g| g.attached)
     }
 
     /// Every IOMMU-backed group: `(group id, its unit has snoop control, first device name)`.
     /// Emulated groups are left out.
     pub fn iommu_groups(&self) -> Vec<(u32, bool, String)> {
-        self.groups
+        self.hw
+            .groups
             .iter()
             .filter_map(|(id, g)| {
-                let u = self.units.get(&g.unit?)?;
+                let u = self.hw.units.get(&g.unit?)?;
                 let dev = self
+                    .hw
                     .devices
                     .iter()
                     .find(|d| d.group == *id)
@@ -522,12 +597,12 @@ impl Sim {
 
     /// Every group id of the machine.
     pub fn group_ids(&self) -> Vec<GroupId> {
-        self.groups.keys().copied().collect()
+        self.hw.groups.keys().copied().collect()
     }
 
     /// Whether a frame is marked as reachable by a non-coherent domain since its last pin.
     pub fn frame_exposed(&self, pfn: u64) -> bool {
-        self.is_ram(pfn) && self.frames[pfn as usize].exposed
+        self.is_ram(pfn) && self.mem.frames[pfn as usize].exposed
     }
 }
 

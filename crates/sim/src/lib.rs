@@ -23,6 +23,12 @@
 //!
 //! The engine never sees any of this: it only calls the `Platform` methods. Scenario runners
 //! drive the CPU and devices through the public methods of [`Sim`].
+//!
+//! [`Sim`] is a handful of owned parts, each in the module that works on it and each with its
+//! own invariants, which the checker asks for before it compares the machine with the engine
+//! (kind `sim_invariant`): `memory::Memory` (frames, the free list, MMIO), `process::Tasks`,
+//! `cache::Cache`, `iommu::Hardware` (units, groups, domains, devices, emulated devices'
+//! pins), `fault::Faults` and `trace::Observer` (trace, violations, counters).
 
 pub mod cache;
 pub mod check;
@@ -40,7 +46,7 @@ pub mod trace;
 use std::collections::BTreeMap;
 
 use serde::Serialize;
-use type1_core::{DeviceId, DomainId, Errno, GroupId, MmId, PlatformError};
+use type1_core::{DeviceId, Errno, GroupId, PlatformError};
 
 pub use cache::LINE_SIZE;
 pub use check::{EngineView, Kind, Violation};
@@ -81,25 +87,20 @@ pub struct Stats {
 /// not write to the live trace file.
 #[derive(Clone, Debug)]
 pub struct Sim {
+    /// What the machine was built from (never changes).
     pub(crate) desc: MachineDesc,
-    pub(crate) frames: Vec<memory::Frame>,
-    pub(crate) free: Vec<u64>,
-    pub(crate) procs: Vec<process::Process>,
-    pub(crate) current: Option<MmId>,
+    /// Physical memory: frames, the free list, MMIO.
+    pub(crate) mem: memory::Memory,
+    /// Processes and the current one.
+    pub(crate) tasks: process::Tasks,
+    /// The write-back CPU cache.
     pub(crate) cache: cache::Cache,
-    pub(crate) mmio_store: BTreeMap<u64, Box<[u8]>>,
-    pub(crate) mmio_ranges: Vec<MmioDesc>,
-    pub(crate) units: BTreeMap<u32, iommu::Unit>,
-    pub(crate) groups: BTreeMap<GroupId, iommu::Group>,
-    pub(crate) devices: Vec<device::Device>,
-    pub(crate) domains: BTreeMap<DomainId, iommu::Domain>,
-    pub(crate) next_domain: u32,
-    pub(crate) ext_pins: BTreeMap<DeviceId, BTreeMap<u64, u32>>,
+    /// IOMMU units, groups, domains, devices and emulated devices' pins.
+    pub(crate) hw: iommu::Hardware,
+    /// Armed failures and accesses.
     pub(crate) faults: fault::Faults,
-    pub(crate) recorder: trace::Recorder,
-    pub(crate) violations: Vec<Violation>,
-    pub(crate) violations_taken: usize,
-    pub(crate) stats: Stats,
+    /// What the machine saw: the trace, violations and counters.
+    pub(crate) obs: trace::Observer,
 }
 
 impl Sim {
@@ -132,25 +133,25 @@ impl Sim {
             })
             .collect();
         Ok(Sim {
-            mmio_ranges: desc.mmio.clone(),
+            mem: memory::Memory {
+                frames,
+                free,
+                mmio_store: BTreeMap::new(),
+                mmio_ranges: desc.mmio.clone(),
+            },
             desc,
-            frames,
-            free,
-            procs: Vec::new(),
-            current: None,
+            tasks: process::Tasks::default(),
             cache: cache::Cache::default(),
-            mmio_store: BTreeMap::new(),
-            units,
-            groups,
-            devices,
-            domains: BTreeMap::new(),
-            next_domain: 1,
-            ext_pins: BTreeMap::new(),
+            hw: iommu::Hardware {
+                units,
+                groups,
+                devices,
+                domains: BTreeMap::new(),
+                next_domain: 1,
+                ext_pins: BTreeMap::new(),
+            },
             faults: fault::Faults::default(),
-            recorder: trace::Recorder::default(),
-            violations: Vec::new(),
-            violations_taken: 0,
-            stats: Stats::default(),
+            obs: trace::Observer::default(),
         })
     }
 
@@ -161,17 +162,17 @@ impl Sim {
 
     /// The counters.
     pub fn stats(&self) -> Stats {
-        self.stats
+        self.obs.stats
     }
 
     /// Bytes of an earlier owner's data devices read without snooping (`stale_read`).
     pub fn leaked_bytes(&self) -> u64 {
-        self.stats.leaked_bytes
+        self.obs.stats.leaked_bytes
     }
 
     /// Bytes where cache and RAM disagreed when exposed frames lost their last pin.
     pub fn stale_after_unpin_bytes(&self) -> u64 {
-        self.stats.stale_after_unpin_bytes
+        self.obs.stats.stale_after_unpin_bytes
     }
 
     /// A digest of the whole machine state (memory, cache, IOMMU, processes, external pins),
@@ -180,7 +181,7 @@ impl Sim {
     pub fn state_digest(&self) -> u64 {
         use std::hash::{Hash, Hasher};
         let mut h = StateHasher::default();
-        for (pfn, f) in self.frames.iter().enumerate() {
+        for (pfn, f) in self.mem.frames.iter().enumerate() {
             if f.gen == 0 && f.data.is_none() && f.pins == 0 {
                 continue;
             }
@@ -199,9 +200,9 @@ impl Sim {
                 d.content_hash().hash(&mut h);
             }
         }
-        self.free.hash(&mut h);
+        self.mem.free.hash(&mut h);
         self.cache.digest().hash(&mut h);
-        for p in &self.procs {
+        for p in &self.tasks.procs {
             (
                 &p.name,
                 p.alive,
@@ -215,21 +216,21 @@ impl Sim {
                 (s, r.len, r.writable, format!("{:?}", r.kind)).hash(&mut h);
             }
         }
-        self.current.hash(&mut h);
+        self.tasks.current.hash(&mut h);
         // Armed faults change what the next calls do, so they are state; counters are not.
         self.faults.armed_digest().hash(&mut h);
-        for (id, d) in &self.domains {
+        for (id, d) in &self.hw.domains {
             (id, d.unit, d.enforcing, &d.groups, &d.stale).hash(&mut h);
             for (p, e) in d.pt.iter() {
                 (p, e.pfn, e.prot).hash(&mut h);
             }
         }
-        for (id, g) in &self.groups {
+        for (id, g) in &self.hw.groups {
             (id, g.attached).hash(&mut h);
         }
-        self.next_domain.hash(&mut h);
-        self.ext_pins.hash(&mut h);
-        self.mmio_store.hash(&mut h);
+        self.hw.next_domain.hash(&mut h);
+        self.hw.ext_pins.hash(&mut h);
+        self.mem.mmio_store.hash(&mut h);
         h.finish()
     }
 

@@ -21,6 +21,44 @@ pub(crate) const LINES_PER_PAGE: usize = (PAGE_SIZE / LINE_SIZE) as usize;
 /// Default RLIMIT_MEMLOCK of a new process, in pages (64 MiB).
 pub const DEFAULT_MEMLOCK_LIMIT_PAGES: u64 = 16384;
 
+/// Physical memory. Invariants (checked by `Sim::check_memory`): every pfn on `free` is a RAM
+/// frame (`1..frames.len()`), appears once, is mapped by no process and pinned by nothing.
+#[derive(Clone, Debug)]
+pub(crate) struct Memory {
+    /// Frame records, indexed by pfn (index 0 unused).
+    pub frames: Vec<Frame>,
+    /// Free pfns, LIFO.
+    pub free: Vec<u64>,
+    /// Bytes of MMIO pages that were written, by pfn.
+    pub mmio_store: std::collections::BTreeMap<u64, Box<[u8]>>,
+    /// The machine's MMIO windows.
+    pub mmio_ranges: Vec<crate::MmioDesc>,
+}
+
+impl Memory {
+    /// Broken invariants of this part (see the type), one line each.
+    pub(crate) fn invariant_errors(&self) -> Vec<String> {
+        let mut errs = Vec::new();
+        let mut seen = std::collections::HashSet::with_capacity(self.free.len());
+        for &pfn in &self.free {
+            let Some(fr) = self.frames.get(pfn as usize).filter(|_| pfn != 0) else {
+                errs.push(format!("free list holds pfn 0x{pfn:x}, not a RAM frame"));
+                continue;
+            };
+            if !seen.insert(pfn) {
+                errs.push(format!("pfn 0x{pfn:x} is on the free list twice"));
+            }
+            if fr.in_use || fr.pins > 0 {
+                errs.push(format!(
+                    "free pfn 0x{pfn:x} is mapped ({}) or pinned ({})",
+                    fr.in_use, fr.pins
+                ));
+            }
+        }
+        errs
+    }
+}
+
 /// RAM of a frame that has been written at least once.
 #[derive(Clone, Debug)]
 pub(crate) struct FrameData {
@@ -93,12 +131,12 @@ impl Sim {
     /// Takes the most recently freed frame, bumps its generation and zeroes it through the
     /// cache (dirty zero lines; RAM keeps the previous owner's bytes).
     pub(crate) fn alloc_frame(&mut self) -> Option<u64> {
-        let pfn = self.free.pop()?;
-        let f = &mut self.frames[pfn as usize];
+        let pfn = self.mem.free.pop()?;
+        let f = &mut self.mem.frames[pfn as usize];
         f.gen += 1;
         f.in_use = true;
         f.exposed = false;
-        self.stats.frames_allocated += 1;
+        self.obs.stats.frames_allocated += 1;
         let first = pfn * LINES_PER_PAGE as u64;
         for line in first..first + LINES_PER_PAGE as u64 {
             self.cache.insert(
@@ -114,19 +152,19 @@ impl Sim {
 
     /// A process stopped mapping `pfn`: free it unless pinned.
     pub(crate) fn release_frame(&mut self, pfn: u64) {
-        let Some(f) = self.frames.get_mut(pfn as usize) else {
+        let Some(f) = self.mem.frames.get_mut(pfn as usize) else {
             return;
         };
         f.in_use = false;
         if f.pins == 0 {
-            self.free.push(pfn);
+            self.mem.free.push(pfn);
         }
     }
 
     /// Pin count of a RAM frame (0 for anything else).
     pub fn frame_pins(&self, pfn: u64) -> u32 {
         if self.is_ram(pfn) {
-            self.frames[pfn as usize].pins
+            self.mem.frames[pfn as usize].pins
         } else {
             0
         }
@@ -135,7 +173,7 @@ impl Sim {
     /// Allocation generation of a RAM frame (0 if never allocated).
     pub fn frame_generation(&self, pfn: u64) -> u64 {
         if self.is_ram(pfn) {
-            self.frames[pfn as usize].gen
+            self.mem.frames[pfn as usize].gen
         } else {
             0
         }
@@ -143,12 +181,13 @@ impl Sim {
 
     /// Number of frames currently pinned.
     pub fn pinned_frames(&self) -> u64 {
-        self.frames.iter().filter(|f| f.pins > 0).count() as u64
+        self.mem.frames.iter().filter(|f| f.pins > 0).count() as u64
     }
 
     /// Frames currently pinned, with their pin counts.
     pub fn pinned_frame_list(&self) -> Vec<(u64, u32)> {
-        self.frames
+        self.mem
+            .frames
             .iter()
             .enumerate()
             .filter(|(_, f)| f.pins > 0)
@@ -181,13 +220,15 @@ impl Sim {
     }
 
     pub(crate) fn mmio_byte(&self, pa: u64) -> u8 {
-        self.mmio_store
+        self.mem
+            .mmio_store
             .get(&(pa >> PAGE_SHIFT))
             .map_or(0, |p| p[(pa % PAGE_SIZE) as usize])
     }
 
     pub(crate) fn mmio_page_mut(&mut self, pfn: u64) -> &mut [u8] {
-        self.mmio_store
+        self.mem
+            .mmio_store
             .entry(pfn)
             .or_insert_with(|| vec![0; PAGE_SIZE as usize].into_boxed_slice())
     }
@@ -197,7 +238,8 @@ impl Sim {
         if self.is_ram(pfn) {
             return MemType::Wb;
         }
-        self.mmio_ranges
+        self.mem
+            .mmio_ranges
             .iter()
             .find(|r| r.contains(pfn))
             .map_or(MemType::Uc, |r| r.memtype)
@@ -269,9 +311,9 @@ mod tests {
         assert_eq!(ram, [INITIAL_RAM_BYTE; 4]);
         s.exit_process(a);
         assert_eq!(s.frame_pins(pfn), 1);
-        assert!(!s.free.contains(&pfn), "pinned frame is not freed");
+        assert!(!s.mem.free.contains(&pfn), "pinned frame is not freed");
         s.do_unpin(pfn);
-        assert_eq!(s.free.last(), Some(&pfn), "freed at its last unpin");
+        assert_eq!(s.mem.free.last(), Some(&pfn), "freed at its last unpin");
         s.do_unpin(pfn);
         assert_eq!(
             s.violations().last().map(|v| v.kind.as_str()),

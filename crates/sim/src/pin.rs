@@ -34,7 +34,7 @@ impl Sim {
             match self.fault_in(mm, va, write) {
                 Ok((pfn, reserved)) => {
                     if !reserved {
-                        let f = &mut self.frames[pfn as usize];
+                        let f = &mut self.mem.frames[pfn as usize];
                         if f.pins == 0 {
                             f.flushed_since_pin = false;
                             f.needs_unpin_flush = false;
@@ -60,7 +60,7 @@ impl Sim {
             );
             return;
         }
-        let f = &mut self.frames[pfn as usize];
+        let f = &mut self.mem.frames[pfn as usize];
         if f.pins == 0 {
             self.violate_at(
                 Kind::Contract,
@@ -97,7 +97,7 @@ impl Sim {
         if exposed {
             let bad = self.incoherent_bytes(pfn);
             if bad > 0 {
-                self.stats.stale_after_unpin_bytes += bad;
+                self.obs.stats.stale_after_unpin_bytes += bad;
                 self.violate_at(
                     Kind::UnflushedUnpin,
                 Some(pfn),
@@ -107,7 +107,7 @@ impl Sim {
             }
         }
         if !in_use {
-            self.free.push(pfn);
+            self.mem.free.push(pfn);
         }
     }
 
@@ -117,14 +117,14 @@ impl Sim {
         delta: i64,
         enforce_limit: bool,
     ) -> Result<(), PlatformError> {
-        let alive = self.procs.get(mm.0 as usize).is_some_and(|p| p.alive);
+        let alive = self.tasks.procs.get(mm.0 as usize).is_some_and(|p| p.alive);
         if !alive || delta == 0 {
             return Ok(());
         }
         if delta > 0 {
             self.inject("account")?;
         }
-        let p = &mut self.procs[mm.0 as usize];
+        let p = &mut self.tasks.procs[mm.0 as usize];
         if delta > 0 {
             let new = p.locked_vm.saturating_add(delta as u64);
             if enforce_limit && new > p.memlock_limit_pages {
@@ -155,11 +155,14 @@ impl Sim {
 
     /// `locked_vm` of `mm` in pages (0 for an unknown mm).
     pub fn locked_vm(&self, mm: MmId) -> u64 {
-        self.procs.get(mm.0 as usize).map_or(0, |p| p.locked_vm)
+        self.tasks
+            .procs
+            .get(mm.0 as usize)
+            .map_or(0, |p| p.locked_vm)
     }
 
     /// Whether `mm` exists and has not exited.
     pub fn mm_alive(&self, mm: MmId) -> bool {
-        self.procs.get(mm.0 as usize).is_some_and(|p| p.alive)
+        self.tasks.procs.get(mm.0 as usize).is_some_and(|p| p.alive)
     }
 }

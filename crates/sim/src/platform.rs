@@ -10,8 +10,8 @@ use crate::Sim;
 
 impl TaskMemory for Sim {
     fn current(&self) -> Option<Task> {
-        let mm = self.current?;
-        let p = self.procs.get(mm.0 as usize).filter(|p| p.alive)?;
+        let mm = self.tasks.current?;
+        let p = self.tasks.procs.get(mm.0 as usize).filter(|p| p.alive)?;
         Some(Task {
             mm,
             cap_ipc_lock: p.cap_ipc_lock,

@@ -22,6 +22,26 @@ pub(crate) struct Region {
     pub kind: RegionKind,
 }
 
+/// The processes of the machine. Invariant: `current`, when set, names a process of `procs`
+/// (an `MmId` is an index into it; processes are never removed, only marked dead).
+#[derive(Clone, Debug, Default)]
+pub(crate) struct Tasks {
+    pub procs: Vec<Process>,
+    pub current: Option<MmId>,
+}
+
+impl Tasks {
+    /// Broken invariants of this part (see the type), one line each.
+    pub(crate) fn invariant_errors(&self) -> Vec<String> {
+        match self.current {
+            Some(mm) if mm.0 as usize >= self.procs.len() => {
+                vec![format!("current process {mm:?} does not exist")]
+            }
+            _ => Vec::new(),
+        }
+    }
+}
+
 /// A process (address space).
 #[derive(Clone, Debug)]
 pub(crate) struct Process {
@@ -54,7 +74,7 @@ impl Sim {
     /// Creates a process with an empty address space, the default RLIMIT_MEMLOCK and no
     /// CAP_IPC_LOCK.
     pub fn create_process(&mut self, name: &str) -> MmId {
-        self.procs.push(Process {
+        self.tasks.procs.push(Process {
             name: name.to_string(),
             alive: true,
             regions: BTreeMap::new(),
@@ -63,34 +83,34 @@ impl Sim {
             memlock_limit_pages: DEFAULT_MEMLOCK_LIMIT_PAGES,
             cap_ipc_lock: false,
         });
-        MmId(self.procs.len() as u32 - 1)
+        MmId(self.tasks.procs.len() as u32 - 1)
     }
 
     /// Makes `mm` the calling task of subsequent engine calls (`None`: no user context).
     pub fn set_current(&mut self, mm: Option<MmId>) {
-        self.current = mm;
+        self.tasks.current = mm;
     }
 
     /// The process name of `mm`.
     pub fn process_name(&self, mm: MmId) -> Option<&str> {
-        self.procs.get(mm.0 as usize).map(|p| p.name.as_str())
+        self.tasks.procs.get(mm.0 as usize).map(|p| p.name.as_str())
     }
 
     /// Every process id, dead or alive.
     pub fn processes(&self) -> Vec<MmId> {
-        (0..self.procs.len() as u32).map(MmId).collect()
+        (0..self.tasks.procs.len() as u32).map(MmId).collect()
     }
 
     /// Sets the RLIMIT_MEMLOCK of `mm`, in pages (ignored for an unknown mm).
     pub fn set_memlock_limit(&mut self, mm: MmId, pages: u64) {
-        if let Some(p) = self.procs.get_mut(mm.0 as usize) {
+        if let Some(p) = self.tasks.procs.get_mut(mm.0 as usize) {
             p.memlock_limit_pages = pages;
         }
     }
 
     /// Grants or revokes CAP_IPC_LOCK for `mm` (ignored for an unknown mm).
     pub fn set_cap_ipc_lock(&mut self, mm: MmId, cap: bool) {
-        if let Some(p) = self.procs.get_mut(mm.0 as usize) {
+        if let Some(p) = self.tasks.procs.get_mut(mm.0 as usize) {
             p.cap_ipc_lock = cap;
         }
     }
@@ -98,7 +118,7 @@ impl Sim {
     /// Process teardown: the address space dies and every region is unmapped (pinned frames
     /// stay allocated until their last pin drops).
     pub fn exit_process(&mut self, mm: MmId) {
-        let Some(p) = self.procs.get_mut(mm.0 as usize) else {
+        let Some(p) = self.tasks.procs.get_mut(mm.0 as usize) else {
             return;
         };
         if !p.alive {
@@ -113,7 +133,7 @@ impl Sim {
     }
 
     pub(crate) fn proc_ref(&self, mm: MmId) -> Result<&Process, PlatformError> {
-        match self.procs.get(mm.0 as usize) {
+        match self.tasks.procs.get(mm.0 as usize) {
             Some(p) if p.alive => Ok(p),
             Some(_) => Err(perr(Errno::EFAULT, format!("mm {mm} has exited"))),
             None => Err(perr(Errno::EFAULT, format!("mm {mm} does not exist"))),
@@ -121,7 +141,7 @@ impl Sim {
     }
 
     pub(crate) fn proc_mut(&mut self, mm: MmId) -> Result<&mut Process, PlatformError> {
-        match self.procs.get_mut(mm.0 as usize) {
+        match self.tasks.procs.get_mut(mm.0 as usize) {
             Some(p) if p.alive => Ok(p),
             Some(_) => Err(perr(Errno::EFAULT, format!("mm {mm} has exited"))),
             None => Err(perr(Errno::EFAULT, format!("mm {mm} does not exist"))),
@@ -204,7 +224,7 @@ impl Sim {
         let mut uncovered = Vec::new();
         let mut p = base_pfn;
         while p < end {
-            match self.mmio_ranges.iter().find(|r| r.contains(p)) {
+            match self.mem.mmio_ranges.iter().find(|r| r.contains(p)) {
                 Some(r) if r.memtype != memtype => {
                     return Err(perr(
                         Errno::EINVAL,
@@ -214,6 +234,7 @@ impl Sim {
                 Some(r) => p = r.base_pfn + r.npages,
                 None => {
                     let next = self
+                        .mem
                         .mmio_ranges
                         .iter()
                         .filter(|r| r.base_pfn > p)
@@ -240,7 +261,7 @@ impl Sim {
                 kind: RegionKind::Mmio { base_pfn },
             },
         )?;
-        self.mmio_ranges.extend(uncovered);
+        self.mem.mmio_ranges.extend(uncovered);
         Ok(())
     }
 
@@ -303,7 +324,7 @@ impl Sim {
 
     /// The frame behind `vaddr` of `mm` without faulting it in: `(pfn, reserved)`.
     pub fn translate(&self, mm: MmId, vaddr: u64) -> Option<(u64, bool)> {
-        let p = self.procs.get(mm.0 as usize).filter(|p| p.alive)?;
+        let p = self.tasks.procs.get(mm.0 as usize).filter(|p| p.alive)?;
         let (s, r) = p.regions.range(..=vaddr).next_back()?;
         if vaddr - s >= r.len {
             return None;
@@ -333,7 +354,7 @@ impl Sim {
         let pfn = self
             .alloc_frame()
             .ok_or_else(|| perr(Errno::ENOMEM, "out of simulated RAM"))?;
-        self.procs[mm.0 as usize].pt.insert(vpn, pfn);
+        self.tasks.procs[mm.0 as usize].pt.insert(vpn, pfn);
         Ok((pfn, false))
     }
 

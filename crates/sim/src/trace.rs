@@ -11,6 +11,16 @@ use type1_core::Event;
 
 use crate::Sim;
 
+/// What the machine observed: the trace, the violations found (the first
+/// `violations_taken` were handed out already) and the counters.
+#[derive(Clone, Debug, Default)]
+pub(crate) struct Observer {
+    pub recorder: Recorder,
+    pub violations: Vec<crate::Violation>,
+    pub violations_taken: usize,
+    pub stats: crate::Stats,
+}
+
 /// Recorded events and the optional live trace file.
 #[derive(Debug)]
 pub(crate) struct Recorder {
@@ -61,7 +71,7 @@ pub fn event_line(seq: u64, ev: &Event) -> String {
 impl Sim {
     /// Records an event (engine or sim) with the next sequence number.
     pub(crate) fn record(&mut self, ev: Event) {
-        let r = &mut self.recorder;
+        let r = &mut self.obs.recorder;
         r.next_seq += 1;
         let seq = r.next_seq;
         if let Some(f) = r.file.as_mut() {
@@ -78,17 +88,17 @@ impl Sim {
     /// Turns keeping events in memory on or off (sequence numbers and the live file go on;
     /// violations are kept either way). Off is for long explorations.
     pub fn set_recording(&mut self, on: bool) {
-        self.recorder.recording = on;
+        self.obs.recorder.recording = on;
     }
 
     /// Every recorded event with its sequence number (from 1).
     pub fn events(&self) -> &[(u64, Event)] {
-        &self.recorder.events
+        &self.obs.recorder.events
     }
 
     /// Writes the whole trace as JSON lines.
     pub fn write_jsonl(&self, mut w: impl Write) -> std::io::Result<()> {
-        for (seq, ev) in &self.recorder.events {
+        for (seq, ev) in &self.obs.recorder.events {
             writeln!(w, "{}", event_line(*seq, ev))?;
         }
         w.flush()
@@ -102,17 +112,17 @@ impl Sim {
         let mut w = BufWriter::new(f);
         self.write_jsonl(&mut w)
             .map_err(|e| format!("trace file {}: {e}", path.display()))?;
-        self.recorder.file = Some(w);
-        self.recorder.file_error = None;
+        self.obs.recorder.file = Some(w);
+        self.obs.recorder.file_error = None;
         Ok(())
     }
 
     /// Flushes the live trace file; reports the first write error, if any happened.
     pub fn flush_trace_file(&mut self) -> Result<(), String> {
-        if let Some(e) = &self.recorder.file_error {
+        if let Some(e) = &self.obs.recorder.file_error {
             return Err(format!("trace file: {e}"));
         }
-        if let Some(f) = self.recorder.file.as_mut() {
+        if let Some(f) = self.obs.recorder.file.as_mut() {
             f.flush().map_err(|e| format!("trace file: {e}"))?;
         }
         Ok(())
