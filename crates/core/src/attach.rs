@@ -10,8 +10,8 @@ use crate::{
     platform::{FlushReason, Platform},
     trace::Event,
     type1::{Domain, GroupRec, Type1},
-    DomainId, Error, GroupId, IovaRange, Result, ResvKind, ResvRegion, PAGE_MASK_BITMAP,
-    PAGE_SHIFT, PAGE_SIZE,
+    AttachError, DomainId, Error, GroupId, IovaRange, PinError, Result, ResvKind, ResvRegion,
+    PAGE_MASK_BITMAP, PAGE_SHIFT, PAGE_SIZE,
 };
 
 /// Clips a sorted IOVA list to an aperture, or creates it from the aperture (`aper_resize`).
@@ -52,9 +52,7 @@ fn resv_exclude(list: &mut Vec<IovaRange>, resv: &[ResvRegion]) -> Result<()> {
         *list = out;
     }
     if list.is_empty() {
-        return Err(Error::inval(
-            "no valid IOVA range left after reserved regions",
-        ));
+        return Err(AttachError::NoIovaLeft.into());
     }
     Ok(())
 }
@@ -127,10 +125,10 @@ impl Type1 {
     /// attach_group (A1). `emulated` comes from the platform's group facts.
     pub fn attach_group<P: Platform + ?Sized>(&mut self, p: &mut P, group: GroupId) -> Result<()> {
         if self.vaddr_invalid_count > 0 {
-            return Err(Error::Busy("vaddr invalid mappings exist".into()));
+            return Err(AttachError::VaddrInvalid.into());
         }
         if self.has_group(group) {
-            return Err(Error::inval(format!("group {group} already attached")));
+            return Err(AttachError::Attached(group).into());
         }
         let ginfo = p.group_info(group)?;
         if ginfo.emulated {
@@ -174,18 +172,16 @@ impl Type1 {
     ) -> std::result::Result<(), (Error, bool)> {
         let info = p.domain_info(dom);
         if self.aper_conflict(info.aperture) {
-            return Err((
-                Error::inval("domain aperture conflicts with existing mappings"),
-                true,
-            ));
+            return Err((AttachError::Aperture.into(), true));
         }
         for r in &ginfo.reserved {
             if r.kind != ResvKind::DirectRelaxable && self.any_dma_in(r.range.start, r.range.last) {
                 return Err((
-                    Error::inval(format!(
-                        "reserved region 0x{:x}..=0x{:x} overlaps a mapping",
-                        r.range.start, r.range.last
-                    )),
+                    AttachError::Reserved {
+                        start: r.range.start,
+                        last: r.range.last,
+                    }
+                    .into(),
                     true,
                 ));
             }
@@ -196,10 +192,7 @@ impl Type1 {
         let has_hw_msi = ginfo.reserved.iter().any(|r| r.kind == ResvKind::Msi);
         let sw_msi = !has_hw_msi && ginfo.reserved.iter().any(|r| r.kind == ResvKind::SwMsi);
         if !self.cfg.allow_unsafe_interrupts && !ginfo.msi_isolated {
-            return Err((
-                Error::Perm(format!("group {group} lacks MSI isolation")),
-                true,
-            ));
+            return Err((AttachError::MsiIsolation(group).into(), true));
         }
         let enforce = p.domain_enforce_cache_coherency(dom);
         // A1 step 12: try to share an existing compatible domain.
@@ -304,7 +297,7 @@ impl Type1 {
                     }
                 } else {
                     let Some(task) = task else {
-                        failed = Some((idx, Error::NoDevice("no user context".into())));
+                        failed = Some((idx, PinError::NoUserContext.into()));
                         break 'outer;
                     };
                     let npage = (dma.size - off) >> PAGE_SHIFT;
@@ -522,7 +515,7 @@ impl Type1 {
             }
         }
         let (Some(f), Some(l)) = (copy.first(), copy.last()) else {
-            return Err(Error::inval("empty iova list"));
+            return Err(AttachError::NoIovaLeft.into());
         };
         let mut list = vec![IovaRange {
             start: f.start,

@@ -10,7 +10,7 @@ use crate::{
     platform::Platform,
     policy::policy_by_name,
     type1::{Config, Type1},
-    Error, GroupId, Result,
+    ContainerError, Error, GroupId, Result,
 };
 
 /// A VFIO container.
@@ -26,7 +26,7 @@ impl Container {
     /// A new, empty container whose instances use the named flush policy.
     pub fn new(cfg: Config, policy: &str) -> Result<Container> {
         let p = policy_by_name(policy)
-            .ok_or_else(|| Error::inval(format!("unknown flush policy {policy:?}")))?;
+            .ok_or_else(|| ContainerError::UnknownPolicy(policy.to_string()))?;
         Ok(Container {
             cfg,
             policy: p,
@@ -67,22 +67,20 @@ impl Container {
     pub fn iommu(&self) -> Result<&Type1> {
         self.iommu
             .as_ref()
-            .ok_or_else(|| Error::inval("container has no IOMMU backend set"))
+            .ok_or(Error::Container(ContainerError::NoBackend))
     }
 
     /// Mutable backend instance, or EINVAL before SET_IOMMU (C7).
     pub fn iommu_mut(&mut self) -> Result<&mut Type1> {
         self.iommu
             .as_mut()
-            .ok_or_else(|| Error::inval("container has no IOMMU backend set"))
+            .ok_or(Error::Container(ContainerError::NoBackend))
     }
 
     /// A group joins (GROUP_SET_CONTAINER). With a backend set it is attached at once (C8).
     pub fn add_group<P: Platform + ?Sized>(&mut self, p: &mut P, group: GroupId) -> Result<()> {
         if self.groups.contains(&group) {
-            return Err(Error::inval(format!(
-                "group {group} already in the container"
-            )));
+            return Err(ContainerError::GroupPresent(group).into());
         }
         if let Some(t) = self.iommu.as_mut() {
             t.attach_group(p, group)?;
@@ -94,9 +92,7 @@ impl Container {
     /// A group leaves (GROUP_UNSET_CONTAINER). The last group releases the backend (C8, A5).
     pub fn remove_group<P: Platform + ?Sized>(&mut self, p: &mut P, group: GroupId) -> Result<()> {
         let Some(i) = self.groups.iter().position(|g| *g == group) else {
-            return Err(Error::inval(format!(
-                "group {group} is not in the container"
-            )));
+            return Err(ContainerError::GroupAbsent(group).into());
         };
         self.groups.remove(i);
         if let Some(t) = self.iommu.as_mut() {
@@ -113,10 +109,10 @@ impl Container {
     /// SET_IOMMU (C7): opens an instance and attaches every group, all or nothing.
     pub fn set_iommu<P: Platform + ?Sized>(&mut self, p: &mut P, iommu_type: u32) -> Result<()> {
         if self.groups.is_empty() {
-            return Err(Error::inval("container has no group"));
+            return Err(ContainerError::NoGroup.into());
         }
         if self.iommu.is_some() {
-            return Err(Error::inval("container already has a backend"));
+            return Err(ContainerError::BackendSet.into());
         }
         // Only type1 is registered; it answers CHECK_EXTENSION > 0 for 1, 3 and 9, and its open
         // accepts only 1 and 3 (so 9 is EINVAL and anything else ENODEV).
@@ -124,9 +120,7 @@ impl Container {
             iommu_type,
             VFIO_TYPE1_IOMMU | VFIO_TYPE1V2_IOMMU | VFIO_UNMAP_ALL
         ) {
-            return Err(Error::NoDevice(format!(
-                "no backend for iommu type {iommu_type}"
-            )));
+            return Err(ContainerError::NoSuchType(iommu_type).into());
         }
         let mut t = Type1::open(iommu_type, self.cfg, self.policy)?;
         for (i, g) in self.groups.iter().enumerate() {

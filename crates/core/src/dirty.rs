@@ -4,7 +4,7 @@ use crate::{
     abi::*,
     map::verify_bitmap_size,
     type1::{Dma, Type1},
-    Error, Result,
+    BitmapError, DirtyError, Result,
 };
 
 fn set_bits(bm: &mut [u64], start: u64, n: u64) {
@@ -25,9 +25,7 @@ impl Type1 {
         let dma = self.dmas.get_mut(&key).expect("present");
         let npages = dma.npages(pgshift);
         if npages > i32::MAX as u64 {
-            return Err(Error::inval(format!(
-                "mapping 0x{key:x} too large for a dirty bitmap"
-            )));
+            return Err(DirtyError::MappingTooLarge(key).into());
         }
         // One spare u64 for shifting, like the kernel.
         let mut bm = vec![0u64; (npages.div_ceil(64) + 1) as usize];
@@ -73,7 +71,7 @@ impl Type1 {
                 let bit = off + i;
                 let w = (bit / 64) as usize;
                 let Some(word) = user.get_mut(w) else {
-                    return Err(Error::Fault(format!("user bitmap too small for bit {bit}")));
+                    return Err(BitmapError::TooSmall(bit).into());
                 };
                 *word |= 1 << (bit % 64);
             }
@@ -88,16 +86,14 @@ impl Type1 {
         get: Option<(u64, u64, crate::map::UserBitmap<'_>)>,
     ) -> Result<()> {
         if !self.v2 {
-            return Err(Error::Access("dirty tracking needs type1v2".into()));
+            return Err(DirtyError::NotV2.into());
         }
         let mask = DIRTY_FLAG_START | DIRTY_FLAG_STOP | DIRTY_FLAG_GET_BITMAP;
         if flags & !mask != 0 {
-            return Err(Error::inval(format!("flags 0x{flags:x} has unknown bits")));
+            return Err(DirtyError::UnknownFlags(flags).into());
         }
         if flags.count_ones() != 1 {
-            return Err(Error::inval(format!(
-                "flags 0x{flags:x}: exactly one of START, STOP, GET_BITMAP"
-            )));
+            return Err(DirtyError::NotOneFlag(flags).into());
         }
         match flags {
             DIRTY_FLAG_START => {
@@ -126,32 +122,35 @@ impl Type1 {
             }
             _ => {
                 let Some((iova, size, bm)) = get else {
-                    return Err(Error::inval("GET_BITMAP without a range"));
+                    return Err(DirtyError::NoRange.into());
                 };
                 if size == 0 {
-                    return Err(Error::inval("size is 0"));
+                    return Err(DirtyError::SizeZero.into());
                 }
                 iova.checked_add(size - 1)
-                    .ok_or_else(|| Error::Overflow(format!("iova 0x{iova:x} + size 0x{size:x}")))?;
+                    .ok_or(DirtyError::Wraps { iova, size })?;
                 if bm.pgsize == 0 || !bm.pgsize.is_power_of_two() {
-                    return Err(Error::inval(format!("bitmap pgsize 0x{:x}", bm.pgsize)));
+                    return Err(BitmapError::BadPgsize(bm.pgsize).into());
                 }
                 verify_bitmap_size(size >> bm.pgsize.trailing_zeros(), bm.size)?;
                 let pg = self.pgsize();
                 if bm.pgsize != pg {
-                    return Err(Error::inval(format!(
-                        "bitmap pgsize 0x{:x} != 0x{pg:x}",
-                        bm.pgsize
-                    )));
+                    return Err(BitmapError::WrongPgsize {
+                        pgsize: bm.pgsize,
+                        want: pg,
+                    }
+                    .into());
                 }
                 if iova % pg != 0 || size % pg != 0 {
-                    return Err(Error::inval("iova or size not aligned to the page size"));
+                    return Err(DirtyError::Unaligned { iova, size }.into());
                 }
                 if !self.dirty_page_tracking {
-                    return Err(Error::inval("dirty tracking is off"));
+                    return Err(BitmapError::TrackingOff.into());
                 }
                 let last = iova + (size - 1);
-                self.check_no_bisect(iova, last)?;
+                if let Some((at, mapping)) = self.bisected(iova, last) {
+                    return Err(DirtyError::Bisects { at, mapping }.into());
+                }
                 let keys: Vec<u64> = self.dmas.range(iova..=last).map(|(k, _)| *k).collect();
                 let pgshift = pg.trailing_zeros();
                 for k in keys {

@@ -10,7 +10,7 @@ use crate::{
     platform::Platform,
     trace::Event,
     type1::{Type1, Vpfn},
-    DeviceId, Error, GroupId, Prot, Result, PAGE_SIZE, PIN_BATCH,
+    DeviceId, ExternalError, GroupId, PinError, Prot, Result, PAGE_SIZE, PIN_BATCH,
 };
 
 impl Type1 {
@@ -37,21 +37,25 @@ impl Type1 {
     ) -> Result<Vec<u64>> {
         // Container layer.
         if npage == 0 {
-            return Err(Error::inval("npage is 0"));
+            return Err(ExternalError::NoPages.into());
         }
         if npage > PIN_BATCH as u64 {
-            return Err(Error::TooBig(format!("npage {npage} > {PIN_BATCH}")));
+            return Err(ExternalError::TooMany {
+                npage,
+                max: PIN_BATCH as u64,
+            }
+            .into());
         }
         if !self.v2 {
-            return Err(Error::Access("external pins need type1v2".into()));
+            return Err(ExternalError::NotV2.into());
         }
         iova.checked_add(npage * PAGE_SIZE - 1)
-            .ok_or_else(|| Error::Overflow(format!("iova 0x{iova:x} + {npage} pages")))?;
+            .ok_or(ExternalError::Wraps { iova, npage })?;
         if self.vaddr_invalid_count > 0 {
-            return Err(Error::Busy("vaddr invalid mappings exist".into()));
+            return Err(ExternalError::VaddrInvalid.into());
         }
         if self.devices.is_empty() {
-            return Err(Error::inval("no device registered for dma_unmap"));
+            return Err(ExternalError::NoDevice.into());
         }
         let do_accounting = self.domains.is_empty();
         let tracking = self.dirty_page_tracking;
@@ -61,15 +65,19 @@ impl Type1 {
         for i in 0..npage {
             let pi = iova + i * PAGE_SIZE;
             let Some(k) = self.find_dma(pi, PAGE_SIZE) else {
-                err = Some(Error::inval(format!("iova 0x{pi:x} is not mapped")));
+                err = Some(ExternalError::NotMapped(pi).into());
                 break;
             };
             let dma = self.dmas.get_mut(&k).expect("present");
             if !prot.is_subset_of(dma.prot) {
-                err = Some(Error::Perm(format!(
-                    "prot {prot} exceeds mapping's {}",
-                    dma.prot
-                )));
+                err = Some(
+                    ExternalError::Prot {
+                        mapping: k,
+                        want: prot,
+                        has: dma.prot,
+                    }
+                    .into(),
+                );
                 break;
             }
             if let Some(v) = dma.pfn_list.get_mut(&pi) {
@@ -78,14 +86,14 @@ impl Type1 {
                 continue;
             }
             if !p.mm_alive(dma.mm) {
-                err = Some(Error::NoDevice("mapping's address space is gone".into()));
+                err = Some(ExternalError::MmGone { pin: true }.into());
                 break;
             }
             let vaddr = dma.vaddr + (pi - dma.iova);
             let pg = match p.pin_user_pages(dma.mm, vaddr, 1, dma.prot.write) {
                 Ok(v) if !v.is_empty() => v[0],
                 Ok(_) => {
-                    err = Some(Error::Fault(format!("nothing pinned at vaddr 0x{vaddr:x}")));
+                    err = Some(PinError::NothingPinned(vaddr).into());
                     break;
                 }
                 Err(e) => {
@@ -94,10 +102,7 @@ impl Type1 {
                 }
             };
             if pg.reserved {
-                err = Some(Error::inval(format!(
-                    "pfn 0x{:x} is not a valid page",
-                    pg.pfn
-                )));
+                err = Some(ExternalError::InvalidPfn(pg.pfn).into());
                 break;
             }
             if do_accounting {
@@ -190,7 +195,7 @@ impl Type1 {
         write: bool,
     ) -> Result<()> {
         if self.vaddr_invalid_count > 0 {
-            return Err(Error::Busy("vaddr invalid mappings exist".into()));
+            return Err(ExternalError::VaddrInvalid.into());
         }
         let caller = p.current().map(|t| t.mm);
         let pgshift = self.pgsize().trailing_zeros();
@@ -199,19 +204,23 @@ impl Type1 {
         while done < buf.len() {
             let at = iova + done as u64;
             let Some(k) = self.find_dma(at, 1) else {
-                return Err(Error::inval(format!("iova 0x{at:x} is not mapped")));
+                return Err(ExternalError::NotMapped(at).into());
             };
             let dma = self.dmas.get_mut(&k).expect("present");
             if !dma.prot.read || (write && !dma.prot.write) {
-                return Err(Error::Perm(format!("mapping 0x{k:x} is {}", dma.prot)));
+                let want = Prot { read: true, write };
+                return Err(ExternalError::Prot {
+                    mapping: k,
+                    want,
+                    has: dma.prot,
+                }
+                .into());
             }
             if !p.mm_alive(dma.mm) {
-                return Err(Error::Perm("mapping's address space is gone".into()));
+                return Err(ExternalError::MmGone { pin: false }.into());
             }
             if caller.is_some_and(|m| m != dma.mm) {
-                return Err(Error::Fault(
-                    "caller's address space differs from the mapper's".into(),
-                ));
+                return Err(ExternalError::OtherMm.into());
             }
             let off = at - dma.iova;
             let n = ((dma.size - off) as usize).min(buf.len() - done);

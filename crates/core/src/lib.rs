@@ -36,7 +36,10 @@ pub mod types;
 
 pub use container::Container;
 pub use errno::Errno;
-pub use error::{Error, Result};
+pub use error::{
+    AttachError, BitmapError, ContainerError, DirtyError, Error, ExternalError, MapError, PinError,
+    Result, UnmapError,
+};
 pub use info::IommuInfo;
 pub use iopt::IoPageTable;
 pub use map::{MapFlags, MapRequest, UnmapFlags, UnmapRequest, UserBitmap};

@@ -12,7 +12,8 @@ use crate::{
     platform::{FlushReason, Platform},
     trace::Event,
     type1::{Dma, Type1},
-    Error, IovaRange, Prot, Result, DIRTY_BITMAP_SIZE_MAX, PAGE_SHIFT, PAGE_SIZE,
+    BitmapError, Error, IovaRange, MapError, PinError, Prot, Result, UnmapError,
+    DIRTY_BITMAP_SIZE_MAX, PAGE_SHIFT, PAGE_SIZE,
 };
 
 /// What a MAP_DMA asks for (M1): new mappings with these permissions, or (`vaddr`, V2) a new
@@ -39,7 +40,7 @@ impl MapFlags {
     /// ioctl's first check).
     pub fn decode(flags: u32) -> Result<MapFlags> {
         if flags & !(MAP_FLAG_READ | MAP_FLAG_WRITE | MAP_FLAG_VADDR) != 0 {
-            return Err(Error::inval(format!("flags 0x{flags:x} has unknown bits")));
+            return Err(MapError::UnknownFlags(flags).into());
         }
         Ok(MapFlags {
             prot: Prot {
@@ -91,7 +92,7 @@ impl UnmapFlags {
     /// GET_DIRTY_BITMAP with ALL or VADDR (U1.2, U1.3, the ioctl's first checks).
     pub fn decode(flags: u32) -> Result<UnmapFlags> {
         if flags & !(UNMAP_FLAG_GET_DIRTY_BITMAP | UNMAP_FLAG_ALL | UNMAP_FLAG_VADDR) != 0 {
-            return Err(Error::inval(format!("flags 0x{flags:x} has unknown bits")));
+            return Err(UnmapError::UnknownFlags(flags).into());
         }
         let f = UnmapFlags {
             get_dirty_bitmap: flags & UNMAP_FLAG_GET_DIRTY_BITMAP != 0,
@@ -99,7 +100,7 @@ impl UnmapFlags {
             vaddr: flags & UNMAP_FLAG_VADDR != 0,
         };
         if f.get_dirty_bitmap && (f.all || f.vaddr) {
-            return Err(Error::inval("GET_DIRTY_BITMAP with ALL or VADDR"));
+            return Err(UnmapError::BitmapWithAllOrVaddr.into());
         }
         Ok(f)
     }
@@ -120,38 +121,34 @@ pub struct UnmapRequest<'a> {
 
 /// `verify_bitmap_size` (U1, D4): the bitmap must hold `npages` bits and be at most 2^28 bytes.
 pub(crate) fn verify_bitmap_size(npages: u64, bitmap_size: u64) -> Result<()> {
+    let bad = BitmapError::BadSize {
+        size: bitmap_size,
+        npages,
+    };
     if npages == 0 || bitmap_size == 0 || bitmap_size > DIRTY_BITMAP_SIZE_MAX {
-        return Err(Error::inval(format!(
-            "bitmap size {bitmap_size} for {npages} pages"
-        )));
+        return Err(bad.into());
     }
-    let need = npages.div_ceil(64) * 8;
-    if bitmap_size < need {
-        return Err(Error::inval(format!(
-            "bitmap size {bitmap_size} < {need} bytes needed"
-        )));
+    if bitmap_size < npages.div_ceil(64) * 8 {
+        return Err(bad.into());
     }
     Ok(())
 }
 
 impl Type1 {
-    /// U3 and D4 step 6: EINVAL if `iova` or `last` falls strictly inside a mapping.
-    pub(crate) fn check_no_bisect(&self, iova: u64, last: u64) -> Result<()> {
+    /// U3 and D4 step 6: the boundary (`iova` or `last`) that falls strictly inside a
+    /// mapping, with that mapping's key, if one does (the callers' EINVAL).
+    pub(crate) fn bisected(&self, iova: u64, last: u64) -> Option<(u64, u64)> {
         if let Some(k) = self.find_dma(iova, 1) {
             if k != iova {
-                return Err(Error::inval(format!(
-                    "iova 0x{iova:x} bisects mapping 0x{k:x}"
-                )));
+                return Some((iova, k));
             }
         }
         if let Some(k) = self.find_dma(last, 1) {
             if self.dmas[&k].last() != last {
-                return Err(Error::inval(format!(
-                    "end 0x{last:x} bisects mapping 0x{k:x}"
-                )));
+                return Some((last, k));
             }
         }
-        Ok(())
+        None
     }
 
     /// VFIO_IOMMU_MAP_DMA (M1). The caller's task comes from the platform.
@@ -165,17 +162,13 @@ impl Type1 {
         // M1.2 (unknown flags) is `MapFlags::decode`'s, at the edge.
         // M1.4, M1.5 (NEW): size 0, then wrap of iova or vaddr.
         if size == 0 {
-            return Err(Error::inval("size is 0"));
+            return Err(MapError::SizeZero.into());
         }
         if iova.checked_add(size - 1).is_none() {
-            return Err(Error::Overflow(format!(
-                "iova 0x{iova:x} + size 0x{size:x}"
-            )));
+            return Err(MapError::IovaWraps { iova, size }.into());
         }
         if vaddr.checked_add(size - 1).is_none() {
-            return Err(Error::Overflow(format!(
-                "vaddr 0x{vaddr:x} + size 0x{size:x}"
-            )));
+            return Err(MapError::VaddrWraps { vaddr, size }.into());
         }
         // M1.6: prot vs VADDR.
         let MapFlags {
@@ -184,18 +177,23 @@ impl Type1 {
         } = flags;
         let has_prot = prot.read || prot.write;
         if has_prot == set_vaddr {
-            return Err(Error::inval(if set_vaddr {
-                "VADDR with READ or WRITE".to_string()
+            return Err(if set_vaddr {
+                MapError::VaddrWithProt
             } else {
-                "neither READ nor WRITE".to_string()
-            }));
+                MapError::NoProt
+            }
+            .into());
         }
         // M1.7: alignment to PG.
         let pg = self.pgsize();
         if size % pg != 0 || iova % pg != 0 || vaddr % pg != 0 {
-            return Err(Error::inval(format!(
-                "iova 0x{iova:x}, vaddr 0x{vaddr:x} or size 0x{size:x} not aligned to 0x{pg:x}"
-            )));
+            return Err(MapError::Unaligned {
+                iova,
+                vaddr,
+                size,
+                pgsize: pg,
+            }
+            .into());
         }
         // M1.9: overlap, or V3.
         let existing = self.find_dma(iova, size);
@@ -203,11 +201,11 @@ impl Type1 {
             return self.update_vaddr(p, existing, iova, size, vaddr);
         }
         if existing.is_some() {
-            return Err(Error::Exists { iova, size });
+            return Err(MapError::Exists { iova, size }.into());
         }
         // M1.10
         if self.dma_avail == 0 {
-            return Err(Error::NoSpace);
+            return Err(MapError::EntryLimit.into());
         }
         // M1.11: inside one valid range.
         let range = IovaRange {
@@ -215,13 +213,14 @@ impl Type1 {
             last: iova + (size - 1),
         };
         if !self.iova_list.is_empty() && !self.iova_list.iter().any(|r| r.contains(&range)) {
-            return Err(Error::inval(format!(
-                "iova range 0x{:x}..=0x{:x} is not inside one valid range",
-                range.start, range.last
-            )));
+            return Err(MapError::OutsideValidIova {
+                start: range.start,
+                last: range.last,
+            }
+            .into());
         }
         let Some(task) = p.current() else {
-            return Err(Error::NoDevice("no user context".into()));
+            return Err(PinError::NoUserContext.into());
         };
         // M1.13: insert at size 0.
         self.dma_avail -= 1;
@@ -274,9 +273,7 @@ impl Type1 {
         key: u64,
         map_size: u64,
     ) -> Result<()> {
-        let task = p
-            .current()
-            .ok_or_else(|| Error::NoDevice("no user context".into()))?;
+        let task = p.current().ok_or(Error::Pin(PinError::NoUserContext))?;
         let limit = task.memlock_limit_pages;
         let nc = self.noncoherent_domains;
         let disable_hp = self.cfg.disable_hugepages;
@@ -339,18 +336,13 @@ impl Type1 {
         vaddr: u64,
     ) -> Result<()> {
         let Some(key) = existing else {
-            return Err(Error::NotFound { iova });
+            return Err(MapError::NotFound { iova }.into());
         };
         let dma = self.dmas.get_mut(&key).expect("found");
         if !dma.vaddr_invalid || dma.iova != iova || dma.size != size {
-            return Err(Error::inval(format!(
-                "mapping at 0x{:x} is not an invalidated mapping of exactly this range",
-                dma.iova
-            )));
+            return Err(MapError::NotInvalidated(dma.iova).into());
         }
-        let task = p
-            .current()
-            .ok_or_else(|| Error::NoDevice("no user context".into()))?;
+        let task = p.current().ok_or(Error::Pin(PinError::NoUserContext))?;
         if task.mm != dma.mm {
             // vfio_change_dma_owner: charge the new mm first, then uncharge the old one.
             let npage = dma.locked_vm as i64;
@@ -384,49 +376,46 @@ impl Type1 {
         // U1.4
         if get_bitmap {
             let Some(bm) = req.bitmap.as_ref() else {
-                return Err(Error::inval("GET_DIRTY_BITMAP without a bitmap"));
+                return Err(BitmapError::Missing.into());
             };
             if bm.pgsize == 0 || !bm.pgsize.is_power_of_two() {
-                return Err(Error::inval(format!("bitmap pgsize 0x{:x}", bm.pgsize)));
+                return Err(BitmapError::BadPgsize(bm.pgsize).into());
             }
             verify_bitmap_size(req.size >> bm.pgsize.trailing_zeros(), bm.size)?;
         }
         // U2
         if invalidate_vaddr && !self.emulated_groups.is_empty() {
-            return Err(Error::Busy("VADDR with emulated groups attached".into()));
+            return Err(UnmapError::VaddrWithEmulated.into());
         }
         let pg = self.pgsize();
         let iova = req.iova;
         let size = req.size;
         if iova % pg != 0 {
-            return Err(Error::inval(format!(
-                "iova 0x{iova:x} not aligned to 0x{pg:x}"
-            )));
+            return Err(UnmapError::Unaligned { iova, pgsize: pg }.into());
         }
         let last = if unmap_all {
             if iova != 0 || size != 0 {
-                return Err(Error::inval("ALL with non-zero iova or size"));
+                return Err(UnmapError::AllWithRange.into());
             }
             u64::MAX
         } else {
             if size == 0 || size % pg != 0 {
-                return Err(Error::inval(format!(
-                    "size 0x{size:x} is 0 or not aligned to 0x{pg:x}"
-                )));
+                return Err(UnmapError::BadSize { size, pgsize: pg }.into());
             }
             iova.checked_add(size - 1)
-                .ok_or_else(|| Error::Overflow(format!("iova 0x{iova:x} + size 0x{size:x}")))?
+                .ok_or(Error::Unmap(UnmapError::Wraps { iova, size }))?
         };
         if get_bitmap {
             let bm = req.bitmap.as_ref().expect("checked");
             if !self.dirty_page_tracking {
-                return Err(Error::inval("GET_DIRTY_BITMAP while dirty tracking is off"));
+                return Err(BitmapError::TrackingOff.into());
             }
             if bm.pgsize != pg {
-                return Err(Error::inval(format!(
-                    "bitmap pgsize 0x{:x} != 0x{pg:x}",
-                    bm.pgsize
-                )));
+                return Err(BitmapError::WrongPgsize {
+                    pgsize: bm.pgsize,
+                    want: pg,
+                }
+                .into());
             }
         }
 
@@ -435,7 +424,9 @@ impl Type1 {
         'again: loop {
             // U3: v2 never bisects a mapping.
             if self.v2 && !unmap_all {
-                self.check_no_bisect(iova, last)?;
+                if let Some((at, mapping)) = self.bisected(iova, last) {
+                    return Err(UnmapError::Bisects { at, mapping }.into());
+                }
             }
             let keys: Vec<u64> = self
                 .dmas
@@ -457,7 +448,7 @@ impl Type1 {
                             self.dmas.get_mut(r).expect("present").vaddr_invalid = false;
                             self.vaddr_invalid_count -= 1;
                         }
-                        return Err(Error::inval(format!("mapping 0x{k:x} already invalid")));
+                        return Err(UnmapError::AlreadyInvalid(k).into());
                     }
                     let d = self.dmas.get_mut(&k).expect("present");
                     d.vaddr_invalid = true;
@@ -474,9 +465,7 @@ impl Type1 {
                         _ => 0,
                     };
                     if tries > 10 {
-                        return Err(Error::Busy(format!(
-                            "emulated devices keep pages of mapping 0x{k:x} pinned"
-                        )));
+                        return Err(UnmapError::DevicesKeepPins(k).into());
                     }
                     retry = Some((k, tries));
                     self.notify_devices(p, diova, dsize);

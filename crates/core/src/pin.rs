@@ -12,7 +12,7 @@ use crate::{
     policy::FlushPolicy,
     trace::Event,
     type1::Dma,
-    Error, Result, PAGE_SHIFT, PAGE_SIZE, PIN_BATCH,
+    PinError, Result, PAGE_SHIFT, PAGE_SIZE, PIN_BATCH,
 };
 
 /// Pages pinned ahead of use (`struct vfio_batch`); leftovers carry to the next chunk.
@@ -72,10 +72,7 @@ pub(crate) fn pin_pages_remote<P: Platform + ?Sized>(
                 let got =
                     p.pin_user_pages(caller.mm, vaddr + pinned * PAGE_SIZE, want, dma.prot.write)?;
                 if got.is_empty() {
-                    return Err(Error::Fault(format!(
-                        "pin of vaddr 0x{:x} returned nothing",
-                        vaddr
-                    )));
+                    return Err(PinError::NothingPinned(vaddr).into());
                 }
                 batch.pages.extend(got);
             }
@@ -91,9 +88,7 @@ pub(crate) fn pin_pages_remote<P: Platform + ?Sized>(
                 let iova = iova0 + pinned * PAGE_SIZE;
                 if !pg.reserved && !dma.pfn_list.contains_key(&iova) {
                     if !dma.lock_cap && p.locked_vm(caller.mm) + lock_acct + 1 > limit {
-                        return Err(Error::NoMemory(format!(
-                            "RLIMIT_MEMLOCK ({limit} pages) exceeded pinning iova 0x{iova:x}"
-                        )));
+                        return Err(PinError::Memlock { limit, iova }.into());
                     }
                     lock_acct += 1;
                 }
@@ -123,7 +118,7 @@ pub(crate) fn pin_pages_remote<P: Platform + ?Sized>(
                 npages: pinned,
             })
         }
-        (Ok(()), _) => Err(Error::Fault(format!("nothing pinned at vaddr 0x{vaddr:x}"))),
+        (Ok(()), _) => Err(PinError::NothingPinned(vaddr).into()),
         (Err(e), first) => {
             if let Some(f) = first {
                 if !f.reserved {
@@ -169,7 +164,7 @@ pub(crate) fn lock_acct_dma<P: Platform + ?Sized>(
         return if async_ {
             Ok(())
         } else {
-            Err(Error::NoDevice("address space is gone".into()))
+            Err(PinError::MmGone.into())
         };
     }
     p.account(dma.mm, npage, npage > 0 && !dma.lock_cap)?;

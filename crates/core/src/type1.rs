@@ -178,11 +178,7 @@ impl Type1 {
         let v2 = match iommu_type {
             crate::abi::VFIO_TYPE1_IOMMU => false,
             crate::abi::VFIO_TYPE1V2_IOMMU => true,
-            t => {
-                return Err(crate::Error::inval(format!(
-                    "iommu type {t} is not type1 or type1v2"
-                )))
-            }
+            t => return Err(crate::ContainerError::NotOpenable(t).into()),
         };
         Ok(Type1 {
             cfg,
