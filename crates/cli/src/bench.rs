@@ -725,41 +725,47 @@ impl EmulatedDevices for Lean {}
 
 impl Tracing for Lean {}
 
-/// What the engine alone costs for `n` mappings of `pages_each` pages on [`Lean`]: the map
-/// phase's and the unmap phase's nanoseconds, and the heap bytes it keeps while everything is
-/// mapped (with the page tables'). Mappings are laid out as [`scale`] lays them out; a single
-/// mapping's vaddr and IOVA are 1 GiB aligned and its frames contiguous, as memory backed by
-/// 2 MiB (or 1 GiB) pages is, so the IOMMU takes large leaves.
-fn engine_run(n: u64, pages_each: u64) -> Result<(f64, f64, f64)> {
-    let mut p = Lean::default();
-    let config = Config {
-        dma_entry_limit: u32::MAX,
-        ..Config::default()
-    };
-    let mut c = Container::new(config, "seed").map_err(|e| anyhow!("{e}"))?;
-    c.add_group(&mut p, GroupId(1))
-        .map_err(|e| anyhow!("group 1: {e}"))?;
-    c.set_iommu(&mut p, 3)
-        .map_err(|e| anyhow!("SET_IOMMU: {e}"))?;
-    let t1 = c.iommu_mut().map_err(|e| anyhow!("{e}"))?;
-    let before = type1_host::alloc_count::live_bytes();
-    // One-page mappings a page apart (never adjacent); larger ones a 2 MiB gap apart, so
-    // that each stays 2 MiB aligned.
+/// Where the `i`th of `n` mappings of `pages_each` pages starts in the process: one-page
+/// mappings a page apart (never adjacent), larger ones a 2 MiB gap apart so that each stays
+/// 2 MiB aligned, a single one at `base`.
+fn scale_vaddr(base: u64, i: u64, n: u64, pages_each: u64) -> u64 {
     let stride = match (n, pages_each) {
         (1, _) => 0,
         (_, 1) => 2 * PAGE_SIZE,
         _ => pages_each * PAGE_SIZE + (2 << 20),
     };
+    base + i * stride
+}
+
+/// The map and unmap phases of `--scale` on platform `p` (whose current task maps memory at
+/// [`scale_vaddr`] from `base`), into a non-coherent domain of group 1 under `seed`: the map
+/// phase's and the unmap phase's nanoseconds, and the heap bytes kept while everything is
+/// mapped.
+fn scale_phases<P: type1_core::Platform>(
+    p: &mut P,
+    base: u64,
+    n: u64,
+    pages_each: u64,
+) -> Result<(f64, f64, f64)> {
+    let config = Config {
+        dma_entry_limit: u32::MAX,
+        ..Config::default()
+    };
+    let mut c = Container::new(config, "seed").map_err(|e| anyhow!("{e}"))?;
+    c.add_group(p, GroupId(1))
+        .map_err(|e| anyhow!("group 1: {e}"))?;
+    c.set_iommu(p, 3).map_err(|e| anyhow!("SET_IOMMU: {e}"))?;
+    let t1 = c.iommu_mut().map_err(|e| anyhow!("{e}"))?;
+    let before = type1_host::alloc_count::live_bytes();
     let t = Instant::now();
     for i in 0..n {
         let r = MapRequest {
             flags: type1_core::MapFlags::RW,
-            vaddr: (1u64 << 40) + i * stride,
+            vaddr: scale_vaddr(base, i, n, pages_each),
             iova: i * pages_each * PAGE_SIZE,
             size: pages_each * PAGE_SIZE,
         };
-        t1.map_dma(&mut p, r)
-            .map_err(|e| anyhow!("MAP_DMA {i}: {e}"))?;
+        t1.map_dma(p, r).map_err(|e| anyhow!("MAP_DMA {i}: {e}"))?;
     }
     let map_ns = t.elapsed().as_nanos() as f64;
     let bytes = type1_host::alloc_count::live_bytes().saturating_sub(before) as f64;
@@ -773,11 +779,18 @@ fn engine_run(n: u64, pages_each: u64) -> Result<(f64, f64, f64)> {
         size: 0,
         bitmap: None,
     };
-    t1.unmap_dma(&mut p, all)
+    t1.unmap_dma(p, all)
         .map_err(|e| anyhow!("UNMAP_DMA all: {e}"))?;
     let unmap_ns = t.elapsed().as_nanos() as f64;
-    c.close(&mut p);
+    c.close(p);
     Ok((map_ns, unmap_ns, bytes))
+}
+
+/// What the engine alone costs for `n` mappings of `pages_each` pages on [`Lean`] (see
+/// [`scale_phases`]). A single mapping's vaddr and IOVA are 1 GiB aligned and its frames
+/// contiguous, as memory backed by 2 MiB (or 1 GiB) pages is, so the IOMMU takes large leaves.
+fn engine_run(n: u64, pages_each: u64) -> Result<(f64, f64, f64)> {
+    scale_phases(&mut Lean::default(), 1 << 40, n, pages_each)
 }
 
 /// Heap bytes the engine keeps for `n` mappings of `pages_each` pages, on [`Lean`].
@@ -875,45 +888,7 @@ pub fn scale() -> Result<Vec<ScaleRow>> {
         };
         s.mmap_anon(mm, base, span, true)
             .map_err(|e| anyhow!("sim mmap: {e}"))?;
-        let config = Config {
-            dma_entry_limit: u32::MAX,
-            ..Config::default()
-        };
-        let mut c = Container::new(config, "seed").map_err(|e| anyhow!("{e}"))?;
-        c.add_group(&mut s, GroupId(1))
-            .map_err(|e| anyhow!("group 1: {e}"))?;
-        c.set_iommu(&mut s, 3)
-            .map_err(|e| anyhow!("SET_IOMMU: {e}"))?;
-        let t1 = c.iommu_mut().map_err(|e| anyhow!("{e}"))?;
-        let before = type1_host::alloc_count::live_bytes();
-        let t = Instant::now();
-        for i in 0..n {
-            let stride = if n > 1 { 2 * PAGE_SIZE } else { 0 };
-            let r = MapRequest {
-                flags: type1_core::MapFlags::RW,
-                vaddr: base + i * stride,
-                iova: i * pages_each * PAGE_SIZE,
-                size: pages_each * PAGE_SIZE,
-            };
-            t1.map_dma(&mut s, r)
-                .map_err(|e| anyhow!("MAP_DMA {i}: {e}"))?;
-        }
-        let map_ns = t.elapsed().as_nanos() as f64;
-        let bytes = type1_host::alloc_count::live_bytes().saturating_sub(before) as f64;
-        let t = Instant::now();
-        let un = UnmapRequest {
-            flags: type1_core::UnmapFlags {
-                all: true,
-                ..Default::default()
-            },
-            iova: 0,
-            size: 0,
-            bitmap: None,
-        };
-        t1.unmap_dma(&mut s, un)
-            .map_err(|e| anyhow!("UNMAP_DMA all: {e}"))?;
-        let unmap_ns = t.elapsed().as_nanos() as f64;
-        c.close(&mut s);
+        let (map_ns, unmap_ns, bytes) = scale_phases(&mut s, base, n, pages_each)?;
         let engine = engine_bytes(n, pages_each)?;
         rows.push(ScaleRow {
             axis: axis.to_string(),
