@@ -793,6 +793,31 @@ fn engine_run(n: u64, pages_each: u64) -> Result<(f64, f64, f64)> {
     scale_phases(&mut Lean::default(), 1 << 40, n, pages_each)
 }
 
+/// [`scale_phases`] on a simulator just large enough.
+fn scale_on_sim(n: u64, pages_each: u64) -> Result<(f64, f64, f64)> {
+    let total = n * pages_each;
+    // Frames for the pages, and room: every other page of the process is mapped on the
+    // mappings axis so that no two mappings are adjacent.
+    let frames = total * if n > 1 { 2 } else { 1 } + 1024;
+    let desc = type1_sim::MachineDesc {
+        memory_frames: frames,
+        ..Default::default()
+    };
+    let mut s = type1_sim::Sim::new(desc).map_err(|e| anyhow!("simulator: {e}"))?;
+    let mm = s.create_process("scale");
+    s.set_cap_ipc_lock(mm, true);
+    s.set_current(Some(mm));
+    let base = 1u64 << 32;
+    let span = if n > 1 {
+        2 * n * PAGE_SIZE
+    } else {
+        total * PAGE_SIZE
+    };
+    s.mmap_anon(mm, base, span, true)
+        .map_err(|e| anyhow!("sim mmap: {e}"))?;
+    scale_phases(&mut s, base, n, pages_each)
+}
+
 /// Heap bytes the engine keeps for `n` mappings of `pages_each` pages, on [`Lean`].
 fn engine_bytes(n: u64, pages_each: u64) -> Result<f64> {
     Ok(engine_run(n, pages_each)?.2)
@@ -852,44 +877,15 @@ pub fn scale() -> Result<Vec<ScaleRow>> {
         .collect();
     for (axis, n, pages_each) in points {
         let total = n * pages_each;
-        if axis == "engine" {
+        // Map and unmap time, and heap bytes kept by everything (NaN: not measured), then
+        // by the engine alone.
+        let ((map_ns, unmap_ns, bytes), engine) = if axis == "engine" {
             // The engine alone, past what the simulator's per-page model holds.
-            let (map_ns, unmap_ns, engine) = engine_run(n, pages_each)?;
-            rows.push(ScaleRow {
-                axis: axis.to_string(),
-                mappings: n,
-                pages: total,
-                map_ns_per_page: map_ns / total as f64,
-                map_ns_per_mapping: map_ns / n as f64,
-                unmap_ns_per_page: unmap_ns / total as f64,
-                bytes_per_mapping: f64::NAN,
-                bytes_per_page: f64::NAN,
-                engine_bytes_per_mapping: engine / n as f64,
-                engine_bytes_per_page: engine / total as f64,
-            });
-            continue;
-        }
-        // Frames for the pages, and room: every other page of the process is mapped on the
-        // mappings axis so that no two mappings are adjacent.
-        let frames = total * if n > 1 { 2 } else { 1 } + 1024;
-        let desc = type1_sim::MachineDesc {
-            memory_frames: frames,
-            ..Default::default()
-        };
-        let mut s = type1_sim::Sim::new(desc).map_err(|e| anyhow!("simulator: {e}"))?;
-        let mm = s.create_process("scale");
-        s.set_cap_ipc_lock(mm, true);
-        s.set_current(Some(mm));
-        let base = 1u64 << 32;
-        let span = if n > 1 {
-            2 * n * PAGE_SIZE
+            let (m, u, e) = engine_run(n, pages_each)?;
+            ((m, u, f64::NAN), e)
         } else {
-            total * PAGE_SIZE
+            (scale_on_sim(n, pages_each)?, engine_bytes(n, pages_each)?)
         };
-        s.mmap_anon(mm, base, span, true)
-            .map_err(|e| anyhow!("sim mmap: {e}"))?;
-        let (map_ns, unmap_ns, bytes) = scale_phases(&mut s, base, n, pages_each)?;
-        let engine = engine_bytes(n, pages_each)?;
         rows.push(ScaleRow {
             axis: axis.to_string(),
             mappings: n,
