@@ -4,6 +4,11 @@
 //! A line is written back to RAM only by an explicit flush ([`crate::Sim::writeback_all`],
 //! [`crate::Sim::evict_all`], `flush_cache`) or by a snooping device write; nothing evicts on
 //! its own. The *coherent view* of a byte is its cache line if present, else RAM.
+//!
+//! Lines are kept in copy-on-write blocks of one frame. A freshly zeroed frame shares one
+//! block of 64 dirty zero lines with every other such frame, and flushing it whole leaves the
+//! shared all-zero RAM of its generation (`memory::Memory::zero_data`): what the line-by-line
+//! path would leave, without a page of memory or 64 hashes per frame.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -41,11 +46,45 @@ pub(crate) struct Cache {
     sum: u64,
 }
 
-fn line_hash(line: u64, l: &Line) -> u64 {
+/// A line just zeroed by the CPU: what every line of a freshly allocated frame holds.
+const ZERO_DIRTY: Line = Line {
+    data: [0; LINE_SIZE as usize],
+    dirty: true,
+};
+
+/// The block of a freshly allocated frame, shared by every such frame until one is written
+/// (zeroing a page through the cache then costs no allocation and no line hashing).
+static ZERO_BLOCK: std::sync::LazyLock<Arc<Block>> = std::sync::LazyLock::new(|| {
+    Arc::new(Block {
+        lines: [Some(ZERO_DIRTY); LINES_PER_PAGE],
+    })
+});
+
+/// Hash of a line's content (data and dirty bit), computed once for [`ZERO_DIRTY`].
+fn content_hash(l: &Line) -> u64 {
     use std::hash::{Hash, Hasher};
-    let mut h = crate::StateHasher::default();
-    (line, &l.data, l.dirty).hash(&mut h);
-    h.finish()
+    static ZD: std::sync::OnceLock<u64> = std::sync::OnceLock::new();
+    let hash = |l: &Line| {
+        let mut h = crate::StateHasher::default();
+        (&l.data, l.dirty).hash(&mut h);
+        h.finish()
+    };
+    if *l == ZERO_DIRTY {
+        *ZD.get_or_init(|| hash(&ZERO_DIRTY))
+    } else {
+        hash(l)
+    }
+}
+
+/// The digest term of `line` holding `l`: its number and content, mixed (splitmix64's
+/// finalizer), so that the cache's digest is a sum over lines.
+fn line_hash(line: u64, l: &Line) -> u64 {
+    let mut z = line
+        .wrapping_mul(0x9e37_79b9_7f4a_7c15)
+        .wrapping_add(content_hash(l));
+    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    z ^ (z >> 31)
 }
 
 fn split(line: u64) -> (u64, usize) {
@@ -109,10 +148,56 @@ impl Cache {
         true
     }
 
+    /// Fills every line of frame `pfn` with dirty zeros (a CPU zeroing the page). Without a
+    /// line of the frame present this shares [`ZERO_BLOCK`].
+    pub(crate) fn fill_zero_dirty(&mut self, pfn: u64) {
+        let first = pfn * LINES_PER_PAGE as u64;
+        if self.blocks.contains_key(&pfn) {
+            for line in first..first + LINES_PER_PAGE as u64 {
+                self.insert(line, ZERO_DIRTY);
+            }
+            return;
+        }
+        self.blocks.insert(pfn, Arc::clone(&ZERO_BLOCK));
+        self.present += LINES_PER_PAGE;
+        for line in first..first + LINES_PER_PAGE as u64 {
+            self.sum = self.sum.wrapping_add(line_hash(line, &ZERO_DIRTY));
+        }
+    }
+
+    /// Removes every line of frame `pfn`: `None` if none is present, else whether the frame
+    /// held exactly the lines [`Self::fill_zero_dirty`] left (all present, dirty, zero) and
+    /// its present lines, in order.
+    pub(crate) fn take_frame(&mut self, pfn: u64) -> Option<(bool, Vec<(u64, Line)>)> {
+        let b = self.blocks.remove(&pfn)?;
+        let first = pfn * LINES_PER_PAGE as u64;
+        let lines: Vec<(u64, Line)> = b
+            .lines
+            .iter()
+            .enumerate()
+            .filter_map(|(i, l)| Some((first + i as u64, (*l)?)))
+            .collect();
+        for (line, l) in &lines {
+            self.sum = self.sum.wrapping_sub(line_hash(*line, l));
+        }
+        self.present -= lines.len();
+        let zero = Arc::ptr_eq(&b, &ZERO_BLOCK)
+            || (lines.len() == LINES_PER_PAGE && lines.iter().all(|(_, l)| *l == ZERO_DIRTY));
+        Some((zero, lines))
+    }
+
     pub(crate) fn clear(&mut self) {
         self.blocks.clear();
         self.present = 0;
         self.sum = 0;
+    }
+
+    /// Frames `first..=last` with at least one present line, in order.
+    pub(crate) fn frames_in(&self, first: u64, last: u64) -> Vec<u64> {
+        self.blocks
+            .range(first..=last)
+            .map(|(pfn, _)| *pfn)
+            .collect()
     }
 
     /// Present lines numbered `first..=last`, in order, with their dirty bit.
@@ -315,17 +400,50 @@ impl Sim {
                 format!("flush_cache of {mt:?} pfn 0x{pfn:x} (machine check on real hardware)"),
             );
         }
-        let lines: Vec<u64> = self
-            .cache
-            .present_in(pa >> LINE_SHIFT, last >> LINE_SHIFT)
-            .into_iter()
-            .map(|(k, _)| k)
-            .collect();
-        for line in lines {
-            if self.writeback_line(line) {
+        let (first_line, last_line) = (pa >> LINE_SHIFT, last >> LINE_SHIFT);
+        for pfn in self.cache.frames_in(first_pfn, last_pfn) {
+            let page_first = pfn * LINES_PER_PAGE as u64;
+            let page_last = page_first + LINES_PER_PAGE as u64 - 1;
+            if first_line <= page_first && page_last <= last_line {
+                self.flush_frame_lines(pfn);
+                continue;
+            }
+            // Part of the frame: line by line.
+            let lines: Vec<u64> = self
+                .cache
+                .present_in(first_line.max(page_first), last_line.min(page_last))
+                .into_iter()
+                .map(|(k, _)| k)
+                .collect();
+            for line in lines {
+                if self.writeback_line(line) {
+                    self.obs.stats.lines_written_back += 1;
+                }
+                self.cache.remove(line);
+            }
+        }
+    }
+
+    /// Writes back and drops every line of frame `pfn`. A frame that still holds exactly the
+    /// zeros its allocation left gets the shared all-zero RAM of its generation, which is what
+    /// writing its 64 lines back one by one would leave.
+    fn flush_frame_lines(&mut self, pfn: u64) {
+        let Some((zero, lines)) = self.cache.take_frame(pfn) else {
+            return;
+        };
+        if zero {
+            if let Some(gen) = self.mem.frames.get(pfn as usize).map(|f| f.gen) {
+                let data = self.mem.zero_data(gen);
+                self.mem.frames[pfn as usize].data = Some(data);
+                self.obs.stats.lines_written_back += LINES_PER_PAGE as u64;
+                return;
+            }
+        }
+        for (line, l) in lines {
+            if l.dirty {
+                self.ram_write(line, 0, &l.data);
                 self.obs.stats.lines_written_back += 1;
             }
-            self.cache.remove(line);
         }
     }
 
@@ -379,6 +497,61 @@ mod tests {
         assert_eq!(b.remove(6), None);
         b.clear();
         assert_eq!(b.digest(), Cache::default().digest());
+    }
+
+    /// Flushing a whole freshly zeroed page at once (the shared zero block, the shared zero
+    /// RAM) leaves exactly what flushing it line by line leaves: the same RAM bytes and line
+    /// generations, counters, cache and state digest. A write to one zeroed page does not
+    /// reach another that shares its block.
+    #[test]
+    fn a_whole_page_flush_equals_a_line_by_line_one() {
+        use crate::{MachineDesc, Sim};
+        use type1_core::{CacheMaintenance, PAGE_SIZE};
+        let setup = || {
+            let mut s = Sim::new(MachineDesc::default()).unwrap();
+            let mm = s.create_process("p");
+            s.mmap_anon(mm, 0x10000, 2 * PAGE_SIZE, true).unwrap();
+            // Fault both pages in (zeroed through the cache), then dirty one line of the
+            // second one.
+            let mut b = [0u8; 1];
+            s.cpu_read(mm, 0x10000, &mut b).unwrap();
+            s.cpu_write(mm, 0x11000 + 64, &[7]).unwrap();
+            let pa = |s: &Sim, va| s.translate(mm, va).unwrap().0 * PAGE_SIZE;
+            let (p0, p1) = (pa(&s, 0x10000), pa(&s, 0x11000));
+            (s, p0, p1)
+        };
+        let (mut whole, p0, p1) = setup();
+        let (mut lines, _, _) = setup();
+        assert_ne!(p0, p1);
+        whole.flush_cache(p0, PAGE_SIZE);
+        whole.flush_cache(p1, PAGE_SIZE);
+        for pa in [p0, p1] {
+            for half in [0, PAGE_SIZE / 2] {
+                lines.flush_cache(pa + half, PAGE_SIZE / 2);
+            }
+        }
+        for pa in [p0, p1] {
+            let pfn = (pa / PAGE_SIZE) as usize;
+            let (a, b) = (
+                whole.mem.frames[pfn].data.as_ref().unwrap(),
+                lines.mem.frames[pfn].data.as_ref().unwrap(),
+            );
+            assert_eq!((&a.ram, a.line_gen), (&b.ram, b.line_gen), "pfn {pfn}");
+        }
+        let ram1 = &whole.mem.frames[(p1 / PAGE_SIZE) as usize]
+            .data
+            .as_ref()
+            .unwrap()
+            .ram;
+        assert_eq!(ram1[64], 7, "the written line reached RAM");
+        assert!(ram1.iter().enumerate().all(|(i, b)| i == 64 || *b == 0));
+        assert_eq!(
+            whole.stats().lines_written_back,
+            lines.stats().lines_written_back
+        );
+        assert_eq!(whole.stats().lines_written_back, 128);
+        assert_eq!(whole.cache_lines(), (0, 0));
+        assert_eq!(whole.state_digest(), lines.state_digest());
     }
 
     #[test]

@@ -138,6 +138,7 @@ impl Sim {
                 free,
                 mmio_store: BTreeMap::new(),
                 mmio_ranges: desc.mmio.clone(),
+                zero_pages: BTreeMap::new(),
             },
             desc,
             tasks: process::Tasks::default(),

@@ -21,8 +21,8 @@ pub const MSI_WINDOW: IovaRange = IovaRange {
 };
 /// Default number of RAM page frames (256 MiB; frame contents are allocated lazily).
 pub const DEFAULT_MEMORY_FRAMES: u64 = 65536;
-/// Largest accepted `memory_frames` (4 GiB of simulated RAM).
-pub const MAX_MEMORY_FRAMES: u64 = 1 << 20;
+/// Largest accepted `memory_frames` (64 GiB of simulated RAM, a 640 MiB frame table).
+pub const MAX_MEMORY_FRAMES: u64 = 1 << 24;
 /// Most IOMMU units, groups, devices (in all), MMIO ranges and reserved regions (per owner) a
 /// machine may have: a description is configuration, and one from a hostile file must get a
 /// clear error, not a run out of memory or time.

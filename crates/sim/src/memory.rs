@@ -33,9 +33,23 @@ pub(crate) struct Memory {
     pub mmio_store: std::collections::BTreeMap<u64, Box<[u8]>>,
     /// The machine's MMIO windows.
     pub mmio_ranges: Vec<crate::MmioDesc>,
+    /// RAM contents "all zeros, every line written at generation G", by G: shared by every
+    /// frame whose zeroed lines were all written back at once (see [`Self::zero_data`]).
+    pub zero_pages: std::collections::BTreeMap<u64, std::sync::Arc<FrameData>>,
 }
 
 impl Memory {
+    /// RAM of a page whose 64 lines were all written with zeros at generation `gen`.
+    pub(crate) fn zero_data(&mut self, gen: u64) -> std::sync::Arc<FrameData> {
+        std::sync::Arc::clone(self.zero_pages.entry(gen).or_insert_with(|| {
+            std::sync::Arc::new(FrameData {
+                ram: vec![0; PAGE_SIZE as usize].into_boxed_slice(),
+                line_gen: [gen; LINES_PER_PAGE],
+                hash: std::sync::OnceLock::new(),
+            })
+        }))
+    }
+
     /// Broken invariants of this part (see the type), one line each.
     pub(crate) fn invariant_errors(&self) -> Vec<String> {
         let mut errs = Vec::new();
@@ -137,16 +151,7 @@ impl Sim {
         f.in_use = true;
         f.exposed = false;
         self.obs.stats.frames_allocated += 1;
-        let first = pfn * LINES_PER_PAGE as u64;
-        for line in first..first + LINES_PER_PAGE as u64 {
-            self.cache.insert(
-                line,
-                crate::cache::Line {
-                    data: [0; LINE_SIZE as usize],
-                    dirty: true,
-                },
-            );
-        }
+        self.cache.fill_zero_dirty(pfn);
         Some(pfn)
     }
 
