@@ -60,31 +60,46 @@ static ZERO_BLOCK: std::sync::LazyLock<Arc<Block>> = std::sync::LazyLock::new(||
     })
 });
 
-/// Hash of a line's content (data and dirty bit), computed once for [`ZERO_DIRTY`].
+/// Hash of a line's content (data and dirty bit).
 fn content_hash(l: &Line) -> u64 {
     use std::hash::{Hash, Hasher};
-    static ZD: std::sync::OnceLock<u64> = std::sync::OnceLock::new();
-    let hash = |l: &Line| {
-        let mut h = crate::StateHasher::default();
-        (&l.data, l.dirty).hash(&mut h);
-        h.finish()
-    };
-    if *l == ZERO_DIRTY {
-        *ZD.get_or_init(|| hash(&ZERO_DIRTY))
-    } else {
-        hash(l)
-    }
+    let mut h = crate::StateHasher::default();
+    (&l.data, l.dirty).hash(&mut h);
+    h.finish()
 }
 
-/// The digest term of `line` holding `l`: its number and content, mixed (splitmix64's
+/// [`content_hash`] of [`ZERO_DIRTY`], computed once.
+fn zero_dirty_hash() -> u64 {
+    static ZD: std::sync::OnceLock<u64> = std::sync::OnceLock::new();
+    *ZD.get_or_init(|| content_hash(&ZERO_DIRTY))
+}
+
+/// The digest term of `line` holding content of hash `content`: both mixed (splitmix64's
 /// finalizer), so that the cache's digest is a sum over lines.
-fn line_hash(line: u64, l: &Line) -> u64 {
+fn mix(line: u64, content: u64) -> u64 {
     let mut z = line
         .wrapping_mul(0x9e37_79b9_7f4a_7c15)
-        .wrapping_add(content_hash(l));
+        .wrapping_add(content);
     z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
     z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
     z ^ (z >> 31)
+}
+
+/// The digest term of `line` holding `l`.
+fn line_hash(line: u64, l: &Line) -> u64 {
+    let content = if *l == ZERO_DIRTY {
+        zero_dirty_hash()
+    } else {
+        content_hash(l)
+    };
+    mix(line, content)
+}
+
+/// The sum of the digest terms of frame `pfn` holding [`ZERO_BLOCK`].
+fn zero_block_sum(pfn: u64) -> u64 {
+    let zd = zero_dirty_hash();
+    let first = pfn * LINES_PER_PAGE as u64;
+    (first..first + LINES_PER_PAGE as u64).fold(0u64, |s, line| s.wrapping_add(mix(line, zd)))
 }
 
 fn split(line: u64) -> (u64, usize) {
@@ -160,16 +175,19 @@ impl Cache {
         }
         self.blocks.insert(pfn, Arc::clone(&ZERO_BLOCK));
         self.present += LINES_PER_PAGE;
-        for line in first..first + LINES_PER_PAGE as u64 {
-            self.sum = self.sum.wrapping_add(line_hash(line, &ZERO_DIRTY));
-        }
+        self.sum = self.sum.wrapping_add(zero_block_sum(pfn));
     }
 
     /// Removes every line of frame `pfn`: `None` if none is present, else whether the frame
     /// held exactly the lines [`Self::fill_zero_dirty`] left (all present, dirty, zero) and
-    /// its present lines, in order.
+    /// its present lines, in order (none listed for the shared block itself).
     pub(crate) fn take_frame(&mut self, pfn: u64) -> Option<(bool, Vec<(u64, Line)>)> {
         let b = self.blocks.remove(&pfn)?;
+        if Arc::ptr_eq(&b, &ZERO_BLOCK) {
+            self.present -= LINES_PER_PAGE;
+            self.sum = self.sum.wrapping_sub(zero_block_sum(pfn));
+            return Some((true, Vec::new()));
+        }
         let first = pfn * LINES_PER_PAGE as u64;
         let lines: Vec<(u64, Line)> = b
             .lines
@@ -181,8 +199,7 @@ impl Cache {
             self.sum = self.sum.wrapping_sub(line_hash(*line, l));
         }
         self.present -= lines.len();
-        let zero = Arc::ptr_eq(&b, &ZERO_BLOCK)
-            || (lines.len() == LINES_PER_PAGE && lines.iter().all(|(_, l)| *l == ZERO_DIRTY));
+        let zero = lines.len() == LINES_PER_PAGE && lines.iter().all(|(_, l)| *l == ZERO_DIRTY);
         Some((zero, lines))
     }
 
@@ -432,12 +449,13 @@ impl Sim {
             return;
         };
         if zero {
+            // Only RAM frames are ever zeroed through the cache.
             if let Some(gen) = self.mem.frames.get(pfn as usize).map(|f| f.gen) {
                 let data = self.mem.zero_data(gen);
                 self.mem.frames[pfn as usize].data = Some(data);
-                self.obs.stats.lines_written_back += LINES_PER_PAGE as u64;
-                return;
             }
+            self.obs.stats.lines_written_back += LINES_PER_PAGE as u64;
+            return;
         }
         for (line, l) in lines {
             if l.dirty {
