@@ -302,6 +302,9 @@ pub fn ops_of(a: Action, w: &World) -> Vec<Op> {
 pub fn initial_world(bound: &Bound, policy: &str) -> Result<World, String> {
     let mut w = World::new(machine(bound), policy)?;
     w.sim_mut().set_recording(false);
+    // States are small and cloned at every branch: a full walk per check is cheaper than
+    // carrying the incremental check's state along.
+    w.sim_mut().set_check_mode(type1_sim::CheckMode::Full);
     let setup = [
         Op::Process {
             name: "vmm".into(),

@@ -746,6 +746,7 @@ fn scale_phases<P: type1_core::Platform>(
     base: u64,
     n: u64,
     pages_each: u64,
+    mut mapped: impl FnMut(&mut P, &type1_core::Type1) -> Result<()>,
 ) -> Result<(f64, f64, f64)> {
     let config = Config {
         dma_entry_limit: u32::MAX,
@@ -770,6 +771,7 @@ fn scale_phases<P: type1_core::Platform>(
     }
     let map_ns = t.elapsed().as_nanos() as f64;
     let bytes = type1_host::alloc_count::live_bytes().saturating_sub(before) as f64;
+    mapped(p, t1)?;
     let t = Instant::now();
     let all = UnmapRequest {
         flags: type1_core::UnmapFlags {
@@ -791,11 +793,15 @@ fn scale_phases<P: type1_core::Platform>(
 /// [`scale_phases`]). A single mapping's vaddr and IOVA are 1 GiB aligned and its frames
 /// contiguous, as memory backed by 2 MiB (or 1 GiB) pages is, so the IOMMU takes large leaves.
 fn engine_run(n: u64, pages_each: u64) -> Result<(f64, f64, f64)> {
-    scale_phases(&mut Lean::default(), 1 << 40, n, pages_each)
+    scale_phases(&mut Lean::default(), 1 << 40, n, pages_each, |_, _| Ok(()))
 }
 
-/// [`scale_phases`] on a simulator just large enough.
-fn scale_on_sim(n: u64, pages_each: u64) -> Result<(f64, f64, f64)> {
+/// Map and unmap nanoseconds and heap bytes kept, from [`scale_phases`].
+type Phases = (f64, f64, f64);
+
+/// [`scale_phases`] on a simulator just large enough; also the nanoseconds of the engine check
+/// with everything mapped, by a full walk and incrementally after a one-page change.
+fn scale_on_sim(n: u64, pages_each: u64) -> Result<(Phases, (f64, f64))> {
     let total = n * pages_each;
     // Frames for the pages, and room: every other page of the process is mapped on the
     // mappings axis so that no two mappings are adjacent.
@@ -818,7 +824,34 @@ fn scale_on_sim(n: u64, pages_each: u64) -> Result<(f64, f64, f64)> {
     };
     s.mmap_anon(mm, base, span, true)
         .map_err(|e| anyhow!("sim mmap: {e}"))?;
-    scale_phases(&mut s, base, n, pages_each)
+    // One page outside every mapping, for a change the checker must look at.
+    s.mmap_anon(mm, base - PAGE_SIZE, PAGE_SIZE, true)
+        .map_err(|e| anyhow!("sim mmap: {e}"))?;
+    let mut checks = (0.0, 0.0);
+    let phases = scale_phases(&mut s, base, n, pages_each, |s, t1| {
+        let views = [type1_sim::EngineView::of(t1)];
+        // A walk of everything, then the incremental check brought up to date (a walk too),
+        // then what it costs after a one-page change.
+        s.set_check_mode(type1_sim::CheckMode::Full);
+        let t = Instant::now();
+        let full = s.check_engine(&views);
+        checks.0 = t.elapsed().as_nanos() as f64;
+        s.set_check_mode(type1_sim::CheckMode::Incremental);
+        s.check_engine(&views);
+        s.cpu_write(mm, base - PAGE_SIZE, &[1])
+            .map_err(|e| anyhow!("sim write: {e}"))?;
+        let t = Instant::now();
+        let inc = s.check_engine(&views);
+        checks.1 = t.elapsed().as_nanos() as f64;
+        if !full.is_empty() || !inc.is_empty() {
+            bail!(
+                "the simulator's check found {:?}",
+                full.iter().chain(&inc).next()
+            );
+        }
+        Ok(())
+    })?;
+    Ok((phases, checks))
 }
 
 /// Heap bytes the engine keeps for `n` mappings of `pages_each` pages, on [`Lean`].
@@ -850,6 +883,10 @@ pub struct ScaleRow {
     pub engine_bytes_per_mapping: f64,
     /// The same per page.
     pub engine_bytes_per_page: f64,
+    /// Nanoseconds of the simulator's engine check by a full walk, everything mapped.
+    pub check_full_ns: f64,
+    /// Nanoseconds of the incremental check after a one-page change.
+    pub check_step_ns: f64,
 }
 
 /// `--scale`: how time and memory grow with the number of mappings (one page each, 1 Ki to
@@ -882,12 +919,13 @@ pub fn scale() -> Result<Vec<ScaleRow>> {
         let total = n * pages_each;
         // Map and unmap time, and heap bytes kept by everything (NaN: not measured), then
         // by the engine alone.
-        let ((map_ns, unmap_ns, bytes), engine) = if axis == "engine" {
+        let ((map_ns, unmap_ns, bytes), engine, (check_full, check_inc)) = if axis == "engine" {
             // The engine alone, past what the simulator's per-page model holds.
             let (m, u, e) = engine_run(n, pages_each)?;
-            ((m, u, f64::NAN), e)
+            ((m, u, f64::NAN), e, (f64::NAN, f64::NAN))
         } else {
-            (scale_on_sim(n, pages_each)?, engine_bytes(n, pages_each)?)
+            let (phases, checks) = scale_on_sim(n, pages_each)?;
+            (phases, engine_bytes(n, pages_each)?, checks)
         };
         rows.push(ScaleRow {
             axis: axis.to_string(),
@@ -900,6 +938,8 @@ pub fn scale() -> Result<Vec<ScaleRow>> {
             bytes_per_page: bytes / total as f64,
             engine_bytes_per_mapping: engine / n as f64,
             engine_bytes_per_page: engine / total as f64,
+            check_full_ns: check_full,
+            check_step_ns: check_inc,
         });
     }
     Ok(rows)
@@ -911,7 +951,7 @@ pub fn scale_table(rows: &[ScaleRow]) -> String {
     let mut s = String::new();
     let _ = writeln!(
         s,
-        "{:9} {:>9} {:>9} {:>12} {:>14} {:>14} {:>10} {:>8} {:>16} {:>13}",
+        "{:9} {:>9} {:>9} {:>12} {:>14} {:>14} {:>10} {:>8} {:>16} {:>13} {:>14} {:>13}",
         "axis",
         "mappings",
         "pages",
@@ -921,7 +961,9 @@ pub fn scale_table(rows: &[ScaleRow]) -> String {
         "B/mapping",
         "B/page",
         "engine B/mapping",
-        "engine B/page"
+        "engine B/page",
+        "check full µs",
+        "check step µs"
     );
     // Rows of the engine alone have no simulator memory.
     let opt = |v: f64, prec: usize| {
@@ -934,7 +976,7 @@ pub fn scale_table(rows: &[ScaleRow]) -> String {
     for r in rows {
         let _ = writeln!(
             s,
-            "{:9} {:>9} {:>9} {:>12.0} {:>14.0} {:>14.0} {:>10} {:>8} {:>16.1} {:>13.3}",
+            "{:9} {:>9} {:>9} {:>12.0} {:>14.0} {:>14.0} {:>10} {:>8} {:>16.1} {:>13.3} {:>14} {:>13}",
             r.axis,
             r.mappings,
             r.pages,
@@ -944,7 +986,9 @@ pub fn scale_table(rows: &[ScaleRow]) -> String {
             opt(r.bytes_per_mapping, 0),
             opt(r.bytes_per_page, 1),
             r.engine_bytes_per_mapping,
-            r.engine_bytes_per_page
+            r.engine_bytes_per_page,
+            opt(r.check_full_ns / 1e3, 0),
+            opt(r.check_step_ns / 1e3, 1)
         );
     }
     s

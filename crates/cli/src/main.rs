@@ -231,6 +231,7 @@ fn sweep_files(files: &[PathBuf], policy: Option<String>, quiet: bool) -> Result
         let opts = RunOptions {
             policy: policy.clone(),
             base_dir: f.parent().map(PathBuf::from),
+            ..Default::default()
         };
         let rep = type1_scenario::sweep::sweep_steps(&steps, &opts, 10_000)
             .map_err(|e| anyhow::anyhow!("{}: {e}", f.display()))?;
@@ -275,6 +276,7 @@ fn run_files(
         let opts = RunOptions {
             policy: policy.clone(),
             base_dir: f.parent().map(PathBuf::from),
+            ..Default::default()
         };
         let rep = run_text(&text, &opts);
         if let (Some(t), Some(w)) = (&trace, &rep.world) {

@@ -30,6 +30,8 @@ pub struct RunOptions {
     pub policy: Option<String>,
     /// Directory against which a relative `machine PATH` is resolved.
     pub base_dir: Option<std::path::PathBuf>,
+    /// How the engine check runs after each step (`type1_sim::CheckMode`).
+    pub check_mode: type1_sim::CheckMode,
 }
 
 /// The result of a successful or failed run.
@@ -343,7 +345,9 @@ pub fn world_for(steps: &[Step], opts: &RunOptions) -> Result<World, Failure> {
     if let Some(p) = &opts.policy {
         policy = p.clone();
     }
-    World::new(desc, &policy).map_err(|msg| Failure { line: 0, msg })
+    let mut w = World::new(desc, &policy).map_err(|msg| Failure { line: 0, msg })?;
+    w.sim_mut().set_check_mode(opts.check_mode);
+    Ok(w)
 }
 
 /// Runs parsed steps.

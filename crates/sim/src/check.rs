@@ -13,12 +13,10 @@
 //!   [`Sim::check_engine`];
 //! * `leak`: from [`Sim::check_closed`].
 
-use std::collections::BTreeMap;
-
 use serde::Serialize;
-use type1_core::{DomainView, Event, MappingView, MmId, Prot, PAGE_SHIFT};
+use type1_core::{DomainView, Event, MappingView};
 
-use crate::Sim;
+use crate::{CheckMode, Sim};
 
 /// The kind of a broken invariant (see the module documentation); its name is the one
 /// traces, scenarios (`expect violation KIND`, `allow KIND`) and JSON use.
@@ -253,7 +251,7 @@ impl Sim {
 
     /// A RAM frame no process maps any more (its vaddr was unmapped while pinned): a mapping
     /// may legitimately keep it although the vaddr now translates elsewhere.
-    fn orphaned(&self, pfn: u64) -> bool {
+    pub(crate) fn orphaned(&self, pfn: u64) -> bool {
         self.is_ram(pfn) && !self.mem.frames[pfn as usize].in_use
     }
 
@@ -272,172 +270,36 @@ impl Sim {
         for e in parts {
             f.add(Kind::SimInvariant, e.clone(), e);
         }
-        let mut want_pins: BTreeMap<u64, u64> = BTreeMap::new();
-        let mut want_locked: BTreeMap<MmId, u64> = BTreeMap::new();
-        for (ci, v) in views.iter().enumerate() {
-            let has_domains = !v.domains.is_empty();
-            // IOVA page -> (pfn if the vaddr still translates, prot).
-            let mut expect: BTreeMap<u64, (Option<u64>, Prot)> = BTreeMap::new();
-            for m in &v.mappings {
-                let mut normal = 0u64;
-                let mut ext_normal = 0u64;
-                for i in 0..m.size >> PAGE_SHIFT {
-                    let page = (m.iova >> PAGE_SHIFT) + i;
-                    let tr = if m.vaddr_invalid {
-                        None
-                    } else {
-                        m.vaddr
-                            .checked_add(i << PAGE_SHIFT)
-                            .and_then(|va| self.translate(m.mm, va))
-                            .map(|t| t.0)
-                    };
-                    // What the engine pinned and mapped: the domains' entry, else the vaddr.
-                    let pfn = v
-                        .domains
-                        .iter()
-                        .find_map(|d| self.hw.domains.get(&d.id)?.pt.get(&page).map(|p| p.pfn))
-                        .or(tr);
-                    let normal_page = pfn.is_none_or(|p| self.is_ram(p));
-                    if normal_page {
-                        normal += 1;
-                    }
-                    // Every domain must map the page the engine pinned: the one a domain
-                    // already maps, else the mapper's. Not necessarily the mapper's: a replay
-                    // pins through the attaching task's address space (spec errata on A2/P1),
-                    // which may map other memory at the vaddr. That the page is pinned at all
-                    // is the pin checks' business.
-                    if m.iommu_mapped {
-                        expect.insert(page, (pfn, m.prot));
-                        if let Some(p) = pfn.filter(|p| self.is_ram(*p)) {
-                            *want_pins.entry(p).or_insert(0) += 1;
-                        }
-                    }
-                }
-                for &(_, pfn, _) in &m.external_pins {
-                    if self.is_ram(pfn) {
-                        *want_pins.entry(pfn).or_insert(0) += 1;
-                        ext_normal += 1;
-                    }
-                }
-                let charge = if has_domains { normal } else { ext_normal };
-                if m.locked_vm != charge {
-                    f.add(
-                        Kind::Accounting,
-                        format!("map{ci}:{}", m.iova),
-                        format!(
-                            "container {ci}: mapping iova 0x{:x} charges {} pages, expected {charge}",
-                            m.iova, m.locked_vm
-                        ),
-                    );
-                }
-                if self.mm_alive(m.mm) {
-                    *want_locked.entry(m.mm).or_insert(0) += charge;
-                }
+        let changes = std::mem::take(&mut self.obs.changes);
+        let mut cache = std::mem::take(&mut self.obs.inc);
+        let items = match self.obs.check_mode {
+            CheckMode::Incremental => self.engine_items(&mut cache, &changes, views, false),
+            CheckMode::Full => {
+                let items = self.engine_items(&mut cache, &changes, views, true);
+                // Nothing to keep: clones of the machine stay small.
+                cache = Default::default();
+                items
             }
-            for d in &v.domains {
-                let Some(sd) = self.hw.domains.get(&d.id) else {
-                    f.add(
-                        Kind::PageTable,
-                        format!("dead{}", d.id),
-                        format!("container {ci}: domain {} is not live", d.id),
+            CheckMode::Verify => {
+                let inc = self.engine_items(&mut cache, &changes, views, false);
+                let full = self.engine_items(&mut Default::default(), &changes, views, true);
+                if inc != full {
+                    let at = inc.iter().zip(&full).position(|(a, b)| a != b);
+                    let detail = format!(
+                        "the incremental engine check differs from a full walk: {} against {} findings, first difference at {at:?}: {:?} against {:?}",
+                        inc.len(),
+                        full.len(),
+                        at.and_then(|i| inc.get(i)).or(inc.get(full.len())),
+                        at.and_then(|i| full.get(i)).or(full.get(inc.len())),
                     );
-                    continue;
-                };
-                if sd.enforcing != d.coherent {
-                    f.add(
-                        Kind::Coherency,
-                        format!("coh{}", d.id),
-                        format!(
-                            "domain {}: engine says coherent={}, machine says {}",
-                            d.id, d.coherent, sd.enforcing
-                        ),
-                    );
+                    f.add(Kind::SimInvariant, "incremental".into(), detail);
                 }
-                let (mut a, mut b) = (sd.groups.clone(), d.groups.clone());
-                a.sort();
-                b.sort();
-                if a != b {
-                    f.add(
-                        Kind::PageTable,
-                        format!("groups{}", d.id),
-                        format!(
-                            "domain {}: engine lists groups {b:?}, machine has {a:?}",
-                            d.id
-                        ),
-                    );
-                }
-                for (page, (pfn, prot)) in &expect {
-                    let iova = page << PAGE_SHIFT;
-                    match sd.pt.get(page) {
-                        None => f.add(
-                            Kind::PageTable,
-                            format!("missing{}", d.id),
-                            format!("domain {}: iova 0x{iova:x} of a mapped mapping is not mapped", d.id),
-                        ),
-                        Some(pte) if pfn.is_some_and(|p| p != pte.pfn) && !self.orphaned(pte.pfn) => f.add(
-                            Kind::PageTable,
-                            format!("pfn{}", d.id),
-                            format!(
-                                "domain {}: iova 0x{iova:x} maps pfn 0x{:x}, the mapping's pinned page is pfn 0x{:x}",
-                                d.id,
-                                pte.pfn,
-                                pfn.unwrap_or(0)
-                            ),
-                        ),
-                        Some(pte) if pte.prot != *prot => f.add(
-                            Kind::PageTable,
-                            format!("prot{}", d.id),
-                            format!("domain {}: iova 0x{iova:x} has prot {}, mapping has {prot}", d.id, pte.prot),
-                        ),
-                        _ => {}
-                    }
-                }
-                for (page, pte) in sd.pt.iter() {
-                    if !expect.contains_key(&page) {
-                        f.add(
-                            Kind::PageTable,
-                            format!("extra{}", d.id),
-                            format!(
-                                "domain {}: iova 0x{:x} maps pfn 0x{:x} but no mapped mapping covers it",
-                                d.id,
-                                page << PAGE_SHIFT,
-                                pte.pfn
-                            ),
-                        );
-                    }
-                }
+                full
             }
-        }
-        for (pfn, fr) in self.mem.frames.iter().enumerate() {
-            let want = want_pins.get(&(pfn as u64)).copied().unwrap_or(0);
-            let have = fr.pins as u64;
-            if have > want {
-                f.add(
-                    Kind::PinLeak,
-                    String::new(),
-                    format!("pfn 0x{pfn:x} holds {have} pins, the engine accounts for {want}"),
-                );
-            } else if have < want {
-                f.add(
-                    Kind::PinCount,
-                    String::new(),
-                    format!("pfn 0x{pfn:x} holds {have} pins, the engine accounts for {want}"),
-                );
-            }
-        }
-        for (i, p) in self.tasks.procs.iter().enumerate() {
-            let mm = MmId(i as u32);
-            let want = want_locked.get(&mm).copied().unwrap_or(0);
-            if p.alive && p.locked_vm != want {
-                f.add(
-                    Kind::Accounting,
-                    format!("mm{mm}"),
-                    format!(
-                        "mm {mm} ({}): locked_vm {} pages, mappings account for {want}",
-                        p.name, p.locked_vm
-                    ),
-                );
-            }
+        };
+        self.obs.inc = cache;
+        for (kind, key, detail) in items {
+            f.add(kind, key, detail);
         }
         let v = f.into_violations();
         self.record_all(&v);
@@ -488,7 +350,7 @@ impl Sim {
 mod tests {
     use super::*;
     use crate::MachineDesc;
-    use type1_core::{DomainId, GroupId, Iommu, TaskMemory, PAGE_SIZE};
+    use type1_core::{DomainId, GroupId, Iommu, MmId, Prot, TaskMemory, PAGE_SHIFT, PAGE_SIZE};
 
     /// Each part of the machine answers for its own invariants, and the checker reports a
     /// broken one as `sim_invariant`: a frame freed twice, a domain and a group that disagree
@@ -503,7 +365,7 @@ mod tests {
         assert!(kinds(&mut s).is_empty(), "a fresh machine is consistent");
 
         let pfn = *s.mem.free.last().unwrap();
-        s.mem.free.push(pfn);
+        s.mem.push_free(pfn);
         assert_eq!(kinds(&mut s), vec![Kind::SimInvariant]);
 
         let mut s = fresh();

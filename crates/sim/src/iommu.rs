@@ -465,6 +465,7 @@ impl Sim {
         let pfn0 = pa >> PAGE_SHIFT;
         let d = self.hw.domains.get_mut(&domain).expect("checked");
         d.pt.map(first, n, pfn0, prot);
+        self.note_iova(domain, first, n);
         for i in 0..n {
             self.iommu_ref(pfn0 + i, true, !enforcing && prot.write);
             if !enforcing && self.is_ram(pfn0 + i) {
@@ -513,6 +514,7 @@ impl Sim {
                 .push((a >> PAGE_SHIFT, pte.pfn, !d.enforcing && pte.prot.write));
             done += PAGE_SIZE;
         }
+        self.note_iova(domain, iova >> PAGE_SHIFT, done >> PAGE_SHIFT);
         done
     }
 

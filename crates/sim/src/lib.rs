@@ -35,6 +35,7 @@ pub mod check;
 pub mod device;
 pub mod digest;
 pub mod fault;
+pub mod incheck;
 pub mod iommu;
 pub mod machine;
 pub mod memory;
@@ -53,6 +54,7 @@ pub use check::{EngineView, Kind, Violation};
 pub use device::DmaFault;
 pub use digest::StateHasher;
 pub use fault::{Access, ACCESS_POINTS, FAULT_POINTS};
+pub use incheck::CheckMode;
 pub use machine::{GroupDesc, MachineDesc, MmioDesc, ResvDesc, UnitDesc};
 pub use memory::INITIAL_RAM_BYTE;
 
@@ -108,7 +110,10 @@ impl Sim {
     pub fn new(desc: MachineDesc) -> Result<Sim, String> {
         desc.validate()?;
         let n = desc.memory_frames;
-        let frames = vec![memory::Frame::default(); n as usize + 1];
+        let mut frames = vec![memory::Frame::default(); n as usize + 1];
+        for f in &mut frames[1..] {
+            f.free = true;
+        }
         // LIFO: pfn 1 is handed out first.
         let free: Vec<u64> = (1..=n).rev().collect();
         let units = desc
@@ -139,6 +144,7 @@ impl Sim {
                 mmio_store: BTreeMap::new(),
                 mmio_ranges: desc.mmio.clone(),
                 zero_pages: BTreeMap::new(),
+                broken: Vec::new(),
             },
             desc,
             tasks: process::Tasks::default(),

@@ -21,8 +21,9 @@ pub(crate) const LINES_PER_PAGE: usize = (PAGE_SIZE / LINE_SIZE) as usize;
 /// Default RLIMIT_MEMLOCK of a new process, in pages (64 MiB).
 pub const DEFAULT_MEMLOCK_LIMIT_PAGES: u64 = 16384;
 
-/// Physical memory. Invariants (checked by `Sim::check_memory`): every pfn on `free` is a RAM
-/// frame (`1..frames.len()`), appears once, is mapped by no process and pinned by nothing.
+/// Physical memory. Invariants (checked as frames go on the free list, [`Memory::push_free`]):
+/// every pfn on `free` is a RAM frame (`1..frames.len()`), appears once, is mapped by no
+/// process and pinned by nothing.
 #[derive(Clone, Debug)]
 pub(crate) struct Memory {
     /// Frame records, indexed by pfn (index 0 unused).
@@ -36,6 +37,8 @@ pub(crate) struct Memory {
     /// RAM contents "all zeros, every line written at generation G", by G: shared by every
     /// frame whose zeroed lines were all written back at once (see [`Self::zero_data`]).
     pub zero_pages: std::collections::BTreeMap<u64, std::sync::Arc<FrameData>>,
+    /// Breaches of the invariants found so far.
+    pub broken: Vec<String>,
 }
 
 impl Memory {
@@ -50,26 +53,42 @@ impl Memory {
         }))
     }
 
-    /// Broken invariants of this part (see the type), one line each.
-    pub(crate) fn invariant_errors(&self) -> Vec<String> {
-        let mut errs = Vec::new();
-        let mut seen = std::collections::HashSet::with_capacity(self.free.len());
-        for &pfn in &self.free {
-            let Some(fr) = self.frames.get(pfn as usize).filter(|_| pfn != 0) else {
-                errs.push(format!("free list holds pfn 0x{pfn:x}, not a RAM frame"));
-                continue;
-            };
-            if !seen.insert(pfn) {
-                errs.push(format!("pfn 0x{pfn:x} is on the free list twice"));
-            }
-            if fr.in_use || fr.pins > 0 {
-                errs.push(format!(
-                    "free pfn 0x{pfn:x} is mapped ({}) or pinned ({})",
-                    fr.in_use, fr.pins
-                ));
+    /// Puts `pfn` on the free list, checking this part's invariants as it does (constant
+    /// time, whatever the machine's size): a RAM frame, not free already, unmapped and
+    /// unpinned. A breach is kept for [`Self::invariant_errors`].
+    pub(crate) fn push_free(&mut self, pfn: u64) {
+        match self.frames.get_mut(pfn as usize).filter(|_| pfn != 0) {
+            None => self
+                .broken
+                .push(format!("free list given pfn 0x{pfn:x}, not a RAM frame")),
+            Some(fr) => {
+                if fr.free {
+                    self.broken
+                        .push(format!("pfn 0x{pfn:x} is put on the free list twice"));
+                } else if fr.in_use || fr.pins > 0 {
+                    self.broken.push(format!(
+                        "free pfn 0x{pfn:x} is mapped ({}) or pinned ({})",
+                        fr.in_use, fr.pins
+                    ));
+                }
+                fr.free = true;
             }
         }
-        errs
+        self.free.push(pfn);
+    }
+
+    /// Takes the most recently freed frame off the free list.
+    pub(crate) fn pop_free(&mut self) -> Option<u64> {
+        let pfn = self.free.pop()?;
+        if let Some(fr) = self.frames.get_mut(pfn as usize) {
+            fr.free = false;
+        }
+        Some(pfn)
+    }
+
+    /// Broken invariants of this part (see the type), one line each.
+    pub(crate) fn invariant_errors(&self) -> Vec<String> {
+        self.broken.clone()
     }
 }
 
@@ -112,6 +131,8 @@ pub(crate) struct Frame {
     pub iommu_refs: u32,
     /// IOMMU entries (and unsynced IOTLB entries) of non-coherent domains with write access.
     pub nc_write_refs: u32,
+    /// On the free list.
+    pub free: bool,
     /// Flushed at least once since it was last pinned (protocol check `missing_map_flush`).
     pub flushed_since_pin: bool,
     /// Mapped into a non-coherent domain and not flushed since it left every domain
@@ -145,13 +166,14 @@ impl Sim {
     /// Takes the most recently freed frame, bumps its generation and zeroes it through the
     /// cache (dirty zero lines; RAM keeps the previous owner's bytes).
     pub(crate) fn alloc_frame(&mut self) -> Option<u64> {
-        let pfn = self.mem.free.pop()?;
+        let pfn = self.mem.pop_free()?;
         let f = &mut self.mem.frames[pfn as usize];
         f.gen += 1;
         f.in_use = true;
         f.exposed = false;
         self.obs.stats.frames_allocated += 1;
         self.cache.fill_zero_dirty(pfn);
+        self.note_pfn(pfn);
         Some(pfn)
     }
 
@@ -161,8 +183,9 @@ impl Sim {
             return;
         };
         f.in_use = false;
+        self.obs.changes.pfn.add(pfn, pfn + 1);
         if f.pins == 0 {
-            self.mem.free.push(pfn);
+            self.mem.push_free(pfn);
         }
     }
 

@@ -40,6 +40,7 @@ impl Sim {
                             f.needs_unpin_flush = false;
                         }
                         f.pins += 1;
+                        self.note_pfn(pfn);
                     }
                     out.push(PinnedPage { pfn, reserved });
                 }
@@ -71,9 +72,12 @@ impl Sim {
             return;
         }
         f.pins -= 1;
-        if f.pins > 0 {
+        let left = f.pins;
+        self.note_pfn(pfn);
+        if left > 0 {
             return;
         }
+        let f = &mut self.mem.frames[pfn as usize];
         let (refs, exposed, in_use) = (f.iommu_refs, f.exposed, f.in_use);
         let needs_flush = f.needs_unpin_flush;
         f.exposed = false;
@@ -107,7 +111,7 @@ impl Sim {
             }
         }
         if !in_use {
-            self.mem.free.push(pfn);
+            self.mem.push_free(pfn);
         }
     }
 

@@ -125,6 +125,8 @@ impl Sim {
             return;
         }
         p.alive = false;
+        self.note_all();
+        let p = &mut self.tasks.procs[mm.0 as usize];
         p.regions.clear();
         let pt = std::mem::take(&mut p.pt);
         for pfn in pt.into_values() {
@@ -169,6 +171,7 @@ impl Sim {
             ));
         }
         p.regions.insert(vaddr, region);
+        self.note_vpn(mm, vaddr, len);
         Ok(())
     }
 
@@ -269,6 +272,8 @@ impl Sim {
     /// pinned.
     pub fn munmap(&mut self, mm: MmId, vaddr: u64, len: u64) -> Result<(), PlatformError> {
         let last = check_range(vaddr, len)?;
+        self.proc_ref(mm)?;
+        self.note_vpn(mm, vaddr, len);
         let p = self.proc_mut(mm)?;
         let hits: Vec<(u64, Region)> = p
             .regions
@@ -355,6 +360,7 @@ impl Sim {
             .alloc_frame()
             .ok_or_else(|| perr(Errno::ENOMEM, "out of simulated RAM"))?;
         self.tasks.procs[mm.0 as usize].pt.insert(vpn, pfn);
+        self.note_vpn(mm, vaddr, PAGE_SIZE);
         Ok((pfn, false))
     }
 

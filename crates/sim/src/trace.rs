@@ -19,6 +19,10 @@ pub(crate) struct Observer {
     pub violations: Vec<crate::Violation>,
     pub violations_taken: usize,
     pub stats: crate::Stats,
+    /// What changed since the last engine check, and that check's state (`incheck.rs`).
+    pub changes: crate::incheck::Changes,
+    pub inc: crate::incheck::IncCache,
+    pub check_mode: crate::CheckMode,
 }
 
 /// Recorded events and the optional live trace file.
