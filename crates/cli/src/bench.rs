@@ -51,6 +51,8 @@ pub struct BenchOpts {
     pub reps: usize,
     /// `--scale` instead of the workloads.
     pub scale: bool,
+    /// Largest simulated guest of `--scale` (bytes).
+    pub scale_max: u64,
     /// Cores for the extra `seed@Ncpu` host rows (1: none).
     pub flush_threads: usize,
 }
@@ -799,17 +801,23 @@ fn engine_run(n: u64, pages_each: u64) -> Result<(f64, f64, f64)> {
 /// Map and unmap nanoseconds and heap bytes kept, from [`scale_phases`].
 type Phases = (f64, f64, f64);
 
-/// [`scale_phases`] on a simulator just large enough; also the nanoseconds of the engine check
-/// with everything mapped, by a full walk and incrementally after a one-page change.
-fn scale_on_sim(n: u64, pages_each: u64) -> Result<(Phases, (f64, f64))> {
+/// Pages past which `--scale` does not time the simulator's check (a walk of everything
+/// takes a while there).
+const CHECK_PAGES_MAX: u64 = 1 << 23;
+
+/// [`scale_phases`] on a simulator just large enough, with transparent huge pages if `thp`;
+/// also the nanoseconds of the engine check with everything mapped, by a full walk and
+/// incrementally after a one-page change (NaN past [`CHECK_PAGES_MAX`]).
+fn scale_on_sim(n: u64, pages_each: u64, thp: bool) -> Result<(Phases, (f64, f64))> {
     let total = n * pages_each;
     // Frames for the pages, and room: every other page of the process is mapped on the
-    // mappings axis so that no two mappings are adjacent.
-    let frames = total * if n > 1 { 2 } else { 1 } + 1024;
+    // mappings axis so that no two mappings are adjacent, and huge pages start 2 MiB aligned.
+    let frames = total * if n > 1 { 2 } else { 1 } + 2048;
     // No MMIO window: the default one sits at 4 GiB, inside the larger machines here.
     let desc = type1_sim::MachineDesc {
         memory_frames: frames,
         mmio: Vec::new(),
+        thp,
         ..Default::default()
     };
     let mut s = type1_sim::Sim::new(desc).map_err(|e| anyhow!("simulator: {e}"))?;
@@ -827,8 +835,11 @@ fn scale_on_sim(n: u64, pages_each: u64) -> Result<(Phases, (f64, f64))> {
     // One page outside every mapping, for a change the checker must look at.
     s.mmap_anon(mm, base - PAGE_SIZE, PAGE_SIZE, true)
         .map_err(|e| anyhow!("sim mmap: {e}"))?;
-    let mut checks = (0.0, 0.0);
+    let mut checks = (f64::NAN, f64::NAN);
     let phases = scale_phases(&mut s, base, n, pages_each, |s, t1| {
+        if total > CHECK_PAGES_MAX {
+            return Ok(());
+        }
         let views = [type1_sim::EngineView::of(t1)];
         // A walk of everything, then the incremental check brought up to date (a walk too),
         // then what it costs after a one-page change.
@@ -895,8 +906,17 @@ pub struct ScaleRow {
 /// [`Lean`], up to a 1 TiB guest in 2 MiB-aligned memory, which the simulator's per-page model
 /// cannot hold. Memory is the heap the process keeps (the binary counts its allocations), so
 /// on the simulator axes it covers the engine and the simulator's own records.
-pub fn scale() -> Result<Vec<ScaleRow>> {
+pub fn scale(max_bytes: u64) -> Result<Vec<ScaleRow>> {
     let mut rows = Vec::new();
+    let fits = |pages: u64| pages * PAGE_SIZE <= max_bytes;
+    // With transparent huge pages: 8 GiB to `max_bytes` in one mapping, and 65535 mappings
+    // of 16 MiB (1 TiB in all) if that fits.
+    let thp: Vec<(&str, u64, u64)> = [1u64 << 21, 1 << 24, 1 << 26, 1 << 28]
+        .into_iter()
+        .filter(|p| fits(*p))
+        .map(|p| ("thp", 1, p))
+        .chain(fits(65535 * 4096).then_some(("thp", 65535, 4096)))
+        .collect();
     let points: Vec<(&str, u64, u64)> = [1024u64, 4096, 16384, 65535]
         .iter()
         .map(|n| ("mappings", *n, 1u64))
@@ -914,6 +934,7 @@ pub fn scale() -> Result<Vec<ScaleRow>> {
                 .map(|p| ("engine", 1, *p)),
         )
         .chain([(1024u64, 1u64), (65535, 1), (65535, 4096)].map(|(n, p)| ("engine", n, p)))
+        .chain(thp)
         .collect();
     for (axis, n, pages_each) in points {
         let total = n * pages_each;
@@ -924,7 +945,7 @@ pub fn scale() -> Result<Vec<ScaleRow>> {
             let (m, u, e) = engine_run(n, pages_each)?;
             ((m, u, f64::NAN), e, (f64::NAN, f64::NAN))
         } else {
-            let (phases, checks) = scale_on_sim(n, pages_each)?;
+            let (phases, checks) = scale_on_sim(n, pages_each, axis == "thp")?;
             (phases, engine_bytes(n, pages_each)?, checks)
         };
         rows.push(ScaleRow {
@@ -997,7 +1018,7 @@ pub fn scale_table(rows: &[ScaleRow]) -> String {
 /// Runs the benchmark and prints its table.
 pub fn run(o: &BenchOpts) -> Result<()> {
     if o.scale {
-        let rows = scale()?;
+        let rows = scale(o.scale_max)?;
         print!("{}", scale_table(&rows));
         if let Some(path) = &o.json {
             std::fs::write(
@@ -1221,6 +1242,7 @@ mod tests {
             plot: None,
             reps: 1,
             scale: false,
+            scale_max: 0,
             flush_threads: 1,
         };
         let mut rows = Vec::new();

@@ -136,6 +136,10 @@ enum Cmd {
         /// Instead: how the engine's time and memory grow with mappings and pages (simulator).
         #[arg(long)]
         scale: bool,
+        /// Largest simulated guest `--scale` runs with transparent huge pages (1T runs a
+        /// 1 TiB guest: minutes, and about 14 GB of this machine's memory).
+        #[arg(long, default_value = "64G", value_parser = bench::parse_size)]
+        scale_max: u64,
         /// Also run `seed` on the host with its flushes spread over this many cores (rows
         /// `seed@Ncpu`); 1 leaves them out. Default: this machine's cores, at most 4.
         #[arg(long)]
@@ -469,6 +473,7 @@ fn main() -> ExitCode {
             plot,
             reps,
             scale,
+            scale_max,
             flush_threads,
         } => bench::run(&bench::BenchOpts {
             guest: guest_size,
@@ -481,6 +486,7 @@ fn main() -> ExitCode {
             plot,
             reps,
             scale,
+            scale_max,
             flush_threads: flush_threads.unwrap_or_else(|| {
                 std::thread::available_parallelism().map_or(1, |n| n.get().min(4))
             }),

@@ -188,6 +188,11 @@ impl IoPageTable {
         self.leaves.is_empty()
     }
 
+    /// The leaf holding `iova`: `(its first IOVA, leaf)`.
+    pub fn leaf_containing(&self, iova: u64) -> Option<(u64, Leaf)> {
+        self.leaf_at(iova)
+    }
+
     /// Every leaf, in IOVA order: `(iova, leaf)`.
     pub fn leaves(&self) -> impl Iterator<Item = (u64, Leaf)> + '_ {
         self.leaves.iter().map(|(i, l)| (*i, *l))

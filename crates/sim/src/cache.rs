@@ -42,6 +42,11 @@ struct Block {
 #[derive(Clone, Debug, Default)]
 pub(crate) struct Cache {
     blocks: BTreeMap<u64, Arc<Block>>,
+    /// Frames all of whose lines hold [`ZERO_DIRTY`] and that no line access has touched
+    /// since, as ranges (no block each: a 1 TiB guest is faulted in as one range). Counted in
+    /// `present` and `sum` like any line; a frame gets a block of its own when a line of it
+    /// is written.
+    zero: crate::incheck::RangeSet,
     present: usize,
     sum: u64,
 }
@@ -112,12 +117,19 @@ fn split(line: u64) -> (u64, usize) {
 impl Cache {
     pub(crate) fn get(&self, line: u64) -> Option<&Line> {
         let (pfn, i) = split(line);
-        self.blocks.get(&pfn)?.lines[i].as_ref()
+        match self.blocks.get(&pfn) {
+            Some(b) => b.lines[i].as_ref(),
+            None if self.zero.contains(pfn) => Some(&ZERO_DIRTY),
+            None => None,
+        }
     }
 
     /// The slot of `line`, for writing (its block is unshared first).
     fn slot(&mut self, line: u64) -> &mut Option<Line> {
         let (pfn, i) = split(line);
+        if !self.zero.remove(pfn, pfn + 1).is_empty() {
+            self.blocks.insert(pfn, Arc::clone(&ZERO_BLOCK));
+        }
         let b = self.blocks.entry(pfn).or_insert_with(|| {
             Arc::new(Block {
                 lines: [None; LINES_PER_PAGE],
@@ -173,15 +185,34 @@ impl Cache {
             }
             return;
         }
-        self.blocks.insert(pfn, Arc::clone(&ZERO_BLOCK));
+        if self.zero.contains(pfn) {
+            return;
+        }
+        self.zero.add(pfn, pfn + 1);
         self.present += LINES_PER_PAGE;
         self.sum = self.sum.wrapping_add(zero_block_sum(pfn));
+    }
+
+    /// Drops the frames of `[first, end)` that hold only their zeroed lines, untouched: the
+    /// ranges they formed.
+    pub(crate) fn take_zero_frames(&mut self, first: u64, end: u64) -> Vec<(u64, u64)> {
+        let taken = self.zero.remove(first, end);
+        for &(a, b) in &taken {
+            for pfn in a..b {
+                self.sum = self.sum.wrapping_sub(zero_block_sum(pfn));
+            }
+            self.present -= (b - a) as usize * LINES_PER_PAGE;
+        }
+        taken
     }
 
     /// Removes every line of frame `pfn`: `None` if none is present, else whether the frame
     /// held exactly the lines [`Self::fill_zero_dirty`] left (all present, dirty, zero) and
     /// its present lines, in order (none listed for the shared block itself).
     pub(crate) fn take_frame(&mut self, pfn: u64) -> Option<(bool, Vec<(u64, Line)>)> {
+        if !self.take_zero_frames(pfn, pfn + 1).is_empty() {
+            return Some((true, Vec::new()));
+        }
         let b = self.blocks.remove(&pfn)?;
         if Arc::ptr_eq(&b, &ZERO_BLOCK) {
             self.present -= LINES_PER_PAGE;
@@ -205,28 +236,33 @@ impl Cache {
 
     pub(crate) fn clear(&mut self) {
         self.blocks.clear();
+        self.zero = Default::default();
         self.present = 0;
         self.sum = 0;
     }
 
     /// Frames `first..=last` with at least one present line, in order.
     pub(crate) fn frames_in(&self, first: u64, last: u64) -> Vec<u64> {
-        self.blocks
+        let mut v: Vec<u64> = self
+            .blocks
             .range(first..=last)
             .map(|(pfn, _)| *pfn)
-            .collect()
+            .collect();
+        for (a, b) in self.zero.within(first, last.saturating_add(1)) {
+            v.extend(a..b);
+        }
+        v.sort_unstable();
+        v
     }
 
     /// Present lines numbered `first..=last`, in order, with their dirty bit.
     pub(crate) fn present_in(&self, first: u64, last: u64) -> Vec<(u64, bool)> {
         let mut v = Vec::new();
-        for (pfn, b) in self
-            .blocks
-            .range(first / LINES_PER_PAGE as u64..=last / LINES_PER_PAGE as u64)
-        {
-            for (i, l) in b.lines.iter().enumerate() {
-                let line = pfn * LINES_PER_PAGE as u64 + i as u64;
-                if let (Some(l), true) = (l, (first..=last).contains(&line)) {
+        let per = LINES_PER_PAGE as u64;
+        for pfn in self.frames_in(first / per, last / per) {
+            for i in 0..per {
+                let line = pfn * per + i;
+                if let (Some(l), true) = (self.get(line), (first..=last).contains(&line)) {
                     v.push((line, l.dirty));
                 }
             }
@@ -418,6 +454,19 @@ impl Sim {
             );
         }
         let (first_line, last_line) = (pa >> LINE_SHIFT, last >> LINE_SHIFT);
+        // Whole frames still holding their zeroed lines, untouched, in bulk (a 1 TiB guest's
+        // map flush is one range here).
+        let whole_first = first_line.div_ceil(LINES_PER_PAGE as u64);
+        let whole_end = (last_line + 1) / LINES_PER_PAGE as u64;
+        for (a, b) in self.cache.take_zero_frames(whole_first, whole_end) {
+            for pfn in a..b {
+                if let Some(gen) = self.mem.frames.get(pfn as usize).map(|f| f.gen) {
+                    let data = self.mem.zero_data(gen);
+                    self.mem.frames[pfn as usize].data = Some(data);
+                }
+            }
+            self.obs.stats.lines_written_back += (b - a) * LINES_PER_PAGE as u64;
+        }
         for pfn in self.cache.frames_in(first_pfn, last_pfn) {
             let page_first = pfn * LINES_PER_PAGE as u64;
             let page_last = page_first + LINES_PER_PAGE as u64 - 1;

@@ -364,7 +364,7 @@ mod tests {
         let mut s = fresh();
         assert!(kinds(&mut s).is_empty(), "a fresh machine is consistent");
 
-        let pfn = *s.mem.free.last().unwrap();
+        let pfn = s.mem.fresh;
         s.mem.push_free(pfn);
         assert_eq!(kinds(&mut s), vec![Kind::SimInvariant]);
 

@@ -78,8 +78,50 @@ impl RangeSet {
                 .is_some_and(|(_, e)| *e > start)
     }
 
-    fn ranges(&self) -> impl Iterator<Item = (u64, u64)> + '_ {
+    pub(crate) fn ranges(&self) -> impl Iterator<Item = (u64, u64)> + '_ {
         self.0.iter().map(|(a, b)| (*a, *b))
+    }
+
+    /// Whether `x` is in a range.
+    pub(crate) fn contains(&self, x: u64) -> bool {
+        self.overlaps(x, x.saturating_add(1))
+    }
+
+    /// Removes `[start, end)`; returns the parts that were present, in order.
+    pub(crate) fn remove(&mut self, start: u64, end: u64) -> Vec<(u64, u64)> {
+        let mut out = Vec::new();
+        if start >= end {
+            return out;
+        }
+        let from = match self.0.range(..start).next_back() {
+            Some((s, e)) if *e > start => *s,
+            _ => start,
+        };
+        let hits: Vec<(u64, u64)> = self.0.range(from..end).map(|(a, b)| (*a, *b)).collect();
+        for (a, b) in hits {
+            self.0.remove(&a);
+            if a < start {
+                self.0.insert(a, start);
+            }
+            if b > end {
+                self.0.insert(end, b);
+            }
+            out.push((a.max(start), b.min(end)));
+        }
+        out
+    }
+
+    /// The parts of the ranges inside `[start, end)`, in order.
+    pub(crate) fn within(&self, start: u64, end: u64) -> Vec<(u64, u64)> {
+        let from = match self.0.range(..start).next_back() {
+            Some((s, e)) if *e > start => *s,
+            _ => start,
+        };
+        self.0
+            .range(from..end)
+            .map(|(a, b)| ((*a).max(start), (*b).min(end)))
+            .filter(|(a, b)| a < b)
+            .collect()
     }
 
     fn extend(&mut self, other: &RangeSet) {

@@ -65,8 +65,10 @@ pub(crate) struct Pte {
 }
 
 /// A domain's page table: the shared software IOMMU table of `type1-core`
-/// ([`IoPageTable`]), kept at 4 KiB leaves so that every entry is one page (the checker and
-/// the IOTLB model reason per page), seen through page-number accessors.
+/// ([`IoPageTable`]), seen through page-number accessors that give one entry per 4 KiB page
+/// (the checker and the IOTLB model reason per page). It keeps 4 KiB leaves, or, on a machine
+/// with transparent huge pages, the unit's larger leaves where the mapping allows them (a
+/// 1 TiB guest then takes 2 MiB leaves, not 2^28 entries).
 #[derive(Clone, Debug)]
 pub(crate) struct PageTable(IoPageTable);
 
@@ -77,6 +79,22 @@ impl Default for PageTable {
 }
 
 impl PageTable {
+    /// A table with leaves of the sizes in `pgsize_bitmap`.
+    fn with_pgsizes(pgsize_bitmap: u64) -> Self {
+        PageTable(IoPageTable::new(pgsize_bitmap))
+    }
+
+    /// Unmaps from page `page` on, at most `max` pages but not past the leaf holding it:
+    /// `(pages unmapped, first pfn, prot)`, none if `page` is not mapped. A leaf only partly
+    /// unmapped keeps the rest mapped.
+    fn take(&mut self, page: u64, max: u64) -> Option<(u64, u64, Prot)> {
+        let iova = page << PAGE_SHIFT;
+        let (start, leaf) = self.0.leaf_containing(iova)?;
+        let n = ((start + leaf.size - iova) >> PAGE_SHIFT).clamp(1, max.max(1));
+        self.0.unmap(iova, n << PAGE_SHIFT);
+        Some((n, (leaf.pa + (iova - start)) >> PAGE_SHIFT, leaf.prot))
+    }
+
     /// The entry of IOVA page `page`.
     pub fn get(&self, page: &u64) -> Option<Pte> {
         let (pa, prot) = self.0.translate(page << PAGE_SHIFT)?;
@@ -97,13 +115,6 @@ impl PageTable {
         );
     }
 
-    /// Unmaps IOVA page `page`: its entry, if it had one.
-    pub fn remove(&mut self, page: &u64) -> Option<Pte> {
-        let e = self.get(page)?;
-        self.0.unmap(page << PAGE_SHIFT, PAGE_SIZE);
-        Some(e)
-    }
-
     /// The first mapped page in `[first, first + n)`.
     fn first_in(&self, first: u64, n: u64) -> Option<u64> {
         self.0
@@ -111,16 +122,18 @@ impl PageTable {
             .map(|a| a >> PAGE_SHIFT)
     }
 
-    /// Every entry, in IOVA order: `(page, entry)`.
+    /// Every entry, in IOVA order, one per 4 KiB page: `(page, entry)`.
     pub fn iter(&self) -> impl Iterator<Item = (u64, Pte)> + '_ {
-        self.0.leaves().map(|(iova, l)| {
-            (
-                iova >> PAGE_SHIFT,
-                Pte {
-                    pfn: l.pa >> PAGE_SHIFT,
-                    prot: l.prot,
-                },
-            )
+        self.0.leaves().flat_map(|(iova, l)| {
+            (0..l.size >> PAGE_SHIFT).map(move |i| {
+                (
+                    (iova >> PAGE_SHIFT) + i,
+                    Pte {
+                        pfn: (l.pa >> PAGE_SHIFT) + i,
+                        prot: l.prot,
+                    },
+                )
+            })
         })
     }
 
@@ -138,9 +151,9 @@ pub(crate) struct Domain {
     pub groups: Vec<GroupId>,
     /// IOVA page number -> entry.
     pub pt: PageTable,
-    /// Unmapped but not yet invalidated: (IOVA page, pfn).
-    /// (IOVA page, pfn, whether the entry let a non-snooping device write the frame).
-    pub stale: Vec<(u64, u64, bool)>,
+    /// Unmapped but not yet invalidated, as runs: (first IOVA page, first pfn, pages, whether
+    /// the entries let a non-snooping device write the frames).
+    pub stale: Vec<(u64, u64, u64, bool)>,
 }
 
 /// The I/O side of the machine. Invariants (checked by `Sim::check_hardware`): every group
@@ -267,7 +280,11 @@ impl Sim {
                 unit,
                 enforcing: false,
                 groups: Vec::new(),
-                pt: PageTable::default(),
+                pt: if self.desc.thp {
+                    PageTable::with_pgsizes(self.hw.units[&unit].pgsize_bitmap)
+                } else {
+                    PageTable::default()
+                },
                 stale: Vec::new(),
             },
         );
@@ -405,8 +422,10 @@ impl Sim {
         for (_, pte) in d.pt.iter() {
             self.iommu_ref(pte.pfn, false, !d.enforcing && pte.prot.write);
         }
-        for (_, pfn, ncw) in &d.stale {
-            self.iommu_ref(*pfn, false, *ncw);
+        for &(_, pfn, n, ncw) in &d.stale {
+            for p in pfn..pfn + n {
+                self.iommu_ref(p, false, ncw);
+            }
         }
     }
 
@@ -507,12 +526,13 @@ impl Sim {
             let Some(a) = iova.checked_add(done) else {
                 break;
             };
-            let Some(pte) = d.pt.remove(&(a >> PAGE_SHIFT)) else {
+            let page = a >> PAGE_SHIFT;
+            let Some((n, pfn, prot)) = d.pt.take(page, (size - done) >> PAGE_SHIFT) else {
                 break;
             };
-            d.stale
-                .push((a >> PAGE_SHIFT, pte.pfn, !d.enforcing && pte.prot.write));
-            done += PAGE_SIZE;
+            let nc_write = !d.enforcing && prot.write;
+            d.stale.push((page, pfn, n, nc_write));
+            done += n << PAGE_SHIFT;
         }
         self.note_iova(domain, iova >> PAGE_SHIFT, done >> PAGE_SHIFT);
         done
@@ -527,8 +547,10 @@ impl Sim {
             return;
         };
         let stale = std::mem::take(&mut d.stale);
-        for (_, pfn, ncw) in stale {
-            self.iommu_ref(pfn, false, ncw);
+        for (_, pfn, n, ncw) in stale {
+            for p in pfn..pfn + n {
+                self.iommu_ref(p, false, ncw);
+            }
         }
     }
 
@@ -545,7 +567,12 @@ impl Sim {
         self.hw.domains.keys().copied().collect()
     }
 
-    /// The page table of a domain: `(iova, pfn, prot)` per 4 KiB page, in IOVA order.
+    /// How a domain's page table is made: leaves by size, pages mapped.
+    pub fn domain_leaves(&self, domain: DomainId) -> Option<type1_core::iopt::TableStats> {
+        Some(self.hw.domains.get(&domain)?.pt.0.stats())
+    }
+
+    /// Every entry of a domain's page table, one per page: `(iova, pfn, prot)`.
     pub fn domain_entries(&self, domain: DomainId) -> Vec<(u64, u64, Prot)> {
         self.hw
             .domains
@@ -612,6 +639,22 @@ impl Sim {
 mod tests {
     use super::*;
     use crate::MachineDesc;
+
+    /// Unmapping inside a 2 MiB leaf takes exactly the pages asked for, and the rest of the
+    /// leaf stays mapped to the same frames.
+    #[test]
+    fn a_partial_unmap_of_a_large_leaf_keeps_the_rest() {
+        let mut pt = PageTable::with_pgsizes((1 << 12) | (1 << 21));
+        pt.map(512, 512, 1024, Prot::RW);
+        assert_eq!(pt.0.stats().leaves_2m, 1);
+        assert_eq!(pt.take(512 + 10, 5), Some((5, 1024 + 10, Prot::RW)));
+        assert_eq!(pt.len(), 507);
+        assert_eq!(pt.get(&(512 + 9)).map(|p| p.pfn), Some(1024 + 9));
+        assert_eq!(pt.get(&(512 + 10)), None);
+        assert_eq!(pt.get(&(512 + 15)).map(|p| p.pfn), Some(1024 + 15));
+        assert_eq!(pt.iter().count(), 507);
+        assert_eq!(pt.take(512 + 12, 3), None);
+    }
 
     #[test]
     fn map_over_existing_entry_is_rejected() {

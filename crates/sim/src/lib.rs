@@ -8,7 +8,9 @@
 //!   reallocation, a LIFO free list (a just-freed frame is the next one handed out), pin
 //!   refcounts, and processes with page tables, regions and RLIMIT_MEMLOCK books. A new
 //!   anonymous page is zeroed *through the cache*: its lines become dirty zeros while RAM keeps
-//!   the previous owner's bytes;
+//!   the previous owner's bytes. With transparent huge pages (`thp` in the machine
+//!   description) anonymous memory is faulted in 2 MiB at a time into aligned frames, and
+//!   IOMMU domains take 2 MiB leaves: a 1 TiB guest fits;
 //! * **cache** ([`cache`]): a write-back CPU cache of 64-byte lines, flushed only by
 //!   [`type1_core::CacheMaintenance::flush_cache`] or the explicit helpers;
 //! * **IOMMU** ([`iommu`]): units (with or without snoop control), groups, domains and their
@@ -110,12 +112,10 @@ impl Sim {
     pub fn new(desc: MachineDesc) -> Result<Sim, String> {
         desc.validate()?;
         let n = desc.memory_frames;
-        let mut frames = vec![memory::Frame::default(); n as usize + 1];
-        for f in &mut frames[1..] {
-            f.free = true;
-        }
-        // LIFO: pfn 1 is handed out first.
-        let free: Vec<u64> = (1..=n).rev().collect();
+        memory::check_room(n)?;
+        let frames = vec![memory::Frame::default(); n as usize + 1];
+        // Nothing freed yet: pfn 1 is handed out first.
+        let free = Vec::new();
         let units = desc
             .units
             .iter()
@@ -141,6 +141,7 @@ impl Sim {
             mem: memory::Memory {
                 frames,
                 free,
+                fresh: 1,
                 mmio_store: BTreeMap::new(),
                 mmio_ranges: desc.mmio.clone(),
                 zero_pages: BTreeMap::new(),
@@ -207,13 +208,14 @@ impl Sim {
                 d.content_hash().hash(&mut h);
             }
         }
-        self.mem.free.hash(&mut h);
+        (&self.mem.free, self.mem.fresh).hash(&mut h);
         self.cache.digest().hash(&mut h);
         for p in &self.tasks.procs {
             (
                 &p.name,
                 p.alive,
                 &p.pt,
+                &p.huge,
                 p.locked_vm,
                 p.memlock_limit_pages,
                 p.cap_ipc_lock,

@@ -21,8 +21,9 @@ pub const MSI_WINDOW: IovaRange = IovaRange {
 };
 /// Default number of RAM page frames (256 MiB; frame contents are allocated lazily).
 pub const DEFAULT_MEMORY_FRAMES: u64 = 65536;
-/// Largest accepted `memory_frames` (64 GiB of simulated RAM, a 640 MiB frame table).
-pub const MAX_MEMORY_FRAMES: u64 = 1 << 24;
+/// Largest accepted `memory_frames` (2 TiB of simulated RAM; the frame table, 40 bytes a frame,
+/// must also fit in the memory the host has available, which `Sim::new` checks).
+pub const MAX_MEMORY_FRAMES: u64 = 1 << 29;
 /// Most IOMMU units, groups, devices (in all), MMIO ranges and reserved regions (per owner) a
 /// machine may have: a description is configuration, and one from a hostile file must get a
 /// clear error, not a run out of memory or time.
@@ -48,6 +49,11 @@ pub struct MachineDesc {
     /// MMIO ranges outside RAM (`[[mmio]]`), e.g. device BARs.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub mmio: Vec<MmioDesc>,
+    /// Transparent huge pages: anonymous memory is faulted in 2 MiB at a time where one
+    /// region covers the aligned 2 MiB block and 512 aligned frames that were never used
+    /// are left (so the IOMMU can take 2 MiB leaves); otherwise 4 KiB at a time.
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub thp: bool,
 }
 
 fn default_memory_frames() -> u64 {
@@ -277,6 +283,7 @@ impl Default for MachineDesc {
                     memtype: MemType::Wb,
                 },
             ],
+            thp: false,
         }
     }
 }

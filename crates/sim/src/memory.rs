@@ -18,18 +18,24 @@ use crate::{cache::LINE_SIZE, Sim};
 pub const INITIAL_RAM_BYTE: u8 = 0xa5;
 /// Cache lines per page.
 pub(crate) const LINES_PER_PAGE: usize = (PAGE_SIZE / LINE_SIZE) as usize;
+/// 4 KiB pages in a transparent huge page (2 MiB).
+pub(crate) const FOLIO_PAGES: u64 = 512;
 /// Default RLIMIT_MEMLOCK of a new process, in pages (64 MiB).
 pub const DEFAULT_MEMLOCK_LIMIT_PAGES: u64 = 16384;
 
-/// Physical memory. Invariants (checked as frames go on the free list, [`Memory::push_free`]):
-/// every pfn on `free` is a RAM frame (`1..frames.len()`), appears once, is mapped by no
-/// process and pinned by nothing.
+/// Physical memory. The free frames are those never handed out (`fresh..=last`, handed out in
+/// ascending order) and those freed since, a LIFO stack on top of them: a just-freed frame is
+/// the next one handed out. Invariants (checked as frames go on the free list,
+/// [`Memory::push_free`]): every pfn on `free` is a RAM frame (`1..frames.len()`), is free
+/// once, is mapped by no process and pinned by nothing.
 #[derive(Clone, Debug)]
 pub(crate) struct Memory {
     /// Frame records, indexed by pfn (index 0 unused).
     pub frames: Vec<Frame>,
-    /// Free pfns, LIFO.
+    /// Freed pfns, LIFO.
     pub free: Vec<u64>,
+    /// The lowest pfn never handed out.
+    pub fresh: u64,
     /// Bytes of MMIO pages that were written, by pfn.
     pub mmio_store: std::collections::BTreeMap<u64, Box<[u8]>>,
     /// The machine's MMIO windows.
@@ -39,6 +45,26 @@ pub(crate) struct Memory {
     pub zero_pages: std::collections::BTreeMap<u64, std::sync::Arc<FrameData>>,
     /// Breaches of the invariants found so far.
     pub broken: Vec<String>,
+}
+
+/// Fails when the frame table of `n` frames would not fit in the memory this host has
+/// available (`MemAvailable`, when it can be read), before anything is allocated.
+pub(crate) fn check_room(n: u64) -> Result<(), String> {
+    let need = (n + 1).saturating_mul(std::mem::size_of::<Frame>() as u64);
+    let avail = std::fs::read_to_string("/proc/meminfo").ok().and_then(|m| {
+        m.lines()
+            .find_map(|l| l.strip_prefix("MemAvailable:"))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+            .map(|kb| kb * 1024)
+    });
+    match avail {
+        Some(a) if need > a => Err(format!(
+            "memory_frames = {n} needs a {} MiB frame table; {} MiB is available",
+            need >> 20,
+            a >> 20
+        )),
+        _ => Ok(()),
+    }
 }
 
 impl Memory {
@@ -57,12 +83,13 @@ impl Memory {
     /// time, whatever the machine's size): a RAM frame, not free already, unmapped and
     /// unpinned. A breach is kept for [`Self::invariant_errors`].
     pub(crate) fn push_free(&mut self, pfn: u64) {
+        let fresh = pfn >= self.fresh;
         match self.frames.get_mut(pfn as usize).filter(|_| pfn != 0) {
             None => self
                 .broken
                 .push(format!("free list given pfn 0x{pfn:x}, not a RAM frame")),
             Some(fr) => {
-                if fr.free {
+                if fr.free || fresh {
                     self.broken
                         .push(format!("pfn 0x{pfn:x} is put on the free list twice"));
                 } else if fr.in_use || fr.pins > 0 {
@@ -77,13 +104,35 @@ impl Memory {
         self.free.push(pfn);
     }
 
-    /// Takes the most recently freed frame off the free list.
+    /// Takes the most recently freed frame off the free list, else the lowest fresh one.
     pub(crate) fn pop_free(&mut self) -> Option<u64> {
-        let pfn = self.free.pop()?;
+        let pfn = match self.free.pop() {
+            Some(pfn) => pfn,
+            None if (self.fresh as usize) < self.frames.len() => {
+                self.fresh += 1;
+                return Some(self.fresh - 1);
+            }
+            None => return None,
+        };
         if let Some(fr) = self.frames.get_mut(pfn as usize) {
             fr.free = false;
         }
         Some(pfn)
+    }
+
+    /// Takes 512 fresh frames whose first is 2 MiB aligned (a transparent huge page), if
+    /// enough are left; fresh frames skipped to align go on the free list.
+    pub(crate) fn pop_folio(&mut self) -> Option<u64> {
+        let base = self.fresh.next_multiple_of(FOLIO_PAGES);
+        if base + FOLIO_PAGES > self.frames.len() as u64 {
+            return None;
+        }
+        for pfn in self.fresh..base {
+            self.frames[pfn as usize].free = true;
+            self.free.push(pfn);
+        }
+        self.fresh = base + FOLIO_PAGES;
+        Some(base)
     }
 
     /// Broken invariants of this part (see the type), one line each.
@@ -167,6 +216,23 @@ impl Sim {
     /// cache (dirty zero lines; RAM keeps the previous owner's bytes).
     pub(crate) fn alloc_frame(&mut self) -> Option<u64> {
         let pfn = self.mem.pop_free()?;
+        self.init_frame(pfn);
+        Some(pfn)
+    }
+
+    /// Takes a transparent huge page: 512 fresh frames, 2 MiB aligned, each set up as
+    /// [`Self::alloc_frame`] sets up one. Returns the first.
+    pub(crate) fn alloc_folio(&mut self) -> Option<u64> {
+        let base = self.mem.pop_folio()?;
+        for pfn in base..base + FOLIO_PAGES {
+            self.init_frame(pfn);
+        }
+        Some(base)
+    }
+
+    /// A frame just taken off the free list: a new generation, mapped, zeroed through the
+    /// cache.
+    fn init_frame(&mut self, pfn: u64) {
         let f = &mut self.mem.frames[pfn as usize];
         f.gen += 1;
         f.in_use = true;
@@ -174,7 +240,6 @@ impl Sim {
         self.obs.stats.frames_allocated += 1;
         self.cache.fill_zero_dirty(pfn);
         self.note_pfn(pfn);
-        Some(pfn)
     }
 
     /// A process stopped mapping `pfn`: free it unless pinned.

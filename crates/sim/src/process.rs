@@ -5,7 +5,11 @@ use std::collections::BTreeMap;
 
 use type1_core::{Errno, MemType, MmId, PlatformError, PAGE_SHIFT, PAGE_SIZE};
 
-use crate::{cache::LINE_SIZE, memory::DEFAULT_MEMLOCK_LIMIT_PAGES, perr, Sim};
+use crate::{
+    cache::LINE_SIZE,
+    memory::{DEFAULT_MEMLOCK_LIMIT_PAGES, FOLIO_PAGES},
+    perr, Sim,
+};
 
 /// What backs a region.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -50,9 +54,19 @@ pub(crate) struct Process {
     pub regions: BTreeMap<u64, Region>,
     /// Virtual page number -> pfn, anonymous pages only.
     pub pt: BTreeMap<u64, u64>,
+    /// Transparent huge pages: 2 MiB virtual page number -> first of its 512 frames.
+    pub huge: BTreeMap<u64, u64>,
     pub locked_vm: u64,
     pub memlock_limit_pages: u64,
     pub cap_ipc_lock: bool,
+}
+
+/// log2 of a transparent huge page's size (2 MiB).
+const HUGE_SHIFT: u32 = 21;
+
+/// The 4 KiB page of `vaddr` within its huge page.
+fn huge_index(vaddr: u64) -> u64 {
+    (vaddr >> PAGE_SHIFT) & (FOLIO_PAGES - 1)
 }
 
 pub(crate) fn check_range(vaddr: u64, len: u64) -> Result<u64, PlatformError> {
@@ -79,6 +93,7 @@ impl Sim {
             alive: true,
             regions: BTreeMap::new(),
             pt: BTreeMap::new(),
+            huge: BTreeMap::new(),
             locked_vm: 0,
             memlock_limit_pages: DEFAULT_MEMLOCK_LIMIT_PAGES,
             cap_ipc_lock: false,
@@ -129,7 +144,9 @@ impl Sim {
         let p = &mut self.tasks.procs[mm.0 as usize];
         p.regions.clear();
         let pt = std::mem::take(&mut p.pt);
-        for pfn in pt.into_values() {
+        let huge = std::mem::take(&mut p.huge);
+        let folios = huge.into_values().flat_map(|base| base..base + FOLIO_PAGES);
+        for pfn in pt.into_values().chain(folios) {
             self.release_frame(pfn);
         }
     }
@@ -311,6 +328,19 @@ impl Sim {
                 );
             }
         }
+        // A huge page the range touches is split into 512 small ones first, as the kernel
+        // splits a THP that is partly unmapped.
+        let hits: Vec<(u64, u64)> = p
+            .huge
+            .range(vaddr >> HUGE_SHIFT..=last >> HUGE_SHIFT)
+            .map(|(h, b)| (*h, *b))
+            .collect();
+        for (h, base) in hits {
+            p.huge.remove(&h);
+            for i in 0..FOLIO_PAGES {
+                p.pt.insert((h << (HUGE_SHIFT - PAGE_SHIFT)) + i, base + i);
+            }
+        }
         let vpns: Vec<u64> =
             p.pt.range(vaddr >> PAGE_SHIFT..=last >> PAGE_SHIFT)
                 .map(|(k, _)| *k)
@@ -335,7 +365,12 @@ impl Sim {
             return None;
         }
         match r.kind {
-            RegionKind::Anon => p.pt.get(&(vaddr >> PAGE_SHIFT)).map(|pfn| (*pfn, false)),
+            RegionKind::Anon => {
+                p.pt.get(&(vaddr >> PAGE_SHIFT))
+                    .copied()
+                    .or_else(|| Some(p.huge.get(&(vaddr >> HUGE_SHIFT))? + huge_index(vaddr)))
+                    .map(|pfn| (pfn, false))
+            }
             RegionKind::Mmio { base_pfn } => Some((base_pfn + ((vaddr - s) >> PAGE_SHIFT), true)),
         }
     }
@@ -353,8 +388,29 @@ impl Sim {
             return Ok((base_pfn + ((vaddr - s) >> PAGE_SHIFT), true));
         }
         let vpn = vaddr >> PAGE_SHIFT;
-        if let Some(pfn) = self.proc_ref(mm)?.pt.get(&vpn) {
+        let p = self.proc_ref(mm)?;
+        if let Some(pfn) = p.pt.get(&vpn) {
             return Ok((*pfn, false));
+        }
+        let hv = vaddr >> HUGE_SHIFT;
+        if let Some(base) = p.huge.get(&hv) {
+            return Ok((base + huge_index(vaddr), false));
+        }
+        // With transparent huge pages, a 2 MiB block that one anonymous region covers whole
+        // is faulted in as one huge page while aligned fresh frames are left.
+        let block = hv << HUGE_SHIFT;
+        let covers = p.regions.get(&s).is_some_and(|r| {
+            s <= block
+                && block
+                    .checked_add(1 << HUGE_SHIFT)
+                    .is_some_and(|e| e <= s + r.len)
+        });
+        if self.desc.thp && covers {
+            if let Some(base) = self.alloc_folio() {
+                self.tasks.procs[mm.0 as usize].huge.insert(hv, base);
+                self.note_vpn(mm, block, 1 << HUGE_SHIFT);
+                return Ok((base + huge_index(vaddr), false));
+            }
         }
         let pfn = self
             .alloc_frame()
