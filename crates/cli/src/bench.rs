@@ -812,7 +812,7 @@ fn scale_on_sim(n: u64, pages_each: u64, thp: bool) -> Result<(Phases, (f64, f64
     let total = n * pages_each;
     // Frames for the pages, and room: every other page of the process is mapped on the
     // mappings axis so that no two mappings are adjacent, and huge pages start 2 MiB aligned.
-    let frames = total * if n > 1 { 2 } else { 1 } + 2048;
+    let frames = total * if n > 1 && pages_each == 1 { 2 } else { 1 } + 2048;
     // No MMIO window: the default one sits at 4 GiB, inside the larger machines here.
     let desc = type1_sim::MachineDesc {
         memory_frames: frames,
@@ -825,11 +825,7 @@ fn scale_on_sim(n: u64, pages_each: u64, thp: bool) -> Result<(Phases, (f64, f64
     s.set_cap_ipc_lock(mm, true);
     s.set_current(Some(mm));
     let base = 1u64 << 32;
-    let span = if n > 1 {
-        2 * n * PAGE_SIZE
-    } else {
-        total * PAGE_SIZE
-    };
+    let span = scale_vaddr(base, n - 1, n, pages_each) + pages_each * PAGE_SIZE - base;
     s.mmap_anon(mm, base, span, true)
         .map_err(|e| anyhow!("sim mmap: {e}"))?;
     // One page outside every mapping, for a change the checker must look at.
