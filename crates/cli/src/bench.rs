@@ -1211,6 +1211,48 @@ mod tests {
     /// The heap counter is the process's: tests that allocate much, or measure it, take turns.
     static HEAP: std::sync::Mutex<()> = std::sync::Mutex::new(());
 
+    /// Every kind of `--scale` point runs at a small size: 4 KiB pages and 2 MiB pages, one
+    /// mapping and several, the simulator's checks (which must find nothing) timed below the
+    /// check limit, and the table shows what was not measured as `-`.
+    #[test]
+    fn every_kind_of_scale_point_runs() {
+        let _turn = HEAP.lock().unwrap_or_else(|p| p.into_inner());
+        for (n, pages, thp) in [
+            (1, 1024, false),
+            (8, 1, false),
+            (1, 1024, true),
+            (3, 512, true),
+        ] {
+            let ((map, unmap, _), (full, step)) = scale_on_sim(n, pages, thp).unwrap();
+            assert!(map > 0.0 && unmap > 0.0, "{n} x {pages}, thp {thp}");
+            assert!(
+                full > 0.0 && step > 0.0,
+                "{n} x {pages}, thp {thp}: checks timed"
+            );
+        }
+        let (map, _, bytes) = engine_run(2, 512).unwrap();
+        assert!(map > 0.0 && bytes > 0.0);
+        let row = ScaleRow {
+            axis: "engine".into(),
+            mappings: 1,
+            pages: 1,
+            map_ns_per_page: 1.0,
+            map_ns_per_mapping: 1.0,
+            unmap_ns_per_page: 1.0,
+            bytes_per_mapping: f64::NAN,
+            bytes_per_page: f64::NAN,
+            engine_bytes_per_mapping: 1.0,
+            engine_bytes_per_page: 1.0,
+            check_full_ns: f64::NAN,
+            check_step_ns: f64::NAN,
+        };
+        let t = scale_table(&[row]);
+        assert!(
+            !t.contains("NaN") && t.lines().nth(1).unwrap().contains(" - "),
+            "{t}"
+        );
+    }
+
     #[test]
     fn the_engine_keeps_a_bounded_record_per_mapping_and_almost_nothing_per_page() {
         let _turn = HEAP.lock().unwrap_or_else(|p| p.into_inner());
