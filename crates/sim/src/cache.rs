@@ -46,7 +46,8 @@ pub(crate) struct Cache {
     /// since, as ranges (no block each: a 1 TiB guest is faulted in as one range). Counted in
     /// `present` and `sum` like any line; a frame gets a block of its own when a line of it
     /// is written.
-    zero: crate::incheck::RangeSet,
+    /// Shared between clones of the machine until changed.
+    zero: Arc<crate::incheck::RangeSet>,
     present: usize,
     sum: u64,
 }
@@ -127,7 +128,8 @@ impl Cache {
     /// The slot of `line`, for writing (its block is unshared first).
     fn slot(&mut self, line: u64) -> &mut Option<Line> {
         let (pfn, i) = split(line);
-        if !self.zero.remove(pfn, pfn + 1).is_empty() {
+        if self.zero.contains(pfn) {
+            Arc::make_mut(&mut self.zero).remove(pfn, pfn + 1);
             self.blocks.insert(pfn, Arc::clone(&ZERO_BLOCK));
         }
         let b = self.blocks.entry(pfn).or_insert_with(|| {
@@ -188,7 +190,7 @@ impl Cache {
         if self.zero.contains(pfn) {
             return;
         }
-        self.zero.add(pfn, pfn + 1);
+        Arc::make_mut(&mut self.zero).add(pfn, pfn + 1);
         self.present += LINES_PER_PAGE;
         self.sum = self.sum.wrapping_add(zero_block_sum(pfn));
     }
@@ -196,7 +198,10 @@ impl Cache {
     /// Drops the frames of `[first, end)` that hold only their zeroed lines, untouched: the
     /// ranges they formed.
     pub(crate) fn take_zero_frames(&mut self, first: u64, end: u64) -> Vec<(u64, u64)> {
-        let taken = self.zero.remove(first, end);
+        if self.zero.within(first, end).is_empty() {
+            return Vec::new();
+        }
+        let taken = Arc::make_mut(&mut self.zero).remove(first, end);
         for &(a, b) in &taken {
             for pfn in a..b {
                 self.sum = self.sum.wrapping_sub(zero_block_sum(pfn));

@@ -144,7 +144,7 @@ impl Sim {
                 fresh: 1,
                 mmio_store: BTreeMap::new(),
                 mmio_ranges: desc.mmio.clone(),
-                zero_pages: BTreeMap::new(),
+                zero_page: None,
                 broken: Vec::new(),
             },
             desc,

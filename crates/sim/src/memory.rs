@@ -40,9 +40,10 @@ pub(crate) struct Memory {
     pub mmio_store: std::collections::BTreeMap<u64, Box<[u8]>>,
     /// The machine's MMIO windows.
     pub mmio_ranges: Vec<crate::MmioDesc>,
-    /// RAM contents "all zeros, every line written at generation G", by G: shared by every
-    /// frame whose zeroed lines were all written back at once (see [`Self::zero_data`]).
-    pub zero_pages: std::collections::BTreeMap<u64, std::sync::Arc<FrameData>>,
+    /// The last all-zero RAM page handed out (every line written at its generation): shared
+    /// by every frame of that generation whose zeroed lines were all written back at once
+    /// (see [`Self::zero_data`]).
+    pub zero_page: Option<std::sync::Arc<FrameData>>,
     /// Breaches of the invariants found so far.
     pub broken: Vec<String>,
 }
@@ -70,13 +71,18 @@ pub(crate) fn check_room(n: u64) -> Result<(), String> {
 impl Memory {
     /// RAM of a page whose 64 lines were all written with zeros at generation `gen`.
     pub(crate) fn zero_data(&mut self, gen: u64) -> std::sync::Arc<FrameData> {
-        std::sync::Arc::clone(self.zero_pages.entry(gen).or_insert_with(|| {
-            std::sync::Arc::new(FrameData {
-                ram: vec![0; PAGE_SIZE as usize].into_boxed_slice(),
-                line_gen: [gen; LINES_PER_PAGE],
-                hash: std::sync::OnceLock::new(),
-            })
-        }))
+        match &self.zero_page {
+            Some(d) if d.line_gen[0] == gen => std::sync::Arc::clone(d),
+            _ => {
+                let d = std::sync::Arc::new(FrameData {
+                    ram: vec![0; PAGE_SIZE as usize].into_boxed_slice(),
+                    line_gen: [gen; LINES_PER_PAGE],
+                    hash: std::sync::OnceLock::new(),
+                });
+                self.zero_page = Some(std::sync::Arc::clone(&d));
+                d
+            }
+        }
     }
 
     /// Puts `pfn` on the free list, checking this part's invariants as it does (constant

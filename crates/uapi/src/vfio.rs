@@ -115,8 +115,9 @@ impl From<VfioError> for Errno {
 
 #[derive(Clone, Debug)]
 pub(crate) struct GroupState {
-    pub devices: Vec<String>,
-    pub emulated: Vec<(String, DeviceId)>,
+    /// Fixed for the machine's life: shared by clones (the model checker branches a lot).
+    pub devices: std::sync::Arc<[String]>,
+    pub emulated: std::sync::Arc<[(String, DeviceId)]>,
     pub open: bool,
     pub container: Option<u32>,
     pub open_devices: u32,
@@ -181,7 +182,7 @@ pub struct Vfio<P: Platform> {
     /// The platform the engine runs on.
     pub platform: P,
     pub(crate) cfg: Config,
-    pub(crate) policy: String,
+    pub(crate) policy: std::sync::Arc<str>,
     pub(crate) groups: BTreeMap<u32, GroupState>,
     pub(crate) containers: BTreeMap<u32, ContainerState>,
     pub(crate) devices: BTreeMap<u32, DeviceState>,
@@ -230,8 +231,8 @@ impl<P: Platform> Vfio<P> {
                 (
                     g.id,
                     GroupState {
-                        devices: g.devices.clone(),
-                        emulated: g.emulated.clone(),
+                        devices: g.devices.clone().into(),
+                        emulated: g.emulated.clone().into(),
                         open: false,
                         container: None,
                         open_devices: 0,
@@ -242,7 +243,7 @@ impl<P: Platform> Vfio<P> {
         Ok(Vfio {
             platform,
             cfg,
-            policy: policy.to_string(),
+            policy: policy.into(),
             groups,
             containers: BTreeMap::new(),
             devices: BTreeMap::new(),
@@ -259,7 +260,7 @@ impl<P: Platform> Vfio<P> {
     /// Sets the flush policy of containers opened from now on (EINVAL for an unknown name).
     pub fn set_policy(&mut self, policy: &str) -> Result<(), Errno> {
         Container::new(self.cfg, policy).map_err(|e| e.errno())?;
-        self.policy = policy.to_string();
+        self.policy = policy.into();
         Ok(())
     }
 
