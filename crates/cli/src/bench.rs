@@ -362,20 +362,17 @@ fn sim(o: &BenchOpts, bar: &indicatif::ProgressBar, rows: &mut Vec<Row>) -> Resu
         scale(o.aperture).max(PAGE_SIZE),
     );
     let frames = (guest + aperture) / PAGE_SIZE + 4096;
-    if frames >= 0x10_0000 {
-        bail!(
-            "--sim-size {}: the simulator holds less than 4 GiB",
-            gib(o.sim_size)
-        );
-    }
     let workload = format!("guest {} + aperture {} (scaled)", gib(guest), gib(aperture));
     for policy in &o.policies {
         bar.set_message(format!("sim {policy}"));
+        // No MMIO window: the default one sits at 4 GiB, inside the larger machines.
         let desc = type1_sim::MachineDesc {
             memory_frames: frames,
+            mmio: Vec::new(),
             ..Default::default()
         };
-        let mut s = type1_sim::Sim::new(desc).map_err(|e| anyhow!("simulator: {e}"))?;
+        let mut s = type1_sim::Sim::new(desc)
+            .map_err(|e| anyhow!("--sim-size {}: simulator: {e}", gib(o.sim_size)))?;
         let mm = s.create_process("bench");
         // A VMM with CAP_IPC_LOCK, as the host workload runs (the simulator's default limit
         // is a small RLIMIT_MEMLOCK).
