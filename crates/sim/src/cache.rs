@@ -465,12 +465,8 @@ impl Sim {
         let whole_end = (last_line + 1) / LINES_PER_PAGE as u64;
         for (a, b) in self.cache.take_zero_frames(whole_first, whole_end) {
             for pfn in a..b {
-                if let Some(gen) = self.mem.frames.get(pfn as usize).map(|f| f.gen) {
-                    let data = self.mem.zero_data(gen);
-                    self.mem.frames[pfn as usize].data = Some(data);
-                }
+                self.write_back_zeroed(pfn);
             }
-            self.obs.stats.lines_written_back += (b - a) * LINES_PER_PAGE as u64;
         }
         for pfn in self.cache.frames_in(first_pfn, last_pfn) {
             let page_first = pfn * LINES_PER_PAGE as u64;
@@ -503,12 +499,7 @@ impl Sim {
             return;
         };
         if zero {
-            // Only RAM frames are ever zeroed through the cache.
-            if let Some(gen) = self.mem.frames.get(pfn as usize).map(|f| f.gen) {
-                let data = self.mem.zero_data(gen);
-                self.mem.frames[pfn as usize].data = Some(data);
-            }
-            self.obs.stats.lines_written_back += LINES_PER_PAGE as u64;
+            self.write_back_zeroed(pfn);
             return;
         }
         for (line, l) in lines {
@@ -517,6 +508,16 @@ impl Sim {
                 self.obs.stats.lines_written_back += 1;
             }
         }
+    }
+
+    /// What writing back the 64 dirty zero lines of a freshly zeroed frame leaves: the shared
+    /// all-zero RAM of its generation (only RAM frames are ever zeroed through the cache).
+    fn write_back_zeroed(&mut self, pfn: u64) {
+        if let Some(gen) = self.mem.frames.get(pfn as usize).map(|f| f.gen) {
+            let data = self.mem.zero_data(gen);
+            self.mem.frames[pfn as usize].data = Some(data);
+        }
+        self.obs.stats.lines_written_back += LINES_PER_PAGE as u64;
     }
 
     /// The first pfn of `first..=last` that is neither RAM nor cacheable MMIO.

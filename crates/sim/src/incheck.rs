@@ -82,6 +82,15 @@ impl RangeSet {
         self.0.iter().map(|(a, b)| (*a, *b))
     }
 
+    /// The key of the first range that may reach `start` or beyond: the one holding `start`
+    /// if any, else `start` itself.
+    fn first_key_from(&self, start: u64) -> u64 {
+        match self.0.range(..start).next_back() {
+            Some((s, e)) if *e > start => *s,
+            _ => start,
+        }
+    }
+
     /// Whether `x` is in a range.
     pub(crate) fn contains(&self, x: u64) -> bool {
         self.overlaps(x, x.saturating_add(1))
@@ -93,10 +102,7 @@ impl RangeSet {
         if start >= end {
             return out;
         }
-        let from = match self.0.range(..start).next_back() {
-            Some((s, e)) if *e > start => *s,
-            _ => start,
-        };
+        let from = self.first_key_from(start);
         let hits: Vec<(u64, u64)> = self.0.range(from..end).map(|(a, b)| (*a, *b)).collect();
         for (a, b) in hits {
             self.0.remove(&a);
@@ -113,12 +119,8 @@ impl RangeSet {
 
     /// The parts of the ranges inside `[start, end)`, in order.
     pub(crate) fn within(&self, start: u64, end: u64) -> Vec<(u64, u64)> {
-        let from = match self.0.range(..start).next_back() {
-            Some((s, e)) if *e > start => *s,
-            _ => start,
-        };
         self.0
-            .range(from..end)
+            .range(self.first_key_from(start)..end)
             .map(|(a, b)| ((*a).max(start), (*b).min(end)))
             .filter(|(a, b)| a < b)
             .collect()
