@@ -2,26 +2,7 @@
  * programs that drive it. Include after common.h. */
 #pragma once
 #include "common.h"
-
-/* BAR0 registers (docs/device.md). */
-#define REG_ID 0x00
-#define REG_LIVENESS 0x04
-#define REG_DMA_SRC 0x08
-#define REG_DMA_DST 0x10
-#define REG_DMA_LEN 0x18
-#define REG_CMD 0x20
-#define REG_STATUS 0x24
-#define REG_FAULT_IOVA 0x28
-#define REG_FAULT_REASON 0x30
-#define REG_DMA_COUNT 0x34
-#define BUFFER 0x1000
-#define CMD_START 1u
-#define CMD_TO_MEMORY 2u
-#define CMD_NO_SNOOP 4u
-#define STATUS_DONE 2u
-#define STATUS_FAULT 4u
-#define FAULT_UNMAPPED 1u
-#define FAULT_PERMISSION 2u
+#include "../device_regs.h" /* BAR0 registers */
 
 static int dev;
 static uint64_t bar0;

@@ -9,8 +9,6 @@
 #include <sys/eventfd.h>
 #include <sys/wait.h>
 
-#define CMD_IRQ 8u
-
 static uint64_t count(int efd) {
     uint64_t n = 0;
     if (read(efd, &n, 8) != 8) return 0; /* EAGAIN: nothing signalled */

@@ -6,6 +6,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/mman.h>
 #include <unistd.h>
 
 /* The contents of a small file, NUL-terminated; its length, or -1. */
@@ -17,6 +18,18 @@ static int read_file(const char *path, char *buf, size_t n) {
     if (r < 0) return -1;
     buf[r] = 0;
     return (int)r;
+}
+
+/* The device's BAR 0 (sysfs `resource0` under `sysdir`), `size` bytes mapped shared and
+ * read-write; MAP_FAILED with errno set if it cannot be opened or mapped. */
+static void *map_resource0(const char *sysdir, size_t size) {
+    char p[512];
+    snprintf(p, sizeof p, "%s/resource0", sysdir);
+    int fd = open(p, O_RDWR | O_SYNC);
+    if (fd < 0) return MAP_FAILED;
+    void *m = mmap(NULL, size, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
+    close(fd);
+    return m;
 }
 
 /* The emulated device's address (`0000:01:00.0`) and sysfs directory; 0 if found, -1 if the

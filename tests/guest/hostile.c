@@ -42,39 +42,12 @@
 #include <time.h>
 #include <unistd.h>
 #include "guest.h"
+#include "../device_regs.h"
 
-#define BAR0_SIZE 0x2000u
-#define REG_ID 0x00
-#define REG_LIVENESS 0x04
-#define REG_DMA_SRC 0x08
-#define REG_DMA_DST 0x10
-#define REG_DMA_LEN 0x18
-#define REG_CMD 0x20
-#define REG_STATUS 0x24
-#define REG_FAULT_IOVA 0x28
-#define REG_FAULT_REASON 0x30
-#define REG_DMA_COUNT 0x34
-#define REG_IRQ_VECTOR 0x38
-#define REG_RESERVED 0x3c
-#define MSIX_TABLE 0x800u
-#define MSIX_END 0xc08u /* the table (4 x 16 bytes) at 0x800 and the PBA at 0xc00 */
-#define BUFFER 0x1000u
-#define BUFFER_SIZE 0x1000u
-#define CMD_START 1u
-#define CMD_TO_MEMORY 2u
-#define CMD_NO_SNOOP 4u
-#define CMD_IRQ 8u
-#define STATUS_BUSY 1u
-#define STATUS_DONE 2u
-#define STATUS_FAULT 4u
-#define FAULT_UNMAPPED 1u
-#define FAULT_BAD_REQUEST 4u
-#define ID_VALUE 0x010000edu
 #define PAGE 4096u
 /* Nothing of the guest lives at or above this (QEMU's TCG CPUs have 40 physical address bits). */
 #define FAR (1ull << 40)
 #define ROM 0xffff0000ull /* in the BIOS ROM (q35: the last 256 KiB below 4 GiB) */
-#define FAULT_PERMISSION 2u
 
 /* Budget of the hostile phase (hostile_secs=N, hostile_actions=N on the kernel command line). */
 static int64_t budget_ns = 3000000000ll;
@@ -229,13 +202,8 @@ static void enable_device(void) {
 }
 
 static void map_bar0(void) {
-    char p[400];
-    snprintf(p, sizeof p, "%s/resource0", sysdir);
-    int fd = open(p, O_RDWR | O_SYNC);
-    CHECK(fd >= 0, "open %s: %s", p, strerror(errno));
-    void *m = mmap(NULL, BAR0_SIZE, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
-    CHECK(m != MAP_FAILED, "mmap resource0: %s", strerror(errno));
-    close(fd);
+    void *m = map_resource0(sysdir, BAR0_SIZE);
+    CHECK(m != MAP_FAILED, "map %s/resource0: %s", sysdir, strerror(errno));
     bar = m;
 }
 

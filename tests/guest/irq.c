@@ -35,22 +35,8 @@
 #include <time.h>
 #include <unistd.h>
 #include "guest.h"
+#include "../device_regs.h"
 
-#define BAR0_SIZE 0x2000u
-#define REG_ID 0x00
-#define REG_DMA_SRC 0x08
-#define REG_DMA_DST 0x10
-#define REG_DMA_LEN 0x18
-#define REG_CMD 0x20
-#define REG_STATUS 0x24
-#define REG_FAULT_REASON 0x30
-#define BUFFER 0x1000u
-#define CMD_START 1u
-#define CMD_TO_MEMORY 2u
-#define CMD_IRQ 8u
-#define STATUS_DONE 2u
-#define STATUS_FAULT 4u
-#define ID_VALUE 0x010000edu
 #define PAGE 4096u
 #define PCI_COMMAND 0x04
 #define PCI_STATUS 0x06
@@ -175,13 +161,8 @@ static void enable_device(void) {
 }
 
 static void map_bar0(void) {
-    char p[256];
-    snprintf(p, sizeof p, "%s/resource0", sysdir);
-    int fd = open(p, O_RDWR | O_SYNC);
-    CHECK(fd >= 0, "open %s: %s", p, strerror(errno));
-    void *m = mmap(NULL, BAR0_SIZE, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
-    CHECK(m != MAP_FAILED, "mmap resource0: %s", strerror(errno));
-    close(fd);
+    void *m = map_resource0(sysdir, BAR0_SIZE);
+    CHECK(m != MAP_FAILED, "map %s/resource0: %s", sysdir, strerror(errno));
     bar = m;
     CHECK(rd32(REG_ID) == ID_VALUE, "ID 0x%08x, want 0x%08x", rd32(REG_ID), ID_VALUE);
 }
