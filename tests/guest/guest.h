@@ -2,7 +2,10 @@
  * and finding the emulated device (1234:11e8) among the guest's PCI functions. */
 #pragma once
 #include <dirent.h>
+#include <errno.h>
 #include <fcntl.h>
+#include <inttypes.h>
+#include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -30,6 +33,30 @@ static void *map_resource0(const char *sysdir, size_t size) {
     void *m = mmap(NULL, size, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
     close(fd);
     return m;
+}
+
+/* The guest-physical address of the (present, locked) 4 KiB page `page`, from
+ * /proc/self/pagemap (root only); 0, with the reason in `why`, if it cannot be read. */
+static uint64_t gpa_of(const void *page, char *why, size_t n) {
+    int fd = open("/proc/self/pagemap", O_RDONLY);
+    if (fd < 0) {
+        snprintf(why, n, "open /proc/self/pagemap: %s", strerror(errno));
+        return 0;
+    }
+    uint64_t ent = 0;
+    ssize_t r = pread(fd, &ent, 8, (off_t)((uintptr_t)page / 4096) * 8);
+    close(fd);
+    if (r != 8) {
+        snprintf(why, n, "read pagemap");
+        return 0;
+    }
+    if (!(ent >> 63)) {
+        snprintf(why, n, "page not present (pagemap 0x%" PRIx64 ")", ent);
+        return 0;
+    }
+    uint64_t pfn = ent & ((1ull << 55) - 1);
+    if (pfn == 0) snprintf(why, n, "pagemap shows no PFN (not root?)");
+    return pfn * 4096;
 }
 
 /* The emulated device's address (`0000:01:00.0`) and sysfs directory; 0 if found, -1 if the

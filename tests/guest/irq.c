@@ -177,15 +177,9 @@ static void own_page(void) {
     CHECK(page != MAP_FAILED, "mmap page");
     CHECK(mlock(page, PAGE) == 0, "mlock: %s", strerror(errno));
     memset(page, 0x5a, PAGE);
-    fd = open("/proc/self/pagemap", O_RDONLY);
-    CHECK(fd >= 0, "open /proc/self/pagemap: %s", strerror(errno));
-    uint64_t ent;
-    CHECK(pread(fd, &ent, 8, (off_t)((uintptr_t)page / PAGE) * 8) == 8, "read pagemap");
-    close(fd);
-    CHECK(ent >> 63, "page not present (pagemap 0x%" PRIx64 ")", ent);
-    uint64_t pfn = ent & ((1ull << 55) - 1);
-    CHECK(pfn != 0, "pagemap shows no PFN (not root?)");
-    gpa = pfn * PAGE;
+    char why[160];
+    gpa = gpa_of(page, why, sizeof why);
+    CHECK(gpa != 0, "%s", why);
     printf("irq: own page at gpa 0x%" PRIx64 "\n", gpa);
 }
 
