@@ -24,13 +24,15 @@ use type1_core::{
 use type1_host::uring::{Dir, Ring};
 use type1_host::{sys, DmaError, HostConfig, HostPlatform};
 
-use crate::wire::{self, Callback, Frame, Msg, Received, RingRef, TaskCreds};
+use crate::wire::{self, Callback, FrameRun, Msg, Received, RingRef, TaskCreds};
 
 const PAGE_SHIFT: u32 = 12;
 /// The broker's first bus frame.
 const GLOBAL_PFN_BASE: u64 = 1 << 44;
 /// Congruence kept between a process's frames and the broker's (1 GiB of frames).
 const ALIGN_PFNS: u64 = 1 << 18;
+/// Pages the engine asks a process to pin in one callback (256 MiB).
+pub const BROKER_PIN_BATCH: u64 = 1 << 16;
 
 /// A ring of a process, held by the broker too (a `pidfd_getfd` duplicate): the pages it
 /// pins then outlive the process, as VFIO's pins outlive the mm that made them (exit, or
@@ -107,48 +109,38 @@ impl Frames {
         (pfn - first < r.npages).then(|| (first, r.clone()))
     }
 
-    /// Runs of the broker's frames for `frames`; the first run is the one `held` holds.
+    /// Runs of the broker's frames for the process's `runs` (each held by its ring, if any),
+    /// as the pages the engine gets.
     fn add(
         &mut self,
         client: u32,
-        frames: &[Frame],
-        mut held: Option<(Arc<HeldRing>, u32, u64)>,
+        runs: impl IntoIterator<Item = (FrameRun, Option<(Arc<HeldRing>, u32, u64)>)>,
     ) -> Vec<PinnedPage> {
-        let mut out = Vec::with_capacity(frames.len());
-        let mut i = 0;
-        while i < frames.len() {
-            let f = frames[i];
-            let mut n = 1;
-            while i + n < frames.len() {
-                let g = frames[i + n];
-                if g.pfn != f.pfn + n as u64 || g.reserved != f.reserved || g.memtype != f.memtype {
-                    break;
-                }
-                n += 1;
-            }
+        let mut out = Vec::new();
+        for (f, held) in runs {
+            let n = f.npages;
             let next = self.next.max(GLOBAL_PFN_BASE);
             let mut first = next - next % ALIGN_PFNS + f.pfn % ALIGN_PFNS;
             if first < next {
                 first += ALIGN_PFNS;
             }
-            self.next = first + n as u64;
+            self.next = first + n;
             self.runs.insert(
                 first,
                 Run {
-                    npages: n as u64,
+                    npages: n,
                     client,
                     local: f.pfn,
                     reserved: f.reserved,
                     memtype: f.memtype,
-                    live: if f.reserved { 0 } else { n as u64 },
-                    held: held.take(),
+                    live: if f.reserved { 0 } else { n },
+                    held,
                 },
             );
-            out.extend((0..n as u64).map(|k| PinnedPage {
+            out.extend((0..n).map(|k| PinnedPage {
                 pfn: first + k,
                 reserved: f.reserved,
             }));
-            i += n;
         }
         out
     }
@@ -201,7 +193,8 @@ pub struct Hub {
     clients: Mutex<BTreeMap<u32, Arc<Client>>>,
     frames: Mutex<Frames>,
     next_client: Mutex<u32>,
-    bounce: Mutex<Option<i32>>,
+    /// The bounce pipe of transfers through held rings (held for the whole transfer).
+    bounce: Mutex<Option<(i32, i32)>>,
     /// Clients sent notes or trace lines on their service connection since the last drain.
     traced: Mutex<std::collections::BTreeSet<u32>>,
 }
@@ -292,15 +285,13 @@ impl Hub {
         Some((ring, r.slot, r.addr))
     }
 
-    /// A bounce file for the broker's own transfers through held rings.
-    fn bounce(&self) -> Option<i32> {
+    /// The bounce pipe for the broker's own transfers through held rings, locked.
+    fn bounce(&self) -> Option<MutexGuard<'_, Option<(i32, i32)>>> {
         let mut b = lock(&self.bounce);
         if b.is_none() {
-            let fd = sys::memfd(c"type1-broker-bounce", true).ok()?;
-            sys::ftruncate(fd, PAGE_SIZE).ok()?;
-            *b = Some(fd);
+            *b = Some(sys::pipe_nonblock().ok()?);
         }
-        *b
+        Some(b)
     }
 
     fn client(&self, id: u32) -> Option<Arc<Client>> {
@@ -312,12 +303,27 @@ impl Hub {
         lock(&self.clients).contains_key(&id)
     }
 
-    /// Serves a request of `client` on connection `fd` with credentials `creds`: callbacks
-    /// for that client go over `fd` while `f` runs.
-    pub fn serving<R>(&self, client: u32, fd: i32, creds: TaskCreds, f: impl FnOnce() -> R) -> R {
-        if let Some(c) = self.client(client) {
-            *lock(&c.creds) = creds;
-        }
+    /// Serves a request of `client` on connection `fd` with credentials `creds` (`None`: as of
+    /// its latest request that carried them): callbacks for that client go over `fd` while
+    /// `f` runs.
+    pub fn serving<R>(
+        &self,
+        client: u32,
+        fd: i32,
+        creds: Option<TaskCreds>,
+        f: impl FnOnce() -> R,
+    ) -> R {
+        let creds = match (self.client(client), creds) {
+            (Some(c), Some(creds)) => {
+                *lock(&c.creds) = creds;
+                creds
+            }
+            (Some(c), None) => *lock(&c.creds),
+            (None, creds) => creds.unwrap_or(TaskCreds {
+                cap_ipc_lock: false,
+                memlock_limit_pages: 0,
+            }),
+        };
         let old = CURRENT.with(|c| c.replace(Some(Current { client, fd, creds })));
         let r = f();
         CURRENT.with(|c| *c.borrow_mut() = old);
@@ -347,7 +353,7 @@ impl Hub {
         let msg = Msg::Cb(cb);
         if let Some(cur) = Self::current().filter(|c| c.client == client) {
             wire::send(cur.fd, &msg, payload, fds)?;
-            return wire::recv(cur.fd);
+            return wire::recv_soon(cur.fd);
         }
         let c = lock(&self.clients)
             .get(&client)
@@ -356,7 +362,7 @@ impl Hub {
         let g = lock(&c.fd);
         let fd = g.ok_or(Errno(libc::ESRCH))?;
         wire::send(fd, &msg, payload, fds)?;
-        wire::recv(fd)
+        wire::recv_soon(fd)
     }
 
     /// The client trace lines go to now (the request's, else the release's), if it wants them.
@@ -476,7 +482,9 @@ impl Hub {
         to_memory: bool,
     ) -> Result<(), DmaError> {
         let (ring, slot, addr) = run.held.as_ref().ok_or(DmaError::Unreachable)?;
-        let bounce = self.bounce().ok_or(DmaError::Unreachable)?;
+        // Held for the whole transfer: the pipe carries one transfer's bytes at a time.
+        let guard = self.bounce().ok_or(DmaError::Unreachable)?;
+        let bounce = (*guard).ok_or(DmaError::Unreachable)?;
         let dir = if to_memory {
             Dir::ToPage
         } else {
@@ -575,9 +583,17 @@ impl TaskMemory for BrokerPlatform {
             write,
         };
         match self.0.simple(client, cb)? {
-            Msg::Pages(frames, held) if !frames.is_empty() => {
-                let held = held.and_then(|r| self.0.hold_ring(client, r));
-                Ok(lock(&self.0.frames).add(client, &frames, held))
+            Msg::Pages(runs)
+                if !runs.is_empty()
+                    && runs.len() <= wire::MAX_RUNS
+                    && runs.iter().all(|r| r.npages > 0)
+                    && runs.iter().map(|r| r.npages).sum::<u64>() <= npages =>
+            {
+                let runs: Vec<_> = runs
+                    .into_iter()
+                    .map(|r| (r, r.held.and_then(|h| self.0.hold_ring(client, h))))
+                    .collect();
+                Ok(lock(&self.0.frames).add(client, runs))
             }
             _ => Err(PlatformError::new(
                 Errno::EFAULT,
@@ -632,6 +648,19 @@ impl TaskMemory for BrokerPlatform {
                     ring.with_ring(|r| r.unpin(*slot));
                 }
             }
+        }
+    }
+
+    /// A pin callback costs a round trip to the process: a mapping pins in calls of up to
+    /// [`BROKER_PIN_BATCH`] pages (each answered with at most `wire::MAX_RUNS` runs).
+    fn pin_batch_pages(&self) -> u64 {
+        BROKER_PIN_BATCH
+    }
+
+    fn pfn_kind_run(&self, pfn: u64, max: u64) -> (bool, MemType, u64) {
+        match lock(&self.0.frames).find(pfn) {
+            Some((first, r)) => (r.reserved, r.memtype, (first + r.npages - pfn).min(max)),
+            None => (false, MemType::Wb, 1),
         }
     }
 
@@ -799,28 +828,27 @@ impl Tracing for BrokerPlatform {
 mod tests {
     use super::*;
 
-    fn frame(pfn: u64) -> Frame {
-        Frame {
+    fn run(pfn: u64, npages: u64) -> (FrameRun, Option<(Arc<HeldRing>, u32, u64)>) {
+        let r = FrameRun {
             pfn,
+            npages,
             reserved: false,
             memtype: MemType::Wb,
-        }
+            held: None,
+        };
+        (r, None)
     }
 
     #[test]
     fn runs_keep_congruence_and_split_where_frames_do() {
         let mut f = Frames::default();
         let local = (1u64 << 44) + 5;
-        let pages = f.add(7, &[frame(local), frame(local + 1), frame(local + 9)], None);
+        let pages = f.add(7, [run(local, 2), run(local + 9, 1)]);
         assert_eq!(pages.len(), 3);
         assert_eq!(pages[0].pfn % ALIGN_PFNS, local % ALIGN_PFNS);
         assert_eq!(pages[1].pfn, pages[0].pfn + 1);
         assert_eq!(pages[2].pfn % ALIGN_PFNS, (local + 9) % ALIGN_PFNS);
-        assert_eq!(
-            f.runs.len(),
-            2,
-            "a gap in the process's frames starts a new run"
-        );
+        assert_eq!(f.runs.len(), 2, "each of the process's runs is a run of the broker's");
         let (first, run) = f.find(pages[1].pfn).unwrap();
         assert_eq!((first, run.client, run.local), (pages[0].pfn, 7, local));
         let p = f.pieces(pages[0].pfn, 2);

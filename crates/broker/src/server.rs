@@ -24,7 +24,7 @@ use type1_uapi::{
 };
 
 use crate::hub::{BrokerPlatform, Hub};
-use crate::wire::{self, Callback, Msg, Obj, Request, TaskCreds};
+use crate::wire::{self, Callback, Msg, Obj, Request};
 
 /// What the broker emulates.
 #[derive(Clone, Debug)]
@@ -42,6 +42,37 @@ struct State {
     busy: BTreeSet<u32>,
     /// BAR2 memory of open devices.
     bars: BTreeMap<u32, i32>,
+    /// BAR0 images of open devices, shared with the processes that use them.
+    regs: BTreeMap<u32, Arc<RegFile>>,
+}
+
+/// A device's BAR0 image in shared memory: the device model's mirror
+/// (`type1_uapi::device::Bar0Mirror`), mapped by every process that asked for the device's
+/// information, which reads registers and writes the plain ones there without a request.
+#[derive(Debug)]
+struct RegFile(type1_host::shm::SharedMem);
+
+impl type1_uapi::device::Bar0Mirror for RegFile {
+    fn load(&self, off: u64, buf: &mut [u8]) {
+        self.0.load(off, buf);
+    }
+
+    fn store(&self, off: u64, data: &[u8]) {
+        self.0.store(off, data);
+    }
+}
+
+/// Device `dev`'s shared BAR0 image, made (and given to the model) on first use.
+fn regs_of(st: &mut State, dev: u32) -> Result<i32, Errno> {
+    if let Some(r) = st.regs.get(&dev) {
+        return Ok(r.0.fd());
+    }
+    let m = type1_host::shm::SharedMem::create(c"type1-bar0", type1_uapi::device::BAR0_SIZE)?;
+    let r = Arc::new(RegFile(m));
+    st.vfio.set_device_mirror(dev, r.clone())?;
+    let fd = r.0.fd();
+    st.regs.insert(dev, r);
+    Ok(fd)
 }
 
 /// One emulated open file.
@@ -232,6 +263,7 @@ impl Server {
                 vfio,
                 busy: BTreeSet::new(),
                 bars: BTreeMap::new(),
+                regs: BTreeMap::new(),
             }),
             returned: Condvar::new(),
             files: Mutex::new(Vec::new()),
@@ -322,6 +354,7 @@ impl Server {
                 if let Some(fd) = st.bars.remove(&d) {
                     sys::close(fd);
                 }
+                st.regs.remove(&d);
             }
         }
     }
@@ -364,7 +397,7 @@ impl Server {
             return false;
         }
         loop {
-            let Ok(r) = wire::recv(fd) else {
+            let Ok(r) = wire::recv_soon(fd) else {
                 return false;
             };
             let Msg::Req(creds, req) = r.msg else {
@@ -374,7 +407,7 @@ impl Server {
                 continue;
             };
             let (reply, payload, fds) = self.hub.serving(client, fd, creds, || {
-                self.request(client, creds, req, &r.payload, &r.fds)
+                self.request(client, req, &r.payload, &r.fds)
             });
             for f in r.fds {
                 sys::close(f);
@@ -389,12 +422,15 @@ impl Server {
     fn request(
         &self,
         client: u32,
-        _creds: TaskCreds,
         req: Request,
         payload: &[u8],
         fds: &[i32],
     ) -> (Msg, Vec<u8>, Vec<i32>) {
-        self.collect();
+        // Hang-ups first (a file closed by a route no hook saw is released before what comes
+        // next). A register access of an open device cannot see a release: it goes straight on.
+        if !matches!(req, Request::DeviceRw { .. }) {
+            self.collect();
+        }
         let err = |e: Errno| (Msg::Err(e.0), Vec::new(), Vec::new());
         match req {
             Request::Sync => {
@@ -516,13 +552,20 @@ impl Server {
                     .iter()
                     .position(|d| *d == name)
                     .unwrap_or(0) as u32;
-                let bar = match bar_of(&mut st, dev) {
-                    Ok(fd) => fd,
+                let files = bar_of(&mut st, dev).and_then(|b| Ok((b, regs_of(&mut st, dev)?)));
+                let (bar, regs) = match files {
+                    Ok(f) => f,
                     Err(e) => return err(e),
                 };
-                // Sent as a duplicate the reply's sender may close.
+                // Sent as duplicates the reply's sender may close.
                 match dup(bar) {
-                    Ok(d) => (Msg::Device { name, ordinal }, Vec::new(), vec![d]),
+                    Ok(d) => match dup(regs) {
+                        Ok(r) => (Msg::Device { name, ordinal }, Vec::new(), vec![d, r]),
+                        Err(e) => {
+                            sys::close(d);
+                            err(e)
+                        }
+                    },
                     Err(e) => err(e),
                 }
             }

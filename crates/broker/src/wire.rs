@@ -1,8 +1,11 @@
 //! The messages between the broker and the processes that use it (`type1-preload`).
 //!
 //! Every connection is an `AF_UNIX` `SOCK_SEQPACKET` socket: one datagram is one [`Msg`],
-//! encoded as a little-endian `u32` length, that many bytes of JSON, and then the raw
-//! payload (memory contents, never JSON-encoded). File descriptors ride along as
+//! encoded as a little-endian `u32` length, that many bytes of `postcard` (a compact binary
+//! serde format: varints, no field names), and then the raw payload (memory contents, never
+//! encoded). Pins, unpins and flushes travel as runs of frames, never as per-page records:
+//! a [`Msg::Pages`] answer holds at most [`MAX_RUNS`] runs, so every message of the hot paths
+//! has a size bounded independently of the pages it covers. File descriptors ride along as
 //! `SCM_RIGHTS`. A connection is either a process's *service* connection (the broker calls
 //! the process back on it: pin, unpin, flush, DMA, for work another process caused) or one
 //! of its threads' *request* connections (requests, and the callbacks that request needs,
@@ -17,6 +20,9 @@ use type1_uapi::Object;
 pub const MAX_MSG: usize = 96 * 1024;
 /// The largest memory copy one callback moves; longer copies are split.
 pub const MAX_COPY: usize = 64 * 1024;
+/// The most frame runs one [`Msg::Pages`] answer carries: a process that pinned more runs than
+/// this answers with the first ones and releases the rest (the engine asks again).
+pub const MAX_RUNS: usize = 1024;
 
 /// An emulated object on the wire.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -92,8 +98,8 @@ pub enum Request {
         /// Write the payload.
         write: bool,
     },
-    /// A device's name, its index among the machine's devices and its BAR2 memory file
-    /// (attached to the [`Msg::Device`] answer).
+    /// A device's name, its index among the machine's devices, its BAR2 memory file and its
+    /// shared BAR0 image (attached to the [`Msg::Device`] answer).
     DeviceInfo(u32),
     /// Which object the attached file is, if it is one of the broker's.
     Identify,
@@ -163,15 +169,21 @@ pub enum Callback {
     },
 }
 
-/// One pinned frame of a [`Msg::Pages`] answer.
+/// A run of pinned frames of a [`Msg::Pages`] answer: consecutive in the process's numbering,
+/// of one kind, held by one ring buffer slot (one pin of the process's platform).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Frame {
-    /// The process's frame number.
+pub struct FrameRun {
+    /// The process's first frame number.
     pub pfn: u64,
+    /// Frames in the run.
+    pub npages: u64,
     /// Reserved (device memory): neither refcounted nor charged.
     pub reserved: bool,
     /// Memory type.
     pub memtype: MemType,
+    /// What holds the run in the process (the ring the broker takes over should the process go
+    /// while the frames are still mapped); `None` for device memory and untracked pins.
+    pub held: Option<RingRef>,
 }
 
 /// Where a pin call's pages are held in the process: an io_uring fixed buffer.
@@ -200,8 +212,9 @@ pub enum Msg {
     },
     /// Answer to [`Msg::Hello`]: the client id.
     Welcome(u32),
-    /// A request with the caller's credentials.
-    Req(TaskCreds, Request),
+    /// A request with the caller's credentials (`None` for requests that cannot pin: the
+    /// broker keeps the latest it was sent).
+    Req(Option<TaskCreds>, Request),
     /// A callback.
     Cb(Callback),
     /// A callback that needs no answer (flush, unpin): sent on a request's own connection,
@@ -224,7 +237,8 @@ pub enum Msg {
     Data,
     /// An open file for `obj` is attached.
     Opened(Obj),
-    /// Device information (its BAR2 file attached).
+    /// Device information: its BAR2 file and its shared BAR0 image (`type1_host::shm`)
+    /// attached, in that order.
     Device {
         /// Name (`0000:00:05.0`).
         name: String,
@@ -233,9 +247,8 @@ pub enum Msg {
     },
     /// The object a file is, if any.
     Object(Option<Obj>),
-    /// Pinned frames, and what holds them (the ring the broker takes over should the process
-    /// go while they are still mapped).
-    Pages(Vec<Frame>, Option<RingRef>),
+    /// Pinned frames, as runs in the order of their addresses (at most [`MAX_RUNS`]).
+    Pages(Vec<FrameRun>),
     /// A DMA that could not reach memory: 1 unmapped, 2 permission, 3 unreachable.
     DmaFault(u8),
 }
@@ -252,10 +265,11 @@ impl Msg {
 
 /// Sends `msg` with `payload` and `fds` on `fd`.
 pub fn send(fd: i32, msg: &Msg, payload: &[u8], fds: &[i32]) -> Result<(), Errno> {
-    let json = serde_json::to_vec(msg).map_err(|_| Errno::EINVAL)?;
-    let mut buf = Vec::with_capacity(4 + json.len() + payload.len());
-    buf.extend_from_slice(&(json.len() as u32).to_le_bytes());
-    buf.extend_from_slice(&json);
+    let mut buf = Vec::with_capacity(64 + payload.len());
+    buf.extend_from_slice(&[0; 4]);
+    let mut buf = postcard::to_extend(msg, buf).map_err(|_| Errno::EINVAL)?;
+    let len = (buf.len() - 4) as u32;
+    buf[..4].copy_from_slice(&len.to_le_bytes());
     buf.extend_from_slice(payload);
     if buf.len() > MAX_MSG {
         return Err(Errno(libc::EMSGSIZE));
@@ -277,18 +291,53 @@ pub struct Received {
 /// Receives one datagram. EPIPE at end of stream; EPROTO for a malformed one (its files are
 /// closed).
 pub fn recv(fd: i32) -> Result<Received, Errno> {
-    let mut buf = vec![0u8; MAX_MSG];
-    let (n, fds) = sock::recv(fd, &mut buf)?;
+    recv_with(fd, 0)
+}
+
+/// How long [`recv_soon`] polls before it sleeps.
+pub const SPIN: std::time::Duration = std::time::Duration::from_micros(50);
+
+/// [`recv`] of an answer expected soon (a callback's, a request's, the next request of a busy
+/// connection): polls for up to [`SPIN`] before it sleeps. Waking a sleeping thread on another
+/// CPU costs tens of microseconds on a virtual machine (an IPI per direction: 45 µs a round
+/// trip on the 2-vCPU VM of `docs/performance.md`), polling a few; with one usable CPU the peer
+/// cannot run while this polls, so it sleeps at once.
+pub fn recv_soon(fd: i32) -> Result<Received, Errno> {
+    static CPUS: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
+    let cpus = *CPUS.get_or_init(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
+    if cpus > 1 {
+        let t = std::time::Instant::now();
+        loop {
+            match recv_with(fd, libc::MSG_DONTWAIT) {
+                Err(Errno(libc::EAGAIN)) if t.elapsed() < SPIN => std::hint::spin_loop(),
+                Err(Errno(libc::EAGAIN)) => break,
+                r => return r,
+            }
+        }
+    }
+    recv_with(fd, 0)
+}
+
+fn recv_with(fd: i32, flags: i32) -> Result<Received, Errno> {
+    // One receive buffer per thread: a datagram's room is not zeroed again for every message.
+    thread_local! {
+        static RX: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
+    }
+    let recv_into = |buf: &mut Vec<u8>| {
+        if buf.len() < MAX_MSG {
+            buf.resize(MAX_MSG, 0);
+        }
+        let (n, fds) = sock::recv_flags(fd, buf, flags)?;
+        Ok::<_, Errno>((decode(&buf[..n]), n, fds))
+    };
+    let (parsed, n, fds) = match RX.try_with(|b| b.try_borrow_mut().ok().map(|mut b| recv_into(&mut b))) {
+        Ok(Some(r)) => r?,
+        // The thread is exiting (or, impossibly, re-entered): a buffer of its own.
+        _ => recv_into(&mut Vec::new())?,
+    };
     if n == 0 && fds.is_empty() {
         return Err(Errno(libc::EPIPE));
     }
-    let parsed = (|| {
-        let len = u32::from_le_bytes(buf.get(..4)?.try_into().ok()?) as usize;
-        let json = buf.get(4..4 + len)?;
-        let msg: Msg = serde_json::from_slice(json).ok()?;
-        Some((msg, buf[4 + len..n].to_vec()))
-    })()
-    .filter(|_| n >= 4);
     match parsed {
         Some((msg, payload)) => Ok(Received { msg, payload, fds }),
         None => {
@@ -298,6 +347,14 @@ pub fn recv(fd: i32) -> Result<Received, Errno> {
             Err(Errno(libc::EPROTO))
         }
     }
+}
+
+/// A datagram's message and payload; `None` if it is not one.
+fn decode(d: &[u8]) -> Option<(Msg, Vec<u8>)> {
+    let len = u32::from_le_bytes(d.get(..4)?.try_into().ok()?) as usize;
+    let body = d.get(4..4usize.checked_add(len)?)?;
+    let msg: Msg = postcard::from_bytes(body).ok()?;
+    Some((msg, d[4 + len..].to_vec()))
 }
 
 /// The broker's abstract socket name for `TYPE1_BROKER=name`, or, without it, the one for
@@ -327,10 +384,10 @@ mod tests {
         let (a, b) = sock::seqpacket_pair().unwrap();
         let (x, y) = sock::seqpacket_pair().unwrap();
         let m = Msg::Req(
-            TaskCreds {
+            Some(TaskCreds {
                 cap_ipc_lock: false,
                 memlock_limit_pages: 16,
-            },
+            }),
             Request::Ioctl {
                 obj: Obj::Container(3),
                 req: 0x3b71,

@@ -281,7 +281,7 @@ impl Type1 {
             let dma = dmas.get_mut(&k).expect("present");
             let decision = policy.on_replay(dma.is_noncoherent, coherent);
             dma.is_noncoherent = decision.flag;
-            let mut batch = Batch::new(disable_hp);
+            let mut batch = Batch::new(disable_hp, p.pin_batch_pages());
             let mut off = 0;
             while off < dma.size {
                 let iova = dma.iova + off;

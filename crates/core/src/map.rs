@@ -287,7 +287,7 @@ impl Type1 {
         let dma = dmas.get_mut(&key).expect("mapping inserted by caller");
         // F3: the flag is set before the chunk loop so that every unwind unpin flushes too.
         dma.is_noncoherent = policy.flag_before_map(nc);
-        let mut batch = Batch::new(disable_hp);
+        let mut batch = Batch::new(disable_hp, p.pin_batch_pages());
         let mut remaining = map_size;
         let mut ret = Ok(());
         while remaining > 0 {

@@ -23,19 +23,37 @@ pub(crate) struct Batch {
 }
 
 impl Batch {
-    pub fn new(disable_hugepages: bool) -> Batch {
+    /// A batch of the platform's size (`capacity` pages; one page with hugepages disabled).
+    pub fn new(disable_hugepages: bool, capacity: u64) -> Batch {
         Batch {
             pages: VecDeque::new(),
-            capacity: if disable_hugepages { 1 } else { PIN_BATCH },
+            capacity: if disable_hugepages {
+                1
+            } else {
+                usize::try_from(capacity).unwrap_or(PIN_BATCH).max(1)
+            },
         }
     }
 
     /// Releases leftovers that were pinned but never mapped (P5): no flush, no accounting.
+    /// Consecutive normal frames go back in one platform call.
     pub fn release<P: Platform + ?Sized>(&mut self, p: &mut P, dma: &Dma) {
+        let mut run: Option<(u64, u64)> = None;
         while let Some(pg) = self.pages.pop_front() {
-            if !pg.reserved {
-                p.unpin_page(pg.pfn, dma.prot.write);
+            if pg.reserved {
+                continue;
             }
+            run = match run {
+                Some((s, n)) if s + n == pg.pfn => Some((s, n + 1)),
+                Some((s, n)) => {
+                    p.unpin_pages(s, n, dma.prot.write);
+                    Some((pg.pfn, 1))
+                }
+                None => Some((pg.pfn, 1)),
+            };
+        }
+        if let Some((s, n)) = run {
+            p.unpin_pages(s, n, dma.prot.write);
         }
     }
 }
@@ -65,6 +83,9 @@ pub(crate) fn pin_pages_remote<P: Platform + ?Sized>(
     let mut pinned: u64 = 0;
     let mut lock_acct: u64 = 0;
     let mut first: Option<PinnedPage> = None;
+    // `mm->locked_vm` does not change while this chunk is pinned (the charge is made at the
+    // end): read once, when the first page needs it.
+    let mut locked_base: Option<u64> = None;
     let result: Result<()> = (|| {
         while pinned < npage {
             if batch.pages.is_empty() {
@@ -87,7 +108,12 @@ pub(crate) fn pin_pages_remote<P: Platform + ?Sized>(
                 }
                 let iova = iova0 + pinned * PAGE_SIZE;
                 if !pg.reserved && !dma.pfn_list.contains_key(&iova) {
-                    if !dma.lock_cap && p.locked_vm(caller.mm) + lock_acct + 1 > limit {
+                    if !dma.lock_cap
+                        && *locked_base.get_or_insert_with(|| p.locked_vm(caller.mm))
+                            + lock_acct
+                            + 1
+                            > limit
+                    {
                         return Err(PinError::Memlock { limit, iova }.into());
                     }
                     lock_acct += 1;
@@ -183,21 +209,24 @@ fn flush_ranges<P: Platform + ?Sized>(
 ) -> u64 {
     let mut skipped = 0;
     let mut run: Option<(u64, u64)> = None;
-    for i in 0..npages {
+    let mut i = 0;
+    while i < npages {
         let f = pfn + i;
-        let reserved = p.pfn_is_reserved(f);
-        if policy.flush_pfn(reserved, p.pfn_memtype(f)) {
+        let (reserved, memtype, k) = p.pfn_kind_run(f, npages - i);
+        let k = k.clamp(1, npages - i);
+        if policy.flush_pfn(reserved, memtype) {
             run = match run {
-                Some((s, n)) if s + n == f => Some((s, n + 1)),
+                Some((s, n)) if s + n == f => Some((s, n + k)),
                 Some((s, n)) => {
                     out.push((s << PAGE_SHIFT, n << PAGE_SHIFT));
-                    Some((f, 1))
+                    Some((f, k))
                 }
-                None => Some((f, 1)),
+                None => Some((f, k)),
             };
         } else {
-            skipped += 1;
+            skipped += k;
         }
+        i += k;
     }
     if let Some((s, n)) = run {
         out.push((s << PAGE_SHIFT, n << PAGE_SHIFT));
@@ -290,19 +319,24 @@ pub(crate) fn release_remote<P: Platform + ?Sized>(
     let mut locked = 0;
     // Normal pages are released by maximal runs (one platform call each).
     let mut run: Option<(u64, u64)> = None;
-    for i in 0..npage {
-        if !p.pfn_is_reserved(pfn + i) {
+    let mut i = 0;
+    while i < npage {
+        let (reserved, _, k) = p.pfn_kind_run(pfn + i, npage - i);
+        let k = k.clamp(1, npage - i);
+        if !reserved {
             run = match run {
-                Some((s, n)) => Some((s, n + 1)),
-                None => Some((pfn + i, 1)),
+                Some((s, n)) => Some((s, n + k)),
+                None => Some((pfn + i, k)),
             };
-            unlocked += 1;
-            if !dma.pfn_list.is_empty() && dma.pfn_list.contains_key(&(iova + i * PAGE_SIZE)) {
-                locked += 1;
+            unlocked += k;
+            if !dma.pfn_list.is_empty() {
+                let lo = iova + i * PAGE_SIZE;
+                locked += dma.pfn_list.range(lo..lo + k * PAGE_SIZE).count() as u64;
             }
         } else if let Some((s, n)) = run.take() {
             p.unpin_pages(s, n, dma.prot.write);
         }
+        i += k;
     }
     if let Some((s, n)) = run {
         p.unpin_pages(s, n, dma.prot.write);

@@ -142,8 +142,24 @@ pub trait TaskMemory {
         }
     }
 
+    /// How many pages the engine asks [`Self::pin_user_pages`] for at most in one call (its pin
+    /// batch, `struct vfio_batch`): the kernel's 512 by default. A platform whose pin calls
+    /// cost a round trip (the broker's) asks for more, so that a mapping pins in few calls;
+    /// what is pinned ahead and not used is released as the kernel releases a batch's leftovers.
+    fn pin_batch_pages(&self) -> u64 {
+        crate::PIN_BATCH as u64
+    }
+
     /// Whether `pfn` is reserved or invalid (MMIO): such pfns are neither refcounted nor charged.
     fn pfn_is_reserved(&self, pfn: u64) -> bool;
+
+    /// The frames from `pfn` on (at most `max`, at least one) that share `pfn`'s reserved-ness
+    /// and memory type: `(reserved, memtype, count)`. The default answers for one frame;
+    /// platforms that keep frames by run answer for the whole run in one lookup.
+    fn pfn_kind_run(&self, pfn: u64, max: u64) -> (bool, MemType, u64) {
+        let _ = max;
+        (self.pfn_is_reserved(pfn), self.pfn_memtype(pfn), 1)
+    }
 
     /// The host memory type of `pfn` (PAT/MTRR view), used by the flush classifier (F9).
     fn pfn_memtype(&self, pfn: u64) -> MemType;

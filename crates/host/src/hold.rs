@@ -30,14 +30,15 @@ impl HostPlatform {
         })
     }
 
-    /// The bounce file of io_uring device DMA.
-    pub(crate) fn bounce_fd(&mut self) -> Result<i32, Errno> {
-        if let Some(fd) = self.bounce {
-            return Ok(fd);
+    /// The bounce pipe of io_uring device DMA: `(read end, write end)`.
+    pub(crate) fn bounce_fd(&mut self) -> Result<(i32, i32), Errno> {
+        if let Some(b) = self.bounce {
+            return Ok(b);
         }
-        let fd = uring::move_high(sys::memfd(c"type1-dma-bounce", true)?);
-        self.bounce = Some(fd);
-        Ok(fd)
+        let (r, w) = sys::pipe_nonblock()?;
+        let b = (uring::move_high(r), uring::move_high(w));
+        self.bounce = Some(b);
+        Ok(b)
     }
 
     /// Flushes the pinned pages the CPU maps in `[addr, addr + len)`, right before that

@@ -50,6 +50,7 @@ pub mod floor;
 mod flush;
 mod hold;
 pub mod pins;
+pub mod shm;
 pub mod sock;
 pub mod sys;
 pub mod tracefile;
@@ -254,8 +255,8 @@ pub struct HostPlatform {
     pagemap: Option<(i32, i32)>, // (pid, fd)
     /// Whether pagemap shows real PFNs (`None` until first read).
     real_pfns: Option<bool>,
-    /// The bounce file of device DMA through io_uring (created on first use).
-    bounce: Option<i32>,
+    /// The bounce pipe of device DMA through io_uring (created on first use).
+    bounce: Option<(i32, i32)>,
     /// Where the last pin call's virtual range and bus range ended.
     last_end: Option<(u64, u64)>,
     pins: PinStore,
@@ -470,8 +471,9 @@ impl Drop for HostPlatform {
             self.release(h);
         }
         self.rings.clear();
-        if let Some(fd) = self.bounce.take() {
-            sys::close(fd);
+        if let Some((r, w)) = self.bounce.take() {
+            sys::close(r);
+            sys::close(w);
         }
         if let Some((_, fd)) = self.pagemap.take() {
             sys::close(fd);

@@ -194,6 +194,11 @@ pub fn send(fd: i32, data: &[u8], fds: &[i32]) -> Result<(), Errno> {
 /// Receives one message into `buf`: its length (0 at end of stream) and the descriptors it
 /// carried, installed close-on-exec. EMSGSIZE if it did not fit (its fds are closed).
 pub fn recv(fd: i32, buf: &mut [u8]) -> Result<(usize, Vec<i32>), Errno> {
+    recv_flags(fd, buf, 0)
+}
+
+/// [`recv`] with extra `recvmsg` flags (`MSG_DONTWAIT`: EAGAIN when nothing is there yet).
+pub fn recv_flags(fd: i32, buf: &mut [u8], flags: i32) -> Result<(usize, Vec<i32>), Errno> {
     let mut iov = libc::iovec {
         iov_base: buf.as_mut_ptr() as *mut libc::c_void,
         iov_len: buf.len(),
@@ -212,7 +217,7 @@ pub fn recv(fd: i32, buf: &mut [u8]) -> Result<(usize, Vec<i32>), Errno> {
                 libc::SYS_recvmsg,
                 fd,
                 &mut m as *mut libc::msghdr,
-                libc::MSG_CMSG_CLOEXEC,
+                libc::MSG_CMSG_CLOEXEC | flags,
             )
         };
         match check(r) {

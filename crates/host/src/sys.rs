@@ -144,6 +144,27 @@ pub fn pread(fd: i32, buf: &mut [u8], off: u64) -> Result<usize, Errno> {
     check(r).map(|n| n as usize)
 }
 
+/// `read(fd, buf)`; returns the bytes read.
+pub fn read(fd: i32, buf: &mut [u8]) -> Result<usize, Errno> {
+    // SAFETY: `buf` is valid for writes of `buf.len()` bytes.
+    let r = unsafe { libc::syscall(libc::SYS_read, fd, buf.as_mut_ptr(), buf.len()) };
+    check(r).map(|n| n as usize)
+}
+
+/// A pipe, both ends non-blocking and close-on-exec: `(read end, write end)`.
+pub fn pipe_nonblock() -> Result<(i32, i32), Errno> {
+    let mut fds = [0i32; 2];
+    // SAFETY: `fds` is a valid out-parameter for two descriptors.
+    let r = unsafe {
+        libc::syscall(
+            libc::SYS_pipe2,
+            fds.as_mut_ptr(),
+            libc::O_CLOEXEC | libc::O_NONBLOCK,
+        )
+    };
+    check(r).map(|_| (fds[0], fds[1]))
+}
+
 /// `write(fd, data)`, all of it (retrying short writes).
 pub fn write_all(fd: i32, mut data: &[u8]) -> Result<(), Errno> {
     while !data.is_empty() {

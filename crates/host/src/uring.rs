@@ -10,9 +10,9 @@
 //!
 //! [`Ring`] wraps one ring with a sparse table of buffer slots. A slot is filled with
 //! `IORING_REGISTER_BUFFERS_UPDATE` (the pin) and emptied the same way (the unpin). Device DMA
-//! reaches a pinned page with `IORING_OP_READ_FIXED` (file → page: the device writes memory)
-//! and `IORING_OP_WRITE_FIXED` (page → file: the device reads memory) against a private bounce
-//! memfd; the address in the request only selects the offset inside the registered buffer,
+//! reaches a pinned page with `IORING_OP_READ_FIXED` (pipe → page: the device writes memory)
+//! and `IORING_OP_WRITE_FIXED` (page → pipe: the device reads memory) against a private bounce
+//! pipe, which io_uring serves inline (a file would go to a worker thread); the address in the request only selects the offset inside the registered buffer,
 //! so it is the address the page had *when it was pinned*.
 //!
 //! Everything is a raw system call (no libc wrapper an LD_PRELOAD library could interpose).
@@ -399,30 +399,54 @@ impl Ring {
     }
 
     /// Copies between `buf` and the pinned buffer in `slot`, at `addr` (an address inside the
-    /// buffer as it was registered), through the file `bounce` (offset 0 on). `buf` must not
-    /// cross a page of the buffer.
+    /// buffer as it was registered), through the bounce pipe `bounce` (read end, write end;
+    /// both non-blocking and empty). A pipe rather than a file: with the bytes (or the room)
+    /// already there, io_uring completes the fixed read or write inline instead of handing it
+    /// to a worker thread, which would cost a wake-up on another CPU per transfer. `buf` must
+    /// not cross a page of the buffer (and so fits in the pipe at once).
     pub fn transfer(
         &mut self,
         slot: u32,
         addr: u64,
         buf: &mut [u8],
         dir: Dir,
-        bounce: i32,
+        bounce: (i32, i32),
     ) -> Result<(), Errno> {
         if !self.owned() {
             return Err(Errno::EPERM);
         }
+        let r = self.transfer_through(slot, addr, buf, dir, bounce);
+        if r.is_err() {
+            // Leave the pipe empty for the next transfer.
+            let mut sink = [0u8; 512];
+            while matches!(crate::sys::read(bounce.0, &mut sink), Ok(n) if n > 0) {}
+        }
+        r
+    }
+
+    fn transfer_through(
+        &mut self,
+        slot: u32,
+        addr: u64,
+        buf: &mut [u8],
+        dir: Dir,
+        (rd, wr): (i32, i32),
+    ) -> Result<(), Errno> {
         let len = buf.len();
+        if len > PAGE_SIZE as usize {
+            return Err(Errno::EINVAL);
+        }
         if dir == Dir::ToPage {
-            crate::sys::pwrite(bounce, buf, 0)?;
+            crate::sys::write_all(wr, buf)?;
         }
         let sqe = Sqe {
             opcode: match dir {
                 Dir::ToPage => IORING_OP_READ_FIXED,
                 Dir::FromPage => IORING_OP_WRITE_FIXED,
             },
-            fd: bounce,
-            off: 0,
+            fd: if dir == Dir::ToPage { rd } else { wr },
+            // Pipes take no offset.
+            off: u64::MAX,
             addr,
             len: len as u32,
             user_data: 1,
@@ -437,7 +461,7 @@ impl Ring {
             return Err(Errno::EIO);
         }
         if dir == Dir::FromPage {
-            let got = crate::sys::pread(bounce, buf, 0)?;
+            let got = crate::sys::read(rd, buf)?;
             if got != len {
                 return Err(Errno::EIO);
             }

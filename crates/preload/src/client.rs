@@ -20,7 +20,7 @@ use std::sync::{Mutex, MutexGuard};
 use type1_core::CacheMaintenance;
 use type1_core::TaskMemory;
 
-use type1_broker::wire::{self, Callback, Frame, Msg, Received, Request, RingRef, TaskCreds};
+use type1_broker::wire::{self, Callback, FrameRun, Msg, Received, Request, RingRef, TaskCreds};
 use type1_core::Errno;
 use type1_host::{sock, sys, DmaError, SELF_MM};
 
@@ -356,9 +356,11 @@ pub(crate) fn request(req: Request, payload: &[u8], fds: &[i32]) -> Result<Recei
 /// Sends a request and answers its callbacks until the reply comes. `Err`: the connection
 /// failed.
 fn exchange(fd: i32, req: Request, payload: &[u8], fds: &[i32]) -> Result<Received, Errno> {
-    wire::send(fd, &Msg::Req(creds(), req), payload, fds)?;
+    // Only an ioctl can pin (and so needs RLIMIT_MEMLOCK and CAP_IPC_LOCK as of now).
+    let creds = matches!(req, Request::Ioctl { .. }).then(creds);
+    wire::send(fd, &Msg::Req(creds, req), payload, fds)?;
     loop {
-        let r = wire::recv(fd)?;
+        let r = wire::recv_soon(fd)?;
         match r.msg {
             Msg::Cb(cb) => {
                 let (m, p, f) = answer(cb, r.payload, r.fds);
@@ -417,24 +419,8 @@ fn answer(cb: Callback, payload: Vec<u8>, fds: Vec<i32>) -> (Msg, Vec<u8>, Vec<i
             let Ok(h) = state::host() else {
                 return err(Errno::EIO);
             };
-            let mut h = h.lock();
-            match h.pin_user_pages(SELF_MM, vaddr, npages, write) {
-                Ok(pages) => {
-                    let frames = pages
-                        .iter()
-                        .map(|p| Frame {
-                            pfn: p.pfn,
-                            reserved: p.reserved,
-                            memtype: h.pfn_memtype(p.pfn),
-                        })
-                        .collect();
-                    let held = pages
-                        .first()
-                        .filter(|p| !p.reserved)
-                        .and_then(|p| h.pin_ref(p.pfn))
-                        .map(|(fd, slot, addr)| RingRef { fd, slot, addr });
-                    plain(Msg::Pages(frames, held))
-                }
+            match pin_runs(&h, vaddr, npages, write) {
+                Ok(runs) => plain(Msg::Pages(runs)),
                 Err(e) => plain(Msg::Failed(e.errno.0, e.what)),
             }
         }
@@ -475,6 +461,73 @@ fn answer(cb: Callback, payload: Vec<u8>, fds: Vec<i32>) -> (Msg, Vec<u8>, Vec<i
             }
         }
     }
+}
+
+/// Pins up to `npages` pages at `vaddr` as runs of frames, one platform pin call a run (so
+/// that each run is held by one ring slot; the platform is locked for one pin call at a
+/// time), at most [`wire::MAX_RUNS`] of them. Stops at the
+/// first pin that fails once something is pinned (the engine asks again from there and gets
+/// the error); fails only if not even the first page could be pinned.
+fn pin_runs(
+    host: &crate::shared::SharedHost,
+    vaddr: u64,
+    npages: u64,
+    write: bool,
+) -> Result<Vec<FrameRun>, type1_core::PlatformError> {
+    let mut runs: Vec<FrameRun> = Vec::new();
+    let mut done = 0u64;
+    while done < npages && runs.len() < wire::MAX_RUNS {
+        let want = npages - done;
+        // Locked for one platform pin at a time, as when the engine asked page batch by page
+        // batch: other threads' calls that need the platform get in between.
+        let mut h = host.lock();
+        let pages = match h.pin_user_pages(SELF_MM, vaddr + done * type1_core::PAGE_SIZE, want, write) {
+            Ok(p) if !p.is_empty() => p,
+            Ok(_) => break,
+            Err(e) if runs.is_empty() => return Err(e),
+            Err(_) => break,
+        };
+        let got = pages.len() as u64;
+        // One pin call: consecutive frames of one kind, held by one slot. Device memory may
+        // still have gaps; split there.
+        let mut i = 0;
+        while i < pages.len() {
+            let f = pages[i];
+            let mut n = 1;
+            while i + n < pages.len()
+                && pages[i + n].pfn == f.pfn + n as u64
+                && pages[i + n].reserved == f.reserved
+            {
+                n += 1;
+            }
+            if runs.len() == wire::MAX_RUNS {
+                // No room to report the rest: give it back.
+                for p in &pages[i..] {
+                    if !p.reserved {
+                        h.unpin_pages(p.pfn, 1, false);
+                    }
+                }
+                return Ok(runs);
+            }
+            let held = if f.reserved {
+                None
+            } else {
+                h.pin_ref(f.pfn).map(|(fd, slot, addr)| RingRef { fd, slot, addr })
+            };
+            runs.push(FrameRun {
+                pfn: f.pfn,
+                npages: n as u64,
+                reserved: f.reserved,
+                memtype: h.pfn_memtype(f.pfn),
+                held,
+            });
+            i += n;
+        }
+        done += got;
+        drop(h);
+        host.let_waiters_in();
+    }
+    Ok(runs)
 }
 
 /// A forked child: the connections it inherited are its parent's (their numbers are closed

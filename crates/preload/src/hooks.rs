@@ -570,10 +570,17 @@ pub unsafe extern "C" fn ioctl(fd: c_int, req: c_ulong, arg: *mut c_void) -> c_i
             at += len as usize;
         }
         if v < 0 {
-            Err(Errno(-v as i32))
-        } else {
-            Ok(v)
+            return Err(Errno(-v as i32));
         }
+        if req64 == type1_uapi::nr::VFIO_GROUP_GET_DEVICE_FD {
+            // The device's shared register image is mapped now, not at the first register
+            // access: a mapping made later could land in a hole the program has just
+            // unmapped and is about to map again with MAP_FIXED.
+            if let Some(Object::Device(d)) = state::object_of(v as i32) {
+                let _ = state::device_regs(d);
+            }
+        }
+        Ok(v)
     });
     match emulated {
         Some(Ok(v)) => v as c_int,
@@ -694,6 +701,9 @@ fn device_chunk(
         let (_, _, bar) = state::device_info(dev)?;
         return bar2_rw(bar, buf as *mut c_void, len, bar_off, write).map(|n| n as usize);
     }
+    if let Some(n) = pos.and_then(|p| bar0_local(dev, p, buf, len, write).transpose()) {
+        return n;
+    }
     let mut tmp = vec![0u8; if write { len } else { 0 }];
     if write {
         type1_host::sys::read_user(buf, &mut tmp)?;
@@ -714,6 +724,36 @@ fn device_chunk(
         }
         _ => Err(Errno::EIO),
     }
+}
+
+/// A BAR0 access at an explicit offset answered from the device's shared register image, as a
+/// load or store costs on hardware: every read inside BAR0, and writes that only store a value
+/// (`type1_uapi::device::plain_write`). `Ok(None)`: the broker's model must see it.
+fn bar0_local(dev: u32, pos: u64, buf: u64, len: usize, write: bool) -> Result<Option<usize>, Errno> {
+    use type1_uapi::device::{plain_write, BAR0_SIZE};
+    if pos.checked_add(len as u64).is_none_or(|end| end > BAR0_SIZE) || len == 0 {
+        return Ok(None);
+    }
+    let regs = state::device_regs(dev)?;
+    let mut tmp = [0u8; 64];
+    let mut big = Vec::new();
+    let data: &mut [u8] = if len <= tmp.len() {
+        &mut tmp[..len]
+    } else {
+        big.resize(len, 0);
+        &mut big
+    };
+    if write {
+        type1_host::sys::read_user(buf, data)?;
+        let Some(bytes) = plain_write(pos, data) else {
+            return Ok(None);
+        };
+        regs.store(pos, &bytes);
+    } else {
+        regs.load(pos, data);
+        type1_host::sys::write_user(buf, data)?;
+    }
+    Ok(Some(len))
 }
 
 /// The segments of an `iovec` array (`None` if `iovcnt` is out of range: EINVAL).

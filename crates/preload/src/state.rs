@@ -60,6 +60,8 @@ pub(crate) struct FdTable {
     map: HashMap<i32, (Object, (u64, u64))>,
     /// Devices' names, ordinals and BAR2 memory files (internal fds), by device id.
     bars: HashMap<u32, (String, u32, i32)>,
+    /// Devices' BAR0 images, shared with the broker (`type1_host::shm`), by device id.
+    regs: HashMap<u32, std::sync::Arc<type1_host::shm::SharedMem>>,
 }
 
 /// The identity of the file `fd` refers to now.
@@ -126,6 +128,10 @@ pub(crate) fn object_of_unknown(fd: i32) -> Option<Object> {
         Msg::Object(Some(o)) => {
             let o = Object::from(o);
             track(fd, o);
+            if let Object::Device(d) = o {
+                // Mapped now rather than at some later register access (see the ioctl hook).
+                let _ = device_regs(d);
+            }
             Some(o)
         }
         _ => None,
@@ -197,13 +203,19 @@ pub(crate) fn device_info(dev: u32) -> Result<(String, u32, i32), Errno> {
         return Ok(i);
     }
     let r = crate::client::request(Request::DeviceInfo(dev), &[], &[])?;
-    let (Msg::Device { name, ordinal }, Some(&fd)) = (r.msg, r.fds.first()) else {
+    let (Msg::Device { name, ordinal }, [bar, regs]) = (r.msg, r.fds.as_slice()) else {
         for f in r.fds {
             sys::close(f);
         }
         return Err(Errno::EIO);
     };
-    let fd = type1_host::uring::move_high(fd);
+    let fd = type1_host::uring::move_high(*bar);
+    let regs = type1_host::shm::SharedMem::map(
+        type1_host::uring::move_high(*regs),
+        type1_uapi::device::BAR0_SIZE,
+    )
+    .ok()
+    .map(std::sync::Arc::new);
     let info = (name, ordinal, fd);
     let mut g = table();
     let t = g.get_or_insert_with(FdTable::default);
@@ -213,7 +225,22 @@ pub(crate) fn device_info(dev: u32) -> Result<(String, u32, i32), Errno> {
         return Ok(old.clone());
     }
     t.bars.insert(dev, info.clone());
+    if let Some(m) = regs {
+        t.regs.insert(dev, m);
+    }
     Ok(info)
+}
+
+/// Device `dev`'s BAR0 image, shared with the broker (asked for once).
+pub(crate) fn device_regs(dev: u32) -> Result<std::sync::Arc<type1_host::shm::SharedMem>, Errno> {
+    if let Some(m) = table().as_ref().and_then(|t| t.regs.get(&dev).cloned()) {
+        return Ok(m);
+    }
+    device_info(dev)?;
+    table()
+        .as_ref()
+        .and_then(|t| t.regs.get(&dev).cloned())
+        .ok_or(Errno::EIO)
 }
 
 /// The emulated fds this process knows.
@@ -385,8 +412,12 @@ extern "C" fn fork_child() {
             *service = None;
             let mut t = t;
             if let Some(t) = t.as_mut() {
-                // Closed below with the other internal fds.
+                // Closed below with the other internal fds. The register images stay
+                // mapped (the same files the broker serves the child): only their fds go.
                 t.bars.clear();
+                for m in t.regs.values() {
+                    m.disown_fd();
+                }
             }
             drop((t, host, service, standins));
         }

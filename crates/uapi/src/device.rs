@@ -140,6 +140,51 @@ pub struct DmaFault {
     pub reason: u32,
 }
 
+/// A second home of a device's BAR0 image (registers at `0..BUFFER_OFFSET`, the buffer
+/// after), where the device's users read every register and write the plain ones themselves
+/// (the broker's shared memory, mapped by every process that opened the device). The model
+/// loads the plain registers from it before it acts on an access and stores what it changed
+/// after, so the image always shows the device as it is.
+pub trait Bar0Mirror: std::fmt::Debug + Send + Sync {
+    /// Copies the image's bytes at `off` into `buf`.
+    fn load(&self, off: u64, buf: &mut [u8]);
+    /// Stores `data` into the image at `off`.
+    fn store(&self, off: u64, data: &[u8]);
+}
+
+/// The parts of BAR0 whose writes only store a value (no side effect on the device): a user of
+/// the [`Bar0Mirror`] writes them there itself. `LIVENESS` stores the inverse (see
+/// [`plain_write`]).
+pub const PLAIN_RANGES: [std::ops::Range<u64>; 3] = [
+    REG_LIVENESS..REG_CMD,
+    REG_IRQ_VECTOR..REG_IRQ_VECTOR + 4,
+    BUFFER_OFFSET..BAR0_SIZE,
+];
+
+/// The bytes a write of `data` at BAR0 offset `off` stores, when the write lies wholly inside
+/// one plain range ([`PLAIN_RANGES`]) and so needs nothing of the model; `None` when the model
+/// must see it (`DMA_CMD`, `STATUS`, read-only and reserved registers, or a write across
+/// ranges).
+pub fn plain_write(off: u64, data: &[u8]) -> Option<Vec<u8>> {
+    let end = off.checked_add(data.len() as u64)?;
+    if data.is_empty() || !PLAIN_RANGES.iter().any(|r| r.start <= off && end <= r.end) {
+        return None;
+    }
+    Some(
+        data.iter()
+            .enumerate()
+            .map(|(i, b)| {
+                let at = off + i as u64;
+                if (REG_LIVENESS..REG_LIVENESS + 4).contains(&at) {
+                    !*b
+                } else {
+                    *b
+                }
+            })
+            .collect(),
+    )
+}
+
 /// One emulated PCI function.
 #[derive(Clone, Debug)]
 pub struct PciDevice {
@@ -148,6 +193,8 @@ pub struct PciDevice {
     buffer: Vec<u8>,
     /// The interrupt the last transfer requested is pending (until `STATUS` is cleared).
     irq_line: bool,
+    /// The image's second home, and the image as last stored there.
+    mirror: Option<(std::sync::Arc<dyn Bar0Mirror>, Vec<u8>)>,
 }
 
 impl Default for PciDevice {
@@ -200,14 +247,78 @@ impl PciDevice {
             regs: vec![0; BUFFER_OFFSET as usize],
             buffer: vec![0; BUFFER_SIZE as usize],
             irq_line: false,
+            mirror: None,
         };
         d.reset();
         d
     }
 
+    /// Keeps the BAR0 image in `m` too from now on (stored there whole at once).
+    pub fn set_mirror(&mut self, m: std::sync::Arc<dyn Bar0Mirror>) {
+        let image = self.image();
+        m.store(0, &image);
+        self.mirror = Some((m, image));
+    }
+
+    fn image(&self) -> Vec<u8> {
+        [self.regs.as_slice(), self.buffer.as_slice()].concat()
+    }
+
+    /// Takes in what users wrote to the plain registers of the mirror.
+    fn sync_in(&mut self) {
+        let Some((m, last)) = self.mirror.as_mut() else {
+            return;
+        };
+        for r in PLAIN_RANGES {
+            let (a, b) = (r.start as usize, r.end as usize);
+            m.load(r.start, &mut last[a..b]);
+        }
+        let split = BUFFER_OFFSET as usize;
+        self.regs.copy_from_slice(&last[..split]);
+        self.buffer.copy_from_slice(&last[split..]);
+    }
+
+    /// Stores in the mirror what the model changed since it last stored (runs of whole 8-byte
+    /// words, so that a reader never sees half a register), leaving the rest alone: a
+    /// concurrent user's write elsewhere is not overwritten.
+    fn publish(&mut self) {
+        let Some((m, last)) = self.mirror.as_mut() else {
+            return;
+        };
+        let split = BUFFER_OFFSET as usize;
+        for (base, now) in [(0usize, self.regs.as_slice()), (split, self.buffer.as_slice())] {
+            let was = &mut last[base..base + now.len()];
+            // 64-byte blocks compared at once; changed blocks stored word-run by word-run.
+            let mut i = 0;
+            while i < now.len() {
+                let end = (i + 64).min(now.len());
+                if now[i..end] == was[i..end] {
+                    i = end;
+                    continue;
+                }
+                let mut w = i;
+                while w < end {
+                    let we = (w + 8).min(end);
+                    if now[w..we] == was[w..we] {
+                        w = we;
+                        continue;
+                    }
+                    let start = w;
+                    while w < end && now[w..(w + 8).min(end)] != was[w..(w + 8).min(end)] {
+                        w = (w + 8).min(end);
+                    }
+                    m.store((base + start) as u64, &now[start..w]);
+                    was[start..w].copy_from_slice(&now[start..w]);
+                }
+                i = end;
+            }
+        }
+    }
+
     /// `VFIO_DEVICE_RESET`: registers and buffer back to their reset values, and `COMMAND`
     /// cleared (a function reset turns bus mastering off).
     pub fn reset(&mut self) {
+        self.sync_in();
         self.config[PCI_COMMAND] = 0;
         self.config[PCI_COMMAND + 1] = 0;
         self.config[MSI_CAP + 2] &= !1;
@@ -217,6 +328,7 @@ impl PciDevice {
         self.buffer.iter_mut().for_each(|b| *b = 0);
         put(&mut self.regs, REG_ID, &DEVICE_ID_VALUE.to_le_bytes());
         put(&mut self.regs, REG_LIVENESS, &u32::MAX.to_le_bytes());
+        self.publish();
     }
 
     /// The configuration space as it is now (what a read of the config region returns).
@@ -317,7 +429,12 @@ impl PciDevice {
         let index = pos >> REGION_SHIFT;
         let off = pos & ((1u64 << REGION_SHIFT) - 1);
         match index {
-            0 => Ok(self.bar0_rw(off, buf, write)),
+            0 => {
+                self.sync_in();
+                let r = self.bar0_rw(off, buf, write);
+                self.publish();
+                Ok(r)
+            }
             7 => Ok((self.config_rw(off, buf, write), None)),
             _ => Err(Errno::EINVAL),
         }
@@ -465,6 +582,8 @@ impl PciDevice {
             }
         };
         put(&mut self.regs, REG_STATUS, &status.to_le_bytes());
+        // The transfer's buffer bytes (memory to device) and the final status, together.
+        self.publish();
     }
 }
 

@@ -583,6 +583,17 @@ impl<P: Platform> Vfio<P> {
         self.dma = Some(access);
     }
 
+    /// Keeps an open device's BAR0 image in `m` too (see [`crate::device::Bar0Mirror`]).
+    pub fn set_device_mirror(
+        &mut self,
+        dev: u32,
+        m: std::sync::Arc<dyn crate::device::Bar0Mirror>,
+    ) -> Result<(), Errno> {
+        let d = self.devices.get_mut(&dev).ok_or(Errno::EBADF)?;
+        d.dev.set_mirror(m);
+        Ok(())
+    }
+
     /// The device model of an open device (inspection).
     pub fn device(&self, dev: u32) -> Option<&PciDevice> {
         self.devices.get(&dev).map(|d| &d.dev)
