@@ -630,16 +630,12 @@ impl TaskMemory for BrokerPlatform {
             }
             (pieces, ended)
         };
-        for (at, first, n, r) in pieces {
-            if r.reserved {
-                continue;
-            }
-            if self.0.alive(r.client) {
-                let cb = Callback::Unpin {
-                    pfn: r.local + (at - first),
-                    npages: n,
-                };
-                self.0.tell(r.client, cb);
+        let live = pieces.into_iter().filter(|p| !p.3.reserved);
+        for (client, runs) in local_runs(live) {
+            if self.0.alive(client) {
+                for part in runs.chunks(wire::MAX_RUNS) {
+                    self.0.tell(client, Callback::Unpin(part.to_vec()));
+                }
             }
         }
         for run in ended {
@@ -780,27 +776,61 @@ impl Iommu for BrokerPlatform {
 
 impl CacheMaintenance for BrokerPlatform {
     fn flush_cache(&mut self, pa: u64, len: u64) {
-        let first = pa >> PAGE_SHIFT;
-        let n = (pa % PAGE_SIZE + len).div_ceil(PAGE_SIZE);
-        let pieces = lock(&self.0.frames).pieces(first, n);
-        for (at, run_first, k, r) in pieces {
-            if !self.0.alive(r.client) {
+        self.flush_cache_batch(&[(pa, len)]);
+    }
+
+    /// One note per process for the whole batch, with its runs merged where the process's
+    /// frames continue each other.
+    fn flush_cache_batch(&mut self, ranges: &[(u64, u64)]) {
+        let mut pieces = Vec::new();
+        {
+            let f = lock(&self.0.frames);
+            for &(pa, len) in ranges {
+                let first = pa >> PAGE_SHIFT;
+                let n = (pa % PAGE_SIZE + len).div_ceil(PAGE_SIZE);
+                pieces.extend(f.pieces(first, n));
+            }
+        }
+        let mut reachable = Vec::new();
+        for p in pieces {
+            if self.0.alive(p.3.client) {
+                reachable.push(p);
+            } else {
                 // No mapping of the page is left anywhere to flush it through.
                 self.trace(Event::CpuFlush {
-                    pa: at << PAGE_SHIFT,
-                    npages: k,
+                    pa: p.0 << PAGE_SHIFT,
+                    npages: p.2,
                     via: "unreachable",
                 });
-                continue;
             }
-            let local = r.local + (at - run_first);
-            let cb = Callback::Flush {
-                pa: local << PAGE_SHIFT,
-                len: k * PAGE_SIZE,
-            };
-            self.0.tell(r.client, cb);
+        }
+        for (client, runs) in local_runs(reachable) {
+            let bytes: Vec<(u64, u64)> = runs
+                .iter()
+                .map(|&(pfn, n)| (pfn << PAGE_SHIFT, n * PAGE_SIZE))
+                .collect();
+            for part in bytes.chunks(wire::MAX_RUNS) {
+                self.0.tell(client, Callback::Flush(part.to_vec()));
+            }
         }
     }
+}
+
+/// The process frames behind pieces of the broker's (`Frames::pieces`), per process, as runs
+/// `(first frame, frames)` in the process's numbering, merged where they continue each other.
+fn local_runs(
+    pieces: impl IntoIterator<Item = (u64, u64, u64, Run)>,
+) -> BTreeMap<u32, Vec<(u64, u64)>> {
+    let mut out: BTreeMap<u32, Vec<(u64, u64)>> = BTreeMap::new();
+    for (at, first, n, r) in pieces {
+        let local = r.local + (at - first);
+        let runs = out.entry(r.client).or_default();
+        match runs.last_mut() {
+            Some((s, k)) if *s + *k == local => *k += n,
+            _ => runs.push((local, n)),
+        }
+    }
+    out
 }
 
 impl EmulatedDevices for BrokerPlatform {
@@ -848,7 +878,11 @@ mod tests {
         assert_eq!(pages[0].pfn % ALIGN_PFNS, local % ALIGN_PFNS);
         assert_eq!(pages[1].pfn, pages[0].pfn + 1);
         assert_eq!(pages[2].pfn % ALIGN_PFNS, (local + 9) % ALIGN_PFNS);
-        assert_eq!(f.runs.len(), 2, "each of the process's runs is a run of the broker's");
+        assert_eq!(
+            f.runs.len(),
+            2,
+            "each of the process's runs is a run of the broker's"
+        );
         let (first, run) = f.find(pages[1].pfn).unwrap();
         assert_eq!((first, run.client, run.local), (pages[0].pfn, 7, local));
         let p = f.pieces(pages[0].pfn, 2);

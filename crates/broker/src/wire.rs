@@ -137,20 +137,12 @@ pub enum Callback {
         /// For write.
         write: bool,
     },
-    /// Drop pins of the process's frames.
-    Unpin {
-        /// First frame (the process's numbering).
-        pfn: u64,
-        /// Frames.
-        npages: u64,
-    },
-    /// Write back and invalidate the CPU caches for bus addresses `[pa, pa + len)`.
-    Flush {
-        /// Bus address (the process's numbering).
-        pa: u64,
-        /// Bytes.
-        len: u64,
-    },
+    /// Drop pins of the process's frames: runs `(first frame, frames)` in the process's
+    /// numbering (at most [`MAX_RUNS`]).
+    Unpin(Vec<(u64, u64)>),
+    /// Write back and invalidate the CPU caches for bus ranges `(pa, len)` in the process's
+    /// numbering (at most [`MAX_RUNS`]), in one batch.
+    Flush(Vec<(u64, u64)>),
     /// Send the file behind the process's fd (an eventfd for SET_IRQS): [`Msg::Value`] with
     /// it attached, or EBADF.
     SendFd(i32),
@@ -330,11 +322,12 @@ fn recv_with(fd: i32, flags: i32) -> Result<Received, Errno> {
         let (n, fds) = sock::recv_flags(fd, buf, flags)?;
         Ok::<_, Errno>((decode(&buf[..n]), n, fds))
     };
-    let (parsed, n, fds) = match RX.try_with(|b| b.try_borrow_mut().ok().map(|mut b| recv_into(&mut b))) {
-        Ok(Some(r)) => r?,
-        // The thread is exiting (or, impossibly, re-entered): a buffer of its own.
-        _ => recv_into(&mut Vec::new())?,
-    };
+    let (parsed, n, fds) =
+        match RX.try_with(|b| b.try_borrow_mut().ok().map(|mut b| recv_into(&mut b))) {
+            Ok(Some(r)) => r?,
+            // The thread is exiting (or, impossibly, re-entered): a buffer of its own.
+            _ => recv_into(&mut Vec::new())?,
+        };
     if n == 0 && fds.is_empty() {
         return Err(Errno(libc::EPIPE));
     }

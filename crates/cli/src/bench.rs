@@ -133,7 +133,14 @@ pub struct QemuBoot {
     pub seed_ns: u64,
 }
 
-fn row(platform: &str, workload: &str, phase: &str, policy: &str, pages: u64, ns: u64) -> Row {
+pub(crate) fn row(
+    platform: &str,
+    workload: &str,
+    phase: &str,
+    policy: &str,
+    pages: u64,
+    ns: u64,
+) -> Row {
     Row {
         platform: platform.into(),
         workload: workload.into(),
@@ -149,7 +156,7 @@ fn row(platform: &str, workload: &str, phase: &str, policy: &str, pages: u64, ns
     }
 }
 
-fn gib(b: u64) -> String {
+pub(crate) fn gib(b: u64) -> String {
     if b % (1 << 30) == 0 {
         format!("{}G", b >> 30)
     } else {
@@ -159,7 +166,7 @@ fn gib(b: u64) -> String {
 
 /// The regions QEMU's q35 machine maps for `guest` bytes of RAM: `(iova, offset in the
 /// buffer, size)`.
-fn qemu_regions(guest: u64) -> Vec<(u64, u64, u64)> {
+pub(crate) fn qemu_regions(guest: u64) -> Vec<(u64, u64, u64)> {
     let low = guest.min(2 << 30);
     let mut v = vec![(0, 0, (640 << 10).min(low))];
     if low > 0xc_0000 {
@@ -172,7 +179,7 @@ fn qemu_regions(guest: u64) -> Vec<(u64, u64, u64)> {
 }
 
 /// Where the aperture sits in the IOVA space (above any guest RAM here).
-const APERTURE_IOVA: u64 = 1 << 40;
+pub(crate) const APERTURE_IOVA: u64 = 1 << 40;
 
 /// Map, unmap (the aperture) and teardown of one policy on `p`, over memory at `base` (guest)
 /// and `ap` (aperture): nanoseconds of each phase.
@@ -1026,8 +1033,8 @@ pub fn run(o: &BenchOpts) -> Result<()> {
         Container::new(Config::default(), p).map_err(|e| anyhow!("--policies {p:?}: {e}"))?;
     }
     for w in &o.workloads {
-        if !matches!(w.as_str(), "host" | "sim" | "qemu") {
-            bail!("--workloads {w:?}: expected host, sim or qemu");
+        if !matches!(w.as_str(), "host" | "emulated" | "sim" | "qemu") {
+            bail!("--workloads {w:?}: expected host, emulated, sim or qemu");
         }
     }
     let has = |w: &str| o.workloads.iter().any(|x| x == w);
@@ -1044,6 +1051,9 @@ pub fn run(o: &BenchOpts) -> Result<()> {
     let mut floors = Floors::default();
     if has("host") {
         floors = host(o, &bar, &mut rows)?;
+    }
+    if has("emulated") {
+        crate::emulated::run(o, &bar, &mut rows)?;
     }
     if has("sim") {
         sim(o, &bar, &mut rows)?;
@@ -1170,6 +1180,7 @@ pub fn table(f: &Floors, rows: &[Row], boot: Option<&QemuBoot>) -> String {
             added
         );
     }
+    let _ = write!(s, "{}", path_summary(rows));
     if let Some(b) = boot {
         if b.baseline_ns > 0 && b.seed_ns > 0 {
             let _ = writeln!(
@@ -1178,6 +1189,60 @@ pub fn table(f: &Floors, rows: &[Row], boot: Option<&QemuBoot>) -> String {
                 b.seed_ns as f64 / 1e9,
                 b.baseline_ns as f64 / 1e9,
                 b.seed_ns as f64 / b.baseline_ns as f64
+            );
+        }
+    }
+    s
+}
+
+/// What a user sees against the engine, from the `emulated` rows and the `host` rows of the
+/// same run: each figure with the ratio it is judged by.
+fn path_summary(rows: &[Row]) -> String {
+    use std::fmt::Write;
+    let find = |platform: &str, phase: &str, policy: &str| {
+        rows.iter()
+            .find(|r| r.platform == platform && r.phase == phase && r.policy == policy)
+    };
+    let mut s = String::new();
+    if let (Some(e), Some(h)) = (find("emulated", "map", "none"), find("host", "map", "none")) {
+        if h.ns_per_page > 0.0 {
+            let _ = writeln!(
+                s,
+                "through /dev/vfio: MAP_DMA (none) {:.1} ns/page, {:.2}x the in-process host row",
+                e.ns_per_page,
+                e.ns_per_page / h.ns_per_page
+            );
+        }
+    }
+    if let Some(f) = find("emulated", "flush-thp", "floor").filter(|f| f.ns > 0) {
+        let ratio = |phase: &str, policy: &str| {
+            find("emulated", phase, policy).map(|r| r.ns as f64 / f.ns as f64)
+        };
+        if let Some(r) = ratio("map-thp", "none") {
+            let _ = writeln!(s, "through /dev/vfio: MAP_DMA of prefaulted THP (none) {r:.2}x the clean-line flush of its bytes");
+        }
+        for phase in ["map-thp", "unmap-thp"] {
+            if let (Some(seed), Some(none)) = (ratio(phase, "seed"), ratio(phase, "none")) {
+                let _ = writeln!(
+                    s,
+                    "through /dev/vfio: flush seed adds on {phase}: {:.2}x the clean-line flush",
+                    seed - none
+                );
+            }
+        }
+    }
+    for (phase, what) in [
+        ("reg-read", "BAR0 register read"),
+        ("xfer-4k", "4 KiB transfer"),
+    ] {
+        if let Some(r) = rows
+            .iter()
+            .find(|r| r.platform == "emulated" && r.phase == phase)
+        {
+            let _ = writeln!(
+                s,
+                "through /dev/vfio: {what} median {:.1} us",
+                r.ns as f64 / 1e3
             );
         }
     }

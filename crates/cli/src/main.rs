@@ -10,6 +10,7 @@
 
 mod bench;
 mod checkcmd;
+mod emulated;
 mod plot;
 mod story;
 
@@ -98,6 +99,12 @@ enum Cmd {
         #[arg(long, default_value_t = 0)]
         threads: usize,
     },
+    /// `type1 bench`'s own client program, run under the library (not for users).
+    #[command(name = "__emulated-client", hide = true)]
+    EmulatedClient {
+        /// OUT GUEST APERTURE THP.
+        args: Vec<String>,
+    },
     /// Measure map, unmap and teardown with and without the flush (the series' cost table)
     /// against this machine's floors: real pins and CLFLUSHOPT (host), the simulator (sim),
     /// and an unmodified QEMU booting Linux under the emulation (qemu).
@@ -121,8 +128,10 @@ enum Cmd {
             value_delimiter = ','
         )]
         policies: Vec<String>,
-        /// Workloads, comma-separated: host, sim, qemu.
-        #[arg(long, default_value = "host,sim,qemu", value_delimiter = ',')]
+        /// Workloads, comma-separated: host (in-process engine and host platform), emulated
+        /// (the same workload, a register read and a transfer, from an unmodified program
+        /// through the emulated /dev/vfio), sim, qemu.
+        #[arg(long, default_value = "host,emulated,sim,qemu", value_delimiter = ',')]
         workloads: Vec<String>,
         /// Write the floors and rows as JSON.
         #[arg(long)]
@@ -462,6 +471,7 @@ fn main() -> ExitCode {
             command,
         } => exec(trace, policy, library, &command),
         Cmd::Trace { file, perfetto } => trace_cmd(&file, perfetto.as_deref()),
+        Cmd::EmulatedClient { args } => emulated::client(&args).map(|()| ExitCode::SUCCESS),
         Cmd::Bench {
             guest_size,
             aperture,

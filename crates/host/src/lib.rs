@@ -55,6 +55,7 @@ pub mod sock;
 pub mod sys;
 pub mod tracefile;
 pub mod uring;
+pub mod vfio_client;
 
 use std::collections::BTreeMap;
 

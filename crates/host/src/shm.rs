@@ -204,7 +204,10 @@ mod tests {
         assert!(a.load(0x1000, &mut x));
         assert_eq!(x, [0, 1, 2, 3, 0]);
         assert!(!a.store(8190, &[0; 4]), "past the end: refused");
-        assert!(!a.load(u64::MAX, &mut [0; 1]), "overflowing offset: refused");
+        assert!(
+            !a.load(u64::MAX, &mut [0; 1]),
+            "overflowing offset: refused"
+        );
         assert!(SharedMem::map(sys::dup_cloexec(a.fd()).unwrap(), 8193).is_err());
     }
 }

@@ -424,15 +424,18 @@ fn answer(cb: Callback, payload: Vec<u8>, fds: Vec<i32>) -> (Msg, Vec<u8>, Vec<i
                 Err(e) => plain(Msg::Failed(e.errno.0, e.what)),
             }
         }
-        Callback::Unpin { pfn, npages } => {
+        Callback::Unpin(runs) => {
             if let Some(h) = state::existing_host() {
-                h.lock().unpin_pages(pfn, npages, true);
+                let mut h = h.lock();
+                for (pfn, npages) in runs {
+                    h.unpin_pages(pfn, npages, true);
+                }
             }
             plain(Msg::Value(0))
         }
-        Callback::Flush { pa, len } => {
+        Callback::Flush(ranges) => {
             if let Some(h) = state::existing_host() {
-                h.lock().flush_cache(pa, len);
+                h.lock().flush_cache_batch(&ranges);
             }
             plain(Msg::Value(0))
         }
@@ -481,12 +484,13 @@ fn pin_runs(
         // Locked for one platform pin at a time, as when the engine asked page batch by page
         // batch: other threads' calls that need the platform get in between.
         let mut h = host.lock();
-        let pages = match h.pin_user_pages(SELF_MM, vaddr + done * type1_core::PAGE_SIZE, want, write) {
-            Ok(p) if !p.is_empty() => p,
-            Ok(_) => break,
-            Err(e) if runs.is_empty() => return Err(e),
-            Err(_) => break,
-        };
+        let pages =
+            match h.pin_user_pages(SELF_MM, vaddr + done * type1_core::PAGE_SIZE, want, write) {
+                Ok(p) if !p.is_empty() => p,
+                Ok(_) => break,
+                Err(e) if runs.is_empty() => return Err(e),
+                Err(_) => break,
+            };
         let got = pages.len() as u64;
         // One pin call: consecutive frames of one kind, held by one slot. Device memory may
         // still have gaps; split there.
@@ -512,7 +516,8 @@ fn pin_runs(
             let held = if f.reserved {
                 None
             } else {
-                h.pin_ref(f.pfn).map(|(fd, slot, addr)| RingRef { fd, slot, addr })
+                h.pin_ref(f.pfn)
+                    .map(|(fd, slot, addr)| RingRef { fd, slot, addr })
             };
             runs.push(FrameRun {
                 pfn: f.pfn,

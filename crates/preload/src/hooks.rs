@@ -548,9 +548,6 @@ pub unsafe extern "C" fn ioctl(fd: c_int, req: c_ulong, arg: *mut c_void) -> c_i
     // Only a VFIO request makes an fd this process has not seen worth asking about.
     let vfio = (req64 >> 8) & 0xff == VFIO_TYPE;
     let emulated = on_emulated(fd, vfio, |obj| {
-        if req64 == type1_uapi::nr::VFIO_IOMMU_MAP_DMA && matches!(obj, Object::Container(_)) {
-            prefault_map(arg as u64);
-        }
         let pre = read_ahead(arg as u64);
         let req = Request::Ioctl {
             obj: Obj::from(obj),
@@ -600,37 +597,6 @@ pub unsafe extern "C" fn ioctl(fd: c_int, req: c_ulong, arg: *mut c_void) -> c_i
             }
         },
     }
-}
-
-/// Faults in the memory a container's MAP_DMA (`arg`) is about to pin, before the ioctl takes
-/// the state lock: the slow part of a large map (the first touch of every page) then holds up no
-/// other thread's VFIO calls. The kernel would fault the pages in during the pin anyway; a MAP
-/// that then fails leaves them faulted in, as a failed kernel MAP can. Nothing is pinned here.
-fn prefault_map(arg: u64) {
-    use type1_core::abi::{MAP_FLAG_READ, MAP_FLAG_VADDR, MAP_FLAG_WRITE};
-    let mut raw = [0u8; 32];
-    if type1_host::sys::read_user(arg, &mut raw).is_err() {
-        return;
-    }
-    let word = |i: usize| u64::from_le_bytes(raw[i..i + 8].try_into().unwrap_or([0; 8]));
-    let (argsz, flags) = (word(0) as u32, (word(0) >> 32) as u32);
-    let (vaddr, size) = (word(8), word(24));
-    if argsz < 32
-        || flags & MAP_FLAG_VADDR != 0
-        || flags & (MAP_FLAG_READ | MAP_FLAG_WRITE) == 0
-        || size == 0
-    {
-        return;
-    }
-    if vaddr % PAGE_SIZE != 0 || size % PAGE_SIZE != 0 || vaddr.checked_add(size).is_none() {
-        return;
-    }
-    let advice = if flags & MAP_FLAG_WRITE != 0 {
-        libc::MADV_POPULATE_WRITE
-    } else {
-        libc::MADV_POPULATE_READ
-    };
-    let _ = type1_host::sys::madvise(vaddr, size, advice);
 }
 
 /// Device region access; EINVAL on a container or group fd (the kernel has no read for them).
@@ -729,9 +695,19 @@ fn device_chunk(
 /// A BAR0 access at an explicit offset answered from the device's shared register image, as a
 /// load or store costs on hardware: every read inside BAR0, and writes that only store a value
 /// (`type1_uapi::device::plain_write`). `Ok(None)`: the broker's model must see it.
-fn bar0_local(dev: u32, pos: u64, buf: u64, len: usize, write: bool) -> Result<Option<usize>, Errno> {
+fn bar0_local(
+    dev: u32,
+    pos: u64,
+    buf: u64,
+    len: usize,
+    write: bool,
+) -> Result<Option<usize>, Errno> {
     use type1_uapi::device::{plain_write, BAR0_SIZE};
-    if pos.checked_add(len as u64).is_none_or(|end| end > BAR0_SIZE) || len == 0 {
+    if pos
+        .checked_add(len as u64)
+        .is_none_or(|end| end > BAR0_SIZE)
+        || len == 0
+    {
         return Ok(None);
     }
     let regs = state::device_regs(dev)?;

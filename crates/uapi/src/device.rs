@@ -286,7 +286,10 @@ impl PciDevice {
             return;
         };
         let split = BUFFER_OFFSET as usize;
-        for (base, now) in [(0usize, self.regs.as_slice()), (split, self.buffer.as_slice())] {
+        for (base, now) in [
+            (0usize, self.regs.as_slice()),
+            (split, self.buffer.as_slice()),
+        ] {
             let was = &mut last[base..base + now.len()];
             // 64-byte blocks compared at once; changed blocks stored word-run by word-run.
             let mut i = 0;
