@@ -124,14 +124,19 @@ struct Report<'a> {
     skipped: Option<String>,
 }
 
-/// Wall time of the qemu workload's boots.
-#[derive(Clone, Copy, Debug, Serialize)]
+/// Whole-process wall time of the qemu workload's boots (medians of interleaved runs).
+#[derive(Clone, Debug, Serialize)]
 pub struct QemuBoot {
+    /// Runs of each kind.
+    pub runs: usize,
     /// Without the device, with `-mem-prealloc`, ns.
     pub baseline_ns: u64,
-    /// With the device under the emulation, policy `seed`, ns.
-    pub seed_ns: u64,
+    /// With the device under the emulation, per policy, ns.
+    pub policies: Vec<(String, u64)>,
 }
+
+/// Boots of each kind the qemu workload times (the median is reported).
+const QEMU_RUNS: usize = 5;
 
 pub(crate) fn row(
     platform: &str,
@@ -483,73 +488,72 @@ fn qemu(
     let (kernel, initrd) = guest_image()?;
     let dir = type1_exec::private_dir(&std::env::temp_dir())?;
     let workload = format!("linux boot, -m {}", gib(o.qemu_mem));
-    bar.set_message("qemu baseline (-mem-prealloc, no device)");
-    let t = Instant::now();
-    let st = std::process::Command::new("qemu-system-x86_64")
-        .args(qemu_args(&kernel, &initrd, o.qemu_mem, false))
-        .stdin(std::process::Stdio::null())
-        .status()
-        .context("cannot run qemu-system-x86_64 (apt-get install qemu-system-x86)")?;
-    if !st.success() {
-        bail!("qemu without the device exited with {st}");
-    }
-    let baseline_ns = t.elapsed().as_nanos() as u64;
-    bar.inc(1);
-    let mut seed_ns = 0;
-    for policy in &o.policies {
-        bar.set_message(format!("qemu {policy}"));
-        let trace = dir.join(format!("qemu-{policy}.jsonl"));
-        let opts = type1_exec::ExecOptions {
-            library: library.clone(),
-            trace: Some(trace.clone()),
-            policy: Some(policy.clone()),
-        };
+    // Whole-process wall time, as a user times it: the boots interleaved (plain, then each
+    // policy, QEMU_RUNS rounds) so that drift in the machine spreads over all of them.
+    let mut plain = Vec::new();
+    let mut walls: Vec<Vec<u64>> = vec![Vec::new(); o.policies.len()];
+    for round in 0..QEMU_RUNS {
+        bar.set_message(format!("qemu round {}/{QEMU_RUNS}: plain (-mem-prealloc)", round + 1));
         let t = Instant::now();
-        let st = type1_exec::run(
-            &opts,
-            Path::new("qemu-system-x86_64"),
-            &qemu_args(&kernel, &initrd, o.qemu_mem, true),
-        )
-        .context("cannot run qemu-system-x86_64 (apt-get install qemu-system-x86)")?;
+        let st = std::process::Command::new("qemu-system-x86_64")
+            .args(qemu_args(&kernel, &initrd, o.qemu_mem, false))
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::null())
+            .status()
+            .context("cannot run qemu-system-x86_64 (apt-get install qemu-system-x86)")?;
         if !st.success() {
-            bail!("qemu with the device ({policy}) exited with {st}");
+            bail!("qemu without the device exited with {st}");
         }
-        let wall = t.elapsed().as_nanos() as u64;
-        if policy == "seed" {
-            seed_ns = wall;
+        plain.push(t.elapsed().as_nanos() as u64);
+        for (i, policy) in o.policies.iter().enumerate() {
+            bar.set_message(format!("qemu round {}/{QEMU_RUNS}: {policy}", round + 1));
+            // The last round is traced, for the map, unmap and teardown rows; the others are
+            // not (a trace costs time of its own).
+            let last = round + 1 == QEMU_RUNS;
+            let trace = dir.join(format!("qemu-{policy}.jsonl"));
+            let opts = type1_exec::ExecOptions {
+                library: library.clone(),
+                trace: last.then(|| trace.clone()),
+                policy: Some(policy.clone()),
+            };
+            let t = Instant::now();
+            let st = type1_exec::run(
+                &opts,
+                Path::new("qemu-system-x86_64"),
+                &qemu_args(&kernel, &initrd, o.qemu_mem, true),
+            )
+            .context("cannot run qemu-system-x86_64 (apt-get install qemu-system-x86)")?;
+            if !st.success() {
+                bail!("qemu with the device ({policy}) exited with {st}");
+            }
+            let wall = t.elapsed().as_nanos() as u64;
+            if !last {
+                walls[i].push(wall);
+                continue;
+            }
+            walls[i].push(wall);
+            let text = std::fs::read_to_string(&trace).unwrap_or_default();
+            let ph = type1_exec::timeline::phases(&text);
+            for (phase, pages, ns) in [
+                ("map", ph.map_pages, ph.map_ns),
+                ("unmap", ph.unmap_pages, ph.unmap_ns),
+                ("teardown", ph.teardown_pages, ph.teardown_ns),
+            ] {
+                rows.push(row("qemu", &workload, phase, policy, pages, ns));
+            }
         }
-        let text = std::fs::read_to_string(&trace).unwrap_or_default();
-        let ph = type1_exec::timeline::phases(&text);
-        rows.push(row(
-            "qemu",
-            &workload,
-            "map",
-            policy,
-            ph.map_pages,
-            ph.map_ns,
-        ));
-        rows.push(row(
-            "qemu",
-            &workload,
-            "unmap",
-            policy,
-            ph.unmap_pages,
-            ph.unmap_ns,
-        ));
-        rows.push(row(
-            "qemu",
-            &workload,
-            "teardown",
-            policy,
-            ph.teardown_pages,
-            ph.teardown_ns,
-        ));
         bar.inc(1);
     }
     let _ = std::fs::remove_dir_all(&dir);
     Ok(Some(QemuBoot {
-        baseline_ns,
-        seed_ns,
+        runs: QEMU_RUNS,
+        baseline_ns: median(plain),
+        policies: o
+            .policies
+            .iter()
+            .cloned()
+            .zip(walls.into_iter().map(median))
+            .collect(),
     }))
 }
 
@@ -1039,9 +1043,12 @@ pub fn run(o: &BenchOpts) -> Result<()> {
     }
     let has = |w: &str| o.workloads.iter().any(|x| x == w);
     let multi = o.flush_threads > 1 && o.policies.iter().any(|p| p == "seed");
-    let steps = o.policies.len() as u64 * o.workloads.len() as u64
+    // Progress: a step per policy per workload, the host floors (and the multi-core
+    // variant), and for qemu a step per round of boots.
+    let per_policy = o.workloads.iter().filter(|w| *w != "qemu").count() as u64;
+    let steps = o.policies.len() as u64 * per_policy
         + u64::from(has("host")) * (1 + u64::from(multi))
-        + u64::from(has("qemu"));
+        + u64::from(has("qemu")) * QEMU_RUNS as u64;
     let bar = indicatif::ProgressBar::new(steps);
     bar.set_style(
         indicatif::ProgressStyle::with_template("{bar:30} {pos}/{len} {msg} [{elapsed}]")
@@ -1181,14 +1188,19 @@ pub fn table(f: &Floors, rows: &[Row], boot: Option<&QemuBoot>) -> String {
         );
     }
     let _ = write!(s, "{}", path_summary(rows));
-    if let Some(b) = boot {
-        if b.baseline_ns > 0 && b.seed_ns > 0 {
+    if let Some(b) = boot.filter(|b| b.baseline_ns > 0) {
+        let _ = writeln!(
+            s,
+            "qemu boot to poweroff, whole process, median of {} interleaved runs: {:.2} s without the device (-mem-prealloc)",
+            b.runs,
+            b.baseline_ns as f64 / 1e9
+        );
+        for (policy, ns) in &b.policies {
             let _ = writeln!(
                 s,
-                "qemu boot: {:.2} s with the device (seed) vs {:.2} s without it, -mem-prealloc: {:.2}x",
-                b.seed_ns as f64 / 1e9,
-                b.baseline_ns as f64 / 1e9,
-                b.seed_ns as f64 / b.baseline_ns as f64
+                "qemu boot with the device under the emulation, policy {policy}: {:.2} s, {:.2}x",
+                *ns as f64 / 1e9,
+                *ns as f64 / b.baseline_ns as f64
             );
         }
     }
