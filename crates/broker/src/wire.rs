@@ -255,8 +255,60 @@ impl Msg {
     }
 }
 
+/// What this process has sent and received on the broker's connections: datagrams, and the
+/// largest one (bytes). The preload library reports it at exit under `TYPE1_WIRE_STATS`, so
+/// that a test can hold the protocol to its bound: no message grows with the pages it covers.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WireStats {
+    /// Datagrams sent.
+    pub sent: u64,
+    /// The largest datagram sent.
+    pub largest_sent: u64,
+    /// Datagrams received.
+    pub received: u64,
+    /// The largest datagram received.
+    pub largest_received: u64,
+}
+
+static SENT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+static LARGEST_SENT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+static RECEIVED: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+static LARGEST_RECEIVED: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
+fn count(n: &std::sync::atomic::AtomicU64, largest: &std::sync::atomic::AtomicU64, len: usize) {
+    use std::sync::atomic::Ordering::Relaxed;
+    n.fetch_add(1, Relaxed);
+    largest.fetch_max(len as u64, Relaxed);
+}
+
+/// This process's [`WireStats`] so far.
+pub fn stats() -> WireStats {
+    use std::sync::atomic::Ordering::Relaxed;
+    WireStats {
+        sent: SENT.load(Relaxed),
+        largest_sent: LARGEST_SENT.load(Relaxed),
+        received: RECEIVED.load(Relaxed),
+        largest_received: LARGEST_RECEIVED.load(Relaxed),
+    }
+}
+
+/// The most entries a run list of a hot-path message may carry ([`Msg::Pages`],
+/// [`Callback::Unpin`], [`Callback::Flush`]): [`MAX_RUNS`]. Anything longer is refused at
+/// [`send`] (EMSGSIZE), so per-page lists cannot slip into the protocol.
+fn within_run_bound(msg: &Msg) -> bool {
+    match msg {
+        Msg::Pages(r) => r.len() <= MAX_RUNS,
+        Msg::Cb(Callback::Unpin(r)) | Msg::Note(Callback::Unpin(r)) => r.len() <= MAX_RUNS,
+        Msg::Cb(Callback::Flush(r)) | Msg::Note(Callback::Flush(r)) => r.len() <= MAX_RUNS,
+        _ => true,
+    }
+}
+
 /// Sends `msg` with `payload` and `fds` on `fd`.
 pub fn send(fd: i32, msg: &Msg, payload: &[u8], fds: &[i32]) -> Result<(), Errno> {
+    if !within_run_bound(msg) {
+        return Err(Errno(libc::EMSGSIZE));
+    }
     let mut buf = Vec::with_capacity(64 + payload.len());
     buf.extend_from_slice(&[0; 4]);
     let mut buf = postcard::to_extend(msg, buf).map_err(|_| Errno::EINVAL)?;
@@ -266,7 +318,9 @@ pub fn send(fd: i32, msg: &Msg, payload: &[u8], fds: &[i32]) -> Result<(), Errno
     if buf.len() > MAX_MSG {
         return Err(Errno(libc::EMSGSIZE));
     }
-    sock::send(fd, &buf, fds)
+    sock::send(fd, &buf, fds)?;
+    count(&SENT, &LARGEST_SENT, buf.len());
+    Ok(())
 }
 
 /// A received datagram: the message, its payload and the files it carried.
@@ -331,6 +385,7 @@ fn recv_with(fd: i32, flags: i32) -> Result<Received, Errno> {
     if n == 0 && fds.is_empty() {
         return Err(Errno(libc::EPIPE));
     }
+    count(&RECEIVED, &LARGEST_RECEIVED, n);
     match parsed {
         Some((msg, payload)) => Ok(Received { msg, payload, fds }),
         None => {
@@ -412,6 +467,47 @@ mod tests {
             send(a, &Msg::Data, &big, &[]).unwrap_err(),
             Errno(libc::EMSGSIZE)
         );
+        type1_host::sys::close(a);
+        type1_host::sys::close(b);
+    }
+
+    #[test]
+    fn hot_path_messages_are_bounded_whatever_they_cover() {
+        // The worst case of each run list, every number at its largest: still one datagram,
+        // and a small one (postcard: at most 10 bytes a number).
+        let held = Some(RingRef {
+            fd: i32::MAX,
+            slot: u32::MAX,
+            addr: u64::MAX,
+        });
+        let run = FrameRun {
+            pfn: u64::MAX,
+            npages: u64::MAX,
+            reserved: true,
+            memtype: MemType::Uc,
+            held,
+        };
+        let big = [
+            Msg::Pages(vec![run; MAX_RUNS]),
+            Msg::Note(Callback::Unpin(vec![(u64::MAX, u64::MAX); MAX_RUNS])),
+            Msg::Note(Callback::Flush(vec![(u64::MAX, u64::MAX); MAX_RUNS])),
+        ];
+        let (a, b) = sock::seqpacket_pair().unwrap();
+        for m in &big {
+            send(a, m, &[], &[]).unwrap();
+            let r = recv(b).unwrap();
+            assert_eq!(&r.msg, m);
+        }
+        assert!(stats().largest_received <= 48 * 1024, "{:?}", stats());
+        // One run more is refused before anything is sent.
+        let over = [
+            Msg::Pages(vec![run; MAX_RUNS + 1]),
+            Msg::Note(Callback::Unpin(vec![(0, 1); MAX_RUNS + 1])),
+            Msg::Cb(Callback::Flush(vec![(0, 1); MAX_RUNS + 1])),
+        ];
+        for m in &over {
+            assert_eq!(send(a, m, &[], &[]).unwrap_err(), Errno(libc::EMSGSIZE));
+        }
         type1_host::sys::close(a);
         type1_host::sys::close(b);
     }

@@ -493,7 +493,10 @@ fn qemu(
     let mut plain = Vec::new();
     let mut walls: Vec<Vec<u64>> = vec![Vec::new(); o.policies.len()];
     for round in 0..QEMU_RUNS {
-        bar.set_message(format!("qemu round {}/{QEMU_RUNS}: plain (-mem-prealloc)", round + 1));
+        bar.set_message(format!(
+            "qemu round {}/{QEMU_RUNS}: plain (-mem-prealloc)",
+            round + 1
+        ));
         let t = Instant::now();
         let st = std::process::Command::new("qemu-system-x86_64")
             .args(qemu_args(&kernel, &initrd, o.qemu_mem, false))

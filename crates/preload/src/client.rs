@@ -29,6 +29,14 @@ use crate::state;
 /// The service connection of this process: `(pid, client id, fd)`.
 static SERVICE: Mutex<Option<(i32, u32, i32)>> = Mutex::new(None);
 
+/// Pin callbacks this process answered.
+static PIN_CALLBACKS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
+/// How many pin callbacks this process has answered (each pins up to the engine's batch).
+pub(crate) fn pin_callbacks() -> u64 {
+    PIN_CALLBACKS.load(std::sync::atomic::Ordering::Relaxed)
+}
+
 /// This thread's request connection: `(pid, fd)`, closed when the thread exits.
 struct ReqConn(Option<(i32, i32)>);
 
@@ -419,6 +427,7 @@ fn answer(cb: Callback, payload: Vec<u8>, fds: Vec<i32>) -> (Msg, Vec<u8>, Vec<i
             let Ok(h) = state::host() else {
                 return err(Errno::EIO);
             };
+            PIN_CALLBACKS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             match pin_runs(&h, vaddr, npages, write) {
                 Ok(runs) => plain(Msg::Pages(runs)),
                 Err(e) => plain(Msg::Failed(e.errno.0, e.what)),

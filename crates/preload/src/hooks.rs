@@ -1873,6 +1873,40 @@ pub unsafe extern "C" fn waitid(
 extern "C" fn at_exit() {
     state::release_all();
     let _ = guarded(crate::files::remove_standins);
+    let _ = guarded(write_wire_stats);
+}
+
+/// `TYPE1_WIRE_STATS=FILE`: this process's traffic with the broker (`wire::WireStats`, and
+/// the pin callbacks it answered) as one JSON object, written at exit (tests hold the
+/// protocol to its bound with it).
+fn write_wire_stats() -> Result<(), Errno> {
+    let Some(path) = type1_host::sys::secure_var("TYPE1_WIRE_STATS") else {
+        return Ok(());
+    };
+    let s = type1_broker::wire::stats();
+    let text = format!(
+        "{{\"sent\":{},\"largest_sent\":{},\"received\":{},\"largest_received\":{},\"pin_callbacks\":{}}}\n",
+        s.sent,
+        s.largest_sent,
+        s.received,
+        s.largest_received,
+        client::pin_callbacks()
+    );
+    use std::os::unix::ffi::OsStrExt;
+    let c = std::ffi::CString::new(path.as_bytes()).map_err(|_| Errno::EINVAL)?;
+    let fd = type1_host::sys::open(
+        &c,
+        libc::O_WRONLY
+            | libc::O_CREAT
+            | libc::O_TRUNC
+            | libc::O_CLOEXEC
+            | libc::O_NOFOLLOW
+            | libc::O_NONBLOCK,
+        0o600,
+    )?;
+    let r = type1_host::sys::write_all(fd, text.as_bytes());
+    type1_host::sys::close(fd);
+    r
 }
 
 /// Runs when the library is loaded: the fork handlers (no lock is held across `fork`) and

@@ -622,3 +622,27 @@ fn processes_and_threads_share_one_container() {
     assert!(ok, "{out}");
     assert!(out.contains("mp ok"), "{out}");
 }
+
+/// The fast-path issue: pins, unpins and flushes travel as runs, so no message of the
+/// protocol grows with the pages a call covers. 1 GiB mapped and unmapped twice in 4 KiB and
+/// in huge pages (2^19 page pins in all) crosses the wire in a few dozen pin callbacks, and the
+/// largest datagram stays far below what one record per page would take (8 bytes a page would
+/// be 1 MiB for one 512 MiB map).
+#[test]
+fn no_message_grows_with_the_pages_it_covers() {
+    let Some(exe) = compile("bigmap") else { return };
+    let stats = Path::new(env!("CARGO_TARGET_TMPDIR")).join("bigmap-wire.json");
+    let _ = std::fs::remove_file(&stats);
+    let (ok, out, _) = run_with(&exe, &[], "bigmap.jsonl", &[("TYPE1_WIRE_STATS", &stats)]);
+    assert!(ok && out.contains("bigmap ok"), "{out}");
+    let text = std::fs::read_to_string(&stats).expect("TYPE1_WIRE_STATS written at exit");
+    let v: serde_json::Value = serde_json::from_str(&text).expect("JSON");
+    let n = |k: &str| v[k].as_u64().unwrap_or_else(|| panic!("{k} in {text}"));
+    // 4 maps of 131072 pages, in calls of up to 65536 pages.
+    assert!(n("pin_callbacks") >= 8, "{text}");
+    assert!(n("pin_callbacks") <= 16, "pins are batched: {text}");
+    assert!(n("largest_received") <= 64 * 1024, "{text}");
+    assert!(n("largest_sent") <= 64 * 1024, "{text}");
+    // Every call is a handful of messages, not one per page or per 512 pages.
+    assert!(n("received") < 400, "{text}");
+}
