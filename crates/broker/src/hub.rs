@@ -445,6 +445,19 @@ impl Hub {
             .find(pa >> PAGE_SHIFT)
             .ok_or(DmaError::Unreachable)?;
         let page = (pa >> PAGE_SHIFT) - first;
+        // Through the broker's own hold on the ring that pins the page, if it has one: no
+        // round trip to the process. The process never submits on a ring the broker holds
+        // (it makes no transfer but for a `Dma` callback, and those go only to runs the broker
+        // cannot reach), so the ring has one submitter. A failure (the slot emptied by an
+        // unpin racing this transfer, a ring that cannot be mapped here) falls back to the
+        // process, which answers for its pages as it did before the broker held anything.
+        if run.held.is_some()
+            && self
+                .dma_held(&run, page, pa % PAGE_SIZE, buf, to_memory)
+                .is_ok()
+        {
+            return Ok(());
+        }
         let local = ((run.local + page) << PAGE_SHIFT) | (pa % PAGE_SIZE);
         let cb = Callback::Dma {
             pa: local,
@@ -472,7 +485,8 @@ impl Hub {
         }
     }
 
-    /// Device DMA through the broker's hold on a run's ring (its process is gone).
+    /// Device DMA through the broker's hold on a run's ring (`READ_FIXED`/`WRITE_FIXED` on its
+    /// duplicate of the process's ring, through the broker's bounce pipe).
     fn dma_held(
         &self,
         run: &Run,
