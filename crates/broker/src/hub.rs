@@ -294,6 +294,11 @@ impl Hub {
         Some(b)
     }
 
+    /// The process id of client `id`, if it is one.
+    pub fn client_pid(&self, id: u32) -> Option<i32> {
+        self.client(id).map(|c| c.pid)
+    }
+
     fn client(&self, id: u32) -> Option<Arc<Client>> {
         lock(&self.clients).get(&id).cloned()
     }

@@ -70,9 +70,21 @@ pub fn main() -> ! {
     std::thread::spawn(move || reaper.reap(LINGER_MS));
     let uid = type1_host::sys::getuid();
     loop {
-        let Ok(fd) = type1_host::sock::accept(listener) else {
-            continue;
+        let fd = match type1_host::sock::accept(listener) {
+            Ok(fd) => fd,
+            Err(_) => {
+                // Out of descriptors (or memory): wait for some to go rather than spin; the
+                // connection waits in the queue meanwhile.
+                std::thread::sleep(std::time::Duration::from_millis(20));
+                continue;
+            }
         };
+        if server.connections() >= server::MAX_CONNS {
+            // Past the cap the connection is closed at once: its process reports the broker
+            // refusing it, rather than waiting on a thread that never comes.
+            type1_host::sys::close(fd);
+            continue;
+        }
         // Only the user who owns the broker may use it (abstract sockets have no file mode).
         match type1_host::sock::peer_cred(fd) {
             Ok((_, u)) if u == uid => {}

@@ -107,7 +107,8 @@ pub const MAX_FILE: usize = 1 << 20;
 /// The contents of the file at `path`, read with raw system calls; EFBIG past [`MAX_FILE`].
 pub fn read_file_raw(path: &[u8]) -> Result<String, Errno> {
     let c = CString::new(path).map_err(|_| Errno::EINVAL)?;
-    let fd = sys::open_ro(&c)?;
+    // Never a FIFO or a device: opening one could block every program at library load.
+    let fd = sys::open_regular_ro(&c)?;
     let mut out = Vec::new();
     let mut buf = vec![0u8; 1 << 16];
     let r = loop {
@@ -136,7 +137,10 @@ pub fn from_path(path: Option<std::ffi::OsString>) -> Result<Machine, String> {
         return Ok(Machine::default_machine());
     };
     read_file_raw(path.as_bytes())
-        .map_err(|e| e.to_string())
+        .map_err(|e| match e.0 {
+            libc::EINVAL => "not a regular file (a FIFO or a device is never read)".to_string(),
+            _ => e.to_string(),
+        })
         .and_then(|t| Machine::from_toml(&t))
         .map_err(|e| format!("TYPE1_MACHINE={}: {e}", path.to_string_lossy()))
 }
@@ -160,6 +164,13 @@ mod tests {
     fn endless_and_huge_machine_files_get_a_clear_error() {
         let e = from_path(Some("/dev/zero".into())).unwrap_err();
         assert!(e.contains("TYPE1_MACHINE=/dev/zero"), "{e}");
+        assert!(e.contains("not a regular file"), "{e}");
+        let huge = std::env::temp_dir().join(format!("type1-huge-{}.toml", std::process::id()));
+        std::fs::File::create(&huge)
+            .and_then(|f| f.set_len(MAX_FILE as u64 * 4))
+            .unwrap();
+        let e = from_path(Some(huge.clone().into())).unwrap_err();
+        let _ = std::fs::remove_file(&huge);
         assert!(e.contains(&Errno(libc::EFBIG).to_string()), "{e}");
         let mut text = String::from("[[unit]]\nid = 0\nops = 1\nsnoop_control = true\n");
         for g in 0..5000 {

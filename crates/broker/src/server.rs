@@ -102,7 +102,14 @@ pub struct Server {
     conns: Mutex<usize>,
     /// Wakes the reaper when the set of files or clients changed.
     wake: (i32, i32),
+    /// This broker's identity (random): sent in every `Welcome`.
+    instance: u64,
 }
+
+/// How long a new connection may take to say hello before it is dropped.
+const HELLO_MS: u64 = 2000;
+/// Connections served at once; past it a new one is closed at once (its process reports it).
+pub const MAX_CONNS: usize = 4096;
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
@@ -270,6 +277,7 @@ impl Server {
             next_file: Mutex::new(0),
             conns: Mutex::new(0),
             wake,
+            instance: sys::random_u64() | 1,
         })
     }
 
@@ -359,6 +367,11 @@ impl Server {
         }
     }
 
+    /// Connections open now.
+    pub fn connections(&self) -> usize {
+        *lock(&self.conns)
+    }
+
     /// Serves one connection until it closes.
     pub fn serve(self: &Arc<Self>, fd: i32) {
         *lock(&self.conns) += 1;
@@ -372,9 +385,16 @@ impl Server {
 
     /// Returns whether the connection became a service connection (kept by the hub).
     fn serve_conn(self: &Arc<Self>, fd: i32) -> bool {
+        // A connection that never says hello holds nothing for long.
+        if sock::set_recv_timeout(fd, HELLO_MS).is_err() {
+            return false;
+        }
         let Ok(hello) = wire::recv(fd) else {
             return false;
         };
+        if sock::set_recv_timeout(fd, 0).is_err() {
+            return false;
+        }
         let client = match hello.msg {
             Msg::Hello {
                 pid,
@@ -382,7 +402,7 @@ impl Server {
                 trace,
             } => {
                 let id = self.hub.add_client(pid, fd, trace);
-                let _ = wire::send(fd, &Msg::Welcome(id), &[], &[]);
+                let _ = wire::send(fd, &Msg::Welcome(id, self.instance), &[], &[]);
                 self.poke();
                 // The service connection now belongs to the hub; the reaper sees it close.
                 *lock(&self.conns) += 1;
@@ -393,7 +413,15 @@ impl Server {
             } => id,
             _ => return false,
         };
-        if wire::send(fd, &Msg::Welcome(client), &[], &[]).is_err() {
+        // A request connection belongs to a client of this broker, from that very process
+        // (the kernel's word for the peer, not the hello's): a process that claims another's
+        // id, or an id of a broker that is gone, is told so and dropped.
+        let peer = sock::peer_cred(fd).map(|(pid, _)| pid).ok();
+        if peer.is_none() || self.hub.client_pid(client) != peer {
+            let _ = wire::send(fd, &Msg::Err(libc::ESRCH), &[], &[]);
+            return false;
+        }
+        if wire::send(fd, &Msg::Welcome(client, self.instance), &[], &[]).is_err() {
             return false;
         }
         loop {

@@ -202,8 +202,10 @@ pub enum Msg {
         /// Whether the process writes a trace (the broker sends trace lines only then).
         trace: bool,
     },
-    /// Answer to [`Msg::Hello`]: the client id.
-    Welcome(u32),
+    /// Answer to [`Msg::Hello`]: the client id, and the broker's instance (random, new for
+    /// every broker process): files a process got from one instance are never acted on
+    /// through another.
+    Welcome(u32, u64),
     /// A request with the caller's credentials (`None` for requests that cannot pin: the
     /// broker keeps the latest it was sent).
     Req(Option<TaskCreds>, Request),

@@ -311,3 +311,26 @@ fn exec_says_when_a_program_is_statically_linked() {
     let r = exec(&[], &[dynamic.to_str().unwrap()]);
     assert!(!String::from_utf8_lossy(&r.stderr).contains("statically linked"));
 }
+
+/// Issue 20: `type1 exec` gives a run a broker under a random name and holds it for the
+/// whole run: a process that waits until the broker would have gone idle cannot take the
+/// name.
+#[test]
+fn exec_holds_its_brokers_name_for_the_whole_run() {
+    let Some(exe) = compile("takename", "takename") else {
+        return;
+    };
+    let out = Command::new(type1_exe())
+        .args(["exec", "--"])
+        .arg(&exe)
+        .env_remove("TYPE1_BROKER")
+        .output()
+        .expect("type1 exec");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{text}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(text.contains("held"), "{text}");
+}

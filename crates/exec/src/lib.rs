@@ -116,26 +116,87 @@ pub fn private_dir(base: &Path) -> std::io::Result<PathBuf> {
 pub fn fresh_broker_name() -> String {
     static N: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
     let n = N.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-    let t = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_nanos());
-    format!("run-{}-{n}-{t:x}", std::process::id())
+    // Random: another user reading /proc/net/unix sees a name only once it exists, and cannot
+    // guess the next one.
+    format!(
+        "run-{}-{n}-{:016x}",
+        std::process::id(),
+        type1_host::sys::random_u64()
+    )
+}
+
+/// A connection to a broker started for one run and held for as long as the run lasts: the
+/// broker then never goes idle and exits mid-run, so its name stays taken by it and nobody
+/// else can bind the name during the run. Closed when dropped.
+struct BrokerHold(i32);
+
+impl Drop for BrokerHold {
+    fn drop(&mut self) {
+        type1_host::sys::close(self.0);
+    }
+}
+
+/// Starts the broker `type1-broker` next to `library` for `name` with the run's configuration,
+/// and connects to it as a client that stays. `None` if that cannot be done here (the
+/// program's library then starts the broker itself, as without `type1 exec`).
+fn hold_broker(opts: &ExecOptions, name: &str) -> Option<BrokerHold> {
+    let dir = opts.library.parent()?;
+    let exe = [dir.join("type1-broker"), dir.join("../type1-broker")]
+        .into_iter()
+        .find(|p| p.is_file())?;
+    let uid = type1_host::sys::getuid();
+    let full = type1_broker::wire::socket_name(Some(name), uid, "");
+    let mut cmd = Command::new(&exe);
+    cmd.arg(&full)
+        .env_remove("LD_PRELOAD")
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null());
+    if let Some(p) = &opts.policy {
+        cmd.env("TYPE1_POLICY", p);
+    }
+    // It returns once it listens (its detached child serves).
+    if !cmd.status().ok()?.success() {
+        return None;
+    }
+    let fd = type1_host::sock::connect_abstract_within(&full, 5000).ok()?;
+    let hold = BrokerHold(fd);
+    // Only this user's broker is worth holding.
+    match type1_host::sock::peer_cred(fd) {
+        Ok((_, u)) if u == uid => {}
+        _ => return None,
+    }
+    let hello = type1_broker::wire::Msg::Hello {
+        pid: std::process::id() as i32,
+        client: None,
+        trace: false,
+    };
+    type1_host::sock::set_recv_timeout(fd, 5000).ok()?;
+    type1_broker::wire::send(fd, &hello, &[], &[]).ok()?;
+    match type1_broker::wire::recv(fd).ok()?.msg {
+        type1_broker::wire::Msg::Welcome(..) => Some(hold),
+        _ => None,
+    }
 }
 
 /// Runs `program args...` with the library preloaded and waits for it. Unless the
-/// environment names a broker already (`TYPE1_BROKER`), the run gets a machine of its own.
+/// environment names a broker already (`TYPE1_BROKER`), the run gets a machine of its own,
+/// under a random name that the run holds until it ends.
 pub fn run(opts: &ExecOptions, program: &Path, args: &[String]) -> std::io::Result<ExitStatus> {
     let mut cmd = Command::new(program);
     cmd.args(args).env("LD_PRELOAD", &opts.library);
-    if std::env::var_os("TYPE1_BROKER").is_none() {
-        cmd.env("TYPE1_BROKER", fresh_broker_name());
-    }
     if let Some(t) = &opts.trace {
         cmd.env("TYPE1_TRACE", t);
     }
     if let Some(p) = &opts.policy {
         cmd.env("TYPE1_POLICY", p);
     }
+    let _hold = if std::env::var_os("TYPE1_BROKER").is_none() {
+        let name = fresh_broker_name();
+        cmd.env("TYPE1_BROKER", &name);
+        hold_broker(opts, &name)
+    } else {
+        None
+    };
     cmd.status()
 }
 

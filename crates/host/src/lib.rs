@@ -466,6 +466,16 @@ impl HostPlatform {
     }
 }
 
+impl HostPlatform {
+    /// Drops every pin this platform holds (the mappings they served are gone with the broker
+    /// that held them).
+    pub fn unpin_all(&mut self) {
+        for h in self.pins.drain() {
+            self.release(h);
+        }
+    }
+}
+
 impl Drop for HostPlatform {
     fn drop(&mut self) {
         for h in self.pins.drain() {

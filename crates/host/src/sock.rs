@@ -61,6 +61,19 @@ fn socket() -> Result<i32, Errno> {
 /// A listening socket bound to the abstract address `@name`; EADDRINUSE if another process
 /// listens there already.
 pub fn listen_abstract(name: &str) -> Result<i32, Errno> {
+    let fd = bind_abstract(name)?;
+    // SAFETY: listen has no memory-safety preconditions.
+    let r = unsafe { libc::syscall(libc::SYS_listen, fd, 128) };
+    if let Err(e) = check(r) {
+        crate::sys::close(fd);
+        return Err(e);
+    }
+    Ok(fd)
+}
+
+/// A seqpacket socket bound to the abstract name `@name`, not listening (EADDRINUSE when the
+/// name is taken).
+pub fn bind_abstract(name: &str) -> Result<i32, Errno> {
     let (a, len) = abstract_addr(name)?;
     let fd = socket()?;
     // SAFETY: `a` is a valid sockaddr_un of `len` bytes.
@@ -72,12 +85,6 @@ pub fn listen_abstract(name: &str) -> Result<i32, Errno> {
             len as libc::socklen_t,
         )
     };
-    if let Err(e) = check(r) {
-        crate::sys::close(fd);
-        return Err(e);
-    }
-    // SAFETY: listen has no memory-safety preconditions.
-    let r = unsafe { libc::syscall(libc::SYS_listen, fd, 128) };
     if let Err(e) = check(r) {
         crate::sys::close(fd);
         return Err(e);
@@ -103,6 +110,126 @@ pub fn connect_abstract(name: &str) -> Result<i32, Errno> {
         return Err(e);
     }
     Ok(fd)
+}
+
+/// [`connect_abstract`] that gives up after `timeout_ms` (ETIMEDOUT) when the listener's
+/// queue is full and stays full, as a listener that never accepts leaves it: a connect never
+/// blocks for longer. The socket is blocking again when it is returned.
+pub fn connect_abstract_within(name: &str, timeout_ms: u64) -> Result<i32, Errno> {
+    let (a, len) = abstract_addr(name)?;
+    let fd = socket()?;
+    let fail = |e: Errno| {
+        crate::sys::close(fd);
+        Err(e)
+    };
+    if let Err(e) = set_nonblocking(fd, true) {
+        return fail(e);
+    }
+    let start = std::time::Instant::now();
+    loop {
+        // SAFETY: `a` is a valid sockaddr_un of `len` bytes.
+        let r = unsafe {
+            libc::syscall(
+                libc::SYS_connect,
+                fd,
+                &a as *const libc::sockaddr_un,
+                len as libc::socklen_t,
+            )
+        };
+        match check(r) {
+            Ok(_) => break,
+            // A full queue: wait for room, up to the deadline.
+            Err(Errno(libc::EAGAIN)) | Err(Errno(libc::EINPROGRESS)) => {
+                let left = (timeout_ms as u128).saturating_sub(start.elapsed().as_millis());
+                if left == 0 {
+                    return fail(Errno(libc::ETIMEDOUT));
+                }
+                let _ = poll(&[(fd, libc::POLLOUT)], (left as i32).min(50));
+            }
+            Err(Errno(libc::EISCONN)) => break,
+            Err(Errno(libc::EINTR)) => {}
+            Err(e) => return fail(e),
+        }
+    }
+    match set_nonblocking(fd, false) {
+        Ok(()) => Ok(fd),
+        Err(e) => fail(e),
+    }
+}
+
+fn set_nonblocking(fd: i32, on: bool) -> Result<(), Errno> {
+    // SAFETY: F_GETFL/F_SETFL only read and set the descriptor's flags.
+    let flags = check(unsafe { libc::syscall(libc::SYS_fcntl, fd, libc::F_GETFL) })?;
+    let flags = if on {
+        flags | libc::O_NONBLOCK as libc::c_long
+    } else {
+        flags & !(libc::O_NONBLOCK as libc::c_long)
+    };
+    // SAFETY: as above.
+    check(unsafe { libc::syscall(libc::SYS_fcntl, fd, libc::F_SETFL, flags) }).map(|_| ())
+}
+
+/// A receive deadline on `fd` (`SO_RCVTIMEO`; 0: none): a receive that waits longer fails
+/// with EAGAIN.
+pub fn set_recv_timeout(fd: i32, ms: u64) -> Result<(), Errno> {
+    let tv = libc::timeval {
+        tv_sec: (ms / 1000) as libc::time_t,
+        tv_usec: ((ms % 1000) * 1000) as libc::suseconds_t,
+    };
+    // SAFETY: `tv` is a valid timeval of its own size.
+    let r = unsafe {
+        libc::syscall(
+            libc::SYS_setsockopt,
+            fd,
+            libc::SOL_SOCKET,
+            libc::SO_RCVTIMEO,
+            &tv as *const libc::timeval,
+            std::mem::size_of::<libc::timeval>() as libc::socklen_t,
+        )
+    };
+    check(r).map(|_| ())
+}
+
+/// The processes of this user that hold a socket bound to the abstract name `name` (read from
+/// `/proc/net/unix` and `/proc/*/fd`): who took a name, for an error message.
+pub fn abstract_holders(name: &str) -> Vec<i32> {
+    let Ok(table) = std::fs::read_to_string("/proc/net/unix") else {
+        return Vec::new();
+    };
+    let want = format!("@{name}");
+    let inodes: Vec<String> = table
+        .lines()
+        .skip(1)
+        .filter_map(|l| {
+            let f: Vec<&str> = l.split_whitespace().collect();
+            (f.len() >= 8 && f[7] == want).then(|| f[6].to_string())
+        })
+        .collect();
+    if inodes.is_empty() {
+        return Vec::new();
+    }
+    let Ok(procs) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    let mut out = Vec::new();
+    for p in procs.flatten() {
+        let Some(pid) = p.file_name().to_str().and_then(|s| s.parse::<i32>().ok()) else {
+            continue;
+        };
+        let Ok(fds) = std::fs::read_dir(p.path().join("fd")) else {
+            continue;
+        };
+        let holds = fds.flatten().any(|f| {
+            std::fs::read_link(f.path()).is_ok_and(|t| {
+                let t = t.to_string_lossy();
+                inodes.iter().any(|i| t == format!("socket:[{i}]"))
+            })
+        });
+        if holds {
+            out.push(pid);
+        }
+    }
+    out
 }
 
 /// `accept4(fd, SOCK_CLOEXEC)`.

@@ -144,6 +144,19 @@ pub fn pread(fd: i32, buf: &mut [u8], off: u64) -> Result<usize, Errno> {
     check(r).map(|n| n as usize)
 }
 
+/// Random bytes from the kernel (`getrandom`): for names and identities nobody can predict.
+pub fn random_u64() -> u64 {
+    let mut b = [0u8; 8];
+    // SAFETY: `b` is valid for writes of 8 bytes.
+    let r = unsafe { libc::syscall(libc::SYS_getrandom, b.as_mut_ptr(), 8usize, 0) };
+    if r == 8 {
+        u64::from_ne_bytes(b)
+    } else {
+        // No getrandom: the clock and the pid, unique if not secret.
+        monotonic_ns() ^ (u64::from(getpid() as u32) << 40)
+    }
+}
+
 /// `read(fd, buf)`; returns the bytes read.
 pub fn read(fd: i32, buf: &mut [u8]) -> Result<usize, Errno> {
     // SAFETY: `buf` is valid for writes of `buf.len()` bytes.
@@ -585,6 +598,44 @@ pub fn fstat_id(fd: i32) -> Result<(u64, u64, u64), Errno> {
     Ok((st.st_dev, st.st_ino, st.st_size as u64))
 }
 
+/// `(st_mode, st_uid)` of an open file (`fstat`).
+pub fn fstat_mode(fd: i32) -> Result<(u32, u32), Errno> {
+    // SAFETY: an all-zero `stat` is a valid value of this plain C struct.
+    let mut st: libc::stat = unsafe { std::mem::zeroed() };
+    // SAFETY: `st` is a valid out-parameter for fstat.
+    let r = unsafe { libc::syscall(libc::SYS_fstat, fd, &mut st as *mut libc::stat) };
+    check(r)?;
+    Ok((st.st_mode, st.st_uid))
+}
+
+/// The calling process's effective user id.
+pub fn geteuid() -> u32 {
+    // SAFETY: no preconditions.
+    unsafe { libc::syscall(libc::SYS_geteuid) as u32 }
+}
+
+/// Opens `path` read-only for a configuration or trace read: never blocks in `open` (a FIFO
+/// there would hang the program), never follows a last-component symlink, and refuses
+/// anything but a regular file (EINVAL).
+pub fn open_regular_ro(path: &std::ffi::CStr) -> Result<i32, Errno> {
+    let fd = open(
+        path,
+        libc::O_RDONLY | libc::O_CLOEXEC | libc::O_NONBLOCK | libc::O_NOFOLLOW,
+        0,
+    )?;
+    match fstat_mode(fd) {
+        Ok((mode, _)) if mode & libc::S_IFMT == libc::S_IFREG => Ok(fd),
+        Ok(_) => {
+            close(fd);
+            Err(Errno::EINVAL)
+        }
+        Err(e) => {
+            close(fd);
+            Err(e)
+        }
+    }
+}
+
 /// The ranges of this process's address space that map bytes `[from, to)` of the file that
 /// `fd` refers to (read from `/proc/self/maps`): `(vaddr, len)`, page-aligned.
 pub fn file_mappings(fd: i32, from: u64, to: u64) -> Vec<(u64, u64)> {
@@ -648,6 +699,12 @@ pub fn mapped(addr: u64, len: u64) -> bool {
     // the range itself.
     let r = unsafe { libc::syscall(libc::SYS_mincore, addr, len, vec.as_mut_ptr()) };
     r == 0
+}
+
+/// `fchmod(fd, mode)`.
+pub fn fchmod(fd: i32, mode: u32) -> Result<(), Errno> {
+    // SAFETY: fchmod has no memory-safety preconditions.
+    check(unsafe { libc::syscall(libc::SYS_fchmod, fd, mode) }).map(|_| ())
 }
 
 /// `ftruncate(fd, len)`.

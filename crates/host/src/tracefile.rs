@@ -11,7 +11,8 @@
 //!   update does) appends to the file it was writing, with `seq` continuing.
 //!
 //! The writer records `TYPE1_TRACE_WRITER=<pid>:<file>` in its environment when it starts,
-//! so that what it execs knows. Files are created mode 0600 with `O_NOFOLLOW`.
+//! so that what it execs knows. Files are created mode 0600 with `O_NOFOLLOW`, and written only
+//! if they are regular files of this user (see `open`).
 
 use std::ffi::{CString, OsString};
 use std::os::unix::ffi::{OsStrExt, OsStringExt};
@@ -31,22 +32,56 @@ pub struct TraceFile {
     seq: u64,
 }
 
+/// Opens a trace file for writing, safely in a directory other users can write to (`/tmp`):
+/// never blocks in `open` (a FIFO there gets ENXIO rather than hanging the program), never
+/// follows a last-component symlink, and writes only to a regular file this user owns, mode
+/// 0600 (a file another user created first, for instance with mode 0666 to read the trace, is
+/// refused with EPERM and the process writes no trace). The file is emptied only after those
+/// checks.
 fn open(path: &[u8], truncate: bool) -> Result<i32, Errno> {
     let c = CString::new(path).map_err(|_| Errno::EINVAL)?;
-    let mut flags = libc::O_WRONLY | libc::O_CREAT | libc::O_CLOEXEC | libc::O_NOFOLLOW;
-    flags |= if truncate {
-        libc::O_TRUNC
-    } else {
-        libc::O_APPEND
-    };
+    let mut flags =
+        libc::O_WRONLY | libc::O_CREAT | libc::O_CLOEXEC | libc::O_NOFOLLOW | libc::O_NONBLOCK;
+    if !truncate {
+        flags |= libc::O_APPEND;
+    }
     let fd = sys::open(&c, flags, 0o600)?;
+    let checked = sys::fstat_mode(fd).and_then(|(mode, uid)| {
+        if mode & libc::S_IFMT != libc::S_IFREG {
+            return Err(Errno::EINVAL);
+        }
+        if uid != sys::geteuid() {
+            return Err(Errno(libc::EPERM));
+        }
+        if mode & 0o077 != 0 {
+            sys::fchmod(fd, 0o600)?;
+        }
+        if truncate {
+            sys::ftruncate(fd, 0)?;
+        }
+        Ok(())
+    });
+    if let Err(e) = checked {
+        sys::close(fd);
+        let _ = sys::write_all(
+            2,
+            format!(
+                "type1: not writing the trace to {}: {e} (not a regular file of this user)\n",
+                String::from_utf8_lossy(path)
+            )
+            .as_bytes(),
+        );
+        return Err(e);
+    }
     Ok(crate::uring::move_high(fd))
 }
 
 /// Lines already in `path` (to continue `seq` after an exec of the same process).
 fn lines_in(path: &[u8]) -> u64 {
     let Ok(c) = CString::new(path) else { return 0 };
-    let Ok(fd) = sys::open_ro(&c) else { return 0 };
+    let Ok(fd) = sys::open_regular_ro(&c) else {
+        return 0;
+    };
     let (mut n, mut off, mut buf) = (0u64, 0u64, vec![0u8; 1 << 16]);
     while let Ok(got) = sys::pread(fd, &mut buf, off) {
         if got == 0 {

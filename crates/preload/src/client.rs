@@ -185,28 +185,55 @@ fn spawn_broker(name: &str) -> Result<(), Errno> {
     Ok(())
 }
 
-/// A connection that said hello (`client`: `None` for the service connection) and the id
-/// the broker answered with.
-fn connect(client: Option<u32>) -> Result<(i32, u32), Errno> {
+/// How long a connection may take to be accepted and welcomed (a process that took the
+/// broker's name and never answers must not hang the program).
+const CONNECT_MS: u64 = 5000;
+
+/// Who holds the broker's name, for a message.
+fn holders(name: &str) -> String {
+    let pids = sock::abstract_holders(name);
+    if pids.is_empty() {
+        return "another process".to_string();
+    }
+    let list: Vec<String> = pids.iter().map(|p| p.to_string()).collect();
+    format!("pid {}", list.join(", pid "))
+}
+
+/// A connection that said hello (`client`: `None` for the service connection): its fd, the id
+/// the broker answered with and the broker's instance. ESRCH: the broker does not know
+/// `client` (it is not the broker that gave the id).
+fn connect(client: Option<u32>) -> Result<(i32, u32, u64), Errno> {
     let name = broker_name();
     let mut last = Errno(libc::ECONNREFUSED);
+    let mut spawned = false;
     for _ in 0..4 {
-        let fd = match sock::connect_abstract(&name) {
+        let fd = match sock::connect_abstract_within(&name, CONNECT_MS) {
             Ok(fd) => fd,
             Err(e) if e.0 == libc::ECONNREFUSED => {
                 last = e;
                 spawn_broker(&name)?;
+                spawned = true;
                 continue;
+            }
+            Err(e) if e.0 == libc::ETIMEDOUT => {
+                report(&format!(
+                    "@{name} is held by {}, whose queue stays full: refusing to wait (set \
+                     TYPE1_BROKER to another name)",
+                    holders(&name)
+                ));
+                return Err(Errno::EIO);
             }
             Err(e) => return Err(e),
         };
         let fd = type1_host::uring::move_high(fd);
         // Abstract names belong to nobody: whoever listens there must be this user.
-        match sock::peer_cred(fd) {
+        let peer = sock::peer_cred(fd);
+        match peer {
             Ok((_, uid)) if uid == sys::getuid() => {}
             other => {
                 sys::close(fd);
-                let who = other.map_or_else(|e| e.to_string(), |(_, u)| format!("uid {u}"));
+                let who =
+                    other.map_or_else(|e| e.to_string(), |(p, u)| format!("pid {p}, uid {u}"));
                 report(&format!(
                     "@{name} is served by {who}, not by this user: refusing it (set TYPE1_BROKER)"
                 ));
@@ -218,28 +245,66 @@ fn connect(client: Option<u32>) -> Result<(i32, u32), Errno> {
             client,
             trace: sys::secure_var("TYPE1_TRACE").is_some(),
         };
-        // A broker that was exiting as we connected drops us: try again.
+        // A broker answers a hello at once; one that does not (a process that took the name
+        // and never accepts, or accepts and never answers) gets CONNECT_MS.
+        let _ = sock::set_recv_timeout(fd, CONNECT_MS);
         let r = wire::send(fd, &hello, &[], &[]).and_then(|_| wire::recv(fd));
+        let _ = sock::set_recv_timeout(fd, 0);
         match r {
             Ok(Received {
-                msg: Msg::Welcome(id),
+                msg: Msg::Welcome(id, instance),
                 ..
-            }) => return Ok((fd, id)),
+            }) => return Ok((fd, id, instance)),
+            Ok(Received {
+                msg: Msg::Err(e), ..
+            }) => {
+                sys::close(fd);
+                return Err(Errno(e));
+            }
             Ok(_) => {
                 sys::close(fd);
                 return Err(Errno::EIO);
             }
+            Err(Errno(libc::EAGAIN)) => {
+                sys::close(fd);
+                let who = peer.map_or_else(|_| holders(&name), |(p, _)| format!("pid {p}"));
+                report(&format!(
+                    "@{name} is held by {who}, which does not answer: refusing to wait (set \
+                     TYPE1_BROKER to another name)"
+                ));
+                return Err(Errno::EIO);
+            }
             Err(e) => {
+                // A broker that was exiting as we connected drops us: try again.
                 last = e;
                 sys::close(fd);
             }
         }
     }
-    report(&format!("cannot reach the broker @{name}: {last}"));
+    if spawned && last.0 == libc::ECONNREFUSED {
+        report(&format!(
+            "@{name} is bound by {}, which does not listen: the broker cannot take the name \
+             (set TYPE1_BROKER to another name)",
+            holders(&name)
+        ));
+    } else {
+        report(&format!("cannot reach the broker @{name}: {last}"));
+    }
     Err(Errno::EIO)
 }
 
-/// This process's client id, connecting (and starting the service thread) on first use.
+/// The broker instance this process's files belong to (0: none yet).
+static INSTANCE: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
+/// The instance of the broker this process is a client of now (0 before it connects).
+pub(crate) fn instance() -> u64 {
+    INSTANCE.load(std::sync::atomic::Ordering::Acquire)
+}
+
+/// This process's client id, connecting (and starting the service thread) on first use, or
+/// again after its broker has gone: a new broker is a new machine, so the files of the old
+/// one are dead from then on (they answer EIO) and the pages the old one had pinned are
+/// released.
 pub(crate) fn client_id() -> Result<u32, Errno> {
     let pid = sys::getpid();
     let mut g = lock(&SERVICE);
@@ -248,9 +313,17 @@ pub(crate) fn client_id() -> Result<u32, Errno> {
             return Ok(id);
         }
     }
-    let (fd, id) = connect(None)?;
+    let (fd, id, inst) = connect(None)?;
     *g = Some((pid, id, fd));
+    let old = INSTANCE.swap(inst, std::sync::atomic::Ordering::AcqRel);
     drop(g);
+    if old != 0 && old != inst {
+        // The broker that held this process's mappings is gone, and with it every mapping:
+        // nothing may stay pinned for them.
+        if let Some(h) = state::existing_host() {
+            h.lock().unpin_all();
+        }
+    }
     let spawned = std::thread::Builder::new()
         .name("type1-service".into())
         .spawn(move || service(fd));
@@ -259,6 +332,17 @@ pub(crate) fn client_id() -> Result<u32, Errno> {
         return Err(Errno(libc::EAGAIN));
     }
     Ok(id)
+}
+
+/// Forgets a service connection whose broker is gone (the next call connects anew).
+fn forget_service(fd: i32) {
+    let mut g = lock(&SERVICE);
+    if let Some((p, _, f)) = *g {
+        if f == fd && p == sys::getpid() {
+            *g = None;
+            sys::close(fd);
+        }
+    }
 }
 
 /// The service thread: answers the broker's callbacks until the connection closes.
@@ -288,6 +372,8 @@ fn service(fd: i32) {
             }
         }
     }
+    // The broker is gone (or hung up on this process).
+    forget_service(fd);
 }
 
 fn trace(json: &str) {
@@ -317,7 +403,19 @@ fn req_conn() -> Result<Option<i32>, Errno> {
             // Inherited across fork: the number is not ours to close any more.
             r.0 = None;
         }
-        let (fd, _) = connect(Some(id))?;
+        let fd = match connect(Some(id)) {
+            Ok((fd, _, _)) => fd,
+            // Not a client of this broker: the one that gave the id is gone. Become a client
+            // of the new one.
+            Err(Errno(libc::ESRCH)) => {
+                let stale = lock(&SERVICE).and_then(|(p, i, f)| (p == pid && i == id).then_some(f));
+                if let Some(f) = stale {
+                    forget_service(f);
+                }
+                connect(Some(client_id()?))?.0
+            }
+            Err(e) => return Err(e),
+        };
         r.0 = Some((pid, fd));
         Ok(fd)
     });

@@ -503,6 +503,9 @@ fn on_emulated<R>(
     if state::in_hook() {
         return state::maybe_emulated(fd).then_some(Err(Errno(libc::EDEADLK)));
     }
+    if guarded(|| state::stale(fd)).unwrap_or(false) {
+        return Some(Err(Errno::EIO));
+    }
     let saved = errno();
     let obj = if unknown {
         guarded(|| state::object_of_unknown(fd)).ok().flatten()?

@@ -57,7 +57,8 @@ pub(crate) fn maybe_emulated(fd: i32) -> bool {
 /// by the emulation.
 #[derive(Debug, Default)]
 pub(crate) struct FdTable {
-    map: HashMap<i32, (Object, (u64, u64))>,
+    /// fd → (object, identity of its file, the broker instance it belongs to).
+    map: HashMap<i32, (Object, (u64, u64), u64)>,
     /// Devices' names, ordinals and BAR2 memory files (internal fds), by device id.
     bars: HashMap<u32, (String, u32, i32)>,
     /// Devices' BAR0 images, shared with the broker (`type1_host::shm`), by device id.
@@ -72,8 +73,15 @@ fn identity(fd: i32) -> Option<(u64, u64)> {
 impl FdTable {
     /// The object `fd` stands for, if the fd still refers to its file.
     fn get(&self, fd: i32) -> Option<Object> {
-        let (obj, id) = self.map.get(&fd)?;
+        let (obj, id, _) = self.map.get(&fd)?;
         (identity(fd) == Some(*id)).then_some(*obj)
+    }
+
+    /// Whether `fd` is a file of a broker that is gone.
+    fn stale(&self, fd: i32) -> bool {
+        self.map
+            .get(&fd)
+            .is_some_and(|(_, _, inst)| *inst != crate::client::instance())
     }
 
     fn insert(&mut self, fd: i32, obj: Object) {
@@ -81,12 +89,12 @@ impl FdTable {
             return;
         };
         EMULATED_FDS.set(fd, true);
-        self.map.insert(fd, (obj, id));
+        self.map.insert(fd, (obj, id, crate::client::instance()));
     }
 
     fn remove(&mut self, fd: i32) -> Option<Object> {
         EMULATED_FDS.set(fd, false);
-        self.map.remove(&fd).map(|(o, _)| o)
+        self.map.remove(&fd).map(|(o, _, _)| o)
     }
 
     /// Emulated fds in `[first, last]`.
@@ -112,6 +120,13 @@ pub(crate) fn object_of(fd: i32) -> Option<Object> {
         return None;
     }
     table().as_ref().and_then(|t| t.get(fd))
+}
+
+/// Whether `fd` is an emulated file of a broker that is gone (a new broker is a new machine:
+/// every call on such a file fails with EIO, and nothing is ever asked of the new broker
+/// about it).
+pub(crate) fn stale(fd: i32) -> bool {
+    maybe_emulated(fd) && table().as_ref().is_some_and(|t| t.stale(fd))
 }
 
 /// [`object_of`], and for an fd this process has not seen (inherited across `exec`,
@@ -191,8 +206,10 @@ pub(crate) fn dup_fd(oldfd: i32, newfd: i32) -> bool {
     let t = g.get_or_insert_with(FdTable::default);
     let closed = t.remove(newfd).is_some();
     // `oldfd` still refers to its file, and `newfd` now to the same one.
-    if let Some(obj) = t.map.get(&oldfd).map(|(o, _)| *o) {
-        t.insert(newfd, obj);
+    // (The duplicate belongs to the same broker instance as the original.)
+    if let Some((obj, id, inst)) = t.map.get(&oldfd).copied() {
+        EMULATED_FDS.set(newfd, true);
+        t.map.insert(newfd, (obj, id, inst));
     }
     closed
 }

@@ -569,7 +569,7 @@ fn a_broker_of_another_user_is_refused() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success(), "{err}");
     assert!(
-        err.contains("is served by uid 65534, not by this user"),
+        err.contains("uid 65534, not by this user"),
         "{err}"
     );
 }
@@ -645,4 +645,218 @@ fn no_message_grows_with_the_pages_it_covers() {
     assert!(n("largest_sent") <= 64 * 1024, "{text}");
     // Every call is a handful of messages, not one per page or per 512 pages.
     assert!(n("received") < 400, "{text}");
+}
+
+/// The pids of the broker processes serving `name` (their command line names it).
+fn brokers_named(name: &str) -> Vec<i32> {
+    let mut out = Vec::new();
+    for e in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
+        let Some(pid) = e.file_name().to_str().and_then(|s| s.parse::<i32>().ok()) else {
+            continue;
+        };
+        let cmd = std::fs::read(e.path().join("cmdline")).unwrap_or_default();
+        let args: Vec<&[u8]> = cmd.split(|b| *b == 0).collect();
+        // The broker serves `@type1-broker/<uid>/<name>`.
+        if args.len() >= 2
+            && args[0].ends_with(b"type1-broker")
+            && args[1].ends_with(format!("/{name}").as_bytes())
+        {
+            out.push(pid);
+        }
+    }
+    out
+}
+
+/// Issue 20: the broker killed under a process that holds a container, a group, a device
+/// and a mapping. Every call on the old files fails with EIO, before and after a new broker
+/// starts, and never reaches the new broker's objects; the old mapping's pages are unpinned;
+/// a new container works.
+#[test]
+fn a_dead_broker_leaves_dead_files_and_nothing_pinned() {
+    use std::io::{BufRead, Write};
+    let Some(exe) = compile("brokerdeath") else {
+        return;
+    };
+    let name = type1_exec::fresh_broker_name();
+    let mut child = Command::new(&exe)
+        .env("LD_PRELOAD", lib())
+        .env("TYPE1_BROKER", &name)
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("run brokerdeath");
+    let mut out = std::io::BufReader::new(child.stdout.take().expect("stdout"));
+    let mut line = String::new();
+    out.read_line(&mut line).expect("ready line");
+    assert_eq!(line.trim(), "ready", "{line}");
+    let pids = brokers_named(&name);
+    assert_eq!(pids.len(), 1, "one broker for {name}: {pids:?}");
+    let st = Command::new("kill")
+        .args(["-KILL", &pids[0].to_string()])
+        .status()
+        .expect("kill");
+    assert!(st.success());
+    // Gone before the program goes on.
+    for _ in 0..200 {
+        if !std::path::Path::new(&format!("/proc/{}", pids[0])).exists() {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+    child
+        .stdin
+        .take()
+        .expect("stdin")
+        .write_all(b"go\n")
+        .expect("go");
+    let mut rest = String::new();
+    std::io::Read::read_to_string(&mut out, &mut rest).expect("output");
+    let o = child.wait_with_output().expect("wait");
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(o.status.success(), "{rest}{err}");
+    assert!(rest.contains("brokerdeath ok"), "{rest}{err}");
+    let new = brokers_named(&name);
+    assert!(new.iter().all(|p| *p != pids[0]), "a new broker: {new:?}");
+}
+
+/// Issue 20: a process of this user that took the broker's name, and either listens and never
+/// accepts or only binds it. A program under the library neither hangs nor gets a bare errno:
+/// it fails within the connect deadline, and the message names the process that holds the
+/// name.
+#[test]
+fn a_squatter_on_the_brokers_name_is_named_and_never_hangs_the_program() {
+    let Some(exe) = compile("flow") else { return };
+    let uid = type1_host::sys::getuid();
+    let me = std::process::id().to_string();
+    for listen in [true, false] {
+        let name = type1_exec::fresh_broker_name();
+        let full = format!("type1-broker/{uid}/{name}");
+        let squat = if listen {
+            type1_host::sock::listen_abstract(&full)
+        } else {
+            type1_host::sock::bind_abstract(&full)
+        }
+        .expect("take the name");
+        let t = std::time::Instant::now();
+        let out = Command::new(&exe)
+            .env("LD_PRELOAD", lib())
+            .env("TYPE1_BROKER", &name)
+            .output()
+            .expect("run flow");
+        let took = t.elapsed();
+        type1_host::sys::close(squat);
+        let text = format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(!out.status.success(), "listen={listen}: {text}");
+        assert!(
+            took < std::time::Duration::from_secs(30),
+            "listen={listen}: {took:?}"
+        );
+        assert!(
+            text.contains(&format!("pid {me}")),
+            "listen={listen}: the holder is named: {text}"
+        );
+        let why = if listen {
+            "does not answer"
+        } else {
+            "does not listen"
+        };
+        assert!(text.contains(why), "listen={listen}: {text}");
+    }
+}
+
+/// Runs `cmd` and waits at most `secs`: the output, or a panic naming a hang.
+fn output_within(mut cmd: Command, secs: u64, what: &str) -> std::process::Output {
+    let mut child = cmd
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("spawn");
+    let t = std::time::Instant::now();
+    loop {
+        if child.try_wait().expect("wait").is_some() {
+            return child.wait_with_output().expect("output");
+        }
+        if t.elapsed() > std::time::Duration::from_secs(secs) {
+            let _ = child.kill();
+            panic!("{what}: still running after {secs} s");
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+}
+
+/// Issue 20: files the library opens by name from the environment. A FIFO as `TYPE1_MACHINE`
+/// or as `TYPE1_TRACE` hangs nothing; a trace file another user made first (mode 0666, to
+/// read the trace) is not written to.
+#[test]
+fn fifos_and_foreign_files_in_the_environment_hang_nothing_and_get_no_trace() {
+    let Some(exe) = compile("flow") else { return };
+    let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join("envfiles");
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let fifo = dir.join("fifo");
+    let st = Command::new("mkfifo").arg(&fifo).status().expect("mkfifo");
+    assert!(st.success());
+    // The machine file: the program runs on and says what is wrong, without the machine.
+    let mut cmd = Command::new(&exe);
+    cmd.env("LD_PRELOAD", lib())
+        .env("TYPE1_BROKER", type1_exec::fresh_broker_name())
+        .env("TYPE1_MACHINE", &fifo);
+    let out = output_within(cmd, 30, "TYPE1_MACHINE=<fifo>");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("TYPE1_MACHINE"), "{err}");
+    // The trace: the program runs as without a trace, and says why.
+    let mut cmd = Command::new(&exe);
+    cmd.env("LD_PRELOAD", lib())
+        .env("TYPE1_BROKER", type1_exec::fresh_broker_name())
+        .env("TYPE1_TRACE", &fifo);
+    let out = output_within(cmd, 30, "TYPE1_TRACE=<fifo>");
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(out.status.success(), "{text}");
+    assert!(
+        text.contains("no trace") || text.contains("not writing the trace"),
+        "{text}"
+    );
+    // A trace file of another user, readable by all.
+    let root = type1_host::sys::geteuid() == 0;
+    if !root {
+        assert!(
+            std::env::var("CI").as_deref() != Ok("true"),
+            "under CI=true this test runs as root (it makes a file of another user)"
+        );
+        return;
+    }
+    let foreign = dir.join("trace.jsonl");
+    std::fs::write(&foreign, b"").unwrap();
+    let st = Command::new("chown")
+        .args(["65534:65534"])
+        .arg(&foreign)
+        .status()
+        .expect("chown");
+    assert!(st.success());
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&foreign, std::fs::Permissions::from_mode(0o666)).unwrap();
+    let mut cmd = Command::new(&exe);
+    cmd.env("LD_PRELOAD", lib())
+        .env("TYPE1_BROKER", type1_exec::fresh_broker_name())
+        .env("TYPE1_TRACE", &foreign);
+    let out = output_within(cmd, 30, "TYPE1_TRACE=<foreign file>");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(
+        std::fs::metadata(&foreign).unwrap().len(),
+        0,
+        "nothing written to another user's file"
+    );
 }
