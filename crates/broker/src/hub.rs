@@ -236,6 +236,7 @@ impl Hub {
                 creds: Mutex::new(TaskCreds {
                     cap_ipc_lock: false,
                     memlock_limit_pages: u64::MAX,
+                    mlocked_pages: 0,
                 }),
                 pidfd,
                 rings: Mutex::new(BTreeMap::new()),
@@ -327,6 +328,7 @@ impl Hub {
             (None, creds) => creds.unwrap_or(TaskCreds {
                 cap_ipc_lock: false,
                 memlock_limit_pages: 0,
+                mlocked_pages: 0,
             }),
         };
         let old = CURRENT.with(|c| c.replace(Some(Current { client, fd, creds })));
@@ -556,10 +558,12 @@ impl TaskMemory for BrokerPlatform {
         self.0.alive(client_of(mm))
     }
 
+    /// VFIO's charge plus what the process locked itself (`mlock`), as of its latest MAP_DMA:
+    /// the kernel's `mm->locked_vm` holds both.
     fn locked_vm(&self, mm: MmId) -> u64 {
-        self.0
-            .client(client_of(mm))
-            .map_or(0, |c| *lock(&c.locked_vm))
+        self.0.client(client_of(mm)).map_or(0, |c| {
+            lock(&c.locked_vm).saturating_add(lock(&c.creds).mlocked_pages)
+        })
     }
 
     /// The charge is kept here, per process, with the limit its latest request carried
@@ -573,14 +577,20 @@ impl TaskMemory for BrokerPlatform {
                 Err(PlatformError::new(Errno(libc::ESRCH), "process gone"))
             };
         };
-        let limit = lock(&c.creds).memlock_limit_pages;
+        let (limit, mlocked) = {
+            let cr = lock(&c.creds);
+            (cr.memlock_limit_pages, cr.mlocked_pages)
+        };
         let mut locked = lock(&c.locked_vm);
-        if delta > 0 && enforce_limit && locked.saturating_add(delta as u64) > limit {
+        if delta > 0
+            && enforce_limit
+            && locked.saturating_add(mlocked).saturating_add(delta as u64) > limit
+        {
             return Err(PlatformError::new(
                 Errno::ENOMEM,
                 format!(
-                    "locked_vm {} + {delta} pages exceeds RLIMIT_MEMLOCK {limit}",
-                    *locked
+                    "locked_vm {} (mlock {mlocked}) + {delta} pages exceeds RLIMIT_MEMLOCK {limit}",
+                    *locked + mlocked
                 ),
             ));
         }

@@ -62,6 +62,10 @@ pub struct TaskCreds {
     pub cap_ipc_lock: bool,
     /// RLIMIT_MEMLOCK in pages.
     pub memlock_limit_pages: u64,
+    /// Pages the process has locked itself (`mlock`, `VmLck`): the kernel counts VFIO's pins
+    /// in the same `mm->locked_vm`, so they count against the same limit. Read for a MAP_DMA
+    /// of a process without CAP_IPC_LOCK only (0 otherwise).
+    pub mlocked_pages: u64,
 }
 
 /// What a request asks for.
@@ -334,6 +338,8 @@ pub struct Received {
     pub payload: Vec<u8>,
     /// Attached files (close-on-exec), owned by the receiver.
     pub fds: Vec<i32>,
+    /// Files were attached but could not be installed (the receiver is at RLIMIT_NOFILE).
+    pub fds_lost: bool,
 }
 
 /// Receives one datagram. EPIPE at end of stream; EPROTO for a malformed one (its files are
@@ -375,21 +381,26 @@ fn recv_with(fd: i32, flags: i32) -> Result<Received, Errno> {
         if buf.len() < MAX_MSG {
             buf.resize(MAX_MSG, 0);
         }
-        let (n, fds) = sock::recv_flags(fd, buf, flags)?;
-        Ok::<_, Errno>((decode(&buf[..n]), n, fds))
+        let (n, fds, lost) = sock::recv_flags(fd, buf, flags)?;
+        Ok::<_, Errno>((decode(&buf[..n]), n, fds, lost))
     };
-    let (parsed, n, fds) =
+    let (parsed, n, fds, fds_lost) =
         match RX.try_with(|b| b.try_borrow_mut().ok().map(|mut b| recv_into(&mut b))) {
             Ok(Some(r)) => r?,
             // The thread is exiting (or, impossibly, re-entered): a buffer of its own.
             _ => recv_into(&mut Vec::new())?,
         };
-    if n == 0 && fds.is_empty() {
+    if n == 0 && fds.is_empty() && !fds_lost {
         return Err(Errno(libc::EPIPE));
     }
     count(&RECEIVED, &LARGEST_RECEIVED, n);
     match parsed {
-        Some((msg, payload)) => Ok(Received { msg, payload, fds }),
+        Some((msg, payload)) => Ok(Received {
+            msg,
+            payload,
+            fds,
+            fds_lost,
+        }),
         None => {
             for f in fds {
                 type1_host::sys::close(f);
@@ -437,6 +448,7 @@ mod tests {
             Some(TaskCreds {
                 cap_ipc_lock: false,
                 memlock_limit_pages: 16,
+                mlocked_pages: 3,
             }),
             Request::Ioctl {
                 obj: Obj::Container(3),

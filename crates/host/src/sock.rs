@@ -321,11 +321,13 @@ pub fn send(fd: i32, data: &[u8], fds: &[i32]) -> Result<(), Errno> {
 /// Receives one message into `buf`: its length (0 at end of stream) and the descriptors it
 /// carried, installed close-on-exec. EMSGSIZE if it did not fit (its fds are closed).
 pub fn recv(fd: i32, buf: &mut [u8]) -> Result<(usize, Vec<i32>), Errno> {
-    recv_flags(fd, buf, 0)
+    recv_flags(fd, buf, 0).map(|(n, fds, _)| (n, fds))
 }
 
-/// [`recv`] with extra `recvmsg` flags (`MSG_DONTWAIT`: EAGAIN when nothing is there yet).
-pub fn recv_flags(fd: i32, buf: &mut [u8], flags: i32) -> Result<(usize, Vec<i32>), Errno> {
+/// [`recv`] with extra `recvmsg` flags (`MSG_DONTWAIT`: EAGAIN when nothing is there yet), and
+/// whether descriptors sent with the message were lost (`MSG_CTRUNC`: this process is at its
+/// RLIMIT_NOFILE, so the kernel could not install them; they are closed).
+pub fn recv_flags(fd: i32, buf: &mut [u8], flags: i32) -> Result<(usize, Vec<i32>, bool), Errno> {
     let mut iov = libc::iovec {
         iov_base: buf.as_mut_ptr() as *mut libc::c_void,
         iov_len: buf.len(),
@@ -360,7 +362,7 @@ pub fn recv_flags(fd: i32, buf: &mut [u8], flags: i32) -> Result<(usize, Vec<i32
         }
         return Err(Errno(libc::EMSGSIZE));
     }
-    Ok((n, fds))
+    Ok((n, fds, m.msg_flags & libc::MSG_CTRUNC != 0))
 }
 
 /// The descriptors in a received message's `SCM_RIGHTS` headers.

@@ -358,11 +358,11 @@ fn service(fd: i32) {
     while let Ok(r) = wire::recv(fd) {
         match r.msg {
             Msg::Cb(cb) => {
-                let (m, p, f) = answer(cb, r.payload, r.fds);
+                let (m, p, f) = answer(cb, r.payload, r.fds, r.fds_lost);
                 let _ = wire::send(fd, &m, &p, &f);
             }
             Msg::Note(cb) => {
-                let _ = answer(cb, r.payload, r.fds);
+                let _ = answer(cb, r.payload, r.fds, r.fds_lost);
             }
             Msg::Trace(j) => trace(&j),
             _ => {
@@ -382,10 +382,18 @@ fn trace(json: &str) {
     }
 }
 
-fn creds() -> TaskCreds {
+/// The caller's credentials for an ioctl; `map`: it is a MAP_DMA, whose pins count against
+/// RLIMIT_MEMLOCK together with what the process locked itself.
+fn creds(map: bool) -> TaskCreds {
+    let cap_ipc_lock = sys::has_cap_ipc_lock();
     TaskCreds {
-        cap_ipc_lock: sys::has_cap_ipc_lock(),
+        cap_ipc_lock,
         memlock_limit_pages: sys::memlock_limit_pages(),
+        mlocked_pages: if map && !cap_ipc_lock {
+            sys::status_kb("VmLck").unwrap_or(0) / 4
+        } else {
+            0
+        },
     }
 }
 
@@ -463,17 +471,20 @@ pub(crate) fn request(req: Request, payload: &[u8], fds: &[i32]) -> Result<Recei
 /// failed.
 fn exchange(fd: i32, req: Request, payload: &[u8], fds: &[i32]) -> Result<Received, Errno> {
     // Only an ioctl can pin (and so needs RLIMIT_MEMLOCK and CAP_IPC_LOCK as of now).
-    let creds = matches!(req, Request::Ioctl { .. }).then(creds);
+    let creds = match req {
+        Request::Ioctl { req, .. } => Some(creds(req == type1_uapi::nr::VFIO_IOMMU_MAP_DMA)),
+        _ => None,
+    };
     wire::send(fd, &Msg::Req(creds, req), payload, fds)?;
     loop {
         let r = wire::recv_soon(fd)?;
         match r.msg {
             Msg::Cb(cb) => {
-                let (m, p, f) = answer(cb, r.payload, r.fds);
+                let (m, p, f) = answer(cb, r.payload, r.fds, r.fds_lost);
                 wire::send(fd, &m, &p, &f)?;
             }
             Msg::Note(cb) => {
-                let _ = answer(cb, r.payload, r.fds);
+                let _ = answer(cb, r.payload, r.fds, r.fds_lost);
             }
             Msg::Trace(j) => trace(&j),
             _ => return Ok(r),
@@ -486,7 +497,12 @@ fn plain(m: Msg) -> (Msg, Vec<u8>, Vec<i32>) {
 }
 
 /// The answer to one callback.
-fn answer(cb: Callback, payload: Vec<u8>, fds: Vec<i32>) -> (Msg, Vec<u8>, Vec<i32>) {
+fn answer(
+    cb: Callback,
+    payload: Vec<u8>,
+    fds: Vec<i32>,
+    fds_lost: bool,
+) -> (Msg, Vec<u8>, Vec<i32>) {
     let err = |e: Errno| (Msg::Err(e.0), Vec::new(), Vec::new());
     match cb {
         Callback::Read { addr, len } => {
@@ -515,6 +531,8 @@ fn answer(cb: Callback, payload: Vec<u8>, fds: Vec<i32>) -> (Msg, Vec<u8>, Vec<i
                 state::track(fd, obj.into());
                 plain(Msg::Value(i64::from(fd)))
             }
+            // Sent but not installed: RLIMIT_NOFILE, as `anon_inode_getfd` would report.
+            None if fds_lost => err(Errno(libc::EMFILE)),
             None => err(Errno::EIO),
         },
         Callback::Pin {

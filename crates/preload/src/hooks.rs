@@ -224,11 +224,14 @@ unsafe fn emulated_open(dirfd: c_int, path: *const c_char, flags: c_int) -> Opti
                 _ => None,
             };
             let r = client::request(Request::Open(group), &[], &[])?;
+            let lost = r.fds_lost;
             let (Msg::Opened(obj), Some(&fd)) = (r.msg, r.fds.first()) else {
                 for f in r.fds {
                     type1_host::sys::close(f);
                 }
-                return Err(Errno::EIO);
+                // The file could not be installed: this process is at RLIMIT_NOFILE, as the
+                // kernel's open would say (the broker releases the file it never got).
+                return Err(Errno(if lost { libc::EMFILE } else { libc::EIO }));
             };
             if flags & libc::O_CLOEXEC == 0 {
                 let _ = type1_host::sock::set_cloexec(fd, false);

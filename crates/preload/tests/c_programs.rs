@@ -568,10 +568,7 @@ fn a_broker_of_another_user_is_refused() {
     let _ = squatter.wait();
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success(), "{err}");
-    assert!(
-        err.contains("uid 65534, not by this user"),
-        "{err}"
-    );
+    assert!(err.contains("uid 65534, not by this user"), "{err}");
 }
 
 /// Issue 11 item 3: `tests/c/irq.c` registers eventfds with SET_IRQS and sees INTx fire,
@@ -859,4 +856,37 @@ fn fifos_and_foreign_files_in_the_environment_hang_nothing_and_get_no_trace() {
         0,
         "nothing written to another user's file"
     );
+}
+
+/// Issue 20: at RLIMIT_NOFILE, opening a container or getting a device fd is EMFILE, as in the
+/// kernel, never EIO; both work again once an fd is closed.
+#[test]
+fn the_fd_limit_gives_emfile() {
+    let Some(exe) = compile("fdlimit") else {
+        return;
+    };
+    let (ok, out, _) = run_preloaded(&exe, "fdlimit.jsonl");
+    assert!(ok && out.contains("fdlimit ok"), "{out}");
+}
+
+/// Issue 20: RLIMIT_MEMLOCK is one budget for the program's own `mlock` and VFIO's pins (the
+/// kernel charges both to `mm->locked_vm`).
+#[test]
+fn mlock_and_map_dma_share_rlimit_memlock() {
+    let Some(exe) = compile("mlockshare") else {
+        return;
+    };
+    let (ok, out, _) = run_preloaded(&exe, "mlockshare.jsonl");
+    assert!(ok && out.contains("mlockshare ok"), "{out}");
+}
+
+/// Issue 20: `read()` on a device fd starts at position 0 (BAR0's ID) and moves on, as the
+/// kernel's does; `lseek` is ESPIPE.
+#[test]
+fn read_uses_the_file_position_from_zero() {
+    let Some(exe) = compile("readpos") else {
+        return;
+    };
+    let (ok, out, _) = run_preloaded(&exe, "readpos.jsonl");
+    assert!(ok && out.contains("readpos ok"), "{out}");
 }
