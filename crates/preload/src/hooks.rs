@@ -504,18 +504,25 @@ fn on_emulated<R>(
     f: impl FnOnce(Object) -> Result<R, Errno>,
 ) -> Option<Result<R, Errno>> {
     if state::in_hook() {
+        // The emulation's own code (signals are deferred during emulated calls, so a program's
+        // handler never gets here while one runs on its thread).
         return state::maybe_emulated(fd).then_some(Err(Errno(libc::EDEADLK)));
     }
-    if guarded(|| state::stale(fd)).unwrap_or(false) {
-        return Some(Err(Errno::EIO));
-    }
     let saved = errno();
-    let obj = if unknown {
-        guarded(|| state::object_of_unknown(fd)).ok().flatten()?
-    } else {
-        guarded(|| state::object_of(fd)).ok().flatten()?
-    };
-    let r = guarded(|| f(obj)).unwrap_or(Err(Errno::EIO));
+    let r = state::deferring_signals(|| {
+        guarded(|| {
+            if state::stale(fd) {
+                return Some(Err(Errno::EIO));
+            }
+            let obj = if unknown {
+                state::object_of_unknown(fd)
+            } else {
+                state::object_of(fd)
+            }?;
+            Some(f(obj))
+        })
+        .unwrap_or(Some(Err(Errno::EIO)))
+    })?;
     // A call that succeeds leaves errno alone, whatever the emulation's own calls did to it.
     set_errno(saved);
     Some(r)
@@ -616,6 +623,18 @@ fn emulated_rw(fd: c_int, buf: *mut c_void, count: usize, off: OffT, write: bool
 /// then advances. Segments are done in order and a short transfer ends the call, as the kernel
 /// does for a file without vector operations.
 fn emulated_io(fd: c_int, segs: &[(u64, usize)], off: Option<OffT>, write: bool) -> Option<isize> {
+    // A register access at an offset: from the shared image, without a lock, a request or a
+    // signal mask (re-entrant: a signal handler's access in the middle of another works).
+    if let (Some(o), [(buf, len)]) = (off, segs) {
+        if let Some(regs) = u64::try_from(o).ok().and(state::fast_regs(fd)) {
+            let saved = errno();
+            let r = bar0_access(&regs, o as u64, *buf, *len, write);
+            set_errno(saved);
+            if let Ok(Some(n)) = r {
+                return Some(n as isize);
+            }
+        }
+    }
     let r = on_emulated(fd, false, |obj| {
         let Object::Device(dev) = obj else {
             return Err(Errno::EINVAL);
@@ -708,6 +727,26 @@ fn bar0_local(
     len: usize,
     write: bool,
 ) -> Result<Option<usize>, Errno> {
+    if pos
+        .checked_add(len as u64)
+        .is_none_or(|end| end > type1_uapi::device::BAR0_SIZE)
+        || len == 0
+    {
+        return Ok(None);
+    }
+    let regs = state::device_regs(dev)?;
+    bar0_access(&regs, pos, buf, len, write)
+}
+
+/// [`bar0_local`] on a device's image: `Ok(None)` when the model must see the access (or it
+/// is not inside BAR0).
+fn bar0_access(
+    regs: &type1_host::shm::SharedMem,
+    pos: u64,
+    buf: u64,
+    len: usize,
+    write: bool,
+) -> Result<Option<usize>, Errno> {
     use type1_uapi::device::{plain_write, BAR0_SIZE};
     if pos
         .checked_add(len as u64)
@@ -716,7 +755,6 @@ fn bar0_local(
     {
         return Ok(None);
     }
-    let regs = state::device_regs(dev)?;
     let mut tmp = [0u8; 64];
     let mut big = Vec::new();
     let data: &mut [u8] = if len <= tmp.len() {

@@ -90,11 +90,18 @@ impl FdTable {
         };
         EMULATED_FDS.set(fd, true);
         self.map.insert(fd, (obj, id, crate::client::instance()));
+        if matches!(obj, Object::Device(_)) {
+            publish_fast(self);
+        }
     }
 
     fn remove(&mut self, fd: i32) -> Option<Object> {
         EMULATED_FDS.set(fd, false);
-        self.map.remove(&fd).map(|(o, _, _)| o)
+        let o = self.map.remove(&fd).map(|(o, _, _)| o);
+        if matches!(o, Some(Object::Device(_))) {
+            publish_fast(self);
+        }
+        o
     }
 
     /// Emulated fds in `[first, last]`.
@@ -111,6 +118,58 @@ static TABLE: Mutex<Option<FdTable>> = Mutex::new(None);
 
 fn table() -> MutexGuard<'static, Option<FdTable>> {
     TABLE.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// One device fd whose register image is mapped here: what a register access needs, readable
+/// without a lock (see [`fast_regs`]).
+#[derive(Clone, Debug)]
+struct FastEntry {
+    fd: i32,
+    id: (u64, u64),
+    instance: u64,
+    regs: std::sync::Arc<type1_host::shm::SharedMem>,
+}
+
+/// The device fds of [`FastEntry`], published whole: readers load the pointer and never lock,
+/// so a register access is re-entrant (a signal handler's access in the middle of another
+/// works). A new list replaces the old one under the table lock; old lists are never freed (a
+/// reader may still hold one), which costs a small list per change of the device fds: opens,
+/// dups and closes of device fds, few in any program.
+static FAST: std::sync::atomic::AtomicPtr<Vec<FastEntry>> =
+    std::sync::atomic::AtomicPtr::new(std::ptr::null_mut());
+
+/// Rebuilds [`FAST`] from the table (called with the table locked).
+fn publish_fast(t: &FdTable) {
+    let list: Vec<FastEntry> = t
+        .map
+        .iter()
+        .filter_map(|(fd, (obj, id, inst))| match obj {
+            Object::Device(d) => t.regs.get(d).map(|r| FastEntry {
+                fd: *fd,
+                id: *id,
+                instance: *inst,
+                regs: r.clone(),
+            }),
+            _ => None,
+        })
+        .collect();
+    // Leaked on purpose: see FAST.
+    let new = Box::into_raw(Box::new(list));
+    FAST.store(new, std::sync::atomic::Ordering::Release);
+}
+
+/// The register image behind device fd `fd`, without taking a lock, if `fd` still refers to
+/// that device's file and its broker is the current one.
+pub(crate) fn fast_regs(fd: i32) -> Option<std::sync::Arc<type1_host::shm::SharedMem>> {
+    let p = FAST.load(std::sync::atomic::Ordering::Acquire);
+    if p.is_null() {
+        return None;
+    }
+    // SAFETY: every list FAST ever points to was leaked by `publish_fast` and is never freed
+    // or changed after it is published.
+    let list = unsafe { &*p };
+    let e = list.iter().find(|e| e.fd == fd)?;
+    (e.instance == crate::client::instance() && identity(fd) == Some(e.id)).then(|| e.regs.clone())
 }
 
 /// The object `fd` stands for, if it is one this process knows and the fd still refers to
@@ -171,7 +230,9 @@ pub(crate) fn object_of_fd(fd: i32) -> Result<Option<Object>, Errno> {
 /// Records that `fd` (open now) stands for `obj`.
 pub(crate) fn track(fd: i32, obj: Object) {
     note_emulated_files();
-    table().get_or_insert_with(FdTable::default).insert(fd, obj);
+    let mut g = table();
+    let t = g.get_or_insert_with(FdTable::default);
+    t.insert(fd, obj);
 }
 
 /// Forgets `fd` (about to be closed, or closed by a duplication over it); whether it was
@@ -210,6 +271,9 @@ pub(crate) fn dup_fd(oldfd: i32, newfd: i32) -> bool {
     if let Some((obj, id, inst)) = t.map.get(&oldfd).copied() {
         EMULATED_FDS.set(newfd, true);
         t.map.insert(newfd, (obj, id, inst));
+        if matches!(obj, Object::Device(_)) {
+            publish_fast(t);
+        }
     }
     closed
 }
@@ -244,6 +308,7 @@ pub(crate) fn device_info(dev: u32) -> Result<(String, u32, i32), Errno> {
     t.bars.insert(dev, info.clone());
     if let Some(m) = regs {
         t.regs.insert(dev, m);
+        publish_fast(t);
     }
     Ok(info)
 }
@@ -289,6 +354,50 @@ pub(crate) fn guarded<R>(f: impl FnOnce() -> R) -> Result<R, ()> {
     let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(f));
     let _ = IN_HOOK.try_with(|g| g.set(false));
     r.map_err(|_| ())
+}
+
+thread_local! {
+    static DEFERRING: Cell<bool> = const { Cell::new(false) };
+}
+
+/// Runs `f` (an emulated call) with the thread's asynchronous signals blocked, then restores
+/// the thread's mask: a handler for a signal that arrives meanwhile runs once the call has
+/// completed, as the kernel runs handlers on the way back to user space, and a handler's own
+/// emulated calls then always work. The synchronous fault signals (SIGSEGV, SIGBUS, SIGFPE,
+/// SIGILL, SIGTRAP) stay open, and SIGKILL and SIGSTOP cannot be blocked. Costs two system
+/// calls (about 0.35 µs here); nested uses cost nothing.
+pub(crate) fn deferring_signals<R>(f: impl FnOnce() -> R) -> R {
+    if DEFERRING.try_with(|d| d.replace(true)).unwrap_or(true) {
+        return f();
+    }
+    // SAFETY: sigset_t is a plain C bitmask; all-zero is a valid (empty) value, and the libc
+    // calls only write the sets we pass.
+    let old = unsafe {
+        let mut set: libc::sigset_t = std::mem::zeroed();
+        let mut old: libc::sigset_t = std::mem::zeroed();
+        libc::sigfillset(&mut set);
+        for s in [
+            libc::SIGSEGV,
+            libc::SIGBUS,
+            libc::SIGFPE,
+            libc::SIGILL,
+            libc::SIGTRAP,
+        ] {
+            libc::sigdelset(&mut set, s);
+        }
+        libc::pthread_sigmask(libc::SIG_BLOCK, &set, &mut old);
+        old
+    };
+    struct Restore(libc::sigset_t);
+    impl Drop for Restore {
+        fn drop(&mut self) {
+            let _ = DEFERRING.try_with(|d| d.set(false));
+            // SAFETY: restores the mask saved above; the set lives across the call.
+            unsafe { libc::pthread_sigmask(libc::SIG_SETMASK, &self.0, std::ptr::null_mut()) };
+        }
+    }
+    let _restore = Restore(old);
+    f()
 }
 
 /// Marks the calling thread (the emulation's own service thread) as inside the emulation for
