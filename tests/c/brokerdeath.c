@@ -1,12 +1,31 @@
-/* The broker dies (SIGKILL from the test, between "ready" and "go" on stdin): every call on
- * the files of the dead broker fails with EIO, and keeps failing after a new broker has
- * started; a new container of the new broker works, and acting on it never touches anything
- * of the old; the pages the old broker's mapping pinned are released. */
+/* The broker dies (SIGKILL from the test) while this process holds a container, a group, a
+ * device and a mapping. argv[1] says when:
+ *   idle: between "ready" and "go" (stdin), with a forked child holding the same files;
+ *   map:  in the middle of a MAP_DMA of 2 GiB (the test kills it after "ready").
+ * Every call on the files of the dead broker then fails with EIO, in both processes, and
+ * keeps failing after a new broker has started; a new container of the new broker works and
+ * acting on it never touches anything of the old; nothing stays pinned for the old broker's
+ * mappings. */
+#define _GNU_SOURCE
 #include "common.h"
+#include <sys/wait.h>
 
 static long vmpin(void) { return status_kb("VmPin"); }
 
-int main(void) {
+/* The old files answer EIO, whatever the call. */
+static void old_files_are_dead(int c, int g, int dev, size_t len) {
+    EXPECT_ERRNO(EIO, ioctl(c, VFIO_GET_API_VERSION));
+    EXPECT_ERRNO(EIO, ioctl(c, VFIO_CHECK_EXTENSION, VFIO_TYPE1v2_IOMMU));
+    uint64_t un = 0;
+    EXPECT_ERRNO(EIO, dma_unmap(c, 0x100000, len, &un));
+    EXPECT_ERRNO(EIO, ioctl(g, VFIO_GROUP_GET_DEVICE_FD, "0000:00:05.0"));
+    uint32_t id = 0;
+    errno = 0;
+    CHECK(pread(dev, &id, 4, 0) == -1 && errno == EIO, "pread on the old device: EIO");
+}
+
+int main(int argc, char **argv) {
+    int mid_map = argc > 1 && !strcmp(argv[1], "map");
     int g;
     int c = open_container(1, &g);
     size_t len = 1 << 20;
@@ -15,27 +34,53 @@ int main(void) {
     int dev = ioctl(g, VFIO_GROUP_GET_DEVICE_FD, "0000:00:05.0");
     CHECK(dev >= 0, "GET_DEVICE_FD");
     CHECK(vmpin() >= 1024, "the mapping is pinned (VmPin %ld kB)", vmpin());
+    int go[2];
+    CHECK(pipe(go) == 0, "pipe");
+    pid_t child = -1;
+    if (!mid_map) {
+        fflush(stdout);
+        child = fork();
+        CHECK(child >= 0, "fork");
+        if (child == 0) {
+            /* Holds the same files; checks them once the broker is dead. */
+            close(go[1]); /* a parent that fails ends this child too (EOF) */
+            char x;
+            CHECK(read(go[0], &x, 1) == 1, "child: go");
+            old_files_are_dead(c, g, dev, len);
+            printf("child ok\n");
+            fflush(stdout);
+            _exit(0);
+        }
+    }
+    close(go[0]);
     printf("ready\n");
     fflush(stdout);
-    char line[16];
-    CHECK(fgets(line, sizeof line, stdin) && !strncmp(line, "go", 2), "go");
+    if (mid_map) {
+        size_t big = 2ul << 30;
+        void *m = mmap(NULL, big, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+        CHECK(m != MAP_FAILED && madvise(m, big, MADV_NOHUGEPAGE) == 0, "mmap 2 GiB");
+        errno = 0;
+        int r = dma_map(c, m, 1ull << 32, big);
+        CHECK(r == -1 && errno == EIO, "MAP_DMA interrupted by the broker's death: EIO (r=%d)", r);
+        munmap(m, big);
+    } else {
+        char line[16];
+        CHECK(fgets(line, sizeof line, stdin) && !strncmp(line, "go", 2), "go");
+    }
 
-    /* The old files: EIO, before and after a new broker exists. */
     EXPECT_ERRNO(EIO, ioctl(c, VFIO_GET_API_VERSION));
     int g2;
     int c2 = open_container(1, &g2); /* starts a new broker: group 1 is free there */
-    for (int round = 0; round < 2; round++) {
-        EXPECT_ERRNO(EIO, ioctl(c, VFIO_GET_API_VERSION));
-        EXPECT_ERRNO(EIO, ioctl(c, VFIO_CHECK_EXTENSION, VFIO_TYPE1v2_IOMMU));
-        uint64_t un = 0;
-        EXPECT_ERRNO(EIO, dma_unmap(c, 0x100000, len, &un));
-        EXPECT_ERRNO(EIO, ioctl(g, VFIO_GROUP_GET_DEVICE_FD, "0000:00:05.0"));
-        uint32_t id = 0;
-        errno = 0;
-        CHECK(pread(dev, &id, 4, 0) == -1 && errno == EIO, "pread on the old device: EIO");
+    for (int round = 0; round < 2; round++) old_files_are_dead(c, g, dev, len);
+    if (child > 0) {
+        char x = 1;
+        CHECK(write(go[1], &x, 1) == 1, "go to the child");
+        int st;
+        CHECK(waitpid(child, &st, 0) == child && WIFEXITED(st) && WEXITSTATUS(st) == 0,
+              "the child found its files dead too");
     }
-    /* The pages of the old mapping are no longer pinned. */
-    CHECK(vmpin() == 0, "nothing pinned for the dead broker's mapping (VmPin %ld kB)", vmpin());
+    /* The pages of the old mappings are no longer pinned. */
+    CHECK(vmpin() == 0, "nothing pinned for the dead broker's mappings (VmPin %ld kB)", vmpin());
     /* The new container works, and is only what it is. */
     CHECK(dma_map(c2, mem, 0x100000, len) == 0, "MAP_DMA on the new container");
     uint64_t un = 0;

@@ -1,7 +1,7 @@
 /* Interrupts as vfio-pci delivers them (issue 11 item 3), through eventfds registered with
  * VFIO_DEVICE_SET_IRQS: INTx fires when a transfer that asked for it (CMD_IRQ) ends, masks
  * itself (AUTOMASKED), fires again on unmask while still asserted and stays quiet once STATUS is
- * cleared; MSI's one vector fires once per transfer; the eventfd is the broker's to signal, so a
+ * cleared; COMMAND.INTX_DISABLE masks and unmasks it as vfio-pci's virtual bit does; MSI's one vector fires once per transfer; the eventfd is the broker's to signal, so a
  * transfer started by a forked child signals the parent's eventfd. */
 #define _GNU_SOURCE
 #include "common.h"
@@ -28,6 +28,16 @@ static int set_block(uint32_t index, uint32_t flags, uint32_t start, uint32_t n,
     return ioctl(dev, VFIO_DEVICE_SET_IRQS, s);
 }
 
+/* COMMAND.INTX_DISABLE (bit 10) on or off, through the config region. */
+static void set_intx_disable(int on) {
+    struct vfio_region_info cfg;
+    region(VFIO_PCI_CONFIG_REGION_INDEX, &cfg);
+    uint16_t cmd = 0;
+    CHECK(pread(dev, &cmd, 2, cfg.offset + 4) == 2, "read COMMAND");
+    cmd = on ? (cmd | 0x400) : (cmd & ~0x400);
+    CHECK(pwrite(dev, &cmd, 2, cfg.offset + 4) == 2, "write COMMAND");
+}
+
 static int set_irqs(uint32_t index, uint32_t flags, uint32_t n, int fd) {
     return set_block(index, flags, 0, n, &fd);
 }
@@ -52,6 +62,21 @@ int main(void) {
     wr32(REG_STATUS, STATUS_DONE | STATUS_FAULT);
     CHECK(set_irqs(VFIO_PCI_INTX_IRQ_INDEX, VFIO_IRQ_SET_DATA_NONE | VFIO_IRQ_SET_ACTION_UNMASK, 1, 0) == 0, "unmask");
     CHECK(count(intx) == 0, "cleared STATUS: nothing asserted");
+
+    /* COMMAND.INTX_DISABLE is virtual, as in vfio-pci: setting it masks INTx, clearing it
+     * unmasks, and a device still asserting its line interrupts again (a driver such as
+     * uio_pci_generic re-enables INTx before it clears the device's status). */
+    CHECK(dma(0x100000, 0, 64, CMD_IRQ) == STATUS_DONE, "transfer");
+    CHECK(count(intx) == 1, "INTx fired");
+    set_intx_disable(1);
+    set_intx_disable(0);
+    CHECK(count(intx) == 1, "INTX_DISABLE cleared while asserted: fires again");
+    set_intx_disable(1);
+    CHECK(set_irqs(VFIO_PCI_INTX_IRQ_INDEX, VFIO_IRQ_SET_DATA_NONE | VFIO_IRQ_SET_ACTION_UNMASK, 1, 0) == 0, "unmask");
+    CHECK(count(intx) == 0, "INTX_DISABLE set: nothing, even unmasked");
+    wr32(REG_STATUS, STATUS_DONE | STATUS_FAULT);
+    set_intx_disable(0);
+    CHECK(count(intx) == 0, "nothing asserted: clearing INTX_DISABLE signals nothing");
 
     /* A forked child drives the device; the parent's eventfd is signalled. */
     fflush(stdout);

@@ -299,6 +299,31 @@ int main(void) {
         printf("irq: round %d: interrupt %u, %" PRId64 " ms after START\n", i, got, took);
     }
 
+    /* uio_pci_generic's own order: INTx re-enabled before the device's status is cleared. The
+     * line is still asserted, so an interrupt comes again (a level); once STATUS is cleared,
+     * the next transfer that asks for one interrupts again. */
+    unmask();
+    fill_buffer(0x66);
+    CHECK(dma_to_page(CMD_IRQ) == STATUS_DONE, "re-enable round: transfer");
+    CHECK(wait_irq(5000), "re-enable round: no first interrupt");
+    uint32_t got;
+    CHECK(read(uio, &got, 4) == 4 && got == count + 1, "re-enable round: count %u", got);
+    count = got;
+    unmask(); /* before clearing STATUS */
+    CHECK(wait_irq(5000), "re-enable round: no interrupt again while still asserted");
+    CHECK(read(uio, &got, 4) == 4 && got > count, "re-enable round: count %u", got);
+    count = got;
+    wr32(REG_STATUS, STATUS_DONE | STATUS_FAULT);
+    unmask();
+    while (wait_irq(200)) /* one more may be in flight from the still-asserted line */
+        CHECK(read(uio, &count, 4) == 4, "read /dev/%s", uio_name);
+    CHECK(dma_to_page(CMD_IRQ) == STATUS_DONE, "re-enable round: next transfer");
+    CHECK(wait_irq(5000), "re-enable round: no interrupt for the next transfer");
+    CHECK(read(uio, &got, 4) == 4 && got > count, "re-enable round: count %u", got);
+    count = got;
+    wr32(REG_STATUS, STATUS_DONE | STATUS_FAULT);
+    printf("irq: re-enabled before clearing STATUS: interrupts keep coming\n");
+
     /* Without CMD_IRQ: no interrupt. */
     unmask();
     fill_buffer(0x77);

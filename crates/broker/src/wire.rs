@@ -357,8 +357,14 @@ pub const SPIN: std::time::Duration = std::time::Duration::from_micros(50);
 /// trip on the 2-vCPU VM of `docs/performance.md`), polling a few; with one usable CPU the peer
 /// cannot run while this polls, so it sleeps at once.
 pub fn recv_soon(fd: i32) -> Result<Received, Errno> {
-    static CPUS: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
-    let cpus = *CPUS.get_or_init(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
+    // Not a OnceLock: one being set up by another thread at a `fork` would never be ready
+    // in the child. Computing it twice in a race is harmless.
+    static CPUS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+    let mut cpus = CPUS.load(std::sync::atomic::Ordering::Relaxed);
+    if cpus == 0 {
+        cpus = type1_host::sys::cpus_allowed();
+        CPUS.store(cpus, std::sync::atomic::Ordering::Relaxed);
+    }
     if cpus > 1 {
         let t = std::time::Instant::now();
         loop {

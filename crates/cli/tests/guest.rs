@@ -522,6 +522,10 @@ fn a_guest_driver_takes_the_device_interrupts() {
     let (stdout, stderr) = run_guest(&lib, &kernel, &img_path, append, &trace, "irq");
     assert!(!stdout.contains("irq FAIL"), "{stdout}\n{stderr}");
     assert!(stdout.contains("irq ok"), "{stdout}\n{stderr}");
+    assert!(
+        stdout.contains("re-enabled before clearing STATUS: interrupts keep coming"),
+        "{stdout}"
+    );
     let evs = events(&trace);
     let intx = evs
         .iter()

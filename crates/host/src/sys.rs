@@ -144,6 +144,30 @@ pub fn pread(fd: i32, buf: &mut [u8], off: u64) -> Result<usize, Errno> {
     check(r).map(|n| n as usize)
 }
 
+/// CPUs this thread may run on (`sched_getaffinity`, one raw call, no file read: safe in a
+/// forked child and in a signal handler); 1 if unknown.
+pub fn cpus_allowed() -> usize {
+    let mut set = [0u64; 16];
+    // SAFETY: `set` is a valid buffer of its own size for the kernel's CPU mask.
+    let r = unsafe {
+        libc::syscall(
+            libc::SYS_sched_getaffinity,
+            0,
+            std::mem::size_of_val(&set),
+            set.as_mut_ptr(),
+        )
+    };
+    if r <= 0 {
+        return 1;
+    }
+    let words = (r as usize / 8).min(set.len());
+    set[..words]
+        .iter()
+        .map(|w| w.count_ones() as usize)
+        .sum::<usize>()
+        .max(1)
+}
+
 /// Random bytes from the kernel (`getrandom`): for names and identities nobody can predict.
 pub fn random_u64() -> u64 {
     let mut b = [0u8; 8];

@@ -52,6 +52,8 @@ impl Drop for ReqConn {
 
 thread_local! {
     static REQ: RefCell<ReqConn> = const { RefCell::new(ReqConn(None)) };
+    /// The broker instance this thread's request connection goes to.
+    static REQ_INSTANCE: std::cell::Cell<u64> = const { std::cell::Cell::new(0) };
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -293,8 +295,10 @@ fn connect(client: Option<u32>) -> Result<(i32, u32, u64), Errno> {
     Err(Errno::EIO)
 }
 
-/// The broker instance this process's files belong to (0: none yet).
+/// The broker instance this process is a client of now (0: none, or its broker is gone).
 static INSTANCE: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+/// The last broker instance this process was a client of (to notice a new one).
+static LAST_INSTANCE: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
 
 /// The instance of the broker this process is a client of now (0 before it connects).
 pub(crate) fn instance() -> u64 {
@@ -316,8 +320,10 @@ pub(crate) fn client_id() -> Result<u32, Errno> {
     let (fd, id, inst) = connect(None)?;
     *g = Some((pid, id, fd));
     let old = INSTANCE.swap(inst, std::sync::atomic::Ordering::AcqRel);
+    let known = LAST_INSTANCE.swap(inst, std::sync::atomic::Ordering::AcqRel);
     drop(g);
-    if old != 0 && old != inst {
+    let _ = old;
+    if known != 0 && known != inst {
         // The broker that held this process's mappings is gone, and with it every mapping:
         // nothing may stay pinned for them.
         if let Some(h) = state::existing_host() {
@@ -334,15 +340,24 @@ pub(crate) fn client_id() -> Result<u32, Errno> {
     Ok(id)
 }
 
-/// Forgets a service connection whose broker is gone (the next call connects anew).
+/// Forgets a service connection whose broker is gone (the next call connects anew). From
+/// here on the files of that broker are stale (no instance is current until then).
 fn forget_service(fd: i32) {
     let mut g = lock(&SERVICE);
     if let Some((p, _, f)) = *g {
         if f == fd && p == sys::getpid() {
             *g = None;
             sys::close(fd);
+            INSTANCE.store(0, std::sync::atomic::Ordering::Release);
         }
     }
+}
+
+/// Makes sure this process is a client of the broker that is there now (a forked child that
+/// has not called yet connects here), so that [`instance`] is current: a file can then be
+/// checked against it before anything about it is sent.
+pub(crate) fn ensure_current() -> Result<(), Errno> {
+    client_id().map(|_| ())
 }
 
 /// The service thread: answers the broker's callbacks until the connection closes.
@@ -405,10 +420,14 @@ fn req_conn() -> Result<Option<i32>, Errno> {
     let r = REQ.try_with(|r| {
         let mut r = r.borrow_mut();
         if let Some((p, fd)) = r.0 {
-            if p == pid {
+            if p == pid && REQ_INSTANCE.try_with(|i| i.get()).ok() == Some(instance()) {
                 return Ok(fd);
             }
-            // Inherited across fork: the number is not ours to close any more.
+            if p == pid {
+                // A connection to a broker that is gone.
+                sys::close(fd);
+            }
+            // (Inherited across fork: the number is not ours to close any more.)
             r.0 = None;
         }
         let fd = match connect(Some(id)) {
@@ -425,6 +444,7 @@ fn req_conn() -> Result<Option<i32>, Errno> {
             Err(e) => return Err(e),
         };
         r.0 = Some((pid, fd));
+        let _ = REQ_INSTANCE.try_with(|i| i.set(instance()));
         Ok(fd)
     });
     match r {

@@ -511,6 +511,11 @@ fn on_emulated<R>(
     let saved = errno();
     let r = state::deferring_signals(|| {
         guarded(|| {
+            // A file is checked against the broker that is there now: a forked child, or a
+            // process whose broker died, connects first (and finds old files stale).
+            if state::maybe_emulated(fd) && client::ensure_current().is_err() {
+                return Some(Err(Errno::EIO));
+            }
             if state::stale(fd) {
                 return Some(Err(Errno::EIO));
             }

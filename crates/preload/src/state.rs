@@ -169,7 +169,12 @@ pub(crate) fn fast_regs(fd: i32) -> Option<std::sync::Arc<type1_host::shm::Share
     // or changed after it is published.
     let list = unsafe { &*p };
     let e = list.iter().find(|e| e.fd == fd)?;
-    (e.instance == crate::client::instance() && identity(fd) == Some(e.id)).then(|| e.regs.clone())
+    // Only in a process that is a client now (a forked child goes the slow way until it has
+    // connected), of the broker the file belongs to.
+    (e.instance == crate::client::instance()
+        && crate::client::connected()
+        && identity(fd) == Some(e.id))
+    .then(|| e.regs.clone())
 }
 
 /// The object `fd` stands for, if it is one this process knows and the fd still refers to

@@ -609,9 +609,23 @@ impl<P: Platform> Vfio<P> {
         write: bool,
     ) -> Result<usize, Errno> {
         let d = self.devices.get_mut(&dev).ok_or(Errno::EBADF)?;
+        let intx_was = d.dev.intx_enabled();
         let (n, req) = d.dev.rw(pos, buf, write)?;
         if let Some(req) = req {
             self.run_dma(dev, req);
+        }
+        // vfio-pci virtualizes COMMAND.INTX_DISABLE: setting it masks INTx, clearing it
+        // unmasks, and a device that still asserts its line then interrupts again (as the
+        // level it is), whoever masked it before.
+        if let Some(d) = self.devices.get_mut(&dev) {
+            match (intx_was, d.dev.intx_enabled()) {
+                (true, false) => d.irqs.intx_masked = true,
+                (false, true) => {
+                    d.irqs.intx_masked = false;
+                    self.raise_irq(dev);
+                }
+                _ => {}
+            }
         }
         Ok(n)
     }
