@@ -1,7 +1,10 @@
 /* The broker dies (SIGKILL from the test) while this process holds a container, a group, a
  * device and a mapping. argv[1] says when:
  *   idle: between "ready" and "go" (stdin), with a forked child holding the same files;
- *   map:  in the middle of a MAP_DMA of 2 GiB (the test kills it after "ready").
+ *   map:  in the middle of a MAP_DMA of 2 GiB (the test kills it after "ready");
+ *   dma:  in the middle of device transfers (a loop of START writes until one fails);
+ *   close: in the middle of a loop that opens and closes another group (close must return
+ *         0 whatever happens, and never hang).
  * Every call on the files of the dead broker then fails with EIO, in both processes, and
  * keeps failing after a new broker has started; a new container of the new broker works and
  * acting on it never touches anything of the old; nothing stays pinned for the old broker's
@@ -9,6 +12,13 @@
 #define _GNU_SOURCE
 #include "common.h"
 #include <sys/wait.h>
+#include <time.h>
+
+static double now(void) {
+    struct timespec t;
+    clock_gettime(CLOCK_MONOTONIC, &t);
+    return t.tv_sec + t.tv_nsec / 1e9;
+}
 
 static long vmpin(void) { return status_kb("VmPin"); }
 
@@ -25,7 +35,10 @@ static void old_files_are_dead(int c, int g, int dev, size_t len) {
 }
 
 int main(int argc, char **argv) {
-    int mid_map = argc > 1 && !strcmp(argv[1], "map");
+    const char *mode = argc > 1 ? argv[1] : "idle";
+    int mid_map = !strcmp(mode, "map");
+    int mid_dma = !strcmp(mode, "dma");
+    int mid_close = !strcmp(mode, "close");
     int g;
     int c = open_container(1, &g);
     size_t len = 1 << 20;
@@ -37,7 +50,7 @@ int main(int argc, char **argv) {
     int go[2];
     CHECK(pipe(go) == 0, "pipe");
     pid_t child = -1;
-    if (!mid_map) {
+    if (!strcmp(mode, "idle")) {
         fflush(stdout);
         child = fork();
         CHECK(child >= 0, "fork");
@@ -63,6 +76,35 @@ int main(int argc, char **argv) {
         int r = dma_map(c, m, 1ull << 32, big);
         CHECK(r == -1 && errno == EIO, "MAP_DMA interrupted by the broker's death: EIO (r=%d)", r);
         munmap(m, big);
+    } else if (mid_dma) {
+        struct vfio_region_info r0 = { .argsz = sizeof r0, .index = VFIO_PCI_BAR0_REGION_INDEX };
+        CHECK(ioctl(dev, VFIO_DEVICE_GET_REGION_INFO, &r0) == 0, "REGION_INFO");
+        uint64_t src = 0, dst = 0x100000, n = 4096;
+        uint32_t cmd = 1 | 2; /* START | TO_MEMORY */
+        long done = 0;
+        for (;;) {
+            if (pwrite(dev, &src, 8, r0.offset + 0x08) != 8 ||
+                pwrite(dev, &dst, 8, r0.offset + 0x10) != 8 ||
+                pwrite(dev, &n, 8, r0.offset + 0x18) != 8 ||
+                pwrite(dev, &cmd, 4, r0.offset + 0x20) != 4)
+                break;
+            done++;
+        }
+        CHECK(errno == EIO, "a transfer cut by the broker's death: EIO (after %ld)", done);
+    } else if (mid_close) {
+        double t0 = now();
+        int opened = 0, failed = 0;
+        while (now() - t0 < 1.5) {
+            int g0 = open("/dev/vfio/0", O_RDWR);
+            if (g0 < 0) {
+                CHECK(errno == EIO || errno == EBUSY, "open of group 0: EIO or EBUSY only");
+                failed++;
+                continue;
+            }
+            opened++;
+            CHECK(close(g0) == 0, "close returns 0 whatever the broker does");
+        }
+        CHECK(opened > 0, "opened group 0 (%d failed)", failed);
     } else {
         char line[16];
         CHECK(fgets(line, sizeof line, stdin) && !strncmp(line, "go", 2), "go");

@@ -428,15 +428,20 @@ impl Server {
             let Ok(r) = wire::recv_soon(fd) else {
                 return false;
             };
-            let Msg::Req(creds, req) = r.msg else {
+            let Msg::Req(creds, instance, req) = r.msg else {
                 for f in r.fds {
                     sys::close(f);
                 }
                 continue;
             };
-            let (reply, payload, fds) = self.hub.serving(client, fd, creds, || {
-                self.request(client, req, &r.payload, &r.fds)
-            });
+            let (reply, payload, fds) = if instance != 0 && instance != self.instance {
+                // A file of a broker that is gone: nothing here is its object.
+                (Msg::Err(libc::EIO), Vec::new(), Vec::new())
+            } else {
+                self.hub.serving(client, fd, creds, || {
+                    self.request(client, req, &r.payload, &r.fds)
+                })
+            };
             for f in r.fds {
                 sys::close(f);
             }

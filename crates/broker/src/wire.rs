@@ -211,8 +211,10 @@ pub enum Msg {
     /// through another.
     Welcome(u32, u64),
     /// A request with the caller's credentials (`None` for requests that cannot pin: the
-    /// broker keeps the latest it was sent).
-    Req(Option<TaskCreds>, Request),
+    /// broker keeps the latest it was sent), and the broker instance the file it is about
+    /// came from (0: it is about no file). A broker answers a request about another
+    /// instance's file with EIO: an old file never reaches a new broker's objects.
+    Req(Option<TaskCreds>, u64, Request),
     /// A callback.
     Cb(Callback),
     /// A callback that needs no answer (flush, unpin): sent on a request's own connection,
@@ -456,6 +458,7 @@ mod tests {
                 memlock_limit_pages: 16,
                 mlocked_pages: 3,
             }),
+            7,
             Request::Ioctl {
                 obj: Obj::Container(3),
                 req: 0x3b71,

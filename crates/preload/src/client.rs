@@ -295,6 +295,21 @@ fn connect(client: Option<u32>) -> Result<(i32, u32, u64), Errno> {
     Err(Errno::EIO)
 }
 
+thread_local! {
+    /// The broker instance of the file the emulated call in progress on this thread is about
+    /// (0: none), sent with its requests.
+    static FILE_INSTANCE: std::cell::Cell<u64> = const { std::cell::Cell::new(0) };
+}
+
+/// Runs `f`, an emulated call about a file of broker instance `instance`: its requests carry
+/// the instance, and a broker that is not that one refuses them (EIO).
+pub(crate) fn about_file<R>(instance: u64, f: impl FnOnce() -> R) -> R {
+    let old = FILE_INSTANCE.try_with(|c| c.replace(instance)).unwrap_or(0);
+    let r = f();
+    let _ = FILE_INSTANCE.try_with(|c| c.set(old));
+    r
+}
+
 /// The broker instance this process is a client of now (0: none, or its broker is gone).
 static INSTANCE: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
 /// The last broker instance this process was a client of (to notice a new one).
@@ -495,7 +510,8 @@ fn exchange(fd: i32, req: Request, payload: &[u8], fds: &[i32]) -> Result<Receiv
         Request::Ioctl { req, .. } => Some(creds(req == type1_uapi::nr::VFIO_IOMMU_MAP_DMA)),
         _ => None,
     };
-    wire::send(fd, &Msg::Req(creds, req), payload, fds)?;
+    let file = FILE_INSTANCE.try_with(|f| f.get()).unwrap_or(0);
+    wire::send(fd, &Msg::Req(creds, file, req), payload, fds)?;
     loop {
         let r = wire::recv_soon(fd)?;
         match r.msg {

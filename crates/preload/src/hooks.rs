@@ -524,7 +524,7 @@ fn on_emulated<R>(
             } else {
                 state::object_of(fd)
             }?;
-            Some(f(obj))
+            Some(client::about_file(state::instance_of(fd), || f(obj)))
         })
         .unwrap_or(Some(Err(Errno::EIO)))
     })?;

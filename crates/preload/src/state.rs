@@ -78,6 +78,10 @@ impl FdTable {
     }
 
     /// Whether `fd` is a file of a broker that is gone.
+    fn instance_of(&self, fd: i32) -> u64 {
+        self.map.get(&fd).map_or(0, |(_, _, inst)| *inst)
+    }
+
     fn stale(&self, fd: i32) -> bool {
         self.map
             .get(&fd)
@@ -191,6 +195,11 @@ pub(crate) fn object_of(fd: i32) -> Option<Object> {
 /// about it).
 pub(crate) fn stale(fd: i32) -> bool {
     maybe_emulated(fd) && table().as_ref().is_some_and(|t| t.stale(fd))
+}
+
+/// The broker instance `fd`'s file came from (0 if it is not a known emulated file).
+pub(crate) fn instance_of(fd: i32) -> u64 {
+    table().as_ref().map_or(0, |t| t.instance_of(fd))
 }
 
 /// [`object_of`], and for an fd this process has not seen (inherited across `exec`,

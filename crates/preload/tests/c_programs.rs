@@ -709,8 +709,8 @@ fn kill_broker_during(exe: &Path, mode: &str, delay_ms: u64) -> String {
 }
 
 /// Issue 20: the broker killed under a process that holds a container, a group, a device
-/// and a mapping, with a forked child holding the same files, or in the middle of a 2 GiB
-/// MAP_DMA. Every call on the old files fails with EIO in both processes, before and after a
+/// and a mapping: idle with a forked child holding the same files, in the middle of a 2 GiB
+/// MAP_DMA, of device transfers, and of a loop that opens and closes a group. Every call on the old files fails with EIO in both processes, before and after a
 /// new broker starts, and never reaches the new broker's objects; the old mappings' pages
 /// are unpinned; a new container works.
 #[test]
@@ -723,8 +723,10 @@ fn a_dead_broker_leaves_dead_files_and_nothing_pinned() {
         out.contains("child ok") && out.contains("brokerdeath ok"),
         "{out}"
     );
-    let out = kill_broker_during(&exe, "map", 300);
-    assert!(out.contains("brokerdeath ok"), "{out}");
+    for mode in ["map", "dma", "close"] {
+        let out = kill_broker_during(&exe, mode, 300);
+        assert!(out.contains("brokerdeath ok"), "{mode}: {out}");
+    }
 }
 
 /// Issue 20: a process of this user that took the broker's name, and either listens and never
