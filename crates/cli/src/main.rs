@@ -146,7 +146,7 @@ enum Cmd {
         #[arg(long)]
         scale: bool,
         /// Largest simulated guest `--scale` runs with transparent huge pages (1T runs a
-        /// 1 TiB guest: minutes, and about 14 GB of this machine's memory).
+        /// 1 TiB guest: about 5 minutes, and a 10.8 GB peak on this machine).
         #[arg(long, default_value = "64G", value_parser = bench::parse_size)]
         scale_max: u64,
         /// Also run `seed` on the host with its flushes spread over this many cores (rows

@@ -1,7 +1,8 @@
 //! Numeric constants of `linux/vfio.h` that the engine interprets (C2).
 //!
-//! The engine takes flags as the raw bit sets of the uAPI so that unknown bits are rejected in
-//! exactly the kernel's order; the uAPI crate re-exports these rather than redefining them.
+//! The engine decodes the uAPI's flag words with these (`MapFlags::decode` and its kin) so that
+//! unknown bits are rejected in exactly the kernel's order; the uAPI crate re-exports them
+//! rather than redefining them.
 
 /// `VFIO_API_VERSION`.
 pub const VFIO_API_VERSION: i32 = 0;

@@ -10,7 +10,7 @@
 //!
 //! It is the one software page table of the project: `type1-host` keeps its domains in it,
 //! `type1-uapi`'s test double does too, and the simulator (`type1-sim`) uses it with 4 KiB
-//! leaves only, since its checker and IOTLB model reason page by page.
+//! leaves, and 2 MiB leaves on a machine with transparent huge pages (`thp`).
 
 use std::collections::BTreeMap;
 

@@ -289,6 +289,12 @@ fn connect(client: Option<u32>) -> Result<(i32, u32, u64), Errno> {
              (set TYPE1_BROKER to another name)",
             holders(&name)
         ));
+    } else if matches!(last.0, libc::EPIPE | libc::ECONNRESET) {
+        report(&format!(
+            "the broker @{name} closed every connection before answering (it serves at most \
+             {} connections at once): {last}",
+            type1_broker::server::MAX_CONNS
+        ));
     } else {
         report(&format!("cannot reach the broker @{name}: {last}"));
     }
