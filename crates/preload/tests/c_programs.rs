@@ -911,3 +911,43 @@ fn a_close_is_complete_when_it_returns() {
     let (ok, out, _) = run_preloaded(&exe, "reopen.jsonl");
     assert!(ok && out.contains("reopen ok"), "{out}");
 }
+
+/// Issue 20: connections that never say hello hold nothing for long. 64 of them are dropped by
+/// the broker after its hello deadline (each reads end of file), and a program served by the
+/// same broker meanwhile works.
+#[test]
+fn silent_connections_are_dropped_and_hold_nothing() {
+    let Some(exe) = compile("flow") else { return };
+    let lib = lib();
+    let dir = lib.parent().expect("library directory");
+    let broker = [dir.join("type1-broker"), dir.join("../type1-broker")]
+        .into_iter()
+        .find(|p| p.is_file())
+        .expect("type1-broker next to the library");
+    let name = type1_exec::fresh_broker_name();
+    let full = format!("type1-broker/{}/{name}", type1_host::sys::getuid());
+    let st = Command::new(&broker)
+        .arg(&full)
+        .env_remove("LD_PRELOAD")
+        .status()
+        .expect("start the broker");
+    assert!(st.success());
+    let silent: Vec<i32> = (0..64)
+        .map(|_| type1_host::sock::connect_abstract(&full).expect("connect"))
+        .collect();
+    // The broker is busy with 64 silent peers; a real client is still served.
+    let (ok, out, _) = run_with(&exe, &[], "silent.jsonl", &[("TYPE1_BROKER", &name)]);
+    assert!(ok, "{out}");
+    std::thread::sleep(std::time::Duration::from_millis(2500));
+    for fd in silent {
+        let mut buf = [0u8; 16];
+        // Dropped: end of file (or a reset), never a wait.
+        let _ = type1_host::sock::set_recv_timeout(fd, 1000);
+        let r = type1_host::sock::recv(fd, &mut buf);
+        assert!(
+            matches!(r, Ok((0, _)) | Err(type1_core::Errno(libc::ECONNRESET))),
+            "a silent connection is still open: {r:?}"
+        );
+        type1_host::sys::close(fd);
+    }
+}
