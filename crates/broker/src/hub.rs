@@ -453,17 +453,13 @@ impl Hub {
             .ok_or(DmaError::Unreachable)?;
         let page = (pa >> PAGE_SHIFT) - first;
         // Through the broker's own hold on the ring that pins the page, if it has one: no
-        // round trip to the process. The process never submits on a ring the broker holds
-        // (it makes no transfer but for a `Dma` callback, and those go only to runs the broker
-        // cannot reach), so the ring has one submitter. A failure (the slot emptied by an
-        // unpin racing this transfer, a ring that cannot be mapped here) falls back to the
-        // process, which answers for its pages as it did before the broker held anything.
-        if run.held.is_some()
-            && self
-                .dma_held(&run, page, pa % PAGE_SIZE, buf, to_memory)
-                .is_ok()
-        {
-            return Ok(());
+        // round trip to the process. The process never submits on a ring the broker can
+        // reach (it makes no transfer but for a `Dma` callback, and those go only to runs of
+        // rings the broker cannot map), so every ring has one submitter. A transfer that
+        // fails there (its slot emptied by an unpin racing it) fails: the process's record of
+        // the slot is gone too.
+        if let Some(r) = self.try_held(&run, page, pa % PAGE_SIZE, buf, to_memory) {
+            return r;
         }
         let local = ((run.local + page) << PAGE_SHIFT) | (pa % PAGE_SIZE);
         let cb = Callback::Dma {
@@ -502,18 +498,38 @@ impl Hub {
         buf: &mut [u8],
         to_memory: bool,
     ) -> Result<(), DmaError> {
-        let (ring, slot, addr) = run.held.as_ref().ok_or(DmaError::Unreachable)?;
-        // Held for the whole transfer: the pipe carries one transfer's bytes at a time.
-        let guard = self.bounce().ok_or(DmaError::Unreachable)?;
-        let bounce = (*guard).ok_or(DmaError::Unreachable)?;
+        self.try_held(run, page, off, buf, to_memory)
+            .unwrap_or(Err(DmaError::Unreachable))
+    }
+
+    /// [`Self::dma_held`]: `None` when the broker cannot reach the run's ring at all (it holds
+    /// no duplicate, or cannot map it), so that only the process can.
+    fn try_held(
+        &self,
+        run: &Run,
+        page: u64,
+        off: u64,
+        buf: &mut [u8],
+        to_memory: bool,
+    ) -> Option<Result<(), DmaError>> {
+        let (ring, slot, addr) = run.held.as_ref()?;
+        // Held for the whole transfer: the pipe carries one transfer's bytes at a time. Without
+        // it the transfer fails here rather than go to the process (which must never submit
+        // on a ring the broker may submit on).
+        let Some(guard) = self.bounce() else {
+            return Some(Err(DmaError::Unreachable));
+        };
+        let Some(bounce) = *guard else {
+            return Some(Err(DmaError::Unreachable));
+        };
         let dir = if to_memory {
             Dir::ToPage
         } else {
             Dir::FromPage
         };
-        ring.with_ring(|r| r.transfer(*slot, addr + page * PAGE_SIZE + off, buf, dir, bounce))
-            .ok_or(DmaError::Unreachable)?
-            .map_err(|_| DmaError::Unreachable)
+        let r =
+            ring.with_ring(|r| r.transfer(*slot, addr + page * PAGE_SIZE + off, buf, dir, bounce))?;
+        Some(r.map_err(|_| DmaError::Unreachable))
     }
 
     fn simple(&self, client: u32, cb: Callback) -> Result<Msg, PlatformError> {
