@@ -1,5 +1,5 @@
 //! `type1 bench`: the series' cost table (spec F11: map, unmap, teardown, with and without the
-//! flush) from three workloads, against the machine's floors measured in the same run.
+//! flush) from four workloads, against the machine's floors measured in the same run.
 //!
 //! * **host**: a guest of `--guest-size` in the region sizes QEMU's q35 uses (640 KiB, the rest
 //!   of the low 2 GiB, and everything above 4 GiB) plus an `--aperture` (a GPU BAR's worth of
@@ -7,17 +7,20 @@
 //!   CLFLUSHOPT; then the aperture unmapped; then teardown by detaching the last group. The
 //!   memory is faulted in once, before (its cost is the `fault-in` floor), and written before
 //!   every run so that each starts with dirty lines; `--reps` rounds, medians.
+//! * **emulated**: what an unmodified program sees through `/dev/vfio` (`crate::emulated`).
 //! * **sim**: the same phases on the simulator, at a size it holds (`--sim-size`, scaled).
 //! * **qemu**: an unmodified QEMU boots a small Linux guest (`scripts/guest.sh`) with the
-//!   non-coherent device under the emulation and quits; map, unmap and teardown times come
-//!   from the trace's `ns` stamps. Also the same boot without the device, with
-//!   `-mem-prealloc`, for the boot-time target.
+//!   non-coherent device under the emulation and quits, timed as whole processes against the
+//!   same boot without the device and with `-mem-prealloc` (median of interleaved rounds);
+//!   map, unmap and teardown times come from the last round's trace `ns` stamps.
 //!
 //! Floors over the host workload's own first buffer: faulting in, `memset`, CLFLUSHOPT with
 //! the lines clean and dirty. Output: a table, `--json FILE`, `--plot FILE.svg`.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::Instant;
+
+pub(crate) use crate::model::{gib, qemu_regions, row, BenchOpts, Floors, Row, APERTURE_IOVA};
 
 use anyhow::{anyhow, bail, Context, Result};
 use serde::Serialize;
@@ -27,35 +30,6 @@ use type1_host::{floor, sys, HostConfig, HostPlatform};
 
 /// The cover letter's ratios (with flush / without), spec F11.
 const COVER: [(&str, f64); 3] = [("map", 1.85), ("unmap", 4.36), ("teardown", 3.40)];
-
-/// What to run.
-#[derive(Clone, Debug)]
-pub struct BenchOpts {
-    /// Guest RAM of the host workload, bytes.
-    pub guest: u64,
-    /// Aperture, bytes.
-    pub aperture: u64,
-    /// Total size of the sim workload, bytes.
-    pub sim_size: u64,
-    /// Guest RAM of the qemu workload, bytes.
-    pub qemu_mem: u64,
-    /// Policies.
-    pub policies: Vec<String>,
-    /// Workloads (`host`, `sim`, `qemu`).
-    pub workloads: Vec<String>,
-    /// `--json FILE`.
-    pub json: Option<PathBuf>,
-    /// `--plot FILE.svg`.
-    pub plot: Option<PathBuf>,
-    /// Rounds of the host workload (medians).
-    pub reps: usize,
-    /// `--scale` instead of the workloads.
-    pub scale: bool,
-    /// Largest simulated guest of `--scale` (bytes).
-    pub scale_max: u64,
-    /// Cores for the extra `seed@Ncpu` host rows (1: none).
-    pub flush_threads: usize,
-}
 
 /// Parses a size: `4G`, `512M`, `64K`, or bytes.
 pub fn parse_size(s: &str) -> Result<u64, String> {
@@ -81,40 +55,6 @@ pub fn parse_size(s: &str) -> Result<u64, String> {
         .ok_or_else(|| format!("{s:?}: a size must be a positive multiple of 4K"))
 }
 
-/// One measured phase.
-#[derive(Clone, Debug, Serialize)]
-pub struct Row {
-    /// `host`, `sim` or `qemu`.
-    pub platform: String,
-    /// What ran (`guest 4G + aperture 1G`).
-    pub workload: String,
-    /// `map`, `unmap` or `teardown`.
-    pub phase: String,
-    /// Flush policy.
-    pub policy: String,
-    /// 4 KiB pages the phase moved.
-    pub pages: u64,
-    /// Nanoseconds.
-    pub ns: u64,
-    /// Nanoseconds per page.
-    pub ns_per_page: f64,
-}
-
-/// The floors, ns per 4 KiB page.
-#[derive(Clone, Copy, Debug, Default, Serialize)]
-pub struct Floors {
-    /// CLFLUSHOPT (or what CPUID offers) of every line, none cached.
-    pub flush_ns_per_page_clean: f64,
-    /// The same with every line dirty.
-    pub flush_ns_per_page_dirty: f64,
-    /// `memset`.
-    pub memset_ns_per_page: f64,
-    /// Faulting fresh anonymous memory in (`MADV_POPULATE_WRITE`).
-    pub populate_ns_per_page: f64,
-    /// CPU clock, Hz (0 if unknown).
-    pub cpu_hz: f64,
-}
-
 #[derive(Serialize)]
 struct Report<'a> {
     floor: Floors,
@@ -137,54 +77,6 @@ pub struct QemuBoot {
 
 /// Boots of each kind the qemu workload times (the median is reported).
 const QEMU_RUNS: usize = 5;
-
-pub(crate) fn row(
-    platform: &str,
-    workload: &str,
-    phase: &str,
-    policy: &str,
-    pages: u64,
-    ns: u64,
-) -> Row {
-    Row {
-        platform: platform.into(),
-        workload: workload.into(),
-        phase: phase.into(),
-        policy: policy.into(),
-        pages,
-        ns,
-        ns_per_page: if pages == 0 {
-            0.0
-        } else {
-            ns as f64 / pages as f64
-        },
-    }
-}
-
-pub(crate) fn gib(b: u64) -> String {
-    if b % (1 << 30) == 0 {
-        format!("{}G", b >> 30)
-    } else {
-        format!("{}M", b >> 20)
-    }
-}
-
-/// The regions QEMU's q35 machine maps for `guest` bytes of RAM: `(iova, offset in the
-/// buffer, size)`.
-pub(crate) fn qemu_regions(guest: u64) -> Vec<(u64, u64, u64)> {
-    let low = guest.min(2 << 30);
-    let mut v = vec![(0, 0, (640 << 10).min(low))];
-    if low > 0xc_0000 {
-        v.push((0xc_0000, 0xc_0000, low - 0xc_0000));
-    }
-    if guest > low {
-        v.push((4 << 30, low, guest - low));
-    }
-    v
-}
-
-/// Where the aperture sits in the IOVA space (above any guest RAM here).
-pub(crate) const APERTURE_IOVA: u64 = 1 << 40;
 
 /// Map, unmap (the aperture) and teardown of one policy on `p`, over memory at `base` (guest)
 /// and `ap` (aperture): nanoseconds of each phase.

@@ -6,7 +6,7 @@
 //! `libtype1_preload.so` (`type1_exec`, a fresh broker per run): it uses only libc's `open`,
 //! `ioctl`, `pread` and `pwrite` (`type1_host::vfio_client`), as a VMM does, and so takes the
 //! path a user's program takes. In one process it measures:
-//! * the host workload (`bench::qemu_regions` of the guest plus the aperture, 4 KiB pages,
+//! * the host workload (`model::qemu_regions` of the guest plus the aperture, 4 KiB pages,
 //!   every line dirty): MAP, UNMAP of the aperture, and teardown (`UNSET_CONTAINER`);
 //! * MAP and UNMAP of a prefaulted transparent-huge-page buffer, and the raw CLFLUSHOPT time
 //!   of the same bytes with clean lines, measured in that process: the flush floor a MAP is
@@ -24,7 +24,7 @@ use type1_core::PAGE_SIZE;
 use type1_host::vfio_client as vc;
 use type1_host::{floor, sys};
 
-use crate::bench::{qemu_regions, row, BenchOpts, Row, APERTURE_IOVA};
+use crate::model::{gib, qemu_regions, row, BenchOpts, Row, APERTURE_IOVA};
 
 /// The non-coherent group of the default machine and its device.
 const GROUP: &std::ffi::CStr = c"/dev/vfio/1";
@@ -278,12 +278,8 @@ pub fn run(o: &BenchOpts, bar: &indicatif::ProgressBar, rows: &mut Vec<Row>) -> 
     }
     let _ = std::fs::remove_dir_all(&dir);
     let pages = |b: u64| b / PAGE_SIZE;
-    let workload = format!(
-        "guest {} + aperture {}",
-        crate::bench::gib(o.guest),
-        crate::bench::gib(o.aperture)
-    );
-    let thp_workload = format!("THP {} prefaulted", crate::bench::gib(thp));
+    let workload = format!("guest {} + aperture {}", gib(o.guest), gib(o.aperture));
+    let thp_workload = format!("THP {} prefaulted", gib(thp));
     let all: Vec<u64> = results
         .iter()
         .flatten()

@@ -11,6 +11,7 @@
 mod bench;
 mod checkcmd;
 mod emulated;
+mod model;
 mod plot;
 mod story;
 

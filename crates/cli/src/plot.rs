@@ -6,7 +6,7 @@ use std::path::Path;
 use anyhow::{anyhow, Result};
 use plotters::prelude::*;
 
-use crate::bench::{Floors, Row};
+use crate::model::{Floors, Row};
 
 const COLORS: [RGBColor; 6] = [
     RGBColor(0x4c, 0x72, 0xb0),
