@@ -161,13 +161,21 @@ pub const PLAIN_RANGES: [std::ops::Range<u64>; 3] = [
     BUFFER_OFFSET..BAR0_SIZE,
 ];
 
+/// Whether a write of `len` bytes at BAR0 offset `off` lies wholly inside one plain range
+/// ([`PLAIN_RANGES`]): decided before the bytes are read.
+pub fn is_plain(off: u64, len: usize) -> bool {
+    let Some(end) = off.checked_add(len as u64) else {
+        return false;
+    };
+    len > 0 && PLAIN_RANGES.iter().any(|r| r.start <= off && end <= r.end)
+}
+
 /// The bytes a write of `data` at BAR0 offset `off` stores, when the write lies wholly inside
 /// one plain range ([`PLAIN_RANGES`]) and so needs nothing of the model; `None` when the model
 /// must see it (`DMA_CMD`, `STATUS`, read-only and reserved registers, or a write across
 /// ranges).
 pub fn plain_write(off: u64, data: &[u8]) -> Option<Vec<u8>> {
-    let end = off.checked_add(data.len() as u64)?;
-    if data.is_empty() || !PLAIN_RANGES.iter().any(|r| r.start <= off && end <= r.end) {
+    if !is_plain(off, data.len()) {
         return None;
     }
     Some(

@@ -233,12 +233,16 @@ pub(super) fn bar0_access(
     len: usize,
     write: bool,
 ) -> Result<Option<usize>, Errno> {
-    use type1_uapi::device::{plain_write, BAR0_SIZE};
+    use type1_uapi::device::{is_plain, plain_write, BAR0_SIZE};
     if pos
         .checked_add(len as u64)
         .is_none_or(|end| end > BAR0_SIZE)
         || len == 0
     {
+        return Ok(None);
+    }
+    // A write the model must see: decided without reading the caller's bytes.
+    if write && !is_plain(pos, len) {
         return Ok(None);
     }
     let mut tmp = [0u8; 64];
