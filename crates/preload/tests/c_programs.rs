@@ -951,3 +951,14 @@ fn silent_connections_are_dropped_and_hold_nothing() {
         type1_host::sys::close(fd);
     }
 }
+
+/// The fast-path issue: the register image in shared memory keeps the device one set of
+/// registers, as on hardware: plain writes made in one process are what another reads and what
+/// the device uses when that other process starts it, and a thread polling STATUS during
+/// transfers sees only whole states.
+#[test]
+fn registers_are_one_set_across_processes_and_threads() {
+    let Some(exe) = compile("regshare") else { return };
+    let (ok, out, _) = run_preloaded(&exe, "regshare.jsonl");
+    assert!(ok && out.contains("regshare ok"), "{out}");
+}
