@@ -958,7 +958,9 @@ fn silent_connections_are_dropped_and_hold_nothing() {
 /// transfers sees only whole states.
 #[test]
 fn registers_are_one_set_across_processes_and_threads() {
-    let Some(exe) = compile("regshare") else { return };
+    let Some(exe) = compile("regshare") else {
+        return;
+    };
     let (ok, out, _) = run_preloaded(&exe, "regshare.jsonl");
     assert!(ok && out.contains("regshare ok"), "{out}");
 }
