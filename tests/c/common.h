@@ -10,6 +10,9 @@
 #include <sys/mman.h>
 #include <unistd.h>
 #include <linux/vfio.h>
+#include <linux/capability.h>
+#include <sys/resource.h>
+#include <sys/syscall.h>
 
 #define CHECK(cond, ...) do { if (!(cond)) { fprintf(stderr, "FAIL %s:%d: ", __FILE__, __LINE__); \
     fprintf(stderr, __VA_ARGS__); fprintf(stderr, " (errno %d %s)\n", errno, strerror(errno)); exit(1); } } while (0)
@@ -71,4 +74,16 @@ static inline int dma_unmap(int c, uint64_t iova, uint64_t size, uint64_t *unmap
     int r = ioctl(c, VFIO_IOMMU_UNMAP_DMA, &u);
     if (unmapped) *unmapped = u.size;
     return r;
+}
+
+/* RLIMIT_MEMLOCK of `limit` bytes and no CAP_IPC_LOCK: VFIO's pins then count against it. */
+static inline void drop_ipc_lock(long limit) {
+    struct __user_cap_header_struct h = { .version = _LINUX_CAPABILITY_VERSION_3 };
+    struct __user_cap_data_struct d[2];
+    CHECK(syscall(SYS_capget, &h, d) == 0, "capget");
+    d[0].effective &= ~(1u << CAP_IPC_LOCK);
+    d[0].permitted &= ~(1u << CAP_IPC_LOCK);
+    CHECK(syscall(SYS_capset, &h, d) == 0, "capset");
+    struct rlimit rl = { limit, limit };
+    CHECK(setrlimit(RLIMIT_MEMLOCK, &rl) == 0, "setrlimit");
 }

@@ -43,15 +43,18 @@ static inline void region(uint32_t index, struct vfio_region_info *r) {
 }
 
 
-/* COMMAND.BME (bus master enable) of `dev` on or off, through the config region. */
-static inline void set_bus_master(int on) {
+/* Bits `mask` of `dev`'s config COMMAND register on or off, through the config region. */
+static inline void set_command_bits(uint16_t mask, int on) {
     struct vfio_region_info cfg;
     region(VFIO_PCI_CONFIG_REGION_INDEX, &cfg);
     uint16_t cmd = 0;
     CHECK(pread(dev, &cmd, 2, cfg.offset + 4) == 2, "read COMMAND");
-    cmd = on ? (cmd | 4) : (cmd & ~4);
+    cmd = on ? (cmd | mask) : (cmd & ~mask);
     CHECK(pwrite(dev, &cmd, 2, cfg.offset + 4) == 2, "write COMMAND");
 }
+
+/* COMMAND.BME (bus master enable) of `dev` on or off. */
+static inline void set_bus_master(int on) { set_command_bits(4, on); }
 
 /* The non-coherent group's device (0000:00:05.0) as `dev`, with `bar0` set and bus mastering
  * on. */

@@ -28,15 +28,8 @@ static int set_block(uint32_t index, uint32_t flags, uint32_t start, uint32_t n,
     return ioctl(dev, VFIO_DEVICE_SET_IRQS, s);
 }
 
-/* COMMAND.INTX_DISABLE (bit 10) on or off, through the config region. */
-static void set_intx_disable(int on) {
-    struct vfio_region_info cfg;
-    region(VFIO_PCI_CONFIG_REGION_INDEX, &cfg);
-    uint16_t cmd = 0;
-    CHECK(pread(dev, &cmd, 2, cfg.offset + 4) == 2, "read COMMAND");
-    cmd = on ? (cmd | 0x400) : (cmd & ~0x400);
-    CHECK(pwrite(dev, &cmd, 2, cfg.offset + 4) == 2, "write COMMAND");
-}
+/* COMMAND.INTX_DISABLE (bit 10) on or off. */
+static void set_intx_disable(int on) { set_command_bits(0x400, on); }
 
 static int set_irqs(uint32_t index, uint32_t flags, uint32_t n, int fd) {
     return set_block(index, flags, 0, n, &fd);

@@ -3,19 +3,9 @@
  * of 512 KiB is ENOMEM; after munlock it succeeds. */
 #define _GNU_SOURCE
 #include "common.h"
-#include <linux/capability.h>
-#include <sys/resource.h>
-#include <sys/syscall.h>
 
 int main(void) {
-    struct __user_cap_header_struct h = { .version = _LINUX_CAPABILITY_VERSION_3 };
-    struct __user_cap_data_struct d[2];
-    CHECK(syscall(SYS_capget, &h, d) == 0, "capget");
-    d[0].effective &= ~(1u << CAP_IPC_LOCK);
-    d[0].permitted &= ~(1u << CAP_IPC_LOCK);
-    CHECK(syscall(SYS_capset, &h, d) == 0, "capset");
-    struct rlimit rl = { 1 << 20, 1 << 20 };
-    CHECK(setrlimit(RLIMIT_MEMLOCK, &rl) == 0, "setrlimit");
+    drop_ipc_lock(1 << 20);
     int g;
     int c = open_container(1, &g);
     unsigned char *locked = map_anon(768 << 10);

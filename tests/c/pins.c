@@ -312,17 +312,6 @@ static void check_no_uring(void) {
 
 /* RLIMIT_MEMLOCK without CAP_IPC_LOCK: a failed MAP leaves nothing charged, so a MAP of exactly
  * the limit succeeds and one page past it is ENOMEM, as in the kernel. */
-static void drop_ipc_lock(long limit) {
-    struct __user_cap_header_struct h = { .version = _LINUX_CAPABILITY_VERSION_3 };
-    struct __user_cap_data_struct d[2];
-    CHECK(syscall(SYS_capget, &h, d) == 0, "capget");
-    d[0].effective &= ~(1u << CAP_IPC_LOCK);
-    d[0].permitted &= ~(1u << CAP_IPC_LOCK);
-    CHECK(syscall(SYS_capset, &h, d) == 0, "capset");
-    struct rlimit rl = { limit, limit };
-    CHECK(setrlimit(RLIMIT_MEMLOCK, &rl) == 0, "setrlimit");
-}
-
 static void check_rlimit(void) {
     unsigned char *ro = mmap(NULL, 4 * 4096, PROT_READ, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
     CHECK(ro != MAP_FAILED, "mmap");
