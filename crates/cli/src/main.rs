@@ -13,6 +13,7 @@ mod checkcmd;
 mod emulated;
 mod model;
 mod plot;
+mod scale;
 mod story;
 
 use std::{path::PathBuf, process::ExitCode};

@@ -119,3 +119,7 @@ pub(crate) fn qemu_regions(guest: u64) -> Vec<(u64, u64, u64)> {
 
 /// Where the aperture sits in the IOVA space (above any guest RAM here).
 pub(crate) const APERTURE_IOVA: u64 = 1 << 40;
+
+/// The heap counter is the process's: tests that allocate much, or measure it, take turns.
+#[cfg(test)]
+pub(crate) static HEAP: std::sync::Mutex<()> = std::sync::Mutex::new(());
