@@ -942,7 +942,7 @@ fn silent_connections_are_dropped_and_hold_nothing() {
     for fd in silent {
         let mut buf = [0u8; 16];
         // Dropped: end of file (or a reset), never a wait.
-        let _ = type1_host::sock::set_recv_timeout(fd, 1000);
+        let _ = type1_host::sock::set_recv_timeout(fd, 5000);
         let r = type1_host::sock::recv(fd, &mut buf);
         assert!(
             matches!(r, Ok((0, _)) | Err(type1_core::Errno(libc::ECONNRESET))),
