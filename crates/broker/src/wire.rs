@@ -306,8 +306,8 @@ pub fn stats() -> WireStats {
 fn within_run_bound(msg: &Msg) -> bool {
     match msg {
         Msg::Pages(r) => r.len() <= MAX_RUNS,
-        Msg::Cb(Callback::Unpin(r)) | Msg::Note(Callback::Unpin(r)) => r.len() <= MAX_RUNS,
-        Msg::Cb(Callback::Flush(r)) | Msg::Note(Callback::Flush(r)) => r.len() <= MAX_RUNS,
+        Msg::Cb(Callback::Unpin(r) | Callback::Flush(r))
+        | Msg::Note(Callback::Unpin(r) | Callback::Flush(r)) => r.len() <= MAX_RUNS,
         _ => true,
     }
 }

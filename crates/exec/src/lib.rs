@@ -38,6 +38,15 @@ pub fn find_library_near(exe: &Path) -> Option<PathBuf> {
     .map(|(_, p)| p)
 }
 
+/// The broker executable the library at `library` starts: `type1-broker` next to it, or one
+/// level up (the library is cargo's copy in `deps/`), as the library itself looks for it.
+pub fn find_broker_near(library: &Path) -> Option<PathBuf> {
+    let dir = library.parent()?;
+    [dir.join("type1-broker"), dir.join("../type1-broker")]
+        .into_iter()
+        .find(|p| p.is_file())
+}
+
 /// Options of one preloaded run.
 #[derive(Clone, Debug)]
 pub struct ExecOptions {
@@ -140,10 +149,7 @@ impl Drop for BrokerHold {
 /// and connects to it as a client that stays. `None` if that cannot be done here (the
 /// program's library then starts the broker itself, as without `type1 exec`).
 fn hold_broker(opts: &ExecOptions, name: &str) -> Option<BrokerHold> {
-    let dir = opts.library.parent()?;
-    let exe = [dir.join("type1-broker"), dir.join("../type1-broker")]
-        .into_iter()
-        .find(|p| p.is_file())?;
+    let exe = find_broker_near(&opts.library)?;
     let uid = type1_host::sys::getuid();
     let full = type1_broker::wire::socket_name(Some(name), uid, "");
     let mut cmd = Command::new(&exe);

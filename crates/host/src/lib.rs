@@ -478,9 +478,7 @@ impl HostPlatform {
 
 impl Drop for HostPlatform {
     fn drop(&mut self) {
-        for h in self.pins.drain() {
-            self.release(h);
-        }
+        self.unpin_all();
         self.rings.clear();
         if let Some((r, w)) = self.bounce.take() {
             sys::close(r);

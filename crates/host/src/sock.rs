@@ -96,20 +96,25 @@ pub fn bind_abstract(name: &str) -> Result<i32, Errno> {
 pub fn connect_abstract(name: &str) -> Result<i32, Errno> {
     let (a, len) = abstract_addr(name)?;
     let fd = socket()?;
+    if let Err(e) = connect_to(fd, &a, len) {
+        crate::sys::close(fd);
+        return Err(e);
+    }
+    Ok(fd)
+}
+
+/// `connect(fd, a)`.
+fn connect_to(fd: i32, a: &libc::sockaddr_un, len: u32) -> Result<(), Errno> {
     // SAFETY: `a` is a valid sockaddr_un of `len` bytes.
     let r = unsafe {
         libc::syscall(
             libc::SYS_connect,
             fd,
-            &a as *const libc::sockaddr_un,
+            a as *const libc::sockaddr_un,
             len as libc::socklen_t,
         )
     };
-    if let Err(e) = check(r) {
-        crate::sys::close(fd);
-        return Err(e);
-    }
-    Ok(fd)
+    check(r).map(|_| ())
 }
 
 /// [`connect_abstract`] that gives up after `timeout_ms` (ETIMEDOUT) when the listener's
@@ -127,17 +132,8 @@ pub fn connect_abstract_within(name: &str, timeout_ms: u64) -> Result<i32, Errno
     }
     let start = std::time::Instant::now();
     loop {
-        // SAFETY: `a` is a valid sockaddr_un of `len` bytes.
-        let r = unsafe {
-            libc::syscall(
-                libc::SYS_connect,
-                fd,
-                &a as *const libc::sockaddr_un,
-                len as libc::socklen_t,
-            )
-        };
-        match check(r) {
-            Ok(_) => break,
+        match connect_to(fd, &a, len) {
+            Ok(()) => break,
             // A full queue: wait for room, up to the deadline.
             Err(Errno(libc::EAGAIN)) | Err(Errno(libc::EINPROGRESS)) => {
                 let left = (timeout_ms as u128).saturating_sub(start.elapsed().as_millis());

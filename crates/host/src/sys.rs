@@ -612,24 +612,24 @@ pub unsafe fn mmap_rw(addr: u64, len: u64, flags: i32, fd: i32, off: u64) -> Res
     check(r).map(|a| a as u64)
 }
 
-/// `(st_dev, st_ino, st_size)` of an open file (`fstat`).
-pub fn fstat_id(fd: i32) -> Result<(u64, u64, u64), Errno> {
+/// `fstat(fd)`.
+fn fstat(fd: i32) -> Result<libc::stat, Errno> {
     // SAFETY: an all-zero `stat` is a valid value of this plain C struct.
     let mut st: libc::stat = unsafe { std::mem::zeroed() };
     // SAFETY: `st` is a valid out-parameter for fstat.
     let r = unsafe { libc::syscall(libc::SYS_fstat, fd, &mut st as *mut libc::stat) };
     check(r)?;
-    Ok((st.st_dev, st.st_ino, st.st_size as u64))
+    Ok(st)
+}
+
+/// `(st_dev, st_ino, st_size)` of an open file (`fstat`).
+pub fn fstat_id(fd: i32) -> Result<(u64, u64, u64), Errno> {
+    fstat(fd).map(|st| (st.st_dev, st.st_ino, st.st_size as u64))
 }
 
 /// `(st_mode, st_uid)` of an open file (`fstat`).
 pub fn fstat_mode(fd: i32) -> Result<(u32, u32), Errno> {
-    // SAFETY: an all-zero `stat` is a valid value of this plain C struct.
-    let mut st: libc::stat = unsafe { std::mem::zeroed() };
-    // SAFETY: `st` is a valid out-parameter for fstat.
-    let r = unsafe { libc::syscall(libc::SYS_fstat, fd, &mut st as *mut libc::stat) };
-    check(r)?;
-    Ok((st.st_mode, st.st_uid))
+    fstat(fd).map(|st| (st.st_mode, st.st_uid))
 }
 
 /// The calling process's effective user id.

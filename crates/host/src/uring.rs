@@ -12,8 +12,9 @@
 //! `IORING_REGISTER_BUFFERS_UPDATE` (the pin) and emptied the same way (the unpin). Device DMA
 //! reaches a pinned page with `IORING_OP_READ_FIXED` (pipe → page: the device writes memory)
 //! and `IORING_OP_WRITE_FIXED` (page → pipe: the device reads memory) against a private bounce
-//! pipe, which io_uring serves inline (a file would go to a worker thread); the address in the request only selects the offset inside the registered buffer,
-//! so it is the address the page had *when it was pinned*.
+//! pipe, which io_uring serves inline (a file would go to a worker thread); the address in the
+//! request only selects the offset inside the registered buffer, so it is the address the page
+//! had *when it was pinned*.
 //!
 //! Everything is a raw system call (no libc wrapper an LD_PRELOAD library could interpose).
 //! Registering a huge-page-backed buffer costs time in proportion to the table's size (the

@@ -340,10 +340,9 @@ pub(crate) fn client_id() -> Result<u32, Errno> {
     }
     let (fd, id, inst) = connect(None)?;
     *g = Some((pid, id, fd));
-    let old = INSTANCE.swap(inst, std::sync::atomic::Ordering::AcqRel);
+    INSTANCE.store(inst, std::sync::atomic::Ordering::Release);
     let known = LAST_INSTANCE.swap(inst, std::sync::atomic::Ordering::AcqRel);
     drop(g);
-    let _ = old;
     if known != 0 && known != inst {
         // The broker that held this process's mappings is gone, and with it every mapping:
         // nothing may stay pinned for them.

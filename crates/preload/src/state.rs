@@ -77,15 +77,9 @@ impl FdTable {
         (identity(fd) == Some(*id)).then_some(*obj)
     }
 
-    /// Whether `fd` is a file of a broker that is gone.
+    /// The broker instance `fd`'s file came from (0: not a known emulated file).
     fn instance_of(&self, fd: i32) -> u64 {
         self.map.get(&fd).map_or(0, |(_, _, inst)| *inst)
-    }
-
-    fn stale(&self, fd: i32) -> bool {
-        self.map
-            .get(&fd)
-            .is_some_and(|(_, _, inst)| *inst != crate::client::instance())
     }
 
     fn insert(&mut self, fd: i32, obj: Object) {
@@ -190,15 +184,13 @@ pub(crate) fn object_of(fd: i32) -> Option<Object> {
     table().as_ref().and_then(|t| t.get(fd))
 }
 
-/// Whether `fd` is an emulated file of a broker that is gone (a new broker is a new machine:
-/// every call on such a file fails with EIO, and nothing is ever asked of the new broker
-/// about it).
-pub(crate) fn stale(fd: i32) -> bool {
-    maybe_emulated(fd) && table().as_ref().is_some_and(|t| t.stale(fd))
-}
-
-/// The broker instance `fd`'s file came from (0 if it is not a known emulated file).
+/// The broker instance `fd`'s file came from (0 if it is not a known emulated file). A file
+/// of an instance that is not the current one belongs to a broker that is gone: a new broker
+/// is a new machine, so every call on it fails with EIO and nothing is asked about it.
 pub(crate) fn instance_of(fd: i32) -> u64 {
+    if !maybe_emulated(fd) {
+        return 0;
+    }
     table().as_ref().map_or(0, |t| t.instance_of(fd))
 }
 

@@ -918,12 +918,7 @@ fn a_close_is_complete_when_it_returns() {
 #[test]
 fn silent_connections_are_dropped_and_hold_nothing() {
     let Some(exe) = compile("flow") else { return };
-    let lib = lib();
-    let dir = lib.parent().expect("library directory");
-    let broker = [dir.join("type1-broker"), dir.join("../type1-broker")]
-        .into_iter()
-        .find(|p| p.is_file())
-        .expect("type1-broker next to the library");
+    let broker = type1_exec::find_broker_near(&lib()).expect("type1-broker next to the library");
     let name = type1_exec::fresh_broker_name();
     let full = format!("type1-broker/{}/{name}", type1_host::sys::getuid());
     let st = Command::new(&broker)

@@ -193,6 +193,37 @@ pub fn plain_write(off: u64, data: &[u8]) -> Option<Vec<u8>> {
     )
 }
 
+/// The runs of whole 8-byte words (the last one possibly shorter) in which `now` differs from
+/// `was`; an unchanged 64-byte block is passed over in one comparison.
+fn changed_words(now: &[u8], was: &[u8]) -> Vec<std::ops::Range<usize>> {
+    let mut out = Vec::new();
+    let mut run: Option<usize> = None;
+    let mut i = 0;
+    while i < now.len() {
+        if run.is_none() && i % 64 == 0 {
+            let block = i..(i + 64).min(now.len());
+            if now[block.clone()] == was[block.clone()] {
+                i = block.end;
+                continue;
+            }
+        }
+        let word = i..(i + 8).min(now.len());
+        match (run, now[word.clone()] != was[word.clone()]) {
+            (None, true) => run = Some(i),
+            (Some(start), false) => {
+                out.push(start..i);
+                run = None;
+            }
+            _ => {}
+        }
+        i = word.end;
+    }
+    if let Some(start) = run {
+        out.push(start..now.len());
+    }
+    out
+}
+
 /// One emulated PCI function.
 #[derive(Clone, Debug)]
 pub struct PciDevice {
@@ -299,29 +330,9 @@ impl PciDevice {
             (split, self.buffer.as_slice()),
         ] {
             let was = &mut last[base..base + now.len()];
-            // 64-byte blocks compared at once; changed blocks stored word-run by word-run.
-            let mut i = 0;
-            while i < now.len() {
-                let end = (i + 64).min(now.len());
-                if now[i..end] == was[i..end] {
-                    i = end;
-                    continue;
-                }
-                let mut w = i;
-                while w < end {
-                    let we = (w + 8).min(end);
-                    if now[w..we] == was[w..we] {
-                        w = we;
-                        continue;
-                    }
-                    let start = w;
-                    while w < end && now[w..(w + 8).min(end)] != was[w..(w + 8).min(end)] {
-                        w = (w + 8).min(end);
-                    }
-                    m.store((base + start) as u64, &now[start..w]);
-                    was[start..w].copy_from_slice(&now[start..w]);
-                }
-                i = end;
+            for r in changed_words(now, was) {
+                m.store((base + r.start) as u64, &now[r.clone()]);
+                was[r.clone()].copy_from_slice(&now[r]);
             }
         }
     }

@@ -629,15 +629,10 @@ fn device_set_irqs<P: Platform>(v: &mut Vfio<P>, c: Call<'_>) -> Result<i64, Err
             }
             // An unmask eventfd (KVM's resampler) is accepted but not watched here.
             if !eventfds && act(0) {
-                let unmask = action == b::VFIO_IRQ_SET_ACTION_UNMASK;
-                v.devices
-                    .get_mut(&dev)
-                    .ok_or(Errno::EBADF)?
-                    .irqs
-                    .intx_masked = !unmask;
-                if unmask {
-                    v.raise_irq(dev);
+                if !v.devices.contains_key(&dev) {
+                    return Err(Errno::EBADF);
                 }
+                v.set_intx_masked(dev, action != b::VFIO_IRQ_SET_ACTION_UNMASK);
             }
         }
         (

@@ -617,17 +617,24 @@ impl<P: Platform> Vfio<P> {
         // vfio-pci virtualizes COMMAND.INTX_DISABLE: setting it masks INTx, clearing it
         // unmasks, and a device that still asserts its line then interrupts again (as the
         // level it is), whoever masked it before.
-        if let Some(d) = self.devices.get_mut(&dev) {
-            match (intx_was, d.dev.intx_enabled()) {
-                (true, false) => d.irqs.intx_masked = true,
-                (false, true) => {
-                    d.irqs.intx_masked = false;
-                    self.raise_irq(dev);
-                }
-                _ => {}
-            }
+        let intx_now = self.devices.get(&dev).map(|d| d.dev.intx_enabled());
+        if let Some(now) = intx_now.filter(|now| *now != intx_was) {
+            self.set_intx_masked(dev, !now);
         }
         Ok(n)
+    }
+
+    /// Masks or unmasks a device's INTx (`SET_IRQS` MASK/UNMASK, or the virtual
+    /// `COMMAND.INTX_DISABLE`); unmasking a device that still asserts its line interrupts
+    /// again, as a level does.
+    pub(crate) fn set_intx_masked(&mut self, dev: u32, masked: bool) {
+        let Some(d) = self.devices.get_mut(&dev) else {
+            return;
+        };
+        d.irqs.intx_masked = masked;
+        if !masked {
+            self.raise_irq(dev);
+        }
     }
 
     /// The IOMMU domain the device's group is attached to, and whether it enforces coherency.

@@ -395,8 +395,8 @@ impl Hub {
         let payload: &[u8] = if to_memory { buf } else { &[] };
         let r = match self.call(run.client, cb, payload, &[]) {
             Ok(r) => r,
-            // The process is gone: its pages are still held, through its ring.
-            Err(_) => return self.dma_held(&run, page, pa % PAGE_SIZE, buf, to_memory),
+            // The process is gone, and the broker cannot reach its ring (it tried above).
+            Err(_) => return Err(DmaError::Unreachable),
         };
         for f in &r.fds {
             type1_host::sys::close(*f);
@@ -414,21 +414,9 @@ impl Hub {
     }
 
     /// Device DMA through the broker's hold on a run's ring (`READ_FIXED`/`WRITE_FIXED` on its
-    /// duplicate of the process's ring, through the broker's bounce pipe).
-    fn dma_held(
-        &self,
-        run: &Run,
-        page: u64,
-        off: u64,
-        buf: &mut [u8],
-        to_memory: bool,
-    ) -> Result<(), DmaError> {
-        self.try_held(run, page, off, buf, to_memory)
-            .unwrap_or(Err(DmaError::Unreachable))
-    }
-
-    /// [`Self::dma_held`]: `None` when the broker cannot reach the run's ring at all (it holds
-    /// no duplicate, or cannot map it), so that only the process can.
+    /// duplicate of the process's ring, through the broker's bounce pipe), whether or not the
+    /// process is still there. `None` when the broker cannot reach the run's ring at all (it
+    /// holds no duplicate, or cannot map it), so that only the process can.
     fn try_held(
         &self,
         run: &Run,

@@ -112,9 +112,9 @@ pub(super) fn emulated_io(
     // A register access at an offset: from the shared image, without a lock, a request or a
     // signal mask (re-entrant: a signal handler's access in the middle of another works).
     if let (Some(o), [(buf, len)]) = (off, segs) {
-        if let Some(regs) = u64::try_from(o).ok().and(state::fast_regs(fd)) {
+        if let (Ok(pos), Some(regs)) = (u64::try_from(o), state::fast_regs(fd)) {
             let saved = errno();
-            let r = bar0_access(&regs, o as u64, *buf, *len, write);
+            let r = bar0_access(&regs, pos, *buf, *len, write);
             set_errno(saved);
             if let Ok(Some(n)) = r {
                 return Some(n as isize);
@@ -213,15 +213,19 @@ pub(super) fn bar0_local(
     len: usize,
     write: bool,
 ) -> Result<Option<usize>, Errno> {
-    if pos
-        .checked_add(len as u64)
-        .is_none_or(|end| end > type1_uapi::device::BAR0_SIZE)
-        || len == 0
-    {
+    if !in_bar0(pos, len) {
         return Ok(None);
     }
     let regs = state::device_regs(dev)?;
     bar0_access(&regs, pos, buf, len, write)
+}
+
+/// Whether `len` bytes (at least one) at `pos` lie inside BAR0's region.
+fn in_bar0(pos: u64, len: usize) -> bool {
+    len > 0
+        && pos
+            .checked_add(len as u64)
+            .is_some_and(|end| end <= type1_uapi::device::BAR0_SIZE)
 }
 
 /// [`bar0_local`] on a device's image: `Ok(None)` when the model must see the access (or it
@@ -233,12 +237,8 @@ pub(super) fn bar0_access(
     len: usize,
     write: bool,
 ) -> Result<Option<usize>, Errno> {
-    use type1_uapi::device::{is_plain, plain_write, BAR0_SIZE};
-    if pos
-        .checked_add(len as u64)
-        .is_none_or(|end| end > BAR0_SIZE)
-        || len == 0
-    {
+    use type1_uapi::device::{is_plain, plain_write};
+    if !in_bar0(pos, len) {
         return Ok(None);
     }
     // A write the model must see: decided without reading the caller's bytes.

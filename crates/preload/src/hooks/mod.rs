@@ -91,10 +91,9 @@ use {io::*, mem::*, open::*, paths::*, proc::*, stat::*};
 
 /// Runs an operation on an emulated fd; `None` if `fd` is not emulated (or re-entered).
 /// `unknown`: also ask the broker about a socket this process has not seen (an fd inherited
-/// across exec or received over `SCM_RIGHTS`). A call on an emulated fd from a signal handler
-/// that interrupted an emulated call on the same thread cannot run (this thread's connection
-/// to the broker is mid-request) and must not reach the real file behind the fd: it fails
-/// with EDEADLK.
+/// across exec or received over `SCM_RIGHTS`). The call runs with the thread's signals
+/// deferred (`state::deferring_signals`); a file of a broker that is gone answers EIO. Only
+/// the emulation's own code can re-enter here on the same thread, and gets EDEADLK.
 fn on_emulated<R>(
     fd: c_int,
     unknown: bool,
@@ -113,7 +112,8 @@ fn on_emulated<R>(
             if state::maybe_emulated(fd) && client::ensure_current().is_err() {
                 return Some(Err(Errno::EIO));
             }
-            if state::stale(fd) {
+            let inst = state::instance_of(fd);
+            if inst != 0 && inst != client::instance() {
                 return Some(Err(Errno::EIO));
             }
             let obj = if unknown {
@@ -121,7 +121,9 @@ fn on_emulated<R>(
             } else {
                 state::object_of(fd)
             }?;
-            Some(client::about_file(state::instance_of(fd), || f(obj)))
+            // (A file seen only now, by `object_of_unknown`, is the current broker's.)
+            let inst = if inst == 0 { client::instance() } else { inst };
+            Some(client::about_file(inst, || f(obj)))
         })
         .unwrap_or(Some(Err(Errno::EIO)))
     })?;
