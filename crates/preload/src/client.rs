@@ -28,6 +28,9 @@ use crate::state;
 
 /// The service connection of this process: `(pid, client id, fd)`.
 static SERVICE: Mutex<Option<(i32, u32, i32)>> = Mutex::new(None);
+/// The pid in [`SERVICE`] (0: none), readable without its lock: [`connected`] is asked on the
+/// lock-free register path, which a signal handler may enter while this thread holds the lock.
+static SERVICE_PID: std::sync::atomic::AtomicI32 = std::sync::atomic::AtomicI32::new(0);
 
 /// Pin callbacks this process answered.
 static PIN_CALLBACKS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
@@ -340,6 +343,7 @@ pub(crate) fn client_id() -> Result<u32, Errno> {
     }
     let (fd, id, inst) = connect(None)?;
     *g = Some((pid, id, fd));
+    SERVICE_PID.store(pid, std::sync::atomic::Ordering::Release);
     INSTANCE.store(inst, std::sync::atomic::Ordering::Release);
     let known = LAST_INSTANCE.swap(inst, std::sync::atomic::Ordering::AcqRel);
     drop(g);
@@ -367,6 +371,7 @@ fn forget_service(fd: i32) {
     if let Some((p, _, f)) = *g {
         if f == fd && p == sys::getpid() {
             *g = None;
+            SERVICE_PID.store(0, std::sync::atomic::Ordering::Release);
             sys::close(fd);
             INSTANCE.store(0, std::sync::atomic::Ordering::Release);
         }
@@ -712,8 +717,8 @@ pub(crate) fn service_lock() -> MutexGuard<'static, Option<(i32, u32, i32)>> {
     lock(&SERVICE)
 }
 
-/// Whether this process has connected to the broker.
+/// Whether this process has connected to the broker. Takes no lock (a forked child, whose
+/// copy names its parent, is not connected).
 pub(crate) fn connected() -> bool {
-    let pid = sys::getpid();
-    lock(&SERVICE).is_some_and(|(p, _, _)| p == pid)
+    SERVICE_PID.load(std::sync::atomic::Ordering::Acquire) == sys::getpid()
 }
