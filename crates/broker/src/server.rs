@@ -473,16 +473,23 @@ impl Server {
                 self.hub.drain_service();
                 (Msg::Value(0), Vec::new(), Vec::new())
             }
-            Request::Open(group) => {
-                // A new container, or a group's open flag: nothing a checked-out container
-                // holds, so a long MAP_DMA elsewhere does not hold up an open.
+            Request::Open(_) | Request::OpenIommu | Request::OpenCdev(_) => {
+                // A new container or iommufd, a group's open flag, a device cdev: nothing a
+                // checked-out container holds, so a long MAP_DMA elsewhere does not hold up
+                // an open.
                 let mut st = lock(&self.state);
-                let obj = match group {
-                    None => st.vfio.open_container(),
-                    Some(n) => match st.vfio.open_group(n) {
+                let obj = match req {
+                    Request::Open(None) => st.vfio.open_container(),
+                    Request::OpenIommu => st.vfio.open_iommufd(),
+                    Request::OpenCdev(name) => match st.vfio.open_cdev(&name) {
                         Ok(o) => o,
                         Err(e) => return err(e),
                     },
+                    Request::Open(Some(n)) => match st.vfio.open_group(n) {
+                        Ok(o) => o,
+                        Err(e) => return err(e),
+                    },
+                    _ => return err(Errno::EINVAL),
                 };
                 match self.new_file(obj, client) {
                     Ok(end) => (Msg::Opened(obj.into()), Vec::new(), vec![end]),

@@ -33,6 +33,8 @@ pub enum Obj {
     Group(u32),
     /// A device, by id.
     Device(u32),
+    /// An iommufd context (`/dev/iommu`), by id.
+    Iommufd(u32),
 }
 
 impl From<Object> for Obj {
@@ -41,6 +43,7 @@ impl From<Object> for Obj {
             Object::Container(i) => Obj::Container(i),
             Object::Group(i) => Obj::Group(i),
             Object::Device(i) => Obj::Device(i),
+            Object::Iommufd(i) => Obj::Iommufd(i),
         }
     }
 }
@@ -51,6 +54,7 @@ impl From<Obj> for Object {
             Obj::Container(i) => Object::Container(i),
             Obj::Group(i) => Object::Group(i),
             Obj::Device(i) => Object::Device(i),
+            Obj::Iommufd(i) => Object::Iommufd(i),
         }
     }
 }
@@ -74,6 +78,10 @@ pub enum Request {
     /// `open("/dev/vfio/vfio")` (`None`) or `open("/dev/vfio/N")`: answered by
     /// [`Msg::Opened`] with the new file attached.
     Open(Option<u32>),
+    /// `open("/dev/iommu")`: answered by [`Msg::Opened`] with the new file attached.
+    OpenIommu,
+    /// `open("/dev/vfio/devices/vfioN")` of the named device: answered by [`Msg::Opened`].
+    OpenCdev(String),
     /// An ioctl on an object. The payload is a copy of the caller's memory at `pre` (the
     /// argument struct, read ahead); whatever else the ioctl reads comes by callbacks, and
     /// what it writes back comes with the [`Msg::Done`] answer.

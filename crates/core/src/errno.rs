@@ -47,6 +47,8 @@ errnos! {
     EOVERFLOW = 75,
     EBADFD = 77,
     EIO = 5,
+    EOPNOTSUPP = 95,
+    EMSGSIZE = 90,
 }
 
 impl std::fmt::Display for Errno {

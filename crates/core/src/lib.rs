@@ -25,6 +25,7 @@ pub mod errno;
 mod error;
 mod external;
 mod info;
+pub mod iommufd;
 pub mod iopt;
 mod map;
 mod pin;

@@ -23,6 +23,8 @@ use type1_uapi::Object;
 
 /// The misc device minor of `/dev/vfio/vfio` (`VFIO_MINOR`).
 pub const VFIO_MINOR: u32 = 196;
+/// The misc device minor `/dev/iommu` shows (the kernel's is dynamic; this is a typical one).
+pub const IOMMU_MINOR: u32 = 123;
 /// The character major the emulation gives group files (the kernel's is dynamic).
 pub const GROUP_MAJOR: u32 = 243;
 
@@ -52,6 +54,8 @@ pub enum Standin {
     Container,
     /// `/dev/vfio/N`.
     Group(u32),
+    /// `/dev/iommu`.
+    Iommu,
 }
 
 struct Dir {
@@ -94,8 +98,12 @@ fn make_dir(groups: &[u32]) -> Result<Dir, Errno> {
     }
     let c = CString::new(path.clone()).map_err(|_| Errno::EINVAL)?;
     let mut ids = vec![(id_of_path(&c).ok_or(Errno::EIO)?, Standin::Dir)];
-    let names = std::iter::once(("vfio".to_string(), Standin::Container))
-        .chain(groups.iter().map(|g| (g.to_string(), Standin::Group(*g))));
+    let names = [
+        ("vfio".to_string(), Standin::Container),
+        ("iommu".to_string(), Standin::Iommu),
+    ]
+    .into_iter()
+    .chain(groups.iter().map(|g| (g.to_string(), Standin::Group(*g))));
     for (name, what) in names {
         let f = CString::new(format!("{path}/{name}")).map_err(|_| Errno::EINVAL)?;
         let fd = sys::open(
@@ -120,6 +128,34 @@ pub fn standin_dir(groups: &[u32]) -> Result<String, Errno> {
     let p = d.path.clone();
     *g = Some(d);
     Ok(p)
+}
+
+/// Under the stand-in directory `dir`, the tree that `/dev/vfio/devices` and the sysfs
+/// `vfio-dev` directories stand in for, made once: `devices/vfioK` files, and `vfio-dev/K`
+/// directories each holding `vfioK`, for the machine's `n` devices. Returns `dir`.
+pub fn extra_standins(dir: &str, n: usize) -> Result<String, Errno> {
+    let mk = |p: String| -> Result<(), Errno> {
+        let c = CString::new(p).map_err(|_| Errno::EINVAL)?;
+        match sys::mkdir(&c, 0o700) {
+            Ok(()) => Ok(()),
+            Err(e) if e.0 == libc::EEXIST => Ok(()),
+            Err(e) => Err(e),
+        }
+    };
+    let touch = |p: String| -> Result<(), Errno> {
+        let c = CString::new(p).map_err(|_| Errno::EINVAL)?;
+        let fd = sys::open(&c, libc::O_CREAT | libc::O_WRONLY | libc::O_CLOEXEC | libc::O_NOFOLLOW, 0o600)?;
+        sys::close(fd);
+        Ok(())
+    };
+    mk(format!("{dir}/devices"))?;
+    mk(format!("{dir}/vfio-dev"))?;
+    for k in 0..n {
+        touch(format!("{dir}/devices/vfio{k}"))?;
+        mk(format!("{dir}/vfio-dev/{k}"))?;
+        touch(format!("{dir}/vfio-dev/{k}/vfio{k}"))?;
+    }
+    Ok(dir.to_string())
 }
 
 /// What the open file `fd` stands for, if it is one of this process's stand-ins.
@@ -165,6 +201,7 @@ pub fn looks(what: Looks) -> (u32, u32, u32) {
         Looks::Container => (libc::S_IFCHR | 0o666, 10, VFIO_MINOR),
         Looks::Group(n) => (libc::S_IFCHR | 0o600, GROUP_MAJOR, n),
         Looks::Device => (0o600, 0, 0),
+        Looks::Iommu => (libc::S_IFCHR | 0o660, 10, IOMMU_MINOR),
         Looks::Dir => (libc::S_IFDIR | 0o755, 0, 0),
     }
 }
@@ -180,6 +217,8 @@ pub enum Looks {
     Device,
     /// `/dev/vfio`.
     Dir,
+    /// `/dev/iommu`.
+    Iommu,
 }
 
 impl From<Object> for Looks {
@@ -188,6 +227,7 @@ impl From<Object> for Looks {
             Object::Container(_) => Looks::Container,
             Object::Group(n) => Looks::Group(n),
             Object::Device(_) => Looks::Device,
+            Object::Iommufd(_) => Looks::Iommu,
         }
     }
 }
@@ -198,6 +238,7 @@ impl From<Standin> for Looks {
             Standin::Dir => Looks::Dir,
             Standin::Container => Looks::Container,
             Standin::Group(n) => Looks::Group(n),
+            Standin::Iommu => Looks::Iommu,
         }
     }
 }

@@ -17,11 +17,14 @@
 //! * [`table`]: one ioctl table per fd kind (container, type1, group, device) and handlers;
 //! * [`Vfio`]: containers, groups and devices, and what closing them does;
 //! * [`device`]: the emulated PCI function behind a device fd;
-//! * [`info`]: GET_INFO's header and capability chain as bytes.
+//! * [`info`]: GET_INFO's header and capability chain as bytes;
+//! * `iommufd`: `/dev/iommu` (iommufd and its VFIO compat container) and the device cdev's
+//!   BIND/ATTACH/DETACH, over [`type1_core::iommufd`].
 
 mod caller;
 pub mod device;
 pub mod info;
+mod iommufd;
 pub mod nr;
 pub mod table;
 #[cfg(any(test, feature = "testing"))]

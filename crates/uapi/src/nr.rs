@@ -68,6 +68,45 @@ pub const VFIO_IOMMU_DISABLE: u64 = vfio_io(16);
 /// `VFIO_IOMMU_DIRTY_PAGES`.
 pub const VFIO_IOMMU_DIRTY_PAGES: u64 = vfio_io(17);
 
+// ---- the VFIO device cdev (bound to an iommufd) ---------------------------------------------
+/// `VFIO_DEVICE_BIND_IOMMUFD`.
+pub const VFIO_DEVICE_BIND_IOMMUFD: u64 = vfio_io(18);
+/// `VFIO_DEVICE_ATTACH_IOMMUFD_PT`.
+pub const VFIO_DEVICE_ATTACH_IOMMUFD_PT: u64 = vfio_io(19);
+/// `VFIO_DEVICE_DETACH_IOMMUFD_PT`.
+pub const VFIO_DEVICE_DETACH_IOMMUFD_PT: u64 = vfio_io(20);
+
+// ---- /dev/iommu (linux/iommufd.h: _IO(';', 0x80 + n)) ----------------------------------------
+/// `_IO(';', nr)` for an iommufd command number.
+pub const fn iommufd_io(nr: u64) -> u64 {
+    (VFIO_TYPE << 8) | nr
+}
+/// `IOMMU_DESTROY`.
+pub const IOMMU_DESTROY: u64 = iommufd_io(0x80);
+/// `IOMMU_IOAS_ALLOC`.
+pub const IOMMU_IOAS_ALLOC: u64 = iommufd_io(0x81);
+/// `IOMMU_IOAS_ALLOW_IOVAS`.
+pub const IOMMU_IOAS_ALLOW_IOVAS: u64 = iommufd_io(0x82);
+/// `IOMMU_IOAS_COPY`.
+pub const IOMMU_IOAS_COPY: u64 = iommufd_io(0x83);
+/// `IOMMU_IOAS_IOVA_RANGES`.
+pub const IOMMU_IOAS_IOVA_RANGES: u64 = iommufd_io(0x84);
+/// `IOMMU_IOAS_MAP`.
+pub const IOMMU_IOAS_MAP: u64 = iommufd_io(0x85);
+/// `IOMMU_IOAS_UNMAP`.
+pub const IOMMU_IOAS_UNMAP: u64 = iommufd_io(0x86);
+/// `IOMMU_OPTION`.
+pub const IOMMU_OPTION: u64 = iommufd_io(0x87);
+/// `IOMMU_VFIO_IOAS`.
+pub const IOMMU_VFIO_IOAS: u64 = iommufd_io(0x88);
+/// `IOMMU_HWPT_ALLOC`.
+pub const IOMMU_HWPT_ALLOC: u64 = iommufd_io(0x89);
+/// `IOMMU_GET_HW_INFO`.
+pub const IOMMU_GET_HW_INFO: u64 = iommufd_io(0x8a);
+/// The last iommufd command number the kernel (7.3) knows: numbers from 0x80 to it are
+/// iommufd's, the rest of `/dev/iommu`'s ioctls go to its VFIO compat layer.
+pub const IOMMUFD_CMD_LAST: u64 = 0x95;
+
 /// Every request by its `linux/vfio.h` name (scenarios and diagnostics name requests).
 pub const NAMES: &[(&str, u64)] = &[
     ("VFIO_GET_API_VERSION", VFIO_GET_API_VERSION),
@@ -82,6 +121,20 @@ pub const NAMES: &[(&str, u64)] = &[
     ("VFIO_DEVICE_GET_IRQ_INFO", VFIO_DEVICE_GET_IRQ_INFO),
     ("VFIO_DEVICE_SET_IRQS", VFIO_DEVICE_SET_IRQS),
     ("VFIO_DEVICE_RESET", VFIO_DEVICE_RESET),
+    ("VFIO_DEVICE_BIND_IOMMUFD", VFIO_DEVICE_BIND_IOMMUFD),
+    ("VFIO_DEVICE_ATTACH_IOMMUFD_PT", VFIO_DEVICE_ATTACH_IOMMUFD_PT),
+    ("VFIO_DEVICE_DETACH_IOMMUFD_PT", VFIO_DEVICE_DETACH_IOMMUFD_PT),
+    ("IOMMU_DESTROY", IOMMU_DESTROY),
+    ("IOMMU_IOAS_ALLOC", IOMMU_IOAS_ALLOC),
+    ("IOMMU_IOAS_ALLOW_IOVAS", IOMMU_IOAS_ALLOW_IOVAS),
+    ("IOMMU_IOAS_COPY", IOMMU_IOAS_COPY),
+    ("IOMMU_IOAS_IOVA_RANGES", IOMMU_IOAS_IOVA_RANGES),
+    ("IOMMU_IOAS_MAP", IOMMU_IOAS_MAP),
+    ("IOMMU_IOAS_UNMAP", IOMMU_IOAS_UNMAP),
+    ("IOMMU_OPTION", IOMMU_OPTION),
+    ("IOMMU_VFIO_IOAS", IOMMU_VFIO_IOAS),
+    ("IOMMU_HWPT_ALLOC", IOMMU_HWPT_ALLOC),
+    ("IOMMU_GET_HW_INFO", IOMMU_GET_HW_INFO),
     (
         "VFIO_DEVICE_GET_PCI_HOT_RESET_INFO",
         VFIO_DEVICE_GET_PCI_HOT_RESET_INFO,

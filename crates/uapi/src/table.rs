@@ -182,7 +182,28 @@ impl<P: Platform> Vfio<P> {
                 (t, id)
             }
             Object::Group(id) => (group_table::<P>(), id),
-            Object::Device(id) => (device_table::<P>(), id),
+            Object::Device(id) => {
+                if let Some(r) = self.cdev_ioctl(id, req, arg, caller) {
+                    let name = crate::nr::NAMES
+                        .iter()
+                        .find(|(_, v)| *v == req)
+                        .map_or("IOCTL", |(n, _)| n.trim_start_matches("VFIO_"));
+                    self.trace_op(name, format!("{obj:?} arg 0x{arg:x}"));
+                    self.trace_ret(name, &r);
+                    return r;
+                }
+                (device_table::<P>(), id)
+            }
+            Object::Iommufd(id) => {
+                let name = crate::nr::NAMES
+                    .iter()
+                    .find(|(_, v)| *v == req)
+                    .map_or("IOCTL", |(n, _)| n.trim_start_matches("VFIO_"));
+                self.trace_op(name, format!("{obj:?} arg 0x{arg:x}"));
+                let r = self.iommufd_ioctl(id, req, arg, caller);
+                self.trace_ret(name, &r);
+                return r;
+            }
         };
         let Some(def) = table.iter().find(|d| d.nr == req) else {
             self.trace_op("IOCTL", format!("{obj:?} unknown request 0x{req:x}"));

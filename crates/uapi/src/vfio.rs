@@ -34,8 +34,11 @@ pub enum Object {
     Container(u32),
     /// `/dev/vfio/N`: a group, by group number.
     Group(u32),
-    /// A device fd from `VFIO_GROUP_GET_DEVICE_FD`, by id.
+    /// A device fd from `VFIO_GROUP_GET_DEVICE_FD` or an open of the device's cdev
+    /// (`/dev/vfio/devices/vfioN`), by id.
     Device(u32),
+    /// `/dev/iommu`: an iommufd context, by id.
+    Iommufd(u32),
 }
 
 /// A group of the machine: its number and its devices' names (`0000:00:04.0`).
@@ -89,6 +92,9 @@ pub enum VfioError {
     /// The backend refused (its own typed error and errno).
     #[error(transparent)]
     Engine(#[from] type1_core::Error),
+    /// iommufd refused (a compat container's device attach).
+    #[error("iommufd: {0}")]
+    Iommufd(Errno),
 }
 
 impl VfioError {
@@ -103,6 +109,7 @@ impl VfioError {
             VfioError::DevicesOpen(_) => Errno::EBUSY,
             VfioError::NotAContainer => Errno::EBADFD,
             VfioError::Engine(e) => e.errno(),
+            VfioError::Iommufd(e) => *e,
         }
     }
 }
@@ -121,6 +128,17 @@ pub(crate) struct GroupState {
     pub open: bool,
     pub container: Option<u32>,
     pub open_devices: u32,
+    /// The iommufd this group was given by SET_CONTAINER (the compat container).
+    pub iommufd: Option<u32>,
+    /// Device cdev files of the group that are bound (they keep the group file from opening).
+    pub cdev_bound: u32,
+}
+
+/// One open `/dev/iommu`, alive while its file is open or a device is bound to it.
+#[derive(Clone, Debug)]
+pub(crate) struct IommufdState {
+    pub ictx: type1_core::iommufd::Ictx,
+    pub fd_open: bool,
 }
 
 #[derive(Clone, Debug)]
@@ -135,6 +153,10 @@ pub(crate) struct DeviceState {
     pub name: String,
     pub dev: PciDevice,
     pub irqs: Irqs,
+    /// Opened through the device's cdev (not through its group).
+    pub cdev: bool,
+    /// Bound to an iommufd: `(context, device object id)`.
+    pub bound: Option<(u32, u32)>,
 }
 
 /// The interrupt eventfds the owner registered with `VFIO_DEVICE_SET_IRQS`, as vfio-pci
@@ -186,6 +208,7 @@ pub struct Vfio<P: Platform> {
     pub(crate) groups: BTreeMap<u32, GroupState>,
     pub(crate) containers: BTreeMap<u32, ContainerState>,
     pub(crate) devices: BTreeMap<u32, DeviceState>,
+    pub(crate) iommufds: BTreeMap<u32, IommufdState>,
     next_id: u32,
     dma: Option<DmaAccess<P>>,
 }
@@ -204,6 +227,7 @@ impl<P: Platform + Clone> Vfio<P> {
             groups: BTreeMap::new(),
             containers: [(id, cs)].into_iter().collect(),
             devices: BTreeMap::new(),
+            iommufds: BTreeMap::new(),
             next_id: 0,
             dma: None,
         })
@@ -236,6 +260,8 @@ impl<P: Platform> Vfio<P> {
                         open: false,
                         container: None,
                         open_devices: 0,
+                        iommufd: None,
+                        cdev_bound: 0,
                     },
                 )
             })
@@ -247,6 +273,7 @@ impl<P: Platform> Vfio<P> {
             groups,
             containers: BTreeMap::new(),
             devices: BTreeMap::new(),
+            iommufds: BTreeMap::new(),
             next_id: 0,
             dma: None,
         })
@@ -275,7 +302,7 @@ impl<P: Platform> Vfio<P> {
         self.cfg = cfg;
     }
 
-    fn fresh_id(&mut self) -> u32 {
+    pub(crate) fn fresh_id(&mut self) -> u32 {
         self.next_id = self.next_id.wrapping_add(1);
         self.next_id
     }
@@ -328,7 +355,8 @@ impl<P: Platform> Vfio<P> {
     /// Opens `/dev/vfio/N`: ENOENT for an unknown group, EBUSY when it is already open.
     pub fn open_group(&mut self, id: u32) -> Result<Object, Errno> {
         let g = self.groups.get_mut(&id).ok_or(Errno::ENOENT)?;
-        if g.open {
+        // A bound device cdev blocks the group path (`vfio_device_block_group`).
+        if g.open || g.cdev_bound > 0 {
             return Err(Errno::EBUSY);
         }
         g.open = true;
@@ -341,8 +369,20 @@ impl<P: Platform> Vfio<P> {
     /// group ([`Container::add_group`]) and the group records its container.
     pub fn set_container(&mut self, group: u32, target: Option<Object>) -> Result<(), VfioError> {
         let g = self.groups.get(&group).ok_or(VfioError::NoGroup(group))?;
-        if g.container.is_some() {
+        if g.container.is_some() || g.iommufd.is_some() {
             return Err(VfioError::AlreadySet(group));
+        }
+        if let Some(Object::Iommufd(i)) = target {
+            // The compat container: the group is served by iommufd's compat IOAS.
+            let st = self
+                .iommufds
+                .get_mut(&i)
+                .ok_or(VfioError::NotAContainer)?;
+            st.ictx.compat_ioas_create();
+            if let Some(g) = self.groups.get_mut(&group) {
+                g.iommufd = Some(i);
+            }
+            return Ok(());
         }
         let Some(Object::Container(cid)) = target else {
             return Err(VfioError::NotAContainer);
@@ -363,6 +403,16 @@ impl<P: Platform> Vfio<P> {
     /// file is released.
     pub fn unset_container(&mut self, group: u32) -> Result<(), VfioError> {
         let g = self.groups.get(&group).ok_or(VfioError::NoGroup(group))?;
+        if let Some(i) = g.iommufd {
+            if g.open_devices > 0 {
+                return Err(VfioError::DevicesOpen(group));
+            }
+            if let Some(g) = self.groups.get_mut(&group) {
+                g.iommufd = None;
+            }
+            self.maybe_free_iommufd(i);
+            return Ok(());
+        }
         let cid = g.container.ok_or(VfioError::NotSet(group))?;
         if g.open_devices > 0 {
             return Err(VfioError::DevicesOpen(group));
@@ -387,6 +437,9 @@ impl<P: Platform> Vfio<P> {
                 group,
                 name: name.to_string(),
             });
+        }
+        if let Some(i) = g.iommufd {
+            return self.open_compat_device(group, name, i);
         }
         let cid = g.container.ok_or(VfioError::NotSet(group))?;
         if !self.containers.get(&cid).is_some_and(|st| st.c.is_set()) {
@@ -423,7 +476,7 @@ impl<P: Platform> Vfio<P> {
     /// The device object for `name`: the one already open if there is one (a function is one
     /// device however many fds are opened on it, as in the kernel), else a new one.
     pub(crate) fn new_device(&mut self, group: u32, name: String) -> u32 {
-        if let Some((id, _)) = self.devices.iter().find(|(_, d)| d.name == name) {
+        if let Some((id, _)) = self.devices.iter().find(|(_, d)| d.name == name && !d.cdev) {
             return *id;
         }
         self.register_emulated(group, &name, true);
@@ -435,6 +488,8 @@ impl<P: Platform> Vfio<P> {
                 name,
                 dev: PciDevice::new(),
                 irqs: Irqs::default(),
+                cdev: false,
+                bound: None,
             },
         );
         if let Some(g) = self.groups.get_mut(&group) {
@@ -460,8 +515,20 @@ impl<P: Platform> Vfio<P> {
                 }
                 self.maybe_release_group(id);
             }
+            Object::Iommufd(id) => {
+                if let Some(st) = self.iommufds.get_mut(&id) {
+                    st.fd_open = false;
+                }
+                self.maybe_free_iommufd(id);
+            }
+            Object::Device(id) if self.devices.get(&id).is_some_and(|d| d.cdev) => {
+                self.close_cdev(id);
+            }
             Object::Device(id) => {
                 if let Some(d) = self.devices.remove(&id) {
+                    if let Some((i, idev)) = d.bound {
+                        self.unbind(i, idev);
+                    }
                     self.register_emulated(d.group, &d.name, false);
                     if let Some(g) = self.groups.get_mut(&d.group) {
                         g.open_devices = g.open_devices.saturating_sub(1);
@@ -500,6 +567,14 @@ impl<P: Platform> Vfio<P> {
         if g.open || g.open_devices > 0 {
             return;
         }
+        let fd = g.iommufd.take();
+        if let Some(i) = fd {
+            self.maybe_free_iommufd(i);
+            return;
+        }
+        let Some(g) = self.groups.get_mut(&id) else {
+            return;
+        };
         if let Some(cid) = g.container.take() {
             self.trace_op("GROUP_RELEASE", format!("group {id}"));
             if let Some(c) = self.containers.get_mut(&cid) {
@@ -538,6 +613,10 @@ impl<P: Platform> Vfio<P> {
             .collect();
         for g in groups {
             self.close(Object::Group(g));
+        }
+        let fds: Vec<u32> = self.iommufds.keys().copied().collect();
+        for i in fds {
+            self.close(Object::Iommufd(i));
         }
         let cs: Vec<u32> = self.containers.keys().copied().collect();
         for c in cs {
@@ -637,8 +716,12 @@ impl<P: Platform> Vfio<P> {
         }
     }
 
-    /// The IOMMU domain the device's group is attached to, and whether it enforces coherency.
-    fn device_domain(&self, group: u32) -> Option<(DomainId, bool)> {
+    /// The IOMMU domain the device is attached to (through its iommufd binding, or its
+    /// group's container), and whether it enforces coherency.
+    fn device_domain(&self, dev: u32, group: u32) -> Option<(DomainId, bool)> {
+        if let Some((i, idev)) = self.devices.get(&dev).and_then(|d| d.bound) {
+            return self.iommufds.get(&i)?.ictx.device_domain(idev);
+        }
         let cid = self.groups.get(&group)?.container?;
         let t = self.containers.get(&cid)?.c.iommu().ok()?;
         t.domains()
@@ -751,7 +834,7 @@ impl<P: Platform> Vfio<P> {
             iova: req.iova,
             reason: FAULT_NO_DOMAIN,
         };
-        let (domain, coherent) = self.device_domain(group).ok_or(no_domain)?;
+        let (domain, coherent) = self.device_domain(dev, group).ok_or(no_domain)?;
         let access = self.dma.ok_or(no_domain)?;
         let mut done = 0u64;
         while done < req.len {

@@ -74,6 +74,14 @@ enum Kind {
     SysAttr(String, &'static str),
     /// `/dev/vfio` itself.
     Dir,
+    /// `/dev/iommu`.
+    Iommu,
+    /// `/dev/vfio/devices`.
+    DevicesDir,
+    /// `/dev/vfio/devices/vfioN`: the cdev of the machine's N-th device (its name, N).
+    Cdev(String, usize),
+    /// `/sys/bus/pci/devices/<bdf>/vfio-dev`: the directory naming the cdev (N).
+    VfioDevDir(usize),
     /// An emulated character device named with a trailing slash: ENOTDIR.
     NotDir,
     NotOurs,

@@ -25,13 +25,15 @@ pub(super) unsafe fn emulated_open(
     let saved = errno();
     let r = match kind {
         Kind::NotOurs => return None,
-        Kind::Container | Kind::Group(_) => guarded(|| -> Result<c_int, Errno> {
+        Kind::Container | Kind::Group(_) | Kind::Iommu | Kind::Cdev(..) => guarded(|| -> Result<c_int, Errno> {
             state::check_config()?;
-            let group = match kind {
-                Kind::Group(n) => Some(n),
-                _ => None,
+            let req = match &kind {
+                Kind::Group(n) => Request::Open(Some(*n)),
+                Kind::Iommu => Request::OpenIommu,
+                Kind::Cdev(name, _) => Request::OpenCdev(name.clone()),
+                _ => Request::Open(None),
             };
-            let r = client::request(Request::Open(group), &[], &[])?;
+            let r = client::request(req, &[], &[])?;
             let lost = r.fds_lost;
             let (Msg::Opened(obj), Some(&fd)) = (r.msg, r.fds.first()) else {
                 for f in r.fds {
@@ -50,7 +52,12 @@ pub(super) unsafe fn emulated_open(
         Kind::NotDir => Ok(Err(Errno(libc::ENOTDIR))),
         Kind::SysAttr(_, a) => Ok(open_sys_attr(a, flags)),
         // Sysfs directories and links are not opened by VFIO users.
-        Kind::Missing | Kind::SysDev(_) | Kind::GroupLink(_) | Kind::Dir => Ok(Err(Errno::ENOENT)),
+        Kind::Missing
+        | Kind::SysDev(_)
+        | Kind::GroupLink(_)
+        | Kind::Dir
+        | Kind::DevicesDir
+        | Kind::VfioDevDir(_) => Ok(Err(Errno::ENOENT)),
     };
     Some(match r {
         Ok(Ok(fd)) => {

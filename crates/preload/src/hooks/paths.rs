@@ -41,7 +41,12 @@ pub(super) fn open_sys_attr(attr: &str, flags: c_int) -> Result<c_int, Errno> {
 /// Whether a path may name something emulated at all (cheap; most paths do not).
 pub(super) fn may_be_ours(path: &[u8]) -> bool {
     path.windows(4)
-        .any(|w| w == b"vfio" || w == b"/sys" || w == b"sys/")
+        .any(|w| w == b"vfio" || w == b"/sys" || w == b"sys/" || w == b"iomm")
+}
+
+/// The machine's device names in order: device N has the cdev `vfioN`.
+pub(super) fn device_names(m: &Machine) -> Vec<String> {
+    m.groups.iter().flat_map(|g| g.devices.iter().cloned()).collect()
 }
 
 pub(super) fn classify(m: &Machine, path: &[u8]) -> Kind {
@@ -55,6 +60,25 @@ pub(super) fn classify(m: &Machine, path: &[u8]) -> Kind {
     let p = norm.as_str();
     if p == "/dev/vfio" {
         return Kind::Dir;
+    }
+    if p == "/dev/iommu" {
+        return if trailing { Kind::NotDir } else { Kind::Iommu };
+    }
+    if p == "/dev/vfio/devices" {
+        return Kind::DevicesDir;
+    }
+    if let Some(rest) = p.strip_prefix("/dev/vfio/devices/") {
+        let names = device_names(m);
+        return match rest
+            .strip_prefix("vfio")
+            .filter(|n| !n.starts_with('+') && !n.starts_with('0') || *n == "0")
+            .and_then(|n| n.parse::<usize>().ok())
+            .and_then(|k| names.get(k).map(|d| (d.clone(), k)))
+        {
+            Some(_) if trailing => Kind::NotDir,
+            Some((d, k)) => Kind::Cdev(d, k),
+            None => Kind::Missing,
+        };
     }
     if let Some(rest) = p.strip_prefix("/dev/vfio/") {
         let k = if rest == "vfio" {
@@ -76,9 +100,12 @@ pub(super) fn classify(m: &Machine, path: &[u8]) -> Kind {
         let Some(g) = m.group_of(bdf) else {
             return Kind::NotOurs;
         };
+        let ordinal = device_names(m).iter().position(|d| d == bdf).unwrap_or(0);
         return match tail {
             None => Kind::SysDev(bdf.to_string()),
             Some("iommu_group") => Kind::GroupLink(g),
+            Some("vfio-dev") => Kind::VfioDevDir(ordinal),
+            Some(t) if t == format!("vfio-dev/vfio{ordinal}") => Kind::SysDev(bdf.to_string()),
             Some(t) => match SYS_ATTRS.iter().find(|a| **a == t) {
                 Some(a) => Kind::SysAttr(bdf.to_string(), a),
                 None => Kind::Missing,

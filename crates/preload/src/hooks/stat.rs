@@ -25,11 +25,31 @@ pub(super) fn stat_substitute(kind: &Kind) -> Option<Result<(CString, Option<Loo
         Kind::Container => Some(standin(Some("vfio".into()), Looks::Container)),
         Kind::Group(n) => Some(standin(Some(n.to_string()), Looks::Group(*n))),
         Kind::SysDev(_) | Kind::GroupLink(_) => Some(Ok((c"/sys".into(), None))),
+        Kind::Iommu => Some(standin(Some("iommu".into()), Looks::Iommu)),
+        Kind::DevicesDir => Some(extra_dir(None)),
+        Kind::Cdev(_, k) => Some(extra_dir(Some(format!("devices/vfio{k}")))),
+        Kind::VfioDevDir(k) => Some(extra_dir(Some(format!("vfio-dev/{k}")))),
         // A regular sysfs file every Linux has (sysfs reports a page as the size of all).
         Kind::SysAttr(..) => Some(Ok((c"/sys/kernel/uevent_seqnum".into(), None))),
         Kind::Missing => Some(Err(Errno::ENOENT)),
         Kind::NotDir => Some(Err(Errno(libc::ENOTDIR))),
     }
+}
+
+/// The stand-in for `/dev/vfio/devices` (`None`), a cdev in it, or a sysfs `vfio-dev`
+/// directory: made under the stand-in directory on first use, presented as they are.
+fn extra_dir(sub: Option<String>) -> Result<(CString, Option<Looks>), Errno> {
+    guarded(|| {
+        let dir = crate::files::standin_dir(&group_numbers())?;
+        let n = device_names(state::machine()).len();
+        let p = crate::files::extra_standins(&dir, n)?;
+        let path = match sub {
+            None => format!("{p}/devices"),
+            Some(s) => format!("{p}/{s}"),
+        };
+        CString::new(path).map(|c| (c, None)).map_err(|_| Errno::EINVAL)
+    })
+    .unwrap_or(Err(Errno::EIO))
 }
 
 /// How an open fd must be presented by `fstat`: an emulated object or a stand-in.
@@ -301,6 +321,13 @@ pub unsafe extern "C" fn realpath(path: *const c_char, resolved: *mut c_char) ->
         Kind::Container => Some("/dev/vfio/vfio".into()),
         Kind::Group(n) => Some(format!("/dev/vfio/{n}")),
         Kind::Dir => Some("/dev/vfio".into()),
+        Kind::Iommu => Some("/dev/iommu".into()),
+        Kind::DevicesDir => Some("/dev/vfio/devices".into()),
+        Kind::Cdev(_, k) => Some(format!("/dev/vfio/devices/vfio{k}")),
+        Kind::VfioDevDir(k) => {
+            let names = device_names(state::machine());
+            Some(format!("{SYSFS_PCI}{}/vfio-dev", names.get(*k).cloned().unwrap_or_default()))
+        }
         Kind::NotDir => {
             set_errno(Errno(libc::ENOTDIR));
             return std::ptr::null_mut();
