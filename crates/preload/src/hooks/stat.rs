@@ -243,6 +243,7 @@ pub unsafe extern "C" fn opendir(path: *const c_char) -> *mut libc::DIR {
     let kind = unsafe { path_kind(path) };
     let sub = match stat_substitute(&kind) {
         Some(Ok((p, Some(Looks::Dir)))) => Some(p),
+        Some(Ok((p, None))) if matches!(kind, Kind::DevicesDir | Kind::VfioDevDir(_)) => Some(p),
         Some(Ok(_)) | None => None,
         Some(Err(e)) => {
             set_errno(e);
