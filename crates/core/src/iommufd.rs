@@ -25,8 +25,8 @@
 use std::collections::BTreeMap;
 
 use crate::{
-    trace::Event, DomainId, Errno, FlushReason, GroupId, IovaRange, MmId, Platform, Prot,
-    ResvKind, PAGE_SHIFT, PAGE_SIZE,
+    trace::Event, DomainId, Errno, FlushReason, GroupId, IovaRange, MmId, Platform, Prot, ResvKind,
+    PAGE_SHIFT, PAGE_SIZE,
 };
 
 /// Pages read, flushed and mapped per step of a fill (the kernel's pfn batch).
@@ -310,12 +310,7 @@ impl Ictx {
     /// The areas of an IOAS: `(iova, length)`.
     pub fn areas(&self, ioas: u32) -> Vec<(u64, u64)> {
         self.ioas(ioas)
-            .map(|i| {
-                i.areas
-                    .iter()
-                    .map(|(s, a)| (*s, a.last - s + 1))
-                    .collect()
-            })
+            .map(|i| i.areas.iter().map(|(s, a)| (*s, a.last - s + 1)).collect())
             .unwrap_or_default()
     }
 
@@ -444,8 +439,7 @@ impl Ictx {
     /// Whether every HWPT of an IOAS enforces coherency (compat `VFIO_DMA_CC_IOMMU`).
     pub fn all_coherent(&self, ioas: u32) -> Result<bool, Errno> {
         let i = self.ioas(ioas)?;
-        Ok(i
-            .hwpts
+        Ok(i.hwpts
             .iter()
             .all(|h| self.hwpt(*h).is_ok_and(|h| h.coherent)))
     }
@@ -875,7 +869,11 @@ impl Ictx {
             i = j;
         }
         if let Err(e) = result {
-            let pfns = self.pages.get(&pid).map(|x| x.pfns.clone()).unwrap_or_default();
+            let pfns = self
+                .pages
+                .get(&pid)
+                .map(|x| x.pfns.clone())
+                .unwrap_or_default();
             for (k, c) in fresh.into_iter().rev() {
                 for x in k..k + c {
                     p.unpin_page(pfns[x as usize], false);
@@ -1045,7 +1043,11 @@ impl Ictx {
     }
 
     /// Unmaps every area of the IOAS.
-    pub fn unmap_all<P: Platform + ?Sized>(&mut self, p: &mut P, ioas: u32) -> (u64, Result<(), Errno>) {
+    pub fn unmap_all<P: Platform + ?Sized>(
+        &mut self,
+        p: &mut P,
+        ioas: u32,
+    ) -> (u64, Result<(), Errno>) {
         self.unmap_range(p, ioas, IovaRange::FULL)
     }
 
@@ -1112,10 +1114,7 @@ impl Ictx {
             .map(|(s, a)| (*s, a.clone()))
             .collect();
         let ap = p.domain_info(d).aperture;
-        if areas
-            .iter()
-            .any(|(s, a)| *s < ap.start || a.last > ap.last)
-        {
+        if areas.iter().any(|(s, a)| *s < ap.start || a.last > ap.last) {
             return Err(Errno::EINVAL);
         }
         for (k, (s, a)) in areas.iter().enumerate() {
@@ -1266,7 +1265,10 @@ impl Ictx {
     }
 
     fn drop_unused_auto<P: Platform + ?Sized>(&mut self, p: &mut P, hwpt: u32) {
-        if self.hwpt(hwpt).is_ok_and(|h| h.auto && h.devices.is_empty()) {
+        if self
+            .hwpt(hwpt)
+            .is_ok_and(|h| h.auto && h.devices.is_empty())
+        {
             self.free_hwpt(p, hwpt);
         }
     }
@@ -1412,11 +1414,9 @@ fn overlapping(
         .next_back()
         .filter(|(_, a)| a.last >= r.start)
         .map(|(s, a)| (*s, a));
-    before.into_iter().chain(
-        areas
-            .range(r.start..=r.last)
-            .map(|(s, a)| (*s, a)),
-    )
+    before
+        .into_iter()
+        .chain(areas.range(r.start..=r.last).map(|(s, a)| (*s, a)))
 }
 
 /// The holes of sorted (possibly overlapping) ranges within the whole 64-bit space.

@@ -144,7 +144,11 @@ pub fn extra_standins(dir: &str, n: usize) -> Result<String, Errno> {
     };
     let touch = |p: String| -> Result<(), Errno> {
         let c = CString::new(p).map_err(|_| Errno::EINVAL)?;
-        let fd = sys::open(&c, libc::O_CREAT | libc::O_WRONLY | libc::O_CLOEXEC | libc::O_NOFOLLOW, 0o600)?;
+        let fd = sys::open(
+            &c,
+            libc::O_CREAT | libc::O_WRONLY | libc::O_CLOEXEC | libc::O_NOFOLLOW,
+            0o600,
+        )?;
         sys::close(fd);
         Ok(())
     };

@@ -25,7 +25,7 @@ use vfio_bindings::bindings::vfio as b;
 use crate::{
     caller::{put_u32, put_u64, read_vec, u32_at, u64_at, Caller},
     nr::*,
-    vfio::{DeviceState, Irqs, IommufdState, Object, Vfio, VfioError},
+    vfio::{DeviceState, IommufdState, Irqs, Object, Vfio, VfioError},
 };
 
 /// One iommufd command: `(number, struct size, minimum size)`.
@@ -111,11 +111,7 @@ impl<P: Platform> Vfio<P> {
         name: &str,
         ictx: u32,
     ) -> Result<u32, VfioError> {
-        if let Some((id, _)) = self
-            .devices
-            .iter()
-            .find(|(_, d)| d.name == name && !d.cdev)
-        {
+        if let Some((id, _)) = self.devices.iter().find(|(_, d)| d.name == name && !d.cdev) {
             return Ok(*id);
         }
         let st = self
@@ -161,7 +157,10 @@ impl<P: Platform> Vfio<P> {
     /// An iommufd context is released when its file is closed and no device or group holds
     /// it any more.
     pub(crate) fn maybe_free_iommufd(&mut self, id: u32) {
-        let held = self.devices.values().any(|d| d.bound.is_some_and(|b| b.0 == id))
+        let held = self
+            .devices
+            .values()
+            .any(|d| d.bound.is_some_and(|b| b.0 == id))
             || self.groups.values().any(|g| g.iommufd == Some(id));
         if held || self.iommufds.get(&id).is_none_or(|s| s.fd_open) {
             return;
@@ -204,7 +203,10 @@ impl<P: Platform> Vfio<P> {
         let mut at = ksize;
         while at < size {
             let n = (size - at).min(4096);
-            if read_vec(caller, arg + at as u64, n)?.iter().any(|b| *b != 0) {
+            if read_vec(caller, arg + at as u64, n)?
+                .iter()
+                .any(|b| *b != 0)
+            {
                 return Err(Errno::E2BIG);
             }
             at += n;
@@ -559,7 +561,12 @@ impl<P: Platform> Vfio<P> {
     }
 
     /// Compat GET_INFO: page sizes, then the DMA_AVAIL and IOVA_RANGE capabilities.
-    fn compat_get_info(&mut self, id: u32, arg: u64, caller: &mut dyn Caller) -> Result<i64, Errno> {
+    fn compat_get_info(
+        &mut self,
+        id: u32,
+        arg: u64,
+        caller: &mut dyn Caller,
+    ) -> Result<i64, Errno> {
         let h = read_vec(caller, arg, 16)?;
         let argsz = u32_at(&h, 0) as usize;
         if argsz < 16 {
@@ -596,7 +603,11 @@ impl<P: Platform> Vfio<P> {
             cap_offset = HDR as u32;
         }
         put_u32(&mut out, 0, total as u32);
-        put_u32(&mut out, 4, b::VFIO_IOMMU_INFO_PGSIZES | b::VFIO_IOMMU_INFO_CAPS);
+        put_u32(
+            &mut out,
+            4,
+            b::VFIO_IOMMU_INFO_PGSIZES | b::VFIO_IOMMU_INFO_CAPS,
+        );
         put_u64(&mut out, 8, pgsizes);
         put_u32(&mut out, 16, cap_offset);
         caller.write(arg, &out[..argsz.min(HDR)])?;
@@ -616,7 +627,9 @@ impl<P: Platform> Vfio<P> {
         let (cdev, bound, group) = (d.cdev, d.bound, d.group);
         let iommufd_req = matches!(
             req,
-            VFIO_DEVICE_BIND_IOMMUFD | VFIO_DEVICE_ATTACH_IOMMUFD_PT | VFIO_DEVICE_DETACH_IOMMUFD_PT
+            VFIO_DEVICE_BIND_IOMMUFD
+                | VFIO_DEVICE_ATTACH_IOMMUFD_PT
+                | VFIO_DEVICE_DETACH_IOMMUFD_PT
         );
         if !cdev {
             return iommufd_req.then_some(Err(Errno::EINVAL));
@@ -655,14 +668,24 @@ impl<P: Platform> Vfio<P> {
     /// `VFIO_DEVICE_BIND_IOMMUFD`, in the kernel's order: argsz (EINVAL), a zero tail (E2BIG),
     /// the fd and flags (EINVAL), the group's file (EBUSY), a second bind (EINVAL), the fd's
     /// file (EBADF for none, EINVAL for a file that is not an iommufd); then `out_devid`.
-    fn bind(&mut self, dev: u32, group: u32, arg: u64, caller: &mut dyn Caller) -> Result<i64, Errno> {
+    fn bind(
+        &mut self,
+        dev: u32,
+        group: u32,
+        arg: u64,
+        caller: &mut dyn Caller,
+    ) -> Result<i64, Errno> {
         let size = u32_at(&read_vec(caller, arg, 4)?, 0) as usize;
         if size < 16 {
             return Err(Errno::EINVAL);
         }
         let mut h = read_vec(caller, arg, size.min(24))?;
         h.resize(24, 0);
-        if size > 24 && read_vec(caller, arg + 24, (size - 24).min(4096))?.iter().any(|b| *b != 0) {
+        if size > 24
+            && read_vec(caller, arg + 24, (size - 24).min(4096))?
+                .iter()
+                .any(|b| *b != 0)
+        {
             return Err(Errno::E2BIG);
         }
         let (flags, fd) = (u32_at(&h, 4), u32_at(&h, 8) as i32);

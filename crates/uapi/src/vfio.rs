@@ -374,10 +374,7 @@ impl<P: Platform> Vfio<P> {
         }
         if let Some(Object::Iommufd(i)) = target {
             // The compat container: the group is served by iommufd's compat IOAS.
-            let st = self
-                .iommufds
-                .get_mut(&i)
-                .ok_or(VfioError::NotAContainer)?;
+            let st = self.iommufds.get_mut(&i).ok_or(VfioError::NotAContainer)?;
             st.ictx.compat_ioas_create();
             if let Some(g) = self.groups.get_mut(&group) {
                 g.iommufd = Some(i);

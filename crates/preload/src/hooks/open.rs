@@ -25,30 +25,32 @@ pub(super) unsafe fn emulated_open(
     let saved = errno();
     let r = match kind {
         Kind::NotOurs => return None,
-        Kind::Container | Kind::Group(_) | Kind::Iommu | Kind::Cdev(..) => guarded(|| -> Result<c_int, Errno> {
-            state::check_config()?;
-            let req = match &kind {
-                Kind::Group(n) => Request::Open(Some(*n)),
-                Kind::Iommu => Request::OpenIommu,
-                Kind::Cdev(name, _) => Request::OpenCdev(name.clone()),
-                _ => Request::Open(None),
-            };
-            let r = client::request(req, &[], &[])?;
-            let lost = r.fds_lost;
-            let (Msg::Opened(obj), Some(&fd)) = (r.msg, r.fds.first()) else {
-                for f in r.fds {
-                    type1_host::sys::close(f);
+        Kind::Container | Kind::Group(_) | Kind::Iommu | Kind::Cdev(..) => {
+            guarded(|| -> Result<c_int, Errno> {
+                state::check_config()?;
+                let req = match &kind {
+                    Kind::Group(n) => Request::Open(Some(*n)),
+                    Kind::Iommu => Request::OpenIommu,
+                    Kind::Cdev(name, _) => Request::OpenCdev(name.clone()),
+                    _ => Request::Open(None),
+                };
+                let r = client::request(req, &[], &[])?;
+                let lost = r.fds_lost;
+                let (Msg::Opened(obj), Some(&fd)) = (r.msg, r.fds.first()) else {
+                    for f in r.fds {
+                        type1_host::sys::close(f);
+                    }
+                    // The file could not be installed: this process is at RLIMIT_NOFILE, as the
+                    // kernel's open would say (the broker releases the file it never got).
+                    return Err(Errno(if lost { libc::EMFILE } else { libc::EIO }));
+                };
+                if flags & libc::O_CLOEXEC == 0 {
+                    let _ = type1_host::sock::set_cloexec(fd, false);
                 }
-                // The file could not be installed: this process is at RLIMIT_NOFILE, as the
-                // kernel's open would say (the broker releases the file it never got).
-                return Err(Errno(if lost { libc::EMFILE } else { libc::EIO }));
-            };
-            if flags & libc::O_CLOEXEC == 0 {
-                let _ = type1_host::sock::set_cloexec(fd, false);
-            }
-            state::track(fd, obj.into());
-            Ok(fd)
-        }),
+                state::track(fd, obj.into());
+                Ok(fd)
+            })
+        }
         Kind::NotDir => Ok(Err(Errno(libc::ENOTDIR))),
         Kind::SysAttr(_, a) => Ok(open_sys_attr(a, flags)),
         // Sysfs directories and links are not opened by VFIO users.

@@ -46,7 +46,10 @@ pub(super) fn may_be_ours(path: &[u8]) -> bool {
 
 /// The machine's device names in order: device N has the cdev `vfioN`.
 pub(super) fn device_names(m: &Machine) -> Vec<String> {
-    m.groups.iter().flat_map(|g| g.devices.iter().cloned()).collect()
+    m.groups
+        .iter()
+        .flat_map(|g| g.devices.iter().cloned())
+        .collect()
 }
 
 pub(super) fn classify(m: &Machine, path: &[u8]) -> Kind {

@@ -47,7 +47,9 @@ fn extra_dir(sub: Option<String>) -> Result<(CString, Option<Looks>), Errno> {
             None => format!("{p}/devices"),
             Some(s) => format!("{p}/{s}"),
         };
-        CString::new(path).map(|c| (c, None)).map_err(|_| Errno::EINVAL)
+        CString::new(path)
+            .map(|c| (c, None))
+            .map_err(|_| Errno::EINVAL)
     })
     .unwrap_or(Err(Errno::EIO))
 }
@@ -327,7 +329,10 @@ pub unsafe extern "C" fn realpath(path: *const c_char, resolved: *mut c_char) ->
         Kind::Cdev(_, k) => Some(format!("/dev/vfio/devices/vfio{k}")),
         Kind::VfioDevDir(k) => {
             let names = device_names(state::machine());
-            Some(format!("{SYSFS_PCI}{}/vfio-dev", names.get(*k).cloned().unwrap_or_default()))
+            Some(format!(
+                "{SYSFS_PCI}{}/vfio-dev",
+                names.get(*k).cloned().unwrap_or_default()
+            ))
         }
         Kind::NotDir => {
             set_errno(Errno(libc::ENOTDIR));
