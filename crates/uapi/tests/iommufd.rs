@@ -2,7 +2,7 @@
 //! (issue 21), over the in-crate fake platform, which checks every seam call it gets.
 
 use type1_core::Errno;
-use type1_uapi::{nr::*, testing::FakePlatform, Caller, FakeCaller, Object, Vfio};
+use type1_uapi::{nr::*, testing::FakePlatform, FakeCaller, Vfio};
 
 const ARG: u64 = 0x1_0000; // a 64 KiB argument area
 const RAM: u64 = 0x4000_0000; // 16 MiB of pinnable user memory
@@ -158,11 +158,11 @@ fn map_and_unmap_follow_the_kernels_ranges() {
         Err(Errno::EOVERFLOW)
     );
     assert_eq!(
-        h.map(ioas, FIXED | RW, RAM, 8192, u64::MAX & !0xfff),
+        h.map(ioas, FIXED | RW, RAM, 8192, !0xfffu64),
         Err(Errno::EOVERFLOW)
     );
     assert_eq!(
-        h.unmap(ioas, u64::MAX & !0xfff, 8192),
+        h.unmap(ioas, !0xfffu64, 8192),
         Err(Errno::EOVERFLOW)
     );
     // Misaligned, overlapping.
