@@ -161,10 +161,7 @@ fn map_and_unmap_follow_the_kernels_ranges() {
         h.map(ioas, FIXED | RW, RAM, 8192, !0xfffu64),
         Err(Errno::EOVERFLOW)
     );
-    assert_eq!(
-        h.unmap(ioas, !0xfffu64, 8192),
-        Err(Errno::EOVERFLOW)
-    );
+    assert_eq!(h.unmap(ioas, !0xfffu64, 8192), Err(Errno::EOVERFLOW));
     // Misaligned, overlapping.
     assert_eq!(
         h.map(ioas, FIXED | RW, RAM, 4096, 0x10800),
