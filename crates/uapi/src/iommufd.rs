@@ -227,12 +227,9 @@ impl<P: Platform> Vfio<P> {
                 let (ictx, _) = self.ictx(id)?;
                 let ioas = ictx.ioas_alloc();
                 put_u32(&mut cmd, 8, ioas);
-                if let Err(e) = reply(caller, &cmd) {
-                    let (ictx, p) = self.ictx(id)?;
-                    let _ = ictx.destroy(p, ioas);
-                    return Err(e);
-                }
-                Ok(0)
+                self.reply_or_undo(id, reply(caller, &cmd), |x, p| {
+                    let _ = x.destroy(p, ioas);
+                })
             }
             IOMMU_IOAS_IOVA_RANGES => {
                 if u32_at(&cmd, 12) != 0 {
@@ -302,12 +299,9 @@ impl<P: Platform> Vfio<P> {
                 let (ictx, p) = self.ictx(id)?;
                 let at = ictx.map(p, req)?;
                 put_u64(&mut cmd, 32, at);
-                if let Err(e) = reply(caller, &cmd) {
-                    let (ictx, p) = self.ictx(id)?;
-                    let _ = ictx.unmap(p, ioas, at, length, false);
-                    return Err(e);
-                }
-                Ok(0)
+                self.reply_or_undo(id, reply(caller, &cmd), |x, p| {
+                    let _ = x.unmap(p, ioas, at, length, false);
+                })
             }
             IOMMU_IOAS_COPY => {
                 let flags = u32_at(&cmd, 4);
@@ -327,12 +321,9 @@ impl<P: Platform> Vfio<P> {
                 let (ictx, p) = self.ictx(id)?;
                 let at = ictx.copy(p, src, src_iova, length, dst, fixed, prot_of(flags))?;
                 put_u64(&mut cmd, 24, at);
-                if let Err(e) = reply(caller, &cmd) {
-                    let (ictx, p) = self.ictx(id)?;
-                    let _ = ictx.unmap(p, dst, at, length, false);
-                    return Err(e);
-                }
-                Ok(0)
+                self.reply_or_undo(id, reply(caller, &cmd), |x, p| {
+                    let _ = x.unmap(p, dst, at, length, false);
+                })
             }
             IOMMU_IOAS_UNMAP => {
                 let (ioas, iova, length) = (u32_at(&cmd, 4), u64_at(&cmd, 8), u64_at(&cmd, 16));
@@ -389,12 +380,9 @@ impl<P: Platform> Vfio<P> {
                 }
                 let hwpt = ictx.hwpt_alloc(p, dev, pt)?;
                 put_u32(&mut cmd, 16, hwpt);
-                if let Err(e) = reply(caller, &cmd) {
-                    let (ictx, p) = self.ictx(id)?;
-                    let _ = ictx.destroy(p, hwpt);
-                    return Err(e);
-                }
-                Ok(0)
+                self.reply_or_undo(id, reply(caller, &cmd), |x, p| {
+                    let _ = x.destroy(p, hwpt);
+                })
             }
             IOMMU_GET_HW_INFO => {
                 if u32_at(&cmd, 4) != 0 || cmd[29..32].iter().any(|b| *b != 0) {
@@ -426,6 +414,22 @@ impl<P: Platform> Vfio<P> {
             }
             _ => Err(Errno::ENOTTY),
         }
+    }
+
+    /// A reply that could not be written undoes what the call made (a failed copy-out leaves
+    /// nothing behind, as `iommufd_ucmd_respond`'s callers abort their new object).
+    fn reply_or_undo(
+        &mut self,
+        id: u32,
+        written: Result<(), Errno>,
+        undo: impl FnOnce(&mut Ictx, &mut P),
+    ) -> Result<i64, Errno> {
+        if let Err(e) = written {
+            let (ictx, p) = self.ictx(id)?;
+            undo(ictx, p);
+            return Err(e);
+        }
+        Ok(0)
     }
 
     fn option(
