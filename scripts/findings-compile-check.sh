@@ -1,0 +1,258 @@
+#!/usr/bin/env bash
+# Compile-check the failed-replay fix (docs/findings/failed-replay-hole.md) in real kernel trees.
+#
+# For each of two Debian kernel source packages:
+#   - linux-source-6.1, from the apt archive this machine is configured for (bookworm);
+#   - the newest linux-source-7.x that Debian sid or experimental offers (found with a private
+#     apt configuration under the work directory, so the system's apt setup is not touched);
+# it downloads the package, unpacks it (once), applies the series' flush hunks ported to that
+# tree (docs/findings/v1-series-flush-on-6.1.patch or v1-series-flush-on-7.3.patch), configures
+# x86_64 defconfig plus VFIO and VFIO_IOMMU_TYPE1, and builds drivers/vfio/vfio_iommu_type1.o
+# twice: with the series alone, then with docs/findings/0001-vfio-type1-flush-on-failed-replay.patch
+# on top. A tree is OK when both builds succeed with no compiler warning in that file and the
+# object references arch_clean_nonsnoop_dma. Prints one OK/FAIL line per tree; exits non-zero
+# if any tree failed.
+#
+# Manual only, not part of CI: it downloads about 300 MB and unpacks two kernel trees (about
+# 3 GB). Every build runs at nice 19 with make -j1 unless told otherwise.
+#
+# Usage: scripts/findings-compile-check.sh [--install] [--only 6.1|new]
+#   --install  apt-get install missing build dependencies first (as root)
+#   --only     check just one of the two trees
+# Environment:
+#   FINDINGS_KC_WORK  work directory (default /tmp): trees go to kc61/ and kc<major><minor>/,
+#                     packages to kc-debs/, the private apt state to kc-apt/
+#   FINDINGS_KC_NEW   package to use instead of the newest 7.x (e.g. linux-source-7.3)
+#   JOBS              make -j value (default 1)
+#   NICE              niceness (default 19)
+set -Eeuo pipefail
+
+install=0
+only=""
+while [ $# -gt 0 ]; do
+    case "$1" in
+        --install) install=1 ;;
+        --only) shift; only="${1:-}" ;;
+        -h|--help) sed -n '2,/^set -/p' "$0" | sed '$d' | sed 's/^# \{0,1\}//'; exit 0 ;;
+        *) echo "findings-compile-check: unknown argument '$1' (see --help)" >&2; exit 2 ;;
+    esac
+    shift
+done
+case "$only" in ""|6.1|new) ;; *) echo "findings-compile-check: --only takes 6.1 or new" >&2; exit 2 ;; esac
+
+if [ -z "${FINDINGS_KC_NICED:-}" ]; then
+    export FINDINGS_KC_NICED=1
+    exec nice -n "${NICE:-19}" bash "$0" "$@"
+fi
+
+repo=$(cd "$(dirname "$0")/.." && pwd)
+findings="$repo/docs/findings"
+fix_patch="$findings/0001-vfio-type1-flush-on-failed-replay.patch"
+work="${FINDINGS_KC_WORK:-/tmp}"
+debs="$work/kc-debs"
+aptdir="$work/kc-apt/new"
+jobs="${JOBS:-1}"
+target=drivers/vfio/vfio_iommu_type1.o
+touched=(drivers/vfio/vfio_iommu_type1.c arch/x86/include/asm/cacheflush.h include/linux/cacheflush.h)
+t_start=$(date +%s)
+
+say() { echo "== $*"; }
+die() { echo "findings-compile-check: $*" >&2; exit 1; }
+
+# ------------------------------------------------------------------ dependencies
+missing=()
+for cmd in gcc make flex bison bc perl xz nm dpkg-deb apt-get git; do
+    command -v "$cmd" >/dev/null 2>&1 || missing+=("$cmd")
+done
+for dev in libelf-dev libssl-dev; do
+    [ "$(dpkg-query -W -f='${Status}' "$dev" 2>/dev/null || true)" = "install ok installed" ] ||
+        missing+=("$dev")
+done
+if [ "${#missing[@]}" -gt 0 ]; then
+    pkgs=()
+    for m in "${missing[@]}"; do
+        case "$m" in
+            xz) pkgs+=(xz-utils) ;;
+            nm) pkgs+=(binutils) ;;
+            dpkg-deb) pkgs+=(dpkg) ;;
+            apt-get) pkgs+=(apt) ;;
+            *) pkgs+=("$m") ;;
+        esac
+    done
+    if [ "$install" = 1 ]; then
+        say "installing ${pkgs[*]}"
+        apt-get install -y "${pkgs[@]}" >/dev/null
+    else
+        die "missing build dependencies: ${pkgs[*]} (rerun with --install)"
+    fi
+fi
+say "gcc $(gcc -dumpfullversion), $(make --version | head -1)"
+mkdir -p "$debs"
+
+# ------------------------------------------------------------------ package helpers
+# fetch PKG [APT-OPTIONS...]: download PKG into $debs unless that version is there; prints the
+# path of the .deb.
+fetch() {
+    local pkg="$1"; shift
+    local ver deb
+    ver=$(apt-cache "$@" policy "$pkg" | awk '/Candidate:/ { print $2 }')
+    [ -n "$ver" ] && [ "$ver" != "(none)" ] || die "no candidate version for $pkg"
+    deb="$debs/${pkg}_${ver//:/%3a}_all.deb"
+    if [ ! -s "$deb" ]; then
+        (cd "$debs" && apt-get "$@" download "$pkg=$ver" >>"$debs/download.log" 2>&1) ||
+            die "apt-get download $pkg=$ver failed"
+    fi
+    [ -s "$deb" ] || die "download of $pkg did not produce $deb"
+    echo "$deb"
+}
+
+# The private apt configuration for sid and experimental.
+new_apt_opts=(-o "Dir::Etc::sourcelist=$aptdir/sources.list" -o Dir::Etc::sourceparts=/dev/null
+              -o "Dir::State::Lists=$aptdir/lists" -o "Dir::Cache=$aptdir/cache"
+              -o Dir::State::status=/var/lib/dpkg/status)
+setup_new_apt() {
+    mkdir -p "$aptdir/lists/partial" "$aptdir/cache/archives/partial"
+    cat > "$aptdir/sources.list" <<'EOF'
+deb [signed-by=/usr/share/keyrings/debian-archive-keyring.gpg] http://deb.debian.org/debian sid main
+deb [signed-by=/usr/share/keyrings/debian-archive-keyring.gpg] http://deb.debian.org/debian experimental main
+EOF
+    apt-get "${new_apt_opts[@]}" update >"$aptdir/update.log" 2>&1 ||
+        die "apt-get update for sid/experimental failed, see $aptdir/update.log"
+}
+
+# unpack DEB PKG DIR: unpack the source tarball of DEB into DIR/<tree> (once per version) and
+# keep pristine copies of the files the patches touch. Prints the tree's path.
+unpack() {
+    local deb="$1" pkg="$2" dir="$3"
+    local ver tree stamp
+    ver=$(dpkg-deb -f "$deb" Version)
+    tree="$dir/$pkg"
+    stamp="$tree/.findings-unpacked"
+    if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$ver" ]; then
+        rm -rf "$tree" "$dir/usr"
+        mkdir -p "$dir"
+        (cd "$dir" && dpkg-deb --fsys-tarfile "$deb" | tar -x --wildcards "./usr/src/$pkg.tar.xz") ||
+            die "no usr/src/$pkg.tar.xz in $deb"
+        xz -dc "$dir/usr/src/$pkg.tar.xz" | tar -x -C "$dir"
+        rm -rf "$dir/usr"
+        [ -f "$tree/Makefile" ] || die "unpacking $deb did not give $tree"
+        mkdir -p "$tree/.findings-pristine"
+        local f
+        for f in "${touched[@]}"; do
+            mkdir -p "$tree/.findings-pristine/$(dirname "$f")"
+            cp "$tree/$f" "$tree/.findings-pristine/$f"
+        done
+        echo "$ver" > "$stamp"
+    fi
+    echo "$tree"
+}
+
+# build TREE LOG: build $target; fails on a compiler warning or error in that file.
+build() {
+    local tree="$1" log="$2"
+    if ! make -C "$tree" -j"$jobs" "$target" >"$log" 2>&1; then
+        echo "   build failed, last lines of $log:"; tail -15 "$log" | sed 's/^/     /'
+        return 1
+    fi
+    if grep -E 'vfio_iommu_type1\.c:[0-9]+:[0-9]+: (warning|error)' "$log"; then
+        echo "   compiler diagnostics in vfio_iommu_type1.c, see $log"
+        return 1
+    fi
+    # (nm goes to a file: a pipe into grep -q can fail with SIGPIPE under pipefail)
+    nm "$tree/$target" > "$log.nm"
+    if ! grep -q ' U arch_clean_nonsnoop_dma$' "$log.nm"; then
+        echo "   $target does not reference arch_clean_nonsnoop_dma"
+        return 1
+    fi
+    echo "   $target: $(stat -c %s "$tree/$target") bytes (log $log)"
+}
+
+# check LABEL DEB PKG DIR SERIES_PATCH: the whole check for one tree; prints the result line.
+results=()
+check() {
+    local label="$1" deb="$2" pkg="$3" dir="$4" series="$5"
+    local ver tree f
+    ver=$(dpkg-deb -f "$deb" Version)
+    say "$label: $pkg $ver"
+    local t0; t0=$(date +%s)
+    tree=$(unpack "$deb" "$pkg" "$dir")
+    echo "   tree $tree ($(( $(date +%s) - t0 )) s)"
+
+    for f in "${touched[@]}"; do cp "$tree/.findings-pristine/$f" "$tree/$f"; done
+    if ! (cd "$tree" && git apply -v "$series") >"$tree/findings-series.log" 2>&1; then
+        cat "$tree/findings-series.log" | sed 's/^/     /'
+        results+=("FAIL $pkg $ver: the series port $(basename "$series") does not apply")
+        return 0
+    fi
+
+    make -C "$tree" -s defconfig >/dev/null
+    "$tree/scripts/config" --file "$tree/.config" -e VFIO -e VFIO_IOMMU_TYPE1
+    make -C "$tree" -s olddefconfig >/dev/null
+    if ! grep -q '^CONFIG_VFIO=y' "$tree/.config" || ! grep -q '^CONFIG_VFIO_IOMMU_TYPE1=y' "$tree/.config"; then
+        results+=("FAIL $pkg $ver: CONFIG_VFIO/CONFIG_VFIO_IOMMU_TYPE1 not enabled after olddefconfig")
+        return 0
+    fi
+
+    say "$label: building $target with the series (the first run includes the prepare step)"
+    t0=$(date +%s)
+    if ! build "$tree" "$tree/findings-series-build.log"; then
+        results+=("FAIL $pkg $ver: $target does not build with the series alone")
+        return 0
+    fi
+    echo "   ($(( $(date +%s) - t0 )) s)"
+
+    say "$label: applying the fix and rebuilding"
+    if ! (cd "$tree" && git apply -v "$fix_patch") >"$tree/findings-fix.log" 2>&1; then
+        cat "$tree/findings-fix.log" | sed 's/^/     /'
+        results+=("FAIL $pkg $ver: $(basename "$fix_patch") does not apply on the series")
+        return 0
+    fi
+    grep -E '^Hunk|^Applied' "$tree/findings-fix.log" | sed 's/^/   /' || true
+    t0=$(date +%s)
+    if ! build "$tree" "$tree/findings-fix-build.log"; then
+        results+=("FAIL $pkg $ver: $target does not build with the series and the fix")
+        return 0
+    fi
+    echo "   ($(( $(date +%s) - t0 )) s)"
+    results+=("OK   $pkg $ver: series + fix compile, no warnings in vfio_iommu_type1.c")
+}
+
+# ------------------------------------------------------------------ linux-source-6.1
+if [ "$only" != new ]; then
+    policy61=$(apt-cache policy linux-source-6.1)
+    if ! grep -q 'Candidate: [0-9]' <<<"$policy61"; then
+        say "apt-get update (linux-source-6.1 has no candidate yet)"
+        apt-get update >/dev/null
+    fi
+    deb61=$(fetch linux-source-6.1)
+    check "6.1" "$deb61" linux-source-6.1 "$work/kc61" "$findings/v1-series-flush-on-6.1.patch"
+fi
+
+# ------------------------------------------------------------------ newest linux-source-7.x
+if [ "$only" != 6.1 ]; then
+    say "looking up the newest linux-source-7.x in sid and experimental"
+    setup_new_apt
+    newpkg="${FINDINGS_KC_NEW:-}"
+    if [ -z "$newpkg" ]; then
+        newpkg=$(apt-cache "${new_apt_opts[@]}" search --names-only '^linux-source-7\.[0-9]+$' |
+                 awk '{ print $1 }' | sort -V | tail -1)
+    fi
+    [ -n "$newpkg" ] || die "no linux-source-7.x package in sid or experimental"
+    newver=${newpkg#linux-source-}
+    debnew=$(fetch "$newpkg" "${new_apt_opts[@]}")
+    series_new="$findings/v1-series-flush-on-$newver.patch"
+    if [ ! -f "$series_new" ]; then
+        echo "   no port for $newver; trying the 7.3 port"
+        series_new="$findings/v1-series-flush-on-7.3.patch"
+    fi
+    check "$newver" "$debnew" "$newpkg" "$work/kc${newver//./}" "$series_new"
+fi
+
+echo
+say "results ($(( $(date +%s) - t_start )) s in total)"
+status=0
+for r in "${results[@]}"; do
+    echo "findings-compile-check: $r"
+    case "$r" in FAIL*) status=1 ;; esac
+done
+exit "$status"
