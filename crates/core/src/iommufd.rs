@@ -32,6 +32,10 @@ use crate::{
 /// Pages read, flushed and mapped per step of a fill (the kernel's pfn batch).
 pub const FILL_BATCH: u64 = 512;
 
+/// Which frames a flush covers (F9): the series' classifier, shared with type1. iommufd
+/// never maps reserved frames (their pin fails), so every frame it flushes is normal memory.
+const CLASSIFIER: crate::policy::Seed = crate::policy::Seed;
+
 /// `EADDRINUSE`: a device's reserved region overlaps an existing area.
 pub const EADDRINUSE: Errno = Errno(98);
 
@@ -129,9 +133,6 @@ pub struct Ioas {
     allowed: Vec<IovaRange>,
     hwpts: Vec<u32>,
     disable_large_pages: bool,
-    /// Devices attached through this IOAS's HWPTs, and HWPTs bound to it (IOMMU_DESTROY is
-    /// EBUSY while any exist).
-    users: u32,
 }
 
 /// A paging HWPT: an IOMMU domain bound to one IOAS.
@@ -165,13 +166,19 @@ enum Obj {
     Device(Idev),
 }
 
-/// One pages object: a user VA range, pinned page by page while any domain maps it.
-#[derive(Clone, Debug)]
-struct Pages {
+/// Whose pages a pages object covers, and whether the limit applies to charging them.
+#[derive(Clone, Copy, Debug)]
+struct Owner {
     mm: MmId,
     uptr: u64,
     writable: bool,
     lock_cap: bool,
+}
+
+/// One pages object: a user VA range, pinned page by page while any domain maps it.
+#[derive(Clone, Debug)]
+struct Pages {
+    owner: Owner,
     /// Areas referring to it.
     refs: u32,
     /// Per page: the (area, domain) pairs mapping it, and its frame while pinned.
@@ -465,7 +472,8 @@ impl Ictx {
         match self.objs.get(&id) {
             None | Some(Obj::Device(_)) => Err(Errno::ENOENT),
             Some(Obj::Ioas(i)) => {
-                if i.users > 0 || !i.hwpts.is_empty() {
+                // Devices attach through HWPTs: a HWPT bound to it is every use there is.
+                if !i.hwpts.is_empty() {
                     return Err(Errno::EBUSY);
                 }
                 let iovas: Vec<u64> = i.areas.keys().copied().collect();
@@ -589,10 +597,12 @@ impl Ictx {
         self.pages.insert(
             pid,
             Pages {
-                mm: task.mm,
-                uptr: req.uptr,
-                writable: req.prot.write,
-                lock_cap: task.cap_ipc_lock,
+                owner: Owner {
+                    mm: task.mm,
+                    uptr: req.uptr,
+                    writable: req.prot.write,
+                    lock_cap: task.cap_ipc_lock,
+                },
                 refs: 0,
                 users: vec![0; npages as usize],
                 pfns: vec![0; npages as usize],
@@ -633,7 +643,7 @@ impl Ictx {
             let skip = (at - s) >> PAGE_SHIFT;
             let end = a.last.min(r.last);
             let pg = self.pages.get(&a.pages).ok_or(Errno::ENOENT)?;
-            if prot.write && !pg.writable {
+            if prot.write && !pg.owner.writable {
                 return Err(Errno::EPERM);
             }
             slices.push((a.pages, a.first_page + skip, (end - at + 1) >> PAGE_SHIFT));
@@ -752,19 +762,14 @@ impl Ictx {
         flush: bool,
         large: bool,
     ) -> Result<(), Errno> {
-        self.pin_slice(p, area.pages, first, n, domains.len() as u32)?;
+        let fills = domains.len() as u32;
+        self.pin_slice(p, area.pages, first, n, fills)?;
         let runs = self.runs(area.pages, first, n);
         if flush {
             let mut off = 0;
             for &(pfn, k) in &runs {
-                p.flush_cache(pfn << PAGE_SHIFT, k << PAGE_SHIFT);
-                p.trace(Event::Flush {
-                    reason: FlushReason::Map,
-                    iova: iova + (off << PAGE_SHIFT),
-                    npages: k,
-                    pa: pfn << PAGE_SHIFT,
-                    skipped: 0,
-                });
+                let at = iova + (off << PAGE_SHIFT);
+                crate::pin::flush_run(p, &CLASSIFIER, FlushReason::Map, at, pfn, k);
                 off += k;
             }
         }
@@ -773,9 +778,7 @@ impl Ictx {
                 for &(u, _) in &domains[..di] {
                     unmap_range(p, u, iova, n);
                 }
-                for _ in domains {
-                    self.release_slice(p, area.pages, first, n, iova);
-                }
+                self.release_slice(p, area.pages, first, n, iova, fills);
                 return Err(e);
             }
         }
@@ -797,9 +800,8 @@ impl Ictx {
         for &(d, _) in domains {
             unmap_range(p, d, iova, npages);
         }
-        for _ in domains {
-            self.release_slice(p, area.pages, area.first_page, npages, iova);
-        }
+        let fills = domains.len() as u32;
+        self.release_slice(p, area.pages, area.first_page, npages, iova, fills);
     }
 
     /// Pins pages `[first, first + n)` of a pages object that no domain maps yet, charging
@@ -813,28 +815,29 @@ impl Ictx {
         n: u64,
         users: u32,
     ) -> Result<(), Errno> {
-        let pg = self.pages.get(&pid).ok_or(Errno::ENOENT)?.clone();
+        let owner = self.pages.get(&pid).ok_or(Errno::ENOENT)?.owner;
         let mut fresh: Vec<(u64, u64)> = Vec::new(); // (page index, count) pinned here
         let mut i = first;
         let mut result = Ok(());
         'outer: while i < first + n {
-            if pg.users[i as usize] > 0 {
+            let users = &self.pages.get(&pid).ok_or(Errno::ENOENT)?.users;
+            if users[i as usize] > 0 {
                 i += 1;
                 continue;
             }
             let mut j = i;
-            while j < first + n && pg.users[j as usize] == 0 {
+            while j < first + n && users[j as usize] == 0 {
                 j += 1;
             }
             // Charge first (as iommufd does before it pins), then pin [i, j).
-            if let Err(e) = charge(p, &pg, (j - i) as i64) {
+            if let Err(e) = charge(p, owner, (j - i) as i64) {
                 result = Err(e);
                 break;
             }
             let mut k = i;
             while k < j {
-                let vaddr = pg.uptr + (k << PAGE_SHIFT);
-                match p.pin_user_pages(pg.mm, vaddr, j - k, pg.writable) {
+                let vaddr = owner.uptr + (k << PAGE_SHIFT);
+                match p.pin_user_pages(owner.mm, vaddr, j - k, owner.writable) {
                     Ok(got) => {
                         let bad = got.iter().position(|x| x.reserved);
                         let good = bad.unwrap_or(got.len());
@@ -854,13 +857,13 @@ impl Ictx {
                         k += good as u64;
                         if bad.is_some() {
                             // PFNMAP/MMIO: iommufd pins only struct pages (EFAULT).
-                            let _ = charge(p, &pg, -((j - k) as i64));
+                            let _ = charge(p, owner, -((j - k) as i64));
                             result = Err(Errno::EFAULT);
                             break 'outer;
                         }
                     }
                     Err(e) => {
-                        let _ = charge(p, &pg, -((j - k) as i64));
+                        let _ = charge(p, owner, -((j - k) as i64));
                         result = Err(e.errno);
                         break 'outer;
                     }
@@ -869,16 +872,13 @@ impl Ictx {
             i = j;
         }
         if let Err(e) = result {
-            let pfns = self
-                .pages
-                .get(&pid)
-                .map(|x| x.pfns.clone())
-                .unwrap_or_default();
             for (k, c) in fresh.into_iter().rev() {
                 for x in k..k + c {
-                    p.unpin_page(pfns[x as usize], false);
+                    if let Some(pg) = self.pages.get(&pid) {
+                        p.unpin_page(pg.pfns[x as usize], false);
+                    }
                 }
-                let _ = charge(p, &pg, -(c as i64));
+                let _ = charge(p, owner, -(c as i64));
             }
             return Err(e);
         }
@@ -889,8 +889,8 @@ impl Ictx {
         Ok(())
     }
 
-    /// Drops one user of every page of the slice; pages left with none are flushed (if the
-    /// policy says so), unpinned and uncharged, run by run.
+    /// Drops `fills` users (one per domain leaving) of every page of the slice; pages left
+    /// with none are flushed (if the policy says so), unpinned and uncharged, run by run.
     fn release_slice<P: Platform + ?Sized>(
         &mut self,
         p: &mut P,
@@ -898,6 +898,7 @@ impl Ictx {
         first: u64,
         n: u64,
         iova: u64,
+        fills: u32,
     ) {
         let policy = self.policy;
         let Some(pg) = self.pages.get_mut(&pid) else {
@@ -906,8 +907,9 @@ impl Ictx {
         let mut gone: Vec<(u64, u64, u64)> = Vec::new(); // (iova, pfn, count)
         for k in first..first + n {
             let u = &mut pg.users[k as usize];
-            *u = u.saturating_sub(1);
-            if *u == 0 {
+            let was = *u;
+            *u = u.saturating_sub(fills);
+            if was > 0 && *u == 0 {
                 let pfn = pg.pfns[k as usize];
                 let at = iova + ((k - first) << PAGE_SHIFT);
                 match gone.last_mut() {
@@ -916,21 +918,13 @@ impl Ictx {
                 }
             }
         }
-        let (flagged, writable) = (pg.flagged, pg.writable);
-        let acct = pg.clone();
+        let (flagged, owner) = (pg.flagged, pg.owner);
         let total: u64 = gone.iter().map(|g| g.2).sum();
+        if policy.flush_on_unpin(flagged) {
+            crate::pin::flush_runs_for_unpin(p, &CLASSIFIER, &gone);
+        }
         for &(at, pfn, c) in &gone {
-            if policy.flush_on_unpin(flagged) {
-                p.flush_cache(pfn << PAGE_SHIFT, c << PAGE_SHIFT);
-                p.trace(Event::Flush {
-                    reason: FlushReason::Unpin,
-                    iova: at,
-                    npages: c,
-                    pa: pfn << PAGE_SHIFT,
-                    skipped: 0,
-                });
-            }
-            p.unpin_pages(pfn, c, writable);
+            p.unpin_pages(pfn, c, owner.writable);
             p.trace(Event::Unpin {
                 iova: at,
                 npages: c,
@@ -939,7 +933,7 @@ impl Ictx {
             });
         }
         if total > 0 {
-            let _ = charge(p, &acct, -(total as i64));
+            let _ = charge(p, owner, -(total as i64));
         }
     }
 
@@ -1086,18 +1080,6 @@ impl Ictx {
         self.objs.remove(&idev);
     }
 
-    /// A new domain for a device's group with its coherency decided (the device's IOMMU
-    /// enforces snoop control or not).
-    fn new_domain<P: Platform + ?Sized>(
-        &mut self,
-        p: &mut P,
-        group: GroupId,
-    ) -> Result<(DomainId, bool), Errno> {
-        let d = p.domain_alloc(group).map_err(|e| e.errno)?;
-        let coherent = p.domain_enforce_cache_coherency(d);
-        Ok((d, coherent))
-    }
-
     /// Adds a domain to an IOAS: every area is filled into it (`iopt_table_add_domain`); on
     /// failure the areas done are unfilled and the domain is left empty.
     fn add_domain<P: Platform + ?Sized>(
@@ -1138,17 +1120,19 @@ impl Ictx {
     ) -> Result<u32, Errno> {
         let group = self.idev(idev)?.group;
         self.ioas(ioas)?;
-        self.hwpt_new(p, group, ioas, false)
+        let (d, coherent) = new_domain(p, group)?;
+        self.hwpt_new(p, d, coherent, ioas, false)
     }
 
+    /// A HWPT over the IOAS with a fresh domain `d`, filled; on failure `d` is freed.
     fn hwpt_new<P: Platform + ?Sized>(
         &mut self,
         p: &mut P,
-        group: GroupId,
+        d: DomainId,
+        coherent: bool,
         ioas: u32,
         auto: bool,
     ) -> Result<u32, Errno> {
-        let (d, coherent) = self.new_domain(p, group)?;
         if let Err(e) = self.add_domain(p, ioas, d, coherent) {
             p.domain_free(d);
             return Err(e);
@@ -1162,7 +1146,6 @@ impl Ictx {
         }));
         if let Ok(i) = self.ioas_mut(ioas) {
             i.hwpts.push(id);
-            i.users += 1;
         }
         Ok(id)
     }
@@ -1180,7 +1163,6 @@ impl Ictx {
         }
         if let Ok(i) = self.ioas_mut(h.ioas) {
             i.hwpts.retain(|x| *x != id);
-            i.users = i.users.saturating_sub(1);
         }
         self.objs.remove(&id);
         p.domain_free(h.domain);
@@ -1235,14 +1217,12 @@ impl Ictx {
             hw.devices.push(idev);
         }
         self.idev_mut(idev)?.hwpt = Some(target);
-        if let Ok(i) = self.ioas_mut(h.ioas) {
-            i.users += 1;
-        }
         Ok(target)
     }
 
     /// The automatic HWPT a device attaching to `ioas` uses: an existing one of the same
-    /// IOMMU (ops) and coherency, else a new one.
+    /// IOMMU (ops) and coherency as a domain for the device (which is then freed), else a
+    /// new one over that domain.
     fn auto_hwpt<P: Platform + ?Sized>(
         &mut self,
         p: &mut P,
@@ -1250,7 +1230,7 @@ impl Ictx {
         ioas: u32,
     ) -> Result<u32, Errno> {
         let hwpts = self.ioas(ioas)?.hwpts.clone();
-        let (d, coherent) = self.new_domain(p, group)?;
+        let (d, coherent) = new_domain(p, group)?;
         let ops = p.domain_info(d).ops;
         for h in hwpts {
             if let Ok(x) = self.hwpt(h) {
@@ -1260,8 +1240,7 @@ impl Ictx {
                 }
             }
         }
-        p.domain_free(d);
-        self.hwpt_new(p, group, ioas, true)
+        self.hwpt_new(p, d, coherent, ioas, true)
     }
 
     fn drop_unused_auto<P: Platform + ?Sized>(&mut self, p: &mut P, hwpt: u32) {
@@ -1283,9 +1262,6 @@ impl Ictx {
         p.detach_group(h.domain, group);
         if let Some(Obj::Hwpt(hw)) = self.objs.get_mut(&hwpt) {
             hw.devices.retain(|d| *d != idev);
-        }
-        if let Ok(i) = self.ioas_mut(h.ioas) {
-            i.users = i.users.saturating_sub(1);
         }
         let freed = h.auto && h.devices.len() == 1;
         p.trace(Event::Detach {
@@ -1330,21 +1306,34 @@ impl Ictx {
         }
         let ioases: Vec<u32> = self.objs.keys().copied().collect();
         for i in ioases {
-            if let Some(Obj::Ioas(x)) = self.objs.get_mut(&i) {
-                x.users = 0;
-            }
             let _ = self.destroy(p, i);
         }
     }
 }
 
+/// A new domain for a device's group with its coherency decided (the device's IOMMU
+/// enforces snoop control or not).
+fn new_domain<P: Platform + ?Sized>(p: &mut P, group: GroupId) -> Result<(DomainId, bool), Errno> {
+    let d = p.domain_alloc(group).map_err(|e| e.errno)?;
+    let coherent = p.domain_enforce_cache_coherency(d);
+    Ok((d, coherent))
+}
+
+/// Whether the IOMMU of a group's devices can enforce coherency (snoop control), as an
+/// attach would find it: a domain is made, asked and freed (`IOMMU_GET_HW_INFO`).
+pub fn snoop_control<P: Platform + ?Sized>(p: &mut P, group: GroupId) -> Result<bool, Errno> {
+    let (d, coherent) = new_domain(p, group)?;
+    p.domain_free(d);
+    Ok(coherent)
+}
+
 /// Charges (or, negative, uncharges) pages of a pages object; the limit applies to a charge
 /// by a task without CAP_IPC_LOCK.
-fn charge<P: Platform + ?Sized>(p: &mut P, pg: &Pages, n: i64) -> Result<(), Errno> {
-    if n == 0 || pg.lock_cap {
+fn charge<P: Platform + ?Sized>(p: &mut P, owner: Owner, n: i64) -> Result<(), Errno> {
+    if n == 0 || owner.lock_cap {
         return Ok(());
     }
-    p.account(pg.mm, n, n > 0).map_err(|e| e.errno)
+    p.account(owner.mm, n, n > 0).map_err(|e| e.errno)
 }
 
 /// Maps runs of frames at `iova` into a domain, run by run (page by page without large

@@ -392,14 +392,7 @@ impl<P: Platform> Vfio<P> {
                     let (ictx, _) = self.ictx(id)?;
                     ictx.idev(u32_at(&cmd, 8))?.group
                 };
-                // Snoop control is what an attach would find: probe a domain.
-                let sc = {
-                    let p = &mut self.platform;
-                    let d = p.domain_alloc(group).map_err(|e| e.errno)?;
-                    let c = p.domain_enforce_cache_coherency(d);
-                    p.domain_free(d);
-                    c
-                };
+                let sc = type1_core::iommufd::snoop_control(&mut self.platform, group)?;
                 let mut vtd = [0u8; 24];
                 put_u64(&mut vtd, 16, if sc { VTD_ECAP_SC } else { 0 });
                 let len = (u32_at(&cmd, 12) as usize).min(vtd.len());
