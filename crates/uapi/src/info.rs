@@ -15,30 +15,47 @@ fn align8(n: usize) -> usize {
 }
 
 /// The capability chain as it sits in the user buffer from offset [`HEADER_SIZE`]: MIGRATION,
-/// DMA_AVAIL, then IOVA_RANGE (left out when there is no range). Each capability is padded to
-/// 8 bytes; `next` offsets are from the start of the buffer, the last one 0.
+/// DMA_AVAIL, then IOVA_RANGE (left out when there is no range).
 pub fn chain(info: &IommuInfo) -> Vec<u8> {
-    let mut caps: Vec<(u32, Vec<u8>)> = Vec::new();
     let mut mig = Vec::new();
     mig.extend_from_slice(&0u32.to_le_bytes()); // flags
     mig.extend_from_slice(&0u32.to_le_bytes()); // padding
     mig.extend_from_slice(&info.migration_pgsize_bitmap.to_le_bytes());
     mig.extend_from_slice(&info.max_dirty_bitmap_size.to_le_bytes());
-    caps.push((b::VFIO_IOMMU_TYPE1_INFO_CAP_MIGRATION, mig));
-    caps.push((
-        b::VFIO_IOMMU_TYPE1_INFO_DMA_AVAIL,
-        info.dma_avail.to_le_bytes().to_vec(),
-    ));
+    let mut caps = vec![
+        (b::VFIO_IOMMU_TYPE1_INFO_CAP_MIGRATION, mig),
+        dma_avail_cap(info.dma_avail),
+    ];
     if !info.iova_ranges.is_empty() {
-        let mut r = Vec::new();
-        r.extend_from_slice(&(info.iova_ranges.len() as u32).to_le_bytes());
-        r.extend_from_slice(&0u32.to_le_bytes());
-        for x in &info.iova_ranges {
-            r.extend_from_slice(&x.start.to_le_bytes());
-            r.extend_from_slice(&x.last.to_le_bytes());
-        }
-        caps.push((b::VFIO_IOMMU_TYPE1_INFO_CAP_IOVA_RANGE, r));
+        caps.push(iova_range_cap(&info.iova_ranges));
     }
+    encode_chain(caps)
+}
+
+/// The DMA_AVAIL capability's id and body.
+pub fn dma_avail_cap(avail: u32) -> (u32, Vec<u8>) {
+    (
+        b::VFIO_IOMMU_TYPE1_INFO_DMA_AVAIL,
+        avail.to_le_bytes().to_vec(),
+    )
+}
+
+/// The IOVA_RANGE capability's id and body.
+pub fn iova_range_cap(ranges: &[type1_core::IovaRange]) -> (u32, Vec<u8>) {
+    let mut r = Vec::new();
+    r.extend_from_slice(&(ranges.len() as u32).to_le_bytes());
+    r.extend_from_slice(&0u32.to_le_bytes());
+    for x in ranges {
+        r.extend_from_slice(&x.start.to_le_bytes());
+        r.extend_from_slice(&x.last.to_le_bytes());
+    }
+    (b::VFIO_IOMMU_TYPE1_INFO_CAP_IOVA_RANGE, r)
+}
+
+/// Capabilities `(id, body)` laid out as a chain from offset [`HEADER_SIZE`]: each with its
+/// header (version 1), padded to 8 bytes; `next` offsets are from the start of the buffer,
+/// the last one 0.
+pub fn encode_chain(caps: Vec<(u32, Vec<u8>)>) -> Vec<u8> {
     let mut out = Vec::new();
     let n = caps.len();
     for (i, (id, body)) in caps.into_iter().enumerate() {

@@ -574,28 +574,15 @@ impl<P: Platform> Vfio<P> {
         let pgsizes = st.ictx.pgsizes(&self.platform, ioas)?;
         let ranges = st.ictx.iova_ranges(&self.platform, ioas)?;
         const HDR: usize = crate::info::HEADER_SIZE;
-        // DMA_AVAIL (id 3): header + u32 avail, padded to 16.
-        let mut dma = vec![0u8; 16];
-        dma[0..2].copy_from_slice(&3u16.to_ne_bytes());
-        dma[2..4].copy_from_slice(&1u16.to_ne_bytes());
-        put_u32(&mut dma, 8, u32::MAX);
-        // IOVA_RANGE (id 1): header, nr_iovas, reserved, then (start, end) pairs.
-        let mut iov = vec![0u8; 16 + 16 * ranges.len()];
-        iov[0..2].copy_from_slice(&1u16.to_ne_bytes());
-        iov[2..4].copy_from_slice(&1u16.to_ne_bytes());
-        put_u32(&mut iov, 8, ranges.len() as u32);
-        for (k, r) in ranges.iter().enumerate() {
-            put_u64(&mut iov, 16 + 16 * k, r.start);
-            put_u64(&mut iov, 24 + 16 * k, r.last);
-        }
-        let total = HDR + dma.len() + iov.len();
+        // DMA_AVAIL first, then IOVA_RANGE, as iommufd's compat layer lists them.
+        let chain = crate::info::encode_chain(vec![
+            crate::info::dma_avail_cap(u32::MAX),
+            crate::info::iova_range_cap(&ranges),
+        ]);
+        let total = HDR + chain.len();
         let mut out = vec![0u8; HDR];
         let mut cap_offset = 0u32;
         if argsz >= total {
-            let next = (HDR + dma.len()) as u32;
-            put_u32(&mut dma, 4, next);
-            let mut chain = dma;
-            chain.extend_from_slice(&iov);
             caller.write(arg + HDR as u64, &chain)?;
             cap_offset = HDR as u32;
         }
@@ -611,45 +598,45 @@ impl<P: Platform> Vfio<P> {
         Ok(0)
     }
 
-    /// The iommufd ioctls of a device file; `None` for every other request. BIND only on a
-    /// cdev; every other device ioctl of an unbound cdev is EINVAL.
-    pub(crate) fn cdev_ioctl(
-        &mut self,
-        dev: u32,
-        req: u64,
-        arg: u64,
-        caller: &mut dyn Caller,
-    ) -> Option<Result<i64, Errno>> {
-        let d = self.devices.get(&dev)?;
-        let (cdev, bound, group) = (d.cdev, d.bound, d.group);
+    /// Whether a device-file request is this module's: the iommufd ioctls of any device file,
+    /// and everything on a cdev that is not bound yet (which [`Self::cdev_ioctl`] refuses).
+    pub(crate) fn cdev_claims(&self, dev: u32, req: u64) -> bool {
         let iommufd_req = matches!(
             req,
             VFIO_DEVICE_BIND_IOMMUFD
                 | VFIO_DEVICE_ATTACH_IOMMUFD_PT
                 | VFIO_DEVICE_DETACH_IOMMUFD_PT
         );
-        if !cdev {
-            return iommufd_req.then_some(Err(Errno::EINVAL));
-        }
-        Some(match (req, bound) {
+        self.devices
+            .get(&dev)
+            .is_some_and(|d| iommufd_req || (d.cdev && d.bound.is_none()))
+    }
+
+    /// A request [`Self::cdev_claims`]: BIND only on a cdev, ATTACH and DETACH only on a
+    /// bound one; EINVAL for everything else (a group's device file, an unbound cdev).
+    pub(crate) fn cdev_ioctl(
+        &mut self,
+        dev: u32,
+        req: u64,
+        arg: u64,
+        caller: &mut dyn Caller,
+    ) -> Result<i64, Errno> {
+        let d = self.devices.get(&dev).ok_or(Errno::EBADF)?;
+        let (cdev, bound, group) = (d.cdev, d.bound, d.group);
+        match (req, bound) {
+            _ if !cdev => Err(Errno::EINVAL),
             (VFIO_DEVICE_BIND_IOMMUFD, _) => self.bind(dev, group, arg, caller),
-            (_, None) => Err(Errno::EINVAL),
-            (VFIO_DEVICE_ATTACH_IOMMUFD_PT, Some((i, idev))) => (|| {
-                let mut h = read_vec(caller, arg, 12)?;
+            (VFIO_DEVICE_ATTACH_IOMMUFD_PT, Some((i, idev))) => {
+                let h = read_vec(caller, arg, 12)?;
                 if (u32_at(&h, 0) as usize) < 12 || u32_at(&h, 4) != 0 {
                     return Err(Errno::EINVAL);
                 }
                 let (ictx, p) = self.ictx(i)?;
                 let hwpt = ictx.attach(p, idev, u32_at(&h, 8))?;
-                put_u32(&mut h, 8, hwpt);
-                if let Err(e) = caller.write(arg + 8, &h[8..12]) {
-                    let (ictx, p) = self.ictx(i)?;
-                    ictx.detach(p, idev);
-                    return Err(e);
-                }
-                Ok(0)
-            })(),
-            (VFIO_DEVICE_DETACH_IOMMUFD_PT, Some((i, idev))) => (|| {
+                let written = caller.write(arg + 8, &hwpt.to_ne_bytes());
+                self.reply_or_undo(i, written, |x, p| x.detach(p, idev))
+            }
+            (VFIO_DEVICE_DETACH_IOMMUFD_PT, Some((i, idev))) => {
                 let h = read_vec(caller, arg, 8)?;
                 if (u32_at(&h, 0) as usize) < 8 || u32_at(&h, 4) != 0 {
                     return Err(Errno::EINVAL);
@@ -657,9 +644,9 @@ impl<P: Platform> Vfio<P> {
                 let (ictx, p) = self.ictx(i)?;
                 ictx.detach(p, idev);
                 Ok(0)
-            })(),
-            _ => return None,
-        })
+            }
+            _ => Err(Errno::EINVAL),
+        }
     }
 
     /// `VFIO_DEVICE_BIND_IOMMUFD`, in the kernel's order: argsz (EINVAL), a zero tail (E2BIG),

@@ -149,6 +149,15 @@ pub fn device_table<P: Platform>() -> Vec<IoctlDef<P>> {
     ]
 }
 
+/// A request's name for the trace (`linux/vfio.h` and `linux/iommufd.h` names without the
+/// `VFIO_` prefix), `IOCTL` for a number no header names.
+fn nr_name(req: u64) -> &'static str {
+    NAMES
+        .iter()
+        .find(|(_, v)| *v == req)
+        .map_or("IOCTL", |(n, _)| n.trim_start_matches("VFIO_"))
+}
+
 fn eng<T>(r: type1_core::Result<T>) -> Result<T, Errno> {
     r.map_err(|e| e.errno())
 }
@@ -172,48 +181,45 @@ impl<P: Platform> Vfio<P> {
                     // C7: without a backend everything else is EINVAL; with one, type1 answers
                     // (ENOTTY for what it does not know).
                     if !c.c.is_set() {
-                        self.trace_op("IOCTL", format!("container 0x{req:x} before SET_IOMMU"));
-                        let r = Err(Errno::EINVAL);
-                        self.trace_ret("IOCTL", &r);
-                        return r;
+                        let what = format!("container 0x{req:x} before SET_IOMMU");
+                        return self.traced("IOCTL", what, |_| Err(Errno::EINVAL));
                     }
                     t = type1_table::<P>();
                 }
                 (t, id)
             }
             Object::Group(id) => (group_table::<P>(), id),
-            Object::Device(id) => {
-                if let Some(r) = self.cdev_ioctl(id, req, arg, caller) {
-                    let name = crate::nr::NAMES
-                        .iter()
-                        .find(|(_, v)| *v == req)
-                        .map_or("IOCTL", |(n, _)| n.trim_start_matches("VFIO_"));
-                    self.trace_op(name, format!("{obj:?} arg 0x{arg:x}"));
-                    self.trace_ret(name, &r);
-                    return r;
-                }
-                (device_table::<P>(), id)
+            Object::Device(id) if self.cdev_claims(id, req) => {
+                return self.traced(nr_name(req), format!("{obj:?} arg 0x{arg:x}"), |v| {
+                    v.cdev_ioctl(id, req, arg, caller)
+                });
             }
+            Object::Device(id) => (device_table::<P>(), id),
             Object::Iommufd(id) => {
-                let name = crate::nr::NAMES
-                    .iter()
-                    .find(|(_, v)| *v == req)
-                    .map_or("IOCTL", |(n, _)| n.trim_start_matches("VFIO_"));
-                self.trace_op(name, format!("{obj:?} arg 0x{arg:x}"));
-                let r = self.iommufd_ioctl(id, req, arg, caller);
-                self.trace_ret(name, &r);
-                return r;
+                return self.traced(nr_name(req), format!("{obj:?} arg 0x{arg:x}"), |v| {
+                    v.iommufd_ioctl(id, req, arg, caller)
+                });
             }
         };
         let Some(def) = table.iter().find(|d| d.nr == req) else {
-            self.trace_op("IOCTL", format!("{obj:?} unknown request 0x{req:x}"));
-            let r = Err(Errno::ENOTTY);
-            self.trace_ret("IOCTL", &r);
-            return r;
+            let what = format!("{obj:?} unknown request 0x{req:x}");
+            return self.traced("IOCTL", what, |_| Err(Errno::ENOTTY));
         };
         let name = def.name.trim_start_matches("VFIO_");
-        self.trace_op(name, format!("{obj:?} arg 0x{arg:x}"));
-        let r = self.run(def, id, arg, caller);
+        self.traced(name, format!("{obj:?} arg 0x{arg:x}"), |v| {
+            v.run(def, id, arg, caller)
+        })
+    }
+
+    /// Runs one call between its `op` and `ret` trace lines.
+    fn traced(
+        &mut self,
+        name: &str,
+        args: String,
+        f: impl FnOnce(&mut Self) -> Result<i64, Errno>,
+    ) -> Result<i64, Errno> {
+        self.trace_op(name, args);
+        let r = f(self);
         self.trace_ret(name, &r);
         r
     }
