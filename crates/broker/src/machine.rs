@@ -95,6 +95,13 @@ impl Machine {
             .map(|g| g.id)
     }
 
+    /// The device names in the machine's order: device N has the cdev `vfioN`.
+    pub fn devices(&self) -> impl Iterator<Item = &str> {
+        self.groups
+            .iter()
+            .flat_map(|g| g.devices.iter().map(String::as_str))
+    }
+
     /// Whether group `id` exists.
     pub fn has_group(&self, id: u32) -> bool {
         self.groups.iter().any(|g| g.id == id)

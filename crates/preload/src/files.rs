@@ -61,6 +61,8 @@ pub enum Standin {
 struct Dir {
     pid: i32,
     path: String,
+    /// The `devices/` and `vfio-dev/` tree is made ([`standin_tree`]).
+    tree: bool,
     /// `(dev, ino)` of the directory and of each file.
     ids: Vec<((u64, u64), Standin)>,
 }
@@ -115,7 +117,12 @@ fn make_dir(groups: &[u32]) -> Result<Dir, Errno> {
         sys::close(fd);
         ids.push((id?, what));
     }
-    Ok(Dir { pid, path, ids })
+    Ok(Dir {
+        pid,
+        path,
+        ids,
+        tree: false,
+    })
 }
 
 /// The stand-in directory's path, made on first use.
@@ -130,10 +137,23 @@ pub fn standin_dir(groups: &[u32]) -> Result<String, Errno> {
     Ok(p)
 }
 
-/// Under the stand-in directory `dir`, the tree that `/dev/vfio/devices` and the sysfs
-/// `vfio-dev` directories stand in for, made once: `devices/vfioK` files, and `vfio-dev/K`
-/// directories each holding `vfioK`, for the machine's `n` devices. Returns `dir`.
-pub fn extra_standins(dir: &str, n: usize) -> Result<String, Errno> {
+/// The stand-in directory's path, with the tree that `/dev/vfio/devices` and the sysfs
+/// `vfio-dev` directories stand in for made in it on first use: `devices/vfioK` files, and
+/// `vfio-dev/K` directories each holding `vfioK`, for the machine's `n` devices.
+pub fn standin_tree(groups: &[u32], n: usize) -> Result<String, Errno> {
+    let dir = standin_dir(groups)?;
+    let mut g = DIR.lock().unwrap_or_else(|p| p.into_inner());
+    match g.as_mut() {
+        Some(d) if !d.tree => {
+            make_tree(&dir, n)?;
+            d.tree = true;
+        }
+        _ => {}
+    }
+    Ok(dir)
+}
+
+fn make_tree(dir: &str, n: usize) -> Result<(), Errno> {
     let mk = |p: String| -> Result<(), Errno> {
         let c = CString::new(p).map_err(|_| Errno::EINVAL)?;
         match sys::mkdir(&c, 0o700) {
@@ -159,7 +179,7 @@ pub fn extra_standins(dir: &str, n: usize) -> Result<String, Errno> {
         mk(format!("{dir}/vfio-dev/{k}"))?;
         touch(format!("{dir}/vfio-dev/{k}/vfio{k}"))?;
     }
-    Ok(dir.to_string())
+    Ok(())
 }
 
 /// What the open file `fd` stands for, if it is one of this process's stand-ins.

@@ -80,8 +80,8 @@ enum Kind {
     DevicesDir,
     /// `/dev/vfio/devices/vfioN`: the cdev of the machine's N-th device (its name, N).
     Cdev(String, usize),
-    /// `/sys/bus/pci/devices/<bdf>/vfio-dev`: the directory naming the cdev (N).
-    VfioDevDir(usize),
+    /// `/sys/bus/pci/devices/<bdf>/vfio-dev`: the directory naming the cdev (bdf, N).
+    VfioDevDir(String, usize),
     /// An emulated character device named with a trailing slash: ENOTDIR.
     NotDir,
     NotOurs,

@@ -59,7 +59,7 @@ pub(super) unsafe fn emulated_open(
         | Kind::GroupLink(_)
         | Kind::Dir
         | Kind::DevicesDir
-        | Kind::VfioDevDir(_) => Ok(Err(Errno::ENOENT)),
+        | Kind::VfioDevDir(..) => Ok(Err(Errno::ENOENT)),
     };
     Some(match r {
         Ok(Ok(fd)) => {

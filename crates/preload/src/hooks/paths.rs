@@ -44,14 +44,6 @@ pub(super) fn may_be_ours(path: &[u8]) -> bool {
         .any(|w| w == b"vfio" || w == b"/sys" || w == b"sys/" || w == b"iomm")
 }
 
-/// The machine's device names in order: device N has the cdev `vfioN`.
-pub(super) fn device_names(m: &Machine) -> Vec<String> {
-    m.groups
-        .iter()
-        .flat_map(|g| g.devices.iter().cloned())
-        .collect()
-}
-
 pub(super) fn classify(m: &Machine, path: &[u8]) -> Kind {
     if !may_be_ours(path) || path.first() != Some(&b'/') {
         return Kind::NotOurs;
@@ -71,12 +63,11 @@ pub(super) fn classify(m: &Machine, path: &[u8]) -> Kind {
         return Kind::DevicesDir;
     }
     if let Some(rest) = p.strip_prefix("/dev/vfio/devices/") {
-        let names = device_names(m);
         return match rest
             .strip_prefix("vfio")
             .filter(|n| !n.starts_with('+') && !n.starts_with('0') || *n == "0")
             .and_then(|n| n.parse::<usize>().ok())
-            .and_then(|k| names.get(k).map(|d| (d.clone(), k)))
+            .and_then(|k| m.devices().nth(k).map(|d| (d.to_string(), k)))
         {
             Some(_) if trailing => Kind::NotDir,
             Some((d, k)) => Kind::Cdev(d, k),
@@ -103,12 +94,14 @@ pub(super) fn classify(m: &Machine, path: &[u8]) -> Kind {
         let Some(g) = m.group_of(bdf) else {
             return Kind::NotOurs;
         };
-        let ordinal = device_names(m).iter().position(|d| d == bdf).unwrap_or(0);
+        let ordinal = || m.devices().position(|d| d == bdf).unwrap_or(0);
         return match tail {
             None => Kind::SysDev(bdf.to_string()),
             Some("iommu_group") => Kind::GroupLink(g),
-            Some("vfio-dev") => Kind::VfioDevDir(ordinal),
-            Some(t) if t == format!("vfio-dev/vfio{ordinal}") => Kind::SysDev(bdf.to_string()),
+            Some("vfio-dev") => Kind::VfioDevDir(bdf.to_string(), ordinal()),
+            Some(t) if t.strip_prefix("vfio-dev/vfio") == Some(&ordinal().to_string()) => {
+                Kind::SysDev(bdf.to_string())
+            }
             Some(t) => match SYS_ATTRS.iter().find(|a| **a == t) {
                 Some(a) => Kind::SysAttr(bdf.to_string(), a),
                 None => Kind::Missing,

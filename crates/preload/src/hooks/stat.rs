@@ -28,7 +28,7 @@ pub(super) fn stat_substitute(kind: &Kind) -> Option<Result<(CString, Option<Loo
         Kind::Iommu => Some(standin(Some("iommu".into()), Looks::Iommu)),
         Kind::DevicesDir => Some(extra_dir(None)),
         Kind::Cdev(_, k) => Some(extra_dir(Some(format!("devices/vfio{k}")))),
-        Kind::VfioDevDir(k) => Some(extra_dir(Some(format!("vfio-dev/{k}")))),
+        Kind::VfioDevDir(_, k) => Some(extra_dir(Some(format!("vfio-dev/{k}")))),
         // A regular sysfs file every Linux has (sysfs reports a page as the size of all).
         Kind::SysAttr(..) => Some(Ok((c"/sys/kernel/uevent_seqnum".into(), None))),
         Kind::Missing => Some(Err(Errno::ENOENT)),
@@ -40,9 +40,8 @@ pub(super) fn stat_substitute(kind: &Kind) -> Option<Result<(CString, Option<Loo
 /// directory: made under the stand-in directory on first use, presented as they are.
 fn extra_dir(sub: Option<String>) -> Result<(CString, Option<Looks>), Errno> {
     guarded(|| {
-        let dir = crate::files::standin_dir(&group_numbers())?;
-        let n = device_names(state::machine()).len();
-        let p = crate::files::extra_standins(&dir, n)?;
+        let n = state::machine().devices().count();
+        let p = crate::files::standin_tree(&group_numbers(), n)?;
         let path = match sub {
             None => format!("{p}/devices"),
             Some(s) => format!("{p}/{s}"),
@@ -245,7 +244,7 @@ pub unsafe extern "C" fn opendir(path: *const c_char) -> *mut libc::DIR {
     let kind = unsafe { path_kind(path) };
     let sub = match stat_substitute(&kind) {
         Some(Ok((p, Some(Looks::Dir)))) => Some(p),
-        Some(Ok((p, None))) if matches!(kind, Kind::DevicesDir | Kind::VfioDevDir(_)) => Some(p),
+        Some(Ok((p, None))) if matches!(kind, Kind::DevicesDir | Kind::VfioDevDir(..)) => Some(p),
         Some(Ok(_)) | None => None,
         Some(Err(e)) => {
             set_errno(e);
@@ -327,13 +326,7 @@ pub unsafe extern "C" fn realpath(path: *const c_char, resolved: *mut c_char) ->
         Kind::Iommu => Some("/dev/iommu".into()),
         Kind::DevicesDir => Some("/dev/vfio/devices".into()),
         Kind::Cdev(_, k) => Some(format!("/dev/vfio/devices/vfio{k}")),
-        Kind::VfioDevDir(k) => {
-            let names = device_names(state::machine());
-            Some(format!(
-                "{SYSFS_PCI}{}/vfio-dev",
-                names.get(*k).cloned().unwrap_or_default()
-            ))
-        }
+        Kind::VfioDevDir(bdf, _) => Some(format!("{SYSFS_PCI}{bdf}/vfio-dev")),
         Kind::NotDir => {
             set_errno(Errno(libc::ENOTDIR));
             return std::ptr::null_mut();
