@@ -479,20 +479,15 @@ pub(super) fn bar2_rw(
 pub(super) type PreadFn = unsafe extern "C" fn(c_int, *mut c_void, usize, OffT) -> isize;
 pub(super) type PwriteFn = unsafe extern "C" fn(c_int, *const c_void, usize, OffT) -> isize;
 
-macro_rules! pread_hook {
-    ($name:ident, $lit:literal) => {
-        /// Interposed `pread`.
+macro_rules! positioned_hook {
+    ($name:ident, $lit:literal, $buf:ty, $real:ty, $write:expr) => {
+        #[doc = concat!("Interposed `", $lit, "`.")]
         #[no_mangle]
-        pub unsafe extern "C" fn $name(
-            fd: c_int,
-            buf: *mut c_void,
-            count: usize,
-            off: OffT,
-        ) -> isize {
-            if let Some(r) = emulated_rw(fd, buf, count, off, false) {
+        pub unsafe extern "C" fn $name(fd: c_int, buf: $buf, count: usize, off: OffT) -> isize {
+            if let Some(r) = emulated_rw(fd, buf as *mut c_void, count, off, $write) {
                 return r;
             }
-            match real!($lit, PreadFn) {
+            match real!($lit, $real) {
                 // SAFETY: the real function with the caller's arguments.
                 Some(f) => unsafe { f(fd, buf, count, off) },
                 None => {
@@ -503,8 +498,10 @@ macro_rules! pread_hook {
         }
     };
 }
-pread_hook!(pread, "pread");
-pread_hook!(pread64, "pread64");
+positioned_hook!(pread, "pread", *mut c_void, PreadFn, false);
+positioned_hook!(pread64, "pread64", *mut c_void, PreadFn, false);
+positioned_hook!(pwrite, "pwrite", *const c_void, PwriteFn, true);
+positioned_hook!(pwrite64, "pwrite64", *const c_void, PwriteFn, true);
 
 /// Interposed fortified `pread64`.
 #[no_mangle]
@@ -530,33 +527,6 @@ pub unsafe extern "C" fn __pread64_chk(
         }
     }
 }
-
-macro_rules! pwrite_hook {
-    ($name:ident, $lit:literal) => {
-        /// Interposed `pwrite`.
-        #[no_mangle]
-        pub unsafe extern "C" fn $name(
-            fd: c_int,
-            buf: *const c_void,
-            count: usize,
-            off: OffT,
-        ) -> isize {
-            if let Some(r) = emulated_rw(fd, buf as *mut c_void, count, off, true) {
-                return r;
-            }
-            match real!($lit, PwriteFn) {
-                // SAFETY: the real function with the caller's arguments.
-                Some(f) => unsafe { f(fd, buf, count, off) },
-                None => {
-                    set_errno(Errno(libc::ENOSYS));
-                    -1
-                }
-            }
-        }
-    };
-}
-pwrite_hook!(pwrite, "pwrite");
-pwrite_hook!(pwrite64, "pwrite64");
 
 pub(super) type MmapFn =
     unsafe extern "C" fn(*mut c_void, usize, c_int, c_int, c_int, OffT) -> *mut c_void;
