@@ -114,13 +114,8 @@ fn le(v: u64) -> [u8; 8] {
 /// Runs one fuzz input; returns how many accesses succeeded. `Err` says which guarantee broke.
 pub fn run_device_bytes(data: &[u8]) -> Result<usize, String> {
     BROKEN.with(|b| b.borrow_mut().clear());
-    let mut p = FakePlatform::new();
-    p.map_user(RAM, RAM_PAGES * PAGE_SIZE);
-    let mut v = Vfio::new(p, &FakePlatform::groups(), Default::default(), "seed")
-        .map_err(|e| format!("vfio: {e}"))?;
+    let (mut v, mut c) = FakePlatform::subsystem(RAM, RAM_PAGES * PAGE_SIZE, ARG, 0x1000);
     v.set_dma_access(access);
-    let mut c = FakeCaller::new();
-    c.map(ARG, 0x1000, false);
     let cont = v.open_container();
     let cfd = c.add_fd(Some(cont));
     let group = v.open_group(1).map_err(|e| format!("group: {e}"))?;

@@ -8,7 +8,7 @@
 //! return a value or an errno (no panic), and closing everything must leave no domain and no
 //! mapped page behind.
 
-use type1_uapi::{nr::*, testing::FakePlatform, FakeCaller, Vfio};
+use type1_uapi::{nr::*, testing::FakePlatform};
 
 const ARG: u64 = 0x1_0000;
 const RAM: u64 = 0x4000_0000;
@@ -37,12 +37,7 @@ const REQUESTS: [u64; 18] = [
 /// Runs one fuzz input; returns how many ioctls succeeded. `Err` describes a broken guarantee
 /// (a leak after close).
 pub fn run_uapi_bytes(data: &[u8]) -> Result<usize, String> {
-    let mut p = FakePlatform::new();
-    p.map_user(RAM, 1 << 20);
-    let mut v = Vfio::new(p, &FakePlatform::groups(), Default::default(), "seed")
-        .map_err(|e| format!("vfio: {e}"))?;
-    let mut c = FakeCaller::new();
-    c.map(ARG, 0x1000, false);
+    let (mut v, mut c) = FakePlatform::subsystem(RAM, 1 << 20, ARG, 0x1000);
     let mut fds: Vec<i32> = Vec::new();
     let mut ok = 0;
     let cont = v.open_container();

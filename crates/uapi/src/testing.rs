@@ -70,6 +70,24 @@ impl FakePlatform {
         }
     }
 
+    /// The subsystem every uAPI test starts from: this machine's groups, default module
+    /// parameters and the `seed` policy, with `[ram, ram + ram_len)` pinnable, and a caller
+    /// whose `[arg, arg + arg_len)` is writable memory for ioctl arguments.
+    pub fn subsystem(
+        ram: u64,
+        ram_len: u64,
+        arg: u64,
+        arg_len: usize,
+    ) -> (crate::Vfio<FakePlatform>, crate::FakeCaller) {
+        let mut p = FakePlatform::new();
+        p.map_user(ram, ram_len);
+        let v = crate::Vfio::new(p, &FakePlatform::groups(), Default::default(), "seed")
+            .expect("seed is a policy");
+        let mut c = crate::FakeCaller::new();
+        c.map(arg, arg_len, false);
+        (v, c)
+    }
+
     /// The groups of this machine, for [`crate::Vfio::new`].
     pub fn groups() -> Vec<GroupSpec> {
         vec![

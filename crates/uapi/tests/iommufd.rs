@@ -23,11 +23,7 @@ fn b64(v: &[u64]) -> Vec<u8> {
 
 impl H {
     fn new() -> H {
-        let mut p = FakePlatform::new();
-        p.map_user(RAM, 16 << 20);
-        let mut v = Vfio::new(p, &FakePlatform::groups(), Default::default(), "seed").unwrap();
-        let mut c = FakeCaller::new();
-        c.map(ARG, 0x10000, false);
+        let (mut v, mut c) = FakePlatform::subsystem(RAM, 16 << 20, ARG, 0x10000);
         let obj = v.open_iommufd();
         let fd = c.add_fd(Some(obj));
         H { v, c, fd }
