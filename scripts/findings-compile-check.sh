@@ -107,17 +107,12 @@ fetch() {
 }
 
 # The private apt configuration for sid and experimental.
-new_apt_opts=(-o "Dir::Etc::sourcelist=$aptdir/sources.list" -o Dir::Etc::sourceparts=/dev/null
-              -o "Dir::State::Lists=$aptdir/lists" -o "Dir::Cache=$aptdir/cache"
-              -o Dir::State::status=/var/lib/dpkg/status)
+# shellcheck source=scripts/debian-unstable-apt.sh
+. "$(dirname "$0")/debian-unstable-apt.sh"
 setup_new_apt() {
-    mkdir -p "$aptdir/lists/partial" "$aptdir/cache/archives/partial"
-    cat > "$aptdir/sources.list" <<'EOF'
-deb [signed-by=/usr/share/keyrings/debian-archive-keyring.gpg] http://deb.debian.org/debian sid main
-deb [signed-by=/usr/share/keyrings/debian-archive-keyring.gpg] http://deb.debian.org/debian experimental main
-EOF
-    apt-get "${new_apt_opts[@]}" update >"$aptdir/update.log" 2>&1 ||
+    unstable_apt "$aptdir" ||
         die "apt-get update for sid/experimental failed, see $aptdir/update.log"
+    new_apt_opts=("${UNSTABLE_APT[@]}")
 }
 
 # unpack DEB PKG DIR: unpack the source tarball of DEB into DIR/<tree> (once per version) and

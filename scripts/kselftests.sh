@@ -24,15 +24,10 @@ mkdir -p "$cache"
 exec 9>"$cache/.lock"
 flock 9
 if cached; then echo "$cache/bin"; exit 0; fi
-apt="$cache/apt"
-mkdir -p "$apt/lists/partial" "$apt/cache/archives/partial"
-cat >"$apt/sources.list" <<'SRC'
-deb [signed-by=/usr/share/keyrings/debian-archive-keyring.gpg] http://deb.debian.org/debian experimental main
-deb [signed-by=/usr/share/keyrings/debian-archive-keyring.gpg] http://deb.debian.org/debian sid main
-SRC
-opts=(-o "Dir::Etc::sourcelist=$apt/sources.list" -o Dir::Etc::sourceparts=/dev/null
-      -o "Dir::State::Lists=$apt/lists" -o "Dir::Cache=$apt/cache" -o Debug::NoLocking=1)
-apt-get "${opts[@]}" update -qq >&2
+# shellcheck source=scripts/debian-unstable-apt.sh
+. "$(dirname "$0")/debian-unstable-apt.sh"
+unstable_apt "$cache/apt" || { echo "kselftests.sh: apt-get update failed: $cache/apt/update.log" >&2; exit 1; }
+opts=("${UNSTABLE_APT[@]}")
 work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
 # Newest first; the first whose selftests build wins (a release can ship them broken).
