@@ -70,6 +70,28 @@ pub(crate) fn read_vec(c: &mut dyn Caller, addr: u64, n: usize) -> Result<Vec<u8
     Ok(v)
 }
 
+/// `copy_struct_from_user`: the `size` bytes the user gave of a struct this kernel knows as
+/// `ksize` bytes, zero-extended to `ksize`; E2BIG when the user's struct is longer and its
+/// extra bytes are not all zero (read a page at a time).
+pub(crate) fn read_struct(
+    c: &mut dyn Caller,
+    addr: u64,
+    size: usize,
+    ksize: usize,
+) -> Result<Vec<u8>, Errno> {
+    let mut v = read_vec(c, addr, size.min(ksize))?;
+    v.resize(ksize, 0);
+    let mut at = ksize;
+    while at < size {
+        let n = (size - at).min(4096);
+        if read_vec(c, addr + at as u64, n)?.iter().any(|b| *b != 0) {
+            return Err(Errno::E2BIG);
+        }
+        at += n;
+    }
+    Ok(v)
+}
+
 /// `strndup_user(addr, max)`: a NUL-terminated string of fewer than `max` bytes. EFAULT on a
 /// fault, EINVAL when no NUL comes within `max` bytes. Reads page by page so that a string
 /// ending just before an unmapped page is fine.

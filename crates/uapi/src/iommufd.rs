@@ -23,7 +23,7 @@ use type1_core::{
 use vfio_bindings::bindings::vfio as b;
 
 use crate::{
-    caller::{put_u32, put_u64, read_vec, u32_at, u64_at, Caller},
+    caller::{put_u32, put_u64, read_struct, read_vec, u32_at, u64_at, Caller},
     nr::*,
     vfio::{DeviceState, IommufdState, Irqs, Object, Vfio, VfioError},
 };
@@ -197,20 +197,7 @@ impl<P: Platform> Vfio<P> {
         if size < min {
             return Err(Errno::EINVAL);
         }
-        let mut cmd = read_vec(caller, arg, size.min(ksize))?;
-        cmd.resize(ksize, 0);
-        // copy_struct_from_user: what lies past the known struct must be zero.
-        let mut at = ksize;
-        while at < size {
-            let n = (size - at).min(4096);
-            if read_vec(caller, arg + at as u64, n)?
-                .iter()
-                .any(|b| *b != 0)
-            {
-                return Err(Errno::E2BIG);
-            }
-            at += n;
-        }
+        let mut cmd = read_struct(caller, arg, size, ksize)?;
         let reply = |caller: &mut dyn Caller, cmd: &[u8]| -> Result<(), Errno> {
             caller.write(arg, &cmd[..size.min(ksize)])
         };
@@ -328,8 +315,10 @@ impl<P: Platform> Vfio<P> {
             IOMMU_IOAS_UNMAP => {
                 let (ioas, iova, length) = (u32_at(&cmd, 4), u64_at(&cmd, 8), u64_at(&cmd, 16));
                 let (ictx, p) = self.ictx(id)?;
-                ictx.obj_type(ioas)
-                    .and_then(|t| (t == ObjType::Ioas).then_some(()).ok_or(Errno::ENOENT))?;
+                // The IOAS is looked up before the range is checked.
+                if ictx.obj_type(ioas)? != ObjType::Ioas {
+                    return Err(Errno::ENOENT);
+                }
                 let (unmapped, r) = if iova == 0 && length == u64::MAX {
                     ictx.unmap_all(p, ioas)
                 } else if iova == u64::MAX || length == u64::MAX {
@@ -663,15 +652,7 @@ impl<P: Platform> Vfio<P> {
         if size < 16 {
             return Err(Errno::EINVAL);
         }
-        let mut h = read_vec(caller, arg, size.min(24))?;
-        h.resize(24, 0);
-        if size > 24
-            && read_vec(caller, arg + 24, (size - 24).min(4096))?
-                .iter()
-                .any(|b| *b != 0)
-        {
-            return Err(Errno::E2BIG);
-        }
+        let h = read_struct(caller, arg, size, 24)?;
         let (flags, fd) = (u32_at(&h, 4), u32_at(&h, 8) as i32);
         if fd < 0 || flags & !1 != 0 {
             return Err(Errno::EINVAL);
