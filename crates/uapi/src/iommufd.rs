@@ -111,8 +111,8 @@ impl<P: Platform> Vfio<P> {
         name: &str,
         ictx: u32,
     ) -> Result<u32, VfioError> {
-        if let Some((id, _)) = self.devices.iter().find(|(_, d)| d.name == name && !d.cdev) {
-            return Ok(*id);
+        if let Some(id) = self.group_device(name) {
+            return Ok(id);
         }
         let st = self
             .iommufds

@@ -470,11 +470,19 @@ impl<P: Platform> Vfio<P> {
         Ok((&mut st.c, &mut self.platform))
     }
 
+    /// The device object of `name` opened through its group, if one is open.
+    pub(crate) fn group_device(&self, name: &str) -> Option<u32> {
+        self.devices
+            .iter()
+            .find(|(_, d)| d.name == name && !d.cdev)
+            .map(|(id, _)| *id)
+    }
+
     /// The device object for `name`: the one already open if there is one (a function is one
     /// device however many fds are opened on it, as in the kernel), else a new one.
     pub(crate) fn new_device(&mut self, group: u32, name: String) -> u32 {
-        if let Some((id, _)) = self.devices.iter().find(|(_, d)| d.name == name && !d.cdev) {
-            return *id;
+        if let Some(id) = self.group_device(&name) {
+            return id;
         }
         self.register_emulated(group, &name, true);
         let id = self.fresh_id();
