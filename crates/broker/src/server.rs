@@ -473,32 +473,13 @@ impl Server {
                 self.hub.drain_service();
                 (Msg::Value(0), Vec::new(), Vec::new())
             }
-            Request::Open(_) | Request::OpenIommu | Request::OpenCdev(_) => {
-                // A new container or iommufd, a group's open flag, a device cdev: nothing a
-                // checked-out container holds, so a long MAP_DMA elsewhere does not hold up
-                // an open.
-                let mut st = lock(&self.state);
-                let obj = match req {
-                    Request::Open(None) => st.vfio.open_container(),
-                    Request::OpenIommu => st.vfio.open_iommufd(),
-                    Request::OpenCdev(name) => match st.vfio.open_cdev(&name) {
-                        Ok(o) => o,
-                        Err(e) => return err(e),
-                    },
-                    Request::Open(Some(n)) => match st.vfio.open_group(n) {
-                        Ok(o) => o,
-                        Err(e) => return err(e),
-                    },
-                    _ => return err(Errno::EINVAL),
-                };
-                match self.new_file(obj, client) {
-                    Ok(end) => (Msg::Opened(obj.into()), Vec::new(), vec![end]),
-                    Err(e) => {
-                        st.vfio.close(obj);
-                        err(e)
-                    }
-                }
-            }
+            // A new container or iommufd, a group's open flag, a device cdev: nothing a
+            // checked-out container holds, so a long MAP_DMA elsewhere does not hold up an
+            // open.
+            Request::Open(None) => self.open(client, |v| Ok(v.open_container())),
+            Request::Open(Some(n)) => self.open(client, |v| v.open_group(n)),
+            Request::OpenIommu => self.open(client, |v| Ok(v.open_iommufd())),
+            Request::OpenCdev(name) => self.open(client, |v| v.open_cdev(&name)),
             Request::Identify => {
                 let found = fds.first().and_then(|fd| {
                     let ino = sock::socket_inode(*fd)?;
@@ -608,6 +589,27 @@ impl Server {
                     },
                     Err(e) => err(e),
                 }
+            }
+        }
+    }
+
+    /// An open: the object `make` opens, handed to the client as a new file (closed again if
+    /// the file cannot be made).
+    fn open(
+        &self,
+        client: u32,
+        make: impl FnOnce(&mut Vfio<BrokerPlatform>) -> Result<Object, Errno>,
+    ) -> (Msg, Vec<u8>, Vec<i32>) {
+        let mut st = lock(&self.state);
+        let obj = match make(&mut st.vfio) {
+            Ok(o) => o,
+            Err(e) => return (Msg::Err(e.0), Vec::new(), Vec::new()),
+        };
+        match self.new_file(obj, client) {
+            Ok(end) => (Msg::Opened(obj.into()), Vec::new(), vec![end]),
+            Err(e) => {
+                st.vfio.close(obj);
+                (Msg::Err(e.0), Vec::new(), Vec::new())
             }
         }
     }
