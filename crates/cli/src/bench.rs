@@ -666,11 +666,24 @@ fn path_summary(rows: &[Row]) -> String {
         if let Some(r) = ratio("map-thp", "none") {
             let _ = writeln!(s, "through /dev/vfio: MAP_DMA of prefaulted THP (none) {r:.2}x the clean-line flush of its bytes");
         }
-        for phase in ["map-thp", "unmap-thp"] {
+        if let Some(r) = ratio("map-thp-iommufd", "none") {
+            let _ = writeln!(s, "through /dev/iommu: IOAS_MAP of prefaulted THP (none) {r:.2}x the clean-line flush of its bytes");
+        }
+        for phase in [
+            "map-thp",
+            "unmap-thp",
+            "map-thp-iommufd",
+            "unmap-thp-iommufd",
+        ] {
             if let (Some(seed), Some(none)) = (ratio(phase, "seed"), ratio(phase, "none")) {
+                let dev = if phase.ends_with("iommufd") {
+                    "/dev/iommu"
+                } else {
+                    "/dev/vfio"
+                };
                 let _ = writeln!(
                     s,
-                    "through /dev/vfio: flush seed adds on {phase}: {:.2}x the clean-line flush",
+                    "through {dev}: flush seed adds on {phase}: {:.2}x the clean-line flush",
                     seed - none
                 );
             }

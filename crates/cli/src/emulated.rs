@@ -8,9 +8,10 @@
 //! path a user's program takes. In one process it measures:
 //! * the host workload (`model::qemu_regions` of the guest plus the aperture, 4 KiB pages,
 //!   every line dirty): MAP, UNMAP of the aperture, and teardown (`UNSET_CONTAINER`);
-//! * MAP and UNMAP of a prefaulted transparent-huge-page buffer, and the raw CLFLUSHOPT time
-//!   of the same bytes with clean lines, measured in that process: the flush floor a MAP is
-//!   judged against;
+//! * MAP and UNMAP of a prefaulted transparent-huge-page buffer, through the type1 container
+//!   and through iommufd (the device's cdev attached to an IOAS, `IOMMU_IOAS_MAP`), and the raw
+//!   CLFLUSHOPT time of the same bytes with clean lines, measured in that process: the flush
+//!   floor a MAP is judged against;
 //! * a BAR0 register read (`pread` of `ID`: the device offers no `mmap` of BAR0) and a 4 KiB
 //!   device-to-memory transfer (`DMA_SRC`, `DMA_DST`, `DMA_LEN`, `START`, `STATUS` until
 //!   `DONE`), as medians of many.
@@ -26,9 +27,10 @@ use type1_host::{floor, sys};
 
 use crate::model::{gib, qemu_regions, row, BenchOpts, Row, APERTURE_IOVA};
 
-/// The non-coherent group of the default machine and its device.
+/// The non-coherent group of the default machine, its device, and the device's cdev.
 const GROUP: &std::ffi::CStr = c"/dev/vfio/1";
 const DEVICE: &std::ffi::CStr = c"0000:00:05.0";
+const CDEV: &std::ffi::CStr = c"/dev/vfio/devices/vfio1";
 /// IOVA of the THP buffer and of the transfer page (above the host workload's regions).
 const THP_IOVA: u64 = 1 << 44;
 const XFER_IOVA: u64 = (1 << 44) + (1 << 40);
@@ -55,6 +57,11 @@ pub struct ClientResult {
     pub thp_unmap_ns: u64,
     /// CLFLUSHOPT of every line of the THP buffer, none cached, in this process.
     pub thp_flush_clean_ns: u64,
+    /// `IOMMU_IOAS_MAP` of the THP buffer (the device's cdev bound to `/dev/iommu` and
+    /// attached to the IOAS).
+    pub iommufd_thp_map_ns: u64,
+    /// `IOMMU_IOAS_UNMAP` of the THP buffer.
+    pub iommufd_thp_unmap_ns: u64,
     /// Median `pread` of BAR0's `ID`.
     pub reg_read_ns: u64,
     /// Median 4 KiB device-to-memory transfer.
@@ -132,14 +139,43 @@ pub fn client(args: &[String]) -> Result<()> {
         vc::close(fd).map_err(errno("close"))?;
     }
 
-    // Prefaulted THP memory: MAP and UNMAP against the clean-line flush floor of its bytes.
-    let (c, g) = container()?;
-    if thp > 0 {
+    // Prefaulted THP memory: MAP and UNMAP through iommufd, then through the type1
+    // container, against the clean-line flush floor of its bytes. The device's cdev and its
+    // group file exclude each other, so the two paths take turns.
+    let thp_buf = if thp > 0 {
         let m = sys::AnonMap::aligned(thp, 2 << 20).map_err(errno("mmap THP buffer"))?;
         let _ = sys::madvise(m.addr(), m.len(), libc::MADV_HUGEPAGE);
         let b = floor::Buffer::of(&m);
         b.populate();
         b.fill();
+        Some(m)
+    } else {
+        None
+    };
+    if let Some(m) = &thp_buf {
+        let fd = vc::open(c"/dev/iommu").map_err(errno("open /dev/iommu"))?;
+        let ioas = vc::ioas_alloc(fd).map_err(errno("IOMMU_IOAS_ALLOC"))?;
+        let dev = vc::open(CDEV).map_err(errno("open the device cdev"))?;
+        vc::bind_and_attach(dev, fd, ioas).map_err(errno("BIND_IOMMUFD / ATTACH_IOMMUFD_PT"))?;
+        let (mut maps, mut unmaps) = (Vec::new(), Vec::new());
+        for _ in 0..THP_ROUNDS {
+            let t = Instant::now();
+            vc::ioas_map(fd, ioas, m.addr(), THP_IOVA, thp, vc::IOAS_MAP_FIXED_RW)
+                .map_err(errno("IOMMU_IOAS_MAP THP"))?;
+            maps.push(t.elapsed().as_nanos() as u64);
+            let t = Instant::now();
+            vc::ioas_unmap(fd, ioas, THP_IOVA, thp).map_err(errno("IOMMU_IOAS_UNMAP THP"))?;
+            unmaps.push(t.elapsed().as_nanos() as u64);
+        }
+        r.iommufd_thp_map_ns = median(maps);
+        r.iommufd_thp_unmap_ns = median(unmaps);
+        for fd in [dev, fd] {
+            vc::close(fd).map_err(errno("close"))?;
+        }
+    }
+    let (c, g) = container()?;
+    if let Some(m) = &thp_buf {
+        let b = floor::Buffer::of(m);
         r.thp_pages = thp / PAGE_SIZE;
         // Rounds of floor, MAP and UNMAP, interleaved; medians of each.
         let (mut floors, mut maps, mut unmaps) = (Vec::new(), Vec::new(), Vec::new());
@@ -302,6 +338,18 @@ pub fn run(o: &BenchOpts, bar: &indicatif::ProgressBar, rows: &mut Vec<Row>) -> 
                 "unmap-thp",
                 pages(thp),
                 m(|r| r.thp_unmap_ns),
+            );
+            add(
+                &thp_workload,
+                "map-thp-iommufd",
+                pages(thp),
+                m(|r| r.iommufd_thp_map_ns),
+            );
+            add(
+                &thp_workload,
+                "unmap-thp-iommufd",
+                pages(thp),
+                m(|r| r.iommufd_thp_unmap_ns),
             );
         }
         add("BAR0 ID pread", "reg-read", 1, m(|r| r.reg_read_ns));

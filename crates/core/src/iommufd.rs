@@ -29,9 +29,6 @@ use crate::{
     PAGE_SHIFT, PAGE_SIZE,
 };
 
-/// Pages read, flushed and mapped per step of a fill (the kernel's pfn batch).
-pub const FILL_BATCH: u64 = 512;
-
 /// Which frames a flush covers (F9): the series' classifier, shared with type1. iommufd
 /// never maps reserved frames (their pin fails), so every frame it flushes is normal memory.
 const CLASSIFIER: crate::policy::Seed = crate::policy::Seed;
@@ -198,8 +195,10 @@ pub struct Ictx {
     next_pages: u32,
     vfio_ioas: Option<u32>,
     account_mode: AccountMode,
-    /// Pages per fill batch ([`FILL_BATCH`]; smaller in the model checker).
-    pub batch_pages: u64,
+    /// Pages pinned, flushed and mapped per step of a fill (the kernel's pfn batch). `None`:
+    /// the platform's pin batch ([`crate::TaskMemory::pin_batch_pages`], the kernel's 512
+    /// unless pins cost a round trip); a model checker sets a small one.
+    pub batch_pages: Option<u64>,
 }
 
 /// A mapping request (`IOMMU_IOAS_MAP` or the compat `VFIO_IOMMU_MAP_DMA`).
@@ -228,7 +227,7 @@ impl Ictx {
             next_pages: 0,
             vfio_ioas: None,
             account_mode: AccountMode::User,
-            batch_pages: FILL_BATCH,
+            batch_pages: None,
         }
     }
 
@@ -735,7 +734,10 @@ impl Ictx {
                 pg.flagged = true;
             }
         }
-        let batch = self.batch_pages.max(1);
+        let batch = self
+            .batch_pages
+            .unwrap_or_else(|| p.pin_batch_pages())
+            .max(1);
         let mut done = 0u64;
         while done < npages {
             let n = batch.min(npages - done);

@@ -95,6 +95,14 @@ pub fn ioctl_value(fd: i32, req: u64, value: u64) -> Result<i32, Errno> {
     check(unsafe { libc::ioctl(fd, req as libc::c_ulong, value as libc::c_ulong) })
 }
 
+/// An ioctl whose argument is one of this module's `repr(C)` uAPI structs, which the call
+/// reads and may write back.
+fn ioctl_with<T>(fd: i32, req: u64, arg: &mut T) -> Result<i32, Errno> {
+    // SAFETY: `arg` is an exclusively borrowed struct, alive across the call, with the layout
+    // of the header struct `req` takes (each caller pairs them).
+    check(unsafe { libc::ioctl(fd, req as libc::c_ulong, arg as *mut T) })
+}
+
 /// `VFIO_GROUP_SET_CONTAINER`: group `group` into container `container`.
 pub fn set_container(group: i32, container: i32) -> Result<(), Errno> {
     let c: libc::c_int = container;
@@ -130,15 +138,7 @@ pub fn map_dma(container: i32, vaddr: u64, iova: u64, size: u64, flags: u32) -> 
         iova,
         size,
     };
-    // SAFETY: `m` is a `struct vfio_iommu_type1_dma_map` that lives across the call.
-    check(unsafe {
-        libc::ioctl(
-            container,
-            VFIO_IOMMU_MAP_DMA as libc::c_ulong,
-            &mut m as *mut DmaMap,
-        )
-    })
-    .map(|_| ())
+    ioctl_with(container, VFIO_IOMMU_MAP_DMA, &mut m).map(|_| ())
 }
 
 /// `VFIO_IOMMU_UNMAP_DMA` of `[iova, iova + size)`: the bytes unmapped.
@@ -149,14 +149,7 @@ pub fn unmap_dma(container: i32, iova: u64, size: u64) -> Result<u64, Errno> {
         iova,
         size,
     };
-    // SAFETY: `u` is a `struct vfio_iommu_type1_dma_unmap` that lives across the call.
-    check(unsafe {
-        libc::ioctl(
-            container,
-            VFIO_IOMMU_UNMAP_DMA as libc::c_ulong,
-            &mut u as *mut DmaUnmap,
-        )
-    })?;
+    ioctl_with(container, VFIO_IOMMU_UNMAP_DMA, &mut u)?;
     Ok(u.size)
 }
 
@@ -170,15 +163,127 @@ pub fn region_info(device: i32, index: u32) -> Result<(u32, u64, u64), Errno> {
         size: 0,
         offset: 0,
     };
-    // SAFETY: `r` is a `struct vfio_region_info` that lives across the call.
-    check(unsafe {
-        libc::ioctl(
-            device,
-            VFIO_DEVICE_GET_REGION_INFO as libc::c_ulong,
-            &mut r as *mut RegionInfo,
-        )
-    })?;
+    ioctl_with(device, VFIO_DEVICE_GET_REGION_INFO, &mut r)?;
     Ok((r.flags, r.size, r.offset))
+}
+
+// ---- iommufd (`linux/iommufd.h`) and the VFIO device cdev ---------------------------------
+
+/// `IOMMU_IOAS_ALLOC`.
+pub const IOMMU_IOAS_ALLOC: u64 = (0x3b << 8) | 0x81;
+/// `IOMMU_IOAS_MAP`.
+pub const IOMMU_IOAS_MAP: u64 = (0x3b << 8) | 0x85;
+/// `IOMMU_IOAS_UNMAP`.
+pub const IOMMU_IOAS_UNMAP: u64 = (0x3b << 8) | 0x86;
+/// `VFIO_DEVICE_BIND_IOMMUFD`.
+pub const VFIO_DEVICE_BIND_IOMMUFD: u64 = vfio_io(18);
+/// `VFIO_DEVICE_ATTACH_IOMMUFD_PT`.
+pub const VFIO_DEVICE_ATTACH_IOMMUFD_PT: u64 = vfio_io(19);
+/// `IOMMU_IOAS_MAP_FIXED_IOVA | IOMMU_IOAS_MAP_WRITEABLE | IOMMU_IOAS_MAP_READABLE`.
+pub const IOAS_MAP_FIXED_RW: u32 = 1 | 2 | 4;
+
+#[repr(C)]
+struct IoasAlloc {
+    size: u32,
+    flags: u32,
+    out_ioas_id: u32,
+}
+
+#[repr(C)]
+struct IoasMap {
+    size: u32,
+    flags: u32,
+    ioas_id: u32,
+    reserved: u32,
+    user_va: u64,
+    length: u64,
+    iova: u64,
+}
+
+#[repr(C)]
+struct IoasUnmap {
+    size: u32,
+    ioas_id: u32,
+    iova: u64,
+    length: u64,
+}
+
+#[repr(C)]
+struct BindIommufd {
+    argsz: u32,
+    flags: u32,
+    iommufd: i32,
+    out_devid: u32,
+}
+
+#[repr(C)]
+struct AttachPt {
+    argsz: u32,
+    flags: u32,
+    pt_id: u32,
+}
+
+/// `IOMMU_IOAS_ALLOC` on an open `/dev/iommu`: the new IOAS's id.
+pub fn ioas_alloc(iommufd: i32) -> Result<u32, Errno> {
+    let mut a = IoasAlloc {
+        size: std::mem::size_of::<IoasAlloc>() as u32,
+        flags: 0,
+        out_ioas_id: 0,
+    };
+    ioctl_with(iommufd, IOMMU_IOAS_ALLOC, &mut a)?;
+    Ok(a.out_ioas_id)
+}
+
+/// `VFIO_DEVICE_BIND_IOMMUFD` of a device cdev, then `VFIO_DEVICE_ATTACH_IOMMUFD_PT` to
+/// `pt` (an IOAS or a HWPT): the page table's id the device ended up on.
+pub fn bind_and_attach(device: i32, iommufd: i32, pt: u32) -> Result<u32, Errno> {
+    let mut b = BindIommufd {
+        argsz: std::mem::size_of::<BindIommufd>() as u32,
+        flags: 0,
+        iommufd,
+        out_devid: 0,
+    };
+    ioctl_with(device, VFIO_DEVICE_BIND_IOMMUFD, &mut b)?;
+    let mut a = AttachPt {
+        argsz: std::mem::size_of::<AttachPt>() as u32,
+        flags: 0,
+        pt_id: pt,
+    };
+    ioctl_with(device, VFIO_DEVICE_ATTACH_IOMMUFD_PT, &mut a)?;
+    Ok(a.pt_id)
+}
+
+/// `IOMMU_IOAS_MAP` of `length` bytes at `user_va` to `iova` with `flags`.
+pub fn ioas_map(
+    iommufd: i32,
+    ioas: u32,
+    user_va: u64,
+    iova: u64,
+    length: u64,
+    flags: u32,
+) -> Result<(), Errno> {
+    let mut m = IoasMap {
+        size: std::mem::size_of::<IoasMap>() as u32,
+        flags,
+        ioas_id: ioas,
+        reserved: 0,
+        user_va,
+        length,
+        iova,
+    };
+    ioctl_with(iommufd, IOMMU_IOAS_MAP, &mut m).map(|_| ())
+}
+
+/// `IOMMU_IOAS_UNMAP` of `[iova, iova + length)`: the bytes unmapped.
+pub fn ioas_unmap(iommufd: i32, ioas: u32, iova: u64, length: u64) -> Result<u64, Errno> {
+    let mut u = IoasUnmap {
+        size: std::mem::size_of::<IoasUnmap>() as u32,
+        ioas_id: ioas,
+        iova,
+        length,
+    };
+    ioctl_with(iommufd, IOMMU_IOAS_UNMAP, &mut u)?;
+    Ok(u.length)
 }
 
 /// `pread(fd, buf, off)`: the bytes read.
