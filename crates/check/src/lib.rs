@@ -16,8 +16,11 @@ use std::{
 };
 
 use serde::Serialize;
-use type1_core::GroupId;
-use type1_scenario::{parse::Op, World};
+use type1_core::{GroupId, Prot};
+use type1_scenario::{
+    parse::{ifd::IfdOp, Op},
+    World,
+};
 use type1_sim::{Kind, MachineDesc};
 
 /// User virtual address of the checked process's buffer.
@@ -45,7 +48,20 @@ pub struct Bound {
     /// on the order of flushes (`missing_map_flush`, `missing_unpin_flush`): with
     /// `dma_inside`, a policy that flushes too late must be caught by its consequences.
     pub content_only: bool,
+    /// Explore iommufd instead of a type1 container ([`iommufd_setup`]): `/dev/iommu` with one
+    /// IOAS, the devices of groups 0 (coherent IOMMU) and 1 (no snoop control) bound to it;
+    /// attach and detach through automatic HWPTs, explicit HWPT alloc, attach and destroy,
+    /// IOAS map, unmap and copy. Fills go one page per batch, so that a fill can fail between
+    /// batches of a two-page mapping. The policy names the iommufd fill policy.
+    pub iommufd: bool,
+    /// Add pin, accounting, attach and first-map failures to the fault alphabet
+    /// ([`WIDE_FAULTS`]), next to "the 2nd IOMMU map call from now fails".
+    pub wide_faults: bool,
 }
+
+/// The faults [`Bound::wide_faults`] adds: (platform point, which call from now fails).
+pub const WIDE_FAULTS: [(&str, u64); 4] =
+    [("pin", 1), ("account", 1), ("attach", 1), ("iommu_map", 1)];
 
 /// The protocol checks `content_only` leaves out.
 pub const PROTOCOL_KINDS: [Kind; 2] = [Kind::MissingMapFlush, Kind::MissingUnpinFlush];
@@ -60,6 +76,8 @@ impl Default for Bound {
             dma_all_groups: false,
             dma_inside: false,
             content_only: false,
+            iommufd: false,
+            wide_faults: false,
         }
     }
 }
@@ -87,6 +105,22 @@ pub enum Action {
     DmaWrite(u32, usize),
     /// The 2nd IOMMU map call from now fails (exercises MAP and replay unwinds).
     FailMap2,
+    /// Fault k of [`WIDE_FAULTS`] is armed.
+    Fail(u8),
+    /// iommufd: the device of group g attaches to the IOAS (an automatic HWPT).
+    AttachIoas(u32),
+    /// iommufd: the device of group g detaches.
+    DetachPt(u32),
+    /// iommufd: `IOMMU_HWPT_ALLOC` of HWPT k for the device of group 1 (no snoop control).
+    HwptAlloc(u8),
+    /// iommufd: the device of group 1 attaches to HWPT k.
+    AttachHwpt(u8),
+    /// iommufd: `IOMMU_DESTROY` of HWPT k.
+    HwptDestroy(u8),
+    /// iommufd: `IOMMU_IOAS_COPY` of mapping m to its copy IOVA ([`copy_iova`]).
+    Copy(usize),
+    /// iommufd: `IOMMU_IOAS_UNMAP` of mapping m's copy.
+    UnmapCopy(usize),
     /// Inside the next operation, right after its first call of platform point p (an index of
     /// [`INSIDE_POINTS`]) returns, an access to mapping m happens (`dma_after`, `cpu_after`).
     Inside(u8, Inside, usize),
@@ -143,16 +177,41 @@ pub fn machine(_bound: &Bound) -> MachineDesc {
     }
 }
 
+/// Where mapping m's `IOAS_COPY` goes in the iommufd alphabet.
+pub fn copy_iova(m: usize) -> u64 {
+    0x4000_0000 + mapping(m).0
+}
+
+/// HWPTs the iommufd alphabet allocates at most.
+pub const HWPTS: u8 = 2;
+
 /// The alphabet for a bound.
 pub fn alphabet(bound: &Bound) -> Vec<Action> {
     let mut v = Vec::new();
-    for g in 0..bound.groups {
-        v.push(Action::Attach(g));
-        v.push(Action::Detach(g));
+    if bound.iommufd {
+        // Group 2's device is an emulated one, with no IOMMU behind it: not for a cdev.
+        for g in 0..bound.groups.min(2) {
+            v.push(Action::AttachIoas(g));
+            v.push(Action::DetachPt(g));
+        }
+        for k in 0..HWPTS {
+            v.push(Action::HwptAlloc(k));
+            v.push(Action::AttachHwpt(k));
+            v.push(Action::HwptDestroy(k));
+        }
+    } else {
+        for g in 0..bound.groups {
+            v.push(Action::Attach(g));
+            v.push(Action::Detach(g));
+        }
     }
     for m in 0..bound.mappings {
         v.push(Action::Map(m));
         v.push(Action::Unmap(m));
+        if bound.iommufd {
+            v.push(Action::Copy(m));
+            v.push(Action::UnmapCopy(m));
+        }
     }
     v.push(Action::UnmapAll);
     for p in 0..bound.pages {
@@ -171,6 +230,9 @@ pub fn alphabet(bound: &Bound) -> Vec<Action> {
         }
     }
     v.push(Action::FailMap2);
+    if bound.wide_faults {
+        v.extend((0..WIDE_FAULTS.len() as u8).map(Action::Fail));
+    }
     if bound.dma_inside {
         for p in 0..INSIDE_POINTS.len() as u8 {
             for k in Inside::ALL {
@@ -194,6 +256,11 @@ fn dev(g: u32) -> String {
 /// The scenario operations an action stands for, given the current world.
 pub fn ops_of(a: Action, w: &World) -> Vec<Op> {
     let c = || "c".to_string();
+    // The iommufd world is the one with an IOAS named `a` ([`iommufd_setup`]).
+    let ifd = w.ifd_object("a").is_some();
+    let ioas = || "a".to_string();
+    let hwpt = |k: u8| format!("h{k}");
+    let ifd_op = |x: IfdOp| vec![Op::Iommufd(x)];
     match a {
         Action::Attach(g) => {
             let mut v = vec![Op::Attach {
@@ -212,6 +279,71 @@ pub fn ops_of(a: Action, w: &World) -> Vec<Op> {
             container: c(),
             group: g,
         }],
+        Action::Map(m) if ifd => {
+            let (iova, off, n) = mapping(m);
+            ifd_op(IfdOp::Map {
+                ioas: ioas(),
+                iova,
+                vaddr: VADDR + off * 4096,
+                size: n * 4096,
+                prot: if m == 1 { Prot::RO } else { Prot::RW },
+            })
+        }
+        Action::Unmap(m) if ifd => {
+            let (iova, _, n) = mapping(m);
+            ifd_op(IfdOp::Unmap {
+                ioas: ioas(),
+                iova,
+                size: n * 4096,
+            })
+        }
+        Action::UnmapAll if ifd => ifd_op(IfdOp::Unmap {
+            ioas: ioas(),
+            iova: 0,
+            size: u64::MAX,
+        }),
+        Action::Copy(m) => {
+            let (iova, _, n) = mapping(m);
+            ifd_op(IfdOp::Copy {
+                dst: ioas(),
+                dst_iova: copy_iova(m),
+                src: ioas(),
+                src_iova: iova,
+                size: n * 4096,
+                prot: if m == 1 { Prot::RO } else { Prot::RW },
+            })
+        }
+        Action::UnmapCopy(m) => ifd_op(IfdOp::Unmap {
+            ioas: ioas(),
+            iova: copy_iova(m),
+            size: mapping(m).2 * 4096,
+        }),
+        Action::AttachIoas(g) => ifd_op(IfdOp::AttachPt {
+            device: dev(g),
+            pt: ioas(),
+        }),
+        Action::DetachPt(g) => ifd_op(IfdOp::DetachPt { device: dev(g) }),
+        // A name in use (or not in use) makes the line a usage error: no operation.
+        Action::HwptAlloc(k) if w.ifd_object(&hwpt(k)).is_none() => ifd_op(IfdOp::Hwpt {
+            name: hwpt(k),
+            device: dev(1),
+            ioas: ioas(),
+        }),
+        Action::AttachHwpt(k) if w.ifd_object(&hwpt(k)).is_some() => ifd_op(IfdOp::AttachPt {
+            device: dev(1),
+            pt: hwpt(k),
+        }),
+        Action::HwptDestroy(k) if w.ifd_object(&hwpt(k)).is_some() => {
+            ifd_op(IfdOp::Destroy { obj: hwpt(k) })
+        }
+        Action::HwptAlloc(_) | Action::AttachHwpt(_) | Action::HwptDestroy(_) => vec![],
+        Action::Fail(k) => {
+            let (point, nth) = WIDE_FAULTS[k as usize];
+            vec![Op::Fail {
+                point: point.into(),
+                nth,
+            }]
+        }
         Action::Map(m) => {
             let (iova, off, n) = mapping(m);
             // Mapping 1 is read-only for the device: it exercises prot checks and lets policies
@@ -298,14 +430,16 @@ pub fn ops_of(a: Action, w: &World) -> Vec<Op> {
     }
 }
 
-/// The initial world: process `vmm` with its buffer, an empty container `c`.
-pub fn initial_world(bound: &Bound, policy: &str) -> Result<World, String> {
-    let mut w = World::new(machine(bound), policy)?;
-    w.sim_mut().set_recording(false);
-    // States are small and cloned at every branch: a full walk per check is cheaper than
-    // carrying the incremental check's state along.
-    w.sim_mut().set_check_mode(type1_sim::CheckMode::Full);
-    let setup = [
+/// The iommufd setup lines, after the process and its buffer: `/dev/iommu` with the checked
+/// fill policy and one page per fill batch, IOAS `a`, and the devices of groups 0 and 1 bound.
+pub fn iommufd_setup(policy: &str) -> String {
+    format!("iommufd i policy={policy} batch=1\nioas a i\nbind dev0 i\nbind dev1 i\n")
+}
+
+/// The operations that make the initial world: process `vmm` with its buffer, then an empty
+/// container `c` (type1) or [`iommufd_setup`].
+pub fn setup_ops(bound: &Bound, policy: &str) -> Result<Vec<Op>, String> {
+    let mut v = vec![
         Op::Process {
             name: "vmm".into(),
             limit: None,
@@ -317,9 +451,27 @@ pub fn initial_world(bound: &Bound, policy: &str) -> Result<World, String> {
             writable: true,
             mmio: None,
         },
-        Op::Container("c".into()),
     ];
-    for op in &setup {
+    if bound.iommufd {
+        let steps = type1_scenario::parse::parse(&iommufd_setup(policy))
+            .map_err(|e| format!("iommufd policy {policy:?}: {}", e.msg))?;
+        v.extend(steps.into_iter().map(|s| s.op));
+    } else {
+        v.push(Op::Container("c".into()));
+    }
+    Ok(v)
+}
+
+/// The initial world ([`setup_ops`]).
+pub fn initial_world(bound: &Bound, policy: &str) -> Result<World, String> {
+    // In iommufd mode the policy is the context's ([`iommufd_setup`]); containers are unused.
+    let type1_policy = if bound.iommufd { "none" } else { policy };
+    let mut w = World::new(machine(bound), type1_policy)?;
+    w.sim_mut().set_recording(false);
+    // States are small and cloned at every branch: a full walk per check is cheaper than
+    // carrying the incremental check's state along.
+    w.sim_mut().set_check_mode(type1_sim::CheckMode::Full);
+    for op in &setup_ops(bound, policy)? {
         w.exec(op).map_err(|e| format!("setup {op:?}: {e}"))?;
     }
     Ok(w)
@@ -342,22 +494,24 @@ pub fn scenario_text(bound: &Bound, policy: &str, seq: &[Action], finding: &str)
         }
     );
     s.push_str(&format!(
-        "# counterexample found by `type1 check --policy {policy}{flags}` (depth {})\n",
+        "# counterexample found by `type1 check --policy {policy}{flags}{}` (depth {})\n",
+        if bound.iommufd { " --iommufd" } else { "" },
         bound.depth
     ));
     s.push_str(&format!("# {finding}\n"));
     s.push_str("machine default\n");
-    s.push_str(&format!("policy {policy}\n"));
+    if !bound.iommufd {
+        s.push_str(&format!("policy {policy}\n"));
+    }
     if bound.content_only {
         // The replay fails on what the data shows, as the search did.
         for k in PROTOCOL_KINDS {
             s.push_str(&format!("allow {k}\n"));
         }
     }
-    s.push_str(&format!(
-        "process vmm\nmmap 0x{VADDR:x} {}K\ncontainer c\n",
-        bound.pages * 4
-    ));
+    for op in setup_ops(bound, policy).expect("the policy was checked") {
+        s.push_str(&format!("{}\n", op_line(&op)));
+    }
     let mut w = initial_world(bound, policy).expect("initial world");
     for a in seq {
         for op in ops_of(*a, &w) {
@@ -456,6 +610,10 @@ pub fn op_line(op: &Op) -> String {
             if *write { "write" } else { "read" }
         ),
         Op::Allow(k) => format!("allow {}", k.map_or("all", |k| k.as_str())),
+        Op::Iommufd(x) => type1_scenario::parse::ifd::line(x),
+        Op::Process { name, .. } => format!("process {name}"),
+        Op::Mmap { vaddr, len, .. } => format!("mmap 0x{vaddr:x} {}K", len / 1024),
+        Op::Container(c) => format!("container {c}"),
         other => format!("# unsupported {other:?}"),
     }
 }
@@ -511,6 +669,10 @@ fn digest(w: &World) -> u64 {
         }
     }
     w.vfio.group_states().hash(&mut h);
+    for (_, x) in w.vfio.iommufds() {
+        x.hash(&mut h);
+    }
+    w.ifd_objects().hash(&mut h);
     w.sim().state_digest().hash(&mut h);
     h.finish()
 }

@@ -192,3 +192,58 @@ fn results_do_not_depend_on_the_number_of_threads() {
         );
     }
 }
+
+/// A counterexample replays, with `type1 run`, to the violation the search reported.
+fn replays(ce: &type1_check::Counterexample) {
+    let rep = run_text(&ce.scenario, &RunOptions::default());
+    let f = rep
+        .failure
+        .unwrap_or_else(|| panic!("replays without failing:\n{}", ce.scenario));
+    assert!(f.msg.contains(&ce.kind), "{}\n{}", f.msg, ce.scenario);
+}
+
+#[test]
+fn iommufd_patch_5_is_refuted_twice_and_the_review_direction_holds() {
+    let b = |depth, wide_faults| Bound {
+        depth,
+        iommufd: true,
+        wide_faults,
+        ..Bound::default()
+    };
+    // Upstream iommufd never flushes: the first fill into the non-coherent domain shows it.
+    let ce = check("none", &b(3, false), |_, _| {})
+        .unwrap()
+        .counterexample
+        .expect("none holds?");
+    assert_eq!(ce.actions.len(), 2, "{:?}", ce.actions);
+    replays(&ce);
+    // 5/5 as posted: the sticky bit outlives the pins, and a fill after every domain left
+    // pins afresh and skips the flush.
+    let ce = check("seed", &b(5, false), |_, _| {})
+        .unwrap()
+        .counterexample
+        .expect("seed holds?");
+    assert_eq!(ce.kind, "missing_map_flush");
+    assert!(
+        ce.actions.contains(&Action::DetachPt(1)),
+        "{:?}",
+        ce.actions
+    );
+    assert!(!ce.actions.iter().any(|a| matches!(a, Action::FailMap2)));
+    replays(&ce);
+    // With that hole closed, the next shortest is the failed fill: a fill that fails part-way
+    // keeps the bit, and the next fill skips the batches the failed one never reached.
+    let ce = check("seed-repin", &b(6, false), |_, _| {})
+        .unwrap()
+        .counterexample
+        .expect("seed-repin holds?");
+    assert_eq!(ce.kind, "missing_map_flush");
+    assert!(ce.actions.contains(&Action::FailMap2), "{:?}", ce.actions);
+    assert!(ce.scenario.contains("=> ENOMEM"), "{}", ce.scenario);
+    replays(&ce);
+    // The review's direction (X4 (e)) holds, also with pin, accounting, attach and first-map
+    // failures.
+    let o = check("seed-fixed", &b(4, true), |_, _| {}).unwrap();
+    assert!(o.sound(), "{:?}", o.counterexample.map(|c| c.scenario));
+    assert!(o.states > 1000, "explored only {} states", o.states);
+}

@@ -5,7 +5,7 @@ use std::{path::Path, process::ExitCode, time::Instant};
 use anyhow::{anyhow, Context, Result};
 use indicatif::{ProgressBar, ProgressStyle};
 use type1_check::{check_with, corpus_cost, Bound, Outcome};
-use type1_core::policy::POLICY_NAMES;
+use type1_core::{iommufd::FillPolicy, policy::POLICY_NAMES};
 
 fn one(policy: &str, bound: &Bound, threads: usize, quiet: bool) -> Result<Outcome> {
     let pb = if quiet {
@@ -38,20 +38,26 @@ pub fn check(
     json: bool,
 ) -> Result<ExitCode> {
     let depth = bound.depth;
-    if type1_core::policy::policy_by_name(policy).is_none() {
+    let names: Vec<&str> = if bound.iommufd {
+        FillPolicy::ALL.iter().map(|p| p.name()).collect()
+    } else {
+        POLICY_NAMES.to_vec()
+    };
+    if !names.contains(&policy) {
         return Err(anyhow!(
-            "--policy {policy:?} is not one of: {}",
-            POLICY_NAMES.join(", ")
+            "--policy {policy:?} is not one of{}: {}",
+            if bound.iommufd {
+                " (with --iommufd)"
+            } else {
+                ""
+            },
+            names.join(", ")
         ));
     }
     if depth == 0 || depth > 12 {
         return Err(anyhow!("--depth {depth} must be between 1 and 12"));
     }
-    let policies: Vec<&str> = if all {
-        POLICY_NAMES.to_vec()
-    } else {
-        vec![policy]
-    };
+    let policies: Vec<&str> = if all { names.clone() } else { vec![policy] };
     let mut results = Vec::new();
     for p in &policies {
         let t = Instant::now();
@@ -82,10 +88,24 @@ pub fn check(
             }
         );
     } else {
-        println!(
-            "bound: depth {}, groups 3 (coherent, non-coherent, emulated), mappings {}, pages {}",
-            bound.depth, bound.mappings, bound.pages
-        );
+        if bound.iommufd {
+            println!(
+                "bound: depth {}, iommufd: one IOAS, devices of groups 0 (coherent) and 1 (non-coherent) bound, {} HWPTs, mappings {} (and their copies), pages {}, one page per fill batch{}",
+                bound.depth,
+                type1_check::HWPTS,
+                bound.mappings,
+                bound.pages,
+                if bound.wide_faults { ", wide faults" } else { "" }
+            );
+        } else {
+            println!(
+                "bound: depth {}, groups 3 (coherent, non-coherent, emulated), mappings {}, pages {}{}",
+                bound.depth,
+                bound.mappings,
+                bound.pages,
+                if bound.wide_faults { ", wide faults" } else { "" }
+            );
+        }
         println!(
             "flushed pgs: pages flushed over all explored transitions (stops at a counterexample);"
         );

@@ -70,8 +70,9 @@ enum Cmd {
     ///
     /// Exits 0 when the policy holds within the bound, 1 with a minimal counterexample.
     Check {
-        /// Policy to check (see `--all`).
-        #[arg(long, default_value = "seed", value_parser = policies())]
+        /// Policy to check (see `--all`): a type1 policy, or with `--iommufd` an iommufd fill
+        /// policy.
+        #[arg(long, default_value = "seed")]
         policy: String,
         /// Check every shipped policy and print a comparison table (exit 0 iff `seed` holds).
         #[arg(long, conflicts_with = "policy")]
@@ -100,6 +101,14 @@ enum Cmd {
         /// Threads to explore with (0: one per core); the results do not depend on it.
         #[arg(long, default_value_t = 0)]
         threads: usize,
+        /// Check the iommufd side (patch 5/5) instead of type1: the policy is an iommufd fill
+        /// policy (none, seed, seed-fixed), and the alphabet has HWPT alloc, attach, detach and
+        /// destroy, IOAS map, unmap and copy.
+        #[arg(long)]
+        iommufd: bool,
+        /// Add pin, accounting, attach and first-map failures to the faults explored.
+        #[arg(long)]
+        wide_faults: bool,
     },
     /// `type1 bench`'s own client program, run under the library (not for users).
     #[command(name = "__emulated-client", hide = true)]
@@ -514,6 +523,8 @@ fn main() -> ExitCode {
             dma_inside,
             content_only,
             threads,
+            iommufd,
+            wide_faults,
         } => checkcmd::check(
             &policy,
             all,
@@ -522,6 +533,8 @@ fn main() -> ExitCode {
                 mappings: mappings as usize,
                 dma_inside,
                 content_only,
+                iommufd,
+                wide_faults,
                 ..type1_check::Bound::default()
             },
             threads,

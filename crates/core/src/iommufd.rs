@@ -37,7 +37,7 @@ const CLASSIFIER: crate::policy::Seed = crate::policy::Seed;
 pub const EADDRINUSE: Errno = Errno(98);
 
 /// Where the iommufd side of the series flushes (X3, X4).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum FillPolicy {
     /// Upstream iommufd: never flushes.
     None,
@@ -47,15 +47,29 @@ pub enum FillPolicy {
     /// The review's direction: a fill flushes every batch whenever the domain(s) it fills are
     /// not all coherent, whatever the bit says; unpin flushes if the bit is set.
     SeedFixed,
+    /// A diagnostic variant of `seed`, not a proposal: the bit is also cleared when the pages
+    /// object loses its last pin, which closes the shortest hole of `seed` (a re-pin after
+    /// every domain left skips the flush) so that the checker can reach the longer ones (a
+    /// failed fill; `IOAS_COPY` slices).
+    SeedRepin,
 }
 
 impl FillPolicy {
+    /// Every policy, in the order tables list them.
+    pub const ALL: [FillPolicy; 4] = [
+        FillPolicy::None,
+        FillPolicy::Seed,
+        FillPolicy::SeedRepin,
+        FillPolicy::SeedFixed,
+    ];
+
     /// The policy of a command-line name (`none`, `seed`, `seed-fixed`).
     pub fn from_name(name: &str) -> Option<FillPolicy> {
         match name {
             "none" => Some(FillPolicy::None),
             "seed" => Some(FillPolicy::Seed),
             "seed-fixed" => Some(FillPolicy::SeedFixed),
+            "seed-repin" => Some(FillPolicy::SeedRepin),
             _ => None,
         }
     }
@@ -66,6 +80,7 @@ impl FillPolicy {
             FillPolicy::None => "none",
             FillPolicy::Seed => "seed",
             FillPolicy::SeedFixed => "seed-fixed",
+            FillPolicy::SeedRepin => "seed-repin",
         }
     }
 
@@ -74,7 +89,9 @@ impl FillPolicy {
     fn on_fill(self, flagged: bool, noncoherent: bool) -> (bool, bool) {
         match self {
             FillPolicy::None => (false, false),
-            FillPolicy::Seed => (noncoherent && !flagged, noncoherent && !flagged),
+            FillPolicy::Seed | FillPolicy::SeedRepin => {
+                (noncoherent && !flagged, noncoherent && !flagged)
+            }
             FillPolicy::SeedFixed => (noncoherent, noncoherent),
         }
     }
@@ -87,7 +104,7 @@ impl FillPolicy {
 /// `IOMMU_OPTION_RLIMIT_MODE`: whom pins are charged to. The option is kept and reported;
 /// the platform keeps per-address-space books only, so both modes charge the caller's address
 /// space against its RLIMIT_MEMLOCK (the kernel's user mode charges the user's total instead).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum AccountMode {
     /// 0, the default: the user (io_uring style). Charged here to the caller's address space,
     /// against the same RLIMIT_MEMLOCK (the platform keeps per-mm books only).
@@ -109,7 +126,7 @@ pub enum ObjType {
 
 /// One area of an IOAS: `[iova, last]` over pages `[first_page, first_page + npages)` of a
 /// pages object.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, Hash)]
 struct Area {
     last: u64,
     pages: u32,
@@ -124,7 +141,7 @@ impl Area {
 }
 
 /// An I/O address space.
-#[derive(Clone, Debug, Default)]
+#[derive(Clone, Debug, Default, Hash)]
 pub struct Ioas {
     areas: BTreeMap<u64, Area>,
     allowed: Vec<IovaRange>,
@@ -133,7 +150,7 @@ pub struct Ioas {
 }
 
 /// A paging HWPT: an IOMMU domain bound to one IOAS.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, Hash)]
 pub struct Hwpt {
     /// The IOAS it maps.
     pub ioas: u32,
@@ -148,7 +165,7 @@ pub struct Hwpt {
 }
 
 /// A device bound to the context.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, Hash)]
 pub struct Idev {
     /// Its group.
     pub group: GroupId,
@@ -156,7 +173,7 @@ pub struct Idev {
     pub hwpt: Option<u32>,
 }
 
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, Hash)]
 enum Obj {
     Ioas(Ioas),
     Hwpt(Hwpt),
@@ -164,7 +181,7 @@ enum Obj {
 }
 
 /// Whose pages a pages object covers, and whether the limit applies to charging them.
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Copy, Debug, Hash)]
 struct Owner {
     mm: MmId,
     uptr: u64,
@@ -173,7 +190,7 @@ struct Owner {
 }
 
 /// One pages object: a user VA range, pinned page by page while any domain maps it.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, Hash)]
 struct Pages {
     owner: Owner,
     /// Areas referring to it.
@@ -186,7 +203,7 @@ struct Pages {
 }
 
 /// One open `/dev/iommu`.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, Hash)]
 pub struct Ictx {
     policy: FillPolicy,
     objs: BTreeMap<u32, Obj>,
@@ -318,6 +335,113 @@ impl Ictx {
         self.ioas(ioas)
             .map(|i| i.areas.iter().map(|(s, a)| (*s, a.last - s + 1)).collect())
             .unwrap_or_default()
+    }
+
+    /// What the context pins and charges, in the shape of type1 mapping views for the
+    /// simulator's engine cross-check: one view per pages object, whose pinned pages are
+    /// listed as `external_pins` `(iova, pfn, 1)` and whose `locked_vm` is what the object
+    /// charged (none for an owner with CAP_IPC_LOCK, as `IOPT_PAGES_ACCOUNT_NONE`). The views
+    /// carry no size, so the checker counts pins and charges from them and leaves page-table
+    /// contents to the machine's own checks (stale reads, flush order, unpin while mapped).
+    pub fn pin_views(&self) -> Vec<crate::MappingView> {
+        self.pages
+            .iter()
+            .map(|(pid, pg)| {
+                let external_pins: Vec<(u64, u64, u32)> = pg
+                    .users
+                    .iter()
+                    .zip(&pg.pfns)
+                    .enumerate()
+                    .filter(|(_, (u, _))| **u > 0)
+                    .map(|(k, (_, pfn))| (pg.owner.uptr + ((k as u64) << PAGE_SHIFT), *pfn, 1))
+                    .collect();
+                crate::MappingView {
+                    // A key unique within the context; no page lies behind it (size 0).
+                    iova: u64::from(*pid) << PAGE_SHIFT,
+                    size: 0,
+                    vaddr: pg.owner.uptr,
+                    prot: Prot {
+                        read: true,
+                        write: pg.owner.writable,
+                    },
+                    mm: pg.owner.mm,
+                    iommu_mapped: !external_pins.is_empty(),
+                    vaddr_invalid: false,
+                    is_noncoherent: pg.flagged,
+                    locked_vm: if pg.owner.lock_cap {
+                        0
+                    } else {
+                        external_pins.len() as u64
+                    },
+                    external_pins,
+                }
+            })
+            .collect()
+    }
+
+    /// The context's state without its id counters and without the sticky flush bits: what a
+    /// failed call must leave exactly as it found it (the bit may only over-approximate, as
+    /// type1's flag, F5).
+    pub fn residue(&self) -> String {
+        let pages: Vec<_> = self
+            .pages
+            .iter()
+            .map(|(id, p)| (id, p.owner, p.refs, &p.users, &p.pfns))
+            .collect();
+        format!(
+            "{:?}{pages:?}{:?}{:?}",
+            self.objs, self.vfio_ioas, self.account_mode
+        )
+    }
+
+    /// The context's own invariants: every page's user count is the number of (area, HWPT)
+    /// pairs that map it, a pinned page has a frame, areas do not overlap, every area's pages
+    /// object exists and counts it, and HWPTs and IOASes name each other.
+    pub fn check_invariants(&self) -> Result<(), String> {
+        let mut users: BTreeMap<u32, Vec<u32>> = self
+            .pages
+            .iter()
+            .map(|(id, p)| (*id, vec![0; p.users.len()]))
+            .collect();
+        let mut refs: BTreeMap<u32, u32> = BTreeMap::new();
+        for (id, o) in &self.objs {
+            let Obj::Ioas(i) = o else { continue };
+            let mut prev: Option<u64> = None;
+            for (s, a) in &i.areas {
+                if prev.is_some_and(|l| *s <= l) || a.last < *s {
+                    return Err(format!("ioas {id}: area 0x{s:x} overlaps or is empty"));
+                }
+                prev = Some(a.last);
+                let u = users
+                    .get_mut(&a.pages)
+                    .ok_or_else(|| format!("ioas {id}: area 0x{s:x} has no pages object"))?;
+                *refs.entry(a.pages).or_insert(0) += 1;
+                let end = a.first_page + a.npages(*s);
+                if end as usize > u.len() {
+                    return Err(format!("ioas {id}: area 0x{s:x} runs past its pages"));
+                }
+                for k in a.first_page..end {
+                    u[k as usize] += i.hwpts.len() as u32;
+                }
+            }
+            for h in &i.hwpts {
+                if self.hwpt(*h).map(|x| x.ioas) != Ok(*id) {
+                    return Err(format!("ioas {id}: hwpt {h} is not bound to it"));
+                }
+            }
+        }
+        for (id, p) in &self.pages {
+            if refs.get(id).copied().unwrap_or(0) != p.refs {
+                return Err(format!("pages {id}: {} refs, areas say otherwise", p.refs));
+            }
+            if users[id] != p.users {
+                return Err(format!(
+                    "pages {id}: users {:?}, (area, hwpt) pairs {:?}",
+                    p.users, users[id]
+                ));
+            }
+        }
+        Ok(())
     }
 
     // ---- IOAS ---------------------------------------------------------------------------------
@@ -876,8 +1000,8 @@ impl Ictx {
         if let Err(e) = result {
             for (k, c) in fresh.into_iter().rev() {
                 for x in k..k + c {
-                    if let Some(pg) = self.pages.get(&pid) {
-                        p.unpin_page(pg.pfns[x as usize], false);
+                    if let Some(pg) = self.pages.get_mut(&pid) {
+                        p.unpin_page(std::mem::take(&mut pg.pfns[x as usize]), false);
                     }
                 }
                 let _ = charge(p, owner, -(c as i64));
@@ -912,7 +1036,9 @@ impl Ictx {
             let was = *u;
             *u = u.saturating_sub(fills);
             if was > 0 && *u == 0 {
-                let pfn = pg.pfns[k as usize];
+                // A page with no user has no frame: forget it, so that equal states compare
+                // equal (checker merging, the fault sweep's residue).
+                let pfn = std::mem::take(&mut pg.pfns[k as usize]);
                 let at = iova + ((k - first) << PAGE_SHIFT);
                 match gone.last_mut() {
                     Some((_, s, c)) if *s + *c == pfn => *c += 1,
@@ -936,6 +1062,13 @@ impl Ictx {
         }
         if total > 0 {
             let _ = charge(p, owner, -(total as i64));
+        }
+        if policy == FillPolicy::SeedRepin {
+            if let Some(pg) = self.pages.get_mut(&pid) {
+                if pg.users.iter().all(|u| *u == 0) {
+                    pg.flagged = false;
+                }
+            }
         }
     }
 
@@ -1201,13 +1334,25 @@ impl Ictx {
             self.drop_unused_auto(p, target);
             return Err(EADDRINUSE);
         }
+        // A replace (the device is attached elsewhere) is atomic in the kernel: on failure
+        // the device stays where it was. The platform attaches one domain at a time, so the
+        // old one is left, the new one tried, and the old one taken back if that fails.
         let old = self.idev(idev)?.hwpt;
-        if let Some(o) = old {
-            self.detach_from(p, idev, o);
+        let old_domain = old.and_then(|o| self.hwpt(o).ok()).map(|x| x.domain);
+        if let Some(d) = old_domain {
+            p.detach_group(d, group);
         }
         if let Err(e) = p.attach_group(h.domain, group) {
+            if let Some(d) = old_domain {
+                // Back to a domain the group was just attached to: the kernel's revert
+                // (`__iommu_group_set_domain_nofail`) cannot fail.
+                let _ = p.attach_group(d, group);
+            }
             self.drop_unused_auto(p, target);
             return Err(e.errno);
+        }
+        if let Some(o) = old {
+            self.forget_attachment(p, idev, o, group);
         }
         p.trace(Event::Attach {
             group,
@@ -1258,10 +1403,25 @@ impl Ictx {
         let Ok(group) = self.idev(idev).map(|d| d.group) else {
             return;
         };
-        let Ok(h) = self.hwpt(hwpt).cloned() else {
+        let Ok(h) = self.hwpt(hwpt) else {
             return;
         };
         p.detach_group(h.domain, group);
+        self.forget_attachment(p, idev, hwpt, group);
+    }
+
+    /// The bookkeeping of a detach whose platform side is done: the HWPT forgets the device
+    /// (and goes if it was automatic and this was its last), the device its HWPT.
+    fn forget_attachment<P: Platform + ?Sized>(
+        &mut self,
+        p: &mut P,
+        idev: u32,
+        hwpt: u32,
+        group: GroupId,
+    ) {
+        let Ok(h) = self.hwpt(hwpt).cloned() else {
+            return;
+        };
         if let Some(Obj::Hwpt(hw)) = self.objs.get_mut(&hwpt) {
             hw.devices.retain(|d| *d != idev);
         }

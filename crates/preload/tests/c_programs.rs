@@ -600,6 +600,28 @@ fn the_device_passes_the_checks_of_the_kernels_vfio_pci_device_test() {
     assert!(loopbacks.len() >= 9, "{trace}");
 }
 
+/// Issue 21: `tests/c/iommufd_dma.c` checks, in our own code, what the kernel's
+/// `vfio_dma_mapping_test` and `vfio_dma_mapping_mmio_test` check in the three iommufd modes
+/// (the two compat containers on `/dev/iommu` and the native cdev on an IOAS), on both
+/// devices: DMA map and unmap of a 4 KiB page and a 2 MiB hugetlb page at IOVA = address, the
+/// last page of the IOVA ranges, EOVERFLOW past 2^64, and BAR mmaps refused: 8 cases a mode
+/// and device, 48.
+#[test]
+fn the_iommufd_modes_pass_our_copy_of_the_kernels_dma_mapping_checks() {
+    let Some(exe) = compile("iommufd_dma") else {
+        return;
+    };
+    ensure_hugepages(4);
+    let (ok, out, trace) = run_preloaded(&exe, "iommufd_dma.jsonl");
+    assert!(ok, "{out}");
+    assert!(out.contains("iommufd_dma ok 48"), "{out}");
+    // Per mode and device the device's DMA reaches the 4 KiB page, both ends of the 2 MiB
+    // one and the top page twice (5), and faults at the same IOVAs once they are unmapped.
+    let dma = lines_with(&trace, |v| v["ev"] == "dma");
+    let faults = lines_with(&trace, |v| v["ev"] == "fault" && v["source"] == "dma");
+    assert_eq!((dma.len(), faults.len()), (30, 30), "{trace}");
+}
+
 /// Issue 9 item 8: `tests/c/threads.c`, threads and forks at once; no wrong answer, no hang.
 #[test]
 fn threads_and_forks_at_once_get_the_kernels_answers() {

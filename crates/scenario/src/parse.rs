@@ -5,6 +5,8 @@
 //! or carry a `K`/`M`/`G` suffix (binary units); an operation line may end with `=> ERRNO` (or
 //! `=> ok`, the default) to state the expected result. Every error names the line.
 
+pub mod ifd;
+
 use type1_core::{Errno, MemType, Prot};
 
 /// A parse error, naming the line.
@@ -260,6 +262,9 @@ pub enum Op {
         arg: crate::raw::Arg,
         bind: Option<String>,
     },
+    /// An iommufd line (`iommufd`, `ioas`, `bind`, `hwpt`, `attach_pt`, `ioas_map`, ...: see
+    /// [`ifd`]).
+    Iommufd(ifd::IfdOp),
     /// `allow KIND` / `allow all`: violations of that kind no longer fail the scenario (for
     /// scenarios that demonstrate a broken policy and only count its damage).
     Allow(Option<type1_sim::Kind>),
@@ -641,6 +646,9 @@ fn read_or_write(w: &mut Words<'_>) -> Result<bool, ParseError> {
 }
 
 fn parse_op(w: &mut Words<'_>) -> Result<Op, ParseError> {
+    if let Some(op) = ifd::parse(w) {
+        return op;
+    }
     Ok(match w.verb {
         "machine" => Op::Machine(w.name("machine")?),
         "policy" => Op::Policy(w.name("policy")?),

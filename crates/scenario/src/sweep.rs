@@ -34,6 +34,9 @@ fn residue(w: &World) -> String {
         }
     }
     s.push_str(&format!("{:?}", w.vfio.group_states()));
+    for (id, x) in w.vfio.iommufds() {
+        s.push_str(&format!("iommufd {id}:{}", x.residue()));
+    }
     s.push_str(&format!("{:?}", w.sim().pinned_frame_list()));
     for d in w.sim().live_domains() {
         s.push_str(&format!("{d}:{:?}", w.sim().domain_entries(d)));

@@ -22,6 +22,8 @@ use type1_uapi::{GroupSpec, Object, Vfio, VfioError};
 use crate::parse::Op;
 use crate::raw::{Arg, Raw};
 
+mod ifd;
+
 /// Why an operation did not succeed.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
 pub enum StepError {
@@ -109,6 +111,8 @@ pub struct World {
     seen_violations: usize,
     /// The calling process of raw lines: scratch memory, fds, file names ([`crate::raw`]).
     pub raw: Raw,
+    /// Names of the iommufd side: objects and bound devices ([`ifd`]).
+    ifd: ifd::IfdNames,
 }
 
 impl World {
@@ -155,6 +159,7 @@ impl World {
             allowed: Vec::new(),
             seen_violations: 0,
             raw: Raw::new(),
+            ifd: ifd::IfdNames::default(),
         })
     }
 
@@ -253,10 +258,8 @@ impl World {
             Arg::Int(v) | Arg::At(v) => *v,
             Arg::Buf(items) => r.build(items).map_err(StepError::Usage)?,
         };
-        let name = type1_uapi::nr::NAMES
-            .iter()
-            .find(|(_, n)| *n == request)
-            .map_or_else(|| format!("0x{request:x}"), |(n, _)| n.to_string());
+        let name = type1_uapi::nr::name_of(request)
+            .map_or_else(|| format!("0x{request:x}"), str::to_string);
         let ret = self
             .vfio
             .ioctl(obj, request, a, &mut r.caller)
@@ -319,15 +322,18 @@ impl World {
 
     /// Engine views of every container, for the checker.
     pub fn views(&self) -> Vec<EngineView> {
-        self.engines()
+        let type1 = self
+            .engines()
             .into_iter()
             .filter_map(|c| c.iommu().ok())
-            .map(|t| EngineView {
-                mappings: t.mappings(),
-                domains: t.domains(),
-                has_emulated_groups: t.has_emulated_groups(),
-            })
-            .collect()
+            .map(EngineView::of);
+        // An iommufd context answers for its pins and charges (see `Ictx::pin_views`).
+        let iommufd = self.vfio.iommufds().map(|(_, x)| EngineView {
+            mappings: x.pin_views(),
+            domains: Vec::new(),
+            has_emulated_groups: false,
+        });
+        type1.chain(iommufd).collect()
     }
 
     /// Runs the checker and moves new violations to `pending`, tagged with `at`.
@@ -339,6 +345,11 @@ impl World {
             .into_iter()
             .filter_map(|c| c.iommu().ok())
             .filter_map(|t| t.check_invariants().err())
+            .chain(self.vfio.iommufds().filter_map(|(id, x)| {
+                x.check_invariants()
+                    .err()
+                    .map(|e| format!("iommufd {id}: {e}"))
+            }))
             .collect();
         for e in broken {
             self.vfio
@@ -419,6 +430,7 @@ impl World {
             | Op::CpuAfter { .. }
             | Op::RefuseUnpin { .. } => self.exec_fault(op),
             Op::RawOpen { .. } | Op::RawClose(_) | Op::RawIoctl { .. } => self.exec_raw(op),
+            Op::Iommufd(op) => self.exec_iommufd(op),
         }
     }
 

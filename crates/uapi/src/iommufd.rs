@@ -98,6 +98,33 @@ impl<P: Platform> Vfio<P> {
         self.iommufds.get(&id).map(|s| &s.ictx)
     }
 
+    /// Configures a context that holds no object yet: its fill policy (`None` keeps the one
+    /// it was opened with) and the pages a fill pins, flushes and maps per step (`None`: the
+    /// platform's pin batch; a model checker uses one page, so that a fill can fail between
+    /// batches of a small mapping). ENOENT if there is no such context, EBUSY if it holds
+    /// objects.
+    pub fn configure_iommufd(
+        &mut self,
+        id: u32,
+        policy: Option<FillPolicy>,
+        batch: Option<u64>,
+    ) -> Result<(), Errno> {
+        let st = self.iommufds.get_mut(&id).ok_or(Errno::ENOENT)?;
+        if !st.ictx.is_empty() {
+            return Err(Errno::EBUSY);
+        }
+        if let Some(p) = policy {
+            st.ictx = Ictx::new(p);
+        }
+        st.ictx.batch_pages = batch;
+        Ok(())
+    }
+
+    /// The iommufd device id of a bound device file (its `out_devid`), if it is bound.
+    pub fn bound_devid(&self, dev: u32) -> Option<u32> {
+        self.devices.get(&dev)?.bound.map(|b| b.1)
+    }
+
     /// Every iommufd context, with its id.
     pub fn iommufds(&self) -> impl Iterator<Item = (u32, &Ictx)> {
         self.iommufds.iter().map(|(i, s)| (*i, &s.ictx))

@@ -154,6 +154,12 @@ pub const NAMES: &[(&str, u64)] = &[
     ("VFIO_IOMMU_DIRTY_PAGES", VFIO_IOMMU_DIRTY_PAGES),
 ];
 
+/// The header name of a request number (`VFIO_IOMMU_MAP_DMA`, `IOMMU_IOAS_MAP`), if one has it.
+/// Numbers shared by two kinds of file answer the first name listed.
+pub fn name_of(req: u64) -> Option<&'static str> {
+    NAMES.iter().find(|(_, v)| *v == req).map(|(n, _)| *n)
+}
+
 /// The number of a request name (`VFIO_IOMMU_MAP_DMA`; the `VFIO_` prefix may be left out).
 pub fn by_name(name: &str) -> Option<u64> {
     let full = if name.starts_with("VFIO_") {

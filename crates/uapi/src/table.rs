@@ -152,10 +152,7 @@ pub fn device_table<P: Platform>() -> Vec<IoctlDef<P>> {
 /// A request's name for the trace (`linux/vfio.h` and `linux/iommufd.h` names without the
 /// `VFIO_` prefix), `IOCTL` for a number no header names.
 fn nr_name(req: u64) -> &'static str {
-    NAMES
-        .iter()
-        .find(|(_, v)| *v == req)
-        .map_or("IOCTL", |(n, _)| n.trim_start_matches("VFIO_"))
+    crate::nr::name_of(req).map_or("IOCTL", |n| n.trim_start_matches("VFIO_"))
 }
 
 fn eng<T>(r: type1_core::Result<T>) -> Result<T, Errno> {
