@@ -331,3 +331,206 @@ fn the_compat_container_serves_type1_on_dev_iommu() {
     assert_eq!(cc, coherent as i64);
     h.v.close(h.c.fd_object(dfd).unwrap());
 }
+
+/// Issue 21, bad input: every iommufd ioctl meets a size below its mandatory part (EINVAL), a
+/// non-zero byte past the struct this kernel knows (E2BIG; zeros there are accepted), an
+/// unknown flag or a non-zero reserved field (EOPNOTSUPP) and ids of the wrong type (ENOENT,
+/// or EINVAL where the kernel takes several types and this is none of them), in that order
+/// of checks.
+#[test]
+fn every_iommufd_ioctl_meets_each_class_of_bad_input_with_the_kernels_errno() {
+    let mut h = H::new();
+    let ioas = h.ioas_alloc();
+    let (dfd, dev, hwpt) = h.device("0000:00:05.0", ioas);
+    let ranges = ARG + 0x8000; // a buffer for IOVA range arrays
+                               // (name, request, a valid struct, its mandatory size, the byte offsets of fields that must
+                               // be zero or carry known flags only)
+    let structs: Vec<(&str, u64, Vec<u8>, usize, Vec<usize>)> = vec![
+        ("DESTROY", IOMMU_DESTROY, b32(&[8, 999]), 8, vec![]),
+        (
+            "IOAS_ALLOC",
+            IOMMU_IOAS_ALLOC,
+            b32(&[12, 0, 0]),
+            12,
+            vec![4],
+        ),
+        (
+            "IOAS_ALLOW_IOVAS",
+            IOMMU_IOAS_ALLOW_IOVAS,
+            [b32(&[24, ioas, 0, 0]), b64(&[ranges])].concat(),
+            24,
+            vec![12],
+        ),
+        (
+            "IOAS_COPY",
+            IOMMU_IOAS_COPY,
+            [
+                b32(&[40, 1 | 4, ioas, ioas]),
+                b64(&[4096, 0x900000, 0x800000]),
+            ]
+            .concat(),
+            40,
+            vec![4],
+        ),
+        (
+            "IOAS_IOVA_RANGES",
+            IOMMU_IOAS_IOVA_RANGES,
+            [b32(&[32, ioas, 0, 0]), b64(&[ranges, 0])].concat(),
+            32,
+            vec![12],
+        ),
+        (
+            "IOAS_MAP",
+            IOMMU_IOAS_MAP,
+            [b32(&[40, FIXED | RW, ioas, 0]), b64(&[RAM, 4096, 0x100000])].concat(),
+            40,
+            vec![4, 12],
+        ),
+        (
+            "IOAS_UNMAP",
+            IOMMU_IOAS_UNMAP,
+            [b32(&[24, ioas]), b64(&[0x700000, 4096])].concat(),
+            24,
+            vec![],
+        ),
+        (
+            "OPTION",
+            IOMMU_OPTION,
+            [b32(&[24, 1, 1, ioas]), b64(&[0])].concat(),
+            24,
+            vec![10],
+        ),
+        ("VFIO_IOAS", IOMMU_VFIO_IOAS, b32(&[12, 0, 0]), 12, vec![10]),
+        (
+            "HWPT_ALLOC",
+            IOMMU_HWPT_ALLOC,
+            [b32(&[48, 0, dev, ioas, 0, 0, 0, 0]), b64(&[0, 0])].concat(),
+            24,
+            vec![4, 20],
+        ),
+        (
+            "GET_HW_INFO",
+            IOMMU_GET_HW_INFO,
+            [b32(&[40, 0, dev, 0]), b64(&[0]), b32(&[0, 0]), b64(&[0])].concat(),
+            32,
+            vec![4],
+        ),
+    ];
+    for (name, req, valid, min, zero_fields) in &structs {
+        let ksize = valid.len();
+        // Too small: EINVAL (a size of 0 too).
+        for size in [0, min - 1] {
+            let mut b = valid.clone();
+            b[..4].copy_from_slice(&(size as u32).to_le_bytes());
+            assert_eq!(
+                h.call(h.fd, *req, &b),
+                Err(Errno::EINVAL),
+                "{name} size {size}"
+            );
+        }
+        // A non-zero byte past the struct: E2BIG.
+        let mut b = valid.clone();
+        b[..4].copy_from_slice(&(ksize as u32 + 8).to_le_bytes());
+        b.extend([0, 0, 0, 0, 0, 0, 0, 1]);
+        assert_eq!(h.call(h.fd, *req, &b), Err(Errno::E2BIG), "{name} tail");
+        // An unknown flag, or a reserved field set: EOPNOTSUPP.
+        for &off in zero_fields {
+            let mut b = valid.clone();
+            b[off + 1] |= 0x40;
+            assert_eq!(
+                h.call(h.fd, *req, &b),
+                Err(Errno::EOPNOTSUPP),
+                "{name} bit at byte {}",
+                off + 1
+            );
+        }
+    }
+    // Ids of the wrong type. (offset of the id, the ids to try, the errno)
+    let by_type: Vec<(&str, usize, Vec<u32>, Errno)> = vec![
+        ("IOAS_ALLOW_IOVAS", 4, vec![hwpt, dev, 999], Errno::ENOENT),
+        ("IOAS_COPY", 8, vec![hwpt, dev, 999], Errno::ENOENT),
+        ("IOAS_COPY", 12, vec![hwpt, dev, 999], Errno::ENOENT),
+        ("IOAS_IOVA_RANGES", 4, vec![hwpt, dev, 999], Errno::ENOENT),
+        ("IOAS_MAP", 8, vec![hwpt, dev, 999], Errno::ENOENT),
+        ("IOAS_UNMAP", 4, vec![hwpt, dev, 999], Errno::ENOENT),
+        ("OPTION", 12, vec![hwpt, dev, 999], Errno::ENOENT),
+        ("HWPT_ALLOC", 8, vec![ioas, hwpt, 999], Errno::ENOENT),
+        ("HWPT_ALLOC", 12, vec![hwpt, dev], Errno::EINVAL),
+        ("HWPT_ALLOC", 12, vec![999], Errno::ENOENT),
+        ("GET_HW_INFO", 8, vec![ioas, hwpt, 999], Errno::ENOENT),
+    ];
+    for (name, off, ids, errno) in by_type {
+        let (_, req, valid, ..) = structs.iter().find(|s| s.0 == name).unwrap();
+        for id in ids {
+            let mut b = valid.clone();
+            b[off..off + 4].copy_from_slice(&id.to_le_bytes());
+            assert_eq!(
+                h.call(h.fd, *req, &b),
+                Err(errno),
+                "{name} id {id} at {off}"
+            );
+        }
+    }
+    // VFIO_IOAS SET with something that is not an IOAS.
+    for id in [hwpt, dev, 999] {
+        assert_eq!(
+            h.call(h.fd, IOMMU_VFIO_IOAS, &b32(&[12, id, 1])),
+            Err(Errno::ENOENT),
+            "VFIO_IOAS SET {id}"
+        );
+    }
+    // Overflowing ranges: EOVERFLOW for MAP, COPY and UNMAP.
+    let top = u64::MAX & !0xfff;
+    assert_eq!(
+        h.map(ioas, FIXED | RW, RAM, 8192, top),
+        Err(Errno::EOVERFLOW)
+    );
+    let mut copy = b32(&[40, FIXED | 4, ioas, ioas]);
+    copy.extend(b64(&[u64::MAX, 0x900000, 0x800000]));
+    assert_eq!(h.call(h.fd, IOMMU_IOAS_COPY, &copy), Err(Errno::EOVERFLOW));
+    assert_eq!(h.unmap(ioas, top, 8192), Err(Errno::EOVERFLOW));
+    // The device cdev's ioctls: argsz too small (EINVAL), a non-zero tail on BIND (E2BIG),
+    // unknown flags (EINVAL, as VFIO answers them).
+    let cdev = h.v.open_cdev("0000:00:04.0").unwrap();
+    let cfd = h.c.add_fd(Some(cdev));
+    let fd = h.fd as u32;
+    assert_eq!(
+        h.call(cfd, VFIO_DEVICE_BIND_IOMMUFD, &b32(&[12, 0, fd, 0])),
+        Err(Errno::EINVAL)
+    );
+    assert_eq!(
+        h.call(
+            cfd,
+            VFIO_DEVICE_BIND_IOMMUFD,
+            &b32(&[28, 0, fd, 0, 0, 0, 1])
+        ),
+        Err(Errno::E2BIG)
+    );
+    assert_eq!(
+        h.call(cfd, VFIO_DEVICE_BIND_IOMMUFD, &b32(&[16, 2, fd, 0])),
+        Err(Errno::EINVAL)
+    );
+    assert_eq!(
+        h.call(dfd, VFIO_DEVICE_ATTACH_IOMMUFD_PT, &b32(&[8, 0, ioas])),
+        Err(Errno::EINVAL)
+    );
+    assert_eq!(
+        h.call(dfd, VFIO_DEVICE_ATTACH_IOMMUFD_PT, &b32(&[12, 1, ioas])),
+        Err(Errno::EINVAL)
+    );
+    assert_eq!(
+        h.call(dfd, VFIO_DEVICE_ATTACH_IOMMUFD_PT, &b32(&[12, 0, 999])),
+        Err(Errno::ENOENT)
+    );
+    assert_eq!(
+        h.call(dfd, VFIO_DEVICE_DETACH_IOMMUFD_PT, &b32(&[4, 0])),
+        Err(Errno::EINVAL)
+    );
+    assert_eq!(
+        h.call(dfd, VFIO_DEVICE_DETACH_IOMMUFD_PT, &b32(&[8, 1])),
+        Err(Errno::EINVAL)
+    );
+    // None of it left anything behind: the device is still attached to its HWPT and the IOAS
+    // holds no area.
+    assert_eq!(h.unmap(ioas, 0, u64::MAX), Ok(0));
+}
