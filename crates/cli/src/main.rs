@@ -22,8 +22,18 @@ use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
 use type1_scenario::{run_text, RunOptions};
 
+/// Every policy name: type1's, and iommufd's that type1 does not have.
 fn policies() -> clap::builder::PossibleValuesParser {
-    clap::builder::PossibleValuesParser::new(type1_core::policy::POLICY_NAMES)
+    let extra = type1_core::iommufd::FillPolicy::ALL
+        .map(|p| p.name())
+        .into_iter()
+        .filter(|n| !type1_core::policy::POLICY_NAMES.contains(n));
+    clap::builder::PossibleValuesParser::new(
+        type1_core::policy::POLICY_NAMES
+            .iter()
+            .copied()
+            .chain(extra),
+    )
 }
 
 #[derive(Parser)]
@@ -44,6 +54,10 @@ enum Cmd {
         /// Flush policy (`seed` is the series, `none` is upstream type1).
         #[arg(long, default_value = "seed", value_parser = policies())]
         policy: String,
+        /// Tell it through iommufd (`/dev/iommu`, device cdevs, one IOAS): patch 5/5's
+        /// flushes, with iommufd's fill policies (none, seed, seed-repin, seed-fixed).
+        #[arg(long)]
+        iommufd: bool,
         /// Write the JSON-lines trace to this file.
         #[arg(long)]
         trace: Option<PathBuf>,
@@ -56,6 +70,10 @@ enum Cmd {
         /// Flush policy: `none` (upstream) or `seed` (the series); any shipped policy works.
         #[arg(long, default_value = "seed", value_parser = policies())]
         policy: String,
+        /// Play it through iommufd (`/dev/iommu`, a device cdev, one IOAS): patch 5/5's
+        /// flushes, with iommufd's fill policies (none, seed, seed-repin, seed-fixed).
+        #[arg(long)]
+        iommufd: bool,
         /// Print one JSON object instead of the narration.
         #[arg(long)]
         json: bool,
@@ -452,15 +470,28 @@ fn main() -> ExitCode {
     let r = match cli.cmd {
         Cmd::Demo {
             policy,
+            iommufd,
             trace,
             machine,
-        } => story::demo(&policy, machine.as_deref(), trace.as_deref()),
+        } => story::demo(
+            &policy,
+            story::Via::of(iommufd),
+            machine.as_deref(),
+            trace.as_deref(),
+        ),
         Cmd::Attack {
             policy,
+            iommufd,
             json,
             trace,
             machine,
-        } => story::attack(&policy, json, machine.as_deref(), trace.as_deref()),
+        } => story::attack(
+            &policy,
+            story::Via::of(iommufd),
+            json,
+            machine.as_deref(),
+            trace.as_deref(),
+        ),
         Cmd::Run {
             files,
             policy,

@@ -7,7 +7,7 @@
 use std::{path::Path, process::ExitCode};
 
 use anyhow::{anyhow, bail, Result};
-use type1_core::{Event, FlushReason};
+use type1_core::{iommufd::FillPolicy, Event, FlushReason};
 use type1_scenario::{parse::parse, World};
 use type1_sim::MachineDesc;
 
@@ -19,13 +19,14 @@ fn world(policy: &str, machine: Option<&Path>) -> Result<World> {
     World::new(desc, policy).map_err(|e| anyhow!("{e}"))
 }
 
-/// The coherent and non-coherent groups of the machine (first of each kind).
-fn pick_groups(w: &World) -> Result<(u32, u32, String)> {
+/// The coherent and non-coherent groups of the machine (first of each kind), each with its
+/// first device.
+fn pick_groups(w: &World) -> Result<((u32, String), (u32, String))> {
     let gs = w.sim().iommu_groups();
-    let coh = gs.iter().find(|g| g.1).map(|g| g.0);
+    let coh = gs.iter().find(|g| g.1);
     let nc = gs.iter().find(|g| !g.1);
     match (coh, nc) {
-        (Some(c), Some(n)) => Ok((c, n.0, n.2.clone())),
+        (Some(c), Some(n)) => Ok(((c.0, c.2.clone()), (n.0, n.2.clone()))),
         _ => bail!("the machine needs one group behind a snoop-control IOMMU and one behind an IOMMU without it"),
     }
 }
@@ -152,16 +153,130 @@ impl Narrator {
     }
 }
 
-fn flag(w: &World, c: &str, iova: u64) -> String {
-    w.container(c)
-        .and_then(|c| c.iommu().ok())
-        .and_then(|t| t.mapping_at(iova))
-        .map_or("(no mapping)".into(), |m| m.is_noncoherent.to_string())
+/// Which uAPI the story's VMM uses: a type1 container (`/dev/vfio/vfio` and group files) or
+/// iommufd (`/dev/iommu`, device cdevs bound to it, one IOAS; patch 5/5's flushes).
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub enum Via {
+    /// Container `c0`, groups attached with SET_CONTAINER, MAP_DMA and UNMAP_DMA.
+    Type1,
+    /// `/dev/iommu` file `i`, IOAS `a`, device cdevs bound and attached, IOAS_MAP and
+    /// IOAS_UNMAP.
+    Iommufd,
 }
 
-fn cc(w: &World, c: &str) -> u32 {
-    w.container(c)
-        .map_or(0, |c| c.check_extension(type1_core::abi::VFIO_DMA_CC_IOMMU))
+impl Via {
+    /// The path of a command line's `--iommufd`.
+    pub fn of(iommufd: bool) -> Via {
+        if iommufd {
+            Via::Iommufd
+        } else {
+            Via::Type1
+        }
+    }
+
+    /// Checks that `policy` exists on this path; the error names the option and its value.
+    fn check_policy(self, policy: &str) -> Result<()> {
+        if self == Via::Iommufd && FillPolicy::from_name(policy).is_none() {
+            bail!(
+                "--policy {policy:?} with --iommufd: iommufd's fill policies are {}",
+                FillPolicy::ALL.map(FillPolicy::name).join(", ")
+            );
+        }
+        Ok(())
+    }
+
+    /// The type1 policy of the world: iommufd's own is set on its `iommufd` line.
+    fn world_policy(self, policy: &str) -> &str {
+        match self {
+            Via::Type1 => policy,
+            Via::Iommufd => "none",
+        }
+    }
+
+    /// The lines that open the VMM's DMA context (before any device).
+    fn open(self, policy: &str) -> Vec<String> {
+        match self {
+            Via::Type1 => vec!["container c0".into()],
+            Via::Iommufd => vec![format!("iommufd i policy={policy}"), "ioas a i".into()],
+        }
+    }
+
+    /// The lines that give the VMM the device of group `g` (`dev`); `first` when it is the
+    /// context's first (type1 then selects its backend).
+    fn assign(self, g: u32, dev: &str, first: bool) -> Vec<String> {
+        match self {
+            Via::Type1 if first => vec![format!("attach c0 {g}"), "set_iommu c0 v2".into()],
+            Via::Type1 => vec![format!("attach c0 {g}")],
+            Via::Iommufd => vec![format!("bind {dev} i"), format!("attach_pt {dev} a")],
+        }
+    }
+
+    /// The line that takes the device of group `g` away.
+    fn unassign(self, g: u32, dev: &str) -> String {
+        match self {
+            Via::Type1 => format!("detach c0 {g}"),
+            Via::Iommufd => format!("detach_pt {dev}"),
+        }
+    }
+
+    fn map(self, iova: u64, vaddr: u64) -> String {
+        match self {
+            Via::Type1 => format!("map c0 0x{iova:x} 0x{vaddr:x} 4K rw"),
+            Via::Iommufd => format!("ioas_map a 0x{iova:x} 0x{vaddr:x} 4K"),
+        }
+    }
+
+    fn unmap(self, iova: u64) -> String {
+        match self {
+            Via::Type1 => format!("unmap c0 0x{iova:x} 4K"),
+            Via::Iommufd => format!("ioas_unmap a 0x{iova:x} 4K"),
+        }
+    }
+
+    /// The lines that close the context (iommufd's files close at teardown).
+    fn close(self) -> Vec<String> {
+        match self {
+            Via::Type1 => vec!["close c0".into()],
+            Via::Iommufd => vec![],
+        }
+    }
+
+    /// The sticky flag of the mapping at `iova`: type1's `is_noncoherent`, or 5/5's bit on
+    /// the pages behind the area.
+    fn flag(self, w: &World, iova: u64) -> String {
+        let v = match self {
+            Via::Type1 => w
+                .container("c0")
+                .and_then(|c| c.iommu().ok())
+                .and_then(|t| t.mapping_at(iova))
+                .map(|m| m.is_noncoherent),
+            Via::Iommufd => w
+                .ifd_object("a")
+                .and_then(|a| w.vfio.iommufds().find_map(|(_, x)| x.flagged(a, iova))),
+        };
+        v.map_or("(no mapping)".into(), |f| f.to_string())
+    }
+
+    /// `VFIO_DMA_CC_IOMMU`: every domain of the context enforces snooping.
+    fn cc(self, w: &World) -> u32 {
+        match self {
+            Via::Type1 => w
+                .container("c0")
+                .map_or(0, |c| c.check_extension(type1_core::abi::VFIO_DMA_CC_IOMMU)),
+            Via::Iommufd => w.ifd_object("a").map_or(0, |a| {
+                w.vfio
+                    .iommufds()
+                    .any(|(_, x)| x.all_coherent(a) == Ok(true)) as u32
+            }),
+        }
+    }
+
+    fn name(self) -> &'static str {
+        match self {
+            Via::Type1 => "a type1 container",
+            Via::Iommufd => "iommufd (patch 5/5)",
+        }
+    }
 }
 
 fn save_trace(w: &World, trace: Option<&Path>) -> Result<()> {
@@ -179,61 +294,66 @@ const IOVA: u64 = 0x10_0000;
 const VADDR: u64 = 0x7f00_0000_0000;
 
 /// `type1 demo`.
-pub fn demo(policy: &str, machine: Option<&Path>, trace: Option<&Path>) -> Result<ExitCode> {
-    let mut w = world(policy, machine)?;
-    let (coh, nc, _) = pick_groups(&w)?;
+pub fn demo(
+    policy: &str,
+    via: Via,
+    machine: Option<&Path>,
+    trace: Option<&Path>,
+) -> Result<ExitCode> {
+    via.check_policy(policy)?;
+    let mut w = world(via.world_policy(policy), machine)?;
+    let ((coh, coh_dev), (nc, nc_dev)) = pick_groups(&w)?;
     let mut n = Narrator {
         seen: 0,
         quiet: false,
     };
     println!(
-        "type1 demo: the five-step example of the series (F6), flush policy `{}`",
-        w.policy()
+        "type1 demo: the five-step example of the series (F6) through {}, flush policy `{policy}`",
+        via.name()
     );
     println!("A VMM maps one page for DMA. Watch where the CPU cache is flushed.\n");
     println!(
-        "setup: process `vmm` maps a page at vaddr 0x{VADDR:x}; container c0 gets group {coh} (coherent IOMMU)"
+        "setup: process `vmm` maps a page at vaddr 0x{VADDR:x}; the VMM gets group {coh}'s device {coh_dev} (coherent IOMMU)"
     );
-    n.lines(
-        &mut w,
-        &[
-            "process vmm".into(),
-            format!("mmap 0x{VADDR:x} 4K"),
-            format!("write 0x{VADDR:x} \"guest RAM page\""),
-            "container c0".into(),
-            format!("attach c0 {coh}"),
-            "set_iommu c0 v2".into(),
-        ],
-    )?;
+    let mut setup = vec![
+        "process vmm".into(),
+        format!("mmap 0x{VADDR:x} 4K"),
+        format!("write 0x{VADDR:x} \"guest RAM page\""),
+    ];
+    setup.extend(via.open(policy));
+    setup.extend(via.assign(coh, &coh_dev, true));
+    n.lines(&mut w, &setup)?;
 
-    println!("\nstep 1: MAP_DMA iova 0x{IOVA:x} while only a coherent domain exists");
-    n.line(&mut w, &format!("map c0 0x{IOVA:x} 0x{VADDR:x} 4K rw"))?;
+    println!("\nstep 1: map iova 0x{IOVA:x} while only a coherent domain exists");
+    n.line(&mut w, &via.map(IOVA, VADDR))?;
     println!(
-        "   -> is_noncoherent = {}, no flush needed: the IOMMU forces snooping",
-        flag(&w, "c0", IOVA)
+        "   -> flag = {}, no flush needed: the IOMMU forces snooping",
+        via.flag(&w, IOVA)
     );
 
-    println!("\nstep 2: group {nc} (IOMMU without snoop control) joins: a new non-coherent domain, replay");
-    n.line(&mut w, &format!("attach c0 {nc}"))?;
+    println!("\nstep 2: group {nc} ({nc_dev}, IOMMU without snoop control) joins: a new non-coherent domain, filled with the existing mapping");
+    n.lines(&mut w, &via.assign(nc, &nc_dev, false))?;
     println!(
-        "   -> is_noncoherent = {}, VFIO_DMA_CC_IOMMU = {}: the page was flushed before the device could bypass the cache",
-        flag(&w, "c0", IOVA),
-        cc(&w, "c0")
+        "   -> flag = {}, VFIO_DMA_CC_IOMMU = {}: the page was flushed before the device could bypass the cache",
+        via.flag(&w, IOVA),
+        via.cc(&w)
     );
 
     println!("\nstep 3: group {nc} is hot-unplugged: its domain goes away");
-    n.line(&mut w, &format!("detach c0 {nc}"))?;
+    n.line(&mut w, &via.unassign(nc, &nc_dev))?;
     println!(
-        "   -> no flush; is_noncoherent = {} (sticky), VFIO_DMA_CC_IOMMU = {}",
-        flag(&w, "c0", IOVA),
-        cc(&w, "c0")
+        "   -> no flush; flag = {} (sticky), VFIO_DMA_CC_IOMMU = {}",
+        via.flag(&w, IOVA),
+        via.cc(&w)
     );
 
-    println!("\nsteps 4 and 5: UNMAP_DMA unmaps from the coherent domain, then unpins");
-    n.line(&mut w, &format!("unmap c0 0x{IOVA:x} 4K"))?;
+    println!(
+        "\nsteps 4 and 5: the unmap takes the page out of the coherent domain, then unpins it"
+    );
+    n.line(&mut w, &via.unmap(IOVA))?;
     println!("   -> the page is flushed after the IOTLB sync and before the pin is dropped");
 
-    n.line(&mut w, "close c0")?;
+    n.lines(&mut w, &via.close())?;
     w.teardown(0);
     n.show(&w);
     let (map, _) = w.flushes(Some(FlushReason::Map), Some(IOVA));
@@ -251,12 +371,14 @@ pub fn demo(policy: &str, machine: Option<&Path>, trace: Option<&Path>) -> Resul
 /// `type1 attack`.
 pub fn attack(
     policy: &str,
+    via: Via,
     json: bool,
     machine: Option<&Path>,
     trace: Option<&Path>,
 ) -> Result<ExitCode> {
-    let mut w = world(policy, machine)?;
-    let (_, nc, dev) = pick_groups(&w)?;
+    via.check_policy(policy)?;
+    let mut w = world(via.world_policy(policy), machine)?;
+    let (_, (nc, dev)) = pick_groups(&w)?;
     let mut n = Narrator {
         seen: 0,
         quiet: json,
@@ -269,8 +391,8 @@ pub fn attack(
     let secret = "host secret: root password hunter2, private key 0xDEADBEEF";
     let victim = 0x4000_0000u64;
     say(&format!(
-        "type1 attack: a malicious guest vs. flush policy `{}`\n",
-        w.policy()
+        "type1 attack: a malicious guest vs. flush policy `{policy}`, through {}\n",
+        via.name()
     ));
     say(
         "1. a host process (the previous owner) writes a secret; it reaches RAM; the process exits",
@@ -298,15 +420,10 @@ pub fn attack(
     )?;
 
     say(&format!("3. the VMM assigns device {dev} (group {nc}, IOMMU without snoop control) and maps the page"));
-    n.lines(
-        &mut w,
-        &[
-            "container c0".into(),
-            format!("attach c0 {nc}"),
-            "set_iommu c0 v2".into(),
-            format!("map c0 0x{IOVA:x} 0x{VADDR:x} 4K rw"),
-        ],
-    )?;
+    let mut assign = via.open(policy);
+    assign.extend(via.assign(nc, &dev, true));
+    assign.push(via.map(IOVA, VADDR));
+    n.lines(&mut w, &assign)?;
 
     say("4. the guest programs the device to read the page with no-snoop DMA");
     n.line(&mut w, &format!("dma {dev} read 0x{IOVA:x} 4K nosnoop"))?;
@@ -332,10 +449,9 @@ pub fn attack(
     )?;
 
     say("6. the VMM unmaps and the page is unpinned; what does the host see now?");
-    n.lines(
-        &mut w,
-        &[format!("unmap c0 0x{IOVA:x} 4K"), "close c0".into()],
-    )?;
+    let mut unmap = vec![via.unmap(IOVA)];
+    unmap.extend(via.close());
+    n.lines(&mut w, &unmap)?;
     w.teardown(0);
     n.show(&w);
 
@@ -345,7 +461,8 @@ pub fn attack(
     let violations: Vec<String> = w.pending().iter().map(|v| v.v.kind.to_string()).collect();
     if json {
         let o = serde_json::json!({
-            "policy": w.policy(),
+            "policy": policy,
+            "via": if via == Via::Iommufd { "iommufd" } else { "type1" },
             "leaked_bytes": leaked,
             "stale_after_unpin_bytes": stale,
             "flushes": flushes,
@@ -360,7 +477,7 @@ pub fn attack(
         if leaked + stale == 0 {
             println!("the flushes closed both windows");
         } else {
-            println!("policy `{}` leaves the windows open", w.policy());
+            println!("policy `{policy}` leaves the windows open");
         }
     }
     save_trace(&w, trace)?;

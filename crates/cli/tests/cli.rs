@@ -170,3 +170,62 @@ fn a_reader_that_stops_early_ends_the_output_without_a_panic() {
     assert!(!err.contains("panicked"), "{err}");
     assert_eq!(out.status.code(), Some(141), "{err}");
 }
+
+/// Issue 21: `demo` and `attack` on the iommufd path, patch 5/5's flushes.
+#[test]
+fn the_iommufd_path_tells_the_same_stories() {
+    let none = json(&type1(&[
+        "attack",
+        "--iommufd",
+        "--policy",
+        "none",
+        "--json",
+    ]));
+    assert_eq!(none["via"], "iommufd");
+    assert!(none["leaked_bytes"].as_u64().unwrap() > 0, "{none}");
+    assert!(
+        none["stale_after_unpin_bytes"].as_u64().unwrap() > 0,
+        "{none}"
+    );
+    for p in ["seed", "seed-fixed"] {
+        let fixed = json(&type1(&["attack", "--iommufd", "--policy", p, "--json"]));
+        assert_eq!(fixed["leaked_bytes"], 0, "{fixed}");
+        assert_eq!(fixed["stale_after_unpin_bytes"], 0, "{fixed}");
+        assert_eq!(fixed["violations"], serde_json::json!([]), "{fixed}");
+    }
+    // The demo: the fill of the non-coherent HWPT flushes before its map (and before the
+    // device is attached to it); the unmap flushes after the unmap and before the unpin.
+    let dir = std::env::temp_dir().join(format!("type1-demo-ifd-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let trace = dir.join("demo.jsonl");
+    let out = type1(&["demo", "--iommufd", "--trace", trace.to_str().unwrap()]);
+    assert!(out.status.success());
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("flag = true (sticky)"), "{text}");
+    let lines: Vec<serde_json::Value> = std::fs::read_to_string(&trace)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let flushes: Vec<&str> = lines
+        .iter()
+        .filter(|l| l["ev"] == "flush")
+        .map(|l| l["reason"].as_str().unwrap())
+        .collect();
+    assert_eq!(flushes, ["map", "unpin"]);
+    let pos = |pred: &dyn Fn(&serde_json::Value) -> bool| lines.iter().position(pred).unwrap();
+    let fill = pos(&|l| l["ev"] == "flush" && l["reason"] == "map");
+    let map_nc = pos(&|l| l["ev"] == "map" && l["domain"] == 2);
+    let attach_nc = pos(&|l| l["ev"] == "attach" && l["coherent"] == false);
+    let unpin_flush = pos(&|l| l["ev"] == "flush" && l["reason"] == "unpin");
+    let unmap = pos(&|l| l["ev"] == "unmap" && l["domain"] == 1);
+    let unpin = pos(&|l| l["ev"] == "unpin");
+    assert!(fill < map_nc && map_nc < attach_nc, "{lines:?}");
+    assert!(unmap < unpin_flush && unpin_flush < unpin, "{lines:?}");
+    let _ = std::fs::remove_dir_all(dir);
+    // A type1 policy iommufd does not have is a clear error naming the option.
+    let out = type1(&["attack", "--iommufd", "--policy", "eager"]);
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("--iommufd") && err.contains("eager"), "{err}");
+}

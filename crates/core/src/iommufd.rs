@@ -444,6 +444,12 @@ impl Ictx {
         Ok(())
     }
 
+    /// The sticky flush bit of the pages behind `iova` of an IOAS (None if no area maps it).
+    pub fn flagged(&self, ioas: u32, iova: u64) -> Option<bool> {
+        let (_, a) = self.ioas(ioas).ok()?.areas.range(..=iova).next_back()?;
+        (iova <= a.last).then(|| self.pages.get(&a.pages).is_some_and(|p| p.flagged))
+    }
+
     // ---- IOAS ---------------------------------------------------------------------------------
 
     /// `IOMMU_IOAS_ALLOC`.
