@@ -480,7 +480,7 @@ fn every_iommufd_ioctl_meets_each_class_of_bad_input_with_the_kernels_errno() {
         );
     }
     // Overflowing ranges: EOVERFLOW for MAP, COPY and UNMAP.
-    let top = u64::MAX & !0xfff;
+    let top: u64 = !0xfff;
     assert_eq!(
         h.map(ioas, FIXED | RW, RAM, 8192, top),
         Err(Errno::EOVERFLOW)
