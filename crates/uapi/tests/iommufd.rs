@@ -342,10 +342,12 @@ fn every_iommufd_ioctl_meets_each_class_of_bad_input_with_the_kernels_errno() {
     let mut h = H::new();
     let ioas = h.ioas_alloc();
     let (dfd, dev, hwpt) = h.device("0000:00:05.0", ioas);
-    let ranges = ARG + 0x8000; // a buffer for IOVA range arrays
-                               // (name, request, a valid struct, its mandatory size, the byte offsets of fields that must
-                               // be zero or carry known flags only)
-    let structs: Vec<(&str, u64, Vec<u8>, usize, Vec<usize>)> = vec![
+    // A buffer for IOVA range arrays.
+    let ranges = ARG + 0x8000;
+    // (name, request, a valid struct, its mandatory size, the byte offsets of fields that must
+    // be zero or carry known flags only)
+    type Row = (&'static str, u64, Vec<u8>, usize, Vec<usize>);
+    let structs: Vec<Row> = vec![
         ("DESTROY", IOMMU_DESTROY, b32(&[8, 999]), 8, vec![]),
         (
             "IOAS_ALLOC",
