@@ -2,7 +2,7 @@
  * (tools/testing/selftests/vfio, Linux 7.3) check in their three iommufd modes, restated in our
  * own code and run under the emulation (issue 21). The kernel's programs themselves run in
  * c_programs.rs only when a linux-source package can be had; this one needs only gcc, and
- * defines the iommufd uAPI it uses itself when the system headers lack it.
+ * defines the iommufd uAPI it uses itself (iommufd_uapi.h) when the system headers lack it.
  *
  * Every case starts from a fresh open, for each emulated device (0000:00:04.0 and 0000:00:05.0,
  * found from the BDF through sysfs) and each mode, and closes everything at the end:
@@ -40,6 +40,7 @@
 #define _GNU_SOURCE
 #include "common.h"
 #include "../device_regs.h"
+#include "iommufd_uapi.h"
 #include <dirent.h>
 #include <libgen.h>
 #include <limits.h>
@@ -48,59 +49,6 @@
 
 #ifndef MAP_HUGE_2MB
 #define MAP_HUGE_2MB (21 << MAP_HUGE_SHIFT)
-#endif
-
-/* The iommufd uAPI used here (<linux/iommufd.h>, and the cdev ioctls of <linux/vfio.h>, since
- * Linux 6.6); older system headers do not have them. */
-#if __has_include(<linux/iommufd.h>)
-#include <linux/iommufd.h>
-#else
-#define IOMMUFD_TYPE (';')
-#define IOMMU_IOAS_ALLOC _IO(IOMMUFD_TYPE, 0x81)
-#define IOMMU_IOAS_IOVA_RANGES _IO(IOMMUFD_TYPE, 0x84)
-#define IOMMU_IOAS_MAP _IO(IOMMUFD_TYPE, 0x85)
-#define IOMMU_IOAS_UNMAP _IO(IOMMUFD_TYPE, 0x86)
-#define IOMMU_VFIO_IOAS _IO(IOMMUFD_TYPE, 0x88)
-#define IOMMU_IOAS_MAP_FIXED_IOVA (1 << 0)
-#define IOMMU_IOAS_MAP_WRITEABLE (1 << 1)
-#define IOMMU_IOAS_MAP_READABLE (1 << 2)
-#define IOMMU_VFIO_IOAS_GET 0
-struct iommu_ioas_alloc {
-    uint32_t size, flags, out_ioas_id;
-};
-struct iommu_iova_range {
-    uint64_t start, last;
-};
-struct iommu_ioas_iova_ranges {
-    uint32_t size, ioas_id, num_iovas, __reserved;
-    uint64_t allowed_iovas, out_iova_alignment;
-};
-struct iommu_ioas_map {
-    uint32_t size, flags, ioas_id, __reserved;
-    uint64_t user_va, length, iova;
-};
-struct iommu_ioas_unmap {
-    uint32_t size, ioas_id;
-    uint64_t iova, length;
-};
-struct iommu_vfio_ioas {
-    uint32_t size, ioas_id;
-    uint16_t op, __reserved;
-};
-#endif
-
-#ifndef VFIO_DEVICE_BIND_IOMMUFD
-#define VFIO_DEVICE_BIND_IOMMUFD _IO(VFIO_TYPE, VFIO_BASE + 18)
-#define VFIO_DEVICE_ATTACH_IOMMUFD_PT _IO(VFIO_TYPE, VFIO_BASE + 19)
-struct vfio_device_bind_iommufd {
-    uint32_t argsz, flags;
-    int32_t iommufd;
-    uint32_t out_devid;
-    uint64_t token_uuid_ptr;
-};
-struct vfio_device_attach_iommufd_pt {
-    uint32_t argsz, flags, pt_id, pasid;
-};
 #endif
 
 #define PAGE 4096ul

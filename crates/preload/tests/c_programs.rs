@@ -586,7 +586,9 @@ fn interrupts_reach_the_registered_eventfds() {
 
 /// Issue 11 item 3: `tests/c/pci_device.c` checks what the kernel's VFIO selftest for PCI
 /// devices checks (DMA map and unmap, config space against sysfs, bus mastering, BARs, MSI and
-/// MSI-X enable, trigger and disable, reset), each case from a fresh open through sysfs.
+/// MSI-X enable, trigger and disable, reset), each case from a fresh open through sysfs, in
+/// two modes: a group in a type1 container, and the kernel test's default, iommufd (the
+/// device cdev bound to `/dev/iommu` and attached to an IOAS). 6 cases a mode.
 #[test]
 fn the_device_passes_the_checks_of_the_kernels_vfio_pci_device_test() {
     let Some(exe) = compile("pci_device") else {
@@ -594,10 +596,15 @@ fn the_device_passes_the_checks_of_the_kernels_vfio_pci_device_test() {
     };
     let (ok, out, trace) = run_preloaded(&exe, "pci_device.jsonl");
     assert!(ok, "{out}\n{trace}");
-    assert!(out.contains("pci_device ok 6"), "{out}");
+    assert!(out.contains("pci_device ok 12"), "{out}");
     let loopbacks = lines_with(&trace, |v| v["ev"] == "op" && v["op"] == "DEVICE_SET_IRQS");
-    // MSI on, its trigger, off; MSI-X on, four triggers, off.
-    assert!(loopbacks.len() >= 9, "{trace}");
+    // In each mode: MSI on, its trigger, off; MSI-X on, four triggers, off.
+    assert!(loopbacks.len() >= 18, "{trace}");
+    // The iommufd mode binds the cdev to /dev/iommu once a case.
+    let binds = lines_with(&trace, |v| {
+        v["ev"] == "op" && v["op"] == "DEVICE_BIND_IOMMUFD"
+    });
+    assert_eq!(binds.len(), 6, "{trace}");
 }
 
 /// Issue 21: `tests/c/iommufd_dma.c` checks, in our own code, what the kernel's
