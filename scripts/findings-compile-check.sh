@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Compile-check the failed-replay fix (docs/findings/failed-replay-hole.md) in real kernel trees.
+# Compile-check the failed-replay fix (docs/findings/failed-replay-hole.md) and the iommufd fill
+# fix (docs/findings/iommufd-fill-holes.md) in real kernel trees.
 #
 # For each of two Debian kernel source packages:
 #   - linux-source-6.1, from the apt archive this machine is configured for (bookworm);
@@ -10,8 +11,16 @@
 # x86_64 defconfig plus VFIO and VFIO_IOMMU_TYPE1, and builds drivers/vfio/vfio_iommu_type1.o
 # twice: with the series alone, then with docs/findings/0001-vfio-type1-flush-on-failed-replay.patch
 # on top. A tree is OK when both builds succeed with no compiler warning in that file and the
-# object references arch_clean_nonsnoop_dma. Prints one OK/FAIL line per tree; exits non-zero
-# if any tree failed.
+# object references arch_clean_nonsnoop_dma.
+# Where the tree has drivers/iommu/iommufd (not 6.1: iommufd came in v6.2), it also enables
+# IOMMUFD, applies the port of [PATCH 5/5] to that tree (docs/findings/v1-5of5-on-<version>.patch,
+# else the 7.3 one), builds drivers/iommu/iommufd/pages.o and hw_pagetable.o, then applies
+# docs/findings/0002-iommufd-flush-every-noncoherent-fill.patch (or, where 0002 does not apply as
+# it is, its rebase v1-5of5-fix-on-<version>.patch, after checking that the rebase removes and
+# adds the same lines) and builds them again. That half is OK when both builds succeed with no
+# compiler warning in the four iommufd files the patches touch and pages.o references
+# arch_clean_nonsnoop_dma. Prints one OK/FAIL line per tree for type1 and one OK/FAIL/SKIP
+# line per tree for iommufd; exits non-zero if any check failed.
 #
 # Manual only, not part of CI: it downloads about 300 MB and unpacks two kernel trees (about
 # 3 GB). Every build runs at nice 19 with make -j1 unless told otherwise.
@@ -27,6 +36,7 @@
 #   NICE              niceness (default 19)
 set -Eeuo pipefail
 
+args=("$@")
 install=0
 only=""
 while [ $# -gt 0 ]; do
@@ -42,18 +52,23 @@ case "$only" in ""|6.1|new) ;; *) echo "findings-compile-check: --only takes 6.1
 
 if [ -z "${FINDINGS_KC_NICED:-}" ]; then
     export FINDINGS_KC_NICED=1
-    exec nice -n "${NICE:-19}" bash "$0" "$@"
+    exec nice -n "${NICE:-19}" bash "$0" "${args[@]}"
 fi
 
 repo=$(cd "$(dirname "$0")/.." && pwd)
 findings="$repo/docs/findings"
 fix_patch="$findings/0001-vfio-type1-flush-on-failed-replay.patch"
+ifd_fix_patch="$findings/0002-iommufd-flush-every-noncoherent-fill.patch"
 work="${FINDINGS_KC_WORK:-/tmp}"
 debs="$work/kc-debs"
 aptdir="$work/kc-apt/new"
 jobs="${JOBS:-1}"
 target=drivers/vfio/vfio_iommu_type1.o
-touched=(drivers/vfio/vfio_iommu_type1.c arch/x86/include/asm/cacheflush.h include/linux/cacheflush.h)
+ifd=drivers/iommu/iommufd
+ifd_targets=("$ifd/pages.o" "$ifd/hw_pagetable.o")
+# (a tree without iommufd, such as 6.1, lacks the last four)
+touched=(drivers/vfio/vfio_iommu_type1.c arch/x86/include/asm/cacheflush.h include/linux/cacheflush.h
+         "$ifd/hw_pagetable.c" "$ifd/io_pagetable.h" "$ifd/iommufd_private.h" "$ifd/pages.c")
 t_start=$(date +%s)
 
 say() { echo "== $*"; }
@@ -116,7 +131,8 @@ setup_new_apt() {
 }
 
 # unpack DEB PKG DIR: unpack the source tarball of DEB into DIR/<tree> (once per version) and
-# keep pristine copies of the files the patches touch. Prints the tree's path.
+# keep pristine copies of the files the patches touch (those the tree has). Prints the tree's
+# path.
 unpack() {
     local deb="$1" pkg="$2" dir="$3"
     local ver tree stamp
@@ -134,6 +150,7 @@ unpack() {
         mkdir -p "$tree/.findings-pristine"
         local f
         for f in "${touched[@]}"; do
+            [ -e "$tree/$f" ] || continue
             mkdir -p "$tree/.findings-pristine/$(dirname "$f")"
             cp "$tree/$f" "$tree/.findings-pristine/$f"
         done
@@ -142,27 +159,118 @@ unpack() {
     echo "$tree"
 }
 
-# build TREE LOG: build $target; fails on a compiler warning or error in that file.
+# complete_pristine DEB PKG TREE: a tree unpacked by an earlier version of this script has no
+# pristine copies of the files added to $touched since; take them from the package (not from
+# the tree, which an earlier run may have patched). Costs one pass over the source tarball.
+complete_pristine() {
+    local deb="$1" pkg="$2" tree="$3"
+    local f tmp members=()
+    for f in "${touched[@]}"; do
+        [ -e "$tree/$f" ] && [ ! -f "$tree/.findings-pristine/$f" ] && members+=("$pkg/$f")
+    done
+    [ "${#members[@]}" -gt 0 ] || return 0
+    echo "   taking pristine copies of ${#members[@]} files from $(basename "$deb")"
+    tmp=$(mktemp -d "$tree/.findings-extract.XXXXXX")
+    dpkg-deb --fsys-tarfile "$deb" | tar -xO "./usr/src/$pkg.tar.xz" | xz -dc |
+        tar -x -C "$tmp" "${members[@]}" || die "could not extract ${members[*]} from $deb"
+    for f in "${members[@]}"; do
+        f=${f#"$pkg"/}
+        mkdir -p "$tree/.findings-pristine/$(dirname "$f")"
+        cp "$tmp/$pkg/$f" "$tree/.findings-pristine/$f"
+    done
+    rm -rf "$tmp"
+}
+
+# build TREE LOG FILES OBJ...: build the objects; fails on a compiler warning or error in FILES
+# (an extended regular expression of file names), and unless the first object references
+# arch_clean_nonsnoop_dma.
 build() {
-    local tree="$1" log="$2"
-    if ! make -C "$tree" -j"$jobs" "$target" >"$log" 2>&1; then
+    local tree="$1" log="$2" files="$3"; shift 3
+    local obj sizes="" shown=${files//\\/}
+    if ! make -C "$tree" -j"$jobs" "$@" >"$log" 2>&1; then
         echo "   build failed, last lines of $log:"; tail -15 "$log" | sed 's/^/     /'
         return 1
     fi
-    if grep -E 'vfio_iommu_type1\.c:[0-9]+:[0-9]+: (warning|error)' "$log"; then
-        echo "   compiler diagnostics in vfio_iommu_type1.c, see $log"
+    if grep -E "(^|/)($files):[0-9]+:[0-9]+: (warning|error)" "$log"; then
+        echo "   compiler diagnostics in ${shown//|/, }, see $log"
         return 1
     fi
     # (nm goes to a file: a pipe into grep -q can fail with SIGPIPE under pipefail)
-    nm "$tree/$target" > "$log.nm"
+    nm "$tree/$1" > "$log.nm"
     if ! grep -q ' U arch_clean_nonsnoop_dma$' "$log.nm"; then
-        echo "   $target does not reference arch_clean_nonsnoop_dma"
+        echo "   $1 does not reference arch_clean_nonsnoop_dma"
         return 1
     fi
-    echo "   $target: $(stat -c %s "$tree/$target") bytes (log $log)"
+    for obj in "$@"; do sizes+="$obj: $(stat -c %s "$tree/$obj") bytes, "; done
+    echo "   ${sizes%, } (log $log)"
 }
 
-# check LABEL DEB PKG DIR SERIES_PATCH: the whole check for one tree; prints the result line.
+# changed_lines PATCH: the lines the diffs of PATCH remove and add, without leading whitespace.
+changed_lines() {
+    sed -n '/^diff --git /,$p' "$1" | grep -E '^[-+]' | grep -vE '^(--- |\+\+\+ |-- $)' |
+        sed -E 's/^([-+])[[:space:]]*/\1/'
+}
+
+# check_iommufd LABEL PKG VER TREE: the iommufd half for one tree (LABEL is its version, e.g.
+# 7.3) whose series port is applied and whose .config has IOMMUFD; adds its result line.
+check_iommufd() {
+    local label="$1" pkg="$2" ver="$3" tree="$4"
+    local t0 port fix files
+    files='hw_pagetable\.c|io_pagetable\.h|iommufd_private\.h|pages\.c'
+    port="$findings/v1-5of5-on-$label.patch"
+    if [ ! -d "$tree/$ifd" ]; then
+        results+=("SKIP $pkg $ver: no $ifd (iommufd came in v6.2), so no port of 5/5")
+        return 0
+    fi
+    if [ ! -f "$port" ]; then
+        echo "   no 5/5 port for $label; trying the 7.3 port"
+        port="$findings/v1-5of5-on-7.3.patch"
+    fi
+
+    say "$label: applying $(basename "$port")"
+    if ! (cd "$tree" && git apply -v "$port") >"$tree/findings-5of5.log" 2>&1; then
+        cat "$tree/findings-5of5.log" | sed 's/^/     /'
+        results+=("FAIL $pkg $ver: the 5/5 port $(basename "$port") does not apply")
+        return 0
+    fi
+    say "$label: building ${ifd_targets[*]} with 5/5"
+    t0=$(date +%s)
+    if ! build "$tree" "$tree/findings-5of5-build.log" "$files" "${ifd_targets[@]}"; then
+        results+=("FAIL $pkg $ver: ${ifd_targets[*]} do not build with 5/5 alone")
+        return 0
+    fi
+    echo "   ($(( $(date +%s) - t0 )) s)"
+
+    fix="$ifd_fix_patch"
+    if ! (cd "$tree" && git apply --check "$fix") >"$tree/findings-0002.log" 2>&1; then
+        fix="$findings/v1-5of5-fix-on-$label.patch"
+        [ -f "$fix" ] || fix="$findings/v1-5of5-fix-on-7.3.patch"
+        echo "   $(basename "$ifd_fix_patch") does not apply here as it is:"
+        grep -E '^error' "$tree/findings-0002.log" | sed 's/^/     /' || true
+        if ! diff <(changed_lines "$ifd_fix_patch") <(changed_lines "$fix") >"$tree/findings-0002-rebase.diff"; then
+            sed 's/^/     /' "$tree/findings-0002-rebase.diff"
+            results+=("FAIL $pkg $ver: $(basename "$fix") does not make the change of $(basename "$ifd_fix_patch")")
+            return 0
+        fi
+        echo "   using its rebase $(basename "$fix"), which removes and adds the same lines"
+    fi
+    say "$label: applying $(basename "$fix") and rebuilding"
+    if ! (cd "$tree" && git apply -v "$fix") >"$tree/findings-0002.log" 2>&1; then
+        cat "$tree/findings-0002.log" | sed 's/^/     /'
+        results+=("FAIL $pkg $ver: $(basename "$fix") does not apply on the 5/5 port")
+        return 0
+    fi
+    grep -E '^Hunk|^Applied' "$tree/findings-0002.log" | sed 's/^/   /' || true
+    t0=$(date +%s)
+    if ! build "$tree" "$tree/findings-0002-build.log" "$files" "${ifd_targets[@]}"; then
+        results+=("FAIL $pkg $ver: ${ifd_targets[*]} do not build with 5/5 and 0002")
+        return 0
+    fi
+    echo "   ($(( $(date +%s) - t0 )) s)"
+    results+=("OK   $pkg $ver: 5/5 + 0002 compile, no warnings in the iommufd files")
+}
+
+# check LABEL DEB PKG DIR SERIES_PATCH: the whole check for one tree; adds its result lines.
 results=()
 check() {
     local label="$1" deb="$2" pkg="$3" dir="$4" series="$5"
@@ -171,9 +279,12 @@ check() {
     say "$label: $pkg $ver"
     local t0; t0=$(date +%s)
     tree=$(unpack "$deb" "$pkg" "$dir")
+    complete_pristine "$deb" "$pkg" "$tree"
     echo "   tree $tree ($(( $(date +%s) - t0 )) s)"
 
-    for f in "${touched[@]}"; do cp "$tree/.findings-pristine/$f" "$tree/$f"; done
+    for f in "${touched[@]}"; do
+        [ ! -f "$tree/.findings-pristine/$f" ] || cp "$tree/.findings-pristine/$f" "$tree/$f"
+    done
     if ! (cd "$tree" && git apply -v "$series") >"$tree/findings-series.log" 2>&1; then
         cat "$tree/findings-series.log" | sed 's/^/     /'
         results+=("FAIL $pkg $ver: the series port $(basename "$series") does not apply")
@@ -181,17 +292,22 @@ check() {
     fi
 
     make -C "$tree" -s defconfig >/dev/null
-    "$tree/scripts/config" --file "$tree/.config" -e VFIO -e VFIO_IOMMU_TYPE1
+    "$tree/scripts/config" --file "$tree/.config" -e VFIO -e VFIO_IOMMU_TYPE1 -e IOMMUFD
     make -C "$tree" -s olddefconfig >/dev/null
     if ! grep -q '^CONFIG_VFIO=y' "$tree/.config" || ! grep -q '^CONFIG_VFIO_IOMMU_TYPE1=y' "$tree/.config"; then
         results+=("FAIL $pkg $ver: CONFIG_VFIO/CONFIG_VFIO_IOMMU_TYPE1 not enabled after olddefconfig")
         return 0
     fi
+    if [ -d "$tree/$ifd" ] && ! grep -q '^CONFIG_IOMMUFD=y' "$tree/.config"; then
+        results+=("FAIL $pkg $ver: CONFIG_IOMMUFD not enabled after olddefconfig")
+        return 0
+    fi
 
     say "$label: building $target with the series (the first run includes the prepare step)"
     t0=$(date +%s)
-    if ! build "$tree" "$tree/findings-series-build.log"; then
+    if ! build "$tree" "$tree/findings-series-build.log" 'vfio_iommu_type1\.c' "$target"; then
         results+=("FAIL $pkg $ver: $target does not build with the series alone")
+        check_iommufd "$label" "$pkg" "$ver" "$tree"
         return 0
     fi
     echo "   ($(( $(date +%s) - t0 )) s)"
@@ -200,16 +316,18 @@ check() {
     if ! (cd "$tree" && git apply -v "$fix_patch") >"$tree/findings-fix.log" 2>&1; then
         cat "$tree/findings-fix.log" | sed 's/^/     /'
         results+=("FAIL $pkg $ver: $(basename "$fix_patch") does not apply on the series")
-        return 0
+    else
+        grep -E '^Hunk|^Applied' "$tree/findings-fix.log" | sed 's/^/   /' || true
+        t0=$(date +%s)
+        if ! build "$tree" "$tree/findings-fix-build.log" 'vfio_iommu_type1\.c' "$target"; then
+            results+=("FAIL $pkg $ver: $target does not build with the series and the fix")
+        else
+            echo "   ($(( $(date +%s) - t0 )) s)"
+            results+=("OK   $pkg $ver: series + fix compile, no warnings in vfio_iommu_type1.c")
+        fi
     fi
-    grep -E '^Hunk|^Applied' "$tree/findings-fix.log" | sed 's/^/   /' || true
-    t0=$(date +%s)
-    if ! build "$tree" "$tree/findings-fix-build.log"; then
-        results+=("FAIL $pkg $ver: $target does not build with the series and the fix")
-        return 0
-    fi
-    echo "   ($(( $(date +%s) - t0 )) s)"
-    results+=("OK   $pkg $ver: series + fix compile, no warnings in vfio_iommu_type1.c")
+
+    check_iommufd "$label" "$pkg" "$ver" "$tree"
 }
 
 # ------------------------------------------------------------------ linux-source-6.1
