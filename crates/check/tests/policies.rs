@@ -203,7 +203,7 @@ fn replays(ce: &type1_check::Counterexample) {
 }
 
 #[test]
-fn iommufd_patch_5_is_refuted_twice_and_the_review_direction_holds() {
+fn iommufd_patch_5_is_refuted_three_ways_and_the_fixes_hold() {
     let b = |depth, wide_faults| Bound {
         depth,
         iommufd: true,
@@ -231,8 +231,24 @@ fn iommufd_patch_5_is_refuted_twice_and_the_review_direction_holds() {
     );
     assert!(!ce.actions.iter().any(|a| matches!(a, Action::FailMap2)));
     replays(&ce);
-    // With that hole closed, the next shortest is the failed fill: a fill that fails part-way
-    // keeps the bit, and the next fill skips the batches the failed one never reached.
+    // 5/5's count: the skip dropped (0002 alone), a failed fill of the coherent device's
+    // HWPT lowers the count of non-coherent HWPTs it never raised (it wraps), and the
+    // non-coherent HWPT after it is filled with no flush.
+    let ce = check("seed-noskip", &b(5, false), |_, _| {})
+        .unwrap()
+        .counterexample
+        .expect("seed-noskip holds?");
+    assert_eq!(ce.kind, "missing_map_flush");
+    assert!(
+        ce.actions.contains(&Action::AttachIoas(0)),
+        "{:?}",
+        ce.actions
+    );
+    assert!(ce.actions.contains(&Action::FailMap2), "{:?}", ce.actions);
+    replays(&ce);
+    // With the re-pin and count holes closed (seed-repin), the next shortest is the failed
+    // fill: a fill that fails part-way keeps the bit, and the next fill skips the batches the
+    // failed one never reached.
     let ce = check("seed-repin", &b(6, false), |_, _| {})
         .unwrap()
         .counterexample
@@ -241,8 +257,8 @@ fn iommufd_patch_5_is_refuted_twice_and_the_review_direction_holds() {
     assert!(ce.actions.contains(&Action::FailMap2), "{:?}", ce.actions);
     assert!(ce.scenario.contains("=> ENOMEM"), "{}", ce.scenario);
     replays(&ce);
-    // The review's direction (X4 (e)) holds, also with pin, accounting, attach and first-map
-    // failures.
+    // The review's direction (X4 (e)) with the count fixed holds, also with pin, accounting,
+    // attach and first-map failures.
     let o = check("seed-fixed", &b(4, true), |_, _| {}).unwrap();
     assert!(o.sound(), "{:?}", o.counterexample.map(|c| c.scenario));
     assert!(o.states > 1000, "explored only {} states", o.states);

@@ -37,41 +37,50 @@ const CLASSIFIER: crate::policy::Seed = crate::policy::Seed;
 pub const EADDRINUSE: Errno = Errno(98);
 
 /// Where the iommufd side of the series flushes (X3, X4).
+///
+/// Every flushing policy decides as 5/5 does, on the IOAS's count of non-coherent HWPTs
+/// (`noncoherent_domain_cnt`): it is raised when a non-coherent HWPT is allocated, before its
+/// domain is filled, and lowered when one is destroyed. A fill while it is above zero flushes
+/// (or, with the skip, flushes unless the pages' bit is set).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum FillPolicy {
     /// Upstream iommufd: never flushes.
     None,
     /// Patch 5/5 as posted: a fill sets the pages' sticky bit and flushes each batch, unless
     /// the bit was already set (then it skips the flush). Unpin flushes if the bit is set.
+    /// When filling a new HWPT's domain fails, the count is lowered whatever the HWPT's
+    /// coherency (5/5's `out_detach`).
     Seed,
-    /// The review's direction: a fill flushes every batch whenever the domain(s) it fills are
-    /// not all coherent, whatever the bit says; unpin flushes if the bit is set.
+    /// The minimal fix: 5/5 with the skip dropped (every fill while a non-coherent HWPT
+    /// exists flushes, whatever the bit says; `docs/findings/0002-*.patch`) and the count
+    /// lowered on a failed fill only for a non-coherent HWPT (`0003-*.patch`). Unpin flushes
+    /// if the bit is set.
     SeedFixed,
     /// A diagnostic variant of `seed`, not a proposal: the bit is also cleared when the pages
-    /// object loses its last pin, which closes the shortest hole of `seed` (a re-pin after
-    /// every domain left skips the flush) so that the checker can reach the longer ones (a
-    /// failed fill; `IOAS_COPY` slices).
+    /// object loses its last pin, and the count is lowered on a failed fill only for a
+    /// non-coherent HWPT. That closes `seed`'s two shortest holes (a re-pin after every domain
+    /// left skips the flush; the count wraps) so that the checker can reach the longer one
+    /// the skip leaves (a failed fill).
     SeedRepin,
+    /// A diagnostic variant: 5/5 with only the skip dropped (0002 without 0003), to show that
+    /// the count's unconditional decrement is a hole of its own.
+    SeedNoskip,
 }
 
 impl FillPolicy {
     /// Every policy, in the order tables list them.
-    pub const ALL: [FillPolicy; 4] = [
+    pub const ALL: [FillPolicy; 5] = [
         FillPolicy::None,
         FillPolicy::Seed,
         FillPolicy::SeedRepin,
+        FillPolicy::SeedNoskip,
         FillPolicy::SeedFixed,
     ];
 
-    /// The policy of a command-line name (`none`, `seed`, `seed-fixed`).
+    /// The policy of a command-line name (`none`, `seed`, `seed-repin`, `seed-noskip`,
+    /// `seed-fixed`).
     pub fn from_name(name: &str) -> Option<FillPolicy> {
-        match name {
-            "none" => Some(FillPolicy::None),
-            "seed" => Some(FillPolicy::Seed),
-            "seed-fixed" => Some(FillPolicy::SeedFixed),
-            "seed-repin" => Some(FillPolicy::SeedRepin),
-            _ => None,
-        }
+        FillPolicy::ALL.into_iter().find(|p| p.name() == name)
     }
 
     /// Its command-line name.
@@ -81,19 +90,26 @@ impl FillPolicy {
             FillPolicy::Seed => "seed",
             FillPolicy::SeedFixed => "seed-fixed",
             FillPolicy::SeedRepin => "seed-repin",
+            FillPolicy::SeedNoskip => "seed-noskip",
         }
     }
 
     /// Before a fill: `(set the sticky bit, flush each batch)`, given the bit and whether the
-    /// fill reaches a non-coherent domain.
+    /// IOAS has a non-coherent HWPT (its count is above zero).
     fn on_fill(self, flagged: bool, noncoherent: bool) -> (bool, bool) {
         match self {
             FillPolicy::None => (false, false),
             FillPolicy::Seed | FillPolicy::SeedRepin => {
                 (noncoherent && !flagged, noncoherent && !flagged)
             }
-            FillPolicy::SeedFixed => (noncoherent, noncoherent),
+            FillPolicy::SeedFixed | FillPolicy::SeedNoskip => (noncoherent, noncoherent),
         }
+    }
+
+    /// Whether a failed fill of a new HWPT's domain lowers the count whatever the HWPT's
+    /// coherency (5/5's `out_detach`), or only for a non-coherent one (the fix).
+    fn uncounts_any_failed_hwpt(self) -> bool {
+        matches!(self, FillPolicy::Seed | FillPolicy::SeedNoskip)
     }
 
     fn flush_on_unpin(self, flagged: bool) -> bool {
@@ -147,6 +163,8 @@ pub struct Ioas {
     allowed: Vec<IovaRange>,
     hwpts: Vec<u32>,
     disable_large_pages: bool,
+    /// 5/5's `noncoherent_domain_cnt` (a `u32` that wraps, as the kernel's `unsigned int`).
+    noncoherent: u32,
 }
 
 /// A paging HWPT: an IOMMU domain bound to one IOAS.
@@ -379,18 +397,26 @@ impl Ictx {
             .collect()
     }
 
-    /// The context's state without its id counters and without the sticky flush bits: what a
-    /// failed call must leave exactly as it found it (the bit may only over-approximate, as
-    /// type1's flag, F5).
+    /// The context's state without its id counters and without the flush policy's own
+    /// books (the pages' sticky bits, the IOASes' non-coherent counts): what a failed call
+    /// must leave exactly as it found it. The policy's books are judged by their consequences
+    /// (a missing flush is a violation), as type1's flag is (F5): a bit may over-approximate,
+    /// and 5/5's count is wrong after a failed coherent fill, which is one of its holes.
     pub fn residue(&self) -> String {
         let pages: Vec<_> = self
             .pages
             .iter()
             .map(|(id, p)| (id, p.owner, p.refs, &p.users, &p.pfns))
             .collect();
+        let mut objs = self.objs.clone();
+        for o in objs.values_mut() {
+            if let Obj::Ioas(i) = o {
+                i.noncoherent = 0;
+            }
+        }
         format!(
-            "{:?}{pages:?}{:?}{:?}",
-            self.objs, self.vfio_ioas, self.account_mode
+            "{objs:?}{pages:?}{:?}{:?}",
+            self.vfio_ioas, self.account_mode
         )
     }
 
@@ -854,7 +880,8 @@ impl Ictx {
         area: &Area,
         domains: &[(DomainId, bool)],
     ) -> Result<(), Errno> {
-        let noncoherent = domains.iter().any(|d| !d.1);
+        // 5/5 decides on the IOAS's count, not on the domains being filled.
+        let noncoherent = self.ioas(ioas)?.noncoherent > 0;
         let large = !self.ioas(ioas)?.disable_large_pages;
         let npages = area.npages(iova);
         let flagged = self.pages.get(&area.pages).is_some_and(|pg| pg.flagged);
@@ -1274,7 +1301,15 @@ impl Ictx {
         ioas: u32,
         auto: bool,
     ) -> Result<u32, Errno> {
+        // 5/5 counts a non-coherent HWPT before its domain is filled...
+        if !coherent {
+            self.count_noncoherent(ioas, 1);
+        }
         if let Err(e) = self.add_domain(p, ioas, d, coherent) {
+            // ... and uncounts on this error path, as posted whatever the coherency.
+            if !coherent || self.policy.uncounts_any_failed_hwpt() {
+                self.count_noncoherent(ioas, -1);
+            }
             p.domain_free(d);
             return Err(e);
         }
@@ -1305,8 +1340,18 @@ impl Ictx {
         if let Ok(i) = self.ioas_mut(h.ioas) {
             i.hwpts.retain(|x| *x != id);
         }
+        if !h.coherent {
+            self.count_noncoherent(h.ioas, -1);
+        }
         self.objs.remove(&id);
         p.domain_free(h.domain);
+    }
+
+    /// Raises or lowers an IOAS's count of non-coherent HWPTs, wrapping as a C `unsigned int`.
+    fn count_noncoherent(&mut self, ioas: u32, by: i32) {
+        if let Ok(i) = self.ioas_mut(ioas) {
+            i.noncoherent = i.noncoherent.wrapping_add_signed(by);
+        }
     }
 
     /// `VFIO_DEVICE_ATTACH_IOMMUFD_PT`: to a HWPT by id, or to an IOAS, where an automatic
