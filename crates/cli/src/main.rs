@@ -55,7 +55,8 @@ enum Cmd {
         #[arg(long, default_value = "seed", value_parser = policies())]
         policy: String,
         /// Tell it through iommufd (`/dev/iommu`, device cdevs, one IOAS): patch 5/5's
-        /// flushes, with iommufd's fill policies (none, seed, seed-repin, seed-fixed).
+        /// flushes, with iommufd's fill policies (none, seed, seed-repin, seed-noskip,
+        /// seed-fixed).
         #[arg(long)]
         iommufd: bool,
         /// Write the JSON-lines trace to this file.
@@ -71,7 +72,8 @@ enum Cmd {
         #[arg(long, default_value = "seed", value_parser = policies())]
         policy: String,
         /// Play it through iommufd (`/dev/iommu`, a device cdev, one IOAS): patch 5/5's
-        /// flushes, with iommufd's fill policies (none, seed, seed-repin, seed-fixed).
+        /// flushes, with iommufd's fill policies (none, seed, seed-repin, seed-noskip,
+        /// seed-fixed).
         #[arg(long)]
         iommufd: bool,
         /// Print one JSON object instead of the narration.
@@ -120,8 +122,8 @@ enum Cmd {
         #[arg(long, default_value_t = 0)]
         threads: usize,
         /// Check the iommufd side (patch 5/5) instead of type1: the policy is an iommufd fill
-        /// policy (none, seed, seed-fixed), and the alphabet has HWPT alloc, attach, detach and
-        /// destroy, IOAS map, unmap and copy.
+        /// policy (none, seed, seed-repin, seed-noskip, seed-fixed), and the alphabet has HWPT
+        /// alloc, attach, detach and destroy, IOAS map, unmap and copy.
         #[arg(long)]
         iommufd: bool,
         /// Add pin, accounting, attach and first-map failures to the faults explored.

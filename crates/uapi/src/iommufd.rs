@@ -60,7 +60,8 @@ fn prot_of(flags: u32) -> Prot {
 
 impl<P: Platform> Vfio<P> {
     /// Opens `/dev/iommu`: a new, empty iommufd context with this subsystem's flush policy
-    /// (`none`, `seed` or `seed-fixed`; any other type1 policy name gets `seed`).
+    /// (an iommufd fill policy of the same name: `none`, `seed` or `seed-fixed`; any other type1
+    /// policy name gets `seed`).
     pub fn open_iommufd(&mut self) -> Object {
         let id = self.fresh_id();
         let policy = FillPolicy::from_name(&self.policy).unwrap_or(FillPolicy::Seed);
