@@ -15,12 +15,15 @@
 # Where the tree has drivers/iommu/iommufd (not 6.1: iommufd came in v6.2), it also enables
 # IOMMUFD, applies the port of [PATCH 5/5] to that tree (docs/findings/v1-5of5-on-<version>.patch,
 # else the 7.3 one), builds drivers/iommu/iommufd/pages.o and hw_pagetable.o, then applies
-# docs/findings/0002-iommufd-flush-every-noncoherent-fill.patch (or, where 0002 does not apply as
-# it is, its rebase v1-5of5-fix-on-<version>.patch, after checking that the rebase removes and
-# adds the same lines) and builds them again. That half is OK when both builds succeed with no
+# docs/findings/0002-iommufd-flush-every-noncoherent-fill.patch and builds them again, then
+# applies docs/findings/0003-iommufd-uncount-only-noncoherent-hwpt.patch on top and builds them
+# a third time. Where 0002 or 0003 does not apply as it is, its rebase (v1-5of5-fix-on-<version>
+# .patch, v1-5of5-uncount-fix-on-<version>.patch) is used instead, after checking that the
+# rebase removes and adds the same lines. Each step is OK when its build succeeds with no
 # compiler warning in the four iommufd files the patches touch and pages.o references
-# arch_clean_nonsnoop_dma. Prints one OK/FAIL line per tree for type1 and one OK/FAIL/SKIP
-# line per tree for iommufd; exits non-zero if any check failed.
+# arch_clean_nonsnoop_dma. Prints one OK/FAIL line per tree for type1 and, per tree, one
+# OK/FAIL line for 5/5 + 0002 and one for 5/5 + 0002 + 0003 (or a single SKIP line); exits
+# non-zero if any check failed.
 #
 # Manual only, not part of CI: it downloads about 300 MB and unpacks two kernel trees (about
 # 3 GB). Every build runs at nice 19 with make -j1 unless told otherwise.
@@ -59,6 +62,7 @@ repo=$(cd "$(dirname "$0")/.." && pwd)
 findings="$repo/docs/findings"
 fix_patch="$findings/0001-vfio-type1-flush-on-failed-replay.patch"
 ifd_fix_patch="$findings/0002-iommufd-flush-every-noncoherent-fill.patch"
+ifd_uncount_patch="$findings/0003-iommufd-uncount-only-noncoherent-hwpt.patch"
 work="${FINDINGS_KC_WORK:-/tmp}"
 debs="$work/kc-debs"
 aptdir="$work/kc-apt/new"
@@ -211,11 +215,46 @@ changed_lines() {
         sed -E 's/^([-+])[[:space:]]*/\1/'
 }
 
+# ifd_fix_step LABEL PKG VER TREE FILES TAG PATCH STEM WITH: apply PATCH (0002 or 0003, named
+# TAG in logs) to TREE, or, where it does not apply as it is, its rebase
+# docs/findings/STEM-on-LABEL.patch (else the 7.3 one) after checking that the rebase removes and
+# adds the same lines; then rebuild the iommufd objects. WITH names what the tree then has, for
+# messages. On failure adds a FAIL line and returns 1.
+ifd_fix_step() {
+    local label="$1" pkg="$2" ver="$3" tree="$4" files="$5" tag="$6" patch="$7" stem="$8" with="$9"
+    local fix="$patch" t0
+    if ! (cd "$tree" && git apply --check "$fix") >"$tree/findings-$tag.log" 2>&1; then
+        fix="$findings/$stem-on-$label.patch"
+        [ -f "$fix" ] || fix="$findings/$stem-on-7.3.patch"
+        echo "   $(basename "$patch") does not apply here as it is:"
+        grep -E '^error' "$tree/findings-$tag.log" | sed 's/^/     /' || true
+        if ! diff <(changed_lines "$patch") <(changed_lines "$fix") >"$tree/findings-$tag-rebase.diff"; then
+            sed 's/^/     /' "$tree/findings-$tag-rebase.diff"
+            results+=("FAIL $pkg $ver: $(basename "$fix") does not make the change of $(basename "$patch")")
+            return 1
+        fi
+        echo "   using its rebase $(basename "$fix"), which removes and adds the same lines"
+    fi
+    say "$label: applying $(basename "$fix") and rebuilding"
+    if ! (cd "$tree" && git apply -v "$fix") >"$tree/findings-$tag.log" 2>&1; then
+        cat "$tree/findings-$tag.log" | sed 's/^/     /'
+        results+=("FAIL $pkg $ver: $(basename "$fix") does not apply for $with")
+        return 1
+    fi
+    grep -E '^Hunk|^Applied' "$tree/findings-$tag.log" | sed 's/^/   /' || true
+    t0=$(date +%s)
+    if ! build "$tree" "$tree/findings-$tag-build.log" "$files" "${ifd_targets[@]}"; then
+        results+=("FAIL $pkg $ver: ${ifd_targets[*]} do not build with $with")
+        return 1
+    fi
+    echo "   ($(( $(date +%s) - t0 )) s)"
+}
+
 # check_iommufd LABEL PKG VER TREE: the iommufd half for one tree (LABEL is its version, e.g.
-# 7.3) whose series port is applied and whose .config has IOMMUFD; adds its result line.
+# 7.3) whose series port is applied and whose .config has IOMMUFD; adds its result lines.
 check_iommufd() {
     local label="$1" pkg="$2" ver="$3" tree="$4"
-    local t0 port fix files
+    local t0 port files
     files='hw_pagetable\.c|io_pagetable\.h|iommufd_private\.h|pages\.c'
     port="$findings/v1-5of5-on-$label.patch"
     if [ ! -d "$tree/$ifd" ]; then
@@ -241,33 +280,15 @@ check_iommufd() {
     fi
     echo "   ($(( $(date +%s) - t0 )) s)"
 
-    fix="$ifd_fix_patch"
-    if ! (cd "$tree" && git apply --check "$fix") >"$tree/findings-0002.log" 2>&1; then
-        fix="$findings/v1-5of5-fix-on-$label.patch"
-        [ -f "$fix" ] || fix="$findings/v1-5of5-fix-on-7.3.patch"
-        echo "   $(basename "$ifd_fix_patch") does not apply here as it is:"
-        grep -E '^error' "$tree/findings-0002.log" | sed 's/^/     /' || true
-        if ! diff <(changed_lines "$ifd_fix_patch") <(changed_lines "$fix") >"$tree/findings-0002-rebase.diff"; then
-            sed 's/^/     /' "$tree/findings-0002-rebase.diff"
-            results+=("FAIL $pkg $ver: $(basename "$fix") does not make the change of $(basename "$ifd_fix_patch")")
-            return 0
-        fi
-        echo "   using its rebase $(basename "$fix"), which removes and adds the same lines"
-    fi
-    say "$label: applying $(basename "$fix") and rebuilding"
-    if ! (cd "$tree" && git apply -v "$fix") >"$tree/findings-0002.log" 2>&1; then
-        cat "$tree/findings-0002.log" | sed 's/^/     /'
-        results+=("FAIL $pkg $ver: $(basename "$fix") does not apply on the 5/5 port")
+    if ! ifd_fix_step "$label" "$pkg" "$ver" "$tree" "$files" \
+         0002 "$ifd_fix_patch" v1-5of5-fix "5/5 + 0002"; then
+        results+=("FAIL $pkg $ver: 0003 not tried, 0002 failed first")
         return 0
     fi
-    grep -E '^Hunk|^Applied' "$tree/findings-0002.log" | sed 's/^/   /' || true
-    t0=$(date +%s)
-    if ! build "$tree" "$tree/findings-0002-build.log" "$files" "${ifd_targets[@]}"; then
-        results+=("FAIL $pkg $ver: ${ifd_targets[*]} do not build with 5/5 and 0002")
-        return 0
-    fi
-    echo "   ($(( $(date +%s) - t0 )) s)"
     results+=("OK   $pkg $ver: 5/5 + 0002 compile, no warnings in the iommufd files")
+    ifd_fix_step "$label" "$pkg" "$ver" "$tree" "$files" \
+        0003 "$ifd_uncount_patch" v1-5of5-uncount-fix "5/5 + 0002 + 0003" || return 0
+    results+=("OK   $pkg $ver: 5/5 + 0002 + 0003 compile, no warnings in the iommufd files")
 }
 
 # check LABEL DEB PKG DIR SERIES_PATCH: the whole check for one tree; adds its result lines.

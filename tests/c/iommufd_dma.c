@@ -117,21 +117,6 @@ static int iommu_group_of(const char *bdf) {
     return atoi(basename(link));
 }
 
-/* /dev/vfio/devices/vfioN, from the one vfioN entry of the device's sysfs vfio-dev. */
-static void cdev_of(const char *bdf, char *out, size_t n) {
-    char dir[PATH_MAX];
-    sysfs_path(dir, sizeof dir, bdf, "vfio-dev");
-    DIR *d = opendir(dir);
-    EXPECT(d, "opendir %s", dir);
-    out[0] = 0;
-    for (struct dirent *e; (e = readdir(d));)
-        if (!strncmp(e->d_name, "vfio", 4)) {
-            EXPECT(!out[0], "%s: more than one vfio entry", dir);
-            snprintf(out, n, "/dev/vfio/devices/%s", e->d_name);
-        }
-    EXPECT(closedir(d) == 0, "closedir");
-    EXPECT(out[0], "%s has no vfioN entry", dir);
-}
 
 static void region_info(struct fixture *f, uint32_t index, struct vfio_region_info *r) {
     *r = (struct vfio_region_info){ .argsz = sizeof *r, .index = index };
@@ -162,20 +147,17 @@ static void open_compat(struct fixture *f) {
 }
 
 static void open_native(struct fixture *f) {
-    char cdev[PATH_MAX];
-    cdev_of(f->bdf, cdev, sizeof cdev);
+    char dir[PATH_MAX], cdev[PATH_MAX];
+    sysfs_path(dir, sizeof dir, f->bdf, "vfio-dev");
+    const char *err = iommufd_cdev_of(dir, cdev, sizeof cdev);
+    EXPECT(!err, "%s: %s", dir, err);
     f->device = open(cdev, O_RDWR);
     EXPECT(f->device >= 0, "open %s", cdev);
-    struct vfio_device_bind_iommufd b = { .argsz = sizeof b, .iommufd = f->iommufd };
-    EXPECT(ioctl(f->device, VFIO_DEVICE_BIND_IOMMUFD, &b) == 0, "BIND_IOMMUFD");
-    struct iommu_ioas_alloc a = { .size = sizeof a };
-    EXPECT(ioctl(f->iommufd, IOMMU_IOAS_ALLOC, &a) == 0 && a.out_ioas_id, "IOAS_ALLOC: id %u",
-           a.out_ioas_id);
-    EXPECT(a.out_ioas_id != b.out_devid, "IOAS and device share id %u", a.out_ioas_id);
-    f->ioas = a.out_ioas_id;
-    struct vfio_device_attach_iommufd_pt at = { .argsz = sizeof at, .pt_id = f->ioas };
-    EXPECT(ioctl(f->device, VFIO_DEVICE_ATTACH_IOMMUFD_PT, &at) == 0, "ATTACH_IOMMUFD_PT %u",
-           f->ioas);
+    struct iommufd_attached ids;
+    err = iommufd_attach_cdev(f->iommufd, f->device, &ids);
+    EXPECT(!err, "%s", err);
+    EXPECT(ids.ioas != ids.devid, "IOAS and device share id %u", ids.ioas);
+    f->ioas = ids.ioas;
 }
 
 static void setup(struct fixture *f, const struct mode *m, const char *bdf) {

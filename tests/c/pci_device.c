@@ -71,39 +71,21 @@ static void open_legacy(struct fixture *f) {
     CHECK(f->device >= 0, "GET_DEVICE_FD");
 }
 
-/* /dev/vfio/devices/vfioN, from the one vfioN entry of the device's sysfs vfio-dev. */
-static void cdev_path(char *out, size_t n) {
-    DIR *d = opendir(SYSFS "/vfio-dev");
-    CHECK(d, "opendir " SYSFS "/vfio-dev");
-    out[0] = 0;
-    for (struct dirent *e; (e = readdir(d));)
-        if (!strncmp(e->d_name, "vfio", 4)) {
-            CHECK(!out[0], "more than one vfio entry in " SYSFS "/vfio-dev");
-            snprintf(out, n, "/dev/vfio/devices/%s", e->d_name);
-        }
-    CHECK(closedir(d) == 0, "closedir");
-    CHECK(out[0], "no vfioN entry in " SYSFS "/vfio-dev");
-}
-
 static void open_iommufd(struct fixture *f) {
     f->container = open("/dev/iommu", O_RDWR);
     CHECK(f->container >= 0, "open /dev/iommu");
     char cdev[PATH_MAX];
-    cdev_path(cdev, sizeof cdev);
+    const char *err = iommufd_cdev_of(SYSFS "/vfio-dev", cdev, sizeof cdev);
+    CHECK(!err, SYSFS "/vfio-dev: %s", err);
     f->device = open(cdev, O_RDWR);
     CHECK(f->device >= 0, "open %s", cdev);
-    struct vfio_device_bind_iommufd b = { .argsz = sizeof b, .iommufd = f->container };
-    CHECK(ioctl(f->device, VFIO_DEVICE_BIND_IOMMUFD, &b) == 0, "BIND_IOMMUFD");
-    struct iommu_ioas_alloc a = { .size = sizeof a };
-    CHECK(ioctl(f->container, IOMMU_IOAS_ALLOC, &a) == 0 && a.out_ioas_id, "IOAS_ALLOC: id %u",
-          a.out_ioas_id);
-    f->ioas = a.out_ioas_id;
-    struct vfio_device_attach_iommufd_pt at = { .argsz = sizeof at, .pt_id = f->ioas };
-    CHECK(ioctl(f->device, VFIO_DEVICE_ATTACH_IOMMUFD_PT, &at) == 0, "ATTACH_IOMMUFD_PT %u",
-          f->ioas);
+    struct iommufd_attached ids;
+    err = iommufd_attach_cdev(f->container, f->device, &ids);
+    CHECK(!err, "%s", err);
+    f->ioas = ids.ioas;
     /* Attached to an IOAS, the device is in an automatic HWPT, whose id comes back. */
-    CHECK(at.pt_id && at.pt_id != f->ioas && at.pt_id != b.out_devid,
-          "ATTACH_IOMMUFD_PT: HWPT id %u (IOAS %u, device %u)", at.pt_id, f->ioas, b.out_devid);
+    CHECK(ids.hwpt && ids.hwpt != ids.ioas && ids.hwpt != ids.devid,
+          "ATTACH_IOMMUFD_PT: HWPT id %u (IOAS %u, device %u)", ids.hwpt, ids.ioas, ids.devid);
 }
 
 static struct fixture setup(enum mode mode) {

@@ -1263,9 +1263,11 @@ impl Ictx {
             .iter()
             .map(|(s, a)| (*s, a.clone()))
             .collect();
+        // An area outside the new domain's aperture: the aperture's complement is reserved in
+        // the IOAS, and reserving over an area is EADDRINUSE (`iopt_reserve_iova`).
         let ap = p.domain_info(d).aperture;
         if areas.iter().any(|(s, a)| *s < ap.start || a.last > ap.last) {
-            return Err(Errno::EINVAL);
+            return Err(EADDRINUSE);
         }
         for (k, (s, a)) in areas.iter().enumerate() {
             if let Err(e) = self.fill(p, ioas, *s, a, &[(d, coherent)]) {
