@@ -723,11 +723,11 @@ pub fn check(
 /// Parents expanded together: their children are computed in parallel, then merged in order.
 const CHUNK: usize = 256;
 
-/// One expanded transition.
+/// One expanded transition (its sequence is its parent's and its action: built only for the
+/// few that need it, new states and counterexamples).
 struct Child {
     /// None when the state was reached before this chunk (dropped by the worker).
     world: Option<World>,
-    seq: Vec<Action>,
     /// A violation during the step.
     violation: Option<(String, String)>,
     /// State digest (only without a violation).
@@ -735,22 +735,41 @@ struct Child {
     flushed: u64,
 }
 
-/// Maps `f` over `items` on up to `threads` threads, keeping the order.
+/// Items a worker takes at a time in [`par_map`].
+const BLOCK: usize = 16;
+
+/// Maps `f` over `items` on up to `threads` threads, keeping the order. Workers take blocks
+/// of [`BLOCK`] items as they finish the previous one, so that a few costly items do not leave
+/// the other threads idle.
 fn par_map<T: Sync, R: Send>(items: &[T], threads: usize, f: impl Fn(&T) -> R + Sync) -> Vec<R> {
     if threads <= 1 || items.len() < 2 {
         return items.iter().map(f).collect();
     }
-    let per = items.len().div_ceil(threads);
-    std::thread::scope(|s| {
-        let handles: Vec<_> = items
-            .chunks(per)
-            .map(|part| s.spawn(|| part.iter().map(&f).collect::<Vec<R>>()))
+    let next = std::sync::atomic::AtomicUsize::new(0);
+    let blocks = items.len().div_ceil(BLOCK);
+    let mut done: Vec<(usize, Vec<R>)> = std::thread::scope(|s| {
+        let handles: Vec<_> = (0..threads.min(blocks))
+            .map(|_| {
+                s.spawn(|| {
+                    let mut mine = Vec::new();
+                    loop {
+                        let b = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                        if b >= blocks {
+                            return mine;
+                        }
+                        let part = &items[b * BLOCK..((b + 1) * BLOCK).min(items.len())];
+                        mine.push((b, part.iter().map(&f).collect::<Vec<R>>()));
+                    }
+                })
+            })
             .collect();
         handles
             .into_iter()
             .flat_map(|h| h.join().expect("a checker thread panicked"))
             .collect()
-    })
+    });
+    done.sort_unstable_by_key(|d| d.0);
+    done.into_iter().flat_map(|d| d.1).collect()
 }
 
 /// [`check`] on `threads` threads (0: one per core). The result does not depend on the number
@@ -784,17 +803,17 @@ pub fn check_with(
             flushed_pages: flushed,
             counterexample: ce,
         };
-    let found = |c: &Child, at_close: bool, (kind, detail): (String, String)| {
+    let found = |seq: Vec<Action>, at_close: bool, (kind, detail): (String, String)| {
         let finding = format!(
             "{}violation {kind}: {detail}",
             if at_close { "after close: " } else { "" }
         );
         Counterexample {
-            actions: c.seq.clone(),
+            scenario: scenario_text(bound, policy, &seq, &finding),
+            actions: seq,
             at_close,
             kind,
             detail,
-            scenario: scenario_text(bound, policy, &c.seq, &finding),
         }
     };
     for depth in 0..bound.depth {
@@ -807,17 +826,20 @@ pub fn check_with(
                 .flat_map(|p| alpha.iter().map(move |a| (p, *a)))
                 .collect();
             let known = &seen;
-            let children = par_map(&pairs, threads, |&(p, a)| {
-                let (w, seq) = &parents[p];
-                let mut seq = seq.clone();
+            let seq_of = |i: usize| {
+                let (p, a) = pairs[i];
+                let mut seq = parents[p].1.clone();
                 seq.push(a);
+                seq
+            };
+            let children = par_map(&pairs, threads, |&(p, a)| {
+                let w = &parents[p].0;
                 let ops = ops_of(a, w);
                 if ops.is_empty() {
                     // Nothing to do here (a name in use, too many accesses armed): the parent.
                     return Child {
                         flushed: 0,
                         world: None,
-                        seq,
                         violation: None,
                         digest: 0,
                     };
@@ -839,7 +861,6 @@ pub fn check_with(
                     return Child {
                         flushed,
                         world: None,
-                        seq,
                         violation: None,
                         digest,
                     };
@@ -848,7 +869,6 @@ pub fn check_with(
                 Child {
                     flushed,
                     world: violation.is_none().then_some(world),
-                    seq,
                     violation,
                     digest,
                 }
@@ -876,12 +896,12 @@ pub fn check_with(
             });
             for (&(i, states, seqs, fl), v) in fresh.iter().zip(closes) {
                 if let Some(v) = v {
-                    let ce = found(&children[i], true, v);
+                    let ce = found(seq_of(i), true, v);
                     return Ok(outcome(states, seqs, fl, Some(ce)));
                 }
             }
             if let Some((i, v)) = stop {
-                let ce = found(&children[i], false, v);
+                let ce = found(seq_of(i), false, v);
                 return Ok(outcome(seen.len(), sequences, flushed, Some(ce)));
             }
             if !last {
@@ -891,7 +911,7 @@ pub fn check_with(
                         .into_iter()
                         .enumerate()
                         .filter(|(i, _)| keep.contains(i))
-                        .filter_map(|(_, c)| Some((c.world?, c.seq))),
+                        .filter_map(|(i, c)| Some((c.world?, seq_of(i)))),
                 );
             }
         }
