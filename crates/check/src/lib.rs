@@ -54,14 +54,25 @@ pub struct Bound {
     /// IOAS map, unmap and copy. Fills go one page per batch, so that a fill can fail between
     /// batches of a two-page mapping. The policy names the iommufd fill policy.
     pub iommufd: bool,
-    /// Add pin, accounting, attach and first-map failures to the fault alphabet
-    /// ([`WIDE_FAULTS`]), next to "the 2nd IOMMU map call from now fails".
+    /// The wide fault alphabet ([`WIDE_FAULTS`]) in place of "the 2nd IOMMU map call from
+    /// now fails": the 1st or 2nd pin, the 1st accounting charge, the 1st attach, or the 1st
+    /// or 2nd IOMMU map of the next operation that makes a fallible platform call fails
+    /// (`fail POINT N next`). A failure lasts until that operation ends, whether it reached
+    /// the armed call or not, so armed states do not pile up over later operations; arming
+    /// just before the operation that meets it reaches what a lasting failure reaches.
     pub wide_faults: bool,
 }
 
-/// The faults [`Bound::wide_faults`] adds: (platform point, which call from now fails).
-pub const WIDE_FAULTS: [(&str, u64); 4] =
-    [("pin", 1), ("account", 1), ("attach", 1), ("iommu_map", 1)];
+/// The faults of [`Bound::wide_faults`]: (platform point, which call of the next operation
+/// that makes a fallible call fails).
+pub const WIDE_FAULTS: [(&str, u64); 6] = [
+    ("pin", 1),
+    ("pin", 2),
+    ("account", 1),
+    ("attach", 1),
+    ("iommu_map", 1),
+    ("iommu_map", 2),
+];
 
 /// The protocol checks `content_only` leaves out.
 pub const PROTOCOL_KINDS: [Kind; 2] = [Kind::MissingMapFlush, Kind::MissingUnpinFlush];
@@ -105,7 +116,7 @@ pub enum Action {
     DmaWrite(u32, usize),
     /// The 2nd IOMMU map call from now fails (exercises MAP and replay unwinds).
     FailMap2,
-    /// Fault k of [`WIDE_FAULTS`] is armed.
+    /// Fault k of [`WIDE_FAULTS`] is armed for the next operation.
     Fail(u8),
     /// iommufd: the device of group g attaches to the IOAS (an automatic HWPT).
     AttachIoas(u32),
@@ -229,9 +240,10 @@ pub fn alphabet(bound: &Bound) -> Vec<Action> {
             v.push(Action::DmaWrite(g, m));
         }
     }
-    v.push(Action::FailMap2);
     if bound.wide_faults {
         v.extend((0..WIDE_FAULTS.len() as u8).map(Action::Fail));
+    } else {
+        v.push(Action::FailMap2);
     }
     if bound.dma_inside {
         for p in 0..INSIDE_POINTS.len() as u8 {
@@ -342,6 +354,7 @@ pub fn ops_of(a: Action, w: &World) -> Vec<Op> {
             vec![Op::Fail {
                 point: point.into(),
                 nth,
+                next: true,
             }]
         }
         Action::Map(m) => {
@@ -403,6 +416,7 @@ pub fn ops_of(a: Action, w: &World) -> Vec<Op> {
         Action::FailMap2 => vec![Op::Fail {
             point: "iommu_map".into(),
             nth: 2,
+            next: false,
         }],
         // At most MAX_INSIDE accesses wait at once, which keeps the state space finite.
         Action::Inside(..) if w.sim().accesses_armed() >= MAX_INSIDE => vec![],
@@ -587,7 +601,9 @@ pub fn op_line(op: &Op) -> String {
                 if *no_snoop { " nosnoop" } else { "" }
             )
         }
-        Op::Fail { point, nth } => format!("fail {point} {nth}"),
+        Op::Fail { point, nth, next } => {
+            format!("fail {point} {nth}{}", if *next { " next" } else { "" })
+        }
         Op::DmaAfter {
             point,
             nth,

@@ -126,7 +126,9 @@ enum Cmd {
         /// alloc, attach, detach and destroy, IOAS map, unmap and copy.
         #[arg(long)]
         iommufd: bool,
-        /// Add pin, accounting, attach and first-map failures to the faults explored.
+        /// Explore more failures: the 1st or 2nd pin, the 1st accounting charge, the 1st
+        /// attach, or the 1st or 2nd IOMMU map of the next engine operation fails (instead of
+        /// only "the 2nd IOMMU map call from now").
         #[arg(long)]
         wide_faults: bool,
     },

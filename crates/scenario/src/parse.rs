@@ -212,8 +212,15 @@ pub enum Op {
         len: u64,
         no_snoop: bool,
     },
-    /// `fail POINT N`: the Nth call of a platform fault point fails.
-    Fail { point: String, nth: u64 },
+    /// `fail POINT N [next]`: the Nth call (from now) of a platform fault point fails; with
+    /// `next`, only within the next line that makes a fallible platform call (it is disarmed
+    /// after that line whether or not it reached the Nth call).
+    Fail {
+        point: String,
+        nth: u64,
+        /// `next`: only within the next line that makes a fallible platform call.
+        next: bool,
+    },
     /// `dma_after POINT N DEVICE read|write IOVA LEN`: right after the Nth call of platform
     /// point POINT returns (inside whatever operation makes it), the device does a no-snoop
     /// DMA.
@@ -926,10 +933,14 @@ fn parse_op(w: &mut Words<'_>) -> Result<Op, ParseError> {
                 Some(violation_kind(w)?)
             }
         }),
-        "fail" => Op::Fail {
-            point: w.name("fault point")?,
-            nth: w.num("n")?,
-        },
+        "fail" => {
+            let next = w.flag("next");
+            Op::Fail {
+                point: w.name("fault point")?,
+                nth: w.num("n")?,
+                next,
+            }
+        }
         "dma_after" => {
             let point = w.name("point")?;
             let nth = w.num("n")?;

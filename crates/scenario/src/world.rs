@@ -113,6 +113,9 @@ pub struct World {
     pub raw: Raw,
     /// Names of the iommufd side: objects and bound devices ([`ifd`]).
     ifd: ifd::IfdNames,
+    /// A `fail ... next` is armed: failures are disarmed after the next line that makes a
+    /// fallible platform call.
+    fail_next: bool,
 }
 
 impl World {
@@ -160,6 +163,7 @@ impl World {
             seen_violations: 0,
             raw: Raw::new(),
             ifd: ifd::IfdNames::default(),
+            fail_next: false,
         })
     }
 
@@ -379,7 +383,14 @@ impl World {
 
     /// Executes one operation (expectations are handled by the runner).
     pub fn exec(&mut self, op: &Op) -> Result<(), StepError> {
+        let calls = self.vfio.platform.fallible_calls();
         let r = self.exec_inner(op);
+        // A failure armed with `fail ... next` lasts until the end of the first line that
+        // makes a fallible platform call, whether or not it reached the armed one.
+        if self.fail_next && self.vfio.platform.fallible_calls() > calls {
+            self.fail_next = false;
+            self.vfio.platform.disarm_failures();
+        }
         // `dma_after` and `cpu_after` arm accesses inside the next line that acts on the
         // machine; whatever that line did not reach is disarmed after it.
         if !matches!(
@@ -842,11 +853,14 @@ impl World {
     /// Executes an operation on faults and accesses armed inside the next operation.
     fn exec_fault(&mut self, op: &Op) -> Result<(), StepError> {
         match op {
-            Op::Fail { point, nth } => self
-                .vfio
-                .platform
-                .fail_nth(point, *nth)
-                .map_err(StepError::Usage),
+            Op::Fail { point, nth, next } => {
+                self.vfio
+                    .platform
+                    .fail_nth(point, *nth)
+                    .map_err(StepError::Usage)?;
+                self.fail_next |= *next;
+                Ok(())
+            }
             Op::DmaAfter {
                 point,
                 nth,

@@ -287,3 +287,33 @@ fn the_incremental_check_agrees_with_a_full_walk_everywhere() {
     }
     assert!(checked > 1000, "{checked} checks");
 }
+
+/// `fail POINT N next` lasts until the end of the next line that makes a fallible platform
+/// call: a CPU write in between does not disarm it, and a MAP that does not reach the Nth call
+/// does.
+#[test]
+fn a_failure_armed_for_the_next_operation_lasts_exactly_that_long() {
+    let base = "machine default\nprocess vmm\nmmap 0x7f0000000000 64K\ncontainer c\n\
+                attach c 0\nset_iommu c v2\n";
+    let text = format!(
+        "{base}fail iommu_map 1 next\nwrite 0x7f0000000000 0x11 64\n\
+         map c 0x0 0x7f0000000000 0x1000 rw => ENOMEM\n\
+         map c 0x0 0x7f0000000000 0x1000 rw\n"
+    );
+    let rep = run_text(&text, &RunOptions::default());
+    assert!(rep.failure.is_none(), "{:?}", rep.failure);
+    // The 5th map call of the next MAP: a one-page MAP makes one call; the failure is then
+    // disarmed, and a later MAP of five separate pages maps them all.
+    let text = format!(
+        "{base}fail iommu_map 5 next\nmap c 0x0 0x7f0000000000 0x1000 rw\n\
+         map c 0x100000 0x7f0000002000 0x1000 rw\nmap c 0x200000 0x7f0000004000 0x1000 rw\n\
+         map c 0x300000 0x7f0000006000 0x1000 rw\nmap c 0x400000 0x7f0000008000 0x1000 rw\n\
+         expect mappings c 5\n"
+    );
+    let rep = run_text(&text, &RunOptions::default());
+    assert!(rep.failure.is_none(), "{:?}", rep.failure);
+    // Without `next`, the same failure stays armed and meets the 5th call.
+    let text = text.replace("fail iommu_map 5 next", "fail iommu_map 5");
+    let rep = run_text(&text, &RunOptions::default());
+    assert!(rep.failure.is_some(), "the lasting failure never fired");
+}

@@ -176,6 +176,17 @@ impl Sim {
         self.faults.any = (n > 0).then_some(n);
     }
 
+    /// Whether a failure is armed (`fail_nth`, `fail_nth_any`).
+    pub fn failures_armed(&self) -> bool {
+        !self.faults.armed.is_empty() || self.faults.any.is_some()
+    }
+
+    /// Disarms the armed failures (`fail_nth`, `fail_nth_any`), not the armed accesses.
+    pub fn disarm_failures(&mut self) {
+        self.faults.armed.clear();
+        self.faults.any = None;
+    }
+
     /// Disarms every fault and armed access.
     pub fn clear_faults(&mut self) {
         self.faults.armed.clear();
