@@ -10,6 +10,7 @@
 
 mod bench;
 mod checkcmd;
+mod embedded;
 mod emulated;
 mod model;
 mod plot;
@@ -357,12 +358,20 @@ fn exec(
     command: &[String],
 ) -> Result<ExitCode> {
     use type1_exec::{find_library, run, summarize, ExecOptions};
+    // Held until the run ends: the carried library's directory, when it is the one used.
+    let unpacked;
     let library = match library.or_else(find_library) {
         Some(l) if l.exists() => l,
         Some(l) => anyhow::bail!("--library {} does not exist", l.display()),
-        None => anyhow::bail!(
-            "libtype1_preload.so not found next to this binary; build it with `cargo build --release -p type1-preload` or pass --library"
-        ),
+        None => match embedded::unpack().context("cannot write out the carried library")? {
+            Some(u) => {
+                unpacked = u;
+                unpacked.library.clone()
+            }
+            None => anyhow::bail!(
+                "libtype1_preload.so not found next to this binary, and this build carries none; build it with `cargo build --release -p type1-preload`, install a release build, or pass --library"
+            ),
+        },
     };
     if let Some(p) = &policy {
         if !matches!(p.as_str(), "seed" | "none") {
