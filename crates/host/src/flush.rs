@@ -1,6 +1,7 @@
 //! Cache maintenance: `flush_cache` finds the pinned runs holding a bus range, checks that the
 //! CPU still maps them, and flushes their lines (CLFLUSHOPT, CLWB or CLFLUSH between fences),
-//! on one thread or, for large batches, several.
+//! on one thread or, for large batches, several. The instructions themselves (CPUID's choice,
+//! the fenced line loop) are here too.
 
 use super::*;
 
@@ -208,4 +209,87 @@ impl HostPlatform {
         let spans = self.deferred.take().unwrap_or_default();
         self.flush_spans(&spans);
     }
+}
+
+/// Cache-line maintenance instruction chosen by CPUID.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum FlushInsn {
+    /// CLFLUSHOPT (`CPUID.7.0:EBX[23]`).
+    Clflushopt,
+    /// CLWB (`CPUID.7.0:EBX[24]`): writes back without necessarily invalidating.
+    Clwb,
+    /// CLFLUSH (`CPUID.1:EDX[19]`).
+    Clflush,
+    /// None available (not x86-64): flushes are counted but do nothing.
+    None,
+}
+
+/// Detects the best flush instruction and the cache-line size (`CPUID.1:EBX[15:8] * 8`).
+pub fn detect_flush() -> (FlushInsn, u64) {
+    #[cfg(target_arch = "x86_64")]
+    {
+        use std::arch::x86_64::{__cpuid, __cpuid_count};
+        let l1 = __cpuid(1);
+        let line = (((l1.ebx >> 8) & 0xff) as u64 * 8).max(16);
+        let max = __cpuid(0).eax;
+        let ebx7 = if max >= 7 { __cpuid_count(7, 0).ebx } else { 0 };
+        let insn = if ebx7 & (1 << 23) != 0 {
+            FlushInsn::Clflushopt
+        } else if ebx7 & (1 << 24) != 0 {
+            FlushInsn::Clwb
+        } else if l1.edx & (1 << 19) != 0 {
+            FlushInsn::Clflush
+        } else {
+            FlushInsn::None
+        };
+        (insn, line)
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        (FlushInsn::None, 64)
+    }
+}
+
+/// `clflush_cache_range` of the series: a full fence, one instruction per line of
+/// `[addr, addr + len)`, a full fence. `addr` must be mapped and readable in this process
+/// (the caller checks that with [`crate::sys::mapped`] right before).
+///
+/// # Safety
+/// Every byte of `[addr, addr + len)` must be mapped in this process: a flush of an unmapped
+/// line raises a page fault (SIGSEGV).
+pub unsafe fn flush_range(insn: FlushInsn, line: u64, addr: u64, len: u64) -> u64 {
+    if len == 0 || insn == FlushInsn::None {
+        return 0;
+    }
+    let start = addr & !(line - 1);
+    let end = addr + len;
+    let mut n = 0;
+    #[cfg(target_arch = "x86_64")]
+    {
+        // SAFETY: MFENCE has no memory operands.
+        unsafe { std::arch::x86_64::_mm_mfence() };
+        let mut p = start;
+        while p < end {
+            // SAFETY: `p` lies in `[addr & !(line-1), addr + len)`, mapped per this function's
+            // contract (lines never cross pages); the flush instructions only write back and
+            // invalidate the line and never change its contents.
+            unsafe {
+                match insn {
+                    FlushInsn::Clflushopt => {
+                        std::arch::asm!("clflushopt [{0}]", in(reg) p, options(nostack, preserves_flags))
+                    }
+                    FlushInsn::Clwb => {
+                        std::arch::asm!("clwb [{0}]", in(reg) p, options(nostack, preserves_flags))
+                    }
+                    FlushInsn::Clflush => std::arch::x86_64::_mm_clflush(p as *const u8),
+                    FlushInsn::None => {}
+                }
+            }
+            p += line;
+            n += 1;
+        }
+        // SAFETY: MFENCE has no memory operands.
+        unsafe { std::arch::x86_64::_mm_mfence() };
+    }
+    n
 }
