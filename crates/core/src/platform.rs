@@ -3,10 +3,12 @@
 //! The engine ([`crate::Container`]) never touches memory, an IOMMU or a cache directly. It
 //! asks an implementation of [`Platform`] to pin and translate user pages, to keep the
 //! RLIMIT_MEMLOCK books of an address space, to build and tear down IOMMU domains and their
-//! page tables, and to flush CPU cache lines. Two implementations exist: the simulated machine
-//! (`type1-sim`, the default, which checks every call it receives) and the real host
-//! (`type1-host`), plus the broker's (`type1-broker`), which keeps the IOMMU and calls memory
-//! work back into the owning process.
+//! page tables, and to flush CPU cache lines. Five implementations exist: the simulated
+//! machine (`type1-sim`, the default, which checks every call it receives), the real host
+//! (`type1-host`), the broker's (`type1-broker`, which keeps the IOMMU and calls memory work
+//! back into the owning process), the uAPI layer's test double (`type1_uapi::testing`) and
+//! the engine-only platform of `type1 bench --scale` (`Lean`). The contract suite
+//! (`crates/modeltest/tests/contract.rs`) runs the first, second and fourth.
 //!
 //! The seam is split by concern, so that an implementation (or a reader) takes one part at a
 //! time: [`TaskMemory`] (the caller, its pins, books and user copies), [`Iommu`] (groups,
