@@ -491,6 +491,7 @@ pub fn run(o: &BenchOpts) -> Result<()> {
     let mut floors = Floors::default();
     if has("host") {
         floors = host(o, &bar, &mut rows)?;
+        crate::hostthp::run(o, &bar, &mut rows)?;
     }
     if has("emulated") {
         crate::emulated::run(o, &bar, &mut rows)?;
@@ -668,6 +669,19 @@ fn path_summary(rows: &[Row]) -> String {
         }
         if let Some(r) = ratio("map-thp-iommufd", "none") {
             let _ = writeln!(s, "through /dev/iommu: IOAS_MAP of prefaulted THP (none) {r:.2}x the clean-line flush of its bytes");
+        }
+        for (phase, dev) in [("map-thp", "/dev/vfio"), ("map-thp-iommufd", "/dev/iommu")] {
+            if let (Some(e), Some(h)) =
+                (find("emulated", phase, "none"), find("host", phase, "none"))
+            {
+                if h.ns > 0 {
+                    let _ = writeln!(
+                        s,
+                        "through {dev}: {phase} (none) {:.2}x the same map in process",
+                        e.ns as f64 / h.ns as f64
+                    );
+                }
+            }
         }
         for phase in [
             "map-thp",

@@ -12,6 +12,7 @@ mod bench;
 mod checkcmd;
 mod embedded;
 mod emulated;
+mod hostthp;
 mod model;
 mod plot;
 mod scale;

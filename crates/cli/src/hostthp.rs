@@ -1,0 +1,135 @@
+//! `type1 bench`'s in-process THP rows: the engine on the real host platform (`HostPlatform`:
+//! io_uring pins, CLFLUSHOPT) maps and unmaps the same prefaulted transparent-huge-page buffer
+//! that the `emulated` client maps through `/dev/vfio` and `/dev/iommu`
+//! (`crate::emulated`), once through a type1 container (`map-thp`, `unmap-thp`) and once
+//! through an iommufd IOAS (`map-thp-iommufd`, `unmap-thp-iommufd`). The two workloads' rows
+//! side by side give what the emulation adds on the path a user takes
+//! (`bench::path_summary`).
+
+use std::time::Instant;
+
+use anyhow::{anyhow, Result};
+use type1_core::{
+    iommufd::{FillPolicy, Ictx, IoasMap},
+    Config, Container, GroupId, MapFlags, MapRequest, Prot, UnmapFlags, UnmapRequest, PAGE_SIZE,
+};
+use type1_host::{floor, sys, HostConfig, HostPlatform};
+
+use crate::model::{row, BenchOpts, Row};
+
+/// The IOVA the buffer is mapped at (the emulated client's).
+const IOVA: u64 = 1 << 44;
+/// Rounds of each MAP and UNMAP (medians), as the emulated client runs them.
+const ROUNDS: usize = 5;
+
+fn median(mut v: Vec<u64>) -> u64 {
+    v.sort_unstable();
+    v.get(v.len() / 2).copied().unwrap_or(0)
+}
+
+/// The time of one call, in ns.
+fn timed(f: impl FnOnce() -> Result<()>) -> Result<u64> {
+    let t = Instant::now();
+    f()?;
+    Ok(t.elapsed().as_nanos() as u64)
+}
+
+/// Adds the rows for every policy of the run (the iommufd rows for those iommufd has).
+pub fn run(o: &BenchOpts, bar: &indicatif::ProgressBar, rows: &mut Vec<Row>) -> Result<()> {
+    let thp = (512u64 << 20).min(o.guest);
+    let m = sys::AnonMap::aligned(thp, 2 << 20).map_err(|e| anyhow!("mmap THP buffer: {e}"))?;
+    let _ = sys::madvise(m.addr(), m.len(), libc::MADV_HUGEPAGE);
+    let b = floor::Buffer::of(&m);
+    b.populate();
+    b.fill();
+    let pages = thp / PAGE_SIZE;
+    let workload = format!("prefaulted THP {} MiB", thp >> 20);
+    let (vaddr, size) = (m.addr(), thp);
+    for policy in &o.policies {
+        bar.set_message(format!("host THP {policy}"));
+        let mut p = HostPlatform::new(HostConfig::default());
+        let mut c = Container::new(Config::default(), policy).map_err(|e| anyhow!("{e}"))?;
+        c.add_group(&mut p, GroupId(1))
+            .map_err(|e| anyhow!("group 1: {e}"))?;
+        c.set_iommu(&mut p, 3)
+            .map_err(|e| anyhow!("SET_IOMMU: {e}"))?;
+        let t1 = c.iommu_mut().map_err(|e| anyhow!("{e}"))?;
+        let (mut maps, mut unmaps) = (Vec::new(), Vec::new());
+        for _ in 0..ROUNDS {
+            let r = MapRequest {
+                flags: MapFlags::RW,
+                vaddr,
+                iova: IOVA,
+                size,
+            };
+            maps.push(timed(|| {
+                t1.map_dma(&mut p, r)
+                    .map_err(|e| anyhow!("MAP_DMA THP: {e}"))
+            })?);
+            let r = UnmapRequest {
+                flags: UnmapFlags::default(),
+                iova: IOVA,
+                size,
+                bitmap: None,
+            };
+            unmaps.push(timed(|| {
+                t1.unmap_dma(&mut p, r)
+                    .map(|_| ())
+                    .map_err(|e| anyhow!("UNMAP_DMA THP: {e}"))
+            })?);
+        }
+        c.close(&mut p);
+        let (map, unmap) = (median(maps), median(unmaps));
+        rows.push(row("host", &workload, "map-thp", policy, pages, map));
+        rows.push(row("host", &workload, "unmap-thp", policy, pages, unmap));
+
+        let Some(fill) = FillPolicy::from_name(policy) else {
+            continue;
+        };
+        let mut p = HostPlatform::new(HostConfig::default());
+        let mut x = Ictx::new(fill);
+        let ioas = x.ioas_alloc();
+        let idev = x.bind(GroupId(1));
+        x.attach(&mut p, idev, ioas)
+            .map_err(|e| anyhow!("attach to the IOAS: {e}"))?;
+        let (mut maps, mut unmaps) = (Vec::new(), Vec::new());
+        for _ in 0..ROUNDS {
+            let req = IoasMap {
+                ioas,
+                uptr: vaddr,
+                length: size,
+                iova: Some(IOVA),
+                prot: Prot::RW,
+            };
+            maps.push(timed(|| {
+                x.map(&mut p, req)
+                    .map(|_| ())
+                    .map_err(|e| anyhow!("IOAS_MAP THP: {e}"))
+            })?);
+            unmaps.push(timed(|| {
+                x.unmap(&mut p, ioas, IOVA, size, false)
+                    .1
+                    .map_err(|e| anyhow!("IOAS_UNMAP THP: {e}"))
+            })?);
+        }
+        x.close(&mut p);
+        let (map, unmap) = (median(maps), median(unmaps));
+        rows.push(row(
+            "host",
+            &workload,
+            "map-thp-iommufd",
+            policy,
+            pages,
+            map,
+        ));
+        rows.push(row(
+            "host",
+            &workload,
+            "unmap-thp-iommufd",
+            policy,
+            pages,
+            unmap,
+        ));
+    }
+    Ok(())
+}
