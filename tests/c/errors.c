@@ -1,4 +1,4 @@
-/* Exact errnos of the error paths (type1-spec.md M1, U1-U3, C5-C7, errata). */
+/* Exact errnos of the error paths (docs/spec.md M1, U1-U3, C5-C7). */
 #include "common.h"
 
 int main(void) {

@@ -3,7 +3,7 @@
 //! A user-space re-implementation of Linux's `drivers/vfio/vfio_iommu_type1.c` with the CPU-cache
 //! maintenance proposed by Yan Zhao's series "Enforce CPU cache flush for non-coherent device
 //! assignment" (May 2024). Statement IDs in comments (S, C, I, M, U, D, V, A, P, F) refer to
-//! `type1-spec.md`.
+//! the repository's behavioural specification, `docs/spec.md`.
 //!
 //! Layers, bottom up:
 //! * [`types`], [`errno`], [`abi`]: vocabulary and uAPI constants;
