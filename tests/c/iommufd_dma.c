@@ -39,6 +39,7 @@
  * Prints "iommufd_dma ok <cases>", or "FAIL: <mode> <device> <case>: <what>" and exits 1. */
 #define _GNU_SOURCE
 #include "common.h"
+#include <sys/stat.h>
 #include "../device_regs.h"
 #include "iommufd_uapi.h"
 #include <dirent.h>
@@ -153,6 +154,12 @@ static void open_native(struct fixture *f) {
     EXPECT(!err, "%s: %s", dir, err);
     f->device = open(cdev, O_RDWR);
     EXPECT(f->device >= 0, "open %s", cdev);
+    /* A cdev is a character device, by path and open, with one device number. */
+    struct stat ps, fs;
+    EXPECT(stat(cdev, &ps) == 0 && S_ISCHR(ps.st_mode), "stat %s: mode 0%o", cdev, ps.st_mode);
+    EXPECT(fstat(f->device, &fs) == 0 && S_ISCHR(fs.st_mode) && fs.st_rdev == ps.st_rdev,
+           "fstat of the open cdev: mode 0%o rdev %lx, path rdev %lx", fs.st_mode,
+           (unsigned long)fs.st_rdev, (unsigned long)ps.st_rdev);
     struct iommufd_attached ids;
     err = iommufd_attach_cdev(f->iommufd, f->device, &ids);
     EXPECT(!err, "%s", err);

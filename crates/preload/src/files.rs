@@ -11,8 +11,12 @@
 //!   and `O_PATH` opens of `/dev/vfio/N` open the stand-in file: a handle, never a live
 //!   object (no EBUSY, no release), as `O_PATH` never calls the driver's `open`.
 //! * **stat**: the container is a character device `10:196` (`VFIO_MINOR`), mode 0666;
-//!   group N is a character device `243:N`, mode 0600; a device fd is an anonymous inode
-//!   (mode 0600, no file type), as `anon_inode_getfile` makes it.
+//!   group N is a character device `243:N`, mode 0600; a device fd from a group is an
+//!   anonymous inode (mode 0600, no file type), as `anon_inode_getfile` makes it; a device's
+//!   cdev `/dev/vfio/devices/vfioK`, by path or open, is a character device `242:K` (mode
+//!   0600). An open cdev is known by its socket's identity, noted when this process opened
+//!   it (and kept across `dup` and `fork`); one received otherwise (`SCM_RIGHTS`, across
+//!   `exec`) shows as a group's device fd does.
 
 use std::ffi::{CStr, CString};
 use std::sync::Mutex;
@@ -27,6 +31,28 @@ pub const VFIO_MINOR: u32 = 196;
 pub const IOMMU_MINOR: u32 = 123;
 /// The character major the emulation gives group files (the kernel's is dynamic).
 pub const GROUP_MAJOR: u32 = 243;
+/// The character major the emulation gives device cdevs (the kernel's `vfio-dev` region is
+/// dynamic too).
+pub const CDEV_MAJOR: u32 = 242;
+
+/// Open cdevs by the identity of their socket: (device, inode) -> K of `vfioK`.
+static CDEVS: Mutex<Vec<((u64, u64), u32)>> = Mutex::new(Vec::new());
+
+/// Notes that `fd`, just opened, is the cdev `vfioK`.
+pub fn note_cdev(fd: i32, k: u32) {
+    if let Ok((dev, ino, _)) = sys::fstat_id(fd) {
+        let mut g = CDEVS.lock().unwrap_or_else(|p| p.into_inner());
+        g.retain(|(id, _)| *id != (dev, ino));
+        g.push(((dev, ino), k));
+    }
+}
+
+/// The K of the cdev `vfioK` that `fd` is, if this process opened it as one.
+pub fn cdev_of(fd: i32) -> Option<u32> {
+    let (dev, ino, _) = sys::fstat_id(fd).ok()?;
+    let g = CDEVS.lock().unwrap_or_else(|p| p.into_inner());
+    g.iter().find(|(id, _)| *id == (dev, ino)).map(|(_, k)| *k)
+}
 
 /// Lexical normal form of an absolute path: no empty, `.` or `..` components. Also whether it
 /// ended with a slash.
@@ -226,6 +252,7 @@ pub fn looks(what: Looks) -> (u32, u32, u32) {
         Looks::Group(n) => (libc::S_IFCHR | 0o600, GROUP_MAJOR, n),
         Looks::Device => (0o600, 0, 0),
         Looks::Iommu => (libc::S_IFCHR | 0o660, 10, IOMMU_MINOR),
+        Looks::Cdev(k) => (libc::S_IFCHR | 0o600, CDEV_MAJOR, k),
         Looks::Dir => (libc::S_IFDIR | 0o755, 0, 0),
     }
 }
@@ -243,6 +270,8 @@ pub enum Looks {
     Dir,
     /// `/dev/iommu`.
     Iommu,
+    /// `/dev/vfio/devices/vfioK`.
+    Cdev(u32),
 }
 
 impl From<Object> for Looks {

@@ -48,6 +48,9 @@ pub(super) unsafe fn emulated_open(
                     let _ = type1_host::sock::set_cloexec(fd, false);
                 }
                 state::track(fd, obj.into());
+                if let Kind::Cdev(_, k) = &kind {
+                    crate::files::note_cdev(fd, u32::try_from(*k).unwrap_or(u32::MAX));
+                }
                 Ok(fd)
             })
         }

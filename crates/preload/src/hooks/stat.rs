@@ -27,7 +27,14 @@ pub(super) fn stat_substitute(kind: &Kind) -> Option<Result<(CString, Option<Loo
         Kind::SysDev(_) | Kind::GroupLink(_) => Some(Ok((c"/sys".into(), None))),
         Kind::Iommu => Some(standin(Some("iommu".into()), Looks::Iommu)),
         Kind::DevicesDir => Some(extra_dir(None)),
-        Kind::Cdev(_, k) => Some(extra_dir(Some(format!("devices/vfio{k}")))),
+        Kind::Cdev(_, k) => Some(
+            extra_dir(Some(format!("devices/vfio{k}"))).map(|(path, _)| {
+                (
+                    path,
+                    Some(Looks::Cdev(u32::try_from(*k).unwrap_or(u32::MAX))),
+                )
+            }),
+        ),
         Kind::VfioDevDir(_, k) => Some(extra_dir(Some(format!("vfio-dev/{k}")))),
         // A regular sysfs file every Linux has (sysfs reports a page as the size of all).
         Kind::SysAttr(..) => Some(Ok((c"/sys/kernel/uevent_seqnum".into(), None))),
@@ -60,6 +67,9 @@ pub(super) fn fd_looks(fd: c_int) -> Option<Looks> {
     }
     guarded(|| {
         if let Some(o) = state::object_of(fd) {
+            if let (type1_uapi::Object::Device(_), Some(k)) = (o, crate::files::cdev_of(fd)) {
+                return Some(Looks::Cdev(k));
+            }
             return Some(Looks::from(o));
         }
         if crate::files::have_standins() {
