@@ -43,6 +43,11 @@ pub fn note_cdev(fd: i32, k: u32) {
     if let Ok((dev, ino, _)) = sys::fstat_id(fd) {
         let mut g = CDEVS.lock().unwrap_or_else(|p| p.into_inner());
         g.retain(|(id, _)| *id != (dev, ino));
+        // Socket inode numbers only grow, so an old entry never names a new file; keep the
+        // list short for a program that opens cdevs in a loop.
+        if g.len() >= 1024 {
+            g.remove(0);
+        }
         g.push(((dev, ino), k));
     }
 }
