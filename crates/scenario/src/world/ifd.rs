@@ -13,7 +13,7 @@ use type1_uapi::{nr, Caller, Object};
 use super::{errno, usage, StepError, World};
 use crate::{
     parse::ifd::IfdOp,
-    raw::{Item, ARG_BASE},
+    raw::{Arg, Item, ARG_BASE},
 };
 
 /// Names of the iommufd side of a world.
@@ -81,18 +81,7 @@ impl World {
 
     /// Builds `items` at the argument address and issues `req` on file `file`.
     fn ifd_ioctl(&mut self, file: &str, req: u64, items: &[Item]) -> Result<(), StepError> {
-        let r = &mut self.raw;
-        let Some(obj) = r.files.get(file).and_then(|fd| r.caller.object(*fd)) else {
-            return usage(format!("no open file named {file:?}"));
-        };
-        let a = r.build(items).map_err(StepError::Usage)?;
-        let name = nr::name_of(req).unwrap_or("IOCTL");
-        let ret = self
-            .vfio
-            .ioctl(obj, req, a, &mut r.caller)
-            .map_err(|e| errno(e, format!("{name} on {file}")))?;
-        r.last_ret = ret;
-        Ok(())
+        self.raw_ioctl(file, req, &Arg::Buf(items.to_vec()), None)
     }
 
     /// A `u32` of the last argument, as the kernel wrote it back.
