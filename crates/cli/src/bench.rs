@@ -20,7 +20,9 @@
 use std::path::Path;
 use std::time::Instant;
 
-pub(crate) use crate::model::{gib, qemu_regions, row, BenchOpts, Floors, Row, APERTURE_IOVA};
+pub(crate) use crate::model::{
+    gib, median, qemu_regions, row, BenchOpts, Floors, Row, APERTURE_IOVA,
+};
 use crate::scale::{scale, scale_table};
 
 use anyhow::{anyhow, bail, Context, Result};
@@ -152,11 +154,6 @@ fn check_fits(what: &str, bytes: u64) -> Result<()> {
         }
     }
     Ok(())
-}
-
-fn median(mut v: Vec<u64>) -> u64 {
-    v.sort_unstable();
-    v.get(v.len() / 2).copied().unwrap_or(0)
 }
 
 fn host(o: &BenchOpts, bar: &indicatif::ProgressBar, rows: &mut Vec<Row>) -> Result<Floors> {

@@ -25,19 +25,19 @@ use type1_core::PAGE_SIZE;
 use type1_host::vfio_client as vc;
 use type1_host::{floor, sys};
 
-use crate::model::{gib, qemu_regions, row, BenchOpts, Row, APERTURE_IOVA};
+use crate::model::{
+    gib, median, prefaulted_thp, qemu_regions, row, thp_bytes, BenchOpts, Row, APERTURE_IOVA,
+    THP_IOVA, THP_ROUNDS,
+};
 
 /// The non-coherent group of the default machine, its device, and the device's cdev.
 const GROUP: &std::ffi::CStr = c"/dev/vfio/1";
 const DEVICE: &std::ffi::CStr = c"0000:00:05.0";
 const CDEV: &std::ffi::CStr = c"/dev/vfio/devices/vfio1";
-/// IOVA of the THP buffer and of the transfer page (above the host workload's regions).
-const THP_IOVA: u64 = 1 << 44;
+/// IOVA of the transfer page (above the THP buffer's).
 const XFER_IOVA: u64 = (1 << 44) + (1 << 40);
 /// Register reads and transfers timed (medians).
 const REG_READS: usize = 5000;
-/// Rounds of the THP buffer's floor, MAP and UNMAP (medians).
-const THP_ROUNDS: usize = 5;
 const TRANSFERS: usize = 2000;
 
 /// What one client run measured, ns.
@@ -70,11 +70,6 @@ pub struct ClientResult {
 
 fn errno(what: &str) -> impl FnOnce(type1_core::Errno) -> anyhow::Error + '_ {
     move |e| anyhow!("{what}: {e}")
-}
-
-fn median(mut v: Vec<u64>) -> u64 {
-    v.sort_unstable();
-    v.get(v.len() / 2).copied().unwrap_or(0)
 }
 
 /// A type1v2 container with the non-coherent group in it: `(container, group)`.
@@ -143,12 +138,7 @@ pub fn client(args: &[String]) -> Result<()> {
     // container, against the clean-line flush floor of its bytes. The device's cdev and its
     // group file exclude each other, so the two paths take turns.
     let thp_buf = if thp > 0 {
-        let m = sys::AnonMap::aligned(thp, 2 << 20).map_err(errno("mmap THP buffer"))?;
-        let _ = sys::madvise(m.addr(), m.len(), libc::MADV_HUGEPAGE);
-        let b = floor::Buffer::of(&m);
-        b.populate();
-        b.fill();
-        Some(m)
+        Some(prefaulted_thp(thp).map_err(errno("mmap THP buffer"))?)
     } else {
         None
     };
@@ -285,7 +275,7 @@ pub fn run(o: &BenchOpts, bar: &indicatif::ProgressBar, rows: &mut Vec<Row>) -> 
     let lib = type1_exec::find_library()
         .ok_or_else(|| anyhow!("the emulated workload needs libtype1_preload.so next to type1"))?;
     let dir = type1_exec::private_dir(&std::env::temp_dir())?;
-    let thp = (512u64 << 20).min(o.guest);
+    let thp = thp_bytes(o);
     let mut results: Vec<Vec<ClientResult>> = vec![Vec::new(); o.policies.len()];
     let mut order = vec![(0usize, false)];
     for _ in 0..o.reps.max(1) {

@@ -13,19 +13,11 @@ use type1_core::{
     iommufd::{FillPolicy, Ictx, IoasMap},
     Config, Container, GroupId, MapFlags, MapRequest, Prot, UnmapFlags, UnmapRequest, PAGE_SIZE,
 };
-use type1_host::{floor, sys, HostConfig, HostPlatform};
+use type1_host::{HostConfig, HostPlatform};
 
-use crate::model::{row, BenchOpts, Row};
-
-/// The IOVA the buffer is mapped at (the emulated client's).
-const IOVA: u64 = 1 << 44;
-/// Rounds of each MAP and UNMAP (medians), as the emulated client runs them.
-const ROUNDS: usize = 5;
-
-fn median(mut v: Vec<u64>) -> u64 {
-    v.sort_unstable();
-    v.get(v.len() / 2).copied().unwrap_or(0)
-}
+use crate::model::{
+    median, prefaulted_thp, row, thp_bytes, BenchOpts, Row, THP_IOVA as IOVA, THP_ROUNDS as ROUNDS,
+};
 
 /// The time of one call, in ns.
 fn timed(f: impl FnOnce() -> Result<()>) -> Result<u64> {
@@ -36,12 +28,8 @@ fn timed(f: impl FnOnce() -> Result<()>) -> Result<u64> {
 
 /// Adds the rows for every policy of the run (the iommufd rows for those iommufd has).
 pub fn run(o: &BenchOpts, bar: &indicatif::ProgressBar, rows: &mut Vec<Row>) -> Result<()> {
-    let thp = (512u64 << 20).min(o.guest);
-    let m = sys::AnonMap::aligned(thp, 2 << 20).map_err(|e| anyhow!("mmap THP buffer: {e}"))?;
-    let _ = sys::madvise(m.addr(), m.len(), libc::MADV_HUGEPAGE);
-    let b = floor::Buffer::of(&m);
-    b.populate();
-    b.fill();
+    let thp = thp_bytes(o);
+    let m = prefaulted_thp(thp).map_err(|e| anyhow!("mmap THP buffer: {e}"))?;
     let pages = thp / PAGE_SIZE;
     let workload = format!("prefaulted THP {} MiB", thp >> 20);
     let (vaddr, size) = (m.addr(), thp);

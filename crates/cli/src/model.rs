@@ -1,6 +1,7 @@
 //! The data of `type1 bench` shared by its workloads (`bench`, `emulated`) and its renderers
 //! (`plot`): what to run ([`BenchOpts`]), one measured phase ([`Row`]), the machine's floors
-//! ([`Floors`]), and the host workload's layout ([`qemu_regions`], [`APERTURE_IOVA`]). It
+//! ([`Floors`]), the host workload's layout ([`qemu_regions`], [`APERTURE_IOVA`]), the THP
+//! buffer both THP measurements map ([`prefaulted_thp`]), and [`median`]. It
 //! depends on none of them, so the modules that use it do not depend on each other.
 
 use std::path::PathBuf;
@@ -123,3 +124,29 @@ pub(crate) const APERTURE_IOVA: u64 = 1 << 40;
 /// The heap counter is the process's: tests that allocate much, or measure it, take turns.
 #[cfg(test)]
 pub(crate) static HEAP: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+/// IOVA of the THP buffer (above the host workload's regions).
+pub const THP_IOVA: u64 = 1 << 44;
+/// Rounds of MAP and UNMAP of the THP buffer (medians), in process and through the files.
+pub const THP_ROUNDS: usize = 5;
+
+/// Bytes of the THP buffer a run maps: 512 MiB, or the guest's size if that is smaller.
+pub fn thp_bytes(o: &BenchOpts) -> u64 {
+    (512u64 << 20).min(o.guest)
+}
+
+/// The THP buffer: 2 MiB aligned, transparent huge pages asked for, faulted in and written.
+pub fn prefaulted_thp(bytes: u64) -> Result<type1_host::sys::AnonMap, type1_core::Errno> {
+    let m = type1_host::sys::AnonMap::aligned(bytes, 2 << 20)?;
+    let _ = type1_host::sys::madvise(m.addr(), m.len(), libc::MADV_HUGEPAGE);
+    let b = type1_host::floor::Buffer::of(&m);
+    b.populate();
+    b.fill();
+    Ok(m)
+}
+
+/// The median of measurements (the upper middle of an even count; 0 for none).
+pub fn median(mut v: Vec<u64>) -> u64 {
+    v.sort_unstable();
+    v.get(v.len() / 2).copied().unwrap_or(0)
+}
