@@ -271,22 +271,10 @@ impl Ictx {
     /// The last close of `/dev/iommu`: devices are already unbound by their files; every
     /// HWPT, then every IOAS, goes.
     pub fn close<P: Platform + ?Sized>(&mut self, p: &mut P) {
-        let devs: Vec<u32> = self
-            .objs
-            .iter()
-            .filter(|(_, o)| matches!(o, Obj::Device(_)))
-            .map(|(k, _)| *k)
-            .collect();
-        for d in devs {
+        for d in self.ids_of(ObjType::Device) {
             self.unbind(p, d);
         }
-        let hwpts: Vec<u32> = self
-            .objs
-            .iter()
-            .filter(|(_, o)| matches!(o, Obj::Hwpt(_)))
-            .map(|(k, _)| *k)
-            .collect();
-        for h in hwpts {
+        for h in self.ids_of(ObjType::Hwpt) {
             self.free_hwpt(p, h);
         }
         let ioases: Vec<u32> = self.objs.keys().copied().collect();

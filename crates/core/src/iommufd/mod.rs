@@ -209,6 +209,15 @@ impl Ictx {
         self.next_obj
     }
 
+    /// The ids of every object of one type, in id order.
+    fn ids_of(&self, t: ObjType) -> Vec<u32> {
+        self.objs
+            .keys()
+            .copied()
+            .filter(|id| self.obj_type(*id) == Ok(t))
+            .collect()
+    }
+
     /// The type of object `id`: ENOENT if there is none.
     pub fn obj_type(&self, id: u32) -> Result<ObjType, Errno> {
         match self.objs.get(&id) {
