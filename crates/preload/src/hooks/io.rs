@@ -79,10 +79,7 @@ pub unsafe extern "C" fn ioctl(fd: c_int, req: c_ulong, arg: *mut c_void) -> c_i
         ) {
             // SAFETY: the real function with the caller's arguments.
             Some(f) => unsafe { f(fd, req, arg) },
-            None => {
-                set_errno(Errno(libc::ENOSYS));
-                -1
-            }
+            None => enosys(-1),
         },
     }
 }
@@ -310,10 +307,7 @@ macro_rules! rw_hook {
             match real!($lit, unsafe extern "C" fn(c_int, $buf, usize) -> isize) {
                 // SAFETY: the real function with the caller's arguments.
                 Some(f) => unsafe { f(fd, buf, count) },
-                None => {
-                    set_errno(Errno(libc::ENOSYS));
-                    -1
-                }
+                None => enosys(-1),
             }
         }
     };
@@ -340,10 +334,7 @@ pub unsafe extern "C" fn __read_chk(
     ) {
         // SAFETY: the real function with the caller's arguments.
         Some(f) => unsafe { f(fd, buf, count, buflen) },
-        None => {
-            set_errno(Errno(libc::ENOSYS));
-            -1
-        }
+        None => enosys(-1),
     }
 }
 
@@ -362,10 +353,7 @@ macro_rules! iov_hook {
             ) {
                 // SAFETY: the real function with the caller's arguments.
                 Some(f) => unsafe { f(fd, iov, iovcnt) },
-                None => {
-                    set_errno(Errno(libc::ENOSYS));
-                    -1
-                }
+                None => enosys(-1),
             }
         }
     };
@@ -393,10 +381,7 @@ macro_rules! piov_hook {
             ) {
                 // SAFETY: the real function with the caller's arguments.
                 Some(f) => unsafe { f(fd, iov, iovcnt, off) },
-                None => {
-                    set_errno(Errno(libc::ENOSYS));
-                    -1
-                }
+                None => enosys(-1),
             }
         }
     };
@@ -429,10 +414,7 @@ macro_rules! piov2_hook {
             ) {
                 // SAFETY: the real function with the caller's arguments.
                 Some(f) => unsafe { f(fd, iov, iovcnt, off, flags) },
-                None => {
-                    set_errno(Errno(libc::ENOSYS));
-                    -1
-                }
+                None => enosys(-1),
             }
         }
     };
@@ -490,10 +472,7 @@ macro_rules! positioned_hook {
             match real!($lit, $real) {
                 // SAFETY: the real function with the caller's arguments.
                 Some(f) => unsafe { f(fd, buf, count, off) },
-                None => {
-                    set_errno(Errno(libc::ENOSYS));
-                    -1
-                }
+                None => enosys(-1),
             }
         }
     };
@@ -521,10 +500,7 @@ pub unsafe extern "C" fn __pread64_chk(
     ) {
         // SAFETY: the real function with the caller's arguments.
         Some(f) => unsafe { f(fd, buf, count, off, buflen) },
-        None => {
-            set_errno(Errno(libc::ENOSYS));
-            -1
-        }
+        None => enosys(-1),
     }
 }
 

@@ -60,8 +60,7 @@ macro_rules! mmap_hook {
             off: OffT,
         ) -> *mut c_void {
             let Some(real) = real!($lit, MmapFn) else {
-                set_errno(Errno(libc::ENOSYS));
-                return libc::MAP_FAILED;
+                return enosys(libc::MAP_FAILED);
             };
             if fd >= 0 && state::in_hook() && state::maybe_emulated(fd) {
                 set_errno(Errno(libc::EDEADLK)); // see `on_emulated`
@@ -144,8 +143,7 @@ pub(super) fn watching() -> bool {
 #[no_mangle]
 pub unsafe extern "C" fn munmap(addr: *mut c_void, len: usize) -> c_int {
     let Some(real) = real!("munmap", unsafe extern "C" fn(*mut c_void, usize) -> c_int) else {
-        set_errno(Errno(libc::ENOSYS));
-        return -1;
+        return enosys(-1);
     };
     let (a, l) = (addr as u64, len as u64);
     with_platform(a, l, |p| p.cpu_unmap_prepare(a, l));
@@ -175,8 +173,7 @@ pub unsafe extern "C" fn mremap(
         "mremap",
         unsafe extern "C" fn(*mut c_void, usize, usize, c_int, *mut c_void) -> *mut c_void
     ) else {
-        set_errno(Errno(libc::ENOSYS));
-        return libc::MAP_FAILED;
+        return enosys(libc::MAP_FAILED);
     };
     let (o, ol, nl) = (old as u64, old_len as u64, new_len as u64);
     let fixed = flags & libc::MREMAP_FIXED != 0;
@@ -218,8 +215,7 @@ pub unsafe extern "C" fn mprotect(addr: *mut c_void, len: usize, prot: c_int) ->
         "mprotect",
         unsafe extern "C" fn(*mut c_void, usize, c_int) -> c_int
     ) else {
-        set_errno(Errno(libc::ENOSYS));
-        return -1;
+        return enosys(-1);
     };
     let (a, l) = (addr as u64, len as u64);
     let hides = prot & libc::PROT_READ == 0;
@@ -250,8 +246,7 @@ pub unsafe extern "C" fn madvise(addr: *mut c_void, len: usize, advice: c_int) -
         "madvise",
         unsafe extern "C" fn(*mut c_void, usize, c_int) -> c_int
     ) else {
-        set_errno(Errno(libc::ENOSYS));
-        return -1;
+        return enosys(-1);
     };
     const MADV_DONTNEED_LOCKED: c_int = 24;
     let zaps = matches!(
@@ -296,8 +291,7 @@ macro_rules! ftruncate_hook {
         #[no_mangle]
         pub unsafe extern "C" fn $name(fd: c_int, len: OffT) -> c_int {
             let Some(real) = real!($lit, unsafe extern "C" fn(c_int, OffT) -> c_int) else {
-                set_errno(Errno(libc::ENOSYS));
-                return -1;
+                return enosys(-1);
             };
             let ranges = match (u64::try_from(len), watching()) {
                 (Ok(l), true) => match type1_host::sys::fstat_id(fd) {
@@ -329,8 +323,7 @@ macro_rules! fallocate_hook {
                 $lit,
                 unsafe extern "C" fn(c_int, c_int, OffT, OffT) -> c_int
             ) else {
-                set_errno(Errno(libc::ENOSYS));
-                return -1;
+                return enosys(-1);
             };
             let ranges = match (u64::try_from(off), u64::try_from(len)) {
                 (Ok(o), Ok(l)) if mode & libc::FALLOC_FL_PUNCH_HOLE != 0 => {

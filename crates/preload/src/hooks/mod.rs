@@ -38,6 +38,13 @@ fn set_errno(e: Errno) {
     unsafe { *libc::__errno_location() = e.0 };
 }
 
+/// A hook whose real function cannot be found fails with ENOSYS: sets errno and returns the
+/// function's own failure value (`-1`, `MAP_FAILED`, a null pointer, `EOF`).
+fn enosys<T>(failed: T) -> T {
+    set_errno(Errno(libc::ENOSYS));
+    failed
+}
+
 /// Resolves (once) and returns the next definition of a symbol.
 macro_rules! real {
     ($name:literal, $ty:ty) => {{

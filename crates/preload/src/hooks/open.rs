@@ -128,10 +128,7 @@ macro_rules! open_hook {
             match real!($lit, OpenFn) {
                 // SAFETY: the real function with the caller's arguments.
                 Some(f) => unsafe { f(path, flags, mode) },
-                None => {
-                    set_errno(Errno(libc::ENOSYS));
-                    -1
-                }
+                None => enosys(-1),
             }
         }
     };
@@ -151,10 +148,7 @@ macro_rules! open2_hook {
             match real!($lit, Open2Fn) {
                 // SAFETY: the real function with the caller's arguments.
                 Some(f) => unsafe { f(path, flags) },
-                None => {
-                    set_errno(Errno(libc::ENOSYS));
-                    -1
-                }
+                None => enosys(-1),
             }
         }
     };
@@ -180,10 +174,7 @@ macro_rules! openat_hook {
             match real!($lit, OpenatFn) {
                 // SAFETY: the real function with the caller's arguments.
                 Some(f) => unsafe { f(dirfd, path, flags, mode) },
-                None => {
-                    set_errno(Errno(libc::ENOSYS));
-                    -1
-                }
+                None => enosys(-1),
             }
         }
     };
@@ -203,10 +194,7 @@ pub unsafe extern "C" fn close(fd: c_int) -> c_int {
     let r = match real!("close", unsafe extern "C" fn(c_int) -> c_int) {
         // SAFETY: the real function with the caller's argument.
         Some(f) => unsafe { f(fd) },
-        None => {
-            set_errno(Errno(libc::ENOSYS));
-            -1
-        }
+        None => enosys(-1),
     };
     if ours {
         synced_after_close();
@@ -292,8 +280,7 @@ pub unsafe extern "C" fn closefrom(lowfd: c_int) {
 #[no_mangle]
 pub unsafe extern "C" fn fclose(stream: *mut libc::FILE) -> c_int {
     let Some(real) = real!("fclose", unsafe extern "C" fn(*mut libc::FILE) -> c_int) else {
-        set_errno(Errno(libc::ENOSYS));
-        return libc::EOF;
+        return enosys(libc::EOF);
     };
     let fd = if stream.is_null() {
         -1

@@ -18,8 +18,7 @@ pub(super) fn track_dup(oldfd: c_int, newfd: c_int) {
 #[no_mangle]
 pub unsafe extern "C" fn dup(oldfd: c_int) -> c_int {
     let Some(f) = real!("dup", unsafe extern "C" fn(c_int) -> c_int) else {
-        set_errno(Errno(libc::ENOSYS));
-        return -1;
+        return enosys(-1);
     };
     // SAFETY: the real function with the caller's argument.
     let r = unsafe { f(oldfd) };
@@ -31,8 +30,7 @@ pub unsafe extern "C" fn dup(oldfd: c_int) -> c_int {
 #[no_mangle]
 pub unsafe extern "C" fn dup2(oldfd: c_int, newfd: c_int) -> c_int {
     let Some(f) = real!("dup2", unsafe extern "C" fn(c_int, c_int) -> c_int) else {
-        set_errno(Errno(libc::ENOSYS));
-        return -1;
+        return enosys(-1);
     };
     // SAFETY: the real function with the caller's arguments.
     let r = unsafe { f(oldfd, newfd) };
@@ -44,8 +42,7 @@ pub unsafe extern "C" fn dup2(oldfd: c_int, newfd: c_int) -> c_int {
 #[no_mangle]
 pub unsafe extern "C" fn dup3(oldfd: c_int, newfd: c_int, flags: c_int) -> c_int {
     let Some(f) = real!("dup3", unsafe extern "C" fn(c_int, c_int, c_int) -> c_int) else {
-        set_errno(Errno(libc::ENOSYS));
-        return -1;
+        return enosys(-1);
     };
     // SAFETY: the real function with the caller's arguments.
     let r = unsafe { f(oldfd, newfd, flags) };
@@ -62,8 +59,7 @@ macro_rules! fcntl_hook {
         #[no_mangle]
         pub unsafe extern "C" fn $name(fd: c_int, cmd: c_int, arg: c_ulong) -> c_int {
             let Some(f) = real!($lit, FcntlFn) else {
-                set_errno(Errno(libc::ENOSYS));
-                return -1;
+                return enosys(-1);
             };
             // SAFETY: the real function with the caller's arguments.
             let r = unsafe { f(fd, cmd, arg) };
@@ -97,8 +93,7 @@ pub unsafe extern "C" fn waitpid(
         "waitpid",
         unsafe extern "C" fn(libc::pid_t, *mut c_int, c_int) -> libc::pid_t
     ) else {
-        set_errno(Errno(libc::ENOSYS));
-        return -1;
+        return enosys(-1);
     };
     // SAFETY: the real function with the caller's arguments.
     let r = unsafe { f(pid, status, options) };
@@ -110,8 +105,7 @@ pub unsafe extern "C" fn waitpid(
 #[no_mangle]
 pub unsafe extern "C" fn wait(status: *mut c_int) -> libc::pid_t {
     let Some(f) = real!("wait", unsafe extern "C" fn(*mut c_int) -> libc::pid_t) else {
-        set_errno(Errno(libc::ENOSYS));
-        return -1;
+        return enosys(-1);
     };
     // SAFETY: the real function with the caller's argument.
     let r = unsafe { f(status) };
@@ -131,8 +125,7 @@ pub unsafe extern "C" fn wait4(
         "wait4",
         unsafe extern "C" fn(libc::pid_t, *mut c_int, c_int, *mut libc::rusage) -> libc::pid_t
     ) else {
-        set_errno(Errno(libc::ENOSYS));
-        return -1;
+        return enosys(-1);
     };
     // SAFETY: the real function with the caller's arguments.
     let r = unsafe { f(pid, status, options, ru) };
@@ -152,8 +145,7 @@ pub unsafe extern "C" fn waitid(
         "waitid",
         unsafe extern "C" fn(libc::idtype_t, libc::id_t, *mut libc::siginfo_t, c_int) -> c_int
     ) else {
-        set_errno(Errno(libc::ENOSYS));
-        return -1;
+        return enosys(-1);
     };
     // SAFETY: the real function with the caller's arguments.
     let r = unsafe { f(idtype, id, info, options) };

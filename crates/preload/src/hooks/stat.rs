@@ -100,8 +100,7 @@ macro_rules! stat_hook {
             };
             let path = sub.as_ref().map_or(path, |p| p.as_ptr());
             let Some(f) = real!($lit, StatFn) else {
-                set_errno(Errno(libc::ENOSYS));
-                return -1;
+                return enosys(-1);
             };
             // SAFETY: the real function, with a valid path and the caller's buffer.
             let r = unsafe { f(path, buf) };
@@ -127,8 +126,7 @@ macro_rules! fstat_hook {
         #[no_mangle]
         pub unsafe extern "C" fn $name(fd: c_int, buf: *mut libc::stat) -> c_int {
             let Some(f) = real!($lit, FstatFn) else {
-                set_errno(Errno(libc::ENOSYS));
-                return -1;
+                return enosys(-1);
             };
             // SAFETY: the real function with the caller's arguments.
             let r = unsafe { f(fd, buf) };
@@ -181,8 +179,7 @@ macro_rules! fstatat_hook {
             flags: c_int,
         ) -> c_int {
             let Some(f) = real!($lit, FstatatFn) else {
-                set_errno(Errno(libc::ENOSYS));
-                return -1;
+                return enosys(-1);
             };
             // SAFETY: forwarded contract of the caller.
             let (sub, looks) = match unsafe { stat_at_target(dirfd, path, flags) } {
@@ -228,8 +225,7 @@ pub unsafe extern "C" fn statx(
         "statx",
         unsafe extern "C" fn(c_int, *const c_char, c_int, c_uint, *mut libc::statx) -> c_int
     ) else {
-        set_errno(Errno(libc::ENOSYS));
-        return -1;
+        return enosys(-1);
     };
     // SAFETY: the real function, with a valid path and the caller's buffer.
     let r = unsafe { f(dirfd, path, flags, mask, buf) };
@@ -247,8 +243,7 @@ pub unsafe extern "C" fn opendir(path: *const c_char) -> *mut libc::DIR {
         "opendir",
         unsafe extern "C" fn(*const c_char) -> *mut libc::DIR
     ) else {
-        set_errno(Errno(libc::ENOSYS));
-        return std::ptr::null_mut();
+        return enosys(std::ptr::null_mut());
     };
     // SAFETY: forwarded contract of the caller.
     let kind = unsafe { path_kind(path) };
@@ -308,10 +303,7 @@ pub unsafe extern "C" fn readlink(path: *const c_char, buf: *mut c_char, size: u
     ) {
         // SAFETY: the real function with the caller's arguments.
         Some(f) => unsafe { f(path, buf, size) },
-        None => {
-            set_errno(Errno(libc::ENOSYS));
-            -1
-        }
+        None => enosys(-1),
     }
 }
 
@@ -369,9 +361,6 @@ pub unsafe extern "C" fn realpath(path: *const c_char, resolved: *mut c_char) ->
     ) {
         // SAFETY: the real function with the caller's arguments.
         Some(f) => unsafe { f(path, resolved) },
-        None => {
-            set_errno(Errno(libc::ENOSYS));
-            std::ptr::null_mut()
-        }
+        None => enosys(std::ptr::null_mut()),
     }
 }
