@@ -5,6 +5,7 @@
 use std::{
     collections::HashSet,
     hash::{Hash, Hasher},
+    sync::Arc,
 };
 
 use serde::Serialize;
@@ -121,13 +122,117 @@ const CHUNK: usize = 256;
 /// One expanded transition (its sequence is its parent's and its action: built only for the
 /// few that need it, new states and counterexamples).
 struct Child {
-    /// None when the state was reached before this chunk (dropped by the worker).
-    world: Option<World>,
+    /// None when the state was reached before this chunk (dropped by the worker). Boxed:
+    /// a chunk's children are collected and moved, and most of them hold no machine.
+    world: Option<Box<World>>,
     /// A violation during the step.
     violation: Option<(String, String)>,
     /// State digest (only without a violation).
     digest: u64,
     flushed: u64,
+    /// The step armed wide fault k: the child is its parent with k armed ([`Node::Armed`]).
+    armed: Option<u8>,
+}
+
+impl Child {
+    /// Nothing new: the action did nothing, or led where the search has been.
+    fn none(flushed: u64, digest: u64) -> Child {
+        Child {
+            world: None,
+            violation: None,
+            digest,
+            flushed,
+            armed: None,
+        }
+    }
+}
+
+/// A state of the frontier.
+///
+/// With [`Bound::wide_faults`], a state with a fault armed for its next operation is kept as
+/// its parent and the fault, not as a machine of its own: such a state differs from its parent
+/// only in what the next fallible call does, so its step and close checks are its parent's,
+/// and it is reached only from its parent (a state first reached at depth d has its armed
+/// variants at d + 1, nowhere earlier). Only operations that make a fallible call are explored
+/// from it: an action that makes none commutes with the arming, so the same state, armed,
+/// follows from that action then the arming, at the same depth. The figures count the states
+/// the machine is in, not these variants.
+enum Node {
+    /// A machine state.
+    Plain(Arc<World>),
+    /// The parent state with fault k of [`WIDE_FAULTS`] armed.
+    Armed(Arc<World>, u8),
+}
+
+/// Expands `node` by `a`.
+fn expand(node: &Node, a: Action, bound: &Bound, known: &HashSet<u64>) -> Child {
+    let (w, armed) = match node {
+        Node::Plain(w) => (w, None),
+        Node::Armed(w, k) => (w, Some(*k)),
+    };
+    if let Action::Fail(k) = a {
+        if bound.wide_faults {
+            // One fault per operation: an armed state arms nothing more.
+            return match armed {
+                Some(_) => Child::none(0, 0),
+                None => Child {
+                    armed: Some(k),
+                    ..Child::none(0, 0)
+                },
+            };
+        }
+    }
+    // CPU and device accesses never call pin, account, attach or iommu_map (they act on the
+    // machine, not through the engine): from an armed state they are skipped without a try.
+    let access = matches!(
+        a,
+        Action::CpuWrite(_)
+            | Action::CpuRead(_)
+            | Action::DmaRead(..)
+            | Action::DmaWrite(..)
+            | Action::Inside(..)
+    );
+    if armed.is_some() && access {
+        return Child::none(0, 0);
+    }
+    let ops = ops_of(a, w);
+    if ops.is_empty() {
+        // Nothing to do here (a name in use, too many accesses armed): the parent.
+        return Child::none(0, 0);
+    }
+    let mut world = Box::new(World::clone(w));
+    if let Some(k) = armed {
+        for op in ops_of(Action::Fail(k), &world) {
+            let _ = world.exec(&op);
+        }
+    }
+    let before = world.sim().stats().pages_flushed;
+    let seen_before = world.sim().violations().len();
+    for op in &ops {
+        let _ = world.exec(op);
+    }
+    let flushed = world.sim().stats().pages_flushed - before;
+    if armed.is_some() && world.sim().failures_armed() {
+        // Made no fallible call (see [`Node`]).
+        return Child::none(flushed, 0);
+    }
+    // A state known before this chunk, reached with no violation on the way, was checked
+    // when it was first reached (the engine check is a function of the state the digest
+    // covers): drop it here, on this thread, unchecked (freeing a machine is a good part of
+    // the work).
+    let quiet = world.sim().violations().len() == seen_before;
+    let digest = digest(&world);
+    if quiet && known.contains(&digest) {
+        return Child::none(flushed, digest);
+    }
+    let violation = finish_step(&mut world, bound.content_only);
+    Child {
+        world: violation.is_none().then_some(world),
+        violation,
+        digest,
+        flushed,
+        armed: None,
+    }
 }
 
 /// Items a worker takes at a time in [`par_map`].
@@ -186,7 +291,7 @@ pub fn check_with(
     let alpha = alphabet(bound);
     let mut seen: HashSet<u64> = HashSet::new();
     seen.insert(digest(&w0));
-    let mut frontier: Vec<(World, Vec<Action>)> = vec![(w0, Vec::new())];
+    let mut frontier: Vec<(Node, Vec<Action>)> = vec![(Node::Plain(Arc::new(w0)), Vec::new())];
     let mut sequences = 0u64;
     let mut flushed = 0u64;
     let outcome =
@@ -228,49 +333,12 @@ pub fn check_with(
                 seq
             };
             let children = par_map(&pairs, threads, |&(p, a)| {
-                let w = &parents[p].0;
-                let ops = ops_of(a, w);
-                if ops.is_empty() {
-                    // Nothing to do here (a name in use, too many accesses armed): the parent.
-                    return Child {
-                        flushed: 0,
-                        world: None,
-                        violation: None,
-                        digest: 0,
-                    };
-                }
-                let mut world = w.clone();
-                let before = world.sim().stats().pages_flushed;
-                let seen_before = world.sim().violations().len();
-                for op in &ops {
-                    let _ = world.exec(op);
-                }
-                let flushed = world.sim().stats().pages_flushed - before;
-                // A state known before this chunk, reached with no violation on the way, was
-                // checked when it was first reached (the engine check is a function of the
-                // state the digest covers): drop it here, on this thread, unchecked (freeing
-                // a machine is a good part of the work).
-                let quiet = world.sim().violations().len() == seen_before;
-                let digest = digest(&world);
-                if quiet && known.contains(&digest) {
-                    return Child {
-                        flushed,
-                        world: None,
-                        violation: None,
-                        digest,
-                    };
-                }
-                let violation = finish_step(&mut world, bound.content_only);
-                Child {
-                    flushed,
-                    world: violation.is_none().then_some(world),
-                    violation,
-                    digest,
-                }
+                expand(&parents[p].0, a, bound, known)
             });
             // In order: the first step violation ends the search; new states are kept with
             // the figures a sequential search would report at them.
             let mut fresh = Vec::new();
+            let mut armed = Vec::new();
             let mut stop = None;
             for (i, c) in children.iter().enumerate() {
                 sequences += 1;
@@ -279,7 +347,9 @@ pub fn check_with(
                     stop = Some((i, v.clone()));
                     break;
                 }
-                if c.world.is_some() && seen.insert(c.digest) {
+                if let Some(k) = c.armed {
+                    armed.push((i, k));
+                } else if c.world.is_some() && seen.insert(c.digest) {
                     fresh.push((i, seen.len(), sequences, flushed));
                 }
             }
@@ -300,14 +370,22 @@ pub fn check_with(
                 return Ok(outcome(seen.len(), sequences, flushed, Some(ce)));
             }
             if !last {
+                // In breadth-first order, armed variants among the new states.
+                let mut armed = armed.into_iter().peekable();
                 let keep: HashSet<usize> = fresh.iter().map(|f| f.0).collect();
-                next.extend(
-                    children
-                        .into_iter()
-                        .enumerate()
-                        .filter(|(i, _)| keep.contains(i))
-                        .filter_map(|(i, c)| Some((c.world?, seq_of(i)))),
-                );
+                for (i, c) in children.into_iter().enumerate() {
+                    if armed.peek().is_some_and(|&(j, _)| j == i) {
+                        let (_, k) = armed.next().unwrap_or_default();
+                        let parent = match &parents[pairs[i].0].0 {
+                            Node::Plain(w) | Node::Armed(w, _) => Arc::clone(w),
+                        };
+                        next.push((Node::Armed(parent, k), seq_of(i)));
+                    } else if keep.contains(&i) {
+                        if let Some(w) = c.world {
+                            next.push((Node::Plain(Arc::from(w)), seq_of(i)));
+                        }
+                    }
+                }
             }
         }
         frontier = next;

@@ -218,17 +218,23 @@ impl Sim {
         let pfn = pa >> PAGE_SHIFT;
         let f = &self.mem.frames[pfn as usize];
         let mut n = 0;
-        for (i, b) in ram.iter().enumerate() {
-            let a = pa + i as u64;
+        let mut k = 0;
+        while k < ram.len() {
+            let a = pa + k as u64;
+            let off = (a % LINE_SIZE) as usize;
+            let m = (LINE_SIZE as usize - off).min(ram.len() - k);
             let line = a / LINE_SIZE;
-            let Some(l) = self.cache.get(line) else {
-                continue;
-            };
             let li = (line % LINES_PER_PAGE as u64) as usize;
             let line_gen = f.data.as_ref().map_or(0, |d| d.line_gen[li]);
-            if line_gen < f.gen && l.data[(a % LINE_SIZE) as usize] != *b {
-                n += 1;
+            if let Some(l) = self.cache.get(line).filter(|_| line_gen < f.gen) {
+                let differ = l.data[off..off + m]
+                    .iter()
+                    .zip(&ram[k..k + m])
+                    .filter(|(c, r)| c != r)
+                    .count();
+                n += differ as u64;
             }
+            k += m;
         }
         n
     }

@@ -49,7 +49,7 @@ pub mod trace;
 use std::collections::BTreeMap;
 
 use serde::Serialize;
-use type1_core::{DeviceId, Errno, GroupId, PlatformError};
+use type1_core::{DeviceId, DomainId, Errno, GroupId, PlatformError};
 
 pub use cache::LINE_SIZE;
 pub use check::{EngineView, Kind, Violation};
@@ -228,16 +228,19 @@ impl Sim {
         self.tasks.current.hash(&mut h);
         // Armed faults change what the next calls do, so they are state; counters are not.
         self.faults.armed_digest().hash(&mut h);
-        for (id, d) in &self.hw.domains {
-            (id, d.unit, d.enforcing, &d.groups, &d.stale).hash(&mut h);
+        // Domain ids are names: nothing depends on their values but their order and equality.
+        // Ranks stand for them, so that states that differ only in how many domains came and
+        // went before (attach, detach, attach again) are one state.
+        let rank = |id: &DomainId| self.hw.domains.range(..*id).count();
+        for d in self.hw.domains.values() {
+            (d.unit, d.enforcing, &d.groups, &d.stale).hash(&mut h);
             for (p, e) in d.pt.iter() {
                 (p, e.pfn, e.prot).hash(&mut h);
             }
         }
         for (id, g) in &self.hw.groups {
-            (id, g.attached).hash(&mut h);
+            (id, g.attached.as_ref().map(rank)).hash(&mut h);
         }
-        self.hw.next_domain.hash(&mut h);
         self.hw.ext_pins.hash(&mut h);
         self.mem.mmio_store.hash(&mut h);
         h.finish()

@@ -301,25 +301,36 @@ impl Sim {
 
     /// Raw RAM bytes at physical address `pa` (no cache involved); MMIO reads its backing.
     pub fn ram_read(&self, pa: u64, buf: &mut [u8]) {
-        for (i, b) in buf.iter_mut().enumerate() {
-            let a = pa.wrapping_add(i as u64);
-            *b = if self.is_ram(a >> PAGE_SHIFT) {
-                self.ram_line(a >> crate::cache::LINE_SHIFT)[(a % LINE_SIZE) as usize]
-            } else {
-                self.mmio_byte(a)
-            };
-        }
+        self.read_lines(pa, buf, |s, line| s.ram_line(line));
     }
 
     /// Coherent (CPU) view of physical address `pa`, without filling the cache.
     pub fn coherent_read(&self, pa: u64, buf: &mut [u8]) {
-        for (i, b) in buf.iter_mut().enumerate() {
-            let a = pa.wrapping_add(i as u64);
-            *b = if self.is_ram(a >> PAGE_SHIFT) {
-                self.coherent_line(a >> crate::cache::LINE_SHIFT)[(a % LINE_SIZE) as usize]
+        self.read_lines(pa, buf, |s, line| s.coherent_line(line));
+    }
+
+    /// Fills `buf` from `pa` a line (or the part of one inside `buf`) at a time: RAM lines
+    /// from `line_of`, anything else from the MMIO backing.
+    fn read_lines(
+        &self,
+        pa: u64,
+        buf: &mut [u8],
+        line_of: impl Fn(&Self, u64) -> [u8; LINE_SIZE as usize],
+    ) {
+        let mut k = 0;
+        while k < buf.len() {
+            let a = pa.wrapping_add(k as u64);
+            let off = (a % LINE_SIZE) as usize;
+            let m = (LINE_SIZE as usize - off).min(buf.len() - k);
+            let out = &mut buf[k..k + m];
+            if self.is_ram(a >> PAGE_SHIFT) {
+                out.copy_from_slice(&line_of(self, a >> crate::cache::LINE_SHIFT)[off..off + m]);
             } else {
-                self.mmio_byte(a)
-            };
+                for (i, b) in out.iter_mut().enumerate() {
+                    *b = self.mmio_byte(a.wrapping_add(i as u64));
+                }
+            }
+            k += m;
         }
     }
 
