@@ -25,10 +25,13 @@ pub struct Bound {
     pub pages: u64,
     /// Include device DMA through every group (otherwise only the first two).
     pub dma_all_groups: bool,
-    /// Also explore accesses in the middle of an operation ([`Action::Inside`]): the
-    /// non-coherent group's device reads or writes a mapping, or another thread loads or
-    /// stores it, right after a pin, flush or IOMMU map. The kernel holds `iommu->lock`
-    /// during an ioctl; devices and vCPUs act whenever they like.
+    /// Also explore accesses in the middle of an operation ([`Action::Within`]): every
+    /// operation is tried, besides as it is, with one access right after each platform call it
+    /// makes that changes the machine (every point of `type1_sim::ACCESS_POINTS`), the access
+    /// being any of [`inside_accesses`]: either device reading or writing any page of any
+    /// mapping without snooping, or another thread loading or storing any page of the buffer.
+    /// The kernel holds `iommu->lock` during an ioctl; devices and vCPUs act whenever they
+    /// like. Not explored: two accesses inside one operation, accesses inside the final close.
     pub dma_inside: bool,
     /// Count only what data shows (a stale read, an unflushed unpin), not the protocol checks
     /// on the order of flushes (`missing_map_flush`, `missing_unpin_flush`): with
@@ -118,39 +121,84 @@ pub enum Action {
     Copy(usize),
     /// iommufd: `IOMMU_IOAS_UNMAP` of mapping m's copy.
     UnmapCopy(usize),
-    /// Inside the next operation, right after its first call of platform point p (an index of
-    /// [`INSIDE_POINTS`]) returns, an access to mapping m happens (`dma_after`, `cpu_after`).
-    Inside(u8, Inside, usize),
+    /// Inside the operation that follows it in a sequence, right after the jth call (from 1)
+    /// of any access point, the access happens. A marker, not a step: the search puts it in
+    /// front of an operation ([`Bound::dma_inside`]); it does not count towards the depth.
+    Within(u16, Inside),
 }
 
-/// How many [`Action::Inside`] accesses one operation can hold.
-pub const MAX_INSIDE: usize = 2;
-
-/// The platform points of [`Action::Inside`]: every call a MAP, a replay or an unwind makes
-/// before the IOMMU can reach a page or before it lets go of one.
-pub const INSIDE_POINTS: [&str; 3] = ["pin", "flush", "iommu_map"];
-
-/// What happens inside an operation ([`Action::Inside`]).
+/// An access inside an operation ([`Action::Within`]).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize)]
 pub enum Inside {
-    /// The device of group 1 (no snoop control) reads the mapping without snooping.
-    DeviceRead,
-    /// The device of group 1 writes the mapping without snooping.
-    DeviceWrite,
-    /// Another thread (or a speculative prefetch) loads the mapping's first page: clean lines.
-    CpuRead,
-    /// Another thread stores to the mapping's first line: a dirty line.
-    CpuWrite,
+    /// The device of group g reads (or with `write`, writes) page i of mapping m without
+    /// snooping.
+    Dma {
+        /// Group of the device.
+        group: u32,
+        /// Mapping.
+        mapping: usize,
+        /// Page of the mapping.
+        page: u64,
+        /// Device to memory.
+        write: bool,
+    },
+    /// Another thread (or a speculative prefetch) loads page p (clean lines), or stores to its
+    /// first line (a dirty line).
+    Cpu {
+        /// Page of the buffer.
+        page: u64,
+        /// Store rather than load.
+        write: bool,
+    },
 }
 
-impl Inside {
-    /// Every kind, in alphabet order.
-    pub const ALL: [Inside; 4] = [
-        Inside::DeviceRead,
-        Inside::DeviceWrite,
-        Inside::CpuRead,
-        Inside::CpuWrite,
-    ];
+/// Every access [`Bound::dma_inside`] tries inside an operation: reads and writes by the
+/// device of each group that DMA steps use, of every page of every mapping; loads and stores
+/// of every page of the buffer.
+pub fn inside_accesses(bound: &Bound) -> Vec<Inside> {
+    let mut v = Vec::new();
+    for group in 0..dma_groups(bound) {
+        for mapping in 0..bound.mappings {
+            for page in 0..self::mapping(mapping).2 {
+                for write in [false, true] {
+                    v.push(Inside::Dma {
+                        group,
+                        mapping,
+                        page,
+                        write,
+                    });
+                }
+            }
+        }
+    }
+    for page in 0..bound.pages {
+        for write in [false, true] {
+            v.push(Inside::Cpu { page, write });
+        }
+    }
+    v
+}
+
+/// Groups whose devices DMA in the alphabet.
+fn dma_groups(bound: &Bound) -> u32 {
+    if bound.dma_all_groups {
+        bound.groups
+    } else {
+        bound.groups.min(2)
+    }
+}
+
+/// Whether an action is an access (CPU or device) rather than a call into the engine or a
+/// fault: accesses make no platform call, so nothing happens inside them.
+pub fn is_access(a: Action) -> bool {
+    matches!(
+        a,
+        Action::CpuWrite(_)
+            | Action::CpuRead(_)
+            | Action::DmaRead(..)
+            | Action::DmaWrite(..)
+            | Action::Within(..)
+    )
 }
 
 /// Mapping i: (iova, vaddr offset in pages, npages). Mapping 1 is read-only.
@@ -215,12 +263,7 @@ pub fn alphabet(bound: &Bound) -> Vec<Action> {
         v.push(Action::CpuWrite(p));
     }
     v.push(Action::CpuRead(0));
-    let dma_groups = if bound.dma_all_groups {
-        bound.groups
-    } else {
-        bound.groups.min(2)
-    };
-    for g in 0..dma_groups {
+    for g in 0..dma_groups(bound) {
         for m in 0..bound.mappings {
             v.push(Action::DmaRead(g, m));
             v.push(Action::DmaWrite(g, m));
@@ -230,15 +273,6 @@ pub fn alphabet(bound: &Bound) -> Vec<Action> {
         v.extend((0..WIDE_FAULTS.len() as u8).map(Action::Fail));
     } else {
         v.push(Action::FailMap2);
-    }
-    if bound.dma_inside {
-        for p in 0..INSIDE_POINTS.len() as u8 {
-            for k in Inside::ALL {
-                for m in 0..bound.mappings {
-                    v.push(Action::Inside(p, k, m));
-                }
-            }
-        }
     }
     v
 }
@@ -404,29 +438,32 @@ pub fn ops_of(a: Action, w: &World) -> Vec<Op> {
             nth: 2,
             next: false,
         }],
-        // At most MAX_INSIDE accesses wait at once, which keeps the state space finite.
-        Action::Inside(..) if w.sim().accesses_armed() >= MAX_INSIDE => vec![],
-        Action::Inside(p, k, m) => {
-            let (iova, off, n) = mapping(m);
-            let point = INSIDE_POINTS[p as usize].to_string();
-            vec![match k {
-                Inside::DeviceRead | Inside::DeviceWrite => Op::DmaAfter {
-                    point,
-                    nth: 1,
-                    device: dev(1),
-                    write: k == Inside::DeviceWrite,
-                    iova,
-                    len: n * 4096,
-                },
-                Inside::CpuRead | Inside::CpuWrite => Op::CpuAfter {
-                    point,
-                    nth: 1,
-                    write: k == Inside::CpuWrite,
-                    vaddr: VADDR + off * 4096,
-                    len: if k == Inside::CpuWrite { 64 } else { 4096 },
-                },
-            }]
-        }
+        Action::Within(j, x) => vec![match x {
+            Inside::Dma {
+                group,
+                mapping: m,
+                page,
+                write,
+            } => Op::DmaAfter {
+                point: "any".into(),
+                nth: j.into(),
+                device: dev(group),
+                write,
+                iova: mapping(m).0 + page * 4096,
+                len: 4096,
+                // What a DMA write step of this device stores: an access inside an
+                // operation that lands where one between operations would is the same state.
+                byte: 0xa0 + group as u8,
+            },
+            Inside::Cpu { page, write } => Op::CpuAfter {
+                point: "any".into(),
+                nth: j.into(),
+                write,
+                vaddr: VADDR + page * 4096,
+                len: if write { 64 } else { 4096 },
+                byte: 0x10 + page as u8,
+            },
+        }],
     }
 }
 

@@ -46,6 +46,16 @@ pub struct Outcome {
     pub counterexample: Option<Counterexample>,
 }
 
+impl Counterexample {
+    /// Steps of the sequence: its actions but the [`Action::Within`] markers.
+    pub fn steps(&self) -> usize {
+        self.actions
+            .iter()
+            .filter(|a| !matches!(a, Action::Within(..)))
+            .count()
+    }
+}
+
 impl Outcome {
     /// Whether the policy held within the bound.
     pub fn sound(&self) -> bool {
@@ -119,8 +129,8 @@ pub fn check(
 /// Parents expanded together: their children are computed in parallel, then merged in order.
 const CHUNK: usize = 256;
 
-/// One expanded transition (its sequence is its parent's and its action: built only for the
-/// few that need it, new states and counterexamples).
+/// One expanded transition (its sequence is its parent's, the access inside if any, and its
+/// action: built only for the few that need it, new states and counterexamples).
 struct Child {
     /// None when the state was reached before this chunk (dropped by the worker). Boxed:
     /// a chunk's children are collected and moved, and most of them hold no machine.
@@ -132,6 +142,8 @@ struct Child {
     flushed: u64,
     /// The step armed wide fault k: the child is its parent with k armed ([`Node::Armed`]).
     armed: Option<u8>,
+    /// The access made inside the operation ([`Bound::dma_inside`]).
+    within: Option<Action>,
 }
 
 impl Child {
@@ -143,6 +155,7 @@ impl Child {
             digest,
             flushed,
             armed: None,
+            within: None,
         }
     }
 }
@@ -164,8 +177,9 @@ enum Node {
     Armed(Arc<World>, u8),
 }
 
-/// Expands `node` by `a`.
-fn expand(node: &Node, a: Action, bound: &Bound, known: &HashSet<u64>) -> Child {
+/// Expands `node` by `a`: the step itself, then with [`Bound::dma_inside`] the same step with
+/// each access of [`inside_accesses`] after each of the platform calls it made.
+fn expand(node: &Node, a: Action, bound: &Bound, known: &HashSet<u64>) -> Vec<Child> {
     let (w, armed) = match node {
         Node::Plain(w) => (w, None),
         Node::Armed(w, k) => (w, Some(*k)),
@@ -173,48 +187,69 @@ fn expand(node: &Node, a: Action, bound: &Bound, known: &HashSet<u64>) -> Child 
     if let Action::Fail(k) = a {
         if bound.wide_faults {
             // One fault per operation: an armed state arms nothing more.
-            return match armed {
+            return vec![match armed {
                 Some(_) => Child::none(0, 0),
                 None => Child {
                     armed: Some(k),
                     ..Child::none(0, 0)
                 },
-            };
+            }];
         }
     }
     // CPU and device accesses never call pin, account, attach or iommu_map (they act on the
     // machine, not through the engine): from an armed state they are skipped without a try.
-    let access = matches!(
-        a,
-        Action::CpuWrite(_)
-            | Action::CpuRead(_)
-            | Action::DmaRead(..)
-            | Action::DmaWrite(..)
-            | Action::Inside(..)
-    );
-    if armed.is_some() && access {
-        return Child::none(0, 0);
+    if armed.is_some() && is_access(a) {
+        return vec![Child::none(0, 0)];
     }
     let ops = ops_of(a, w);
     if ops.is_empty() {
-        // Nothing to do here (a name in use, too many accesses armed): the parent.
-        return Child::none(0, 0);
+        // Nothing to do here (a name in use): the parent.
+        return vec![Child::none(0, 0)];
     }
-    let mut world = Box::new(World::clone(w));
-    if let Some(k) = armed {
-        for op in ops_of(Action::Fail(k), &world) {
+    let (plain, calls) = step_child(w, armed, None, &ops, bound, known);
+    let mut v = vec![plain];
+    if bound.dma_inside && !is_access(a) {
+        for j in 1..=u16::try_from(calls).unwrap_or(u16::MAX) {
+            for x in inside_accesses(bound) {
+                let within = Action::Within(j, x);
+                let (c, _) = step_child(w, armed, Some(within), &ops, bound, known);
+                v.push(Child {
+                    within: Some(within),
+                    ..c
+                });
+            }
+        }
+    }
+    v
+}
+
+/// One step from `w` (with fault `armed` armed, and the access `within` armed inside it):
+/// the child, and how many access-point calls the step made.
+fn step_child(
+    w: &World,
+    armed: Option<u8>,
+    within: Option<Action>,
+    ops: &[type1_scenario::parse::Op],
+    bound: &Bound,
+    known: &HashSet<u64>,
+) -> (Child, u64) {
+    let mut world = Box::new(w.clone());
+    for pre in armed.map(Action::Fail).into_iter().chain(within) {
+        for op in ops_of(pre, &world) {
             let _ = world.exec(&op);
         }
     }
     let before = world.sim().stats().pages_flushed;
+    let calls_before = world.sim().access_point_calls();
     let seen_before = world.sim().violations().len();
-    for op in &ops {
+    for op in ops {
         let _ = world.exec(op);
     }
     let flushed = world.sim().stats().pages_flushed - before;
+    let calls = world.sim().access_point_calls() - calls_before;
     if armed.is_some() && world.sim().failures_armed() {
         // Made no fallible call (see [`Node`]).
-        return Child::none(flushed, 0);
+        return (Child::none(flushed, 0), calls);
     }
     // A state known before this chunk, reached with no violation on the way, was checked
     // when it was first reached (the engine check is a function of the state the digest
@@ -223,16 +258,18 @@ fn expand(node: &Node, a: Action, bound: &Bound, known: &HashSet<u64>) -> Child 
     let quiet = world.sim().violations().len() == seen_before;
     let digest = digest(&world);
     if quiet && known.contains(&digest) {
-        return Child::none(flushed, digest);
+        return (Child::none(flushed, digest), calls);
     }
     let violation = finish_step(&mut world, bound.content_only);
-    Child {
+    let child = Child {
         world: violation.is_none().then_some(world),
         violation,
         digest,
         flushed,
         armed: None,
-    }
+        within: None,
+    };
+    (child, calls)
 }
 
 /// Items a worker takes at a time in [`par_map`].
@@ -326,21 +363,27 @@ pub fn check_with(
                 .flat_map(|p| alpha.iter().map(move |a| (p, *a)))
                 .collect();
             let known = &seen;
+            let children: Vec<(usize, Child)> = par_map(&pairs, threads, |&(p, a)| {
+                expand(&parents[p].0, a, bound, known)
+            })
+            .into_iter()
+            .enumerate()
+            .flat_map(|(i, cs)| cs.into_iter().map(move |c| (i, c)))
+            .collect();
             let seq_of = |i: usize| {
-                let (p, a) = pairs[i];
+                let (pair, c) = &children[i];
+                let (p, a) = pairs[*pair];
                 let mut seq = parents[p].1.clone();
+                seq.extend(c.within);
                 seq.push(a);
                 seq
             };
-            let children = par_map(&pairs, threads, |&(p, a)| {
-                expand(&parents[p].0, a, bound, known)
-            });
             // In order: the first step violation ends the search; new states are kept with
             // the figures a sequential search would report at them.
             let mut fresh = Vec::new();
             let mut armed = Vec::new();
             let mut stop = None;
-            for (i, c) in children.iter().enumerate() {
+            for (i, (_, c)) in children.iter().enumerate() {
                 sequences += 1;
                 flushed += c.flushed;
                 if let Some(v) = &c.violation {
@@ -355,6 +398,7 @@ pub fn check_with(
             }
             let closes = par_map(&fresh, threads, |&(i, ..)| {
                 children[i]
+                    .1
                     .world
                     .as_ref()
                     .and_then(|w| close_violation(w, bound.content_only))
@@ -370,20 +414,27 @@ pub fn check_with(
                 return Ok(outcome(seen.len(), sequences, flushed, Some(ce)));
             }
             if !last {
-                // In breadth-first order, armed variants among the new states.
-                let mut armed = armed.into_iter().peekable();
+                // In breadth-first order, armed variants among the new states. Sequences
+                // first: they borrow the children the machines are then taken from.
                 let keep: HashSet<usize> = fresh.iter().map(|f| f.0).collect();
-                for (i, c) in children.into_iter().enumerate() {
-                    if armed.peek().is_some_and(|&(j, _)| j == i) {
-                        let (_, k) = armed.next().unwrap_or_default();
-                        let parent = match &parents[pairs[i].0].0 {
+                let armed: std::collections::HashMap<usize, u8> = armed.into_iter().collect();
+                let seqs: Vec<(usize, Vec<Action>)> = (0..children.len())
+                    .filter(|i| armed.contains_key(i) || keep.contains(i))
+                    .map(|i| (i, seq_of(i)))
+                    .collect();
+                let mut children: Vec<Option<(usize, Child)>> =
+                    children.into_iter().map(Some).collect();
+                for (i, seq) in seqs {
+                    let Some((pair, c)) = children[i].take() else {
+                        continue;
+                    };
+                    if let Some(&k) = armed.get(&i) {
+                        let parent = match &parents[pairs[pair].0].0 {
                             Node::Plain(w) | Node::Armed(w, _) => Arc::clone(w),
                         };
-                        next.push((Node::Armed(parent, k), seq_of(i)));
-                    } else if keep.contains(&i) {
-                        if let Some(w) = c.world {
-                            next.push((Node::Plain(Arc::from(w)), seq_of(i)));
-                        }
+                        next.push((Node::Armed(parent, k), seq));
+                    } else if let Some(w) = c.world {
+                        next.push((Node::Plain(Arc::from(w)), seq));
                     }
                 }
             }
@@ -430,4 +481,64 @@ pub fn corpus_cost(policy: &str, bound: &Bound, n: usize) -> Result<(u64, u64), 
 /// A group id helper for callers.
 pub fn group(g: u32) -> GroupId {
     GroupId(g)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// With accesses inside, a step is tried as it is and with every access of
+    /// [`inside_accesses`] after every access-point call it made, each of those calls being a
+    /// distinct place (the access lands after that call and before the next).
+    #[test]
+    fn dma_inside_tries_every_access_after_every_call_of_a_step() {
+        let bound = Bound {
+            dma_inside: true,
+            ..Bound::default()
+        };
+        let mut w = initial_world(&bound, "seed-fixed").unwrap();
+        for a in [Action::Attach(0), Action::Attach(1)] {
+            assert!(step(&mut w, a, false).is_none());
+        }
+        let calls_before = w.sim().access_point_calls();
+        let mut plain = w.clone();
+        for op in ops_of(Action::Map(0), &plain) {
+            plain.exec(&op).unwrap();
+        }
+        let calls = plain.sim().access_point_calls() - calls_before;
+        // account, pin, then per domain a flush and an IOMMU map at least.
+        assert!(calls >= 4, "{calls} calls");
+        let xs = inside_accesses(&bound);
+        // Every page of every mapping through both devices, every page of the buffer.
+        assert_eq!(xs.len(), 2 * 4 * 2 + 4 * 2);
+        let node = Node::Plain(Arc::new(w));
+        let children = expand(&node, Action::Map(0), &bound, &HashSet::new());
+        assert_eq!(children.len() as u64, 1 + calls * xs.len() as u64);
+        assert!(children[0].within.is_none());
+        let mut places = HashSet::new();
+        for c in &children[1..] {
+            let Some(Action::Within(j, x)) = c.within else {
+                panic!("a variant without its access: {:?}", c.within);
+            };
+            assert!(xs.contains(&x));
+            places.insert(j);
+        }
+        assert_eq!(places, (1..=calls as u16).collect());
+        // A store right after the last call (the final IOMMU map) leaves a dirty line in a
+        // page mapped for the non-coherent device: a state the plain step does not reach.
+        let last = children
+            .iter()
+            .find(|c| {
+                c.within
+                    == Some(Action::Within(
+                        calls as u16,
+                        Inside::Cpu {
+                            page: 0,
+                            write: true,
+                        },
+                    ))
+            })
+            .unwrap();
+        assert_ne!(last.digest, children[0].digest);
+    }
 }

@@ -124,9 +124,15 @@ pub fn op_line(op: &Op) -> String {
             write,
             iova,
             len,
+            byte,
         } => format!(
-            "dma_after {point} {nth} {device} {} 0x{iova:x} {len}",
-            if *write { "write" } else { "read" }
+            "dma_after {point} {nth} {device} {} 0x{iova:x} {len}{}",
+            if *write { "write" } else { "read" },
+            if *write {
+                format!(" byte=0x{byte:x}")
+            } else {
+                String::new()
+            }
         ),
         Op::CpuAfter {
             point,
@@ -134,9 +140,15 @@ pub fn op_line(op: &Op) -> String {
             write,
             vaddr,
             len,
+            byte,
         } => format!(
-            "cpu_after {point} {nth} {} 0x{vaddr:x} {len}",
-            if *write { "write" } else { "read" }
+            "cpu_after {point} {nth} {} 0x{vaddr:x} {len}{}",
+            if *write { "write" } else { "read" },
+            if *write {
+                format!(" byte=0x{byte:x}")
+            } else {
+                String::new()
+            }
         ),
         Op::Allow(k) => format!("allow {}", k.map_or("all", |k| k.as_str())),
         Op::Iommufd(x) => type1_scenario::parse::ifd::line(x),

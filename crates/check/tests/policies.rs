@@ -122,7 +122,7 @@ fn accesses_inside_an_operation_refute_flag_after_map_by_content() {
         ce.kind
     );
     assert!(
-        ce.actions.iter().any(|a| matches!(a, Action::Inside(..))),
+        ce.actions.iter().any(|a| matches!(a, Action::Within(..))),
         "{:?}",
         ce.actions
     );

@@ -74,7 +74,7 @@ pub fn check(
                     "depth": o.bound.depth, "seconds": secs, "corpus_flushes": f, "corpus_flushed_pages": p,
                     "explored_flushed_pages": o.flushed_pages,
                     "counterexample": o.counterexample.as_ref().map(|c| serde_json::json!({
-                        "length": c.actions.len(), "kind": c.kind, "detail": c.detail, "at_close": c.at_close,
+                        "length": c.steps(), "kind": c.kind, "detail": c.detail, "at_close": c.at_close,
                         "actions": c.actions, "scenario": c.scenario })),
                 })
             })
@@ -99,11 +99,12 @@ pub fn check(
             );
         } else {
             println!(
-                "bound: depth {}, groups 3 (coherent, non-coherent, emulated), mappings {}, pages {}{}",
+                "bound: depth {}, groups 3 (coherent, non-coherent, emulated), mappings {}, pages {}{}{}",
                 bound.depth,
                 bound.mappings,
                 bound.pages,
-                if bound.wide_faults { ", wide faults" } else { "" }
+                if bound.wide_faults { ", wide faults" } else { "" },
+                if bound.dma_inside { ", accesses inside operations" } else { "" }
             );
         }
         println!(
@@ -117,7 +118,7 @@ pub fn check(
         for (o, secs, _, pages) in &results {
             let r = match &o.counterexample {
                 None => "holds within the bound".to_string(),
-                Some(c) => format!("COUNTEREXAMPLE, {} steps: {}", c.actions.len(), c.kind),
+                Some(c) => format!("COUNTEREXAMPLE, {} steps: {}", c.steps(), c.kind),
             };
             println!(
                 "{:<16} {:>8} {:>10} {:>12} {:>12} {:>8.1}  {r}",

@@ -111,9 +111,11 @@ enum Cmd {
         /// Print the figures as JSON.
         #[arg(long)]
         json: bool,
-        /// Also explore accesses in the middle of an operation: right after a pin, flush or
-        /// IOMMU map, the non-coherent device reads or writes a mapping, or another thread
-        /// loads or stores it.
+        /// Also explore accesses in the middle of an operation: each operation is also tried
+        /// with one access right after each platform call it makes (pin, unpin, flush,
+        /// accounting, domain alloc and free, attach, detach, IOMMU map, unmap and IOTLB sync):
+        /// a device reads or writes any page of any mapping, or another thread loads or
+        /// stores any page of the buffer.
         #[arg(long)]
         dma_inside: bool,
         /// Count only what the data shows (stale_read, unflushed_unpin), not the protocol

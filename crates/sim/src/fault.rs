@@ -41,15 +41,29 @@ fn errno_of(point: &str) -> Errno {
     }
 }
 
-/// Points after which an access can be armed ([`Sim::access_after`]): the platform calls an
-/// operation is made of, so that a device or another CPU thread can act between any two of
-/// them, as they do on real hardware while the kernel holds `iommu->lock`.
-pub const ACCESS_POINTS: &[&str] = &["pin", "flush", "iommu_map", "iommu_unmap", "unpin"];
+/// Points after which an access can be armed ([`Sim::access_after`]): every platform call that
+/// changes the machine, so that a device or another CPU thread can act between any two of
+/// them, as they do on real hardware while the kernel holds `iommu->lock`. A call that fails
+/// changes nothing and is not a point. `any` counts the calls of every other point.
+pub const ACCESS_POINTS: &[&str] = &[
+    "pin",
+    "flush",
+    "iommu_map",
+    "iommu_unmap",
+    "unpin",
+    "account",
+    "domain_alloc",
+    "domain_free",
+    "attach",
+    "detach",
+    "iotlb_sync",
+    "any",
+];
 
 /// An access that runs in the middle of an operation ([`Sim::access_after`]).
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub enum Access {
-    /// A no-snoop DMA by a device: it reads, or writes `0xd5` bytes with `write`.
+    /// A no-snoop DMA by a device: it reads, or writes the byte of `write`.
     Dma {
         /// Device name.
         device: String,
@@ -57,11 +71,11 @@ pub enum Access {
         iova: u64,
         /// Bytes.
         len: usize,
-        /// Device to memory.
-        write: bool,
+        /// Device to memory: the byte written.
+        write: Option<u8>,
     },
-    /// A load (also what a speculative prefetch does) or a store of `0xc5` bytes by another
-    /// thread of the address space `mm`.
+    /// A load (also what a speculative prefetch does) or a store of bytes by another thread of
+    /// the address space `mm`.
     Cpu {
         /// Address space.
         mm: MmId,
@@ -69,8 +83,8 @@ pub enum Access {
         vaddr: u64,
         /// Bytes.
         len: usize,
-        /// Store rather than load.
-        write: bool,
+        /// A store of this byte rather than a load.
+        write: Option<u8>,
     },
 }
 
@@ -87,6 +101,8 @@ pub(crate) struct Armed {
 pub(crate) struct Faults {
     /// Accesses to run right after platform calls (see [`ACCESS_POINTS`]), in arming order.
     inside: Vec<Armed>,
+    /// Calls of the access points so far (not state: a counter, like `calls`).
+    point_calls: u64,
     /// Device -> `dma_unmap` notifications it will still ignore (U5's retry path).
     refuse_unpin: BTreeMap<DeviceId, u32>,
     /// Point -> calls left until the failing one (1 = the next call fails).
@@ -235,12 +251,13 @@ impl Sim {
 
     /// A platform call of `point` returned: runs the accesses armed for this call.
     pub(crate) fn after(&mut self, point: &'static str) {
+        self.faults.point_calls += 1;
         if self.faults.inside.is_empty() {
             return;
         }
         let mut due = Vec::new();
         self.faults.inside.retain_mut(|a| {
-            if a.point != point {
+            if a.point != point && a.point != "any" {
                 return true;
             }
             a.left -= 1;
@@ -258,9 +275,9 @@ impl Sim {
                     device,
                     iova,
                     len,
-                    write: true,
+                    write: Some(byte),
                 } => {
-                    let _ = self.dma_write(&device, iova, &vec![0xd5; len], true);
+                    let _ = self.dma_write(&device, iova, &vec![byte; len], true);
                 }
                 Access::Dma {
                     device, iova, len, ..
@@ -271,15 +288,21 @@ impl Sim {
                     mm,
                     vaddr,
                     len,
-                    write: true,
+                    write: Some(byte),
                 } => {
-                    let _ = self.cpu_write(mm, vaddr, &vec![0xc5; len]);
+                    let _ = self.cpu_write(mm, vaddr, &vec![byte; len]);
                 }
                 Access::Cpu { mm, vaddr, len, .. } => {
                     let _ = self.cpu_read(mm, vaddr, &mut vec![0; len]);
                 }
             }
         }
+    }
+
+    /// Calls of the access points ([`ACCESS_POINTS`]) since the machine was built: an
+    /// operation that made k of them has k places where an access can happen inside it.
+    pub fn access_point_calls(&self) -> u64 {
+        self.faults.point_calls
     }
 
     /// Calls of any fault point since the machine was built.

@@ -28,7 +28,11 @@ impl TaskMemory for Sim {
     }
 
     fn account(&mut self, mm: MmId, delta: i64, enforce_limit: bool) -> Result<(), PlatformError> {
-        self.do_account(mm, delta, enforce_limit)
+        let r = self.do_account(mm, delta, enforce_limit);
+        if r.is_ok() {
+            self.after("account");
+        }
+        r
     }
 
     fn pin_user_pages(
@@ -73,7 +77,11 @@ impl Iommu for Sim {
     }
 
     fn domain_alloc(&mut self, group: GroupId) -> Result<DomainId, PlatformError> {
-        self.do_domain_alloc(group)
+        let r = self.do_domain_alloc(group);
+        if r.is_ok() {
+            self.after("domain_alloc");
+        }
+        r
     }
 
     fn domain_info(&self, domain: DomainId) -> DomainInfo {
@@ -85,15 +93,21 @@ impl Iommu for Sim {
     }
 
     fn domain_free(&mut self, domain: DomainId) {
-        self.do_domain_free(domain)
+        self.do_domain_free(domain);
+        self.after("domain_free");
     }
 
     fn attach_group(&mut self, domain: DomainId, group: GroupId) -> Result<(), PlatformError> {
-        self.do_attach(domain, group)
+        let r = self.do_attach(domain, group);
+        if r.is_ok() {
+            self.after("attach");
+        }
+        r
     }
 
     fn detach_group(&mut self, domain: DomainId, group: GroupId) {
-        self.do_detach(domain, group)
+        self.do_detach(domain, group);
+        self.after("detach");
     }
 
     fn iommu_map(
@@ -118,7 +132,8 @@ impl Iommu for Sim {
     }
 
     fn iotlb_sync(&mut self, domain: DomainId) {
-        self.do_iotlb_sync(domain)
+        self.do_iotlb_sync(domain);
+        self.after("iotlb_sync");
     }
 
     fn iova_to_phys(&self, domain: DomainId, iova: u64) -> Option<u64> {

@@ -145,11 +145,11 @@ pub enum Op {
         /// `next`: only within the next line that makes a fallible platform call.
         next: bool,
     },
-    /// `dma_after POINT N DEVICE read|write IOVA LEN`: right after the Nth call of platform
-    /// point POINT returns (inside whatever operation makes it), the device does a no-snoop
-    /// DMA.
+    /// `dma_after POINT N DEVICE read|write IOVA LEN [byte=B]`: right after the Nth call of
+    /// platform point POINT returns (inside whatever operation makes it), the device does a
+    /// no-snoop DMA (a write stores B, by default `0xd5`).
     DmaAfter {
-        /// `pin`, `flush`, `iommu_map`, `iommu_unmap` or `unpin`.
+        /// A name of `type1_sim::ACCESS_POINTS` (`any`: a call of any of them).
         point: String,
         /// Which call, from 1.
         nth: u64,
@@ -161,10 +161,12 @@ pub enum Op {
         iova: u64,
         /// Bytes.
         len: u64,
+        /// The byte a write stores.
+        byte: u8,
     },
-    /// `cpu_after POINT N read|write VADDR LEN`: right after the Nth call of POINT returns,
-    /// another thread of the current process loads (or a prefetch fills lines) or stores
-    /// `0xc5` bytes.
+    /// `cpu_after POINT N read|write VADDR LEN [byte=B]`: right after the Nth call of POINT
+    /// returns, another thread of the current process loads (or a prefetch fills lines) or
+    /// stores B (by default `0xc5`).
     CpuAfter {
         /// As for `dma_after`.
         point: String,
@@ -176,6 +178,8 @@ pub enum Op {
         vaddr: u64,
         /// Bytes.
         len: u64,
+        /// The byte a store stores.
+        byte: u8,
     },
     /// `refuse_unpin DEVICE N`: the emulated device ignores its next N `dma_unmap`
     /// notifications (U5's retry path).

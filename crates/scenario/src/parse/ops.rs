@@ -335,13 +335,16 @@ fn device_fault(w: &mut Words<'_>) -> Result<Op, ParseError> {
             let nth = w.num("n")?;
             let device = w.name("device")?;
             let write = read_or_write(w)?;
+            let iova = w.num("iova")?;
+            let len = w.num("len")?;
             Op::DmaAfter {
                 point,
                 nth,
                 device,
                 write,
-                iova: w.num("iova")?,
-                len: w.num("len")?,
+                iova,
+                len,
+                byte: byte_opt(w, 0xd5)?,
             }
         }
         "refuse_unpin" => Op::RefuseUnpin {
@@ -357,6 +360,7 @@ fn device_fault(w: &mut Words<'_>) -> Result<Op, ParseError> {
             write: read_or_write(w)?,
             vaddr: w.num("vaddr")?,
             len: w.num("len")?,
+            byte: byte_opt(w, 0xc5)?,
         },
         _ => unreachable!("dispatched by parse_op"),
     })
@@ -397,6 +401,12 @@ fn raw(w: &mut Words<'_>) -> Result<Op, ParseError> {
 }
 
 /// `read` or `write` (true).
+/// An optional `byte=B` (at most `0xff`), else `default`.
+fn byte_opt(w: &mut Words<'_>, default: u8) -> Result<u8, ParseError> {
+    let byte = w.opt_num("byte")?.unwrap_or(default.into());
+    u8::try_from(byte).or_else(|_| w.err(format!("byte={byte} > 0xff")))
+}
+
 fn read_or_write(w: &mut Words<'_>) -> Result<bool, ParseError> {
     match w.word("read or write")? {
         "read" => Ok(false),

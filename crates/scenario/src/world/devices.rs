@@ -124,6 +124,7 @@ impl World {
                 write,
                 iova,
                 len,
+                byte,
             } => {
                 if self.vfio.platform.device_group(device).is_none() {
                     return usage(format!("no device named {device:?}"));
@@ -132,7 +133,7 @@ impl World {
                     device: device.clone(),
                     iova: *iova,
                     len: byte_len(*len),
-                    write: *write,
+                    write: write.then_some(*byte),
                 };
                 self.vfio
                     .platform
@@ -145,12 +146,13 @@ impl World {
                 write,
                 vaddr,
                 len,
+                byte,
             } => {
                 let access = Access::Cpu {
                     mm: self.cur_mm()?,
                     vaddr: *vaddr,
                     len: byte_len(*len),
-                    write: *write,
+                    write: write.then_some(*byte),
                 };
                 self.vfio
                     .platform
