@@ -129,6 +129,10 @@ pub fn check(
 /// Parents expanded together: their children are computed in parallel, then merged in order.
 const CHUNK: usize = 256;
 
+/// [`CHUNK`] with [`Bound::dma_inside`], whose parents have hundreds of children each: the
+/// new ones of a chunk wait, machine and all, for the merge.
+const CHUNK_INSIDE: usize = 8;
+
 /// One expanded transition (its sequence is its parent's, the access inside if any, and its
 /// action: built only for the few that need it, new states and counterexamples).
 struct Child {
@@ -358,7 +362,8 @@ pub fn check_with(
         // The last level's states are checked (step and close) but not kept.
         let last = depth + 1 == bound.depth;
         let mut next = Vec::new();
-        for parents in frontier.chunks(CHUNK) {
+        let chunk = if bound.dma_inside { CHUNK_INSIDE } else { CHUNK };
+        for parents in frontier.chunks(chunk) {
             let pairs: Vec<(usize, Action)> = (0..parents.len())
                 .flat_map(|p| alpha.iter().map(move |a| (p, *a)))
                 .collect();
