@@ -26,8 +26,9 @@ pub struct Bound {
     /// Include device DMA through every group (otherwise only the first two).
     pub dma_all_groups: bool,
     /// Also explore accesses in the middle of an operation ([`Action::Within`]): every
-    /// operation is tried, besides as it is, with one access right after each platform call it
-    /// makes that changes the machine (every point of `type1_sim::ACCESS_POINTS`), the access
+    /// operation that makes platform calls is tried, besides as it is, with one access before
+    /// the first and right after each call that changes the machine (every point of
+    /// `type1_sim::ACCESS_POINTS`), the access
     /// being any of [`inside_accesses`]: either device reading or writing any page of any
     /// mapping without snooping, or another thread loading or storing any page of the buffer.
     /// The kernel holds `iommu->lock` during an ioctl; devices and vCPUs act whenever they
@@ -121,8 +122,8 @@ pub enum Action {
     Copy(usize),
     /// iommufd: `IOMMU_IOAS_UNMAP` of mapping m's copy.
     UnmapCopy(usize),
-    /// Inside the operation that follows it in a sequence, right after the jth call (from 1)
-    /// of any access point, the access happens. A marker, not a step: the search puts it in
+    /// Inside the operation that follows it in a sequence, right after the jth call of any
+    /// access point (0: before the first), the access happens. A marker, not a step: the search puts it in
     /// front of an operation ([`Bound::dma_inside`]); it does not count towards the depth.
     Within(u16, Inside),
 }
@@ -437,6 +438,29 @@ pub fn ops_of(a: Action, w: &World) -> Vec<Op> {
             point: "iommu_map".into(),
             nth: 2,
             next: false,
+        }],
+        // Before the first call: the access itself, as its step would make it.
+        Action::Within(0, x) => vec![match x {
+            Inside::Dma {
+                group,
+                mapping: m,
+                page,
+                write,
+            } => Op::Dma {
+                device: dev(group),
+                write: write.then_some(0xa0 + group as u8),
+                iova: mapping(m).0 + page * 4096,
+                len: 4096,
+                no_snoop: true,
+            },
+            Inside::Cpu { page, write: true } => Op::CpuWrite {
+                vaddr: VADDR + page * 4096,
+                data: vec![0x10 + page as u8; 64],
+            },
+            Inside::Cpu { page, write: false } => Op::CpuRead {
+                vaddr: VADDR + page * 4096,
+                len: 4096,
+            },
         }],
         Action::Within(j, x) => vec![match x {
             Inside::Dma {

@@ -212,8 +212,9 @@ fn expand(node: &Node, a: Action, bound: &Bound, known: &HashSet<u64>) -> Vec<Ch
     }
     let (plain, calls) = step_child(w, armed, None, &ops, bound, known);
     let mut v = vec![plain];
-    if bound.dma_inside && !is_access(a) {
-        for j in 1..=u16::try_from(calls).unwrap_or(u16::MAX) {
+    if bound.dma_inside && !is_access(a) && calls > 0 {
+        // 0: before the first call, yet inside the operation (one step, not two).
+        for j in 0..=u16::try_from(calls).unwrap_or(u16::MAX) {
             for x in inside_accesses(bound) {
                 let within = Action::Within(j, x);
                 let (c, _) = step_child(w, armed, Some(within), &ops, bound, known);
@@ -493,8 +494,8 @@ mod tests {
     use super::*;
 
     /// With accesses inside, a step is tried as it is and with every access of
-    /// [`inside_accesses`] after every access-point call it made, each of those calls being a
-    /// distinct place (the access lands after that call and before the next).
+    /// [`inside_accesses`] before its first call and after every access-point call it made,
+    /// each a distinct place (the access lands after that call and before the next).
     #[test]
     fn dma_inside_tries_every_access_after_every_call_of_a_step() {
         let bound = Bound {
@@ -518,7 +519,7 @@ mod tests {
         assert_eq!(xs.len(), 2 * 4 * 2 + 4 * 2);
         let node = Node::Plain(Arc::new(w));
         let children = expand(&node, Action::Map(0), &bound, &HashSet::new());
-        assert_eq!(children.len() as u64, 1 + calls * xs.len() as u64);
+        assert_eq!(children.len() as u64, 1 + (calls + 1) * xs.len() as u64);
         assert!(children[0].within.is_none());
         let mut places = HashSet::new();
         for c in &children[1..] {
@@ -528,7 +529,7 @@ mod tests {
             assert!(xs.contains(&x));
             places.insert(j);
         }
-        assert_eq!(places, (1..=calls as u16).collect());
+        assert_eq!(places, (0..=calls as u16).collect());
         // A store right after the last call (the final IOMMU map) leaves a dirty line in a
         // page mapped for the non-coherent device: a state the plain step does not reach.
         let last = children

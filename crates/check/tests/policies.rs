@@ -133,7 +133,7 @@ fn accesses_inside_an_operation_refute_flag_after_map_by_content() {
     // seed holds under the same accesses, by content and by protocol.
     for content_only in [true, false] {
         let b = Bound {
-            depth: 4,
+            depth: 3,
             content_only,
             ..inside
         };
