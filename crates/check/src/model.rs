@@ -28,11 +28,12 @@ pub struct Bound {
     /// Also explore accesses in the middle of an operation ([`Action::Within`]): every
     /// operation that makes platform calls is tried, besides as it is, with one access before
     /// the first and right after each call that changes the machine (every point of
-    /// `type1_sim::ACCESS_POINTS`), the access
-    /// being any of [`inside_accesses`]: either device reading or writing any page of any
-    /// mapping without snooping, or another thread loading or storing any page of the buffer.
-    /// The kernel holds `iommu->lock` during an ioctl; devices and vCPUs act whenever they
-    /// like. Not explored: two accesses inside one operation, accesses inside the final close.
+    /// `type1_sim::ACCESS_POINTS`), the access being any of [`inside_accesses`]: either
+    /// device reading or writing any page of any mapping without snooping, or another thread
+    /// loading or storing any page of the buffer. The access counts as a step, as it does
+    /// between operations. The kernel holds `iommu->lock` during an ioctl; devices and vCPUs
+    /// act whenever they like. Not explored: two accesses inside one operation, accesses
+    /// inside the final close.
     pub dma_inside: bool,
     /// Count only what data shows (a stale read, an unflushed unpin), not the protocol checks
     /// on the order of flushes (`missing_map_flush`, `missing_unpin_flush`): with
@@ -123,8 +124,9 @@ pub enum Action {
     /// iommufd: `IOMMU_IOAS_UNMAP` of mapping m's copy.
     UnmapCopy(usize),
     /// Inside the operation that follows it in a sequence, right after the jth call of any
-    /// access point (0: before the first), the access happens. A marker, not a step: the search puts it in
-    /// front of an operation ([`Bound::dma_inside`]); it does not count towards the depth.
+    /// access point (0: before the first), the access happens. A step of its own, as an
+    /// access between operations is; the search puts it only in front of an operation
+    /// ([`Bound::dma_inside`]).
     Within(u16, Inside),
 }
 

@@ -47,12 +47,9 @@ pub struct Outcome {
 }
 
 impl Counterexample {
-    /// Steps of the sequence: its actions but the [`Action::Within`] markers.
+    /// Steps of the sequence (an access inside an operation is one).
     pub fn steps(&self) -> usize {
-        self.actions
-            .iter()
-            .filter(|a| !matches!(a, Action::Within(..)))
-            .count()
+        self.actions.len()
     }
 }
 
@@ -146,8 +143,6 @@ struct Child {
     flushed: u64,
     /// The step armed wide fault k: the child is its parent with k armed ([`Node::Armed`]).
     armed: Option<u8>,
-    /// The access made inside the operation ([`Bound::dma_inside`]).
-    within: Option<Action>,
 }
 
 impl Child {
@@ -159,7 +154,6 @@ impl Child {
             digest,
             flushed,
             armed: None,
-            within: None,
         }
     }
 }
@@ -181,9 +175,30 @@ enum Node {
     Armed(Arc<World>, u8),
 }
 
-/// Expands `node` by `a`: the step itself, then with [`Bound::dma_inside`] the same step with
-/// each access of [`inside_accesses`] after each of the platform calls it made.
-fn expand(node: &Node, a: Action, bound: &Bound, known: &HashSet<u64>) -> Vec<Child> {
+/// A node of the frontier and the sequence that reached it.
+struct Parent {
+    node: Node,
+    seq: Vec<Action>,
+}
+
+/// One transition to try: from parent `parent` (an index into the parents at hand), action
+/// `a`, with the access `within` (an [`Action::Within`]) inside it.
+#[derive(Clone, Copy)]
+struct Item {
+    parent: usize,
+    within: Option<Action>,
+    a: Action,
+}
+
+/// Expands `node` by `a` (with the access `within` inside it): the child, and how many
+/// access-point calls the step made.
+fn expand(
+    node: &Node,
+    a: Action,
+    within: Option<Action>,
+    bound: &Bound,
+    known: &HashSet<u64>,
+) -> (Child, u64) {
     let (w, armed) = match node {
         Node::Plain(w) => (w, None),
         Node::Armed(w, k) => (w, Some(*k)),
@@ -191,41 +206,27 @@ fn expand(node: &Node, a: Action, bound: &Bound, known: &HashSet<u64>) -> Vec<Ch
     if let Action::Fail(k) = a {
         if bound.wide_faults {
             // One fault per operation: an armed state arms nothing more.
-            return vec![match armed {
+            let c = match armed {
                 Some(_) => Child::none(0, 0),
                 None => Child {
                     armed: Some(k),
                     ..Child::none(0, 0)
                 },
-            }];
+            };
+            return (c, 0);
         }
     }
     // CPU and device accesses never call pin, account, attach or iommu_map (they act on the
     // machine, not through the engine): from an armed state they are skipped without a try.
     if armed.is_some() && is_access(a) {
-        return vec![Child::none(0, 0)];
+        return (Child::none(0, 0), 0);
     }
     let ops = ops_of(a, w);
     if ops.is_empty() {
         // Nothing to do here (a name in use): the parent.
-        return vec![Child::none(0, 0)];
+        return (Child::none(0, 0), 0);
     }
-    let (plain, calls) = step_child(w, armed, None, &ops, bound, known);
-    let mut v = vec![plain];
-    if bound.dma_inside && !is_access(a) && calls > 0 {
-        // 0: before the first call, yet inside the operation (one step, not two).
-        for j in 0..=u16::try_from(calls).unwrap_or(u16::MAX) {
-            for x in inside_accesses(bound) {
-                let within = Action::Within(j, x);
-                let (c, _) = step_child(w, armed, Some(within), &ops, bound, known);
-                v.push(Child {
-                    within: Some(within),
-                    ..c
-                });
-            }
-        }
-    }
-    v
+    step_child(w, armed, within, &ops, bound, known)
 }
 
 /// One step from `w` (with fault `armed` armed, and the access `within` armed inside it):
@@ -272,7 +273,6 @@ fn step_child(
         digest,
         flushed,
         armed: None,
-        within: None,
     };
     (child, calls)
 }
@@ -314,10 +314,144 @@ fn par_map<T: Sync, R: Send>(items: &[T], threads: usize, f: impl Fn(&T) -> R + 
     done.into_iter().flat_map(|d| d.1).collect()
 }
 
+/// The search's books, shared by the steps of a level.
+struct Search<'a> {
+    policy: &'a str,
+    bound: &'a Bound,
+    threads: usize,
+    seen: HashSet<u64>,
+    sequences: u64,
+    flushed: u64,
+    /// The next level's parents, in breadth-first order.
+    next: Vec<Parent>,
+    /// This level's children are checked but not kept.
+    last: bool,
+}
+
+impl Search<'_> {
+    fn outcome(
+        &self,
+        states: usize,
+        sequences: u64,
+        flushed: u64,
+        ce: Option<Counterexample>,
+    ) -> Outcome {
+        Outcome {
+            policy: self.policy.into(),
+            bound: self.bound.clone(),
+            states: states as u64,
+            sequences,
+            flushed_pages: flushed,
+            counterexample: ce,
+        }
+    }
+
+    fn found(
+        &self,
+        seq: Vec<Action>,
+        at_close: bool,
+        (kind, detail): (String, String),
+    ) -> Counterexample {
+        let finding = format!(
+            "{}violation {kind}: {detail}",
+            if at_close { "after close: " } else { "" }
+        );
+        Counterexample {
+            scenario: scenario_text(self.bound, self.policy, &seq, &finding),
+            actions: seq,
+            at_close,
+            kind,
+            detail,
+        }
+    }
+
+    /// Tries `items` (in parallel), then merges their children in order: the first step
+    /// violation ends the search; new states are kept with the figures a sequential search
+    /// would report at them. Returns the platform calls each item made, or the outcome if a
+    /// violation was found.
+    fn run(&mut self, parents: &[&Parent], items: &[Item]) -> Result<Vec<u64>, Outcome> {
+        let bound = self.bound;
+        let known = &self.seen;
+        let children = par_map(items, self.threads, |it| {
+            expand(&parents[it.parent].node, it.a, it.within, bound, known)
+        });
+        let seq_of = |i: usize| {
+            let it = items[i];
+            let mut seq = parents[it.parent].seq.clone();
+            seq.extend(it.within);
+            seq.push(it.a);
+            seq
+        };
+        let mut fresh = Vec::new();
+        let mut armed = Vec::new();
+        let mut stop = None;
+        for (i, (c, _)) in children.iter().enumerate() {
+            self.sequences += 1;
+            self.flushed += c.flushed;
+            if let Some(v) = &c.violation {
+                stop = Some((i, v.clone()));
+                break;
+            }
+            if let Some(k) = c.armed {
+                armed.push((i, k));
+            } else if c.world.is_some() && self.seen.insert(c.digest) {
+                fresh.push((i, self.seen.len(), self.sequences, self.flushed));
+            }
+        }
+        let closes = par_map(&fresh, self.threads, |&(i, ..)| {
+            children[i]
+                .0
+                .world
+                .as_ref()
+                .and_then(|w| close_violation(w, bound.content_only))
+        });
+        for (&(i, states, seqs, fl), v) in fresh.iter().zip(closes) {
+            if let Some(v) = v {
+                let ce = self.found(seq_of(i), true, v);
+                return Err(self.outcome(states, seqs, fl, Some(ce)));
+            }
+        }
+        if let Some((i, v)) = stop {
+            let ce = self.found(seq_of(i), false, v);
+            return Err(self.outcome(self.seen.len(), self.sequences, self.flushed, Some(ce)));
+        }
+        let calls = children.iter().map(|c| c.1).collect();
+        if !self.last {
+            // In breadth-first order, armed variants among the new states.
+            let keep: HashSet<usize> = fresh.iter().map(|f| f.0).collect();
+            let armed: std::collections::HashMap<usize, u8> = armed.into_iter().collect();
+            for (i, (c, _)) in children.into_iter().enumerate() {
+                if let Some(&k) = armed.get(&i) {
+                    let parent = match &parents[items[i].parent].node {
+                        Node::Plain(w) | Node::Armed(w, _) => Arc::clone(w),
+                    };
+                    self.next.push(Parent {
+                        node: Node::Armed(parent, k),
+                        seq: seq_of(i),
+                    });
+                } else if keep.contains(&i) {
+                    if let Some(w) = c.world {
+                        self.next.push(Parent {
+                            node: Node::Plain(Arc::from(w)),
+                            seq: seq_of(i),
+                        });
+                    }
+                }
+            }
+        }
+        Ok(calls)
+    }
+}
+
 /// [`check`] on `threads` threads (0: one per core). The result does not depend on the number
 /// of threads: children are computed in parallel, a chunk of parents at a time, then merged in
 /// breadth-first order, so the states, the sequences and the counterexample are those of a
 /// sequential search.
+///
+/// With [`Bound::dma_inside`], an access inside an operation is a step of its own, in front
+/// of the operation ([`Action::Within`]): the children of a parent at depth d that hold one
+/// are at depth d + 2, tried with the parents of the next level, once the parent's own
+/// children have told which operations make how many platform calls.
 pub fn check_with(
     policy: &str,
     bound: &Bound,
@@ -331,124 +465,94 @@ pub fn check_with(
     };
     let w0 = initial_world(bound, policy)?;
     let alpha = alphabet(bound);
-    let mut seen: HashSet<u64> = HashSet::new();
-    seen.insert(digest(&w0));
-    let mut frontier: Vec<(Node, Vec<Action>)> = vec![(Node::Plain(Arc::new(w0)), Vec::new())];
-    let mut sequences = 0u64;
-    let mut flushed = 0u64;
-    let outcome =
-        |states: usize, sequences: u64, flushed: u64, ce: Option<Counterexample>| Outcome {
-            policy: policy.into(),
-            bound: bound.clone(),
-            states: states as u64,
-            sequences,
-            flushed_pages: flushed,
-            counterexample: ce,
-        };
-    let found = |seq: Vec<Action>, at_close: bool, (kind, detail): (String, String)| {
-        let finding = format!(
-            "{}violation {kind}: {detail}",
-            if at_close { "after close: " } else { "" }
-        );
-        Counterexample {
-            scenario: scenario_text(bound, policy, &seq, &finding),
-            actions: seq,
-            at_close,
-            kind,
-            detail,
-        }
+    let xs = inside_accesses(bound);
+    let mut search = Search {
+        policy,
+        bound,
+        threads,
+        seen: [digest(&w0)].into_iter().collect(),
+        sequences: 0,
+        flushed: 0,
+        next: Vec::new(),
+        last: false,
     };
+    let mut frontier = vec![Parent {
+        node: Node::Plain(Arc::new(w0)),
+        seq: Vec::new(),
+    }];
+    // The previous level's parents, with the operations that made platform calls from each
+    // and how many ([`Bound::dma_inside`]).
+    let mut prev: Vec<(Parent, Vec<(Action, u64)>)> = Vec::new();
     for depth in 0..bound.depth {
-        progress(depth, seen.len() as u64);
-        // The last level's states are checked (step and close) but not kept.
-        let last = depth + 1 == bound.depth;
-        let mut next = Vec::new();
-        let chunk = if bound.dma_inside { CHUNK_INSIDE } else { CHUNK };
-        for parents in frontier.chunks(chunk) {
-            let pairs: Vec<(usize, Action)> = (0..parents.len())
-                .flat_map(|p| alpha.iter().map(move |a| (p, *a)))
-                .collect();
-            let known = &seen;
-            let children: Vec<(usize, Child)> = par_map(&pairs, threads, |&(p, a)| {
-                expand(&parents[p].0, a, bound, known)
-            })
-            .into_iter()
-            .enumerate()
-            .flat_map(|(i, cs)| cs.into_iter().map(move |c| (i, c)))
-            .collect();
-            let seq_of = |i: usize| {
-                let (pair, c) = &children[i];
-                let (p, a) = pairs[*pair];
-                let mut seq = parents[p].1.clone();
-                seq.extend(c.within);
-                seq.push(a);
-                seq
-            };
-            // In order: the first step violation ends the search; new states are kept with
-            // the figures a sequential search would report at them.
-            let mut fresh = Vec::new();
-            let mut armed = Vec::new();
-            let mut stop = None;
-            for (i, (_, c)) in children.iter().enumerate() {
-                sequences += 1;
-                flushed += c.flushed;
-                if let Some(v) = &c.violation {
-                    stop = Some((i, v.clone()));
-                    break;
-                }
-                if let Some(k) = c.armed {
-                    armed.push((i, k));
-                } else if c.world.is_some() && seen.insert(c.digest) {
-                    fresh.push((i, seen.len(), sequences, flushed));
-                }
-            }
-            let closes = par_map(&fresh, threads, |&(i, ..)| {
-                children[i]
-                    .1
-                    .world
-                    .as_ref()
-                    .and_then(|w| close_violation(w, bound.content_only))
-            });
-            for (&(i, states, seqs, fl), v) in fresh.iter().zip(closes) {
-                if let Some(v) = v {
-                    let ce = found(seq_of(i), true, v);
-                    return Ok(outcome(states, seqs, fl, Some(ce)));
-                }
-            }
-            if let Some((i, v)) = stop {
-                let ce = found(seq_of(i), false, v);
-                return Ok(outcome(seen.len(), sequences, flushed, Some(ce)));
-            }
-            if !last {
-                // In breadth-first order, armed variants among the new states. Sequences
-                // first: they borrow the children the machines are then taken from.
-                let keep: HashSet<usize> = fresh.iter().map(|f| f.0).collect();
-                let armed: std::collections::HashMap<usize, u8> = armed.into_iter().collect();
-                let seqs: Vec<(usize, Vec<Action>)> = (0..children.len())
-                    .filter(|i| armed.contains_key(i) || keep.contains(i))
-                    .map(|i| (i, seq_of(i)))
-                    .collect();
-                let mut children: Vec<Option<(usize, Child)>> =
-                    children.into_iter().map(Some).collect();
-                for (i, seq) in seqs {
-                    let Some((pair, c)) = children[i].take() else {
-                        continue;
-                    };
-                    if let Some(&k) = armed.get(&i) {
-                        let parent = match &parents[pairs[pair].0].0 {
-                            Node::Plain(w) | Node::Armed(w, _) => Arc::clone(w),
-                        };
-                        next.push((Node::Armed(parent, k), seq));
-                    } else if let Some(w) = c.world {
-                        next.push((Node::Plain(Arc::from(w)), seq));
+        progress(depth, search.seen.len() as u64);
+        search.last = depth + 1 == bound.depth;
+        // An access, then an operation, from the previous level: at every place inside it.
+        for chunk in prev.chunks(CHUNK_INSIDE) {
+            let parents: Vec<&Parent> = chunk.iter().map(|(p, _)| p).collect();
+            let mut items = Vec::new();
+            for (p, (_, calls)) in chunk.iter().enumerate() {
+                for &(a, k) in calls {
+                    for j in 0..=u16::try_from(k).unwrap_or(u16::MAX) {
+                        for &x in &xs {
+                            items.push(Item {
+                                parent: p,
+                                within: Some(Action::Within(j, x)),
+                                a,
+                            });
+                        }
                     }
                 }
             }
+            if let Err(o) = search.run(&parents, &items) {
+                return Ok(o);
+            }
         }
-        frontier = next;
+        // Every action from this level.
+        let chunk = if bound.dma_inside {
+            CHUNK_INSIDE
+        } else {
+            CHUNK
+        };
+        let mut calls_of: Vec<Vec<(Action, u64)>> = Vec::new();
+        for parents in frontier.chunks(chunk) {
+            let refs: Vec<&Parent> = parents.iter().collect();
+            let items: Vec<Item> = (0..parents.len())
+                .flat_map(|p| {
+                    alpha.iter().map(move |&a| Item {
+                        parent: p,
+                        within: None,
+                        a,
+                    })
+                })
+                .collect();
+            let calls = match search.run(&refs, &items) {
+                Ok(c) => c,
+                Err(o) => return Ok(o),
+            };
+            if bound.dma_inside {
+                for (p, per) in calls.chunks(alpha.len()).enumerate() {
+                    let _ = p;
+                    calls_of.push(
+                        alpha
+                            .iter()
+                            .zip(per)
+                            .filter(|(a, k)| **k > 0 && !is_access(**a))
+                            .map(|(a, k)| (*a, *k))
+                            .collect(),
+                    );
+                }
+            }
+        }
+        prev = if bound.dma_inside {
+            frontier.into_iter().zip(calls_of).collect()
+        } else {
+            Vec::new()
+        };
+        frontier = std::mem::take(&mut search.next);
     }
-    progress(bound.depth, seen.len() as u64);
-    Ok(outcome(seen.len(), sequences, flushed, None))
+    progress(bound.depth, search.seen.len() as u64);
+    let (states, sequences, flushed) = (search.seen.len(), search.sequences, search.flushed);
+    Ok(search.outcome(states, sequences, flushed, None))
 }
 
 /// Flush cost of a policy on a fixed corpus of sequences: deterministic pseudo-random action
@@ -493,11 +597,11 @@ pub fn group(g: u32) -> GroupId {
 mod tests {
     use super::*;
 
-    /// With accesses inside, a step is tried as it is and with every access of
-    /// [`inside_accesses`] before its first call and after every access-point call it made,
-    /// each a distinct place (the access lands after that call and before the next).
+    /// An operation reports the access-point calls it made, which are the places
+    /// [`check_with`] puts an access inside it; an access at such a place changes what the
+    /// operation leaves.
     #[test]
-    fn dma_inside_tries_every_access_after_every_call_of_a_step() {
+    fn an_operation_counts_its_calls_and_an_access_after_the_last_one_counts() {
         let bound = Bound {
             dma_inside: true,
             ..Bound::default()
@@ -514,37 +618,38 @@ mod tests {
         let calls = plain.sim().access_point_calls() - calls_before;
         // account, pin, then per domain a flush and an IOMMU map at least.
         assert!(calls >= 4, "{calls} calls");
-        let xs = inside_accesses(&bound);
         // Every page of every mapping through both devices, every page of the buffer.
-        assert_eq!(xs.len(), 2 * 4 * 2 + 4 * 2);
+        assert_eq!(inside_accesses(&bound).len(), 2 * 4 * 2 + 4 * 2);
         let node = Node::Plain(Arc::new(w));
-        let children = expand(&node, Action::Map(0), &bound, &HashSet::new());
-        assert_eq!(children.len() as u64, 1 + (calls + 1) * xs.len() as u64);
-        assert!(children[0].within.is_none());
-        let mut places = HashSet::new();
-        for c in &children[1..] {
-            let Some(Action::Within(j, x)) = c.within else {
-                panic!("a variant without its access: {:?}", c.within);
-            };
-            assert!(xs.contains(&x));
-            places.insert(j);
-        }
-        assert_eq!(places, (0..=calls as u16).collect());
+        let none = HashSet::new();
+        let (c, k) = expand(&node, Action::Map(0), None, &bound, &none);
+        assert_eq!(k, calls);
         // A store right after the last call (the final IOMMU map) leaves a dirty line in a
         // page mapped for the non-coherent device: a state the plain step does not reach.
-        let last = children
-            .iter()
-            .find(|c| {
-                c.within
-                    == Some(Action::Within(
-                        calls as u16,
-                        Inside::Cpu {
-                            page: 0,
-                            write: true,
-                        },
-                    ))
-            })
-            .unwrap();
-        assert_ne!(last.digest, children[0].digest);
+        let store = Inside::Cpu {
+            page: 0,
+            write: true,
+        };
+        let within = Action::Within(calls as u16, store);
+        let (d, k2) = expand(&node, Action::Map(0), Some(within), &bound, &none);
+        assert_eq!(k2, calls);
+        assert_ne!(c.digest, d.digest);
+        // The same store before the first call is the store step, then the MAP.
+        let mut seq = (*match &node {
+            Node::Plain(w) => w.clone(),
+            Node::Armed(..) => unreachable!(),
+        })
+        .clone();
+        for a in [Action::CpuWrite(0), Action::Map(0)] {
+            assert!(step(&mut seq, a, false).is_none());
+        }
+        let (e, _) = expand(
+            &node,
+            Action::Map(0),
+            Some(Action::Within(0, store)),
+            &bound,
+            &none,
+        );
+        assert_eq!(e.digest, digest(&seq));
     }
 }
