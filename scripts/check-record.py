@@ -81,6 +81,8 @@ def main():
                 "states": r["states"],
                 "sequences": r["sequences"],
                 "seconds": round(r["seconds"], 1),
+                "explored_flushed_pages": r["explored_flushed_pages"],
+                "corpus_flushed_pages": r["corpus_flushed_pages"],
                 "sound": r["sound"],
                 "counterexample": ({k: r["counterexample"][k]
                                     for k in ("length", "kind", "at_close", "actions")}
