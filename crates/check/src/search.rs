@@ -369,7 +369,7 @@ impl Search<'_> {
     /// violation ends the search; new states are kept with the figures a sequential search
     /// would report at them. Returns the platform calls each item made, or the outcome if a
     /// violation was found.
-    fn run(&mut self, parents: &[&Parent], items: &[Item]) -> Result<Vec<u64>, Outcome> {
+    fn run(&mut self, parents: &[&Parent], items: &[Item]) -> Result<Vec<u64>, Box<Outcome>> {
         let bound = self.bound;
         let known = &self.seen;
         let children = par_map(items, self.threads, |it| {
@@ -408,12 +408,13 @@ impl Search<'_> {
         for (&(i, states, seqs, fl), v) in fresh.iter().zip(closes) {
             if let Some(v) = v {
                 let ce = self.found(seq_of(i), true, v);
-                return Err(self.outcome(states, seqs, fl, Some(ce)));
+                return Err(Box::new(self.outcome(states, seqs, fl, Some(ce))));
             }
         }
         if let Some((i, v)) = stop {
             let ce = self.found(seq_of(i), false, v);
-            return Err(self.outcome(self.seen.len(), self.sequences, self.flushed, Some(ce)));
+            let o = self.outcome(self.seen.len(), self.sequences, self.flushed, Some(ce));
+            return Err(Box::new(o));
         }
         let calls = children.iter().map(|c| c.1).collect();
         if !self.last {
@@ -504,7 +505,7 @@ pub fn check_with(
                 }
             }
             if let Err(o) = search.run(&parents, &items) {
-                return Ok(o);
+                return Ok(*o);
             }
         }
         // Every action from this level.
@@ -527,11 +528,10 @@ pub fn check_with(
                 .collect();
             let calls = match search.run(&refs, &items) {
                 Ok(c) => c,
-                Err(o) => return Ok(o),
+                Err(o) => return Ok(*o),
             };
             if bound.dma_inside {
-                for (p, per) in calls.chunks(alpha.len()).enumerate() {
-                    let _ = p;
+                for per in calls.chunks(alpha.len()) {
                     calls_of.push(
                         alpha
                             .iter()
