@@ -31,6 +31,7 @@ mod map;
 mod pin;
 pub mod platform;
 pub mod policy;
+pub mod soft;
 pub mod trace;
 mod type1;
 pub mod types;
@@ -48,6 +49,7 @@ pub use platform::{
     CacheMaintenance, DomainInfo, EmulatedDevices, FlushReason, GroupInfo, Iommu, PinnedPage,
     Platform, PlatformError, Task, TaskMemory, Tracing,
 };
+pub use soft::{Lean, SoftDomains};
 pub use trace::Event;
 pub use type1::{Config, DomainView, MappingView, Type1};
 pub use types::*;

@@ -22,7 +22,7 @@ impl HostPlatform {
     /// The bus address `iova` translates to in `domain`, if the mapping allows the access (a
     /// write to memory when `to_memory`, a read otherwise).
     pub fn translate(&self, domain: DomainId, iova: u64, to_memory: bool) -> Result<u64, DmaError> {
-        let d = self.domains.get(&domain.0).ok_or(DmaError::Unmapped)?;
+        let d = self.domains.get(domain).ok_or(DmaError::Unmapped)?;
         let (pa, prot) = d.table.translate(iova).ok_or(DmaError::Unmapped)?;
         if (to_memory && !prot.write) || (!to_memory && !prot.read) {
             return Err(DmaError::Permission);

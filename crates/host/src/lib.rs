@@ -60,9 +60,9 @@ pub mod vfio_client;
 use std::collections::BTreeMap;
 
 use type1_core::{
-    iopt::TableStats, DomainId, DomainInfo, Errno, Event, GroupId, GroupInfo, IoPageTable,
-    IovaRange, MemType, MmId, PinnedPage, PlatformError, Prot, ResvKind, ResvRegion, Task,
-    PAGE_SHIFT, PAGE_SIZE,
+    iopt::TableStats, DomainId, DomainInfo, Errno, Event, GroupId, GroupInfo, IovaRange, MemType,
+    MmId, PinnedPage, PlatformError, Prot, ResvKind, ResvRegion, SoftDomains, Task, PAGE_SHIFT,
+    PAGE_SIZE,
 };
 use type1_core::{CacheMaintenance, EmulatedDevices, Iommu, TaskMemory, Tracing};
 
@@ -201,14 +201,6 @@ impl Default for HostConfig {
     }
 }
 
-#[derive(Debug)]
-struct Domain {
-    unit: usize,
-    enforcing: bool,
-    groups: Vec<GroupId>,
-    table: IoPageTable,
-}
-
 /// Counters of what the platform did.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct HostStats {
@@ -264,8 +256,8 @@ pub struct HostPlatform {
     mode: PinMode,
     rings: Vec<Ring>,
     next_synth: u64,
-    domains: BTreeMap<u32, Domain>,
-    next_domain: u32,
+    /// The software IOMMU's domains (the bookkeeping every software platform shares).
+    domains: SoftDomains,
     /// Device memory mapped in the process: vaddr page → pfn, and every pfn ever mapped.
     mmio_pages: BTreeMap<u64, u64>,
     mmio_pfns: BTreeMap<u64, MmioPage>,
@@ -307,6 +299,11 @@ fn perr(errno: Errno, what: impl Into<String>) -> PlatformError {
 impl HostPlatform {
     /// A platform with the given units and groups.
     pub fn new(cfg: HostConfig) -> HostPlatform {
+        let domains = SoftDomains::new(
+            cfg.units.iter().map(|u| u.snoop_control).collect(),
+            cfg.groups.iter().map(|(g, u)| (*g, *u)),
+            PGSIZES,
+        );
         HostPlatform {
             cfg,
             locked_vm: 0,
@@ -318,8 +315,7 @@ impl HostPlatform {
             mode: PinMode::Uring,
             rings: Vec::new(),
             next_synth: BUS_PFN_BASE,
-            domains: BTreeMap::new(),
-            next_domain: 0,
+            domains,
             mmio_pages: BTreeMap::new(),
             mmio_pfns: BTreeMap::new(),
             bars: BTreeMap::new(),
@@ -409,7 +405,7 @@ impl HostPlatform {
     pub fn memory(&self) -> MemoryStats {
         let (registrations, pinned_pages) = self.pins.counts();
         let mut tables = TableStats::default();
-        for d in self.domains.values() {
+        for (_, d) in self.domains.iter() {
             let t = d.table.stats();
             tables.leaves_4k += t.leaves_4k;
             tables.leaves_2m += t.leaves_2m;
@@ -639,9 +635,7 @@ impl TaskMemory for HostPlatform {
 
 impl Iommu for HostPlatform {
     fn group_info(&self, group: GroupId) -> Result<GroupInfo, PlatformError> {
-        if !self.cfg.groups.contains_key(&group.0) {
-            return Err(perr(Errno::ENODEV, format!("group {group} does not exist")));
-        }
+        self.domains.unit_of(group)?;
         Ok(GroupInfo {
             emulated: false,
             reserved: vec![ResvRegion {
@@ -656,80 +650,27 @@ impl Iommu for HostPlatform {
     }
 
     fn domain_alloc(&mut self, group: GroupId) -> Result<DomainId, PlatformError> {
-        let unit = *self
-            .cfg
-            .groups
-            .get(&group.0)
-            .ok_or_else(|| perr(Errno::ENODEV, format!("group {group}")))?;
-        self.next_domain += 1;
-        self.domains.insert(
-            self.next_domain,
-            Domain {
-                unit,
-                enforcing: false,
-                groups: Vec::new(),
-                table: IoPageTable::new(PGSIZES),
-            },
-        );
-        Ok(DomainId(self.next_domain))
+        self.domains.alloc(group)
     }
 
     fn domain_info(&self, _domain: DomainId) -> DomainInfo {
-        DomainInfo {
-            ops: 1,
-            aperture: IovaRange {
-                start: 0,
-                last: (1 << 48) - 1,
-            },
-            pgsize_bitmap: PGSIZES,
-        }
+        self.domains.info()
     }
 
     fn domain_enforce_cache_coherency(&mut self, domain: DomainId) -> bool {
-        let Some(d) = self.domains.get_mut(&domain.0) else {
-            return false;
-        };
-        let snoop = self.cfg.units.get(d.unit).is_some_and(|u| u.snoop_control);
-        if snoop {
-            d.enforcing = true;
-        }
-        snoop
+        self.domains.enforce(domain)
     }
 
     fn domain_free(&mut self, domain: DomainId) {
-        self.domains.remove(&domain.0);
+        self.domains.free(domain)
     }
 
     fn attach_group(&mut self, domain: DomainId, group: GroupId) -> Result<(), PlatformError> {
-        let unit = *self
-            .cfg
-            .groups
-            .get(&group.0)
-            .ok_or_else(|| perr(Errno::ENODEV, format!("group {group}")))?;
-        let d = self
-            .domains
-            .get_mut(&domain.0)
-            .ok_or_else(|| perr(Errno::ENODEV, format!("domain {domain}")))?;
-        if d.unit != unit {
-            return Err(perr(
-                Errno::EINVAL,
-                format!("group {group} is behind another IOMMU unit"),
-            ));
-        }
-        if d.groups.contains(&group) {
-            return Err(perr(
-                Errno::EINVAL,
-                format!("group {group} already attached"),
-            ));
-        }
-        d.groups.push(group);
-        Ok(())
+        self.domains.attach(domain, group)
     }
 
     fn detach_group(&mut self, domain: DomainId, group: GroupId) {
-        if let Some(d) = self.domains.get_mut(&domain.0) {
-            d.groups.retain(|g| *g != group);
-        }
+        self.domains.detach(domain, group)
     }
 
     fn iommu_map(
@@ -740,33 +681,21 @@ impl Iommu for HostPlatform {
         size: u64,
         prot: Prot,
     ) -> Result<(), PlatformError> {
-        let d = self
-            .domains
-            .get_mut(&domain.0)
-            .ok_or_else(|| perr(Errno::ENODEV, format!("domain {domain}")))?;
-        d.table
-            .map(iova, pa, size, prot)
-            .map_err(|e| perr(e, format!("iommu_map iova 0x{iova:x} size 0x{size:x}")))
+        self.domains.map(domain, iova, pa, size, prot)
     }
 
     fn iommu_unmap(&mut self, domain: DomainId, iova: u64, size: u64) -> u64 {
-        self.domains
-            .get_mut(&domain.0)
-            .map_or(0, |d| d.table.unmap(iova, size))
+        self.domains.unmap(domain, iova, size)
     }
 
     fn iotlb_sync(&mut self, _domain: DomainId) {}
 
     fn iova_to_phys(&self, domain: DomainId, iova: u64) -> Option<u64> {
-        self.domains
-            .get(&domain.0)?
-            .table
-            .translate(iova)
-            .map(|x| x.0)
+        self.domains.translate(domain, iova)
     }
 
     fn iova_to_phys_run(&self, domain: DomainId, iova: u64, max: u64) -> Option<(u64, u64)> {
-        self.domains.get(&domain.0)?.table.run(iova, max)
+        self.domains.run(domain, iova, max)
     }
 }
 

@@ -1,5 +1,6 @@
 //! One contract for every implementation of the platform seam (`type1_core::Platform`): the
-//! simulator, the host platform (real pins, real flushes) and the uAPI layer's test double. The
+//! simulator, the host platform (real pins, real flushes), the uAPI layer's test double and
+//! the benchmark's `Lean` (the last three share `type1_core::SoftDomains`). The
 //! engine is written against the trait's documented behaviour; this suite checks that each
 //! platform gives it, with the same calls and the same expectations, so that a test passing on
 //! one platform means something on the others.
@@ -70,7 +71,17 @@ fn contract<P: Platform>(mut s: Subject<P>) {
         "{name}: snoop control"
     );
     let d = p.domain_alloc(GroupId(1)).unwrap();
+    assert_eq!(
+        p.attach_group(d, GroupId(0)).map_err(|e| e.errno),
+        Err(Errno::EINVAL),
+        "{name}: a group behind another unit"
+    );
     p.attach_group(d, GroupId(1)).unwrap();
+    assert_eq!(
+        p.attach_group(d, GroupId(1)).map_err(|e| e.errno),
+        Err(Errno::EINVAL),
+        "{name}: a group is in one domain at a time"
+    );
     assert!(
         !p.domain_enforce_cache_coherency(d),
         "{name}: no snoop control"
@@ -205,6 +216,18 @@ fn the_uapi_test_double_keeps_the_contract() {
         pinned: |f: &type1_uapi::testing::FakePlatform| {
             Some(f.pins.values().filter(|n| **n > 0).count() as u64)
         },
+    };
+    contract(s);
+}
+
+#[test]
+fn the_lean_platform_keeps_the_contract() {
+    let s = Subject {
+        name: "Lean",
+        p: type1_core::Lean::default(),
+        buf: 0x7f00_0000_0000,
+        // It keeps nothing per page.
+        pinned: |_: &type1_core::Lean| None,
     };
     contract(s);
 }

@@ -9,19 +9,11 @@ use std::collections::BTreeMap;
 
 use type1_core::{CacheMaintenance, EmulatedDevices, Iommu, TaskMemory, Tracing};
 use type1_core::{
-    DomainId, DomainInfo, Event, GroupId, GroupInfo, IoPageTable, IovaRange, MemType, MmId,
-    PinnedPage, PlatformError, Prot, Task, PAGE_SHIFT, PAGE_SIZE,
+    DomainId, DomainInfo, Event, GroupId, GroupInfo, MemType, MmId, PinnedPage, PlatformError,
+    Prot, SoftDomains, Task, PAGE_SHIFT, PAGE_SIZE,
 };
 
 use crate::GroupSpec;
-
-#[derive(Debug)]
-struct Dom {
-    unit: u32,
-    enforce: bool,
-    groups: Vec<GroupId>,
-    table: IoPageTable,
-}
 
 /// The fake machine.
 #[derive(Debug)]
@@ -40,8 +32,8 @@ pub struct FakePlatform {
     pub events: Vec<Event>,
     /// Bytes written into user memory (`mm_write`; unwritten bytes read as 0).
     mem: BTreeMap<u64, u8>,
-    doms: BTreeMap<u32, Dom>,
-    next_dom: u32,
+    /// The IOMMU: software domains, as the host platform's.
+    doms: SoftDomains,
 }
 
 impl Default for FakePlatform {
@@ -65,8 +57,7 @@ impl FakePlatform {
             flushes: Vec::new(),
             events: Vec::new(),
             mem: BTreeMap::new(),
-            doms: BTreeMap::new(),
-            next_dom: 0,
+            doms: SoftDomains::new(vec![true, false], [(0, 0), (1, 1)], 0x4020_1000),
         }
     }
 
@@ -135,13 +126,9 @@ impl FakePlatform {
     /// Mapped IOVA pages over all domains.
     pub fn mapped_pages(&self) -> usize {
         self.doms
-            .values()
-            .map(|d| (d.table.stats().mapped / PAGE_SIZE) as usize)
+            .iter()
+            .map(|(_, d)| (d.table.stats().mapped / PAGE_SIZE) as usize)
             .sum()
-    }
-
-    fn unit_of(group: GroupId) -> Option<u32> {
-        (group.0 <= 1).then_some(group.0)
     }
 }
 
@@ -238,72 +225,36 @@ impl TaskMemory for FakePlatform {
 
 impl Iommu for FakePlatform {
     fn group_info(&self, group: GroupId) -> Result<GroupInfo, PlatformError> {
-        Self::unit_of(group)
-            .map(|_| GroupInfo {
-                emulated: false,
-                reserved: Vec::new(),
-                msi_isolated: true,
-            })
-            .ok_or_else(|| perr(type1_core::Errno::ENODEV, format!("group {group}")))
+        self.doms.unit_of(group)?;
+        Ok(GroupInfo {
+            emulated: false,
+            reserved: Vec::new(),
+            msi_isolated: true,
+        })
     }
 
     fn domain_alloc(&mut self, group: GroupId) -> Result<DomainId, PlatformError> {
-        let unit = Self::unit_of(group).ok_or_else(|| perr(type1_core::Errno::ENODEV, "group"))?;
-        self.next_dom += 1;
-        self.doms.insert(
-            self.next_dom,
-            Dom {
-                unit,
-                enforce: false,
-                groups: Vec::new(),
-                table: IoPageTable::new(self.domain_info(DomainId(0)).pgsize_bitmap),
-            },
-        );
-        Ok(DomainId(self.next_dom))
+        self.doms.alloc(group)
     }
 
     fn domain_info(&self, _domain: DomainId) -> DomainInfo {
-        DomainInfo {
-            ops: 1,
-            aperture: IovaRange {
-                start: 0,
-                last: (1 << 48) - 1,
-            },
-            pgsize_bitmap: 0x4020_1000,
-        }
+        self.doms.info()
     }
 
     fn domain_enforce_cache_coherency(&mut self, domain: DomainId) -> bool {
-        match self.doms.get_mut(&domain.0) {
-            Some(d) if d.unit == 0 => {
-                d.enforce = true;
-                true
-            }
-            _ => false,
-        }
+        self.doms.enforce(domain)
     }
 
     fn domain_free(&mut self, domain: DomainId) {
-        self.doms.remove(&domain.0);
+        self.doms.free(domain)
     }
 
     fn attach_group(&mut self, domain: DomainId, group: GroupId) -> Result<(), PlatformError> {
-        let unit = Self::unit_of(group).ok_or_else(|| perr(type1_core::Errno::ENODEV, "group"))?;
-        let d = self
-            .doms
-            .get_mut(&domain.0)
-            .ok_or_else(|| perr(type1_core::Errno::ENODEV, "domain"))?;
-        if d.unit != unit {
-            return Err(perr(type1_core::Errno::EINVAL, "other unit"));
-        }
-        d.groups.push(group);
-        Ok(())
+        self.doms.attach(domain, group)
     }
 
     fn detach_group(&mut self, domain: DomainId, group: GroupId) {
-        if let Some(d) = self.doms.get_mut(&domain.0) {
-            d.groups.retain(|g| *g != group);
-        }
+        self.doms.detach(domain, group)
     }
 
     fn iommu_map(
@@ -314,31 +265,23 @@ impl Iommu for FakePlatform {
         size: u64,
         prot: Prot,
     ) -> Result<(), PlatformError> {
-        let d = self
-            .doms
-            .get_mut(&domain.0)
-            .ok_or_else(|| perr(type1_core::Errno::ENODEV, "domain"))?;
         // The shared table refuses (EEXIST) a map over an existing entry: the engine never
         // asks for one, and this double would say so.
-        d.table
-            .map(iova, pa, size, prot)
-            .map_err(|e| perr(e, "iommu_map"))
+        self.doms.map(domain, iova, pa, size, prot)
     }
 
     fn iommu_unmap(&mut self, domain: DomainId, iova: u64, size: u64) -> u64 {
-        self.doms
-            .get_mut(&domain.0)
-            .map_or(0, |d| d.table.unmap(iova, size))
+        self.doms.unmap(domain, iova, size)
     }
 
     fn iotlb_sync(&mut self, _domain: DomainId) {}
 
     fn iova_to_phys(&self, domain: DomainId, iova: u64) -> Option<u64> {
-        self.doms.get(&domain.0)?.table.translate(iova).map(|x| x.0)
+        self.doms.translate(domain, iova)
     }
 
     fn iova_to_phys_run(&self, domain: DomainId, iova: u64, max: u64) -> Option<(u64, u64)> {
-        self.doms.get(&domain.0)?.table.run(iova, max)
+        self.doms.run(domain, iova, max)
     }
 }
 
