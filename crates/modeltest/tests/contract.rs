@@ -1,6 +1,8 @@
 //! One contract for every implementation of the platform seam (`type1_core::Platform`): the
-//! simulator, the host platform (real pins, real flushes), the uAPI layer's test double and
-//! the benchmark's `Lean` (the last three share `type1_core::SoftDomains`). The
+//! simulator, the host platform (real pins, real flushes), the broker's platform (the engine's
+//! view inside the broker process: its IOMMU is a host platform's, its memory work goes to the
+//! owning process as callbacks), the uAPI layer's test double and the benchmark's `Lean`
+//! (those with software domains share `type1_core::SoftDomains`). The
 //! engine is written against the trait's documented behaviour; this suite checks that each
 //! platform gives it, with the same calls and the same expectations, so that a test passing on
 //! one platform means something on the others.
@@ -230,4 +232,114 @@ fn the_lean_platform_keeps_the_contract() {
         pinned: |_: &type1_core::Lean| None,
     };
     contract(s);
+}
+
+/// The process's side of a broker request connection, for [`the_broker_platform_keeps_the_contract`]:
+/// answers the memory callbacks with a host platform of its own, as the preload library does
+/// (without rings held by the broker: its pins end with it). Returns the platform when the
+/// connection closes.
+fn answer_callbacks(fd: i32) -> type1_host::HostPlatform {
+    use type1_broker::wire::{self, Callback, FrameRun, Msg};
+    use type1_core::CacheMaintenance;
+    let mut h = type1_host::HostPlatform::new(type1_host::HostConfig::default());
+    let mm = h.current().expect("a calling task").mm;
+    while let Ok(r) = wire::recv_soon(fd) {
+        let (cb, reply) = match r.msg {
+            Msg::Cb(cb) => (cb, true),
+            Msg::Note(cb) => (cb, false),
+            _ => continue,
+        };
+        let (m, payload) = match cb {
+            Callback::Read { addr, len } => {
+                let mut buf = vec![0u8; len as usize];
+                match type1_host::sys::read_user(addr, &mut buf) {
+                    Ok(()) => (Msg::Data, buf),
+                    Err(e) => (Msg::Err(e.0), Vec::new()),
+                }
+            }
+            Callback::Write { addr } => match type1_host::sys::write_user(addr, &r.payload) {
+                Ok(()) => (Msg::Value(0), Vec::new()),
+                Err(e) => (Msg::Err(e.0), Vec::new()),
+            },
+            Callback::Pin {
+                vaddr,
+                npages,
+                write,
+            } => match h.pin_user_pages(mm, vaddr, npages, write) {
+                Ok(pages) => {
+                    let mut runs: Vec<FrameRun> = Vec::new();
+                    for x in pages {
+                        match runs.last_mut() {
+                            Some(r) if !x.reserved && r.pfn + r.npages == x.pfn => r.npages += 1,
+                            _ => runs.push(FrameRun {
+                                pfn: x.pfn,
+                                npages: 1,
+                                reserved: x.reserved,
+                                memtype: h.pfn_memtype(x.pfn),
+                                held: None,
+                            }),
+                        }
+                    }
+                    (Msg::Pages(runs), Vec::new())
+                }
+                Err(e) => (Msg::Failed(e.errno.0, e.what), Vec::new()),
+            },
+            Callback::Unpin(runs) => {
+                for (pfn, n) in runs {
+                    h.unpin_pages(pfn, n, true);
+                }
+                (Msg::Value(0), Vec::new())
+            }
+            Callback::Flush(ranges) => {
+                h.flush_cache_batch(&ranges);
+                (Msg::Value(0), Vec::new())
+            }
+            Callback::Ping => (Msg::Value(0), Vec::new()),
+            other => panic!("the contract makes no {other:?} callback"),
+        };
+        if reply {
+            wire::send(fd, &m, &payload, &[]).expect("answer a callback");
+        }
+    }
+    h
+}
+
+#[test]
+fn the_broker_platform_keeps_the_contract() {
+    use std::sync::Arc;
+    use type1_broker::hub::{BrokerPlatform, Hub};
+    use type1_broker::wire::TaskCreds;
+    let (service, service_peer) = type1_host::sock::seqpacket_pair().unwrap();
+    let (request, request_peer) = type1_host::sock::seqpacket_pair().unwrap();
+    let hub = Arc::new(Hub::new(type1_host::HostConfig::default()));
+    let client = hub.add_client(std::process::id() as i32, service, false);
+    let process = std::thread::spawn(move || answer_callbacks(request_peer));
+    let buf = type1_host::sys::AnonMap::new(PAGES * PAGE_SIZE, false).unwrap();
+    let creds = TaskCreds {
+        cap_ipc_lock: true,
+        memlock_limit_pages: u64::MAX,
+        mlocked_pages: 0,
+    };
+    hub.serving(client, request, Some(creds), || {
+        contract(Subject {
+            name: "broker",
+            p: BrokerPlatform(hub.clone()),
+            buf: buf.addr(),
+            // The pins are the process's: counted on its side below.
+            pinned: |_: &BrokerPlatform| None,
+        })
+    });
+    type1_host::sys::close(request);
+    let h = process.join().expect("the process side");
+    assert_eq!(
+        h.pinned_frames(),
+        0,
+        "broker: every pin dropped in the process"
+    );
+    assert!(
+        h.stats().pages_pinned >= PAGES,
+        "broker: the process pinned"
+    );
+    hub.client_gone(client);
+    type1_host::sys::close(service_peer);
 }
