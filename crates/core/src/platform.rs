@@ -7,8 +7,10 @@
 //! machine (`type1-sim`, the default, which checks every call it receives), the real host
 //! (`type1-host`), the broker's (`type1-broker`, which keeps the IOMMU and calls memory work
 //! back into the owning process), the uAPI layer's test double (`type1_uapi::testing`) and
-//! the engine-only platform of `type1 bench --scale` (`Lean`). The contract suite
-//! (`crates/modeltest/tests/contract.rs`) runs the first, second and fourth.
+//! the engine-only platform of `type1 bench --scale` ([`crate::Lean`]). The contract suite
+//! (`crates/modeltest/tests/contract.rs`) runs all five. The three whose IOMMU is software
+//! (host, test double, `Lean`; the broker's is a host platform's) keep their domains in
+//! [`crate::SoftDomains`].
 //!
 //! The seam is split by concern, so that an implementation (or a reader) takes one part at a
 //! time: [`TaskMemory`] (the caller, its pins, books and user copies), [`Iommu`] (groups,
