@@ -5,8 +5,9 @@
 //! holds across processes, and every mapping is pinned in the address space of the process
 //! that made it. The LD_PRELOAD library (`type1-preload`) gets these semantics from this
 //! broker: the broker runs the `type1-uapi`/`type1-core` engine for the whole emulated
-//! machine, every emulated file is a socket whose peer it watches for the last close, and
-//! memory work (pin, unpin, flush, accounting, DMA, user copies) is called back into the
+//! machine (including RLIMIT_MEMLOCK's books), every emulated file is a socket whose peer it
+//! watches for the last close, and memory work (pin, unpin, flush, user copies, and device DMA
+//! the broker cannot do through its own duplicate of the pinning ring) is called back into the
 //! process that owns the memory, which does it with its own `type1-host` platform.
 //!
 //! * [`wire`]: the messages;

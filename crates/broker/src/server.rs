@@ -17,11 +17,8 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 
 use type1_core::{Config, Errno};
-use type1_host::{sock, sys, DmaError};
-use type1_uapi::{
-    device::{DmaFault, BAR2_SIZE, FAULT_PERMISSION, FAULT_UNMAPPED},
-    Caller, GroupSpec, Object, Vfio,
-};
+use type1_host::{sock, sys};
+use type1_uapi::{device::BAR2_SIZE, Caller, GroupSpec, Object, Vfio};
 
 use crate::hub::{BrokerPlatform, Hub};
 use crate::wire::{self, Callback, Msg, Obj, Request};
@@ -113,22 +110,6 @@ pub const MAX_CONNS: usize = 4096;
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
-}
-
-fn host_dma(
-    p: &mut BrokerPlatform,
-    domain: type1_core::DomainId,
-    iova: u64,
-    buf: &mut [u8],
-    to_memory: bool,
-) -> Result<(), DmaFault> {
-    p.0.dma(domain, iova, buf, to_memory).map_err(|e| DmaFault {
-        iova,
-        reason: match e {
-            DmaError::Permission => FAULT_PERMISSION,
-            DmaError::Unmapped | DmaError::Unreachable => FAULT_UNMAPPED,
-        },
-    })
 }
 
 /// The requesting process, as `type1-uapi` sees it: its memory and fds through callbacks on
@@ -256,13 +237,12 @@ impl Server {
     /// A broker for `cfg`.
     pub fn new(cfg: &BrokerConfig) -> Result<Server, Errno> {
         let hub = Arc::new(Hub::new(cfg.host.clone()));
-        let mut vfio = Vfio::new(
+        let vfio = Vfio::new(
             BrokerPlatform(hub.clone()),
             &cfg.groups,
             Config::default(),
             &cfg.policy,
         )?;
-        vfio.set_dma_access(host_dma);
         let wake = sock::seqpacket_pair()?;
         Ok(Server {
             hub,

@@ -46,8 +46,8 @@ pub use info::IommuInfo;
 pub use iopt::IoPageTable;
 pub use map::{MapFlags, MapRequest, UnmapFlags, UnmapRequest, UserBitmap};
 pub use platform::{
-    CacheMaintenance, DomainInfo, EmulatedDevices, FlushReason, GroupInfo, Iommu, PinnedPage,
-    Platform, PlatformError, Task, TaskMemory, Tracing,
+    CacheMaintenance, DeviceDma, DmaFault, DomainInfo, EmulatedDevices, FlushReason, GroupInfo,
+    Iommu, PinnedPage, Platform, PlatformError, Task, TaskMemory, Tracing,
 };
 pub use soft::{Lean, SoftDomains};
 pub use trace::Event;

@@ -15,8 +15,9 @@
 //! The seam is split by concern, so that an implementation (or a reader) takes one part at a
 //! time: [`TaskMemory`] (the caller, its pins, books and user copies), [`Iommu`] (groups,
 //! domains, page tables), [`CacheMaintenance`] (the series' flushes), [`EmulatedDevices`]
-//! (mdev-style pinners and U5) and [`Tracing`]. [`Platform`] is all five together and is what
-//! the engine takes.
+//! (mdev-style pinners and U5), [`Tracing`] and [`DeviceDma`] (what devices do to memory, for
+//! the uAPI layer's device models). [`Platform`] is all six together and is what the engine
+//! takes.
 //!
 //! The contract, stated once for every method below:
 //! * fallible methods either succeed completely or fail with no effect;
@@ -279,9 +280,59 @@ pub trait Tracing {
     fn trace(&mut self, _event: Event) {}
 }
 
+/// Why a device's DMA through an IOMMU domain did not reach memory (the one fault type of the
+/// seam: every platform reports these three).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum DmaFault {
+    /// No entry at the IOVA, or no such domain.
+    Unmapped,
+    /// The entry does not allow the access (a write through a read-only entry).
+    Permission,
+    /// The entry points at a page this platform cannot reach (a pin held by another process,
+    /// device memory no longer mapped), or the platform has no device DMA at all.
+    Unreachable,
+}
+
+impl std::fmt::Display for DmaFault {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            DmaFault::Unmapped => "unmapped",
+            DmaFault::Permission => "permission denied",
+            DmaFault::Unreachable => "unreachable",
+        })
+    }
+}
+
+/// Devices: what a device behind a domain does to memory, through the domain's page table.
+/// Not an engine call: the uAPI layer's device models use it (a register write that starts a
+/// transfer), so that the same device code runs on every platform.
+pub trait DeviceDma {
+    // ---- devices -----------------------------------------------------------------------------
+
+    /// A device behind `domain` writes `buf` to memory at `iova` (`to_memory`, which needs
+    /// the entry's write permission) or reads `buf.len()` bytes from it (needs read). The
+    /// access lies within one page. The default: no device reaches memory on this platform.
+    fn device_dma(
+        &mut self,
+        domain: DomainId,
+        iova: u64,
+        buf: &mut [u8],
+        to_memory: bool,
+    ) -> Result<(), DmaFault> {
+        let _ = (domain, iova, buf, to_memory);
+        Err(DmaFault::Unreachable)
+    }
+}
+
 /// The machine the engine runs on: every concern of the seam. See the module documentation
 /// for the common contract; `crates/modeltest/tests/contract.rs` checks it for each
-/// implementation. Implement the five parts; this trait comes with them.
-pub trait Platform: TaskMemory + Iommu + CacheMaintenance + EmulatedDevices + Tracing {}
+/// implementation. Implement the six parts; this trait comes with them.
+pub trait Platform:
+    TaskMemory + Iommu + CacheMaintenance + EmulatedDevices + Tracing + DeviceDma
+{
+}
 
-impl<T: TaskMemory + Iommu + CacheMaintenance + EmulatedDevices + Tracing + ?Sized> Platform for T {}
+impl<T: TaskMemory + Iommu + CacheMaintenance + EmulatedDevices + Tracing + DeviceDma + ?Sized>
+    Platform for T
+{
+}

@@ -15,7 +15,7 @@
 
 use std::collections::BTreeMap;
 
-use crate::platform::{CacheMaintenance, EmulatedDevices, Iommu, TaskMemory, Tracing};
+use crate::platform::{CacheMaintenance, DeviceDma, EmulatedDevices, Iommu, TaskMemory, Tracing};
 use crate::{
     DomainId, DomainInfo, Errno, GroupId, GroupInfo, IoPageTable, IovaRange, MemType, MmId,
     PinnedPage, PlatformError, Prot, Task, PAGE_SHIFT,
@@ -181,6 +181,25 @@ impl SoftDomains {
             .table
             .translate(iova)
             .map(|x| x.0)
+    }
+
+    /// What a device DMA at `iova` reaches: the address, if the entry allows a write to
+    /// memory (`to_memory`) or a read.
+    pub fn dma_target(
+        &self,
+        domain: DomainId,
+        iova: u64,
+        to_memory: bool,
+    ) -> Result<u64, crate::DmaFault> {
+        let d = self
+            .domains
+            .get(&domain.0)
+            .ok_or(crate::DmaFault::Unmapped)?;
+        let (pa, prot) = d.table.translate(iova).ok_or(crate::DmaFault::Unmapped)?;
+        if (to_memory && !prot.write) || (!to_memory && !prot.read) {
+            return Err(crate::DmaFault::Permission);
+        }
+        Ok(pa)
     }
 
     /// `Iommu::iova_to_phys_run`.
@@ -364,3 +383,6 @@ impl CacheMaintenance for Lean {
 impl EmulatedDevices for Lean {}
 
 impl Tracing for Lean {}
+
+/// No devices: every DMA is unreachable.
+impl DeviceDma for Lean {}

@@ -4,6 +4,19 @@
 
 use super::*;
 
+/// Device DMA through the software IOMMU to the pinned page or device memory: [`HostPlatform::dma`].
+impl DeviceDma for HostPlatform {
+    fn device_dma(
+        &mut self,
+        domain: DomainId,
+        iova: u64,
+        buf: &mut [u8],
+        to_memory: bool,
+    ) -> Result<(), DmaFault> {
+        self.dma(domain, iova, buf, to_memory)
+    }
+}
+
 impl HostPlatform {
     /// Device DMA of `buf.len()` bytes at `iova` through `domain`, within one page: to memory
     /// (`to_memory`, needs the mapping's write permission) or from it (needs read).
@@ -13,7 +26,7 @@ impl HostPlatform {
         iova: u64,
         buf: &mut [u8],
         to_memory: bool,
-    ) -> Result<(), DmaError> {
+    ) -> Result<(), DmaFault> {
         debug_assert!(iova % PAGE_SIZE + buf.len() as u64 <= PAGE_SIZE);
         let pa = self.translate(domain, iova, to_memory)?;
         self.dma_frame(pa, buf, to_memory)
@@ -21,29 +34,24 @@ impl HostPlatform {
 
     /// The bus address `iova` translates to in `domain`, if the mapping allows the access (a
     /// write to memory when `to_memory`, a read otherwise).
-    pub fn translate(&self, domain: DomainId, iova: u64, to_memory: bool) -> Result<u64, DmaError> {
-        let d = self.domains.get(domain).ok_or(DmaError::Unmapped)?;
-        let (pa, prot) = d.table.translate(iova).ok_or(DmaError::Unmapped)?;
-        if (to_memory && !prot.write) || (!to_memory && !prot.read) {
-            return Err(DmaError::Permission);
-        }
-        Ok(pa)
+    pub fn translate(&self, domain: DomainId, iova: u64, to_memory: bool) -> Result<u64, DmaFault> {
+        self.domains.dma_target(domain, iova, to_memory)
     }
 
     /// Device DMA of `buf.len()` bytes at bus address `pa` (within one page), which this
     /// platform pinned or maps as device memory: the IOMMU's part is done (the broker
     /// translates for devices shared between processes).
-    pub fn dma_frame(&mut self, pa: u64, buf: &mut [u8], to_memory: bool) -> Result<(), DmaError> {
+    pub fn dma_frame(&mut self, pa: u64, buf: &mut [u8], to_memory: bool) -> Result<(), DmaFault> {
         let (pfn, off) = (pa >> PAGE_SHIFT, pa % PAGE_SIZE);
         if let Some(m) = self.mmio_pfns.get(&pfn).copied() {
             let v = self
                 .bar_vaddr(pfn)
                 .or(m.vaddr)
-                .ok_or(DmaError::Unreachable)?;
+                .ok_or(DmaFault::Unreachable)?;
             return Self::copy_user(v + off, buf, to_memory);
         }
-        let (id, i) = self.pins.find(pfn).ok_or(DmaError::Unreachable)?;
-        let run = self.pins.run(id).ok_or(DmaError::Unreachable)?;
+        let (id, i) = self.pins.find(pfn).ok_or(DmaFault::Unreachable)?;
+        let run = self.pins.run(id).ok_or(DmaFault::Unreachable)?;
         match self.pins.holder(id) {
             Some(Holder::Ring { ring, slot, base }) => {
                 let addr = base + (run.reg_page + i) * PAGE_SIZE + off;
@@ -52,14 +60,14 @@ impl HostPlatform {
                 } else {
                     uring::Dir::FromPage
                 };
-                let bounce = self.bounce_fd().map_err(|_| DmaError::Unreachable)?;
+                let bounce = self.bounce_fd().map_err(|_| DmaFault::Unreachable)?;
                 let r = self
                     .rings
                     .get_mut(ring)
-                    .ok_or(DmaError::Unreachable)
+                    .ok_or(DmaFault::Unreachable)
                     .and_then(|r| {
                         r.transfer(slot, addr, buf, dir, bounce)
-                            .map_err(|_| DmaError::Unreachable)
+                            .map_err(|_| DmaFault::Unreachable)
                     });
                 if r.is_err() && self.rings.get(ring).is_some_and(|r| !r.owned()) {
                     self.notice(
@@ -83,21 +91,21 @@ impl HostPlatform {
                              (io_uring unavailable, TYPE1_PIN=track, or a read-only pin of \
                              memory io_uring cannot register): the device faults instead",
                         );
-                        Err(DmaError::Unreachable)
+                        Err(DmaFault::Unreachable)
                     }
                 }
             }
-            None => Err(DmaError::Unreachable),
+            None => Err(DmaFault::Unreachable),
         }
     }
 
-    pub(crate) fn copy_user(v: u64, buf: &mut [u8], to_memory: bool) -> Result<(), DmaError> {
+    pub(crate) fn copy_user(v: u64, buf: &mut [u8], to_memory: bool) -> Result<(), DmaFault> {
         let r = if to_memory {
             sys::write_user(v, buf)
         } else {
             sys::read_user(v, buf)
         };
-        r.map_err(|_| DmaError::Unreachable)
+        r.map_err(|_| DmaFault::Unreachable)
     }
 
     pub(crate) fn bar_vaddr(&self, pfn: u64) -> Option<u64> {

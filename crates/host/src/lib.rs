@@ -1,8 +1,12 @@
 //! # type1-host: the type1 engine's platform on the real machine, for the calling process
 //!
-//! [`HostPlatform`] implements [`type1_core::Platform`] for the process it runs in (the
-//! LD_PRELOAD library runs the engine inside the client, as the kernel runs it on behalf of
-//! the ioctl caller):
+//! [`HostPlatform`] implements [`type1_core::Platform`] for the process it runs in, as the
+//! kernel's VFIO works on the memory of the ioctl caller. Under the emulation the engine runs
+//! in the broker (`type1-broker`), not in the client: each client process's preload library
+//! answers the broker's pin, unpin, flush and device-DMA callbacks with a `HostPlatform` of
+//! its own, and the broker keeps one that never pins as the IOMMU (domains and page tables).
+//! `type1 bench`'s `host` rows and `benches/map.rs` run the engine on it directly, in one
+//! process:
 //!
 //! * **pinning** holds pages the way VFIO does (`pin_user_pages(FOLL_LONGTERM)`): each pin call
 //!   registers the range as an io_uring fixed buffer ([`uring`]). A pinned page stays the
@@ -41,8 +45,9 @@
 //!   ([`HostPlatform::set_bar_backing`]), checking the mapping's protection.
 //!
 //! Neighbours: `type1-core` defines the seam; `type1-sim` is the simulated twin;
-//! `type1-preload` drives this platform through `type1-uapi`. All system calls are raw
-//! (`sys`), so an interposing library never sees them.
+//! `type1-preload` calls this platform to answer the broker's callbacks, and `type1-broker`
+//! keeps its IOMMU domains in one. All system calls are raw (`sys`), so an interposing
+//! library never sees them.
 
 pub mod alloc_count;
 mod dma;
@@ -64,7 +69,9 @@ use type1_core::{
     MmId, PinnedPage, PlatformError, Prot, ResvKind, ResvRegion, SoftDomains, Task, PAGE_SHIFT,
     PAGE_SIZE,
 };
-use type1_core::{CacheMaintenance, EmulatedDevices, Iommu, TaskMemory, Tracing};
+use type1_core::{
+    CacheMaintenance, DeviceDma, DmaFault, EmulatedDevices, Iommu, TaskMemory, Tracing,
+};
 
 use pins::{Holder, PinStore};
 pub use sys::FlushInsn;
@@ -89,18 +96,6 @@ pub const MMIO_PFN_BASE: u64 = 1 << 40;
 
 /// Page sizes of the host's software IOMMU domains.
 const PGSIZES: u64 = (1 << 12) | (1 << 21) | (1 << 30);
-
-/// Why [`HostPlatform::dma`] could not reach memory.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum DmaError {
-    /// No page-table entry at the IOVA (or no such domain).
-    Unmapped,
-    /// The entry does not allow the access.
-    Permission,
-    /// The entry's page cannot be reached: a tracked pin whose page the program no longer maps,
-    /// or a pin held by the parent of this (forked) process.
-    Unreachable,
-}
 
 /// How pins hold pages.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

@@ -479,7 +479,7 @@ fn tracked_pins_fault_the_device_once_the_page_is_gone() {
     let mut b = [0u8; 2];
     assert_eq!(
         p.dma(d, 0x1000, &mut b, true),
-        Err(type1_host::DmaError::Unreachable),
+        Err(type1_core::DmaFault::Unreachable),
         "never a write into whatever is there now"
     );
     p.unpin_page(pin.pfn, true);

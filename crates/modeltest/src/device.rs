@@ -8,18 +8,15 @@
 //! offset (often one near a region's end), of any size up to 9000 bytes, or a DMA programmed
 //! with edge-case source, destination and length (0, 4095, 4097, 2^32, near 2^64, the mapped
 //! IOVAs and their ends) and any command bits. Every access must return a count or an errno;
-//! no input may panic, and every memory access the device makes goes through the IOMMU
-//! (checked by the DMA access function: a translation, inside the mapped user memory, with the
-//! mapping's permission). Closing everything must leave nothing mapped.
+//! no input may panic, and every memory access the device makes goes through the IOMMU (the
+//! fake platform's `DeviceDma` translates through the domain's table with the entry's
+//! permission, and records a transfer across a page or outside the mapped user memory).
+//! Closing everything must leave nothing mapped.
 
-use std::cell::RefCell;
-use type1_core::Iommu;
-
-use type1_core::{DomainId, PAGE_SIZE};
+use type1_core::PAGE_SIZE;
 use type1_uapi::{
     device::{
-        region_offset, DmaFault, BAR0_SIZE, FAULT_PERMISSION, FAULT_UNMAPPED, REG_CMD, REG_DMA_DST,
-        REG_DMA_LEN, REG_DMA_SRC, REG_STATUS,
+        region_offset, BAR0_SIZE, REG_CMD, REG_DMA_DST, REG_DMA_LEN, REG_DMA_SRC, REG_STATUS,
     },
     nr::*,
     testing::FakePlatform,
@@ -49,52 +46,6 @@ const EDGES: [u64; 12] = [
     0x1000,
 ];
 
-thread_local! {
-    /// Accesses that broke the rules (recorded by `access`, checked after the run).
-    static BROKEN: RefCell<Vec<String>> = const { RefCell::new(Vec::new()) };
-}
-
-/// The device's way to memory: through the domain's page table only, with its permission,
-/// and only into the user memory that was mapped.
-fn access(
-    p: &mut FakePlatform,
-    domain: DomainId,
-    iova: u64,
-    buf: &mut [u8],
-    to_memory: bool,
-) -> Result<(), DmaFault> {
-    if iova % PAGE_SIZE + buf.len() as u64 > PAGE_SIZE {
-        BROKEN.with(|b| {
-            b.borrow_mut().push(format!(
-                "DMA of {} bytes at 0x{iova:x} crosses a page",
-                buf.len()
-            ))
-        });
-    }
-    let Some(pa) = p.iova_to_phys(domain, iova) else {
-        return Err(DmaFault {
-            iova,
-            reason: FAULT_UNMAPPED,
-        });
-    };
-    // The fake platform's frames are user addresses: pa is the user address.
-    if !(RAM..RAM + RAM_PAGES * PAGE_SIZE).contains(&pa) {
-        BROKEN.with(|b| {
-            b.borrow_mut().push(format!(
-                "DMA at iova 0x{iova:x} reached 0x{pa:x}, outside user memory"
-            ))
-        });
-    }
-    let read_only = (RO_IOVA..RO_IOVA + PAGE_SIZE).contains(&iova);
-    if to_memory && read_only {
-        return Err(DmaFault {
-            iova,
-            reason: FAULT_PERMISSION,
-        });
-    }
-    Ok(())
-}
-
 fn ioctl(
     v: &mut Vfio<FakePlatform>,
     c: &mut FakeCaller,
@@ -113,9 +64,7 @@ fn le(v: u64) -> [u8; 8] {
 
 /// Runs one fuzz input; returns how many accesses succeeded. `Err` says which guarantee broke.
 pub fn run_device_bytes(data: &[u8]) -> Result<usize, String> {
-    BROKEN.with(|b| b.borrow_mut().clear());
     let (mut v, mut c) = FakePlatform::subsystem(RAM, RAM_PAGES * PAGE_SIZE, ARG, 0x1000);
-    v.set_dma_access(access);
     let cont = v.open_container();
     let cfd = c.add_fd(Some(cont));
     let group = v.open_group(1).map_err(|e| format!("group: {e}"))?;
@@ -204,8 +153,7 @@ pub fn run_device_bytes(data: &[u8]) -> Result<usize, String> {
             }
         }
     }
-    let broken = BROKEN.with(|b| b.borrow().clone());
-    if let Some(e) = broken.first() {
+    if let Some(e) = v.platform.dma_misuse.first() {
         return Err(e.clone());
     }
     v.close(Object::Device(dev));

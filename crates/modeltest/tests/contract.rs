@@ -9,7 +9,7 @@
 
 use type1_core::Iommu;
 use type1_core::TaskMemory;
-use type1_core::{Errno, GroupId, MmId, PinnedPage, Platform, Prot, PAGE_SIZE};
+use type1_core::{DmaFault, Errno, GroupId, MmId, PinnedPage, Platform, Prot, PAGE_SIZE};
 
 const IOVA: u64 = 0x10_0000;
 const PAGES: u64 = 8;
@@ -22,6 +22,8 @@ struct Subject<P: Platform> {
     buf: u64,
     /// Frames the platform holds pinned, when it can tell.
     pinned: fn(&P) -> Option<u64>,
+    /// Whether devices reach memory on it (`DeviceDma`); if not, every DMA is unreachable.
+    dma: bool,
 }
 
 /// Pins all of `[vaddr, vaddr + n pages)`: the platform may return a head of the range.
@@ -119,6 +121,49 @@ fn contract<P: Platform>(mut s: Subject<P>) {
     };
     p.iommu_map(d, IOVA, pa, PAGE_SIZE, rw).unwrap();
     assert_eq!(p.iova_to_phys(d, IOVA + 0x10), Some(pa + 0x10), "{name}");
+
+    // Device DMA through the entry: what a device writes, the CPU and the device read back
+    // (after a flush: a no-snoop device bypasses the cache); a read-only entry refuses a
+    // write; no entry, no access.
+    p.flush_cache(pa, PAGE_SIZE);
+    let mut data = *b"from the device!";
+    let wrote = p.device_dma(d, IOVA + 0x100, &mut data, true);
+    if s.dma {
+        wrote.unwrap_or_else(|e| panic!("{name}: device write: {e}"));
+        let mut cpu = [0u8; 16];
+        p.mm_read(mm, s.buf + 0x100, &mut cpu).unwrap();
+        assert_eq!(
+            &cpu, b"from the device!",
+            "{name}: the CPU sees the device's write"
+        );
+        let mut dev = [0u8; 16];
+        p.device_dma(d, IOVA + 0x100, &mut dev, false).unwrap();
+        assert_eq!(
+            &dev, b"from the device!",
+            "{name}: the device reads it back"
+        );
+    } else {
+        assert_eq!(wrote, Err(DmaFault::Unreachable), "{name}: no device DMA");
+    }
+    let ro = Prot {
+        read: true,
+        write: false,
+    };
+    let pa1 = pins[1].pfn * PAGE_SIZE;
+    p.iommu_map(d, IOVA + 8 * PAGE_SIZE, pa1, PAGE_SIZE, ro)
+        .unwrap();
+    let mut one = [0u8; 1];
+    let denied = p.device_dma(d, IOVA + 8 * PAGE_SIZE, &mut one, true);
+    let none = p.device_dma(d, IOVA + 16 * PAGE_SIZE, &mut one, false);
+    if s.dma {
+        assert_eq!(denied, Err(DmaFault::Permission), "{name}: read-only entry");
+        assert_eq!(none, Err(DmaFault::Unmapped), "{name}: no entry");
+    }
+    assert_eq!(
+        p.iommu_unmap(d, IOVA + 8 * PAGE_SIZE, PAGE_SIZE),
+        PAGE_SIZE,
+        "{name}"
+    );
     assert_eq!(
         p.iova_to_phys_run(d, IOVA, 4 * PAGE_SIZE),
         Some((pa, PAGE_SIZE)),
@@ -174,6 +219,7 @@ fn the_simulator_keeps_the_contract() {
         p: sim,
         buf,
         pinned: |s: &type1_sim::Sim| Some(s.pinned_frames()),
+        dma: true,
     };
     contract(s);
 }
@@ -202,6 +248,7 @@ fn the_host_platform_keeps_the_contract() {
         p: type1_host::HostPlatform::new(type1_host::HostConfig::default()),
         buf: buf.addr(),
         pinned: |h: &type1_host::HostPlatform| Some(h.pinned_frames() as u64),
+        dma: true,
     };
     contract(s);
 }
@@ -218,6 +265,7 @@ fn the_uapi_test_double_keeps_the_contract() {
         pinned: |f: &type1_uapi::testing::FakePlatform| {
             Some(f.pins.values().filter(|n| **n > 0).count() as u64)
         },
+        dma: true,
     };
     contract(s);
 }
@@ -230,6 +278,7 @@ fn the_lean_platform_keeps_the_contract() {
         buf: 0x7f00_0000_0000,
         // It keeps nothing per page.
         pinned: |_: &type1_core::Lean| None,
+        dma: false,
     };
     contract(s);
 }
@@ -295,6 +344,18 @@ fn answer_callbacks(fd: i32) -> type1_host::HostPlatform {
                 (Msg::Value(0), Vec::new())
             }
             Callback::Ping => (Msg::Value(0), Vec::new()),
+            Callback::Dma { pa, len, to_memory } => {
+                let mut buf = if to_memory {
+                    r.payload.clone()
+                } else {
+                    vec![0u8; len as usize]
+                };
+                match h.dma_frame(pa, &mut buf, to_memory) {
+                    Ok(()) if to_memory => (Msg::Value(0), Vec::new()),
+                    Ok(()) => (Msg::Data, buf),
+                    Err(_) => (Msg::DmaFault(3), Vec::new()),
+                }
+            }
             other => panic!("the contract makes no {other:?} callback"),
         };
         if reply {
@@ -327,6 +388,7 @@ fn the_broker_platform_keeps_the_contract() {
             buf: buf.addr(),
             // The pins are the process's: counted on its side below.
             pinned: |_: &BrokerPlatform| None,
+            dma: true,
         })
     });
     type1_host::sys::close(request);

@@ -21,8 +21,8 @@ use type1_core::CacheMaintenance;
 use type1_core::TaskMemory;
 
 use type1_broker::wire::{self, Callback, FrameRun, Msg, Received, Request, RingRef, TaskCreds};
-use type1_core::Errno;
-use type1_host::{sock, sys, DmaError, SELF_MM};
+use type1_core::{DmaFault, Errno};
+use type1_host::{sock, sys, SELF_MM};
 
 use crate::state;
 
@@ -629,9 +629,9 @@ fn answer(
             match r {
                 Ok(()) if to_memory => plain(Msg::Value(0)),
                 Ok(()) => (Msg::Data, buf, Vec::new()),
-                Err(DmaError::Unmapped) => plain(Msg::DmaFault(1)),
-                Err(DmaError::Permission) => plain(Msg::DmaFault(2)),
-                Err(DmaError::Unreachable) => plain(Msg::DmaFault(3)),
+                Err(DmaFault::Unmapped) => plain(Msg::DmaFault(1)),
+                Err(DmaFault::Permission) => plain(Msg::DmaFault(2)),
+                Err(DmaFault::Unreachable) => plain(Msg::DmaFault(3)),
             }
         }
     }

@@ -1,6 +1,6 @@
 //! Raw uAPI steps: scenario lines that open emulated files and issue ioctls with byte-level
-//! arguments through `type1-uapi`, the same layer the LD_PRELOAD library runs for unmodified
-//! programs, on the simulated machine.
+//! arguments through `type1-uapi`, the same layer the broker runs for unmodified programs
+//! under the LD_PRELOAD library, on the simulated machine.
 //!
 //! Typed lines (`container`, `attach`, `map`, ...) call the engine directly and cannot say
 //! what only the binary interface can: an `argsz` smaller than the struct, a capability chain,

@@ -5,13 +5,20 @@
 //! * `stale_read`: a device read an earlier owner's data without snooping (F0, before exposure);
 //! * `unflushed_unpin`: a frame reachable by a non-coherent domain lost its last pin while cache
 //!   and RAM disagreed (F0, after exposure; F5);
+//! * `missing_map_flush`: a pinned frame entered a non-coherent domain with no flush since it
+//!   was pinned (F3, F4), whatever the cache holds;
+//! * `missing_unpin_flush`: a frame a non-coherent domain could write lost its last pin with no
+//!   flush since the last such domain let it go (F5), whatever the cache holds;
 //! * `unpin_while_mapped`: a frame lost its last pin while a page table or an unsynced IOTLB
 //!   still pointed at it;
 //! * `flush_uncached`: `flush_cache` over UC/WC MMIO (F9);
 //! * `contract`: a platform call broke the seam's contract (double map, pin underflow, ...);
 //! * `page_table`, `coherency`, `pin_leak`, `pin_count`, `accounting`: from
 //!   [`Sim::check_engine`];
-//! * `leak`: from [`Sim::check_closed`].
+//! * `leak`: from [`Sim::check_closed`];
+//! * `engine_invariant`: the engine's own invariant check failed (recorded by the scenario
+//!   world, which runs it);
+//! * `sim_invariant`: a part of the simulator broke its own invariant (a simulator bug).
 
 use serde::Serialize;
 use type1_core::{DomainView, Event, MappingView};

@@ -75,6 +75,16 @@ impl Sim {
             .map(|d| d.id)
     }
 
+    /// The name of a device whose group is attached to `domain`, if any.
+    pub(crate) fn device_of_domain(&self, domain: type1_core::DomainId) -> Option<String> {
+        let groups = &self.hw.domains.get(&domain)?.groups;
+        self.hw
+            .devices
+            .iter()
+            .find(|d| groups.contains(&d.group))
+            .map(|d| d.name.clone())
+    }
+
     /// The name of a device id.
     pub fn device_name(&self, id: DeviceId) -> Option<&str> {
         self.hw

@@ -1,6 +1,8 @@
 //! `impl Platform for Sim`: the seam, delegating to the modules that model each part.
 
-use type1_core::{CacheMaintenance, EmulatedDevices, Iommu, TaskMemory, Tracing};
+use type1_core::{
+    CacheMaintenance, DeviceDma, DmaFault, EmulatedDevices, Iommu, TaskMemory, Tracing,
+};
 use type1_core::{
     DeviceId, DomainId, DomainInfo, Event, GroupId, GroupInfo, MemType, MmId, PinnedPage,
     PlatformError, Prot, Task,
@@ -157,5 +159,31 @@ impl EmulatedDevices for Sim {
 impl Tracing for Sim {
     fn trace(&mut self, event: Event) {
         self.record(event)
+    }
+}
+
+/// A device of a group attached to the domain does a no-snoop DMA (snooped anyway when the
+/// domain enforces coherency), with every check the simulator makes of device accesses.
+impl DeviceDma for Sim {
+    fn device_dma(
+        &mut self,
+        domain: DomainId,
+        iova: u64,
+        buf: &mut [u8],
+        to_memory: bool,
+    ) -> Result<(), DmaFault> {
+        let Some(device) = self.device_of_domain(domain) else {
+            return Err(DmaFault::Unmapped);
+        };
+        let r = if to_memory {
+            self.dma_write(&device, iova, buf, true)
+        } else {
+            self.dma_read(&device, iova, buf.len(), true)
+                .map(|data| buf.copy_from_slice(&data))
+        };
+        r.map_err(|f| match f {
+            crate::DmaFault::Denied { .. } => DmaFault::Permission,
+            _ => DmaFault::Unmapped,
+        })
     }
 }

@@ -2,9 +2,10 @@
 //!
 //! Every ioctl argument is a user pointer (or an integer). The layer never dereferences it: it
 //! asks a [`Caller`] to copy bytes in and out, exactly like the kernel's `copy_from_user` and
-//! `copy_to_user`, which fail with EFAULT rather than crash. The LD_PRELOAD library implements
-//! this trait over `process_vm_readv`/`process_vm_writev` on its own process; tests use
-//! `FakeCaller` (feature `testing`), a sparse byte store.
+//! `copy_to_user`, which fail with EFAULT rather than crash. The broker implements this trait
+//! over the requesting process (reads from the argument bytes the request carries, or through
+//! a callback into the process; writes sent back with the answer); scenarios' raw lines over
+//! scratch memory; tests use `FakeCaller` (feature `testing`), a sparse byte store.
 
 #[cfg(any(test, feature = "testing"))]
 use std::collections::BTreeMap;

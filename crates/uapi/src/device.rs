@@ -1,9 +1,9 @@
 //! The emulated PCI device behind a device fd: an `edu`-like DMA engine. (Over 800 lines only
 //! with its unit tests, which stay beside the register model they check.)
 //!
-//! The device answers what `vfio-pci` answers for a conventional PCI function (see
-//! `qemu-client.md`): flags `PCI|RESET`, 9 regions, 5 IRQs; region `i` lives at file offset
-//! `i << 40` (`VFIO_PCI_INDEX_TO_OFFSET`). Its layout is documented in `docs/device.md`:
+//! The device answers what `vfio-pci` answers for a conventional PCI function: flags
+//! `PCI|RESET`, 9 regions, 5 IRQs; region `i` lives at file offset `i << 40`
+//! (`VFIO_PCI_INDEX_TO_OFFSET`). Its answers and layout are documented in `docs/device.md`:
 //!
 //! * **BAR0** ([`BAR0_SIZE`], 32-bit memory, no `MMAP` flag): the registers (page 0) and the
 //!   device-internal buffer (page 1). Every access comes through `pread`/`pwrite`, so every
@@ -12,9 +12,10 @@
 //!   ([`crate::Vfio`]) to run through the group's IOMMU domain and report with
 //!   [`PciDevice::complete`];
 //! * **BAR2** ([`BAR2_SIZE`], 64-bit prefetchable memory, `MMAP`): device memory, like a GPU
-//!   aperture. This model does not hold its bytes: the owner of the device fd backs it (the
-//!   preload library uses the fd's memfd, so `mmap` and `pread` see the same bytes) and answers
-//!   its `pread`/`pwrite`; [`PciDevice::rw`] answers EINVAL for it;
+//!   aperture. This model does not hold its bytes: the owner of the device backs it (the
+//!   broker keeps a memory file per device and hands it to every process that opens the
+//!   device, so `mmap` and `pread` see the same bytes) and answers its `pread`/`pwrite`;
+//!   [`PciDevice::rw`] answers EINVAL for it;
 //! * **config space** (256 bytes): 1234:11e8, class 00ff00, interrupt pin A.
 
 use type1_core::Errno;
@@ -47,7 +48,7 @@ pub const REG_DMA_SRC: u64 = 0x08;
 pub const REG_DMA_DST: u64 = 0x10;
 /// `DMA_LEN` (RW, u64): bytes to transfer, at most [`BUFFER_SIZE`].
 pub const REG_DMA_LEN: u64 = 0x18;
-/// `DMA_CMD` (RW, u32): [`CMD_START`] | [`CMD_TO_MEMORY`] | [`CMD_NO_SNOOP`].
+/// `DMA_CMD` (RW, u32): [`CMD_START`] | [`CMD_TO_MEMORY`] | [`CMD_NO_SNOOP`] | [`CMD_IRQ`].
 pub const REG_CMD: u64 = 0x20;
 /// `STATUS` (RO, write 1 to clear DONE and FAULT, u32): [`STATUS_BUSY`], [`STATUS_DONE`],
 /// [`STATUS_FAULT`].
@@ -72,8 +73,9 @@ pub const CMD_START: u32 = 1 << 0;
 pub const CMD_TO_MEMORY: u32 = 1 << 1;
 /// `DMA_CMD`: request no-snoop (bypass CPU caches unless the domain enforces coherency).
 pub const CMD_NO_SNOOP: u32 = 1 << 2;
-/// `DMA_CMD`: raise an interrupt when the transfer ends (MSI if the owner enabled it, else
-/// INTx, which stays asserted until `STATUS` is cleared).
+/// `DMA_CMD`: raise an interrupt when the transfer ends (the MSI-X vector [`REG_IRQ_VECTOR`]
+/// names, or MSI, if the owner enabled one, else INTx, which stays asserted until `STATUS` is
+/// cleared).
 pub const CMD_IRQ: u32 = 1 << 3;
 /// `STATUS`: a transfer is running (never seen: transfers complete within the write).
 pub const STATUS_BUSY: u32 = 1 << 0;
@@ -134,7 +136,7 @@ pub struct DmaRequest {
 
 /// Why a transfer stopped: `FAULT_*` reason and the IOVA.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct DmaFault {
+pub struct TransferFault {
     /// The first IOVA that could not be accessed.
     pub iova: u64,
     /// A `FAULT_*` value.
@@ -572,8 +574,8 @@ impl PciDevice {
     }
 
     /// Checks the buffer side of a request: the byte range of the buffer it covers.
-    pub fn buffer_range(req: &DmaRequest) -> Result<std::ops::Range<usize>, DmaFault> {
-        let bad = DmaFault {
+    pub fn buffer_range(req: &DmaRequest) -> Result<std::ops::Range<usize>, TransferFault> {
+        let bad = TransferFault {
             iova: req.iova,
             reason: FAULT_BAD_REQUEST,
         };
@@ -586,7 +588,7 @@ impl PciDevice {
 
     /// Ends the transfer started by the last [`DmaRequest`]: `START` clears, `STATUS` shows
     /// `DONE` or `FAULT` (with `FAULT_IOVA` and `FAULT_REASON`).
-    pub fn complete(&mut self, result: Result<(), DmaFault>) {
+    pub fn complete(&mut self, result: Result<(), TransferFault>) {
         if self.reg32(REG_CMD) & CMD_IRQ != 0 {
             self.irq_line = true;
         }
@@ -755,7 +757,7 @@ mod tests {
         assert_eq!(d.reg32(REG_STATUS), STATUS_DONE);
         assert_eq!(d.reg32(REG_CMD), CMD_TO_MEMORY | CMD_NO_SNOOP);
         assert_eq!(d.reg32(REG_DMA_COUNT), 1);
-        d.complete(Err(DmaFault {
+        d.complete(Err(TransferFault {
             iova: 0x2000,
             reason: FAULT_UNMAPPED,
         }));

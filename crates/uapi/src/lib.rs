@@ -7,11 +7,14 @@
 //! (GET_INFO's two-phase `argsz` and capability chain, UNMAP's `size`), and turns engine
 //! errors into errnos through the one mapping, [`type1_core::Error::errno`].
 //!
-//! Neighbours: below it, any [`type1_core::Platform`] (`type1-sim` or `type1-host`); above it,
-//! `type1-preload`, which owns real file descriptors and implements [`Caller`] over the real
-//! process. Nothing here is `unsafe` or touches memory directly: user memory is reached only
-//! through [`Caller`], so every path is testable with the test doubles of the `testing` feature
-//! (`FakeCaller`, `testing::FakePlatform`), which are not part of the API otherwise.
+//! Neighbours: below it, any [`type1_core::Platform`] (`type1-sim` under scenarios, the
+//! broker's platform under the emulation, the test double); above it, `type1-broker`, which
+//! runs this layer for every emulated process and implements [`Caller`] over the requesting
+//! process (the argument bytes its request carries, callbacks for the rest), and
+//! `type1-scenario`'s world (its raw lines' caller works over scratch memory). Nothing here is `unsafe` or touches
+//! memory directly: user memory is reached only through [`Caller`], so every path is testable
+//! with the test doubles of the `testing` feature (`FakeCaller`, `testing::FakePlatform`),
+//! which are not part of the API otherwise.
 //!
 //! * [`nr`]: request numbers, derived once from `_IO(';', 100 + n)`;
 //! * [`table`]: one ioctl table per fd kind (container, type1, group, device) and handlers;
@@ -35,4 +38,4 @@ pub use caller::Caller;
 #[cfg(any(test, feature = "testing"))]
 pub use caller::FakeCaller;
 pub use table::{ArgSz, IoctlDef};
-pub use vfio::{DmaAccess, GroupSpec, Object, Vfio, VfioError};
+pub use vfio::{GroupSpec, Object, Vfio, VfioError};

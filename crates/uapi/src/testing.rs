@@ -1,13 +1,15 @@
 //! A tiny in-memory [`type1_core::Platform`] for tests of the uAPI layer.
 //!
 //! Group 0 sits behind a unit with snoop control, group 1 behind one without (both of the same
-//! driver), like the preload library's default machine. Pinning succeeds for addresses inside
+//! driver), like the emulation's default machine. Pinning succeeds for addresses inside
 //! [`FakePlatform::map_user`] ranges (pfn = vaddr >> 12), EFAULT elsewhere; accounting follows
 //! the task's RLIMIT_MEMLOCK; every flush and event is recorded.
 
 use std::collections::BTreeMap;
 
-use type1_core::{CacheMaintenance, EmulatedDevices, Iommu, TaskMemory, Tracing};
+use type1_core::{
+    CacheMaintenance, DeviceDma, DmaFault, EmulatedDevices, Iommu, TaskMemory, Tracing,
+};
 use type1_core::{
     DomainId, DomainInfo, Event, GroupId, GroupInfo, MemType, MmId, PinnedPage, PlatformError,
     Prot, SoftDomains, Task, PAGE_SHIFT, PAGE_SIZE,
@@ -30,6 +32,9 @@ pub struct FakePlatform {
     pub flushes: Vec<(u64, u64)>,
     /// Every event.
     pub events: Vec<Event>,
+    /// What device DMA did that no device may (this double checks its callers): a transfer
+    /// across a page, or one that reached outside the pinnable user ranges.
+    pub dma_misuse: Vec<String>,
     /// Bytes written into user memory (`mm_write`; unwritten bytes read as 0).
     mem: BTreeMap<u64, u8>,
     /// The IOMMU: software domains, as the host platform's.
@@ -56,6 +61,7 @@ impl FakePlatform {
             pins: BTreeMap::new(),
             flushes: Vec::new(),
             events: Vec::new(),
+            dma_misuse: Vec::new(),
             mem: BTreeMap::new(),
             doms: SoftDomains::new(vec![true, false], [(0, 0), (1, 1)], 0x4020_1000),
         }
@@ -282,6 +288,41 @@ impl Iommu for FakePlatform {
 
     fn iova_to_phys_run(&self, domain: DomainId, iova: u64, max: u64) -> Option<(u64, u64)> {
         self.doms.run(domain, iova, max)
+    }
+}
+
+/// Device DMA through the domain's table into user memory (frames are user addresses here):
+/// unwritten bytes read as 0.
+impl DeviceDma for FakePlatform {
+    fn device_dma(
+        &mut self,
+        domain: DomainId,
+        iova: u64,
+        buf: &mut [u8],
+        to_memory: bool,
+    ) -> Result<(), DmaFault> {
+        if iova % PAGE_SIZE + buf.len() as u64 > PAGE_SIZE {
+            self.dma_misuse.push(format!(
+                "DMA of {} bytes at iova 0x{iova:x} crosses a page",
+                buf.len()
+            ));
+        }
+        let pa = self.doms.dma_target(domain, iova, to_memory)?;
+        if self.check_user(pa, buf.len() as u64).is_err() {
+            self.dma_misuse.push(format!(
+                "DMA at iova 0x{iova:x} reached 0x{pa:x}, outside user memory"
+            ));
+            return Err(DmaFault::Unreachable);
+        }
+        for (i, b) in buf.iter_mut().enumerate() {
+            let a = pa + i as u64;
+            if to_memory {
+                self.mem.insert(a, *b);
+            } else {
+                *b = self.mem.get(&a).copied().unwrap_or(0);
+            }
+        }
+        Ok(())
     }
 }
 

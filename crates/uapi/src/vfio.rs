@@ -12,22 +12,9 @@ use type1_core::{
 };
 use vfio_bindings::bindings::vfio as b;
 
-use crate::device::{DmaFault, DmaRequest, PciDevice, FAULT_NO_DOMAIN};
+use crate::device::{DmaRequest, PciDevice, TransferFault, FAULT_NO_DOMAIN};
 
 mod devices;
-
-/// How a device reaches memory through an IOMMU domain, supplied by whoever knows the
-/// platform's memory (the preload library for `type1-host`): translate `iova` through
-/// `domain`'s page table and copy `buf.len()` bytes (never across a page boundary) to memory
-/// (`to_memory`) or from it. A missing translation is [`crate::device::FAULT_UNMAPPED`], a
-/// mapping without the needed permission [`crate::device::FAULT_PERMISSION`].
-pub type DmaAccess<P> = fn(
-    platform: &mut P,
-    domain: DomainId,
-    iova: u64,
-    buf: &mut [u8],
-    to_memory: bool,
-) -> Result<(), DmaFault>;
 
 /// An emulated open file. Numbers collide across kinds, so every dispatch starts here.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -212,7 +199,6 @@ pub struct Vfio<P: Platform> {
     pub(crate) devices: BTreeMap<u32, DeviceState>,
     pub(crate) iommufds: BTreeMap<u32, IommufdState>,
     next_id: u32,
-    dma: Option<DmaAccess<P>>,
 }
 
 impl<P: Platform + Clone> Vfio<P> {
@@ -231,7 +217,6 @@ impl<P: Platform + Clone> Vfio<P> {
             devices: BTreeMap::new(),
             iommufds: BTreeMap::new(),
             next_id: 0,
-            dma: None,
         })
     }
 
@@ -277,7 +262,6 @@ impl<P: Platform> Vfio<P> {
             devices: BTreeMap::new(),
             iommufds: BTreeMap::new(),
             next_id: 0,
-            dma: None,
         })
     }
 

@@ -3,8 +3,9 @@
 //!
 //! The IOMMU (domains, page tables) is the broker's own: a `type1_host::HostPlatform` that
 //! never pins anything. Everything about memory happens in the process that owns it, through
-//! callbacks (`wire::Callback`): pinning, unpinning, flushing, locked-memory accounting, copies
-//! to and from user memory, and device DMA. A callback for the process whose request the
+//! callbacks (`wire::Callback`): pinning, unpinning, flushing, copies to and from user memory,
+//! and device DMA the broker cannot do through its own hold on the process's ring. The
+//! locked-memory books are kept here, per process (`platform.rs`). A callback for the process whose request the
 //! broker thread is serving goes over that request's connection (the requesting thread answers
 //! it); one for another process goes over that process's service connection.
 //!
@@ -32,11 +33,11 @@ use std::sync::{Arc, Mutex, MutexGuard};
 
 use type1_core::{CacheMaintenance, EmulatedDevices, Iommu, TaskMemory, Tracing};
 use type1_core::{
-    DeviceId, DomainId, DomainInfo, Errno, Event, GroupId, GroupInfo, MemType, MmId, PinnedPage,
-    PlatformError, Prot, Task, PAGE_SIZE,
+    DeviceId, DmaFault, DomainId, DomainInfo, Errno, Event, GroupId, GroupInfo, MemType, MmId,
+    PinnedPage, PlatformError, Prot, Task, PAGE_SIZE,
 };
 use type1_host::uring::{Dir, Ring};
-use type1_host::{sys, DmaError, HostConfig, HostPlatform};
+use type1_host::{sys, HostConfig, HostPlatform};
 
 use crate::wire::{self, Callback, FrameRun, Msg, Received, RingRef, TaskCreds};
 
@@ -371,11 +372,11 @@ impl Hub {
         iova: u64,
         buf: &mut [u8],
         to_memory: bool,
-    ) -> Result<(), DmaError> {
+    ) -> Result<(), DmaFault> {
         let pa = lock(&self.iommu).translate(domain, iova, to_memory)?;
         let (first, run) = lock(&self.frames)
             .find(pa >> PAGE_SHIFT)
-            .ok_or(DmaError::Unreachable)?;
+            .ok_or(DmaFault::Unreachable)?;
         let page = (pa >> PAGE_SHIFT) - first;
         // Through the broker's own hold on the ring that pins the page, if it has one: no
         // round trip to the process. The process never submits on a ring the broker can
@@ -396,7 +397,7 @@ impl Hub {
         let r = match self.call(run.client, cb, payload, &[]) {
             Ok(r) => r,
             // The process is gone, and the broker cannot reach its ring (it tried above).
-            Err(_) => return Err(DmaError::Unreachable),
+            Err(_) => return Err(DmaFault::Unreachable),
         };
         for f in &r.fds {
             type1_host::sys::close(*f);
@@ -407,9 +408,9 @@ impl Hub {
                 Ok(())
             }
             Msg::Value(_) if to_memory => Ok(()),
-            Msg::DmaFault(2) => Err(DmaError::Permission),
-            Msg::DmaFault(1) => Err(DmaError::Unmapped),
-            _ => Err(DmaError::Unreachable),
+            Msg::DmaFault(2) => Err(DmaFault::Permission),
+            Msg::DmaFault(1) => Err(DmaFault::Unmapped),
+            _ => Err(DmaFault::Unreachable),
         }
     }
 
@@ -424,16 +425,16 @@ impl Hub {
         off: u64,
         buf: &mut [u8],
         to_memory: bool,
-    ) -> Option<Result<(), DmaError>> {
+    ) -> Option<Result<(), DmaFault>> {
         let (ring, slot, addr) = run.held.as_ref()?;
         // Held for the whole transfer: the pipe carries one transfer's bytes at a time. Without
         // it the transfer fails here rather than go to the process (which must never submit
         // on a ring the broker may submit on).
         let Some(guard) = self.bounce() else {
-            return Some(Err(DmaError::Unreachable));
+            return Some(Err(DmaFault::Unreachable));
         };
         let Some(bounce) = *guard else {
-            return Some(Err(DmaError::Unreachable));
+            return Some(Err(DmaFault::Unreachable));
         };
         let dir = if to_memory {
             Dir::ToPage
@@ -442,7 +443,7 @@ impl Hub {
         };
         let r =
             ring.with_ring(|r| r.transfer(*slot, addr + page * PAGE_SIZE + off, buf, dir, bounce))?;
-        Some(r.map_err(|_| DmaError::Unreachable))
+        Some(r.map_err(|_| DmaFault::Unreachable))
     }
 
     fn simple(&self, client: u32, cb: Callback) -> Result<Msg, PlatformError> {

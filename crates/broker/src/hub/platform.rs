@@ -279,6 +279,19 @@ impl Iommu for BrokerPlatform {
     }
 }
 
+/// Device DMA through the hub's IOMMU to the owning process's pages ([`Hub::dma`]).
+impl type1_core::DeviceDma for BrokerPlatform {
+    fn device_dma(
+        &mut self,
+        domain: DomainId,
+        iova: u64,
+        buf: &mut [u8],
+        to_memory: bool,
+    ) -> Result<(), DmaFault> {
+        self.0.dma(domain, iova, buf, to_memory)
+    }
+}
+
 impl CacheMaintenance for BrokerPlatform {
     fn flush_cache(&mut self, pa: u64, len: u64) {
         self.flush_cache_batch(&[(pa, len)]);

@@ -14,12 +14,6 @@ impl<P: Platform> Vfio<P> {
         self.devices.get(&dev).map(|d| d.group)
     }
 
-    /// Lets devices perform DMA: without it every transfer faults with
-    /// [`FAULT_NO_DOMAIN`].
-    pub fn set_dma_access(&mut self, access: DmaAccess<P>) {
-        self.dma = Some(access);
-    }
-
     /// Keeps an open device's BAR0 image in `m` too (see [`crate::device::Bar0Mirror`]).
     pub fn set_device_mirror(
         &mut self,
@@ -185,20 +179,19 @@ impl<P: Platform> Vfio<P> {
         dev: u32,
         group: u32,
         req: &DmaRequest,
-    ) -> Result<bool, DmaFault> {
+    ) -> Result<bool, TransferFault> {
         let range = PciDevice::buffer_range(req)?;
         if !self.devices.get(&dev).is_some_and(|d| d.dev.bus_master()) {
-            return Err(DmaFault {
+            return Err(TransferFault {
                 iova: req.iova,
                 reason: crate::device::FAULT_NO_BUS_MASTER,
             });
         }
-        let no_domain = DmaFault {
+        let no_domain = TransferFault {
             iova: req.iova,
             reason: FAULT_NO_DOMAIN,
         };
         let (domain, coherent) = self.device_domain(dev, group).ok_or(no_domain)?;
-        let access = self.dma.ok_or(no_domain)?;
         let mut done = 0u64;
         while done < req.len {
             let iova = req.iova + done;
@@ -208,7 +201,17 @@ impl<P: Platform> Vfio<P> {
                 return Err(no_domain);
             };
             let mut tmp = d.dev.buffer()[at..at + chunk].to_vec();
-            access(&mut self.platform, domain, iova, &mut tmp, req.to_memory)?;
+            self.platform
+                .device_dma(domain, iova, &mut tmp, req.to_memory)
+                .map_err(|e| TransferFault {
+                    iova,
+                    reason: match e {
+                        type1_core::DmaFault::Permission => crate::device::FAULT_PERMISSION,
+                        type1_core::DmaFault::Unmapped | type1_core::DmaFault::Unreachable => {
+                            crate::device::FAULT_UNMAPPED
+                        }
+                    },
+                })?;
             if !req.to_memory {
                 if let Some(d) = self.devices.get_mut(&dev) {
                     d.dev.buffer_mut()[at..at + chunk].copy_from_slice(&tmp);
