@@ -455,18 +455,28 @@ fn req_conn() -> Result<Option<i32>, Errno> {
             // (Inherited across fork: the number is not ours to close any more.)
             r.0 = None;
         }
-        let fd = match connect(Some(id)) {
-            Ok((fd, _, _)) => fd,
-            // Not a client of this broker: the one that gave the id is gone. Become a client
-            // of the new one.
-            Err(Errno(libc::ESRCH)) => {
-                let stale = lock(&SERVICE).and_then(|(p, i, f)| (p == pid && i == id).then_some(f));
-                if let Some(f) = stale {
-                    forget_service(f);
+        let mut id = id;
+        let mut tries = 0;
+        let fd = loop {
+            match connect(Some(id)) {
+                Ok((fd, _, _)) => break fd,
+                // Not a client of this broker: the one that gave the id is gone. Become a
+                // client of the new one (which may itself go, unused, before the request
+                // connection reaches it: try again a few times).
+                Err(Errno(libc::ESRCH)) if tries < 4 => {
+                    tries += 1;
+                    let stale =
+                        lock(&SERVICE).and_then(|(p, i, f)| (p == pid && i == id).then_some(f));
+                    if let Some(f) = stale {
+                        forget_service(f);
+                    }
+                    id = client_id()?;
                 }
-                connect(Some(client_id()?))?.0
+                // No call of the kernel's answers ESRCH: a broker that keeps going away is
+                // an I/O error.
+                Err(Errno(libc::ESRCH)) => return Err(Errno::EIO),
+                Err(e) => return Err(e),
             }
-            Err(e) => return Err(e),
         };
         r.0 = Some((pid, fd));
         let _ = REQ_INSTANCE.try_with(|i| i.set(instance()));
@@ -491,7 +501,12 @@ fn drop_req_conn() {
 pub(crate) fn request(req: Request, payload: &[u8], fds: &[i32]) -> Result<Received, Errno> {
     let (fd, once) = match req_conn()? {
         Some(fd) => (fd, false),
-        None => (connect(Some(client_id()?))?.0, true),
+        // (ESRCH: the broker went; no call of the kernel's answers that.)
+        None => match connect(Some(client_id()?)) {
+            Ok((fd, ..)) => (fd, true),
+            Err(Errno(libc::ESRCH)) => return Err(Errno::EIO),
+            Err(e) => return Err(e),
+        },
     };
     let r = exchange(fd, req, payload, fds);
     if once {
