@@ -15,12 +15,10 @@ use std::sync::Arc;
 
 use type1_core::PAGE_SHIFT;
 
-use crate::{memory::LINES_PER_PAGE, Kind, Sim};
-
-/// Cache line size in bytes.
-pub const LINE_SIZE: u64 = 64;
-/// log2 of [`LINE_SIZE`].
-pub const LINE_SHIFT: u32 = 6;
+use crate::{
+    memory::{LINES_PER_PAGE, LINE_SHIFT, LINE_SIZE},
+    Kind, Sim,
+};
 
 /// One present line.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -360,6 +358,11 @@ impl Sim {
         self.cache.insert(line, l);
     }
 
+    /// Coherent (CPU) view of physical address `pa`, without filling the cache.
+    pub fn coherent_read(&self, pa: u64, buf: &mut [u8]) {
+        self.read_lines(pa, buf, |s, line| s.coherent_line(line));
+    }
+
     /// Coherent view of part of a line, without filling the cache.
     pub(crate) fn coherent_line(&self, line: u64) -> [u8; LINE_SIZE as usize] {
         match self.cache.get(line) {
@@ -542,6 +545,45 @@ impl Sim {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use type1_core::{PAGE_SHIFT, PAGE_SIZE};
+
+    #[test]
+    fn zeroing_through_cache_leaves_old_ram_and_flush_writes_back() {
+        let mut s = Sim::new(crate::MachineDesc::default()).unwrap();
+        let a = s.create_process("a");
+        s.mmap_anon(a, 0x1000, PAGE_SIZE, true).unwrap();
+        s.cpu_fill(a, 0x1000, PAGE_SIZE, 0x5e).unwrap();
+        s.writeback_all();
+        let (pfn, _) = s.translate(a, 0x1000).unwrap();
+        s.exit_process(a);
+        let b = s.create_process("b");
+        s.mmap_anon(b, 0x8000, PAGE_SIZE, true).unwrap();
+        let mut buf = [1u8; 16];
+        s.cpu_read(b, 0x8000, &mut buf).unwrap();
+        assert_eq!(buf, [0; 16], "CPU sees zeros");
+        assert_eq!(
+            s.translate(b, 0x8000),
+            Some((pfn, false)),
+            "LIFO reuse of the freed frame"
+        );
+        let mut ram = [0u8; 16];
+        s.ram_read(pfn << PAGE_SHIFT, &mut ram);
+        assert_eq!(
+            ram, [0x5e; 16],
+            "RAM still holds the previous owner's bytes"
+        );
+        assert_eq!(s.incoherent_bytes(pfn), PAGE_SIZE);
+        s.do_flush_cache(pfn << PAGE_SHIFT, PAGE_SIZE);
+        s.ram_read(pfn << PAGE_SHIFT, &mut ram);
+        assert_eq!(ram, [0; 16]);
+        assert_eq!(s.incoherent_bytes(pfn), 0);
+        assert_eq!(
+            s.line_state(pfn << PAGE_SHIFT),
+            None,
+            "flush drops the line"
+        );
+        assert_eq!(s.stats().lines_written_back, LINES_PER_PAGE as u64);
+    }
 
     fn line(b: u8, dirty: bool) -> Line {
         Line {

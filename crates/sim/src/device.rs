@@ -15,7 +15,10 @@ use std::collections::BTreeMap;
 
 use type1_core::{DeviceId, Event, GroupId, PAGE_SHIFT, PAGE_SIZE};
 
-use crate::{cache::LINE_SIZE, memory::LINES_PER_PAGE, Kind, Sim};
+use crate::{
+    memory::{LINES_PER_PAGE, LINE_SIZE},
+    Kind, Sim,
+};
 
 /// A device of the machine.
 #[derive(Clone, Debug)]

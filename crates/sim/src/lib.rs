@@ -51,7 +51,6 @@ use std::collections::BTreeMap;
 use serde::Serialize;
 use type1_core::{DeviceId, DomainId, Errno, GroupId, PlatformError};
 
-pub use cache::LINE_SIZE;
 pub use check::{EngineView, Kind, Violation};
 pub use device::DmaFault;
 pub use digest::StateHasher;
@@ -59,6 +58,7 @@ pub use fault::{Access, ACCESS_POINTS, FAULT_POINTS};
 pub use incheck::CheckMode;
 pub use machine::{GroupDesc, MachineDesc, MmioDesc, ResvDesc, UnitDesc};
 pub use memory::INITIAL_RAM_BYTE;
+pub use memory::LINE_SIZE;
 
 /// Counters of what happened on the machine.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]

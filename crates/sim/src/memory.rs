@@ -3,8 +3,9 @@
 //!
 //! RAM frames are numbered `1..=memory_frames` (pfn 0 is never used). A frame's RAM is created
 //! lazily, filled with [`INITIAL_RAM_BYTE`], and keeps its contents when the frame is freed and
-//! handed out again. The free list is LIFO. Every allocation bumps the frame's generation and
-//! zeroes it *through the cache*: the 64 lines become Dirty zeros, RAM is untouched. Each RAM
+//! handed out again. The free list is LIFO. Every allocation (a page fault, `process.rs`) bumps
+//! the frame's generation and zeroes it *through the cache*: the 64 lines become Dirty zeros,
+//! RAM is untouched. Each RAM
 //! line remembers the generation at which it was last written, which is how a device read of
 //! an earlier owner's data is recognised.
 //!
@@ -12,8 +13,12 @@
 
 use type1_core::{MemType, PAGE_SHIFT, PAGE_SIZE};
 
-use crate::{cache::LINE_SIZE, Sim};
+use crate::Sim;
 
+/// Cache line size in bytes: RAM is read, written and stamped a line at a time.
+pub const LINE_SIZE: u64 = 64;
+/// log2 of [`LINE_SIZE`].
+pub const LINE_SHIFT: u32 = 6;
 /// The byte every RAM frame holds before anything writes it (boot-time garbage).
 pub const INITIAL_RAM_BYTE: u8 = 0xa5;
 /// Cache lines per page.
@@ -223,36 +228,6 @@ impl Sim {
 
     // ---- frames ----------------------------------------------------------------------------
 
-    /// Takes the most recently freed frame, bumps its generation and zeroes it through the
-    /// cache (dirty zero lines; RAM keeps the previous owner's bytes).
-    pub(crate) fn alloc_frame(&mut self) -> Option<u64> {
-        let pfn = self.mem.pop_free()?;
-        self.init_frame(pfn);
-        Some(pfn)
-    }
-
-    /// Takes a transparent huge page: 512 fresh frames, 2 MiB aligned, each set up as
-    /// [`Self::alloc_frame`] sets up one. Returns the first.
-    pub(crate) fn alloc_folio(&mut self) -> Option<u64> {
-        let base = self.mem.pop_folio()?;
-        for pfn in base..base + FOLIO_PAGES {
-            self.init_frame(pfn);
-        }
-        Some(base)
-    }
-
-    /// A frame just taken off the free list: a new generation, mapped, zeroed through the
-    /// cache.
-    fn init_frame(&mut self, pfn: u64) {
-        let f = &mut self.mem.frames[pfn as usize];
-        f.gen += 1;
-        f.in_use = true;
-        f.exposed = false;
-        self.obs.stats.frames_allocated += 1;
-        self.cache.fill_zero_dirty(pfn);
-        self.note_pfn(pfn);
-    }
-
     /// A process stopped mapping `pfn`: free it unless pinned.
     pub(crate) fn release_frame(&mut self, pfn: u64) {
         let Some(f) = self.mem.frames.get_mut(pfn as usize) else {
@@ -304,14 +279,9 @@ impl Sim {
         self.read_lines(pa, buf, |s, line| s.ram_line(line));
     }
 
-    /// Coherent (CPU) view of physical address `pa`, without filling the cache.
-    pub fn coherent_read(&self, pa: u64, buf: &mut [u8]) {
-        self.read_lines(pa, buf, |s, line| s.coherent_line(line));
-    }
-
     /// Fills `buf` from `pa` a line (or the part of one inside `buf`) at a time: RAM lines
     /// from `line_of`, anything else from the MMIO backing.
-    fn read_lines(
+    pub(crate) fn read_lines(
         &self,
         pa: u64,
         buf: &mut [u8],
@@ -324,7 +294,7 @@ impl Sim {
             let m = (LINE_SIZE as usize - off).min(buf.len() - k);
             let out = &mut buf[k..k + m];
             if self.is_ram(a >> PAGE_SHIFT) {
-                out.copy_from_slice(&line_of(self, a >> crate::cache::LINE_SHIFT)[off..off + m]);
+                out.copy_from_slice(&line_of(self, a >> LINE_SHIFT)[off..off + m]);
             } else {
                 for (i, b) in out.iter_mut().enumerate() {
                     *b = self.mmio_byte(a.wrapping_add(i as u64));
@@ -373,44 +343,6 @@ mod tests {
 
     fn sim() -> Sim {
         Sim::new(MachineDesc::default()).unwrap()
-    }
-
-    #[test]
-    fn zeroing_through_cache_leaves_old_ram_and_flush_writes_back() {
-        let mut s = sim();
-        let a = s.create_process("a");
-        s.mmap_anon(a, 0x1000, PAGE_SIZE, true).unwrap();
-        s.cpu_fill(a, 0x1000, PAGE_SIZE, 0x5e).unwrap();
-        s.writeback_all();
-        let (pfn, _) = s.translate(a, 0x1000).unwrap();
-        s.exit_process(a);
-        let b = s.create_process("b");
-        s.mmap_anon(b, 0x8000, PAGE_SIZE, true).unwrap();
-        let mut buf = [1u8; 16];
-        s.cpu_read(b, 0x8000, &mut buf).unwrap();
-        assert_eq!(buf, [0; 16], "CPU sees zeros");
-        assert_eq!(
-            s.translate(b, 0x8000),
-            Some((pfn, false)),
-            "LIFO reuse of the freed frame"
-        );
-        let mut ram = [0u8; 16];
-        s.ram_read(pfn << PAGE_SHIFT, &mut ram);
-        assert_eq!(
-            ram, [0x5e; 16],
-            "RAM still holds the previous owner's bytes"
-        );
-        assert_eq!(s.incoherent_bytes(pfn), PAGE_SIZE);
-        s.do_flush_cache(pfn << PAGE_SHIFT, PAGE_SIZE);
-        s.ram_read(pfn << PAGE_SHIFT, &mut ram);
-        assert_eq!(ram, [0; 16]);
-        assert_eq!(s.incoherent_bytes(pfn), 0);
-        assert_eq!(
-            s.line_state(pfn << PAGE_SHIFT),
-            None,
-            "flush drops the line"
-        );
-        assert_eq!(s.stats().lines_written_back, LINES_PER_PAGE as u64);
     }
 
     #[test]

@@ -6,8 +6,7 @@ use std::collections::BTreeMap;
 use type1_core::{Errno, MemType, MmId, PlatformError, PAGE_SHIFT, PAGE_SIZE};
 
 use crate::{
-    cache::LINE_SIZE,
-    memory::{DEFAULT_MEMLOCK_LIMIT_PAGES, FOLIO_PAGES},
+    memory::{DEFAULT_MEMLOCK_LIMIT_PAGES, FOLIO_PAGES, LINE_SIZE},
     perr, Sim,
 };
 
@@ -85,6 +84,38 @@ pub(crate) fn check_range(vaddr: u64, len: u64) -> Result<u64, PlatformError> {
 }
 
 impl Sim {
+    // ---- frames a page fault takes (zeroed through the cache) ----------------------------
+
+    /// Takes the most recently freed frame, bumps its generation and zeroes it through the
+    /// cache (dirty zero lines; RAM keeps the previous owner's bytes).
+    pub(crate) fn alloc_frame(&mut self) -> Option<u64> {
+        let pfn = self.mem.pop_free()?;
+        self.init_frame(pfn);
+        Some(pfn)
+    }
+
+    /// Takes a transparent huge page: 512 fresh frames, 2 MiB aligned, each set up as
+    /// [`Self::alloc_frame`] sets up one. Returns the first.
+    pub(crate) fn alloc_folio(&mut self) -> Option<u64> {
+        let base = self.mem.pop_folio()?;
+        for pfn in base..base + FOLIO_PAGES {
+            self.init_frame(pfn);
+        }
+        Some(base)
+    }
+
+    /// A frame just taken off the free list: a new generation, mapped, zeroed through the
+    /// cache.
+    fn init_frame(&mut self, pfn: u64) {
+        let f = &mut self.mem.frames[pfn as usize];
+        f.gen += 1;
+        f.in_use = true;
+        f.exposed = false;
+        self.obs.stats.frames_allocated += 1;
+        self.cache.fill_zero_dirty(pfn);
+        self.note_pfn(pfn);
+    }
+
     /// Creates a process with an empty address space, the default RLIMIT_MEMLOCK and no
     /// CAP_IPC_LOCK.
     pub fn create_process(&mut self, name: &str) -> MmId {
