@@ -7,6 +7,9 @@
 //! per page. Every expected quantity (errno, mappings, pinned frames, `locked_vm`, dirty bitmap)
 //! is recomputed from those tables. Where an exact errno would need the model to know engine
 //! internals, generation is restricted instead (see [`Machine::preconditions`]).
+//!
+//! (Over 800 lines: the model, its transitions and the checks after each are one state
+//! machine, read together.)
 
 use std::collections::{BTreeMap, BTreeSet};
 

@@ -1,5 +1,8 @@
 //! The C programs of `tests/c/`, each compiled with gcc against `<linux/vfio.h>` and run as
 //! its own process under `LD_PRELOAD=libtype1_preload.so`.
+//!
+//! (Over 800 lines: one short test per program and mode, each naming the behaviour it checks;
+//! the programs themselves are in `tests/c/`.)
 
 use std::{
     path::{Path, PathBuf},
