@@ -7,7 +7,7 @@ use type1_scenario::{
     parse::{ifd::IfdOp, Op},
     World,
 };
-use type1_sim::{Kind, MachineDesc};
+use type1_sim::{AccessPoint, FaultPoint, Kind, MachineDesc};
 
 /// User virtual address of the checked process's buffer.
 pub const VADDR: u64 = 0x7f00_0000_0000;
@@ -56,13 +56,13 @@ pub struct Bound {
 
 /// The faults of [`Bound::wide_faults`]: (platform point, which call of the next operation
 /// that makes a fallible call fails).
-pub const WIDE_FAULTS: [(&str, u64); 6] = [
-    ("pin", 1),
-    ("pin", 2),
-    ("account", 1),
-    ("attach", 1),
-    ("iommu_map", 1),
-    ("iommu_map", 2),
+pub const WIDE_FAULTS: [(FaultPoint, u64); 6] = [
+    (FaultPoint::Pin, 1),
+    (FaultPoint::Pin, 2),
+    (FaultPoint::Account, 1),
+    (FaultPoint::Attach, 1),
+    (FaultPoint::IommuMap, 1),
+    (FaultPoint::IommuMap, 2),
 ];
 
 /// The protocol checks `content_only` leaves out.
@@ -375,7 +375,7 @@ pub fn ops_of(a: Action, w: &World) -> Vec<Op> {
         Action::Fail(k) => {
             let (point, nth) = WIDE_FAULTS[k as usize];
             vec![Op::Fail {
-                point: point.into(),
+                point,
                 nth,
                 next: true,
             }]
@@ -437,7 +437,7 @@ pub fn ops_of(a: Action, w: &World) -> Vec<Op> {
             }]
         }
         Action::FailMap2 => vec![Op::Fail {
-            point: "iommu_map".into(),
+            point: FaultPoint::IommuMap,
             nth: 2,
             next: false,
         }],
@@ -471,7 +471,7 @@ pub fn ops_of(a: Action, w: &World) -> Vec<Op> {
                 page,
                 write,
             } => Op::DmaAfter {
-                point: "any".into(),
+                point: AccessPoint::Any,
                 nth: j.into(),
                 device: dev(group),
                 write,
@@ -482,7 +482,7 @@ pub fn ops_of(a: Action, w: &World) -> Vec<Op> {
                 byte: 0xa0 + group as u8,
             },
             Inside::Cpu { page, write } => Op::CpuAfter {
-                point: "any".into(),
+                point: AccessPoint::Any,
                 nth: j.into(),
                 write,
                 vaddr: VADDR + page * 4096,

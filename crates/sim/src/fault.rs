@@ -17,48 +17,164 @@ use type1_core::{DeviceId, Errno, Event, MmId, PlatformError};
 
 use crate::{perr, Sim};
 
-/// The named fault points and the errno each injects:
-/// * `pin`: `pin_user_pages` fails with ENOMEM;
-/// * `translate`: `pin_user_pages` fails with EFAULT (the page-walk step);
-/// * `iommu_map`: ENOMEM;
-/// * `account`: a positive `account` fails with ENOMEM;
-/// * `domain_alloc`: ENOMEM;
-/// * `attach`: `attach_group` fails with ENODEV.
-pub const FAULT_POINTS: &[&str] = &[
-    "pin",
-    "translate",
-    "iommu_map",
-    "account",
-    "domain_alloc",
-    "attach",
+/// The fault points: the fallible platform calls, each failing with the errno the real call
+/// would return.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum FaultPoint {
+    /// `pin_user_pages` fails with ENOMEM.
+    Pin,
+    /// `pin_user_pages` fails with EFAULT (the page-walk step).
+    Translate,
+    /// `iommu_map` fails with ENOMEM.
+    IommuMap,
+    /// A positive `account` fails with ENOMEM.
+    Account,
+    /// `domain_alloc` fails with ENOMEM.
+    DomainAlloc,
+    /// `attach_group` fails with ENODEV.
+    Attach,
+}
+
+/// Every fault point, in the order `type1 run --sweep` reports them.
+pub const FAULT_POINTS: [FaultPoint; 6] = [
+    FaultPoint::Pin,
+    FaultPoint::Translate,
+    FaultPoint::IommuMap,
+    FaultPoint::Account,
+    FaultPoint::DomainAlloc,
+    FaultPoint::Attach,
 ];
 
-fn errno_of(point: &str) -> Errno {
-    match point {
-        "translate" => Errno::EFAULT,
-        "attach" => Errno::ENODEV,
-        _ => Errno::ENOMEM,
+impl FaultPoint {
+    /// Its name in scenarios and traces.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            FaultPoint::Pin => "pin",
+            FaultPoint::Translate => "translate",
+            FaultPoint::IommuMap => "iommu_map",
+            FaultPoint::Account => "account",
+            FaultPoint::DomainAlloc => "domain_alloc",
+            FaultPoint::Attach => "attach",
+        }
+    }
+
+    fn errno(self) -> Errno {
+        match self {
+            FaultPoint::Translate => Errno::EFAULT,
+            FaultPoint::Attach => Errno::ENODEV,
+            _ => Errno::ENOMEM,
+        }
+    }
+}
+
+impl std::fmt::Display for FaultPoint {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl std::str::FromStr for FaultPoint {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, String> {
+        FAULT_POINTS
+            .into_iter()
+            .find(|p| p.as_str() == s)
+            .ok_or_else(|| {
+                let known: Vec<&str> = FAULT_POINTS.iter().map(|p| p.as_str()).collect();
+                format!("unknown fault point {s:?} (known: {})", known.join(", "))
+            })
     }
 }
 
 /// Points after which an access can be armed ([`Sim::access_after`]): every platform call that
 /// changes the machine, so that a device or another CPU thread can act between any two of
 /// them, as they do on real hardware while the kernel holds `iommu->lock`. A call that fails
-/// changes nothing and is not a point. `any` counts the calls of every other point.
-pub const ACCESS_POINTS: &[&str] = &[
-    "pin",
-    "flush",
-    "iommu_map",
-    "iommu_unmap",
-    "unpin",
-    "account",
-    "domain_alloc",
-    "domain_free",
-    "attach",
-    "detach",
-    "iotlb_sync",
-    "any",
+/// changes nothing and is not a point. [`AccessPoint::Any`] counts the calls of every other
+/// point.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum AccessPoint {
+    /// A successful `pin_user_pages`.
+    Pin,
+    /// `flush_cache`.
+    Flush,
+    /// A successful `iommu_map`.
+    IommuMap,
+    /// `iommu_unmap`.
+    IommuUnmap,
+    /// `unpin_page`.
+    Unpin,
+    /// A successful `account`.
+    Account,
+    /// A successful `domain_alloc`.
+    DomainAlloc,
+    /// `domain_free`.
+    DomainFree,
+    /// A successful `attach_group`.
+    Attach,
+    /// `detach_group`.
+    Detach,
+    /// `iotlb_sync`.
+    IotlbSync,
+    /// Any of the above.
+    Any,
+}
+
+/// Every access point, `any` last.
+pub const ACCESS_POINTS: [AccessPoint; 12] = [
+    AccessPoint::Pin,
+    AccessPoint::Flush,
+    AccessPoint::IommuMap,
+    AccessPoint::IommuUnmap,
+    AccessPoint::Unpin,
+    AccessPoint::Account,
+    AccessPoint::DomainAlloc,
+    AccessPoint::DomainFree,
+    AccessPoint::Attach,
+    AccessPoint::Detach,
+    AccessPoint::IotlbSync,
+    AccessPoint::Any,
 ];
+
+impl AccessPoint {
+    /// Its name in scenarios.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            AccessPoint::Pin => "pin",
+            AccessPoint::Flush => "flush",
+            AccessPoint::IommuMap => "iommu_map",
+            AccessPoint::IommuUnmap => "iommu_unmap",
+            AccessPoint::Unpin => "unpin",
+            AccessPoint::Account => "account",
+            AccessPoint::DomainAlloc => "domain_alloc",
+            AccessPoint::DomainFree => "domain_free",
+            AccessPoint::Attach => "attach",
+            AccessPoint::Detach => "detach",
+            AccessPoint::IotlbSync => "iotlb_sync",
+            AccessPoint::Any => "any",
+        }
+    }
+}
+
+impl std::fmt::Display for AccessPoint {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl std::str::FromStr for AccessPoint {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, String> {
+        ACCESS_POINTS
+            .into_iter()
+            .find(|p| p.as_str() == s)
+            .ok_or_else(|| {
+                let known: Vec<&str> = ACCESS_POINTS.iter().map(|p| p.as_str()).collect();
+                format!("unknown point {s:?} (known: {})", known.join(", "))
+            })
+    }
+}
 
 /// An access that runs in the middle of an operation ([`Sim::access_after`]).
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
@@ -91,7 +207,7 @@ pub enum Access {
 /// An access waiting for the `left`th call of `point` to end.
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub(crate) struct Armed {
-    point: &'static str,
+    point: AccessPoint,
     left: u64,
     access: Access,
 }
@@ -106,12 +222,12 @@ pub(crate) struct Faults {
     /// Device -> `dma_unmap` notifications it will still ignore (U5's retry path).
     refuse_unpin: BTreeMap<DeviceId, u32>,
     /// Point -> calls left until the failing one (1 = the next call fails).
-    armed: BTreeMap<&'static str, u64>,
+    armed: BTreeMap<FaultPoint, u64>,
     any: Option<u64>,
     calls: u64,
-    calls_by_point: BTreeMap<&'static str, u64>,
+    calls_by_point: BTreeMap<FaultPoint, u64>,
     injected: u64,
-    last: Option<(&'static str, Errno)>,
+    last: Option<(FaultPoint, Errno)>,
 }
 
 impl Faults {
@@ -120,7 +236,7 @@ impl Faults {
     pub(crate) fn armed_digest(
         &self,
     ) -> (
-        Vec<(&'static str, u64)>,
+        Vec<(FaultPoint, u64)>,
         Option<u64>,
         Vec<Armed>,
         &BTreeMap<DeviceId, u32>,
@@ -144,14 +260,14 @@ impl Faults {
         }
     }
 
-    fn hit(&mut self, point: &'static str) -> bool {
+    fn hit(&mut self, point: FaultPoint) -> bool {
         self.calls += 1;
         *self.calls_by_point.entry(point).or_insert(0) += 1;
         let mut fail = false;
-        if let Some(n) = self.armed.get_mut(point) {
+        if let Some(n) = self.armed.get_mut(&point) {
             *n -= 1;
             if *n == 0 {
-                self.armed.remove(point);
+                self.armed.remove(&point);
                 fail = true;
             }
         }
@@ -171,19 +287,13 @@ impl Faults {
 
 impl Sim {
     /// Arms `point` so that its `n`th call from now (1-based) fails, once.
-    pub fn fail_nth(&mut self, point: &str, n: u64) -> Result<(), String> {
-        let Some(p) = FAULT_POINTS.iter().find(|p| **p == point) else {
-            return Err(format!(
-                "unknown fault point {point:?} (known: {})",
-                FAULT_POINTS.join(", ")
-            ));
-        };
+    pub fn fail_nth(&mut self, point: FaultPoint, n: u64) -> Result<(), String> {
         if n == 0 {
             return Err(format!(
                 "fault point {point}: n = 0, calls are counted from 1"
             ));
         }
-        self.faults.armed.insert(p, n);
+        self.faults.armed.insert(point, n);
         Ok(())
     }
 
@@ -214,18 +324,17 @@ impl Sim {
     /// Arms `access` to run right after the `n`th call (1-based, from now) of `point` returns:
     /// in the middle of whatever operation makes that call. Several accesses may be armed;
     /// those due after the same call run in the order they were armed.
-    pub fn access_after(&mut self, point: &str, n: u64, access: Access) -> Result<(), String> {
-        let Some(p) = ACCESS_POINTS.iter().find(|p| **p == point) else {
-            return Err(format!(
-                "unknown point {point:?} (known: {})",
-                ACCESS_POINTS.join(", ")
-            ));
-        };
+    pub fn access_after(
+        &mut self,
+        point: AccessPoint,
+        n: u64,
+        access: Access,
+    ) -> Result<(), String> {
         if n == 0 {
             return Err(format!("point {point}: n = 0, calls are counted from 1"));
         }
         self.faults.inside.push(Armed {
-            point: p,
+            point,
             left: n,
             access,
         });
@@ -250,14 +359,14 @@ impl Sim {
     }
 
     /// A platform call of `point` returned: runs the accesses armed for this call.
-    pub(crate) fn after(&mut self, point: &'static str) {
+    pub(crate) fn after(&mut self, point: AccessPoint) {
         self.faults.point_calls += 1;
         if self.faults.inside.is_empty() {
             return;
         }
         let mut due = Vec::new();
         self.faults.inside.retain_mut(|a| {
-            if a.point != point && a.point != "any" {
+            if a.point != point && a.point != AccessPoint::Any {
                 return true;
             }
             a.left -= 1;
@@ -311,12 +420,12 @@ impl Sim {
     }
 
     /// Calls of one fault point since the machine was built.
-    pub fn fallible_calls_of(&self, point: &str) -> u64 {
-        self.faults.calls_by_point.get(point).copied().unwrap_or(0)
+    pub fn fallible_calls_of(&self, point: FaultPoint) -> u64 {
+        self.faults.calls_by_point.get(&point).copied().unwrap_or(0)
     }
 
     /// The point and errno of the last injected fault.
-    pub fn last_injected(&self) -> Option<(&'static str, Errno)> {
+    pub fn last_injected(&self) -> Option<(FaultPoint, Errno)> {
         self.faults.last
     }
 
@@ -326,15 +435,15 @@ impl Sim {
     }
 
     /// Passes fault point `point`: fails (and traces a `fault` event) if it is armed to.
-    pub(crate) fn inject(&mut self, point: &'static str) -> Result<(), PlatformError> {
+    pub(crate) fn inject(&mut self, point: FaultPoint) -> Result<(), PlatformError> {
         if !self.faults.hit(point) {
             return Ok(());
         }
-        let errno = errno_of(point);
+        let errno = point.errno();
         self.faults.last = Some((point, errno));
         let detail = format!("injected {errno} at fault point {point}");
         self.record(Event::Fault {
-            source: point.into(),
+            source: point.as_str().into(),
             detail: detail.clone(),
         });
         Err(perr(errno, detail))
@@ -350,14 +459,22 @@ mod tests {
     #[test]
     fn nth_call_fails_exactly_once() {
         let mut s = Sim::new(MachineDesc::default()).unwrap();
-        assert!(s.fail_nth("bogus", 1).unwrap_err().contains("bogus"));
-        s.fail_nth("domain_alloc", 2).unwrap();
+        let bogus = "bogus".parse::<FaultPoint>().unwrap_err();
+        assert!(
+            bogus.contains("bogus") && bogus.contains("domain_alloc"),
+            "{bogus}"
+        );
+        assert!(
+            s.fail_nth(FaultPoint::Pin, 0).is_err(),
+            "calls count from 1"
+        );
+        s.fail_nth(FaultPoint::DomainAlloc, 2).unwrap();
         assert!(s.domain_alloc(GroupId(0)).is_ok());
         assert_eq!(s.domain_alloc(GroupId(0)).unwrap_err().errno, Errno::ENOMEM);
         assert!(s.domain_alloc(GroupId(0)).is_ok());
         assert!(s.domain_alloc(GroupId(0)).is_ok());
         assert_eq!(s.faults_injected(), 1);
-        assert_eq!(s.fallible_calls_of("domain_alloc"), 4);
+        assert_eq!(s.fallible_calls_of(FaultPoint::DomainAlloc), 4);
         let faults: Vec<_> = s
             .events()
             .iter()

@@ -271,7 +271,7 @@ impl Sim {
                 format!("group {group} is emulated and has no IOMMU"),
             ));
         };
-        self.inject("domain_alloc")?;
+        self.inject(crate::FaultPoint::DomainAlloc)?;
         let id = DomainId(self.hw.next_domain);
         self.hw.next_domain += 1;
         self.hw.domains.insert(
@@ -365,7 +365,7 @@ impl Sim {
                 format!("group {group} is already attached to domain {other}"),
             ));
         }
-        self.inject("attach")?;
+        self.inject(crate::FaultPoint::Attach)?;
         self.hw.groups.get_mut(&group).expect("checked").attached = Some(domain);
         self.hw
             .domains
@@ -480,7 +480,7 @@ impl Sim {
             return Err(perr(Errno::EEXIST, what));
         }
         let enforcing = d.enforcing;
-        self.inject("iommu_map")?;
+        self.inject(crate::FaultPoint::IommuMap)?;
         let pfn0 = pa >> PAGE_SHIFT;
         let d = self.hw.domains.get_mut(&domain).expect("checked");
         d.pt.map(first, n, pfn0, prot);

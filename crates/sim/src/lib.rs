@@ -54,7 +54,7 @@ use type1_core::{DeviceId, DomainId, Errno, GroupId, PlatformError};
 pub use check::{EngineView, Kind, Violation};
 pub use device::DmaFault;
 pub use digest::StateHasher;
-pub use fault::{Access, ACCESS_POINTS, FAULT_POINTS};
+pub use fault::{Access, AccessPoint, FaultPoint, ACCESS_POINTS, FAULT_POINTS};
 pub use incheck::CheckMode;
 pub use machine::{GroupDesc, MachineDesc, MmioDesc, ResvDesc, UnitDesc};
 pub use memory::INITIAL_RAM_BYTE;

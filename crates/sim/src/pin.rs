@@ -14,8 +14,8 @@ impl Sim {
         npages: u64,
         write: bool,
     ) -> Result<Vec<PinnedPage>, PlatformError> {
-        self.inject("pin")?;
-        self.inject("translate")?;
+        self.inject(crate::FaultPoint::Pin)?;
+        self.inject(crate::FaultPoint::Translate)?;
         if npages == 0 || vaddr % PAGE_SIZE != 0 {
             self.violate(
                 Kind::Contract,
@@ -126,7 +126,7 @@ impl Sim {
             return Ok(());
         }
         if delta > 0 {
-            self.inject("account")?;
+            self.inject(crate::FaultPoint::Account)?;
         }
         let p = &mut self.tasks.procs[mm.0 as usize];
         if delta > 0 {

@@ -32,7 +32,7 @@ impl TaskMemory for Sim {
     fn account(&mut self, mm: MmId, delta: i64, enforce_limit: bool) -> Result<(), PlatformError> {
         let r = self.do_account(mm, delta, enforce_limit);
         if r.is_ok() {
-            self.after("account");
+            self.after(crate::AccessPoint::Account);
         }
         r
     }
@@ -46,14 +46,14 @@ impl TaskMemory for Sim {
     ) -> Result<Vec<PinnedPage>, PlatformError> {
         let r = self.do_pin(mm, vaddr, npages, write);
         if r.is_ok() {
-            self.after("pin");
+            self.after(crate::AccessPoint::Pin);
         }
         r
     }
 
     fn unpin_page(&mut self, pfn: u64, _dirty: bool) {
         self.do_unpin(pfn);
-        self.after("unpin");
+        self.after(crate::AccessPoint::Unpin);
     }
 
     fn pfn_is_reserved(&self, pfn: u64) -> bool {
@@ -81,7 +81,7 @@ impl Iommu for Sim {
     fn domain_alloc(&mut self, group: GroupId) -> Result<DomainId, PlatformError> {
         let r = self.do_domain_alloc(group);
         if r.is_ok() {
-            self.after("domain_alloc");
+            self.after(crate::AccessPoint::DomainAlloc);
         }
         r
     }
@@ -96,20 +96,20 @@ impl Iommu for Sim {
 
     fn domain_free(&mut self, domain: DomainId) {
         self.do_domain_free(domain);
-        self.after("domain_free");
+        self.after(crate::AccessPoint::DomainFree);
     }
 
     fn attach_group(&mut self, domain: DomainId, group: GroupId) -> Result<(), PlatformError> {
         let r = self.do_attach(domain, group);
         if r.is_ok() {
-            self.after("attach");
+            self.after(crate::AccessPoint::Attach);
         }
         r
     }
 
     fn detach_group(&mut self, domain: DomainId, group: GroupId) {
         self.do_detach(domain, group);
-        self.after("detach");
+        self.after(crate::AccessPoint::Detach);
     }
 
     fn iommu_map(
@@ -122,20 +122,20 @@ impl Iommu for Sim {
     ) -> Result<(), PlatformError> {
         let r = self.do_iommu_map(domain, iova, pa, size, prot);
         if r.is_ok() {
-            self.after("iommu_map");
+            self.after(crate::AccessPoint::IommuMap);
         }
         r
     }
 
     fn iommu_unmap(&mut self, domain: DomainId, iova: u64, size: u64) -> u64 {
         let n = self.do_iommu_unmap(domain, iova, size);
-        self.after("iommu_unmap");
+        self.after(crate::AccessPoint::IommuUnmap);
         n
     }
 
     fn iotlb_sync(&mut self, domain: DomainId) {
         self.do_iotlb_sync(domain);
-        self.after("iotlb_sync");
+        self.after(crate::AccessPoint::IotlbSync);
     }
 
     fn iova_to_phys(&self, domain: DomainId, iova: u64) -> Option<u64> {
@@ -146,7 +146,7 @@ impl Iommu for Sim {
 impl CacheMaintenance for Sim {
     fn flush_cache(&mut self, pa: u64, len: u64) {
         self.do_flush_cache(pa, len);
-        self.after("flush");
+        self.after(crate::AccessPoint::Flush);
     }
 }
 

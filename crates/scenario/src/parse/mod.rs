@@ -140,7 +140,7 @@ pub enum Op {
     /// `next`, only within the next line that makes a fallible platform call (it is disarmed
     /// after that line whether or not it reached the Nth call).
     Fail {
-        point: String,
+        point: type1_sim::FaultPoint,
         nth: u64,
         /// `next`: only within the next line that makes a fallible platform call.
         next: bool,
@@ -149,8 +149,8 @@ pub enum Op {
     /// platform point POINT returns (inside whatever operation makes it), the device does a
     /// no-snoop DMA (a write stores B, by default `0xd5`).
     DmaAfter {
-        /// A name of `type1_sim::ACCESS_POINTS` (`any`: a call of any of them).
-        point: String,
+        /// Where (`any`: a call of any access point).
+        point: type1_sim::AccessPoint,
         /// Which call, from 1.
         nth: u64,
         /// Device name.
@@ -169,7 +169,7 @@ pub enum Op {
     /// stores B (by default `0xc5`).
     CpuAfter {
         /// As for `dma_after`.
-        point: String,
+        point: type1_sim::AccessPoint,
         /// Which call, from 1.
         nth: u64,
         /// Store rather than load.

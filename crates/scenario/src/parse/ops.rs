@@ -325,13 +325,13 @@ fn device_fault(w: &mut Words<'_>) -> Result<Op, ParseError> {
         "fail" => {
             let next = w.flag("next");
             Op::Fail {
-                point: w.name("fault point")?,
+                point: point_of(w, "fault point")?,
                 nth: w.num("n")?,
                 next,
             }
         }
         "dma_after" => {
-            let point = w.name("point")?;
+            let point = point_of(w, "point")?;
             let nth = w.num("n")?;
             let device = w.name("device")?;
             let write = read_or_write(w)?;
@@ -355,7 +355,7 @@ fn device_fault(w: &mut Words<'_>) -> Result<Op, ParseError> {
             },
         },
         "cpu_after" => Op::CpuAfter {
-            point: w.name("point")?,
+            point: point_of(w, "point")?,
             nth: w.num("n")?,
             write: read_or_write(w)?,
             vaddr: w.num("vaddr")?,
@@ -401,6 +401,15 @@ fn raw(w: &mut Words<'_>) -> Result<Op, ParseError> {
 }
 
 /// `read` or `write` (true).
+/// A point name (a fault point or an access point), parsed.
+fn point_of<T: std::str::FromStr<Err = String>>(
+    w: &mut Words<'_>,
+    what: &str,
+) -> Result<T, ParseError> {
+    let name = w.name(what)?;
+    name.parse().or_else(|e: String| w.err(e))
+}
+
 /// An optional `byte=B` (at most `0xff`), else `default`.
 fn byte_opt(w: &mut Words<'_>, default: u8) -> Result<u8, ParseError> {
     let byte = w.opt_num("byte")?.unwrap_or(default.into());

@@ -112,7 +112,7 @@ impl World {
             Op::Fail { point, nth, next } => {
                 self.vfio
                     .platform
-                    .fail_nth(point, *nth)
+                    .fail_nth(*point, *nth)
                     .map_err(StepError::Usage)?;
                 self.fail_next |= *next;
                 Ok(())
@@ -137,7 +137,7 @@ impl World {
                 };
                 self.vfio
                     .platform
-                    .access_after(point, *nth, access)
+                    .access_after(*point, *nth, access)
                     .map_err(StepError::Usage)
             }
             Op::CpuAfter {
@@ -156,7 +156,7 @@ impl World {
                 };
                 self.vfio
                     .platform
-                    .access_after(point, *nth, access)
+                    .access_after(*point, *nth, access)
                     .map_err(StepError::Usage)
             }
             Op::RefuseUnpin { device, n } => {
