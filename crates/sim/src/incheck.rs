@@ -7,7 +7,7 @@
 //! (`page_table`, extra entries), each frame's pins with the pins the mappings account for
 //! (`pin_leak`, `pin_count`), and each mapping's and address space's charge (`accounting`).
 //!
-//! Its state (`IncCache`) keeps, per container, one `Unit` per mapping (the IOMMU entries
+//! Its state (`IncCache`) keeps, per container, one `MappingCheck` per mapping (the IOMMU entries
 //! it implies, as runs, the frames it pins, its charge and its finding) and the findings of
 //! domain pages; over all containers, the pins the engine accounts for per frame (as runs) and
 //! the findings of frames. The machine logs what the check reads as it changes (`Changes`:
@@ -224,7 +224,7 @@ pub(crate) struct Changes {
 
 /// One mapping, as the check last saw it.
 #[derive(Clone, Debug)]
-struct Unit {
+struct MappingCheck {
     view: MappingView,
     /// IOMMU entries it implies while mapped: (first page, pages, first pfn (the next pages'
     /// follow it) or none, prot).
@@ -237,7 +237,7 @@ struct Unit {
     item: Option<Item>,
 }
 
-impl Unit {
+impl MappingCheck {
     fn pages(&self) -> (u64, u64) {
         let first = self.view.iova >> PAGE_SHIFT;
         (first, first + (self.view.size >> PAGE_SHIFT))
@@ -252,10 +252,10 @@ impl Unit {
 
 /// The check's state for one container (see the module documentation).
 #[derive(Clone, Debug, Default)]
-struct Container {
+struct ContainerCheck {
     domains: Vec<DomainId>,
     live: Vec<bool>,
-    units: BTreeMap<u64, Unit>,
+    units: BTreeMap<u64, MappingCheck>,
     /// Findings of domain pages: (domain index, 1 for a mapped page, 2 for an extra entry,
     /// page).
     pages: BTreeMap<(usize, u8, u64), Item>,
@@ -268,12 +268,12 @@ struct Container {
 /// The incremental check's state (see the module documentation).
 #[derive(Clone, Debug, Default)]
 pub(crate) struct IncCache {
-    containers: Vec<Container>,
+    containers: Vec<ContainerCheck>,
     want: CountMap,
     frames: BTreeMap<u64, Item>,
 }
 
-impl Container {
+impl ContainerCheck {
     /// The IOMMU entry the mappings imply at `page`: the last mapping (by IOVA) that covers
     /// it, as a walk that lets later mappings overwrite earlier ones would find.
     fn expect_at(&self, page: u64) -> Option<(Option<u64>, Prot)> {
@@ -336,7 +336,7 @@ impl Sim {
     }
 
     /// The unit of mapping `m` of a container whose engine view is `v`.
-    fn unit(&self, ci: usize, v: &EngineView, m: &MappingView) -> Unit {
+    fn unit(&self, ci: usize, v: &EngineView, m: &MappingView) -> MappingCheck {
         let has_domains = !v.domains.is_empty();
         let mut expect: Vec<(u64, u64, Option<u64>, Prot)> = Vec::new();
         let mut pins: Vec<(u64, u64)> = Vec::new();
@@ -404,7 +404,7 @@ impl Sim {
                 ),
             )
         });
-        Unit {
+        MappingCheck {
             view: m.clone(),
             expect,
             pins,
@@ -415,7 +415,7 @@ impl Sim {
 
     /// The findings of domain `di` (engine view `d`) at `page`, in container `cc`; updates
     /// the pages the container watches.
-    fn recheck_page(&self, cc: &mut Container, di: usize, id: DomainId, page: u64) {
+    fn recheck_page(&self, cc: &mut ContainerCheck, di: usize, id: DomainId, page: u64) {
         cc.pages.remove(&(di, 1, page));
         cc.pages.remove(&(di, 2, page));
         cc.unwatch((di, page));
@@ -520,7 +520,7 @@ impl Sim {
             frames,
         } = cache;
         let mut pfn_dirty = changes.pfn.clone();
-        containers.resize_with(views.len(), Container::default);
+        containers.resize_with(views.len(), ContainerCheck::default);
         let mut out = Vec::new();
         for (ci, v) in views.iter().enumerate() {
             let cc = &mut containers[ci];
@@ -540,10 +540,10 @@ impl Sim {
                         pfn_dirty.add(p, p + n);
                     }
                 }
-                *cc = Container {
+                *cc = ContainerCheck {
                     domains: ids.clone(),
                     live: live.clone(),
-                    ..Container::default()
+                    ..ContainerCheck::default()
                 };
                 dirty.extend(v.mappings.iter().map(|m| m.iova));
                 for id in &ids {
