@@ -10,8 +10,8 @@ use crate::{
     platform::{FlushReason, Platform},
     trace::Event,
     type1::{Domain, GroupRec, Type1},
-    AttachError, DomainId, Error, GroupId, IovaRange, PinError, Result, ResvKind, ResvRegion,
-    PAGE_MASK_BITMAP, PAGE_SHIFT, PAGE_SIZE,
+    AttachError, DomainId, Error, GroupId, Iova, IovaRange, Pa, PinError, Result, ResvKind,
+    ResvRegion, PAGE_MASK_BITMAP, PAGE_SHIFT, PAGE_SIZE,
 };
 
 /// Clips a sorted IOVA list to an aperture, or creates it from the aperture (`aper_resize`).
@@ -329,7 +329,9 @@ impl Type1 {
                     );
                 }
                 let size = chunk.npages << PAGE_SHIFT;
-                if let Err(e) = p.iommu_map(new, iova, chunk.pfn << PAGE_SHIFT, size, dma.prot) {
+                if let Err(e) =
+                    p.iommu_map(new, Iova(iova), Pa(chunk.pfn << PAGE_SHIFT), size, dma.prot)
+                {
                     if !dma.iommu_mapped {
                         unpin_remote(p, policy, dma, iova, chunk.pfn, chunk.npages, true);
                         batch.release(p, dma);

@@ -12,7 +12,7 @@ use crate::{
     platform::{FlushReason, Platform},
     trace::Event,
     type1::{Dma, Type1},
-    BitmapError, Error, IovaRange, MapError, PinError, Prot, Result, UnmapError,
+    BitmapError, Error, Iova, IovaRange, MapError, Pa, PinError, Prot, Result, UnmapError,
     DIRTY_BITMAP_SIZE_MAX, PAGE_SHIFT, PAGE_SIZE,
 };
 
@@ -648,7 +648,13 @@ pub(crate) fn iommu_map_all<P: Platform + ?Sized>(
     prot: Prot,
 ) -> Result<()> {
     for (i, d) in domains.iter().enumerate() {
-        if let Err(e) = p.iommu_map(d.id, iova, pfn << PAGE_SHIFT, npages << PAGE_SHIFT, prot) {
+        if let Err(e) = p.iommu_map(
+            d.id,
+            Iova(iova),
+            Pa(pfn << PAGE_SHIFT),
+            npages << PAGE_SHIFT,
+            prot,
+        ) {
             for prev in domains[..i].iter().rev() {
                 let n = p.iommu_unmap(prev.id, iova, npages << PAGE_SHIFT);
                 p.iotlb_sync(prev.id);

@@ -26,7 +26,8 @@
 //!   sizes are multiples of [`crate::PAGE_SIZE`] unless said otherwise.
 
 use crate::{
-    trace::Event, DeviceId, DomainId, Errno, GroupId, IovaRange, MemType, MmId, Prot, ResvRegion,
+    trace::Event, DeviceId, DomainId, Errno, GroupId, Iova, IovaRange, MemType, MmId, Pa, Prot,
+    ResvRegion,
 };
 
 /// A failure reported by the platform, with the errno the kernel would propagate.
@@ -203,12 +204,13 @@ pub trait Iommu {
     fn detach_group(&mut self, domain: DomainId, group: GroupId);
 
     /// Maps `[iova, iova + size)` to `[pa, pa + size)` with `prot` (IOMMU_CACHE is implied, M3).
-    /// The range must not be mapped already.
+    /// The range must not be mapped already. The two addresses have types of their own, so
+    /// that a call cannot swap them.
     fn iommu_map(
         &mut self,
         domain: DomainId,
-        iova: u64,
-        pa: u64,
+        iova: Iova,
+        pa: Pa,
         size: u64,
         prot: Prot,
     ) -> Result<(), PlatformError>;

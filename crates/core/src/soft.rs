@@ -17,8 +17,8 @@ use std::collections::BTreeMap;
 
 use crate::platform::{CacheMaintenance, DeviceDma, EmulatedDevices, Iommu, TaskMemory, Tracing};
 use crate::{
-    DomainId, DomainInfo, Errno, GroupId, GroupInfo, IoPageTable, IovaRange, MemType, MmId,
-    PinnedPage, PlatformError, Prot, Task, PAGE_SHIFT,
+    DomainId, DomainInfo, Errno, GroupId, GroupInfo, IoPageTable, Iova, IovaRange, MemType, MmId,
+    Pa, PinnedPage, PlatformError, Prot, Task, PAGE_SHIFT,
 };
 
 /// One software domain.
@@ -153,8 +153,8 @@ impl SoftDomains {
     pub fn map(
         &mut self,
         domain: DomainId,
-        iova: u64,
-        pa: u64,
+        iova: Iova,
+        pa: Pa,
         size: u64,
         prot: Prot,
     ) -> Result<(), PlatformError> {
@@ -163,8 +163,8 @@ impl SoftDomains {
             .get_mut(&domain.0)
             .ok_or_else(|| perr(Errno::ENODEV, format!("domain {domain} does not exist")))?;
         d.table
-            .map(iova, pa, size, prot)
-            .map_err(|e| perr(e, format!("iommu_map iova 0x{iova:x} size 0x{size:x}")))
+            .map(iova.0, pa.0, size, prot)
+            .map_err(|e| perr(e, format!("iommu_map iova {iova} size 0x{size:x}")))
     }
 
     /// `Iommu::iommu_unmap`: the bytes unmapped, stopping at the first hole.
@@ -353,8 +353,8 @@ impl Iommu for Lean {
     fn iommu_map(
         &mut self,
         domain: DomainId,
-        iova: u64,
-        pa: u64,
+        iova: Iova,
+        pa: Pa,
         size: u64,
         prot: Prot,
     ) -> Result<(), PlatformError> {

@@ -92,6 +92,28 @@ id_type!(
     DeviceId
 );
 
+macro_rules! address_type {
+    ($(#[$m:meta])* $name:ident) => {
+        $(#[$m])*
+        #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+        pub struct $name(pub u64);
+        impl std::fmt::Display for $name {
+            fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                write!(f, "0x{:x}", self.0)
+            }
+        }
+    };
+}
+
+address_type!(
+    /// An I/O virtual address: what a device puts on the bus, translated by an IOMMU domain.
+    Iova
+);
+address_type!(
+    /// A physical (bus) address: what an IOMMU entry points at.
+    Pa
+);
+
 /// Host memory type of a page frame, as PAT/MTRR would report it (F9).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]

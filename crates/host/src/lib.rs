@@ -65,9 +65,9 @@ pub mod vfio_client;
 use std::collections::BTreeMap;
 
 use type1_core::{
-    iopt::TableStats, DomainId, DomainInfo, Errno, Event, GroupId, GroupInfo, IovaRange, MemType,
-    MmId, PinnedPage, PlatformError, Prot, ResvKind, ResvRegion, SoftDomains, Task, PAGE_SHIFT,
-    PAGE_SIZE,
+    iopt::TableStats, DomainId, DomainInfo, Errno, Event, GroupId, GroupInfo, Iova, IovaRange,
+    MemType, MmId, Pa, PinnedPage, PlatformError, Prot, ResvKind, ResvRegion, SoftDomains, Task,
+    PAGE_SHIFT, PAGE_SIZE,
 };
 use type1_core::{
     CacheMaintenance, DeviceDma, DmaFault, EmulatedDevices, Iommu, TaskMemory, Tracing,
@@ -671,8 +671,8 @@ impl Iommu for HostPlatform {
     fn iommu_map(
         &mut self,
         domain: DomainId,
-        iova: u64,
-        pa: u64,
+        iova: Iova,
+        pa: Pa,
         size: u64,
         prot: Prot,
     ) -> Result<(), PlatformError> {

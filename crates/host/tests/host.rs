@@ -321,8 +321,14 @@ fn pinned_domain(
         write: true,
     };
     for (i, x) in pins.iter().enumerate() {
-        p.iommu_map(d, iova + i as u64 * 4096, x.pfn << 12, 4096, rw)
-            .unwrap();
+        p.iommu_map(
+            d,
+            type1_core::Iova(iova + i as u64 * 4096),
+            type1_core::Pa(x.pfn << 12),
+            4096,
+            rw,
+        )
+        .unwrap();
     }
     (p, d, pins.iter().map(|x| x.pfn).collect())
 }
@@ -470,7 +476,14 @@ fn tracked_pins_fault_the_device_once_the_page_is_gone() {
         read: true,
         write: true,
     };
-    p.iommu_map(d, 0x1000, pin.pfn << 12, 4096, rw).unwrap();
+    p.iommu_map(
+        d,
+        type1_core::Iova(0x1000),
+        type1_core::Pa(pin.pfn << 12),
+        4096,
+        rw,
+    )
+    .unwrap();
     dma_write(&mut p, d, 0x1000, b"ok");
     assert_eq!(p.stats().pages_tracked, 1);
     p.cpu_unmap_prepare(addr, 4096);

@@ -9,7 +9,7 @@
 
 use type1_core::Iommu;
 use type1_core::TaskMemory;
-use type1_core::{DmaFault, Errno, GroupId, MmId, PinnedPage, Platform, Prot, PAGE_SIZE};
+use type1_core::{DmaFault, Errno, GroupId, Iova, MmId, Pa, PinnedPage, Platform, Prot, PAGE_SIZE};
 
 const IOVA: u64 = 0x10_0000;
 const PAGES: u64 = 8;
@@ -119,7 +119,7 @@ fn contract<P: Platform>(mut s: Subject<P>) {
         read: true,
         write: true,
     };
-    p.iommu_map(d, IOVA, pa, PAGE_SIZE, rw).unwrap();
+    p.iommu_map(d, Iova(IOVA), Pa(pa), PAGE_SIZE, rw).unwrap();
     assert_eq!(p.iova_to_phys(d, IOVA + 0x10), Some(pa + 0x10), "{name}");
 
     // Device DMA through the entry: what a device writes, the CPU and the device read back
@@ -150,7 +150,7 @@ fn contract<P: Platform>(mut s: Subject<P>) {
         write: false,
     };
     let pa1 = pins[1].pfn * PAGE_SIZE;
-    p.iommu_map(d, IOVA + 8 * PAGE_SIZE, pa1, PAGE_SIZE, ro)
+    p.iommu_map(d, Iova(IOVA + 8 * PAGE_SIZE), Pa(pa1), PAGE_SIZE, ro)
         .unwrap();
     let mut one = [0u8; 1];
     let denied = p.device_dma(d, IOVA + 8 * PAGE_SIZE, &mut one, true);
@@ -170,7 +170,7 @@ fn contract<P: Platform>(mut s: Subject<P>) {
         "{name}: the run ends where the mapping does"
     );
     assert!(
-        p.iommu_map(d, IOVA, pa, PAGE_SIZE, rw).is_err(),
+        p.iommu_map(d, Iova(IOVA), Pa(pa), PAGE_SIZE, rw).is_err(),
         "{name}: a range already mapped cannot be mapped again"
     );
     assert_eq!(p.iova_to_phys(d, IOVA + PAGE_SIZE), None, "{name}");
@@ -233,8 +233,8 @@ fn the_simulator_reports_a_broken_contract() {
         read: true,
         write: true,
     };
-    sim.iommu_map(d, IOVA, 0x1000, PAGE_SIZE, rw).ok();
-    let _ = sim.iommu_map(d, IOVA, 0x1000, PAGE_SIZE, rw);
+    sim.iommu_map(d, Iova(IOVA), Pa(0x1000), PAGE_SIZE, rw).ok();
+    let _ = sim.iommu_map(d, Iova(IOVA), Pa(0x1000), PAGE_SIZE, rw);
     sim.unpin_page(3, false);
     let kinds: Vec<_> = sim.violations().iter().map(|v| v.kind.as_str()).collect();
     assert!(kinds.contains(&"contract"), "{kinds:?}");

@@ -357,7 +357,9 @@ impl Sim {
 mod tests {
     use super::*;
     use crate::MachineDesc;
-    use type1_core::{DomainId, GroupId, Iommu, MmId, Prot, TaskMemory, PAGE_SHIFT, PAGE_SIZE};
+    use type1_core::{
+        DomainId, GroupId, Iommu, Iova, MmId, Pa, Prot, TaskMemory, PAGE_SHIFT, PAGE_SIZE,
+    };
 
     /// Each part of the machine answers for its own invariants, and the checker reports a
     /// broken one as `sim_invariant`: a frame freed twice, a domain and a group that disagree
@@ -397,10 +399,22 @@ mod tests {
         let d = s.domain_alloc(GroupId(0)).unwrap();
         s.attach_group(d, GroupId(0)).unwrap();
         s.domain_enforce_cache_coherency(d);
-        s.iommu_map(d, 0x100000, pins[0].pfn << PAGE_SHIFT, PAGE_SIZE, Prot::RW)
-            .unwrap();
-        s.iommu_map(d, 0x101000, pins[1].pfn << PAGE_SHIFT, PAGE_SIZE, Prot::RW)
-            .unwrap();
+        s.iommu_map(
+            d,
+            Iova(0x100000),
+            Pa(pins[0].pfn << PAGE_SHIFT),
+            PAGE_SIZE,
+            Prot::RW,
+        )
+        .unwrap();
+        s.iommu_map(
+            d,
+            Iova(0x101000),
+            Pa(pins[1].pfn << PAGE_SHIFT),
+            PAGE_SIZE,
+            Prot::RW,
+        )
+        .unwrap();
         let view = EngineView {
             mappings: vec![MappingView {
                 iova: 0x100000,

@@ -718,7 +718,7 @@ impl Sim {
 mod tests {
     use super::*;
     use crate::MachineDesc;
-    use type1_core::{DomainView, GroupId, Iommu, TaskMemory, PAGE_SIZE};
+    use type1_core::{DomainView, GroupId, Iommu, Iova, Pa, TaskMemory, PAGE_SIZE};
 
     /// The machine changes under a fixed engine view, as an engine bug would change it (a pin
     /// or an IOMMU entry nobody accounts for, one gone missing, a vaddr remapped, a frame
@@ -737,7 +737,8 @@ mod tests {
         s.attach_group(d, GroupId(1)).unwrap();
         let pinned = s.pin_user_pages(mm, base, 8, true).unwrap();
         let pa = pinned[0].pfn * PAGE_SIZE;
-        s.iommu_map(d, 0, pa, 8 * PAGE_SIZE, Prot::RW).unwrap();
+        s.iommu_map(d, Iova(0), Pa(pa), 8 * PAGE_SIZE, Prot::RW)
+            .unwrap();
         let view = |locked| EngineView {
             mappings: vec![MappingView {
                 iova: 0,
@@ -784,8 +785,13 @@ mod tests {
                 }
                 2 => {
                     if let Some((pfn, false)) = s.translate(mm, va) {
-                        let _ =
-                            s.iommu_map(d, page * PAGE_SIZE, pfn * PAGE_SIZE, PAGE_SIZE, Prot::RW);
+                        let _ = s.iommu_map(
+                            d,
+                            Iova(page * PAGE_SIZE),
+                            Pa(pfn * PAGE_SIZE),
+                            PAGE_SIZE,
+                            Prot::RW,
+                        );
                     }
                 }
                 3 => {

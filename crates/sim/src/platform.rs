@@ -4,7 +4,7 @@ use type1_core::{
     CacheMaintenance, DeviceDma, DmaFault, EmulatedDevices, Iommu, TaskMemory, Tracing,
 };
 use type1_core::{
-    DeviceId, DomainId, DomainInfo, Event, GroupId, GroupInfo, MemType, MmId, PinnedPage,
+    DeviceId, DomainId, DomainInfo, Event, GroupId, GroupInfo, Iova, MemType, MmId, Pa, PinnedPage,
     PlatformError, Prot, Task,
 };
 
@@ -115,12 +115,12 @@ impl Iommu for Sim {
     fn iommu_map(
         &mut self,
         domain: DomainId,
-        iova: u64,
-        pa: u64,
+        iova: Iova,
+        pa: Pa,
         size: u64,
         prot: Prot,
     ) -> Result<(), PlatformError> {
-        let r = self.do_iommu_map(domain, iova, pa, size, prot);
+        let r = self.do_iommu_map(domain, iova.0, pa.0, size, prot);
         if r.is_ok() {
             self.after(crate::AccessPoint::IommuMap);
         }

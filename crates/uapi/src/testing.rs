@@ -11,8 +11,8 @@ use type1_core::{
     CacheMaintenance, DeviceDma, DmaFault, EmulatedDevices, Iommu, TaskMemory, Tracing,
 };
 use type1_core::{
-    DomainId, DomainInfo, Event, GroupId, GroupInfo, MemType, MmId, PinnedPage, PlatformError,
-    Prot, SoftDomains, Task, PAGE_SHIFT, PAGE_SIZE,
+    DomainId, DomainInfo, Event, GroupId, GroupInfo, Iova, MemType, MmId, Pa, PinnedPage,
+    PlatformError, Prot, SoftDomains, Task, PAGE_SHIFT, PAGE_SIZE,
 };
 
 use crate::GroupSpec;
@@ -266,8 +266,8 @@ impl Iommu for FakePlatform {
     fn iommu_map(
         &mut self,
         domain: DomainId,
-        iova: u64,
-        pa: u64,
+        iova: Iova,
+        pa: Pa,
         size: u64,
         prot: Prot,
     ) -> Result<(), PlatformError> {

@@ -3,6 +3,7 @@
 //! (see the parent module).
 
 use super::*;
+use type1_core::{Iova, Pa};
 
 /// Pages the engine asks a process to pin in one callback (256 MiB).
 pub const BROKER_PIN_BATCH: u64 = 1 << 16;
@@ -250,8 +251,8 @@ impl Iommu for BrokerPlatform {
     fn iommu_map(
         &mut self,
         domain: DomainId,
-        iova: u64,
-        pa: u64,
+        iova: Iova,
+        pa: Pa,
         size: u64,
         prot: Prot,
     ) -> Result<(), PlatformError> {

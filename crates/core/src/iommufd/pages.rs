@@ -4,7 +4,9 @@
 //! domains map it.
 
 use super::*;
-use crate::{trace::Event, DomainId, Errno, FlushReason, Platform, Prot, PAGE_SHIFT, PAGE_SIZE};
+use crate::{
+    trace::Event, DomainId, Errno, FlushReason, Iova, Pa, Platform, Prot, PAGE_SHIFT, PAGE_SIZE,
+};
 
 impl Ictx {
     /// Maps `area` (at `iova`) into `domains`, batch by batch: pin what is not pinned yet,
@@ -285,7 +287,7 @@ pub(super) fn map_runs<P: Platform + ?Sized>(
         while k < n {
             let at = iova + ((off + k) << PAGE_SHIFT);
             let pa = (pfn + k) << PAGE_SHIFT;
-            if let Err(e) = p.iommu_map(d, at, pa, step << PAGE_SHIFT, prot) {
+            if let Err(e) = p.iommu_map(d, Iova(at), Pa(pa), step << PAGE_SHIFT, prot) {
                 unmap_range(p, d, iova, off + k);
                 return Err(e.errno);
             }
