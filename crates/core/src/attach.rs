@@ -375,7 +375,7 @@ impl Type1 {
         let dma = dmas.get_mut(&k).expect("present");
         if dma.iommu_mapped {
             // Only N's mapping goes; the flag set by this replay is kept (F5).
-            let n = p.iommu_unmap(new, dma.iova, dma.size);
+            let n = p.iommu_unmap(new, Iova(dma.iova), dma.size);
             p.iotlb_sync(new);
             p.trace(Event::Unmap {
                 domain: new,
@@ -391,7 +391,7 @@ impl Type1 {
                 off += PAGE_SIZE;
                 continue;
             };
-            let n = p.iommu_unmap(new, iova, len);
+            let n = p.iommu_unmap(new, Iova(iova), len);
             p.iotlb_sync(new);
             p.trace(Event::Unmap {
                 domain: new,

@@ -525,7 +525,7 @@ impl Type1 {
         }
         let head = domains[0].id;
         for d in &domains[1..] {
-            let n = p.iommu_unmap(d.id, dma.iova, dma.size);
+            let n = p.iommu_unmap(d.id, Iova(dma.iova), dma.size);
             p.trace(Event::Unmap {
                 domain: d.id,
                 iova: dma.iova,
@@ -542,7 +542,7 @@ impl Type1 {
                 off += PAGE_SIZE;
                 continue;
             };
-            let mut n = p.iommu_unmap(head, iova, len);
+            let mut n = p.iommu_unmap(head, Iova(iova), len);
             if n > 0 {
                 p.trace(Event::Unmap {
                     domain: head,
@@ -555,7 +555,7 @@ impl Type1 {
                 }
             } else {
                 // Slow path: a synchronous unmap followed by an immediate unpin.
-                n = p.iommu_unmap(head, iova, len);
+                n = p.iommu_unmap(head, Iova(iova), len);
                 if n == 0 {
                     break;
                 }
@@ -656,7 +656,7 @@ pub(crate) fn iommu_map_all<P: Platform + ?Sized>(
             prot,
         ) {
             for prev in domains[..i].iter().rev() {
-                let n = p.iommu_unmap(prev.id, iova, npages << PAGE_SHIFT);
+                let n = p.iommu_unmap(prev.id, Iova(iova), npages << PAGE_SHIFT);
                 p.iotlb_sync(prev.id);
                 p.trace(Event::Unmap {
                     domain: prev.id,

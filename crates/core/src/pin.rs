@@ -169,7 +169,8 @@ pub(crate) fn phys_run<P: Platform + ?Sized>(
     off: u64,
     size: u64,
 ) -> Option<(u64, u64)> {
-    p.iova_to_phys_run(domain, base + off, (size - off).max(PAGE_SIZE))
+    p.iova_to_phys_run(domain, crate::Iova(base + off), (size - off).max(PAGE_SIZE))
+        .map(|(pa, len)| (pa.0, len))
 }
 
 /// `vfio_lock_acct`: charges (or uncharges) `npage` pages to the mapping's address space, with

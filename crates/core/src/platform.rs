@@ -217,22 +217,22 @@ pub trait Iommu {
 
     /// Unmaps from `iova` on, up to `size` bytes; returns the bytes actually unmapped (it stops
     /// at the first hole). The IOTLB may still hold the entries until [`Self::iotlb_sync`].
-    fn iommu_unmap(&mut self, domain: DomainId, iova: u64, size: u64) -> u64;
+    fn iommu_unmap(&mut self, domain: DomainId, iova: Iova, size: u64) -> u64;
 
     /// Invalidates the domain's IOTLB: after it returns no device uses an unmapped entry.
     fn iotlb_sync(&mut self, domain: DomainId);
 
     /// Reads back the physical address an IOVA translates to in `domain`.
-    fn iova_to_phys(&self, domain: DomainId, iova: u64) -> Option<u64>;
+    fn iova_to_phys(&self, domain: DomainId, iova: Iova) -> Option<Pa>;
 
     /// The physically contiguous run `domain` maps from the page-aligned `iova` on, at most
     /// `max` bytes (at least one page): `(pa, len)`, or `None` when `iova` has no translation.
     /// The default reads back page by page; a platform whose page table knows its runs answers
     /// in one lookup.
-    fn iova_to_phys_run(&self, domain: DomainId, iova: u64, max: u64) -> Option<(u64, u64)> {
+    fn iova_to_phys_run(&self, domain: DomainId, iova: Iova, max: u64) -> Option<(Pa, u64)> {
         let phys = self.iova_to_phys(domain, iova)?;
         let mut len = crate::PAGE_SIZE;
-        while len < max && self.iova_to_phys(domain, iova + len) == Some(phys + len) {
+        while len < max && self.iova_to_phys(domain, Iova(iova.0 + len)) == Some(Pa(phys.0 + len)) {
             len += crate::PAGE_SIZE;
         }
         Some((phys, len))

@@ -168,19 +168,19 @@ impl SoftDomains {
     }
 
     /// `Iommu::iommu_unmap`: the bytes unmapped, stopping at the first hole.
-    pub fn unmap(&mut self, domain: DomainId, iova: u64, size: u64) -> u64 {
+    pub fn unmap(&mut self, domain: DomainId, iova: Iova, size: u64) -> u64 {
         self.domains
             .get_mut(&domain.0)
-            .map_or(0, |d| d.table.unmap(iova, size))
+            .map_or(0, |d| d.table.unmap(iova.0, size))
     }
 
     /// `Iommu::iova_to_phys`.
-    pub fn translate(&self, domain: DomainId, iova: u64) -> Option<u64> {
+    pub fn translate(&self, domain: DomainId, iova: Iova) -> Option<Pa> {
         self.domains
             .get(&domain.0)?
             .table
-            .translate(iova)
-            .map(|x| x.0)
+            .translate(iova.0)
+            .map(|x| Pa(x.0))
     }
 
     /// What a device DMA at `iova` reaches: the address, if the entry allows a write to
@@ -203,8 +203,9 @@ impl SoftDomains {
     }
 
     /// `Iommu::iova_to_phys_run`.
-    pub fn run(&self, domain: DomainId, iova: u64, max: u64) -> Option<(u64, u64)> {
-        self.domains.get(&domain.0)?.table.run(iova, max)
+    pub fn run(&self, domain: DomainId, iova: Iova, max: u64) -> Option<(Pa, u64)> {
+        let (pa, len) = self.domains.get(&domain.0)?.table.run(iova.0, max)?;
+        Some((Pa(pa), len))
     }
 
     /// A live domain.
@@ -361,17 +362,17 @@ impl Iommu for Lean {
         self.domains.map(domain, iova, pa, size, prot)
     }
 
-    fn iommu_unmap(&mut self, domain: DomainId, iova: u64, size: u64) -> u64 {
+    fn iommu_unmap(&mut self, domain: DomainId, iova: Iova, size: u64) -> u64 {
         self.domains.unmap(domain, iova, size)
     }
 
     fn iotlb_sync(&mut self, _domain: DomainId) {}
 
-    fn iova_to_phys(&self, domain: DomainId, iova: u64) -> Option<u64> {
+    fn iova_to_phys(&self, domain: DomainId, iova: Iova) -> Option<Pa> {
         self.domains.translate(domain, iova)
     }
 
-    fn iova_to_phys_run(&self, domain: DomainId, iova: u64, max: u64) -> Option<(u64, u64)> {
+    fn iova_to_phys_run(&self, domain: DomainId, iova: Iova, max: u64) -> Option<(Pa, u64)> {
         self.domains.run(domain, iova, max)
     }
 }

@@ -120,7 +120,11 @@ fn contract<P: Platform>(mut s: Subject<P>) {
         write: true,
     };
     p.iommu_map(d, Iova(IOVA), Pa(pa), PAGE_SIZE, rw).unwrap();
-    assert_eq!(p.iova_to_phys(d, IOVA + 0x10), Some(pa + 0x10), "{name}");
+    assert_eq!(
+        p.iova_to_phys(d, Iova(IOVA + 0x10)),
+        Some(Pa(pa + 0x10)),
+        "{name}"
+    );
 
     // Device DMA through the entry: what a device writes, the CPU and the device read back
     // (after a flush: a no-snoop device bypasses the cache); a read-only entry refuses a
@@ -160,33 +164,37 @@ fn contract<P: Platform>(mut s: Subject<P>) {
         assert_eq!(none, Err(DmaFault::Unmapped), "{name}: no entry");
     }
     assert_eq!(
-        p.iommu_unmap(d, IOVA + 8 * PAGE_SIZE, PAGE_SIZE),
+        p.iommu_unmap(d, Iova(IOVA + 8 * PAGE_SIZE), PAGE_SIZE),
         PAGE_SIZE,
         "{name}"
     );
     assert_eq!(
-        p.iova_to_phys_run(d, IOVA, 4 * PAGE_SIZE),
-        Some((pa, PAGE_SIZE)),
+        p.iova_to_phys_run(d, Iova(IOVA), 4 * PAGE_SIZE),
+        Some((Pa(pa), PAGE_SIZE)),
         "{name}: the run ends where the mapping does"
     );
     assert!(
         p.iommu_map(d, Iova(IOVA), Pa(pa), PAGE_SIZE, rw).is_err(),
         "{name}: a range already mapped cannot be mapped again"
     );
-    assert_eq!(p.iova_to_phys(d, IOVA + PAGE_SIZE), None, "{name}");
+    assert_eq!(p.iova_to_phys(d, Iova(IOVA + PAGE_SIZE)), None, "{name}");
     assert_eq!(
-        p.iova_to_phys(d0, IOVA),
+        p.iova_to_phys(d0, Iova(IOVA)),
         None,
         "{name}: domains are separate"
     );
     assert_eq!(
-        p.iommu_unmap(d, IOVA, 2 * PAGE_SIZE),
+        p.iommu_unmap(d, Iova(IOVA), 2 * PAGE_SIZE),
         PAGE_SIZE,
         "{name}: unmap stops at the first hole"
     );
     p.iotlb_sync(d);
-    assert_eq!(p.iova_to_phys(d, IOVA), None, "{name}: unmapped");
-    assert_eq!(p.iommu_unmap(d, IOVA, PAGE_SIZE), 0, "{name}: nothing left");
+    assert_eq!(p.iova_to_phys(d, Iova(IOVA)), None, "{name}: unmapped");
+    assert_eq!(
+        p.iommu_unmap(d, Iova(IOVA), PAGE_SIZE),
+        0,
+        "{name}: nothing left"
+    );
 
     // A flush of pinned memory, one by one and in a batch; then every pin dropped.
     p.flush_cache(pa, PAGE_SIZE);

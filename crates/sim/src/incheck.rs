@@ -795,7 +795,7 @@ mod tests {
                     }
                 }
                 3 => {
-                    s.iommu_unmap(d, page * PAGE_SIZE, PAGE_SIZE);
+                    s.iommu_unmap(d, Iova(page * PAGE_SIZE), PAGE_SIZE);
                     s.iotlb_sync(d);
                 }
                 4 => {

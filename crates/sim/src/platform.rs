@@ -127,8 +127,8 @@ impl Iommu for Sim {
         r
     }
 
-    fn iommu_unmap(&mut self, domain: DomainId, iova: u64, size: u64) -> u64 {
-        let n = self.do_iommu_unmap(domain, iova, size);
+    fn iommu_unmap(&mut self, domain: DomainId, iova: Iova, size: u64) -> u64 {
+        let n = self.do_iommu_unmap(domain, iova.0, size);
         self.after(crate::AccessPoint::IommuUnmap);
         n
     }
@@ -138,8 +138,8 @@ impl Iommu for Sim {
         self.after(crate::AccessPoint::IotlbSync);
     }
 
-    fn iova_to_phys(&self, domain: DomainId, iova: u64) -> Option<u64> {
-        self.do_iova_to_phys(domain, iova)
+    fn iova_to_phys(&self, domain: DomainId, iova: Iova) -> Option<Pa> {
+        self.do_iova_to_phys(domain, iova.0).map(Pa)
     }
 }
 

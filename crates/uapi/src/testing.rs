@@ -276,17 +276,17 @@ impl Iommu for FakePlatform {
         self.doms.map(domain, iova, pa, size, prot)
     }
 
-    fn iommu_unmap(&mut self, domain: DomainId, iova: u64, size: u64) -> u64 {
+    fn iommu_unmap(&mut self, domain: DomainId, iova: Iova, size: u64) -> u64 {
         self.doms.unmap(domain, iova, size)
     }
 
     fn iotlb_sync(&mut self, _domain: DomainId) {}
 
-    fn iova_to_phys(&self, domain: DomainId, iova: u64) -> Option<u64> {
+    fn iova_to_phys(&self, domain: DomainId, iova: Iova) -> Option<Pa> {
         self.doms.translate(domain, iova)
     }
 
-    fn iova_to_phys_run(&self, domain: DomainId, iova: u64, max: u64) -> Option<(u64, u64)> {
+    fn iova_to_phys_run(&self, domain: DomainId, iova: Iova, max: u64) -> Option<(Pa, u64)> {
         self.doms.run(domain, iova, max)
     }
 }

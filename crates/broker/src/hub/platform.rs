@@ -259,7 +259,7 @@ impl Iommu for BrokerPlatform {
         self.iommu().iommu_map(domain, iova, pa, size, prot)
     }
 
-    fn iommu_unmap(&mut self, domain: DomainId, iova: u64, size: u64) -> u64 {
+    fn iommu_unmap(&mut self, domain: DomainId, iova: Iova, size: u64) -> u64 {
         self.iommu().iommu_unmap(domain, iova, size)
     }
 
@@ -267,11 +267,11 @@ impl Iommu for BrokerPlatform {
         self.iommu().iotlb_sync(domain)
     }
 
-    fn iova_to_phys(&self, domain: DomainId, iova: u64) -> Option<u64> {
+    fn iova_to_phys(&self, domain: DomainId, iova: Iova) -> Option<Pa> {
         self.iommu().iova_to_phys(domain, iova)
     }
 
-    fn iova_to_phys_run(&self, domain: DomainId, iova: u64, max: u64) -> Option<(u64, u64)> {
+    fn iova_to_phys_run(&self, domain: DomainId, iova: Iova, max: u64) -> Option<(Pa, u64)> {
         self.iommu().iova_to_phys_run(domain, iova, max)
     }
 

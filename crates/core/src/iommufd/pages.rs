@@ -312,7 +312,7 @@ pub(super) fn unmap_range<P: Platform + ?Sized>(p: &mut P, d: DomainId, iova: u6
     let mut done = 0;
     let size = npages << PAGE_SHIFT;
     while done < size {
-        let n = p.iommu_unmap(d, iova + done, size - done);
+        let n = p.iommu_unmap(d, Iova(iova + done), size - done);
         if n == 0 {
             done += PAGE_SIZE;
         } else {
