@@ -260,9 +260,9 @@ impl Via {
     /// `VFIO_DMA_CC_IOMMU`: every domain of the context enforces snooping.
     fn cc(self, w: &World) -> u32 {
         match self {
-            Via::Type1 => w
-                .container("c0")
-                .map_or(0, |c| c.check_extension(type1_core::abi::VFIO_DMA_CC_IOMMU)),
+            Via::Type1 => w.container("c0").map_or(0, |c| {
+                c.check_extension(type1_core::Extension::DmaCcIommu) as u32
+            }),
             Via::Iommufd => w.ifd_object("a").map_or(0, |a| {
                 w.vfio
                     .iommufds()

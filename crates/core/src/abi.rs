@@ -3,9 +3,10 @@
 //! MAP_DMA and UNMAP_DMA take their flags decoded (`MapFlags`, `UnmapFlags`): the uAPI layer
 //! turns the user's flag word into them with `MapFlags::decode` or `UnmapFlags::decode`, which
 //! use these constants and reject unknown bits as the ioctl's first check, as the kernel does.
-//! The engine itself still reads raw numbers with them where the kernel does: CHECK_EXTENSION
-//! and SET_IOMMU's IOMMU types, and DIRTY_PAGES's flag word. The uAPI crate imports them
-//! (`type1_core::abi::*`) rather than defining its own.
+//! CHECK_EXTENSION takes an `Extension` (`Extension::decode` of the argument). The engine
+//! itself still reads raw numbers with them where the kernel's errno order needs it: SET_IOMMU's
+//! IOMMU type (checked after the group and backend checks) and DIRTY_PAGES's flag word. The
+//! uAPI crate imports them (`type1_core::abi::*`) rather than defining its own.
 
 /// `VFIO_API_VERSION`.
 pub const VFIO_API_VERSION: i32 = 0;

@@ -22,6 +22,36 @@ pub struct Container {
     iommu: Option<Type1>,
 }
 
+/// An extension `VFIO_CHECK_EXTENSION` asks a type1 container about (C5, C6).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Extension {
+    /// `VFIO_TYPE1_IOMMU`.
+    Type1,
+    /// `VFIO_TYPE1v2_IOMMU`.
+    Type1v2,
+    /// `VFIO_DMA_CC_IOMMU`: the IOMMU enforces DMA cache coherence.
+    DmaCcIommu,
+    /// `VFIO_UNMAP_ALL`.
+    UnmapAll,
+    /// `VFIO_UPDATE_VADDR`.
+    UpdateVaddr,
+}
+
+impl Extension {
+    /// The extension an ioctl argument names, if type1 knows it (the kernel compares the
+    /// unsigned long against small constants: anything else answers 0).
+    pub fn decode(arg: u64) -> Option<Extension> {
+        Some(match u32::try_from(arg).ok()? {
+            VFIO_TYPE1_IOMMU => Extension::Type1,
+            VFIO_TYPE1V2_IOMMU => Extension::Type1v2,
+            VFIO_DMA_CC_IOMMU => Extension::DmaCcIommu,
+            VFIO_UNMAP_ALL => Extension::UnmapAll,
+            VFIO_UPDATE_VADDR => Extension::UpdateVaddr,
+            _ => return None,
+        })
+    }
+}
+
 impl Container {
     /// A new, empty container whose instances use the named flush policy.
     pub fn new(cfg: Config, policy: &str) -> Result<Container> {
@@ -40,16 +70,15 @@ impl Container {
         VFIO_API_VERSION
     }
 
-    /// CHECK_EXTENSION (C5 before SET_IOMMU, C6 after).
-    pub fn check_extension(&self, ext: u32) -> u32 {
-        match &self.iommu {
-            None => matches!(ext, VFIO_TYPE1_IOMMU | VFIO_TYPE1V2_IOMMU | VFIO_UNMAP_ALL) as u32,
-            Some(t) => match ext {
-                VFIO_TYPE1_IOMMU | VFIO_TYPE1V2_IOMMU | VFIO_UNMAP_ALL => 1,
-                VFIO_UPDATE_VADDR => !t.has_emulated_groups() as u32,
-                VFIO_DMA_CC_IOMMU => t.dma_cc_iommu() as u32,
-                _ => 0,
-            },
+    /// CHECK_EXTENSION (C5 before SET_IOMMU, C6 after): whether the container has `ext`.
+    /// A number [`Extension::decode`] does not know answers 0 at the uAPI.
+    pub fn check_extension(&self, ext: Extension) -> bool {
+        use Extension::*;
+        match (&self.iommu, ext) {
+            (_, Type1 | Type1v2 | UnmapAll) => true,
+            (None, UpdateVaddr | DmaCcIommu) => false,
+            (Some(t), UpdateVaddr) => !t.has_emulated_groups(),
+            (Some(t), DmaCcIommu) => t.dma_cc_iommu(),
         }
     }
 

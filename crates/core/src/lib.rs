@@ -36,7 +36,7 @@ pub mod trace;
 mod type1;
 pub mod types;
 
-pub use container::Container;
+pub use container::{Container, Extension};
 pub use errno::Errno;
 pub use error::{
     AttachError, BitmapError, ContainerError, DirtyError, Error, ExternalError, MapError, PinError,
