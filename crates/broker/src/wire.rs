@@ -12,7 +12,7 @@
 //! which the requesting thread answers itself).
 
 use serde::{Deserialize, Serialize};
-use type1_core::{Errno, MemType};
+use type1_core::{DmaFault, Errno, MemType};
 use type1_host::sock;
 use type1_uapi::Object;
 
@@ -257,8 +257,8 @@ pub enum Msg {
     Object(Option<Obj>),
     /// Pinned frames, as runs in the order of their addresses (at most [`MAX_RUNS`]).
     Pages(Vec<FrameRun>),
-    /// A DMA that could not reach memory: 1 unmapped, 2 permission, 3 unreachable.
-    DmaFault(u8),
+    /// A DMA that could not reach memory, and why.
+    DmaFault(DmaFault),
 }
 
 impl Msg {

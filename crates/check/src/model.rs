@@ -410,7 +410,7 @@ pub fn ops_of(a: Action, w: &World) -> Vec<Op> {
         }],
         Action::CpuWrite(p) => vec![Op::CpuWrite {
             vaddr: VADDR + p * 4096,
-            data: vec![0x10 + p as u8; 64],
+            data: vec![cpu_byte(p); 64],
         }],
         Action::CpuRead(p) => vec![Op::CpuRead {
             vaddr: VADDR + p * 4096,
@@ -430,7 +430,7 @@ pub fn ops_of(a: Action, w: &World) -> Vec<Op> {
             let (iova, _, n) = mapping(m);
             vec![Op::Dma {
                 device: dev(g),
-                write: Some(0xa0 + g as u8),
+                write: Some(dma_byte(g)),
                 iova,
                 len: n * 4096,
                 no_snoop: true,
@@ -442,27 +442,22 @@ pub fn ops_of(a: Action, w: &World) -> Vec<Op> {
             next: false,
         }],
         // Before the first call: the access itself, as its step would make it.
-        Action::Within(0, x) => vec![match x {
+        Action::Within(0, Inside::Cpu { page, write: true }) => ops_of(Action::CpuWrite(page), w),
+        Action::Within(0, Inside::Cpu { page, write: false }) => ops_of(Action::CpuRead(page), w),
+        Action::Within(
+            0,
             Inside::Dma {
                 group,
                 mapping: m,
                 page,
                 write,
-            } => Op::Dma {
-                device: dev(group),
-                write: write.then_some(0xa0 + group as u8),
-                iova: mapping(m).0 + page * 4096,
-                len: 4096,
-                no_snoop: true,
             },
-            Inside::Cpu { page, write: true } => Op::CpuWrite {
-                vaddr: VADDR + page * 4096,
-                data: vec![0x10 + page as u8; 64],
-            },
-            Inside::Cpu { page, write: false } => Op::CpuRead {
-                vaddr: VADDR + page * 4096,
-                len: 4096,
-            },
+        ) => vec![Op::Dma {
+            device: dev(group),
+            write: write.then_some(dma_byte(group)),
+            iova: mapping(m).0 + page * 4096,
+            len: 4096,
+            no_snoop: true,
         }],
         Action::Within(j, x) => vec![match x {
             Inside::Dma {
@@ -477,9 +472,7 @@ pub fn ops_of(a: Action, w: &World) -> Vec<Op> {
                 write,
                 iova: mapping(m).0 + page * 4096,
                 len: 4096,
-                // What a DMA write step of this device stores: an access inside an
-                // operation that lands where one between operations would is the same state.
-                byte: 0xa0 + group as u8,
+                byte: dma_byte(group),
             },
             Inside::Cpu { page, write } => Op::CpuAfter {
                 point: AccessPoint::Any,
@@ -487,10 +480,22 @@ pub fn ops_of(a: Action, w: &World) -> Vec<Op> {
                 write,
                 vaddr: VADDR + page * 4096,
                 len: if write { 64 } else { 4096 },
-                byte: 0x10 + page as u8,
+                byte: cpu_byte(page),
             },
         }],
     }
+}
+
+/// What a DMA write by the device of group `g` stores, between operations or inside one: the
+/// same bytes, so that an access inside an operation that lands where one between operations
+/// would reaches the same state.
+fn dma_byte(g: u32) -> u8 {
+    0xa0 + g as u8
+}
+
+/// What a CPU store to page `p` stores, between operations or inside one (as [`dma_byte`]).
+fn cpu_byte(p: u64) -> u8 {
+    0x10 + p as u8
 }
 
 /// The iommufd setup lines, after the process and its buffer: `/dev/iommu` with the checked

@@ -56,6 +56,15 @@ pub fn scenario_text(bound: &Bound, policy: &str, seq: &[Action], finding: &str)
     s
 }
 
+/// ` byte=B` after a write inside an operation (the byte it stores), nothing after a read.
+fn byte_suffix(write: bool, byte: u8) -> String {
+    if write {
+        format!(" byte=0x{byte:x}")
+    } else {
+        String::new()
+    }
+}
+
 /// Renders one op as a scenario line.
 pub fn op_line(op: &Op) -> String {
     match op {
@@ -128,11 +137,7 @@ pub fn op_line(op: &Op) -> String {
         } => format!(
             "dma_after {point} {nth} {device} {} 0x{iova:x} {len}{}",
             if *write { "write" } else { "read" },
-            if *write {
-                format!(" byte=0x{byte:x}")
-            } else {
-                String::new()
-            }
+            byte_suffix(*write, *byte)
         ),
         Op::CpuAfter {
             point,
@@ -144,11 +149,7 @@ pub fn op_line(op: &Op) -> String {
         } => format!(
             "cpu_after {point} {nth} {} 0x{vaddr:x} {len}{}",
             if *write { "write" } else { "read" },
-            if *write {
-                format!(" byte=0x{byte:x}")
-            } else {
-                String::new()
-            }
+            byte_suffix(*write, *byte)
         ),
         Op::Allow(k) => format!("allow {}", k.map_or("all", |k| k.as_str())),
         Op::Iommufd(x) => type1_scenario::parse::ifd::line(x),

@@ -283,8 +283,8 @@ pub trait Tracing {
 }
 
 /// Why a device's DMA through an IOMMU domain did not reach memory (the one fault type of the
-/// seam: every platform reports these three).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+/// seam: every platform reports these three, and the broker's wire carries them as they are).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub enum DmaFault {
     /// No entry at the IOVA, or no such domain.
     Unmapped,

@@ -361,7 +361,7 @@ fn answer_callbacks(fd: i32) -> type1_host::HostPlatform {
                 match h.dma_frame(pa, &mut buf, to_memory) {
                     Ok(()) if to_memory => (Msg::Value(0), Vec::new()),
                     Ok(()) => (Msg::Data, buf),
-                    Err(_) => (Msg::DmaFault(3), Vec::new()),
+                    Err(f) => (Msg::DmaFault(f), Vec::new()),
                 }
             }
             other => panic!("the contract makes no {other:?} callback"),

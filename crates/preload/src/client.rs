@@ -633,7 +633,7 @@ fn answer(
         },
         Callback::Dma { pa, len, to_memory } => {
             let Some(h) = state::existing_host() else {
-                return plain(Msg::DmaFault(3));
+                return plain(Msg::DmaFault(DmaFault::Unreachable));
             };
             let mut buf = if to_memory {
                 payload
@@ -644,9 +644,7 @@ fn answer(
             match r {
                 Ok(()) if to_memory => plain(Msg::Value(0)),
                 Ok(()) => (Msg::Data, buf, Vec::new()),
-                Err(DmaFault::Unmapped) => plain(Msg::DmaFault(1)),
-                Err(DmaFault::Permission) => plain(Msg::DmaFault(2)),
-                Err(DmaFault::Unreachable) => plain(Msg::DmaFault(3)),
+                Err(f) => plain(Msg::DmaFault(f)),
             }
         }
     }

@@ -408,8 +408,7 @@ impl Hub {
                 Ok(())
             }
             Msg::Value(_) if to_memory => Ok(()),
-            Msg::DmaFault(2) => Err(DmaFault::Permission),
-            Msg::DmaFault(1) => Err(DmaFault::Unmapped),
+            Msg::DmaFault(f) => Err(f),
             _ => Err(DmaFault::Unreachable),
         }
     }
