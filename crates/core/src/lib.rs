@@ -49,7 +49,7 @@ pub use platform::{
     CacheMaintenance, DeviceDma, DmaFault, DomainInfo, EmulatedDevices, FlushReason, GroupInfo,
     Iommu, PinnedPage, Platform, PlatformError, Task, TaskMemory, Tracing,
 };
-pub use soft::{Lean, SoftDomains};
+pub use soft::{Lean, SoftDomains, SoftIommu};
 pub use trace::Event;
 pub use type1::{Config, DomainView, MappingView, Type1};
 pub use types::*;

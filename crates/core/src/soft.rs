@@ -7,6 +7,9 @@
 //! an unknown group or domain is ENODEV, a group behind another unit is EINVAL, and a group is
 //! in at most one domain at a time (attaching it again is EINVAL).
 //!
+//! A platform that keeps its domains in one implements [`SoftIommu`] (where they are, and what
+//! a group reserves) and gets the whole of `Iommu` from the blanket implementation here.
+//!
 //! [`Lean`] is the least platform the engine runs on: pins are frame numbers and nothing else,
 //! the IOMMU is [`SoftDomains`], a flush does nothing. What the heap grows by while mappings
 //! exist on it is the engine's own memory (and its page tables'), which is what `type1 bench
@@ -229,6 +232,84 @@ impl SoftDomains {
     }
 }
 
+/// A platform whose IOMMU is [`SoftDomains`]: it says where its domains are (and, if its
+/// groups reserve IOVA ranges, what [`Iommu::group_info`] answers for a group that exists);
+/// the whole of [`Iommu`] comes with it, one implementation for every such platform.
+pub trait SoftIommu {
+    /// The domains.
+    fn soft_domains(&self) -> &SoftDomains;
+
+    /// The domains, to change them.
+    fn soft_domains_mut(&mut self) -> &mut SoftDomains;
+
+    /// What [`Iommu::group_info`] answers for a group that exists. The default: a physical
+    /// group with no reserved ranges, MSI isolated.
+    fn soft_group_info(&self, _group: GroupId) -> GroupInfo {
+        GroupInfo {
+            emulated: false,
+            reserved: Vec::new(),
+            msi_isolated: true,
+        }
+    }
+}
+
+impl<T: SoftIommu> Iommu for T {
+    fn group_info(&self, group: GroupId) -> Result<GroupInfo, PlatformError> {
+        self.soft_domains().unit_of(group)?;
+        Ok(self.soft_group_info(group))
+    }
+
+    fn domain_alloc(&mut self, group: GroupId) -> Result<DomainId, PlatformError> {
+        self.soft_domains_mut().alloc(group)
+    }
+
+    fn domain_info(&self, _domain: DomainId) -> DomainInfo {
+        self.soft_domains().info()
+    }
+
+    fn domain_enforce_cache_coherency(&mut self, domain: DomainId) -> bool {
+        self.soft_domains_mut().enforce(domain)
+    }
+
+    fn domain_free(&mut self, domain: DomainId) {
+        self.soft_domains_mut().free(domain)
+    }
+
+    fn attach_group(&mut self, domain: DomainId, group: GroupId) -> Result<(), PlatformError> {
+        self.soft_domains_mut().attach(domain, group)
+    }
+
+    fn detach_group(&mut self, domain: DomainId, group: GroupId) {
+        self.soft_domains_mut().detach(domain, group)
+    }
+
+    /// EEXIST over an existing entry: the engine never asks for one, and this says so.
+    fn iommu_map(
+        &mut self,
+        domain: DomainId,
+        iova: Iova,
+        pa: Pa,
+        size: u64,
+        prot: Prot,
+    ) -> Result<(), PlatformError> {
+        self.soft_domains_mut().map(domain, iova, pa, size, prot)
+    }
+
+    fn iommu_unmap(&mut self, domain: DomainId, iova: Iova, size: u64) -> u64 {
+        self.soft_domains_mut().unmap(domain, iova, size)
+    }
+
+    fn iotlb_sync(&mut self, _domain: DomainId) {}
+
+    fn iova_to_phys(&self, domain: DomainId, iova: Iova) -> Option<Pa> {
+        self.soft_domains().translate(domain, iova)
+    }
+
+    fn iova_to_phys_run(&self, domain: DomainId, iova: Iova, max: u64) -> Option<(Pa, u64)> {
+        self.soft_domains().run(domain, iova, max)
+    }
+}
+
 /// The least platform the engine runs on. See the module documentation.
 ///
 /// Group 0 sits behind a unit with snoop control, group 1 behind one without. The calling
@@ -317,63 +398,13 @@ impl TaskMemory for Lean {
     }
 }
 
-impl Iommu for Lean {
-    fn group_info(&self, group: GroupId) -> Result<GroupInfo, PlatformError> {
-        self.domains.unit_of(group)?;
-        Ok(GroupInfo {
-            emulated: false,
-            reserved: Vec::new(),
-            msi_isolated: true,
-        })
+impl SoftIommu for Lean {
+    fn soft_domains(&self) -> &SoftDomains {
+        &self.domains
     }
 
-    fn domain_alloc(&mut self, group: GroupId) -> Result<DomainId, PlatformError> {
-        self.domains.alloc(group)
-    }
-
-    fn domain_info(&self, _domain: DomainId) -> DomainInfo {
-        self.domains.info()
-    }
-
-    fn domain_enforce_cache_coherency(&mut self, domain: DomainId) -> bool {
-        self.domains.enforce(domain)
-    }
-
-    fn domain_free(&mut self, domain: DomainId) {
-        self.domains.free(domain)
-    }
-
-    fn attach_group(&mut self, domain: DomainId, group: GroupId) -> Result<(), PlatformError> {
-        self.domains.attach(domain, group)
-    }
-
-    fn detach_group(&mut self, domain: DomainId, group: GroupId) {
-        self.domains.detach(domain, group)
-    }
-
-    fn iommu_map(
-        &mut self,
-        domain: DomainId,
-        iova: Iova,
-        pa: Pa,
-        size: u64,
-        prot: Prot,
-    ) -> Result<(), PlatformError> {
-        self.domains.map(domain, iova, pa, size, prot)
-    }
-
-    fn iommu_unmap(&mut self, domain: DomainId, iova: Iova, size: u64) -> u64 {
-        self.domains.unmap(domain, iova, size)
-    }
-
-    fn iotlb_sync(&mut self, _domain: DomainId) {}
-
-    fn iova_to_phys(&self, domain: DomainId, iova: Iova) -> Option<Pa> {
-        self.domains.translate(domain, iova)
-    }
-
-    fn iova_to_phys_run(&self, domain: DomainId, iova: Iova, max: u64) -> Option<(Pa, u64)> {
-        self.domains.run(domain, iova, max)
+    fn soft_domains_mut(&mut self) -> &mut SoftDomains {
+        &mut self.domains
     }
 }
 

@@ -65,12 +65,11 @@ pub mod vfio_client;
 use std::collections::BTreeMap;
 
 use type1_core::{
-    iopt::TableStats, DomainId, DomainInfo, Errno, Event, GroupId, GroupInfo, Iova, IovaRange,
-    MemType, MmId, Pa, PinnedPage, PlatformError, Prot, ResvKind, ResvRegion, SoftDomains, Task,
-    PAGE_SHIFT, PAGE_SIZE,
+    iopt::TableStats, DomainId, Errno, Event, GroupId, GroupInfo, IovaRange, MemType, MmId,
+    PinnedPage, PlatformError, ResvKind, ResvRegion, SoftDomains, Task, PAGE_SHIFT, PAGE_SIZE,
 };
 use type1_core::{
-    CacheMaintenance, DeviceDma, DmaFault, EmulatedDevices, Iommu, TaskMemory, Tracing,
+    CacheMaintenance, DeviceDma, DmaFault, EmulatedDevices, SoftIommu, TaskMemory, Tracing,
 };
 
 use pins::{Holder, PinStore};
@@ -628,10 +627,19 @@ impl TaskMemory for HostPlatform {
     }
 }
 
-impl Iommu for HostPlatform {
-    fn group_info(&self, group: GroupId) -> Result<GroupInfo, PlatformError> {
-        self.domains.unit_of(group)?;
-        Ok(GroupInfo {
+/// The IOMMU is software: [`SoftDomains`], the whole of `Iommu` from `type1_core`; groups
+/// reserve the MSI window, as on x86.
+impl SoftIommu for HostPlatform {
+    fn soft_domains(&self) -> &SoftDomains {
+        &self.domains
+    }
+
+    fn soft_domains_mut(&mut self) -> &mut SoftDomains {
+        &mut self.domains
+    }
+
+    fn soft_group_info(&self, _group: GroupId) -> GroupInfo {
+        GroupInfo {
             emulated: false,
             reserved: vec![ResvRegion {
                 range: IovaRange {
@@ -641,56 +649,7 @@ impl Iommu for HostPlatform {
                 kind: ResvKind::Msi,
             }],
             msi_isolated: true,
-        })
-    }
-
-    fn domain_alloc(&mut self, group: GroupId) -> Result<DomainId, PlatformError> {
-        self.domains.alloc(group)
-    }
-
-    fn domain_info(&self, _domain: DomainId) -> DomainInfo {
-        self.domains.info()
-    }
-
-    fn domain_enforce_cache_coherency(&mut self, domain: DomainId) -> bool {
-        self.domains.enforce(domain)
-    }
-
-    fn domain_free(&mut self, domain: DomainId) {
-        self.domains.free(domain)
-    }
-
-    fn attach_group(&mut self, domain: DomainId, group: GroupId) -> Result<(), PlatformError> {
-        self.domains.attach(domain, group)
-    }
-
-    fn detach_group(&mut self, domain: DomainId, group: GroupId) {
-        self.domains.detach(domain, group)
-    }
-
-    fn iommu_map(
-        &mut self,
-        domain: DomainId,
-        iova: Iova,
-        pa: Pa,
-        size: u64,
-        prot: Prot,
-    ) -> Result<(), PlatformError> {
-        self.domains.map(domain, iova, pa, size, prot)
-    }
-
-    fn iommu_unmap(&mut self, domain: DomainId, iova: Iova, size: u64) -> u64 {
-        self.domains.unmap(domain, iova, size)
-    }
-
-    fn iotlb_sync(&mut self, _domain: DomainId) {}
-
-    fn iova_to_phys(&self, domain: DomainId, iova: Iova) -> Option<Pa> {
-        self.domains.translate(domain, iova)
-    }
-
-    fn iova_to_phys_run(&self, domain: DomainId, iova: Iova, max: u64) -> Option<(Pa, u64)> {
-        self.domains.run(domain, iova, max)
+        }
     }
 }
 

@@ -8,11 +8,11 @@
 use std::collections::BTreeMap;
 
 use type1_core::{
-    CacheMaintenance, DeviceDma, DmaFault, EmulatedDevices, Iommu, TaskMemory, Tracing,
+    CacheMaintenance, DeviceDma, DmaFault, EmulatedDevices, SoftIommu, TaskMemory, Tracing,
 };
 use type1_core::{
-    DomainId, DomainInfo, Event, GroupId, GroupInfo, Iova, MemType, MmId, Pa, PinnedPage,
-    PlatformError, Prot, SoftDomains, Task, PAGE_SHIFT, PAGE_SIZE,
+    DomainId, Event, MemType, MmId, PinnedPage, PlatformError, SoftDomains, Task, PAGE_SHIFT,
+    PAGE_SIZE,
 };
 
 use crate::GroupSpec;
@@ -229,65 +229,14 @@ impl TaskMemory for FakePlatform {
     }
 }
 
-impl Iommu for FakePlatform {
-    fn group_info(&self, group: GroupId) -> Result<GroupInfo, PlatformError> {
-        self.doms.unit_of(group)?;
-        Ok(GroupInfo {
-            emulated: false,
-            reserved: Vec::new(),
-            msi_isolated: true,
-        })
+/// The IOMMU: software domains, as the host platform's (`Iommu` comes with them).
+impl SoftIommu for FakePlatform {
+    fn soft_domains(&self) -> &SoftDomains {
+        &self.doms
     }
 
-    fn domain_alloc(&mut self, group: GroupId) -> Result<DomainId, PlatformError> {
-        self.doms.alloc(group)
-    }
-
-    fn domain_info(&self, _domain: DomainId) -> DomainInfo {
-        self.doms.info()
-    }
-
-    fn domain_enforce_cache_coherency(&mut self, domain: DomainId) -> bool {
-        self.doms.enforce(domain)
-    }
-
-    fn domain_free(&mut self, domain: DomainId) {
-        self.doms.free(domain)
-    }
-
-    fn attach_group(&mut self, domain: DomainId, group: GroupId) -> Result<(), PlatformError> {
-        self.doms.attach(domain, group)
-    }
-
-    fn detach_group(&mut self, domain: DomainId, group: GroupId) {
-        self.doms.detach(domain, group)
-    }
-
-    fn iommu_map(
-        &mut self,
-        domain: DomainId,
-        iova: Iova,
-        pa: Pa,
-        size: u64,
-        prot: Prot,
-    ) -> Result<(), PlatformError> {
-        // The shared table refuses (EEXIST) a map over an existing entry: the engine never
-        // asks for one, and this double would say so.
-        self.doms.map(domain, iova, pa, size, prot)
-    }
-
-    fn iommu_unmap(&mut self, domain: DomainId, iova: Iova, size: u64) -> u64 {
-        self.doms.unmap(domain, iova, size)
-    }
-
-    fn iotlb_sync(&mut self, _domain: DomainId) {}
-
-    fn iova_to_phys(&self, domain: DomainId, iova: Iova) -> Option<Pa> {
-        self.doms.translate(domain, iova)
-    }
-
-    fn iova_to_phys_run(&self, domain: DomainId, iova: Iova, max: u64) -> Option<(Pa, u64)> {
-        self.doms.run(domain, iova, max)
+    fn soft_domains_mut(&mut self) -> &mut SoftDomains {
+        &mut self.doms
     }
 }
 
