@@ -77,14 +77,21 @@ impl std::str::FromStr for FaultPoint {
     type Err = String;
 
     fn from_str(s: &str) -> Result<Self, String> {
-        FAULT_POINTS
-            .into_iter()
-            .find(|p| p.as_str() == s)
-            .ok_or_else(|| {
-                let known: Vec<&str> = FAULT_POINTS.iter().map(|p| p.as_str()).collect();
-                format!("unknown fault point {s:?} (known: {})", known.join(", "))
-            })
+        by_name(&FAULT_POINTS, Self::as_str, s, "fault point")
     }
+}
+
+/// The member of `all` named `s`, or an error naming the known ones.
+fn by_name<T: Copy>(
+    all: &[T],
+    name: fn(T) -> &'static str,
+    s: &str,
+    what: &str,
+) -> Result<T, String> {
+    all.iter().copied().find(|p| name(*p) == s).ok_or_else(|| {
+        let known: Vec<&str> = all.iter().map(|p| name(*p)).collect();
+        format!("unknown {what} {s:?} (known: {})", known.join(", "))
+    })
 }
 
 /// Points after which an access can be armed ([`Sim::access_after`]): every platform call that
@@ -166,13 +173,7 @@ impl std::str::FromStr for AccessPoint {
     type Err = String;
 
     fn from_str(s: &str) -> Result<Self, String> {
-        ACCESS_POINTS
-            .into_iter()
-            .find(|p| p.as_str() == s)
-            .ok_or_else(|| {
-                let known: Vec<&str> = ACCESS_POINTS.iter().map(|p| p.as_str()).collect();
-                format!("unknown point {s:?} (known: {})", known.join(", "))
-            })
+        by_name(&ACCESS_POINTS, Self::as_str, s, "point")
     }
 }
 
