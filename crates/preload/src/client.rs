@@ -1,6 +1,8 @@
-//! The process's side of the broker (`type1-broker`): connections, requests, and the
-//! callbacks through which the broker has this process pin, unpin, flush, account, copy its
-//! memory and perform device DMA on pages it pinned.
+//! The process's connections to the broker (`type1-broker`): connecting (and starting the
+//! broker), requests, and the loops that receive the broker's callbacks. What a callback
+//! makes this process do (pin, unpin, flush, copy its memory, device DMA on pages it pinned)
+//! is [`crate::answer`]'s, installed here at load ([`install`]): this module knows nothing of
+//! the process's fd table or host platform, which ask the broker through it.
 //!
 //! Each process has one *service* connection, answered by a service thread (callbacks caused
 //! by other processes, or by a last close no request waited for), and each thread that makes
@@ -17,14 +19,9 @@
 use std::cell::RefCell;
 use std::ffi::CString;
 use std::sync::{Mutex, MutexGuard};
-use type1_core::CacheMaintenance;
-use type1_core::TaskMemory;
-
-use type1_broker::wire::{self, Callback, FrameRun, Msg, Received, Request, RingRef, TaskCreds};
-use type1_core::{DmaFault, Errno};
-use type1_host::{sock, sys, SELF_MM};
-
-use crate::state;
+use type1_broker::wire::{self, Callback, Msg, Received, Request, TaskCreds};
+use type1_core::Errno;
+use type1_host::{sock, sys};
 
 /// The service connection of this process: `(pid, client id, fd)`.
 static SERVICE: Mutex<Option<(i32, u32, i32)>> = Mutex::new(None);
@@ -32,12 +29,42 @@ static SERVICE: Mutex<Option<(i32, u32, i32)>> = Mutex::new(None);
 /// lock-free register path, which a signal handler may enter while this thread holds the lock.
 static SERVICE_PID: std::sync::atomic::AtomicI32 = std::sync::atomic::AtomicI32::new(0);
 
-/// Pin callbacks this process answered.
-static PIN_CALLBACKS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+/// A message to send back: the message, its payload, the fds that go with it.
+pub(crate) type Reply = (Msg, Vec<u8>, Vec<i32>);
 
-/// How many pin callbacks this process has answered (each pins up to the engine's batch).
-pub(crate) fn pin_callbacks() -> u64 {
-    PIN_CALLBACKS.load(std::sync::atomic::Ordering::Relaxed)
+/// What this process does when the broker calls back, given once at load by the library's
+/// constructor (the answering side uses the fd table and the host platform, which make
+/// requests through this module: injected, the two do not depend on each other).
+#[derive(Clone, Copy)]
+pub(crate) struct ProcessSide {
+    /// The answer to one callback (its payload, the fds that came with it, and whether some
+    /// could not be installed).
+    pub answer: fn(Callback, Vec<u8>, Vec<i32>, bool) -> Reply,
+    /// A trace line the broker recorded for this process.
+    pub trace: fn(&str),
+    /// The broker this process used is gone and another serves now: nothing may stay pinned
+    /// for the old one's mappings.
+    pub broker_replaced: fn(),
+    /// Runs first on the service thread, which must never enter the library's hooks.
+    pub enter_service: fn(),
+}
+
+static SIDE: std::sync::OnceLock<ProcessSide> = std::sync::OnceLock::new();
+
+/// Installs the answering side (once; later calls change nothing).
+pub(crate) fn install(side: ProcessSide) {
+    let _ = SIDE.set(side);
+}
+
+/// Before [`install`] (it never is: the constructor runs before any request can be made)
+/// every callback fails with EIO.
+fn side() -> ProcessSide {
+    SIDE.get().copied().unwrap_or(ProcessSide {
+        answer: |_, _, _, _| (Msg::Err(libc::EIO), Vec::new(), Vec::new()),
+        trace: |_| {},
+        broker_replaced: || {},
+        enter_service: || {},
+    })
 }
 
 /// This thread's request connection: `(pid, fd)`, closed when the thread exits.
@@ -350,9 +377,7 @@ pub(crate) fn client_id() -> Result<u32, Errno> {
     if known != 0 && known != inst {
         // The broker that held this process's mappings is gone, and with it every mapping:
         // nothing may stay pinned for them.
-        if let Some(h) = state::existing_host() {
-            h.lock().unpin_all();
-        }
+        (side().broker_replaced)();
     }
     let spawned = std::thread::Builder::new()
         .name("type1-service".into())
@@ -387,7 +412,7 @@ pub(crate) fn ensure_current() -> Result<(), Errno> {
 
 /// The service thread: answers the broker's callbacks until the connection closes.
 fn service(fd: i32) {
-    state::enter_for_good();
+    (side().enter_service)();
     // SAFETY: an all-ones signal set blocks every signal this thread could take; the program's
     // handlers then run on its own threads only.
     unsafe {
@@ -398,13 +423,13 @@ fn service(fd: i32) {
     while let Ok(r) = wire::recv(fd) {
         match r.msg {
             Msg::Cb(cb) => {
-                let (m, p, f) = answer(cb, r.payload, r.fds, r.fds_lost);
+                let (m, p, f) = (side().answer)(cb, r.payload, r.fds, r.fds_lost);
                 let _ = wire::send(fd, &m, &p, &f);
             }
             Msg::Note(cb) => {
-                let _ = answer(cb, r.payload, r.fds, r.fds_lost);
+                let _ = (side().answer)(cb, r.payload, r.fds, r.fds_lost);
             }
-            Msg::Trace(j) => trace(&j),
+            Msg::Trace(j) => (side().trace)(&j),
             _ => {
                 for f in r.fds {
                     sys::close(f);
@@ -414,12 +439,6 @@ fn service(fd: i32) {
     }
     // The broker is gone (or hung up on this process).
     forget_service(fd);
-}
-
-fn trace(json: &str) {
-    if let Ok(h) = state::host() {
-        h.lock().trace_json(json);
-    }
 }
 
 /// The caller's credentials for an ioctl; `map`: it is a MAP_DMA, whose pins count against
@@ -541,182 +560,16 @@ fn exchange(fd: i32, req: Request, payload: &[u8], fds: &[i32]) -> Result<Receiv
         let r = wire::recv_soon(fd)?;
         match r.msg {
             Msg::Cb(cb) => {
-                let (m, p, f) = answer(cb, r.payload, r.fds, r.fds_lost);
+                let (m, p, f) = (side().answer)(cb, r.payload, r.fds, r.fds_lost);
                 wire::send(fd, &m, &p, &f)?;
             }
             Msg::Note(cb) => {
-                let _ = answer(cb, r.payload, r.fds, r.fds_lost);
+                let _ = (side().answer)(cb, r.payload, r.fds, r.fds_lost);
             }
-            Msg::Trace(j) => trace(&j),
+            Msg::Trace(j) => (side().trace)(&j),
             _ => return Ok(r),
         }
     }
-}
-
-fn plain(m: Msg) -> (Msg, Vec<u8>, Vec<i32>) {
-    (m, Vec::new(), Vec::new())
-}
-
-/// The answer to one callback.
-fn answer(
-    cb: Callback,
-    payload: Vec<u8>,
-    fds: Vec<i32>,
-    fds_lost: bool,
-) -> (Msg, Vec<u8>, Vec<i32>) {
-    let err = |e: Errno| (Msg::Err(e.0), Vec::new(), Vec::new());
-    match cb {
-        Callback::Read { addr, len } => {
-            let mut buf = vec![0u8; len as usize];
-            match sys::read_user(addr, &mut buf) {
-                Ok(()) => (Msg::Data, buf, Vec::new()),
-                Err(e) => err(e),
-            }
-        }
-        Callback::Write { addr } => match sys::write_user(addr, &payload) {
-            Ok(()) => plain(Msg::Value(0)),
-            Err(e) => err(e),
-        },
-        Callback::FdObject(fd) => match state::object_of_fd(fd) {
-            Ok(Some(o)) => plain(Msg::Object(Some(o.into()))),
-            // Maybe one of the broker's files that came by a route no hook saw: the broker
-            // recognises it by its inode.
-            Ok(None) if sock::socket_inode(fd).is_some() => {
-                (Msg::Object(None), Vec::new(), vec![fd])
-            }
-            Ok(None) => plain(Msg::Object(None)),
-            Err(e) => err(e),
-        },
-        Callback::NewFd(obj) => match fds.first() {
-            Some(&fd) => {
-                state::track(fd, obj.into());
-                plain(Msg::Value(i64::from(fd)))
-            }
-            // Sent but not installed: RLIMIT_NOFILE, as `anon_inode_getfd` would report.
-            None if fds_lost => err(Errno(libc::EMFILE)),
-            None => err(Errno::EIO),
-        },
-        Callback::Pin {
-            vaddr,
-            npages,
-            write,
-        } => {
-            let Ok(h) = state::host() else {
-                return err(Errno::EIO);
-            };
-            PIN_CALLBACKS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-            match pin_runs(&h, vaddr, npages, write) {
-                Ok(runs) => plain(Msg::Pages(runs)),
-                Err(e) => plain(Msg::Failed(e.errno.0, e.what)),
-            }
-        }
-        Callback::Unpin(runs) => {
-            if let Some(h) = state::existing_host() {
-                let mut h = h.lock();
-                for (pfn, npages) in runs {
-                    h.unpin_pages(pfn, npages, true);
-                }
-            }
-            plain(Msg::Value(0))
-        }
-        Callback::Flush(ranges) => {
-            if let Some(h) = state::existing_host() {
-                h.lock().flush_cache_batch(&ranges);
-            }
-            plain(Msg::Value(0))
-        }
-        Callback::Ping => plain(Msg::Value(0)),
-        Callback::SendFd(fd) => match state::object_of_fd(fd) {
-            // An fd that is open (and not one of the emulation's own): sent as it is.
-            Ok(_) if !sys::internal(fd) => (Msg::Value(0), Vec::new(), vec![fd]),
-            _ => plain(Msg::Err(libc::EBADF)),
-        },
-        Callback::Dma { pa, len, to_memory } => {
-            let Some(h) = state::existing_host() else {
-                return plain(Msg::DmaFault(DmaFault::Unreachable));
-            };
-            let mut buf = if to_memory {
-                payload
-            } else {
-                vec![0u8; len as usize]
-            };
-            let r = h.lock().dma_frame(pa, &mut buf, to_memory);
-            match r {
-                Ok(()) if to_memory => plain(Msg::Value(0)),
-                Ok(()) => (Msg::Data, buf, Vec::new()),
-                Err(f) => plain(Msg::DmaFault(f)),
-            }
-        }
-    }
-}
-
-/// Pins up to `npages` pages at `vaddr` as runs of frames, one platform pin call a run (so
-/// that each run is held by one ring slot; the platform is locked for one pin call at a
-/// time), at most [`wire::MAX_RUNS`] of them. Stops at the
-/// first pin that fails once something is pinned (the engine asks again from there and gets
-/// the error); fails only if not even the first page could be pinned.
-fn pin_runs(
-    host: &crate::shared::SharedHost,
-    vaddr: u64,
-    npages: u64,
-    write: bool,
-) -> Result<Vec<FrameRun>, type1_core::PlatformError> {
-    let mut runs: Vec<FrameRun> = Vec::new();
-    let mut done = 0u64;
-    while done < npages && runs.len() < wire::MAX_RUNS {
-        let want = npages - done;
-        // Locked for one platform pin at a time, as when the engine asked page batch by page
-        // batch: other threads' calls that need the platform get in between.
-        let mut h = host.lock();
-        let pages =
-            match h.pin_user_pages(SELF_MM, vaddr + done * type1_core::PAGE_SIZE, want, write) {
-                Ok(p) if !p.is_empty() => p,
-                Ok(_) => break,
-                Err(e) if runs.is_empty() => return Err(e),
-                Err(_) => break,
-            };
-        let got = pages.len() as u64;
-        // One pin call: consecutive frames of one kind, held by one slot. Device memory may
-        // still have gaps; split there.
-        let mut i = 0;
-        while i < pages.len() {
-            let f = pages[i];
-            let mut n = 1;
-            while i + n < pages.len()
-                && pages[i + n].pfn == f.pfn + n as u64
-                && pages[i + n].reserved == f.reserved
-            {
-                n += 1;
-            }
-            if runs.len() == wire::MAX_RUNS {
-                // No room to report the rest: give it back.
-                for p in &pages[i..] {
-                    if !p.reserved {
-                        h.unpin_pages(p.pfn, 1, false);
-                    }
-                }
-                return Ok(runs);
-            }
-            let held = if f.reserved {
-                None
-            } else {
-                h.pin_ref(f.pfn)
-                    .map(|(fd, slot, addr)| RingRef { fd, slot, addr })
-            };
-            runs.push(FrameRun {
-                pfn: f.pfn,
-                npages: n as u64,
-                reserved: f.reserved,
-                memtype: h.pfn_memtype(f.pfn),
-                held,
-            });
-            i += n;
-        }
-        done += got;
-        drop(h);
-        host.let_waiters_in();
-    }
-    Ok(runs)
 }
 
 /// A forked child: the connections it inherited are its parent's (their numbers are closed

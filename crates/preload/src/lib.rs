@@ -54,6 +54,7 @@
 //! thread fails with EDEADLK. Running a program under the library (`type1 exec`) and reading
 //! its trace is `type1-exec`'s job, a crate that links none of these symbols.
 
+mod answer;
 mod client;
 mod files;
 mod hooks;

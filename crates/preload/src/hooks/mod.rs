@@ -167,7 +167,7 @@ fn write_wire_stats() -> Result<(), Errno> {
         s.largest_sent,
         s.received,
         s.largest_received,
-        client::pin_callbacks()
+        crate::answer::pin_callbacks()
     );
     use std::os::unix::ffi::OsStrExt;
     let c = std::ffi::CString::new(path.as_bytes()).map_err(|_| Errno::EINVAL)?;
@@ -190,7 +190,14 @@ fn write_wire_stats() -> Result<(), Errno> {
 /// the emulated files inherited across exec.
 #[used]
 #[link_section = ".init_array"]
-static INIT: extern "C" fn() = state::at_load;
+static INIT: extern "C" fn() = at_load;
+
+/// The constructor: the broker's callbacks are answered by [`crate::answer`], then the
+/// process's state is set up ([`state::at_load`]).
+extern "C" fn at_load() {
+    client::install(crate::answer::SIDE);
+    state::at_load();
+}
 
 /// Runs at process exit (also after `main` returns without closing anything, as QEMU does).
 #[used]
