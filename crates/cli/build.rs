@@ -3,7 +3,7 @@
 //! installed (`src/embedded.rs` writes them out on first use).
 //!
 //! In a release build (the profile `cargo install` uses) this script builds the package
-//! `type1-preload` (the cdylib `libtype1_preload.so` and the `type1-broker` binary) from the
+//! `type1-preload` (the cdylib `libtype1_preload.so`) and the `type1-broker` binary from the
 //! same workspace with the same cargo, into a target directory of its own under `OUT_DIR`,
 //! and hands their paths to the compiler (`TYPE1_EMBED_LIBRARY`, `TYPE1_EMBED_BROKER`, cfg
 //! `type1_embedded`). Debug builds, and `TYPE1_EMBED=0`, embed nothing: `type1` then finds the
@@ -27,7 +27,7 @@ fn main() {
     let root = manifest.join("../..");
     let workspace = root.join("Cargo.toml");
     // Everything the library and the broker are built from.
-    for dir in ["core", "uapi", "host", "preload", "broker", "sim"] {
+    for dir in ["core", "uapi", "host", "preload", "broker", "machine"] {
         println!(
             "cargo::rerun-if-changed={}",
             root.join("crates").join(dir).display()
@@ -41,7 +41,14 @@ fn main() {
     let target = out.join("embed-target");
     let cargo = env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
     let status = Command::new(cargo)
-        .args(["build", "--release", "-p", "type1-preload"])
+        .args([
+            "build",
+            "--release",
+            "-p",
+            "type1-preload",
+            "-p",
+            "type1-broker",
+        ])
         .arg("--manifest-path")
         .arg(&workspace)
         .arg("--target-dir")
@@ -51,7 +58,9 @@ fn main() {
         .env_remove("CARGO_BUILD_TARGET_DIR")
         .env("TYPE1_EMBED", "0")
         .status()
-        .unwrap_or_else(|e| panic!("cannot run cargo to build the preload library: {e}"));
+        .unwrap_or_else(|e| {
+            panic!("cannot run cargo to build the preload library and the broker: {e}")
+        });
     assert!(
         status.success(),
         "building type1-preload for embedding failed ({status}); set TYPE1_EMBED=0 to build \

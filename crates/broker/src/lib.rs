@@ -15,7 +15,7 @@
 //! * [`server`]: connections, requests, last-close collection, exit when unused;
 //! * [`machine`]: the emulated machine's description (shared with the preload library).
 //!
-//! The executable (`type1-broker NAME`, built by the preload package next to
+//! The executable (`type1-broker NAME`, `src/main.rs`, which a workspace build leaves next to
 //! `libtype1_preload.so`) is started by the first process that needs it; see
 //! `ARCHITECTURE.md` (Processes) for the design and its limits.
 

@@ -42,12 +42,12 @@ impl Machine {
         }
     }
 
-    /// The machine of a `type1-sim` description (`docs/machine.md`): its units (only
+    /// The machine of a `type1-machine` description (`docs/machine.md`): its units (only
     /// `snoop_control` matters here) and groups with their device names, which become the
     /// devices' sysfs names and `VFIO_GROUP_GET_DEVICE_FD` names. Emulated (IOMMU-less)
     /// groups are not supported by the host platform.
     pub fn from_toml(text: &str) -> Result<Machine, String> {
-        let desc = type1_sim::machine::MachineDesc::from_toml_str(text)?;
+        let desc = type1_machine::MachineDesc::from_toml_str(text)?;
         desc.validate()?;
         let index: BTreeMap<u32, usize> = desc
             .units

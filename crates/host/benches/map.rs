@@ -12,7 +12,7 @@
 use std::time::Instant;
 
 use type1_core::{Config, Container, GroupId, MapRequest, UnmapRequest, PAGE_SIZE};
-use type1_host::{sys, HostConfig, HostPlatform};
+use type1_host::{flush, sys, HostConfig, HostPlatform};
 
 struct Opts {
     mib: u64,
@@ -47,12 +47,12 @@ fn median(mut v: Vec<f64>) -> f64 {
 }
 
 fn flush_all(addr: u64, len: u64) {
-    let (insn, line) = sys::detect_flush();
+    let (insn, line) = flush::detect_flush();
     let mut at = 0;
     while at < len {
         let n = (len - at).min(2 << 20);
         // SAFETY: the bench's own mapping, present (prefaulted) for its whole length.
-        unsafe { sys::flush_range(insn, line, addr + at, n) };
+        unsafe { flush::flush_range(insn, line, addr + at, n) };
         at += n;
     }
 }
@@ -64,7 +64,7 @@ fn floors(addr: u64, len: u64) -> (f64, f64, f64) {
     let t = Instant::now();
     flush_all(addr, len);
     let clean = t.elapsed().as_secs_f64();
-    let (insn, line) = sys::detect_flush();
+    let (insn, line) = flush::detect_flush();
     let chunk = 256 << 10;
     let mut dirty = 0.0;
     let mut fill = 0.0;
@@ -76,7 +76,7 @@ fn floors(addr: u64, len: u64) -> (f64, f64, f64) {
         fill += t.elapsed().as_secs_f64();
         let t = Instant::now();
         // SAFETY: as above.
-        unsafe { sys::flush_range(insn, line, addr + at, chunk) };
+        unsafe { flush::flush_range(insn, line, addr + at, chunk) };
         dirty += t.elapsed().as_secs_f64();
         at += chunk;
     }
@@ -224,7 +224,7 @@ fn main() {
     }
     let ns = |s: f64| s * 1e9 / pages;
     let (clean, dirty, fill) = (median(clean), median(dirty), median(fill));
-    let (insn, _) = sys::detect_flush();
+    let (insn, _) = flush::detect_flush();
     println!(
         "{} MiB, {} pages{}, {:?}, medians of {} runs",
         o.mib,

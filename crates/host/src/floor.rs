@@ -6,19 +6,19 @@
 
 use std::time::Instant;
 
-use crate::sys;
+use crate::{flush, sys};
 
 /// Flushes every line of `[addr, addr + len)` with the instruction CPUID offers.
 ///
 /// # Safety
 /// The range must be mapped and readable for its whole length.
 pub unsafe fn flush_all(addr: u64, len: u64) {
-    let (insn, line) = sys::detect_flush();
+    let (insn, line) = flush::detect_flush();
     let mut at = 0;
     while at < len {
         let n = (len - at).min(2 << 20);
         // SAFETY: per this function's contract.
-        unsafe { sys::flush_range(insn, line, addr + at, n) };
+        unsafe { flush::flush_range(insn, line, addr + at, n) };
         at += n;
     }
 }
@@ -68,7 +68,7 @@ impl Buffer {
     /// Seconds to flush every line while dirty: each 256 KiB is written, then flushed; only
     /// the flushes are timed.
     pub fn flush_dirty(&self) -> f64 {
-        let (insn, line) = sys::detect_flush();
+        let (insn, line) = flush::detect_flush();
         let chunk = (256u64 << 10).min(self.len);
         let mut dirty = 0.0;
         let mut at = 0;
@@ -78,7 +78,7 @@ impl Buffer {
             unsafe { std::ptr::write_bytes((self.addr + at) as *mut u8, 0xa5, n as usize) };
             let t = Instant::now();
             // SAFETY: as above.
-            unsafe { sys::flush_range(insn, line, self.addr + at, n) };
+            unsafe { flush::flush_range(insn, line, self.addr + at, n) };
             dirty += t.elapsed().as_secs_f64();
             at += n;
         }

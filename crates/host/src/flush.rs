@@ -26,7 +26,7 @@ impl HostPlatform {
                     // mapped in this process (`maps`, `sys::mapped`); the mapping cannot go
                     // away during this platform call, whose caller holds the platform (the
                     // munmap hooks take it too). The flush only writes back and invalidates.
-                    unsafe { sys::flush_range(insn, line, a, n) }
+                    unsafe { flush::flush_range(insn, line, a, n) }
                 })
                 .sum()
         };

@@ -51,10 +51,12 @@
 
 pub mod alloc_count;
 mod dma;
+pub mod fds;
 pub mod floor;
-mod flush;
+pub mod flush;
 mod hold;
 pub mod pins;
+pub mod procfs;
 pub mod shm;
 pub mod sock;
 pub mod sys;
@@ -72,8 +74,8 @@ use type1_core::{
     CacheMaintenance, DeviceDma, DmaFault, EmulatedDevices, SoftIommu, TaskMemory, Tracing,
 };
 
+pub use flush::FlushInsn;
 use pins::{Holder, PinStore};
-pub use sys::FlushInsn;
 use uring::Ring;
 
 /// The one address space of the host platform: the calling process.
@@ -314,7 +316,7 @@ impl HostPlatform {
             mmio_pfns: BTreeMap::new(),
             bars: BTreeMap::new(),
             bar_files: BTreeMap::new(),
-            flush: sys::detect_flush(),
+            flush: flush::detect_flush(),
             flush_threads: 1,
             deferred: None,
             stats: HostStats::default(),

@@ -7,7 +7,7 @@
 use type1_core::Errno;
 
 /// The calling thread's errno after a failed system call.
-pub(crate) fn errno() -> Errno {
+pub fn errno() -> Errno {
     Errno(
         std::io::Error::last_os_error()
             .raw_os_error()
@@ -46,87 +46,11 @@ pub fn open(path: &std::ffi::CStr, flags: i32, mode: u32) -> Result<i32, Errno> 
     check(r).map(|fd| fd as i32)
 }
 
-/// `close(fd)` (and `fd` is no longer [`internal`]).
+/// `close(fd)` (and `fd` is no longer [`crate::fds::internal`]).
 pub fn close(fd: i32) {
-    set_internal(fd, false);
+    crate::fds::set_internal(fd, false);
     // SAFETY: closing a descriptor has no memory-safety preconditions.
     unsafe { libc::syscall(libc::SYS_close, fd) };
-}
-
-/// A set of fd numbers below 65536, one bit each, read and written without a lock (for
-/// checks on every hooked call). Numbers beyond it are never members.
-pub struct FdSet([std::sync::atomic::AtomicU64; FdSet::BITS / 64]);
-
-impl FdSet {
-    const BITS: usize = 1 << 16;
-
-    /// The empty set.
-    pub const fn new() -> FdSet {
-        FdSet([const { std::sync::atomic::AtomicU64::new(0) }; FdSet::BITS / 64])
-    }
-
-    /// Whether `fd` can be a member (it is below the set's bound).
-    pub fn covers(fd: i32) -> bool {
-        usize::try_from(fd).is_ok_and(|f| f < FdSet::BITS)
-    }
-
-    /// Adds (`on`) or removes `fd`.
-    pub fn set(&self, fd: i32, on: bool) {
-        use std::sync::atomic::Ordering;
-        let Some(f) = usize::try_from(fd).ok().filter(|f| *f < FdSet::BITS) else {
-            return;
-        };
-        let (w, b) = (f / 64, 1u64 << (f % 64));
-        if on {
-            self.0[w].fetch_or(b, Ordering::AcqRel);
-        } else {
-            self.0[w].fetch_and(!b, Ordering::AcqRel);
-        }
-    }
-
-    /// Whether `fd` is a member.
-    pub fn contains(&self, fd: i32) -> bool {
-        usize::try_from(fd)
-            .ok()
-            .filter(|f| *f < FdSet::BITS)
-            .is_some_and(|f| {
-                self.0[f / 64].load(std::sync::atomic::Ordering::Acquire) & (1 << (f % 64)) != 0
-            })
-    }
-
-    /// Members in `[first, last]`, ascending.
-    pub fn members_in(&self, first: u32, last: u32) -> Vec<u32> {
-        let hi = (last as usize).min(FdSet::BITS - 1);
-        (first as usize..=hi)
-            .filter(|f| self.contains(*f as i32))
-            .map(|f| f as u32)
-            .collect()
-    }
-}
-
-impl Default for FdSet {
-    fn default() -> Self {
-        FdSet::new()
-    }
-}
-
-/// The fds the emulation holds for itself (io_uring rings, the bounce file, pagemap, the
-/// trace): the program never opened them, so its close routes must not close them.
-static INTERNAL: FdSet = FdSet::new();
-
-/// Marks (or unmarks) `fd` as one of the emulation's own.
-pub fn set_internal(fd: i32, on: bool) {
-    INTERNAL.set(fd, on);
-}
-
-/// The emulation's own fds in `[first, last]`, ascending.
-pub fn internal_in(first: u32, last: u32) -> Vec<u32> {
-    INTERNAL.members_in(first, last)
-}
-
-/// Whether `fd` is one of the emulation's own fds (see [`set_internal`]).
-pub fn internal(fd: i32) -> bool {
-    INTERNAL.contains(fd)
 }
 
 /// `pread64(fd, buf, off)`; returns the bytes read.
@@ -382,10 +306,6 @@ pub fn memlock_limit_pages() -> u64 {
     rl.rlim_cur >> 12
 }
 
-// The flush instructions live with the rest of cache maintenance; re-exported here, where
-// the other raw operations are.
-pub use crate::flush::{detect_flush, flush_range, FlushInsn};
-
 /// An anonymous private mapping owned by this value (unmapped on drop), for tests and DMA
 /// buffers. Its contents are only reachable through [`read_user`]/[`write_user`] or raw
 /// pointers the user takes responsibility for.
@@ -490,18 +410,6 @@ pub fn memfd(name: &std::ffi::CStr, cloexec: bool) -> Result<i32, Errno> {
     check(r).map(|fd| fd as i32)
 }
 
-/// A `kB` field of `/proc/self/status` (`VmLck`, `VmPin`, `VmRSS`, ...).
-pub fn status_kb(field: &str) -> Option<u64> {
-    let fd = open_ro(c"/proc/self/status").ok()?;
-    let mut buf = vec![0u8; 16384];
-    let n = pread(fd, &mut buf, 0).unwrap_or(0);
-    close(fd);
-    let text = String::from_utf8_lossy(&buf[..n]);
-    text.lines()
-        .find_map(|l| l.strip_prefix(field)?.strip_prefix(':'))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-}
-
 /// `munmap(addr, len)`.
 ///
 /// # Safety
@@ -579,61 +487,6 @@ pub fn open_regular_ro(path: &std::ffi::CStr) -> Result<i32, Errno> {
             Err(e)
         }
     }
-}
-
-/// The ranges of this process's address space that map bytes `[from, to)` of the file that
-/// `fd` refers to (read from `/proc/self/maps`): `(vaddr, len)`, page-aligned.
-pub fn file_mappings(fd: i32, from: u64, to: u64) -> Vec<(u64, u64)> {
-    let Ok((dev, ino, _)) = fstat_id(fd) else {
-        return Vec::new();
-    };
-    let (major, minor) = (
-        ((dev >> 8) & 0xfff) | ((dev >> 32) & !0xfff),
-        (dev & 0xff) | ((dev >> 12) & !0xff),
-    );
-    let Ok(mfd) = open_ro(c"/proc/self/maps") else {
-        return Vec::new();
-    };
-    let mut text = Vec::new();
-    let mut buf = vec![0u8; 1 << 16];
-    while let Ok(n) = pread(mfd, &mut buf, text.len() as u64) {
-        if n == 0 {
-            break;
-        }
-        text.extend_from_slice(&buf[..n]);
-    }
-    close(mfd);
-    let from = from & !4095;
-    let mut out = Vec::new();
-    for line in String::from_utf8_lossy(&text).lines() {
-        let mut f = line.split_ascii_whitespace();
-        let (Some(range), Some(_perms), Some(off), Some(devs), Some(inode)) =
-            (f.next(), f.next(), f.next(), f.next(), f.next())
-        else {
-            continue;
-        };
-        let hex = |s: &str| u64::from_str_radix(s, 16).ok();
-        let (Some((s, e)), Some(off), Some((ma, mi)), Ok(i)) = (
-            range
-                .split_once('-')
-                .and_then(|(a, b)| Some((hex(a)?, hex(b)?))),
-            hex(off),
-            devs.split_once(':')
-                .and_then(|(a, b)| Some((hex(a)?, hex(b)?))),
-            inode.parse::<u64>(),
-        ) else {
-            continue;
-        };
-        if i != ino || ma != major || mi != minor {
-            continue;
-        }
-        let (lo, hi) = (from.max(off), to.min(off + (e - s)));
-        if lo < hi {
-            let start = s + (lo - off);
-            out.push((start, (hi - lo).div_ceil(4096) * 4096));
-        }
-    }
-    out
 }
 
 /// Whether every page of `[addr, addr + len)` lies in a mapping of this process (`mincore`
@@ -788,4 +641,54 @@ pub fn own(fd: i32) -> std::fs::File {
     use std::os::fd::FromRawFd;
     // SAFETY: the caller hands over an open descriptor that nothing else owns or closes.
     unsafe { std::fs::File::from_raw_fd(fd) }
+}
+
+/// `close_range(first, last, flags)`.
+pub fn close_range(first: u32, last: u32, flags: u32) -> Result<(), Errno> {
+    // SAFETY: close_range only closes (or marks close-on-exec) descriptors.
+    check(unsafe { libc::syscall(libc::SYS_close_range, first, last, flags) }).map(|_| ())
+}
+
+/// `pread64`/`pwrite64` (`write`) of `n` bytes at `buf`, at `off` in `fd`: the bytes moved.
+///
+/// # Safety
+/// `buf` must be valid for `n` bytes: writable for a read, readable for a write.
+pub unsafe fn pread_pwrite_raw(
+    fd: i32,
+    buf: *mut libc::c_void,
+    n: usize,
+    off: u64,
+    write: bool,
+) -> Result<usize, Errno> {
+    let nr = if write {
+        libc::SYS_pwrite64
+    } else {
+        libc::SYS_pread64
+    };
+    // SAFETY: the buffer is valid for `n` bytes, per this function's contract; the kernel
+    // checks the fd and the offset.
+    let r = unsafe { libc::syscall(nr, fd, buf, n, off as libc::off_t) };
+    check(r).map(|n| n as usize)
+}
+
+/// Whether `fd` is open (`fcntl(F_GETFD)` succeeds).
+pub fn fd_open(fd: i32) -> bool {
+    // SAFETY: F_GETFD only queries the descriptor table.
+    unsafe { libc::syscall(libc::SYS_fcntl, fd, libc::F_GETFD) >= 0 }
+}
+
+/// `wait4(pid, &status, 0, NULL)`: waits for a child of this process to exit; its status.
+pub fn wait_child(pid: i32) -> Result<i32, Errno> {
+    let mut status = 0i32;
+    // SAFETY: wait4 writes the status word, which lives across the call; no rusage is asked.
+    let r = unsafe {
+        libc::syscall(
+            libc::SYS_wait4,
+            pid,
+            &mut status as *mut i32,
+            0,
+            std::ptr::null_mut::<libc::rusage>(),
+        )
+    };
+    check(r).map(|_| status)
 }

@@ -19,7 +19,7 @@ use std::os::unix::ffi::{OsStrExt, OsStringExt};
 
 use type1_core::Errno;
 
-use crate::sys;
+use crate::{fds, sys};
 
 const WRITER: &str = "TYPE1_TRACE_WRITER";
 
@@ -141,7 +141,7 @@ impl TraceFile {
         if pid != self.pid {
             // A forked child: its events go to its own file; the parent's fd is left alone.
             let file = Self::child_path(&self.base, pid);
-            sys::set_internal(self.fd, false); // the child's copy; it is closed below
+            fds::set_internal(self.fd, false); // the child's copy; it is closed below
             sys::close(self.fd);
             match open(&file, true) {
                 Ok(fd) => {

@@ -156,7 +156,7 @@ const _: () = assert!(std::mem::size_of::<RsrcRegister>() == 32);
 const _: () = assert!(std::mem::size_of::<RsrcUpdate2>() == 32);
 
 /// Moves `fd` to a number at or above [`FD_FLOOR`] with close-on-exec, closing the original,
-/// and marks it as the emulation's own (`sys::internal`). Keeps `fd` where it is if no such
+/// and marks it as the emulation's own (`fds::internal`). Keeps `fd` where it is if no such
 /// number is free.
 pub fn move_high(fd: i32) -> i32 {
     // SAFETY: F_DUPFD_CLOEXEC only creates a descriptor.
@@ -167,7 +167,7 @@ pub fn move_high(fd: i32) -> i32 {
         crate::sys::close(fd);
         r as i32
     };
-    crate::sys::set_internal(fd, true);
+    crate::fds::set_internal(fd, true);
     fd
 }
 

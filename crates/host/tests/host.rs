@@ -5,6 +5,7 @@ use type1_core::Iommu;
 use type1_core::TaskMemory;
 use type1_core::{Config, Container, Errno, GroupId, MapRequest, Task, UnmapRequest};
 use type1_host::{
+    flush, procfs,
     sys::{self, AnonMap},
     FlushInsn, HostConfig, HostPlatform, SELF_MM,
 };
@@ -88,7 +89,7 @@ fn pin_of_unmapped_address_is_efault() {
 
 #[test]
 fn flush_uses_cpuid_instruction_and_covers_every_line() {
-    let (insn, line) = sys::detect_flush();
+    let (insn, line) = flush::detect_flush();
     if cfg!(target_arch = "x86_64") {
         assert_ne!(insn, FlushInsn::None);
         assert!(line >= 32);
@@ -121,7 +122,7 @@ fn flush_uses_cpuid_instruction_and_covers_every_line() {
 #[test]
 fn a_batch_flush_on_several_threads_covers_every_line_once() {
     // 16 MiB in 4 separately pinned 4 MiB runs: above the parallel threshold in all.
-    let (insn, line) = sys::detect_flush();
+    let (insn, line) = flush::detect_flush();
     let pages = 4096u64;
     let buf = AnonMap::new(pages * 4096, false).unwrap();
     let run = pages / 4;
@@ -440,26 +441,30 @@ fn pins_leave_vm_locked_alone_and_show_in_vmpin() {
     }
     let buf = AnonMap::new(64 * 4096, false).unwrap();
     sys::mlock(buf.addr(), 16 * 4096).unwrap();
-    let lck = sys::status_kb("VmLck").unwrap();
-    let pin0 = sys::status_kb("VmPin").unwrap();
+    let lck = procfs::status_kb("VmLck").unwrap();
+    let pin0 = procfs::status_kb("VmPin").unwrap();
     let mut p = HostPlatform::new(HostConfig::default());
     let pins = p.pin_user_pages(SELF_MM, buf.addr(), 64, true).unwrap();
     assert_eq!(
-        sys::status_kb("VmLck"),
+        procfs::status_kb("VmLck"),
         Some(lck),
         "no VM_LOCKED from a pin"
     );
-    assert_eq!(sys::status_kb("VmPin"), Some(pin0 + 256), "64 pages pinned");
+    assert_eq!(
+        procfs::status_kb("VmPin"),
+        Some(pin0 + 256),
+        "64 pages pinned"
+    );
     p.unpin_pages(pins[0].pfn, 1, true);
     for x in &pins[1..] {
         p.unpin_page(x.pfn, true);
     }
     assert_eq!(
-        sys::status_kb("VmLck"),
+        procfs::status_kb("VmLck"),
         Some(lck),
         "the program's own mlock stays"
     );
-    assert_eq!(sys::status_kb("VmPin"), Some(pin0), "unpinned");
+    assert_eq!(procfs::status_kb("VmPin"), Some(pin0), "unpinned");
     assert_eq!(p.stats().stray_unpins, 0);
     sys::munlock(buf.addr(), 16 * 4096);
 }

@@ -7,6 +7,7 @@
 
 use type1_broker::wire::{self, Callback, FrameRun, Msg, RingRef};
 use type1_core::{CacheMaintenance, DmaFault, Errno, TaskMemory};
+use type1_host::fds;
 use type1_host::{sock, sys, SELF_MM};
 
 use crate::client::{ProcessSide, Reply};
@@ -112,7 +113,7 @@ fn answer(cb: Callback, payload: Vec<u8>, fds: Vec<i32>, fds_lost: bool) -> Repl
         Callback::Ping => plain(Msg::Value(0)),
         Callback::SendFd(fd) => match state::object_of_fd(fd) {
             // An fd that is open (and not one of the emulation's own): sent as it is.
-            Ok(_) if !sys::internal(fd) => (Msg::Value(0), Vec::new(), vec![fd]),
+            Ok(_) if !fds::internal(fd) => (Msg::Value(0), Vec::new(), vec![fd]),
             _ => plain(Msg::Err(libc::EBADF)),
         },
         Callback::Dma { pa, len, to_memory } => {

@@ -21,6 +21,7 @@ use std::ffi::CString;
 use std::sync::{Mutex, MutexGuard};
 use type1_broker::wire::{self, Callback, Msg, Received, Request, TaskCreds};
 use type1_core::Errno;
+use type1_host::procfs;
 use type1_host::{sock, sys};
 
 /// The service connection of this process: `(pid, client id, fd)`.
@@ -203,17 +204,7 @@ fn spawn_broker(name: &str) -> Result<(), Errno> {
         return Err(Errno(libc::ENODEV));
     }
     // It exits as soon as it listens (its detached child serves).
-    let mut status = 0;
-    // SAFETY: wait4 on our own child with a valid status out-parameter.
-    unsafe {
-        libc::syscall(
-            libc::SYS_wait4,
-            pid,
-            &mut status as *mut i32,
-            0,
-            std::ptr::null_mut::<libc::rusage>(),
-        )
-    };
+    let _ = sys::wait_child(pid);
     Ok(())
 }
 
@@ -449,7 +440,7 @@ fn creds(map: bool) -> TaskCreds {
         cap_ipc_lock,
         memlock_limit_pages: sys::memlock_limit_pages(),
         mlocked_pages: if map && !cap_ipc_lock {
-            sys::status_kb("VmLck").unwrap_or(0) / 4
+            procfs::status_kb("VmLck").unwrap_or(0) / 4
         } else {
             0
         },

@@ -33,7 +33,7 @@
 //!
 //! The default machine: group 0 behind a coherent IOMMU with device `0000:00:04.0`, group 1
 //! behind an IOMMU without snoop control with device `0000:00:05.0`. `TYPE1_MACHINE=FILE`
-//! picks another, in `type1-sim`'s TOML format (`docs/machine.md`; units' `snoop_control` and
+//! picks another, in `type1-machine`'s TOML format (`docs/machine.md`; units' `snoop_control` and
 //! groups' `unit` and `devices` are used, device names become sysfs names; emulated groups are
 //! not supported). An invalid file is reported on stderr and leaves a machine without groups.
 //!

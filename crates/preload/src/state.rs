@@ -14,6 +14,7 @@ use std::{
         Arc, Mutex, MutexGuard, OnceLock,
     },
 };
+use type1_host::fds;
 
 use crate::shared::SharedHost;
 use type1_broker::machine::{self, Machine};
@@ -40,11 +41,11 @@ pub(crate) fn machine() -> &'static Machine {
 
 /// The fds in the table. Lets every hook on a file that is not ours (the common case) pass
 /// through without taking a lock.
-static EMULATED_FDS: sys::FdSet = sys::FdSet::new();
+static EMULATED_FDS: fds::FdSet = fds::FdSet::new();
 
 /// Whether `fd` may be emulated, without taking a lock: `false` is certain.
 pub(crate) fn maybe_emulated(fd: i32) -> bool {
-    if sys::FdSet::covers(fd) {
+    if fds::FdSet::covers(fd) {
         EMULATED_FDS.contains(fd)
     } else {
         fd >= 0 // beyond the set: ask the table
@@ -224,12 +225,10 @@ pub(crate) fn object_of_fd(fd: i32) -> Result<Option<Object>, Errno> {
     if let Some(o) = object_of(fd) {
         return Ok(Some(o));
     }
-    // SAFETY: F_GETFD only queries the descriptor table.
-    let r = unsafe { libc::syscall(libc::SYS_fcntl, fd, libc::F_GETFD) };
-    if r < 0 {
-        Err(Errno::EBADF)
-    } else {
+    if sys::fd_open(fd) {
         Ok(None)
+    } else {
+        Err(Errno::EBADF)
     }
 }
 
@@ -556,7 +555,7 @@ extern "C" fn fork_child() {
     });
     crate::client::forget_after_fork();
     // The parent's rings, connections, trace and bounce files.
-    for fd in sys::internal_in(0, u32::MAX) {
+    for fd in fds::internal_in(0, u32::MAX) {
         sys::close(fd as i32);
     }
 }
@@ -590,7 +589,7 @@ fn adopt_inherited() {
     };
     let fds: Vec<i32> = dir
         .filter_map(|e| e.ok()?.file_name().to_str()?.parse().ok())
-        .filter(|fd: &i32| !sys::internal(*fd))
+        .filter(|fd: &i32| !fds::internal(*fd))
         .filter(|fd| type1_host::sock::socket_inode(*fd).is_some())
         .collect();
     for fd in fds {

@@ -39,7 +39,8 @@ pub mod digest;
 pub mod fault;
 pub mod incheck;
 pub mod iommu;
-pub mod machine;
+/// Machine descriptions ([`type1_machine`], the format the broker reads too).
+pub use type1_machine as machine;
 pub mod memory;
 mod pin;
 mod platform;

@@ -440,21 +440,9 @@ pub(super) fn bar2_rw(
         return Ok(0);
     }
     let n = count.min((BAR2_SIZE - off) as usize);
-    let nr = if write {
-        libc::SYS_pwrite64
-    } else {
-        libc::SYS_pread64
-    };
     // SAFETY: the caller's buffer of at least `count >= n` bytes, as pread/pwrite's contract
-    // says; the fd is the device's memfd and `off` is inside it.
-    let r = unsafe { libc::syscall(nr, fd, buf, n, off as libc::off_t) };
-    if r < 0 {
-        return Err(Errno(
-            std::io::Error::last_os_error()
-                .raw_os_error()
-                .unwrap_or(libc::EIO),
-        ));
-    }
+    // says; the fd is the device's memfd.
+    let r = unsafe { type1_host::sys::pread_pwrite_raw(fd, buf, n, off, write) }?;
     Ok(r as isize)
 }
 

@@ -271,7 +271,7 @@ pub(super) fn file_shrinking(fd: c_int, from: u64, to: u64) -> Vec<(u64, u64)> {
     if !watching() || from >= to {
         return Vec::new();
     }
-    let ranges = type1_host::sys::file_mappings(fd, from, to);
+    let ranges = type1_host::procfs::file_mappings(fd, from, to);
     for &(v, l) in &ranges {
         with_platform(v, l, |p| p.cpu_unmap_prepare(v, l));
     }

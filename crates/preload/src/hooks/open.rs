@@ -186,7 +186,7 @@ openat_hook!(openat64, "openat64");
 /// emulation's own fds are not the program's to close: EBADF, as for an fd it never opened.
 #[no_mangle]
 pub unsafe extern "C" fn close(fd: c_int) -> c_int {
-    if type1_host::sys::internal(fd) {
+    if type1_host::fds::internal(fd) {
         set_errno(Errno::EBADF);
         return -1;
     }
@@ -214,19 +214,7 @@ pub(super) fn synced_after_close() {
 /// `close_range(first, last, flags)` that leaves the emulation's own fds open, then the last
 /// close of every emulated object that loses its last fd there.
 pub(super) fn close_range_keeping_internal(first: u32, last: u32, flags: u32) -> Result<(), Errno> {
-    let sys_close_range = |a: u32, b: u32| -> Result<(), Errno> {
-        // SAFETY: close_range only closes (or marks close-on-exec) descriptors.
-        let r = unsafe { libc::syscall(libc::SYS_close_range, a, b, flags) };
-        if r < 0 {
-            Err(Errno(
-                std::io::Error::last_os_error()
-                    .raw_os_error()
-                    .unwrap_or(libc::EINVAL),
-            ))
-        } else {
-            Ok(())
-        }
-    };
+    let sys_close_range = |a: u32, b: u32| type1_host::sys::close_range(a, b, flags);
     if first > last {
         return Err(Errno::EINVAL);
     }
@@ -240,7 +228,7 @@ pub(super) fn close_range_keeping_internal(first: u32, last: u32, flags: u32) ->
     let lo = i32::try_from(first).unwrap_or(i32::MAX);
     let ours = guarded(|| state::forget_range(lo, hi)).unwrap_or(false);
     let mut from = u64::from(first);
-    for fd in type1_host::sys::internal_in(first, last) {
+    for fd in type1_host::fds::internal_in(first, last) {
         if u64::from(fd) > from {
             sys_close_range(from as u32, fd - 1)?;
         }

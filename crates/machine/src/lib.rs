@@ -1,5 +1,10 @@
-//! Machine descriptions: which IOMMU units, groups, devices and MMIO ranges a [`crate::Sim`]
-//! has, read from TOML (format in `docs/machine.md`, default in `machines/default.toml`).
+//! # type1-machine: machine descriptions
+//!
+//! Which IOMMU units, groups, devices, reserved and MMIO ranges a machine has, read from TOML
+//! (format in `docs/machine.md`, default in `machines/default.toml`). The simulator
+//! (`type1-sim`, which re-exports this crate as `type1_sim::machine`) builds a whole machine
+//! from one; the emulation's broker (`type1-broker`) reads the same files for the groups,
+//! devices and IOMMU units it emulates, without linking the simulator.
 //!
 //! Every field is validated by [`MachineDesc::validate`]; errors name the field and the value
 //! (`group 3: unit 7 does not exist`). Parse errors come from the `toml` crate and carry the
