@@ -7,7 +7,7 @@ use type1_scenario::{
     parse::{ifd::IfdOp, Op},
     World,
 };
-use type1_sim::{AccessPoint, FaultPoint, Kind, MachineDesc};
+use type1_sim::{AccessPoint, FaultPoint, MachineDesc, ViolationKind};
 
 /// User virtual address of the checked process's buffer.
 pub const VADDR: u64 = 0x7f00_0000_0000;
@@ -66,7 +66,10 @@ pub const WIDE_FAULTS: [(FaultPoint, u64); 6] = [
 ];
 
 /// The protocol checks `content_only` leaves out.
-pub const PROTOCOL_KINDS: [Kind; 2] = [Kind::MissingMapFlush, Kind::MissingUnpinFlush];
+pub const PROTOCOL_KINDS: [ViolationKind; 2] = [
+    ViolationKind::MissingMapFlush,
+    ViolationKind::MissingUnpinFlush,
+];
 
 impl Default for Bound {
     fn default() -> Self {

@@ -81,7 +81,7 @@ pub fn sweep_steps(steps: &[Step], opts: &RunOptions, max: u64) -> Result<SweepR
         .take_while(|s| matches!(s.op, Op::Machine(_) | Op::Policy(_)))
         .count();
     // Violations the scenario itself announces (it demonstrates a broken policy) are allowed.
-    let expected: Vec<type1_sim::Kind> = steps
+    let expected: Vec<type1_sim::ViolationKind> = steps
         .iter()
         .filter_map(|s| match &s.op {
             Op::Expect(crate::parse::Expect::Violation(k)) => Some(*k),

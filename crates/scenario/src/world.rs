@@ -16,7 +16,7 @@ use type1_core::{
     Config, Container, Errno, Event, FlushReason, MapFlags, MapRequest, MmId, UnmapFlags,
     UnmapRequest, UserBitmap,
 };
-use type1_sim::{Access, EngineView, Kind, MachineDesc, Sim, Violation};
+use type1_sim::{Access, EngineView, MachineDesc, Sim, Violation, ViolationKind};
 use type1_uapi::{GroupSpec, Object, Vfio, VfioError};
 
 use crate::parse::Op;
@@ -110,7 +110,7 @@ pub struct World {
     /// Violations not yet consumed by an `expect violation`.
     pub pending: Vec<Noted>,
     /// Violation kinds (or `all`) that an `allow` line excused.
-    pub allowed: Vec<Option<Kind>>,
+    pub allowed: Vec<Option<ViolationKind>>,
     seen_violations: usize,
     /// The calling process of raw lines: scratch memory, fds, file names ([`crate::raw`]).
     pub raw: Raw,
@@ -308,7 +308,7 @@ impl World {
         for e in broken {
             self.vfio
                 .platform
-                .record_violation(Kind::EngineInvariant, &e);
+                .record_violation(ViolationKind::EngineInvariant, &e);
         }
         let all = self.vfio.platform.violations();
         for v in &all[self.seen_violations..] {

@@ -279,7 +279,7 @@ fn the_incremental_check_agrees_with_a_full_walk_everywhere() {
                 .sim()
                 .violations()
                 .iter()
-                .filter(|v| v.kind == type1_sim::Kind::SimInvariant)
+                .filter(|v| v.kind == type1_sim::ViolationKind::SimInvariant)
                 .map(|v| v.detail.clone())
                 .collect();
             assert!(bad.is_empty(), "{} under {policy}: {bad:?}", p.display());

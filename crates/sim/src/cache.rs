@@ -17,7 +17,7 @@ use type1_core::PAGE_SHIFT;
 
 use crate::{
     memory::{LINES_PER_PAGE, LINE_SHIFT, LINE_SIZE},
-    Kind, Sim,
+    Sim, ViolationKind,
 };
 
 /// One present line.
@@ -434,7 +434,7 @@ impl Sim {
         }
         let Some(last) = pa.checked_add(len - 1) else {
             self.violate(
-                Kind::Contract,
+                ViolationKind::Contract,
                 format!("flush_cache pa 0x{pa:x} len 0x{len:x} wraps"),
             );
             return;
@@ -457,7 +457,7 @@ impl Sim {
         if let Some(pfn) = self.first_uncached_pfn(first_pfn, last_pfn) {
             let mt = self.memtype_of(pfn);
             self.violate(
-                Kind::FlushUncached,
+                ViolationKind::FlushUncached,
                 format!("flush_cache of {mt:?} pfn 0x{pfn:x} (machine check on real hardware)"),
             );
         }

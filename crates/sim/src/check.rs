@@ -28,7 +28,7 @@ use crate::{CheckMode, Sim};
 /// The kind of a broken invariant (see the module documentation); its name is the one
 /// traces, scenarios (`expect violation KIND`, `allow KIND`) and JSON use.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub enum Kind {
+pub enum ViolationKind {
     /// `stale_read`.
     StaleRead,
     /// `unflushed_unpin`.
@@ -61,67 +61,67 @@ pub enum Kind {
     SimInvariant,
 }
 
-impl Kind {
+impl ViolationKind {
     /// Every kind.
-    pub const ALL: [Kind; 15] = [
-        Kind::StaleRead,
-        Kind::UnflushedUnpin,
-        Kind::MissingMapFlush,
-        Kind::MissingUnpinFlush,
-        Kind::UnpinWhileMapped,
-        Kind::FlushUncached,
-        Kind::Contract,
-        Kind::PageTable,
-        Kind::Coherency,
-        Kind::PinLeak,
-        Kind::PinCount,
-        Kind::Accounting,
-        Kind::Leak,
-        Kind::EngineInvariant,
-        Kind::SimInvariant,
+    pub const ALL: [ViolationKind; 15] = [
+        ViolationKind::StaleRead,
+        ViolationKind::UnflushedUnpin,
+        ViolationKind::MissingMapFlush,
+        ViolationKind::MissingUnpinFlush,
+        ViolationKind::UnpinWhileMapped,
+        ViolationKind::FlushUncached,
+        ViolationKind::Contract,
+        ViolationKind::PageTable,
+        ViolationKind::Coherency,
+        ViolationKind::PinLeak,
+        ViolationKind::PinCount,
+        ViolationKind::Accounting,
+        ViolationKind::Leak,
+        ViolationKind::EngineInvariant,
+        ViolationKind::SimInvariant,
     ];
 
     /// The kind's name.
     pub fn as_str(self) -> &'static str {
         match self {
-            Kind::StaleRead => "stale_read",
-            Kind::UnflushedUnpin => "unflushed_unpin",
-            Kind::MissingMapFlush => "missing_map_flush",
-            Kind::MissingUnpinFlush => "missing_unpin_flush",
-            Kind::UnpinWhileMapped => "unpin_while_mapped",
-            Kind::FlushUncached => "flush_uncached",
-            Kind::Contract => "contract",
-            Kind::PageTable => "page_table",
-            Kind::Coherency => "coherency",
-            Kind::PinLeak => "pin_leak",
-            Kind::PinCount => "pin_count",
-            Kind::Accounting => "accounting",
-            Kind::Leak => "leak",
-            Kind::EngineInvariant => "engine_invariant",
-            Kind::SimInvariant => "sim_invariant",
+            ViolationKind::StaleRead => "stale_read",
+            ViolationKind::UnflushedUnpin => "unflushed_unpin",
+            ViolationKind::MissingMapFlush => "missing_map_flush",
+            ViolationKind::MissingUnpinFlush => "missing_unpin_flush",
+            ViolationKind::UnpinWhileMapped => "unpin_while_mapped",
+            ViolationKind::FlushUncached => "flush_uncached",
+            ViolationKind::Contract => "contract",
+            ViolationKind::PageTable => "page_table",
+            ViolationKind::Coherency => "coherency",
+            ViolationKind::PinLeak => "pin_leak",
+            ViolationKind::PinCount => "pin_count",
+            ViolationKind::Accounting => "accounting",
+            ViolationKind::Leak => "leak",
+            ViolationKind::EngineInvariant => "engine_invariant",
+            ViolationKind::SimInvariant => "sim_invariant",
         }
     }
 
     /// The kind of a name, if there is one.
-    pub fn from_name(name: &str) -> Option<Kind> {
-        Kind::ALL.into_iter().find(|k| k.as_str() == name)
+    pub fn from_name(name: &str) -> Option<ViolationKind> {
+        ViolationKind::ALL.into_iter().find(|k| k.as_str() == name)
     }
 }
 
 /// A kind equals its name (`v.kind == "stale_read"`).
-impl PartialEq<&str> for Kind {
+impl PartialEq<&str> for ViolationKind {
     fn eq(&self, name: &&str) -> bool {
         self.as_str() == *name
     }
 }
 
-impl std::fmt::Display for Kind {
+impl std::fmt::Display for ViolationKind {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str(self.as_str())
     }
 }
 
-impl Serialize for Kind {
+impl Serialize for ViolationKind {
     fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
         s.serialize_str(self.as_str())
     }
@@ -131,7 +131,7 @@ impl Serialize for Kind {
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 pub struct Violation {
     /// What broke.
-    pub kind: Kind,
+    pub kind: ViolationKind,
     /// What exactly, with addresses.
     pub detail: String,
     /// The page frame concerned, when there is one.
@@ -173,11 +173,11 @@ impl EngineView {
 /// Collects findings, at most one detail line per key with a count of the rest.
 #[derive(Default)]
 struct Findings {
-    items: Vec<(Kind, String, String, u64)>,
+    items: Vec<(ViolationKind, String, String, u64)>,
 }
 
 impl Findings {
-    fn add(&mut self, kind: Kind, key: String, detail: String) {
+    fn add(&mut self, kind: ViolationKind, key: String, detail: String) {
         if let Some(e) = self
             .items
             .iter_mut()
@@ -208,14 +208,14 @@ impl Findings {
 
 impl Sim {
     /// Records a violation (and a `violation` trace event).
-    pub(crate) fn violate(&mut self, kind: Kind, detail: String) {
+    pub(crate) fn violate(&mut self, kind: ViolationKind, detail: String) {
         self.violate_at(kind, None, None, detail);
     }
 
     /// Records a violation about page frame `pfn` and/or IOVA `iova`.
     pub(crate) fn violate_at(
         &mut self,
-        kind: Kind,
+        kind: ViolationKind,
         pfn: Option<u64>,
         iova: Option<u64>,
         detail: String,
@@ -234,7 +234,7 @@ impl Sim {
 
     /// Records a violation found by someone else (a scenario runner, the engine's own
     /// invariant check); it is traced and listed like the sim's own.
-    pub fn record_violation(&mut self, kind: Kind, detail: &str) {
+    pub fn record_violation(&mut self, kind: ViolationKind, detail: &str) {
         self.violate(kind, detail.to_string());
     }
 
@@ -275,7 +275,7 @@ impl Sim {
             .chain(self.tasks.invariant_errors())
             .chain(self.hw.invariant_errors());
         for e in parts {
-            f.add(Kind::SimInvariant, e.clone(), e);
+            f.add(ViolationKind::SimInvariant, e.clone(), e);
         }
         let changes = std::mem::take(&mut self.obs.changes);
         let mut cache = std::mem::take(&mut self.obs.inc);
@@ -299,7 +299,7 @@ impl Sim {
                         at.and_then(|i| inc.get(i)).or(inc.get(full.len())),
                         at.and_then(|i| full.get(i)).or(full.get(inc.len())),
                     );
-                    f.add(Kind::SimInvariant, "incremental".into(), detail);
+                    f.add(ViolationKind::SimInvariant, "incremental".into(), detail);
                 }
                 full
             }
@@ -321,7 +321,7 @@ impl Sim {
         for (pfn, fr) in self.mem.frames.iter().enumerate() {
             if fr.pins > 0 {
                 f.add(
-                    Kind::Leak,
+                    ViolationKind::Leak,
                     "pin".into(),
                     format!("pfn 0x{pfn:x} still holds {} pins", fr.pins),
                 );
@@ -329,7 +329,7 @@ impl Sim {
         }
         for (id, d) in &self.hw.domains {
             f.add(
-                Kind::Leak,
+                ViolationKind::Leak,
                 format!("dom{id}"),
                 format!(
                     "domain {id} is still live with {} mapped pages and groups {:?}",
@@ -341,7 +341,7 @@ impl Sim {
         for (i, p) in self.tasks.procs.iter().enumerate() {
             if p.alive && p.locked_vm > 0 {
                 f.add(
-                    Kind::Leak,
+                    ViolationKind::Leak,
                     format!("mm{i}"),
                     format!("mm {i} ({}) still has locked_vm {}", p.name, p.locked_vm),
                 );
@@ -367,7 +367,7 @@ mod tests {
     #[test]
     fn a_part_that_breaks_its_own_invariant_is_reported() {
         let fresh = || Sim::new(MachineDesc::default()).unwrap();
-        let kinds = |s: &mut Sim| -> Vec<Kind> {
+        let kinds = |s: &mut Sim| -> Vec<ViolationKind> {
             s.check_engine(&[]).into_iter().map(|v| v.kind).collect()
         };
         let mut s = fresh();
@@ -375,18 +375,18 @@ mod tests {
 
         let pfn = s.mem.fresh;
         s.mem.push_free(pfn);
-        assert_eq!(kinds(&mut s), vec![Kind::SimInvariant]);
+        assert_eq!(kinds(&mut s), vec![ViolationKind::SimInvariant]);
 
         let mut s = fresh();
         let d = s.domain_alloc(GroupId(1)).unwrap();
         s.attach_group(d, GroupId(1)).unwrap();
         assert!(kinds(&mut s).is_empty());
         s.hw.groups.get_mut(&GroupId(1)).unwrap().attached = None;
-        assert_eq!(kinds(&mut s), vec![Kind::SimInvariant]);
+        assert_eq!(kinds(&mut s), vec![ViolationKind::SimInvariant]);
 
         let mut s = fresh();
         s.tasks.current = Some(MmId(7));
-        assert_eq!(kinds(&mut s), vec![Kind::SimInvariant]);
+        assert_eq!(kinds(&mut s), vec![ViolationKind::SimInvariant]);
     }
 
     #[test]
@@ -444,12 +444,12 @@ mod tests {
         // A missing pin.
         s.unpin_page(pins[0].pfn, true);
         s.unpin_page(pins[0].pfn, true);
-        let kinds: Vec<Kind> = s
+        let kinds: Vec<ViolationKind> = s
             .check_engine(std::slice::from_ref(&view))
             .into_iter()
             .map(|v| v.kind)
             .collect();
-        assert!(kinds.contains(&Kind::PinCount), "{kinds:?}");
+        assert!(kinds.contains(&ViolationKind::PinCount), "{kinds:?}");
         // Page table and accounting mismatches.
         let mut bad = view.clone();
         bad.mappings[0].size = PAGE_SIZE;
@@ -458,9 +458,10 @@ mod tests {
             groups: vec![],
             coherent: true,
         });
-        let kinds: Vec<Kind> = s.check_engine(&[bad]).into_iter().map(|v| v.kind).collect();
-        assert!(kinds.contains(&Kind::PageTable), "{kinds:?}");
-        assert!(kinds.contains(&Kind::Accounting), "{kinds:?}");
+        let kinds: Vec<ViolationKind> =
+            s.check_engine(&[bad]).into_iter().map(|v| v.kind).collect();
+        assert!(kinds.contains(&ViolationKind::PageTable), "{kinds:?}");
+        assert!(kinds.contains(&ViolationKind::Accounting), "{kinds:?}");
         assert!(!s.check_closed().is_empty());
     }
 }

@@ -13,11 +13,11 @@
 
 use std::collections::BTreeMap;
 
-use type1_core::{DeviceId, Event, GroupId, PAGE_SHIFT, PAGE_SIZE};
+use type1_core::{DeviceId, DmaFault, Event, GroupId, PAGE_SHIFT, PAGE_SIZE};
 
 use crate::{
     memory::{LINES_PER_PAGE, LINE_SIZE},
-    Kind, Sim,
+    Sim, ViolationKind,
 };
 
 /// A device of the machine.
@@ -28,42 +28,26 @@ pub(crate) struct Device {
     pub id: DeviceId,
 }
 
-/// Why a device DMA failed (the IOMMU would report a DMA fault).
+/// A device DMA of the machine that did not happen: a device name no device has, or the
+/// seam's one fault type ([`DmaFault`]) with the device and the IOVA it faulted at, for the
+/// trace and for scenario messages.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
-pub enum DmaFault {
-    /// No device has this name.
+pub enum DeviceDmaError {
+    /// No device has this name (a scenario's mistake, not a DMA fault).
     #[error("no device named {0:?}")]
     NoDevice(String),
-    /// The device's group is emulated or not attached to a domain.
-    #[error("device {0} is not attached to an IOMMU domain")]
-    NotAttached(String),
-    /// The range wraps around the IOVA space.
-    #[error("device {device}: iova 0x{iova:x} + {len} bytes wraps")]
-    Wraps {
+    /// The IOMMU refused the access.
+    #[error("device {device}: {} at iova 0x{iova:x}: {fault}", if *write { "write" } else { "read" })]
+    Fault {
         /// Device name.
         device: String,
-        /// First IOVA.
+        /// The faulting IOVA (the first of the transfer when the device reaches no domain).
         iova: u64,
-        /// Length.
-        len: usize,
-    },
-    /// No translation.
-    #[error("device {device}: iova 0x{iova:x} is not mapped")]
-    Unmapped {
-        /// Device name.
-        device: String,
-        /// Faulting IOVA.
-        iova: u64,
-    },
-    /// The entry's protection forbids the access.
-    #[error("device {device}: iova 0x{iova:x} does not permit {dir}")]
-    Denied {
-        /// Device name.
-        device: String,
-        /// Faulting IOVA.
-        iova: u64,
-        /// `read` or `write`.
-        dir: &'static str,
+        /// A write to memory (else a read).
+        write: bool,
+        /// Unmapped (no translation, or the range wraps), permission (the entry's protection
+        /// forbids the access) or unreachable (the device's group is in no domain).
+        fault: DmaFault,
     },
 }
 
@@ -113,33 +97,35 @@ impl Sim {
         iova: u64,
         len: usize,
         write: bool,
-    ) -> Result<(Vec<(u64, usize)>, bool), DmaFault> {
+    ) -> Result<(Vec<(u64, usize)>, bool), DeviceDmaError> {
+        let fault = |iova: u64, fault: DmaFault| DeviceDmaError::Fault {
+            device: device.into(),
+            iova,
+            write,
+            fault,
+        };
         let dev = self
             .hw
             .devices
             .iter()
             .find(|d| d.name == device)
-            .ok_or_else(|| DmaFault::NoDevice(device.into()))?;
+            .ok_or_else(|| DeviceDmaError::NoDevice(device.into()))?;
         let dom_id = self
             .hw
             .groups
             .get(&dev.group)
             .and_then(|g| g.attached)
-            .ok_or_else(|| DmaFault::NotAttached(device.into()))?;
+            .ok_or_else(|| fault(iova, DmaFault::Unreachable))?;
         let dom = self
             .hw
             .domains
             .get(&dom_id)
-            .ok_or_else(|| DmaFault::NotAttached(device.into()))?;
+            .ok_or_else(|| fault(iova, DmaFault::Unreachable))?;
         if len == 0 {
             return Ok((Vec::new(), dom.enforcing));
         }
         iova.checked_add(len as u64 - 1)
-            .ok_or_else(|| DmaFault::Wraps {
-                device: device.into(),
-                iova,
-                len,
-            })?;
+            .ok_or_else(|| fault(iova, DmaFault::Unmapped))?;
         let mut segs = Vec::new();
         let mut done = 0usize;
         while done < len {
@@ -148,18 +134,10 @@ impl Sim {
             let pte = dom
                 .pt
                 .get(&(a >> PAGE_SHIFT))
-                .ok_or_else(|| DmaFault::Unmapped {
-                    device: device.into(),
-                    iova: a,
-                })?;
+                .ok_or_else(|| fault(a, DmaFault::Unmapped))?;
             let allowed = if write { pte.prot.write } else { pte.prot.read };
             if !allowed {
-                let dir = if write { "write" } else { "read" };
-                return Err(DmaFault::Denied {
-                    device: device.into(),
-                    iova: a,
-                    dir,
-                });
+                return Err(fault(a, DmaFault::Permission));
             }
             segs.push(((pte.pfn << PAGE_SHIFT) | (a % PAGE_SIZE), n));
             done += n;
@@ -167,7 +145,7 @@ impl Sim {
         Ok((segs, dom.enforcing))
     }
 
-    fn dma_fault(&mut self, f: DmaFault) -> DmaFault {
+    fn dma_fault(&mut self, f: DeviceDmaError) -> DeviceDmaError {
         self.obs.stats.dma_faults += 1;
         self.record(Event::Fault {
             source: "dma".into(),
@@ -184,7 +162,7 @@ impl Sim {
         iova: u64,
         len: usize,
         no_snoop: bool,
-    ) -> Result<Vec<u8>, DmaFault> {
+    ) -> Result<Vec<u8>, DeviceDmaError> {
         let t = self.dma_translate(device, iova, len, false);
         let snoop = !no_snoop || t.as_ref().is_ok_and(|(_, e)| *e);
         self.record(Event::Dma {
@@ -216,7 +194,7 @@ impl Sim {
         if stale > 0 {
             self.obs.stats.leaked_bytes += stale;
             self.violate_at(
-                Kind::StaleRead,
+                ViolationKind::StaleRead,
                 None,
                 Some(iova),
                 format!("device {device} read {stale} bytes of stale host data at iova 0x{iova:x} (no-snoop read of {len} bytes)"),
@@ -259,7 +237,7 @@ impl Sim {
         iova: u64,
         data: &[u8],
         no_snoop: bool,
-    ) -> Result<(), DmaFault> {
+    ) -> Result<(), DeviceDmaError> {
         let t = self.dma_translate(device, iova, data.len(), true);
         let snoop = !no_snoop || t.as_ref().is_ok_and(|(_, e)| *e);
         self.record(Event::Dma {

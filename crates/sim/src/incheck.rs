@@ -26,10 +26,10 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use type1_core::{DomainId, MappingView, MmId, Prot, PAGE_SHIFT};
 
-use crate::{check::EngineView, Kind, Sim};
+use crate::{check::EngineView, Sim, ViolationKind};
 
 /// One finding before aggregation: kind, aggregation key, detail.
-pub(crate) type Item = (Kind, String, String);
+pub(crate) type Item = (ViolationKind, String, String);
 
 /// How [`crate::Sim::check_engine`] works.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -396,7 +396,7 @@ impl Sim {
         let charge = if has_domains { normal } else { ext_normal };
         let item = (m.locked_vm != charge).then(|| {
             (
-                Kind::Accounting,
+                ViolationKind::Accounting,
                 format!("map{ci}:{}", m.iova),
                 format!(
                     "container {ci}: mapping iova 0x{:x} charges {} pages, expected {charge}",
@@ -429,7 +429,7 @@ impl Sim {
                 cc.pages.insert(
                     (di, 1, page),
                     (
-                        Kind::PageTable,
+                        ViolationKind::PageTable,
                         format!("missing{id}"),
                         format!("domain {id}: iova 0x{iova:x} of a mapped mapping is not mapped"),
                     ),
@@ -445,7 +445,7 @@ impl Sim {
                     cc.pages.insert(
                         (di, 1, page),
                         (
-                            Kind::PageTable,
+                            ViolationKind::PageTable,
                             format!("pfn{id}"),
                             format!(
                                 "domain {id}: iova 0x{iova:x} maps pfn 0x{:x}, the mapping's pinned page is pfn 0x{:x}",
@@ -458,7 +458,7 @@ impl Sim {
                     cc.pages.insert(
                         (di, 1, page),
                         (
-                            Kind::PageTable,
+                            ViolationKind::PageTable,
                             format!("prot{id}"),
                             format!(
                                 "domain {id}: iova 0x{iova:x} has prot {}, mapping has {prot}",
@@ -472,7 +472,7 @@ impl Sim {
                 cc.pages.insert(
                     (di, 2, page),
                     (
-                        Kind::PageTable,
+                        ViolationKind::PageTable,
                         format!("extra{id}"),
                         format!(
                             "domain {id}: iova 0x{iova:x} maps pfn 0x{:x} but no mapped mapping covers it",
@@ -492,9 +492,9 @@ impl Sim {
         let have = fr.pins as u64;
         let detail = || format!("pfn 0x{pfn:x} holds {have} pins, the engine accounts for {want}");
         if have > want {
-            Some((Kind::PinLeak, String::new(), detail()))
+            Some((ViolationKind::PinLeak, String::new(), detail()))
         } else if have < want {
-            Some((Kind::PinCount, String::new(), detail()))
+            Some((ViolationKind::PinCount, String::new(), detail()))
         } else {
             None
         }
@@ -634,7 +634,7 @@ impl Sim {
             for (di, d) in v.domains.iter().enumerate() {
                 let Some(sd) = self.hw.domains.get(&d.id) else {
                     out.push((
-                        Kind::PageTable,
+                        ViolationKind::PageTable,
                         format!("dead{}", d.id),
                         format!("container {ci}: domain {} is not live", d.id),
                     ));
@@ -642,7 +642,7 @@ impl Sim {
                 };
                 if sd.enforcing != d.coherent {
                     out.push((
-                        Kind::Coherency,
+                        ViolationKind::Coherency,
                         format!("coh{}", d.id),
                         format!(
                             "domain {}: engine says coherent={}, machine says {}",
@@ -655,7 +655,7 @@ impl Sim {
                 b.sort();
                 if a != b {
                     out.push((
-                        Kind::PageTable,
+                        ViolationKind::PageTable,
                         format!("groups{}", d.id),
                         format!(
                             "domain {}: engine lists groups {b:?}, machine has {a:?}",
@@ -701,7 +701,7 @@ impl Sim {
             let want = want_locked.get(&mm).copied().unwrap_or(0);
             if p.alive && p.locked_vm != want {
                 out.push((
-                    Kind::Accounting,
+                    ViolationKind::Accounting,
                     format!("mm{mm}"),
                     format!(
                         "mm {mm} ({}): locked_vm {} pages, mappings account for {want}",
@@ -812,12 +812,17 @@ mod tests {
             let locked = s.locked_vm(mm);
             let _ = locked;
             for v in s.check_engine(&views) {
-                assert_ne!(v.kind, Kind::SimInvariant, "step {step}: {}", v.detail);
+                assert_ne!(
+                    v.kind,
+                    ViolationKind::SimInvariant,
+                    "step {step}: {}",
+                    v.detail
+                );
                 seen.insert(v.kind);
             }
         }
         // The run did reach the findings the logs exist for.
-        for k in [Kind::PinLeak, Kind::PageTable] {
+        for k in [ViolationKind::PinLeak, ViolationKind::PageTable] {
             assert!(seen.contains(&k), "{k} never found: {seen:?}");
         }
     }

@@ -13,7 +13,7 @@ use type1_core::{
     ResvRegion, PAGE_SHIFT, PAGE_SIZE,
 };
 
-use crate::{perr, GroupDesc, Kind, Sim, UnitDesc};
+use crate::{perr, GroupDesc, Sim, UnitDesc, ViolationKind};
 
 /// An IOMMU unit.
 #[derive(Clone, Debug)]
@@ -314,7 +314,7 @@ impl Sim {
     pub(crate) fn do_enforce(&mut self, domain: DomainId) -> bool {
         let Some(d) = self.hw.domains.get_mut(&domain) else {
             self.violate(
-                Kind::Contract,
+                ViolationKind::Contract,
                 format!("enforce_cache_coherency on dead domain {domain}"),
             );
             return false;
@@ -333,7 +333,7 @@ impl Sim {
     ) -> Result<(), PlatformError> {
         let Some(d) = self.hw.domains.get(&domain) else {
             self.violate(
-                Kind::Contract,
+                ViolationKind::Contract,
                 format!("attach of group {group} to dead domain {domain}"),
             );
             return Err(perr(
@@ -384,7 +384,7 @@ impl Sim {
             .is_some_and(|g| g.attached == Some(domain));
         if !ok {
             self.violate(
-                Kind::Contract,
+                ViolationKind::Contract,
                 format!("detach of group {group} from domain {domain} it is not attached to"),
             );
             return;
@@ -398,7 +398,7 @@ impl Sim {
     pub(crate) fn do_domain_free(&mut self, domain: DomainId) {
         let Some(d) = self.hw.domains.remove(&domain) else {
             self.violate(
-                Kind::Contract,
+                ViolationKind::Contract,
                 format!("domain_free of dead domain {domain}"),
             );
             return;
@@ -407,7 +407,7 @@ impl Sim {
         // without unmapping it first); freeing one with groups attached is not.
         if !d.groups.is_empty() {
             self.violate(
-                Kind::Contract,
+                ViolationKind::Contract,
                 format!(
                     "domain_free of domain {domain} with {} groups attached",
                     d.groups.len()
@@ -439,11 +439,14 @@ impl Sim {
     ) -> Result<(), PlatformError> {
         let what = format!("iommu_map domain {domain} iova 0x{iova:x} pa 0x{pa:x} size 0x{size:x}");
         let Some(d) = self.hw.domains.get(&domain) else {
-            self.violate(Kind::Contract, format!("{what}: dead domain"));
+            self.violate(ViolationKind::Contract, format!("{what}: dead domain"));
             return Err(perr(Errno::ENODEV, what));
         };
         if size == 0 || iova % PAGE_SIZE != 0 || pa % PAGE_SIZE != 0 || size % PAGE_SIZE != 0 {
-            self.violate(Kind::Contract, format!("{what}: zero or unaligned"));
+            self.violate(
+                ViolationKind::Contract,
+                format!("{what}: zero or unaligned"),
+            );
             return Err(perr(Errno::EINVAL, what));
         }
         let Some(range) = IovaRange::from_size(iova, size) else {
@@ -474,7 +477,7 @@ impl Sim {
         if let Some(p) = d.pt.first_in(first, n) {
             let at = p << PAGE_SHIFT;
             self.violate(
-                Kind::Contract,
+                ViolationKind::Contract,
                 format!("{what}: iova 0x{at:x} is already mapped"),
             );
             return Err(perr(Errno::EEXIST, what));
@@ -497,7 +500,7 @@ impl Sim {
                 }
                 if f.pins > 0 && !f.flushed_since_pin {
                     self.violate(
-                        Kind::MissingMapFlush,
+                        ViolationKind::MissingMapFlush,
                         format!("pfn 0x{:x} mapped into non-coherent domain {domain} without a cache flush since it was pinned (F3, F4)", pfn0 + i),
                     );
                 }
@@ -509,14 +512,14 @@ impl Sim {
     pub(crate) fn do_iommu_unmap(&mut self, domain: DomainId, iova: u64, size: u64) -> u64 {
         let Some(d) = self.hw.domains.get_mut(&domain) else {
             self.violate(
-                Kind::Contract,
+                ViolationKind::Contract,
                 format!("iommu_unmap on dead domain {domain}"),
             );
             return 0;
         };
         if iova % PAGE_SIZE != 0 || size % PAGE_SIZE != 0 {
             self.violate(
-                Kind::Contract,
+                ViolationKind::Contract,
                 format!("iommu_unmap domain {domain} iova 0x{iova:x} size 0x{size:x} unaligned"),
             );
             return 0;
@@ -541,7 +544,7 @@ impl Sim {
     pub(crate) fn do_iotlb_sync(&mut self, domain: DomainId) {
         let Some(d) = self.hw.domains.get_mut(&domain) else {
             self.violate(
-                Kind::Contract,
+                ViolationKind::Contract,
                 format!("iotlb_sync on dead domain {domain}"),
             );
             return;

@@ -52,8 +52,8 @@ use std::collections::BTreeMap;
 use serde::Serialize;
 use type1_core::{DeviceId, DomainId, Errno, GroupId, PlatformError};
 
-pub use check::{EngineView, Kind, Violation};
-pub use device::DmaFault;
+pub use check::{EngineView, Violation, ViolationKind};
+pub use device::DeviceDmaError;
 pub use digest::StateHasher;
 pub use fault::{Access, AccessPoint, FaultPoint, ACCESS_POINTS, FAULT_POINTS};
 pub use incheck::CheckMode;

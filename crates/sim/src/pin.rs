@@ -4,7 +4,7 @@
 
 use type1_core::{Errno, MmId, PinnedPage, PlatformError, PAGE_SHIFT, PAGE_SIZE};
 
-use crate::{perr, Kind, Sim};
+use crate::{perr, Sim, ViolationKind};
 
 impl Sim {
     pub(crate) fn do_pin(
@@ -18,7 +18,7 @@ impl Sim {
         self.inject(crate::FaultPoint::Translate)?;
         if npages == 0 || vaddr % PAGE_SIZE != 0 {
             self.violate(
-                Kind::Contract,
+                ViolationKind::Contract,
                 format!("pin_user_pages vaddr 0x{vaddr:x} npages {npages}"),
             );
             return Err(perr(
@@ -54,7 +54,7 @@ impl Sim {
     pub(crate) fn do_unpin(&mut self, pfn: u64) {
         if !self.is_ram(pfn) {
             self.violate_at(
-                Kind::Contract,
+                ViolationKind::Contract,
                 Some(pfn),
                 None,
                 format!("unpin_page of reserved or invalid pfn 0x{pfn:x}"),
@@ -64,7 +64,7 @@ impl Sim {
         let f = &mut self.mem.frames[pfn as usize];
         if f.pins == 0 {
             self.violate_at(
-                Kind::Contract,
+                ViolationKind::Contract,
                 Some(pfn),
                 None,
                 format!("unpin_page of pfn 0x{pfn:x} with no pin (underflow)"),
@@ -84,7 +84,7 @@ impl Sim {
         f.needs_unpin_flush = false;
         if needs_flush {
             self.violate_at(
-                Kind::MissingUnpinFlush,
+                ViolationKind::MissingUnpinFlush,
                 Some(pfn),
                 None,
                 format!("pfn 0x{pfn:x} lost its last pin without a cache flush after it left the non-coherent domain (F5)"),
@@ -92,7 +92,7 @@ impl Sim {
         }
         if refs > 0 {
             self.violate_at(
-                Kind::UnpinWhileMapped,
+                ViolationKind::UnpinWhileMapped,
                 Some(pfn),
                 None,
                 format!("pfn 0x{pfn:x} lost its last pin while {refs} IOMMU entries (mapped or unsynced) still point at it"),
@@ -103,7 +103,7 @@ impl Sim {
             if bad > 0 {
                 self.obs.stats.stale_after_unpin_bytes += bad;
                 self.violate_at(
-                    Kind::UnflushedUnpin,
+                    ViolationKind::UnflushedUnpin,
                 Some(pfn),
                 None,
                     format!("pfn 0x{pfn:x} was reachable by a non-coherent domain and lost its last pin with {bad} bytes where cache and RAM differ"),
@@ -147,7 +147,7 @@ impl Sim {
                 let have = p.locked_vm;
                 p.locked_vm = 0;
                 self.violate(
-                    Kind::Accounting,
+                    ViolationKind::Accounting,
                     format!("mm {mm}: locked_vm {have} uncharged by {d} (underflow)"),
                 );
             } else {

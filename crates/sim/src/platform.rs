@@ -181,9 +181,10 @@ impl DeviceDma for Sim {
             self.dma_read(&device, iova, buf.len(), true)
                 .map(|data| buf.copy_from_slice(&data))
         };
-        r.map_err(|f| match f {
-            crate::DmaFault::Denied { .. } => DmaFault::Permission,
-            _ => DmaFault::Unmapped,
+        r.map_err(|e| match e {
+            crate::DeviceDmaError::Fault { fault, .. } => fault,
+            // The device was found by its domain: it has a name.
+            crate::DeviceDmaError::NoDevice(_) => DmaFault::Unreachable,
         })
     }
 }

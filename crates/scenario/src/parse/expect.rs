@@ -54,7 +54,7 @@ pub enum Expect {
     /// `expect dma_avail C N`.
     DmaAvail { container: String, n: u64 },
     /// `expect violation KIND`: at least one unconsumed violation of this kind happened.
-    Violation(type1_sim::Kind),
+    Violation(type1_sim::ViolationKind),
     /// `expect no_violation`.
     NoViolation,
     /// `expect leaked N`: bytes of stale host data read by devices so far.
@@ -201,13 +201,13 @@ pub(super) fn parse_expect(w: &mut Words<'_>) -> Result<Expect, ParseError> {
 
 /// A violation kind by name (`docs/verification.md`); an unknown one is an error naming the
 /// known ones.
-pub(super) fn violation_kind(w: &mut Words<'_>) -> Result<type1_sim::Kind, ParseError> {
+pub(super) fn violation_kind(w: &mut Words<'_>) -> Result<type1_sim::ViolationKind, ParseError> {
     let name = w.word("violation kind")?;
-    match type1_sim::Kind::from_name(name) {
+    match type1_sim::ViolationKind::from_name(name) {
         Some(k) => Ok(k),
         None => w.err(format!(
             "unknown violation kind {name:?} (known: {})",
-            type1_sim::Kind::ALL.map(|k| k.as_str()).join(", ")
+            type1_sim::ViolationKind::ALL.map(|k| k.as_str()).join(", ")
         )),
     }
 }

@@ -202,7 +202,7 @@ pub enum Op {
     Iommufd(ifd::IfdOp),
     /// `allow KIND` / `allow all`: violations of that kind no longer fail the scenario (for
     /// scenarios that demonstrate a broken policy and only count its damage).
-    Allow(Option<type1_sim::Kind>),
+    Allow(Option<type1_sim::ViolationKind>),
     /// `expect ...`.
     Expect(Expect),
 }
