@@ -93,7 +93,8 @@ fn phases<P: Platform>(
     let mut c = Container::new(Config::default(), policy).map_err(|e| anyhow!("{e}"))?;
     c.add_group(p, GroupId(1))
         .map_err(|e| anyhow!("group 1: {e}"))?;
-    c.set_iommu(p, 3).map_err(|e| anyhow!("SET_IOMMU: {e}"))?;
+    c.set_iommu(p, type1_core::IommuType::Type1v2)
+        .map_err(|e| anyhow!("SET_IOMMU: {e}"))?;
     let t1 = c.iommu_mut().map_err(|e| anyhow!("{e}"))?;
     let mut regions: Vec<(u64, u64, u64)> = qemu_regions(guest)
         .into_iter()

@@ -39,7 +39,7 @@ pub fn run(o: &BenchOpts, bar: &indicatif::ProgressBar, rows: &mut Vec<Row>) -> 
         let mut c = Container::new(Config::default(), policy).map_err(|e| anyhow!("{e}"))?;
         c.add_group(&mut p, GroupId(1))
             .map_err(|e| anyhow!("group 1: {e}"))?;
-        c.set_iommu(&mut p, 3)
+        c.set_iommu(&mut p, type1_core::IommuType::Type1v2)
             .map_err(|e| anyhow!("SET_IOMMU: {e}"))?;
         let t1 = c.iommu_mut().map_err(|e| anyhow!("{e}"))?;
         let (mut maps, mut unmaps) = (Vec::new(), Vec::new());

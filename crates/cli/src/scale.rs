@@ -39,7 +39,8 @@ fn scale_phases<P: type1_core::Platform>(
     let mut c = Container::new(config, "seed").map_err(|e| anyhow!("{e}"))?;
     c.add_group(p, GroupId(1))
         .map_err(|e| anyhow!("group 1: {e}"))?;
-    c.set_iommu(p, 3).map_err(|e| anyhow!("SET_IOMMU: {e}"))?;
+    c.set_iommu(p, type1_core::IommuType::Type1v2)
+        .map_err(|e| anyhow!("SET_IOMMU: {e}"))?;
     let t1 = c.iommu_mut().map_err(|e| anyhow!("{e}"))?;
     let before = type1_host::alloc_count::live_bytes();
     let t = Instant::now();

@@ -3,10 +3,11 @@
 //! MAP_DMA and UNMAP_DMA take their flags decoded (`MapFlags`, `UnmapFlags`): the uAPI layer
 //! turns the user's flag word into them with `MapFlags::decode` or `UnmapFlags::decode`, which
 //! use these constants and reject unknown bits as the ioctl's first check, as the kernel does.
-//! CHECK_EXTENSION takes an `Extension` (`Extension::decode` of the argument). The engine
-//! itself still reads raw numbers with them where the kernel's errno order needs it: SET_IOMMU's
-//! IOMMU type (checked after the group and backend checks) and DIRTY_PAGES's flag word. The
-//! uAPI crate imports them (`type1_core::abi::*`) rather than defining its own.
+//! CHECK_EXTENSION takes an `Extension` (`Extension::decode` of the argument), SET_IOMMU a
+//! `RequestedType` (`RequestedType::decode`: a number that names no backend is reported after
+//! the group and backend checks, where the kernel reports it) and DIRTY_PAGES a `DirtyOp`
+//! (`DirtyFlag::decode` of the flag word, after the v2 check). The engine reads no raw flag
+//! word or type number itself. The uAPI crate imports them (`type1_core::abi::*`) rather than defining its own.
 
 /// `VFIO_API_VERSION`.
 pub const VFIO_API_VERSION: i32 = 0;

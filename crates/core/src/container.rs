@@ -52,6 +52,48 @@ impl Extension {
     }
 }
 
+/// The backend type1 opens for SET_IOMMU (C4).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum IommuType {
+    /// `VFIO_TYPE1_IOMMU`: v1 semantics (unmaps may split mappings; no dirty tracking).
+    Type1,
+    /// `VFIO_TYPE1v2_IOMMU`.
+    Type1v2,
+}
+
+/// SET_IOMMU's argument, decoded at the uAPI ([`RequestedType::decode`]) or given as an
+/// [`IommuType`]. A number that names no type1 backend is kept and reported where the kernel
+/// reports it: after the container's group and backend checks.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct RequestedType(Result<IommuType, u64>);
+
+impl RequestedType {
+    /// The type an ioctl argument (an unsigned long) names.
+    pub fn decode(arg: u64) -> RequestedType {
+        RequestedType(match arg {
+            a if a == u64::from(VFIO_TYPE1_IOMMU) => Ok(IommuType::Type1),
+            a if a == u64::from(VFIO_TYPE1V2_IOMMU) => Ok(IommuType::Type1v2),
+            a => Err(a),
+        })
+    }
+
+    /// The type, or the error SET_IOMMU gives for the number: type1 answers CHECK_EXTENSION
+    /// for `VFIO_UNMAP_ALL` but does not open it (EINVAL); no backend opens anything else
+    /// (ENODEV).
+    fn resolve(self) -> Result<IommuType> {
+        self.0.map_err(|n| match Extension::decode(n) {
+            Some(Extension::UnmapAll) => ContainerError::NotOpenable(n).into(),
+            _ => ContainerError::NoSuchType(n).into(),
+        })
+    }
+}
+
+impl From<IommuType> for RequestedType {
+    fn from(t: IommuType) -> RequestedType {
+        RequestedType(Ok(t))
+    }
+}
+
 impl Container {
     /// A new, empty container whose instances use the named flush policy.
     pub fn new(cfg: Config, policy: &str) -> Result<Container> {
@@ -136,7 +178,11 @@ impl Container {
     }
 
     /// SET_IOMMU (C7): opens an instance and attaches every group, all or nothing.
-    pub fn set_iommu<P: Platform + ?Sized>(&mut self, p: &mut P, iommu_type: u32) -> Result<()> {
+    pub fn set_iommu<P: Platform + ?Sized>(
+        &mut self,
+        p: &mut P,
+        iommu_type: impl Into<RequestedType>,
+    ) -> Result<()> {
         if self.groups.is_empty() {
             return Err(ContainerError::NoGroup.into());
         }
@@ -145,13 +191,8 @@ impl Container {
         }
         // Only type1 is registered; it answers CHECK_EXTENSION > 0 for 1, 3 and 9, and its open
         // accepts only 1 and 3 (so 9 is EINVAL and anything else ENODEV).
-        if !matches!(
-            iommu_type,
-            VFIO_TYPE1_IOMMU | VFIO_TYPE1V2_IOMMU | VFIO_UNMAP_ALL
-        ) {
-            return Err(ContainerError::NoSuchType(iommu_type).into());
-        }
-        let mut t = Type1::open(iommu_type, self.cfg, self.policy)?;
+        let ty = iommu_type.into().resolve()?;
+        let mut t = Type1::open(ty, self.cfg, self.policy);
         for (i, g) in self.groups.iter().enumerate() {
             if let Err(e) = t.attach_group(p, *g) {
                 for g in self.groups[..i].iter().rev() {

@@ -7,6 +7,53 @@ use crate::{
     BitmapError, DirtyError, Result,
 };
 
+/// Which of VFIO_IOMMU_DIRTY_PAGES's three operations a flag word asks for (D1): exactly one
+/// of START, STOP and GET_BITMAP, no other bit. Decoded by the uAPI layer after its v2 check
+/// (the kernel's EACCES comes before anything is read).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum DirtyFlag {
+    /// START: track from now on.
+    Start,
+    /// STOP: stop tracking and forget the bitmaps.
+    Stop,
+    /// GET_BITMAP: report and re-arm a range's bits.
+    GetBitmap,
+}
+
+impl DirtyFlag {
+    /// The operation `flags` asks for: unknown bits, or not exactly one flag, are EINVAL.
+    pub fn decode(flags: u32) -> Result<DirtyFlag> {
+        let mask = DIRTY_FLAG_START | DIRTY_FLAG_STOP | DIRTY_FLAG_GET_BITMAP;
+        if flags & !mask != 0 {
+            return Err(DirtyError::UnknownFlags(flags).into());
+        }
+        match flags {
+            DIRTY_FLAG_START => Ok(DirtyFlag::Start),
+            DIRTY_FLAG_STOP => Ok(DirtyFlag::Stop),
+            DIRTY_FLAG_GET_BITMAP => Ok(DirtyFlag::GetBitmap),
+            _ => Err(DirtyError::NotOneFlag(flags).into()),
+        }
+    }
+}
+
+/// One VFIO_IOMMU_DIRTY_PAGES call, decoded.
+#[derive(Debug)]
+pub enum DirtyOp<'a> {
+    /// START (D2).
+    Start,
+    /// STOP (D3).
+    Stop,
+    /// GET_BITMAP of `[iova, iova + size)` into `bitmap` (D4).
+    GetBitmap {
+        /// First IOVA.
+        iova: u64,
+        /// Bytes.
+        size: u64,
+        /// The user's bitmap, ORed into.
+        bitmap: crate::map::UserBitmap<'a>,
+    },
+}
+
 fn set_bits(bm: &mut [u64], start: u64, n: u64) {
     for i in start..start + n {
         bm[(i / 64) as usize] |= 1 << (i % 64);
@@ -79,24 +126,13 @@ impl Type1 {
         Ok(())
     }
 
-    /// VFIO_IOMMU_DIRTY_PAGES (D1 to D4).
-    pub fn dirty_pages(
-        &mut self,
-        flags: u32,
-        get: Option<(u64, u64, crate::map::UserBitmap<'_>)>,
-    ) -> Result<()> {
+    /// VFIO_IOMMU_DIRTY_PAGES (D1 to D4): EACCES on a v1 container whatever the operation.
+    pub fn dirty_pages(&mut self, op: DirtyOp<'_>) -> Result<()> {
         if !self.v2 {
             return Err(DirtyError::NotV2.into());
         }
-        let mask = DIRTY_FLAG_START | DIRTY_FLAG_STOP | DIRTY_FLAG_GET_BITMAP;
-        if flags & !mask != 0 {
-            return Err(DirtyError::UnknownFlags(flags).into());
-        }
-        if flags.count_ones() != 1 {
-            return Err(DirtyError::NotOneFlag(flags).into());
-        }
-        match flags {
-            DIRTY_FLAG_START => {
+        match op {
+            DirtyOp::Start => {
                 if self.dirty_page_tracking {
                     return Ok(());
                 }
@@ -113,17 +149,18 @@ impl Type1 {
                 self.dirty_page_tracking = true;
                 Ok(())
             }
-            DIRTY_FLAG_STOP => {
+            DirtyOp::Stop => {
                 for d in self.dmas.values_mut() {
                     d.bitmap = None;
                 }
                 self.dirty_page_tracking = false;
                 Ok(())
             }
-            _ => {
-                let Some((iova, size, bm)) = get else {
-                    return Err(DirtyError::NoRange.into());
-                };
+            DirtyOp::GetBitmap {
+                iova,
+                size,
+                bitmap: bm,
+            } => {
                 if size == 0 {
                     return Err(DirtyError::SizeZero.into());
                 }

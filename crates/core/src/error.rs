@@ -60,10 +60,10 @@ pub enum ContainerError {
     BackendSet,
     /// SET_IOMMU with a type no registered backend opens (ENODEV; type 9 is EINVAL, below).
     #[error("no backend for iommu type {0}")]
-    NoSuchType(u32),
+    NoSuchType(u64),
     /// A type type1 answers CHECK_EXTENSION for but does not open (EINVAL).
     #[error("iommu type {0} is not type1 or type1v2")]
-    NotOpenable(u32),
+    NotOpenable(u64),
     /// SET_CONTAINER of a group already in this container (EINVAL).
     #[error("group {0} already in the container")]
     GroupPresent(GroupId),

@@ -36,7 +36,8 @@ pub mod trace;
 mod type1;
 pub mod types;
 
-pub use container::{Container, Extension};
+pub use container::{Container, Extension, IommuType, RequestedType};
+pub use dirty::{DirtyFlag, DirtyOp};
 pub use errno::Errno;
 pub use error::{
     AttachError, BitmapError, ContainerError, DirtyError, Error, ExternalError, MapError, PinError,

@@ -169,18 +169,14 @@ pub struct Type1 {
 }
 
 impl Type1 {
-    /// Opens an instance of the given type (S2). Only TYPE1 and TYPE1v2 are accepted.
+    /// Opens an instance of the given type (S2).
     pub fn open(
-        iommu_type: u32,
+        iommu_type: crate::IommuType,
         cfg: Config,
         policy: &'static dyn FlushPolicy,
-    ) -> crate::Result<Type1> {
-        let v2 = match iommu_type {
-            crate::abi::VFIO_TYPE1_IOMMU => false,
-            crate::abi::VFIO_TYPE1V2_IOMMU => true,
-            t => return Err(crate::ContainerError::NotOpenable(t).into()),
-        };
-        Ok(Type1 {
+    ) -> Type1 {
+        let v2 = iommu_type == crate::IommuType::Type1v2;
+        Type1 {
             cfg,
             v2,
             domains: Vec::new(),
@@ -195,7 +191,7 @@ impl Type1 {
             dirty_page_tracking: false,
             noncoherent_domains: 0,
             policy,
-        })
+        }
     }
 
     /// PG: the smallest IOMMU page size in force (S9).

@@ -118,7 +118,8 @@ fn map_unmap(policy: &str, addr: u64, len: u64) -> (f64, f64, f64) {
     let mut p = HostPlatform::new(HostConfig::default());
     let mut c = Container::new(Config::default(), policy).expect("policy");
     c.add_group(&mut p, GroupId(1)).expect("group 1");
-    c.set_iommu(&mut p, 3).expect("type1v2");
+    c.set_iommu(&mut p, type1_core::IommuType::Type1v2)
+        .expect("type1v2");
     let t1 = c.iommu_mut().expect("backend");
     flush_all(addr, len); // the same cache state for every run
     let t = Instant::now();
@@ -165,7 +166,8 @@ fn scattered(addr: u64, len: u64, n: u64) -> (f64, f64) {
     let mut p = HostPlatform::new(HostConfig::default());
     let mut c = Container::new(Config::default(), "none").expect("policy");
     c.add_group(&mut p, GroupId(1)).expect("group 1");
-    c.set_iommu(&mut p, 3).expect("type1v2");
+    c.set_iommu(&mut p, type1_core::IommuType::Type1v2)
+        .expect("type1v2");
     let t1 = c.iommu_mut().expect("backend");
     let t = Instant::now();
     for i in 0..n {

@@ -189,7 +189,7 @@ fn accounting_follows_rlimit_unless_cap_ipc_lock() {
 fn engine_map(p: &mut HostPlatform, group: u32, buf: &AnonMap, iova: u64) -> Result<(), Errno> {
     let mut c = Container::new(Config::default(), "seed").unwrap();
     c.add_group(p, GroupId(group)).unwrap();
-    c.set_iommu(p, 3).unwrap();
+    c.set_iommu(p, type1_core::IommuType::Type1v2).unwrap();
     let t = c.iommu_mut().unwrap();
     let r = t
         .map_dma(
@@ -279,7 +279,7 @@ fn aligned_mapping_takes_2m_leaves_and_one_flush_per_run() {
     p.trace_to_memory();
     let mut c = Container::new(Config::default(), "seed").unwrap();
     c.add_group(&mut p, GroupId(1)).unwrap();
-    c.set_iommu(&mut p, 3).unwrap();
+    c.set_iommu(&mut p, type1_core::IommuType::Type1v2).unwrap();
     let t = c.iommu_mut().unwrap();
     let req = MapRequest {
         flags: type1_core::MapFlags::RW,

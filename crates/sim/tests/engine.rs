@@ -3,9 +3,7 @@
 //! series' `seed` policy, and teardown leaves nothing behind.
 
 use type1_core::TaskMemory;
-use type1_core::{
-    abi::VFIO_TYPE1V2_IOMMU, Config, Container, GroupId, MapRequest, UnmapRequest, PAGE_SIZE,
-};
+use type1_core::{Config, Container, GroupId, MapRequest, UnmapRequest, PAGE_SIZE};
 use type1_sim::{EngineView, MachineDesc, Sim};
 
 const SECRET: u8 = 0x5e;
@@ -31,7 +29,8 @@ fn setup(policy: &str, group: u32) -> (Sim, Container) {
     sim.mmap_anon(vm, VADDR, NPAGES * PAGE_SIZE, true).unwrap();
     let mut c = Container::new(Config::default(), policy).unwrap();
     c.add_group(&mut sim, GroupId(group)).unwrap();
-    c.set_iommu(&mut sim, VFIO_TYPE1V2_IOMMU).unwrap();
+    c.set_iommu(&mut sim, type1_core::IommuType::Type1v2)
+        .unwrap();
     let req = MapRequest {
         flags: type1_core::MapFlags::RW,
         vaddr: VADDR,
@@ -183,7 +182,9 @@ fn fault_sweep_leaves_nothing_behind() {
         let mut c = Container::new(Config::default(), "seed").unwrap();
         let mut ok =
             c.add_group(&mut sim, GroupId(0)).is_ok() && c.add_group(&mut sim, GroupId(1)).is_ok();
-        ok = ok && c.set_iommu(&mut sim, VFIO_TYPE1V2_IOMMU).is_ok();
+        ok = ok
+            && c.set_iommu(&mut sim, type1_core::IommuType::Type1v2)
+                .is_ok();
         if ok {
             let req = MapRequest {
                 flags: type1_core::MapFlags::RW,
@@ -252,7 +253,8 @@ fn a_guest_in_huge_pages_takes_2m_iommu_leaves_and_leaves_nothing_behind() {
     sim.mmap_anon(vm, vaddr, 8 * mib, true).unwrap();
     let mut c = Container::new(Config::default(), "seed").unwrap();
     c.add_group(&mut sim, GroupId(1)).unwrap();
-    c.set_iommu(&mut sim, VFIO_TYPE1V2_IOMMU).unwrap();
+    c.set_iommu(&mut sim, type1_core::IommuType::Type1v2)
+        .unwrap();
     for half in 0..2 {
         let req = MapRequest {
             flags: type1_core::MapFlags::RW,

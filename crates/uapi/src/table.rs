@@ -9,7 +9,9 @@
 //!
 //! Engine errors become errnos only through [`type1_core::Error::errno`].
 
-use type1_core::{abi::*, Errno, IommuInfo, MapRequest, Platform, UnmapRequest, UserBitmap};
+use type1_core::{
+    abi::*, DirtyFlag, DirtyOp, Errno, IommuInfo, MapRequest, Platform, UnmapRequest, UserBitmap,
+};
 use vfio_bindings::bindings::vfio as b;
 
 use crate::{
@@ -272,7 +274,7 @@ fn check_extension<P: Platform>(v: &mut Vfio<P>, c: Call<'_>) -> Result<i64, Err
 
 fn set_iommu<P: Platform>(v: &mut Vfio<P>, c: Call<'_>) -> Result<i64, Errno> {
     let st = v.containers.get_mut(&c.id).ok_or(Errno::EBADF)?;
-    let ty = u32::try_from(c.arg).unwrap_or(u32::MAX);
+    let ty = type1_core::RequestedType::decode(c.arg);
     eng(st.c.set_iommu(&mut v.platform, ty))?;
     Ok(0)
 }
@@ -414,18 +416,18 @@ fn dirty_pages<P: Platform>(v: &mut Vfio<P>, c: Call<'_>) -> Result<i64, Errno> 
     let hdr = read_vec(c.caller, c.arg, DIRTY_SZ)?;
     let argsz = u32_at(&hdr, 0) as usize;
     let flags = u32_at(&hdr, 4);
-    if argsz < DIRTY_SZ
-        || flags & !(DIRTY_FLAG_START | DIRTY_FLAG_STOP | DIRTY_FLAG_GET_BITMAP) != 0
-    {
+    if argsz < DIRTY_SZ {
         return Err(Errno::EINVAL);
     }
-    if flags.count_ones() != 1 {
-        return Err(Errno::EINVAL);
-    }
+    let op = match eng(DirtyFlag::decode(flags))? {
+        DirtyFlag::Start => Some(DirtyOp::Start),
+        DirtyFlag::Stop => Some(DirtyOp::Stop),
+        DirtyFlag::GetBitmap => None,
+    };
     let st = v.containers.get_mut(&c.id).ok_or(Errno::EBADF)?;
-    if flags != DIRTY_FLAG_GET_BITMAP {
+    if let Some(op) = op {
         let t = eng(st.c.iommu_mut())?;
-        eng(t.dirty_pages(flags, None))?;
+        eng(t.dirty_pages(op))?;
         return Ok(0);
     }
     // D4
@@ -449,18 +451,15 @@ fn dirty_pages<P: Platform>(v: &mut Vfio<P>, c: Call<'_>) -> Result<i64, Errno> 
     let cur = read_vec(c.caller, data, words * 8)?;
     let mut words = bytes_to_words(&cur);
     let t = eng(st.c.iommu_mut())?;
-    eng(t.dirty_pages(
-        flags,
-        Some((
-            iova,
-            size,
-            UserBitmap {
-                pgsize,
-                size: bsize,
-                data: &mut words,
-            },
-        )),
-    ))?;
+    eng(t.dirty_pages(DirtyOp::GetBitmap {
+        iova,
+        size,
+        bitmap: UserBitmap {
+            pgsize,
+            size: bsize,
+            data: &mut words,
+        },
+    }))?;
     c.caller.write(data, &words_to_bytes(&words))?;
     Ok(0)
 }

@@ -2,6 +2,7 @@
 //! and UNMAP, dirty tracking, emulated devices' pins and `vfio_dma_rw`, close.
 
 use super::*;
+use type1_core::{DirtyError, DirtyFlag, DirtyOp};
 
 impl World {
     /// Executes an operation on the container and its type1 backend, through the engine.
@@ -70,7 +71,7 @@ impl World {
             }
             Op::SetIommu { container, kind } => {
                 let (c, sim) = self.container_and_sim(container)?;
-                c.set_iommu(sim, *kind)?;
+                c.set_iommu(sim, type1_core::RequestedType::decode(u64::from(*kind)))?;
                 Ok(())
             }
             Op::Map {
@@ -139,20 +140,31 @@ impl World {
                 let t = self.cont(container)?.iommu_mut()?;
                 let pg = t.pgsize();
                 let mut data = Vec::new();
-                let get = range.map(|(iova, size)| {
-                    let words = (size / pg).max(1).div_ceil(64).min(1 << 22);
-                    data = vec![0u64; words as usize];
-                    (
-                        iova,
-                        size,
-                        UserBitmap {
-                            pgsize: pg,
-                            size: words * 8,
-                            data: &mut data,
-                        },
-                    )
-                });
-                t.dirty_pages(*flags, get)?;
+                // A raw flag word is decoded as the uAPI layer does, after the v2 check.
+                if !t.is_v2() {
+                    return Err(type1_core::Error::from(DirtyError::NotV2).into());
+                }
+                let op = match (DirtyFlag::decode(*flags)?, range) {
+                    (DirtyFlag::Start, _) => DirtyOp::Start,
+                    (DirtyFlag::Stop, _) => DirtyOp::Stop,
+                    (DirtyFlag::GetBitmap, None) => {
+                        return Err(type1_core::Error::from(DirtyError::NoRange).into())
+                    }
+                    (DirtyFlag::GetBitmap, Some((iova, size))) => {
+                        let words = (size / pg).max(1).div_ceil(64).min(1 << 22);
+                        data = vec![0u64; words as usize];
+                        DirtyOp::GetBitmap {
+                            iova: *iova,
+                            size: *size,
+                            bitmap: UserBitmap {
+                                pgsize: pg,
+                                size: words * 8,
+                                data: &mut data,
+                            },
+                        }
+                    }
+                };
+                t.dirty_pages(op)?;
                 if range.is_some() {
                     self.last_bitmap = data;
                 }
