@@ -1,12 +1,14 @@
 //! `type1`: the command line of the type1 project.
 //!
-//! Subcommands drive the engine (`type1-core`) on the simulated machine (`type1-sim`) through
-//! the scenario world (`type1-scenario`):
+//! Subcommands (`demo`, `attack`, `run` and `check` drive the engine, `type1-core`, on the
+//! simulated machine, `type1-sim`, through the scenario world, `type1-scenario`):
 //! * `demo`: the five-step example of the series (F6), narrated;
 //! * `attack`: the malicious-guest story (F0) under a chosen flush policy;
 //! * `run`: scenario files;
 //! * `exec`: an unmodified VFIO program under the LD_PRELOAD emulation (`type1-preload`);
-//! * `check`: bounded exhaustive checking of flush policies (`type1-check`).
+//! * `check`: bounded exhaustive checking of flush policies (`type1-check`);
+//! * `bench`: the series' cost table against this machine's floors, and `--scale` (`bench.rs`);
+//! * `trace`: a JSON-lines trace summarized, or written as a Perfetto timeline (`type1-exec`).
 
 mod bench;
 mod checkcmd;

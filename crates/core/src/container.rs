@@ -2,8 +2,8 @@
 //!
 //! A container collects groups and, after SET_IOMMU, owns one [`Type1`] instance to which every
 //! group is attached (C4 to C8). Which group may join which container (one container per group,
-//! viability) is decided by the caller that owns the group objects: the simulator's `World` or
-//! the uAPI layer.
+//! viability) is decided by the caller that owns the group objects: the uAPI layer's `Vfio`
+//! (which the scenario world and the broker both run).
 
 use crate::{
     abi::*,

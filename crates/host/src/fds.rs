@@ -1,6 +1,6 @@
 //! Fd numbers the emulation tracks without a lock: [`FdSet`], a lock-free bitmap read on
 //! every hooked call, and the registry of the emulation's own fds (io_uring rings, the bounce
-//! file, pagemap, the trace), which the program never opened and whose close routes must
+//! pipe, pagemap, the trace), which the program never opened and whose close routes must
 //! therefore leave alone.
 
 /// A set of fd numbers below 65536, one bit each, read and written without a lock (for

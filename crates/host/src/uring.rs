@@ -219,7 +219,7 @@ pub enum Dir {
     FromPage,
 }
 
-/// One io_uring with a sparse fixed-buffer table and a bounce file. See the module docs.
+/// One io_uring with a sparse fixed-buffer table. See the module docs.
 #[derive(Debug)]
 pub struct Ring {
     fd: i32,

@@ -7,7 +7,7 @@
 //! devices and IOMMU units it emulates, without linking the simulator.
 //!
 //! Every field is validated by [`MachineDesc::validate`]; errors name the field and the value
-//! (`group 3: unit 7 does not exist`). Parse errors come from the `toml` crate and carry the
+//! (`group 3: unit = 7 does not exist`). Parse errors come from the `toml` crate and carry the
 //! line and column.
 
 use std::path::Path;

@@ -25,7 +25,7 @@
 //! These paths are always answered by the emulation, never passed through, even when the host
 //! has real ones. The ioctls are decoded by `type1-uapi` and executed by the `type1-core`
 //! engine in the broker; memory work comes back to the process that owns the memory
-//! (`client.rs`), whose `type1-host` platform really pins the pages (io_uring fixed buffers:
+//! (`answer.rs`), whose `type1-host` platform really pins the pages (io_uring fixed buffers:
 //! long-term pins, as VFIO's) and really flushes them (CLFLUSHOPT). The memory hooks keep the
 //! pin records true when the program unmaps, moves or truncates pinned memory (the pages stay
 //! the device's; their unpin flush happens as their last mapping goes); `docs/pins.md` says
@@ -50,9 +50,10 @@
 //! thread-local re-entrancy guard, so the library never goes through its own hooks. Calls on
 //! files and memory that are not the emulation's take no lock (a lock-free fd bitmap and the
 //! host platform's address watch decide); `pthread_atfork` handlers make sure no lock is held
-//! across `fork`; an emulated call from a signal handler that interrupted one on the same
-//! thread fails with EDEADLK. Running a program under the library (`type1 exec`) and reading
-//! its trace is `type1-exec`'s job, a crate that links none of these symbols.
+//! across `fork`; an emulated call runs with the thread's asynchronous signals blocked, so a
+//! handler runs after it and its own emulated calls work. Running a program under the library
+//! (`type1 exec`) and reading its trace is `type1-exec`'s job, a crate that links none of these
+//! symbols.
 
 mod answer;
 mod client;

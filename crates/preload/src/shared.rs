@@ -1,7 +1,7 @@
 //! [`SharedHost`]: this process's host platform behind its own lock, shared by every thread.
 //!
 //! The platform holds the process's pins (io_uring fixed buffers), flushes their cache lines
-//! and performs device DMA on them when the broker asks (`client.rs`); the memory hooks keep
+//! and performs device DMA on them when the broker asks (`answer.rs`); the memory hooks keep
 //! its records true when the program unmaps, moves or truncates pinned memory. Each use locks
 //! it for one platform call only, the granularity at which the kernel's own memory locks
 //! serialize such work. No broker request is ever made while it is held.

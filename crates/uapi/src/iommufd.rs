@@ -85,7 +85,7 @@ impl<P: Platform> Vfio<P> {
             DeviceState {
                 group,
                 name: name.to_string(),
-                dev: crate::device::PciDevice::new(),
+                dev: self.model_for(name),
                 irqs: Irqs::default(),
                 cdev: true,
                 bound: None,

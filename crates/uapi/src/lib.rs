@@ -19,7 +19,8 @@
 //! * [`nr`]: request numbers, derived once from `_IO(';', 100 + n)`;
 //! * [`table`]: one ioctl table per fd kind (container, type1, group, device) and handlers;
 //! * [`Vfio`]: containers, groups and devices, and what closing them does;
-//! * [`device`]: the emulated PCI function behind a device fd;
+//! * [`model`]: the emulated PCI function behind a device fd, of one of two kinds:
+//!   [`device`], the DMA engine, or [`nvme`], an NVMe controller;
 //! * [`info`]: GET_INFO's header and capability chain as bytes;
 //! * `iommufd`: `/dev/iommu` (iommufd and its VFIO compat container) and the device cdev's
 //!   BIND/ATTACH/DETACH, over [`type1_core::iommufd`].
@@ -28,7 +29,9 @@ mod caller;
 pub mod device;
 pub mod info;
 mod iommufd;
+pub mod model;
 pub mod nr;
+pub mod nvme;
 pub mod table;
 #[cfg(any(test, feature = "testing"))]
 pub mod testing;

@@ -13,6 +13,7 @@ use type1_core::{
 use vfio_bindings::bindings::vfio as b;
 
 use crate::device::{DmaRequest, PciDevice, TransferFault, FAULT_NO_DOMAIN};
+use crate::model::Model;
 
 mod devices;
 
@@ -140,7 +141,7 @@ pub(crate) struct ContainerState {
 pub(crate) struct DeviceState {
     pub group: u32,
     pub name: String,
-    pub dev: PciDevice,
+    pub dev: Model,
     pub irqs: Irqs,
     /// Opened through the device's cdev (not through its group).
     pub cdev: bool,
@@ -198,6 +199,9 @@ pub struct Vfio<P: Platform> {
     pub(crate) containers: BTreeMap<u32, ContainerState>,
     pub(crate) devices: BTreeMap<u32, DeviceState>,
     pub(crate) iommufds: BTreeMap<u32, IommufdState>,
+    /// The namespaces of the machine's NVMe functions, by device name (every other device is
+    /// the DMA engine).
+    pub(crate) nvme: BTreeMap<String, std::sync::Arc<dyn crate::nvme::BlockStore>>,
     next_id: u32,
 }
 
@@ -216,6 +220,7 @@ impl<P: Platform + Clone> Vfio<P> {
             containers: [(id, cs)].into_iter().collect(),
             devices: BTreeMap::new(),
             iommufds: BTreeMap::new(),
+            nvme: BTreeMap::new(),
             next_id: 0,
         })
     }
@@ -261,8 +266,24 @@ impl<P: Platform> Vfio<P> {
             containers: BTreeMap::new(),
             devices: BTreeMap::new(),
             iommufds: BTreeMap::new(),
+            nvme: BTreeMap::new(),
             next_id: 0,
         })
+    }
+
+    /// Makes device `name` an NVMe controller whose namespace is `store` (each open of the
+    /// device gets a fresh controller over the same namespace, as a function reset leaves
+    /// the media alone).
+    pub fn add_nvme(&mut self, name: &str, store: std::sync::Arc<dyn crate::nvme::BlockStore>) {
+        self.nvme.insert(name.to_string(), store);
+    }
+
+    /// The function a fresh open of device `name` finds.
+    pub(crate) fn model_for(&self, name: &str) -> Model {
+        match self.nvme.get(name) {
+            Some(store) => Model::Nvme(crate::nvme::Nvme::new(store.clone(), &serial_of(name))),
+            None => Model::Dma(PciDevice::new()),
+        }
     }
 
     /// The flush policy containers opened from now on get.
@@ -476,8 +497,8 @@ impl<P: Platform> Vfio<P> {
             id,
             DeviceState {
                 group,
+                dev: self.model_for(&name),
                 name,
-                dev: PciDevice::new(),
                 irqs: Irqs::default(),
                 cdev: false,
                 bound: None,
@@ -636,4 +657,10 @@ impl<P: Platform> Vfio<P> {
             result,
         });
     }
+}
+
+/// A serial number for the NVMe function `name`: its bus/device/function without separators.
+fn serial_of(name: &str) -> String {
+    let s: String = name.chars().filter(char::is_ascii_alphanumeric).collect();
+    format!("T1{s}")
 }

@@ -2,6 +2,8 @@
 //! does through its group's domain (or an iommufd HWPT), with the interrupts it raises.
 
 use super::*;
+use crate::nvme::NvmeBus;
+use type1_core::DmaFault;
 
 impl<P: Platform> Vfio<P> {
     /// The name of an open device (`0000:00:04.0`).
@@ -21,12 +23,18 @@ impl<P: Platform> Vfio<P> {
         m: std::sync::Arc<dyn crate::device::Bar0Mirror>,
     ) -> Result<(), Errno> {
         let d = self.devices.get_mut(&dev).ok_or(Errno::EBADF)?;
-        d.dev.set_mirror(m);
-        Ok(())
+        match &mut d.dev {
+            Model::Dma(p) => {
+                p.set_mirror(m);
+                Ok(())
+            }
+            // Every access to the controller's registers acts: there is nothing to mirror.
+            Model::Nvme(_) => Err(Errno::EINVAL),
+        }
     }
 
     /// The device model of an open device (inspection).
-    pub fn device(&self, dev: u32) -> Option<&PciDevice> {
+    pub fn device(&self, dev: u32) -> Option<&Model> {
         self.devices.get(&dev).map(|d| &d.dev)
     }
 
@@ -41,10 +49,22 @@ impl<P: Platform> Vfio<P> {
     ) -> Result<usize, Errno> {
         let d = self.devices.get_mut(&dev).ok_or(Errno::EBADF)?;
         let intx_was = d.dev.intx_enabled();
-        let (n, req) = d.dev.rw(pos, buf, write)?;
-        if let Some(req) = req {
-            self.run_dma(dev, req);
-        }
+        let n = match &mut d.dev {
+            Model::Dma(p) => {
+                let (n, req) = p.rw(pos, buf, write)?;
+                if let Some(req) = req {
+                    self.run_dma(dev, req);
+                }
+                n
+            }
+            Model::Nvme(c) => {
+                let (n, rang) = c.rw(pos, buf, write)?;
+                if rang {
+                    self.run_nvme(dev);
+                }
+                n
+            }
+        };
         // vfio-pci virtualizes COMMAND.INTX_DISABLE: setting it masks INTx, clearing it
         // unmasks, and a device that still asserts its line then interrupts again (as the
         // level it is), whoever masked it before.
@@ -118,9 +138,9 @@ impl<P: Platform> Vfio<P> {
             }
         }
         let mut wants_irq = false;
-        if let Some(d) = self.devices.get_mut(&dev) {
-            wants_irq = d.dev.reg32(crate::device::REG_CMD) & crate::device::CMD_IRQ != 0;
-            d.dev.complete(result.map(|_| ()));
+        if let Some(Model::Dma(p)) = self.devices.get_mut(&dev).map(|d| &mut d.dev) {
+            wants_irq = p.reg32(crate::device::REG_CMD) & crate::device::CMD_IRQ != 0;
+            p.complete(result.map(|_| ()));
         }
         if wants_irq {
             self.raise_irq(dev);
@@ -135,11 +155,24 @@ impl<P: Platform> Vfio<P> {
         let Some(d) = self.devices.get_mut(&dev) else {
             return;
         };
-        if !d.dev.irq_asserted() {
+        let vector = match &d.dev {
+            Model::Dma(p) if p.irq_asserted() => {
+                p.reg32(crate::device::REG_IRQ_VECTOR) % crate::device::MSIX_VECTORS
+            }
+            // The controller's pin-based interrupt, fired again on unmask while asserted.
+            Model::Nvme(c) if c.irq_asserted() => 0,
+            _ => return,
+        };
+        self.raise_vector(dev, vector);
+    }
+
+    /// Signals interrupt `vector` of the device by the index the owner enabled: MSI-X vector
+    /// `vector`, the one MSI vector, or INTx (when enabled, unmasked and registered; it then
+    /// masks itself until the owner unmasks it).
+    pub(crate) fn raise_vector(&mut self, dev: u32, vector: u32) {
+        let Some(d) = self.devices.get_mut(&dev) else {
             return;
-        }
-        let msix = crate::device::MSIX_VECTORS;
-        let vector = d.dev.reg32(crate::device::REG_IRQ_VECTOR) % msix;
+        };
         let kind = match d.irqs.kind {
             Some(b::VFIO_PCI_MSIX_IRQ_INDEX) => match d.irqs.msix.get(vector as usize) {
                 Some(Some(f)) => {
@@ -180,7 +213,7 @@ impl<P: Platform> Vfio<P> {
         group: u32,
         req: &DmaRequest,
     ) -> Result<bool, TransferFault> {
-        let range = PciDevice::buffer_range(req)?;
+        let range = crate::device::PciDevice::buffer_range(req)?;
         if !self.devices.get(&dev).is_some_and(|d| d.dev.bus_master()) {
             return Err(TransferFault {
                 iova: req.iova,
@@ -197,10 +230,10 @@ impl<P: Platform> Vfio<P> {
             let iova = req.iova + done;
             let chunk = (PAGE_SIZE - iova % PAGE_SIZE).min(req.len - done) as usize;
             let at = range.start + done as usize;
-            let Some(d) = self.devices.get_mut(&dev) else {
+            let Some(Model::Dma(p)) = self.devices.get_mut(&dev).map(|d| &mut d.dev) else {
                 return Err(no_domain);
             };
-            let mut tmp = d.dev.buffer()[at..at + chunk].to_vec();
+            let mut tmp = p.buffer()[at..at + chunk].to_vec();
             self.platform
                 .device_dma(domain, iova, &mut tmp, req.to_memory)
                 .map_err(|e| TransferFault {
@@ -213,12 +246,108 @@ impl<P: Platform> Vfio<P> {
                     },
                 })?;
             if !req.to_memory {
-                if let Some(d) = self.devices.get_mut(&dev) {
-                    d.dev.buffer_mut()[at..at + chunk].copy_from_slice(&tmp);
+                if let Some(Model::Dma(p)) = self.devices.get_mut(&dev).map(|d| &mut d.dev) {
+                    p.buffer_mut()[at..at + chunk].copy_from_slice(&tmp);
                 }
             }
             done += chunk as u64;
         }
         Ok(coherent)
+    }
+}
+
+/// The NVMe controller's view of the machine: DMA through the function's IOMMU domain (the
+/// platform seam's `DeviceDma`, no-snoop requests as a drive's data transfers may be), and
+/// the interrupts and notes it produced, delivered once the queues have run.
+struct ControllerBus<'a, P: Platform> {
+    platform: &'a mut P,
+    /// The domain and whether it enforces coherency; `None`: the group is in none.
+    domain: Option<(DomainId, bool)>,
+    name: &'a str,
+    irqs: Vec<u16>,
+    /// Bytes moved to and from memory, for one `dma` trace event per direction.
+    moved: [(u64, u64); 2],
+}
+
+impl<P: Platform> NvmeBus for ControllerBus<'_, P> {
+    fn dma(&mut self, iova: u64, buf: &mut [u8], to_memory: bool) -> Result<(), DmaFault> {
+        let r = match self.domain {
+            Some((d, _)) => self.platform.device_dma(d, iova, buf, to_memory),
+            None => Err(DmaFault::Unreachable),
+        };
+        match &r {
+            Ok(()) => {
+                let m = &mut self.moved[usize::from(to_memory)];
+                if m.1 == 0 {
+                    m.0 = iova;
+                }
+                m.1 += buf.len() as u64;
+            }
+            Err(f) => self.platform.trace(Event::Fault {
+                source: "dma".into(),
+                detail: format!(
+                    "{}: nvme {} of {} bytes at iova 0x{iova:x}: {f}",
+                    self.name,
+                    if to_memory { "write" } else { "read" },
+                    buf.len()
+                ),
+            }),
+        }
+        r
+    }
+
+    fn interrupt(&mut self, vector: u16) {
+        if !self.irqs.contains(&vector) {
+            self.irqs.push(vector);
+        }
+    }
+
+    fn note(&mut self, what: String) {
+        self.platform.trace(Event::Fault {
+            source: "nvme".into(),
+            detail: format!("{}: {what}", self.name),
+        });
+    }
+}
+
+impl<P: Platform> Vfio<P> {
+    /// Runs the NVMe controller of device `dev` after a doorbell (or an enable): its queues
+    /// through its IOMMU domain, then the interrupts it asked for. Traces one `dma` event per
+    /// direction for the bytes moved, `fault` events for refused accesses.
+    fn run_nvme(&mut self, dev: u32) {
+        let Some(group) = self.devices.get(&dev).map(|d| d.group) else {
+            return;
+        };
+        let domain = self.device_domain(dev, group);
+        let Some(d) = self.devices.get_mut(&dev) else {
+            return;
+        };
+        let Model::Nvme(c) = &mut d.dev else {
+            return;
+        };
+        let mut bus = ControllerBus {
+            platform: &mut self.platform,
+            domain,
+            name: &d.name,
+            irqs: Vec::new(),
+            moved: [(0, 0); 2],
+        };
+        c.process(&mut bus);
+        let (irqs, moved) = (bus.irqs, bus.moved);
+        let coherent = domain.is_some_and(|(_, c)| c);
+        for (i, (iova, len)) in moved.into_iter().enumerate() {
+            if len > 0 {
+                self.platform.trace(Event::Dma {
+                    device: d.name.clone(),
+                    iova,
+                    len,
+                    dir: if i == 1 { "write" } else { "read" },
+                    snoop: coherent,
+                });
+            }
+        }
+        for v in irqs {
+            self.raise_vector(dev, u32::from(v));
+        }
     }
 }
