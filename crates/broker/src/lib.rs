@@ -13,7 +13,8 @@
 //! * [`wire`]: the messages;
 //! * [`hub`]: the processes served, callbacks, and the engine's platform inside the broker;
 //! * [`server`]: connections, requests, last-close collection, exit when unused;
-//! * [`machine`]: the emulated machine's description (shared with the preload library).
+//! * [`machine`]: the emulated machine's description (shared with the preload library);
+//! * [`nvme`]: the files that back the namespaces of the machine's NVMe controllers.
 //!
 //! The executable (`type1-broker NAME`, `src/main.rs`, which a workspace build leaves next to
 //! `libtype1_preload.so`) is started by the first process that needs it; see
@@ -21,6 +22,7 @@
 
 pub mod hub;
 pub mod machine;
+pub mod nvme;
 pub mod server;
 pub mod wire;
 
@@ -46,6 +48,7 @@ pub fn main() -> ! {
     let cfg = server::BrokerConfig {
         groups: machine.groups,
         host: machine.host,
+        nvme: machine.nvme,
         policy,
     };
     let listener = match type1_host::sock::listen_abstract(&name) {

@@ -13,7 +13,25 @@ use type1_uapi::GroupSpec;
 pub const SYSFS_PCI: &str = "/sys/bus/pci/devices/";
 
 /// `(group, device)` of the default machine.
-pub const DEFAULT_DEVICES: [(u32, &str); 2] = [(0, "0000:00:04.0"), (1, "0000:00:05.0")];
+pub const DEFAULT_DEVICES: [(u32, &str); 3] = [
+    (0, "0000:00:04.0"),
+    (1, "0000:00:05.0"),
+    (2, "0000:00:06.0"),
+];
+
+/// The default machine's NVMe controller (group 2, behind the unit without snoop control).
+pub const DEFAULT_NVME: &str = "0000:00:06.0";
+
+/// One NVMe controller of the machine: its device and its namespace's file and size.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct NvmeSpec {
+    /// Device name.
+    pub device: String,
+    /// The namespace's file.
+    pub path: std::path::PathBuf,
+    /// Its size in bytes.
+    pub bytes: u64,
+}
 
 /// The machine the library emulates: groups with their devices, and the host platform's
 /// IOMMU units.
@@ -23,12 +41,18 @@ pub struct Machine {
     pub groups: Vec<GroupSpec>,
     /// IOMMU units and the group → unit map.
     pub host: HostConfig,
+    /// The devices that are NVMe controllers.
+    pub nvme: Vec<NvmeSpec>,
 }
 
 impl Machine {
-    /// The default machine: group 0 (coherent) with `0000:00:04.0`, group 1 (no snoop
-    /// control) with `0000:00:05.0`.
+    /// The default machine: group 0 (coherent) with the DMA engine `0000:00:04.0`, group 1
+    /// (no snoop control) with the DMA engine `0000:00:05.0`, group 2 (no snoop control) with
+    /// the NVMe controller `0000:00:06.0`, whose 1 GiB namespace is
+    /// [`crate::nvme::default_path`].
     pub fn default_machine() -> Machine {
+        let mut host = HostConfig::default();
+        host.groups.insert(2, 1);
         Machine {
             groups: DEFAULT_DEVICES
                 .iter()
@@ -38,7 +62,12 @@ impl Machine {
                     emulated: Vec::new(),
                 })
                 .collect(),
-            host: HostConfig::default(),
+            host,
+            nvme: vec![NvmeSpec {
+                device: DEFAULT_NVME.to_string(),
+                path: crate::nvme::default_path(DEFAULT_NVME),
+                bytes: type1_machine::DEFAULT_NVME_BYTES,
+            }],
         }
     }
 
@@ -81,9 +110,22 @@ impl Machine {
                 emulated: Vec::new(),
             });
         }
+        let nvme = desc
+            .nvme
+            .iter()
+            .map(|n| NvmeSpec {
+                device: n.device.clone(),
+                path: n
+                    .path
+                    .as_ref()
+                    .map_or_else(|| crate::nvme::default_path(&n.device), Into::into),
+                bytes: n.bytes(),
+            })
+            .collect();
         Ok(Machine {
             groups,
             host: HostConfig { units, groups: map },
+            nvme,
         })
     }
 
@@ -160,6 +202,7 @@ pub fn empty() -> Machine {
             units: Vec::new(),
             groups: BTreeMap::new(),
         },
+        nvme: Vec::new(),
     }
 }
 

@@ -30,6 +30,8 @@ pub struct BrokerConfig {
     pub groups: Vec<GroupSpec>,
     /// IOMMU units and the group → unit map.
     pub host: type1_host::HostConfig,
+    /// The NVMe controllers: device names and their namespaces.
+    pub nvme: Vec<crate::machine::NvmeSpec>,
     /// Flush policy (`seed`, `none`).
     pub policy: String,
 }
@@ -237,12 +239,16 @@ impl Server {
     /// A broker for `cfg`.
     pub fn new(cfg: &BrokerConfig) -> Result<Server, Errno> {
         let hub = Arc::new(Hub::new(cfg.host.clone()));
-        let vfio = Vfio::new(
+        let mut vfio = Vfio::new(
             BrokerPlatform(hub.clone()),
             &cfg.groups,
             Config::default(),
             &cfg.policy,
         )?;
+        for n in &cfg.nvme {
+            let store = crate::nvme::FileStore::new(n.path.clone(), n.bytes);
+            vfio.add_nvme(&n.device, Arc::new(store));
+        }
         let wake = sock::seqpacket_pair()?;
         Ok(Server {
             hub,
@@ -521,7 +527,8 @@ impl Server {
                 } else {
                     vec![0u8; (len as usize).min(wire::MAX_COPY)]
                 };
-                let r = match bar2_offset(at) {
+                let dma_engine = st.vfio.device(dev).and_then(|m| m.dma_engine()).is_some();
+                let r = match bar2_offset(at).filter(|_| dma_engine) {
                     Some(off) => match bar_of(&mut st, dev) {
                         Ok(fd) => bar2_rw(fd, &mut buf, off, write),
                         Err(e) => Err(e),
@@ -553,6 +560,11 @@ impl Server {
                     .iter()
                     .position(|d| *d == name)
                     .unwrap_or(0) as u32;
+                // An NVMe function has no BAR2 and nothing to share of BAR0: every register
+                // access reaches its model.
+                if st.vfio.device(dev).and_then(|m| m.dma_engine()).is_none() {
+                    return (Msg::Device { name, ordinal }, Vec::new(), Vec::new());
+                }
                 let files = bar_of(&mut st, dev).and_then(|b| Ok((b, regs_of(&mut st, dev)?)));
                 let (bar, regs) = match files {
                     Ok(f) => f,

@@ -246,7 +246,8 @@ pub enum Msg {
     /// An open file for `obj` is attached.
     Opened(Obj),
     /// Device information: its BAR2 file and its shared BAR0 image (`type1_host::shm`)
-    /// attached, in that order.
+    /// attached, in that order; neither for a function that has no BAR2 (an NVMe
+    /// controller).
     Device {
         /// Name (`0000:00:05.0`).
         name: String,

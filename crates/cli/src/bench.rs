@@ -62,6 +62,9 @@ struct Report<'a> {
     floor: Floors,
     rows: &'a [Row],
     qemu_boot: Option<QemuBoot>,
+    /// The nvme workload: guest block I/O on the emulated controller against QEMU's NVMe.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    nvme: Option<crate::nvmebench::NvmeBench>,
     /// Why a workload did not run, if one did not.
     skipped: Option<String>,
 }
@@ -303,7 +306,7 @@ fn sim(o: &BenchOpts, bar: &indicatif::ProgressBar, rows: &mut Vec<Row>) -> Resu
 }
 
 /// The guest of `scripts/guest.sh` (source tree only): `(kernel, initrd)`.
-fn guest_image() -> Result<(String, String)> {
+pub(crate) fn guest_image() -> Result<(String, String)> {
     let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../scripts/guest.sh");
     if !script.exists() {
         bail!("the qemu workload needs scripts/guest.sh (run type1 bench from the source tree)");
@@ -408,6 +411,7 @@ fn qemu(
                 library: library.clone(),
                 trace: last.then(|| trace.clone()),
                 policy: Some(policy.clone()),
+                machine: None,
             };
             let t = Instant::now();
             let st = type1_exec::run(
@@ -468,18 +472,23 @@ pub fn run(o: &BenchOpts) -> Result<()> {
         Container::new(Config::default(), p).map_err(|e| anyhow!("--policies {p:?}: {e}"))?;
     }
     for w in &o.workloads {
-        if !matches!(w.as_str(), "host" | "emulated" | "sim" | "qemu") {
-            bail!("--workloads {w:?}: expected host, emulated, sim or qemu");
+        if !matches!(w.as_str(), "host" | "emulated" | "sim" | "qemu" | "nvme") {
+            bail!("--workloads {w:?}: expected host, emulated, sim, qemu or nvme");
         }
     }
     let has = |w: &str| o.workloads.iter().any(|x| x == w);
     let multi = o.flush_threads > 1 && o.policies.iter().any(|p| p == "seed");
     // Progress: a step per policy per workload, the host floors (and the multi-core
     // variant), and for qemu a step per round of boots.
-    let per_policy = o.workloads.iter().filter(|w| *w != "qemu").count() as u64;
+    let per_policy = o
+        .workloads
+        .iter()
+        .filter(|w| *w != "qemu" && *w != "nvme")
+        .count() as u64;
     let steps = o.policies.len() as u64 * per_policy
         + u64::from(has("host")) * (1 + u64::from(multi))
-        + u64::from(has("qemu")) * QEMU_RUNS as u64;
+        + u64::from(has("qemu")) * QEMU_RUNS as u64
+        + u64::from(has("nvme")) * crate::nvmebench::ROUNDS as u64;
     let bar = indicatif::ProgressBar::new(steps);
     bar.set_style(
         indicatif::ProgressStyle::with_template("{bar:30} {pos}/{len} {msg} [{elapsed}]")
@@ -513,8 +522,18 @@ pub fn run(o: &BenchOpts) -> Result<()> {
     } else {
         None
     };
+    let nvme = if has("nvme") {
+        Some(crate::nvmebench::nvme(&bar)?)
+    } else {
+        None
+    };
     bar.finish_and_clear();
-    print!("{}", table(&floors, &rows, boot.as_ref()));
+    if !rows.is_empty() || boot.is_some() {
+        print!("{}", table(&floors, &rows, boot.as_ref()));
+    }
+    if let Some(n) = &nvme {
+        print!("{}", crate::nvmebench::table(n));
+    }
     if let Some(why) = &skipped {
         eprintln!("type1 bench: {why}");
     }
@@ -523,6 +542,7 @@ pub fn run(o: &BenchOpts) -> Result<()> {
             floor: floors,
             rows: &rows,
             qemu_boot: boot,
+            nvme,
             skipped,
         };
         std::fs::write(path, serde_json::to_vec_pretty(&r)?)

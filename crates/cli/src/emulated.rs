@@ -253,6 +253,7 @@ fn run_client(
         library: lib.to_path_buf(),
         trace: None,
         policy: Some(policy.to_string()),
+        machine: None,
     };
     let args = [
         "__emulated-client".to_string(),

@@ -16,6 +16,7 @@ mod embedded;
 mod emulated;
 mod hostthp;
 mod model;
+mod nvmebench;
 mod plot;
 mod scale;
 mod story;
@@ -169,7 +170,8 @@ enum Cmd {
         policies: Vec<String>,
         /// Workloads, comma-separated: host (in-process engine and host platform), emulated
         /// (the same workload, a register read and a transfer, from an unmodified program
-        /// through the emulated /dev/vfio), sim, qemu.
+        /// through the emulated /dev/vfio), sim, qemu; and, when asked, nvme (guest block I/O
+        /// on the emulated NVMe controller against QEMU's own NVMe).
         #[arg(long, default_value = "host,emulated,sim,qemu", value_delimiter = ',')]
         workloads: Vec<String>,
         /// Write the floors and rows as JSON.
@@ -213,6 +215,10 @@ enum Cmd {
         /// Path of libtype1_preload.so (found next to this binary otherwise).
         #[arg(long)]
         library: Option<PathBuf>,
+        /// The emulated machine (`TYPE1_MACHINE`, docs/machine.md): groups, devices, IOMMU
+        /// units, NVMe controllers. The default machine otherwise.
+        #[arg(long)]
+        machine: Option<PathBuf>,
         /// The program and its arguments.
         #[arg(required = true, last = true)]
         command: Vec<String>,
@@ -360,9 +366,17 @@ fn exec(
     trace: Option<PathBuf>,
     policy: Option<String>,
     library: Option<PathBuf>,
+    machine: Option<PathBuf>,
     command: &[String],
 ) -> Result<ExitCode> {
     use type1_exec::{find_library, run, summarize, ExecOptions};
+    // The broker and the program read it from wherever they run.
+    let machine = match machine {
+        Some(m) => {
+            Some(std::fs::canonicalize(&m).with_context(|| format!("--machine {}", m.display()))?)
+        }
+        None => None,
+    };
     // Held until the run ends: the carried library's directory, when it is the one used.
     let unpacked;
     let library = match library.or_else(find_library) {
@@ -408,6 +422,7 @@ fn exec(
             library,
             trace: Some(trace_path.clone()),
             policy,
+            machine,
         },
         std::path::Path::new(program),
         args,
@@ -539,8 +554,9 @@ fn main() -> ExitCode {
             trace,
             policy,
             library,
+            machine,
             command,
-        } => exec(trace, policy, library, &command),
+        } => exec(trace, policy, library, machine, &command),
         Cmd::Trace { file, perfetto } => trace_cmd(&file, perfetto.as_deref()),
         Cmd::EmulatedClient { args } => emulated::client(&args).map(|()| ExitCode::SUCCESS),
         Cmd::Bench {

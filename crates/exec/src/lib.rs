@@ -56,6 +56,9 @@ pub struct ExecOptions {
     pub trace: Option<PathBuf>,
     /// `TYPE1_POLICY` (`seed` or `none`).
     pub policy: Option<String>,
+    /// `TYPE1_MACHINE`: the machine description (`docs/machine.md`); the default machine
+    /// (or the caller's `TYPE1_MACHINE`) otherwise.
+    pub machine: Option<PathBuf>,
 }
 
 /// The file `program` names, as `execvp` would find it (`PATH` unless it contains a slash).
@@ -160,6 +163,9 @@ fn hold_broker(opts: &ExecOptions, name: &str) -> Option<BrokerHold> {
     if let Some(p) = &opts.policy {
         cmd.env("TYPE1_POLICY", p);
     }
+    if let Some(m) = &opts.machine {
+        cmd.env("TYPE1_MACHINE", m);
+    }
     // It returns once it listens (its detached child serves).
     if !cmd.status().ok()?.success() {
         return None;
@@ -195,6 +201,9 @@ pub fn run(opts: &ExecOptions, program: &Path, args: &[String]) -> std::io::Resu
     }
     if let Some(p) = &opts.policy {
         cmd.env("TYPE1_POLICY", p);
+    }
+    if let Some(m) = &opts.machine {
+        cmd.env("TYPE1_MACHINE", m);
     }
     let _hold = if std::env::var_os("TYPE1_BROKER").is_none() {
         let name = fresh_broker_name();

@@ -692,3 +692,9 @@ pub fn wait_child(pid: i32) -> Result<i32, Errno> {
     };
     check(r).map(|_| status)
 }
+
+/// `fdatasync(fd)`: the file's data (and what is needed to read it back) reaches the disk.
+pub fn fdatasync(fd: i32) -> Result<(), Errno> {
+    // SAFETY: fdatasync has no memory-safety preconditions.
+    check(unsafe { libc::syscall(libc::SYS_fdatasync, fd) }).map(|_| ())
+}

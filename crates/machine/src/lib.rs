@@ -59,6 +59,39 @@ pub struct MachineDesc {
     /// are left (so the IOMMU can take 2 MiB leaves); otherwise 4 KiB at a time.
     #[serde(default, skip_serializing_if = "is_false")]
     pub thp: bool,
+    /// NVMe controllers (`[[nvme]]`): devices of the groups that are NVMe functions, with
+    /// their namespaces. Under the emulation (`type1-broker`) such a device is an NVMe
+    /// controller instead of the DMA engine; the simulator's devices do plain DMA either way.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub nvme: Vec<NvmeDesc>,
+}
+
+/// Default size of an NVMe namespace: 1 GiB.
+pub const DEFAULT_NVME_BYTES: u64 = 1 << 30;
+/// Largest NVMe namespace: 16 TiB.
+pub const MAX_NVME_BYTES: u64 = 1 << 44;
+
+/// One NVMe function.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NvmeDesc {
+    /// The device (a name in some group's `devices`).
+    pub device: String,
+    /// The file that backs namespace 1, created sparse on first use; by default
+    /// `$XDG_CACHE_HOME/type1/nvme-<device>.img` (or under `~/.cache`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub path: Option<String>,
+    /// Namespace size in bytes, a multiple of 4096 (default 1 GiB). A file that already
+    /// exists keeps its size if it is larger.
+    #[serde(default, with = "wide::opt", skip_serializing_if = "Option::is_none")]
+    pub size: Option<u64>,
+}
+
+impl NvmeDesc {
+    /// The namespace size asked for.
+    pub fn bytes(&self) -> u64 {
+        self.size.unwrap_or(DEFAULT_NVME_BYTES)
+    }
 }
 
 fn default_memory_frames() -> u64 {
@@ -289,6 +322,7 @@ impl Default for MachineDesc {
                 },
             ],
             thp: false,
+            nvme: Vec::new(),
         }
     }
 }
@@ -419,6 +453,36 @@ impl MachineDesc {
                 names.push(d);
             }
         }
+        if self.nvme.len() > MAX_ITEMS {
+            return Err(format!(
+                "{} nvme controllers: at most {MAX_ITEMS}",
+                self.nvme.len()
+            ));
+        }
+        for (i, n) in self.nvme.iter().enumerate() {
+            if !names.contains(&n.device.as_str()) {
+                return Err(format!(
+                    "nvme device = {:?} is not a device of any group",
+                    n.device
+                ));
+            }
+            if self.nvme[..i].iter().any(|o| o.device == n.device) {
+                return Err(format!("nvme device = {:?} is duplicated", n.device));
+            }
+            let b = n.bytes();
+            if b == 0 || b % 4096 != 0 || b > MAX_NVME_BYTES {
+                return Err(format!(
+                    "nvme {}: size = {b} is not a multiple of 4096 in 4096..={MAX_NVME_BYTES}",
+                    n.device
+                ));
+            }
+            if n.path
+                .as_ref()
+                .is_some_and(|p| p.is_empty() || p.contains('\0'))
+            {
+                return Err(format!("nvme {}: path is empty or holds a NUL", n.device));
+            }
+        }
         for (i, m) in self.mmio.iter().enumerate() {
             if m.npages == 0 {
                 return Err(format!("mmio base_pfn 0x{:x}: npages = 0", m.base_pfn));
@@ -491,6 +555,27 @@ mod tests {
     }
 
     #[test]
+    fn nvme_entries_name_a_device_once_with_a_sane_size() {
+        let base = "[[unit]]\nid = 0\nops = 1\nsnoop_control = false\n\
+                    [[group]]\nid = 1\nunit = 0\ndevices = [\"d\"]\n";
+        let ok = format!("{base}[[nvme]]\ndevice = \"d\"\nsize = 8192\n");
+        let m = MachineDesc::from_toml_str(&ok).unwrap();
+        assert!(m.validate().is_ok());
+        assert_eq!(m.nvme[0].bytes(), 8192);
+        let again = MachineDesc::from_toml_str(&toml::to_string(&m).unwrap()).unwrap();
+        assert_eq!(again, m);
+        for (bad, why) in [
+            ("device = \"x\"", "is not a device of any group"),
+            ("device = \"d\"\nsize = 1000", "size = 1000"),
+            ("device = \"d\"\n[[nvme]]\ndevice = \"d\"", "duplicated"),
+            ("device = \"d\"\npath = \"\"", "path is empty"),
+        ] {
+            let e = MachineDesc::from_toml_str(&format!("{base}[[nvme]]\n{bad}\n")).unwrap_err();
+            assert!(e.contains(why), "{bad}: {e}");
+        }
+    }
+
+    #[test]
     fn documented_example_parses() {
         let doc = include_str!("../../../docs/machine.md");
         let start = doc.find("```toml\n").unwrap() + 8;
@@ -504,6 +589,9 @@ mod tests {
             }]
         );
         assert!(d.groups[1].emulated);
+        assert_eq!(d.nvme[0].device, "dev0");
+        assert_eq!(d.nvme[0].bytes(), 1 << 30);
+        assert!(d.validate().is_ok());
     }
 
     #[test]

@@ -283,31 +283,40 @@ pub(crate) fn dup_fd(oldfd: i32, newfd: i32) -> bool {
     closed
 }
 
-/// A device's name, its index among the machine's devices, and its BAR2 memory file.
+/// A device's name, its index among the machine's devices, and its BAR2 memory file (-1: the
+/// function has none, as an NVMe controller).
 pub(crate) fn device_info(dev: u32) -> Result<(String, u32, i32), Errno> {
     if let Some(i) = table().as_ref().and_then(|t| t.bars.get(&dev).cloned()) {
         return Ok(i);
     }
     let r = crate::client::request(Request::DeviceInfo(dev), &[], &[])?;
-    let (Msg::Device { name, ordinal }, [bar, regs]) = (r.msg, r.fds.as_slice()) else {
-        for f in r.fds {
-            sys::close(f);
+    let (fd, regs, name, ordinal) = match (r.msg, r.fds.as_slice()) {
+        (Msg::Device { name, ordinal }, [bar, regs]) => {
+            let fd = type1_host::uring::move_high(*bar);
+            let regs = type1_host::shm::SharedMem::map(
+                type1_host::uring::move_high(*regs),
+                type1_uapi::device::BAR0_SIZE,
+            )
+            .ok()
+            .map(std::sync::Arc::new);
+            (fd, regs, name, ordinal)
         }
-        return Err(Errno::EIO);
+        (Msg::Device { name, ordinal }, []) => (-1, None, name, ordinal),
+        (_, fds) => {
+            for f in fds {
+                sys::close(*f);
+            }
+            return Err(Errno::EIO);
+        }
     };
-    let fd = type1_host::uring::move_high(*bar);
-    let regs = type1_host::shm::SharedMem::map(
-        type1_host::uring::move_high(*regs),
-        type1_uapi::device::BAR0_SIZE,
-    )
-    .ok()
-    .map(std::sync::Arc::new);
     let info = (name, ordinal, fd);
     let mut g = table();
     let t = g.get_or_insert_with(FdTable::default);
     if let Some(old) = t.bars.get(&dev) {
         // Another thread asked at the same time.
-        sys::close(fd);
+        if fd >= 0 {
+            sys::close(fd);
+        }
         return Ok(old.clone());
     }
     t.bars.insert(dev, info.clone());
@@ -318,16 +327,16 @@ pub(crate) fn device_info(dev: u32) -> Result<(String, u32, i32), Errno> {
     Ok(info)
 }
 
-/// Device `dev`'s BAR0 image, shared with the broker (asked for once).
-pub(crate) fn device_regs(dev: u32) -> Result<std::sync::Arc<type1_host::shm::SharedMem>, Errno> {
+/// Device `dev`'s BAR0 image, shared with the broker (asked for once); `None` for a function
+/// whose every register access must reach its model (an NVMe controller).
+pub(crate) fn device_regs(
+    dev: u32,
+) -> Result<Option<std::sync::Arc<type1_host::shm::SharedMem>>, Errno> {
     if let Some(m) = table().as_ref().and_then(|t| t.regs.get(&dev).cloned()) {
-        return Ok(m);
+        return Ok(Some(m));
     }
     device_info(dev)?;
-    table()
-        .as_ref()
-        .and_then(|t| t.regs.get(&dev).cloned())
-        .ok_or(Errno::EIO)
+    Ok(table().as_ref().and_then(|t| t.regs.get(&dev).cloned()))
 }
 
 /// The emulated fds this process knows.

@@ -175,6 +175,7 @@ fn policy_none_does_not_flush() {
         library: lib(),
         trace: Some(trace.clone()),
         policy: Some("none".into()),
+        machine: None,
     };
     let st = run(&opts, &exe, &[]).unwrap();
     assert!(st.success());

@@ -3,6 +3,8 @@
 
 #![allow(dead_code)] // each test file uses its own subset
 
+pub mod guest;
+
 use std::{
     path::PathBuf,
     process::{Command, Output},

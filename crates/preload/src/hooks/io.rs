@@ -173,6 +173,10 @@ pub(super) fn device_chunk(
 ) -> Result<usize, Errno> {
     if let Some(bar_off) = pos.and_then(bar2_offset) {
         let (_, _, bar) = state::device_info(dev)?;
+        if bar < 0 {
+            // No BAR2 (an NVMe controller): an absent region.
+            return Err(Errno::EINVAL);
+        }
         return bar2_rw(bar, buf as *mut c_void, len, bar_off, write).map(|n| n as usize);
     }
     if let Some(n) = pos.and_then(|p| bar0_local(dev, p, buf, len, write).transpose()) {
@@ -213,7 +217,9 @@ pub(super) fn bar0_local(
     if !in_bar0(pos, len) {
         return Ok(None);
     }
-    let regs = state::device_regs(dev)?;
+    let Some(regs) = state::device_regs(dev)? else {
+        return Ok(None);
+    };
     bar0_access(&regs, pos, buf, len, write)
 }
 

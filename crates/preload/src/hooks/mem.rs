@@ -25,6 +25,9 @@ pub(super) fn device_mmap(
     }
     let _ = fd;
     let (_, ordinal, bar) = state::device_info(dev)?;
+    if bar < 0 {
+        return Err(Errno::EINVAL); // no BAR2 (an NVMe controller)
+    }
     let ordinal = u64::from(ordinal);
     // SAFETY: the real mmap with the caller's address, length, protection and flags, on the
     // device's memory file at an offset inside it.

@@ -257,10 +257,14 @@ devices = ["0000:00:05.0"]
             classify(b"/sys/bus/pci/devices/0000:00:05.0/vendor"),
             Kind::SysAttr("0000:00:05.0".into(), "vendor")
         );
-        assert_eq!(sys_attr("vendor"), b"0x1234\n");
-        assert_eq!(sys_attr("device"), b"0x11e8\n");
-        assert_eq!(sys_attr("class"), b"0xff0000\n");
-        let config = sys_attr("config");
+        let dma = type1_uapi::device::PciDevice::new().config_space();
+        assert_eq!(sys_attr(&dma, "vendor"), b"0x1234\n");
+        assert_eq!(sys_attr(&dma, "device"), b"0x11e8\n");
+        assert_eq!(sys_attr(&dma, "class"), b"0xff0000\n");
+        let nvme = type1_uapi::nvme::reset_config();
+        assert_eq!(sys_attr(&nvme, "device"), b"0x7e01\n");
+        assert_eq!(sys_attr(&nvme, "class"), b"0x010802\n");
+        let config = sys_attr(&dma, "config");
         assert_eq!(
             (config.len(), &config[..4]),
             (256, &[0x34, 0x12, 0xe8, 0x11][..])

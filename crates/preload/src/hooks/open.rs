@@ -55,7 +55,7 @@ pub(super) unsafe fn emulated_open(
             })
         }
         Kind::NotDir => Ok(Err(Errno(libc::ENOTDIR))),
-        Kind::SysAttr(_, a) => Ok(open_sys_attr(a, flags)),
+        Kind::SysAttr(bdf, a) => Ok(open_sys_attr(&bdf, a, flags)),
         // Sysfs directories and links are not opened by VFIO users.
         Kind::Missing
         | Kind::SysDev(_)

@@ -6,13 +6,22 @@ use super::*;
 /// The sysfs attributes of an emulated device that can be read.
 pub(super) const SYS_ATTRS: [&str; 5] = ["vendor", "device", "class", "revision", "config"];
 
-/// The contents of sysfs attribute `attr` of an emulated device, as the kernel prints them:
-/// the IDs in hexadecimal with a newline, `config` the 256 bytes of a function's configuration
-/// space. Every emulated device is the same function (docs/device.md), and these are its
-/// values at reset: the `config` file is a copy of the reset state, not a live view of one
-/// device's registers (COMMAND, the MSI enable bits), which only its owner's device fd gives.
-pub(super) fn sys_attr(attr: &str) -> Vec<u8> {
-    let c = type1_uapi::device::PciDevice::new().config_space();
+/// The configuration space at reset of emulated device `bdf`: an NVMe controller's if the
+/// machine makes it one, else the DMA engine's (docs/device.md).
+pub(super) fn reset_config(bdf: &str) -> Vec<u8> {
+    if state::machine().nvme.iter().any(|n| n.device == bdf) {
+        type1_uapi::nvme::reset_config().to_vec()
+    } else {
+        type1_uapi::device::PciDevice::new().config_space()
+    }
+}
+
+/// The contents of sysfs attribute `attr` of an emulated device whose configuration space at
+/// reset is `c`, as the kernel prints them: the IDs in hexadecimal with a newline, `config`
+/// the 256 bytes of the function's configuration space. The `config` file is a copy of the
+/// reset state, not a live view of one device's registers (COMMAND, the MSI enable bits),
+/// which only its owner's device fd gives.
+pub(super) fn sys_attr(c: &[u8], attr: &str) -> Vec<u8> {
     let u16_at = |o: usize| u16::from_le_bytes([c[o], c[o + 1]]);
     match attr {
         "vendor" => format!("0x{:04x}\n", u16_at(0)).into_bytes(),
@@ -25,12 +34,12 @@ pub(super) fn sys_attr(attr: &str) -> Vec<u8> {
 
 /// Opens a sysfs attribute: a sealed-size memfd holding its contents, read-only (EACCES for
 /// writing: none of these is writable to a user here).
-pub(super) fn open_sys_attr(attr: &str, flags: c_int) -> Result<c_int, Errno> {
+pub(super) fn open_sys_attr(bdf: &str, attr: &str, flags: c_int) -> Result<c_int, Errno> {
     if flags & libc::O_ACCMODE != libc::O_RDONLY {
         return Err(Errno(libc::EACCES));
     }
     let fd = type1_host::sys::memfd(c"type1-sysfs", flags & libc::O_CLOEXEC != 0)?;
-    let data = sys_attr(attr);
+    let data = sys_attr(&reset_config(bdf), attr);
     if let Err(e) = type1_host::sys::pwrite(fd, &data, 0) {
         type1_host::sys::close(fd);
         return Err(e);

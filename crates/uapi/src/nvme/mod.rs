@@ -211,6 +211,32 @@ pub struct Nvme {
     pub commands: u64,
 }
 
+/// The configuration space of a controller at reset (what sysfs `config` shows).
+pub fn reset_config() -> [u8; CONFIG_SIZE as usize] {
+    let mut c = [0u8; CONFIG_SIZE as usize];
+    put16(&mut c, 0, NVME_VENDOR);
+    put16(&mut c, 2, NVME_DEVICE);
+    c[0x08] = 0x01; // revision
+    c[0x09] = (NVME_CLASS & 0xff) as u8;
+    c[0x0a] = (NVME_CLASS >> 8 & 0xff) as u8;
+    c[0x0b] = (NVME_CLASS >> 16) as u8;
+    c[0x10] = 0x04; // BAR0: memory, 64-bit, not prefetchable (BAR1 its upper half)
+    put16(&mut c, 0x2c, NVME_VENDOR); // subsystem vendor
+    put16(&mut c, 0x2e, NVME_DEVICE); // subsystem
+    c[0x3d] = 1; // INTA
+    put16(&mut c, PCI_STATUS, PCI_STATUS_CAP_LIST);
+    c[0x34] = MSI_CAP as u8;
+    c[MSI_CAP] = 0x05; // MSI
+    c[MSI_CAP + 1] = MSIX_CAP as u8;
+    c[MSI_CAP + 2] = 0x80; // 64-bit, one vector, disabled
+    c[MSIX_CAP] = 0x11; // MSI-X
+    c[MSIX_CAP + 1] = 0;
+    put16(&mut c, MSIX_CAP + 2, NVME_MSIX_VECTORS as u16 - 1);
+    put32(&mut c, MSIX_CAP + 4, NVME_MSIX_TABLE); // BIR 0
+    put32(&mut c, MSIX_CAP + 8, NVME_MSIX_PBA);
+    c
+}
+
 fn put16(b: &mut [u8], at: usize, v: u16) {
     b[at..at + 2].copy_from_slice(&v.to_le_bytes());
 }
@@ -223,27 +249,7 @@ impl Nvme {
     /// A controller whose namespace is `store`; `serial` is its serial number (at most 20
     /// ASCII characters are used).
     pub fn new(store: Arc<dyn BlockStore>, serial: &str) -> Nvme {
-        let mut c = [0u8; CONFIG_SIZE as usize];
-        put16(&mut c, 0, NVME_VENDOR);
-        put16(&mut c, 2, NVME_DEVICE);
-        c[0x08] = 0x01; // revision
-        c[0x09] = (NVME_CLASS & 0xff) as u8;
-        c[0x0a] = (NVME_CLASS >> 8 & 0xff) as u8;
-        c[0x0b] = (NVME_CLASS >> 16) as u8;
-        c[0x10] = 0x04; // BAR0: memory, 64-bit, not prefetchable (BAR1 its upper half)
-        put16(&mut c, 0x2c, NVME_VENDOR); // subsystem vendor
-        put16(&mut c, 0x2e, NVME_DEVICE); // subsystem
-        c[0x3d] = 1; // INTA
-        put16(&mut c, PCI_STATUS, PCI_STATUS_CAP_LIST);
-        c[0x34] = MSI_CAP as u8;
-        c[MSI_CAP] = 0x05; // MSI
-        c[MSI_CAP + 1] = MSIX_CAP as u8;
-        c[MSI_CAP + 2] = 0x80; // 64-bit, one vector, disabled
-        c[MSIX_CAP] = 0x11; // MSI-X
-        c[MSIX_CAP + 1] = 0;
-        put16(&mut c, MSIX_CAP + 2, NVME_MSIX_VECTORS as u16 - 1);
-        put32(&mut c, MSIX_CAP + 4, NVME_MSIX_TABLE); // BIR 0
-        put32(&mut c, MSIX_CAP + 8, NVME_MSIX_PBA);
+        let c = reset_config();
         let mut n = Nvme {
             config: c,
             store,
