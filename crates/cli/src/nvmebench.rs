@@ -54,6 +54,8 @@ pub struct NvmeBench {
     pub iops_ratio: f64,
     /// `assigned.mbps / qemu_nvme.mbps`.
     pub mbps_ratio: f64,
+    /// Every round's figures, assigned then QEMU's.
+    pub samples: Vec<(NvmeFigures, NvmeFigures)>,
 }
 
 /// Pads `out` with NULs to a multiple of 4 bytes.
@@ -240,6 +242,7 @@ pub fn nvme(bar: &indicatif::ProgressBar) -> Result<NvmeBench> {
         mbps: med(&theirs, |f| f.mbps),
     };
     Ok(NvmeBench {
+        samples: ours.iter().copied().zip(theirs.iter().copied()).collect(),
         rounds: ROUNDS,
         secs: SECS,
         iops_ratio: assigned.iops / qemu_nvme.iops,

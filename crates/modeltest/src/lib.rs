@@ -15,6 +15,8 @@
 //!   checker must agree with the model.
 //! * **uAPI fuzzing** ([`uapi`]): arbitrary ioctl sequences and argument bytes against
 //!   `type1-uapi`; target `uapi` in `fuzz/`, replayed by `tests/fuzz_corpus.rs`.
+//! * **Device fuzzing** ([`device`], [`nvme`]): a hostile driver against the DMA engine and
+//!   against the NVMe controller (commands, PRPs, registers); targets `device` and `nvme`.
 //! * **Fuzzing** (`fuzz/`, its own cargo workspace for `cargo fuzz`): the target `ops` turns its
 //!   input into a sequence of [`type1_check::Action`]s with [`decode`] and runs them with
 //!   [`run_actions`], which reports any violation of the simulator's checker (including leaks
@@ -22,6 +24,7 @@
 //!   corpus (`fuzz/corpus/ops/`) through the same two functions under plain `cargo test`.
 
 pub mod device;
+pub mod nvme;
 pub mod uapi;
 
 use type1_check::{alphabet, initial_world, ops_of, Action, Bound};
