@@ -305,29 +305,6 @@ fn sim(o: &BenchOpts, bar: &indicatif::ProgressBar, rows: &mut Vec<Row>) -> Resu
     Ok(())
 }
 
-/// The guest of `scripts/guest.sh` (source tree only): `(kernel, initrd)`.
-pub(crate) fn guest_image() -> Result<(String, String)> {
-    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../scripts/guest.sh");
-    if !script.exists() {
-        bail!("the qemu workload needs scripts/guest.sh (run type1 bench from the source tree)");
-    }
-    let out = std::process::Command::new("bash")
-        .arg(&script)
-        .output()
-        .context("cannot run scripts/guest.sh with bash")?;
-    if !out.status.success() {
-        bail!(
-            "scripts/guest.sh failed (it needs apt-get and the Debian archive): {}",
-            String::from_utf8_lossy(&out.stderr).trim()
-        );
-    }
-    let text = String::from_utf8_lossy(&out.stdout).trim().to_string();
-    let (k, i) = text
-        .split_once(' ')
-        .ok_or_else(|| anyhow!("scripts/guest.sh printed {text:?}"))?;
-    Ok((k.to_string(), i.to_string()))
-}
-
 fn qemu_args(kernel: &str, initrd: &str, mem: u64, device: bool) -> Vec<String> {
     let mut a: Vec<String> = [
         "-machine",
@@ -378,7 +355,7 @@ fn qemu(
     }
     let library = type1_exec::find_library()
         .ok_or_else(|| anyhow!("the qemu workload needs libtype1_preload.so next to type1"))?;
-    let (kernel, initrd) = guest_image()?;
+    let (kernel, initrd) = crate::guest::guest_image()?;
     let dir = type1_exec::private_dir(&std::env::temp_dir())?;
     let workload = format!("linux boot, -m {}", gib(o.qemu_mem));
     // Whole-process wall time, as a user times it: the boots interleaved (plain, then each

@@ -14,6 +14,7 @@ mod bench;
 mod checkcmd;
 mod embedded;
 mod emulated;
+mod guest;
 mod hostthp;
 mod model;
 mod nvmebench;

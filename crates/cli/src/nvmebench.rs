@@ -14,7 +14,7 @@ use std::path::{Path, PathBuf};
 use anyhow::{anyhow, bail, Context, Result};
 use serde::Serialize;
 
-use crate::bench::guest_image;
+use crate::guest::guest_image;
 use crate::model::median;
 
 /// The machine of the assigned run: the controller alone, behind the unit without snoop
