@@ -59,9 +59,10 @@ static uint64_t gpa_of(const void *page, char *why, size_t n) {
     return pfn * 4096;
 }
 
-/* The emulated device's address (`0000:01:00.0`) and sysfs directory; 0 if found, -1 if the
- * guest has no PCI function 1234:11e8 (or no sysfs). */
-static int find_emulated_device(char *bdf, size_t nb, char *sysdir, size_t ns) {
+/* The address (`0000:01:00.0`) and sysfs directory of the guest's PCI function
+ * vendor:device; 0 if found, -1 if there is none (or no sysfs). */
+static inline int find_pci_function(unsigned vendor, unsigned device, char *bdf, size_t nb,
+                                    char *sysdir, size_t ns) {
     DIR *d = opendir("/sys/bus/pci/devices");
     if (!d) return -1;
     struct dirent *e;
@@ -72,7 +73,7 @@ static int find_emulated_device(char *bdf, size_t nb, char *sysdir, size_t ns) {
         if (read_file(p, v, sizeof v) < 0) continue;
         snprintf(p, sizeof p, "/sys/bus/pci/devices/%.60s/device", e->d_name);
         if (read_file(p, dv, sizeof dv) < 0) continue;
-        if (strtoul(v, NULL, 16) == 0x1234 && strtoul(dv, NULL, 16) == 0x11e8) {
+        if (strtoul(v, NULL, 16) == vendor && strtoul(dv, NULL, 16) == device) {
             snprintf(bdf, nb, "%.60s", e->d_name);
             snprintf(sysdir, ns, "/sys/bus/pci/devices/%.60s", e->d_name);
             closedir(d);
@@ -81,4 +82,9 @@ static int find_emulated_device(char *bdf, size_t nb, char *sysdir, size_t ns) {
     }
     closedir(d);
     return -1;
+}
+
+/* The emulated DMA device (1234:11e8), as find_pci_function finds it. */
+static inline int find_emulated_device(char *bdf, size_t nb, char *sysdir, size_t ns) {
+    return find_pci_function(0x1234, 0x11e8, bdf, nb, sysdir, ns);
 }

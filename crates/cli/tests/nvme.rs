@@ -267,3 +267,77 @@ fn the_guests_own_nvme_driver_keeps_its_data_across_a_replug_and_a_second_boot()
         "the second boot finds both patterns\n{text}"
     );
 }
+
+/// A hostile driver in the guest (`tests/guest/nvme_hostile.c`): with the nvme driver unbound
+/// it writes random values into every register and doorbell, absurd queue sizes, random
+/// commands with PRPs it may own or that lie beyond guest RAM; the controller answers with
+/// errors or `CSTS.CFS`, QEMU stays up, and after a function reset the guest's own driver
+/// brings the controller back and I/O works.
+#[test]
+fn a_hostile_guest_driver_gets_errors_or_cfs_and_a_reset_recovers_the_controller() {
+    let Some(lib) = library() else { return };
+    let Some(prog) = compile_guest("nvme") else {
+        return;
+    };
+    let Some(hostile) = compile_guest("nvme_hostile") else {
+        return;
+    };
+    let Some((kernel, base)) = guest_image() else {
+        return;
+    };
+    let dir = fresh_dir("nvme-hostile");
+    std::fs::write(
+        dir.join("machine.toml"),
+        MACHINE.replace("NSPATH", dir.join("ns.img").to_str().unwrap()),
+    )
+    .unwrap();
+    let script = "/nvme_hostile\n/nvme write 8 5\npoweroff -f\n";
+    let init = format!(
+        "#!/bin/sh\nmount -t proc proc /proc\nmount -t sysfs sys /sys\n\
+         mount -t devtmpfs dev /dev\necho type1-guest-up\n{}{script}",
+        wait_line(false)
+    );
+    let mut img = std::fs::read(&base).expect("read the guest initramfs");
+    pad4(&mut img);
+    let (p, h) = (
+        std::fs::read(&prog).unwrap(),
+        std::fs::read(&hostile).unwrap(),
+    );
+    img.extend_from_slice(&cpio(&[
+        ("init", 0o755, init.as_bytes()),
+        ("nvme", 0o755, &p),
+        ("nvme_hostile", 0o755, &h),
+    ]));
+    let initrd = dir.join("initrd.img");
+    std::fs::write(&initrd, img).unwrap();
+    let out = output_within(qemu(&lib, &dir, &kernel, &initrd), 600)
+        .expect("the guest powers off within 600 s");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let serial = std::fs::read_to_string(dir.join("serial.txt")).unwrap_or_default();
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "QEMU stays up\n{serial}\n{stderr}"
+    );
+    assert!(!stderr.contains("panicked"), "{stderr}");
+    assert!(
+        serial.contains("unreachable admin queue -> CFS"),
+        "the known outcome\n{serial}"
+    );
+    assert!(serial.contains("nvme-hostile ok"), "{serial}");
+    assert!(
+        serial.contains("nvme ok write 8"),
+        "I/O works after the reset\n{serial}"
+    );
+    let evs = events(&dir.join("trace.jsonl"));
+    assert!(
+        evs.iter()
+            .any(|v| v["ev"] == "fault" && v["source"] == "nvme"),
+        "the controller's fatal status is in the trace"
+    );
+    assert!(
+        evs.iter()
+            .any(|v| v["ev"] == "op" && v["op"] == "DEVICE_RESET"),
+        "the guest's reset reached the device"
+    );
+}
