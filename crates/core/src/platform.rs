@@ -324,6 +324,29 @@ pub trait DeviceDma {
         let _ = (domain, iova, buf, to_memory);
         Err(DmaFault::Unreachable)
     }
+
+    /// The same DMA over several segments `(iova, len)`, each within one page, of one buffer
+    /// (`buf` holds their bytes in order): [`DeviceDma::device_dma`] on each in turn, which a
+    /// platform may do in fewer steps. On a fault, the segments before the one that faulted
+    /// are done; `Err` gives that segment's index and the fault.
+    fn device_dma_vec(
+        &mut self,
+        domain: DomainId,
+        segs: &[(u64, usize)],
+        buf: &mut [u8],
+        to_memory: bool,
+    ) -> Result<(), (usize, DmaFault)> {
+        let mut at = 0;
+        for (i, &(iova, n)) in segs.iter().enumerate() {
+            let Some(part) = buf.get_mut(at..at + n) else {
+                return Err((i, DmaFault::Unreachable));
+            };
+            self.device_dma(domain, iova, part, to_memory)
+                .map_err(|f| (i, f))?;
+            at += n;
+        }
+        Ok(())
+    }
 }
 
 /// The machine the engine runs on: every concern of the seam. See the module documentation

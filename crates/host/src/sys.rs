@@ -698,3 +698,9 @@ pub fn fdatasync(fd: i32) -> Result<(), Errno> {
     // SAFETY: fdatasync has no memory-safety preconditions.
     check(unsafe { libc::syscall(libc::SYS_fdatasync, fd) }).map(|_| ())
 }
+
+/// The capacity of the pipe `fd` in bytes (`F_GETPIPE_SZ`).
+pub fn pipe_capacity(fd: i32) -> Result<usize, Errno> {
+    // SAFETY: F_GETPIPE_SZ only queries the pipe.
+    check(unsafe { libc::syscall(libc::SYS_fcntl, fd, libc::F_GETPIPE_SZ) }).map(|n| n as usize)
+}

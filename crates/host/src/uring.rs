@@ -58,7 +58,14 @@ const IORING_OP_WRITE_FIXED: u8 = 5;
 const IORING_REGISTER_BUFFERS2: u32 = 15;
 const IORING_REGISTER_BUFFERS_UPDATE: u32 = 16;
 const IORING_RSRC_REGISTER_SPARSE: u32 = 1;
-const ENTRIES: u32 = 4;
+const ENTRIES: u32 = 16;
+
+/// Pages one batched transfer moves at most ([`Ring::transfer_batch`]: one linked request a
+/// page, submitted at once).
+pub const BATCH: usize = ENTRIES as usize;
+
+/// `IOSQE_IO_LINK`: the next request starts when this one completes.
+const IOSQE_IO_LINK: u8 = 1 << 2;
 
 #[repr(C)]
 #[derive(Default)]
@@ -468,6 +475,145 @@ impl Ring {
             }
         }
         Ok(())
+    }
+
+    /// [`Ring::transfer`] of several pieces at once: `items` are `(slot, addr, len)`, each
+    /// within one page of its buffer, at most [`BATCH`] of them and at most the pipe's
+    /// capacity in all; `buf` holds their bytes in order. One write to (or read from) the pipe
+    /// and one submission of linked requests move them all.
+    pub fn transfer_batch(
+        &mut self,
+        items: &[(u32, u64, usize)],
+        buf: &mut [u8],
+        dir: Dir,
+        bounce: (i32, i32),
+    ) -> Result<(), Errno> {
+        if !self.owned() {
+            return Err(Errno::EPERM);
+        }
+        let r = self.batch_through(items, buf, dir, bounce);
+        if r.is_err() {
+            let mut sink = [0u8; 512];
+            while matches!(crate::sys::read(bounce.0, &mut sink), Ok(n) if n > 0) {}
+        }
+        r
+    }
+
+    fn batch_through(
+        &mut self,
+        items: &[(u32, u64, usize)],
+        buf: &mut [u8],
+        dir: Dir,
+        (rd, wr): (i32, i32),
+    ) -> Result<(), Errno> {
+        let total: usize = items.iter().map(|i| i.2).sum();
+        if items.is_empty()
+            || items.len() > BATCH
+            || total != buf.len()
+            || items.iter().any(|i| i.2 > PAGE_SIZE as usize)
+            || total > crate::sys::pipe_capacity(wr).unwrap_or(PAGE_SIZE as usize)
+        {
+            return Err(Errno::EINVAL);
+        }
+        if dir == Dir::ToPage {
+            crate::sys::write_all(wr, buf)?;
+        }
+        let sqes: Vec<Sqe> = items
+            .iter()
+            .enumerate()
+            .map(|(i, &(slot, addr, len))| Sqe {
+                opcode: match dir {
+                    Dir::ToPage => IORING_OP_READ_FIXED,
+                    Dir::FromPage => IORING_OP_WRITE_FIXED,
+                },
+                flags: if i + 1 < items.len() {
+                    IOSQE_IO_LINK
+                } else {
+                    0
+                },
+                fd: if dir == Dir::ToPage { rd } else { wr },
+                off: u64::MAX,
+                addr,
+                len: len as u32,
+                user_data: i as u64,
+                buf_index: slot as u16,
+                ..Sqe::default()
+            })
+            .collect();
+        let res = self.submit_linked(&sqes)?;
+        for (i, r) in res.iter().enumerate() {
+            if *r < 0 {
+                return Err(Errno(-*r));
+            }
+            if *r as usize != items[i].2 {
+                return Err(Errno::EIO);
+            }
+        }
+        if dir == Dir::FromPage {
+            let mut got = 0;
+            while got < total {
+                match crate::sys::read(rd, &mut buf[got..])? {
+                    0 => return Err(Errno::EIO),
+                    n => got += n,
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Submits linked requests and waits for all their completions; their `res` by index.
+    fn submit_linked(&mut self, sqes: &[Sqe]) -> Result<Vec<i32>, Errno> {
+        use std::sync::atomic::{AtomicU32, Ordering};
+        let n = sqes.len() as u32;
+        let (h, t, m, a) = self.sq_off;
+        // SAFETY: as in `submit_one`: the offsets lie inside the ring mappings, head and tail
+        // are accessed atomically, the SQE slots and array entries are ours until the tail is
+        // published; at most ENTRIES requests are written (the caller checks), so no slot the
+        // kernel has not consumed is overwritten (every earlier submission was reaped).
+        let res = unsafe {
+            let tail = &*self.sq.at::<AtomicU32>(t);
+            let mask = *self.sq.at::<u32>(m);
+            let _head = &*self.sq.at::<AtomicU32>(h);
+            let cur = tail.load(Ordering::Relaxed);
+            for (k, sqe) in sqes.iter().enumerate() {
+                let idx = cur.wrapping_add(k as u32) & mask;
+                *self.sqes.at::<Sqe>(idx * 64) = *sqe;
+                *self.sq.at::<u32>(a + idx * 4) = idx;
+            }
+            tail.store(cur.wrapping_add(n), Ordering::Release);
+            let r = libc::syscall(
+                libc::SYS_io_uring_enter,
+                self.fd,
+                n,
+                n,
+                IORING_ENTER_GETEVENTS,
+                std::ptr::null::<libc::c_void>(),
+                0usize,
+            );
+            check(r)?;
+            let cq = (*self.cq).as_ref().unwrap_or(&self.sq);
+            let (ch, ct, cm, cqes) = self.cq_off;
+            let chead = &*cq.at::<AtomicU32>(ch);
+            let ctail = &*cq.at::<AtomicU32>(ct);
+            let cmask = *cq.at::<u32>(cm);
+            let mut out = vec![-libc::EIO; sqes.len()];
+            let mut head = chead.load(Ordering::Relaxed);
+            let mut seen = 0;
+            while seen < n && ctail.load(Ordering::Acquire) != head {
+                let cqe = *cq.at::<Cqe>(cqes + (head & cmask) * 16);
+                if let Some(slot) = out.get_mut(cqe.user_data as usize) {
+                    *slot = cqe.res;
+                }
+                head = head.wrapping_add(1);
+                seen += 1;
+            }
+            chead.store(head, Ordering::Release);
+            if seen < n {
+                return Err(Errno::EIO);
+            }
+            out
+        };
+        Ok(res)
     }
 
     /// Submits one request and waits for its completion; returns its `res`.

@@ -162,6 +162,40 @@ fn contract<P: Platform>(mut s: Subject<P>) {
     if s.dma {
         assert_eq!(denied, Err(DmaFault::Permission), "{name}: read-only entry");
         assert_eq!(none, Err(DmaFault::Unmapped), "{name}: no entry");
+        // Vectored: the segments before a fault are done, the fault names its segment.
+        for k in 0..2u64 {
+            let pa_k = pins[2 + k as usize].pfn * PAGE_SIZE;
+            p.flush_cache(pa_k, PAGE_SIZE);
+            p.iommu_map(d, Iova(IOVA + (4 + k) * PAGE_SIZE), Pa(pa_k), PAGE_SIZE, rw)
+                .unwrap();
+        }
+        let segs = [
+            (IOVA + 4 * PAGE_SIZE + 0x800, 0x800),
+            (IOVA + 5 * PAGE_SIZE, 0x1000),
+            (IOVA + 8 * PAGE_SIZE, 16),
+        ];
+        let mut out: Vec<u8> = (0..0x1810u32).map(|i| (i % 253) as u8).collect();
+        assert_eq!(
+            p.device_dma_vec(d, &segs, &mut out, true),
+            Err((2, DmaFault::Permission)),
+            "{name}: vectored write stops at the read-only segment"
+        );
+        let mut cpu = vec![0u8; 0x1000];
+        p.mm_read(mm, s.buf + 3 * PAGE_SIZE, &mut cpu).unwrap();
+        assert!(
+            cpu == out[0x800..0x1800],
+            "{name}: the second segment arrived"
+        );
+        let mut back = vec![0u8; 0x1800];
+        p.device_dma_vec(d, &segs[..2], &mut back, false)
+            .unwrap_or_else(|e| panic!("{name}: vectored read: {e:?}"));
+        assert!(back == out[..0x1800], "{name}: vectored read-back");
+        for k in 0..2u64 {
+            assert_eq!(
+                p.iommu_unmap(d, Iova(IOVA + (4 + k) * PAGE_SIZE), PAGE_SIZE),
+                PAGE_SIZE
+            );
+        }
     }
     assert_eq!(
         p.iommu_unmap(d, Iova(IOVA + 8 * PAGE_SIZE), PAGE_SIZE),

@@ -365,6 +365,81 @@ impl Hub {
         }
     }
 
+    /// Device DMA over segments `(iova, len)` (each within one page) of one buffer, in order
+    /// ([`type1_core::DeviceDma::device_dma_vec`]): runs of consecutive segments that land in
+    /// pages of one held ring go in one batched transfer (one pipe write or read and one
+    /// submission for up to [`type1_host::uring::BATCH`] pages); the rest, and a batch that
+    /// fails, go page by page as [`Hub::dma`], which also finds the segment that faults.
+    pub fn dma_vec(
+        &self,
+        domain: DomainId,
+        segs: &[(u64, usize)],
+        buf: &mut [u8],
+        to_memory: bool,
+    ) -> Result<(), (usize, DmaFault)> {
+        let dir = if to_memory {
+            Dir::ToPage
+        } else {
+            Dir::FromPage
+        };
+        let (mut i, mut at) = (0, 0);
+        while i < segs.len() {
+            // The batch from segment i: held by the same ring, within the pipe.
+            let mut items: Vec<(u32, u64, usize)> = Vec::new();
+            let mut ring: Option<Arc<HeldRing>> = None;
+            let mut bytes = 0;
+            let cap = type1_host::uring::BATCH;
+            for &(iova, n) in &segs[i..] {
+                if items.len() == cap || bytes + n > 16 * PAGE_SIZE as usize {
+                    break;
+                }
+                let Ok(pa) = lock(&self.iommu).translate(domain, iova, to_memory) else {
+                    break;
+                };
+                let Some((first, run)) = lock(&self.frames).find(pa >> PAGE_SHIFT) else {
+                    break;
+                };
+                let Some((r, slot, addr)) = run.held.as_ref() else {
+                    break;
+                };
+                if ring.as_ref().is_some_and(|x| !Arc::ptr_eq(x, r)) {
+                    break;
+                }
+                ring = Some(r.clone());
+                let page = (pa >> PAGE_SHIFT) - first;
+                items.push((*slot, addr + page * PAGE_SIZE + pa % PAGE_SIZE, n));
+                bytes += n;
+            }
+            let done = match (&ring, items.len()) {
+                (Some(r), k) if k > 1 => {
+                    let ok = self.bounce().and_then(|g| {
+                        let bounce = (*g)?;
+                        r.with_ring(|ring| {
+                            ring.transfer_batch(&items, &mut buf[at..at + bytes], dir, bounce)
+                        })
+                    });
+                    matches!(ok, Some(Ok(()))).then_some((k, bytes))
+                }
+                _ => None,
+            };
+            match done {
+                Some((k, b)) => {
+                    i += k;
+                    at += b;
+                }
+                None => {
+                    let (iova, n) = segs[i];
+                    let part = buf.get_mut(at..at + n).ok_or((i, DmaFault::Unreachable))?;
+                    self.dma(domain, iova, part, to_memory)
+                        .map_err(|f| (i, f))?;
+                    i += 1;
+                    at += n;
+                }
+            }
+        }
+        Ok(())
+    }
+
     /// Device DMA at `iova` through `domain` (within one page).
     pub fn dma(
         &self,

@@ -291,6 +291,16 @@ impl type1_core::DeviceDma for BrokerPlatform {
     ) -> Result<(), DmaFault> {
         self.0.dma(domain, iova, buf, to_memory)
     }
+
+    fn device_dma_vec(
+        &mut self,
+        domain: DomainId,
+        segs: &[(u64, usize)],
+        buf: &mut [u8],
+        to_memory: bool,
+    ) -> Result<(), (usize, DmaFault)> {
+        self.0.dma_vec(domain, segs, buf, to_memory)
+    }
 }
 
 impl CacheMaintenance for BrokerPlatform {

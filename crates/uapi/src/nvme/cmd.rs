@@ -162,24 +162,14 @@ fn prp_segments(
 
 /// Copies `data` to the host through the segments of a transfer.
 fn to_host(bus: &mut dyn NvmeBus, segs: &[(u64, usize)], data: &mut [u8]) -> Result<(), u16> {
-    let mut at = 0;
-    for &(iova, n) in segs {
-        bus.dma(iova, &mut data[at..at + n], true)
-            .map_err(|_| sc::DATA_TRANSFER_ERROR)?;
-        at += n;
-    }
-    Ok(())
+    bus.dma_vec(segs, data, true)
+        .map_err(|_| sc::DATA_TRANSFER_ERROR)
 }
 
 /// Reads a transfer's bytes from the host.
 fn from_host(bus: &mut dyn NvmeBus, segs: &[(u64, usize)], data: &mut [u8]) -> Result<(), u16> {
-    let mut at = 0;
-    for &(iova, n) in segs {
-        bus.dma(iova, &mut data[at..at + n], false)
-            .map_err(|_| sc::DATA_TRANSFER_ERROR)?;
-        at += n;
-    }
-    Ok(())
+    bus.dma_vec(segs, data, false)
+        .map_err(|_| sc::DATA_TRANSFER_ERROR)
 }
 
 fn ascii(dst: &mut [u8], s: &str) {

@@ -147,6 +147,21 @@ pub trait NvmeBus {
     /// A DMA of `buf.len()` bytes at `iova`, inside one page: to memory (`to_memory`) from
     /// `buf`, or from memory into `buf`.
     fn dma(&mut self, iova: u64, buf: &mut [u8], to_memory: bool) -> Result<(), DmaFault>;
+    /// The same over segments `(iova, len)`, each inside one page, of one buffer, in order;
+    /// the segments before a fault are done.
+    fn dma_vec(
+        &mut self,
+        segs: &[(u64, usize)],
+        buf: &mut [u8],
+        to_memory: bool,
+    ) -> Result<(), DmaFault> {
+        let mut at = 0;
+        for &(iova, n) in segs {
+            self.dma(iova, &mut buf[at..at + n], to_memory)?;
+            at += n;
+        }
+        Ok(())
+    }
     /// The controller wants interrupt vector `vector` (MSI-X; with MSI or INTx only vector 0
     /// exists).
     fn interrupt(&mut self, vector: u16);

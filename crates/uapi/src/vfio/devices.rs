@@ -296,6 +296,43 @@ impl<P: Platform> NvmeBus for ControllerBus<'_, P> {
         r
     }
 
+    fn dma_vec(
+        &mut self,
+        segs: &[(u64, usize)],
+        buf: &mut [u8],
+        to_memory: bool,
+    ) -> Result<(), DmaFault> {
+        let Some((d, _)) = self.domain else {
+            return self.dma(segs.first().map_or(0, |s| s.0), &mut [], to_memory);
+        };
+        let r = self.platform.device_dma_vec(d, segs, buf, to_memory);
+        let done = match r {
+            Ok(()) => segs.len(),
+            Err((i, _)) => i,
+        };
+        let bytes: usize = segs[..done].iter().map(|s| s.1).sum();
+        if bytes > 0 {
+            let m = &mut self.moved[usize::from(to_memory)];
+            if m.1 == 0 {
+                m.0 = segs[0].0;
+            }
+            m.1 += bytes as u64;
+        }
+        r.map_err(|(i, f)| {
+            self.platform.trace(Event::Fault {
+                source: "dma".into(),
+                detail: format!(
+                    "{}: nvme {} of {} bytes at iova 0x{:x}: {f}",
+                    self.name,
+                    if to_memory { "write" } else { "read" },
+                    segs[i].1,
+                    segs[i].0
+                ),
+            });
+            f
+        })
+    }
+
     fn interrupt(&mut self, vector: u16) {
         if !self.irqs.contains(&vector) {
             self.irqs.push(vector);
