@@ -136,6 +136,10 @@ impl type1_uapi::nvme::BlockStore for FileStore {
     fn flush(&self) -> Result<(), Errno> {
         sys::fdatasync(self.file()?.0)
     }
+
+    fn fd(&self) -> Option<i32> {
+        self.file().ok().map(|(fd, _)| fd)
+    }
 }
 
 impl Drop for FileStore {

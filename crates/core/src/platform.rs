@@ -347,6 +347,23 @@ pub trait DeviceDma {
         }
         Ok(())
     }
+
+    /// The same DMA between the segments and the file `fd` at offset `file_off` (a device
+    /// whose data lives in a file, as an NVMe namespace does): `to_memory` puts the file's
+    /// bytes into the segments, else the segments' bytes into the file. `None`: this platform
+    /// cannot do it without the caller's copy (which then reads the file itself and uses
+    /// [`DeviceDma::device_dma_vec`]); nothing was done. The default: `None`.
+    fn device_dma_file(
+        &mut self,
+        domain: DomainId,
+        segs: &[(u64, usize)],
+        fd: i32,
+        file_off: u64,
+        to_memory: bool,
+    ) -> Option<Result<(), (usize, DmaFault)>> {
+        let _ = (domain, segs, fd, file_off, to_memory);
+        None
+    }
 }
 
 /// The machine the engine runs on: every concern of the seam. See the module documentation

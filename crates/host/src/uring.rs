@@ -58,7 +58,7 @@ const IORING_OP_WRITE_FIXED: u8 = 5;
 const IORING_REGISTER_BUFFERS2: u32 = 15;
 const IORING_REGISTER_BUFFERS_UPDATE: u32 = 16;
 const IORING_RSRC_REGISTER_SPARSE: u32 = 1;
-const ENTRIES: u32 = 16;
+const ENTRIES: u32 = 64;
 
 /// Pages one batched transfer moves at most ([`Ring::transfer_batch`]: one linked request a
 /// page, submitted at once).
@@ -478,8 +478,8 @@ impl Ring {
     }
 
     /// [`Ring::transfer`] of several pieces at once: `items` are `(slot, addr, len)`, each
-    /// within one page of its buffer, at most [`BATCH`] of them and at most the pipe's
-    /// capacity in all; `buf` holds their bytes in order. One write to (or read from) the pipe
+    /// within its slot's buffer, at most [`BATCH`] of them and at most the pipe's capacity in
+    /// all; `buf` holds their bytes in order. One write to (or read from) the pipe
     /// and one submission of linked requests move them all.
     pub fn transfer_batch(
         &mut self,
@@ -499,6 +499,64 @@ impl Ring {
         r
     }
 
+    /// Moves pieces between the pinned buffers and the file `fd` directly, without the bounce
+    /// pipe: `items` are `(slot, addr, len)` as for [`Ring::transfer_batch`] (no pipe limits
+    /// their bytes), and the file's
+    /// bytes for them follow one another from offset `off`. `Dir::ToPage` reads the file into
+    /// the pages (`READ_FIXED`), `Dir::FromPage` writes the pages to the file. A short
+    /// transfer (past the end of the file) is EIO.
+    pub fn transfer_file(
+        &mut self,
+        items: &[(u32, u64, usize)],
+        fd: i32,
+        off: u64,
+        dir: Dir,
+    ) -> Result<(), Errno> {
+        if !self.owned() {
+            return Err(Errno::EPERM);
+        }
+        if items.is_empty() || items.len() > BATCH || items.iter().any(|i| i.2 > PAGE_SIZE as usize)
+        {
+            return Err(Errno::EINVAL);
+        }
+        let mut at = off;
+        let sqes: Vec<Sqe> = items
+            .iter()
+            .enumerate()
+            .map(|(i, &(slot, addr, len))| {
+                let sqe = Sqe {
+                    opcode: match dir {
+                        Dir::ToPage => IORING_OP_READ_FIXED,
+                        Dir::FromPage => IORING_OP_WRITE_FIXED,
+                    },
+                    flags: if i + 1 < items.len() {
+                        IOSQE_IO_LINK
+                    } else {
+                        0
+                    },
+                    fd,
+                    off: at,
+                    addr,
+                    len: len as u32,
+                    user_data: i as u64,
+                    buf_index: slot as u16,
+                    ..Sqe::default()
+                };
+                at += len as u64;
+                sqe
+            })
+            .collect();
+        for (i, r) in self.submit_linked(&sqes)?.iter().enumerate() {
+            if *r < 0 {
+                return Err(Errno(-*r));
+            }
+            if *r as usize != items[i].2 {
+                return Err(Errno::EIO);
+            }
+        }
+        Ok(())
+    }
+
     fn batch_through(
         &mut self,
         items: &[(u32, u64, usize)],
@@ -510,7 +568,6 @@ impl Ring {
         if items.is_empty()
             || items.len() > BATCH
             || total != buf.len()
-            || items.iter().any(|i| i.2 > PAGE_SIZE as usize)
             || total > crate::sys::pipe_capacity(wr).unwrap_or(PAGE_SIZE as usize)
         {
             return Err(Errno::EINVAL);

@@ -112,6 +112,13 @@ thread_local! {
     static TRACE_TO: RefCell<Option<u32>> = const { RefCell::new(None) };
 }
 
+/// Consecutive DMA segments held by one ring: the ring, `(slot, addr, len)` of each, and
+/// their bytes.
+type HeldBatch = (Option<Arc<HeldRing>>, Vec<(u32, u64, usize)>, usize);
+
+/// Bytes of one batch through the bounce pipe: what a pipe holds by default (16 pages).
+const PIPE_BATCH: usize = 16 * PAGE_SIZE as usize;
+
 /// The processes served and the machine's IOMMU.
 #[derive(Debug)]
 pub struct Hub {
@@ -384,34 +391,10 @@ impl Hub {
         };
         let (mut i, mut at) = (0, 0);
         while i < segs.len() {
-            // The batch from segment i: held by the same ring, within the pipe.
-            let mut items: Vec<(u32, u64, usize)> = Vec::new();
-            let mut ring: Option<Arc<HeldRing>> = None;
-            let mut bytes = 0;
-            let cap = type1_host::uring::BATCH;
-            for &(iova, n) in &segs[i..] {
-                if items.len() == cap || bytes + n > 16 * PAGE_SIZE as usize {
-                    break;
-                }
-                let Ok(pa) = lock(&self.iommu).translate(domain, iova, to_memory) else {
-                    break;
-                };
-                let Some((first, run)) = lock(&self.frames).find(pa >> PAGE_SHIFT) else {
-                    break;
-                };
-                let Some((r, slot, addr)) = run.held.as_ref() else {
-                    break;
-                };
-                if ring.as_ref().is_some_and(|x| !Arc::ptr_eq(x, r)) {
-                    break;
-                }
-                ring = Some(r.clone());
-                let page = (pa >> PAGE_SHIFT) - first;
-                items.push((*slot, addr + page * PAGE_SIZE + pa % PAGE_SIZE, n));
-                bytes += n;
-            }
+            // Through the pipe: page-sized pieces, at most what a default pipe holds.
+            let (ring, items, bytes) = self.held_batch(domain, &segs[i..], to_memory, PIPE_BATCH);
             let done = match (&ring, items.len()) {
-                (Some(r), k) if k > 1 => {
+                (Some(r), k) if k >= 1 && bytes > segs[i].1 => {
                     let ok = self.bounce().and_then(|g| {
                         let bounce = (*g)?;
                         r.with_ring(|ring| {
@@ -438,6 +421,108 @@ impl Hub {
             }
         }
         Ok(())
+    }
+
+    /// Device DMA between segments `(iova, len)` and the file `fd` from offset `file_off`
+    /// ([`type1_core::DeviceDma::device_dma_file`]): runs of pages held by one ring move
+    /// straight between the file and the pinned pages, one linked io_uring submission a run;
+    /// the rest go through a copy and [`Hub::dma`].
+    pub fn dma_file(
+        &self,
+        domain: DomainId,
+        segs: &[(u64, usize)],
+        fd: i32,
+        file_off: u64,
+        to_memory: bool,
+    ) -> Result<(), (usize, DmaFault)> {
+        let dir = if to_memory {
+            Dir::ToPage
+        } else {
+            Dir::FromPage
+        };
+        let (mut i, mut off) = (0, file_off);
+        while i < segs.len() {
+            let (ring, items, bytes) = self.held_batch(domain, &segs[i..], to_memory, 1 << 24);
+            let done = match &ring {
+                Some(r) if !items.is_empty() => {
+                    let ok = r.with_ring(|ring| ring.transfer_file(&items, fd, off, dir));
+                    matches!(ok, Some(Ok(()))).then_some((items.len(), bytes))
+                }
+                _ => None,
+            };
+            if let Some((k, b)) = done {
+                i += k;
+                off += b as u64;
+                continue;
+            }
+            let (iova, n) = segs[i];
+            let mut tmp = vec![0u8; n];
+            if to_memory {
+                // Past the end of the file reads as zeros, as a hole does.
+                let _ = sys::pread(fd, &mut tmp, off);
+            }
+            self.dma(domain, iova, &mut tmp, to_memory)
+                .map_err(|f| (i, f))?;
+            if !to_memory && sys::pwrite(fd, &tmp, off) != Ok(n) {
+                return Err((i, DmaFault::Unreachable));
+            }
+            i += 1;
+            off += n as u64;
+        }
+        Ok(())
+    }
+
+    /// The batch that starts at `segs[0]`: consecutive segments whose pages are held by the
+    /// same ring, at most `max_bytes` of them and at most a batch of requests (a segment that
+    /// continues the previous one in its buffer joins its request): the ring, the requests'
+    /// `(slot, addr, len)`, their bytes.
+    fn held_batch(
+        &self,
+        domain: DomainId,
+        segs: &[(u64, usize)],
+        to_memory: bool,
+        max_bytes: usize,
+    ) -> HeldBatch {
+        let cap = type1_host::uring::BATCH;
+        let mut items: Vec<(u32, u64, usize)> = Vec::new();
+        let mut ring: Option<Arc<HeldRing>> = None;
+        let mut bytes = 0;
+        for &(iova, n) in segs {
+            if bytes + n > max_bytes {
+                break;
+            }
+            let Ok(pa) = lock(&self.iommu).translate(domain, iova, to_memory) else {
+                break;
+            };
+            let Some((first, run)) = lock(&self.frames).find(pa >> PAGE_SHIFT) else {
+                break;
+            };
+            let Some((r, slot, addr)) = run.held.as_ref() else {
+                break;
+            };
+            if ring.as_ref().is_some_and(|x| !Arc::ptr_eq(x, r)) {
+                break;
+            }
+            let page = (pa >> PAGE_SHIFT) - first;
+            let at = addr + page * PAGE_SIZE + pa % PAGE_SIZE;
+            // A piece that continues the previous one in the same buffer extends it: one
+            // request moves both (guest memory is often contiguous in the VMM's buffer).
+            let full = items.len() == cap || (max_bytes == PIPE_BATCH && items.len() == 16);
+            match items.last_mut() {
+                Some(last)
+                    if max_bytes != PIPE_BATCH
+                        && last.0 == *slot
+                        && last.1 + last.2 as u64 == at =>
+                {
+                    last.2 += n
+                }
+                _ if full => break,
+                _ => items.push((*slot, at, n)),
+            }
+            ring = Some(r.clone());
+            bytes += n;
+        }
+        (ring, items, bytes)
     }
 
     /// Device DMA at `iova` through `domain` (within one page).

@@ -301,6 +301,17 @@ impl type1_core::DeviceDma for BrokerPlatform {
     ) -> Result<(), (usize, DmaFault)> {
         self.0.dma_vec(domain, segs, buf, to_memory)
     }
+
+    fn device_dma_file(
+        &mut self,
+        domain: DomainId,
+        segs: &[(u64, usize)],
+        fd: i32,
+        file_off: u64,
+        to_memory: bool,
+    ) -> Option<Result<(), (usize, DmaFault)>> {
+        Some(self.0.dma_file(domain, segs, fd, file_off, to_memory))
+    }
 }
 
 impl CacheMaintenance for BrokerPlatform {

@@ -577,14 +577,31 @@ impl Nvme {
             Ok(s) => s,
             Err(s) => return Done::err(s),
         };
-        let mut data = vec![0u8; len as usize];
-        if self.store.read_at(off, &mut data).is_err() {
+        let store = self.store.clone();
+        // Straight from the namespace file into memory where the bus can.
+        if let Some(r) = store.fd().and_then(|fd| bus.dma_file(&segs, fd, off, true)) {
+            return match r {
+                Ok(()) => Done::ok(0),
+                Err(_) => Done::err(sc::DATA_TRANSFER_ERROR),
+            };
+        }
+        let data = self.scratch_of(len);
+        if store.read_at(off, data).is_err() {
             return Done::err(sc::UNRECOVERED_READ);
         }
-        match to_host(bus, &segs, &mut data) {
+        match to_host(bus, &segs, data) {
             Ok(()) => Done::ok(0),
             Err(s) => Done::err(s),
         }
+    }
+
+    /// The scratch buffer, `len` bytes of it.
+    fn scratch_of(&mut self, len: u64) -> &mut [u8] {
+        let len = len as usize;
+        if self.scratch.len() < len {
+            self.scratch.resize(len, 0);
+        }
+        &mut self.scratch[..len]
     }
 
     fn write(
@@ -599,12 +616,13 @@ impl Nvme {
             Ok(s) => s,
             Err(s) => return Done::err(s),
         };
-        let mut data = vec![0u8; len as usize];
         // Nothing reaches the namespace unless all of it came across.
-        if let Err(s) = from_host(bus, &segs, &mut data) {
+        let data = self.scratch_of(len);
+        if let Err(s) = from_host(bus, &segs, data) {
             return Done::err(s);
         }
-        if self.store.write_at(off, &data).is_err() {
+        let store = self.store.clone();
+        if store.write_at(off, self.scratch_of(len)).is_err() {
             return Done::err(sc::WRITE_FAULT);
         }
         if (fua || self.features.write_cache == 0) && self.store.flush().is_err() {

@@ -98,6 +98,11 @@ pub trait BlockStore: std::fmt::Debug + Send + Sync {
     fn write_at(&self, off: u64, data: &[u8]) -> Result<(), Errno>;
     /// Makes every completed write durable (`fdatasync`).
     fn flush(&self) -> Result<(), Errno>;
+    /// A file descriptor whose bytes at each offset are the namespace's (so that a platform
+    /// may move data between it and memory without a copy here); `None` by default.
+    fn fd(&self) -> Option<i32> {
+        None
+    }
 }
 
 /// A store in memory (tests, fuzzing).
@@ -162,6 +167,18 @@ pub trait NvmeBus {
         }
         Ok(())
     }
+    /// A transfer between the segments and the namespace file `fd` at `off` without a copy
+    /// through the controller; `None` if the bus cannot (nothing was done).
+    fn dma_file(
+        &mut self,
+        segs: &[(u64, usize)],
+        fd: i32,
+        off: u64,
+        to_memory: bool,
+    ) -> Option<Result<(), DmaFault>> {
+        let _ = (segs, fd, off, to_memory);
+        None
+    }
     /// The controller wants interrupt vector `vector` (MSI-X; with MSI or INTx only vector 0
     /// exists).
     fn interrupt(&mut self, vector: u16);
@@ -224,6 +241,9 @@ pub struct Nvme {
     pub(crate) aers: Vec<u16>,
     /// Commands executed since the controller was enabled (a statistic for the trace).
     pub commands: u64,
+    /// The data of the transfer being executed, kept from one command to the next (a fresh
+    /// megabyte per command would be faulted in page by page each time).
+    pub(crate) scratch: Vec<u8>,
 }
 
 /// The configuration space of a controller at reset (what sysfs `config` shows).
@@ -284,6 +304,7 @@ impl Nvme {
             features: Features::default(),
             aers: Vec::new(),
             commands: 0,
+            scratch: Vec::new(),
         };
         n.reset();
         n

@@ -333,6 +333,42 @@ impl<P: Platform> NvmeBus for ControllerBus<'_, P> {
         })
     }
 
+    fn dma_file(
+        &mut self,
+        segs: &[(u64, usize)],
+        fd: i32,
+        off: u64,
+        to_memory: bool,
+    ) -> Option<Result<(), DmaFault>> {
+        let (d, _) = self.domain?;
+        let r = self.platform.device_dma_file(d, segs, fd, off, to_memory)?;
+        let done = match r {
+            Ok(()) => segs.len(),
+            Err((i, _)) => i,
+        };
+        let bytes: usize = segs[..done].iter().map(|s| s.1).sum();
+        if bytes > 0 {
+            let m = &mut self.moved[usize::from(to_memory)];
+            if m.1 == 0 {
+                m.0 = segs[0].0;
+            }
+            m.1 += bytes as u64;
+        }
+        Some(r.map_err(|(i, f)| {
+            self.platform.trace(Event::Fault {
+                source: "dma".into(),
+                detail: format!(
+                    "{}: nvme {} of {} bytes at iova 0x{:x}: {f}",
+                    self.name,
+                    if to_memory { "write" } else { "read" },
+                    segs[i].1,
+                    segs[i].0
+                ),
+            });
+            f
+        }))
+    }
+
     fn interrupt(&mut self, vector: u16) {
         if !self.irqs.contains(&vector) {
             self.irqs.push(vector);
