@@ -164,7 +164,15 @@ pub fn nvme(bar: &indicatif::ProgressBar) -> Result<NvmeBench> {
     while (data.len() as u64) < NS_BYTES {
         data.extend_from_slice(&chunk);
     }
-    std::fs::write(&ns, &data).context("cannot write the namespace file")?;
+    {
+        use std::io::Write;
+        let mut f = std::fs::File::create(&ns).context("cannot create the namespace file")?;
+        f.write_all(&data)
+            .context("cannot write the namespace file")?;
+        // On disk before anything is timed: writeback of the fresh file during a measurement
+        // would slow whichever controller it met.
+        f.sync_all().context("cannot sync the namespace file")?;
+    }
     drop(data);
     let machine = dir.join("machine.toml");
     std::fs::write(

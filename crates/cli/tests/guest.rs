@@ -307,40 +307,13 @@ fn hot_unplug_and_replug_from_the_monitor_tell_the_series_story() {
 
     // The story, in the trace's order.
     let evs = events(&trace);
-    let flush = |v: &serde_json::Value, reason: &str| v["ev"] == "flush" && v["reason"] == reason;
-    let ret_after = |from: usize| {
-        (from..evs.len())
-            .find(|i| evs[*i]["ev"] == "ret" && evs[*i]["op"] == "GROUP_SET_CONTAINER")
-            .expect("SET_CONTAINER returns")
-    };
-    let first = evs.iter().position(|v| is_attach_of(v, 1)).unwrap();
-    assert_eq!(evs[first]["coherent"], false);
-    let end1 = ret_after(first);
-    assert!(
-        evs[first..end1].iter().any(|v| flush(v, "replay")),
-        "step 2: the first non-coherent attach replays with a flush"
-    );
-    let detach = (end1..evs.len())
-        .find(|i| evs[*i]["ev"] == "detach" && evs[*i]["group"] == 1)
-        .expect("step 3: detach at device_del");
-    let second = (detach..evs.len())
-        .find(|i| is_attach_of(&evs[*i], 1))
-        .expect("step 4: attach at device_add");
-    let end2 = ret_after(second);
+    let (second, end2) = assert_series_story(&evs, 1);
     let domain = evs[second]["domain"].clone();
     assert!(
         evs[second..end2]
             .iter()
             .any(|v| v["ev"] == "map" && v["domain"] == domain),
         "the replug replays the mappings into the new domain"
-    );
-    assert!(
-        !evs[second..end2].iter().any(|v| v["ev"] == "flush"),
-        "step 4: the flag is sticky, the replug replays without a flush"
-    );
-    assert!(
-        evs[end2..].iter().any(|v| flush(v, "unpin")),
-        "step 5: the unpin at QEMU's exit flushes"
     );
 }
 

@@ -523,26 +523,9 @@ impl Ring {
         let sqes: Vec<Sqe> = items
             .iter()
             .enumerate()
-            .map(|(i, &(slot, addr, len))| {
-                let sqe = Sqe {
-                    opcode: match dir {
-                        Dir::ToPage => IORING_OP_READ_FIXED,
-                        Dir::FromPage => IORING_OP_WRITE_FIXED,
-                    },
-                    flags: if i + 1 < items.len() {
-                        IOSQE_IO_LINK
-                    } else {
-                        0
-                    },
-                    fd,
-                    off: at,
-                    addr,
-                    len: len as u32,
-                    user_data: i as u64,
-                    buf_index: slot as u16,
-                    ..Sqe::default()
-                };
-                at += len as u64;
+            .map(|(i, &item)| {
+                let sqe = fixed_sqe(dir, fd, at, item, i + 1 < items.len(), i);
+                at += item.2 as u64;
                 sqe
             })
             .collect();
@@ -575,27 +558,11 @@ impl Ring {
         if dir == Dir::ToPage {
             crate::sys::write_all(wr, buf)?;
         }
+        let fd = if dir == Dir::ToPage { rd } else { wr };
         let sqes: Vec<Sqe> = items
             .iter()
             .enumerate()
-            .map(|(i, &(slot, addr, len))| Sqe {
-                opcode: match dir {
-                    Dir::ToPage => IORING_OP_READ_FIXED,
-                    Dir::FromPage => IORING_OP_WRITE_FIXED,
-                },
-                flags: if i + 1 < items.len() {
-                    IOSQE_IO_LINK
-                } else {
-                    0
-                },
-                fd: if dir == Dir::ToPage { rd } else { wr },
-                off: u64::MAX,
-                addr,
-                len: len as u32,
-                user_data: i as u64,
-                buf_index: slot as u16,
-                ..Sqe::default()
-            })
+            .map(|(i, &item)| fixed_sqe(dir, fd, u64::MAX, item, i + 1 < items.len(), i))
             .collect();
         let res = self.submit_linked(&sqes)?;
         for (i, r) in res.iter().enumerate() {
@@ -713,6 +680,27 @@ impl Ring {
             cqe.res
         };
         Ok(res)
+    }
+}
+
+/// A fixed-buffer request for `item` `(slot, addr, len)`: `READ_FIXED` from `fd` into the
+/// buffer (`Dir::ToPage`) or `WRITE_FIXED` from it to `fd`, at file offset `off` (`u64::MAX`
+/// for a pipe), linked to the next request when `linked`, tagged `i`.
+fn fixed_sqe(dir: Dir, fd: i32, off: u64, item: (u32, u64, usize), linked: bool, i: usize) -> Sqe {
+    let (slot, addr, len) = item;
+    Sqe {
+        opcode: match dir {
+            Dir::ToPage => IORING_OP_READ_FIXED,
+            Dir::FromPage => IORING_OP_WRITE_FIXED,
+        },
+        flags: if linked { IOSQE_IO_LINK } else { 0 },
+        fd,
+        off,
+        addr,
+        len: len as u32,
+        user_data: i as u64,
+        buf_index: slot as u16,
+        ..Sqe::default()
     }
 }
 

@@ -162,3 +162,40 @@ pub fn guest_module(name: &str) -> Option<PathBuf> {
     assert!(ko.exists(), "no {}", ko.display());
     Some(ko)
 }
+
+/// The series' five-step story for group `group` in a trace of a VMM run with a replug
+/// (`evs` in order): the first attach is non-coherent and replays with a flush (step 2), the
+/// device_del detaches (3), the device_add attaches again and replays without a flush: the
+/// flag is sticky (4), and the unpin at the VMM's exit flushes (5). Returns the indices of
+/// the second attach and of the end of its SET_CONTAINER.
+pub fn assert_series_story(evs: &[serde_json::Value], group: u64) -> (usize, usize) {
+    let flush = |v: &serde_json::Value, reason: &str| v["ev"] == "flush" && v["reason"] == reason;
+    let ret_after = |from: usize| {
+        (from..evs.len())
+            .find(|i| evs[*i]["ev"] == "ret" && evs[*i]["op"] == "GROUP_SET_CONTAINER")
+            .expect("SET_CONTAINER returns")
+    };
+    let first = evs.iter().position(|v| is_attach_of(v, group)).unwrap();
+    assert_eq!(evs[first]["coherent"], false);
+    let end1 = ret_after(first);
+    assert!(
+        evs[first..end1].iter().any(|v| flush(v, "replay")),
+        "step 2: the first non-coherent attach replays with a flush"
+    );
+    let detach = (end1..evs.len())
+        .find(|i| evs[*i]["ev"] == "detach" && evs[*i]["group"] == group)
+        .expect("step 3: detach at device_del");
+    let second = (detach..evs.len())
+        .find(|i| is_attach_of(&evs[*i], group))
+        .expect("step 4: attach at device_add");
+    let end2 = ret_after(second);
+    assert!(
+        !evs[second..end2].iter().any(|v| v["ev"] == "flush"),
+        "step 4: the flag is sticky, the replug replays without a flush"
+    );
+    assert!(
+        evs[end2..].iter().any(|v| flush(v, "unpin")),
+        "step 5: the unpin at the VMM's exit flushes"
+    );
+    (second, end2)
+}

@@ -372,11 +372,7 @@ impl Nvme {
 
     /// `(flags, num_regions, num_irqs)` of `VFIO_DEVICE_GET_INFO`.
     pub fn info(&self) -> (u32, u32, u32) {
-        (
-            b::VFIO_DEVICE_FLAGS_PCI | b::VFIO_DEVICE_FLAGS_RESET,
-            b::VFIO_PCI_NUM_REGIONS,
-            b::VFIO_PCI_NUM_IRQS,
-        )
+        crate::device::pci_device_info()
     }
 
     /// `(flags, size, offset)` of region `index`: BAR0 (trapped: no `MMAP`) and config.
@@ -391,19 +387,9 @@ impl Nvme {
         }
     }
 
-    /// `(flags, count)` of IRQ `index`.
+    /// `(flags, count)` of IRQ `index`: one MSI-X vector per queue pair.
     pub fn irq_info(&self, index: u32) -> Result<(u32, u32), Errno> {
-        let ev = b::VFIO_IRQ_INFO_EVENTFD;
-        match index {
-            b::VFIO_PCI_INTX_IRQ_INDEX => Ok((
-                ev | b::VFIO_IRQ_INFO_MASKABLE | b::VFIO_IRQ_INFO_AUTOMASKED,
-                1,
-            )),
-            b::VFIO_PCI_MSI_IRQ_INDEX => Ok((ev | b::VFIO_IRQ_INFO_NORESIZE, 1)),
-            b::VFIO_PCI_MSIX_IRQ_INDEX => Ok((ev | b::VFIO_IRQ_INFO_NORESIZE, NVME_MSIX_VECTORS)),
-            b::VFIO_PCI_REQ_IRQ_INDEX => Ok((ev | b::VFIO_IRQ_INFO_NORESIZE, 1)),
-            _ => Err(Errno::EINVAL),
-        }
+        crate::device::pci_irq_info(index, NVME_MSIX_VECTORS)
     }
 
     fn command(&self) -> u16 {
@@ -458,31 +444,7 @@ impl Nvme {
             return n;
         }
         for (i, byte) in buf[..n].iter().enumerate() {
-            let at = off + i;
-            // As the DMA engine's: identity, status, BARs, header, capability headers and the
-            // MSI-X table location are read-only; of MSI's control only the enable bit, of
-            // MSI-X's the function mask and enable bits are writable.
-            if at < 0x04
-                || (0x06..0x0c).contains(&at)
-                || (0x0e..0x35).contains(&at)
-                || at == 0x3d
-                || at == MSI_CAP
-                || at == MSI_CAP + 1
-                || at == MSI_CAP + 3
-                || (MSIX_CAP..MSIX_CAP + 3).contains(&at)
-                || (MSIX_CAP + 4..MSIX_CAP + 12).contains(&at)
-            {
-                continue;
-            }
-            if at == MSI_CAP + 2 {
-                self.config[at] = (self.config[at] & !1) | (*byte & 1);
-                continue;
-            }
-            if at == MSIX_CAP + 3 {
-                self.config[at] = (self.config[at] & !0xc0) | (*byte & 0xc0);
-                continue;
-            }
-            self.config[at] = *byte;
+            crate::device::config_write_byte(&mut self.config, off + i, *byte);
         }
         n
     }

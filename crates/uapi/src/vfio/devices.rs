@@ -269,6 +269,45 @@ struct ControllerBus<'a, P: Platform> {
     moved: [(u64, u64); 2],
 }
 
+impl<P: Platform> ControllerBus<'_, P> {
+    /// Books the bytes of the segments a vectored transfer moved, and traces the one that
+    /// faulted.
+    fn settle(
+        &mut self,
+        segs: &[(u64, usize)],
+        r: Result<(), (usize, DmaFault)>,
+        to_memory: bool,
+    ) -> Result<(), DmaFault> {
+        let done = match r {
+            Ok(()) => segs.len(),
+            Err((i, _)) => i,
+        };
+        let bytes: usize = segs[..done].iter().map(|s| s.1).sum();
+        if bytes > 0 {
+            let m = &mut self.moved[usize::from(to_memory)];
+            if m.1 == 0 {
+                m.0 = segs[0].0;
+            }
+            m.1 += bytes as u64;
+        }
+        r.map_err(|(i, f)| {
+            self.fault(segs[i].0, segs[i].1, to_memory, f);
+            f
+        })
+    }
+
+    fn fault(&mut self, iova: u64, len: usize, to_memory: bool, f: DmaFault) {
+        self.platform.trace(Event::Fault {
+            source: "dma".into(),
+            detail: format!(
+                "{}: nvme {} of {len} bytes at iova 0x{iova:x}: {f}",
+                self.name,
+                if to_memory { "write" } else { "read" },
+            ),
+        });
+    }
+}
+
 impl<P: Platform> NvmeBus for ControllerBus<'_, P> {
     fn dma(&mut self, iova: u64, buf: &mut [u8], to_memory: bool) -> Result<(), DmaFault> {
         let r = match self.domain {
@@ -283,15 +322,7 @@ impl<P: Platform> NvmeBus for ControllerBus<'_, P> {
                 }
                 m.1 += buf.len() as u64;
             }
-            Err(f) => self.platform.trace(Event::Fault {
-                source: "dma".into(),
-                detail: format!(
-                    "{}: nvme {} of {} bytes at iova 0x{iova:x}: {f}",
-                    self.name,
-                    if to_memory { "write" } else { "read" },
-                    buf.len()
-                ),
-            }),
+            Err(f) => self.fault(iova, buf.len(), to_memory, *f),
         }
         r
     }
@@ -306,31 +337,7 @@ impl<P: Platform> NvmeBus for ControllerBus<'_, P> {
             return self.dma(segs.first().map_or(0, |s| s.0), &mut [], to_memory);
         };
         let r = self.platform.device_dma_vec(d, segs, buf, to_memory);
-        let done = match r {
-            Ok(()) => segs.len(),
-            Err((i, _)) => i,
-        };
-        let bytes: usize = segs[..done].iter().map(|s| s.1).sum();
-        if bytes > 0 {
-            let m = &mut self.moved[usize::from(to_memory)];
-            if m.1 == 0 {
-                m.0 = segs[0].0;
-            }
-            m.1 += bytes as u64;
-        }
-        r.map_err(|(i, f)| {
-            self.platform.trace(Event::Fault {
-                source: "dma".into(),
-                detail: format!(
-                    "{}: nvme {} of {} bytes at iova 0x{:x}: {f}",
-                    self.name,
-                    if to_memory { "write" } else { "read" },
-                    segs[i].1,
-                    segs[i].0
-                ),
-            });
-            f
-        })
+        self.settle(segs, r, to_memory)
     }
 
     fn dma_file(
@@ -342,31 +349,7 @@ impl<P: Platform> NvmeBus for ControllerBus<'_, P> {
     ) -> Option<Result<(), DmaFault>> {
         let (d, _) = self.domain?;
         let r = self.platform.device_dma_file(d, segs, fd, off, to_memory)?;
-        let done = match r {
-            Ok(()) => segs.len(),
-            Err((i, _)) => i,
-        };
-        let bytes: usize = segs[..done].iter().map(|s| s.1).sum();
-        if bytes > 0 {
-            let m = &mut self.moved[usize::from(to_memory)];
-            if m.1 == 0 {
-                m.0 = segs[0].0;
-            }
-            m.1 += bytes as u64;
-        }
-        Some(r.map_err(|(i, f)| {
-            self.platform.trace(Event::Fault {
-                source: "dma".into(),
-                detail: format!(
-                    "{}: nvme {} of {} bytes at iova 0x{:x}: {f}",
-                    self.name,
-                    if to_memory { "write" } else { "read" },
-                    segs[i].1,
-                    segs[i].0
-                ),
-            });
-            f
-        }))
+        Some(self.settle(segs, r, to_memory))
     }
 
     fn interrupt(&mut self, vector: u16) {
