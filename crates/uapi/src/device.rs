@@ -260,59 +260,6 @@ fn put(b: &mut [u8], off: u64, v: &[u8]) {
     b[o..o + v.len()].copy_from_slice(v);
 }
 
-/// `(flags, num_regions, num_irqs)` of `VFIO_DEVICE_GET_INFO` for every emulated function:
-/// a PCI function that can be reset, with vfio-pci's regions and IRQ indexes.
-pub fn pci_device_info() -> (u32, u32, u32) {
-    (
-        b::VFIO_DEVICE_FLAGS_PCI | b::VFIO_DEVICE_FLAGS_RESET,
-        b::VFIO_PCI_NUM_REGIONS,
-        b::VFIO_PCI_NUM_IRQS,
-    )
-}
-
-/// `(flags, count)` of IRQ `index` of an emulated function with `msix` MSI-X vectors: INTx
-/// (maskable, automasked), one MSI vector, the MSI-X vectors, the request interrupt; EINVAL for
-/// ERR (not PCIe) and beyond.
-pub fn pci_irq_info(index: u32, msix: u32) -> Result<(u32, u32), Errno> {
-    let ev = b::VFIO_IRQ_INFO_EVENTFD;
-    match index {
-        b::VFIO_PCI_INTX_IRQ_INDEX => Ok((
-            ev | b::VFIO_IRQ_INFO_MASKABLE | b::VFIO_IRQ_INFO_AUTOMASKED,
-            1,
-        )),
-        b::VFIO_PCI_MSI_IRQ_INDEX => Ok((ev | b::VFIO_IRQ_INFO_NORESIZE, 1)),
-        b::VFIO_PCI_MSIX_IRQ_INDEX => Ok((ev | b::VFIO_IRQ_INFO_NORESIZE, msix)),
-        b::VFIO_PCI_REQ_IRQ_INDEX => Ok((ev | b::VFIO_IRQ_INFO_NORESIZE, 1)),
-        _ => Err(Errno::EINVAL),
-    }
-}
-
-/// A write of `byte` at offset `at` of an emulated function's configuration space, with the
-/// MSI capability at [`MSI_CAP`] and MSI-X at [`MSIX_CAP`]: identity, status, BARs, ROM, header
-/// type, the capability pointer and the capabilities' headers are read-only, as QEMU expects;
-/// of MSI's message control only the enable bit is writable, of MSI-X's the function mask and
-/// enable bits; MSI-X's table and PBA locations are read-only.
-pub fn config_write_byte(config: &mut [u8], at: usize, byte: u8) {
-    if at < 0x04
-        || (0x06..0x0c).contains(&at)
-        || (0x0e..0x35).contains(&at)
-        || at == 0x3d
-        || at == MSI_CAP
-        || at == MSI_CAP + 1
-        || at == MSI_CAP + 3
-        || (MSIX_CAP..MSIX_CAP + 3).contains(&at)
-        || (MSIX_CAP + 4..MSIX_CAP + 12).contains(&at)
-        || at >= config.len()
-    {
-        return;
-    }
-    config[at] = match at {
-        a if a == MSI_CAP + 2 => (config[at] & !1) | (byte & 1),
-        a if a == MSIX_CAP + 3 => (config[at] & !0xc0) | (byte & 0xc0),
-        _ => byte,
-    };
-}
-
 impl PciDevice {
     /// A fresh device: 1234:11e8, class 00ff00, BAR0 32-bit memory, BAR2 64-bit prefetchable
     /// memory, interrupt pin A.
@@ -419,7 +366,7 @@ impl PciDevice {
 
     /// `(flags, num_regions, num_irqs)` of `VFIO_DEVICE_GET_INFO`.
     pub fn info(&self) -> (u32, u32, u32) {
-        pci_device_info()
+        crate::pci::pci_device_info()
     }
 
     /// `(flags, size, offset)` of region `index`; EINVAL for VGA (absent) and beyond.
@@ -437,7 +384,7 @@ impl PciDevice {
 
     /// `(flags, count)` of IRQ `index`; EINVAL for ERR (not PCIe) and beyond.
     pub fn irq_info(&self, index: u32) -> Result<(u32, u32), Errno> {
-        pci_irq_info(index, MSIX_VECTORS)
+        crate::pci::pci_irq_info(index, MSIX_VECTORS)
     }
 
     fn command(&self) -> u16 {
@@ -514,7 +461,7 @@ impl PciDevice {
         let n = buf.len().min(self.config.len() - off);
         if write {
             for (i, byte) in buf[..n].iter().enumerate() {
-                config_write_byte(&mut self.config, off + i, *byte);
+                crate::pci::config_write_byte(&mut self.config, off + i, *byte);
             }
         } else {
             let mut view = self.config;

@@ -20,7 +20,7 @@
 //! * [`table`]: one ioctl table per fd kind (container, type1, group, device) and handlers;
 //! * [`Vfio`]: containers, groups and devices, and what closing them does;
 //! * [`model`]: the emulated PCI function behind a device fd, of one of two kinds:
-//!   [`device`], the DMA engine, or [`nvme`], an NVMe controller;
+//!   [`device`], the DMA engine, or [`nvme`], an NVMe controller; [`pci`], what both share;
 //! * [`info`]: GET_INFO's header and capability chain as bytes;
 //! * `iommufd`: `/dev/iommu` (iommufd and its VFIO compat container) and the device cdev's
 //!   BIND/ATTACH/DETACH, over [`type1_core::iommufd`].
@@ -32,6 +32,7 @@ mod iommufd;
 pub mod model;
 pub mod nr;
 pub mod nvme;
+pub mod pci;
 pub mod table;
 #[cfg(any(test, feature = "testing"))]
 pub mod testing;

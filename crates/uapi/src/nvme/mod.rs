@@ -372,7 +372,7 @@ impl Nvme {
 
     /// `(flags, num_regions, num_irqs)` of `VFIO_DEVICE_GET_INFO`.
     pub fn info(&self) -> (u32, u32, u32) {
-        crate::device::pci_device_info()
+        crate::pci::pci_device_info()
     }
 
     /// `(flags, size, offset)` of region `index`: BAR0 (trapped: no `MMAP`) and config.
@@ -389,7 +389,7 @@ impl Nvme {
 
     /// `(flags, count)` of IRQ `index`: one MSI-X vector per queue pair.
     pub fn irq_info(&self, index: u32) -> Result<(u32, u32), Errno> {
-        crate::device::pci_irq_info(index, NVME_MSIX_VECTORS)
+        crate::pci::pci_irq_info(index, NVME_MSIX_VECTORS)
     }
 
     fn command(&self) -> u16 {
@@ -444,7 +444,7 @@ impl Nvme {
             return n;
         }
         for (i, byte) in buf[..n].iter().enumerate() {
-            crate::device::config_write_byte(&mut self.config, off + i, *byte);
+            crate::pci::config_write_byte(&mut self.config, off + i, *byte);
         }
         n
     }
