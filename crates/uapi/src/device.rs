@@ -107,11 +107,9 @@ pub const PCI_STATUS: usize = 0x06;
 pub const PCI_STATUS_INTERRUPT: u16 = 1 << 3;
 /// `STATUS.CAP_LIST`: a capability list starts at `CAPABILITY_LIST`.
 pub const PCI_STATUS_CAP_LIST: u16 = 1 << 4;
-/// Offset of the MSI capability (the first): one vector, 64-bit addresses.
-pub const MSI_CAP: usize = 0x50;
-/// Offset of the MSI-X capability (after MSI): [`MSIX_VECTORS`] vectors, table and PBA in
-/// BAR0.
-pub const MSIX_CAP: usize = 0x70;
+/// The capability offsets every emulated function uses (MSI first, then MSI-X with
+/// [`MSIX_VECTORS`] vectors here, its table and PBA in BAR0).
+pub use crate::pci::{MSIX_CAP, MSI_CAP};
 /// MSI-X vectors.
 pub const MSIX_VECTORS: u32 = 4;
 /// Offset of the MSI-X table in BAR0 (16 bytes per vector; its owner, the VMM, emulates it).

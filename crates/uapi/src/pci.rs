@@ -6,7 +6,10 @@
 use type1_core::Errno;
 use vfio_bindings::bindings::vfio as b;
 
-use crate::device::{MSIX_CAP, MSI_CAP};
+/// Offset of the MSI capability (the first): one vector, 64-bit addresses.
+pub const MSI_CAP: usize = 0x50;
+/// Offset of the MSI-X capability (after MSI); its vectors, table and PBA are the function's.
+pub const MSIX_CAP: usize = 0x70;
 
 /// `(flags, num_regions, num_irqs)` of `VFIO_DEVICE_GET_INFO` for every emulated function:
 /// a PCI function that can be reset, with vfio-pci's regions and IRQ indexes.
