@@ -590,10 +590,11 @@ impl Ring {
         use std::sync::atomic::{AtomicU32, Ordering};
         let n = sqes.len() as u32;
         let (h, t, m, a) = self.sq_off;
-        // SAFETY: as in `submit_one`: the offsets lie inside the ring mappings, head and tail
-        // are accessed atomically, the SQE slots and array entries are ours until the tail is
-        // published; at most ENTRIES requests are written (the caller checks), so no slot the
-        // kernel has not consumed is overwritten (every earlier submission was reaped).
+        // SAFETY: the offsets come from io_uring_setup and lie inside the ring mappings; the
+        // head and tail are shared with the kernel and accessed atomically; the SQE slots and
+        // array entries are ours until the tail is published; at most ENTRIES requests are
+        // written (the callers check), so no slot the kernel has not consumed is overwritten
+        // (every earlier submission was consumed by its io_uring_enter and reaped).
         let res = unsafe {
             let tail = &*self.sq.at::<AtomicU32>(t);
             let mask = *self.sq.at::<u32>(m);
@@ -642,44 +643,12 @@ impl Ring {
 
     /// Submits one request and waits for its completion; returns its `res`.
     fn submit_one(&mut self, sqe: Sqe) -> Result<i32, Errno> {
-        use std::sync::atomic::{AtomicU32, Ordering};
-        let (h, t, m, a) = self.sq_off;
-        // SAFETY: the offsets come from io_uring_setup and lie inside the SQ ring mapping; the
-        // head and tail are shared with the kernel and accessed atomically, the SQE slot and
-        // array entry are ours until the tail is published.
-        let res = unsafe {
-            let tail = &*self.sq.at::<AtomicU32>(t);
-            let mask = *self.sq.at::<u32>(m);
-            let _head = &*self.sq.at::<AtomicU32>(h);
-            let cur = tail.load(Ordering::Relaxed);
-            let idx = cur & mask;
-            *self.sqes.at::<Sqe>(idx * 64) = sqe;
-            *self.sq.at::<u32>(a + idx * 4) = idx;
-            tail.store(cur.wrapping_add(1), Ordering::Release);
-            let r = libc::syscall(
-                libc::SYS_io_uring_enter,
-                self.fd,
-                1u32,
-                1u32,
-                IORING_ENTER_GETEVENTS,
-                std::ptr::null::<libc::c_void>(),
-                0usize,
-            );
-            check(r)?;
-            let cq = (*self.cq).as_ref().unwrap_or(&self.sq);
-            let (ch, ct, cm, cqes) = self.cq_off;
-            let chead = &*cq.at::<AtomicU32>(ch);
-            let ctail = &*cq.at::<AtomicU32>(ct);
-            let cmask = *cq.at::<u32>(cm);
-            let head = chead.load(Ordering::Relaxed);
-            if ctail.load(Ordering::Acquire) == head {
-                return Err(Errno::EIO);
-            }
-            let cqe = *cq.at::<Cqe>(cqes + (head & cmask) * 16);
-            chead.store(head.wrapping_add(1), Ordering::Release);
-            cqe.res
+        // Completions are matched to requests by `user_data`, the request's index.
+        let sqe = Sqe {
+            user_data: 0,
+            ..sqe
         };
-        Ok(res)
+        Ok(self.submit_linked(&[sqe])?[0])
     }
 }
 
