@@ -34,6 +34,18 @@ pub fn library() -> Option<PathBuf> {
             "cargo test --workspace or cargo build builds it",
         );
     }
+    // The library starts the broker it finds next to itself; only a workspace build (or
+    // `cargo build -p type1-broker`) makes it.
+    if lib
+        .as_deref()
+        .is_some_and(|l| type1_exec::find_broker_near(l).is_none())
+    {
+        missing(
+            "the type1-broker executable next to libtype1_preload.so",
+            "cargo test --workspace or cargo build -p type1-broker builds it",
+        );
+        return None;
+    }
     lib
 }
 
