@@ -12,7 +12,7 @@ use crate::{
     policy::FlushPolicy,
     trace::Event,
     type1::Dma,
-    PinError, Result, PAGE_SHIFT, PAGE_SIZE, PIN_BATCH,
+    Pa, PinError, Result, PAGE_SHIFT, PAGE_SIZE, PIN_BATCH,
 };
 
 /// Pages pinned ahead of use (`struct vfio_batch`); leftovers carry to the next chunk.
@@ -206,7 +206,7 @@ fn flush_ranges<P: Platform + ?Sized>(
     policy: &dyn FlushPolicy,
     pfn: u64,
     npages: u64,
-    out: &mut Vec<(u64, u64)>,
+    out: &mut Vec<(Pa, u64)>,
 ) -> u64 {
     let mut skipped = 0;
     let mut run: Option<(u64, u64)> = None;
@@ -219,7 +219,7 @@ fn flush_ranges<P: Platform + ?Sized>(
             run = match run {
                 Some((s, n)) if s + n == f => Some((s, n + k)),
                 Some((s, n)) => {
-                    out.push((s << PAGE_SHIFT, n << PAGE_SHIFT));
+                    out.push((Pa(s << PAGE_SHIFT), n << PAGE_SHIFT));
                     Some((f, k))
                 }
                 None => Some((f, k)),
@@ -230,7 +230,7 @@ fn flush_ranges<P: Platform + ?Sized>(
         i += k;
     }
     if let Some((s, n)) = run {
-        out.push((s << PAGE_SHIFT, n << PAGE_SHIFT));
+        out.push((Pa(s << PAGE_SHIFT), n << PAGE_SHIFT));
     }
     skipped
 }

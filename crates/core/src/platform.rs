@@ -250,12 +250,12 @@ pub trait CacheMaintenance {
 
     /// Writes back and invalidates every CPU cache line of `[pa, pa + len)` (clflushopt with
     /// fences). Only called for cacheable memory: the engine's classifier decides (F9).
-    fn flush_cache(&mut self, pa: u64, len: u64);
+    fn flush_cache(&mut self, pa: Pa, len: u64);
 
     /// [`Self::flush_cache`] of every range of a batch, all done when this returns; the
     /// engine uses it for the unpin flushes (F5) of a batch of unmapped runs, right before it
     /// unpins them. A platform may spread the batch over several cores.
-    fn flush_cache_batch(&mut self, ranges: &[(u64, u64)]) {
+    fn flush_cache_batch(&mut self, ranges: &[(Pa, u64)]) {
         for &(pa, len) in ranges {
             self.flush_cache(pa, len);
         }

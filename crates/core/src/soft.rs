@@ -409,7 +409,7 @@ impl SoftIommu for Lean {
 }
 
 impl CacheMaintenance for Lean {
-    fn flush_cache(&mut self, _pa: u64, _len: u64) {}
+    fn flush_cache(&mut self, _pa: crate::Pa, _len: u64) {}
 }
 
 impl EmulatedDevices for Lean {}

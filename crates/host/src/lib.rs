@@ -656,12 +656,13 @@ impl SoftIommu for HostPlatform {
 }
 
 impl CacheMaintenance for HostPlatform {
-    fn flush_cache(&mut self, pa: u64, len: u64) {
-        self.do_flush_cache(pa, len);
+    fn flush_cache(&mut self, pa: type1_core::Pa, len: u64) {
+        self.do_flush_cache(pa.0, len);
     }
 
-    fn flush_cache_batch(&mut self, ranges: &[(u64, u64)]) {
-        self.do_flush_cache_batch(ranges);
+    fn flush_cache_batch(&mut self, ranges: &[(type1_core::Pa, u64)]) {
+        let ranges: Vec<(u64, u64)> = ranges.iter().map(|&(pa, len)| (pa.0, len)).collect();
+        self.do_flush_cache_batch(&ranges);
     }
 }
 

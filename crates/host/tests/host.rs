@@ -3,7 +3,7 @@
 use type1_core::CacheMaintenance;
 use type1_core::Iommu;
 use type1_core::TaskMemory;
-use type1_core::{Config, Container, Errno, GroupId, MapRequest, Task, UnmapRequest};
+use type1_core::{Config, Container, Errno, GroupId, MapRequest, Pa, Task, UnmapRequest};
 use type1_host::{
     flush, procfs,
     sys::{self, AnonMap},
@@ -99,7 +99,7 @@ fn flush_uses_cpuid_instruction_and_covers_every_line() {
     let pins = p.pin_user_pages(SELF_MM, buf.addr(), 4, true).unwrap();
     sys::write_user(buf.addr(), &[7u8; 4 * 4096]).unwrap();
     for x in &pins {
-        p.flush_cache(x.pfn << 12, 4096);
+        p.flush_cache(Pa(x.pfn << 12), 4096);
     }
     let s = p.stats();
     assert_eq!(s.flush_calls, 4);
@@ -112,7 +112,7 @@ fn flush_uses_cpuid_instruction_and_covers_every_line() {
     sys::read_user(buf.addr(), &mut back).unwrap();
     assert!(back.iter().all(|b| *b == 7));
     // A pfn we never pinned is not flushed (and does not crash).
-    p.flush_cache(0x1000, 4096);
+    p.flush_cache(Pa(0x1000), 4096);
     assert_eq!(p.stats().pages_unresolved, 1);
     for x in pins {
         p.unpin_page(x.pfn, true);
@@ -140,7 +140,7 @@ fn a_batch_flush_on_several_threads_covers_every_line_once() {
                 let got = p.pin_user_pages(SELF_MM, at, run - done, true).unwrap();
                 assert!(!got.is_empty());
                 done += got.len() as u64;
-                ranges.extend(got.iter().map(|x| (x.pfn << 12, 4096)));
+                ranges.extend(got.iter().map(|x| (Pa(x.pfn << 12), 4096)));
                 pins.extend(got);
             }
         }
@@ -518,7 +518,7 @@ fn last_mapping_going_away_is_the_unpin_flush() {
     // The unpin flush of all four: two through the mapping, two done already.
     let before = p.events().len();
     for &pfn in &pfns {
-        p.flush_cache(pfn << 12, 4096);
+        p.flush_cache(Pa(pfn << 12), 4096);
     }
     let pages_via = |evs: &[type1_core::Event], want: &str| -> u64 {
         evs.iter()

@@ -129,7 +129,7 @@ fn contract<P: Platform>(mut s: Subject<P>) {
     // Device DMA through the entry: what a device writes, the CPU and the device read back
     // (after a flush: a no-snoop device bypasses the cache); a read-only entry refuses a
     // write; no entry, no access.
-    p.flush_cache(pa, PAGE_SIZE);
+    p.flush_cache(Pa(pa), PAGE_SIZE);
     let mut data = *b"from the device!";
     let wrote = p.device_dma(d, IOVA + 0x100, &mut data, true);
     if s.dma {
@@ -165,7 +165,7 @@ fn contract<P: Platform>(mut s: Subject<P>) {
         // Vectored: the segments before a fault are done, the fault names its segment.
         for k in 0..2u64 {
             let pa_k = pins[2 + k as usize].pfn * PAGE_SIZE;
-            p.flush_cache(pa_k, PAGE_SIZE);
+            p.flush_cache(Pa(pa_k), PAGE_SIZE);
             p.iommu_map(d, Iova(IOVA + (4 + k) * PAGE_SIZE), Pa(pa_k), PAGE_SIZE, rw)
                 .unwrap();
         }
@@ -231,10 +231,10 @@ fn contract<P: Platform>(mut s: Subject<P>) {
     );
 
     // A flush of pinned memory, one by one and in a batch; then every pin dropped.
-    p.flush_cache(pa, PAGE_SIZE);
-    let ranges: Vec<(u64, u64)> = pins
+    p.flush_cache(Pa(pa), PAGE_SIZE);
+    let ranges: Vec<(Pa, u64)> = pins
         .iter()
-        .map(|x| (x.pfn * PAGE_SIZE, PAGE_SIZE))
+        .map(|x| (Pa(x.pfn * PAGE_SIZE), PAGE_SIZE))
         .collect();
     p.flush_cache_batch(&ranges);
     for x in &pins {
@@ -382,6 +382,7 @@ fn answer_callbacks(fd: i32) -> type1_host::HostPlatform {
                 (Msg::Value(0), Vec::new())
             }
             Callback::Flush(ranges) => {
+                let ranges: Vec<_> = ranges.iter().map(|&(pa, n)| (Pa(pa), n)).collect();
                 h.flush_cache_batch(&ranges);
                 (Msg::Value(0), Vec::new())
             }

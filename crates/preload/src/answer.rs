@@ -6,7 +6,7 @@
 //! the fd table and the host platform of [`crate::state`].
 
 use type1_broker::wire::{self, Callback, FrameRun, Msg, RingRef};
-use type1_core::{CacheMaintenance, DmaFault, Errno, TaskMemory};
+use type1_core::{CacheMaintenance, DmaFault, Errno, Pa, TaskMemory};
 use type1_host::fds;
 use type1_host::{sock, sys, SELF_MM};
 
@@ -106,6 +106,7 @@ fn answer(cb: Callback, payload: Vec<u8>, fds: Vec<i32>, fds_lost: bool) -> Repl
         }
         Callback::Flush(ranges) => {
             if let Some(h) = state::existing_host() {
+                let ranges: Vec<_> = ranges.iter().map(|&(pa, n)| (Pa(pa), n)).collect();
                 h.lock().flush_cache_batch(&ranges);
             }
             plain(Msg::Value(0))

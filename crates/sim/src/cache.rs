@@ -638,11 +638,11 @@ mod tests {
         let (mut whole, p0, p1) = setup();
         let (mut lines, _, _) = setup();
         assert_ne!(p0, p1);
-        whole.flush_cache(p0, PAGE_SIZE);
-        whole.flush_cache(p1, PAGE_SIZE);
+        whole.flush_cache(type1_core::Pa(p0), PAGE_SIZE);
+        whole.flush_cache(type1_core::Pa(p1), PAGE_SIZE);
         for pa in [p0, p1] {
             for half in [0, PAGE_SIZE / 2] {
-                lines.flush_cache(pa + half, PAGE_SIZE / 2);
+                lines.flush_cache(type1_core::Pa(pa + half), PAGE_SIZE / 2);
             }
         }
         for pa in [p0, p1] {

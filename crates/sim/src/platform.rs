@@ -144,8 +144,8 @@ impl Iommu for Sim {
 }
 
 impl CacheMaintenance for Sim {
-    fn flush_cache(&mut self, pa: u64, len: u64) {
-        self.do_flush_cache(pa, len);
+    fn flush_cache(&mut self, pa: type1_core::Pa, len: u64) {
+        self.do_flush_cache(pa.0, len);
         self.after(crate::AccessPoint::Flush);
     }
 }

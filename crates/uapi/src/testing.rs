@@ -276,8 +276,8 @@ impl DeviceDma for FakePlatform {
 }
 
 impl CacheMaintenance for FakePlatform {
-    fn flush_cache(&mut self, pa: u64, len: u64) {
-        self.flushes.push((pa, len));
+    fn flush_cache(&mut self, pa: type1_core::Pa, len: u64) {
+        self.flushes.push((pa.0, len));
     }
 }
 

@@ -315,17 +315,17 @@ impl type1_core::DeviceDma for BrokerPlatform {
 }
 
 impl CacheMaintenance for BrokerPlatform {
-    fn flush_cache(&mut self, pa: u64, len: u64) {
+    fn flush_cache(&mut self, pa: Pa, len: u64) {
         self.flush_cache_batch(&[(pa, len)]);
     }
 
     /// One note per process for the whole batch, with its runs merged where the process's
     /// frames continue each other.
-    fn flush_cache_batch(&mut self, ranges: &[(u64, u64)]) {
+    fn flush_cache_batch(&mut self, ranges: &[(Pa, u64)]) {
         let mut pieces = Vec::new();
         {
             let f = lock(&self.0.frames);
-            for &(pa, len) in ranges {
+            for &(Pa(pa), len) in ranges {
                 let first = pa >> PAGE_SHIFT;
                 let n = (pa % PAGE_SIZE + len).div_ceil(PAGE_SIZE);
                 pieces.extend(f.pieces(first, n));
