@@ -90,7 +90,7 @@ impl Type1 {
                 break;
             }
             let vaddr = dma.vaddr + (pi - dma.iova);
-            let pg = match p.pin_user_pages(dma.mm, vaddr, 1, dma.prot.write) {
+            let pg = match p.pin_user_pages(dma.mm, crate::Vaddr(vaddr), 1, dma.prot.write) {
                 Ok(v) if !v.is_empty() => v[0],
                 Ok(_) => {
                     err = Some(PinError::NothingPinned(vaddr).into());

@@ -90,8 +90,12 @@ pub(crate) fn pin_pages_remote<P: Platform + ?Sized>(
         while pinned < npage {
             if batch.pages.is_empty() {
                 let want = (npage - pinned).min(batch.capacity as u64);
-                let got =
-                    p.pin_user_pages(caller.mm, vaddr + pinned * PAGE_SIZE, want, dma.prot.write)?;
+                let got = p.pin_user_pages(
+                    caller.mm,
+                    crate::Vaddr(vaddr + pinned * PAGE_SIZE),
+                    want,
+                    dma.prot.write,
+                )?;
                 if got.is_empty() {
                     return Err(PinError::NothingPinned(vaddr).into());
                 }

@@ -27,7 +27,7 @@
 
 use crate::{
     trace::Event, DeviceId, DomainId, Errno, GroupId, Iova, IovaRange, MemType, MmId, Pa, Prot,
-    ResvRegion,
+    ResvRegion, Vaddr,
 };
 
 /// A failure reported by the platform, with the errno the kernel would propagate.
@@ -131,7 +131,7 @@ pub trait TaskMemory {
     fn pin_user_pages(
         &mut self,
         mm: MmId,
-        vaddr: u64,
+        vaddr: Vaddr,
         npages: u64,
         write: bool,
     ) -> Result<Vec<PinnedPage>, PlatformError>;

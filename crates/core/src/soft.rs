@@ -357,10 +357,11 @@ impl TaskMemory for Lean {
     fn pin_user_pages(
         &mut self,
         _mm: MmId,
-        vaddr: u64,
+        vaddr: crate::Vaddr,
         npages: u64,
         _write: bool,
     ) -> Result<Vec<PinnedPage>, PlatformError> {
+        let vaddr = vaddr.0;
         Ok((0..npages.min(512))
             .map(|i| PinnedPage {
                 pfn: (vaddr >> PAGE_SHIFT) + i,

@@ -113,6 +113,10 @@ address_type!(
     /// A physical (bus) address: what an IOMMU entry points at.
     Pa
 );
+address_type!(
+    /// A virtual address in a task's address space: what a program maps and the platform pins.
+    Vaddr
+);
 
 /// Host memory type of a page frame, as PAT/MTRR would report it (F9).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]

@@ -526,10 +526,11 @@ impl TaskMemory for HostPlatform {
     fn pin_user_pages(
         &mut self,
         _mm: MmId,
-        vaddr: u64,
+        vaddr: type1_core::Vaddr,
         npages: u64,
         write: bool,
     ) -> Result<Vec<PinnedPage>, PlatformError> {
+        let vaddr = vaddr.0;
         let what = || format!("pin vaddr 0x{vaddr:x}");
         if vaddr % PAGE_SIZE != 0 || npages == 0 {
             return Err(perr(Errno::EINVAL, what()));

@@ -3,7 +3,7 @@
 use type1_core::CacheMaintenance;
 use type1_core::Iommu;
 use type1_core::TaskMemory;
-use type1_core::{Config, Container, Errno, GroupId, MapRequest, Pa, Task, UnmapRequest};
+use type1_core::{Config, Container, Errno, GroupId, MapRequest, Pa, Task, UnmapRequest, Vaddr};
 use type1_host::{
     flush, procfs,
     sys::{self, AnonMap},
@@ -14,7 +14,9 @@ use type1_host::{
 fn pin_is_stable_and_unpin_releases() {
     let buf = AnonMap::new(16 * 4096, false).unwrap();
     let mut p = HostPlatform::new(HostConfig::default());
-    let a = p.pin_user_pages(SELF_MM, buf.addr(), 16, true).unwrap();
+    let a = p
+        .pin_user_pages(SELF_MM, Vaddr(buf.addr()), 16, true)
+        .unwrap();
     assert_eq!(a.len(), 16);
     assert!(a.iter().all(|x| x.pfn != 0 && !x.reserved));
     // Distinct pages, and pinning again yields the same frames.
@@ -23,7 +25,9 @@ fn pin_is_stable_and_unpin_releases() {
     pfns.dedup();
     assert_eq!(pfns.len(), 16);
     sys::write_user(buf.addr(), &[0x5a; 4096 * 2]).expect("write_user");
-    let b = p.pin_user_pages(SELF_MM, buf.addr(), 16, true).unwrap();
+    let b = p
+        .pin_user_pages(SELF_MM, Vaddr(buf.addr()), 16, true)
+        .unwrap();
     // Frames are the emulated IOMMU's bus frames: contiguous per pin call, never real ones.
     assert!(a.windows(2).all(|w| w[1].pfn == w[0].pfn + 1));
     assert!(
@@ -44,13 +48,17 @@ fn pin_faults_in_fresh_pages_and_read_only_memory() {
     let buf = AnonMap::new(4 * 4096, true).unwrap();
     let mut p = HostPlatform::new(HostConfig::default());
     // Read pin of never-touched read-only memory works (zero page or a fresh frame).
-    let r = p.pin_user_pages(SELF_MM, buf.addr(), 4, false).unwrap();
+    let r = p
+        .pin_user_pages(SELF_MM, Vaddr(buf.addr()), 4, false)
+        .unwrap();
     assert_eq!(r.len(), 4);
     for x in r {
         p.unpin_page(x.pfn, false);
     }
     // A write pin of read-only memory is EFAULT.
-    let e = p.pin_user_pages(SELF_MM, buf.addr(), 4, true).unwrap_err();
+    let e = p
+        .pin_user_pages(SELF_MM, Vaddr(buf.addr()), 4, true)
+        .unwrap_err();
     assert_eq!(e.errno, Errno::EFAULT);
 }
 
@@ -72,17 +80,23 @@ fn pin_of_unmapped_address_is_efault() {
     assert_ne!(gone, libc::MAP_FAILED as u64);
     let mut p = HostPlatform::new(HostConfig::default());
     assert_eq!(
-        p.pin_user_pages(SELF_MM, gone, 8, true).unwrap_err().errno,
+        p.pin_user_pages(SELF_MM, Vaddr(gone), 8, true)
+            .unwrap_err()
+            .errno,
         Errno::EFAULT
     );
     assert_eq!(
-        p.pin_user_pages(SELF_MM, 0, 1, false).unwrap_err().errno,
+        p.pin_user_pages(SELF_MM, Vaddr(0), 1, false)
+            .unwrap_err()
+            .errno,
         Errno::EFAULT
     );
     assert_eq!(p.pinned_frames(), 0);
     // A partial run: the mapped head is returned.
     let half = AnonMap::new(2 * 4096, false).unwrap();
-    let got = p.pin_user_pages(SELF_MM, half.addr(), 1, true).unwrap();
+    let got = p
+        .pin_user_pages(SELF_MM, Vaddr(half.addr()), 1, true)
+        .unwrap();
     assert_eq!(got.len(), 1);
     p.unpin_page(got[0].pfn, true);
 }
@@ -96,7 +110,9 @@ fn flush_uses_cpuid_instruction_and_covers_every_line() {
     }
     let buf = AnonMap::new(4 * 4096, false).unwrap();
     let mut p = HostPlatform::new(HostConfig::default());
-    let pins = p.pin_user_pages(SELF_MM, buf.addr(), 4, true).unwrap();
+    let pins = p
+        .pin_user_pages(SELF_MM, Vaddr(buf.addr()), 4, true)
+        .unwrap();
     sys::write_user(buf.addr(), &[7u8; 4 * 4096]).unwrap();
     for x in &pins {
         p.flush_cache(Pa(x.pfn << 12), 4096);
@@ -137,7 +153,9 @@ fn a_batch_flush_on_several_threads_covers_every_line_once() {
             let mut done = 0;
             while done < run {
                 let at = buf.addr() + (k * run + done) * 4096;
-                let got = p.pin_user_pages(SELF_MM, at, run - done, true).unwrap();
+                let got = p
+                    .pin_user_pages(SELF_MM, Vaddr(at), run - done, true)
+                    .unwrap();
                 assert!(!got.is_empty());
                 done += got.len() as u64;
                 ranges.extend(got.iter().map(|x| (Pa(x.pfn << 12), 4096)));
@@ -315,7 +333,9 @@ fn pinned_domain(
     let mut p = HostPlatform::new(HostConfig::default());
     p.trace_to_memory();
     let d = p.domain_alloc(GroupId(1)).unwrap();
-    let pins = p.pin_user_pages(SELF_MM, vaddr, npages, true).unwrap();
+    let pins = p
+        .pin_user_pages(SELF_MM, Vaddr(vaddr), npages, true)
+        .unwrap();
     assert_eq!(pins.len() as u64, npages);
     let rw = type1_core::Prot {
         read: true,
@@ -444,7 +464,9 @@ fn pins_leave_vm_locked_alone_and_show_in_vmpin() {
     let lck = procfs::status_kb("VmLck").unwrap();
     let pin0 = procfs::status_kb("VmPin").unwrap();
     let mut p = HostPlatform::new(HostConfig::default());
-    let pins = p.pin_user_pages(SELF_MM, buf.addr(), 64, true).unwrap();
+    let pins = p
+        .pin_user_pages(SELF_MM, Vaddr(buf.addr()), 64, true)
+        .unwrap();
     assert_eq!(
         procfs::status_kb("VmLck"),
         Some(lck),
@@ -476,7 +498,7 @@ fn tracked_pins_fault_the_device_once_the_page_is_gone() {
     let mut p = HostPlatform::new(HostConfig::default());
     p.set_pin_mode(type1_host::PinMode::Track);
     let d = p.domain_alloc(GroupId(1)).unwrap();
-    let pin = p.pin_user_pages(SELF_MM, addr, 1, true).unwrap()[0];
+    let pin = p.pin_user_pages(SELF_MM, Vaddr(addr), 1, true).unwrap()[0];
     let rw = type1_core::Prot {
         read: true,
         write: true,

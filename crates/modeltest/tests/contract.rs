@@ -9,7 +9,9 @@
 
 use type1_core::Iommu;
 use type1_core::TaskMemory;
-use type1_core::{DmaFault, Errno, GroupId, Iova, MmId, Pa, PinnedPage, Platform, Prot, PAGE_SIZE};
+use type1_core::{
+    DmaFault, Errno, GroupId, Iova, MmId, Pa, PinnedPage, Platform, Prot, Vaddr, PAGE_SIZE,
+};
 
 const IOVA: u64 = 0x10_0000;
 const PAGES: u64 = 8;
@@ -32,7 +34,7 @@ fn pin_all<P: Platform>(p: &mut P, mm: MmId, vaddr: u64, n: u64) -> Vec<PinnedPa
     while (got.len() as u64) < n {
         let at = vaddr + got.len() as u64 * PAGE_SIZE;
         let more = p
-            .pin_user_pages(mm, at, n - got.len() as u64, true)
+            .pin_user_pages(mm, Vaddr(at), n - got.len() as u64, true)
             .expect("pin of mapped, writable user memory");
         assert!(
             !more.is_empty(),
@@ -356,7 +358,7 @@ fn answer_callbacks(fd: i32) -> type1_host::HostPlatform {
                 vaddr,
                 npages,
                 write,
-            } => match h.pin_user_pages(mm, vaddr, npages, write) {
+            } => match h.pin_user_pages(mm, Vaddr(vaddr), npages, write) {
                 Ok(pages) => {
                     let mut runs: Vec<FrameRun> = Vec::new();
                     for x in pages {

@@ -6,7 +6,7 @@
 //! the fd table and the host platform of [`crate::state`].
 
 use type1_broker::wire::{self, Callback, FrameRun, Msg, RingRef};
-use type1_core::{CacheMaintenance, DmaFault, Errno, Pa, TaskMemory};
+use type1_core::{CacheMaintenance, DmaFault, Errno, Pa, TaskMemory, Vaddr};
 use type1_host::fds;
 use type1_host::{sock, sys, SELF_MM};
 
@@ -154,13 +154,17 @@ fn pin_runs(
         // Locked for one platform pin at a time, as when the engine asked page batch by page
         // batch: other threads' calls that need the platform get in between.
         let mut h = host.lock();
-        let pages =
-            match h.pin_user_pages(SELF_MM, vaddr + done * type1_core::PAGE_SIZE, want, write) {
-                Ok(p) if !p.is_empty() => p,
-                Ok(_) => break,
-                Err(e) if runs.is_empty() => return Err(e),
-                Err(_) => break,
-            };
+        let pages = match h.pin_user_pages(
+            SELF_MM,
+            Vaddr(vaddr + done * type1_core::PAGE_SIZE),
+            want,
+            write,
+        ) {
+            Ok(p) if !p.is_empty() => p,
+            Ok(_) => break,
+            Err(e) if runs.is_empty() => return Err(e),
+            Err(_) => break,
+        };
         let got = pages.len() as u64;
         // One pin call: consecutive frames of one kind, held by one slot. Device memory may
         // still have gaps; split there.

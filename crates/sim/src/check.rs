@@ -394,7 +394,9 @@ mod tests {
         let mut s = Sim::new(MachineDesc::default()).unwrap();
         let mm = s.create_process("p");
         s.mmap_anon(mm, 0x10000, 2 * PAGE_SIZE, true).unwrap();
-        let pins = s.pin_user_pages(mm, 0x10000, 2, true).unwrap();
+        let pins = s
+            .pin_user_pages(mm, type1_core::Vaddr(0x10000), 2, true)
+            .unwrap();
         s.account(mm, 2, true).unwrap();
         let d = s.domain_alloc(GroupId(0)).unwrap();
         s.attach_group(d, GroupId(0)).unwrap();
@@ -437,7 +439,8 @@ mod tests {
         };
         assert_eq!(s.check_engine(std::slice::from_ref(&view)), vec![]);
         // An extra pin the engine does not know about.
-        s.pin_user_pages(mm, 0x10000, 1, true).unwrap();
+        s.pin_user_pages(mm, type1_core::Vaddr(0x10000), 1, true)
+            .unwrap();
         let v = s.check_engine(std::slice::from_ref(&view));
         assert_eq!(v.len(), 1);
         assert_eq!(v[0].kind, "pin_leak");

@@ -487,12 +487,18 @@ mod tests {
         s.mmap_anon(mm, 0x1000, 0x1000, true).unwrap();
         let before = s.fallible_calls();
         s.fail_nth_any(3);
-        assert!(s.pin_user_pages(mm, 0x1000, 1, true).is_ok()); // pin, translate
+        assert!(s
+            .pin_user_pages(mm, type1_core::Vaddr(0x1000), 1, true)
+            .is_ok()); // pin, translate
         assert_eq!(
-            s.pin_user_pages(mm, 0x1000, 1, true).unwrap_err().errno,
+            s.pin_user_pages(mm, type1_core::Vaddr(0x1000), 1, true)
+                .unwrap_err()
+                .errno,
             Errno::ENOMEM
         );
-        assert!(s.pin_user_pages(mm, 0x1000, 1, true).is_ok());
+        assert!(s
+            .pin_user_pages(mm, type1_core::Vaddr(0x1000), 1, true)
+            .is_ok());
         assert_eq!(s.fallible_calls() - before, 5);
         assert_eq!(
             s.frame_pins(s.translate(mm, 0x1000).unwrap().0),

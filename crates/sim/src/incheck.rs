@@ -735,7 +735,9 @@ mod tests {
         s.mmap_anon(mm, base, pages * PAGE_SIZE, true).unwrap();
         let d = s.domain_alloc(GroupId(1)).unwrap();
         s.attach_group(d, GroupId(1)).unwrap();
-        let pinned = s.pin_user_pages(mm, base, 8, true).unwrap();
+        let pinned = s
+            .pin_user_pages(mm, type1_core::Vaddr(base), 8, true)
+            .unwrap();
         let pa = pinned[0].pfn * PAGE_SIZE;
         s.iommu_map(d, Iova(0), Pa(pa), 8 * PAGE_SIZE, Prot::RW)
             .unwrap();
@@ -774,7 +776,7 @@ mod tests {
             let va = base + page * PAGE_SIZE;
             match next(8) {
                 0 => {
-                    let _ = s.pin_user_pages(mm, va, 1, true);
+                    let _ = s.pin_user_pages(mm, type1_core::Vaddr(va), 1, true);
                 }
                 1 => {
                     if let Some((pfn, false)) = s.translate(mm, va) {

@@ -40,10 +40,11 @@ impl TaskMemory for Sim {
     fn pin_user_pages(
         &mut self,
         mm: MmId,
-        vaddr: u64,
+        vaddr: type1_core::Vaddr,
         npages: u64,
         write: bool,
     ) -> Result<Vec<PinnedPage>, PlatformError> {
+        let vaddr = vaddr.0;
         let r = self.do_pin(mm, vaddr, npages, write);
         if r.is_ok() {
             self.after(crate::AccessPoint::Pin);

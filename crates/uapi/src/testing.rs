@@ -167,10 +167,11 @@ impl TaskMemory for FakePlatform {
     fn pin_user_pages(
         &mut self,
         _mm: MmId,
-        vaddr: u64,
+        vaddr: type1_core::Vaddr,
         npages: u64,
         _w: bool,
     ) -> Result<Vec<PinnedPage>, PlatformError> {
+        let vaddr = vaddr.0;
         let ok = |a: u64| self.user.iter().any(|(s, l)| a >= *s && a - s < *l);
         let mut out = Vec::new();
         for i in 0..npages.min(512) {

@@ -78,10 +78,11 @@ impl TaskMemory for BrokerPlatform {
     fn pin_user_pages(
         &mut self,
         mm: MmId,
-        vaddr: u64,
+        vaddr: type1_core::Vaddr,
         npages: u64,
         write: bool,
     ) -> Result<Vec<PinnedPage>, PlatformError> {
+        let vaddr = vaddr.0;
         let client = client_of(mm);
         let cb = Callback::Pin {
             vaddr,

@@ -136,7 +136,7 @@ impl Ictx {
             let mut k = i;
             while k < j {
                 let vaddr = owner.uptr + (k << PAGE_SHIFT);
-                match p.pin_user_pages(owner.mm, vaddr, j - k, owner.writable) {
+                match p.pin_user_pages(owner.mm, crate::Vaddr(vaddr), j - k, owner.writable) {
                     Ok(got) => {
                         let bad = got.iter().position(|x| x.reserved);
                         let good = bad.unwrap_or(got.len());
