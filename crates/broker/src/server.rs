@@ -142,8 +142,13 @@ impl RemoteCaller<'_> {
     fn send_writes(&mut self) -> Result<(), Errno> {
         let mut p = self.platform();
         for (addr, data) in std::mem::take(&mut self.writes) {
-            type1_core::TaskMemory::mm_write(&mut p, type1_core::MmId(self.client), addr, &data)
-                .map_err(|_| Errno::EFAULT)?;
+            type1_core::TaskMemory::mm_write(
+                &mut p,
+                type1_core::MmId(self.client),
+                type1_core::Vaddr(addr),
+                &data,
+            )
+            .map_err(|_| Errno::EFAULT)?;
         }
         Ok(())
     }
@@ -168,8 +173,13 @@ impl Caller for RemoteCaller<'_> {
         }
         self.send_writes()?;
         let mut p = self.platform();
-        type1_core::TaskMemory::mm_read(&mut p, type1_core::MmId(self.client), addr, buf)
-            .map_err(|_| Errno::EFAULT)
+        type1_core::TaskMemory::mm_read(
+            &mut p,
+            type1_core::MmId(self.client),
+            type1_core::Vaddr(addr),
+            buf,
+        )
+        .map_err(|_| Errno::EFAULT)
     }
 
     fn write(&mut self, addr: u64, data: &[u8]) -> Result<(), Errno> {

@@ -226,7 +226,7 @@ impl Type1 {
             let n = ((dma.size - off) as usize).min(buf.len() - done);
             let vaddr = dma.vaddr + off;
             if write {
-                p.mm_write(dma.mm, vaddr, &buf[done..done + n])?;
+                p.mm_write(dma.mm, crate::Vaddr(vaddr), &buf[done..done + n])?;
                 if tracking {
                     if let Some(bm) = dma.bitmap.as_mut() {
                         let first = off >> pgshift;
@@ -237,7 +237,7 @@ impl Type1 {
                     }
                 }
             } else {
-                p.mm_read(dma.mm, vaddr, &mut buf[done..done + n])?;
+                p.mm_read(dma.mm, crate::Vaddr(vaddr), &mut buf[done..done + n])?;
             }
             done += n;
         }

@@ -171,10 +171,10 @@ pub trait TaskMemory {
     fn pfn_memtype(&self, pfn: u64) -> MemType;
 
     /// CPU copy from `mm` at `vaddr` (dma_rw, P9). EFAULT if unbacked.
-    fn mm_read(&mut self, mm: MmId, vaddr: u64, buf: &mut [u8]) -> Result<(), PlatformError>;
+    fn mm_read(&mut self, mm: MmId, vaddr: Vaddr, buf: &mut [u8]) -> Result<(), PlatformError>;
 
     /// CPU copy into `mm` at `vaddr` (dma_rw, P9). EFAULT if unbacked or read-only.
-    fn mm_write(&mut self, mm: MmId, vaddr: u64, data: &[u8]) -> Result<(), PlatformError>;
+    fn mm_write(&mut self, mm: MmId, vaddr: Vaddr, data: &[u8]) -> Result<(), PlatformError>;
 }
 
 /// Groups and IOMMU domains: allocation, attachment, snoop control, page tables and the IOTLB.

@@ -380,7 +380,13 @@ impl TaskMemory for Lean {
         MemType::Wb
     }
 
-    fn mm_read(&mut self, _mm: MmId, vaddr: u64, buf: &mut [u8]) -> Result<(), PlatformError> {
+    fn mm_read(
+        &mut self,
+        _mm: MmId,
+        vaddr: crate::Vaddr,
+        buf: &mut [u8],
+    ) -> Result<(), PlatformError> {
+        let vaddr = vaddr.0;
         for (i, b) in buf.iter_mut().enumerate() {
             *b = self
                 .written
@@ -391,7 +397,13 @@ impl TaskMemory for Lean {
         Ok(())
     }
 
-    fn mm_write(&mut self, _mm: MmId, vaddr: u64, data: &[u8]) -> Result<(), PlatformError> {
+    fn mm_write(
+        &mut self,
+        _mm: MmId,
+        vaddr: crate::Vaddr,
+        data: &[u8],
+    ) -> Result<(), PlatformError> {
+        let vaddr = vaddr.0;
         for (i, b) in data.iter().enumerate() {
             self.written.insert(vaddr.wrapping_add(i as u64), *b);
         }

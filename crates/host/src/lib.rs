@@ -621,11 +621,23 @@ impl TaskMemory for HostPlatform {
             .unwrap_or(MemType::Wb)
     }
 
-    fn mm_read(&mut self, _mm: MmId, vaddr: u64, buf: &mut [u8]) -> Result<(), PlatformError> {
+    fn mm_read(
+        &mut self,
+        _mm: MmId,
+        vaddr: type1_core::Vaddr,
+        buf: &mut [u8],
+    ) -> Result<(), PlatformError> {
+        let vaddr = vaddr.0;
         sys::read_user(vaddr, buf).map_err(|e| perr(e, format!("read 0x{vaddr:x}")))
     }
 
-    fn mm_write(&mut self, _mm: MmId, vaddr: u64, data: &[u8]) -> Result<(), PlatformError> {
+    fn mm_write(
+        &mut self,
+        _mm: MmId,
+        vaddr: type1_core::Vaddr,
+        data: &[u8],
+    ) -> Result<(), PlatformError> {
+        let vaddr = vaddr.0;
         sys::write_user(vaddr, data).map_err(|e| perr(e, format!("write 0x{vaddr:x}")))
     }
 }

@@ -15,7 +15,7 @@
 
 use std::sync::Arc;
 
-use type1_core::{MmId, TaskMemory, PAGE_SIZE};
+use type1_core::{MmId, TaskMemory, Vaddr, PAGE_SIZE};
 use type1_uapi::{
     device::region_offset,
     nr::*,
@@ -80,7 +80,7 @@ impl Host {
         let _ = self
             .v
             .platform
-            .mm_write(MmId(1), RAM + (iova - RW_IOVA), data);
+            .mm_write(MmId(1), Vaddr(RAM + (iova - RW_IOVA)), data);
     }
 
     fn peek(&mut self, iova: u64, n: usize) -> Vec<u8> {
@@ -88,7 +88,7 @@ impl Host {
         let _ = self
             .v
             .platform
-            .mm_read(MmId(1), RAM + (iova - RW_IOVA), &mut b);
+            .mm_read(MmId(1), Vaddr(RAM + (iova - RW_IOVA)), &mut b);
         b
     }
 

@@ -109,9 +109,9 @@ fn contract<P: Platform>(mut s: Subject<P>) {
     if let Some(n) = (s.pinned)(p) {
         assert!(n >= PAGES, "{name}: {n} frames pinned");
     }
-    p.mm_write(mm, s.buf + 8, b"contract").unwrap();
+    p.mm_write(mm, Vaddr(s.buf + 8), b"contract").unwrap();
     let mut back = [0u8; 8];
-    p.mm_read(mm, s.buf + 8, &mut back).unwrap();
+    p.mm_read(mm, Vaddr(s.buf + 8), &mut back).unwrap();
     assert_eq!(&back, b"contract", "{name}: mm_write then mm_read");
 
     // The IOMMU: a map reads back, the same range cannot be mapped twice, an unmap stops at
@@ -137,7 +137,7 @@ fn contract<P: Platform>(mut s: Subject<P>) {
     if s.dma {
         wrote.unwrap_or_else(|e| panic!("{name}: device write: {e}"));
         let mut cpu = [0u8; 16];
-        p.mm_read(mm, s.buf + 0x100, &mut cpu).unwrap();
+        p.mm_read(mm, Vaddr(s.buf + 0x100), &mut cpu).unwrap();
         assert_eq!(
             &cpu, b"from the device!",
             "{name}: the CPU sees the device's write"
@@ -183,7 +183,8 @@ fn contract<P: Platform>(mut s: Subject<P>) {
             "{name}: vectored write stops at the read-only segment"
         );
         let mut cpu = vec![0u8; 0x1000];
-        p.mm_read(mm, s.buf + 3 * PAGE_SIZE, &mut cpu).unwrap();
+        p.mm_read(mm, Vaddr(s.buf + 3 * PAGE_SIZE), &mut cpu)
+            .unwrap();
         assert!(
             cpu == out[0x800..0x1800],
             "{name}: the second segment arrived"

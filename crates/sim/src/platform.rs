@@ -65,11 +65,23 @@ impl TaskMemory for Sim {
         self.memtype_of(pfn)
     }
 
-    fn mm_read(&mut self, mm: MmId, vaddr: u64, buf: &mut [u8]) -> Result<(), PlatformError> {
+    fn mm_read(
+        &mut self,
+        mm: MmId,
+        vaddr: type1_core::Vaddr,
+        buf: &mut [u8],
+    ) -> Result<(), PlatformError> {
+        let vaddr = vaddr.0;
         self.cpu_read(mm, vaddr, buf)
     }
 
-    fn mm_write(&mut self, mm: MmId, vaddr: u64, data: &[u8]) -> Result<(), PlatformError> {
+    fn mm_write(
+        &mut self,
+        mm: MmId,
+        vaddr: type1_core::Vaddr,
+        data: &[u8],
+    ) -> Result<(), PlatformError> {
+        let vaddr = vaddr.0;
         self.cpu_write(mm, vaddr, data)
     }
 }

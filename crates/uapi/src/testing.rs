@@ -213,7 +213,13 @@ impl TaskMemory for FakePlatform {
         MemType::Wb
     }
 
-    fn mm_read(&mut self, _mm: MmId, vaddr: u64, buf: &mut [u8]) -> Result<(), PlatformError> {
+    fn mm_read(
+        &mut self,
+        _mm: MmId,
+        vaddr: type1_core::Vaddr,
+        buf: &mut [u8],
+    ) -> Result<(), PlatformError> {
+        let vaddr = vaddr.0;
         self.check_user(vaddr, buf.len() as u64)?;
         for (i, b) in buf.iter_mut().enumerate() {
             *b = self.mem.get(&(vaddr + i as u64)).copied().unwrap_or(0);
@@ -221,7 +227,13 @@ impl TaskMemory for FakePlatform {
         Ok(())
     }
 
-    fn mm_write(&mut self, _mm: MmId, vaddr: u64, data: &[u8]) -> Result<(), PlatformError> {
+    fn mm_write(
+        &mut self,
+        _mm: MmId,
+        vaddr: type1_core::Vaddr,
+        data: &[u8],
+    ) -> Result<(), PlatformError> {
+        let vaddr = vaddr.0;
         self.check_user(vaddr, data.len() as u64)?;
         for (i, b) in data.iter().enumerate() {
             self.mem.insert(vaddr + i as u64, *b);

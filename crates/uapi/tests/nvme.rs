@@ -5,7 +5,7 @@
 
 use std::sync::Arc;
 
-use type1_core::{Event, MmId, TaskMemory};
+use type1_core::{Event, MmId, TaskMemory, Vaddr};
 use type1_uapi::nvme::{reg, BlockStore, MemStore, CC_EN, CSTS_RDY, LBA_SIZE, NVME_CLASS};
 use type1_uapi::{device::region_offset, nr::*, testing::FakePlatform, Object, Vfio};
 
@@ -102,12 +102,18 @@ impl H {
 
     /// Writes user memory (what the device reaches through the IOMMU).
     fn poke(&mut self, addr: u64, data: &[u8]) {
-        self.v.platform.mm_write(MmId(1), addr, data).unwrap();
+        self.v
+            .platform
+            .mm_write(MmId(1), Vaddr(addr), data)
+            .unwrap();
     }
 
     fn peek(&mut self, addr: u64, len: usize) -> Vec<u8> {
         let mut b = vec![0u8; len];
-        self.v.platform.mm_read(MmId(1), addr, &mut b).unwrap();
+        self.v
+            .platform
+            .mm_read(MmId(1), Vaddr(addr), &mut b)
+            .unwrap();
         b
     }
 

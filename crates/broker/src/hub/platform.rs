@@ -179,7 +179,13 @@ impl TaskMemory for BrokerPlatform {
             .map_or(MemType::Wb, |(_, r)| r.memtype)
     }
 
-    fn mm_read(&mut self, mm: MmId, vaddr: u64, buf: &mut [u8]) -> Result<(), PlatformError> {
+    fn mm_read(
+        &mut self,
+        mm: MmId,
+        vaddr: type1_core::Vaddr,
+        buf: &mut [u8],
+    ) -> Result<(), PlatformError> {
+        let vaddr = vaddr.0;
         let mut done = 0;
         while done < buf.len() {
             let n = (buf.len() - done).min(wire::MAX_COPY);
@@ -205,7 +211,13 @@ impl TaskMemory for BrokerPlatform {
         Ok(())
     }
 
-    fn mm_write(&mut self, mm: MmId, vaddr: u64, data: &[u8]) -> Result<(), PlatformError> {
+    fn mm_write(
+        &mut self,
+        mm: MmId,
+        vaddr: type1_core::Vaddr,
+        data: &[u8],
+    ) -> Result<(), PlatformError> {
+        let vaddr = vaddr.0;
         for (i, chunk) in data.chunks(wire::MAX_COPY).enumerate() {
             let addr = vaddr + (i * wire::MAX_COPY) as u64;
             let r = self
