@@ -22,8 +22,9 @@
 //! The contract, stated once for every method below:
 //! * fallible methods either succeed completely or fail with no effect;
 //! * release methods (`unpin_page`, `iommu_unmap`, `detach_group`, `domain_free`) never fail;
-//! * all addresses are bytes; `pa` is a physical address and `pfn` a page frame number;
-//!   sizes are multiples of [`crate::PAGE_SIZE`] unless said otherwise.
+//! * all addresses are bytes, typed by what they address (`Iova`, `Pa`, `Vaddr`); a `pfn` is a
+//!   page frame number (a `u64` still); sizes are multiples of [`crate::PAGE_SIZE`] unless
+//!   said otherwise.
 
 use crate::{
     trace::Event, DeviceId, DomainId, Errno, GroupId, Iova, IovaRange, MemType, MmId, Pa, Prot,
