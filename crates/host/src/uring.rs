@@ -423,58 +423,11 @@ impl Ring {
         if !self.owned() {
             return Err(Errno::EPERM);
         }
-        let r = self.transfer_through(slot, addr, buf, dir, bounce);
-        if r.is_err() {
-            // Leave the pipe empty for the next transfer.
-            let mut sink = [0u8; 512];
-            while matches!(crate::sys::read(bounce.0, &mut sink), Ok(n) if n > 0) {}
-        }
-        r
-    }
-
-    fn transfer_through(
-        &mut self,
-        slot: u32,
-        addr: u64,
-        buf: &mut [u8],
-        dir: Dir,
-        (rd, wr): (i32, i32),
-    ) -> Result<(), Errno> {
-        let len = buf.len();
-        if len > PAGE_SIZE as usize {
+        if buf.len() > PAGE_SIZE as usize {
             return Err(Errno::EINVAL);
         }
-        if dir == Dir::ToPage {
-            crate::sys::write_all(wr, buf)?;
-        }
-        let sqe = Sqe {
-            opcode: match dir {
-                Dir::ToPage => IORING_OP_READ_FIXED,
-                Dir::FromPage => IORING_OP_WRITE_FIXED,
-            },
-            fd: if dir == Dir::ToPage { rd } else { wr },
-            // Pipes take no offset.
-            off: u64::MAX,
-            addr,
-            len: len as u32,
-            user_data: 1,
-            buf_index: slot as u16,
-            ..Sqe::default()
-        };
-        let res = self.submit_one(sqe)?;
-        if res < 0 {
-            return Err(Errno(-res));
-        }
-        if res as usize != len {
-            return Err(Errno::EIO);
-        }
-        if dir == Dir::FromPage {
-            let got = crate::sys::read(rd, buf)?;
-            if got != len {
-                return Err(Errno::EIO);
-            }
-        }
-        Ok(())
+        let len = buf.len();
+        self.transfer_batch(&[(slot, addr, len)], buf, dir, bounce)
     }
 
     /// [`Ring::transfer`] of several pieces at once: `items` are `(slot, addr, len)`, each
@@ -551,7 +504,9 @@ impl Ring {
         if items.is_empty()
             || items.len() > BATCH
             || total != buf.len()
-            || total > crate::sys::pipe_capacity(wr).unwrap_or(PAGE_SIZE as usize)
+            // A pipe holds a page whatever its size: only more needs asking.
+            || (total > PAGE_SIZE as usize
+                && total > crate::sys::pipe_capacity(wr).unwrap_or(PAGE_SIZE as usize))
         {
             return Err(Errno::EINVAL);
         }
@@ -639,16 +594,6 @@ impl Ring {
             out
         };
         Ok(res)
-    }
-
-    /// Submits one request and waits for its completion; returns its `res`.
-    fn submit_one(&mut self, sqe: Sqe) -> Result<i32, Errno> {
-        // Completions are matched to requests by `user_data`, the request's index.
-        let sqe = Sqe {
-            user_data: 0,
-            ..sqe
-        };
-        Ok(self.submit_linked(&[sqe])?[0])
     }
 }
 

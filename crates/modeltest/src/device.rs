@@ -23,12 +23,14 @@ use type1_uapi::{
     FakeCaller, Object, Vfio,
 };
 
-const ARG: u64 = 0x1_0000;
-const RAM: u64 = 0x4000_0000;
+pub(crate) const ARG: u64 = 0x1_0000;
+pub(crate) const RAM: u64 = 0x4000_0000;
 const RAM_PAGES: u64 = 17;
-const RW_IOVA: u64 = 0x10_0000;
-const RO_IOVA: u64 = 0x20_0000;
+pub(crate) const RW_IOVA: u64 = 0x10_0000;
+pub(crate) const RO_IOVA: u64 = 0x20_0000;
 const RECORD: usize = 24;
+/// The device of group 1.
+const DEVICE: &str = "0000:00:05.0";
 
 /// Values a hostile driver tries for DMA addresses and lengths.
 const EDGES: [u64; 12] = [
@@ -62,9 +64,17 @@ fn le(v: u64) -> [u8; 8] {
     v.to_le_bytes()
 }
 
-/// Runs one fuzz input; returns how many accesses succeeded. `Err` says which guarantee broke.
-pub fn run_device_bytes(data: &[u8]) -> Result<usize, String> {
+/// The setup both device harnesses start from: a container with group 1 (the non-coherent
+/// one), type1v2, `RAM_PAGES` pages of user memory (16 mapped read-write at `RW_IOVA`, 1
+/// read-only at `RO_IOVA`), and the group's device open, an NVMe controller over `nvme` if it
+/// is given (else the DMA engine).
+pub(crate) fn group1_device(
+    nvme: Option<std::sync::Arc<dyn type1_uapi::nvme::BlockStore>>,
+) -> Result<Fixture, String> {
     let (mut v, mut c) = FakePlatform::subsystem(RAM, RAM_PAGES * PAGE_SIZE, ARG, 0x1000);
+    if let Some(store) = nvme {
+        v.add_nvme(DEVICE, store);
+    }
     let cont = v.open_container();
     let cfd = c.add_fd(Some(cont));
     let group = v.open_group(1).map_err(|e| format!("group: {e}"))?;
@@ -90,13 +100,42 @@ pub fn run_device_bytes(data: &[u8]) -> Result<usize, String> {
         m.extend_from_slice(&le(pages * PAGE_SIZE));
         ioctl(&mut v, &mut c, cont, VFIO_IOMMU_MAP_DMA, &m)?;
     }
-    c.poke(ARG, b"0000:00:05.0\0");
+    c.poke(ARG, format!("{DEVICE}\0").as_bytes());
     let dfd = v
         .ioctl(group, VFIO_GROUP_GET_DEVICE_FD, ARG, &mut c)
         .map_err(|e| format!("GET_DEVICE_FD: {e}"))?;
     let Some(Object::Device(dev)) = c.fd_object(dfd as i32) else {
         return Err("GET_DEVICE_FD made no device".into());
     };
+    Ok(Fixture {
+        v,
+        c,
+        cont,
+        group,
+        dfd: dfd as i32,
+        dev,
+    })
+}
+
+/// What [`group1_device`] opened.
+pub(crate) struct Fixture {
+    pub v: Vfio<FakePlatform>,
+    pub c: FakeCaller,
+    pub cont: Object,
+    pub group: Object,
+    pub dfd: i32,
+    pub dev: u32,
+}
+
+/// Runs one fuzz input; returns how many accesses succeeded. `Err` says which guarantee broke.
+pub fn run_device_bytes(data: &[u8]) -> Result<usize, String> {
+    let Fixture {
+        mut v,
+        cont,
+        group,
+        dev,
+        ..
+    } = group1_device(None)?;
     // Bus mastering on, as a driver sets it (records may turn it off again).
     let cmd_at = region_offset(7) + 4;
     v.device_rw(dev, cmd_at, &mut [4, 0], true)

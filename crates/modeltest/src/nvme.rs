@@ -21,15 +21,11 @@ use type1_uapi::{
     nr::*,
     nvme::{reg, MemStore, CC_EN, NVME_BAR0_SIZE},
     testing::FakePlatform,
-    FakeCaller, Object, Vfio,
+    Object, Vfio,
 };
 
-const ARG: u64 = 0x1_0000;
-const RAM: u64 = 0x4000_0000;
-const RW_IOVA: u64 = 0x10_0000;
-const RO_IOVA: u64 = 0x20_0000;
+use crate::device::{RAM, RO_IOVA, RW_IOVA};
 const RECORD: usize = 72;
-const DEV: &str = "0000:00:05.0";
 
 /// IOVAs a hostile driver puts in PRP entries and queue bases.
 const EDGES: [u64; 12] = [
@@ -46,18 +42,6 @@ const EDGES: [u64; 12] = [
     u64::MAX - 7,
     RW_IOVA + 7 * PAGE_SIZE + 1,
 ];
-
-fn setup_ioctl(
-    v: &mut Vfio<FakePlatform>,
-    c: &mut FakeCaller,
-    obj: Object,
-    req: u64,
-    body: &[u8],
-) -> Result<i64, String> {
-    c.poke(ARG, body);
-    v.ioctl(obj, req, ARG, c)
-        .map_err(|e| format!("setup ioctl 0x{req:x}: {e}"))
-}
 
 /// The host side of the harness: where each queue stands.
 struct Host {
@@ -147,40 +131,9 @@ fn command(op: u8, dws: &[(usize, u32)], prp1: u64, prp2: u64) -> [u8; 64] {
 /// Runs one fuzz input; returns how many commands completed successfully. `Err` says which
 /// guarantee broke.
 pub fn run_nvme_bytes(data: &[u8]) -> Result<usize, String> {
-    let (mut v, mut c) = FakePlatform::subsystem(RAM, 17 * PAGE_SIZE, ARG, 0x1000);
-    v.add_nvme(DEV, Arc::new(MemStore::new(1 << 20)));
-    let cont = v.open_container();
-    let cfd = c.add_fd(Some(cont));
-    let group = v.open_group(1).map_err(|e| format!("group: {e}"))?;
-    setup_ioctl(
-        &mut v,
-        &mut c,
-        group,
-        VFIO_GROUP_SET_CONTAINER,
-        &cfd.to_le_bytes(),
-    )?;
-    v.ioctl(cont, VFIO_SET_IOMMU, 3, &mut c)
-        .map_err(|e| format!("SET_IOMMU: {e}"))?;
-    for (iova, vaddr, pages, flags) in [
-        (RW_IOVA, RAM, 16u64, 3u32),
-        (RO_IOVA, RAM + 16 * PAGE_SIZE, 1, 1),
-    ] {
-        let mut m = Vec::new();
-        for x in [32u32, flags] {
-            m.extend_from_slice(&x.to_le_bytes());
-        }
-        for x in [vaddr, iova, pages * PAGE_SIZE] {
-            m.extend_from_slice(&x.to_le_bytes());
-        }
-        setup_ioctl(&mut v, &mut c, cont, VFIO_IOMMU_MAP_DMA, &m)?;
-    }
-    c.poke(ARG, format!("{DEV}\0").as_bytes());
-    let dfd = v
-        .ioctl(group, VFIO_GROUP_GET_DEVICE_FD, ARG, &mut c)
-        .map_err(|e| format!("GET_DEVICE_FD: {e}"))?;
-    let Some(Object::Device(dev)) = c.fd_object(dfd as i32) else {
-        return Err("GET_DEVICE_FD made no device".into());
-    };
+    let crate::device::Fixture {
+        v, mut c, dfd, dev, ..
+    } = crate::device::group1_device(Some(Arc::new(MemStore::new(1 << 20))))?;
     let mut h = Host {
         v,
         dev,
@@ -270,7 +223,7 @@ pub fn run_nvme_bytes(data: &[u8]) -> Result<usize, String> {
             // Consume completions on both pairs, or reset the function.
             _ => {
                 if rec[1] % 16 == 0 {
-                    let obj = c.fd_object(dfd as i32).ok_or("device fd lost")?;
+                    let obj = c.fd_object(dfd).ok_or("device fd lost")?;
                     let _ = h.v.ioctl(obj, VFIO_DEVICE_RESET, 0, &mut c);
                 } else {
                     h.reap(0);

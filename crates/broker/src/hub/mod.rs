@@ -116,8 +116,26 @@ thread_local! {
 /// their bytes.
 type HeldBatch = (Option<Arc<HeldRing>>, Vec<(u32, u64, usize)>, usize);
 
-/// Bytes of one batch through the bounce pipe: what a pipe holds by default (16 pages).
-const PIPE_BATCH: usize = 16 * PAGE_SIZE as usize;
+/// How a batch of held pieces moves, which bounds it.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Via {
+    /// Through the bounce pipe: page-sized pieces, at most what a pipe holds by default
+    /// (16 pages).
+    Pipe,
+    /// Straight between a file and the pages: a piece that continues the previous one in its
+    /// buffer joins its request, up to a ring's batch of requests.
+    File,
+}
+
+impl Via {
+    /// `(requests, bytes)` a batch holds at most.
+    fn limits(self) -> (usize, usize) {
+        match self {
+            Via::Pipe => (16, 16 * PAGE_SIZE as usize),
+            Via::File => (type1_host::uring::BATCH, 1 << 24),
+        }
+    }
+}
 
 /// The processes served and the machine's IOMMU.
 #[derive(Debug)]
@@ -392,7 +410,7 @@ impl Hub {
         let (mut i, mut at) = (0, 0);
         while i < segs.len() {
             // Through the pipe: page-sized pieces, at most what a default pipe holds.
-            let (ring, items, bytes) = self.held_batch(domain, &segs[i..], to_memory, PIPE_BATCH);
+            let (ring, items, bytes) = self.held_batch(domain, &segs[i..], to_memory, Via::Pipe);
             let done = match (&ring, items.len()) {
                 (Some(r), k) if k >= 1 && bytes > segs[i].1 => {
                     let ok = self.bounce().and_then(|g| {
@@ -442,7 +460,7 @@ impl Hub {
         };
         let (mut i, mut off) = (0, file_off);
         while i < segs.len() {
-            let (ring, items, bytes) = self.held_batch(domain, &segs[i..], to_memory, 1 << 24);
+            let (ring, items, bytes) = self.held_batch(domain, &segs[i..], to_memory, Via::File);
             let done = match &ring {
                 Some(r) if !items.is_empty() => {
                     let ok = r.with_ring(|ring| ring.transfer_file(&items, fd, off, dir));
@@ -473,17 +491,16 @@ impl Hub {
     }
 
     /// The batch that starts at `segs[0]`: consecutive segments whose pages are held by the
-    /// same ring, at most `max_bytes` of them and at most a batch of requests (a segment that
-    /// continues the previous one in its buffer joins its request): the ring, the requests'
-    /// `(slot, addr, len)`, their bytes.
+    /// same ring, within the limits of `via`: the ring, the requests' `(slot, addr, len)`,
+    /// their bytes.
     fn held_batch(
         &self,
         domain: DomainId,
         segs: &[(u64, usize)],
         to_memory: bool,
-        max_bytes: usize,
+        via: Via,
     ) -> HeldBatch {
-        let cap = type1_host::uring::BATCH;
+        let (cap, max_bytes) = via.limits();
         let mut items: Vec<(u32, u64, usize)> = Vec::new();
         let mut ring: Option<Arc<HeldRing>> = None;
         let mut bytes = 0;
@@ -507,12 +524,10 @@ impl Hub {
             let at = addr + page * PAGE_SIZE + pa % PAGE_SIZE;
             // A piece that continues the previous one in the same buffer extends it: one
             // request moves both (guest memory is often contiguous in the VMM's buffer).
-            let full = items.len() == cap || (max_bytes == PIPE_BATCH && items.len() == 16);
+            let full = items.len() == cap;
             match items.last_mut() {
                 Some(last)
-                    if max_bytes != PIPE_BATCH
-                        && last.0 == *slot
-                        && last.1 + last.2 as u64 == at =>
+                    if via == Via::File && last.0 == *slot && last.1 + last.2 as u64 == at =>
                 {
                     last.2 += n
                 }

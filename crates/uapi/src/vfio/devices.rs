@@ -291,7 +291,8 @@ impl<P: Platform> ControllerBus<'_, P> {
             m.1 += bytes as u64;
         }
         r.map_err(|(i, f)| {
-            self.fault(segs[i].0, segs[i].1, to_memory, f);
+            let (iova, len) = segs.get(i).copied().unwrap_or_default();
+            self.fault(iova, len, to_memory, f);
             f
         })
     }
@@ -334,7 +335,7 @@ impl<P: Platform> NvmeBus for ControllerBus<'_, P> {
         to_memory: bool,
     ) -> Result<(), DmaFault> {
         let Some((d, _)) = self.domain else {
-            return self.dma(segs.first().map_or(0, |s| s.0), &mut [], to_memory);
+            return self.settle(segs, Err((0, DmaFault::Unreachable)), to_memory);
         };
         let r = self.platform.device_dma_vec(d, segs, buf, to_memory);
         self.settle(segs, r, to_memory)
