@@ -95,12 +95,8 @@ pub const FAULT_BAD_REQUEST: u32 = 4;
 /// `FAULT_REASON`: bus mastering is off (`COMMAND.BME` clear in config space): the device may
 /// not issue memory requests, as on hardware; nothing is transferred.
 pub const FAULT_NO_BUS_MASTER: u32 = 5;
-/// Config space `COMMAND` register offset.
-pub const PCI_COMMAND: usize = 0x04;
-/// `COMMAND.BME`: bus master enable.
-pub const PCI_COMMAND_MASTER: u16 = 1 << 2;
-/// `COMMAND.INTX_DISABLE`: the function may not assert INTx.
-pub const PCI_COMMAND_INTX_DISABLE: u16 = 1 << 10;
+/// The `COMMAND` register and its bits, as every emulated function has them.
+pub use crate::pci::{PCI_COMMAND, PCI_COMMAND_INTX_DISABLE, PCI_COMMAND_MASTER};
 /// Config space `STATUS` register offset.
 pub const PCI_STATUS: usize = 0x06;
 /// `STATUS.INTERRUPT`: INTx is asserted (whatever `INTX_DISABLE` says).
@@ -342,10 +338,7 @@ impl PciDevice {
     /// cleared (a function reset turns bus mastering off).
     pub fn reset(&mut self) {
         self.sync_in();
-        self.config[PCI_COMMAND] = 0;
-        self.config[PCI_COMMAND + 1] = 0;
-        self.config[MSI_CAP + 2] &= !1;
-        self.config[MSIX_CAP + 3] &= !0xc0;
+        crate::pci::reset_config(&mut self.config);
         self.irq_line = false;
         self.regs.iter_mut().for_each(|b| *b = 0);
         self.buffer.iter_mut().for_each(|b| *b = 0);
@@ -385,13 +378,9 @@ impl PciDevice {
         crate::pci::pci_irq_info(index, MSIX_VECTORS)
     }
 
-    fn command(&self) -> u16 {
-        u16::from_le_bytes([self.config[PCI_COMMAND], self.config[PCI_COMMAND + 1]])
-    }
-
     /// Whether bus mastering is on (`COMMAND.BME`): the device may reach memory.
     pub fn bus_master(&self) -> bool {
-        self.command() & PCI_COMMAND_MASTER != 0
+        crate::pci::bus_master(&self.config)
     }
 
     /// Whether the device asks for an interrupt: a transfer that requested one ended and its
@@ -402,7 +391,7 @@ impl PciDevice {
 
     /// Whether INTx may be signalled (`COMMAND.INTX_DISABLE` clear).
     pub fn intx_enabled(&self) -> bool {
-        self.command() & PCI_COMMAND_INTX_DISABLE == 0
+        crate::pci::intx_enabled(&self.config)
     }
 
     /// A register, as the device sees it.

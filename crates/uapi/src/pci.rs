@@ -6,6 +6,13 @@
 use type1_core::Errno;
 use vfio_bindings::bindings::vfio as b;
 
+/// Config space `COMMAND` register offset.
+pub const PCI_COMMAND: usize = 0x04;
+/// `COMMAND.BME`: bus master enable.
+pub const PCI_COMMAND_MASTER: u16 = 1 << 2;
+/// `COMMAND.INTX_DISABLE`: the function may not assert INTx.
+pub const PCI_COMMAND_INTX_DISABLE: u16 = 1 << 10;
+
 /// Offset of the MSI capability (the first): one vector, 64-bit addresses.
 pub const MSI_CAP: usize = 0x50;
 /// Offset of the MSI-X capability (after MSI); its vectors, table and PBA are the function's.
@@ -62,4 +69,27 @@ pub fn config_write_byte(config: &mut [u8], at: usize, byte: u8) {
         a if a == MSIX_CAP + 3 => (config[at] & !0xc0) | (byte & 0xc0),
         _ => byte,
     };
+}
+
+fn command(config: &[u8]) -> u16 {
+    u16::from_le_bytes([config[PCI_COMMAND], config[PCI_COMMAND + 1]])
+}
+
+/// Whether bus mastering is on (`COMMAND.BME`): the function may reach memory.
+pub fn bus_master(config: &[u8]) -> bool {
+    command(config) & PCI_COMMAND_MASTER != 0
+}
+
+/// Whether INTx may be signalled (`COMMAND.INTX_DISABLE` clear).
+pub fn intx_enabled(config: &[u8]) -> bool {
+    command(config) & PCI_COMMAND_INTX_DISABLE == 0
+}
+
+/// What a function-level reset does to the configuration space: `COMMAND` cleared (no bus
+/// mastering), MSI and MSI-X off.
+pub fn reset_config(config: &mut [u8]) {
+    config[PCI_COMMAND] = 0;
+    config[PCI_COMMAND + 1] = 0;
+    config[MSI_CAP + 2] &= !1;
+    config[MSIX_CAP + 3] &= !0xc0;
 }

@@ -23,8 +23,8 @@ use type1_core::{DmaFault, Errno};
 use vfio_bindings::bindings::vfio as b;
 
 use crate::device::{
-    region_offset, CONFIG_SIZE, MSIX_CAP, MSI_CAP, PCI_COMMAND, PCI_COMMAND_INTX_DISABLE,
-    PCI_COMMAND_MASTER, PCI_STATUS, PCI_STATUS_CAP_LIST, PCI_STATUS_INTERRUPT,
+    region_offset, CONFIG_SIZE, MSIX_CAP, MSI_CAP, PCI_STATUS, PCI_STATUS_CAP_LIST,
+    PCI_STATUS_INTERRUPT,
 };
 
 /// Size of BAR0: registers (0x0..0x1000), doorbells (0x1000..0x2000), the MSI-X table
@@ -313,10 +313,7 @@ impl Nvme {
     /// Function-level reset (`VFIO_DEVICE_RESET`): every register, queue and feature back to
     /// its reset value, `COMMAND` cleared.
     pub fn reset(&mut self) {
-        self.config[PCI_COMMAND] = 0;
-        self.config[PCI_COMMAND + 1] = 0;
-        self.config[MSI_CAP + 2] &= !1;
-        self.config[MSIX_CAP + 3] &= !0xc0;
+        crate::pci::reset_config(&mut self.config);
         self.cc = 0;
         self.csts = 0;
         self.intms = 0;
@@ -392,18 +389,14 @@ impl Nvme {
         crate::pci::pci_irq_info(index, NVME_MSIX_VECTORS)
     }
 
-    fn command(&self) -> u16 {
-        u16::from_le_bytes([self.config[PCI_COMMAND], self.config[PCI_COMMAND + 1]])
-    }
-
     /// Whether bus mastering is on.
     pub fn bus_master(&self) -> bool {
-        self.command() & PCI_COMMAND_MASTER != 0
+        crate::pci::bus_master(&self.config)
     }
 
     /// Whether INTx may be signalled (`COMMAND.INTX_DISABLE` clear).
     pub fn intx_enabled(&self) -> bool {
-        self.command() & PCI_COMMAND_INTX_DISABLE == 0
+        crate::pci::intx_enabled(&self.config)
     }
 
     /// The pin-based (INTx) or single-MSI interrupt is asserted: some completion queue with
